@@ -1,0 +1,1 @@
+"""blocksim: a deterministic simulator and fuzzer for QEMU's block layer."""
