@@ -1,0 +1,162 @@
+"""Dirty bitmaps: QEMU's BdrvDirtyBitmap, one bit per `granularity` bytes.
+
+Bits live in a little-endian `bitarray`: bit i is chunk i, packed LSB first,
+which is exactly the layout of QEMU's bitmap words serialised little-endian,
+so `sha256()` equals `x-debug-block-dirty-bitmap-sha256` (QEMU 7.2,
+block/dirty-bitmap.c `bdrv_dirty_bitmap_sha256` hashes `ceil(nbits/64)`
+64-bit words).  numpy is used only for merges across granularities.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import numpy as np
+from bitarray import bitarray
+from bitarray.util import intervals
+
+MIN_GRANULARITY = 512
+MAX_NAME_BYTES = 1023  # BDRV_BITMAP_MAX_NAME_SIZE
+
+
+class DirtyBitmap:
+    """A QEMU dirty bitmap (BdrvDirtyBitmap) on one node.
+
+    Flags mirror QEMU's: `enabled` (records writes), `persistent` (to be stored
+    in a qcow2 image), `readonly` (a persistent bitmap of a read-only image),
+    `inconsistent` (loaded from an image left in use).  `successor` is the
+    anonymous child that records writes while the bitmap is frozen by a backup
+    job; `txn_hold` is set while a transaction's `remove` holds it.
+    """
+
+    __slots__ = (
+        "name", "granularity", "size_bytes", "bits", "enabled", "persistent",
+        "readonly", "inconsistent", "successor", "txn_hold", "_shift", "stale_head", "freed",
+    )
+
+    def __init__(self, name: str | None, granularity: int, size_bytes: int, *,
+                 enabled: bool = True, persistent: bool = False) -> None:
+        self.name = name
+        self.granularity = granularity
+        self.size_bytes = size_bytes
+        self._shift = granularity.bit_length() - 1
+        nbits = -(-size_bytes // granularity)
+        self.bits = bitarray(nbits, endian="little")
+        self.bits.setall(0)
+        self.enabled = enabled
+        self.persistent = persistent
+        self.readonly = False
+        self.inconsistent = False
+        self.successor: DirtyBitmap | None = None
+        self.txn_hold = False
+        self.stale_head: object | None = None  # qemu-2.5 list-head bug (policy.py)
+        self.freed = False  # released while still listed somewhere (qemu-2.5 bug)
+
+    # -- state, as QEMU reports it -------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        """`busy` in query output: frozen with a successor, or held by a transaction."""
+        return self.successor is not None or self.txn_hold
+
+    @property
+    def recording(self) -> bool:
+        """`recording`: this bitmap, or while frozen its successor, records writes."""
+        if self.successor is not None:
+            return self.successor.enabled
+        return self.enabled and not self.inconsistent
+
+    @property
+    def nbits(self) -> int:
+        return len(self.bits)
+
+    def count_bytes(self) -> int:
+        """`count`: dirty bits times granularity (a partial last chunk counts whole)."""
+        return 0 if self.inconsistent else self.bits.count() * self.granularity
+
+    def sha256(self) -> str:
+        """The hash `x-debug-block-dirty-bitmap-sha256` returns."""
+        if self.inconsistent:
+            data = bytes(-(-self.nbits // 64) * 8)
+        else:
+            data = self.bits.tobytes()
+            pad = (-len(data)) % 8
+            if pad:
+                data += bytes(pad)
+        return hashlib.sha256(data).hexdigest()
+
+    # -- writes ----------------------------------------------------------------------
+    def record_write(self, offset: int, length: int) -> None:
+        """A write of [offset, offset+length) reached this bitmap's node."""
+        target = self.successor if self.successor is not None else self
+        if target.enabled and length > 0:
+            shift = target._shift
+            target.bits[offset >> shift : ((offset + length - 1) >> shift) + 1] = 1
+
+    def set_range(self, offset: int, length: int) -> None:
+        """Mark [offset, offset+length) dirty regardless of `enabled`."""
+        if length > 0:
+            shift = self._shift
+            self.bits[offset >> shift : ((offset + length - 1) >> shift) + 1] = 1
+
+    def reset_range(self, offset: int, length: int) -> None:
+        """Clear the chunks fully inside [offset, offset+length)."""
+        if length > 0:
+            g = self.granularity
+            first = -(-offset // g)
+            end = (offset + length) // g
+            if offset + length >= self.size_bytes:
+                end = self.nbits
+            if end > first:
+                self.bits[first:end] = 0
+
+    def clear(self) -> None:
+        self.bits.setall(0)
+
+    def get(self, offset: int) -> bool:
+        return bool(self.bits[offset >> self._shift])
+
+    # -- whole-bitmap operations -------------------------------------------------------
+    def copy_bits(self) -> bitarray:
+        return self.bits.copy()
+
+    def restore_bits(self, saved: bitarray) -> None:
+        self.bits = saved.copy()
+
+    def merge_from(self, source: DirtyBitmap) -> None:
+        """self |= source, converting granularity as QEMU's hbitmap_merge does."""
+        self.bits |= bits_at_granularity(source, self.granularity)
+
+    def dirty_extents(self) -> Iterator[tuple[int, int]]:
+        """(offset, length) byte ranges of dirty chunks, clipped to the disk size."""
+        g = self.granularity
+        for value, start, stop in intervals(self.bits):
+            if value:
+                off = start * g
+                yield off, min(stop * g, self.size_bytes) - off
+
+
+def bits_at_granularity(source: DirtyBitmap, granularity: int) -> bitarray:
+    """The source's dirty set expressed at another granularity (same disk size)."""
+    if source.granularity == granularity:
+        return source.bits
+    nbits = -(-source.size_bytes // granularity)
+    src = np.unpackbits(np.frombuffer(source.bits.tobytes(), dtype=np.uint8),
+                        bitorder="little")[: source.nbits].astype(bool)
+    if source.granularity < granularity:
+        ratio = granularity // source.granularity
+        padded = np.zeros(nbits * ratio, dtype=bool)
+        padded[: src.size] = src
+        dst = padded.reshape(nbits, ratio).any(axis=1)
+    else:
+        ratio = source.granularity // granularity
+        dst = np.repeat(src, ratio)[:nbits]
+    out = bitarray(endian="little")
+    out.frombytes(np.packbits(dst, bitorder="little").tobytes())
+    del out[nbits:]
+    return out
+
+
+def valid_granularity(granularity: int) -> bool:
+    """QEMU: a power of two, at least 512 (and it must fit uint32)."""
+    return MIN_GRANULARITY <= granularity < (1 << 32) and granularity & (granularity - 1) == 0

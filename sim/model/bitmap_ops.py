@@ -1,0 +1,194 @@
+"""The block-dirty-bitmap-* operations, with QEMU 7.2's checks in QEMU's order.
+
+Source: block/monitor/bitmap-qmp-cmds.c and block/dirty-bitmap.c (QEMU 7.2);
+the order of checks and every message were verified on the 7.2 binary
+(reference §2).  Each mutating operation returns an `Undo` so `transaction`
+can roll back (blockdev.c `*_abort` callbacks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sim.errors import QMPError
+from sim.model.bitmap import MAX_NAME_BYTES, DirtyBitmap, valid_granularity
+from sim.model.graph import BlockBackend, BlockGraph, BlockNode
+from sim.model.policy import Owner, PlacementPolicy
+
+Undo = Callable[[], None]
+
+# bdrv_dirty_bitmap_check flags
+BUSY, READONLY, INCONSISTENT = 1, 2, 4
+DEFAULT_CHECKS = BUSY | READONLY | INCONSISTENT
+ALLOW_RO = BUSY | INCONSISTENT
+
+
+def check_bitmap(bm: DirtyBitmap, flags: int) -> None:
+    """bdrv_dirty_bitmap_check: busy, then readonly, then inconsistent."""
+    name = bm.name or ""
+    if flags & BUSY and bm.busy:
+        raise QMPError(f"Bitmap '{name}' is currently in use by another operation and cannot be used")
+    if flags & READONLY and bm.readonly:
+        raise QMPError(f"Bitmap '{name}' is readonly and cannot be modified")
+    if flags & INCONSISTENT and bm.inconsistent:
+        raise QMPError(f"Bitmap '{name}' is inconsistent and cannot be used")
+
+
+def owner_size(owner: Owner) -> int:
+    if isinstance(owner, BlockBackend):
+        return owner.root.size_bytes if owner.root is not None else 0
+    return owner.size_bytes
+
+
+def owner_label(graph: BlockGraph, owner: Owner) -> str:
+    if isinstance(owner, BlockBackend):
+        return owner.name
+    return graph.display_name(owner)
+
+
+def lookup(graph: BlockGraph, policy: PlacementPolicy, node: str, name: str) -> tuple[Owner, DirtyBitmap]:
+    """block_dirty_bitmap_lookup: `Node 'X' not found`, `Dirty bitmap 'N' not found`."""
+    owners = policy.owners_for_lookup(graph, node)
+    if not owners:
+        raise QMPError(f"Node '{node}' not found")
+    for owner in owners:
+        for bm in owner.bitmaps:
+            if bm.name == name:
+                return owner, bm
+    raise QMPError(f"Dirty bitmap '{name}' not found")
+
+
+def add(graph: BlockGraph, policy: PlacementPolicy, node: str, name: str,
+        granularity: int | None = None, persistent: bool = False,
+        disabled: bool = False) -> tuple[Owner, DirtyBitmap, Undo]:
+    """qmp_block_dirty_bitmap_add; the new bitmap goes to the head of the list."""
+    if name == "":
+        raise QMPError("Bitmap name cannot be empty")
+    owner = policy.owner_for_add(graph, node)
+    if owner is None:
+        raise QMPError(f"Cannot find device='{node}' nor node-name='{node}'")
+    if granularity is not None:
+        if not valid_granularity(granularity):
+            raise QMPError("Granularity must be power of 2 and at least 512")
+    else:
+        granularity = _default_granularity(graph, owner)
+    if persistent:
+        _check_persistent(graph, owner, name)
+    if any(bm.name == name for bm in owner.bitmaps):
+        raise QMPError(f"Bitmap already exists: {name}")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise QMPError(f"Bitmap name too long: {name}")
+    bm = DirtyBitmap(name, granularity, owner_size(owner), enabled=not disabled,
+                     persistent=persistent)
+    owner.bitmaps.insert(0, bm)
+
+    def undo() -> None:
+        if bm in owner.bitmaps:
+            owner.bitmaps.remove(bm)
+
+    return owner, bm, undo
+
+
+def _default_granularity(graph: BlockGraph, owner: Owner) -> int:
+    if isinstance(owner, BlockBackend):
+        return graph.data_node(owner.root).default_granularity() if owner.root else 65536
+    return owner.default_granularity()
+
+
+def _check_persistent(graph: BlockGraph, owner: Owner, name: str) -> None:
+    node = owner.root if isinstance(owner, BlockBackend) else owner
+    label = owner_label(graph, owner)
+    if node is None or node.driver != "qcow2":
+        raise QMPError(f"Can't store persistent bitmaps to {label}: Operation not supported")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise QMPError(
+            f"Can't make bitmap '{name}' persistent in '{label}': "
+            f"Name length exceeds maximum ({MAX_NAME_BYTES} characters)"
+        )
+
+
+def remove(graph: BlockGraph, policy: PlacementPolicy, node: str, name: str,
+           *, release: bool = True) -> tuple[DirtyBitmap, Undo]:
+    """block_dirty_bitmap_remove; with release=False (transaction prepare) it is held busy."""
+    owner, bm = lookup(graph, policy, node, name)
+    check_bitmap(bm, BUSY | READONLY)
+    if release:
+        release_bitmap(owner, bm)
+        return bm, _noop
+    bm.txn_hold = True
+
+    def undo() -> None:
+        bm.txn_hold = False
+
+    return bm, undo
+
+
+def release_bitmap(owner: Owner, bm: DirtyBitmap) -> None:
+    """bdrv_release_dirty_bitmap, including the qemu-2.5 stale list-head bug (A1)."""
+    stale = bm.stale_head
+    if isinstance(stale, BlockNode) and owner.bitmaps and owner.bitmaps[0] is bm:
+        # QLIST_REMOVE through a back-link that points into the old node's head:
+        # the old node's head gets the rest of the list, the new top keeps the
+        # freed element.
+        stale.bitmaps = owner.bitmaps[1:]
+        bm.freed = True
+        bm.stale_head = None
+        return
+    if bm in owner.bitmaps:
+        owner.bitmaps.remove(bm)
+
+
+def clear(graph: BlockGraph, policy: PlacementPolicy, node: str, name: str) -> Undo:
+    _, bm = lookup(graph, policy, node, name)
+    check_bitmap(bm, DEFAULT_CHECKS)
+    saved = bm.copy_bits()
+    bm.clear()
+    return lambda: bm.restore_bits(saved)
+
+
+def set_enabled(graph: BlockGraph, policy: PlacementPolicy, node: str, name: str,
+                enabled: bool) -> Undo:
+    _, bm = lookup(graph, policy, node, name)
+    check_bitmap(bm, ALLOW_RO)
+    before = bm.enabled
+    bm.enabled = enabled
+
+    def undo() -> None:
+        bm.enabled = before
+
+    return undo
+
+
+def merge(graph: BlockGraph, policy: PlacementPolicy, node: str, target: str,
+          sources: list[str | dict[str, str]]) -> Undo:
+    """block_dirty_bitmap_merge: target |= each source; target unchanged on error."""
+    owner, dst = lookup(graph, policy, node, target)
+    check_bitmap(dst, DEFAULT_CHECKS)
+    acc = DirtyBitmap(None, dst.granularity, dst.size_bytes)
+    for src_ref in sources:
+        if isinstance(src_ref, str):
+            src = next((b for b in owner.bitmaps if b.name == src_ref), None)
+            if src is None:
+                raise QMPError(f"Dirty bitmap '{src_ref}' not found")
+        else:
+            _, src = lookup(graph, policy, src_ref["node"], src_ref["name"])
+        check_bitmap(src, ALLOW_RO)
+        if src.size_bytes != acc.size_bytes:
+            raise QMPError(
+                f"Bitmaps are of different sizes (destination size is {acc.size_bytes}, "
+                f"source size is {src.size_bytes}) and can't be merged"
+            )
+        acc.merge_from(src)
+    saved = dst.copy_bits()
+    dst.merge_from(acc)
+    return lambda: dst.restore_bits(saved)
+
+
+def sha256(graph: BlockGraph, policy: PlacementPolicy, node: str, name: str) -> str:
+    """x-debug-block-dirty-bitmap-sha256: no state checks at all."""
+    _, bm = lookup(graph, policy, node, name)
+    return bm.sha256()
+
+
+def _noop() -> None:
+    return None

@@ -1,0 +1,293 @@
+"""The block graph: BlockBackends, nodes (BlockDriverStates) and their children.
+
+Theory of operation.  A `BlockGraph` owns every node and backend.  Nodes are
+kept in node-name assignment order (QEMU's `all_bdrv_states`, whose reverse
+is the `query-named-block-nodes` order).  A backend points at its root node;
+name lookup follows QEMU 7.2's `bdrv_lookup_bs()`: a backend name first (its
+*current* root, job filters included), then a node-name.  Backends and nodes
+share one namespace.  Images (files that `qemu-img`/`drive-backup` created)
+outlive the nodes opened on them, so `mode: existing` and image diffs work.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from sim.errors import QMPError
+from sim.model.bitmap import DirtyBitmap
+from sim.model.content import Content, new_content
+
+FORMAT_DRIVERS = ("qcow2", "raw")
+PROTOCOL_DRIVERS = ("file", "null-co")
+FILTER_DRIVERS = ("copy-before-write", "mirror_top", "commit_top", "copy-on-read")
+QCOW2_CLUSTER = 65536
+BACKING_ALLOWED_OPS = frozenset({"commit-target", "stream", "backup-source", "backup-target"})
+_NODE_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,31}\Z")  # id_wellformed, < 32 chars
+
+
+def id_wellformed(name: str) -> bool:
+    """QEMU util/id.c: a letter, then letters, digits, '-', '.', '_'."""
+    return re.fullmatch(r"[A-Za-z][A-Za-z0-9_.\-]*", name) is not None
+
+
+@dataclass(eq=False, slots=True)
+class Image:
+    """An image file in the scratch folder: what outlives a node opened on it."""
+
+    filename: str
+    format: str
+    size_bytes: int
+    content: Content
+    backing_file: str | None = None
+
+
+@dataclass(eq=False, slots=True)
+class BlockNode:
+    """A BlockDriverState: one node of the graph, named or auto-named (#blockNNN)."""
+
+    node_name: str
+    driver: str
+    size_bytes: int
+    auto_named: bool = False
+    file: BlockNode | None = None
+    backing: BlockNode | None = None
+    target: BlockNode | None = None  # copy-before-write's target child
+    content: Content | None = None
+    image: Image | None = None
+    bitmaps: list[DirtyBitmap] = field(default_factory=list)  # newest first
+    read_only: bool = False
+    monitor_owned: bool = False
+    implicit: bool = False  # an unnamed job filter that query-block skips
+    cluster_size: int = QCOW2_CLUSTER
+    backing_parent_label: str = ""  # the P of "node is used as backing hd of 'P'"
+    discard_unmap: bool = False
+    # op blockers, oldest first: (reason, ops still allowed); QEMU reports the newest
+    blockers: list[tuple[str, frozenset[str]]] = field(default_factory=list)
+    write_hook: object | None = None  # a job's before-write callback (copy-before-write)
+
+    @property
+    def is_filter(self) -> bool:
+        return self.driver in FILTER_DRIVERS
+
+    @property
+    def is_format(self) -> bool:
+        return self.driver in FORMAT_DRIVERS
+
+    def filtered_child(self) -> BlockNode | None:
+        """The child a filter passes I/O to (`file` or `backing`, as in QEMU)."""
+        if self.driver in ("mirror_top", "commit_top"):
+            return self.backing
+        if self.driver in ("copy-before-write", "copy-on-read"):
+            return self.file
+        return None
+
+    def children(self) -> Iterator[BlockNode]:
+        for child in (self.file, self.backing, self.target):
+            if child is not None:
+                yield child
+
+    def find_bitmap(self, name: str) -> DirtyBitmap | None:
+        for bm in self.bitmaps:
+            if bm.name == name:
+                return bm
+        return None
+
+    def default_granularity(self) -> int:
+        """QEMU: the format's cluster size clamped to [4 KiB, 64 KiB]; 64 KiB if none."""
+        if self.driver == "qcow2":
+            return min(max(self.cluster_size, 4096), 65536)
+        return 65536
+
+
+@dataclass(eq=False, slots=True)
+class BlockBackend:
+    """A named BlockBackend (a `-drive id=`, a 'device' in QMP)."""
+
+    name: str
+    root: BlockNode | None
+    bitmaps: list[DirtyBitmap] = field(default_factory=list)  # bb-attached policy only
+    discard_unmap: bool = False
+
+
+class BlockGraph:
+    """All nodes, backends and images of one simulated QEMU process."""
+
+    def __init__(self) -> None:
+        self.nodes: list[BlockNode] = []
+        self._by_name: dict[str, BlockNode] = {}
+        self.backends: dict[str, BlockBackend] = {}
+        self.images: dict[str, Image] = {}
+        self._auto_counter = 100
+
+    # -- names -------------------------------------------------------------------------
+    def auto_name(self) -> str:
+        self._auto_counter += 1
+        return f"#block{self._auto_counter}"
+
+    def name_in_use(self, name: str) -> bool:
+        return name in self._by_name or name in self.backends
+
+    def node(self, name: str) -> BlockNode | None:
+        return self._by_name.get(name)
+
+    def add_node(self, node: BlockNode) -> BlockNode:
+        self.nodes.append(node)
+        self._by_name[node.node_name] = node
+        return node
+
+    def remove_node(self, node: BlockNode) -> None:
+        if self._by_name.get(node.node_name) is node:
+            del self._by_name[node.node_name]
+            self.nodes.remove(node)
+
+    def new_node(self, driver: str, size_bytes: int, name: str | None = None, **kw: object) -> BlockNode:
+        auto = name is None
+        node = BlockNode(name if name is not None else self.auto_name(), driver, size_bytes,
+                         auto_named=auto, **kw)  # type: ignore[arg-type]
+        return self.add_node(node)
+
+    # -- lookup (bdrv_lookup_bs) --------------------------------------------------------
+    def lookup_bs(self, name: str) -> BlockNode | None:
+        """Backend name first (its current root), then node-name."""
+        bb = self.backends.get(name)
+        if bb is not None and bb.root is not None:
+            return bb.root
+        return self._by_name.get(name)
+
+    def lookup_device_or_node(self, device: str | None, node_name: str | None) -> BlockNode:
+        """bdrv_lookup_bs(device, node_name) with separate arguments."""
+        if device is not None:
+            bb = self.backends.get(device)
+            if bb is not None and bb.root is not None:
+                return bb.root
+        if node_name is not None:
+            node = self._by_name.get(node_name)
+            if node is not None:
+                return node
+        raise QMPError(f"Cannot find device='{device or ''}' nor node-name='{node_name or ''}'")
+
+    def lookup_or_fail(self, name: str) -> BlockNode:
+        node = self.lookup_bs(name)
+        if node is None:
+            raise QMPError(f"Cannot find device='{name}' nor node-name='{name}'")
+        return node
+
+    def node_or_fail(self, name: str) -> BlockNode:
+        """bitmap commands' lookup: bdrv_lookup_bs, failing as `Node 'X' not found`."""
+        node = self.lookup_bs(name)
+        if node is None:
+            raise QMPError(f"Node '{name}' not found")
+        return node
+
+    def backend_of_root(self, node: BlockNode) -> BlockBackend | None:
+        for bb in self.backends.values():
+            if bb.root is node:
+                return bb
+        return None
+
+    def display_name(self, node: BlockNode) -> str:
+        """bdrv_get_device_or_node_name: the backend's name if the node is a root."""
+        bb = self.backend_of_root(node)
+        return bb.name if bb is not None else node.node_name
+
+    # -- structure -----------------------------------------------------------------------
+    def parents(self, node: BlockNode) -> list[tuple[BlockNode, str]]:
+        out: list[tuple[BlockNode, str]] = []
+        for p in self.nodes:
+            if p.file is node:
+                out.append((p, "file"))
+            if p.backing is node:
+                out.append((p, "backing"))
+            if p.target is node:
+                out.append((p, "target"))
+        return out
+
+    def has_users(self, node: BlockNode) -> bool:
+        return bool(self.parents(node)) or self.backend_of_root(node) is not None
+
+    def data_node(self, node: BlockNode) -> BlockNode:
+        """Skip filters downwards to the node whose content a write lands on."""
+        while node.is_filter:
+            child = node.filtered_child()
+            if child is None:
+                break
+            node = child
+        return node
+
+    def backing_chain(self, node: BlockNode) -> list[BlockNode]:
+        """The data nodes a read through `node` consults, top first (filters skipped)."""
+        chain: list[BlockNode] = []
+        cur: BlockNode | None = self.data_node(node)
+        while cur is not None:
+            chain.append(cur)
+            nxt = cur.backing
+            cur = self.data_node(nxt) if nxt is not None else None
+        return chain
+
+    def overlay_of(self, node: BlockNode) -> BlockNode | None:
+        """The node whose backing child is `node` (skipping commit_top filters)."""
+        for p in self.nodes:
+            if p.backing is node:
+                if p.driver == "commit_top":
+                    return self.overlay_of(p)
+                return p
+        return None
+
+    def delete_unreferenced(self, node: BlockNode) -> list[BlockNode]:
+        """Delete `node` and, recursively, children nobody else uses (bdrv_unref)."""
+        deleted: list[BlockNode] = []
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            if n.monitor_owned or self.has_users(n) or self.node(n.node_name) is not n:
+                continue
+            self.remove_node(n)
+            deleted.append(n)
+            kids = list(n.children())
+            self.set_backing(n, None)
+            n.file = n.target = None
+            stack.extend(reversed(kids))
+        return deleted
+
+    def op_blocker(self, node: BlockNode, op: str) -> str | None:
+        """The reason `op` is blocked on `node` (bdrv_op_is_blocked), newest blocker first."""
+        for reason, allowed in reversed(node.blockers):
+            if op not in allowed:
+                return reason
+        return None
+
+    def check_op(self, node: BlockNode, op: str) -> None:
+        reason = self.op_blocker(node, op)
+        if reason is not None:
+            raise QMPError(f"Node '{self.display_name(node)}' is busy: {reason}")
+
+    def set_backing(self, parent: BlockNode, child: BlockNode | None) -> None:
+        """Attach/detach a backing child, with QEMU's backing op blocker on the child."""
+        old = parent.backing
+        if old is not None and parent.backing_parent_label:
+            reason = f"node is used as backing hd of '{parent.backing_parent_label}'"
+            old.blockers = [b for b in old.blockers if b[0] != reason]
+        parent.backing = child
+        if child is not None and not parent.is_filter:
+            parent.backing_parent_label = self.display_name(parent)
+            reason = f"node is used as backing hd of '{parent.backing_parent_label}'"
+            child.blockers.append((reason, BACKING_ALLOWED_OPS))
+        else:
+            parent.backing_parent_label = ""
+
+    # -- images --------------------------------------------------------------------------
+    def create_image(self, filename: str, fmt: str, size_bytes: int,
+                     backing_file: str | None = None) -> Image:
+        image = Image(filename, fmt, size_bytes, new_content(size_bytes), backing_file)
+        self.images[filename] = image
+        return image
+
+    def open_image(self, image: Image, node_name: str | None, file_node_name: str | None,
+                   *, discard_unmap: bool = False) -> BlockNode:
+        """Open a format node over a protocol node on an image (like -drive / snapshot)."""
+        proto = self.new_node("file", image.size_bytes, file_node_name)
+        fmt = self.new_node(image.format, image.size_bytes, node_name, file=proto,
+                            content=image.content, image=image, discard_unmap=discard_unmap)
+        return fmt

@@ -1,0 +1,163 @@
+"""Backup jobs (drive-backup, blockdev-backup): block/backup.c and
+block/copy-before-write.c of QEMU 7.2.
+
+A copy-before-write filter goes above the source; a guest write through it
+first copies every not-yet-copied cluster it touches to the target, so the
+target ends up with the source as it was when the job started.  The job's
+copy bitmap (anonymous, on the source, one bit per job cluster) says what is
+left; `len` is its count at the start.  With a sync bitmap, the bitmap is
+frozen with a successor for the job's lifetime and its fate at the end
+depends on bitmap-mode (backup_cleanup_sync_bitmap).
+"""
+
+from __future__ import annotations
+
+from sim.model.bitmap import DirtyBitmap, bits_at_granularity
+from sim.model.graph import BlockGraph, BlockNode
+from sim.model.job_flow import KindBase
+from sim.model.job_graph import allocated_clusters, chain_contents, copy_range, drop_filter, insert_filter
+from sim.model.jobs import Job
+
+JOB_CLUSTER = 65536
+
+
+class BackupKind(KindBase):
+    """State of one backup job: source, target, filter, copy bitmap, sync bitmap."""
+
+    def __init__(self, graph: BlockGraph, job: Job, source: BlockNode, target: BlockNode,
+                 sync: str, bitmap: DirtyBitmap | None, bitmap_mode: str | None,
+                 filter_name: str | None, close_target: bool) -> None:
+        self.graph, self.job = graph, job
+        self.source, self.target = source, target
+        self.sync, self.bitmap, self.bitmap_mode = sync, bitmap, bitmap_mode
+        self.close_target = close_target
+        self.nodes: list[BlockNode] = []
+        self.cluster = JOB_CLUSTER
+        self.succeeded = False
+        if bitmap is not None:
+            succ = DirtyBitmap(None, bitmap.granularity, bitmap.size_bytes, enabled=bitmap.enabled)
+            bitmap.successor = succ
+            source.bitmaps.insert(0, succ)
+            self.successor: DirtyBitmap | None = succ
+        else:
+            self.successor = None
+        self.filter = insert_filter(graph, source, "copy-before-write", filter_name)
+        self.filter.target = target
+        size = source.size_bytes
+        self.done_map = DirtyBitmap(None, self.cluster, size, enabled=False)
+        self.access_map = DirtyBitmap(None, self.cluster, size, enabled=False)
+        self.access_map.bits.setall(1)
+        self.filter.bitmaps[:0] = [self.access_map, self.done_map]
+        self.copy_map = DirtyBitmap(None, self.cluster, size, enabled=False)
+        source.bitmaps.insert(0, self.copy_map)
+        self.filter.write_hook = self.before_write
+        self.cursor = 0
+        self.never_ends = sync == "none"  # sync=none only copies before writes; ends by cancel
+
+    # -- start ---------------------------------------------------------------------------
+    def init_work(self) -> None:
+        """backup_init_bcs_bitmap (+ the unallocated skip of sync=top), at job start."""
+        bits = self.copy_map.bits
+        if self.sync == "bitmap" and self.bitmap is not None:
+            bits.setall(0)
+            bits |= bits_at_granularity(self.bitmap, self.cluster)
+        elif self.sync == "top":
+            mask = allocated_clusters([self.source.content] if self.source.content else [],
+                                      self.source.size_bytes, self.cluster)
+            bits.setall(0)
+            for i in mask.nonzero()[0].tolist():
+                bits[i] = 1
+        else:
+            bits.setall(1)
+        self.job.len = self._clipped_count()
+        self.job.offset = 0
+
+    def _clipped_count(self) -> int:
+        count = self.copy_map.bits.count() * self.cluster
+        last = self.copy_map.nbits - 1
+        if last >= 0 and self.copy_map.bits[last]:
+            count -= self.copy_map.nbits * self.cluster - self.source.size_bytes
+        return count
+
+    # -- work ------------------------------------------------------------------------------
+    def next_chunk(self) -> tuple[int, int] | None:
+        """Next cluster to copy in the background; None when nothing is left."""
+        if self.sync == "none":
+            return None
+        try:
+            i = self.copy_map.bits.index(1, self.cursor)
+        except ValueError:
+            return None
+        self.cursor = i
+        off = i * self.cluster
+        return off, min(self.cluster, self.source.size_bytes - off)
+
+    def copy_chunk(self, offset: int, length: int) -> None:
+        self._copy_cluster(offset // self.cluster)
+
+    def _copy_cluster(self, index: int) -> int:
+        bits = self.copy_map.bits
+        if not bits[index]:
+            return 0
+        bits[index] = 0
+        off = index * self.cluster
+        length = min(self.cluster, self.source.size_bytes - off)
+        copy_range(self.graph, chain_contents(self.graph, self.source), self.target, off, length)
+        self.job.offset += length
+        return length
+
+    def before_write(self, node: BlockNode, offset: int, length: int) -> None:
+        """copy-before-write: copy the old data of every touched, uncopied cluster."""
+        first = offset // self.cluster
+        last = (offset + length - 1) // self.cluster
+        for i in range(first, last + 1):
+            if self._copy_cluster(i):
+                self.done_map.bits[i] = 1
+
+    # -- end ---------------------------------------------------------------------------------
+    def commit(self) -> None:
+        self.succeeded = True
+        self._sync_bitmap(success=True)
+
+    def abort(self) -> None:
+        self._sync_bitmap(success=False)
+
+    def _sync_bitmap(self, success: bool) -> None:
+        bm, succ = self.bitmap, self.successor
+        if bm is None or succ is None:
+            return
+        owner_list = self._owner_list(bm)
+        sync = (success or self.bitmap_mode == "always") and self.bitmap_mode != "never"
+        bm.successor = None
+        if sync:
+            # abdicate: the successor takes the name and keeps its own list position
+            succ.name, succ.persistent = bm.name, bm.persistent
+            succ.readonly = bm.readonly
+            if bm in owner_list:
+                owner_list.remove(bm)
+            survivor = succ
+        else:
+            # reclaim: parent |= successor, the parent keeps its position
+            bm.bits |= succ.bits
+            bm.enabled = succ.enabled
+            if succ in owner_list:
+                owner_list.remove(succ)
+            survivor = bm
+        if not success and self.bitmap_mode == "always":
+            survivor.bits |= bits_at_granularity(self.copy_map, survivor.granularity)
+        self.successor = None
+
+    def _owner_list(self, bm: DirtyBitmap) -> list[DirtyBitmap]:
+        for node in self.graph.nodes:
+            if bm in node.bitmaps:
+                return node.bitmaps
+        return self.source.bitmaps
+
+    def clean(self) -> None:
+        if self.copy_map in self.source.bitmaps:
+            self.source.bitmaps.remove(self.copy_map)
+        drop_filter(self.graph, self.filter)
+        if self.target.backing is self.source:
+            self.graph.set_backing(self.target, None)
+        if self.close_target:
+            self.graph.delete_unreferenced(self.target)

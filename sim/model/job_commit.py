@@ -1,0 +1,74 @@
+"""Intermediate block-commit: block/commit.c of QEMU 7.2.
+
+A commit_top filter goes above `top`; the job copies everything allocated in
+top and the nodes between top and base into base (dirtying base's bitmaps),
+512 KiB at a time over the whole disk (`len` = disk size).  On completion
+the overlay of top backs onto base and top (with the nodes between) leaves
+the graph (bdrv_drop_intermediate).  Base is read-write while the job runs.
+"""
+
+from __future__ import annotations
+
+from sim.model.graph import BlockGraph, BlockNode
+from sim.model.job_flow import KindBase
+from sim.model.job_graph import chain_contents, copy_range, drop_filter, insert_filter
+from sim.model.jobs import Job
+
+COMMIT_CHUNK = 512 * 1024
+
+
+class CommitKind(KindBase):
+    """One intermediate commit job."""
+
+    def __init__(self, graph: BlockGraph, job: Job, active: BlockNode, top: BlockNode,
+                 base: BlockNode, filter_name: str | None) -> None:
+        self.graph, self.job = graph, job
+        self.active, self.top, self.base = active, top, base
+        self.nodes: list[BlockNode] = []
+        self.base_ro = base.read_only
+        base.read_only = False
+        self.filter = insert_filter(graph, top, "commit_top", filter_name)
+        self.cursor = 0
+        self.len_set = False
+
+    def init_work(self) -> None:
+        self.job.len = self.top.size_bytes
+
+    def next_chunk(self) -> tuple[int, int] | None:
+        if self.cursor >= self.top.size_bytes:
+            return None
+        return self.cursor, min(COMMIT_CHUNK, self.top.size_bytes - self.cursor)
+
+    def copy_chunk(self, offset: int, length: int) -> None:
+        contents = chain_contents(self.graph, self.top, self.base)
+        if any(_allocated(c, offset, length) for c in contents):
+            copy_range(self.graph, contents, self.base, offset, length)
+        self.cursor = offset + length
+        self.job.offset += length
+
+    def prepare(self) -> None:
+        """bdrv_drop_intermediate: the overlay of top now backs onto base."""
+        g = self.graph
+        overlay = g.overlay_of(self.filter) if self.filter.backing is not None else None
+        parents = [p for p, role in g.parents(self.filter) if role == "backing"]
+        for p in parents:
+            g.set_backing(p, self.base)
+        self.dropped = overlay is not None or bool(parents)
+
+    def clean(self) -> None:
+        g = self.graph
+        if getattr(self, "dropped", False):
+            self.filter.backing = None
+            g.remove_node(self.filter)
+            g.delete_unreferenced(self.top)
+        else:
+            drop_filter(g, self.filter)
+        self.base.read_only = self.base_ro
+
+
+def _allocated(content: object, offset: int, length: int) -> bool:
+    from sim.model.content import Content, sector_span
+
+    assert isinstance(content, Content)
+    first, end = sector_span(offset, length)
+    return bool(content.read(first, end).any())

@@ -1,0 +1,89 @@
+"""Graph surgery and data copying shared by the job kinds.
+
+`replace_node` is block.c's bdrv_replace_node: every parent of `old` (nodes
+and BlockBackends) is redirected to `new`.  Filters are inserted and dropped
+with it, the way mirror_top, commit_top, copy-before-write and copy-on-read
+are in QEMU 7.2.  `copy_range` moves stamps (data identity) from what a read
+through a chain sees into a node, marking that node's bitmaps as a job write
+through a BlockBackend on it would.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.model.content import SECTOR_SHIFT, Content, read_through, sector_span
+from sim.model.graph import BlockGraph, BlockNode
+
+
+def replace_node(graph: BlockGraph, old: BlockNode, new: BlockNode) -> None:
+    """Point every parent of `old` (except `new` itself) at `new`."""
+    for parent, role in graph.parents(old):
+        if parent is new:
+            continue
+        if role == "backing":
+            graph.set_backing(parent, new)
+        else:
+            setattr(parent, role, new)
+    for bb in graph.backends.values():
+        if bb.root is old:
+            bb.root = new
+
+
+def insert_filter(graph: BlockGraph, below: BlockNode, driver: str, name: str | None) -> BlockNode:
+    """Create a filter node above `below` and make it take `below`'s place."""
+    flt = graph.new_node(driver, below.size_bytes, name)
+    flt.implicit = name is None and driver != "copy-before-write"
+    replace_node(graph, below, flt)
+    if driver in ("mirror_top", "commit_top"):
+        flt.backing = below
+    else:
+        flt.file = below
+    return flt
+
+
+def drop_filter(graph: BlockGraph, flt: BlockNode) -> None:
+    """Remove a filter: its parents go back to its child; the filter is deleted."""
+    child = flt.filtered_child()
+    if child is not None:
+        replace_node(graph, flt, child)
+    flt.file = flt.backing = flt.target = None
+    flt.write_hook = None
+    graph.remove_node(flt)
+
+
+def chain_contents(graph: BlockGraph, top: BlockNode, stop: BlockNode | None = None) -> list[Content]:
+    """Contents of the data nodes from `top` down to (excluding) `stop`."""
+    out: list[Content] = []
+    for n in graph.backing_chain(top):
+        if n is stop:
+            break
+        if n.content is not None:
+            out.append(n.content)
+    return out
+
+
+def allocated_clusters(contents: list[Content], size_bytes: int, cluster: int) -> np.ndarray:
+    """Bool per cluster: allocated in any of `contents` (bdrv_is_allocated_above)."""
+    nclusters = -(-size_bytes // cluster)
+    mask = np.zeros(nclusters, dtype=bool)
+    per = max(cluster >> SECTOR_SHIFT, 1)
+    for content in contents:
+        for first, end in content.allocated_sectors():
+            mask[first // per : (end - 1) // per + 1] = True
+    return mask
+
+
+def copy_range(graph: BlockGraph, contents: list[Content], dst: BlockNode, offset: int,
+               length: int, *, mark: bool = True) -> None:
+    """Copy what a read of [offset, offset+length) through `contents` sees into `dst`."""
+    length = min(length, dst.size_bytes - offset)
+    if length <= 0:
+        return
+    first, end = sector_span(offset, length)
+    stamps = read_through(contents, first, end)
+    if dst.content is not None and stamps.any():
+        dst.content.write_stamps(first, stamps)
+    if mark:
+        for bm in dst.bitmaps:
+            bm.record_write(offset, length)

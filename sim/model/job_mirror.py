@@ -1,0 +1,137 @@
+"""Mirror jobs and active commit: block/mirror.c of QEMU 7.2.
+
+A mirror_top filter goes above the source (implicit unless named).  The job's
+dirty bitmap (anonymous, on the source, recording) starts with what must be
+copied and keeps collecting guest writes; the job copies dirty chunks until
+none is left, then is READY and keeps the target in sync until completed or
+cancelled.  `len` = offset + dirty bytes, recomputed as the job goes, as
+mirror_run does.  Completion pivots the device onto the target at finalize
+(mirror_exit_common); active commit is the same job with the base as target
+and the top as the node replaced.
+"""
+
+from __future__ import annotations
+
+from sim.model.bitmap import DirtyBitmap
+from sim.model.graph import BlockGraph, BlockNode
+from sim.model.job_flow import KindBase
+from sim.model.job_graph import (
+    allocated_clusters,
+    chain_contents,
+    copy_range,
+    drop_filter,
+    insert_filter,
+    replace_node,
+)
+from sim.model.jobs import Job
+
+CHUNK_BYTES = 1 << 20  # bytes copied per iteration at most (buf-size default is 16 MiB)
+
+
+class MirrorKind(KindBase):
+    """One mirror (or active commit) job: source, target, filter, dirty bitmap."""
+
+    has_ready = True
+
+    def __init__(self, graph: BlockGraph, job: Job, source: BlockNode, target: BlockNode,
+                 sync: str, granularity: int, filter_name: str | None, *,
+                 zero_target: bool, close_target: bool, base: BlockNode | None = None,
+                 commit: bool = False, write_blocking: bool = False) -> None:
+        self.graph, self.job = graph, job
+        self.source, self.target, self.sync = source, target, sync
+        self.base = base  # active commit: the node below which nothing is copied
+        self.commit_mode = commit
+        self.close_target = close_target
+        self.write_blocking = write_blocking
+        self.nodes: list[BlockNode] = []
+        self.target_ro_before = target.read_only
+        if commit:
+            target.read_only = False
+        self.filter = insert_filter(graph, source, "mirror_top", filter_name)
+        self.filter.write_hook = self.on_guest_write
+        self.dirty = DirtyBitmap(None, granularity, source.size_bytes,
+                                 enabled=not write_blocking)
+        source.bitmaps.insert(0, self.dirty)
+        self.zero_target = zero_target
+        self.removed_nodes: list[BlockNode] = []
+
+    def init_work(self) -> None:
+        """mirror_dirty_init: what must be copied before the job can be READY."""
+        g = self.dirty.granularity
+        if self.zero_target:
+            self.dirty.bits.setall(1)
+        elif self.sync != "none":
+            if self.commit_mode:
+                contents = chain_contents(self.graph, self.source, self.base)
+            elif self.sync == "top":
+                contents = [self.source.content] if self.source.content else []
+            else:
+                contents = chain_contents(self.graph, self.source)
+            mask = allocated_clusters(contents, self.source.size_bytes, g)
+            for i in mask.nonzero()[0].tolist():
+                self.dirty.bits[i] = 1
+        self.update_len()
+
+    def update_len(self) -> None:
+        self.job.len = self.job.offset + self._dirty_bytes()
+
+    def _dirty_bytes(self) -> int:
+        bits = self.dirty.bits
+        count = bits.count() * self.dirty.granularity
+        if bits and bits[-1]:
+            count -= len(bits) * self.dirty.granularity - self.source.size_bytes
+        return count
+
+    def next_chunk(self) -> tuple[int, int] | None:
+        try:
+            i = self.dirty.bits.index(1)
+        except ValueError:
+            return None
+        g = self.dirty.granularity
+        off = i * g
+        return off, min(g, self.source.size_bytes - off)
+
+    def copy_chunk(self, offset: int, length: int) -> None:
+        g = self.dirty.granularity
+        self.dirty.bits[offset // g] = 0
+        stop = self.base if self.commit_mode else None
+        copy_range(self.graph, chain_contents(self.graph, self.source, stop), self.target,
+                   offset, length)
+        self.job.offset += length
+        self.update_len()
+
+    def on_guest_write(self, node: BlockNode, offset: int, length: int) -> None:
+        """A guest write passed mirror_top: the source's dirty bitmap recorded it; wake
+        the job so it copies it (write-blocking mode is modelled the same way)."""
+        self.job.wake()
+
+    # -- end ---------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """mirror_exit_common on success: pivot if completion was requested."""
+        self.update_len()
+        if self.job.completion_requested and not self.job.cancelled:
+            self._pivot()
+
+    def _pivot(self) -> None:
+        g = self.graph
+        if not self.commit_mode and self.sync in ("top", "none"):
+            backing = self.source if self.sync == "none" else self.source.backing
+            if self.target.backing is not backing:
+                g.set_backing(self.target, backing)
+        replace_node(g, self.source, self.target)
+        self.pivoted = True
+
+    def abort(self) -> None:
+        return None
+
+    def clean(self) -> None:
+        g = self.graph
+        if self.dirty in self.source.bitmaps:
+            self.source.bitmaps.remove(self.dirty)
+        drop_filter(g, self.filter)
+        pivoted = getattr(self, "pivoted", False)
+        if pivoted:
+            g.delete_unreferenced(self.source)
+        elif self.close_target:
+            g.delete_unreferenced(self.target)
+        # an active-commit base stays read-write, even after a soft cancel (reference §3)

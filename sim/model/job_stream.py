@@ -1,0 +1,75 @@
+"""block-stream: block/stream.c of QEMU 7.2.
+
+A copy-on-read filter goes above the streamed node (`device`); the job pulls
+everything allocated below it, down to (excluding) `base`, into it, without
+dirtying its bitmaps (copy-on-read writes bypass tracking).  On completion the
+node backs onto base (or nothing) and the streamed-over nodes leave the graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.model.content import sector_span
+from sim.model.graph import BlockGraph, BlockNode
+from sim.model.job_flow import KindBase
+from sim.model.job_graph import chain_contents, drop_filter, insert_filter
+from sim.model.jobs import Job
+
+STREAM_CHUNK = 512 * 1024
+
+
+class StreamKind(KindBase):
+    """One stream job."""
+
+    def __init__(self, graph: BlockGraph, job: Job, node: BlockNode, base: BlockNode | None,
+                 filter_name: str | None) -> None:
+        self.graph, self.job = graph, job
+        self.node, self.base = node, base
+        self.nodes: list[BlockNode] = []
+        self.node_ro = node.read_only
+        node.read_only = False
+        self.filter = insert_filter(graph, node, "copy-on-read", filter_name)
+        self.cursor = 0
+        self.nothing_to_do = node.backing is base or node.backing is None
+
+    def intermediates(self) -> list[BlockNode]:
+        out = []
+        cur = self.node.backing
+        while cur is not None and cur is not self.base:
+            out.append(cur)
+            cur = cur.backing
+        return out
+
+    def init_work(self) -> None:
+        self.job.len = 0 if self.nothing_to_do else self.node.size_bytes
+
+    def next_chunk(self) -> tuple[int, int] | None:
+        if self.nothing_to_do or self.cursor >= self.node.size_bytes:
+            return None
+        return self.cursor, min(STREAM_CHUNK, self.node.size_bytes - self.cursor)
+
+    def copy_chunk(self, offset: int, length: int) -> None:
+        below = self.node.backing
+        if below is not None and self.node.content is not None:
+            first, end = sector_span(offset, length)
+            own = self.node.content.read(first, end)
+            from sim.model.content import read_through
+
+            data = read_through(chain_contents(self.graph, below, self.base), first, end)
+            fill = np.where(own == 0, data, 0).astype(np.int32)
+            if fill.any():
+                self.node.content.write_stamps(first, fill)
+        self.cursor = offset + length
+        self.job.offset += length
+
+    def prepare(self) -> None:
+        if not self.nothing_to_do:
+            old = self.node.backing
+            self.graph.set_backing(self.node, self.base)
+            if old is not None:
+                self.graph.delete_unreferenced(old)
+
+    def clean(self) -> None:
+        drop_filter(self.graph, self.filter)
+        self.node.read_only = self.node_ro

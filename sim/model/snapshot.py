@@ -1,0 +1,130 @@
+"""External snapshots: blockdev-snapshot-sync and blockdev-snapshot.
+
+Follows blockdev.c `external_snapshot_prepare` and block.c `bdrv_append`
+(QEMU 7.2): the overlay gets the old node as its backing child, then takes
+the old node's place in every parent (the BlockBackend root included).  The
+old node is reopened read-only, which makes its persistent bitmaps readonly.
+Where its bitmaps go is the placement policy's call (`on_append`).
+"""
+
+from __future__ import annotations
+
+from sim.errors import QMPError
+from sim.model.bitmap_ops import Undo
+from sim.model.graph import BlockGraph, BlockNode, id_wellformed
+from sim.model.policy import PlacementPolicy
+
+NODE_NAME_MAX = 31  # sizeof(bs->node_name) - 1
+
+
+def check_new_node_name(graph: BlockGraph, name: str) -> None:
+    """bdrv_assign_node_name's checks, in its order."""
+    if not id_wellformed(name):
+        raise QMPError(f"Invalid node-name: '{name}'")
+    if name in graph.backends:
+        raise QMPError(f"node-name={name} is conflicting with a device id")
+    if graph.node(name) is not None:
+        raise QMPError(f"Duplicate nodes with node-name='{name}'")
+    if len(name) > NODE_NAME_MAX:
+        raise QMPError("Node name too long")
+
+
+def snapshot_sync(graph: BlockGraph, policy: PlacementPolicy, device: str | None,
+                  node_name: str | None, snapshot_file: str, snapshot_node_name: str | None,
+                  fmt: str = "qcow2", mode: str = "absolute-paths") -> tuple[BlockNode, Undo]:
+    """blockdev-snapshot-sync: create (or open) an overlay image and append it."""
+    old = graph.lookup_device_or_node(device, node_name)
+    graph.check_op(old, "external-snapshot")
+    if node_name is not None and snapshot_node_name is None:
+        raise QMPError("New overlay node-name missing")
+    if snapshot_node_name is not None and graph.lookup_bs(snapshot_node_name) is not None:
+        raise QMPError("New overlay node-name already in use")
+    if mode != "existing":
+        if fmt not in ("qcow2", "raw"):
+            raise QMPError(f"Unknown file format '{fmt}'")
+        if fmt == "raw":
+            raise QMPError("Backing file not supported for file format 'raw'")
+        backing_file = old.image.filename if old.image is not None else None
+        image = graph.create_image(snapshot_file, fmt, old.size_bytes, backing_file)
+    else:
+        existing = graph.images.get(snapshot_file)
+        if existing is None:
+            raise QMPError(f"Could not open '{snapshot_file}': No such file or directory")
+        image = existing
+    if snapshot_node_name is not None:
+        check_new_node_name(graph, snapshot_node_name)
+    if image.format != "qcow2":
+        raise QMPError("The overlay does not support backing images")
+    overlay = graph.open_image(image, snapshot_node_name, None)
+    try:
+        undo = append(graph, policy, overlay, old)
+    except QMPError:
+        _close_overlay(graph, overlay)
+        raise
+
+    def undo_all() -> None:
+        undo()
+        _close_overlay(graph, overlay)
+
+    return overlay, undo_all
+
+
+def blockdev_snapshot(graph: BlockGraph, policy: PlacementPolicy, node: str,
+                      overlay_name: str) -> Undo:
+    """blockdev-snapshot: append an existing (blockdev-add) node as the overlay."""
+    old = graph.lookup_or_fail(node)
+    graph.check_op(old, "external-snapshot")
+    overlay = graph.lookup_or_fail(overlay_name)
+    if graph.backend_of_root(overlay) is not None:
+        raise QMPError("The overlay is already in use")
+    graph.check_op(overlay, "external-snapshot")
+    if overlay.is_filter:
+        raise QMPError("Filters cannot be used as overlays")
+    if overlay.backing is not None:
+        raise QMPError("The overlay already has a backing image")
+    if overlay.driver != "qcow2":
+        raise QMPError("The overlay does not support backing images")
+    return append(graph, policy, overlay, old)
+
+
+def append(graph: BlockGraph, policy: PlacementPolicy, new: BlockNode, old: BlockNode) -> Undo:
+    """bdrv_append(new, old): new backs onto old and replaces it in all its parents."""
+    parents = [(p, role) for p, role in graph.parents(old)]
+    roots = [bb for bb in graph.backends.values() if bb.root is old]
+    saved_lists = (list(old.bitmaps), list(new.bitmaps))
+    saved_ro = old.read_only
+    saved_readonly = [(bm, bm.readonly) for bm in old.bitmaps]
+    graph.set_backing(new, old)
+    for p, role in parents:
+        if role == "backing":
+            graph.set_backing(p, new)
+        else:
+            setattr(p, role, new)
+    for bb in roots:
+        bb.root = new
+    # replacing the child re-labels the backing blocker with the new parent's name
+    old.read_only = True
+    for bm in old.bitmaps:
+        if bm.persistent:
+            bm.readonly = True
+    policy.on_append(graph, old, new)
+
+    def undo() -> None:
+        for bb in roots:
+            bb.root = old
+        for p, role in parents:
+            if role == "backing":
+                graph.set_backing(p, old)
+            else:
+                setattr(p, role, old)
+        graph.set_backing(new, None)
+        old.read_only = saved_ro
+        old.bitmaps, new.bitmaps = list(saved_lists[0]), list(saved_lists[1])
+        for bm, ro in saved_readonly:
+            bm.readonly = ro
+
+    return undo
+
+
+def _close_overlay(graph: BlockGraph, overlay: BlockNode) -> None:
+    graph.delete_unreferenced(overlay)

@@ -1,0 +1,484 @@
+"""Job-starting commands and job verbs (qapi/block-core.json, qapi/job.json, 7.2).
+
+Argument checks follow blockdev.c of QEMU 7.2 in its order (drive_backup_prepare,
+do_backup_common, backup_job_create, qmp_drive_mirror, blockdev_mirror_common,
+mirror_start_job, qmp_block_commit, qmp_block_stream); the reference §5-§7
+lists the verified messages.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sim.engine.jobs import start_job
+from sim.errors import QMPError
+from sim.model import job_flow
+from sim.model.graph import BlockNode, id_wellformed
+from sim.model.job_backup import BackupKind
+from sim.model.job_commit import CommitKind
+from sim.model.job_mirror import MirrorKind
+from sim.model.job_stream import StreamKind
+from sim.model.jobs import Job
+from sim.model.snapshot import check_new_node_name
+from sim.qmp.dispatch import command
+from sim.qmp.transaction import Prepared, TxnContext, action, drain_all, run_transaction
+
+if TYPE_CHECKING:
+    from sim.engine.machine import Machine
+
+
+# -- shared ------------------------------------------------------------------------------
+
+def is_root(m: Machine, node: BlockNode) -> bool:
+    """bdrv_is_root_node: no parent but BlockBackends (a job is a parent too)."""
+    if m.state.graph.parents(node):
+        return False
+    return not any(node in getattr(j.kind, "nodes", []) for j in m.state.jobs)
+
+
+def root_bs(m: Machine, name: str) -> BlockNode:
+    """qmp_get_root_bs."""
+    node = m.state.graph.lookup_or_fail(name)
+    if not is_root(m, node):
+        raise QMPError("Need a root block node")
+    return node
+
+
+def new_job(m: Machine, job_id: str | None, main: BlockNode, jtype: str,
+            a: dict[str, Any]) -> Job:
+    """block_job_create's id checks, then the job in state created."""
+    if job_id is None:
+        bb = m.state.graph.backend_of_root(main)
+        job_id = bb.name if bb is not None else ""
+    if not id_wellformed(job_id):
+        raise QMPError(f"Invalid job ID '{job_id}'")
+    if m.state.find_job(job_id) is not None:
+        raise QMPError(f"Job ID '{job_id}' already in use")
+    return Job(job_id, jtype, m.emit, auto_finalize=a.get("auto-finalize", True),
+               auto_dismiss=a.get("auto-dismiss", True), speed=a.get("speed", 0))
+
+
+def register(m: Machine, job: Job, kind: Any, nodes: list[BlockNode]) -> None:
+    job.kind = kind
+    m.state.register_job(job)
+    job.set_status("created")
+    job_flow.block_nodes(job, nodes)
+
+
+def _check_speed(a: dict[str, Any]) -> None:
+    if a.get("speed", 0) < 0:
+        raise QMPError("Parameter 'speed' expects a non-negative value")
+
+
+# -- backup ------------------------------------------------------------------------------
+
+def _backup_bitmap_checks(m: Machine, a: dict[str, Any], source: BlockNode) -> tuple[Any, str, str | None]:
+    """do_backup_common: sync/bitmap/bitmap-mode consistency (reference §5.2 rows A-H)."""
+    from sim.model.bitmap_ops import ALLOW_RO, check_bitmap
+
+    sync = a["sync"]
+    mode = a.get("bitmap-mode")
+    if sync in ("incremental", "bitmap") and "bitmap" not in a:
+        raise QMPError(f"must provide a valid bitmap name for '{sync}' sync mode")
+    if sync == "incremental":
+        if mode is not None and mode != "on-success":
+            raise QMPError("Bitmap sync mode must be 'on-success' when using sync mode 'incremental'")
+        sync, mode = "bitmap", "on-success"
+    bm = None
+    if "bitmap" in a:
+        bm = source.find_bitmap(a["bitmap"])
+        if bm is None:
+            raise QMPError(f"Bitmap '{a['bitmap']}' could not be found")
+        if mode is None:
+            raise QMPError("Bitmap sync mode must be given when providing a bitmap")
+        check_bitmap(bm, ALLOW_RO)
+        if sync == "none":
+            raise QMPError("sync mode 'none' does not produce meaningful bitmap outputs")
+        if mode == "never" and sync != "bitmap":
+            raise QMPError(f"Bitmap sync mode 'never' has no meaningful effect when combined "
+                           f"with sync mode '{sync}'")
+    elif mode is not None:
+        raise QMPError("Cannot specify bitmap sync mode without a bitmap")
+    return bm, sync, mode
+
+
+def _create_backup(m: Machine, a: dict[str, Any], source: BlockNode, target: BlockNode,
+                   close_target: bool, bm: Any, sync: str, mode: str | None) -> Job:
+    """backup_job_create from the same-node check on."""
+    from sim.model.bitmap_ops import DEFAULT_CHECKS, check_bitmap
+
+    g = m.state.graph
+    if source is target:
+        raise QMPError("Source and target cannot be the same")
+    g.check_op(source, "backup-source")
+    g.check_op(target, "backup-target")
+    if bm is not None and mode != "never":
+        check_bitmap(bm, DEFAULT_CHECKS)
+    if source.size_bytes != target.size_bytes:
+        raise QMPError("Source and target image have different sizes")
+    job_id = a.get("job-id")
+    # the job is named after the filter, which takes the source's place as BB root
+    main_bb = g.backend_of_root(source)
+    if job_id is None:
+        job_id = main_bb.name if main_bb is not None else ""
+    job = new_job(m, job_id, source, "backup", a)
+    job.on_source_error = a.get("on-source-error", "report")
+    job.on_target_error = a.get("on-target-error", "report")
+    kind = BackupKind(g, job, source, target, sync, bm, mode, a.get("filter-node-name"),
+                      close_target)
+    register(m, job, kind, [kind.filter, target])
+    return job
+
+
+def _backup_prepared(m: Machine, job: Job) -> Prepared:
+    def commit() -> None:
+        start_job(m, job)
+        if job.status == "running":
+            job.set_status("paused")  # started inside the drained section
+
+    def abort() -> None:
+        job_flow.abort_txn(m.state, job)
+
+    def clean() -> None:
+        if job.status == "paused" and not job.user_paused:
+            job.set_status("running")
+
+    return Prepared(abort=abort, commit=commit, clean=clean)
+
+
+@action("drive-backup")
+def _drive_backup(m: Machine, a: dict[str, Any], ctx: TxnContext) -> Prepared:
+    g = m.state.graph
+    _check_speed(a)
+    source = g.lookup_or_fail(a["device"])
+    g.check_op(source, "backup-source")
+    mode = a.get("mode", "absolute-paths")
+    fmt = a.get("format") if "format" in a else (None if mode == "existing" else source.driver)
+    sync = a["sync"]
+    data_src = g.data_node(source)
+    if sync == "top" and data_src.backing is None:
+        a = dict(a, sync="full")
+        sync = "full"
+    drain_all(m)  # opening the target image drains (reference §4.4)
+    target = _open_target(m, a["target"], fmt, mode, source, backing=data_src.backing
+                          if sync == "top" else (source if sync == "none" else None))
+    try:
+        bm, bsync, bmode = _backup_bitmap_checks(m, a, source)
+        job = _create_backup(m, a, source, target, True, bm, bsync, bmode)
+    except QMPError:
+        g.delete_unreferenced(target)
+        raise
+    if sync == "none":
+        g.set_backing(target, source)
+    ctx.new_jobs.append(job)
+    return _backup_prepared(m, job)
+
+
+@action("blockdev-backup")
+def _blockdev_backup(m: Machine, a: dict[str, Any], ctx: TxnContext) -> Prepared:
+    g = m.state.graph
+    _check_speed(a)
+    source = g.lookup_or_fail(a["device"])
+    target = g.lookup_or_fail(a["target"])
+    bm, bsync, bmode = _backup_bitmap_checks(m, a, source)
+    job = _create_backup(m, a, source, target, False, bm, bsync, bmode)
+    ctx.new_jobs.append(job)
+    return _backup_prepared(m, job)
+
+
+def _open_target(m: Machine, filename: str, fmt: str | None, mode: str, source: BlockNode,
+                 backing: BlockNode | None, node_name: str | None = None) -> BlockNode:
+    """Create (unless mode=existing) and open a job's target image."""
+    g = m.state.graph
+    if mode == "existing":
+        image = g.images.get(filename)
+        if image is None:
+            raise QMPError(f"Could not open '{filename}': No such file or directory")
+        if fmt is not None and fmt != image.format and fmt not in ("qcow2", "raw"):
+            raise QMPError(f"Unknown file format '{fmt}'")
+    else:
+        assert fmt is not None
+        if fmt not in ("qcow2", "raw"):
+            raise QMPError(f"Unknown file format '{fmt}'")
+        if backing is not None and fmt == "raw":
+            raise QMPError("Backing file not supported for file format 'raw'")
+        bfile = backing.image.filename if backing is not None and backing.image else None
+        image = g.create_image(filename, fmt, source.size_bytes, bfile)
+    if node_name is not None:
+        check_new_node_name(g, node_name)
+    return g.open_image(image, node_name, None)
+
+
+command("drive-backup")(lambda m, a: run_transaction(m, [("drive-backup", a)]))
+command("blockdev-backup")(lambda m, a: run_transaction(m, [("blockdev-backup", a)]))
+
+
+# -- mirror ------------------------------------------------------------------------------
+
+def _mirror_checks(a: dict[str, Any]) -> int:
+    gran = a.get("granularity", 0)
+    if gran and (gran < 512 or gran > 64 * 1048576):
+        raise QMPError("Parameter 'granularity' expects a value in range [512B, 64MB]")
+    if gran & (gran - 1):
+        raise QMPError("Parameter 'granularity' expects a power of 2")
+    if a.get("buf-size", 0) < 0:
+        raise QMPError("Invalid parameter 'buf-size'")
+    return int(gran)
+
+
+@command("drive-mirror")
+def _drive_mirror(m: Machine, a: dict[str, Any]) -> None:
+    g = m.state.graph
+    _check_speed(a)
+    source = root_bs(m, a["device"])
+    g.check_op(source, "mirror-source")
+    sync = a["sync"]
+    if sync in ("incremental", "bitmap"):
+        raise QMPError(f"Sync mode '{sync}' not supported")
+    mode = a.get("mode", "absolute-paths")
+    fmt = a.get("format") if "format" in a else (None if mode == "existing" else source.driver)
+    data_src = g.data_node(source)
+    backing_bs = data_src.backing
+    if backing_bs is None and sync == "top":
+        sync = "full"
+    if sync == "none":
+        backing_bs = source
+    if "replaces" in a and "node-name" not in a:
+        raise QMPError("a node-name must be provided when replacing a named node of the graph")
+    target = _open_target(m, a["target"], fmt, mode, source,
+                          None if sync == "full" else backing_bs, a.get("node-name"))
+    zero_target = sync == "full" and mode == "existing"
+    try:
+        _start_mirror(m, a, source, target, sync, zero_target, close_target=True)
+    except QMPError:
+        g.delete_unreferenced(target)
+        raise
+
+
+@command("blockdev-mirror")
+def _blockdev_mirror(m: Machine, a: dict[str, Any]) -> None:
+    g = m.state.graph
+    _check_speed(a)
+    source = root_bs(m, a["device"])
+    target = g.lookup_or_fail(a["target"])
+    sync = a["sync"]
+    if sync in ("incremental", "bitmap"):
+        raise QMPError(f"Sync mode '{sync}' not supported")
+    _start_mirror(m, a, source, target, sync, sync == "full", close_target=False)
+
+
+def _start_mirror(m: Machine, a: dict[str, Any], source: BlockNode, target: BlockNode,
+                  sync: str, zero_target: bool, close_target: bool) -> None:
+    g = m.state.graph
+    gran = _mirror_checks(a)
+    g.check_op(source, "mirror-source")
+    g.check_op(target, "mirror-target")
+    if g.data_node(source).backing is None and sync == "top":
+        sync = "full"
+    if g.data_node(source) is g.data_node(target):
+        raise QMPError("Can't mirror node into itself")
+    if not gran:
+        gran = g.data_node(target).default_granularity()
+    job = new_job(m, a.get("job-id"), source, "mirror", a)
+    job.on_source_error = a.get("on-source-error", "report")
+    job.on_target_error = a.get("on-target-error", "report")
+    if source.size_bytes != target.size_bytes:
+        _fail_at_start(m, job, "Source and target image have different sizes")
+        return
+    kind = MirrorKind(g, job, source, target, sync, gran, a.get("filter-node-name"),
+                      zero_target=zero_target, close_target=close_target,
+                      write_blocking=a.get("copy-mode") == "write-blocking")
+    register(m, job, kind, [kind.filter, source, target])
+    start_job(m, job)
+
+
+def _fail_at_start(m: Machine, job: Job, error: str) -> None:
+    """A job whose run() fails at once (reference §4.3: mirror to a smaller target)."""
+
+    class _Nothing(job_flow.KindBase):
+        nodes: list[Any] = []
+
+        def next_chunk(self) -> None:
+            return None
+
+    m.state.register_job(job)
+    job.kind = _Nothing()
+    job.set_status("created")
+    job.started = True
+    job.set_status("running")
+    job.error = error
+    job_flow.abort_txn(m.state, job)
+
+
+# -- commit ------------------------------------------------------------------------------
+
+def _chain_contains(m: Machine, top: BlockNode, node: BlockNode) -> bool:
+    cur: BlockNode | None = top
+    while cur is not None:
+        if cur is node:
+            return True
+        cur = cur.filtered_child() if cur.is_filter else cur.backing
+    return False
+
+
+def _find_backing_image(m: Machine, top: BlockNode, filename: str) -> BlockNode | None:
+    cur = top.backing
+    while cur is not None:
+        if cur.image is not None and cur.image.filename == filename:
+            return cur
+        cur = cur.backing
+    return None
+
+
+@command("block-commit")
+def _block_commit(m: Machine, a: dict[str, Any]) -> None:
+    g = m.state.graph
+    _check_speed(a)
+    device = a["device"]
+    node = g.lookup_bs(device)
+    if node is None:
+        raise QMPError(f"Device '{device}' not found", "DeviceNotFound")
+    bs = root_bs(m, device)
+    g.check_op(bs, "commit-source")
+    top = g.data_node(bs)
+    if "top-node" in a and "top" in a:
+        raise QMPError("'top-node' and 'top' are mutually exclusive")
+    if "top-node" in a:
+        top = g.lookup_device_or_node(None, a["top-node"])
+        if not _chain_contains(m, bs, top):
+            raise QMPError(f"'{a['top-node']}' is not in this backing file chain")
+    elif a.get("top"):
+        if not (top.image is not None and top.image.filename == a["top"]):
+            found = _find_backing_image(m, top, a["top"])
+            if found is None:
+                raise QMPError(f"Top image file {a['top']} not found")
+            top = found
+    if "base-node" in a and "base" in a:
+        raise QMPError("'base-node' and 'base' are mutually exclusive")
+    if "base-node" in a:
+        base = g.lookup_device_or_node(None, a["base-node"])
+        if not _chain_contains(m, top, base):
+            raise QMPError(f"'{a['base-node']}' is not in this backing file chain")
+    elif a.get("base"):
+        found = _find_backing_image(m, top, a["base"])
+        if found is None:
+            raise QMPError(f"Can't find '{a['base']}' in the backing chain")
+        base = found
+    else:
+        base = g.backing_chain(top)[-1]
+    cur: BlockNode | None = top
+    while cur is not None and cur is not base:
+        g.check_op(cur, "commit-target")
+        cur = cur.backing
+    if top is base:
+        raise QMPError("cannot commit an image into itself")
+    if top is g.data_node(bs):
+        _active_commit(m, a, bs, top, base)
+    else:
+        _intermediate_commit(m, a, bs, top, base)
+
+
+def _active_commit(m: Machine, a: dict[str, Any], bs: BlockNode, top: BlockNode,
+                   base: BlockNode) -> None:
+    g = m.state.graph
+    if "backing-file" in a:
+        raise QMPError("'backing-file' specified, but 'top' is the active layer")
+    job = new_job(m, a.get("job-id"), bs, "commit", a)
+    job.on_source_error = job.on_target_error = a.get("on-error", "report")
+    kind = MirrorKind(g, job, top, base, "full", base.default_granularity(),
+                      a.get("filter-node-name"), zero_target=False, close_target=False,
+                      base=base, commit=True)
+    intermediates = []
+    cur = top.backing
+    while cur is not None and cur is not base:
+        intermediates.append(cur)
+        cur = cur.backing
+    register(m, job, kind, [kind.filter, top, base] + intermediates)
+    start_job(m, job)
+
+
+def _intermediate_commit(m: Machine, a: dict[str, Any], bs: BlockNode, top: BlockNode,
+                         base: BlockNode) -> None:
+    g = m.state.graph
+    overlay = g.overlay_of(top)
+    if overlay is not None:
+        g.check_op(overlay, "commit-target")
+    job = new_job(m, a.get("job-id"), bs, "commit", a)
+    job.on_source_error = job.on_target_error = a.get("on-error", "report")
+    kind = CommitKind(g, job, bs, top, base, a.get("filter-node-name"))
+    between = []
+    cur: BlockNode | None = top
+    while cur is not None and cur is not base:
+        between.append(cur)
+        cur = cur.backing
+    register(m, job, kind, [bs] + between + [base])
+    start_job(m, job)
+
+
+# -- stream ------------------------------------------------------------------------------
+
+@command("block-stream")
+def _block_stream(m: Machine, a: dict[str, Any]) -> None:
+    g = m.state.graph
+    _check_speed(a)
+    if "base" in a and "base-node" in a:
+        raise QMPError("'base' and 'base-node' cannot be specified at the same time")
+    if "base" in a and "bottom" in a:
+        raise QMPError("'base' and 'bottom' cannot be specified at the same time")
+    if "bottom" in a and "base-node" in a:
+        raise QMPError("'bottom' and 'base-node' cannot be specified at the same time")
+    bs = g.lookup_or_fail(a["device"])
+    node = g.data_node(bs)
+    base: BlockNode | None = None
+    if "base" in a:
+        base = _find_backing_image(m, node, a["base"])
+        if base is None:
+            raise QMPError(f"Can't find '{a['base']}' in the backing chain")
+    if "base-node" in a:
+        base = g.lookup_device_or_node(None, a["base-node"])
+        if base is bs or not _chain_contains(m, bs, base):
+            raise QMPError(f"Node '{a['base-node']}' is not a backing image of '{a['device']}'")
+    if "bottom" in a:
+        bottom = g.lookup_device_or_node(None, a["bottom"])
+        if bottom.is_filter:
+            raise QMPError(f"Node '{a['bottom']}' is a filter, use a non-filter node as 'bottom'")
+        if not _chain_contains(m, bs, bottom):
+            raise QMPError(f"Node '{a['bottom']}' is not in a chain starting from '{a['device']}'")
+        base = bottom.backing
+    cur: BlockNode | None = bs
+    while cur is not None and cur is not base:
+        g.check_op(cur, "stream")
+        cur = cur.filtered_child() if cur.is_filter else cur.backing
+    if base is None and "backing-file" in a:
+        raise QMPError("backing file specified, but streaming the entire chain")
+    kind_job_main = bs
+    job = new_job(m, a.get("job-id"), kind_job_main, "stream", a)
+    job.on_source_error = job.on_target_error = a.get("on-error", "report")
+    kind = StreamKind(g, job, node, base, a.get("filter-node-name"))
+    register(m, job, kind, [kind.filter, node] + kind.intermediates())
+    start_job(m, job)
+
+
+# -- verbs -------------------------------------------------------------------------------
+
+def _verb(name: str, key: str, block_api: bool, fn: Any) -> None:
+    def handler(m: Machine, a: dict[str, Any]) -> None:
+        job = job_flow.find_job(m.state, a[key], block_api)
+        fn(m, job, a)
+
+    command(name)(handler)
+
+
+for _api, _key, _prefix in ((True, "device", "block-job-"), (False, "id", "job-")):
+    _verb(_prefix + "pause", _key, _api, lambda m, j, a: job_flow.pause(j))
+    _verb(_prefix + "resume", _key, _api, lambda m, j, a: job_flow.resume(j))
+    _verb(_prefix + "complete", _key, _api, lambda m, j, a: job_flow.complete(j))
+
+_verb("block-job-cancel", "device", True,
+      lambda m, j, a: job_flow.cancel(m.state, j, bool(a.get("force", False))))
+_verb("job-cancel", "id", False, lambda m, j, a: job_flow.cancel(m.state, j, True))
+_verb("block-job-set-speed", "device", True, lambda m, j, a: job_flow.set_speed(j, a["speed"]))
+_verb("block-job-finalize", "id", True, lambda m, j, a: job_flow.user_finalize(m.state, j))
+_verb("job-finalize", "id", False, lambda m, j, a: job_flow.user_finalize(m.state, j))
+_verb("block-job-dismiss", "id", True, lambda m, j, a: job_flow.user_dismiss(m.state, j))
+_verb("job-dismiss", "id", False, lambda m, j, a: job_flow.user_dismiss(m.state, j))

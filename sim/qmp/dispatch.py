@@ -1,0 +1,89 @@
+"""The QMP surface: one dispatch table, validated at the edge.
+
+`Monitor.execute(request)` turns a QMP request into a handler call and the
+result into `{"return": ...}` or `{"error": {"class", "desc"}}`.  Arguments
+are checked against the declarative QAPI table in `sim.qmp.schema` before a
+handler runs, so handlers see well-typed arguments.  A `QMPError` raised
+anywhere below becomes an error response here and only here.  Any other
+exception is a simulator bug: it is recorded in `Monitor.internal_errors`
+(the fuzzer's `internal-error` failure kind) and answered with a
+`blocksim internal error` response so the run goes on.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sim.errors import QMPError, SimulatorBug
+from sim.qmp.schema import check_arguments
+
+if TYPE_CHECKING:
+    from sim.engine.machine import Machine
+
+Handler = Callable[["Machine", dict[str, Any]], Any]
+COMMANDS: dict[str, Handler] = {}
+
+
+def command(name: str) -> Callable[[Handler], Handler]:
+    """Register a handler for QMP command `name`."""
+
+    def register(fn: Handler) -> Handler:
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+class Monitor:
+    """A QMP monitor bound to one Machine (capabilities already negotiated)."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        self.internal_errors: list[str] = []
+
+    def execute(self, request: object) -> dict[str, Any]:
+        """Run one QMP request; never raises for any input."""
+        try:
+            name, args = _split_request(request)
+            checked = check_arguments(name, args)
+            handler = COMMANDS.get(name)
+            if handler is None:
+                raise QMPError(f"The command {name} has not been found", "CommandNotFound")
+            result = handler(self.machine, checked)
+            response: dict[str, Any] = {"return": {} if result is None else result}
+        except QMPError as exc:
+            response = exc.to_response()
+        except SimulatorBug as exc:
+            response = self._internal(exc)
+        except Exception as exc:  # noqa: BLE001 - any other exception is a simulator bug
+            response = self._internal(exc)
+        if isinstance(request, dict) and "id" in request:
+            response["id"] = request["id"]
+        return response
+
+    def _internal(self, exc: BaseException) -> dict[str, Any]:
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+        loc = f" at {where[0].filename.rsplit('/', 1)[-1]}:{where[0].lineno}" if where else ""
+        message = f"blocksim internal error: {detail}{loc}"
+        self.internal_errors.append(message)
+        return {"error": {"class": "GenericError", "desc": message}}
+
+
+def _split_request(request: object) -> tuple[str, object]:
+    if not isinstance(request, dict):
+        raise QMPError("QMP input must be a JSON object")
+    if "execute" not in request:
+        raise QMPError("QMP input lacks member 'execute'")
+    name = request["execute"]
+    if not isinstance(name, str):
+        raise QMPError("QMP input member 'execute' must be a string")
+    for key in request:
+        if key not in ("execute", "arguments", "id"):
+            raise QMPError(f"QMP input member '{key}' is unexpected")
+    args = request.get("arguments", {})
+    if not isinstance(args, dict):
+        raise QMPError("QMP input member 'arguments' must be an object")
+    return name, args

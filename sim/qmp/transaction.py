@@ -1,0 +1,172 @@
+"""`transaction` and the commands QEMU 7.2 runs as one-action transactions.
+
+blockdev.c (7.2): `qmp_transaction` drains all nodes, prepares each action in
+list order (each prepare already changes state), and on the first failure
+aborts every prepared action in reverse order, then cleans up; on success it
+commits them in order, then cleans up.  `blockdev-snapshot-sync`,
+`blockdev-snapshot`, `drive-backup` and `blockdev-backup` go through
+`blockdev_do_action`, i.e. this same path with a single action.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sim.errors import QMPError
+from sim.model import snapshot
+from sim.qmp import cmd_bitmap
+from sim.qmp.dispatch import command
+
+if TYPE_CHECKING:
+    from sim.engine.machine import Machine
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass
+class Prepared:
+    """A prepared action: what to run on abort, commit and clean."""
+
+    abort: Callable[[], None] = _nothing
+    commit: Callable[[], None] = _nothing
+    clean: Callable[[], None] = _nothing
+
+
+@dataclass
+class TxnContext:
+    """What actions of one transaction share."""
+
+    grouped: bool = False
+    new_jobs: list[Any] = field(default_factory=list)
+
+
+Action = Callable[["Machine", dict[str, Any], TxnContext], Prepared]
+ACTIONS: dict[str, Action] = {}
+JOB_ACTIONS = ("drive-backup", "blockdev-backup")
+
+
+def action(name: str) -> Callable[[Action], Action]:
+    def register(fn: Action) -> Action:
+        ACTIONS[name] = fn
+        return fn
+
+    return register
+
+
+def check_completion_mode(name: str, ctx: TxnContext) -> None:
+    """action_check_completion_mode: only backups may run grouped."""
+    if ctx.grouped:
+        raise QMPError(
+            f"Action '{name}' does not support Transaction property completion-mode = grouped"
+        )
+
+
+def drain_all(m: Machine) -> None:
+    """bdrv_drain_all: every active job pauses and resumes (reference §4.4)."""
+    active = [j for j in m.state.jobs if j.user_paused == 0 and j.status in ("running", "ready")]
+    for job in active:
+        job.set_status("standby" if job.status == "ready" else "paused")
+    for job in active:
+        job.set_status("ready" if job.status == "standby" else "running")
+
+
+def run_transaction(m: Machine, actions: list[tuple[str, dict[str, Any]]],
+                    grouped: bool = False) -> None:
+    """Prepare all, then commit all; any failure aborts everything prepared so far."""
+    ctx = TxnContext(grouped=grouped)
+    drain_all(m)
+    prepared: list[Prepared] = []
+    try:
+        for kind, data in actions:
+            prepared.append(ACTIONS[kind](m, data, ctx))
+    except QMPError:
+        for p in reversed(prepared):
+            p.abort()
+        for p in prepared:
+            p.clean()
+        raise
+    for p in prepared:
+        p.commit()
+    for p in prepared:
+        p.clean()
+
+
+@command("transaction")
+def _transaction(m: Machine, a: dict[str, Any]) -> None:
+    props = a.get("properties") or {}
+    grouped = props.get("completion-mode", "individual") == "grouped"
+    run_transaction(m, [(x["type"], x.get("data", {})) for x in a["actions"]], grouped)
+
+
+# -- actions ---------------------------------------------------------------------------------
+
+@action("abort")
+def _abort(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepared:
+    raise QMPError("Transaction aborted using Abort action")
+
+
+def _bitmap_action(name: str, fn: Callable[[Machine, dict[str, Any]], Callable[[], None]]) -> None:
+    def prepare(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepared:
+        check_completion_mode(name, ctx)
+        return Prepared(abort=fn(m, data))
+
+    ACTIONS[name] = prepare
+
+
+_bitmap_action("block-dirty-bitmap-add", cmd_bitmap.bitmap_add)
+_bitmap_action("block-dirty-bitmap-clear", cmd_bitmap.bitmap_clear)
+_bitmap_action("block-dirty-bitmap-enable", cmd_bitmap.bitmap_enable)
+_bitmap_action("block-dirty-bitmap-disable", cmd_bitmap.bitmap_disable)
+_bitmap_action("block-dirty-bitmap-merge", cmd_bitmap.bitmap_merge)
+
+
+@action("block-dirty-bitmap-remove")
+def _remove(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepared:
+    check_completion_mode("block-dirty-bitmap-remove", ctx)
+    s = m.state
+    owner, bm = cmd_bitmap.bitmap_ops.lookup(s.graph, s.policy, data["node"], data["name"])
+    undo = cmd_bitmap.bitmap_remove(m, data, release=False)
+
+    def commit() -> None:
+        bm.txn_hold = False
+        cmd_bitmap.bitmap_ops.release_bitmap(owner, bm)
+
+    return Prepared(abort=undo, commit=commit)
+
+
+@action("blockdev-snapshot-sync")
+def _snapshot_sync(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepared:
+    check_completion_mode("blockdev-snapshot-sync", ctx)
+    s = m.state
+    _, undo = snapshot.snapshot_sync(
+        s.graph, s.policy, data.get("device"), data.get("node-name"), data["snapshot-file"],
+        data.get("snapshot-node-name"), data.get("format", "qcow2"),
+        data.get("mode", "absolute-paths"))
+    return Prepared(abort=undo)
+
+
+@action("blockdev-snapshot")
+def _snapshot(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepared:
+    check_completion_mode("blockdev-snapshot", ctx)
+    s = m.state
+    undo = snapshot.blockdev_snapshot(s.graph, s.policy, data["node"], data["overlay"])
+    return Prepared(abort=undo)
+
+
+@action("blockdev-snapshot-internal-sync")
+def _internal_snapshot(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepared:
+    check_completion_mode("blockdev-snapshot-internal-sync", ctx)
+    node = m.state.graph.lookup_or_fail(data["device"])
+    raise QMPError(f"blocksim does not model internal snapshots (device '{node.node_name}')")
+
+
+def _single(kind: str) -> None:
+    command(kind)(lambda m, a: run_transaction(m, [(kind, a)]))
+
+
+for _kind in ("blockdev-snapshot-sync", "blockdev-snapshot"):
+    _single(_kind)

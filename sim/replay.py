@@ -1,0 +1,183 @@
+"""Replaying a trace on the simulator, step by step, against its expectations.
+
+`replay(trace)` builds a Machine from the header, runs every step, compares
+each `expect` and the `final-expect`, and returns a `ReplayResult` holding
+the per-step output lines of the trace spec (`--json`) and every mismatch.
+A bad line is reported with its line number and the replay goes on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sim.compare import first_difference
+from sim.engine.machine import NS_PER_S, Machine
+from sim.errors import TraceError
+from sim.qmp import commands  # noqa: F401 - registers every command
+from sim.qmp.cmd_query import final_state
+from sim.qmp.dispatch import Monitor
+from sim.trace import Step, Trace
+
+DEFAULT_WAIT_LIMIT_S = 3600.0
+
+
+@dataclass
+class StepOutcome:
+    """One step's output line, plus what went wrong with it (if anything)."""
+
+    index: int
+    line: int
+    command: dict[str, Any]
+    response: dict[str, Any]
+    events: list[dict[str, Any]]
+    time_s: float
+    output: str | None = None
+    mismatch: str | None = None
+    error: str | None = None
+    violations: list[dict[str, Any]] = field(default_factory=list)
+
+    def json_line(self) -> dict[str, Any]:
+        line: dict[str, Any] = {"step": self.index, "command": self.command,
+                                "response": self.response, "events": self.events,
+                                "time": self.time_s}
+        if self.output is not None:
+            line["output"] = self.output
+        if self.error is not None:
+            line["trace-error"] = self.error
+        if self.violations:
+            line["violations"] = self.violations
+        return line
+
+
+@dataclass
+class ReplayResult:
+    """Everything a replay produced."""
+
+    trace: Trace
+    policy: str
+    seed: int
+    steps: list[StepOutcome]
+    final: dict[str, Any]
+    mismatches: list[str]
+    trace_errors: list[str]
+    internal_errors: list[str]
+    warnings: list[str]
+    machine: Machine
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches and not self.trace_errors and not self.internal_errors
+
+
+class Replayer:
+    """Runs the steps of one trace on one Machine."""
+
+    def __init__(self, trace: Trace, policy: str | None = None, seed: int | None = None,
+                 checkers: list[Any] | None = None) -> None:
+        h = trace.header
+        self.trace = trace
+        self.policy = policy or h.policy
+        self.seed = h.seed if seed is None else seed
+        self.machine = Machine(h.drives, self.policy, self.seed)
+        self.monitor = Monitor(self.machine)
+        self.checkers = checkers or []
+        for checker in self.checkers:
+            checker.attach(self.machine)
+        self.outcomes: list[StepOutcome] = []
+        self.mismatches: list[str] = []
+        self.trace_errors: list[str] = []
+
+    def run(self) -> ReplayResult:
+        for index, step in enumerate(self.trace.steps, start=1):
+            self.outcomes.append(self.run_step(index, step))
+        return self.finish()
+
+    def run_step(self, index: int, step: Step) -> StepOutcome:
+        m = self.machine
+        mark = len(m.events)
+        response: dict[str, Any] = {}
+        output: str | None = None
+        error: str | None = None
+        try:
+            response, output = self._dispatch(step)
+        except TraceError as exc:
+            exc.line = exc.line or step.line
+            error = str(exc)
+            self.trace_errors.append(f"step {index}: {error}")
+        events = [e.wire() for e in m.events.since(mark)]
+        outcome = StepOutcome(index, step.line, step.command, response, events,
+                              m.now_ns / NS_PER_S, output, None, error)
+        for checker in self.checkers:
+            outcome.violations.extend(v.to_dict() for v in checker.after_step(index))
+        if step.expect is not None and error is None:
+            diff = first_difference(step.expect, _comparable(response))
+            if diff:
+                outcome.mismatch = diff
+                self.mismatches.append(
+                    f"step {index} (line {step.line}) {_label(step)}: {diff}\n"
+                    f"    expected: {step.expect}\n    got:      {_comparable(response)}")
+        return outcome
+
+    def _dispatch(self, step: Step) -> tuple[dict[str, Any], str | None]:
+        m = self.machine
+        if step.kind == "bad":
+            assert step.error is not None
+            raise step.error
+        if step.kind == "execute":
+            request = {"execute": step.body["execute"]}
+            if "arguments" in step.body:
+                request["arguments"] = step.body["arguments"]
+            if "id" in step.body:
+                request["id"] = step.body["id"]
+            m.hmp_output = None
+            response = self.monitor.execute(request)
+            return response, m.hmp_output
+        if step.kind == "wait":
+            w = step.body["wait"]
+            limit = w.get("timeout", DEFAULT_WAIT_LIMIT_S)
+            ev = m.wait_for(w["event"], w.get("data", {}), int(limit * NS_PER_S))
+            if ev is None:
+                raise TraceError(
+                    f"wait for {w['event']} {w.get('data', {})} can never be satisfied: "
+                    f"no such event is pending and the event queue is "
+                    f"{'empty' if m.env.peek() == float('inf') else 'past the wait timeout'}",
+                    step.line)
+            return ev.wire(), None
+        if step.kind == "advance":
+            m.advance(float(step.body["advance"]))
+            return {}, None
+        return m.sim_only_step(step)
+
+    def finish(self) -> ReplayResult:
+        m = self.machine
+        final = final_state(m)
+        violations: list[dict[str, Any]] = []
+        for checker in self.checkers:
+            violations.extend(v.to_dict() for v in checker.at_end())
+        final["violations"] = violations
+        final["events"] = [e.wire() for e in m.events.history]
+        fe = self.trace.final_expect
+        if fe is not None:
+            diff = first_difference(fe, {k: final.get(k) for k in fe})
+            if diff:
+                self.mismatches.append(f"final state: {diff}")
+        return ReplayResult(self.trace, self.policy, self.seed, self.outcomes, final,
+                            self.mismatches, self.trace_errors,
+                            self.monitor.internal_errors, m.state.warnings, m)
+
+
+def _comparable(response: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in response.items() if k != "id"}
+
+
+def _label(step: Step) -> str:
+    if step.kind == "execute":
+        return str(step.body.get("execute"))
+    return step.kind
+
+
+def replay(trace: Trace, policy: str | None = None, seed: int | None = None,
+           checkers: list[Any] | None = None) -> ReplayResult:
+    """Replay a parsed trace; see ReplayResult."""
+    return Replayer(trace, policy, seed, checkers).run()
