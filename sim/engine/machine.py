@@ -39,6 +39,9 @@ class Machine:
         self.processes: dict[str, simpy.Process] = {}  # job id -> process
         self.timing: dict[str, dict[str, Any]] = {d.id: dict(d.timing) for d in drives}
         self.hmp_output: str | None = None  # what qemu-io printed in the last command
+        # observers (checkers, coverage): called after every QMP command with
+        # (request, response); guest writes go to state.write_observers
+        self.command_observers: list[Any] = []
         for d in drives:
             self.state.add_drive(d.id, d.node_name, d.file_node_name, d.format, d.size,
                                  d.discard)

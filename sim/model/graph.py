@@ -280,6 +280,10 @@ class BlockGraph:
     # -- images --------------------------------------------------------------------------
     def create_image(self, filename: str, fmt: str, size_bytes: int,
                      backing_file: str | None = None) -> Image:
+        """bdrv_img_create: a new, empty image (replacing any file of that name)."""
+        if backing_file is not None and backing_file == filename:
+            raise QMPError("Error: Trying to create an image with the same filename as the "
+                           "backing file")
         image = Image(filename, fmt, size_bytes, new_content(size_bytes), backing_file)
         self.images[filename] = image
         return image

@@ -73,11 +73,8 @@ class BackupKind(KindBase):
         self.job.offset = 0
 
     def _clipped_count(self) -> int:
-        count = self.copy_map.bits.count() * self.cluster
-        last = self.copy_map.nbits - 1
-        if last >= 0 and self.copy_map.bits[last]:
-            count -= self.copy_map.nbits * self.cluster - self.source.size_bytes
-        return count
+        # bdrv_get_dirty_count: a partial last cluster counts whole
+        return self.copy_map.bits.count() * self.cluster
 
     # -- work ------------------------------------------------------------------------------
     def next_chunk(self) -> tuple[int, int] | None:
@@ -102,8 +99,9 @@ class BackupKind(KindBase):
         bits[index] = 0
         off = index * self.cluster
         length = min(self.cluster, self.source.size_bytes - off)
-        copy_range(self.graph, chain_contents(self.graph, self.source), self.target, off, length)
-        self.job.offset += length
+        copy_range(self.graph, chain_contents(self.graph, self.source), self.target, off, length,
+                   write_zeroes=True)
+        self.job.offset += self.cluster  # progress counts whole clusters, like len
         return length
 
     def before_write(self, node: BlockNode, offset: int, length: int) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sim.model.graph import BlockGraph, BlockNode
 from sim.model.job_flow import KindBase
-from sim.model.job_graph import chain_contents, copy_range, drop_filter, insert_filter
+from sim.model.job_graph import allocated_runs, chain_contents, copy_range, drop_filter, insert_filter
 from sim.model.jobs import Job
 
 COMMIT_CHUNK = 512 * 1024
@@ -41,8 +41,8 @@ class CommitKind(KindBase):
 
     def copy_chunk(self, offset: int, length: int) -> None:
         contents = chain_contents(self.graph, self.top, self.base)
-        if any(_allocated(c, offset, length) for c in contents):
-            copy_range(self.graph, contents, self.base, offset, length)
+        for off, n in allocated_runs(contents, offset, length, self.top.cluster_size):
+            copy_range(self.graph, contents, self.base, off, n)
         self.cursor = offset + length
         self.job.offset += length
 
@@ -65,10 +65,3 @@ class CommitKind(KindBase):
             drop_filter(g, self.filter)
         self.base.read_only = self.base_ro
 
-
-def _allocated(content: object, offset: int, length: int) -> bool:
-    from sim.model.content import Content, sector_span
-
-    assert isinstance(content, Content)
-    first, end = sector_span(offset, length)
-    return bool(content.read(first, end).any())

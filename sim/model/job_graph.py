@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.model.content import SECTOR_SHIFT, Content, read_through, sector_span
+from sim.model.content import SECTOR_SHIFT, ZERO_STAMP, Content, read_through, sector_span
 from sim.model.graph import BlockGraph, BlockNode
 
 
@@ -75,15 +75,45 @@ def allocated_clusters(contents: list[Content], size_bytes: int, cluster: int) -
 
 
 def copy_range(graph: BlockGraph, contents: list[Content], dst: BlockNode, offset: int,
-               length: int, *, mark: bool = True) -> None:
-    """Copy what a read of [offset, offset+length) through `contents` sees into `dst`."""
+               length: int, *, mark: bool = True, write_zeroes: bool = False) -> None:
+    """Copy what a read of [offset, offset+length) through `contents` sees into `dst`.
+
+    With `write_zeroes`, what reads as unallocated is written as zeroes (block-copy
+    writes zero clusters, which leaves them allocated in the target)."""
     length = min(length, dst.size_bytes - offset)
     if length <= 0:
         return
     first, end = sector_span(offset, length)
     stamps = read_through(contents, first, end)
+    if write_zeroes:
+        stamps[stamps == 0] = ZERO_STAMP
     if dst.content is not None and stamps.any():
         dst.content.write_stamps(first, stamps)
     if mark:
         for bm in dst.bitmaps:
             bm.record_write(offset, length)
+
+
+def allocated_runs(contents: list[Content], offset: int, length: int,
+                   cluster: int) -> list[tuple[int, int]]:
+    """(offset, length) runs of whole clusters in a range allocated in any of `contents`
+    (what bdrv_is_allocated_above reports for qcow2, cluster by cluster)."""
+    first_c = offset // cluster
+    end_c = -(-(offset + length) // cluster)
+    per = max(cluster >> SECTOR_SHIFT, 1)
+    mask = np.zeros(end_c - first_c, dtype=bool)
+    for content in contents:
+        stamps = content.read(first_c * per, min(end_c * per, content.nsectors))
+        if stamps.size == 0:
+            continue
+        pad = (-stamps.size) % per
+        if pad:
+            stamps = np.concatenate((stamps, np.zeros(pad, dtype=stamps.dtype)))
+        mask[: stamps.size // per] |= stamps.reshape(-1, per).any(axis=1)
+    runs = []
+    idx = np.flatnonzero(np.diff(np.concatenate(([False], mask, [False])).astype(np.int8)))
+    for a, b in zip(idx[::2].tolist(), idx[1::2].tolist(), strict=True):
+        lo = max((first_c + a) * cluster, offset)
+        hi = min((first_c + b) * cluster, offset + length)
+        runs.append((lo, hi - lo))
+    return runs

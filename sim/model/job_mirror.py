@@ -76,11 +76,7 @@ class MirrorKind(KindBase):
         self.job.len = self.job.offset + self._dirty_bytes()
 
     def _dirty_bytes(self) -> int:
-        bits = self.dirty.bits
-        count = bits.count() * self.dirty.granularity
-        if bits and bits[-1]:
-            count -= len(bits) * self.dirty.granularity - self.source.size_bytes
-        return count
+        return self.dirty.bits.count() * self.dirty.granularity
 
     def next_chunk(self) -> tuple[int, int] | None:
         try:

@@ -61,6 +61,8 @@ class Monitor:
             response = self._internal(exc)
         if isinstance(request, dict) and "id" in request:
             response["id"] = request["id"]
+        for observer in self.machine.command_observers:
+            observer(request, response)
         return response
 
     def _internal(self, exc: BaseException) -> dict[str, Any]:

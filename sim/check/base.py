@@ -1,0 +1,48 @@
+"""What every invariant checker is: a read-only observer of a Machine.
+
+A checker is attached to a Machine before the first step; it may register
+observers (`machine.command_observers` for every QMP request/response,
+`machine.state.write_observers` for every guest write) and must never change
+the machine.  After each step `after_step(index)` returns the violations found
+in that step; `at_end()` returns those only visible at the end of the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sim.engine.machine import Machine
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One broken invariant: which, at which step, and what was seen."""
+
+    invariant: str
+    step: int
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"invariant": self.invariant, "step": self.step,
+                               "message": self.message}
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+class Checker:
+    """Base class of the invariant checkers (see sim/check/__init__.py for the list)."""
+
+    name = "checker"
+
+    def attach(self, machine: Machine) -> None:
+        self.machine = machine
+
+    def after_step(self, index: int) -> list[Violation]:
+        return []
+
+    def at_end(self) -> list[Violation]:
+        return []
