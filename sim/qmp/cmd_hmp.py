@@ -1,9 +1,9 @@
 """human-monitor-command: the `qemu-io` subset guest I/O goes through (reference §10).
 
-The QMP return is "" for everything qemu-io does, failures included; only a
-target that cannot be found gives a non-empty string.  What qemu-io would
-print on QEMU's stdout is kept in `Machine.hmp_output` for the `--json`
-`output` field.
+Parsing is sim.qmp.qemu_io's; this module follows its caller contract in
+QEMU's order (lookup, read-only refusal, then the I/O).  The QMP return is ""
+for everything qemu-io does, failures included; what qemu-io would print on
+QEMU's stdout is kept in `Machine.hmp_output` for the `--json` `output` field.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sim.model import io
+from sim.model.content import ZERO_STAMP
 from sim.qmp import qemu_io
 from sim.qmp.dispatch import command
 
@@ -21,19 +22,19 @@ if TYPE_CHECKING:
 @command("human-monitor-command")
 def _hmp(m: Machine, a: dict[str, Any]) -> str:
     cmd = qemu_io.parse_command_line(a["command-line"])
-    if cmd.reply:
-        m.hmp_output = None
+    if cmd.target is None:
+        m.hmp_output = cmd.output or None
         return cmd.reply
-    if cmd.op == "error" or cmd.target is None:
-        m.hmp_output = cmd.output
-        return ""
     bb, root = m.state.resolve_target(cmd.target)
     if root is None:
-        return f"Error: Cannot find device='' nor node-name='{cmd.target}'\r\n"
-    if cmd.op in ("write", "discard") and root.read_only:
-        return "Block node is read-only\r\n"
-    m.hmp_output = run_io(m, bb, root, cmd)
-    return ""
+        return qemu_io.device_not_found_reply(cmd.target)
+    if cmd.requires_write and root.read_only:
+        return qemu_io.READ_ONLY_REPLY
+    if cmd.op in ("write", "read", "discard", "flush"):
+        m.hmp_output = run_io(m, bb, root, cmd)
+    else:
+        m.hmp_output = cmd.output
+    return cmd.reply
 
 
 def run_io(m: Machine, bb: Any, root: Any, cmd: qemu_io.QemuIoCommand) -> str:
@@ -41,24 +42,30 @@ def run_io(m: Machine, bb: Any, root: Any, cmd: qemu_io.QemuIoCommand) -> str:
     graph = m.state.graph
     off, length = cmd.offset, cmd.length
     if cmd.op == "write":
-        stamp = 1 if cmd.zero else m.state.new_stamp(cmd.pattern)
+        stamp = ZERO_STAMP if cmd.zero else m.state.new_stamp(
+            cmd.pattern if cmd.pattern is not None else 0xCD)
         res = io.guest_write(graph, bb, root, off, length, stamp)
-        if res.ok:
-            for observer in m.state.write_observers:
-                observer(bb, root, off, length, stamp)
-            return f"wrote {length}/{length} bytes at offset {off}"
-        return f"write failed: {res.error}"
-    if cmd.op == "read":
-        res = io.guest_read(graph, root, off, length, cmd.pattern, m.state.stamps.patterns_of)
-        if not res.ok and res.error != "pattern":
-            return f"read failed: {res.error}"
-        text = f"read {length}/{length} bytes at offset {off}"
         if not res.ok:
-            text = f"Pattern verification failed at offset {off}, {length} bytes\n" + text
-        return text
+            return cmd.failed(res.error)
+        for observer in m.state.write_observers:
+            observer(bb, root, off, length, stamp)
+        return cmd.output
+    if cmd.op == "read":
+        if cmd.pattern is None:
+            res = io.guest_read(graph, root, off, length, None, m.state.stamps.patterns_of)
+            return cmd.output if res.ok else cmd.failed(res.error)
+        p_off = off + cmd.pattern_offset
+        p_len = cmd.pattern_length
+        if off < 0 or off + length > root.size_bytes:
+            return cmd.failed(io.IO_ERROR.error)
+        res = io.guest_read(graph, root, p_off, p_len, cmd.pattern, m.state.stamps.patterns_of)
+        return (cmd.mismatch_line() if not res.ok else "") + cmd.output
     if cmd.op == "discard":
         res = io.guest_discard(graph, bb, root, off, length)
         if not res.ok:
-            return f"discard failed: {res.error}"
-        return f"discard {length}/{length} bytes at offset {off}"
-    return ""  # flush
+            return cmd.failed(res.error)
+        if bb is not None and bb.discard_unmap:
+            for observer in m.state.write_observers:
+                observer(bb, root, off, length, ZERO_STAMP)
+        return cmd.output
+    return cmd.output  # flush

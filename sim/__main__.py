@@ -1,0 +1,5 @@
+"""`python -m sim` is the `blocksim` command."""
+
+from sim.cli import run
+
+run()

@@ -1,0 +1,151 @@
+"""The `blocksim` command line: a thin layer over sim.replay, sim.fuzz, sim.oracle, sim.report.
+
+Exit codes: 0 = everything matched, 1 = a mismatch / violation / difference,
+2 = a bad trace or bad usage.  Never a traceback: every error is one clear line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sim.errors import TraceError
+from sim.trace import POLICIES, dumps, load_trace
+
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
+
+
+def collect_traces(paths: tuple[str, ...]) -> list[Path]:
+    """Files as given, folders searched recursively for *.jsonl (sorted)."""
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            out.extend(sorted(p.rglob("*.jsonl")))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise click.UsageError(f"no such trace file or folder: {raw}")
+    if not out:
+        raise click.UsageError("no .jsonl traces found in " + ", ".join(paths))
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="blocksim")
+def main() -> None:
+    """blocksim: a deterministic simulator and fuzzer for QEMU 7.2's block layer."""
+
+
+def _invariant_option(fn: Any) -> Any:
+    return click.option("--invariants", default=None, metavar="A,B,...",
+                        help="Checkers to run (comma-separated names, or 'all'; default all).")(fn)
+
+
+def parse_invariants(value: str | None) -> list[str] | None:
+    if value is None or value == "all":
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    from sim.check import CHECKERS
+
+    unknown = [n for n in names if n not in CHECKERS]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown invariant(s) {unknown}; known: {', '.join(CHECKERS)}", param_hint="--invariants")
+    return names
+
+
+@main.command()
+@click.argument("traces", nargs=-1, required=True)
+@click.option("--policy", type=click.Choice(POLICIES), default=None,
+              help="Bitmap-placement policy (default: the trace header's).")
+@click.option("--seed", type=int, default=None, help="RNG seed (default: the trace header's).")
+@click.option("--json", "as_json", is_flag=True, help="Emit the spec's JSON lines per step and the final state.")
+@_invariant_option
+def replay(traces: tuple[str, ...], policy: str | None, seed: int | None, as_json: bool,
+           invariants: str | None) -> None:
+    """Replay TRACE files (or folders of .jsonl) and check every expectation."""
+    from sim.check import make_checkers
+    from sim.replay import replay as run
+
+    names = parse_invariants(invariants)
+    files = collect_traces(traces)
+    worst = EXIT_OK
+    counts = {"pass": 0, "fail": 0, "error": 0}
+    for path in files:
+        try:
+            trace = load_trace(path)
+        except TraceError as exc:
+            click.echo(f"ERROR {path}: {exc}", err=not as_json)
+            counts["error"] += 1
+            worst = max(worst, EXIT_USAGE)
+            continue
+        result = run(trace, policy=policy, seed=seed, checkers=make_checkers(names))
+        if as_json:
+            for outcome in result.steps:
+                click.echo(dumps(outcome.json_line()))
+            click.echo(dumps({"final": result.final}))
+        code = _verdict(path, result, verbose=len(files) == 1, to_stderr=as_json)
+        counts["pass" if code == EXIT_OK else ("error" if code == EXIT_USAGE else "fail")] += 1
+        worst = max(worst, code)
+    if len(files) > 1:
+        click.echo(f"{len(files)} traces: {counts['pass']} passed, {counts['fail']} failed, "
+                   f"{counts['error']} with trace errors", err=as_json)
+    sys.exit(worst)
+
+
+def _verdict(path: Path, result: Any, verbose: bool, to_stderr: bool) -> int:
+    """Print one trace's verdict; return its exit code."""
+    def say(text: str) -> None:
+        click.echo(text, err=to_stderr)
+
+    name = result.trace.header.name or path.stem
+    violations = result.final.get("violations", [])
+    for w in result.warnings:
+        say(f"warning: {path}: {w}")
+    for e in result.trace_errors:
+        say(f"trace error: {path}: {e}")
+    for e in result.internal_errors:
+        say(f"SIMULATOR BUG: {path}: {e}")
+    if result.mismatches:
+        say(f"FAIL {name} ({path}, policy {result.policy})")
+        for mm in result.mismatches:
+            say("  " + mm.replace("\n", "\n  "))
+        return EXIT_MISMATCH
+    if result.trace_errors:
+        say(f"ERROR {name} ({path}): {len(result.trace_errors)} bad step(s)")
+        return EXIT_USAGE
+    if result.internal_errors:
+        say(f"FAIL {name} ({path}): simulator bug")
+        return EXIT_MISMATCH
+    fe = result.trace.final_expect
+    pinned = fe is not None and "violations" in fe
+    if violations and not pinned:
+        say(f"VIOLATION {name} ({path}, policy {result.policy}): {len(violations)} violation(s)")
+        for v in violations[:10]:
+            say(f"  step {v['step']}: [{v['invariant']}] {v['message']}")
+        return EXIT_MISMATCH
+    expects = sum(1 for s in result.trace.steps if s.expect is not None)
+    note = f", {len(violations)} expected violation(s)" if violations else ""
+    say(f"PASS {name}: {len(result.steps)} steps, {expects} expectations"
+        f"{', final state' if fe is not None else ''}{note} (policy {result.policy})")
+    if verbose and not to_stderr:
+        for outcome in result.steps:
+            cmd = outcome.command
+            label = cmd.get("execute") or next(iter(cmd), "?")
+            say(f"  {outcome.index:>3} t={outcome.time_s:.6f}s {label}: "
+                f"{json.dumps(outcome.response)[:120]}")
+    return EXIT_OK
+
+
+def run() -> None:
+    """Entry point that turns any stray exception into one line (exit 3)."""
+    try:
+        main(standalone_mode=True)
+    except Exception as exc:  # noqa: BLE001 - last resort: never a traceback
+        click.echo(f"blocksim: internal error: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(3)
