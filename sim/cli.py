@@ -42,8 +42,12 @@ def main() -> None:
 
 
 def _invariant_option(fn: Any) -> Any:
-    return click.option("--invariants", default=None, metavar="A,B,...",
-                        help="Checkers to run (comma-separated names, or 'all'; default all).")(fn)
+    return click.option(
+        "--invariants",
+        default=None,
+        metavar="A,B,...",
+        help="Checkers to run (comma-separated names, or 'all'; default all).",
+    )(fn)
 
 
 def parse_invariants(value: str | None) -> list[str] | None:
@@ -55,19 +59,35 @@ def parse_invariants(value: str | None) -> list[str] | None:
     unknown = [n for n in names if n not in CHECKERS]
     if unknown:
         raise click.BadParameter(
-            f"unknown invariant(s) {unknown}; known: {', '.join(CHECKERS)}", param_hint="--invariants")
+            f"unknown invariant(s) {unknown}; known: {', '.join(CHECKERS)}",
+            param_hint="--invariants",
+        )
     return names
 
 
 @main.command()
 @click.argument("traces", nargs=-1, required=True)
-@click.option("--policy", type=click.Choice(POLICIES), default=None,
-              help="Bitmap-placement policy (default: the trace header's).")
+@click.option(
+    "--policy",
+    type=click.Choice(POLICIES),
+    default=None,
+    help="Bitmap-placement policy (default: the trace header's).",
+)
 @click.option("--seed", type=int, default=None, help="RNG seed (default: the trace header's).")
-@click.option("--json", "as_json", is_flag=True, help="Emit the spec's JSON lines per step and the final state.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Emit the spec's JSON lines per step and the final state.",
+)
 @_invariant_option
-def replay(traces: tuple[str, ...], policy: str | None, seed: int | None, as_json: bool,
-           invariants: str | None) -> None:
+def replay(
+    traces: tuple[str, ...],
+    policy: str | None,
+    seed: int | None,
+    as_json: bool,
+    invariants: str | None,
+) -> None:
     """Replay TRACE files (or folders of .jsonl) and check every expectation."""
     from sim.check import make_checkers
     from sim.replay import replay as run
@@ -93,13 +113,17 @@ def replay(traces: tuple[str, ...], policy: str | None, seed: int | None, as_jso
         counts["pass" if code == EXIT_OK else ("error" if code == EXIT_USAGE else "fail")] += 1
         worst = max(worst, code)
     if len(files) > 1:
-        click.echo(f"{len(files)} traces: {counts['pass']} passed, {counts['fail']} failed, "
-                   f"{counts['error']} with trace errors", err=as_json)
+        click.echo(
+            f"{len(files)} traces: {counts['pass']} passed, {counts['fail']} failed, "
+            f"{counts['error']} with trace errors",
+            err=as_json,
+        )
     sys.exit(worst)
 
 
 def _verdict(path: Path, result: Any, verbose: bool, to_stderr: bool) -> int:
     """Print one trace's verdict; return its exit code."""
+
     def say(text: str) -> None:
         click.echo(text, err=to_stderr)
 
@@ -131,14 +155,18 @@ def _verdict(path: Path, result: Any, verbose: bool, to_stderr: bool) -> int:
         return EXIT_MISMATCH
     expects = sum(1 for s in result.trace.steps if s.expect is not None)
     note = f", {len(violations)} expected violation(s)" if violations else ""
-    say(f"PASS {name}: {len(result.steps)} steps, {expects} expectations"
-        f"{', final state' if fe is not None else ''}{note} (policy {result.policy})")
+    say(
+        f"PASS {name}: {len(result.steps)} steps, {expects} expectations"
+        f"{', final state' if fe is not None else ''}{note} (policy {result.policy})"
+    )
     if verbose and not to_stderr:
         for outcome in result.steps:
             cmd = outcome.command
             label = cmd.get("execute") or next(iter(cmd), "?")
-            say(f"  {outcome.index:>3} t={outcome.time_s:.6f}s {label}: "
-                f"{json.dumps(outcome.response)[:120]}")
+            say(
+                f"  {outcome.index:>3} t={outcome.time_s:.6f}s {label}: "
+                f"{json.dumps(outcome.response)[:120]}"
+            )
     return EXIT_OK
 
 

@@ -48,7 +48,7 @@ def _diff(exp: Any, act: Any, path: str) -> str | None:
             if d:
                 return d
         if len(exp) != len(act):
-            extra = act[len(exp):] if len(act) > len(exp) else exp[len(act):]
+            extra = act[len(exp) :] if len(act) > len(exp) else exp[len(act) :]
             which = "unexpected extra" if len(act) > len(exp) else "missing"
             return f"{path}: length {len(act)}, expected {len(exp)} ({which}: {_short(extra[0])})"
         return None

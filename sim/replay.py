@@ -38,9 +38,13 @@ class StepOutcome:
     violations: list[dict[str, Any]] = field(default_factory=list)
 
     def json_line(self) -> dict[str, Any]:
-        line: dict[str, Any] = {"step": self.index, "command": self.command,
-                                "response": self.response, "events": self.events,
-                                "time": self.time_s}
+        line: dict[str, Any] = {
+            "step": self.index,
+            "command": self.command,
+            "response": self.response,
+            "events": self.events,
+            "time": self.time_s,
+        }
         if self.output is not None:
             line["output"] = self.output
         if self.error is not None:
@@ -73,8 +77,13 @@ class ReplayResult:
 class Replayer:
     """Runs the steps of one trace on one Machine."""
 
-    def __init__(self, trace: Trace, policy: str | None = None, seed: int | None = None,
-                 checkers: list[Any] | None = None) -> None:
+    def __init__(
+        self,
+        trace: Trace,
+        policy: str | None = None,
+        seed: int | None = None,
+        checkers: list[Any] | None = None,
+    ) -> None:
         h = trace.header
         self.trace = trace
         self.policy = policy or h.policy
@@ -106,8 +115,17 @@ class Replayer:
             error = str(exc)
             self.trace_errors.append(f"step {index}: {error}")
         events = [e.wire() for e in m.events.since(mark)]
-        outcome = StepOutcome(index, step.line, step.command, response, events,
-                              m.now_ns / NS_PER_S, output, None, error)
+        outcome = StepOutcome(
+            index,
+            step.line,
+            step.command,
+            response,
+            events,
+            m.now_ns / NS_PER_S,
+            output,
+            None,
+            error,
+        )
         for checker in self.checkers:
             outcome.violations.extend(v.to_dict() for v in checker.after_step(index))
         if step.expect is not None and error is None:
@@ -116,7 +134,8 @@ class Replayer:
                 outcome.mismatch = diff
                 self.mismatches.append(
                     f"step {index} (line {step.line}) {_label(step)}: {diff}\n"
-                    f"    expected: {step.expect}\n    got:      {_comparable(response)}")
+                    f"    expected: {step.expect}\n    got:      {_comparable(response)}"
+                )
         return outcome
 
     def _dispatch(self, step: Step) -> tuple[dict[str, Any], str | None]:
@@ -142,7 +161,8 @@ class Replayer:
                     f"wait for {w['event']} {w.get('data', {})} can never be satisfied: "
                     f"no such event is pending and the event queue is "
                     f"{'empty' if m.env.peek() == float('inf') else 'past the wait timeout'}",
-                    step.line)
+                    step.line,
+                )
             return ev.wire(), None
         if step.kind == "advance":
             m.advance(float(step.body["advance"]))
@@ -162,9 +182,18 @@ class Replayer:
             diff = first_difference(fe, {k: final.get(k) for k in fe})
             if diff:
                 self.mismatches.append(f"final state: {diff}")
-        return ReplayResult(self.trace, self.policy, self.seed, self.outcomes, final,
-                            self.mismatches, self.trace_errors,
-                            self.monitor.internal_errors, m.state.warnings, m)
+        return ReplayResult(
+            self.trace,
+            self.policy,
+            self.seed,
+            self.outcomes,
+            final,
+            self.mismatches,
+            self.trace_errors,
+            self.monitor.internal_errors,
+            m.state.warnings,
+            m,
+        )
 
 
 def _comparable(response: dict[str, Any]) -> dict[str, Any]:
@@ -177,7 +206,11 @@ def _label(step: Step) -> str:
     return step.kind
 
 
-def replay(trace: Trace, policy: str | None = None, seed: int | None = None,
-           checkers: list[Any] | None = None) -> ReplayResult:
+def replay(
+    trace: Trace,
+    policy: str | None = None,
+    seed: int | None = None,
+    checkers: list[Any] | None = None,
+) -> ReplayResult:
     """Replay a parsed trace; see ReplayResult."""
     return Replayer(trace, policy, seed, checkers).run()

@@ -95,7 +95,9 @@ def _parse_drive(raw: object, index: int, line: int) -> DriveSpec:
         file_node = _check_name(file_node, f"drives[{index}].file-node-name", line)
     fmt = raw.get("format", "qcow2")
     if fmt not in FORMATS:
-        raise TraceError(f"header: drives[{index}].format must be one of {FORMATS}, got {fmt!r}", line)
+        raise TraceError(
+            f"header: drives[{index}].format must be one of {FORMATS}, got {fmt!r}", line
+        )
     size = raw.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_DRIVE_SIZE:
         raise TraceError(
@@ -103,7 +105,9 @@ def _parse_drive(raw: object, index: int, line: int) -> DriveSpec:
             line,
         )
     if size % 512:
-        raise TraceError(f"header: drives[{index}].size must be a multiple of 512, got {size}", line)
+        raise TraceError(
+            f"header: drives[{index}].size must be a multiple of 512, got {size}", line
+        )
     discard = raw.get("discard", "ignore")
     if discard not in ("ignore", "unmap"):
         raise TraceError(f"header: drives[{index}].discard must be 'ignore' or 'unmap'", line)
@@ -116,9 +120,9 @@ def _parse_drive(raw: object, index: int, line: int) -> DriveSpec:
 def parse_header(obj: object, line: int = 1) -> Header:
     """Validate a header object; raises TraceError naming the problem."""
     if not isinstance(obj, dict):
-        raise TraceError("the first line must be the header object {\"trace\": 1, ...}", line)
+        raise TraceError('the first line must be the header object {"trace": 1, ...}', line)
     if obj.get("trace") != TRACE_VERSION:
-        raise TraceError(f"header: \"trace\" must be {TRACE_VERSION}, got {obj.get('trace')!r}", line)
+        raise TraceError(f'header: "trace" must be {TRACE_VERSION}, got {obj.get("trace")!r}', line)
     drives_raw = obj.get("drives", [])
     if not isinstance(drives_raw, list):
         raise TraceError("header: drives must be a list", line)
@@ -201,7 +205,9 @@ def parse_lines(lines: list[str], path: str = "") -> Trace:
             if header is None:
                 raise TraceError(f"header is not valid JSON: {exc}", number) from None
             msg = f"not valid JSON: {exc}"
-            steps.append(Step(number, "bad", {"line": stripped[:200]}, None, TraceError(msg, number)))
+            steps.append(
+                Step(number, "bad", {"line": stripped[:200]}, None, TraceError(msg, number))
+            )
             continue
         if header is None:
             header = parse_header(obj, number)
@@ -242,8 +248,12 @@ def header_to_dict(header: Header) -> dict[str, Any]:
     return dict(header.raw)
 
 
-def write_trace(path: str | Path, header: dict[str, Any], steps: list[dict[str, Any]],
-                final_expect: dict[str, Any] | None = None) -> None:
+def write_trace(
+    path: str | Path,
+    header: dict[str, Any],
+    steps: list[dict[str, Any]],
+    final_expect: dict[str, Any] | None = None,
+) -> None:
     """Write a trace file: header, steps (dicts as on the wire), optional final-expect."""
     lines = [dumps(header)] + [dumps(s) for s in steps]
     if final_expect is not None:

@@ -26,8 +26,11 @@ class Violation:
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"invariant": self.invariant, "step": self.step,
-                               "message": self.message}
+        out: dict[str, Any] = {
+            "invariant": self.invariant,
+            "step": self.step,
+            "message": self.message,
+        }
         if self.details:
             out["details"] = self.details
         return out

@@ -29,8 +29,12 @@ NS_PER_S = 1_000_000_000
 class Machine:
     """A simulated QEMU: block state + simpy clock + seeded RNG + event log."""
 
-    def __init__(self, drives: tuple[DriveSpec, ...] | list[DriveSpec] = (),
-                 policy: str = "qemu-7.2", seed: int = 0) -> None:
+    def __init__(
+        self,
+        drives: tuple[DriveSpec, ...] | list[DriveSpec] = (),
+        policy: str = "qemu-7.2",
+        seed: int = 0,
+    ) -> None:
         self.env = simpy.Environment()
         self.rng = random.Random(seed)
         self.events = EventLog()
@@ -43,8 +47,7 @@ class Machine:
         # (request, response); guest writes go to state.write_observers
         self.command_observers: list[Any] = []
         for d in drives:
-            self.state.add_drive(d.id, d.node_name, d.file_node_name, d.format, d.size,
-                                 d.discard)
+            self.state.add_drive(d.id, d.node_name, d.file_node_name, d.format, d.size, d.discard)
 
     @property
     def now_ns(self) -> int:
@@ -69,7 +72,9 @@ class Machine:
 
         raise TraceError(f"the {step.kind!r} step is not supported yet", step.line)
 
-    def wait_for(self, name: str, data: dict[str, Any], limit_ns: int | None = None) -> Event | None:
+    def wait_for(
+        self, name: str, data: dict[str, Any], limit_ns: int | None = None
+    ) -> Event | None:
         """Run until a matching unconsumed event exists; None when it never can."""
         deadline = None if limit_ns is None else self.env.now + limit_ns
         while True:

@@ -31,12 +31,30 @@ class DirtyBitmap:
     """
 
     __slots__ = (
-        "name", "granularity", "size_bytes", "bits", "enabled", "persistent",
-        "readonly", "inconsistent", "successor", "txn_hold", "_shift", "stale_head", "freed",
+        "name",
+        "granularity",
+        "size_bytes",
+        "bits",
+        "enabled",
+        "persistent",
+        "readonly",
+        "inconsistent",
+        "successor",
+        "txn_hold",
+        "_shift",
+        "stale_head",
+        "freed",
     )
 
-    def __init__(self, name: str | None, granularity: int, size_bytes: int, *,
-                 enabled: bool = True, persistent: bool = False) -> None:
+    def __init__(
+        self,
+        name: str | None,
+        granularity: int,
+        size_bytes: int,
+        *,
+        enabled: bool = True,
+        persistent: bool = False,
+    ) -> None:
         self.name = name
         self.granularity = granularity
         self.size_bytes = size_bytes
@@ -141,8 +159,9 @@ def bits_at_granularity(source: DirtyBitmap, granularity: int) -> bitarray:
     if source.granularity == granularity:
         return source.bits
     nbits = -(-source.size_bytes // granularity)
-    src = np.unpackbits(np.frombuffer(source.bits.tobytes(), dtype=np.uint8),
-                        bitorder="little")[: source.nbits].astype(bool)
+    src = np.unpackbits(np.frombuffer(source.bits.tobytes(), dtype=np.uint8), bitorder="little")[
+        : source.nbits
+    ].astype(bool)
     if source.granularity < granularity:
         ratio = granularity // source.granularity
         padded = np.zeros(nbits * ratio, dtype=bool)

@@ -27,7 +27,9 @@ def check_bitmap(bm: DirtyBitmap, flags: int) -> None:
     """bdrv_dirty_bitmap_check: busy, then readonly, then inconsistent."""
     name = bm.name or ""
     if flags & BUSY and bm.busy:
-        raise QMPError(f"Bitmap '{name}' is currently in use by another operation and cannot be used")
+        raise QMPError(
+            f"Bitmap '{name}' is currently in use by another operation and cannot be used"
+        )
     if flags & READONLY and bm.readonly:
         raise QMPError(f"Bitmap '{name}' is readonly and cannot be modified")
     if flags & INCONSISTENT and bm.inconsistent:
@@ -46,7 +48,9 @@ def owner_label(graph: BlockGraph, owner: Owner) -> str:
     return graph.display_name(owner)
 
 
-def lookup(graph: BlockGraph, policy: PlacementPolicy, node: str, name: str) -> tuple[Owner, DirtyBitmap]:
+def lookup(
+    graph: BlockGraph, policy: PlacementPolicy, node: str, name: str
+) -> tuple[Owner, DirtyBitmap]:
     """block_dirty_bitmap_lookup: `Node 'X' not found`, `Dirty bitmap 'N' not found`."""
     owners = policy.owners_for_lookup(graph, node)
     if not owners:
@@ -58,9 +62,15 @@ def lookup(graph: BlockGraph, policy: PlacementPolicy, node: str, name: str) -> 
     raise QMPError(f"Dirty bitmap '{name}' not found")
 
 
-def add(graph: BlockGraph, policy: PlacementPolicy, node: str, name: str,
-        granularity: int | None = None, persistent: bool = False,
-        disabled: bool = False) -> tuple[Owner, DirtyBitmap, Undo]:
+def add(
+    graph: BlockGraph,
+    policy: PlacementPolicy,
+    node: str,
+    name: str,
+    granularity: int | None = None,
+    persistent: bool = False,
+    disabled: bool = False,
+) -> tuple[Owner, DirtyBitmap, Undo]:
     """qmp_block_dirty_bitmap_add; the new bitmap goes to the head of the list."""
     if name == "":
         raise QMPError("Bitmap name cannot be empty")
@@ -78,8 +88,9 @@ def add(graph: BlockGraph, policy: PlacementPolicy, node: str, name: str,
         raise QMPError(f"Bitmap already exists: {name}")
     if len(name.encode()) > MAX_NAME_BYTES:
         raise QMPError(f"Bitmap name too long: {name}")
-    bm = DirtyBitmap(name, granularity, owner_size(owner), enabled=not disabled,
-                     persistent=persistent)
+    bm = DirtyBitmap(
+        name, granularity, owner_size(owner), enabled=not disabled, persistent=persistent
+    )
     owner.bitmaps.insert(0, bm)
 
     def undo() -> None:
@@ -107,8 +118,9 @@ def _check_persistent(graph: BlockGraph, owner: Owner, name: str) -> None:
         )
 
 
-def remove(graph: BlockGraph, policy: PlacementPolicy, node: str, name: str,
-           *, release: bool = True) -> tuple[DirtyBitmap, Undo]:
+def remove(
+    graph: BlockGraph, policy: PlacementPolicy, node: str, name: str, *, release: bool = True
+) -> tuple[DirtyBitmap, Undo]:
     """block_dirty_bitmap_remove; with release=False (transaction prepare) it is held busy."""
     owner, bm = lookup(graph, policy, node, name)
     check_bitmap(bm, BUSY | READONLY)
@@ -146,8 +158,9 @@ def clear(graph: BlockGraph, policy: PlacementPolicy, node: str, name: str) -> U
     return lambda: bm.restore_bits(saved)
 
 
-def set_enabled(graph: BlockGraph, policy: PlacementPolicy, node: str, name: str,
-                enabled: bool) -> Undo:
+def set_enabled(
+    graph: BlockGraph, policy: PlacementPolicy, node: str, name: str, enabled: bool
+) -> Undo:
     _, bm = lookup(graph, policy, node, name)
     check_bitmap(bm, ALLOW_RO)
     before = bm.enabled
@@ -159,8 +172,13 @@ def set_enabled(graph: BlockGraph, policy: PlacementPolicy, node: str, name: str
     return undo
 
 
-def merge(graph: BlockGraph, policy: PlacementPolicy, node: str, target: str,
-          sources: list[str | dict[str, str]]) -> Undo:
+def merge(
+    graph: BlockGraph,
+    policy: PlacementPolicy,
+    node: str,
+    target: str,
+    sources: list[str | dict[str, str]],
+) -> Undo:
     """block_dirty_bitmap_merge: target |= each source; target unchanged on error."""
     owner, dst = lookup(graph, policy, node, target)
     check_bitmap(dst, DEFAULT_CHECKS)

@@ -126,8 +126,7 @@ class DenseContent(Content):
         if not nz.any():
             return
         edges = np.flatnonzero(np.diff(np.concatenate(([False], nz, [False])).astype(np.int8)))
-        for first, end in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
-            yield first, end
+        yield from zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True)
 
     def clone(self) -> DenseContent:
         other = DenseContent.__new__(DenseContent)
@@ -177,7 +176,9 @@ class SparseContent(Content):
                 # write each run of equal stamps; runs are few in practice
                 idx = np.flatnonzero(seg == s)
                 for a, b in _consecutive(idx):
-                    self.write((first_sector + first + a) << SECTOR_SHIFT, (b - a) << SECTOR_SHIFT, s)
+                    self.write(
+                        (first_sector + first + a) << SECTOR_SHIFT, (b - a) << SECTOR_SHIFT, s
+                    )
 
     def read(self, first_sector: int, end_sector: int) -> np.ndarray:
         out = np.zeros(end_sector - first_sector, dtype=np.int32)
@@ -207,7 +208,9 @@ class SparseContent(Content):
 
     def clone(self) -> SparseContent:
         other = SparseContent(self.size_bytes)
-        other.blocks = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self.blocks.items()}
+        other.blocks = {
+            k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self.blocks.items()
+        }
         return other
 
 
@@ -251,8 +254,11 @@ def new_content(size_bytes: int) -> Content:
 
 def read_through(chain: list[Content], first_sector: int, end_sector: int) -> np.ndarray:
     """Stamps a read sees through a backing chain (top first); 0 = reads as zeroes."""
-    out = chain[0].read(first_sector, end_sector) if chain else np.zeros(
-        end_sector - first_sector, dtype=np.int32)
+    out = (
+        chain[0].read(first_sector, end_sector)
+        if chain
+        else np.zeros(end_sector - first_sector, dtype=np.int32)
+    )
     for layer in chain[1:]:
         holes = out == 0
         if not holes.any():

@@ -142,10 +142,17 @@ class BlockGraph:
             del self._by_name[node.node_name]
             self.nodes.remove(node)
 
-    def new_node(self, driver: str, size_bytes: int, name: str | None = None, **kw: object) -> BlockNode:
+    def new_node(
+        self, driver: str, size_bytes: int, name: str | None = None, **kw: object
+    ) -> BlockNode:
         auto = name is None
-        node = BlockNode(name if name is not None else self.auto_name(), driver, size_bytes,
-                         auto_named=auto, **kw)  # type: ignore[arg-type]
+        node = BlockNode(
+            name if name is not None else self.auto_name(),
+            driver,
+            size_bytes,
+            auto_named=auto,
+            **kw,
+        )  # type: ignore[arg-type]
         return self.add_node(node)
 
     # -- lookup (bdrv_lookup_bs) --------------------------------------------------------
@@ -278,20 +285,35 @@ class BlockGraph:
             parent.backing_parent_label = ""
 
     # -- images --------------------------------------------------------------------------
-    def create_image(self, filename: str, fmt: str, size_bytes: int,
-                     backing_file: str | None = None) -> Image:
+    def create_image(
+        self, filename: str, fmt: str, size_bytes: int, backing_file: str | None = None
+    ) -> Image:
         """bdrv_img_create: a new, empty image (replacing any file of that name)."""
         if backing_file is not None and backing_file == filename:
-            raise QMPError("Error: Trying to create an image with the same filename as the "
-                           "backing file")
+            raise QMPError(
+                "Error: Trying to create an image with the same filename as the backing file"
+            )
         image = Image(filename, fmt, size_bytes, new_content(size_bytes), backing_file)
         self.images[filename] = image
         return image
 
-    def open_image(self, image: Image, node_name: str | None, file_node_name: str | None,
-                   *, discard_unmap: bool = False) -> BlockNode:
+    def open_image(
+        self,
+        image: Image,
+        node_name: str | None,
+        file_node_name: str | None,
+        *,
+        discard_unmap: bool = False,
+    ) -> BlockNode:
         """Open a format node over a protocol node on an image (like -drive / snapshot)."""
         proto = self.new_node("file", image.size_bytes, file_node_name)
-        fmt = self.new_node(image.format, image.size_bytes, node_name, file=proto,
-                            content=image.content, image=image, discard_unmap=discard_unmap)
+        fmt = self.new_node(
+            image.format,
+            image.size_bytes,
+            node_name,
+            file=proto,
+            content=image.content,
+            image=image,
+            discard_unmap=discard_unmap,
+        )
         return fmt

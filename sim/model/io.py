@@ -35,8 +35,14 @@ IO_ERROR = IOResult(False, "Input/output error")
 OK = IOResult(True)
 
 
-def guest_write(graph: BlockGraph, bb: BlockBackend | None, root: BlockNode,
-                offset: int, length: int, stamp: int) -> IOResult:
+def guest_write(
+    graph: BlockGraph,
+    bb: BlockBackend | None,
+    root: BlockNode,
+    offset: int,
+    length: int,
+    stamp: int,
+) -> IOResult:
     """Write `length` bytes at `offset` through `root`; stamp ZERO_STAMP for `-z`."""
     if offset < 0 or length < 0 or offset + length > root.size_bytes:
         return IO_ERROR
@@ -64,8 +70,9 @@ def guest_write(graph: BlockGraph, bb: BlockBackend | None, root: BlockNode,
     return OK
 
 
-def guest_discard(graph: BlockGraph, bb: BlockBackend | None, root: BlockNode,
-                  offset: int, length: int) -> IOResult:
+def guest_discard(
+    graph: BlockGraph, bb: BlockBackend | None, root: BlockNode, offset: int, length: int
+) -> IOResult:
     """discard: a no-op with discard=ignore (QEMU's -drive default)."""
     if offset < 0 or length < 0 or offset + length > root.size_bytes:
         return IO_ERROR
@@ -82,8 +89,14 @@ def read_stamps(graph: BlockGraph, root: BlockNode, offset: int, length: int) ->
     return read_through(chain, first, end)
 
 
-def guest_read(graph: BlockGraph, root: BlockNode, offset: int, length: int,
-               pattern: int | None, patterns: Callable[[np.ndarray], np.ndarray]) -> IOResult:
+def guest_read(
+    graph: BlockGraph,
+    root: BlockNode,
+    offset: int,
+    length: int,
+    pattern: int | None,
+    patterns: Callable[[np.ndarray], np.ndarray],
+) -> IOResult:
     """A read; with a pattern, IOResult.ok is False when verification fails."""
     if offset < 0 or length < 0 or offset + length > root.size_bytes:
         return IO_ERROR

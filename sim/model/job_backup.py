@@ -15,7 +15,13 @@ from __future__ import annotations
 from sim.model.bitmap import DirtyBitmap, bits_at_granularity
 from sim.model.graph import BlockGraph, BlockNode
 from sim.model.job_flow import KindBase
-from sim.model.job_graph import allocated_clusters, chain_contents, copy_range, drop_filter, insert_filter
+from sim.model.job_graph import (
+    allocated_clusters,
+    chain_contents,
+    copy_range,
+    drop_filter,
+    insert_filter,
+)
 from sim.model.jobs import Job
 
 JOB_CLUSTER = 65536
@@ -24,9 +30,18 @@ JOB_CLUSTER = 65536
 class BackupKind(KindBase):
     """State of one backup job: source, target, filter, copy bitmap, sync bitmap."""
 
-    def __init__(self, graph: BlockGraph, job: Job, source: BlockNode, target: BlockNode,
-                 sync: str, bitmap: DirtyBitmap | None, bitmap_mode: str | None,
-                 filter_name: str | None, close_target: bool) -> None:
+    def __init__(
+        self,
+        graph: BlockGraph,
+        job: Job,
+        source: BlockNode,
+        target: BlockNode,
+        sync: str,
+        bitmap: DirtyBitmap | None,
+        bitmap_mode: str | None,
+        filter_name: str | None,
+        close_target: bool,
+    ) -> None:
         self.graph, self.job = graph, job
         self.source, self.target = source, target
         self.sync, self.bitmap, self.bitmap_mode = sync, bitmap, bitmap_mode
@@ -62,8 +77,11 @@ class BackupKind(KindBase):
             bits.setall(0)
             bits |= bits_at_granularity(self.bitmap, self.cluster)
         elif self.sync == "top":
-            mask = allocated_clusters([self.source.content] if self.source.content else [],
-                                      self.source.size_bytes, self.cluster)
+            mask = allocated_clusters(
+                [self.source.content] if self.source.content else [],
+                self.source.size_bytes,
+                self.cluster,
+            )
             bits.setall(0)
             for i in mask.nonzero()[0].tolist():
                 bits[i] = 1
@@ -99,8 +117,14 @@ class BackupKind(KindBase):
         bits[index] = 0
         off = index * self.cluster
         length = min(self.cluster, self.source.size_bytes - off)
-        copy_range(self.graph, chain_contents(self.graph, self.source), self.target, off, length,
-                   write_zeroes=True)
+        copy_range(
+            self.graph,
+            chain_contents(self.graph, self.source),
+            self.target,
+            off,
+            length,
+            write_zeroes=True,
+        )
         self.job.offset += self.cluster  # progress counts whole clusters, like len
         return length
 

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from sim.model.graph import BlockGraph, BlockNode
 from sim.model.job_flow import KindBase
-from sim.model.job_graph import allocated_runs, chain_contents, copy_range, drop_filter, insert_filter
+from sim.model.job_graph import (
+    allocated_runs,
+    chain_contents,
+    copy_range,
+    drop_filter,
+    insert_filter,
+)
 from sim.model.jobs import Job
 
 COMMIT_CHUNK = 512 * 1024
@@ -20,8 +26,15 @@ COMMIT_CHUNK = 512 * 1024
 class CommitKind(KindBase):
     """One intermediate commit job."""
 
-    def __init__(self, graph: BlockGraph, job: Job, active: BlockNode, top: BlockNode,
-                 base: BlockNode, filter_name: str | None) -> None:
+    def __init__(
+        self,
+        graph: BlockGraph,
+        job: Job,
+        active: BlockNode,
+        top: BlockNode,
+        base: BlockNode,
+        filter_name: str | None,
+    ) -> None:
         self.graph, self.job = graph, job
         self.active, self.top, self.base = active, top, base
         self.nodes: list[BlockNode] = []
@@ -64,4 +77,3 @@ class CommitKind(KindBase):
         else:
             drop_filter(g, self.filter)
         self.base.read_only = self.base_ro
-

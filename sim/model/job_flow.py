@@ -135,6 +135,7 @@ def block_nodes(job: Job, nodes: list[Any]) -> None:
 
 # -- verbs ---------------------------------------------------------------------------------
 
+
 def find_job(state: BlockState, job_id: str, block_job_api: bool) -> Job:
     job = state.find_job(job_id)
     if job is None:

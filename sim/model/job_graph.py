@@ -52,7 +52,9 @@ def drop_filter(graph: BlockGraph, flt: BlockNode) -> None:
     graph.remove_node(flt)
 
 
-def chain_contents(graph: BlockGraph, top: BlockNode, stop: BlockNode | None = None) -> list[Content]:
+def chain_contents(
+    graph: BlockGraph, top: BlockNode, stop: BlockNode | None = None
+) -> list[Content]:
     """Contents of the data nodes from `top` down to (excluding) `stop`."""
     out: list[Content] = []
     for n in graph.backing_chain(top):
@@ -74,8 +76,16 @@ def allocated_clusters(contents: list[Content], size_bytes: int, cluster: int) -
     return mask
 
 
-def copy_range(graph: BlockGraph, contents: list[Content], dst: BlockNode, offset: int,
-               length: int, *, mark: bool = True, write_zeroes: bool = False) -> None:
+def copy_range(
+    graph: BlockGraph,
+    contents: list[Content],
+    dst: BlockNode,
+    offset: int,
+    length: int,
+    *,
+    mark: bool = True,
+    write_zeroes: bool = False,
+) -> None:
     """Copy what a read of [offset, offset+length) through `contents` sees into `dst`.
 
     With `write_zeroes`, what reads as unallocated is written as zeroes (block-copy
@@ -94,8 +104,9 @@ def copy_range(graph: BlockGraph, contents: list[Content], dst: BlockNode, offse
             bm.record_write(offset, length)
 
 
-def allocated_runs(contents: list[Content], offset: int, length: int,
-                   cluster: int) -> list[tuple[int, int]]:
+def allocated_runs(
+    contents: list[Content], offset: int, length: int, cluster: int
+) -> list[tuple[int, int]]:
     """(offset, length) runs of whole clusters in a range allocated in any of `contents`
     (what bdrv_is_allocated_above reports for qcow2, cluster by cluster)."""
     first_c = offset // cluster

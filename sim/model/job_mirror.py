@@ -33,10 +33,22 @@ class MirrorKind(KindBase):
 
     has_ready = True
 
-    def __init__(self, graph: BlockGraph, job: Job, source: BlockNode, target: BlockNode,
-                 sync: str, granularity: int, filter_name: str | None, *,
-                 zero_target: bool, close_target: bool, base: BlockNode | None = None,
-                 commit: bool = False, write_blocking: bool = False) -> None:
+    def __init__(
+        self,
+        graph: BlockGraph,
+        job: Job,
+        source: BlockNode,
+        target: BlockNode,
+        sync: str,
+        granularity: int,
+        filter_name: str | None,
+        *,
+        zero_target: bool,
+        close_target: bool,
+        base: BlockNode | None = None,
+        commit: bool = False,
+        write_blocking: bool = False,
+    ) -> None:
         self.graph, self.job = graph, job
         self.source, self.target, self.sync = source, target, sync
         self.base = base  # active commit: the node below which nothing is copied
@@ -49,8 +61,7 @@ class MirrorKind(KindBase):
             target.read_only = False
         self.filter = insert_filter(graph, source, "mirror_top", filter_name)
         self.filter.write_hook = self.on_guest_write
-        self.dirty = DirtyBitmap(None, granularity, source.size_bytes,
-                                 enabled=not write_blocking)
+        self.dirty = DirtyBitmap(None, granularity, source.size_bytes, enabled=not write_blocking)
         source.bitmaps.insert(0, self.dirty)
         self.zero_target = zero_target
         self.removed_nodes: list[BlockNode] = []
@@ -91,8 +102,9 @@ class MirrorKind(KindBase):
         g = self.dirty.granularity
         self.dirty.bits[offset // g] = 0
         stop = self.base if self.commit_mode else None
-        copy_range(self.graph, chain_contents(self.graph, self.source, stop), self.target,
-                   offset, length)
+        copy_range(
+            self.graph, chain_contents(self.graph, self.source, stop), self.target, offset, length
+        )
         self.job.offset += length
         self.update_len()
 

@@ -22,8 +22,14 @@ STREAM_CHUNK = 512 * 1024
 class StreamKind(KindBase):
     """One stream job."""
 
-    def __init__(self, graph: BlockGraph, job: Job, node: BlockNode, base: BlockNode | None,
-                 filter_name: str | None) -> None:
+    def __init__(
+        self,
+        graph: BlockGraph,
+        job: Job,
+        node: BlockNode,
+        base: BlockNode | None,
+        filter_name: str | None,
+    ) -> None:
         self.graph, self.job = graph, job
         self.node, self.base = node, base
         self.nodes: list[BlockNode] = []

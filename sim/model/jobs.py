@@ -19,8 +19,19 @@ from typing import Any
 
 from sim.errors import QMPError, SimulatorBug
 
-STATUSES = ("undefined", "created", "running", "paused", "ready", "standby", "waiting",
-            "pending", "aborting", "concluded", "null")
+STATUSES = (
+    "undefined",
+    "created",
+    "running",
+    "paused",
+    "ready",
+    "standby",
+    "waiting",
+    "pending",
+    "aborting",
+    "concluded",
+    "null",
+)
 
 # JobSTT (job.c, QEMU 7.2): allowed next states.
 JOB_STT: dict[str, frozenset[str]] = {
@@ -105,22 +116,39 @@ class Job:
 
     def event_data(self) -> dict[str, Any]:
         """The common data of BLOCK_JOB_COMPLETED / CANCELLED / READY."""
-        return {"device": self.id, "len": self.len, "offset": self.offset,
-                "speed": self.speed, "type": self.type}
+        return {
+            "device": self.id,
+            "len": self.len,
+            "offset": self.offset,
+            "speed": self.speed,
+            "type": self.type,
+        }
 
     def query_jobs_entry(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {"current-progress": self.offset, "status": self.status,
-                                 "total-progress": self.len, "type": self.type, "id": self.id}
+        entry: dict[str, Any] = {
+            "current-progress": self.offset,
+            "status": self.status,
+            "total-progress": self.len,
+            "type": self.type,
+            "id": self.id,
+        }
         if self.error is not None and self.status == "concluded":
             entry["error"] = self.error
         return entry
 
     def query_block_jobs_entry(self) -> dict[str, Any]:
         entry: dict[str, Any] = {
-            "auto-finalize": self.auto_finalize, "io-status": self.io_status,
-            "device": self.id, "auto-dismiss": self.auto_dismiss, "busy": self.busy,
-            "len": self.len, "offset": self.offset, "status": self.status,
-            "paused": self.user_paused > 0, "speed": self.speed, "ready": self.ready,
+            "auto-finalize": self.auto_finalize,
+            "io-status": self.io_status,
+            "device": self.id,
+            "auto-dismiss": self.auto_dismiss,
+            "busy": self.busy,
+            "len": self.len,
+            "offset": self.offset,
+            "status": self.status,
+            "paused": self.user_paused > 0,
+            "speed": self.speed,
+            "ready": self.ready,
             "type": self.type,
         }
         if self.error is not None and self.status == "concluded":

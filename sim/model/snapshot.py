@@ -29,9 +29,16 @@ def check_new_node_name(graph: BlockGraph, name: str) -> None:
         raise QMPError("Node name too long")
 
 
-def snapshot_sync(graph: BlockGraph, policy: PlacementPolicy, device: str | None,
-                  node_name: str | None, snapshot_file: str, snapshot_node_name: str | None,
-                  fmt: str = "qcow2", mode: str = "absolute-paths") -> tuple[BlockNode, Undo]:
+def snapshot_sync(
+    graph: BlockGraph,
+    policy: PlacementPolicy,
+    device: str | None,
+    node_name: str | None,
+    snapshot_file: str,
+    snapshot_node_name: str | None,
+    fmt: str = "qcow2",
+    mode: str = "absolute-paths",
+) -> tuple[BlockNode, Undo]:
     """blockdev-snapshot-sync: create (or open) an overlay image and append it."""
     old = graph.lookup_device_or_node(device, node_name)
     graph.check_op(old, "external-snapshot")
@@ -69,8 +76,9 @@ def snapshot_sync(graph: BlockGraph, policy: PlacementPolicy, device: str | None
     return overlay, undo_all
 
 
-def blockdev_snapshot(graph: BlockGraph, policy: PlacementPolicy, node: str,
-                      overlay_name: str) -> Undo:
+def blockdev_snapshot(
+    graph: BlockGraph, policy: PlacementPolicy, node: str, overlay_name: str
+) -> Undo:
     """blockdev-snapshot: append an existing (blockdev-add) node as the overlay."""
     old = graph.lookup_or_fail(node)
     graph.check_op(old, "external-snapshot")

@@ -21,8 +21,9 @@ Emit = Callable[[str, dict[str, Any]], None]
 class BlockState:
     """A QEMU process's block layer: what `query-*` would show at this instant."""
 
-    def __init__(self, policy: str | PlacementPolicy = "qemu-7.2",
-                 emit: Emit | None = None) -> None:
+    def __init__(
+        self, policy: str | PlacementPolicy = "qemu-7.2", emit: Emit | None = None
+    ) -> None:
         self.graph = BlockGraph()
         self.policy = get_policy(policy) if isinstance(policy, str) else policy
         self.stamps = StampTable()
@@ -33,12 +34,20 @@ class BlockState:
         # observers (checkers) get every guest write: (bb, root, offset, length, stamp)
         self.write_observers: list[Callable[..., None]] = []
 
-    def add_drive(self, drive_id: str, node_name: str, file_node_name: str | None,
-                  fmt: str, size_bytes: int, discard: str = "ignore") -> BlockBackend:
+    def add_drive(
+        self,
+        drive_id: str,
+        node_name: str,
+        file_node_name: str | None,
+        fmt: str,
+        size_bytes: int,
+        discard: str = "ignore",
+    ) -> BlockBackend:
         """What `-drive if=none,id=ID,node-name=N,file.node-name=F,format=FMT` creates."""
         image = self.graph.create_image(f"{drive_id}.{fmt}", fmt, size_bytes)
-        root = self.graph.open_image(image, node_name, file_node_name,
-                                     discard_unmap=discard == "unmap")
+        root = self.graph.open_image(
+            image, node_name, file_node_name, discard_unmap=discard == "unmap"
+        )
         bb = BlockBackend(drive_id, root, discard_unmap=discard == "unmap")
         self.graph.backends[drive_id] = bb
         return bb

@@ -19,8 +19,15 @@ MERGE_CRASH_WARNING = (
 
 def bitmap_add(m: Machine, a: dict[str, Any]) -> bitmap_ops.Undo:
     s = m.state
-    _, _, undo = bitmap_ops.add(s.graph, s.policy, a["node"], a["name"], a.get("granularity"),
-                                bool(a.get("persistent", False)), bool(a.get("disabled", False)))
+    _, _, undo = bitmap_ops.add(
+        s.graph,
+        s.policy,
+        a["node"],
+        a["name"],
+        a.get("granularity"),
+        bool(a.get("persistent", False)),
+        bool(a.get("disabled", False)),
+    )
     return undo
 
 
@@ -45,8 +52,10 @@ def bitmap_disable(m: Machine, a: dict[str, Any]) -> bitmap_ops.Undo:
 def bitmap_merge(m: Machine, a: dict[str, Any]) -> bitmap_ops.Undo:
     if not a["bitmaps"]:
         m.state.warnings.append(MERGE_CRASH_WARNING)
-        raise QMPError("blocksim: refusing block-dirty-bitmap-merge with an empty 'bitmaps' "
-                       "list (real QEMU 7.2 crashes with SIGSEGV here)")
+        raise QMPError(
+            "blocksim: refusing block-dirty-bitmap-merge with an empty 'bitmaps' "
+            "list (real QEMU 7.2 crashes with SIGSEGV here)"
+        )
     return bitmap_ops.merge(m.state.graph, m.state.policy, a["node"], a["target"], a["bitmaps"])
 
 

@@ -42,8 +42,11 @@ def run_io(m: Machine, bb: Any, root: Any, cmd: qemu_io.QemuIoCommand) -> str:
     graph = m.state.graph
     off, length = cmd.offset, cmd.length
     if cmd.op == "write":
-        stamp = ZERO_STAMP if cmd.zero else m.state.new_stamp(
-            cmd.pattern if cmd.pattern is not None else 0xCD)
+        stamp = (
+            ZERO_STAMP
+            if cmd.zero
+            else m.state.new_stamp(cmd.pattern if cmd.pattern is not None else 0xCD)
+        )
         res = io.guest_write(graph, bb, root, off, length, stamp)
         if not res.ok:
             return cmd.failed(res.error)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 # -- shared ------------------------------------------------------------------------------
 
+
 def is_root(m: Machine, node: BlockNode) -> bool:
     """bdrv_is_root_node: no parent but BlockBackends (a job is a parent too)."""
     if m.state.graph.parents(node):
@@ -44,8 +45,7 @@ def root_bs(m: Machine, name: str) -> BlockNode:
     return node
 
 
-def new_job(m: Machine, job_id: str | None, main: BlockNode, jtype: str,
-            a: dict[str, Any]) -> Job:
+def new_job(m: Machine, job_id: str | None, main: BlockNode, jtype: str, a: dict[str, Any]) -> Job:
     """block_job_create's id checks, then the job in state created."""
     if job_id is None:
         bb = m.state.graph.backend_of_root(main)
@@ -54,8 +54,14 @@ def new_job(m: Machine, job_id: str | None, main: BlockNode, jtype: str,
         raise QMPError(f"Invalid job ID '{job_id}'")
     if m.state.find_job(job_id) is not None:
         raise QMPError(f"Job ID '{job_id}' already in use")
-    return Job(job_id, jtype, m.emit, auto_finalize=a.get("auto-finalize", True),
-               auto_dismiss=a.get("auto-dismiss", True), speed=a.get("speed", 0))
+    return Job(
+        job_id,
+        jtype,
+        m.emit,
+        auto_finalize=a.get("auto-finalize", True),
+        auto_dismiss=a.get("auto-dismiss", True),
+        speed=a.get("speed", 0),
+    )
 
 
 def register(m: Machine, job: Job, kind: Any, nodes: list[BlockNode]) -> None:
@@ -72,7 +78,10 @@ def _check_speed(a: dict[str, Any]) -> None:
 
 # -- backup ------------------------------------------------------------------------------
 
-def _backup_bitmap_checks(m: Machine, a: dict[str, Any], source: BlockNode) -> tuple[Any, str, str | None]:
+
+def _backup_bitmap_checks(
+    m: Machine, a: dict[str, Any], source: BlockNode
+) -> tuple[Any, str, str | None]:
     """do_backup_common: sync/bitmap/bitmap-mode consistency (reference §5.2 rows A-H)."""
     from sim.model.bitmap_ops import ALLOW_RO, check_bitmap
 
@@ -82,7 +91,9 @@ def _backup_bitmap_checks(m: Machine, a: dict[str, Any], source: BlockNode) -> t
         raise QMPError(f"must provide a valid bitmap name for '{sync}' sync mode")
     if sync == "incremental":
         if mode is not None and mode != "on-success":
-            raise QMPError("Bitmap sync mode must be 'on-success' when using sync mode 'incremental'")
+            raise QMPError(
+                "Bitmap sync mode must be 'on-success' when using sync mode 'incremental'"
+            )
         sync, mode = "bitmap", "on-success"
     bm = None
     if "bitmap" in a:
@@ -95,15 +106,25 @@ def _backup_bitmap_checks(m: Machine, a: dict[str, Any], source: BlockNode) -> t
         if sync == "none":
             raise QMPError("sync mode 'none' does not produce meaningful bitmap outputs")
         if mode == "never" and sync != "bitmap":
-            raise QMPError(f"Bitmap sync mode 'never' has no meaningful effect when combined "
-                           f"with sync mode '{sync}'")
+            raise QMPError(
+                f"Bitmap sync mode 'never' has no meaningful effect when combined "
+                f"with sync mode '{sync}'"
+            )
     elif mode is not None:
         raise QMPError("Cannot specify bitmap sync mode without a bitmap")
     return bm, sync, mode
 
 
-def _create_backup(m: Machine, a: dict[str, Any], source: BlockNode, target: BlockNode,
-                   close_target: bool, bm: Any, sync: str, mode: str | None) -> Job:
+def _create_backup(
+    m: Machine,
+    a: dict[str, Any],
+    source: BlockNode,
+    target: BlockNode,
+    close_target: bool,
+    bm: Any,
+    sync: str,
+    mode: str | None,
+) -> Job:
     """backup_job_create from the same-node check on."""
     from sim.model.bitmap_ops import DEFAULT_CHECKS, check_bitmap
 
@@ -124,8 +145,9 @@ def _create_backup(m: Machine, a: dict[str, Any], source: BlockNode, target: Blo
     job = new_job(m, job_id, source, "backup", a)
     job.on_source_error = a.get("on-source-error", "report")
     job.on_target_error = a.get("on-target-error", "report")
-    kind = BackupKind(g, job, source, target, sync, bm, mode, a.get("filter-node-name"),
-                      close_target)
+    kind = BackupKind(
+        g, job, source, target, sync, bm, mode, a.get("filter-node-name"), close_target
+    )
     register(m, job, kind, [kind.filter, target])
     return job
 
@@ -160,8 +182,14 @@ def _drive_backup(m: Machine, a: dict[str, Any], ctx: TxnContext) -> Prepared:
         a = dict(a, sync="full")
         sync = "full"
     drain_all(m)  # opening the target image drains (reference §4.4)
-    target = _open_target(m, a["target"], fmt, mode, source, backing=data_src.backing
-                          if sync == "top" else (source if sync == "none" else None))
+    target = _open_target(
+        m,
+        a["target"],
+        fmt,
+        mode,
+        source,
+        backing=data_src.backing if sync == "top" else (source if sync == "none" else None),
+    )
     try:
         bm, bsync, bmode = _backup_bitmap_checks(m, a, source)
         job = _create_backup(m, a, source, target, True, bm, bsync, bmode)
@@ -186,8 +214,15 @@ def _blockdev_backup(m: Machine, a: dict[str, Any], ctx: TxnContext) -> Prepared
     return _backup_prepared(m, job)
 
 
-def _open_target(m: Machine, filename: str, fmt: str | None, mode: str, source: BlockNode,
-                 backing: BlockNode | None, node_name: str | None = None) -> BlockNode:
+def _open_target(
+    m: Machine,
+    filename: str,
+    fmt: str | None,
+    mode: str,
+    source: BlockNode,
+    backing: BlockNode | None,
+    node_name: str | None = None,
+) -> BlockNode:
     """Create (unless mode=existing) and open a job's target image."""
     g = m.state.graph
     if mode == "existing":
@@ -214,6 +249,7 @@ command("blockdev-backup")(lambda m, a: run_transaction(m, [("blockdev-backup", 
 
 
 # -- mirror ------------------------------------------------------------------------------
+
 
 def _mirror_checks(a: dict[str, Any]) -> int:
     gran = a.get("granularity", 0)
@@ -245,8 +281,15 @@ def _drive_mirror(m: Machine, a: dict[str, Any]) -> None:
         backing_bs = source
     if "replaces" in a and "node-name" not in a:
         raise QMPError("a node-name must be provided when replacing a named node of the graph")
-    target = _open_target(m, a["target"], fmt, mode, source,
-                          None if sync == "full" else backing_bs, a.get("node-name"))
+    target = _open_target(
+        m,
+        a["target"],
+        fmt,
+        mode,
+        source,
+        None if sync == "full" else backing_bs,
+        a.get("node-name"),
+    )
     zero_target = sync == "full" and mode == "existing"
     try:
         _start_mirror(m, a, source, target, sync, zero_target, close_target=True)
@@ -267,8 +310,15 @@ def _blockdev_mirror(m: Machine, a: dict[str, Any]) -> None:
     _start_mirror(m, a, source, target, sync, sync == "full", close_target=False)
 
 
-def _start_mirror(m: Machine, a: dict[str, Any], source: BlockNode, target: BlockNode,
-                  sync: str, zero_target: bool, close_target: bool) -> None:
+def _start_mirror(
+    m: Machine,
+    a: dict[str, Any],
+    source: BlockNode,
+    target: BlockNode,
+    sync: str,
+    zero_target: bool,
+    close_target: bool,
+) -> None:
     g = m.state.graph
     gran = _mirror_checks(a)
     g.check_op(source, "mirror-source")
@@ -285,9 +335,18 @@ def _start_mirror(m: Machine, a: dict[str, Any], source: BlockNode, target: Bloc
     if source.size_bytes != target.size_bytes:
         _fail_at_start(m, job, "Source and target image have different sizes")
         return
-    kind = MirrorKind(g, job, source, target, sync, gran, a.get("filter-node-name"),
-                      zero_target=zero_target, close_target=close_target,
-                      write_blocking=a.get("copy-mode") == "write-blocking")
+    kind = MirrorKind(
+        g,
+        job,
+        source,
+        target,
+        sync,
+        gran,
+        a.get("filter-node-name"),
+        zero_target=zero_target,
+        close_target=close_target,
+        write_blocking=a.get("copy-mode") == "write-blocking",
+    )
     register(m, job, kind, [kind.filter, source, target])
     start_job(m, job)
 
@@ -311,6 +370,7 @@ def _fail_at_start(m: Machine, job: Job, error: str) -> None:
 
 
 # -- commit ------------------------------------------------------------------------------
+
 
 def _chain_contains(m: Machine, top: BlockNode, node: BlockNode) -> bool:
     cur: BlockNode | None = top
@@ -378,16 +438,27 @@ def _block_commit(m: Machine, a: dict[str, Any]) -> None:
         _intermediate_commit(m, a, bs, top, base)
 
 
-def _active_commit(m: Machine, a: dict[str, Any], bs: BlockNode, top: BlockNode,
-                   base: BlockNode) -> None:
+def _active_commit(
+    m: Machine, a: dict[str, Any], bs: BlockNode, top: BlockNode, base: BlockNode
+) -> None:
     g = m.state.graph
     if "backing-file" in a:
         raise QMPError("'backing-file' specified, but 'top' is the active layer")
     job = new_job(m, a.get("job-id"), bs, "commit", a)
     job.on_source_error = job.on_target_error = a.get("on-error", "report")
-    kind = MirrorKind(g, job, top, base, "full", base.default_granularity(),
-                      a.get("filter-node-name"), zero_target=False, close_target=False,
-                      base=base, commit=True)
+    kind = MirrorKind(
+        g,
+        job,
+        top,
+        base,
+        "full",
+        base.default_granularity(),
+        a.get("filter-node-name"),
+        zero_target=False,
+        close_target=False,
+        base=base,
+        commit=True,
+    )
     intermediates = []
     cur = top.backing
     while cur is not None and cur is not base:
@@ -397,8 +468,9 @@ def _active_commit(m: Machine, a: dict[str, Any], bs: BlockNode, top: BlockNode,
     start_job(m, job)
 
 
-def _intermediate_commit(m: Machine, a: dict[str, Any], bs: BlockNode, top: BlockNode,
-                         base: BlockNode) -> None:
+def _intermediate_commit(
+    m: Machine, a: dict[str, Any], bs: BlockNode, top: BlockNode, base: BlockNode
+) -> None:
     g = m.state.graph
     overlay = g.overlay_of(top)
     if overlay is not None:
@@ -416,6 +488,7 @@ def _intermediate_commit(m: Machine, a: dict[str, Any], bs: BlockNode, top: Bloc
 
 
 # -- stream ------------------------------------------------------------------------------
+
 
 @command("block-stream")
 def _block_stream(m: Machine, a: dict[str, Any]) -> None:
@@ -461,6 +534,7 @@ def _block_stream(m: Machine, a: dict[str, Any]) -> None:
 
 # -- verbs -------------------------------------------------------------------------------
 
+
 def _verb(name: str, key: str, block_api: bool, fn: Any) -> None:
     def handler(m: Machine, a: dict[str, Any]) -> None:
         job = job_flow.find_job(m.state, a[key], block_api)
@@ -474,8 +548,12 @@ for _api, _key, _prefix in ((True, "device", "block-job-"), (False, "id", "job-"
     _verb(_prefix + "resume", _key, _api, lambda m, j, a: job_flow.resume(j))
     _verb(_prefix + "complete", _key, _api, lambda m, j, a: job_flow.complete(j))
 
-_verb("block-job-cancel", "device", True,
-      lambda m, j, a: job_flow.cancel(m.state, j, bool(a.get("force", False))))
+_verb(
+    "block-job-cancel",
+    "device",
+    True,
+    lambda m, j, a: job_flow.cancel(m.state, j, bool(a.get("force", False))),
+)
 _verb("job-cancel", "id", False, lambda m, j, a: job_flow.cancel(m.state, j, True))
 _verb("block-job-set-speed", "device", True, lambda m, j, a: job_flow.set_speed(j, a["speed"]))
 _verb("block-job-finalize", "id", True, lambda m, j, a: job_flow.user_finalize(m.state, j))

@@ -16,8 +16,10 @@ from sim.qmp.dispatch import command
 if TYPE_CHECKING:
     from sim.engine.machine import Machine
 
-QEMU_VERSION = {"qemu": {"micro": 22, "minor": 2, "major": 7},
-                "package": "Debian 1:7.2+dfsg-7+deb12u18+b3"}
+QEMU_VERSION = {
+    "qemu": {"micro": 22, "minor": 2, "major": 7},
+    "package": "Debian 1:7.2+dfsg-7+deb12u18+b3",
+}
 
 
 def dirty_info(bm: DirtyBitmap) -> dict[str, Any]:
@@ -25,8 +27,15 @@ def dirty_info(bm: DirtyBitmap) -> dict[str, Any]:
     info: dict[str, Any] = {}
     if bm.name is not None:
         info["name"] = bm.name
-    info.update({"recording": bm.recording, "persistent": bm.persistent, "busy": bm.busy,
-                 "count": bm.count_bytes(), "granularity": bm.granularity})
+    info.update(
+        {
+            "recording": bm.recording,
+            "persistent": bm.persistent,
+            "busy": bm.busy,
+            "count": bm.count_bytes(),
+            "granularity": bm.granularity,
+        }
+    )
     if bm.inconsistent:
         info["inconsistent"] = True
     return info
@@ -34,10 +43,15 @@ def dirty_info(bm: DirtyBitmap) -> dict[str, Any]:
 
 def final_bitmap(bm: DirtyBitmap) -> dict[str, Any]:
     """A bitmap in the final-state shape of the trace spec (with sha256)."""
-    out: dict[str, Any] = {"name": bm.name, "granularity": bm.granularity,
-                           "count": bm.count_bytes(), "recording": bm.recording,
-                           "busy": bm.busy, "persistent": bm.persistent,
-                           "sha256": bm.sha256() if bm.name is not None else None}
+    out: dict[str, Any] = {
+        "name": bm.name,
+        "granularity": bm.granularity,
+        "count": bm.count_bytes(),
+        "recording": bm.recording,
+        "busy": bm.busy,
+        "persistent": bm.persistent,
+        "sha256": bm.sha256() if bm.name is not None else None,
+    }
     if bm.inconsistent:
         out["inconsistent"] = True
     return out
@@ -55,7 +69,8 @@ def _image_info(graph: BlockGraph, node: BlockNode) -> dict[str, Any]:
     info: dict[str, Any] = {
         "virtual-size": node.size_bytes,
         "filename": node.image.filename if node.image else node.node_name,
-        "format": node.driver, "dirty-flag": False,
+        "format": node.driver,
+        "dirty-flag": False,
     }
     if node.driver == "qcow2":
         info["cluster-size"] = node.cluster_size
@@ -70,10 +85,20 @@ def device_info(graph: BlockGraph, node: BlockNode) -> dict[str, Any]:
     """BlockDeviceInfo for one node."""
     chain = graph.backing_chain(node)
     info: dict[str, Any] = {
-        "iops_rd": 0, "detect_zeroes": "off", "image": _image_info(graph, node),
-        "iops_wr": 0, "ro": node.read_only, "node-name": node.node_name,
-        "backing_file_depth": len(chain) - 1, "drv": node.driver, "iops": 0, "bps_wr": 0,
-        "write_threshold": 0, "encrypted": False, "bps": 0, "bps_rd": 0,
+        "iops_rd": 0,
+        "detect_zeroes": "off",
+        "image": _image_info(graph, node),
+        "iops_wr": 0,
+        "ro": node.read_only,
+        "node-name": node.node_name,
+        "backing_file_depth": len(chain) - 1,
+        "drv": node.driver,
+        "iops": 0,
+        "bps_wr": 0,
+        "write_threshold": 0,
+        "encrypted": False,
+        "bps": 0,
+        "bps_rd": 0,
         "cache": {"no-flush": False, "direct": False, "writeback": True},
         "file": node.image.filename if node.image else node.node_name,
     }
@@ -100,15 +125,21 @@ def _query_block(m: Machine, a: dict[str, Any]) -> list[dict[str, Any]]:
     graph = m.state.graph
     out = []
     for bb in graph.backends.values():
-        entry: dict[str, Any] = {"io-status": "ok", "device": bb.name, "locked": False,
-                                 "removable": True, "type": "unknown"}
+        entry: dict[str, Any] = {
+            "io-status": "ok",
+            "device": bb.name,
+            "locked": False,
+            "removable": True,
+            "type": "unknown",
+        }
         node = shown_root(bb)
         if node is not None:
             entry["inserted"] = device_info(graph, node)
             if bb.bitmaps:
                 entry["inserted"].setdefault("dirty-bitmaps", [])
-                entry["inserted"]["dirty-bitmaps"] = (
-                    [dirty_info(b) for b in bb.bitmaps] + entry["inserted"]["dirty-bitmaps"])
+                entry["inserted"]["dirty-bitmaps"] = [dirty_info(b) for b in bb.bitmaps] + entry[
+                    "inserted"
+                ]["dirty-bitmaps"]
         else:
             entry["tray_open"] = False
         out.append(entry)
@@ -130,8 +161,9 @@ def _qmp_capabilities(m: Machine, a: dict[str, Any]) -> None:
     from sim.errors import QMPError
 
     # A trace runs after negotiation, as on the real monitor.
-    raise QMPError("Capabilities negotiation is already complete, command ignored",
-                   "CommandNotFound")
+    raise QMPError(
+        "Capabilities negotiation is already complete, command ignored", "CommandNotFound"
+    )
 
 
 def final_state(m: Machine) -> dict[str, Any]:
@@ -139,17 +171,22 @@ def final_state(m: Machine) -> dict[str, Any]:
     graph = m.state.graph
     nodes = []
     for n in reversed(graph.nodes):
-        nodes.append({
-            "node-name": n.node_name, "driver": n.driver,
-            "backing": n.backing.node_name if n.backing is not None else None,
-            "file": n.file.node_name if n.file is not None else None,
-            "dirty-bitmaps": [final_bitmap(b) for b in n.bitmaps],
-        })
+        nodes.append(
+            {
+                "node-name": n.node_name,
+                "driver": n.driver,
+                "backing": n.backing.node_name if n.backing is not None else None,
+                "file": n.file.node_name if n.file is not None else None,
+                "dirty-bitmaps": [final_bitmap(b) for b in n.bitmaps],
+            }
+        )
     backends = []
     for bb in graph.backends.values():
         root = shown_root(bb)
-        entry: dict[str, Any] = {"device": bb.name,
-                                 "node-name": root.node_name if root is not None else None}
+        entry: dict[str, Any] = {
+            "device": bb.name,
+            "node-name": root.node_name if root is not None else None,
+        }
         if bb.bitmaps:
             entry["dirty-bitmaps"] = [final_bitmap(b) for b in bb.bitmaps]
         backends.append(entry)

@@ -74,8 +74,9 @@ def drain_all(m: Machine) -> None:
         job.set_status("ready" if job.status == "standby" else "running")
 
 
-def run_transaction(m: Machine, actions: list[tuple[str, dict[str, Any]]],
-                    grouped: bool = False) -> None:
+def run_transaction(
+    m: Machine, actions: list[tuple[str, dict[str, Any]]], grouped: bool = False
+) -> None:
     """Prepare all, then commit all; any failure aborts everything prepared so far."""
     ctx = TxnContext(grouped=grouped)
     drain_all(m)
@@ -103,6 +104,7 @@ def _transaction(m: Machine, a: dict[str, Any]) -> None:
 
 
 # -- actions ---------------------------------------------------------------------------------
+
 
 @action("abort")
 def _abort(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepared:
@@ -143,9 +145,15 @@ def _snapshot_sync(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepare
     check_completion_mode("blockdev-snapshot-sync", ctx)
     s = m.state
     _, undo = snapshot.snapshot_sync(
-        s.graph, s.policy, data.get("device"), data.get("node-name"), data["snapshot-file"],
-        data.get("snapshot-node-name"), data.get("format", "qcow2"),
-        data.get("mode", "absolute-paths"))
+        s.graph,
+        s.policy,
+        data.get("device"),
+        data.get("node-name"),
+        data["snapshot-file"],
+        data.get("snapshot-node-name"),
+        data.get("format", "qcow2"),
+        data.get("mode", "absolute-paths"),
+    )
     return Prepared(abort=undo)
 
 
