@@ -45,19 +45,25 @@ def _invariant_option(fn: Any) -> Any:
     return click.option(
         "--invariants",
         default=None,
-        metavar="A,B,...",
-        help="Checkers to run (comma-separated names, or 'all'; default all).",
+        metavar="A,B,...|all|none",
+        help="Checkers to run: comma-separated names, 'all' or 'none' "
+        '(default: the trace header\'s "invariants", else none).',
     )(fn)
 
 
 def parse_invariants(value: str | None) -> list[str] | None:
-    if value is None or value == "all":
+    """None = take them from each trace header; [] = none; else the names."""
+    if value is None:
         return None
-    names = [v.strip() for v in value.split(",") if v.strip()]
     from sim.check import CHECKERS
 
+    if value == "all":
+        return list(CHECKERS)
+    if value == "none":
+        return []
+    names = [v.strip() for v in value.split(",") if v.strip()]
     unknown = [n for n in names if n not in CHECKERS]
-    if unknown:
+    if unknown or not names:
         raise click.BadParameter(
             f"unknown invariant(s) {unknown}; known: {', '.join(CHECKERS)}",
             param_hint="--invariants",
@@ -104,7 +110,15 @@ def replay(
             counts["error"] += 1
             worst = max(worst, EXIT_USAGE)
             continue
-        result = run(trace, policy=policy, seed=seed, checkers=make_checkers(names))
+        try:
+            wanted = names if names is not None else header_invariants(trace)
+            checkers = make_checkers(wanted)
+        except ValueError as exc:
+            click.echo(f"ERROR {path}: {exc}", err=True)
+            counts["error"] += 1
+            worst = max(worst, EXIT_USAGE)
+            continue
+        result = run(trace, policy=policy, seed=seed, checkers=checkers)
         if as_json:
             for outcome in result.steps:
                 click.echo(dumps(outcome.json_line()))
@@ -119,6 +133,18 @@ def replay(
             err=as_json,
         )
     sys.exit(worst)
+
+
+def header_invariants(trace: Any) -> list[str]:
+    """The checkers a trace asks for in its header (`"invariants": [...]` or "all")."""
+    from sim.check import CHECKERS
+
+    value = trace.header.raw.get("invariants", [])
+    if value == "all":
+        return list(CHECKERS)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError('header "invariants" must be a list of checker names or "all"')
+    return list(value)
 
 
 def _verdict(path: Path, result: Any, verbose: bool, to_stderr: bool) -> int:
