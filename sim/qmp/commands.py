@@ -2,6 +2,7 @@
 
 from sim.qmp import (  # noqa: F401
     cmd_bitmap,
+    cmd_blockdev,
     cmd_hmp,
     cmd_job,
     cmd_query,

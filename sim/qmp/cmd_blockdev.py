@@ -1,0 +1,149 @@
+"""blockdev-add and blockdev-del for the drivers blocksim models (qcow2, raw, file, null-co).
+
+blockdev.c `qmp_blockdev_add` / `qmp_blockdev_del` and block.c `bdrv_open` of
+QEMU 7.2: the root node of a blockdev-add is owned by the monitor (it
+survives a mirror pivot and must be deleted with blockdev-del); children
+given inline are created with it, children given by name are referenced.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sim.errors import QMPError
+from sim.model.graph import BlockNode
+from sim.model.snapshot import check_new_node_name
+from sim.qmp.dispatch import command
+from sim.qmp.schema import MODELLED_DRIVERS
+
+if TYPE_CHECKING:
+    from sim.engine.machine import Machine
+
+NULL_CO_DEFAULT_SIZE = 1 << 30
+
+
+@command("blockdev-add")
+def _blockdev_add(m: Machine, a: dict[str, Any]) -> None:
+    if "node-name" not in a:
+        raise QMPError("'node-name' must be specified for the root node")
+    created: list[BlockNode] = []
+    try:
+        node = _open(m, a, created)
+    except QMPError:
+        for n in reversed(created):
+            m.state.graph.delete_unreferenced(n)
+        raise
+    node.monitor_owned = True
+
+
+def _ref(m: Machine, ref: Any, created: list[BlockNode]) -> BlockNode:
+    """A BlockdevRef: a node name to reference, or options for a new node."""
+    if isinstance(ref, str):
+        node = m.state.graph.lookup_bs(ref)
+        if node is None:
+            raise QMPError(f"Cannot find device='{ref}' nor node-name='{ref}'")
+        return node
+    return _open(m, ref, created)
+
+
+def _open(m: Machine, a: dict[str, Any], created: list[BlockNode]) -> BlockNode:
+    g = m.state.graph
+    driver = a["driver"]
+    if driver not in MODELLED_DRIVERS:
+        raise QMPError(f"blocksim does not model block driver '{driver}'")
+    name = a.get("node-name")
+    if name is not None:
+        check_new_node_name(g, name)
+    read_only = bool(a.get("read-only", False))
+    unmap = a.get("discard") == "unmap"
+    if driver == "file":
+        image = g.images.get(a["filename"])
+        if image is None:
+            raise QMPError(f"Could not open '{a['filename']}': No such file or directory")
+        node = g.new_node("file", image.size_bytes, name, image=image, read_only=read_only)
+    elif driver == "null-co":
+        size = a.get("size", NULL_CO_DEFAULT_SIZE)
+        if size < 0:
+            raise QMPError("size must be non-negative")  # QEMU's own check is a visitor error
+        node = g.new_node("null-co", size, name, read_only=read_only)
+    else:
+        node = _open_format(m, a, driver, name, read_only, unmap, created)
+    created.append(node)
+    return node
+
+
+def _open_format(
+    m: Machine,
+    a: dict[str, Any],
+    driver: str,
+    name: str | None,
+    read_only: bool,
+    unmap: bool,
+    created: list[BlockNode],
+) -> BlockNode:
+    g = m.state.graph
+    file = _ref(m, a["file"], created)
+    image = file.image
+    if driver == "qcow2":
+        if image is None or image.format != "qcow2":
+            raise QMPError("Image is not in qcow2 format")
+        content = image.content
+    else:
+        content = image.content if image is not None else None
+    size = image.size_bytes if image is not None else file.size_bytes
+    node = g.new_node(
+        driver,
+        size,
+        name,
+        file=file,
+        content=content,
+        image=image,
+        read_only=read_only,
+        discard_unmap=unmap,
+    )
+    if driver == "qcow2":
+        backing = a.get("backing", "__image__")
+        if backing is None:
+            return node
+        if backing == "__image__":
+            if image is not None and image.backing_file is not None:
+                bimage = g.images.get(image.backing_file)
+                if bimage is None:
+                    raise QMPError(
+                        f"Could not open backing file: Could not open "
+                        f"'{image.backing_file}': No such file or directory"
+                    )
+                bnode = g.open_image(bimage, None, None)
+                bnode.read_only = True
+                created.append(bnode)
+                g.set_backing(node, bnode)
+            return node
+        g.set_backing(node, _ref(m, backing, created))
+    return node
+
+
+@command("blockdev-del")
+def _blockdev_del(m: Machine, a: dict[str, Any]) -> None:
+    g = m.state.graph
+    name = a["node-name"]
+    node = g.node(name)
+    if node is None:
+        raise QMPError(f"Failed to find node with node-name='{name}'")
+    if g.backend_of_root(node) is not None or _used_by_job_backend(m, node):
+        raise QMPError(f"Node {name} is in use")
+    g.check_op(node, "drive-del")
+    if not node.monitor_owned:
+        raise QMPError(f"Node {name} is not owned by the monitor")
+    if g.parents(node):
+        raise QMPError(f"Block device {g.display_name(node)} is in use")
+    node.monitor_owned = False
+    g.delete_unreferenced(node)
+
+
+def _used_by_job_backend(m: Machine, node: BlockNode) -> bool:
+    """A job holds its target (and an active commit its base) through a BlockBackend."""
+    for job in m.state.jobs:
+        kind = job.kind
+        if getattr(kind, "target", None) is node and job.type in ("mirror", "commit"):
+            return True
+    return False
