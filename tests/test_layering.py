@@ -1,0 +1,57 @@
+"""The layering rules of STYLE.md: each dependency has one home, the model is pure."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import sim
+
+SIM = Path(sim.__file__).parent
+
+# module prefix -> folders (relative to sim/) allowed to import it
+HOMES = {
+    "simpy": ("engine/",),
+    "matplotlib": ("report/",),
+    "hypothesis": ("fuzz/",),
+    "qemu": ("oracle/",),
+    "random": ("engine/", "fuzz/"),
+    "time": ("oracle/", "fuzz/", "report/"),
+    "click": ("cli.py",),
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_each_dependency_lives_in_its_home() -> None:
+    offenders = []
+    for path in sorted(SIM.rglob("*.py")):
+        rel = path.relative_to(SIM).as_posix()
+        for dep in _imports(path):
+            homes = HOMES.get(dep)
+            if homes is not None and not rel.startswith(homes):
+                offenders.append(f"{rel} imports {dep} (allowed in {homes})")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_model_knows_nothing_of_time_qmp_or_engine() -> None:
+    for path in sorted((SIM / "model").glob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        for forbidden in ("sim.engine", "sim.qmp", "import simpy", "import json"):
+            assert forbidden not in text, f"{path.name} uses {forbidden}"
+
+
+def test_public_api() -> None:
+    assert sim.__all__[:2] == ["replay", "load_trace"]
+    assert len(sim.__all__) <= 14
+    for name in sim.__all__:
+        assert hasattr(sim, name), name
