@@ -41,7 +41,9 @@ class KindBase:
 
 
 def _peers(job: Job) -> list[Job]:
-    return list(job.txn) if job.txn else [job]
+    """The jobs of job's transaction in QEMU's txn list order: newest first."""
+    peers = list(job.txn) if job.txn else [job]
+    return sorted(peers, key=lambda p: -p.seq)
 
 
 def work_finished(state: BlockState, job: Job) -> None:
@@ -79,20 +81,25 @@ def finalize(state: BlockState, job: Job) -> None:
             dismiss(state, p)
 
 
-def abort_txn(state: BlockState, job: Job) -> None:
-    """job_completed_txn_abort: every peer goes aborting, then is torn down."""
-    peers = _peers(job)
+def abort_txn(state: BlockState, job: Job, deferred: bool = False) -> None:
+    """job_completed_txn_abort: every job of the transaction is torn down, newest first.
+
+    A job whose own run just ended (not `deferred`) goes `aborting` first, in
+    job_completed; the others go `aborting` one by one as each is finished.
+    """
     if job.error is None and not job.cancelled:
         job.cancelled = job.force = True
-    for p in [job] + [p for p in peers if p is not job]:
-        if p.status not in ("aborting", "concluded", "null"):
-            if p is not job and not p.cancelled:
-                p.cancelled = p.force = True
-            p.set_status("aborting")
-    order = [p for p in peers if p is not job] + [job]
-    for p in order:
-        if p.status != "aborting":
+    if not deferred and job.status not in ("aborting", "concluded", "null"):
+        job.set_status("aborting")
+    peers = _peers(job)
+    for p in peers:
+        if p is not job and not p.cancelled:
+            p.cancelled = p.force = True
+    for p in peers:
+        if p.status in ("concluded", "null"):
             continue
+        if p.status != "aborting":
+            p.set_status("aborting")
         p.kind.abort()
         p.kind.clean()
         release_nodes(p)
@@ -161,6 +168,7 @@ def resume(job: Job) -> None:
     if not job.user_paused:
         raise QMPError("Can't resume a job that was not paused")
     job.user_paused = 0
+    job.io_status = "ok"  # block_job_user_resume -> block_job_iostatus_reset
     _unpause(job)
     job.wake()
 
@@ -216,6 +224,65 @@ def cancel(state: BlockState, job: Job, force: bool) -> None:
         abort_txn(state, job)
     elif deferred:
         if job.cancelled and job.force:
-            abort_txn(state, job)
+            abort_txn(state, job, deferred=True)
     else:
         job.wake()
+
+
+# -- I/O errors ----------------------------------------------------------------------------
+# block_job_error_action (blockjob.c, QEMU 7.2) and what each job kind's run()
+# does with its result: backup_loop, mirror_{read,write}_complete and
+# commit_run retry the chunk after `ignore` and after `stop` + resume;
+# stream_run skips it after `ignore` but fails at the end ("do not remove the
+# backing file if an error was there but ignored"); `report` ends the run with
+# the error, which job_completed turns into BLOCK_JOB_COMPLETED with `error`.
+
+STRERROR = {"EIO": "Input/output error", "ENOSPC": "No space left on device"}
+
+
+def error_policy_action(policy: str, errno: str) -> str:
+    """BlockdevOnError x errno -> BlockErrorAction: report, ignore or stop."""
+    if policy in ("enospc", "auto"):
+        return "stop" if errno == "ENOSPC" else "report"
+    if policy in ("stop", "ignore"):
+        return policy
+    return "report"
+
+
+def error_action(job: Job, is_read: bool, errno: str) -> str:
+    """A job's I/O request failed with `errno`: emit BLOCK_JOB_ERROR and act.
+
+    `is_read` picks the policy (on-source-error / on-target-error; commit and
+    stream have one on-error for both).  `stop` pauses the job as if the user
+    had (job-resume retries) and sets io-status; `report` records the error the
+    job will end with.  Returns the action taken."""
+    policy = job.on_source_error if is_read else job.on_target_error
+    action = error_policy_action(policy, errno)
+    job.emit("BLOCK_JOB_ERROR", {"device": job.id,
+                                 "operation": "read" if is_read else "write",
+                                 "action": action})
+    if action == "stop":
+        if not job.user_paused:
+            job.user_paused = 1
+            if job.status == "running":
+                job.set_status("paused")
+            elif job.status == "ready":
+                job.set_status("standby")
+        if job.io_status == "ok":  # block_job_iostatus_set_err
+            job.io_status = "nospace" if errno == "ENOSPC" else "failed"
+    elif action == "report":
+        job.error = STRERROR[errno]
+    return action
+
+
+def ignore_is_skip(job: Job) -> bool:
+    """After `ignore`, stream moves past the chunk; every other kind retries it."""
+    return job.type == "stream"
+
+
+def skip_chunk(job: Job, offset: int, length: int) -> None:
+    """stream_run after an ignored error: progress moves on, nothing is copied."""
+    kind = job.kind
+    if hasattr(kind, "cursor"):
+        kind.cursor = offset + length
+    job.offset += length

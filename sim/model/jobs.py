@@ -146,7 +146,7 @@ class Job:
             "len": self.len,
             "offset": self.offset,
             "status": self.status,
-            "paused": self.user_paused > 0,
+            "paused": self.user_paused > 0 or self._drained_at_end(),
             "speed": self.speed,
             "ready": self.ready,
             "type": self.type,
@@ -154,6 +154,13 @@ class Job:
         if self.error is not None and self.status == "concluded":
             entry["error"] = self.error
         return entry
+
+    def _drained_at_end(self) -> bool:
+        """mirror_run ends inside bdrv_drained_begin(), released only when the job
+        is finalized: pause_count > 0 while waiting/pending (reference §4.5)."""
+        return self.status in ("waiting", "pending") and bool(
+            getattr(self.kind, "has_ready", False)
+        )
 
     @property
     def busy(self) -> bool:

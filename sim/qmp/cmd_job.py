@@ -181,7 +181,6 @@ def _drive_backup(m: Machine, a: dict[str, Any], ctx: TxnContext) -> Prepared:
     if sync == "top" and data_src.backing is None:
         a = dict(a, sync="full")
         sync = "full"
-    drain_all(m)  # opening the target image drains (reference §4.4)
     target = _open_target(
         m,
         a["target"],
@@ -195,6 +194,7 @@ def _drive_backup(m: Machine, a: dict[str, Any], ctx: TxnContext) -> Prepared:
         job = _create_backup(m, a, source, target, True, bm, bsync, bmode)
     except QMPError:
         g.delete_unreferenced(target)
+        drain_all(m)  # closing the target image drains (reference §4.4)
         raise
     if sync == "none":
         g.set_backing(target, source)

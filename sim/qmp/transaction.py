@@ -90,6 +90,10 @@ def run_transaction(
         for p in prepared:
             p.clean()
         raise
+    if ctx.grouped:
+        group = list(ctx.new_jobs)
+        for job in group:
+            job.txn = group
     for p in prepared:
         p.commit()
     for p in prepared:
