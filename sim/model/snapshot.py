@@ -9,6 +9,8 @@ Where its bitmaps go is the placement policy's call (`on_append`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sim.errors import QMPError
 from sim.model.bitmap_ops import Undo
 from sim.model.graph import BlockGraph, BlockNode, id_wellformed
@@ -38,9 +40,12 @@ def snapshot_sync(
     snapshot_node_name: str | None,
     fmt: str = "qcow2",
     mode: str = "absolute-paths",
+    on_lookup: Callable[[BlockNode], None] | None = None,
 ) -> tuple[BlockNode, Undo]:
     """blockdev-snapshot-sync: create (or open) an overlay image and append it."""
     old = graph.lookup_device_or_node(device, node_name)
+    if on_lookup is not None:
+        on_lookup(old)
     graph.check_op(old, "external-snapshot")
     if node_name is not None and snapshot_node_name is None:
         raise QMPError("New overlay node-name missing")
@@ -77,10 +82,16 @@ def snapshot_sync(
 
 
 def blockdev_snapshot(
-    graph: BlockGraph, policy: PlacementPolicy, node: str, overlay_name: str
+    graph: BlockGraph,
+    policy: PlacementPolicy,
+    node: str,
+    overlay_name: str,
+    on_lookup: Callable[[BlockNode], None] | None = None,
 ) -> Undo:
     """blockdev-snapshot: append an existing (blockdev-add) node as the overlay."""
     old = graph.lookup_or_fail(node)
+    if on_lookup is not None:
+        on_lookup(old)
     graph.check_op(old, "external-snapshot")
     overlay = graph.lookup_or_fail(overlay_name)
     if graph.backend_of_root(overlay) is not None:

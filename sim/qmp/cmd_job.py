@@ -21,7 +21,14 @@ from sim.model.job_stream import StreamKind
 from sim.model.jobs import Job
 from sim.model.snapshot import check_new_node_name
 from sim.qmp.dispatch import command
-from sim.qmp.transaction import Prepared, TxnContext, action, drain_all, run_transaction
+from sim.qmp.transaction import (
+    Prepared,
+    TxnContext,
+    action,
+    drain_all,
+    drained_begin,
+    run_transaction,
+)
 
 if TYPE_CHECKING:
     from sim.engine.machine import Machine
@@ -173,6 +180,7 @@ def _drive_backup(m: Machine, a: dict[str, Any], ctx: TxnContext) -> Prepared:
     g = m.state.graph
     _check_speed(a)
     source = g.lookup_or_fail(a["device"])
+    drained_begin(m, ctx, source)
     g.check_op(source, "backup-source")
     mode = a.get("mode", "absolute-paths")
     fmt = a.get("format") if "format" in a else (None if mode == "existing" else source.driver)
@@ -208,6 +216,7 @@ def _blockdev_backup(m: Machine, a: dict[str, Any], ctx: TxnContext) -> Prepared
     _check_speed(a)
     source = g.lookup_or_fail(a["device"])
     target = g.lookup_or_fail(a["target"])
+    drained_begin(m, ctx, source)
     bm, bsync, bmode = _backup_bitmap_checks(m, a, source)
     job = _create_backup(m, a, source, target, False, bm, bsync, bmode)
     ctx.new_jobs.append(job)

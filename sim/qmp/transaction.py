@@ -42,6 +42,8 @@ class TxnContext:
 
     grouped: bool = False
     new_jobs: list[Any] = field(default_factory=list)
+    index: int = 0  # the action being prepared
+    drain_ends: list[tuple[int, Callable[[], None]]] = field(default_factory=list)
 
 
 Action = Callable[["Machine", dict[str, Any], TxnContext], Prepared]
@@ -74,6 +76,37 @@ def drain_all(m: Machine) -> None:
         job.set_status("ready" if job.status == "standby" else "running")
 
 
+def drained_begin(m: Machine, ctx: TxnContext, node: Any) -> None:
+    """bdrv_drained_begin(node), paired with the action's clean: every active job
+    that has `node` among its job nodes pauses (its child_job parent is drained)."""
+    jobs = [
+        j
+        for j in m.state.jobs
+        if j.user_paused == 0
+        and j.status in ("running", "ready")
+        and any(n is node for n in getattr(j.kind, "nodes", []))
+    ]
+    for job in jobs:
+        job.set_status("standby" if job.status == "ready" else "paused")
+
+    def end() -> None:
+        for job in jobs:
+            if job.user_paused == 0 and job.status in ("paused", "standby"):
+                job.set_status("ready" if job.status == "standby" else "running")
+
+    ctx.drain_ends.append((ctx.index, end))
+
+
+def _clean(ctx: TxnContext, prepared: list[Prepared], attempted: int) -> None:
+    """Every attempted action's clean, in order (the failing one included)."""
+    for i in range(attempted):
+        if i < len(prepared):
+            prepared[i].clean()
+        for idx, end in ctx.drain_ends:
+            if idx == i:
+                end()
+
+
 def run_transaction(
     m: Machine, actions: list[tuple[str, dict[str, Any]]], grouped: bool = False
 ) -> None:
@@ -82,13 +115,13 @@ def run_transaction(
     drain_all(m)
     prepared: list[Prepared] = []
     try:
-        for kind, data in actions:
+        for index, (kind, data) in enumerate(actions):
+            ctx.index = index
             prepared.append(ACTIONS[kind](m, data, ctx))
     except QMPError:
         for p in reversed(prepared):
             p.abort()
-        for p in prepared:
-            p.clean()
+        _clean(ctx, prepared, len(prepared) + 1)
         raise
     if ctx.grouped:
         group = list(ctx.new_jobs)
@@ -96,8 +129,7 @@ def run_transaction(
             job.txn = group
     for p in prepared:
         p.commit()
-    for p in prepared:
-        p.clean()
+    _clean(ctx, prepared, len(prepared))
 
 
 @command("transaction")
@@ -157,6 +189,7 @@ def _snapshot_sync(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepare
         data.get("snapshot-node-name"),
         data.get("format", "qcow2"),
         data.get("mode", "absolute-paths"),
+        on_lookup=lambda node: drained_begin(m, ctx, node),
     )
     return Prepared(abort=undo)
 
@@ -165,7 +198,13 @@ def _snapshot_sync(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepare
 def _snapshot(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepared:
     check_completion_mode("blockdev-snapshot", ctx)
     s = m.state
-    undo = snapshot.blockdev_snapshot(s.graph, s.policy, data["node"], data["overlay"])
+    undo = snapshot.blockdev_snapshot(
+        s.graph,
+        s.policy,
+        data["node"],
+        data["overlay"],
+        on_lookup=lambda node: drained_begin(m, ctx, node),
+    )
     return Prepared(abort=undo)
 
 
