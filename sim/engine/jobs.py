@@ -1,10 +1,18 @@
 """Job processes: when jobs make progress in simulated time.
 
 A job is a plain generator function run by simpy.  It asks its kind (model)
-for the next chunk, does it, and sleeps for the time the timing model says
-the copy takes.  Pause, resume, complete and cancel are flags set
-synchronously by the QMP verbs (model/job_flow.py); they wake the process
-through a per-job simpy event so it notices at its next pause point.
+for the next chunk, checks the chunk's reads and writes against the armed
+faults, does it, and spends the time the devices say the copy takes: a read
+on the source's device, then a write on the target's, each waiting for a
+queue slot like guest I/O does, then whatever the job's `speed` still asks
+for.  The model copy is applied when the chunk starts, so the model is
+consistent at every instant.
+
+Pause, resume, complete and cancel are flags set synchronously by the QMP
+verbs (model/job_flow.py); they wake the process through a per-job simpy
+event so it notices at its next pause point.  An I/O error goes through
+`job_flow.error_action` (BLOCK_JOB_ERROR, then report / ignore / stop as
+QEMU 7.2's job kinds do; see the end of model/job_flow.py).
 """
 
 from __future__ import annotations
@@ -14,11 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 import simpy
 
+from sim.engine.faults import read_path, write_path
+from sim.engine.timing import rate_limit_ns
 from sim.model import job_flow
+from sim.model.graph import BlockNode
 from sim.model.jobs import Job
 
 if TYPE_CHECKING:
     from sim.engine.machine import Machine
+
+Proc = Generator[simpy.Event, Any, None]
 
 
 class _Waker:
@@ -51,13 +64,36 @@ def start_job(m: Machine, job: Job) -> None:
     m.processes[job.id] = m.env.process(job_process(m, job, waker))
 
 
+def job_nodes(job: Job) -> tuple[BlockNode | None, BlockNode | None]:
+    """(the node a chunk reads from, the node it writes to) for each job kind:
+    backup and mirror copy source -> target, active commit top -> base (a
+    mirror), intermediate commit top -> base, stream the backing -> the node."""
+    kind = job.kind
+    if hasattr(kind, "source") and hasattr(kind, "target"):
+        return kind.source, kind.target
+    if hasattr(kind, "top") and hasattr(kind, "base"):
+        return kind.top, kind.base
+    if hasattr(kind, "node"):
+        return kind.node.backing, kind.node
+    return None, None
+
+
+def _read_stop(job: Job) -> BlockNode | None:
+    """Where a chunk's read stops going down the backing chain (the base, excluded)."""
+    kind = job.kind
+    if getattr(kind, "commit_mode", False) or job.type in ("commit", "stream"):
+        return getattr(kind, "base", None)
+    return None
+
+
 def _done(job: Job) -> bool:
     return job.cancelled and (job.force or not job.kind.has_ready or job.ready)
 
 
-def job_process(m: Machine, job: Job, waker: _Waker) -> Generator[simpy.Event, Any, None]:
+def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
     kind = job.kind
-    timing = m.timing_for(job)
+    source, target = job_nodes(job)
+    ignored_error: str | None = None  # stream: an ignored error fails the job at the end
     while True:
         if job.status in ("aborting", "concluded", "null"):
             return
@@ -81,7 +117,63 @@ def job_process(m: Machine, job: Job, waker: _Waker) -> Generator[simpy.Event, A
                 continue
             break
         offset, length = chunk
-        kind.copy_chunk(offset, length)
-        yield m.env.timeout(timing.copy_ns(length, job.speed, m.rng))
+        failure = chunk_fault(m, job, offset, length) if m.faults else None
+        if failure is None:
+            kind.copy_chunk(offset, length)
+            yield from chunk_io(m, job, source, target, length, write=True)
+            continue
+        is_read, errno = failure
+        yield from chunk_io(m, job, source, target, length, write=not is_read)
+        if job.status in ("aborting", "concluded", "null"):
+            return
+        if _done(job):
+            break
+        action = job_flow.error_action(job, is_read, errno)
+        if action == "ignore" and job_flow.ignore_is_skip(job):
+            job_flow.skip_chunk(job, offset, length)
+            ignored_error = ignored_error or job_flow.STRERROR[errno]
+    if ignored_error is not None and job.error is None and not job.cancelled:
+        job.error = ignored_error
     if job.status in ("running", "ready"):
         job_flow.work_finished(m.state, job)
+
+
+def chunk_fault(m: Machine, job: Job, offset: int, length: int) -> tuple[bool, str] | None:
+    """(is_read, errno) when an armed fault fails this chunk's read or write."""
+    source, target = job_nodes(job)
+    graph = m.state.graph
+    allocated_only = job.type in ("commit", "stream") and not getattr(job.kind, "commit_mode", 0)
+    reads: list[BlockNode] = []
+    if source is not None:
+        reads = read_path(graph, source, offset, length, _read_stop(job), allocated_only)
+    hit = m.faults.take(reads, "read", offset, length)
+    if hit is not None:
+        # stream_run reports every failure as a read (stream_populate is a COR read)
+        return True, hit[1].errno
+    if target is None or (allocated_only and not reads):
+        return None
+    hit = m.faults.take(write_path(graph, target), "write", offset, length)
+    if hit is not None:
+        return job.type == "stream", hit[1].errno
+    return None
+
+
+def chunk_io(
+    m: Machine,
+    job: Job,
+    source: BlockNode | None,
+    target: BlockNode | None,
+    length: int,
+    write: bool,
+) -> Proc:
+    """The time a chunk takes: read on the source's device, write on the target's,
+    then the rest of what the job's `speed` asks for (block_job_ratelimit)."""
+    env, rng = m.env, m.rng
+    start = env.now
+    if source is not None:
+        yield from m.device_of(source).io(env, length, rng)
+    if write and target is not None:
+        yield from m.device_of(target).io(env, length, rng)
+    rest = rate_limit_ns(length, job.speed) - (env.now - start)
+    if rest > 0:
+        yield env.timeout(rest)

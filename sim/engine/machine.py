@@ -18,7 +18,10 @@ from typing import Any
 
 import simpy
 
-from sim.engine.timing import DeviceTiming
+from sim.engine import faults, workload
+from sim.engine.timing import SCRATCH_DEVICE, Device, DeviceTiming
+from sim.errors import TraceError
+from sim.model.graph import BlockBackend, BlockNode
 from sim.model.state import BlockState
 from sim.qmp.events import Event, EventLog
 from sim.trace import DriveSpec
@@ -48,6 +51,23 @@ class Machine:
         self.command_observers: list[Any] = []
         for d in drives:
             self.state.add_drive(d.id, d.node_name, d.file_node_name, d.format, d.size, d.discard)
+        # the timing model (sim/engine/timing.py): one Device per header drive's
+        # image, one shared scratch device for every image created later
+        self.devices: dict[str, Device] = {}
+        self._image_devices: dict[str, Device] = {}
+        for d in drives:
+            try:
+                timing = DeviceTiming.from_header(d.timing)
+            except ValueError as exc:
+                raise TraceError(f"header: drive {d.id!r}: {exc}", 1) from None
+            self.devices[d.id] = Device(self.env, d.id, timing)
+            self._image_devices[f"{d.id}.{d.format}"] = self.devices[d.id]
+        self.devices[SCRATCH_DEVICE] = Device(
+            self.env, SCRATCH_DEVICE, DeviceTiming.from_header(None)
+        )
+        self.faults = faults.FaultTable()
+        self.workloads: list[workload.Workload] = []
+        self.io_log: list[workload.IoRecord] = []  # every workload request, in completion order
 
     @property
     def now_ns(self) -> int:
@@ -61,26 +81,74 @@ class Machine:
         until = self.env.now + int(round(seconds * NS_PER_S))
         self.env.run(until=until)
 
+    def device_of(self, node: BlockNode) -> Device:
+        """The device holding the image under `node` (filters and protocol nodes
+        resolve to the image of the format node they serve)."""
+        graph = self.state.graph
+        data = graph.data_node(node)
+        if data.image is None:  # a protocol node: find the format node over it
+            for parent, role in graph.parents(data):
+                if role == "file" and parent.image is not None:
+                    data = parent
+                    break
+        if data.image is not None:
+            device = self._image_devices.get(data.image.filename)
+            if device is not None:
+                return device
+        return self.devices[SCRATCH_DEVICE]
+
     def timing_for(self, job: Any) -> DeviceTiming:
-        """The timing of the drive a job works on (the first drive by default)."""
-        drive = self.drives.get(job.id) or next(iter(self.drives.values()), None)
-        return DeviceTiming.from_header(drive.timing if drive is not None else None)
+        """The timing of the device a job reads from."""
+        from sim.engine.jobs import job_nodes
+
+        source, _target = job_nodes(job)
+        if source is None:
+            return self.devices[SCRATCH_DEVICE].timing
+        return self.device_of(source).timing
 
     def sim_only_step(self, step: Any) -> tuple[dict[str, Any], str | None]:
-        """`workload` and `fault` steps (sim-only; see docs/trace-format.md)."""
-        from sim.errors import TraceError
+        """`workload` and `fault` steps (sim-only; see docs/sim-only-steps.md).
 
-        raise TraceError(f"the {step.kind!r} step is not supported yet", step.line)
+        Both return `{}` at once: a workload runs while time advances, a fault
+        waits for the requests it will fail.  Raises TraceError for a bad step."""
+        body = step.body.get(step.kind)
+        if not isinstance(body, dict):
+            raise TraceError(f"{step.kind} takes an object", step.line)
+        if step.kind == "workload":
+            spec = workload.parse_workload(self, body, step.line)
+            self.workloads.append(workload.start_workload(self, spec))
+            return {}, None
+        if step.kind == "fault":
+            self.faults.add(faults.parse_fault(self, body, step.line))
+            return {}, None
+        raise TraceError(f"unknown sim-only step {step.kind!r}", step.line)
+
+    def guest_io_error(
+        self, bb: BlockBackend | None, root: BlockNode, op: str, offset: int, length: int
+    ) -> str | None:
+        """The error an injected fault gives a guest request, or None (see faults.py).
+
+        qemu-io prints it as `<op> failed: <error>`."""
+        if not self.faults:
+            return None
+        return faults.guest_error(self, bb, root, op, offset, length)
+
+    def job_types(self) -> tuple[str, ...]:
+        """Types of the jobs that exist and are not concluded, oldest first."""
+        return tuple(j.type for j in self.state.jobs if j.status != "concluded")
 
     def wait_for(
         self, name: str, data: dict[str, Any], limit_ns: int | None = None
     ) -> Event | None:
         """Run until a matching unconsumed event exists; None when it never can."""
         deadline = None if limit_ns is None else self.env.now + limit_ns
+        seen = -1
         while True:
-            ev = self.events.take(name, data)
-            if ev is not None:
-                return ev
+            if len(self.events) != seen:  # only look again when something was emitted
+                seen = len(self.events)
+                ev = self.events.take(name, data)
+                if ev is not None:
+                    return ev
             if self.env.peek() == float("inf"):
                 return None
             if deadline is not None and self.env.peek() > deadline:

@@ -1,21 +1,48 @@
 """The timing model: how long I/O takes on a simulated device.
 
-Per drive: `latency_us` per request, `bandwidth_mbps` (MiB/s), `jitter`
-(fraction of the duration, drawn from the machine's seeded RNG) and
-`queue_depth`.  Defaults describe a modest SSD; a trace header overrides
-them per drive with `"timing": {...}`.  A job copy costs a read and a write;
-a job's `speed` (bytes/s, 0 = unlimited) stretches it to the rate limit.
+Theory of operation.  Every image file lives on a `Device`: a service time
+per request (`latency_us` + bytes / `bandwidth_mbps`, stretched or shrunk by
+up to `jitter` of itself, drawn from the machine's one seeded RNG) and a
+`queue_depth`: at most that many requests are in service at once, the rest
+wait in FIFO order (a `simpy.Resource`).  Guest I/O and job I/O ask the same
+Device, so a backup slows the guest down and vice versa.
+
+Placement.  Each header drive's image is on its own device, with the
+drive's `"timing"` overrides.  Images the trace creates later (backup and
+mirror targets, snapshot overlays, blockdev-add files) share one `scratch`
+device with the default timing: the usual setup of a backup going to other
+storage than the disk it reads.
+
+Defaults describe a modest datacentre SSD:
+
+=================  ========  =========================================
+key                default   meaning
+=================  ========  =========================================
+``latency_us``     100       fixed cost of one request, microseconds
+``bandwidth_mbps`` 500       transfer rate, MiB/s
+``jitter``         0.1       each request's time is scaled by 1 +/- U(0, jitter)
+``queue_depth``    32        requests in service at once
+=================  ========  =========================================
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
-DEFAULTS: dict[str, float] = {"latency_us": 100.0, "bandwidth_mbps": 500.0, "jitter": 0.1,
-                              "queue_depth": 32}
+import simpy
+
+DEFAULTS: dict[str, float] = {
+    "latency_us": 100.0,
+    "bandwidth_mbps": 500.0,
+    "jitter": 0.1,
+    "queue_depth": 32,
+}
 NS_PER_S = 1_000_000_000
+SCRATCH_DEVICE = "scratch"
+MAX_QUEUE_DEPTH = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +56,9 @@ class DeviceTiming:
 
     @classmethod
     def from_header(cls, overrides: dict[str, Any] | None) -> DeviceTiming:
+        """DEFAULTS with a header drive's `timing` object applied.
+
+        Raises ValueError naming the key and the accepted values."""
         cfg = dict(DEFAULTS)
         for key, value in (overrides or {}).items():
             if key not in DEFAULTS:
@@ -36,19 +66,59 @@ class DeviceTiming:
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"timing {key} must be a non-negative number, got {value!r}")
             cfg[key] = float(value)
-        return cls(int(cfg["latency_us"] * 1000), max(cfg["bandwidth_mbps"], 1e-3) * (1 << 20),
-                   cfg["jitter"], max(int(cfg["queue_depth"]), 1))
+        if cfg["jitter"] > 1:
+            raise ValueError(f"timing jitter must be between 0 and 1, got {cfg['jitter']!r}")
+        if cfg["bandwidth_mbps"] <= 0:
+            raise ValueError("timing bandwidth_mbps must be positive")
+        depth = cfg["queue_depth"]
+        if depth != int(depth) or not 1 <= depth <= MAX_QUEUE_DEPTH:
+            raise ValueError(
+                f"timing queue_depth must be an integer from 1 to {MAX_QUEUE_DEPTH}, got {depth!r}"
+            )
+        return cls(
+            int(cfg["latency_us"] * 1000),
+            cfg["bandwidth_mbps"] * (1 << 20),
+            cfg["jitter"],
+            int(depth),
+        )
 
     def io_ns(self, length: int, rng: random.Random) -> int:
-        """One request of `length` bytes."""
+        """Service time of one request of `length` bytes (one RNG draw if jittered)."""
         base = self.latency_ns + length * NS_PER_S / self.bytes_per_s
         if self.jitter:
             base *= 1.0 + self.jitter * (2.0 * rng.random() - 1.0)
         return max(int(base), 1)
 
     def copy_ns(self, length: int, speed: int, rng: random.Random) -> int:
-        """A job chunk: read it, write it, and obey the job's rate limit."""
+        """A job chunk without contention: read it, write it, obey the rate limit."""
         ns = self.io_ns(length, rng) + self.io_ns(length, rng)
-        if speed > 0:
-            ns = max(ns, int(length * NS_PER_S / speed))
-        return ns
+        return max(ns, rate_limit_ns(length, speed))
+
+
+def rate_limit_ns(length: int, speed: int) -> int:
+    """The least time `length` bytes may take at `speed` bytes/s (0 = unlimited)."""
+    return int(length * NS_PER_S / speed) if speed > 0 else 0
+
+
+class Device:
+    """One storage device: its timing and its request queue."""
+
+    __slots__ = ("name", "timing", "queue", "requests", "busy_ns")
+
+    def __init__(self, env: simpy.Environment, name: str, timing: DeviceTiming) -> None:
+        self.name = name
+        self.timing = timing
+        self.queue = simpy.Resource(env, capacity=timing.queue_depth)
+        self.requests = 0  # served so far
+        self.busy_ns = 0  # sum of service times
+
+    def io(
+        self, env: simpy.Environment, length: int, rng: random.Random
+    ) -> Generator[simpy.Event, Any, None]:
+        """A process step: wait for a queue slot, then be served (`yield from`)."""
+        with self.queue.request() as slot:
+            yield slot
+            ns = self.timing.io_ns(length, rng)
+            self.requests += 1
+            self.busy_ns += ns
+            yield env.timeout(ns)

@@ -258,9 +258,10 @@ def error_action(job: Job, is_read: bool, errno: str) -> str:
     job will end with.  Returns the action taken."""
     policy = job.on_source_error if is_read else job.on_target_error
     action = error_policy_action(policy, errno)
-    job.emit("BLOCK_JOB_ERROR", {"device": job.id,
-                                 "operation": "read" if is_read else "write",
-                                 "action": action})
+    job.emit(
+        "BLOCK_JOB_ERROR",
+        {"device": job.id, "operation": "read" if is_read else "write", "action": action},
+    )
     if action == "stop":
         if not job.user_paused:
             job.user_paused = 1

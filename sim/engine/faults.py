@@ -1,0 +1,293 @@
+"""Fault injection: the sim-only `fault` step and the I/O paths it can hit.
+
+Theory of operation.  A fault is what a blkdebug `inject-error` rule does in
+QEMU's iotests, attached to an existing node: the next `count` requests of
+kind `op` (read or write) that reach that node and overlap
+[offset, offset+length) fail with `errno`, then the fault is spent.  Who
+asked does not matter: guest I/O (qemu-io over HMP, workloads), copy-before-
+write copies done on behalf of a guest write, and job chunks all walk the
+same paths:
+
+- a write entering at node N passes N's filters, lands on the data node and
+  goes on to that node's `file` (protocol) node (`write_path`);
+- a read passes the filters, then each data node of the backing chain it
+  still needs data from, each with its `file` node (`read_path`).
+
+Offsets are guest offsets on every node, protocol nodes included (the
+approximation sim.model.io makes for bitmaps).  When a guest write fails at
+node F, every node above F and F itself still mark their dirty bitmaps:
+QEMU 7.2's bdrv_co_write_req_finish runs whatever the request's result.
+The data does not change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sim.errors import TraceError
+from sim.model.content import sector_span
+from sim.model.graph import BlockBackend, BlockGraph, BlockNode
+from sim.model.job_flow import STRERROR
+
+if TYPE_CHECKING:
+    from sim.engine.machine import Machine
+
+FAULT_KEYS = ("node", "op", "errno", "offset", "length", "count")
+MAX_COUNT = 1 << 31
+
+
+@dataclass(slots=True)
+class Fault:
+    """One armed fault: fails the next `remaining` matching requests."""
+
+    node: BlockNode
+    op: str  # "read" | "write"
+    errno: str  # "EIO" | "ENOSPC"
+    offset: int
+    length: int  # bytes; the fault covers [offset, offset + length)
+    remaining: int
+    line: int = 0
+    hits: int = 0
+
+    def matches(self, node: BlockNode, op: str, offset: int, length: int) -> bool:
+        return (
+            node is self.node
+            and op == self.op
+            and offset < self.offset + self.length
+            and self.offset < offset + length
+        )
+
+
+class FaultTable:
+    """The armed faults of one machine, in the order the trace added them."""
+
+    def __init__(self) -> None:
+        self.faults: list[Fault] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.faults)
+
+    def add(self, fault: Fault) -> None:
+        self.faults.append(fault)
+
+    def take(
+        self, nodes: list[BlockNode], op: str, offset: int, length: int
+    ) -> tuple[BlockNode, Fault] | None:
+        """The first node along `nodes` with a matching fault; spends one count of it."""
+        for node in nodes:
+            for fault in self.faults:
+                if fault.matches(node, op, offset, length):
+                    fault.remaining -= 1
+                    fault.hits += 1
+                    if fault.remaining <= 0:
+                        self.faults.remove(fault)
+                    return node, fault
+        return None
+
+
+# -- the step ------------------------------------------------------------------------------
+
+
+def parse_fault(m: Machine, spec: dict[str, Any], line: int) -> Fault:
+    """Validate a `fault` step's object against the machine; raises TraceError."""
+    extra = sorted(set(spec) - set(FAULT_KEYS))
+    if extra:
+        raise TraceError(f"fault: unknown key(s) {extra}; a fault takes {list(FAULT_KEYS)}", line)
+    name = spec.get("node")
+    if not isinstance(name, str) or not name:
+        raise TraceError(f"fault: 'node' must be a node-name or device name, got {name!r}", line)
+    node = _resolve(m.state.graph, name)
+    if node is None:
+        raise TraceError(
+            f"fault: no node or device named {name!r} (nodes: "
+            f"{', '.join(n.node_name for n in m.state.graph.nodes)})",
+            line,
+        )
+    op = spec.get("op")
+    if op not in ("read", "write"):
+        raise TraceError(f'fault: \'op\' must be "read" or "write", got {op!r}', line)
+    errno = spec.get("errno", "EIO")
+    if errno not in STRERROR:
+        raise TraceError(f"fault: 'errno' must be one of {sorted(STRERROR)}, got {errno!r}", line)
+    offset = _int(spec, "offset", 0, line)
+    length = _int(spec, "length", node.size_bytes - offset, line)
+    if offset >= node.size_bytes or length <= 0:
+        raise TraceError(
+            f"fault: [offset, offset+length) = [{offset}, {offset + length}) is "
+            f"empty or past the end of {name!r} ({node.size_bytes} bytes)",
+            line,
+        )
+    count = _int(spec, "count", 1, line)
+    if not 1 <= count <= MAX_COUNT:
+        raise TraceError(f"fault: 'count' must be from 1 to 2^31, got {count}", line)
+    return Fault(node, op, errno, offset, length, count, line)
+
+
+def _int(spec: dict[str, Any], key: str, default: int, line: int) -> int:
+    value = spec.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TraceError(
+            f"fault: {key!r} must be a non-negative integer (bytes), got {value!r}", line
+        )
+    return value
+
+
+def _resolve(graph: BlockGraph, name: str) -> BlockNode | None:
+    """A node-name, or a device: the node holding its data (filters skipped)."""
+    bb = graph.backends.get(name)
+    if bb is not None and bb.root is not None:
+        return graph.data_node(bb.root)
+    return graph.node(name)
+
+
+# -- paths ---------------------------------------------------------------------------------
+
+
+def write_path(graph: BlockGraph, node: BlockNode) -> list[BlockNode]:
+    """The nodes a write entering at `node` reaches, top down."""
+    path = []
+    cur: BlockNode | None = node
+    while cur is not None and cur.is_filter:
+        path.append(cur)
+        cur = cur.filtered_child()
+    if cur is not None:
+        path.append(cur)
+        if cur.file is not None:
+            path.append(cur.file)
+    return path
+
+
+def read_path(
+    graph: BlockGraph,
+    node: BlockNode,
+    offset: int,
+    length: int,
+    stop: BlockNode | None = None,
+    allocated_only: bool = False,
+) -> list[BlockNode]:
+    """The nodes a read entering at `node` reaches, top down, down to `stop` (excluded).
+
+    With `allocated_only` (commit, stream: QEMU copies only what is allocated
+    above the base), a read that finds nothing allocated reaches nothing."""
+    path = []
+    cur: BlockNode | None = node
+    while cur is not None and cur.is_filter:
+        path.append(cur)
+        cur = cur.filtered_child()
+    first, end = sector_span(offset, length)
+    unfilled: Any = None
+    found = False
+    for data in graph.backing_chain(node):
+        if data is stop:
+            break
+        path.append(data)
+        if data.content is None:
+            continue
+        stamps = data.content.read(first, min(end, data.content.nsectors))
+        hit = stamps != 0
+        if bool(hit.any()):
+            found = True
+            if data.file is not None:
+                path.append(data.file)
+        unfilled = ~hit if unfilled is None else unfilled & ~hit
+        if not bool(unfilled.any()):
+            break
+    if allocated_only and not found:
+        return []
+    return path
+
+
+# -- guest I/O -----------------------------------------------------------------------------
+
+
+def guest_error(
+    m: Machine, bb: BlockBackend | None, root: BlockNode, op: str, offset: int, length: int
+) -> str | None:
+    """The strerror a guest request would fail with because of a fault, else None.
+
+    A failing write marks the dirty bitmaps of the nodes it reached (see the
+    module docstring).  Copy-before-write copies a write triggers are checked
+    too: with QEMU 7.2's default on-cbw-error=break-guest-write a failed copy
+    fails the guest write at the filter."""
+    if not m.faults or length <= 0 or offset < 0 or offset + length > root.size_bytes:
+        return None
+    graph = m.state.graph
+    if op == "read":
+        hit = m.faults.take(read_path(graph, root, offset, length), "read", offset, length)
+        return STRERROR[hit[1].errno] if hit is not None else None
+    path = write_path(graph, root)
+    failed_at: BlockNode | None = None
+    errno = ""
+    for node in path:
+        for src, dst, runs in cbw_runs(m, node, offset, length):
+            for off, n in runs:
+                hit = m.faults.take(read_path(graph, src, off, n), "read", off, n) or m.faults.take(
+                    write_path(graph, dst), "write", off, n
+                )
+                if hit is not None:
+                    failed_at, errno = node, hit[1].errno
+                    break
+            if failed_at is not None:
+                break
+        if failed_at is not None:
+            break
+        hit = m.faults.take([node], "write", offset, length)
+        if hit is not None:
+            failed_at, errno = node, hit[1].errno
+            break
+    if failed_at is None:
+        return None
+    _mark_failed_write(bb, path[: path.index(failed_at) + 1], offset, length)
+    return STRERROR[errno]
+
+
+def _mark_failed_write(
+    bb: BlockBackend | None, nodes: list[BlockNode], offset: int, length: int
+) -> None:
+    if bb is not None:
+        for bm in bb.bitmaps:
+            bm.record_write(offset, length)
+    for node in nodes:
+        for bm in node.bitmaps:
+            bm.record_write(offset, length)
+
+
+def cbw_runs(
+    m: Machine, node: BlockNode, offset: int, length: int
+) -> list[tuple[BlockNode, BlockNode, list[tuple[int, int]]]]:
+    """What a write through `node` would copy before writing: for each backup whose
+    copy-before-write filter is `node`, (source, target, [(offset, length)...])."""
+    if node.driver != "copy-before-write":
+        return []
+    out = []
+    for job in m.state.jobs:
+        kind = job.kind
+        if getattr(kind, "filter", None) is not node or not hasattr(kind, "copy_map"):
+            continue
+        runs = uncopied_runs(kind, offset, length)
+        if runs:
+            out.append((kind.source, kind.target, runs))
+    return out
+
+
+def uncopied_runs(kind: Any, offset: int, length: int) -> list[tuple[int, int]]:
+    """Runs of not-yet-copied job clusters a write of [offset, offset+length) touches."""
+    cluster = kind.cluster
+    bits = kind.copy_map.bits
+    first = offset // cluster
+    last = (offset + length - 1) // cluster
+    if not bits.count(1, first, last + 1):
+        return []
+    size = kind.source.size_bytes
+    runs: list[tuple[int, int]] = []
+    for i in range(first, last + 1):
+        if not bits[i]:
+            continue
+        off = i * cluster
+        n = min(cluster, size - off)
+        if runs and runs[-1][0] + runs[-1][1] == off:
+            runs[-1] = (runs[-1][0], runs[-1][1] + n)
+        else:
+            runs.append((off, n))
+    return runs

@@ -1,0 +1,378 @@
+"""Guest workloads: the sim-only `workload` step, a guest issuing I/O over time.
+
+Theory of operation.  A workload is one simpy process that issues requests
+at the times its `pattern` says, each request being a process of its own so
+requests overlap and queue on the device (sim/engine/timing.py).  A write is
+applied to the model when it is issued, through `sim.model.io.guest_write`
+like a qemu-io write (bitmaps, copy-before-write, data stamps, write
+observers), and then takes time: first the copy-before-write copies it
+caused (a read on the backup source's device, a write on the target's, which
+is how a running backup shows in guest latency), a mirror's target write in
+write-blocking mode, then the write itself on the device holding the data.
+A read only takes time.  Every request is logged in `Machine.io_log`.
+
+Patterns (request times and offsets; every offset is a multiple of `size`):
+
+- ``sequential``: evenly spaced, 1/rate apart; offsets 0, size, 2*size, ...
+  wrapping at the end of the disk.
+- ``uniform``: Poisson arrivals at `rate`; offsets uniform over the disk.
+- ``zipf``: Poisson arrivals; offsets Zipf-distributed (exponent ZIPF_S) over
+  the disk's blocks, the hot blocks scattered over the disk.
+- ``burst``: BURST_OPS requests at the same instant every BURST_OPS/rate
+  seconds, at consecutive offsets from a uniform random start.
+
+Every random choice comes from the machine's one seeded RNG.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from dataclasses import dataclass
+from math import gcd
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import simpy
+
+from sim.engine.faults import cbw_runs, write_path
+from sim.engine.timing import NS_PER_S, Device
+from sim.errors import TraceError
+from sim.model import io
+from sim.model.content import DEFAULT_PATTERN, SECTOR
+
+if TYPE_CHECKING:
+    from sim.engine.machine import Machine
+
+PATTERNS = ("sequential", "uniform", "zipf", "burst")
+WORKLOAD_KEYS = ("device", "pattern", "rate", "size", "duration", "read-ratio", "fill")
+REQUIRED = ("device", "pattern", "rate", "size", "duration")
+BURST_OPS = 16
+ZIPF_S = 1.1
+MAX_RATE = 10_000_000.0  # requests per second
+MAX_OPS = 50_000_000  # rate * duration
+MAX_DURATION_S = 1e6
+
+Proc = Generator[simpy.Event, Any, None]
+
+
+class IoRecord(NamedTuple):
+    """One guest request a workload issued: when, what, how long, under which jobs."""
+
+    time_ns: int  # when it was issued
+    op: str  # "read" | "write" | "read-failed" | "write-failed"
+    latency_ns: int  # issue to completion, queueing and copy-before-write included
+    jobs: tuple[str, ...]  # types of the jobs that existed then, oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadSpec:
+    """A validated `workload` step."""
+
+    device: str
+    pattern: str
+    rate: float  # requests per second
+    size_bytes: int
+    duration_ns: int
+    read_ratio: float
+    fill: int  # the pattern byte written data reads back as
+    line: int = 0
+
+
+@dataclass(slots=True)
+class Workload:
+    """A running (or finished) workload and its counters."""
+
+    spec: WorkloadSpec
+    start_ns: int
+    reads: int = 0
+    writes: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    finished: bool = False
+    root: Any = None  # the node the last request entered at, and its device (a cache)
+    device: Any = None
+
+
+# -- the step ------------------------------------------------------------------------------
+
+
+def parse_workload(m: Machine, body: dict[str, Any], line: int) -> WorkloadSpec:
+    """Validate a `workload` step's object against the machine; raises TraceError."""
+    extra = sorted(set(body) - set(WORKLOAD_KEYS))
+    if extra:
+        raise TraceError(
+            f"workload: unknown key(s) {extra}; a workload takes {list(WORKLOAD_KEYS)}", line
+        )
+    missing = [k for k in REQUIRED if k not in body]
+    if missing:
+        raise TraceError(f"workload: missing {missing}; required: {list(REQUIRED)}", line)
+    device = body["device"]
+    if not isinstance(device, str) or not device:
+        raise TraceError(f"workload: 'device' must be a device or node name, got {device!r}", line)
+    bb, root = m.state.resolve_target(device)
+    if root is None:
+        known = sorted(m.state.graph.backends) + [n.node_name for n in m.state.graph.nodes]
+        raise TraceError(
+            f"workload: no device or node named {device!r} (known: {', '.join(known)})", line
+        )
+    pattern = body["pattern"]
+    if pattern not in PATTERNS:
+        raise TraceError(
+            f"workload: 'pattern' must be one of {list(PATTERNS)}, got {pattern!r}", line
+        )
+    rate = _number(body, "rate", line)
+    if not 0 < rate <= MAX_RATE:
+        raise TraceError(
+            f"workload: 'rate' must be in (0, {MAX_RATE:.0f}] requests per second, got {rate!r}",
+            line,
+        )
+    size = body["size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % SECTOR:
+        raise TraceError(
+            f"workload: 'size' must be a positive multiple of 512 bytes, got {size!r}", line
+        )
+    if size > root.size_bytes:
+        raise TraceError(
+            f"workload: 'size' {size} is larger than {device!r} ({root.size_bytes} bytes)", line
+        )
+    duration = _number(body, "duration", line)
+    if not 0 < duration <= MAX_DURATION_S:
+        raise TraceError(
+            f"workload: 'duration' must be in (0, {MAX_DURATION_S:.0f}] seconds, got {duration!r}",
+            line,
+        )
+    if rate * duration > MAX_OPS:
+        raise TraceError(
+            f"workload: rate * duration = {rate * duration:.0f} requests, more "
+            f"than the {MAX_OPS} a workload may issue; lower one of them",
+            line,
+        )
+    ratio = _number(body, "read-ratio", line, 0.0)
+    if not 0.0 <= ratio <= 1.0:
+        raise TraceError(f"workload: 'read-ratio' must be between 0 and 1, got {ratio!r}", line)
+    fill = body.get("fill", DEFAULT_PATTERN)
+    if isinstance(fill, bool) or not isinstance(fill, int) or not 0 <= fill <= 255:
+        raise TraceError(f"workload: 'fill' must be a byte (0-255), got {fill!r}", line)
+    if ratio < 1.0 and root.read_only:
+        raise TraceError(
+            f"workload: {device!r} is read-only and read-ratio is {ratio} "
+            f"(writes would fail); use read-ratio 1 or a writable device",
+            line,
+        )
+    return WorkloadSpec(
+        device,
+        pattern,
+        float(rate),
+        size,
+        int(round(duration * NS_PER_S)),
+        float(ratio),
+        fill,
+        line,
+    )
+
+
+def _number(body: dict[str, Any], key: str, line: int, default: float | None = None) -> float:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TraceError(f"workload: {key!r} must be a number, got {value!r}", line)
+    return float(value)
+
+
+def start_workload(m: Machine, spec: WorkloadSpec) -> Workload:
+    """Spawn the workload's process; it starts issuing at the current instant."""
+    w = Workload(spec, m.now_ns)
+    m.env.process(workload_process(m, w))
+    return w
+
+
+# -- arrivals ------------------------------------------------------------------------------
+
+
+def workload_process(m: Machine, w: Workload) -> Proc:
+    """Issue requests until the duration is over (requests in flight then finish)."""
+    spec, env, rng = w.spec, m.env, m.rng
+    root_size = m.state.resolve_target(spec.device)[1]
+    nblocks = max((root_size.size_bytes if root_size else spec.size_bytes) // spec.size_bytes, 1)
+    end = w.start_ns + spec.duration_ns
+    choose = _offsets(spec.pattern, nblocks, rng)
+    size, ratio = spec.size_bytes, spec.read_ratio
+    if spec.pattern in ("sequential", "burst"):
+        batch = BURST_OPS if spec.pattern == "burst" else 1
+        period_s = batch / spec.rate
+        k = 0
+        while True:
+            when = w.start_ns + int(round(k * period_s * NS_PER_S))
+            if when >= end:
+                break
+            if when > env.now:
+                yield env.timeout(when - env.now)
+            base = choose(k)
+            for i in range(batch):
+                _issue(m, w, ((base + i) % nblocks) * size)
+            k += 1
+    else:
+        # the hot loop of the engine benchmark: _issue inlined
+        process, expovariate, random, rate = env.process, rng.expovariate, rng.random, spec.rate
+        k = 0
+        while True:
+            gap = int(expovariate(rate) * NS_PER_S)
+            if env.now + gap >= end:
+                break
+            yield env.timeout(gap)
+            is_read = ratio >= 1.0 or (ratio > 0.0 and random() < ratio)
+            w.in_flight += 1
+            process(guest_request(m, w, is_read, choose(k) * size))
+            k += 1
+    w.finished = True
+
+
+def _offsets(pattern: str, nblocks: int, rng: Any) -> Any:
+    """k -> block number for the pattern (burst: the burst's first block)."""
+    if pattern == "sequential":
+        return lambda k: k % nblocks
+    if pattern in ("uniform", "burst"):
+        random = rng.random
+        return lambda k: int(random() * nblocks)
+    sampler = ZipfSampler(nblocks, ZIPF_S)
+    stride = _coprime_stride(nblocks)
+    return lambda k: ((sampler.sample(rng) - 1) * stride) % nblocks
+
+
+def _coprime_stride(n: int) -> int:
+    """A multiplier that scatters ranks over n blocks without collisions."""
+    stride = 2654435761 % n or 1
+    while gcd(stride, n) != 1:
+        stride += 1
+    return stride
+
+
+class ZipfSampler:
+    """Zipf(n, s) in O(1) per draw: rejection-inversion (Hoermann and Derflinger,
+    1996), the method of Apache Commons' RejectionInversionZipfSampler."""
+
+    __slots__ = ("n", "s", "h_x1", "h_n", "c")
+
+    def __init__(self, n: int, s: float) -> None:
+        self.n, self.s = n, s
+        self.h_x1 = self._h_integral(1.5) - 1.0
+        self.h_n = self._h_integral(n + 0.5)
+        self.c = 2.0 - self._h_integral_inverse(self._h_integral(2.5) - self._h(2.0))
+
+    def sample(self, rng: Any) -> int:
+        """A rank in 1..n; rank 1 is the most frequent."""
+        while True:
+            u = self.h_n + rng.random() * (self.h_x1 - self.h_n)
+            x = self._h_integral_inverse(u)
+            k = min(max(int(x + 0.5), 1), self.n)
+            if k - x <= self.c or u >= self._h_integral(k + 0.5) - self._h(k):
+                return k
+
+    def _h(self, x: float) -> float:
+        return math.exp(-self.s * math.log(x))
+
+    def _h_integral(self, x: float) -> float:
+        log_x = math.log(x)
+        return _helper2((1.0 - self.s) * log_x) * log_x
+
+    def _h_integral_inverse(self, x: float) -> float:
+        t = max(x * (1.0 - self.s), -1.0)
+        return math.exp(_helper1(t) * x)
+
+
+def _helper1(x: float) -> float:
+    return math.log1p(x) / x if abs(x) > 1e-8 else 1.0 - x * (0.5 - x * (1.0 / 3.0 - 0.25 * x))
+
+
+def _helper2(x: float) -> float:
+    return (
+        math.expm1(x) / x if abs(x) > 1e-8 else 1.0 + x * 0.5 * (1.0 + x / 3.0 * (1.0 + 0.25 * x))
+    )
+
+
+# -- one request ---------------------------------------------------------------------------
+
+
+def _issue(m: Machine, w: Workload, offset: int) -> None:
+    ratio = w.spec.read_ratio
+    is_read = ratio >= 1.0 or (ratio > 0.0 and m.rng.random() < ratio)
+    w.in_flight += 1
+    m.env.process(guest_request(m, w, is_read, offset))
+
+
+def guest_request(m: Machine, w: Workload, is_read: bool, offset: int) -> Proc:
+    """One guest request: applied to the model now, then served by the devices."""
+    env, state = m.env, m.state
+    size = w.spec.size_bytes
+    start = env.now
+    jobs = m.job_types() if state.jobs else ()
+    bb, root = state.resolve_target(w.spec.device)
+    ok = root is not None and (is_read or not root.read_only)
+    copies: list[tuple[Device | None, Device, int]] = []
+    if ok and root is not None:
+        if (
+            m.faults.faults
+            and m.guest_io_error(bb, root, "read" if is_read else "write", offset, size) is not None
+        ):
+            ok = False
+        elif not is_read:
+            if root.is_filter:
+                copies = write_copies(m, root, offset, size)
+            stamp = state.new_stamp(w.spec.fill)
+            ok = io.guest_write(state.graph, bb, root, offset, size, stamp).ok
+            if ok:
+                for observer in state.write_observers:
+                    observer(bb, root, offset, size, stamp)
+    for src, dst, n in copies:
+        if src is not None:
+            yield from src.io(env, n, m.rng)
+        yield from dst.io(env, n, m.rng)
+    if root is not None:
+        if root is not w.root:
+            w.root, w.device = root, m.device_of(root)
+        device = w.device
+        queue = device.queue
+        slot = queue.request()
+        yield slot
+        ns = device.timing.io_ns(size, m.rng)
+        device.requests += 1
+        device.busy_ns += ns
+        yield env.timeout(ns)
+        queue.release(slot)
+    op = "read" if is_read else "write"
+    if is_read:
+        w.reads += 1
+    else:
+        w.writes += 1
+    if not ok:
+        w.failed += 1
+        op += "-failed"
+    w.in_flight -= 1
+    # tuple.__new__: a third of the cost of IoRecord(...) on this hot path
+    m.io_log.append(tuple.__new__(IoRecord, (start, op, env.now - start, jobs)))
+
+
+def write_copies(
+    m: Machine, root: Any, offset: int, length: int
+) -> list[tuple[Device | None, Device, int]]:
+    """The extra I/O a write through `root` waits for: (read device or None, write
+    device, bytes) for each copy-before-write copy and write-blocking mirror write."""
+    out: list[tuple[Device | None, Device, int]] = []
+    for node in write_path(m.state.graph, root):
+        if not node.is_filter:
+            break
+        if node.driver == "copy-before-write":
+            for source, target, runs in cbw_runs(m, node, offset, length):
+                n = sum(r[1] for r in runs)
+                out.append((m.device_of(source), m.device_of(target), n))
+        elif node.driver == "mirror_top":
+            kind = _mirror_of(m, node)
+            if kind is not None and kind.write_blocking:
+                out.append((None, m.device_of(kind.target), length))
+    return out
+
+
+def _mirror_of(m: Machine, node: Any) -> Any:
+    for job in m.state.jobs:
+        if getattr(job.kind, "filter", None) is node:
+            return job.kind
+    return None
