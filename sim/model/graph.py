@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from sim.errors import QMPError
 from sim.model.bitmap import DirtyBitmap
@@ -143,8 +144,9 @@ class BlockGraph:
             self.nodes.remove(node)
 
     def new_node(
-        self, driver: str, size_bytes: int, name: str | None = None, **kw: object
+        self, driver: str, size_bytes: int, name: str | None = None, **kw: Any
     ) -> BlockNode:
+        """A new node, named `name` or auto-named (#blockNNN), registered last."""
         auto = name is None
         node = BlockNode(
             name if name is not None else self.auto_name(),
@@ -152,7 +154,7 @@ class BlockGraph:
             size_bytes,
             auto_named=auto,
             **kw,
-        )  # type: ignore[arg-type]
+        )
         return self.add_node(node)
 
     # -- lookup (bdrv_lookup_bs) --------------------------------------------------------

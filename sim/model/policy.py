@@ -28,7 +28,8 @@ Owner = BlockNode | BlockBackend
 
 
 class PlacementPolicy(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def owner_for_add(self, graph: BlockGraph, name: str) -> Owner | None: ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sim.errors import QMPError
@@ -59,12 +60,21 @@ def bitmap_merge(m: Machine, a: dict[str, Any]) -> bitmap_ops.Undo:
     return bitmap_ops.merge(m.state.graph, m.state.policy, a["node"], a["target"], a["bitmaps"])
 
 
-command("block-dirty-bitmap-add")(lambda m, a: bitmap_add(m, a) and None)
-command("block-dirty-bitmap-remove")(lambda m, a: bitmap_remove(m, a) and None)
-command("block-dirty-bitmap-clear")(lambda m, a: bitmap_clear(m, a) and None)
-command("block-dirty-bitmap-enable")(lambda m, a: bitmap_enable(m, a) and None)
-command("block-dirty-bitmap-disable")(lambda m, a: bitmap_disable(m, a) and None)
-command("block-dirty-bitmap-merge")(lambda m, a: bitmap_merge(m, a) and None)
+def _register(name: str, fn: Callable[[Machine, dict[str, Any]], bitmap_ops.Undo]) -> None:
+    """The QMP command runs the operation and drops its undo (no transaction)."""
+
+    def handler(m: Machine, a: dict[str, Any]) -> None:
+        fn(m, a)
+
+    command(name)(handler)
+
+
+_register("block-dirty-bitmap-add", bitmap_add)
+_register("block-dirty-bitmap-remove", bitmap_remove)
+_register("block-dirty-bitmap-clear", bitmap_clear)
+_register("block-dirty-bitmap-enable", bitmap_enable)
+_register("block-dirty-bitmap-disable", bitmap_disable)
+_register("block-dirty-bitmap-merge", bitmap_merge)
 
 
 @command("x-debug-block-dirty-bitmap-sha256")

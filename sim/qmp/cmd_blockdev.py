@@ -84,12 +84,9 @@ def _open_format(
     g = m.state.graph
     file = _ref(m, a["file"], created)
     image = file.image
-    if driver == "qcow2":
-        if image is None or image.format != "qcow2":
-            raise QMPError("Image is not in qcow2 format")
-        content = image.content
-    else:
-        content = image.content if image is not None else None
+    if driver == "qcow2" and (image is None or image.format != "qcow2"):
+        raise QMPError("Image is not in qcow2 format")
+    content = image.content if image is not None else None
     size = image.size_bytes if image is not None else file.size_bytes
     node = g.new_node(
         driver,
