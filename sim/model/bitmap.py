@@ -106,7 +106,7 @@ class DirtyBitmap:
     # -- writes ----------------------------------------------------------------------
     def record_write(self, offset: int, length: int) -> None:
         """A write of [offset, offset+length) reached this bitmap's node."""
-        target = self.successor if self.successor is not None else self
+        target = self.successor or self
         if target.enabled and length > 0:
             shift = target._shift
             target.bits[offset >> shift : ((offset + length - 1) >> shift) + 1] = 1

@@ -147,10 +147,10 @@ class SparseContent(Content):
         self.blocks: dict[int, int | np.ndarray] = {}
 
     def write(self, offset: int, length: int, stamp: int) -> None:
-        first, end = sector_span(offset, length)
-        if not first & 7 and end - first == 8:  # the common aligned 4 KiB write
-            self.blocks[first >> 3] = stamp
+        if length == 4096 and not offset & 4095:  # the common aligned 4 KiB write
+            self.blocks[offset >> 12] = stamp
             return
+        first, end = sector_span(offset, length)
         blocks = self.blocks
         b0, b1 = first >> 3, (end - 1) >> 3
         for b in range(b0, b1 + 1):
