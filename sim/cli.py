@@ -196,6 +196,87 @@ def _verdict(path: Path, result: Any, verbose: bool, to_stderr: bool) -> int:
     return EXIT_OK
 
 
+# --- real QEMU 7.2: record and diff (sim.oracle) -------------------------------------------
+
+
+def _qemu_option(fn: Any) -> Any:
+    return click.option(
+        "--qemu",
+        default=None,
+        metavar="PATH",
+        help="qemu-system-x86_64 to run (default: the one on PATH; qemu-img next to it).",
+    )(fn)
+
+
+@main.command()
+@click.argument("trace")
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    default=None,
+    metavar="OUT",
+    help="Where to write the recorded trace (default: TRACE itself, replaced on success).",
+)
+@_qemu_option
+def record(trace: str, out: str | None, qemu: str | None) -> None:
+    """Run TRACE on real QEMU 7.2; write it back with QEMU's answers as expects."""
+    from sim.oracle.diff import check_runnable
+    from sim.oracle.qemu_runner import OracleError, QemuNotFound
+    from sim.oracle.record import record_trace
+
+    target = out or trace
+    try:
+        check_runnable(load_trace(trace))
+        result = record_trace(trace, target, qemu)
+    except (TraceError, QemuNotFound) as exc:
+        click.echo(f"blocksim record: {trace}: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except OracleError as exc:
+        click.echo(f"blocksim record: {trace}: QEMU failed: {exc}", err=True)
+        sys.exit(EXIT_MISMATCH)
+    events = len(result.final.get("events", []))
+    click.echo(
+        f"recorded {trace} on real QEMU: {len(result.steps)} steps, {events} events -> {target}"
+    )
+
+
+@main.command()
+@click.argument("traces", nargs=-1, required=True)
+@click.option(
+    "--policy",
+    type=click.Choice(POLICIES),
+    default="qemu-7.2",
+    show_default=True,
+    help="The simulator's bitmap-placement policy (real QEMU is qemu-7.2).",
+)
+@_qemu_option
+@click.option("--no-images", is_flag=True, help="Do not compare image contents.")
+def diff(traces: tuple[str, ...], policy: str, qemu: str | None, no_images: bool) -> None:
+    """Run TRACE files on real QEMU 7.2 and on the simulator; show every difference."""
+    from sim.oracle.diff import diff_trace
+    from sim.oracle.qemu_runner import OracleError, QemuNotFound
+
+    worst = EXIT_OK
+    for path in collect_traces(traces):
+        try:
+            report = diff_trace(load_trace(path), policy=policy, qemu=qemu, images=not no_images)
+        except QemuNotFound as exc:
+            click.echo(f"blocksim diff: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        except TraceError as exc:
+            click.echo(f"blocksim diff: {path}: {exc}", err=True)
+            worst = max(worst, EXIT_USAGE)
+            continue
+        except OracleError as exc:
+            click.echo(f"DIFFERENT {path}: QEMU failed: {exc}")
+            worst = max(worst, EXIT_MISMATCH)
+            continue
+        click.echo(report.render())
+        worst = max(worst, EXIT_OK if report.identical else EXIT_MISMATCH)
+    sys.exit(worst)
+
+
 def run() -> None:
     """Entry point that turns any stray exception into one line (exit 3)."""
     try:

@@ -1,13 +1,19 @@
-"""Comparing what a run produced with what a trace expects.
+"""Comparing what a run produced with what a trace (or real QEMU) says.
+
+The one home of the comparison used by `sim.replay` (expects, final-expect)
+and by the oracle (`sim.oracle.diff`, simulator against real QEMU).
 
 QEMU invents node names (`#blockNNN`); recorded traces write them `#auto`,
-and the simulator invents its own, so every invented name is normalised to
-`#auto` on both sides before comparing.  Comparison is exact otherwise.
+and the simulator invents its own, so every invented name equals every other,
+also inside strings such as ``Node '#block12' is busy``.  Comparison is exact
+otherwise: lists in order, objects by key set (not key order), and ``True``
+is not ``1``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 _AUTO_RE = re.compile(r"#block\d+")
@@ -26,39 +32,36 @@ def normalize(value: Any) -> Any:
 
 
 def first_difference(expected: Any, actual: Any, path: str = "") -> str | None:
-    """None when equal (after normalisation), else where and how they differ."""
-    return _diff(normalize(expected), normalize(actual), path or "$")
+    """Where `actual` first differs from `expected`, as a readable path; None when equal."""
+    return next(differences(expected, actual, path), None)
 
 
-def _diff(exp: Any, act: Any, path: str) -> str | None:
-    if isinstance(exp, dict) and isinstance(act, dict):
-        for key in exp:
-            if key not in act:
-                return f"{path}.{key}: missing (expected {_short(exp[key])})"
-            d = _diff(exp[key], act[key], f"{path}.{key}")
-            if d:
-                return d
-        for key in act:
-            if key not in exp:
-                return f"{path}.{key}: unexpected {_short(act[key])}"
-        return None
-    if isinstance(exp, list) and isinstance(act, list):
-        for i, (e, a) in enumerate(zip(exp, act, strict=False)):
-            d = _diff(e, a, f"{path}[{i}]")
-            if d:
-                return d
-        if len(exp) != len(act):
-            extra = act[len(exp) :] if len(act) > len(exp) else exp[len(act) :]
-            which = "unexpected extra" if len(act) > len(exp) else "missing"
-            return f"{path}: length {len(act)}, expected {len(exp)} ({which}: {_short(extra[0])})"
-        return None
-    if type(exp) is not type(act) or exp != act:
-        return f"{path}: expected {_short(exp)}, got {_short(act)}"
-    return None
+def differences(expected: Any, actual: Any, path: str = "") -> Iterator[str]:
+    """Every place `actual` differs from `expected`, in document order (lazily).
 
-
-def _short(value: Any, limit: int = 160) -> str:
-    import json
-
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    Each item reads ``PATH: what``, e.g. ``.return[0].count: expected 0, got 65536``;
+    the top level is written ``(top)``.
+    """
+    where = path or "(top)"
+    if isinstance(expected, Mapping) and isinstance(actual, Mapping):
+        for key in expected:
+            if key not in actual:
+                yield f"{where}: key {key!r} missing (expected {expected[key]!r})"
+            else:
+                yield from differences(expected[key], actual[key], f"{path}.{key}")
+        extra = [k for k in actual if k not in expected]
+        if extra:
+            yield f"{where}: unexpected key(s) {extra}"
+        return
+    if isinstance(expected, list) and isinstance(actual, list):
+        for i, (e, a) in enumerate(zip(expected, actual, strict=False)):
+            yield from differences(e, a, f"{path}[{i}]")
+        if len(expected) != len(actual):
+            yield f"{where}: expected {len(expected)} item(s), got {len(actual)}"
+        return
+    if isinstance(expected, str) and isinstance(actual, str):
+        if normalize(expected) != normalize(actual):
+            yield f"{where}: expected {expected!r}, got {actual!r}"
+        return
+    if type(expected) is not type(actual) or expected != actual:
+        yield f"{where}: expected {expected!r}, got {actual!r}"

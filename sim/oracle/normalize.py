@@ -17,6 +17,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from sim.compare import differences as differences
+from sim.compare import first_difference as first_difference
+
 AUTO = "#auto"
 """How an invented node name is written in traces (trace-format.md)."""
 
@@ -188,39 +191,8 @@ def _ordered(obj: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
 
 
 # --- comparison ------------------------------------------------------------------------
-
-
-def first_difference(expected: Any, actual: Any, path: str = "") -> str | None:
-    """Where `actual` first differs from `expected`, as a readable path; None when equal.
-
-    Strings compare with invented node names equal (``#auto`` == ``#block12``,
-    also inside messages such as ``Node '#block12' is busy``).  Lists compare in
-    order; objects compare by key set, not key order.
-    """
-    where = path or "(top)"
-    if isinstance(expected, Mapping) and isinstance(actual, Mapping):
-        for key in expected:
-            if key not in actual:
-                return f"{where}: key {key!r} missing (expected {expected[key]!r})"
-            diff = first_difference(expected[key], actual[key], f"{path}.{key}")
-            if diff:
-                return diff
-        extra = [k for k in actual if k not in expected]
-        return f"{where}: unexpected key(s) {extra}" if extra else None
-    if isinstance(expected, list) and isinstance(actual, list):
-        for i, (e, a) in enumerate(zip(expected, actual, strict=False)):
-            diff = first_difference(e, a, f"{path}[{i}]")
-            if diff:
-                return diff
-        if len(expected) != len(actual):
-            return f"{where}: expected {len(expected)} item(s), got {len(actual)}"
-        return None
-    if isinstance(expected, str) and isinstance(actual, str):
-        same = _INVENTED.sub(AUTO, expected) == _INVENTED.sub(AUTO, actual)
-        return None if same else f"{where}: expected {expected!r}, got {actual!r}"
-    if type(expected) is not type(actual) or expected != actual:
-        return f"{where}: expected {expected!r}, got {actual!r}"
-    return None
+# `first_difference` and `differences` live in sim.compare (one home for the
+# simulator's replay and the oracle); re-exported here for the oracle's users.
 
 
 def matches(expected: Any, actual: Any) -> bool:

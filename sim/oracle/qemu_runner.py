@@ -33,6 +33,7 @@ case, Ctrl-C included, unless `keep_scratch` asks to keep the folder.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -147,8 +148,9 @@ class QemuRunner:
     is removed unless `keep_scratch` is true.
 
     Image contents: after `stop` (QEMU flushed and exited) `images` lists the
-    files of the scratch folder and `read_image` returns a file's guest-visible
-    bytes (``qemu-img convert -O raw``, backing chain included).
+    files of the scratch folder, `read_image` returns a file's guest-visible
+    bytes (``qemu-img convert -O raw``, backing chain included) and
+    `image_backing` the backing file its header names.
 
     One QEMU process per runner and per trace.  The steps never touch the
     process directly (only `start`, `stop` and the QMP plumbing do), so a later
@@ -461,23 +463,41 @@ class QemuRunner:
         Only after `stop`: a running QEMU may still hold metadata in its caches.
         Raises `OracleError` if QEMU runs or the image does not exist.
         """
-        if self._proc is not None and self._proc.poll() is None:
-            raise OracleError("read_image needs QEMU stopped (its caches): call stop() first")
-        path = self.images().get(name)
-        if path is None:
-            raise OracleError(
-                f"no image {name!r} in the scratch folder; have: {sorted(self.images())}"
-            )
+        path = self._stopped_image(name, "read_image")
         with tempfile.TemporaryDirectory(prefix="blocksim-raw-") as tmp:
             raw = Path(tmp) / "image.raw"
             self._qemu_img_run(["convert", "-O", "raw", str(path), str(raw)])
             return raw.read_bytes()
 
-    def _qemu_img_run(self, args: list[str]) -> None:
+    def image_backing(self, name: str) -> str | None:
+        """The backing file recorded in scratch image `name` (a bare name), or None.
+
+        What ``qemu-img info`` reports as ``backing-filename``: the file a
+        reader of the image goes to for unallocated clusters, as QEMU last
+        wrote it (snapshot, mirror target, commit and stream rewrite it).
+        Only after `stop`; raises `OracleError` like `read_image`.
+        """
+        path = self._stopped_image(name, "image_backing")
+        out = self._qemu_img_run(["info", "--output=json", str(path)])
+        backing = json.loads(out).get("backing-filename")
+        return None if backing is None else str(scrub(backing, self._scratch_dirs))
+
+    def _stopped_image(self, name: str, what: str) -> Path:
+        if self._proc is not None and self._proc.poll() is None:
+            raise OracleError(f"{what} needs QEMU stopped (its caches): call stop() first")
+        path = self.images().get(name)
+        if path is None:
+            raise OracleError(
+                f"no image {name!r} in the scratch folder; have: {sorted(self.images())}"
+            )
+        return path
+
+    def _qemu_img_run(self, args: list[str]) -> bytes:
         done = subprocess.run([self._qemu_img, *args], capture_output=True, check=False)
         if done.returncode != 0:
             text = done.stderr.decode(errors="replace").strip()
             raise OracleError(f"qemu-img {' '.join(args)} failed ({done.returncode}): {text}")
+        return done.stdout
 
     # --- QMP plumbing ------------------------------------------------------------------
 

@@ -1,0 +1,233 @@
+"""The differential oracle (sim/oracle/diff.py, differential.py) and `blocksim diff/record`.
+
+Tests marked `qemu` run real QEMU 7.2 and skip without it; the rest are pure.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from sim.cli import main
+from sim.compare import differences, first_difference
+from sim.model import bitmap_ops
+from sim.model.content import SECTOR, StampTable, new_content
+from sim.model.graph import Image
+from sim.oracle import differential
+from sim.oracle.diff import (
+    Difference,
+    check_runnable,
+    compare_image_bytes,
+    diff_trace,
+    sim_guest_view,
+)
+from sim.oracle.differential import Outcome, shrink, units_of
+from sim.trace import dumps, load_trace, parse_lines
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios" / "qemu-7.2"
+LIFECYCLE = SCENARIOS / "bm-lifecycle-basic.jsonl"
+HAVE_QEMU = shutil.which("qemu-system-x86_64") is not None and shutil.which("qemu-img") is not None
+needs_qemu = pytest.mark.skipif(
+    not HAVE_QEMU, reason="qemu-system-x86_64 / qemu-img (QEMU 7.2) not on PATH"
+)
+HEADER = {
+    "trace": 1,
+    "name": "diff-test",
+    "drives": [{"id": "drive0", "node-name": "fmt0", "format": "qcow2", "size": 4 << 20}],
+}
+
+
+def make_trace(*steps: dict[str, Any]) -> Any:
+    return parse_lines([json.dumps(HEADER)] + [json.dumps(s) for s in steps], "test")
+
+
+def qemu_io(text: str, device: str = "drive0") -> dict[str, Any]:
+    line = f'qemu-io {device} "{text}"'
+    return {"execute": "human-monitor-command", "arguments": {"command-line": line}}
+
+
+def run_cli(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+# --- against real QEMU -------------------------------------------------------------------
+
+
+@pytest.mark.qemu
+@needs_qemu
+@pytest.mark.parametrize("name", ["bm-lifecycle-basic", "mir-ready-complete", "bk-paused-busy"])
+def test_reference_trace_diffs_clean(name: str) -> None:
+    result = run_cli("diff", str(SCENARIOS / f"{name}.jsonl"))
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"IDENTICAL {name}")
+    assert "compared as the whole ordered list" in result.output
+
+
+@pytest.mark.qemu
+@needs_qemu
+def test_altered_bitmap_rule_is_caught_at_its_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = bitmap_ops.set_enabled
+
+    def never_disable(graph: Any, policy: Any, node: str, name: str, enabled: bool) -> Any:
+        return real(graph, policy, node, name, True)  # a disabled bitmap keeps recording
+
+    monkeypatch.setattr(bitmap_ops, "set_enabled", never_disable)
+    result = run_cli("diff", str(LIFECYCLE))
+    assert result.exit_code == 1, result.output
+    # step 7 is the sha256 after the write to the disabled bitmap
+    assert "first diverging: step 7 (line 9) x-debug-block-dirty-bitmap-sha256" in result.output
+    assert "step 10 (line 12) x-debug-block-dirty-bitmap-sha256: .return.sha256" in result.output
+
+
+@pytest.mark.qemu
+@needs_qemu
+def test_wrong_pattern_in_an_overlay_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    trace = make_trace(
+        qemu_io("write -P 0x5 0 64k"),
+        {"execute": "blockdev-snapshot-sync",
+         "arguments": {"device": "drive0", "snapshot-file": "ov0.qcow2"}},
+        qemu_io("write -P 0x6 1M 64k"),
+    )  # fmt: skip
+    assert diff_trace(trace).identical
+    real_new = StampTable.new
+    monkeypatch.setattr(StampTable, "new", lambda self, p: real_new(self, 0x7 if p == 6 else p))
+    report = diff_trace(trace)
+    assert [d.where for d in report.differences] == ["image ov0.qcow2"]
+    assert report.first is not None
+    assert report.first.detail == "content differs at [1M, 1088k): expected 0x06, got 0x07"
+
+
+@pytest.mark.qemu
+@needs_qemu
+def test_record_command_writes_expects(tmp_path: Path) -> None:
+    src = tmp_path / "t.jsonl"
+    src.write_text(dumps(HEADER) + "\n" + dumps({"execute": "query-jobs"}) + "\n")
+    result = run_cli("record", str(src), "-o", str(tmp_path / "out.jsonl"))
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert json.loads(lines[1])["expect"] == {"return": []}
+    assert "final-expect" in json.loads(lines[2])
+
+
+@pytest.mark.qemu
+@needs_qemu
+def test_small_differential_campaign(tmp_path: Path) -> None:
+    pytest.importorskip("sim.fuzz.tracegen")
+    summary = differential.differential_campaign(2, 7, tmp_path)
+    assert summary.traces == 2 and summary.identical + summary.mismatching == 2
+    assert summary.traces_per_minute > 0
+    assert json.loads((tmp_path / "summary.json").read_text())["traces"] == 2
+    written = sorted((tmp_path / "failures").glob("*.jsonl"))
+    assert len(written) == len(summary.classes)
+
+
+# --- without QEMU ------------------------------------------------------------------------
+
+
+def test_sim_only_steps_are_refused_before_anything_runs(tmp_path: Path) -> None:
+    trace = make_trace({"execute": "query-jobs"}, {"workload": {"device": "drive0"}})
+    with pytest.raises(Exception, match="line 3: 'workload' steps are simulator-only"):
+        check_runnable(trace)
+    path = tmp_path / "w.jsonl"
+    path.write_text("\n".join([json.dumps(HEADER), json.dumps({"fault": {"node": "fmt0"}})]))
+    for command in ("diff", "record"):
+        result = CliRunner().invoke(main, [command, str(path)])
+        assert result.exit_code == 2
+        assert "cannot run on real QEMU" in result.output
+        assert "'fault' steps are simulator-only" in result.output
+
+
+def test_missing_qemu_is_a_clear_error() -> None:
+    result = CliRunner().invoke(main, ["diff", "--qemu", "/nonexistent/qemu", str(LIFECYCLE)])
+    assert result.exit_code == 2
+    assert "'/nonexistent/qemu' not found" in result.output
+    result = CliRunner().invoke(main, ["record", "--qemu", "/nonexistent/qemu", str(LIFECYCLE)])
+    assert result.exit_code == 2 and "install QEMU 7.2" in result.output
+
+
+def test_guest_view_reads_through_backing_files() -> None:
+    stamps = StampTable()
+    base = Image("base.qcow2", "qcow2", 8 * SECTOR, new_content(8 * SECTOR))
+    top = Image("top.qcow2", "qcow2", 8 * SECTOR, new_content(8 * SECTOR), "base.qcow2")
+    base.content.write(0, 4 * SECTOR, stamps.new(0x5))
+    top.content.write(2 * SECTOR, SECTOR, stamps.new(0x6))
+    top.content.write(3 * SECTOR, SECTOR, 1)  # zeroes written: hides the base
+    images = {"base.qcow2": base, "top.qcow2": top}
+    assert sim_guest_view(images, "top.qcow2", stamps) == [5, 5, 6, 0, 0, 0, 0, 0]
+    assert sim_guest_view(images, "base.qcow2", stamps) == [5, 5, 5, 5, 0, 0, 0, 0]
+    top.backing_file = None  # e.g. after a stream: QEMU no longer reads the base
+    assert sim_guest_view(images, "top.qcow2", stamps) == [0, 0, 6, 0, 0, 0, 0, 0]
+
+
+def test_image_bytes_comparison() -> None:
+    real = b"\x05" * 1024 + b"\x00" * 1024
+    assert compare_image_bytes("a", real, [5, 5, 0, 0]) == (None, 0)
+    diff, _ = compare_image_bytes("a", real, [5, 6, 0, 5])
+    assert diff is not None and diff.where == "image a"
+    assert diff.detail == (
+        "content differs at [512, 1k): expected 0x05, got 0x06; [1536, 2k): expected 0x00, got 0x05"
+    )
+    partly = b"\x05" * 100 + b"\x00" * 412  # a sub-sector write: the simulator stamps it whole
+    assert compare_image_bytes("a", partly, [5]) == (None, 1)
+    diff, _ = compare_image_bytes("a", partly, [7])
+    assert diff is not None and "expected mixed bytes, got 0x07" in diff.detail
+    diff, _ = compare_image_bytes("a", real, [5])
+    assert diff is not None and diff.detail == "size: expected 2048 bytes, got 512"
+
+
+def test_signatures_ignore_indices_and_numbers() -> None:
+    a = Difference("final", None, None, "nodes", ".nodes[2].dirty-bitmaps[0].count", "", "x")
+    b = Difference("final", None, None, "nodes", ".nodes[0].dirty-bitmaps[1].count", "", "x")
+    assert a.signature == b.signature == "final:nodes:.nodes[].dirty-bitmaps[].count:x"
+    img = Difference("image", None, None, "drive0-ov12.qcow2", "backing_file", "", "backing file")
+    assert img.signature == "image:driveN-ovN.qcowN:backing_file:backing file"
+
+
+def test_differences_lists_every_place() -> None:
+    exp = {"a": [1, 2], "b": "#block12", "c": True}
+    act = {"a": [1, 3, 4], "b": "#auto", "c": 1, "d": 0}
+    assert list(differences(exp, act)) == [
+        ".a[1]: expected 2, got 3",
+        ".a: expected 2 item(s), got 3",
+        ".c: expected True, got 1",
+        "(top): unexpected key(s) ['d']",
+    ]
+    assert first_difference(exp, act) == ".a[1]: expected 2, got 3"
+
+
+def test_units_keep_jobs_with_their_waits() -> None:
+    steps: list[dict[str, Any]] = [
+        {"execute": "drive-mirror", "arguments": {"device": "drive0", "job-id": "j1"}},
+        {"wait": {"event": "BLOCK_JOB_READY", "data": {"device": "j1"}}},
+        {"execute": "query-block-jobs"},
+        {"execute": "block-job-complete", "arguments": {"device": "j1"}},
+        {"wait": {"event": "BLOCK_JOB_COMPLETED", "data": {"device": "j1"}}},
+        {"execute": "block-stream", "arguments": {"device": "drive0"}},
+        {"execute": "query-jobs"},
+        {"wait": {"event": "BLOCK_JOB_COMPLETED", "data": {"device": "drive0"}}},
+    ]
+    assert units_of(steps) == [[0, 1], [2], [3, 4], [5, 7], [6]]
+
+
+def test_shrink_keeps_the_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = [{"execute": "query-jobs", "id": i} for i in range(12)]
+    needed = {3, 8}
+
+    def fake_run(steps: list[dict[str, Any]], qemu: Any, timeout: float) -> Outcome:
+        ids = {s.get("id") for s in steps[1:]}
+        return Outcome("sig" if needed <= ids else None, "text")
+
+    monkeypatch.setattr(differential, "run_outcome", fake_run)
+    monkeypatch.setattr(differential, "_sim_breaks_waits", lambda trial, original: False)
+    kept, outcome, runs = shrink([HEADER, *body], Outcome("sig", "text"), None)
+    assert [s["id"] for s in kept[1:]] == [3, 8]
+    assert outcome.signature == "sig" and 0 < runs < 40
+
+
+def test_load_and_refuse_on_a_real_scenario_file() -> None:
+    check_runnable(load_trace(LIFECYCLE))  # recorded traces are runnable
