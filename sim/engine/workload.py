@@ -330,14 +330,12 @@ def guest_request(m: Machine, w: Workload, is_read: bool, offset: int) -> Proc:
         if root is not w.root:
             w.root, w.device = root, m.device_of(root)
         device = w.device
-        queue = device.queue
-        slot = queue.request()
-        yield slot
-        ns = device.timing.io_ns(size, m.rng)
-        device.requests += 1
-        device.busy_ns += ns
-        yield env.timeout(ns)
-        queue.release(slot)
+        with device.queue.request() as slot:
+            yield slot
+            ns = device.timing.io_ns(size, m.rng)
+            device.requests += 1
+            device.busy_ns += ns
+            yield env.timeout(ns)
     op = "read" if is_read else "write"
     if is_read:
         w.reads += 1
