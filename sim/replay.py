@@ -36,6 +36,7 @@ class StepOutcome:
     mismatch: str | None = None
     error: str | None = None
     violations: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def json_line(self) -> dict[str, Any]:
         line: dict[str, Any] = {
@@ -51,6 +52,8 @@ class StepOutcome:
             line["trace-error"] = self.error
         if self.violations:
             line["violations"] = self.violations
+        if self.warnings:
+            line["warnings"] = self.warnings
         return line
 
 
@@ -105,6 +108,7 @@ class Replayer:
     def run_step(self, index: int, step: Step) -> StepOutcome:
         m = self.machine
         mark = len(m.events)
+        warned = len(m.state.warnings)
         response: dict[str, Any] = {}
         output: str | None = None
         error: str | None = None
@@ -126,6 +130,7 @@ class Replayer:
             None,
             error,
         )
+        outcome.warnings = m.state.warnings[warned:]
         for checker in self.checkers:
             outcome.violations.extend(v.to_dict() for v in checker.after_step(index))
         if step.expect is not None and error is None:

@@ -107,6 +107,25 @@ def _clean(ctx: TxnContext, prepared: list[Prepared], attempted: int) -> None:
                 end()
 
 
+def _warn_if_qemu_crashes(
+    m: Machine, actions: list[tuple[str, dict[str, Any]]], failed: int
+) -> None:
+    """Failures that kill a real QEMU 7.2 (reference §11, and verified on the binary)."""
+    kind, data = actions[failed]
+    if kind == "block-dirty-bitmap-enable":
+        m.state.warnings.append(
+            "real QEMU 7.2 crashes (SIGSEGV) when a block-dirty-bitmap-enable action of a "
+            "transaction fails; blocksim rolls the transaction back instead"
+        )
+    if kind == "blockdev-snapshot-sync" and any(
+        k == "blockdev-snapshot-sync" for k, _ in actions[:failed]
+    ):
+        m.state.warnings.append(
+            "real QEMU 7.2 aborts (bdrv_do_drained_end assertion) when a second "
+            "blockdev-snapshot-sync of a transaction fails; blocksim rolls it back instead"
+        )
+
+
 def run_transaction(
     m: Machine, actions: list[tuple[str, dict[str, Any]]], grouped: bool = False
 ) -> None:
@@ -119,6 +138,7 @@ def run_transaction(
             ctx.index = index
             prepared.append(ACTIONS[kind](m, data, ctx))
     except QMPError:
+        _warn_if_qemu_crashes(m, actions, len(prepared))
         for p in reversed(prepared):
             p.abort()
         _clean(ctx, prepared, len(prepared) + 1)
