@@ -87,16 +87,26 @@ def parse_invariants(value: str | None) -> list[str] | None:
     help="Emit the spec's JSON lines per step and the final state.",
 )
 @_invariant_option
+@click.option(
+    "--record-timeline",
+    "timeline_dir",
+    default=None,
+    metavar="DIR",
+    help="Also record each replay's timeline for `blocksim report`: DIR/timeline.json "
+    "for one trace, DIR/timelines/NAME.json for several.",
+)
 def replay(
     traces: tuple[str, ...],
     policy: str | None,
     seed: int | None,
     as_json: bool,
     invariants: str | None,
+    timeline_dir: str | None,
 ) -> None:
     """Replay TRACE files (or folders of .jsonl) and check every expectation."""
     from sim.check import make_checkers
     from sim.replay import replay as run
+    from sim.timeline import TimelineRecorder
 
     names = parse_invariants(invariants)
     files = collect_traces(traces)
@@ -118,7 +128,11 @@ def replay(
             counts["error"] += 1
             worst = max(worst, EXIT_USAGE)
             continue
-        result = run(trace, policy=policy, seed=seed, checkers=checkers)
+        recorder = TimelineRecorder(trace) if timeline_dir is not None else None
+        observers: list[Any] = [*checkers, recorder] if recorder is not None else checkers
+        result = run(trace, policy=policy, seed=seed, checkers=observers)
+        if recorder is not None and timeline_dir is not None:
+            _write_timeline(Path(timeline_dir), path, files, recorder.to_json(result, str(path)))
         if as_json:
             for outcome in result.steps:
                 click.echo(dumps(outcome.json_line()))
@@ -133,6 +147,19 @@ def replay(
             err=as_json,
         )
     sys.exit(worst)
+
+
+def _write_timeline(folder: Path, trace: Path, files: list[Path], timeline: dict[str, Any]) -> None:
+    """One trace: DIR/timeline.json; several: DIR/timelines/STEM.json (PARENT-STEM when
+    two traces share a file name)."""
+    from sim.timeline import write_json
+
+    if len(files) == 1:
+        write_json(folder / "timeline.json", timeline)
+        return
+    shared = sum(1 for f in files if f.stem == trace.stem) > 1
+    name = f"{trace.parent.name}-{trace.stem}" if shared else trace.stem
+    write_json(folder / "timelines" / f"{name}.json", timeline)
 
 
 def header_invariants(trace: Any) -> list[str]:
@@ -275,6 +302,66 @@ def diff(traces: tuple[str, ...], policy: str, qemu: str | None, no_images: bool
         click.echo(report.render())
         worst = max(worst, EXIT_OK if report.identical else EXIT_MISMATCH)
     sys.exit(worst)
+
+
+# --- reports (sim.report) -------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("run_dir", metavar="RUN_DIR")
+@click.option(
+    "-o",
+    "--out",
+    default=None,
+    metavar="DIR",
+    help="Where to write the report (default: reports/NAME, NAME being RUN_DIR's name).",
+)
+@click.option("--title", default="", help="Page title (default: from RUN_DIR's name).")
+def report(run_dir: str, out: str | None, title: str) -> None:
+    """Draw a run folder (timelines, coverage, failures, matrix) as PNG/SVG and index.html.
+
+    The run folder's layout is in reports/README.md."""
+    from sim.report import build_report
+
+    target = Path(out) if out else Path("reports") / Path(run_dir).resolve().name
+    try:
+        built = build_report(run_dir, target, title)
+    except FileNotFoundError as exc:
+        click.echo(f"blocksim report: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    for skipped in built.skipped:
+        click.echo(f"  not drawn: {skipped.title}: {skipped.reason}")
+    click.echo(f"{built.index}: {len(built.pngs)} figures (PNG and SVG in {target / 'figures'})")
+
+
+@main.command()
+@click.option("-o", "--out", default="reports/demo", show_default=True, metavar="DIR")
+@click.option(
+    "--scenarios",
+    default="scenarios",
+    show_default=True,
+    metavar="DIR",
+    help="The bundled scenarios (run from the repository's root).",
+)
+@click.option(
+    "--fuzz-seconds",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Wall-clock budget of the short fuzz campaign (0: none).",
+)
+def demo(out: str, scenarios: str, fuzz_seconds: float) -> None:
+    """Replay bundled scenarios with timelines, fuzz briefly, build the policy matrix,
+    and write the full report under OUT (the run folder is OUT/run)."""
+    from sim.report.demo import run_demo
+
+    if not Path(scenarios).is_dir():
+        raise click.UsageError(
+            f"no scenario folder {scenarios!r}: run from the repository's root or pass "
+            "--scenarios DIR"
+        )
+    built = run_demo(Path(out), Path(scenarios), fuzz_seconds, click.echo)
+    click.echo(f"open {built.index}")
 
 
 def run() -> None:

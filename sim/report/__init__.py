@@ -1,0 +1,187 @@
+"""Reports: a run folder in, PNG and SVG figures and one index.html out.
+
+    build_report(run_dir, out_dir) -> Report
+
+A *run folder* is what replays and campaigns leave behind; every file in it is
+optional and each figure says why it is missing when its input is:
+
+    RUN/
+      timeline.json          blocksim replay --record-timeline RUN TRACE (one trace)
+      timelines/NAME.json    ... with several traces, one per trace (sim/timeline.py)
+      coverage.json          blocksim fuzz --out RUN: coverage and the campaign series
+      failures/*.jsonl       blocksim fuzz --out RUN: one shrunk failing trace each
+      matrix.json            policy x invariant results (blocksim demo writes one)
+      traces/*.jsonl         traces the other files point to (blocksim demo)
+
+reports/README.md gives every key each file is read for.  Without a
+coverage.json the coverage figures are derived from the timelines.  The report
+(`out_dir/index.html`, `figures/*.png|svg`, `traces/` holding every trace a
+page links) depends only on the run folder: fixed fonts and file metadata,
+nothing read from the clock.  matplotlib is imported here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sim.report import style
+from sim.report.campaign_figs import (
+    draw_failures,
+    draw_matrix,
+    draw_throughput,
+    failures_table,
+)
+from sim.report.coverage_figs import coverage_figures
+from sim.report.figures import Built, Drawn, Skipped, Table
+from sim.report.html import write_index
+from sim.report.runfolder import RunFolder, load_run
+from sim.report.timeline_figs import timeline_figures
+
+
+@dataclass
+class Report:
+    """What `build_report` wrote."""
+
+    out_dir: Path
+    index: Path
+    figures: list[Path] = field(default_factory=list)  # PNG then SVG, figure by figure
+    skipped: list[Skipped] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def pngs(self) -> list[Path]:
+        return [p for p in self.figures if p.suffix == ".png"]
+
+
+def build_report(run_dir: str | Path, out_dir: str | Path, title: str = "") -> Report:
+    """Draw every figure a run folder allows into out_dir and tie them in index.html.
+
+    Raises FileNotFoundError when run_dir is not a folder."""
+    run = load_run(run_dir)
+    out = Path(out_dir)
+    for sub in ("figures", "traces"):  # ours: emptied so no stale figure survives
+        shutil.rmtree(out / sub, ignore_errors=True)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    links = _TraceLinks(run, out)
+    built: list[Built] = []
+    for stem, doc in run.timelines:
+        built += timeline_figures(stem, doc)
+    if not run.timelines:
+        why = "no timeline.json or timelines/ in the run folder"
+        built.append(Skipped("timeline", "Timeline", why, "timeline"))
+        built.append(Skipped("latency", "Guest write latency", why, "latency"))
+    built += coverage_figures(run.coverage, run.coverage_source)
+    series = (run.coverage or {}).get("series", []) if run.coverage_source == "campaign" else []
+    built += [draw_throughput(series), draw_failures(series, run.failures)]
+    built.append(draw_matrix(run.matrix, links.href))
+    built = _merge_skipped(built)
+    report = Report(out, out / "index.html", notes=run.notes)
+    for b in built:
+        if isinstance(b, Drawn):
+            report.figures += style.save(b.fig, out / "figures", b.stem)
+        else:
+            report.skipped.append(b)
+    report.index = write_index(
+        out,
+        title or f"blocksim report: {run.path.resolve().name}",
+        _summary(run),
+        built,
+        _extra_tables(run, links),
+        run.notes,
+    )
+    return report
+
+
+def _merge_skipped(built: list[Built]) -> list[Built]:
+    """One note for figures skipped for one reason (e.g. latency of replays without I/O)."""
+    out: list[Built] = []
+    by_reason: dict[tuple[str, str], Skipped] = {}
+    for b in built:
+        if isinstance(b, Skipped):
+            key = (b.section, b.reason)
+            if key in by_reason:
+                by_reason[key].title += ", " + b.title.split(": ", 1)[-1]
+                continue
+            b = by_reason[key] = Skipped(b.stem, b.title, b.reason, b.section)
+        out.append(b)
+    return out
+
+
+class _TraceLinks:
+    """Copies each trace a page links into out/traces/ once; hands back its href."""
+
+    def __init__(self, run: RunFolder, out: Path) -> None:
+        self.run, self.out = run, out
+        self.copied: dict[Path, str] = {}
+
+    def href(self, trace: str) -> str | None:
+        path = next((p for p in (self.run.path / trace, Path(trace)) if p.is_file()), None)
+        if path is None:
+            return None
+        key = path.resolve()
+        if key not in self.copied:
+            name = path.name
+            taken = set(self.copied.values())
+            n = 1
+            while f"traces/{name}" in taken:
+                n += 1
+                name = f"{path.stem}-{n}{path.suffix}"
+            (self.out / "traces").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, self.out / "traces" / name)
+            self.copied[key] = f"traces/{name}"
+        return self.copied[key]
+
+
+def _summary(run: RunFolder) -> list[tuple[str, str]]:
+    cov = {
+        "campaign": "coverage.json (fuzz campaign)",
+        "timelines": "derived from the timelines",
+    }.get(run.coverage_source, "none")
+    return [
+        ("run folder", run.path.resolve().name),
+        ("timelines", ", ".join(doc.get("name") or stem for stem, doc in run.timelines) or "none"),
+        ("coverage", cov),
+        ("failures", str(len(run.failures))),
+        ("policy matrix", "matrix.json" if run.matrix is not None else "none"),
+    ]
+
+
+def _extra_tables(run: RunFolder, links: _TraceLinks) -> dict[str, list[tuple[str, Table]]]:
+    extra: dict[str, list[tuple[str, Table]]] = {}
+    cov = run.coverage or {}
+    shapes = cov.get("graph-shapes", {})
+    if shapes:
+        rows = [
+            [dim, value, str(n)]
+            for dim, values in sorted(shapes.items())
+            for value, n in sorted(values.items())
+        ]
+        extra["coverage"] = [
+            ("Graph shapes reached (after a step)", Table(["dimension", "value", "steps"], rows))
+        ]
+    invariants = cov.get("invariants", {})
+    if invariants:
+        kinds = ("evaluated", "violated", "muted")
+        rows = [
+            [name, *(str(counts.get(k, 0)) for k in kinds)]
+            for name, counts in sorted(invariants.items())
+        ]
+        extra.setdefault("coverage", []).append(
+            ("Invariants evaluated", Table(["invariant", *kinds], rows))
+        )
+    if run.campaign:
+        keys = ("examples", "steps", "wall_s", "steps_per_s", "coverage_points", "stopped")
+        cfg = run.campaign.get("config", {})
+        rows = [[k, str(cfg[k])] for k in ("policy", "seed", "steps") if k in cfg]
+        rows += [[k, str(run.campaign[k])] for k in keys if k in run.campaign]
+        extra["campaign"] = [("Campaign (campaign.json)", Table(["", ""], rows))]
+    if run.failures:
+        extra.setdefault("campaign", []).append(
+            ("Failures", failures_table(run.failures, links.href))
+        )
+    return extra
+
+
+__all__ = ["Report", "build_report", "load_run"]

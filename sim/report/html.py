@@ -1,0 +1,108 @@
+"""index.html: one self-contained page over the figures (no script, no network).
+
+Sections in a fixed order, each figure as its PNG linking to its SVG, with its
+caption and tables; figures that could not be drawn are listed with the
+reason, so a reader knows what the run folder lacked.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from sim.report.figures import Built, Drawn, Skipped, Table
+
+SECTIONS = (
+    ("timeline", "Timelines", "What each recorded replay did over simulated time."),
+    ("latency", "Guest write latency", "What running block jobs cost the guest's writes."),
+    ("coverage", "Coverage", "What the commands, job states and transitions exercised."),
+    ("campaign", "Campaign", "How the fuzz campaign progressed and what it found."),
+    ("matrix", "Policy matrix", "Which bitmap-placement policy breaks which invariant."),
+)
+
+CSS = """
+body { font-family: "DejaVu Sans", Verdana, sans-serif; margin: 1.5em auto; max-width: 1200px;
+       padding: 0 1em; color: #111; line-height: 1.4; }
+h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
+h3 { font-size: 1.05em; margin-bottom: 0.3em; }
+figure { margin: 0.5em 0 1.8em 0; } figure img { max-width: 100%; height: auto;
+       border: 1px solid #eee; }
+figcaption { font-size: 0.9em; color: #333; max-width: 60em; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; } td.num { text-align: right; }
+.skipped { color: #555; font-size: 0.9em; } nav a { margin-right: 1em; }
+"""
+
+
+def write_index(
+    out_dir: Path,
+    title: str,
+    summary: list[tuple[str, str]],
+    built: list[Built],
+    extra: dict[str, list[tuple[str, Table]]],
+    notes: list[str],
+) -> Path:
+    """Write out_dir/index.html; `extra` adds titled tables at the end of a section."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{escape(title)}</title>",
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
+        _table(Table(["", ""], [[k, v] for k, v in summary]), header=False),
+        "<nav>"
+        + "".join(f'<a href="#{key}">{escape(name)}</a>' for key, name, _ in SECTIONS)
+        + "</nav>",
+    ]
+    for key, name, blurb in SECTIONS:
+        parts.append(f'<h2 id="{key}">{escape(name)}</h2><p>{escape(blurb)}</p>')
+        parts += [_figure(b) for b in built if isinstance(b, Drawn) and b.section == key]
+        for heading, table in extra.get(key, []):
+            parts.append(f"<h3>{escape(heading)}</h3>{_table(table)}")
+        skipped = [b for b in built if isinstance(b, Skipped) and b.section == key]
+        if skipped:
+            parts.append(
+                '<ul class="skipped">'
+                + "".join(
+                    f"<li>Not drawn: <b>{escape(s.title)}</b>: {escape(s.reason)}.</li>"
+                    for s in skipped
+                )
+                + "</ul>"
+            )
+    if notes:
+        parts.append('<h2 id="notes">Notes on the run folder</h2><ul class="skipped">')
+        parts += [f"<li>{escape(n)}</li>" for n in notes]
+        parts.append("</ul>")
+    parts.append("</body></html>\n")
+    path = out_dir / "index.html"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def _figure(d: Drawn) -> str:
+    png, svg = f"figures/{d.stem}.png", f"figures/{d.stem}.svg"
+    tables = "".join(_table(t) for t in d.tables)
+    return (
+        f'<figure id="{escape(d.stem)}"><h3>{escape(d.title)}</h3>'
+        f'<a href="{svg}"><img src="{png}" alt="{escape(d.title)}"></a>'
+        f"<figcaption>{escape(d.caption)} "
+        f'(<a href="{png}">PNG</a>, <a href="{svg}">SVG</a>)</figcaption>{tables}</figure>'
+    )
+
+
+def _table(t: Table, header: bool = True) -> str:
+    head = "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in t.header) + "</tr>" if header else ""
+    body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in t.rows)
+    return f"<table>{head}{body}</table>"
+
+
+def _cell(cell: Any) -> str:
+    if isinstance(cell, tuple):
+        text, href = cell
+        return f'<td><a href="{escape(str(href))}">{escape(str(text))}</a></td>'
+    text = str(cell)
+    numeric = text.replace(".", "", 1).replace("-", "", 1).isdigit()
+    return f'<td class="num">{escape(text)}</td>' if numeric else f"<td>{escape(text)}</td>"
