@@ -12,12 +12,14 @@ It samples the machine:
 
 At each sample it takes the events emitted since the last one (job states
 come from `JOB_STATUS_CHANGE`, with their exact times), each live job's
-progress, each named bitmap's dirty count (recounted only after a guest
-write, a command, an event or job progress), and the graph's shape (compared
-only after a command or an event).  A value is stored only when it changed.
-Guest request latencies are copied from `Machine.io_log` at the end when the
-engine keeps one.  Nothing is recorded, and nothing costs, unless a recorder
-is attached (`blocksim replay --record-timeline DIR`).
+progress, each named bitmap's dirty count and the graph's shape; a value is
+stored only when it changed.  Bitmaps are counted after every command, event
+and step that may have changed them; in between, after guest writes and job
+progress, at most every nbits / COUNT_BITS_PER_S simulated seconds (nbits: the
+bits of all bitmaps), so the bitmaps of a TiB disk stay cheap to follow.  The
+graph is compared only after a command or an event.  Guest request latencies are copied from
+`Machine.io_log` at the end.  Nothing is recorded, and nothing costs, unless
+a recorder is attached (`blocksim replay --record-timeline DIR`).
 
 timeline.json, version 1 (times are integer simulated nanoseconds; every list
 is in time order; written with sorted keys, so a trace and seed give one
@@ -35,17 +37,17 @@ byte string):
      "graph_changes": [[time_ns, label, step], ...],
      "io": [[time_ns, op, latency_ns, [job type, ...]], ...]}
 
-`step` is the trace step (1-based) during which a sample was taken, so a
-trace that never lets time pass can be drawn over its steps.  `command` is the QMP command, or `qemu-io VERB` for HMP qemu-io; `outcome` is
-"return" or the QMP error's `desc`; the job statuses are those of the jobs
-that existed when the command was issued.  `io` rows are
-`Machine.io_log` (issue time, "read"/"write"/"...-failed", latency, types of
-the jobs that existed then), empty when the engine records none.  A bitmap
-series is keyed by where the bitmap is, "node/name" (or "device (backend)/name"
+`step` is the trace step (1-based) a sample was taken in, so a trace in
+which no time passes can be drawn over its steps.  `command` is the QMP
+command, or `qemu-io VERB` for HMP qemu-io; `outcome` is "return" or the QMP
+error's `desc`; then the status of each job that existed when the command was
+issued.  `io` rows are `Machine.io_log` (issue time, "read" / "write" /
+"...-failed", latency, types of the jobs that existed then).  A bitmap series
+is keyed by where the bitmap is, "node/name" (or "device (backend)/name"
 under bb-attached): a successor taking over at the end of a backup continues
-it; a null count means no bitmap is at that address any more.  Progress
-and count series are thinned to at most MAX_POINTS points each (the last
-point of each of MAX_POINTS equal time slices, plus the first).
+it; a null count means no bitmap is at that address any more.  Progress and
+count series are thinned to at most MAX_POINTS points each (the first, then
+the last of each of MAX_POINTS equal time slices).
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ if TYPE_CHECKING:
 
 TIMELINE_VERSION = 1
 MAX_POINTS = 4000
+NS_PER_S = 1_000_000_000
+# Counting dirty bits costs ~1 ms per 16M bits; between exact samples a guest write
+# asks for a recount at most this many bits per simulated second (a 1 TiB disk with
+# a 64 KiB-granularity bitmap: every 4 ms; with 4 KiB granularity: every 62 ms).
+COUNT_BITS_PER_S = 1 << 32
 
 # The QMP commands that start a job, and the job type (for a job created and
 # gone within one command, e.g. in a failed transaction, never seen live).
@@ -115,7 +122,9 @@ class TimelineRecorder:
         self.graph_changes: list[list[Any]] = []
         self._live: dict[str, _Lane] = {}  # job id -> its newest lane
         self._seen_events = 0
-        self._recount = True
+        self._dirty = True  # bitmaps may have changed since the last count
+        self._counted_ns = 0
+        self._count_gap_ns = 0  # least time between two counts a guest write asks for
         self._graph: tuple[Any, ...] = ()
         self._step = 1  # the trace step being run (1-based), for step-axis timelines
         self._end_ns = 0
@@ -133,14 +142,14 @@ class TimelineRecorder:
 
         def step() -> None:
             self._env_step()
-            self._sample("")
+            self._sample(exact=False)
 
         setattr(env, "step", step)  # noqa: B010 - instance attribute: this env only
-        self._sample("")
+        self._sample()
 
     def after_step(self, index: int) -> list[Any]:
         self._step = index
-        self._sample("")
+        self._sample()
         self.steps.append([self.machine.now_ns, self._step_label(index)])
         self._step = index + 1
         return []
@@ -148,15 +157,16 @@ class TimelineRecorder:
     def at_end(self) -> list[Any]:
         """Stop observing; the timeline is then complete (see `to_json`)."""
         m = self.machine
-        self._sample("")
+        self._sample()
         setattr(m.env, "step", self._env_step)  # noqa: B010 - detach
         self._end_ns = m.now_ns
-        self._io = [[r.time_ns, r.op, r.latency_ns, list(r.jobs)] for r in getattr(m, "io_log", [])]
+        rows = [[r.time_ns, r.op, r.latency_ns, list(r.jobs)] for r in getattr(m, "io_log", [])]
+        self._io = sorted(rows, key=lambda row: int(row[0]))  # io_log is in completion order
         return []
 
     # -- observers -------------------------------------------------------------------------
     def _on_write(self, *args: Any) -> None:
-        self._recount = True
+        self._dirty = True
 
     def _on_command(self, request: dict[str, Any], response: dict[str, Any]) -> None:
         jobs = {job_id: lane.status for job_id, lane in self._live.items()}
@@ -164,11 +174,14 @@ class TimelineRecorder:
         outcome = "return" if error is None else str(error.get("desc", error.get("class")))
         now = self.machine.now_ns
         self.commands.append([now, self._step, command_label(request), outcome, jobs])
-        self._recount = True
+        self._dirty = True
         self._sample(_graph_label(request), str(request.get("execute", "")))
 
     # -- sampling --------------------------------------------------------------------------
-    def _sample(self, command_label: str, command: str = "") -> None:
+    def _sample(self, command_label: str = "", command: str = "", exact: bool = True) -> None:
+        """Take what changed.  `exact` (after a command, a step, an event): count the
+        bitmaps if anything may have changed them; else (a simpy event: job progress,
+        guest writes) no sooner than `_count_gap_ns` after the last count."""
         m = self.machine
         now = m.now_ns
         history = m.events.history
@@ -176,7 +189,7 @@ class TimelineRecorder:
         if new_events:
             self._seen_events = len(history)
             self._take_events(new_events, command)
-            self._recount = True
+            self._dirty = exact = True
         for job in m.state.jobs:
             lane = self._live.get(job.id)
             if lane is None:
@@ -184,9 +197,8 @@ class TimelineRecorder:
             point = [now, job.offset, job.len, self._step]
             if not lane.progress or lane.progress[-1][1:3] != point[1:3]:
                 lane.progress.append(point)
-                self._recount = True
-        if self._recount:
-            self._recount = False
+                self._dirty = True
+        if self._dirty and (exact or now - self._counted_ns >= self._count_gap_ns):
             self._count_bitmaps(now)
         if command_label or new_events:
             shape = _graph_shape(m)
@@ -226,10 +238,12 @@ class TimelineRecorder:
         owners: list[tuple[str, list[Any]]] = [(n.node_name, n.bitmaps) for n in graph.nodes]
         owners += [(f"{name} (backend)", bb.bitmaps) for name, bb in graph.backends.items()]
         present = set()
+        nbits = 0
         for owner, bitmaps in owners:
             for bm in bitmaps:
                 if bm.name is None or bm.freed:
                     continue
+                nbits += bm.nbits
                 label = f"{owner}/{bm.name}"
                 present.add(label)
                 series = self.bitmaps.get(label)
@@ -242,6 +256,9 @@ class TimelineRecorder:
         for label, series in self.bitmaps.items():
             if label not in present and series.counts[-1][1] is not None:
                 series.counts.append([now, None, self._step])
+        self._dirty = False
+        self._counted_ns = now
+        self._count_gap_ns = nbits * NS_PER_S // COUNT_BITS_PER_S
 
     def _step_label(self, index: int) -> str:
         if self.trace is None or not 0 < index <= len(self.trace.steps):

@@ -24,7 +24,9 @@ from click.testing import CliRunner
 
 from sim.cli import main
 from sim.report import build_report
+from sim.report.coverage_figs import coverage_figures
 from sim.report.demo import policy_matrix
+from sim.report.runfolder import coverage_from_timelines
 from sim.timeline import dumps_timeline, record, write_json
 from sim.trace import parse_lines
 from tests.helpers import DRIVE0, SCENARIOS, header, qmp
@@ -260,6 +262,43 @@ def test_recording_changes_nothing_and_is_deterministic(run_folder: Path) -> Non
     assert dumps_timeline(again) == dumps_timeline(timeline)
     saved = (run_folder / "timelines" / "under-load.json").read_text()
     assert json.loads(saved)["jobs"] == timeline["jobs"]
+
+
+def test_bitmap_counts_are_throttled_between_steps_but_exact_at_them() -> None:
+    big = dict(DRIVE0, size=64 << 30)  # 16M bits at 4 KiB: a count every ~4 ms at most
+    steps = [
+        qmp("block-dirty-bitmap-add", node="fmt0", name="fine", granularity=4096),
+        {
+            "workload": {
+                "device": "drive0",
+                "pattern": "uniform",
+                "rate": 4000,
+                "size": 4096,
+                "duration": 0.5,
+            }
+        },  # fmt: skip
+        {"advance": 0.6},
+    ]
+    lines = [json.dumps(header(drives=[big]))] + [json.dumps(s) for s in steps]
+    result, timeline = record(parse_lines(lines))
+    counts = timeline["bitmaps"][0]["counts"]
+    writes = sum(1 for row in timeline["io"] if row[1] == "write")
+    assert 50 < len(counts) < writes / 4
+    node = result.machine.state.graph.node("fmt0")
+    bitmap = node.find_bitmap("fine") if node is not None else None
+    assert bitmap is not None and counts[-1][1] == bitmap.count_bytes() > 0
+
+
+def test_coverage_from_timelines_when_no_campaign_ran(run_folder: Path) -> None:
+    docs = [json.loads(p.read_text()) for p in sorted((run_folder / "timelines").iterdir())]
+    coverage = coverage_from_timelines(docs)
+    assert coverage["commands"]["drive-backup"] == {"return": 1}
+    assert coverage["commands"]["block-dirty-bitmap-remove"] == {"return": 1}
+    assert coverage["job-states"]["block-job-complete"] == {"ready": 1}
+    assert coverage["transitions"]["mirror"]["running->ready"] == 1
+    assert [p["traces"] for p in coverage["series"]] == [1, 2]
+    built = coverage_figures(coverage, "timelines")
+    assert [type(b).__name__ for b in built] == ["Drawn"] * 4
 
 
 def test_recorder_detaches_from_the_clock() -> None:

@@ -172,20 +172,16 @@ ALL_INVARIANTS = "all invariants"
 
 
 def failures_table(failures: list[Failure], href: Callable[[str], str | None]) -> Table:
+    """One row per failure trace: what broke, how short, when, whether it replays."""
     rows = []
     for f in sorted(failures, key=lambda f: (f.invariant, f.steps, f.path.name)):
         link = href(str(f.path))
         found = "" if f.found_s is None else f"{f.found_s:.1f}"
-        rows.append(
-            [
-                f.invariant,
-                str(f.steps),
-                found,
-                (f.path.name, link) if link else f.path.name,
-                f.message,
-            ]
-        )
-    return Table(["invariant", "steps", "found at (s)", "trace", "message"], rows)
+        replays = {True: "yes", False: "NO", None: ""}[f.reproduced]
+        trace = (f.path.name, link) if link else f.path.name
+        rows.append([f.invariant, str(f.steps), found, replays, trace, f.message])
+    header = ["invariant", "steps", "found at (s)", "replays", "trace", "message"]
+    return Table(header, rows)
 
 
 def matrix_cells(doc: dict[str, Any]) -> tuple[list[str], list[str], dict[tuple[str, str], Cell]]:

@@ -22,6 +22,7 @@ from sim.report.figures import Built, Drawn, Skipped, Table
 from sim.report.runfolder import NO_JOB, transitions_of
 
 MAX_ROWS, MAX_COLS = 45, 28
+LABEL_CHARS = 42  # a longer column label is cut and numbered; the page gives it whole
 DARK_FILLS = {style.BLUE, style.GREY, style.VERMILLION, style.GREEN, style.PURPLE, style.BLACK}
 
 # Where each job status sits in the transition graph: the main path left to
@@ -149,7 +150,10 @@ def draw_heatmap(
                     )
     ax.set_xticks([j + 0.5 for j in range(len(cols))])
     ax.set_xticklabels(
-        [style.shorten(c, 42) for c in cols],
+        [
+            c if len(c) <= LABEL_CHARS else f"{style.shorten(c, LABEL_CHARS - 5)} [{j + 1}]"
+            for j, c in enumerate(cols)
+        ],
         rotation=55,
         ha="right",
         rotation_mode="anchor",
@@ -166,8 +170,8 @@ def draw_heatmap(
         ax.spines[side].set_visible(False)
     bar = fig.colorbar(mesh, ax=ax, fraction=0.04 if len(cols) > 8 else 0.08, pad=0.02)
     bar.set_label("times seen (log scale)")
-    long_cols = [c for c in cols if len(c) > 42]
-    tables = [Table(["column", "full label"], [[str(ci[c] + 1), c] for c in long_cols])]
+    long_cols = [c for c in cols if len(c) > LABEL_CHARS]
+    tables = [Table(["[column]", "full label"], [[str(ci[c] + 1), c] for c in long_cols])]
     return Drawn(stem, title, caption, fig, tables if long_cols else [], "coverage")
 
 

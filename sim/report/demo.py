@@ -47,12 +47,13 @@ DEMO_TRACE: list[dict[str, Any]] = [
                 "file-node-name": "proto0",
                 "format": "qcow2",
                 "size": 256 << 20,
+                "timing": {"jitter": 0.1},
             }
         ],
         "policy": "qemu-7.2",
         "seed": 1,
-        "description": "blocksim demo: a Zipf guest workload (400 requests/s, 64 KiB, 30% "
-        "reads) runs for 12 s; a rate-limited full backup runs from t=2 s (copy-before-write "
+        "description": "blocksim demo: on a drive with 10% timing jitter, a Zipf guest "
+        "workload (400 requests/s, 64 KiB, 30% reads) runs for 12 s; a rate-limited full backup runs from t=2 s (copy-before-write "
         "delays writes to clusters not yet copied), then a write-blocking mirror reaches "
         "READY (every write also goes to the target) and pivots. Two bitmaps, one cleared "
         "when the backup ends, show the dirty counts.",

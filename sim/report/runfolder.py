@@ -171,7 +171,7 @@ def coverage_from_timelines(timelines: list[dict[str, Any]]) -> dict[str, Any]:
                 _bump(job_states, command, state)
                 seen.add(("job-state", command, state))
         for job in doc.get("jobs", []):
-            statuses = ["undefined"] + [s for _t, s in job.get("states", [])]
+            statuses = ["undefined"] + [state[1] for state in job.get("states", [])]
             for a, b in zip(statuses, statuses[1:], strict=False):
                 _bump(transitions, job.get("type", "?"), f"{a}->{b}")
                 seen.add(("transition", job.get("type", "?"), f"{a}->{b}"))

@@ -83,9 +83,8 @@ def save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     png, svg = out_dir / f"{stem}.png", out_dir / f"{stem}.svg"
     with matplotlib.rc_context(RC):
-        # one draw finds the tight box for both files ("tight" would draw twice per file)
+        # one tight box for both files ("tight" would draw the figure once more per file)
         renderer = FigureCanvasAgg(fig).get_renderer()  # type: ignore[no-untyped-call]
-        fig.draw(renderer)
         box = fig.get_tightbbox(renderer).padded(PAD_IN)
         fig.savefig(png, format="png", metadata=PNG_METADATA, bbox_inches=box)
         fig.savefig(svg, format="svg", metadata=SVG_METADATA, bbox_inches=box)

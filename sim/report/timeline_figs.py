@@ -190,6 +190,7 @@ def _latency_points(ax: Axes, io: list[list[Any]], scale: float) -> Table:
             linewidths=0,
             label=f"{label} ({len(rows)})",
             rasterized=True,
+            zorder=2,
         )
         if bad:
             ax.scatter(
@@ -200,21 +201,27 @@ def _latency_points(ax: Axes, io: list[list[Any]], scale: float) -> Table:
                 color=style.VERMILLION,
                 label="failed write",
             )
-    rows_out = []
-    for p, dash in ((50, (4, 3)), (99, (1, 2))):
-        v = percentile(lat_sorted, p) / lscale
-        ax.axhline(v, color=style.BLACK, linewidth=0.9, dashes=dash)
+    p50, p99 = (percentile(lat_sorted, p) / lscale for p in (50, 99))
+    rows_out = [f"{p50:.3g}", f"{p99:.3g}"]
+    # p50 labelled under its line, p99 over its own: they never overlap
+    marks = [(f"p50 {p50:.3g} {lunit}", p50, (4, 3), "top", -2)]
+    marks.append((f"p99 {p99:.3g} {lunit}", p99, (1, 2), "bottom", 2))
+    if rows_out[0] == rows_out[1]:
+        marks = [(f"p50 = p99 = {p50:.3g} {lunit}", p50, (4, 3), "bottom", 2)]
+    for text, v, dash, va, dy in marks:
+        ax.axhline(v, color=style.BLACK, linewidth=0.9, dashes=dash, zorder=1)
         ax.annotate(
-            f"p{p} {v:.3g} {lunit}",
+            text,
             (0.995, v),
             xycoords=("axes fraction", "data"),
-            xytext=(0, 2),
+            xytext=(0, dy),
             textcoords="offset points",
             ha="right",
-            va="bottom",
+            va=va,
             fontsize=7.5,
+            bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8},
+            zorder=3,
         )
-        rows_out.append(f"{v:.3g}")
     ax.set_ylim(0, lat_sorted[-1] / lscale * 1.08)
     ax.set_ylabel(f"write latency ({lunit})")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="jobs running", markerscale=2)
@@ -329,10 +336,10 @@ def draw_latency(stem: str, doc: dict[str, Any]) -> Built:
             label=f"{label}: n={n}, p50 {p50:.3g}, p99 {p99:.3g} {unit}",
         )
         rows.append([label, str(n), f"{p50:.3g}", f"{p99:.3g}", f"{lat[-1] / scale:.3g}"])
-    for q, name in ((0.5, "p50"), (0.99, "p99")):
+    for q, mark in ((0.5, "p50"), (0.99, "p99")):
         ax.axhline(q, color=style.GREY, linewidth=0.7, linestyle=":")
         ax.annotate(
-            name,
+            mark,
             (1.0, q),
             xycoords=("axes fraction", "data"),
             xytext=(3, 0),
