@@ -135,9 +135,14 @@ class DiffReport:
         lines = []
         if self.identical:
             events = len(self.qemu.final.get("events", []))
+            images = (
+                f"{len(self.images)} image(s) {', '.join(self.images)}"
+                if self.images
+                else "images not compared"
+            )
             lines.append(
                 f"IDENTICAL {head}: {len(self.trace.steps)} steps, {events} events, final "
-                f"state, {len(self.images)} image(s) {', '.join(self.images)} ({timing})"
+                f"state, {images} ({timing})"
             )
         else:
             first = self.differences[0]

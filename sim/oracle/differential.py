@@ -15,7 +15,8 @@ wait for its end and a wait never outlives its job.  A candidate is first run
 on the simulator alone; if that makes a wait unsatisfiable where the original
 had none, it is rejected without starting QEMU.  Otherwise it is diffed, and
 kept when its first difference has the same signature.  A QEMU that crashes
-(`QemuDied`) is a class of its own and is shrunk the same way.
+(`QemuDied`) or hangs (a command that never answers) is a class of its own
+and is shrunk the same way.
 
 Run it: ``python -m sim.oracle.differential --traces 300 --seed 1 --out DIR``.
 """
@@ -36,7 +37,7 @@ from typing import Any
 
 from sim.errors import TraceError
 from sim.oracle.diff import DiffReport, diff_trace
-from sim.oracle.qemu_runner import OracleError, QemuDied, find_qemu
+from sim.oracle.qemu_runner import OracleError, QemuDied, QemuNotFound, find_qemu
 from sim.replay import replay
 from sim.trace import Trace, dumps, parse_lines
 
@@ -243,6 +244,10 @@ def run_outcome(steps: TraceSteps, qemu: str | None, wait_timeout_s: float) -> O
         report = diff_trace(trace, qemu=qemu, wait_timeout_s=wait_timeout_s)
     except QemuDied as exc:
         return Outcome(f"qemu-died:{_died_command(str(exc))}", str(exc))
+    except QemuNotFound:
+        raise
+    except OracleError as exc:  # QEMU hung (a command that never answered) or misbehaved
+        return Outcome(f"qemu-failed:{_died_command(str(exc))}", str(exc))
     except TraceError as exc:  # the generator produced a step QEMU must not run
         return Outcome("untestable:" + re.sub(r"line \d+: ", "", str(exc))[:80], str(exc))
     return _report_outcome(report)
@@ -315,6 +320,8 @@ def shrink(
 ) -> tuple[TraceSteps, Outcome, int]:
     """Delta-debug `steps` down to a minimal trace with the same first-difference signature.
 
+    Units (see `units_of`) first, then single actions of the transactions left.
+
     Returns the shrunk steps (header first), the `Outcome` of its last
     successful run, and how many QEMU runs it took.  At most `max_runs` runs.
     """
@@ -323,14 +330,18 @@ def shrink(
     runs = 0
     best = outcome
 
-    def interesting(candidate: list[list[int]]) -> Outcome | None:
+    def interesting_steps(trial: TraceSteps) -> Outcome | None:
         nonlocal runs
-        trial = [header] + [body[i] for i in sorted(i for u in candidate for i in u)]
         if _sim_breaks_waits(trial, outcome):
             return None
         runs += 1
         result = run_outcome(trial, qemu, SHRINK_WAIT_TIMEOUT_S)
         return result if result.signature == outcome.signature else None
+
+    def interesting(candidate: list[list[int]]) -> Outcome | None:
+        return interesting_steps(
+            [header] + [body[i] for i in sorted(i for u in candidate for i in u)]
+        )
 
     chunks = 2
     while len(units) >= 2 and runs < max_runs:
@@ -349,7 +360,32 @@ def shrink(
                 break
             chunks = min(chunks * 2, len(units))
     kept = [header] + [body[i] for i in sorted(i for u in units for i in u)]
+    for index in range(1, len(kept)):  # then the actions of each remaining transaction
+        while runs < max_runs:
+            smaller = _drop_one_action(kept, index, interesting_steps)
+            if smaller is None:
+                break
+            kept, best = smaller
     return kept, best, runs
+
+
+def _drop_one_action(
+    steps: TraceSteps, index: int, interesting: Callable[[TraceSteps], Outcome | None]
+) -> tuple[TraceSteps, Outcome] | None:
+    """`steps` with one action less in the transaction at `index`, if still interesting."""
+    step = steps[index]
+    actions = (
+        step.get("arguments", {}).get("actions") if step.get("execute") == "transaction" else None
+    )
+    if not isinstance(actions, list) or len(actions) < 2:
+        return None
+    for drop in range(len(actions)):
+        arguments = dict(step["arguments"], actions=actions[:drop] + actions[drop + 1 :])
+        trial = steps[:index] + [dict(step, arguments=arguments)] + steps[index + 1 :]
+        result = interesting(trial)
+        if result is not None:
+            return trial, result
+    return None
 
 
 def _sim_breaks_waits(trial: TraceSteps, original: Outcome) -> bool:
