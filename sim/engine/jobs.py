@@ -87,7 +87,9 @@ def _read_stop(job: Job) -> BlockNode | None:
 
 
 def _done(job: Job) -> bool:
-    return job.cancelled and (job.force or not job.kind.has_ready or job.ready)
+    """Force-cancelled (job_is_cancelled).  A soft cancel of a READY mirror is not:
+    mirror_run keeps copying until source and target are in sync, then exits."""
+    return job.cancelled and job.force
 
 
 def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
@@ -100,8 +102,10 @@ def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
         if _done(job) or job.error is not None:
             break
         if job.user_paused:
+            job.busy_flag = False
             yield waker.wait()
             continue
+        job.busy_flag = True
         chunk = kind.next_chunk()
         if chunk is None:
             if kind.has_ready:
@@ -110,9 +114,11 @@ def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
                     job.emit("BLOCK_JOB_READY", job.event_data())
                 if job.completion_requested or job.cancelled:
                     break
+                job.busy_flag = False
                 yield waker.wait()
                 continue
             if getattr(kind, "never_ends", False):
+                job.busy_flag = False
                 yield waker.wait()
                 continue
             break

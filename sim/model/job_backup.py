@@ -16,11 +16,12 @@ from sim.model.bitmap import DirtyBitmap, bits_at_granularity
 from sim.model.graph import BlockGraph, BlockNode
 from sim.model.job_flow import KindBase
 from sim.model.job_graph import (
-    allocated_clusters,
+    allocation_mask,
     chain_contents,
     copy_range,
     drop_filter,
     insert_filter,
+    set_bits_from_mask,
 )
 from sim.model.jobs import Job
 
@@ -64,6 +65,7 @@ class BackupKind(KindBase):
         self.access_map.bits.setall(1)
         self.filter.bitmaps[:0] = [self.access_map, self.done_map]
         self.copy_map = DirtyBitmap(None, self.cluster, size, enabled=False)
+        self.copy_map.bits.setall(1)  # block_copy_state_new: all dirty until backup_run
         source.bitmaps.insert(0, self.copy_map)
         self.filter.write_hook = self.before_write
         self.cursor = 0
@@ -77,14 +79,9 @@ class BackupKind(KindBase):
             bits.setall(0)
             bits |= bits_at_granularity(self.bitmap, self.cluster)
         elif self.sync == "top":
-            mask = allocated_clusters(
-                [self.source.content] if self.source.content else [],
-                self.source.size_bytes,
-                self.cluster,
-            )
             bits.setall(0)
-            for i in mask.nonzero()[0].tolist():
-                bits[i] = 1
+            mask = allocation_mask([self.source], self.source.size_bytes, self.cluster)
+            set_bits_from_mask(bits, mask)
         else:
             bits.setall(1)
         self.job.len = self._clipped_count()

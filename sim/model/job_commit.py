@@ -13,9 +13,10 @@ from sim.model.graph import BlockGraph, BlockNode
 from sim.model.job_flow import KindBase
 from sim.model.job_graph import (
     allocated_runs,
-    chain_contents,
+    chain_nodes,
     copy_range,
     drop_filter,
+    fully_allocated,
     insert_filter,
 )
 from sim.model.jobs import Job
@@ -53,8 +54,13 @@ class CommitKind(KindBase):
         return self.cursor, min(COMMIT_CHUNK, self.top.size_bytes - self.cursor)
 
     def copy_chunk(self, offset: int, length: int) -> None:
-        contents = chain_contents(self.graph, self.top, self.base)
-        for off, n in allocated_runs(contents, offset, length, self.top.cluster_size):
+        nodes = chain_nodes(self.graph, self.top, self.base)
+        contents = [n.content for n in nodes if n.content is not None]
+        if fully_allocated(nodes):
+            runs = [(offset, length)]
+        else:
+            runs = allocated_runs(contents, offset, length, self.top.cluster_size)
+        for off, n in runs:
             copy_range(self.graph, contents, self.base, off, n)
         self.cursor = offset + length
         self.job.offset += length
@@ -66,6 +72,8 @@ class CommitKind(KindBase):
         parents = [p for p, role in g.parents(self.filter) if role == "backing"]
         for p in parents:
             g.set_backing(p, self.base)
+            if p.image is not None:  # bdrv_drop_intermediate rewrites the header
+                p.image.backing_file = self.base.image.filename if self.base.image else None
         self.dropped = overlay is not None or bool(parents)
 
     def clean(self) -> None:

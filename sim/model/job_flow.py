@@ -164,9 +164,10 @@ def pause(job: Job) -> None:
 
 
 def resume(job: Job) -> None:
-    job.check_verb("resume")
+    """job_user_resume: 'not paused' is checked before the verb table."""
     if not job.user_paused:
         raise QMPError("Can't resume a job that was not paused")
+    job.check_verb("resume")
     job.user_paused = 0
     job.io_status = "ok"  # block_job_user_resume -> block_job_iostatus_reset
     _unpause(job)

@@ -11,6 +11,7 @@ through a BlockBackend on it would.
 from __future__ import annotations
 
 import numpy as np
+from bitarray import bitarray
 
 from sim.model.content import SECTOR_SHIFT, ZERO_STAMP, Content, read_through, sector_span
 from sim.model.graph import BlockGraph, BlockNode
@@ -63,6 +64,41 @@ def chain_contents(
         if n.content is not None:
             out.append(n.content)
     return out
+
+
+def chain_nodes(
+    graph: BlockGraph, top: BlockNode, stop: BlockNode | None = None
+) -> list[BlockNode]:
+    """The data nodes from `top` down to (excluding) `stop`."""
+    out: list[BlockNode] = []
+    for n in graph.backing_chain(top):
+        if n is stop:
+            break
+        out.append(n)
+    return out
+
+
+def fully_allocated(nodes: list[BlockNode]) -> bool:
+    """A raw node answers block-status with DATA or ZERO everywhere (file-posix reports
+    holes as zeroes), so bdrv_is_allocated_above sees all of it allocated."""
+    return any(n.driver == "raw" for n in nodes)
+
+
+def allocation_mask(nodes: list[BlockNode], size_bytes: int, cluster: int) -> np.ndarray:
+    """Bool per cluster: allocated in any of `nodes` (bdrv_is_allocated_above)."""
+    if fully_allocated(nodes):
+        return np.ones(-(-size_bytes // cluster), dtype=bool)
+    return allocated_clusters(
+        [n.content for n in nodes if n.content is not None], size_bytes, cluster
+    )
+
+
+def set_bits_from_mask(bits: bitarray, mask: np.ndarray) -> None:
+    """bits |= mask (bool per bit), at C speed."""
+    packed = bitarray(endian="little")
+    packed.frombytes(np.packbits(mask, bitorder="little").tobytes())
+    del packed[len(bits) :]
+    bits |= packed
 
 
 def allocated_clusters(contents: list[Content], size_bytes: int, cluster: int) -> np.ndarray:

@@ -16,12 +16,14 @@ from sim.model.bitmap import DirtyBitmap
 from sim.model.graph import BlockGraph, BlockNode
 from sim.model.job_flow import KindBase
 from sim.model.job_graph import (
-    allocated_clusters,
+    allocation_mask,
     chain_contents,
+    chain_nodes,
     copy_range,
     drop_filter,
     insert_filter,
     replace_node,
+    set_bits_from_mask,
 )
 from sim.model.jobs import Job
 
@@ -73,14 +75,12 @@ class MirrorKind(KindBase):
             self.dirty.bits.setall(1)
         elif self.sync != "none":
             if self.commit_mode:
-                contents = chain_contents(self.graph, self.source, self.base)
+                nodes = chain_nodes(self.graph, self.source, self.base)
             elif self.sync == "top":
-                contents = [self.source.content] if self.source.content else []
+                nodes = [self.source]
             else:
-                contents = chain_contents(self.graph, self.source)
-            mask = allocated_clusters(contents, self.source.size_bytes, g)
-            for i in mask.nonzero()[0].tolist():
-                self.dirty.bits[i] = 1
+                nodes = chain_nodes(self.graph, self.source)
+            set_bits_from_mask(self.dirty.bits, allocation_mask(nodes, self.source.size_bytes, g))
         self.update_len()
 
     def update_len(self) -> None:
@@ -107,6 +107,14 @@ class MirrorKind(KindBase):
         )
         self.job.offset += length
         self.update_len()
+
+    def flush_on_drain(self) -> None:
+        """A drain wakes a READY mirror, which runs one mirror_iteration (copying
+        what guest writes dirtied) before it reaches its pause point."""
+        if self.job.status != "ready":
+            return
+        while (chunk := self.next_chunk()) is not None:
+            self.copy_chunk(*chunk)
 
     def on_guest_write(self, node: BlockNode, offset: int, length: int) -> None:
         """A guest write passed mirror_top: the source's dirty bitmap recorded it; wake

@@ -73,6 +73,9 @@ class StreamKind(KindBase):
         if not self.nothing_to_do:
             old = self.node.backing
             self.graph.set_backing(self.node, self.base)
+            if self.node.image is not None:  # stream_prepare: bdrv_change_backing_file
+                base_image = self.base.image if self.base is not None else None
+                self.node.image.backing_file = base_image.filename if base_image else None
             if old is not None:
                 self.graph.delete_unreferenced(old)
 

@@ -90,6 +90,7 @@ class Job:
     history: list[str] = field(default_factory=list)
     seq: int = 0  # creation order, for deterministic iteration
     started: bool = False  # job_start() ran (a job of a failed transaction never starts)
+    busy_flag: bool = False  # the job's coroutine is inside its work (set by the engine)
     wake: Callable[[], None] = field(default=lambda: None)  # set by the engine
 
     def set_status(self, status: str) -> None:
@@ -164,7 +165,8 @@ class Job:
 
     @property
     def busy(self) -> bool:
-        return self.status == "running" and self.user_paused == 0
+        """Job.busy: the coroutine is running (not sleeping, paused or yet to enter)."""
+        return self.busy_flag and self.status in ("running", "ready") and self.user_paused == 0
 
 
 def valid_job_id(job_id: str) -> bool:

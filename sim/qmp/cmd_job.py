@@ -61,6 +61,12 @@ def new_job(m: Machine, job_id: str | None, main: BlockNode, jtype: str, a: dict
         raise QMPError(f"Invalid job ID '{job_id}'")
     if m.state.find_job(job_id) is not None:
         raise QMPError(f"Job ID '{job_id}' already in use")
+    if a.get("speed", 0) < 0:
+        # block_job_create: the job exists (created) when block_job_set_speed fails,
+        # then job_early_fail takes it straight to null
+        m.emit("JOB_STATUS_CHANGE", {"status": "created", "id": job_id})
+        m.emit("JOB_STATUS_CHANGE", {"status": "null", "id": job_id})
+        raise QMPError("Parameter 'speed' expects a non-negative value")
     return Job(
         job_id,
         jtype,
@@ -76,11 +82,6 @@ def register(m: Machine, job: Job, kind: Any, nodes: list[BlockNode]) -> None:
     m.state.register_job(job)
     job.set_status("created")
     job_flow.block_nodes(job, nodes)
-
-
-def _check_speed(a: dict[str, Any]) -> None:
-    if a.get("speed", 0) < 0:
-        raise QMPError("Parameter 'speed' expects a non-negative value")
 
 
 # -- backup ------------------------------------------------------------------------------
@@ -178,7 +179,6 @@ def _backup_prepared(m: Machine, job: Job) -> Prepared:
 @action("drive-backup")
 def _drive_backup(m: Machine, a: dict[str, Any], ctx: TxnContext) -> Prepared:
     g = m.state.graph
-    _check_speed(a)
     source = g.lookup_or_fail(a["device"])
     drained_begin(m, ctx, source)
     g.check_op(source, "backup-source")
@@ -213,7 +213,6 @@ def _drive_backup(m: Machine, a: dict[str, Any], ctx: TxnContext) -> Prepared:
 @action("blockdev-backup")
 def _blockdev_backup(m: Machine, a: dict[str, Any], ctx: TxnContext) -> Prepared:
     g = m.state.graph
-    _check_speed(a)
     source = g.lookup_or_fail(a["device"])
     target = g.lookup_or_fail(a["target"])
     drained_begin(m, ctx, source)
@@ -266,20 +265,15 @@ def _mirror_checks(a: dict[str, Any]) -> int:
         raise QMPError("Parameter 'granularity' expects a value in range [512B, 64MB]")
     if gran & (gran - 1):
         raise QMPError("Parameter 'granularity' expects a power of 2")
-    if a.get("buf-size", 0) < 0:
-        raise QMPError("Invalid parameter 'buf-size'")
     return int(gran)
 
 
 @command("drive-mirror")
 def _drive_mirror(m: Machine, a: dict[str, Any]) -> None:
     g = m.state.graph
-    _check_speed(a)
     source = root_bs(m, a["device"])
     g.check_op(source, "mirror-source")
     sync = a["sync"]
-    if sync in ("incremental", "bitmap"):
-        raise QMPError(f"Sync mode '{sync}' not supported")
     mode = a.get("mode", "absolute-paths")
     fmt = a.get("format") if "format" in a else (None if mode == "existing" else source.driver)
     data_src = g.data_node(source)
@@ -310,12 +304,9 @@ def _drive_mirror(m: Machine, a: dict[str, Any]) -> None:
 @command("blockdev-mirror")
 def _blockdev_mirror(m: Machine, a: dict[str, Any]) -> None:
     g = m.state.graph
-    _check_speed(a)
     source = root_bs(m, a["device"])
     target = g.lookup_or_fail(a["target"])
     sync = a["sync"]
-    if sync in ("incremental", "bitmap"):
-        raise QMPError(f"Sync mode '{sync}' not supported")
     _start_mirror(m, a, source, target, sync, sync == "full", close_target=False)
 
 
@@ -334,6 +325,11 @@ def _start_mirror(
     g.check_op(target, "mirror-target")
     if g.data_node(source).backing is None and sync == "top":
         sync = "full"
+    # mirror_start, then mirror_start_job
+    if sync in ("incremental", "bitmap"):
+        raise QMPError(f"Sync mode '{sync}' not supported")
+    if a.get("buf-size", 0) < 0:
+        raise QMPError("Invalid parameter 'buf-size'")
     if g.data_node(source) is g.data_node(target):
         raise QMPError("Can't mirror node into itself")
     if not gran:
@@ -402,7 +398,6 @@ def _find_backing_image(m: Machine, top: BlockNode, filename: str) -> BlockNode 
 @command("block-commit")
 def _block_commit(m: Machine, a: dict[str, Any]) -> None:
     g = m.state.graph
-    _check_speed(a)
     device = a["device"]
     node = g.lookup_bs(device)
     if node is None:
@@ -502,7 +497,6 @@ def _intermediate_commit(
 @command("block-stream")
 def _block_stream(m: Machine, a: dict[str, Any]) -> None:
     g = m.state.graph
-    _check_speed(a)
     if "base" in a and "base-node" in a:
         raise QMPError("'base' and 'base-node' cannot be specified at the same time")
     if "base" in a and "bottom" in a:

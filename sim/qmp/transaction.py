@@ -70,10 +70,19 @@ def check_completion_mode(name: str, ctx: TxnContext) -> None:
 def drain_all(m: Machine) -> None:
     """bdrv_drain_all: every active job pauses and resumes (reference §4.4)."""
     active = [j for j in m.state.jobs if j.user_paused == 0 and j.status in ("running", "ready")]
+    _flush(active)
     for job in active:
         job.set_status("standby" if job.status == "ready" else "paused")
     for job in active:
         job.set_status("ready" if job.status == "standby" else "running")
+
+
+def _flush(jobs: list[Any]) -> None:
+    """What a job does between being asked to pause and reaching its pause point."""
+    for job in jobs:
+        flush = getattr(job.kind, "flush_on_drain", None)
+        if flush is not None:
+            flush()
 
 
 def drained_begin(m: Machine, ctx: TxnContext, node: Any) -> None:
@@ -86,6 +95,7 @@ def drained_begin(m: Machine, ctx: TxnContext, node: Any) -> None:
         and j.status in ("running", "ready")
         and any(n is node for n in getattr(j.kind, "nodes", []))
     ]
+    _flush(jobs)
     for job in jobs:
         job.set_status("standby" if job.status == "ready" else "paused")
 
