@@ -12,6 +12,11 @@ if ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ! command -v qemu-img >/de
             || echo "warning: could not install QEMU (see /tmp/blocksim-apt.log); QEMU tests will skip"
     fi
 fi
+# Headless Chromium renders the report page in tests/test_report.py (skipped when absent).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium \
+        >>/tmp/blocksim-apt.log 2>&1 || echo "warning: could not install chromium; the browser test will skip"
+fi
 python3 -m pip install -q -e ".[test]" 2>&1 | grep -v -i "warning: running pip as" || true
 
 ruff check .
