@@ -1,16 +1,44 @@
 """query-* commands and the final-state snapshot a replay prints.
 
-Output shapes follow QEMU 7.2 (qapi/block-core.json BlockDeviceInfo,
-BlockDirtyInfo, BlockInfo; qapi/job.json JobInfo).  Lists are in QEMU's
+Output shapes follow QEMU 7.2: block/qapi.c `bdrv_block_device_info` (BlockDeviceInfo),
+`bdrv_query_image_info` (ImageInfo), `bdrv_query_info` (BlockInfo) and
+qapi/block-core.json BlockDirtyInfo; qapi/job.json JobInfo.  Lists are in QEMU's
 orders: nodes newest first, bitmaps newest first, jobs newest first.
+
+Theory of operation.  Most of a BlockDeviceInfo is fixed for the drives a trace
+can make (no throttling, writeback cache, no encryption).  What varies:
+
+* the `image` chain.  Without `flat`, `backing-image` nests the image info of
+  `bdrv_filter_or_cow_child()`: a qcow2 node's backing child, a filter's filtered
+  child (copy-before-write and copy-on-read: `file`; mirror_top and commit_top:
+  `backing`).  `backing_file_depth` counts those levels, so it is 0 with `flat`.
+  query-block skips implicit filters (unnamed mirror_top, commit_top,
+  copy-on-read) below every level, query-named-block-nodes does not.
+* `backing_file` / `backing-filename*`: the backing file named in the image
+  header (`bs->backing_file`), which only blockdev-snapshot-sync and job
+  targets created with a backing write; a filter has none.
+* sizes read back from the host file: `virtual-size` of a `file` node is the
+  file length rounded up to 512 bytes (`bdrv_getlength` counts sectors) and
+  `actual-size` is `st_blocks * 512`.  `host_file` derives both from what QEMU
+  writes; see its docstring for the layout and its limits.
+* `format-specific` of qcow2, whose `bitmaps` list the persistent bitmaps stored
+  in the image header: they are written when the node is reopened read-only
+  (a snapshot on top of it), `qcow2_store_persistent_dirty_bitmaps`.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from sim.model.bitmap import DirtyBitmap
-from sim.model.graph import BlockBackend, BlockGraph, BlockNode
+from sim.model.content import FIRST_DATA_STAMP, SECTOR_SHIFT, Content
+from sim.model.graph import QCOW2_CLUSTER, BlockBackend, BlockGraph, BlockNode, Image
+from sim.qmp.cmd_blockdev import NULL_CO_DEFAULT_SIZE
 from sim.qmp.dispatch import command
 
 if TYPE_CHECKING:
@@ -19,6 +47,289 @@ if TYPE_CHECKING:
 QEMU_VERSION = {
     "qemu": {"micro": 22, "minor": 2, "major": 7},
     "package": "Debian 1:7.2+dfsg-7+deb12u18+b3",
+}
+
+
+# -- host files: what stat() says about an image ------------------------------------------
+
+FS_BLOCK = 4096  # ext4 block size of the folder the oracle records in
+EXT4_INLINE_EXTENTS = 4  # extents the inode holds; a fifth needs an index block
+EXT4_MAX_EXTENT_BLOCKS = 32768
+QCOW2_CREATE_CLUSTERS = 3  # header, refcount table, one refcount block (qcow2_co_create)
+L1_ENTRY_BYTES = 8
+BITMAP_TABLE_ENTRY_BYTES = 8
+BITMAP_DIR_ENTRY_BYTES = 24  # Qcow2BitmapDirEntry without its name
+
+
+@dataclass(frozen=True, slots=True)
+class HostFile:
+    """An image file as stat() sees it: st_size and st_blocks * 512."""
+
+    length_bytes: int
+    allocated_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """File-system blocks one write allocated.
+
+    `group` tells allocations ext4 made at different times apart (they are
+    not assumed to touch on disk); 0 is delayed allocation, placed at
+    writeback.  `early` runs are in the extent tree at once: what was synced
+    (`qemu-img create`, a flush) and fallocate(ZERO_RANGE), which stays one
+    unwritten extent until writeback converts the parts written since.
+    """
+
+    first_block: int
+    nblocks: int
+    written: bool
+    group: int = 0
+    early: bool = False
+    fallocated: bool = False
+
+
+class _HostMap:
+    """The blocks of one image file, in the order QEMU allocated its clusters."""
+
+    def __init__(self, cluster_bytes: int) -> None:
+        self.cluster_bytes = cluster_bytes
+        self.runs: list[_Run] = []
+        self.length_bytes = 0
+        self.next_cluster = 0
+        self._groups = 0
+
+    def new_group(self) -> int:
+        self._groups += 1
+        return self._groups
+
+    def write(self, nbytes: int, group: int = 0, *, early: bool = False) -> None:
+        """New clusters written from their start, `nbytes` long."""
+        first = self.next_cluster * self.cluster_bytes
+        self.next_cluster += max(-(-nbytes // self.cluster_bytes), 1)
+        run = _Run(first // FS_BLOCK, -(-nbytes // FS_BLOCK), True, group, early or group != 0)
+        self.runs.append(run)
+        self.length_bytes = max(self.length_bytes, first + nbytes)
+
+    def fallocate(self, written: list[bool]) -> None:
+        """A new cluster zeroed by fallocate, then written in the blocks marked True."""
+        first = self.next_cluster * self.cluster_bytes // FS_BLOCK
+        self.next_cluster += 1
+        group = self.new_group()
+        for i, is_written in enumerate(written):
+            self.runs.append(_Run(first + i, 1, is_written, group, True, True))
+        self.length_bytes = max(self.length_bytes, self.next_cluster * self.cluster_bytes)
+
+    def extents(self, settled: bool) -> int:
+        """Extents in the tree, if each group got contiguous disk blocks; before
+        writeback (not `settled`) only the early runs."""
+        view = sorted(
+            (r.first_block, r.nblocks, r.written and (settled or not r.fallocated), r.group)
+            for r in self.runs
+            if settled or r.early
+        )
+        lengths: list[tuple[int, bool]] = []  # (blocks, written) per merged extent
+        end, last = -1, (False, -1)
+        for first, nblocks, written, group in view:
+            if first == end and (written, group) == last:
+                lengths[-1] = (lengths[-1][0] + nblocks, written)
+            else:
+                lengths.append((nblocks, written))
+            end, last = first + nblocks, (written, group)
+        # an extent holds at most 32768 blocks (32767 unwritten)
+        return sum(-(-n // (EXT4_MAX_EXTENT_BLOCKS - (not w))) for n, w in lengths)
+
+    def host_file(self, settled: bool) -> HostFile:
+        blocks = sum(r.nblocks for r in self.runs)
+        blocks += self.extents(settled) > EXT4_INLINE_EXTENTS  # the index block
+        return HostFile(self.length_bytes, blocks * FS_BLOCK)
+
+
+def host_file(graph: BlockGraph, image: Image) -> HostFile:
+    """Length and allocated bytes of an image file, from what QEMU 7.2 wrote to it.
+
+    qcow2: `qemu-img create` (or bdrv_img_create) writes three whole clusters
+    (header, refcount table, refcount block) and the L1 table (8 bytes per
+    512 MiB of disk) after them.  Clusters are then allocated first fit: for
+    each 512 MiB region the guest touches, its L2 table (written whole, then
+    flushed by l2_allocate) and its data clusters.  A cluster written whole,
+    or partly over a backing file with data there (copy-on-write), is written
+    whole; one written partly over zeroes is first zeroed whole with
+    fallocate(ZERO_RANGE) (handle_alloc_space); one that only got `write -z`
+    is a zero flag.  Stored persistent bitmaps (`stored_bitmaps`) add, newest
+    first, their dirty data clusters (whole) and their tables, then the
+    directory (qcow2_store_persistent_dirty_bitmaps).
+    raw: `qemu-img create` allocates the first 4 KiB (allocate_first_block),
+    then each 4 KiB block the guest touches (`write -z`: by fallocate).
+    A read-only node was flushed when it was reopened ("settled"), so all its
+    extents exist; otherwise only the synced and fallocated ones do.  More
+    than four extents take an index block.
+
+    Not exact: clusters are placed in guest-offset order (QEMU: order of first
+    write); a cluster zeroed after it held data keeps its host cluster on QEMU;
+    bitmaps stored a second time (after a commit made the node writable
+    again), discard=unmap and flushes of a writable node (qemu-io `flush`, a
+    job's end) are not modelled; ext4 may split what this assumes contiguous,
+    which adds the index block on some runs and not on others.
+    """
+    node = _format_node_of(graph, image)
+    cluster = node.cluster_size if node is not None else QCOW2_CLUSTER
+    hmap = _HostMap(cluster)
+    settled = node is not None and node.read_only
+    if image.format == "raw":
+        _raw_layout(hmap, image)
+        return hmap.host_file(settled)
+    created = hmap.new_group()
+    hmap.write(QCOW2_CREATE_CLUSTERS * cluster, created)
+    l2_span = cluster * (cluster // L1_ENTRY_BYTES)
+    hmap.write(-(-image.size_bytes // l2_span) * L1_ENTRY_BYTES, created)
+    backing = [] if node is None else graph.backing_chain(node)[1:]
+    region = -1
+    for index, stamps, has_data, whole in _guest_clusters(image.content, cluster):
+        if index * cluster // l2_span != region:
+            region = index * cluster // l2_span
+            hmap.write(cluster, hmap.new_group())  # the L2 table
+        if not has_data:
+            continue  # only `write -z`: a zero flag in the L2 table
+        if whole or _backing_has_data(backing, index, cluster, stamps == 0):
+            hmap.write(cluster)
+        else:
+            hmap.fallocate(_written_blocks(stamps))
+    if node is not None:
+        _store_bitmaps(hmap, stored_bitmaps(node))
+    return hmap.host_file(settled)
+
+
+def _format_node_of(graph: BlockGraph, image: Image) -> BlockNode | None:
+    for node in graph.nodes:
+        if node.image is image and node.is_format:
+            return node
+    return None
+
+
+def _guest_clusters(content: Content, cluster: int) -> Iterator[tuple[int, np.ndarray, bool, bool]]:
+    """(index, sector stamps, holds data, written whole) of each cluster holding a stamp,
+    ascending; a run of such clusters is read and classified at once."""
+    per = cluster >> SECTOR_SHIFT
+    for lo, hi in _cluster_runs(content, per):
+        stamps = content.read(lo * per, min(hi * per, content.nsectors))
+        rows = np.zeros(((hi - lo) * per,), dtype=stamps.dtype)
+        rows[: stamps.size] = stamps
+        rows = rows.reshape(hi - lo, per)
+        has_data = ((rows >= FIRST_DATA_STAMP).sum(axis=1) > 0).tolist()
+        whole = ((rows != 0).sum(axis=1) == per).tolist()
+        for i in range(hi - lo):
+            yield lo + i, rows[i], has_data[i], whole[i]
+
+
+def _cluster_runs(content: Content, per: int) -> list[tuple[int, int]]:
+    """[first, end) cluster ranges covering the allocated sectors, ascending."""
+    runs: list[tuple[int, int]] = []
+    for first, end in content.allocated_sectors():
+        lo, hi = first // per, (end - 1) // per + 1
+        if runs and runs[-1][1] >= lo:
+            runs[-1] = (runs[-1][0], max(runs[-1][1], hi))
+        else:
+            runs.append((lo, hi))
+    return runs
+
+
+def _written_blocks(stamps: np.ndarray) -> list[bool]:
+    """Per file-system block of a cluster: does it hold a written sector."""
+    per_block = FS_BLOCK >> SECTOR_SHIFT
+    return [bool(n) for n in (stamps != 0).reshape(-1, per_block).sum(axis=1).tolist()]
+
+
+def _backing_has_data(
+    backing: list[BlockNode], index: int, cluster: int, holes: np.ndarray
+) -> bool:
+    """is_zero_cow() fails: a backing node has data where the write does not reach."""
+    per = cluster >> SECTOR_SHIFT
+    for node in backing:
+        content = node.content
+        if content is None or index * per >= content.nsectors:
+            continue
+        below = content.read(index * per, min((index + 1) * per, content.nsectors))
+        if (below[holes[: below.size]] >= FIRST_DATA_STAMP).any():
+            return True
+    return False
+
+
+def _raw_layout(hmap: _HostMap, image: Image) -> None:
+    hmap.length_bytes = image.size_bytes
+    per_block = FS_BLOCK >> SECTOR_SHIFT
+    created, zeroed = hmap.new_group(), hmap.new_group()
+    hmap.runs.append(_Run(0, 1, True, created, True))
+    for lo, hi in _cluster_runs(image.content, per_block):
+        stamps = image.content.read(lo * per_block, min(hi * per_block, image.content.nsectors))
+        rows = np.zeros(((hi - lo) * per_block,), dtype=stamps.dtype)
+        rows[: stamps.size] = stamps
+        data = ((rows.reshape(hi - lo, per_block) >= FIRST_DATA_STAMP).sum(axis=1) > 0).tolist()
+        start = 1 if lo == 0 else 0  # block 0: allocate_first_block
+        for i in range(start, hi - lo):
+            if i > start and data[i] == data[i - 1]:
+                continue
+            n = next((j for j in range(i + 1, hi - lo) if data[j] != data[i]), hi - lo) - i
+            if data[i]:
+                hmap.runs.append(_Run(lo + i, n, True))
+            else:  # write -z: fallocate(ZERO_RANGE)
+                hmap.runs.append(_Run(lo + i, n, False, zeroed, True, True))
+
+
+def stored_bitmaps(node: BlockNode) -> list[DirtyBitmap]:
+    """Persistent bitmaps written to the node's qcow2 header, newest first.
+
+    QEMU stores them when the node is reopened read-only, which is when the
+    simulator marks them `readonly` (sim.model.snapshot.append); a node made
+    writable again (a commit base) keeps them there, flagged in-use.
+    """
+    if node.driver != "qcow2":
+        return []
+    return [b for b in node.bitmaps if b.persistent and b.readonly and b.name is not None]
+
+
+def _store_bitmaps(hmap: _HostMap, bitmaps: list[DirtyBitmap]) -> None:
+    """Flushed by the reopen, and placed on disk after the guest data it flushed."""
+    if not bitmaps:
+        return
+    cluster = hmap.cluster_bytes
+    bits_per_cluster = cluster * 8
+    for bm in bitmaps:
+        dirty: set[int] = set()
+        for offset, length in bm.dirty_extents():
+            first_bit, end_bit = offset // bm.granularity, (offset + length - 1) // bm.granularity
+            dirty.update(range(first_bit // bits_per_cluster, end_bit // bits_per_cluster + 1))
+        for _ in sorted(dirty):
+            hmap.write(cluster, early=True)  # store_bitmap_data writes whole clusters
+        table_entries = -(-bm.nbits // bits_per_cluster)
+        hmap.write(table_entries * BITMAP_TABLE_ENTRY_BYTES, early=True)
+    hmap.write(sum(_dir_entry_bytes(bm) for bm in bitmaps), early=True)
+
+
+def _dir_entry_bytes(bm: DirtyBitmap) -> int:
+    name = (bm.name or "").encode()
+    return -(-(BITMAP_DIR_ENTRY_BYTES + len(name)) // 8) * 8
+
+
+# -- BlockDeviceInfo and ImageInfo ---------------------------------------------------------
+
+_FIXED_DEVICE_INFO: dict[str, Any] = {
+    "iops_rd": 0,
+    "detect_zeroes": "off",
+    "iops_wr": 0,
+    "iops": 0,
+    "bps_wr": 0,
+    "write_threshold": 0,
+    "encrypted": False,
+    "bps": 0,
+    "bps_rd": 0,
+}
+_QCOW2_SPECIFIC: dict[str, Any] = {
+    "compat": "1.1",
+    "compression-type": "zlib",
+    "lazy-refcounts": False,
+    "refcount-bits": 16,
+    "corrupt": False,
+    "extended-l2": False,
 }
 
 
@@ -60,53 +371,256 @@ def final_bitmap(bm: DirtyBitmap) -> dict[str, Any]:
 def shown_root(bb: BlockBackend) -> BlockNode | None:
     """The node query-block shows as `inserted`: implicit job filters skipped."""
     node = bb.root
-    while node is not None and node.implicit:
-        node = node.filtered_child()
+    return skip_implicit(node) if node is not None else None
+
+
+def skip_implicit(node: BlockNode) -> BlockNode:
+    """bdrv_skip_implicit_filters."""
+    while node.implicit:
+        child = node.filtered_child()
+        if child is None:
+            break
+        node = child
     return node
 
 
-def _image_info(graph: BlockGraph, node: BlockNode) -> dict[str, Any]:
+def filter_or_cow_child(node: BlockNode) -> BlockNode | None:
+    """bdrv_filter_or_cow_bs: a filter's filtered child, a qcow2 node's backing child."""
+    if node.is_filter:
+        return node.filtered_child()
+    return node.backing if node.driver == "qcow2" else None
+
+
+def _unfiltered(node: BlockNode) -> BlockNode:
+    """bdrv_skip_filters: the first node below `node` that is not a filter."""
+    while node.is_filter and node.filtered_child() is not None:
+        child = node.filtered_child()
+        assert child is not None
+        node = child
+    return node
+
+
+def node_image(graph: BlockGraph, node: BlockNode) -> Image | None:
+    """The image file under a node: its own, or (a `file` node of a -drive or a
+    snapshot, which the model does not link) its format parent's."""
+    if node.image is not None:
+        return node.image
+    for parent, role in graph.parents(node):
+        if role == "file" and parent.is_format and parent.image is not None:
+            return parent.image
+    return None
+
+
+def node_filename(graph: BlockGraph, node: BlockNode) -> str:
+    """bs->filename, as block.c bdrv_refresh_filename makes it.
+
+    An image node shows its file; an implicit filter, or one with its own
+    refresh_filename (mirror_top, commit_top, copy-before-write), its child's;
+    a named copy-on-read filter has neither and shows its options as json.
+    """
+    if node.driver == "copy-on-read" and not node.implicit and node.file is not None:
+        options = {"driver": node.driver, "file": _open_options(graph, node.file)}
+        return "json:" + json.dumps(options, sort_keys=True)
+    node = _unfiltered(node)
+    image = node_image(graph, node)
+    if image is not None:
+        return image.filename
+    if node.driver == "null-co":
+        return _null_co_filename(node)
+    return node.node_name
+
+
+def _open_options(graph: BlockGraph, node: BlockNode) -> dict[str, Any]:
+    """bs->full_open_options: the driver, its strong options and its file child."""
+    if node.driver == "file":
+        return {"driver": "file", "filename": node_filename(graph, node)}
+    if node.is_format and node.file is not None:
+        return {"driver": node.driver, "file": _open_options(graph, node.file)}
+    if node.driver == "null-co" and node.size_bytes != NULL_CO_DEFAULT_SIZE:
+        return {"driver": "null-co", "size": node.size_bytes}
+    return {"driver": node.driver}
+
+
+def _null_co_filename(node: BlockNode) -> str:
+    """null_refresh_filename: `null-co://` with default options, else json (the
+    simulator keeps only `size`, and cannot tell an explicit 1 GiB from the default)."""
+    if node.size_bytes == NULL_CO_DEFAULT_SIZE:
+        return "null-co://"
+    return "json:" + json.dumps({"driver": "null-co", "size": node.size_bytes}, sort_keys=True)
+
+
+def is_read_only(graph: BlockGraph, node: BlockNode) -> bool:
+    """`ro`: a protocol node follows its format parents (reopened with them); the
+    commit_top filter is opened without BDRV_O_RDWR (block/commit.c)."""
+    if node.read_only or node.driver == "commit_top":
+        return True
+    parents = [p for p, role in graph.parents(node) if role == "file" and p.is_format]
+    return bool(parents) and all(p.read_only for p in parents)
+
+
+def image_info(graph: BlockGraph, node: BlockNode) -> dict[str, Any]:
+    """ImageInfo of one node, without `backing-image` (bdrv_query_image_info)."""
     info: dict[str, Any] = {
-        "virtual-size": node.size_bytes,
-        "filename": node.image.filename if node.image else node.node_name,
+        "virtual-size": _virtual_size(graph, node),
+        "filename": node_filename(graph, node),
         "format": node.driver,
-        "dirty-flag": False,
     }
+    info.update(_get_info(node))
+    actual = allocated_file_size(graph, node)
+    if actual is not None:
+        info["actual-size"] = actual
     if node.driver == "qcow2":
-        info["cluster-size"] = node.cluster_size
-    chain = graph.backing_chain(node)
-    if len(chain) > 1 and chain[1].image is not None:
-        info["backing-filename"] = chain[1].image.filename
-        info["full-backing-filename"] = chain[1].image.filename
+        info["format-specific"] = {"type": "qcow2", "data": _qcow2_specific(node)}
+    backing_file = _header_backing_file(graph, node)
+    if backing_file is not None:
+        info["backing-filename"] = backing_file[0]
+        info["full-backing-filename"] = backing_file[0]
+        info["backing-filename-format"] = backing_file[1]
     return info
 
 
-def device_info(graph: BlockGraph, node: BlockNode) -> dict[str, Any]:
-    """BlockDeviceInfo for one node."""
-    chain = graph.backing_chain(node)
-    info: dict[str, Any] = {
-        "iops_rd": 0,
-        "detect_zeroes": "off",
-        "image": _image_info(graph, node),
-        "iops_wr": 0,
-        "ro": node.read_only,
-        "node-name": node.node_name,
-        "backing_file_depth": len(chain) - 1,
-        "drv": node.driver,
-        "iops": 0,
-        "bps_wr": 0,
-        "write_threshold": 0,
-        "encrypted": False,
-        "bps": 0,
-        "bps_rd": 0,
-        "cache": {"no-flush": False, "direct": False, "writeback": True},
-        "file": node.image.filename if node.image else node.node_name,
-    }
-    if len(chain) > 1 and chain[1].image is not None:
-        info["backing_file"] = chain[1].image.filename
+def _virtual_size(graph: BlockGraph, node: BlockNode) -> int:
+    image = node_image(graph, node) if node.driver == "file" else None
+    if image is not None:
+        length = host_file(graph, image).length_bytes
+        return -(-length // 512) * 512  # bdrv_getlength: whole sectors
+    return node.size_bytes
+
+
+def _get_info(node: BlockNode) -> dict[str, Any]:
+    """What bdrv_get_info adds: `cluster-size` (qcow2) and `dirty-flag`; filters pass
+    the call to their child, null-co has no such callback."""
+    node = _unfiltered(node)
+    if node.driver == "null-co":
+        return {}
+    if node.driver == "qcow2":
+        return {"cluster-size": node.cluster_size, "dirty-flag": False}
+    return {"dirty-flag": False}
+
+
+def allocated_file_size(graph: BlockGraph, node: BlockNode) -> int | None:
+    """bdrv_get_allocated_file_size: a filter's child's, a format node's file's, 0 for
+    null-co; None (no `actual-size`) when there is no host file to ask."""
+    node = _unfiltered(node)
+    if node.driver == "null-co":
+        return 0
+    if node.driver == "file" or (node.is_format and node.file is not None):
+        image = node_image(graph, node)
+        return host_file(graph, image).allocated_bytes if image is not None else None
+    return None
+
+
+def _qcow2_specific(node: BlockNode) -> dict[str, Any]:
+    data = dict(_QCOW2_SPECIFIC)
+    stored = stored_bitmaps(node)
+    if stored:
+        # qcow2_get_bitmap_info_list reads the directory: store order, newest first
+        in_use = [] if node.read_only else ["in-use"]
+        data["bitmaps"] = [
+            {
+                "flags": in_use + (["auto"] if bm.enabled else []),
+                "name": bm.name,
+                "granularity": bm.granularity,
+            }
+            for bm in stored
+        ]
+    return data
+
+
+def _header_backing_file(graph: BlockGraph, node: BlockNode) -> tuple[str, str] | None:
+    """(file name, format) of the backing file a qcow2 node names (`bs->backing_file`).
+
+    QEMU keeps it in step with the backing child: a snapshot writes it into
+    the new overlay, commit and stream rewrite it (bdrv_change_backing_file);
+    a job filter in between shows its child's file name.
+    """
+    if node.driver != "qcow2" or node.backing is None:
+        return None
+    below = _unfiltered(node.backing)
+    return node_filename(graph, below), below.driver
+
+
+def device_info(
+    graph: BlockGraph,
+    node: BlockNode,
+    *,
+    flat: bool = False,
+    skip_implicit_filters: bool = False,
+    detect_zeroes_unmap: bool = False,
+) -> dict[str, Any]:
+    """BlockDeviceInfo for one node (bdrv_block_device_info).
+
+    Without `flat`, `image` nests the whole filter-or-COW chain below the node
+    and `backing_file_depth` counts its levels; query-block passes
+    `skip_implicit_filters` (it has a BlockBackend).  `detect_zeroes_unmap`
+    marks a node opened with detect-zeroes=unmap (a drive-backup target).
+    """
+    image = image_info(graph, node)
+    depth, level, below = 0, image, node
+    while not flat:
+        child = filter_or_cow_child(below)
+        if child is None:
+            break
+        if skip_implicit_filters:
+            child = skip_implicit(child)
+        depth += 1
+        level["backing-image"] = image_info(graph, child)
+        level, below = level["backing-image"], child
+    info: dict[str, Any] = dict(_FIXED_DEVICE_INFO)
+    if detect_zeroes_unmap:
+        info["detect_zeroes"] = "unmap"
+    info.update(
+        {
+            "image": image,
+            "ro": is_read_only(graph, node),
+            "node-name": node.node_name,
+            "backing_file_depth": depth,
+            "drv": node.driver,
+            "cache": {"no-flush": False, "direct": False, "writeback": True},
+            "file": node_filename(graph, node),
+        }
+    )
+    backing_file = _header_backing_file(graph, node)
+    if backing_file is not None:
+        info["backing_file"] = backing_file[0]
     if node.bitmaps:
         info["dirty-bitmaps"] = [dirty_info(b) for b in node.bitmaps]
     return info
+
+
+def drive_backup_targets(m: Machine) -> list[BlockNode]:
+    """Targets drive-backup opened itself: blockdev.c drive_backup_prepare opens
+    them with discard=unmap and detect-zeroes=unmap."""
+    return [
+        j.kind.target
+        for j in m.state.jobs
+        if j.type == "backup" and getattr(j.kind, "close_target", False)
+    ]
+
+
+def block_info(
+    graph: BlockGraph, bb: BlockBackend, unmap_nodes: Sequence[BlockNode] = ()
+) -> dict[str, Any]:
+    """BlockInfo of one BlockBackend (bdrv_query_info).
+
+    `-drive if=none` attaches no device: no `qdev`, no `tray_open`, and no
+    `io-status` (blk_iostatus_is_enabled needs a device model).
+    """
+    entry: dict[str, Any] = {
+        "device": bb.name,
+        "locked": False,
+        "removable": True,
+        "type": "unknown",
+    }
+    node = shown_root(bb)
+    if node is not None:
+        unmap = any(n is node for n in unmap_nodes)
+        inserted = device_info(graph, node, skip_implicit_filters=True, detect_zeroes_unmap=unmap)
+        if bb.bitmaps:  # the bb-attached policy's bitmaps come first
+            own = inserted.get("dirty-bitmaps", [])
+            inserted["dirty-bitmaps"] = [dirty_info(b) for b in bb.bitmaps] + own
+        entry["inserted"] = inserted
+    return entry
 
 
 @command("query-version")
@@ -117,33 +631,19 @@ def _query_version(m: Machine, a: dict[str, Any]) -> dict[str, Any]:
 @command("query-named-block-nodes")
 def _query_named_block_nodes(m: Machine, a: dict[str, Any]) -> list[dict[str, Any]]:
     graph = m.state.graph
-    return [device_info(graph, n) for n in reversed(graph.nodes)]
+    flat = bool(a.get("flat", False))
+    unmap = drive_backup_targets(m)
+    return [
+        device_info(graph, n, flat=flat, detect_zeroes_unmap=any(n is t for t in unmap))
+        for n in reversed(graph.nodes)
+    ]
 
 
 @command("query-block")
 def _query_block(m: Machine, a: dict[str, Any]) -> list[dict[str, Any]]:
     graph = m.state.graph
-    out = []
-    for bb in graph.backends.values():
-        entry: dict[str, Any] = {
-            "io-status": "ok",
-            "device": bb.name,
-            "locked": False,
-            "removable": True,
-            "type": "unknown",
-        }
-        node = shown_root(bb)
-        if node is not None:
-            entry["inserted"] = device_info(graph, node)
-            if bb.bitmaps:
-                entry["inserted"].setdefault("dirty-bitmaps", [])
-                entry["inserted"]["dirty-bitmaps"] = [dirty_info(b) for b in bb.bitmaps] + entry[
-                    "inserted"
-                ]["dirty-bitmaps"]
-        else:
-            entry["tray_open"] = False
-        out.append(entry)
-    return out
+    unmap = drive_backup_targets(m)
+    return [block_info(graph, bb, unmap) for bb in graph.backends.values()]
 
 
 @command("query-jobs")
