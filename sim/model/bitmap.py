@@ -44,6 +44,7 @@ class DirtyBitmap:
         "_shift",
         "stale_head",
         "freed",
+        "stored",
     )
 
     def __init__(
@@ -70,6 +71,7 @@ class DirtyBitmap:
         self.txn_hold = False
         self.stale_head: object | None = None  # qemu-2.5 list-head bug (policy.py)
         self.freed = False  # released while still listed somewhere (qemu-2.5 bug)
+        self.stored = False  # written to its qcow2 header (persistent, node reopened read-only)
 
     # -- state, as QEMU reports it -------------------------------------------------
     @property

@@ -260,6 +260,24 @@ class BlockGraph:
             stack.extend(reversed(kids))
         return deleted
 
+    def reopen_rw(self, node: BlockNode) -> bool:
+        """bdrv_reopen_set_read_only(node, false): its persistent bitmaps become writable
+        again (qcow2_reopen_bitmaps_rw marks them in-use in the header).  Returns the
+        previous read-only state."""
+        was = node.read_only
+        node.read_only = False
+        for bm in node.bitmaps:
+            if bm.persistent:
+                bm.readonly = False
+        return was
+
+    def reopen_ro(self, node: BlockNode) -> None:
+        """bdrv_reopen_set_read_only(node, true): persistent bitmaps are stored and readonly."""
+        node.read_only = True
+        for bm in node.bitmaps:
+            if bm.persistent:
+                bm.readonly = bm.stored = True
+
     def op_blocker(self, node: BlockNode, op: str) -> str | None:
         """The reason `op` is blocked on `node` (bdrv_op_is_blocked), newest blocker first."""
         for reason, allowed in reversed(node.blockers):

@@ -39,8 +39,7 @@ class CommitKind(KindBase):
         self.graph, self.job = graph, job
         self.active, self.top, self.base = active, top, base
         self.nodes: list[BlockNode] = []
-        self.base_ro = base.read_only
-        base.read_only = False
+        self.base_ro = graph.reopen_rw(base)
         self.filter = insert_filter(graph, top, "commit_top", filter_name)
         self.cursor = 0
         self.len_set = False
@@ -84,4 +83,5 @@ class CommitKind(KindBase):
             g.delete_unreferenced(self.top)
         else:
             drop_filter(g, self.filter)
-        self.base.read_only = self.base_ro
+        if self.base_ro:
+            self.graph.reopen_ro(self.base)

@@ -60,7 +60,7 @@ class MirrorKind(KindBase):
         self.nodes: list[BlockNode] = []
         self.target_ro_before = target.read_only
         if commit:
-            target.read_only = False
+            graph.reopen_rw(target)
         self.filter = insert_filter(graph, source, "mirror_top", filter_name)
         self.filter.write_hook = self.on_guest_write
         self.dirty = DirtyBitmap(None, granularity, source.size_bytes, enabled=not write_blocking)

@@ -112,7 +112,7 @@ def append(graph: BlockGraph, policy: PlacementPolicy, new: BlockNode, old: Bloc
     roots = [bb for bb in graph.backends.values() if bb.root is old]
     saved_lists = (list(old.bitmaps), list(new.bitmaps))
     saved_ro = old.read_only
-    saved_readonly = [(bm, bm.readonly) for bm in old.bitmaps]
+    saved_readonly = [(bm, bm.readonly, bm.stored) for bm in old.bitmaps]
     graph.set_backing(new, old)
     for p, role in parents:
         if role == "backing":
@@ -125,7 +125,8 @@ def append(graph: BlockGraph, policy: PlacementPolicy, new: BlockNode, old: Bloc
     old.read_only = True
     for bm in old.bitmaps:
         if bm.persistent:
-            bm.readonly = True
+            bm.readonly = True  # qcow2_reopen_bitmaps_ro stores them and marks them readonly
+            bm.stored = True
     policy.on_append(graph, old, new)
 
     def undo() -> None:
@@ -139,8 +140,8 @@ def append(graph: BlockGraph, policy: PlacementPolicy, new: BlockNode, old: Bloc
         graph.set_backing(new, None)
         old.read_only = saved_ro
         old.bitmaps, new.bitmaps = list(saved_lists[0]), list(saved_lists[1])
-        for bm, ro in saved_readonly:
-            bm.readonly = ro
+        for bm, ro, stored in saved_readonly:
+            bm.readonly, bm.stored = ro, stored
 
     return undo
 

@@ -278,13 +278,13 @@ def _raw_layout(hmap: _HostMap, image: Image) -> None:
 def stored_bitmaps(node: BlockNode) -> list[DirtyBitmap]:
     """Persistent bitmaps written to the node's qcow2 header, newest first.
 
-    QEMU stores them when the node is reopened read-only, which is when the
-    simulator marks them `readonly` (sim.model.snapshot.append); a node made
-    writable again (a commit base) keeps them there, flagged in-use.
+    QEMU stores them when the node is reopened read-only (the model's
+    `DirtyBitmap.stored`, set by sim.model.snapshot.append); a node made writable
+    again (a commit base) keeps them there, flagged in-use.
     """
     if node.driver != "qcow2":
         return []
-    return [b for b in node.bitmaps if b.persistent and b.readonly and b.name is not None]
+    return [b for b in node.bitmaps if b.persistent and b.stored and b.name is not None]
 
 
 def _store_bitmaps(hmap: _HostMap, bitmaps: list[DirtyBitmap]) -> None:
