@@ -1,26 +1,58 @@
 """Invariant checkers: read-only observers that turn a run into a verdict.
 
-`CHECKERS` maps each invariant's name to its checker class (filled in as the
-checkers land, issue 4); `make_checkers(names)` builds fresh instances for
-one replay.
+One module per invariant of issue 4 (bug corpus tags in brackets):
+
+| name | invariant |
+|---|---|
+| `bitmap-addressability` [ADDR] | a bitmap created at (A, N) stays reachable there, as the same bitmap, until removed or A goes away; no removed bitmap stays listed |
+| `bitmap-soundness` [SOUND] | every byte the guest wrote through what a bitmap tracks, while it recorded and since it was added or cleared, is marked |
+| `backup-point-in-time` [PIT] | a completed backup holds the source as it was at the job's start on the promised clusters; full + incrementals restore the disk |
+| `mirror-and-commit-consistency` | after a mirror pivots or a commit/stream ends, every device reads what it read just before |
+| `no-lost-guest-data` [LOSS] | a device reads what the guest last wrote through it, across graph changes, job ends, cancels, failures |
+| `graph-well-formed` [GRAPH] | no cycles, no dangling children or roots, unique names, one child per filter, nothing a job uses deleted, no stray busy bitmap |
+| `job-state-legality` [JOB] | job states follow JobSTT, events come in QEMU's order, verbs follow JobVerbTable, force-cancel terminates |
+
+`CHECKERS` maps each name to its checker class; `make_checkers(names)` builds
+fresh instances for one replay (a checker watches one Machine).
 """
 
 from __future__ import annotations
 
+from sim.check.addressability import BitmapAddressability
 from sim.check.base import Checker, Violation
+from sim.check.consistency import MirrorCommitConsistency
+from sim.check.graph import GraphWellFormed
+from sim.check.job_states import JobStateLegality
+from sim.check.lost_data import NoLostGuestData
+from sim.check.point_in_time import BackupPointInTime
+from sim.check.soundness import BitmapSoundness
 
-CHECKERS: dict[str, type[Checker]] = {}
+CHECKERS: dict[str, type[Checker]] = {
+    cls.name: cls
+    for cls in (
+        BitmapAddressability,
+        BitmapSoundness,
+        BackupPointInTime,
+        MirrorCommitConsistency,
+        NoLostGuestData,
+        GraphWellFormed,
+        JobStateLegality,
+    )
+}
 
 
 def make_checkers(names: list[str] | None = None) -> list[Checker]:
-    """Fresh checkers for `names` (None = every checker), in registry order.
+    """Fresh checkers for `names` (None = every checker), in the order given.
 
-    Raises ValueError naming the unknown names and the known ones."""
+    Raises ValueError naming the unknown names and listing the known ones."""
     if names is None:
         return [cls() for cls in CHECKERS.values()]
     unknown = [n for n in names if n not in CHECKERS]
     if unknown:
-        raise ValueError(f"unknown invariant(s) {unknown}; known: {', '.join(CHECKERS) or 'none'}")
+        raise ValueError(
+            f"unknown invariant(s) {', '.join(repr(n) for n in unknown)}; "
+            f"known: {', '.join(CHECKERS)}"
+        )
     return [CHECKERS[n]() for n in names]
 
 

@@ -5,6 +5,10 @@ observers (`machine.command_observers` for every QMP request/response,
 `machine.state.write_observers` for every guest write) and must never change
 the machine.  After each step `after_step(index)` returns the violations found
 in that step; `at_end()` returns those only visible at the end of the run.
+
+The checkers of this package (see sim/check/__init__.py) keep every violation
+they report in `found`; their `at_end()` returns the whole verdict of the run
+(the per-step ones included), so the final state's `violations` lists them all.
 """
 
 from __future__ import annotations
@@ -43,9 +47,20 @@ class Checker:
 
     def attach(self, machine: Machine) -> None:
         self.machine = machine
+        self.found: list[Violation] = []
 
     def after_step(self, index: int) -> list[Violation]:
         return []
 
     def at_end(self) -> list[Violation]:
         return []
+
+    def report(self, step: int, message: str, **details: Any) -> Violation:
+        """Record a violation of this checker's invariant (details must be JSON values)."""
+        violation = Violation(self.name, step, message, details)
+        self.found.append(violation)
+        return violation
+
+    def violations(self) -> list[Violation]:
+        """Every violation reported so far, in the order found."""
+        return list(getattr(self, "found", []))

@@ -1,0 +1,233 @@
+"""The bitmaps users created, at the address they created them, followed over time.
+
+A `BitmapRegistry` watches successful QMP commands.  A `block-dirty-bitmap-add`
+(alone or as a transaction action) at address (A, N) creates a `Tracked`
+entry holding the DirtyBitmap object that appeared, found by comparing the
+bitmaps listed before and after the command (inside a transaction a later
+action may already have changed what A resolves to, so a lookup after the
+fact would be wrong).  A remove untracks the bitmap that vanished (or that the
+model flags as freed); a clear is reported to the owner of the registry.
+
+A backup freezes a bitmap with an anonymous successor; at the end the
+successor either takes over the name (abdicate) or is merged back (reclaim).
+`follow_successors()` re-points an entry at its successor when it took over,
+so "the same bitmap" survives a backup, as issue 4 defines it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sim.check.observe import Command, Owner, StepLog, label, listed_bitmaps, owner_of, owners
+from sim.errors import QMPError
+from sim.model.bitmap import DirtyBitmap
+from sim.model.graph import BlockBackend, BlockNode
+
+if TYPE_CHECKING:
+    from sim.engine.machine import Machine
+
+
+@dataclass(eq=False)
+class Tracked:
+    """A bitmap created by a successful add at (address, name)."""
+
+    address: str
+    name: str
+    by_device: bool  # the address was a device (BlockBackend) name
+    backend: BlockBackend | None  # the device, for a device address
+    node: BlockNode | None  # the node, for a node address
+    bitmap: DirtyBitmap  # the object; its successor after an abdication
+    step: int  # created at
+    where: str  # the owner it was last seen on, as `label()` writes it
+    enabled: bool = True  # as the user's commands left it (add, enable, disable)
+    successor: DirtyBitmap | None = None  # while a backup has it frozen
+    broken: tuple[str, ...] | None = None  # the addressability problem last reported
+
+    @property
+    def thing(self) -> str:
+        """What it tracks: `device 'drive0'` or `node 'fmt0'`."""
+        return f"device '{self.address}'" if self.by_device else f"node '{self.address}'"
+
+    def describe(self) -> str:
+        return f"bitmap '{self.name}' created at '{self.address}' (step {self.step})"
+
+    def address_gone(self, machine: Machine) -> bool:
+        """A itself went away (the device, or the node that had that name)."""
+        graph = machine.state.graph
+        if self.by_device:
+            bb = graph.backends.get(self.address)
+            return bb is not self.backend or bb is None or bb.root is None
+        return graph.node(self.address) is not self.node
+
+
+class BitmapRegistry:
+    """Tracked bitmaps by (address, name), fed by each step's commands (`update()`)."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        self.graph = machine.state.graph
+        self.entries: dict[tuple[str, str], Tracked] = {}
+        self.added: list[Tracked] = []  # entries created since the last end_step
+        self.cleared: list[DirtyBitmap] = []  # bitmaps a clear emptied since the last end_step
+        self.removed: list[tuple[DirtyBitmap, str, int]] = []  # (bitmap, name, step)
+        self.log = StepLog.of(machine)
+        self._listed = self._listed_now()
+        self._lists_before = self._lists_now()
+
+    # -- commands ------------------------------------------------------------------------
+    def _listed_now(self) -> list[DirtyBitmap]:
+        return [bm for _, bm in listed_bitmaps(self.graph)]
+
+    def _lists_now(self) -> list[tuple[Owner, list[DirtyBitmap]]]:
+        return [(o, list(o.bitmaps)) for o in owners(self.graph)]
+
+    def _resolved_before(self, address: str, name: str) -> DirtyBitmap | None:
+        """What (address, name) found before this step's command, in the lists of then
+        (the owners as the graph resolves them now)."""
+        found = self.lookup(address, name)[0]
+        for owner in found:
+            for was, bitmaps in self._lists_before:
+                if was is owner:
+                    for bm in bitmaps:
+                        if bm.name == name:
+                            return bm
+        return None
+
+    def update(self) -> None:
+        """Take in this step's successful commands.  QMP commands run with no time passing
+        and the checkers look right after each step, so the lists noted at the end of the
+        last step are the lists before the command."""
+        for cmd in self.log.commands:
+            if cmd.ok and (cmd.name == "transaction" or cmd.name.startswith("block-dirty-bitmap-")):
+                self._command(cmd)
+
+    def _command(self, cmd: Command) -> None:
+        actions = cmd.actions()
+        if not any(kind.startswith("block-dirty-bitmap-") for kind, _ in actions):
+            return
+        now = self._listed_now()
+        now_set = set(now)
+        before = set(self._listed)
+        new = [bm for bm in now if bm not in before]
+        vanished = [bm for bm in self._listed if bm not in now_set]
+        adds = [(i, d) for i, (k, d) in enumerate(actions) if k == "block-dirty-bitmap-add"]
+        for n, (_, data) in enumerate(adds):
+            later = any(d.get("name") == data.get("name") for _, d in adds[n + 1 :])
+            self._track_add(
+                str(data.get("node")),
+                str(data.get("name")),
+                new,
+                prefer_now=not later,
+                enabled=not data.get("disabled", False),
+            )
+        for kind, data in actions:
+            if kind == "block-dirty-bitmap-remove":
+                name = str(data.get("name"))
+                was = self._resolved_before(str(data.get("node")), name)
+                if was is not None and was not in vanished:
+                    vanished.append(was)
+                self._untrack_removed(name, vanished, now)
+            elif kind == "block-dirty-bitmap-clear":
+                bm = self.lookup(str(data.get("node")), str(data.get("name")))[1]
+                if bm is not None:
+                    self.cleared.append(bm)
+            elif kind in ("block-dirty-bitmap-enable", "block-dirty-bitmap-disable"):
+                bm = self.lookup(str(data.get("node")), str(data.get("name")))[1]
+                for entry in self.entries.values():
+                    if bm is not None and entry.bitmap is bm:
+                        entry.enabled = kind == "block-dirty-bitmap-enable"
+        self._listed = now
+
+    def _track_add(
+        self, address: str, name: str, new: list[DirtyBitmap], prefer_now: bool, enabled: bool
+    ) -> None:
+        candidates = [bm for bm in new if bm.name == name]
+        if not candidates:
+            return
+        resolved = self.lookup(address, name)[1]
+        pick = candidates[0]
+        for bm in candidates:
+            if (bm is resolved) == prefer_now:
+                pick = bm
+                break
+        new.remove(pick)
+        backend = self.graph.backends.get(address)
+        node = None if backend is not None else self.graph.node(address)
+        owner = owner_of(self.graph, pick)
+        entry = Tracked(
+            address,
+            name,
+            backend is not None,
+            backend,
+            node,
+            pick,
+            self.step,
+            label(owner) if owner is not None else "nowhere",
+            enabled,
+        )
+        self.entries[(address, name)] = entry
+        self.added.append(entry)
+
+    def _untrack_removed(
+        self, name: str, vanished: list[DirtyBitmap], now: list[DirtyBitmap]
+    ) -> None:
+        gone: list[DirtyBitmap] = []
+        for bm in [b for b in vanished if b.name == name] + [b for b in now if b.freed]:
+            if (
+                bm.name == name
+                and all(bm is not g for g in gone)
+                and all(bm is not r for r, _, _ in self.removed)
+            ):
+                gone.append(bm)
+        for bm in gone:
+            self.removed.append((bm, name, self.step))
+            for key, entry in list(self.entries.items()):
+                if entry.bitmap is bm or entry.successor is bm:
+                    del self.entries[key]
+
+    # -- queries -------------------------------------------------------------------------
+    def lookup(self, address: str, name: str) -> tuple[list[Owner], DirtyBitmap | None]:
+        """What block_dirty_bitmap_lookup finds at (address, name) under the policy now."""
+        state = self.machine.state
+        try:
+            found = state.policy.owners_for_lookup(self.graph, address)
+        except QMPError:
+            return [], None
+        for owner in found:
+            for bm in owner.bitmaps:
+                if bm.name == name:
+                    return found, bm
+        return found, None
+
+    def follow_successors(self) -> Iterator[tuple[Tracked, DirtyBitmap, bool]]:
+        """Entries whose backup just ended: (entry, the frozen bitmap, abdicated?).
+
+        An abdicated entry now holds the successor, which carries the name."""
+        for entry in list(self.entries.values()):
+            succ = entry.bitmap.successor
+            if succ is not None:
+                entry.successor = succ
+                continue
+            if entry.successor is None:
+                continue
+            frozen, succ = entry.bitmap, entry.successor
+            entry.successor = None
+            took_over = succ.name == entry.name and owner_of(self.graph, succ) is not None
+            if took_over:
+                entry.bitmap = succ
+            yield entry, frozen, took_over
+
+    @property
+    def step(self) -> int:
+        """The step being looked at."""
+        return self.log.index
+
+    def end_step(self) -> None:
+        """Forget this step's adds/clears/removes and note the bitmap lists as they are.
+
+        Not needed after a quiet step (guest I/O, queries): the lists cannot have changed."""
+        self.added, self.cleared, self.removed = [], [], []
+        self._listed = self._listed_now()
+        self._lists_before = self._lists_now()

@@ -1,0 +1,222 @@
+"""no-lost-guest-data (bug corpus LOSS; issue 4, invariant 5).
+
+A shadow disk per device holds the stamp of the last write the guest made
+through it (a `Content`, dense or sparse like the model's).  After a step that
+only did guest I/O, the ranges just written are compared; after any other
+step (a graph change, a job's progress or end, a cancel, a failure) every
+range the guest ever wrote is compared, together with everything the device's
+chain has allocated (where the guest never wrote, the device must read
+zeroes: every drive starts empty).
+
+A write that enters at a node-name instead of a device counts as a write
+through every device whose data node it lands on; one that lands deeper in a
+device's chain, and a discard on a `discard=unmap` drive, make the device's
+view of that range whatever it now is (it is adopted, not checked).  After a
+reported loss the shadow adopts what the device reads, so each loss is
+reported once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sim.check import extents
+from sim.check.extents import Mismatch, Runs
+from sim.check.observe import JOB_END_EVENTS, StepChecker
+from sim.model.content import (
+    SECTOR,
+    SECTOR_SHIFT,
+    ZERO_STAMP,
+    Content,
+    DenseContent,
+    new_content,
+    read_through,
+)
+from sim.model.graph import BlockBackend, BlockNode
+
+if TYPE_CHECKING:
+    from sim.engine.machine import Machine
+
+
+@dataclass(eq=False)
+class DeviceShadow:
+    """What the guest wrote through one device."""
+
+    backend: BlockBackend
+    content: Content
+    written: Runs = field(default_factory=list)
+    pending: Runs = field(default_factory=list)  # written this step and suspicious
+    adopt: Runs = field(default_factory=list)  # changed by something other than the guest
+
+    @property
+    def nsectors(self) -> int:
+        return self.content.nsectors
+
+
+class NoLostGuestData(StepChecker):
+    """Reading any range through a device returns what the guest last wrote there (zeroes
+    where it never wrote), across every graph change, job completion, cancel and failure."""
+
+    name = "no-lost-guest-data"
+
+    def attach(self, machine: Machine) -> None:
+        super().attach(machine)
+        self.shadows: dict[str, DeviceShadow] = {}
+        machine.state.write_observers.append(self._on_write)
+        self._new_devices()
+
+    def _new_devices(self) -> None:
+        """Every device gets a shadow from its first sight: it starts empty (zeroes)."""
+        for bb in self.graph.backends.values():
+            self._shadow(bb)
+
+    def _shadow(self, bb: BlockBackend) -> DeviceShadow | None:
+        shadow = self.shadows.get(bb.name)
+        if shadow is None or shadow.backend is not bb:
+            if bb.root is None:
+                return None
+            shadow = DeviceShadow(bb, new_content(bb.root.size_bytes))
+            self.shadows[bb.name] = shadow
+        return shadow
+
+    def _on_write(
+        self, bb: BlockBackend | None, root: BlockNode, offset: int, length: int, stamp: int
+    ) -> None:
+        if length <= 0:
+            return
+        run = (offset >> SECTOR_SHIFT, (offset + length + SECTOR - 1) >> SECTOR_SHIFT)
+        if bb is not None:
+            self._guest_wrote(bb, offset, length, stamp, run)
+            return
+        landed = self.graph.data_node(root)
+        for device in self.graph.backends.values():
+            if device.root is None:
+                continue
+            if self.graph.data_node(device.root) is landed:
+                self._guest_wrote(device, offset, length, stamp, run)
+            elif any(n is landed for n in self.graph.backing_chain(device.root)):
+                shadow = self._shadow(device)
+                if shadow is not None:
+                    shadow.adopt.append(run)
+
+    def _guest_wrote(
+        self, bb: BlockBackend, offset: int, length: int, stamp: int, run: tuple[int, int]
+    ) -> None:
+        shadow = self.shadows.get(bb.name)
+        if shadow is None or shadow.backend is not bb:
+            shadow = self._shadow(bb)
+            if shadow is None:
+                return
+        shadow.content.write(offset, length, stamp)
+        shadow.written.append(run)
+        # the write must have landed in the device's top data node: spot-check its last
+        # sector now; a suspicious range is compared through the whole chain after the step,
+        # and every range is, after every step that may change data
+        root = bb.root
+        top = self.graph.data_node(root).content if root is not None else None
+        if top is None or not _holds(top, run[1] - 1, stamp):
+            shadow.pending.append(run)
+
+    def _discards(self) -> None:
+        """A discard on a discard=unmap drive may zero data: adopt that range."""
+        output = self.machine.hmp_output or ""
+        if not output.startswith("discard "):
+            return
+        from sim.qmp.qemu_io import parse_command_line
+
+        for cmd in self.log.commands:
+            io = parse_command_line(str(cmd.arguments.get("command-line", "")))
+            if io.op != "discard" or io.target is None:
+                continue
+            bb, root = self.state.resolve_target(io.target)
+            if root is None:
+                continue
+            landed = self.graph.data_node(root)
+            for device in self.graph.backends.values():
+                if device.root is not None and (
+                    device is bb or any(n is landed for n in self.graph.backing_chain(device.root))
+                ):
+                    shadow = self._shadow(device)
+                    if shadow is not None:
+                        shadow.adopt.append(extents.byte_run(io.offset, io.length))
+
+    # -- steps ---------------------------------------------------------------------------
+    quiet_work = True
+
+    def needs_quiet_step(self) -> bool:
+        if (self.machine.hmp_output or "").startswith("discard "):
+            return True
+        return any(s.pending or s.adopt for s in self.shadows.values())
+
+    def check_step(self, index: int) -> None:
+        self._discards()
+        quiet = not self.log.data_may_change
+        if not quiet:
+            self._new_devices()
+        for name, shadow in self.shadows.items():
+            if quiet and not shadow.pending and not shadow.adopt:
+                continue
+            bb = self.graph.backends.get(name)
+            if bb is not shadow.backend or bb is None or bb.root is None:
+                continue
+            chain = self._chain(bb.root)
+            if shadow.adopt:
+                self._adopt(shadow, extents.union(shadow.adopt), chain)
+                shadow.adopt = []
+            if quiet:
+                runs = extents.union(shadow.pending)
+            else:
+                shadow.written = extents.union(shadow.written)
+                runs = extents.union(shadow.written, extents.allocated(chain))
+            shadow.pending = []
+            runs = extents.clip(runs, shadow.nsectors)
+            miss = extents.compare(runs, [shadow.content], chain)
+            if miss is not None:
+                self._lost(index, bb, miss)
+                self._adopt(shadow, runs, chain)
+
+    def check_end(self) -> None:
+        return None
+
+    def _chain(self, root: BlockNode) -> list[Content]:
+        return [n.content for n in self.graph.backing_chain(root) if n.content is not None]
+
+    def _adopt(self, shadow: DeviceShadow, runs: Runs, chain: list[Content]) -> None:
+        for lo, hi in extents.clip(runs, shadow.nsectors):
+            now = read_through(chain, lo, hi)
+            now[now == 0] = ZERO_STAMP
+            shadow.content.write_stamps(lo, now)
+        shadow.written = extents.union(shadow.written, runs)
+
+    def _lost(self, index: int, bb: BlockBackend, miss: Mismatch) -> None:
+        self.report(
+            index,
+            f"device '{bb.name}' lost guest data {self._context()}: {miss.where()}: the guest "
+            f"last wrote {extents.describe(self.state.stamps, miss.expected)} there, the device "
+            f"now reads {extents.describe(self.state.stamps, miss.actual)}",
+            device=bb.name,
+            root=bb.root.node_name if bb.root is not None else None,
+            **miss.details(),
+        )
+
+    def _context(self) -> str:
+        """What happened in this step, for the message."""
+        ends = [
+            f"{ev.data.get('type', 'job')} job '{ev.data.get('device')}' "
+            f"{'was cancelled' if ev.name == 'BLOCK_JOB_CANCELLED' else 'ended'}"
+            for ev in self.log.events()
+            if ev.name in JOB_END_EVENTS
+        ]
+        if ends:
+            return "when " + ", ".join(ends)
+        if self.log.commands:
+            return f"in {self.log.commands[-1].name}"
+        return "while time passed"
+
+
+def _holds(content: Content, sector: int, stamp: int) -> bool:
+    """Does `content` hold `stamp` at `sector`?"""
+    if isinstance(content, DenseContent):
+        return bool(content.stamps[sector] == stamp)
+    return bool(content.read(sector, sector + 1)[0] == stamp)

@@ -1,0 +1,252 @@
+"""The invariant checkers (sim/check): the registry, and the verdict on every checker scenario.
+
+Each scenario under scenarios/checkers/ pins its violations in `final-expect`;
+here we also say, per scenario, which invariants it must flag under its
+header's policy (every other checker must pass it), and check that every
+checker has scenarios it flags and scenarios it passes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sim.check import CHECKERS, Checker, Violation, make_checkers
+from sim.replay import ReplayResult, replay
+from sim.trace import load_trace
+from tests.helpers import SCENARIOS, io, qmp, run_steps
+
+CHECKER_SCENARIOS = SCENARIOS / "checkers"
+ADDR, SOUND, PIT = "bitmap-addressability", "bitmap-soundness", "backup-point-in-time"
+MCC, LOSS, GRAPH, JOB = (
+    "mirror-and-commit-consistency",
+    "no-lost-guest-data",
+    "graph-well-formed",
+    "job-state-legality",
+)
+
+# scenario -> the invariants it must flag under its header's policy
+VERDICTS: dict[str, set[str]] = {
+    "addr-snapshot-device-bitmap": {ADDR, SOUND},
+    "addr-snapshot-device-bitmap-bb-attached": set(),
+    "addr-mirror-filter-captures-bitmap": {ADDR},
+    "addr-node-bitmaps-across-snapshot": set(),
+    "graph-qemu25-list-head": {ADDR, GRAPH},
+    "sound-cancelled-incremental-keeps-bits": set(),
+    "sound-active-commit-rescues-base-bitmap": {ADDR},
+    "pit-incremental-chain": set(),
+    "pit-fleecing-sync-none": set(),
+    "pit-side-write-bypasses-backup-filter": {PIT, GRAPH},
+    "pit-incremental-into-used-image": {PIT},
+    "mcc-mirror-stream-commit": set(),
+    "mcc-side-write-to-mirror-target": {MCC, LOSS},
+    "loss-backup-into-another-drive": {LOSS},
+    "job-lifecycles": set(),
+    "known-model-bug-mirror-existing-target-stale-holes": {MCC, LOSS},
+    "known-model-bug-snapshot-onto-itself-cycle": {GRAPH},
+}
+# No trace makes a correct model break QEMU's job state machine (the model's moves go
+# through the same JobSTT table); tests/test_mutants.py shows the checker catches models
+# that do.
+FLAGGED_ONLY_BY_MUTANTS = {JOB}
+
+
+def _replay(name: str, policy: str | None = None) -> ReplayResult:
+    return replay(
+        load_trace(CHECKER_SCENARIOS / f"{name}.jsonl"), policy=policy, checkers=make_checkers(None)
+    )
+
+
+def _flagged(result: ReplayResult) -> set[str]:
+    return {v["invariant"] for v in result.final["violations"]}
+
+
+# -- the registry ----------------------------------------------------------------------------
+
+
+def test_registry_names_the_seven_invariants_in_order() -> None:
+    assert list(CHECKERS) == [ADDR, SOUND, PIT, MCC, LOSS, GRAPH, JOB]
+    for name, cls in CHECKERS.items():
+        assert cls.name == name
+        doc = " ".join((cls.__doc__ or "").split())
+        assert doc.endswith(".") and doc.count(". ") == 0, f"{name}: one sentence, got {doc!r}"
+
+
+def test_make_checkers_builds_fresh_instances() -> None:
+    every = make_checkers(None)
+    assert [c.name for c in every] == list(CHECKERS)
+    again = make_checkers([JOB, ADDR])
+    assert [type(c) for c in again] == [CHECKERS[JOB], CHECKERS[ADDR]]
+    assert all(isinstance(c, Checker) for c in every)
+    assert not set(map(id, every)) & set(map(id, make_checkers(None)))
+    assert make_checkers([]) == []
+
+
+def test_make_checkers_refuses_unknown_names() -> None:
+    with pytest.raises(ValueError) as info:
+        make_checkers([ADDR, "bitmap-adressability", "nope"])
+    text = str(info.value)
+    assert "'bitmap-adressability'" in text and "'nope'" in text
+    assert ADDR in text.split("known:")[1]
+
+
+# -- the scenarios -----------------------------------------------------------------------------
+
+
+def test_every_checker_scenario_has_a_verdict() -> None:
+    files = {p.stem for p in CHECKER_SCENARIOS.glob("*.jsonl")}
+    assert files == set(VERDICTS)
+
+
+@pytest.mark.parametrize("name", sorted(VERDICTS))
+def test_scenario_verdict(name: str) -> None:
+    result = _replay(name)
+    problems = result.mismatches + result.trace_errors + result.internal_errors
+    assert not problems, f"blocksim replay scenarios/checkers/{name}.jsonl\n" + "\n".join(problems)
+    assert _flagged(result) == VERDICTS[name], json.dumps(result.final["violations"], indent=1)
+
+
+def test_every_checker_flags_one_scenario_and_passes_another() -> None:
+    for name in CHECKERS:
+        flagging = [s for s, v in VERDICTS.items() if name in v]
+        passing = [s for s, v in VERDICTS.items() if name not in v]
+        assert passing, name
+        assert flagging or name in FLAGGED_ONLY_BY_MUTANTS, name
+
+
+@pytest.mark.parametrize(
+    ("policy", "flagged"),
+    [
+        ("qemu-7.2", {ADDR, SOUND}),
+        ("bb-attached", set()),
+        ("node-only", set()),
+        ("qemu-2.5", {ADDR}),
+    ],
+)
+def test_the_thread_scenario_under_each_policy(policy: str, flagged: set[str]) -> None:
+    """Bitmap by device name, snapshot, same address again: qemu-7.2 breaks addressability
+    and soundness, bb-attached keeps both, node-only refuses the add, qemu-2.5 moves the
+    bitmap along and then shows the list-head bug on remove."""
+    result = _replay("addr-snapshot-device-bitmap", policy)
+    assert _flagged(result) == flagged, json.dumps(result.final["violations"], indent=1)
+    if policy == "qemu-2.5":
+        [v] = result.final["violations"]
+        assert "removed at step" in v["message"] and "still listed on node 'ov0'" in v["message"]
+
+
+# -- how violations are reported -----------------------------------------------------------------
+
+
+def test_violations_reach_the_step_and_the_final_state() -> None:
+    result = _replay("addr-snapshot-device-bitmap")
+    per_step = [v for o in result.steps for v in o.violations]
+    assert per_step == result.final["violations"]
+    [addr, sound] = per_step
+    assert addr["step"] == 3 and addr["invariant"] == ADDR
+    assert "'drive0' now resolves to node 'ov0'" in addr["message"]
+    assert "the bitmap is on node 'fmt0'" in addr["message"]
+    assert sound["details"]["ranges"] == [[2 << 20, 64 << 10]]
+    assert result.steps[2].json_line()["violations"] == [addr]
+    Violation(**{k: v for k, v in sound.items()})  # the dict form round-trips
+
+
+def test_checkers_only_observe() -> None:
+    trace = load_trace(CHECKER_SCENARIOS / "mcc-mirror-stream-commit.jsonl")
+    bare, watched = replay(trace), replay(trace, checkers=make_checkers(None))
+    assert watched.final["violations"] == [] and bare.final["violations"] == []
+    assert {k: v for k, v in watched.final.items() if k != "violations"} == {
+        k: v for k, v in bare.final.items() if k != "violations"
+    }
+    assert [o.response for o in watched.steps] == [o.response for o in bare.steps]
+
+
+def test_replays_are_deterministic() -> None:
+    first = _replay("pit-side-write-bypasses-backup-filter").final["violations"]
+    assert first == _replay("pit-side-write-bypasses-backup-filter").final["violations"]
+
+
+# -- small inline cases ---------------------------------------------------------------------------
+
+
+def test_a_disabled_bitmap_owes_nothing() -> None:
+    result = run_steps(
+        [
+            qmp("block-dirty-bitmap-add", node="fmt0", name="b0", disabled=True),
+            io("write -P 1 0 64k"),
+            qmp("x-debug-block-dirty-bitmap-sha256", node="fmt0", name="b0"),
+        ],
+        checkers=make_checkers([SOUND]),
+    )
+    assert result.final["violations"] == []
+
+
+def test_a_clear_restarts_what_a_bitmap_owes() -> None:
+    result = run_steps(
+        [
+            qmp("block-dirty-bitmap-add", node="drive0", name="b0"),
+            io("write -P 1 0 64k"),
+            qmp(
+                "blockdev-snapshot-sync",
+                device="drive0",
+                **{"snapshot-file": "ov.qcow2"},
+                format="qcow2",
+            ),
+            io("write -P 2 1M 64k"),
+            qmp("block-dirty-bitmap-clear", node="fmt0", name="b0"),
+            qmp("x-debug-block-dirty-bitmap-sha256", node="fmt0", name="b0"),
+        ],
+        checkers=make_checkers([SOUND]),
+    )
+    assert result.final["violations"] == []
+
+
+def test_a_node_addressed_bitmap_owes_only_writes_through_its_node() -> None:
+    result = run_steps(
+        [
+            qmp("block-dirty-bitmap-add", node="fmt0", name="b0"),
+            qmp(
+                "blockdev-snapshot-sync",
+                device="drive0",
+                **{"snapshot-file": "ov.qcow2"},
+                format="qcow2",
+            ),
+            io("write -P 2 1M 64k"),
+        ],
+        checkers=make_checkers([ADDR, SOUND]),
+    )
+    assert result.final["violations"] == []
+
+
+def test_a_removed_bitmap_is_no_longer_tracked() -> None:
+    result = run_steps(
+        [
+            qmp("block-dirty-bitmap-add", node="drive0", name="b0"),
+            qmp("block-dirty-bitmap-remove", node="drive0", name="b0"),
+            qmp(
+                "blockdev-snapshot-sync",
+                device="drive0",
+                **{"snapshot-file": "ov.qcow2"},
+                format="qcow2",
+            ),
+            qmp("block-dirty-bitmap-add", node="drive0", name="b0"),
+            io("write -P 2 1M 64k"),
+        ],
+        checkers=make_checkers([ADDR, SOUND]),
+    )
+    assert result.final["violations"] == []
+
+
+class _Counter(Checker):
+    name = "counter"
+
+    def after_step(self, index: int) -> list[Violation]:
+        return [self.report(index, "seen")] if index == 2 else []
+
+
+def test_base_checker_report_and_violations() -> None:
+    counter = _Counter()
+    result = run_steps([io("write 0 512"), io("write 512 512")], checkers=[counter])
+    assert [v.step for v in counter.violations()] == [2]
+    assert result.steps[1].violations == [{"invariant": "counter", "step": 2, "message": "seen"}]
+    assert result.final["violations"] == []  # at_end of the base class adds nothing
