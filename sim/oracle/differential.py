@@ -91,6 +91,7 @@ class Summary:
     elapsed_s: float = 0.0
     diff_s: float = 0.0  # time spent diffing generated traces (shrinking excluded)
     qemu_runs: int = 0  # every QEMU run, shrinking included
+    generator_errors: list[str] = field(default_factory=list)  # seeds the generator failed on
 
     @property
     def traces_per_minute(self) -> float:
@@ -111,6 +112,7 @@ class Summary:
             "traces_per_minute": round(self.traces_per_minute, 1),
             "diff_traces_per_minute": round(self.diff_traces_per_minute, 1),
             "qemu_runs": self.qemu_runs,
+            "generator_errors": self.generator_errors,
             "classes": [
                 {
                     "signature": c.signature,
@@ -133,6 +135,9 @@ class Summary:
             f"{self.traces_per_minute:.1f} traces/min ({self.diff_traces_per_minute:.1f} "
             f"without shrinking), {self.qemu_runs} QEMU runs"
         ]
+        if self.generator_errors:
+            lines.append(f"generator failed on {len(self.generator_errors)} seed(s):")
+            lines.extend(f"  {e}" for e in self.generator_errors[:10])
         for c in self.classes:
             lines.append(
                 f"- {c.signature}: {c.count} trace(s) (seeds {c.seeds[:5]}), shrunk "
@@ -175,7 +180,13 @@ def differential_campaign(
     started = time.perf_counter()
     for index in range(n_traces):
         trace_seed = seed * SEED_STRIDE + index
-        steps = generate_trace(trace_seed)
+        try:
+            steps = generate_trace(trace_seed)
+        except Exception as exc:  # noqa: BLE001 - a generator bug must not end the campaign
+            summary.generator_errors.append(f"seed {trace_seed}: {type(exc).__name__}: {exc}")
+            if progress is not None:
+                progress(index + 1, n_traces, f"seed {trace_seed}: GENERATOR ERROR {exc!r}")
+            continue
         t0 = time.perf_counter()
         outcome = run_outcome(steps, qemu, CAMPAIGN_WAIT_TIMEOUT_S)
         summary.diff_s += time.perf_counter() - t0
