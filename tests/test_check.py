@@ -15,7 +15,7 @@ import pytest
 from sim.check import CHECKERS, Checker, Violation, make_checkers
 from sim.replay import ReplayResult, replay
 from sim.trace import load_trace
-from tests.helpers import SCENARIOS, io, qmp, run_steps
+from tests.helpers import DRIVE0, SCENARIOS, io, qmp, run_steps
 
 CHECKER_SCENARIOS = SCENARIOS / "checkers"
 ADDR, SOUND, PIT = "bitmap-addressability", "bitmap-soundness", "backup-point-in-time"
@@ -250,3 +250,40 @@ def test_base_checker_report_and_violations() -> None:
     assert [v.step for v in counter.violations()] == [2]
     assert result.steps[1].violations == [{"invariant": "counter", "step": 2, "message": "seen"}]
     assert result.final["violations"] == []  # at_end of the base class adds nothing
+
+
+def test_one_transaction_adds_a_name_on_two_devices() -> None:
+    drive1 = {"id": "drive1", "node-name": "fmt1", "format": "qcow2", "size": 64 << 20}
+    both = [{"type": "block-dirty-bitmap-add", "data": {"node": d, "name": "inc"}}
+            for d in ("drive0", "drive1")]  # fmt: skip
+    result = run_steps(
+        [
+            qmp("transaction", actions=both),
+            io("write -P 1 0 64k"),
+            io("write -P 2 1M 64k", device="drive1"),
+            qmp("x-debug-block-dirty-bitmap-sha256", node="drive0", name="inc"),
+            qmp("x-debug-block-dirty-bitmap-sha256", node="drive1", name="inc"),
+        ],
+        policy="bb-attached",
+        checkers=make_checkers([ADDR, SOUND]),
+        drives=[DRIVE0, drive1],
+    )
+    assert result.final["violations"] == []
+
+
+def test_an_action_before_a_snapshot_in_the_same_transaction_sees_the_old_graph() -> None:
+    actions = [
+        {"type": "block-dirty-bitmap-disable", "data": {"node": "drive0", "name": "b0"}},
+        {"type": "blockdev-snapshot-sync",
+         "data": {"device": "drive0", "snapshot-file": "ov.qcow2", "format": "qcow2"}},
+    ]  # fmt: skip
+    result = run_steps(
+        [
+            qmp("block-dirty-bitmap-add", node="drive0", name="b0"),
+            qmp("transaction", actions=actions),
+            io("write -P 2 1M 64k"),
+            qmp("x-debug-block-dirty-bitmap-sha256", node="fmt0", name="b0"),
+        ],
+        checkers=make_checkers([SOUND]),
+    )
+    assert result.final["violations"] == []  # b0 was disabled: it owes nothing

@@ -75,6 +75,7 @@ class BitmapRegistry:
         self.log = StepLog.of(machine)
         self._listed = self._listed_now()
         self._lists_before = self._lists_now()
+        self._roots_before = self._roots_now()
 
     # -- commands ------------------------------------------------------------------------
     def _listed_now(self) -> list[DirtyBitmap]:
@@ -83,17 +84,33 @@ class BitmapRegistry:
     def _lists_now(self) -> list[tuple[Owner, list[DirtyBitmap]]]:
         return [(o, list(o.bitmaps)) for o in owners(self.graph)]
 
+    def _roots_now(self) -> dict[str, BlockNode | None]:
+        return {name: bb.root for name, bb in self.graph.backends.items()}
+
     def _resolved_before(self, address: str, name: str) -> DirtyBitmap | None:
-        """What (address, name) found before this step's command, in the lists of then
-        (the owners as the graph resolves them now)."""
-        found = self.lookup(address, name)[0]
-        for owner in found:
+        """What (address, name) found before this step's command: the device itself (its
+        own bitmaps, bb-attached) then its root as they were, or the node of that name,
+        searched in the bitmap lists of then.  Every policy's lookup is one of these."""
+        bb = self.graph.backends.get(address)
+        places: list[Owner | None]
+        if bb is not None:
+            places = [bb, self._roots_before.get(address)]
+        else:
+            places = [self.graph.node(address)]
+        for place in places:
             for was, bitmaps in self._lists_before:
-                if was is owner:
+                if place is not None and was is place:
                     for bm in bitmaps:
                         if bm.name == name:
                             return bm
         return None
+
+    def _resolve(self, address: str, name: str, moved: bool) -> DirtyBitmap | None:
+        """The bitmap an action at (address, name) worked on: as the graph was before the
+        command, unless an earlier action of the same transaction changed the graph."""
+        if moved:
+            return self.lookup(address, name)[1]
+        return self._resolved_before(address, name)
 
     def update(self) -> None:
         """Take in this step's successful commands.  QMP commands run with no time passing
@@ -112,47 +129,51 @@ class BitmapRegistry:
         before = set(self._listed)
         new = [bm for bm in now if bm not in before]
         vanished = [bm for bm in self._listed if bm not in now_set]
-        adds = [(i, d) for i, (k, d) in enumerate(actions) if k == "block-dirty-bitmap-add"]
-        for n, (_, data) in enumerate(adds):
-            later = any(d.get("name") == data.get("name") for _, d in adds[n + 1 :])
-            self._track_add(
-                str(data.get("node")),
-                str(data.get("name")),
-                new,
-                prefer_now=not later,
-                enabled=not data.get("disabled", False),
-            )
+        adds = [d for k, d in actions if k == "block-dirty-bitmap-add"]
+        # the last add at an address gets what the address resolves to now; earlier ones
+        # (a later action moved the address) get the other new bitmaps of that name
+        picks: list[DirtyBitmap | None] = []
+        for data in reversed(adds):
+            picks.append(self._pick(str(data.get("node")), str(data.get("name")), new))
+        for data, pick in zip(adds, reversed(picks), strict=True):
+            if pick is not None:
+                self._track_add(
+                    str(data.get("node")),
+                    str(data.get("name")),
+                    pick,
+                    enabled=not data.get("disabled", False),
+                )
+        moved = False  # an earlier action changed the graph (snapshot, backup filter)
         for kind, data in actions:
+            if not kind.startswith("block-dirty-bitmap-"):
+                moved = True
+                continue
+            name = str(data.get("name"))
+            bm = self._resolve(str(data.get("node")), name, moved)
             if kind == "block-dirty-bitmap-remove":
-                name = str(data.get("name"))
-                was = self._resolved_before(str(data.get("node")), name)
-                if was is not None and was not in vanished:
-                    vanished.append(was)
+                if bm is not None and bm not in vanished:
+                    vanished.append(bm)
                 self._untrack_removed(name, vanished, now)
-            elif kind == "block-dirty-bitmap-clear":
-                bm = self.lookup(str(data.get("node")), str(data.get("name")))[1]
-                if bm is not None:
-                    self.cleared.append(bm)
+            elif kind == "block-dirty-bitmap-clear" and bm is not None:
+                self.cleared.append(bm)
             elif kind in ("block-dirty-bitmap-enable", "block-dirty-bitmap-disable"):
-                bm = self.lookup(str(data.get("node")), str(data.get("name")))[1]
                 for entry in self.entries.values():
                     if bm is not None and entry.bitmap is bm:
                         entry.enabled = kind == "block-dirty-bitmap-enable"
         self._listed = now
 
-    def _track_add(
-        self, address: str, name: str, new: list[DirtyBitmap], prefer_now: bool, enabled: bool
-    ) -> None:
+    def _pick(self, address: str, name: str, new: list[DirtyBitmap]) -> DirtyBitmap | None:
+        """Claim, from the bitmaps this command created, the one an add at (address, name)
+        made."""
         candidates = [bm for bm in new if bm.name == name]
         if not candidates:
-            return
+            return None
         resolved = self.lookup(address, name)[1]
-        pick = candidates[0]
-        for bm in candidates:
-            if (bm is resolved) == prefer_now:
-                pick = bm
-                break
+        pick = next((bm for bm in candidates if bm is resolved), candidates[0])
         new.remove(pick)
+        return pick
+
+    def _track_add(self, address: str, name: str, pick: DirtyBitmap, enabled: bool) -> None:
         backend = self.graph.backends.get(address)
         node = None if backend is not None else self.graph.node(address)
         owner = owner_of(self.graph, pick)
@@ -231,3 +252,4 @@ class BitmapRegistry:
         self.added, self.cleared, self.removed = [], [], []
         self._listed = self._listed_now()
         self._lists_before = self._lists_now()
+        self._roots_before = self._roots_now()
