@@ -287,3 +287,16 @@ def test_an_action_before_a_snapshot_in_the_same_transaction_sees_the_old_graph(
         checkers=make_checkers([SOUND]),
     )
     assert result.final["violations"] == []  # b0 was disabled: it owes nothing
+
+
+def test_policy_matrix() -> None:
+    from sim.check.matrix import markdown, policy_matrix
+
+    trace = load_trace(CHECKER_SCENARIOS / "addr-snapshot-device-bitmap.jsonl")
+    matrix = policy_matrix([trace], invariants=[ADDR, SOUND, JOB])
+    broken = {(p, n) for p in matrix.policies for n in matrix.invariants
+              if matrix.cells[p][n].broken}  # fmt: skip
+    assert broken == {("qemu-7.2", ADDR), ("qemu-7.2", SOUND), ("qemu-2.5", ADDR)}
+    table = markdown(matrix)
+    assert "| `bitmap-addressability` | broken: `addr-snapshot-device-bitmap` |" in table
+    assert table.count("holds") == 12 - 3
