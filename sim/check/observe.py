@@ -76,8 +76,8 @@ class StepLog:
         self.index = 0  # the step the fields below describe
         self.commands: list[Command] = []
         self._pending: list[Command] = []  # commands of the step that is running
-        self._event_mark = self._next_event_mark = len(machine.events)
-        self._time_mark = self._next_time_mark = machine.now_ns
+        self._event_mark = self._next_event_mark = len(machine.events.history)
+        self._time_mark = self._next_time_mark = machine.env.now
         # quiet: only guest I/O and queries, no event, no time (nothing but contents changed)
         self.quiet = False
         self._data: bool | None = None
@@ -92,12 +92,11 @@ class StepLog:
         return log
 
     def _on_command(self, request: Any, response: dict[str, Any]) -> None:
-        if not isinstance(request, dict) or not isinstance(request.get("execute"), str):
-            return
-        args = request.get("arguments")
-        self._pending.append(
-            Command(request["execute"], args if isinstance(args, dict) else {}, response)
-        )
+        if isinstance(request, dict):
+            name = request.get("execute")
+            if isinstance(name, str):
+                args = request.get("arguments")
+                self._pending.append(Command(name, args if type(args) is dict else {}, response))
 
     def sync(self, index: int) -> None:
         """Describe step `index` (which just ran); a no-op when it already does."""
@@ -106,8 +105,9 @@ class StepLog:
         self.index = index
         self.commands, self._pending = self._pending, []
         self._event_mark, self._time_mark = self._next_event_mark, self._next_time_mark
-        self._next_event_mark = len(self.machine.events)
-        self._next_time_mark = self.machine.now_ns
+        machine = self.machine
+        self._next_event_mark = len(machine.events.history)
+        self._next_time_mark = machine.env.now
         self._data = None
         self.quiet = not self._moved and all(
             c.name in QUIET_COMMANDS or c.name.startswith("query-") for c in self.commands
