@@ -300,3 +300,21 @@ def test_policy_matrix() -> None:
     table = markdown(matrix)
     assert "| `bitmap-addressability` | broken: `addr-snapshot-device-bitmap` |" in table
     assert table.count("holds") == 12 - 3
+
+
+@pytest.mark.parametrize("policy", ["qemu-7.2", "bb-attached"])
+def test_a_bitmap_added_and_disabled_in_one_transaction_owes_nothing(policy: str) -> None:
+    actions = [
+        {"type": "block-dirty-bitmap-add", "data": {"node": "drive0", "name": "n1"}},
+        {"type": "block-dirty-bitmap-disable", "data": {"node": "drive0", "name": "n1"}},
+    ]
+    result = run_steps(
+        [
+            qmp("transaction", actions=actions),
+            io("write -P 3 4M 64k"),
+            qmp("x-debug-block-dirty-bitmap-sha256", node="drive0", name="n1"),
+        ],
+        policy=policy,
+        checkers=make_checkers([SOUND]),
+    )
+    assert result.final["violations"] == []

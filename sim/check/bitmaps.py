@@ -135,21 +135,19 @@ class BitmapRegistry:
         picks: list[DirtyBitmap | None] = []
         for data in reversed(adds):
             picks.append(self._pick(str(data.get("node")), str(data.get("name")), new))
+        made: dict[tuple[str, str], DirtyBitmap] = {}  # by the adds of this command
         for data, pick in zip(adds, reversed(picks), strict=True):
             if pick is not None:
-                self._track_add(
-                    str(data.get("node")),
-                    str(data.get("name")),
-                    pick,
-                    enabled=not data.get("disabled", False),
-                )
+                address, name = str(data.get("node")), str(data.get("name"))
+                made[(address, name)] = pick
+                self._track_add(address, name, pick, enabled=not data.get("disabled", False))
         moved = False  # an earlier action changed the graph (snapshot, backup filter)
         for kind, data in actions:
             if not kind.startswith("block-dirty-bitmap-"):
                 moved = True
                 continue
-            name = str(data.get("name"))
-            bm = self._resolve(str(data.get("node")), name, moved)
+            address, name = str(data.get("node")), str(data.get("name"))
+            bm = made.get((address, name)) or self._resolve(address, name, moved)
             if kind == "block-dirty-bitmap-remove":
                 if bm is not None and bm not in vanished:
                     vanished.append(bm)
