@@ -43,8 +43,8 @@ VERDICTS: dict[str, set[str]] = {
     "mcc-side-write-to-mirror-target": {MCC, LOSS},
     "loss-backup-into-another-drive": {LOSS},
     "job-lifecycles": set(),
-    "known-model-bug-mirror-existing-target-stale-holes": {MCC, LOSS},
-    "known-model-bug-snapshot-onto-itself-cycle": {GRAPH},
+    "mcc-mirror-existing-target-zeroed": set(),
+    "graph-snapshot-onto-itself-refused": set(),
 }
 # No trace makes a correct model break QEMU's job state machine (the model's moves go
 # through the same JobSTT table); tests/test_mutants.py shows the checker catches models

@@ -53,7 +53,7 @@ class BackupKind(KindBase):
         if bitmap is not None:
             succ = DirtyBitmap(None, bitmap.granularity, bitmap.size_bytes, enabled=bitmap.enabled)
             bitmap.successor = succ
-            source.bitmaps.insert(0, succ)
+            self._owner_list_of(bitmap, source).insert(0, succ)
             self.successor: DirtyBitmap | None = succ
         else:
             self.successor = None
@@ -167,10 +167,14 @@ class BackupKind(KindBase):
         self.successor = None
 
     def _owner_list(self, bm: DirtyBitmap) -> list[DirtyBitmap]:
-        for node in self.graph.nodes:
-            if bm in node.bitmaps:
-                return node.bitmaps
-        return self.source.bitmaps
+        return self._owner_list_of(bm, self.source)
+
+    def _owner_list_of(self, bm: DirtyBitmap, source: BlockNode) -> list[DirtyBitmap]:
+        """The list holding `bm`: a node's, or a BlockBackend's (bb-attached)."""
+        for owner in [*self.graph.nodes, *self.graph.backends.values()]:
+            if any(b is bm for b in owner.bitmaps):
+                return owner.bitmaps
+        return source.bitmaps
 
     def clean(self) -> None:
         if self.copy_map in self.source.bitmaps:

@@ -102,8 +102,15 @@ class MirrorKind(KindBase):
         g = self.dirty.granularity
         self.dirty.bits[offset // g] = 0
         stop = self.base if self.commit_mode else None
+        # mirror_iteration writes zeroes where the source reads zeroes (it does not
+        # leave an existing target's old data there: bug corpus L3)
         copy_range(
-            self.graph, chain_contents(self.graph, self.source, stop), self.target, offset, length
+            self.graph,
+            chain_contents(self.graph, self.source, stop),
+            self.target,
+            offset,
+            length,
+            write_zeroes=not self.commit_mode,
         )
         self.job.offset += length
         self.update_len()

@@ -37,6 +37,8 @@ class PlacementPolicy(Protocol):
 
     def on_append(self, graph: BlockGraph, old_top: BlockNode, new_top: BlockNode) -> None: ...
 
+    def owners_for_job(self, graph: BlockGraph, name: str, node: BlockNode) -> list[Owner]: ...
+
 
 @dataclass(frozen=True)
 class Qemu72Policy:
@@ -53,6 +55,10 @@ class Qemu72Policy:
 
     def on_append(self, graph: BlockGraph, old_top: BlockNode, new_top: BlockNode) -> None:
         return None
+
+    def owners_for_job(self, graph: BlockGraph, name: str, node: BlockNode) -> list[Owner]:
+        """Where a job started on `name` (resolved to `node`) looks for its bitmap."""
+        return [node]
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,10 @@ class BBAttachedPolicy(Qemu72Policy):
         if bb is not None:
             return bb
         return graph.lookup_bs(name)
+
+    def owners_for_job(self, graph: BlockGraph, name: str, node: BlockNode) -> list[Owner]:
+        bb = graph.backends.get(name)
+        return [bb, node] if bb is not None else [node]
 
     def owners_for_lookup(self, graph: BlockGraph, name: str) -> list[Owner]:
         bb = graph.backends.get(name)

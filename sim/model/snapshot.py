@@ -108,6 +108,10 @@ def blockdev_snapshot(
 
 def append(graph: BlockGraph, policy: PlacementPolicy, new: BlockNode, old: BlockNode) -> Undo:
     """bdrv_append(new, old): new backs onto old and replaces it in all its parents."""
+    if new is old or _reaches(old, new):
+        raise QMPError(
+            f"Making '{old.node_name}' a backing child of '{new.node_name}' would create a cycle"
+        )
     parents = [(p, role) for p, role in graph.parents(old)]
     roots = [bb for bb in graph.backends.values() if bb.root is old]
     saved_lists = (list(old.bitmaps), list(new.bitmaps))
@@ -115,6 +119,8 @@ def append(graph: BlockGraph, policy: PlacementPolicy, new: BlockNode, old: Bloc
     saved_readonly = [(bm, bm.readonly, bm.stored) for bm in old.bitmaps]
     graph.set_backing(new, old)
     for p, role in parents:
+        if p is new:  # should_update_child: never make the overlay its own child
+            continue
         if role == "backing":
             graph.set_backing(p, new)
         else:
@@ -133,6 +139,8 @@ def append(graph: BlockGraph, policy: PlacementPolicy, new: BlockNode, old: Bloc
         for bb in roots:
             bb.root = old
         for p, role in parents:
+            if p is new:
+                continue
             if role == "backing":
                 graph.set_backing(p, old)
             else:
@@ -144,6 +152,21 @@ def append(graph: BlockGraph, policy: PlacementPolicy, new: BlockNode, old: Bloc
             bm.readonly, bm.stored = ro, stored
 
     return undo
+
+
+def _reaches(top: BlockNode, node: BlockNode) -> bool:
+    """Whether `node` is somewhere below `top` (bdrv_recurse_has_child)."""
+    stack = list(top.children())
+    seen: list[BlockNode] = []
+    while stack:
+        n = stack.pop()
+        if n is node:
+            return True
+        if any(n is s for s in seen):
+            continue
+        seen.append(n)
+        stack.extend(n.children())
+    return False
 
 
 def _close_overlay(graph: BlockGraph, overlay: BlockNode) -> None:

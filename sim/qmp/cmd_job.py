@@ -105,7 +105,7 @@ def _backup_bitmap_checks(
         sync, mode = "bitmap", "on-success"
     bm = None
     if "bitmap" in a:
-        bm = source.find_bitmap(a["bitmap"])
+        bm = _job_bitmap(m, a["device"], source, a["bitmap"])
         if bm is None:
             raise QMPError(f"Bitmap '{a['bitmap']}' could not be found")
         if mode is None:
@@ -121,6 +121,16 @@ def _backup_bitmap_checks(
     elif mode is not None:
         raise QMPError("Cannot specify bitmap sync mode without a bitmap")
     return bm, sync, mode
+
+
+def _job_bitmap(m: Machine, device: str, source: BlockNode, name: str) -> Any:
+    """The sync bitmap, where the placement policy says a job finds it."""
+    s = m.state
+    for owner in s.policy.owners_for_job(s.graph, device, source):
+        for bm in owner.bitmaps:
+            if bm.name == name:
+                return bm
+    return None
 
 
 def _create_backup(
