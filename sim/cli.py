@@ -162,6 +162,31 @@ def _write_timeline(folder: Path, trace: Path, files: list[Path], timeline: dict
     write_json(folder / "timelines" / f"{name}.json", timeline)
 
 
+@main.command()
+@click.argument("traces", nargs=-1)
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write matrix.json (the report's input) here.",
+)
+def matrix(traces: tuple[str, ...], json_out: str | None) -> None:
+    """Replay scenarios (default: scenarios/) under every policy with every checker and
+    print the policy x invariant matrix with the minimal breaking trace per cell."""
+    from rich.progress import Progress
+
+    from sim.check.matrix import markdown, policy_matrix, to_json
+
+    files = collect_traces(traces or ("scenarios",))
+    with Progress(transient=True) as bar:
+        task = bar.add_task("policy matrix", total=len(files))
+        result = policy_matrix(files, progress=lambda _p: bar.advance(task))
+    click.echo(markdown(result))
+    if json_out:
+        Path(json_out).write_text(json.dumps(to_json(result), indent=1) + "\n", encoding="utf-8")
+
+
 def header_invariants(trace: Any) -> list[str]:
     """The checkers a trace asks for in its header (`"invariants": [...]` or "all")."""
     from sim.check import CHECKERS

@@ -290,16 +290,19 @@ def test_an_action_before_a_snapshot_in_the_same_transaction_sees_the_old_graph(
 
 
 def test_policy_matrix() -> None:
-    from sim.check.matrix import markdown, policy_matrix
+    from sim.check.matrix import markdown, policy_matrix, to_json
 
-    trace = load_trace(CHECKER_SCENARIOS / "addr-snapshot-device-bitmap.jsonl")
-    matrix = policy_matrix([trace], invariants=[ADDR, SOUND, JOB])
+    path = CHECKER_SCENARIOS / "addr-snapshot-device-bitmap.jsonl"
+    matrix = policy_matrix([path], invariants=[ADDR, SOUND, JOB])
     broken = {(p, n) for p in matrix.policies for n in matrix.invariants
               if matrix.cells[p][n].broken}  # fmt: skip
     assert broken == {("qemu-7.2", ADDR), ("qemu-7.2", SOUND), ("qemu-2.5", ADDR)}
     table = markdown(matrix)
-    assert "| `bitmap-addressability` | broken: `addr-snapshot-device-bitmap` |" in table
+    assert f"| `bitmap-addressability` | **broken** by `{path}`" in table
     assert table.count("holds") == 12 - 3
+    cells = to_json(matrix)["cells"]
+    assert [c["broken"] for c in cells].count(True) == 3
+    assert all(c["trace"] == str(path) for c in cells if c["broken"])
 
 
 @pytest.mark.parametrize("policy", ["qemu-7.2", "bb-attached"])

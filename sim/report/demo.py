@@ -24,7 +24,7 @@ from typing import Any
 
 from sim.report import Report, build_report
 from sim.timeline import record, write_json
-from sim.trace import POLICIES, dumps, load_trace
+from sim.trace import dumps, load_trace
 
 Say = Callable[[str], None]
 
@@ -164,49 +164,15 @@ def fuzz(run: Path, seconds: float, say: Say) -> None:
 
 
 def policy_matrix(traces: list[Path], run: Path) -> dict[str, Any]:
-    """matrix.json: each trace under each policy with every checker; per (policy,
-    invariant) the shortest breaking trace, copied into run/traces/."""
-    from sim.check import CHECKERS, make_checkers
-    from sim.replay import replay
+    """matrix.json (sim.check.matrix), each cell's minimal trace copied into run/traces/."""
+    from sim.check.matrix import policy_matrix as build
+    from sim.check.matrix import to_json
 
-    best: dict[tuple[str, str], dict[str, Any]] = {}
-    for path in traces:
-        trace = load_trace(path)
-        for policy in POLICIES:
-            result = replay(trace, policy=policy, checkers=make_checkers(None))
-            violations = [v for o in result.steps for v in o.violations]
-            violations += result.final.get("violations", [])
-            for v in violations:
-                key = (policy, str(v["invariant"]))
-                cell = best.setdefault(key, {"traces": set(), "best": None})
-                cell["traces"].add(str(path))
-                rank = (len(trace.steps), str(path))
-                if cell["best"] is None or rank < cell["best"][0]:
-                    cell["best"] = (rank, path, str(v.get("message", "")))
-    cells = []
-    for policy in POLICIES:
-        for invariant in CHECKERS:
-            found = best.get((policy, invariant))
-            if found is None:
-                cells.append({"policy": policy, "invariant": invariant, "broken": False})
-                continue
-            (steps, _), path, message = found["best"]
+    matrix = to_json(build(traces))
+    for cell in matrix["cells"]:
+        if cell["broken"]:
+            path = Path(cell["trace"])
             name = f"{path.parent.name}-{path.name}"  # scenario folders reuse file names
             shutil.copyfile(path, run / "traces" / name)
-            cells.append(
-                {
-                    "policy": policy,
-                    "invariant": invariant,
-                    "broken": True,
-                    "trace": f"traces/{name}",
-                    "steps": steps,
-                    "message": message,
-                    "traces_breaking": len(found["traces"]),
-                }
-            )
-    return {
-        "policies": list(POLICIES),
-        "invariants": list(CHECKERS),
-        "cells": cells,
-        "traces": len(traces),
-    }
+            cell["trace"] = f"traces/{name}"
+    return matrix
