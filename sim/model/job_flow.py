@@ -157,6 +157,9 @@ def pause(job: Job) -> None:
     if job.user_paused:
         raise QMPError("Job is already paused")
     job.user_paused = 1
+    flush = getattr(job.kind, "flush_on_drain", None)
+    if flush is not None:  # the job runs an iteration before it reaches its pause point
+        flush()
     if job.status == "running":
         job.set_status("paused")
     elif job.status == "ready":
