@@ -5,6 +5,8 @@
    Targets: >= 200,000 writes/s, < 1 GiB peak memory (RSS growth).
 2. Trace replay of `qemu-io` write steps through the whole stack (trace
    parsing excluded: steps are pre-parsed).  Target: >= 50,000 steps/s.
+3. The same replay with every invariant checker on (issue 4).  Target: the
+   checkers cost at most a 2x slowdown.
 
 Prints each figure next to its target.  `--quick` runs a tenth of the work.
 """
@@ -18,6 +20,7 @@ import time
 
 import numpy as np
 
+from sim.check import make_checkers
 from sim.engine.machine import Machine
 from sim.model import bitmap_ops, io
 from sim.model.state import BlockState
@@ -50,7 +53,7 @@ def bench_writes(n: int) -> tuple[float, float]:
     return n / elapsed, rss_mib() - before
 
 
-def bench_replay_writes(n: int) -> float:
+def bench_replay_writes(n: int, checkers: bool = False) -> float:
     drive = {
         "id": "drive0",
         "node-name": "fmt0",
@@ -71,7 +74,7 @@ def bench_replay_writes(n: int) -> float:
             json.dumps({"execute": "human-monitor-command", "arguments": {"command-line": cmd}})
         )
     trace = parse_lines(lines)
-    replayer = Replayer(trace)
+    replayer = Replayer(trace, checkers=make_checkers(None) if checkers else None)
     t0 = time.perf_counter()
     for index, step in enumerate(trace.steps, start=1):
         replayer.run_step(index, step)
@@ -88,8 +91,14 @@ def main() -> None:
         f"model writes: {n:,} random 4 KiB writes, 1 TiB disk, 4 bitmaps: "
         f"{rate:,.0f} writes/s (target >= 200,000); RSS growth {mem:,.0f} MiB (target < 1024)"
     )
-    steps = bench_replay_writes(20_000 if quick else 100_000)
+    n_steps = 20_000 if quick else 100_000
+    steps = bench_replay_writes(n_steps)
     print(f"replay: qemu-io write steps: {steps:,.0f} steps/s (target >= 50,000)")
+    checked = bench_replay_writes(n_steps, checkers=True)
+    print(
+        f"replay with all 7 checkers: {checked:,.0f} steps/s; slowdown "
+        f"{steps / checked:.2f}x (target <= 2x)"
+    )
 
 
 if __name__ == "__main__":

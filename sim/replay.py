@@ -132,7 +132,9 @@ class Replayer:
         )
         outcome.warnings = m.state.warnings[warned:]
         for checker in self.checkers:
-            outcome.violations.extend(v.to_dict() for v in checker.after_step(index))
+            found = checker.after_step(index)
+            if found:
+                outcome.violations.extend(v.to_dict() for v in found)
         if step.expect is not None and error is None:
             diff = first_difference(step.expect, _comparable(response))
             if diff:
