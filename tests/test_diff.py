@@ -23,6 +23,7 @@ from sim.oracle.diff import (
     Difference,
     check_runnable,
     compare_image_bytes,
+    compare_image_runs,
     diff_trace,
     sim_guest_view,
 )
@@ -158,26 +159,33 @@ def test_guest_view_reads_through_backing_files() -> None:
     top.content.write(2 * SECTOR, SECTOR, stamps.new(0x6))
     top.content.write(3 * SECTOR, SECTOR, 1)  # zeroes written: hides the base
     images = {"base.qcow2": base, "top.qcow2": top}
-    assert sim_guest_view(images, "top.qcow2", stamps) == [5, 5, 6, 0, 0, 0, 0, 0]
-    assert sim_guest_view(images, "base.qcow2", stamps) == [5, 5, 5, 5, 0, 0, 0, 0]
+    assert sim_guest_view(images, "top.qcow2", stamps) == bytes([5, 5, 6, 0, 0, 0, 0, 0])
+    assert sim_guest_view(images, "base.qcow2", stamps) == bytes([5, 5, 5, 5, 0, 0, 0, 0])
     top.backing_file = None  # e.g. after a stream: QEMU no longer reads the base
-    assert sim_guest_view(images, "top.qcow2", stamps) == [0, 0, 6, 0, 0, 0, 0, 0]
+    assert sim_guest_view(images, "top.qcow2", stamps) == bytes([0, 0, 6, 0, 0, 0, 0, 0])
 
 
 def test_image_bytes_comparison() -> None:
     real = b"\x05" * 1024 + b"\x00" * 1024
-    assert compare_image_bytes("a", real, [5, 5, 0, 0]) == (None, 0)
-    diff, _ = compare_image_bytes("a", real, [5, 6, 0, 5])
+    assert compare_image_bytes("a", real, bytes([5, 5, 0, 0])) == (None, 0)
+    diff, _ = compare_image_bytes("a", real, bytes([5, 6, 0, 5]))
     assert diff is not None and diff.where == "image a"
     assert diff.detail == (
         "content differs at [512, 1k): expected 0x05, got 0x06; [1536, 2k): expected 0x00, got 0x05"
     )
     partly = b"\x05" * 100 + b"\x00" * 412  # a sub-sector write: the simulator stamps it whole
-    assert compare_image_bytes("a", partly, [5]) == (None, 1)
-    diff, _ = compare_image_bytes("a", partly, [7])
+    assert compare_image_bytes("a", partly, b"\x05") == (None, 1)
+    diff, _ = compare_image_bytes("a", partly, b"\x07")
     assert diff is not None and "expected mixed bytes, got 0x07" in diff.detail
-    diff, _ = compare_image_bytes("a", real, [5])
+    diff, _ = compare_image_bytes("a", real, b"\x05")
     assert diff is not None and diff.detail == "size: expected 2048 bytes, got 512"
+    # sparse: QEMU's data runs, zeroes elsewhere
+    runs = [(1024, b"\x05" * 512)]
+    assert compare_image_runs("a", 4096, runs, bytes([0, 0, 5, 0, 0, 0, 0, 0])) == (None, 0)
+    diff, _ = compare_image_runs("a", 4096, runs, bytes([0, 0, 5, 0, 0, 0, 9, 9]))
+    assert (
+        diff is not None and diff.detail == "content differs at [3k, 4k): expected 0x00, got 0x09"
+    )
 
 
 def test_signatures_ignore_indices_and_numbers() -> None:

@@ -399,13 +399,14 @@ def _value_kind(text: str) -> str:
 # --- 4. images -------------------------------------------------------------------------
 
 
-def sim_guest_view(images: Mapping[str, Image], name: str, stamps: StampTable) -> list[int]:
+def sim_guest_view(images: Mapping[str, Image], name: str, stamps: StampTable) -> bytes:
     """Pattern byte per 512-byte sector that a reader of image `name` sees in the simulator.
 
     Reads through the backing images the way each image's `backing_file` says
     (as ``qemu-img convert`` does on the real file), top first; unallocated
     sectors read as zeroes, as do sectors past a shorter backing image.  A
     backing file the simulator does not know ends the chain (a loop too).
+    Raises `KeyError` for an unknown image.
     """
     chain = []
     seen: set[str] = set()
@@ -417,7 +418,7 @@ def sim_guest_view(images: Mapping[str, Image], name: str, stamps: StampTable) -
     if not chain:
         raise KeyError(name)
     stamps_seen = read_through(chain, 0, chain[0].nsectors)
-    return [int(p) for p in stamps.patterns_of(stamps_seen).tolist()]
+    return bytes(stamps.patterns_of(stamps_seen).astype("uint8").tobytes())
 
 
 def compare_images(
@@ -447,7 +448,8 @@ def compare_images(
                 Difference("image", None, None, name, "backing_file", detail, "backing file")
             )
         view = sim_guest_view(sim_images, name, sim.machine.state.stamps)
-        diff, lenient = compare_image_bytes(name, runner.read_image(name), view)
+        size, runs = runner.read_image_runs(name)
+        diff, lenient = compare_image_runs(name, size, runs, view)
         if diff is not None:
             found.append(diff)
         if lenient:
@@ -460,76 +462,99 @@ def compare_images(
     return found, names, notes
 
 
-def compare_image_bytes(
-    name: str, real: bytes, patterns: Sequence[int]
+def compare_image_bytes(name: str, real: bytes, patterns: bytes) -> tuple[Difference | None, int]:
+    """`compare_image_runs` for QEMU's guest bytes in one piece."""
+    return compare_image_runs(name, len(real), [(0, real)], patterns)
+
+
+def compare_image_runs(
+    name: str, size: int, runs: Sequence[tuple[int, bytes]], patterns: bytes
 ) -> tuple[Difference | None, int]:
     """Compare QEMU's guest bytes of an image with the simulator's pattern per sector.
 
-    Returns the `Difference` (None when every sector matches; else the first
-    differing byte ranges, QEMU's pattern or "mixed bytes" against the
-    simulator's) and the number of *partly written* sectors let through: the
-    simulator stamps a whole sector for a sub-sector write (a documented
-    approximation, sim/model/content.py), so a QEMU sector of mixed bytes
-    matches when the simulator's pattern is one of them.
+    `size` and `runs` are QEMU's side as `QemuRunner.read_image_runs` gives
+    it (data runs; zeroes elsewhere), `patterns` the simulator's pattern byte
+    per sector (`sim_guest_view`).  Returns the `Difference` (None when every
+    sector matches; else the first differing byte ranges, QEMU's pattern or
+    "mixed bytes" against the simulator's) and the number of *partly written*
+    sectors let through: the simulator stamps a whole sector for a sub-sector
+    write (a documented approximation, sim/model/content.py), so a QEMU
+    sector of mixed bytes matches when the simulator's pattern is one of them.
     """
-    expected = _expand(patterns)
-    if len(real) != len(expected):
-        detail = f"size: expected {len(real)} bytes, got {len(expected)}"
+    if size != len(patterns) * SECTOR:
+        detail = f"size: expected {size} bytes, got {len(patterns) * SECTOR}"
         return Difference("image", None, None, name, "size", detail, "size"), 0
-    if real == expected:
-        return None, 0
-    runs: list[list[Any]] = []  # [first sector, end sector, QEMU pattern, sim pattern]
+    ranges: list[list[Any]] = []  # [first sector, end sector, QEMU pattern, sim pattern]
     lenient = 0
-    for sector, q, sim_pattern in _sector_mismatches(real, expected):
+    for sector, q, sim_pattern in _mismatches(runs, patterns):
         if q is None:
             lenient += 1
-        elif runs and runs[-1][1] == sector and runs[-1][2:] == [q, sim_pattern]:
-            runs[-1][1] = sector + 1
+        elif ranges and ranges[-1][1] == sector and ranges[-1][2:] == [q, sim_pattern]:
+            ranges[-1][1] = sector + 1
         else:
-            runs.append([sector, sector + 1, q, sim_pattern])
-    if not runs:
+            ranges.append([sector, sector + 1, q, sim_pattern])
+    if not ranges:
         return None, lenient
     shown = [
         f"[{_size(a * SECTOR)}, {_size(b * SECTOR)}): expected {q}, got {sp}"
-        for a, b, q, sp in runs[:MAX_PER_SECTION]
+        for a, b, q, sp in ranges[:MAX_PER_SECTION]
     ]
-    more = f" ... ({len(runs)} ranges in all)" if len(runs) > MAX_PER_SECTION else ""
+    more = f" ... ({len(ranges)} ranges in all)" if len(ranges) > MAX_PER_SECTION else ""
     detail = f"content differs at {'; '.join(shown)}{more}"
     return Difference("image", None, None, name, "content", detail, "content"), lenient
 
 
-def _expand(patterns: Sequence[int]) -> bytes:
-    """The image bytes a list of sector patterns stands for."""
-    parts = []
-    start = 0
-    for index in range(1, len(patterns) + 1):
-        if index == len(patterns) or patterns[index] != patterns[start]:
-            parts.append(bytes([patterns[start]]) * ((index - start) * SECTOR))
-            start = index
-    return b"".join(parts)
+_RUN_OF_SAME = re.compile(rb"(.)\1*", re.DOTALL)
+_NOT_ZERO = re.compile(rb"[^\x00]+")
+_BLOCK = 128 * SECTOR  # data runs are compared 64 KiB at a time, sector by sector where they differ
 
 
-_BLOCK = 128 * SECTOR  # scan 64 KiB at a time, sector by sector only where they differ
+def _expand(patterns: bytes) -> bytes:
+    """The image bytes a string of sector patterns stands for."""
+    return b"".join(m[0][:1] * (len(m[0]) * SECTOR) for m in _RUN_OF_SAME.finditer(patterns))
 
 
-def _sector_mismatches(real: bytes, expected: bytes) -> Iterator[tuple[int, str | None, str]]:
+def _mismatches(
+    runs: Sequence[tuple[int, bytes]], patterns: bytes
+) -> Iterator[tuple[int, str | None, str]]:
     """(sector, QEMU's pattern or None when leniently equal, sim pattern) per differing sector."""
-    q_view, s_view = memoryview(real), memoryview(expected)
+    done = 0  # sectors checked so far
+    for offset, data in sorted(runs):
+        first, end = offset // SECTOR, -(-(offset + len(data)) // SECTOR)
+        yield from _hole_mismatches(patterns, done, first)
+        padded = bytes(offset - first * SECTOR) + data
+        padded += bytes(end * SECTOR - first * SECTOR - len(padded))
+        yield from _data_mismatches(first, padded, patterns[first:end])
+        done = end
+    yield from _hole_mismatches(patterns, done, len(patterns))
+
+
+def _hole_mismatches(patterns: bytes, first: int, end: int) -> Iterator[tuple[int, str, str]]:
+    """QEMU reads zeroes in sectors [first, end): every non-zero sim pattern differs."""
+    for match in _NOT_ZERO.finditer(patterns, first, max(first, end)):
+        for sector in range(match.start(), match.end()):
+            yield sector, "0x00", f"0x{patterns[sector]:02x}"
+
+
+def _data_mismatches(
+    first: int, real: bytes, patterns: bytes
+) -> Iterator[tuple[int, str | None, str]]:
+    expected = _expand(patterns)
+    if real == expected:
+        return
     for block in range(0, len(real), _BLOCK):
-        if q_view[block : block + _BLOCK] == s_view[block : block + _BLOCK]:
+        if real[block : block + _BLOCK] == expected[block : block + _BLOCK]:
             continue
-        for offset in range(block, min(block + _BLOCK, len(real)), SECTOR):
-            chunk = bytes(q_view[offset : offset + SECTOR])
-            pattern = expected[offset]
-            if chunk == expected[offset : offset + SECTOR]:
+        for at in range(block, min(block + _BLOCK, len(real)), SECTOR):
+            chunk = real[at : at + SECTOR]
+            pattern = expected[at]
+            if chunk == expected[at : at + SECTOR]:
                 continue
-            sim_pattern = f"0x{pattern:02x}"
-            if chunk == bytes([chunk[0]]) * SECTOR:
-                yield offset // SECTOR, f"0x{chunk[0]:02x}", sim_pattern
-            elif bytes([pattern]) in chunk:
-                yield offset // SECTOR, None, sim_pattern
+            sector, sim_pattern = first + at // SECTOR, f"0x{pattern:02x}"
+            if chunk == chunk[:1] * SECTOR:
+                yield sector, f"0x{chunk[0]:02x}", sim_pattern
             else:
-                yield offset // SECTOR, "mixed bytes", sim_pattern
+                yield sector, (None if bytes([pattern]) in chunk else "mixed bytes"), sim_pattern
 
 
 def _size(n: int) -> str:
