@@ -26,6 +26,7 @@ from sim.model.job_graph import (
 from sim.model.jobs import Job
 
 JOB_CLUSTER = 65536
+CHUNK_CLUSTERS = 16  # block-copy copies up to 1 MiB per task (progress moves in 1 MiB steps)
 
 
 class BackupKind(KindBase):
@@ -93,19 +94,39 @@ class BackupKind(KindBase):
 
     # -- work ------------------------------------------------------------------------------
     def next_chunk(self) -> tuple[int, int] | None:
-        """Next cluster to copy in the background; None when nothing is left."""
+        """Next run of dirty clusters to copy in the background (at most one block-copy
+        chunk, 1 MiB); None when nothing is left."""
         if self.sync == "none":
             return None
+        bits = self.copy_map.bits
         try:
-            i = self.copy_map.bits.index(1, self.cursor)
+            i = bits.index(1, self.cursor)
         except ValueError:
             return None
         self.cursor = i
+        window = bits[i : i + CHUNK_CLUSTERS]
+        n = window.index(0) if not window.all() else len(window)
         off = i * self.cluster
-        return off, min(self.cluster, self.source.size_bytes - off)
+        return off, min(n * self.cluster, self.source.size_bytes - off)
 
     def copy_chunk(self, offset: int, length: int) -> None:
-        self._copy_cluster(offset // self.cluster)
+        first = offset // self.cluster
+        n = -(-length // self.cluster)
+        bits = self.copy_map.bits
+        if not bits[first : first + n].all():  # a copy-before-write took some meanwhile
+            for i in range(first, first + n):
+                self._copy_cluster(i)
+            return
+        bits[first : first + n] = 0
+        copy_range(
+            self.graph,
+            chain_contents(self.graph, self.source),
+            self.target,
+            offset,
+            length,
+            write_zeroes=True,
+        )
+        self.job.offset += n * self.cluster  # progress counts whole clusters, like len
 
     def _copy_cluster(self, index: int) -> int:
         bits = self.copy_map.bits

@@ -90,17 +90,21 @@ class MirrorKind(KindBase):
         return self.dirty.bits.count() * self.dirty.granularity
 
     def next_chunk(self) -> tuple[int, int] | None:
+        """The next run of dirty chunks, at most CHUNK_BYTES (one mirror_iteration)."""
+        bits = self.dirty.bits
         try:
-            i = self.dirty.bits.index(1)
+            i = bits.index(1)
         except ValueError:
             return None
         g = self.dirty.granularity
+        window = bits[i : i + max(CHUNK_BYTES // g, 1)]
+        n = window.index(0) if not window.all() else len(window)
         off = i * g
-        return off, min(g, self.source.size_bytes - off)
+        return off, min(n * g, self.source.size_bytes - off)
 
     def copy_chunk(self, offset: int, length: int) -> None:
         g = self.dirty.granularity
-        self.dirty.bits[offset // g] = 0
+        self.dirty.bits[offset // g : -(-(offset + length) // g)] = 0
         stop = self.base if self.commit_mode else None
         # mirror_iteration writes zeroes where the source reads zeroes (it does not
         # leave an existing target's old data there: bug corpus L3)
