@@ -181,7 +181,6 @@ def merge(
 ) -> Undo:
     """block_dirty_bitmap_merge: target |= each source; target unchanged on error."""
     owner, dst = lookup(graph, policy, node, target)
-    check_bitmap(dst, DEFAULT_CHECKS)
     acc = DirtyBitmap(None, dst.granularity, dst.size_bytes)
     for src_ref in sources:
         if isinstance(src_ref, str):
@@ -190,6 +189,8 @@ def merge(
                 raise QMPError(f"Dirty bitmap '{src_ref}' not found")
         else:
             _, src = lookup(graph, policy, src_ref["node"], src_ref["name"])
+        # bdrv_merge_dirty_bitmap(dst, src): the target's checks, the source's, sizes
+        check_bitmap(dst, DEFAULT_CHECKS)
         check_bitmap(src, ALLOW_RO)
         if src.size_bytes != acc.size_bytes:
             raise QMPError(
@@ -197,6 +198,9 @@ def merge(
                 f"source size is {src.size_bytes}) and can't be merged"
             )
         acc.merge_from(src)
+    # each source is looked up before it is merged, so a missing source can be reported
+    # before the target's state (rec-0353, rec-0296, rec-0247 recorded on QEMU 7.2)
+    check_bitmap(dst, DEFAULT_CHECKS)
     saved = dst.copy_bits()
     dst.merge_from(acc)
     return lambda: dst.restore_bits(saved)

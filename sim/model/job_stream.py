@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.model.content import sector_span
+from sim.model.content import read_through, sector_span
 from sim.model.graph import BlockGraph, BlockNode
 from sim.model.job_flow import KindBase
 from sim.model.job_graph import chain_contents, drop_filter, insert_filter
@@ -51,21 +51,37 @@ class StreamKind(KindBase):
         self.job.len = 0 if self.nothing_to_do else self.node.size_bytes
 
     def next_chunk(self) -> tuple[int, int] | None:
-        if self.nothing_to_do or self.cursor >= self.node.size_bytes:
+        """The next chunk with something to pull up.  Chunks the node already holds,
+        or with nothing allocated below it, cost stream_run no I/O and no delay, so
+        they are passed over at once (their progress still counts)."""
+        if self.nothing_to_do:
             return None
-        return self.cursor, min(STREAM_CHUNK, self.node.size_bytes - self.cursor)
+        size = self.node.size_bytes
+        while self.cursor < size:
+            length = min(STREAM_CHUNK, size - self.cursor)
+            if self._fill(self.cursor, length) is not None:
+                return self.cursor, length
+            self.cursor += length
+            self.job.offset += length
+        return None
+
+    def _fill(self, offset: int, length: int) -> np.ndarray | None:
+        """Stamps to copy into the node for this range (None when there are none)."""
+        below = self.node.backing
+        if below is None or self.node.content is None:
+            return None
+        first, end = sector_span(offset, length)
+        own = self.node.content.read(first, end)
+        if own.all():
+            return None
+        data = read_through(chain_contents(self.graph, below, self.base), first, end)
+        fill = np.where(own == 0, data, 0).astype(np.int32)
+        return fill if fill.any() else None
 
     def copy_chunk(self, offset: int, length: int) -> None:
-        below = self.node.backing
-        if below is not None and self.node.content is not None:
-            first, end = sector_span(offset, length)
-            own = self.node.content.read(first, end)
-            from sim.model.content import read_through
-
-            data = read_through(chain_contents(self.graph, below, self.base), first, end)
-            fill = np.where(own == 0, data, 0).astype(np.int32)
-            if fill.any():
-                self.node.content.write_stamps(first, fill)
+        fill = self._fill(offset, length)
+        if fill is not None and self.node.content is not None:
+            self.node.content.write_stamps(offset >> 9, fill)
         self.cursor = offset + length
         self.job.offset += length
 
