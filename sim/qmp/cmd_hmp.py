@@ -30,11 +30,34 @@ def _hmp(m: Machine, a: dict[str, Any]) -> str:
         return qemu_io.device_not_found_reply(cmd.target)
     if cmd.requires_write and root.read_only:
         return qemu_io.READ_ONLY_REPLY
+    _warn_if_qemu_hangs(m, root, cmd)
     if cmd.op in ("write", "read", "discard", "flush"):
         m.hmp_output = run_io(m, bb, root, cmd)
     else:
         m.hmp_output = cmd.output
     return cmd.reply
+
+
+def _warn_if_qemu_hangs(m: Machine, root: Any, cmd: qemu_io.QemuIoCommand) -> None:
+    """qemu-io cases that crash or hang a real QEMU 7.2 (found recording traces)."""
+    graph = m.state.graph
+    touched = graph.backing_chain(root)
+    for job in m.state.jobs:
+        kind = job.kind
+        if job.status != "pending" or not any(
+            n in touched for n in getattr(kind, "nodes", []) if not n.is_filter
+        ):
+            continue
+        if getattr(kind, "has_ready", False) and (job.completion_requested or job.cancelled):
+            m.state.warnings.append(
+                f"real QEMU 7.2 hangs its monitor on qemu-io through a drive whose "
+                f"mirror/commit job '{job.id}' is pending after complete or soft cancel"
+            )
+        elif job.type == "stream" and getattr(kind, "nothing_to_do", False) and cmd.op == "read":
+            m.state.warnings.append(
+                f"real QEMU 7.2 crashes (SIGSEGV) on a qemu-io read through a node whose "
+                f"stream job '{job.id}' had nothing to stream and is held pending"
+            )
 
 
 def run_io(m: Machine, bb: Any, root: Any, cmd: qemu_io.QemuIoCommand) -> str:

@@ -631,6 +631,11 @@ def _query_version(m: Machine, a: dict[str, Any]) -> dict[str, Any]:
 @command("query-named-block-nodes")
 def _query_named_block_nodes(m: Machine, a: dict[str, Any]) -> list[dict[str, Any]]:
     graph = m.state.graph
+    if any(j.type == "stream" and j.status == "concluded" for j in m.state.jobs):
+        m.state.warnings.append(
+            "real QEMU 7.2 crashes on query-named-block-nodes while a stream job waits "
+            "in concluded (auto-dismiss: false); blocksim answers"
+        )
     flat = bool(a.get("flat", False))
     unmap = drive_backup_targets(m)
     return [
