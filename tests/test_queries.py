@@ -44,7 +44,7 @@ def _settle(node: BlockNode) -> None:
     """What a snapshot on top does to the old node: reopened read-only, bitmaps stored."""
     node.read_only = True
     for bm in node.bitmaps:
-        bm.readonly = bm.persistent
+        bm.readonly = bm.stored = bm.persistent
 
 
 # -- host-file formulas ---------------------------------------------------------------
