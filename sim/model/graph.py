@@ -213,6 +213,25 @@ class BlockGraph:
                 out.append((p, "target"))
         return out
 
+    def redirect(
+        self,
+        links: list[tuple[BlockNode, str]],
+        roots: list[BlockBackend],
+        to: BlockNode,
+        skip: BlockNode | None = None,
+    ) -> None:
+        """Point child links (parent, role) and backend roots at `to` (bdrv_replace_node's
+        core); links from `skip` are left alone (should_update_child: no self-loops)."""
+        for parent, role in links:
+            if parent is skip or parent is to:
+                continue
+            if role == "backing":
+                self.set_backing(parent, to)
+            else:
+                setattr(parent, role, to)
+        for bb in roots:
+            bb.root = to
+
     def has_users(self, node: BlockNode) -> bool:
         return bool(self.parents(node)) or self.backend_of_root(node) is not None
 

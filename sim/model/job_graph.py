@@ -19,16 +19,8 @@ from sim.model.graph import BlockGraph, BlockNode
 
 def replace_node(graph: BlockGraph, old: BlockNode, new: BlockNode) -> None:
     """Point every parent of `old` (except `new` itself) at `new`."""
-    for parent, role in graph.parents(old):
-        if parent is new:
-            continue
-        if role == "backing":
-            graph.set_backing(parent, new)
-        else:
-            setattr(parent, role, new)
-    for bb in graph.backends.values():
-        if bb.root is old:
-            bb.root = new
+    roots = [bb for bb in graph.backends.values() if bb.root is old]
+    graph.redirect(graph.parents(old), roots, new)
 
 
 def insert_filter(graph: BlockGraph, below: BlockNode, driver: str, name: str | None) -> BlockNode:

@@ -118,15 +118,7 @@ def append(graph: BlockGraph, policy: PlacementPolicy, new: BlockNode, old: Bloc
     saved_ro = old.read_only
     saved_readonly = [(bm, bm.readonly, bm.stored) for bm in old.bitmaps]
     graph.set_backing(new, old)
-    for p, role in parents:
-        if p is new:  # should_update_child: never make the overlay its own child
-            continue
-        if role == "backing":
-            graph.set_backing(p, new)
-        else:
-            setattr(p, role, new)
-    for bb in roots:
-        bb.root = new
+    graph.redirect(parents, roots, new, skip=new)
     # replacing the child re-labels the backing blocker with the new parent's name
     old.read_only = True
     for bm in old.bitmaps:
@@ -136,15 +128,7 @@ def append(graph: BlockGraph, policy: PlacementPolicy, new: BlockNode, old: Bloc
     policy.on_append(graph, old, new)
 
     def undo() -> None:
-        for bb in roots:
-            bb.root = old
-        for p, role in parents:
-            if p is new:
-                continue
-            if role == "backing":
-                graph.set_backing(p, old)
-            else:
-                setattr(p, role, old)
+        graph.redirect(parents, roots, old, skip=new)
         graph.set_backing(new, None)
         old.read_only = saved_ro
         old.bitmaps, new.bitmaps = list(saved_lists[0]), list(saved_lists[1])
