@@ -389,6 +389,126 @@ def demo(out: str, scenarios: str, fuzz_seconds: float) -> None:
     click.echo(f"open {built.index}")
 
 
+# --- fuzzing (sim.fuzz) ---------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--profile",
+    default=None,
+    metavar="NAME|FILE",
+    help="Campaign profile: fuzz/profiles/NAME.toml or a .toml path (options override it).",
+)
+@click.option(
+    "--policy",
+    default=None,
+    metavar="P[,P...]",
+    help=f"Placement policy, or several (one campaign each): {', '.join(POLICIES)} "
+    "[default: qemu-7.2].",
+)
+@_invariant_option
+@click.option(
+    "--examples",
+    type=click.IntRange(1),
+    default=None,
+    help="Examples to generate, over every round [default: 1000].",
+)
+@click.option(
+    "--steps", type=click.IntRange(1), default=None, help="Steps per example at most [default: 25]."
+)
+@click.option("--seed", type=int, default=None, help="Campaign seed [default: 0].")
+@click.option(
+    "--time-budget",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Stop after this much wall time (cuts by wall time).",
+)
+@click.option(
+    "--out",
+    default="fuzz-out",
+    show_default=True,
+    metavar="DIR",
+    help="Failures, coverage.json, campaign.json and Hypothesis' database.",
+)
+@click.option(
+    "--replay-corpus",
+    default=None,
+    metavar="DIR",
+    help="Instead of fuzzing, re-check every trace under DIR.",
+)
+@click.option(
+    "--memory-limit",
+    type=click.IntRange(0),
+    default=4096,
+    show_default=True,
+    metavar="MB",
+    help="Address-space limit of this process (0: none).",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def fuzz(
+    profile: str | None,
+    policy: str | None,
+    invariants: str | None,
+    examples: int | None,
+    steps: int | None,
+    seed: int | None,
+    time_budget: float | None,
+    out: str,
+    replay_corpus: str | None,
+    memory_limit: int,
+    no_progress: bool,
+) -> None:
+    """Search command interleavings for invariant violations (see fuzz/README.md).
+
+    Each failure is shrunk and written to OUT/failures/ as a trace that `blocksim
+    replay` reproduces; exit 1 when there is one, 130 when interrupted."""
+    from sim.fuzz import campaign as fc
+
+    if replay_corpus is not None:
+        sys.exit(_recheck_corpus(Path(replay_corpus)))
+    try:
+        base = fc.load_profile(profile) if profile else {}
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--profile") from None
+    names = parse_invariants(invariants)
+    try:
+        configs = fc.configs_from_options(
+            base, policy, names, examples, steps, seed, time_budget, Path(out), not no_progress
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if memory_limit:
+        fc.limit_memory(memory_limit)
+    code = EXIT_OK
+    for config in configs:
+        result = fc.run_campaign(config)
+        for line in fc.summary_lines(result):
+            click.echo(line)
+        if result.stopped == "interrupted":
+            sys.exit(130)
+        if result.failures or result.duplicates:
+            code = EXIT_MISMATCH
+    sys.exit(code)
+
+
+def _recheck_corpus(folder: Path) -> int:
+    from sim.fuzz.campaign import replay_corpus
+
+    if not folder.is_dir():
+        raise click.UsageError(f"no corpus folder {folder}")
+    checks = replay_corpus(folder)
+    for check in checks:
+        detail = f": {check.detail}" if check.detail else ""
+        click.echo(f"{check.status.upper():10} {check.path}{detail}")
+    counts = {s: sum(1 for c in checks if c.status == s) for s in
+              ("reproduces", "passes", "fixed", "changed", "error")}  # fmt: skip
+    click.echo(f"{len(checks)} traces: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    if counts["error"]:
+        return EXIT_USAGE
+    return EXIT_MISMATCH if counts["fixed"] or counts["changed"] else EXIT_OK
+
+
 def run() -> None:
     """Entry point that turns any stray exception into one line (exit 3)."""
     try:

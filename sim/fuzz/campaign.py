@@ -1,0 +1,525 @@
+"""Fuzz campaigns: rounds of Hypothesis runs, failures exported, coverage on disk.
+
+Theory of operation.  A campaign runs the state machine (`BlockMachine`, or a
+subclass) in *rounds* of `round_examples` examples each until `examples`
+have been asked for (or the time budget runs out).  Every round is one
+Hypothesis run with its own seed, derived from the campaign seed and the
+round number, and its own key in the example database (`OUT/hypothesis/`),
+so a campaign is a pure function of its seed while the database is empty;
+re-running in the same folder first replays what the database remembers.
+Hypothesis reports every distinct failure of a round (one exception class
+per invariant and message shape) after shrinking it; each is exported to
+`OUT/failures/` (sim/fuzz/export.py).  An invariant whose failure came back
+with a signature already on disk is *muted* for the rest of the campaign
+(still checked and counted, no longer failing; by failure key, see
+`sim.fuzz.machine.failure_key`) so later rounds look for something new.
+
+Wall time is read only for the progress bar, the coverage series and the
+time budget; nothing that is generated depends on it.  `--time-budget`
+necessarily cuts by wall time: the same seed with a budget runs as many
+examples as the machine manages, and a failure caught in mid-shrink is
+exported as shrunk as it got (`"shrunk": false` in the index).
+
+Ctrl-C (or the budget) stops at once: the smallest failing example seen so
+far for every failure not yet exported is written out, then the coverage;
+every file is replaced atomically, so what is on disk is always whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, Phase, Verbosity, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
+from hypothesis.errors import HypothesisException, Unsatisfiable
+from hypothesis.stateful import get_state_machine_test
+
+from sim.check import CHECKERS
+from sim.fuzz.coverage import Coverage
+from sim.fuzz.export import ExportRecord, atomic_write_json, export_failure
+from sim.fuzz.machine import (
+    INTERNAL_ERROR,
+    BlockMachine,
+    FuzzFailure,
+    MachineCore,
+    describe_exception,
+    failure_key,
+)
+from sim.replay import StepOutcome
+
+COVERAGE_WRITE_EVERY_S = 5.0
+SAMPLE_EVERY = 10  # examples between two points of the coverage series
+
+
+class CampaignStop(BaseException):  # noqa: N818 - not an error: a stop request
+    """Raised from inside an example when the time budget is spent (not an Exception,
+    so Hypothesis lets it through instead of treating it as a failure)."""
+
+
+@dataclass
+class CampaignConfig:
+    """What `blocksim fuzz` was asked to do."""
+
+    policy: str = "qemu-7.2"
+    invariants: list[str] | None = None  # None: every registered checker
+    examples: int = 1000
+    steps: int = 25
+    seed: int = 0
+    time_budget_s: float | None = None
+    out: Path = Path("fuzz-out")
+    round_examples: int = 200
+    groups: tuple[str, ...] | None = None  # None: the machine's own
+    progress: bool = False
+    shrink: bool = True  # False: stop a round at its first failure, export it as found
+    mute: tuple[str, ...] = ()  # known failures: invariant names or failure keys
+
+    def invariant_names(self) -> list[str]:
+        return list(CHECKERS) if self.invariants is None else list(self.invariants)
+
+
+@dataclass
+class CampaignResult:
+    """What a campaign did: failures (new and known), coverage, counts, how it ended."""
+
+    config: CampaignConfig
+    failures: list[ExportRecord] = field(default_factory=list)
+    duplicates: int = 0
+    examples: int = 0
+    steps: int = 0
+    rounds: int = 0
+    wall_s: float = 0.0
+    stopped: str = "done"  # done, time-budget, interrupted
+    muted: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. Hypothesis found a flaky example
+    coverage: Coverage = field(default_factory=Coverage)
+
+    def summary(self) -> dict[str, Any]:
+        cfg = asdict(self.config)
+        cfg["out"] = str(self.config.out)
+        return {
+            "config": cfg,
+            "stopped": self.stopped,
+            "rounds": self.rounds,
+            "examples": self.examples,
+            "steps": self.steps,
+            "wall_s": round(self.wall_s, 3),
+            "steps_per_s": round(self.steps / self.wall_s, 1) if self.wall_s else 0.0,
+            "coverage_points": self.coverage.points,
+            "muted": self.muted,
+            "duplicates": self.duplicates,
+            "warnings": self.warnings,
+            "failures": [f.to_json() for f in self.failures],
+        }
+
+
+class Campaign:
+    """Runs one campaign; also the observer every example reports to."""
+
+    def __init__(self, config: CampaignConfig, machine: type[MachineCore] = BlockMachine) -> None:
+        self.config = config
+        self.machine = machine
+        self.result = CampaignResult(config)
+        self.coverage = self.result.coverage
+        self.out = Path(config.out)
+        self.muted: set[str] = set(config.mute)
+        self.pending: dict[str, FuzzFailure] = {}  # smallest unexported failure per kind
+        self._t0 = 0.0
+        self._last_write = 0.0
+        self._round_runs = 0
+        self._progress: Any = None
+
+    # -- the observer (called by every example) --------------------------------------------
+    def example_started(self, machine: MachineCore) -> None:
+        self._round_runs += 1
+
+    def step_done(
+        self, machine: MachineCore, step: dict[str, Any], outcome: StepOutcome, jobs: dict[str, str]
+    ) -> None:
+        if len(machine.steps) == 1:
+            self.coverage.start_example(machine.enabled)
+        names = tuple(c.name for c in machine.replayer.checkers) if machine.replayer else ()
+        self.coverage.observe_step(
+            machine.machine, step, outcome, jobs, names, frozenset(self.muted)
+        )
+
+    def failure_seen(self, failure: FuzzFailure) -> None:
+        key = failure_key(failure.kind, failure.message)
+        known = self.pending.get(key)
+        if known is None or len(failure.steps) <= len(known.steps):
+            self.pending[key] = failure
+
+    def example_finished(self, machine: MachineCore) -> float:
+        self.result.examples += 1
+        self.result.steps = self.coverage.steps
+        wall = self.elapsed()
+        if self.result.examples % SAMPLE_EVERY == 0:
+            self.coverage.sample(wall, self.failure_counts())
+        if wall - self._last_write >= COVERAGE_WRITE_EVERY_S:
+            self.write_coverage()
+        self.show_progress()
+        budget = self.config.time_budget_s
+        if budget is not None and wall >= budget:
+            raise CampaignStop("time budget spent")
+        return self.coverage.example_rarity()
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self) -> CampaignResult:
+        """Run every round; always leaves failures, coverage and a summary on disk."""
+        self._t0 = time.monotonic()
+        (self.out / "failures").mkdir(parents=True, exist_ok=True)
+        with self.progress_bar():
+            try:
+                self._rounds()
+            except CampaignStop:
+                self.result.stopped = "time-budget"
+            except KeyboardInterrupt:
+                self.result.stopped = "interrupted"
+            finally:
+                self._export_pending()
+                self.result.wall_s = self.elapsed()
+                self.result.muted = sorted(self.muted)
+                self.coverage.sample(self.result.wall_s, self.failure_counts())
+                self.write_coverage()
+                atomic_write_json(self.out / "campaign.json", self.result.summary())
+        return self.result
+
+    def _rounds(self) -> None:
+        cfg = self.config
+        remaining, number = cfg.examples, 0
+        while remaining > 0:
+            size = min(cfg.round_examples, remaining)
+            self._round(number, size)
+            remaining -= size
+            number += 1
+            self.result.rounds = number
+
+    def _round(self, number: int, size: int) -> None:
+        cfg = self.config
+        seed = round_seed(cfg.seed, number)
+        attrs: dict[str, Any] = {
+            "policy": cfg.policy,
+            "checks": tuple(cfg.invariant_names()),
+            "muted": frozenset(self.muted),
+            "observer": self,
+            "name": f"fuzz-{cfg.policy}",
+            "_hypothesis_internal_use_seed": seed,
+        }
+        if cfg.groups is not None:
+            attrs["groups"] = tuple(cfg.groups)
+        cls = type(f"{self.machine.__name__}_round{number}", (self.machine,), attrs)
+        test = get_state_machine_test(cls, settings=self.settings(size))  # type: ignore[no-untyped-call]
+        key = f"blocksim-fuzz:{self.machine.__qualname__}:{cfg.policy}:{cfg.seed}:{number}"
+        test.hypothesis.inner_test._hypothesis_internal_add_digest = key.encode()
+        self._round_runs = 0
+        try:
+            test()
+            self.pending.clear()  # nothing failed in the end (a flaky example at most)
+        except Unsatisfiable:
+            pass  # every example of the round was rejected: nothing to report
+        except BaseException as exc:  # noqa: BLE001 - sorted out just below
+            failures, others = split_failures(exc)
+            for other in others:
+                if not isinstance(other, HypothesisException):
+                    raise  # KeyboardInterrupt, CampaignStop, or a bug of the fuzzer itself
+                first = str(other).strip().splitlines()[0] if str(other).strip() else ""
+                self.result.warnings.append(f"round {number}: {type(other).__name__}: {first}")
+            # Hypothesis reports every distinct failure shrunk: the unshrunk
+            # ones seen on the way are superseded
+            self.pending.clear()
+            for failure in failures:
+                self._export(failure, shrunk=self.config.shrink, round_number=number)
+
+    def settings(self, max_examples: int) -> settings:
+        return settings(
+            max_examples=max_examples,
+            stateful_step_count=self.config.steps,
+            deadline=None,
+            database=DirectoryBasedExampleDatabase(str(self.out / "hypothesis")),
+            derandomize=False,
+            suppress_health_check=list(HealthCheck),
+            phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.target)
+            + ((Phase.shrink,) if self.config.shrink else ()),
+            report_multiple_bugs=True,
+            print_blob=False,
+            verbosity=Verbosity.quiet,
+        )
+
+    # -- failures --------------------------------------------------------------------------------
+    def _export(self, failure: FuzzFailure, shrunk: bool, round_number: int | None) -> None:
+        where = f"round {round_number}, " if round_number is not None else ""
+        context = (
+            f"policy {self.config.policy}, campaign seed {self.config.seed}, {where}"
+            f"{self.result.examples} examples in"
+        )
+        record = export_failure(failure, self.out / "failures", context, shrunk=shrunk)
+        record.wall_s, record.examples = self.elapsed(), self.result.examples
+        if record.duplicate:
+            self.result.duplicates += 1
+            self.muted.add(failure_key(failure.kind, failure.message))
+        else:
+            self.result.failures.append(record)
+            atomic_write_json(
+                self.out / "failures" / "index.json", [f.to_json() for f in self.result.failures]
+            )
+
+    def _export_pending(self) -> None:
+        for key in sorted(self.pending):
+            self._export(self.pending[key], shrunk=False, round_number=None)
+        self.pending.clear()
+
+    def failure_counts(self) -> dict[str, int]:
+        """Failures exported so far, by kind (the coverage series' `failures`)."""
+        counts: dict[str, int] = {}
+        for record in self.result.failures:
+            counts[record.kind] = counts.get(record.kind, 0) + 1
+        return counts
+
+    # -- output ----------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return time.monotonic() - self._t0
+
+    def write_coverage(self) -> None:
+        self._last_write = self.elapsed()
+        atomic_write_json(self.out / "coverage.json", self.coverage.to_json())
+
+    @contextmanager
+    def progress_bar(self) -> Iterator[None]:
+        if not self.config.progress:
+            yield
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        columns = (
+            TextColumn("[bold]fuzz[/] {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} steps/s  failures {task.fields[failures]}  "
+                       "coverage {task.fields[points]}  {task.fields[elapsed]}"),
+        )  # fmt: skip
+        with Progress(*columns, transient=False) as progress:
+            self._progress = (progress, progress.add_task(
+                self.config.policy, total=self.config.examples, rate="-", failures=0, points=0,
+                elapsed="0s"))  # fmt: skip
+            yield
+            self.show_progress()
+
+    def show_progress(self) -> None:
+        if self._progress is None:
+            return
+        progress, task = self._progress
+        cfg, wall = self.config, max(self.elapsed(), 1e-9)
+        done = min(self.result.rounds * cfg.round_examples + self._round_runs, cfg.examples)
+        progress.update(
+            task,
+            completed=done,
+            rate=f"{self.coverage.steps / wall:,.0f}",
+            failures=len(self.result.failures) + len(self.pending),
+            points=self.coverage.points,
+            elapsed=f"{wall:.0f}s",
+        )
+
+
+def round_seed(seed: int, number: int) -> int:
+    """The Hypothesis seed of round `number` of a campaign with seed `seed`."""
+    digest = hashlib.sha256(f"blocksim-fuzz:{seed}:{number}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def split_failures(exc: BaseException) -> tuple[list[FuzzFailure], list[BaseException]]:
+    """The FuzzFailures inside what Hypothesis raised, and anything else."""
+    if isinstance(exc, FuzzFailure):
+        return [exc], []
+    if isinstance(exc, BaseExceptionGroup):
+        failures: list[FuzzFailure] = []
+        others: list[BaseException] = []
+        for inner in exc.exceptions:
+            f, o = split_failures(inner)
+            failures += f
+            others += o
+        return failures, others
+    return [], [exc]
+
+
+def run_campaign(
+    config: CampaignConfig, machine: type[MachineCore] = BlockMachine
+) -> CampaignResult:
+    """Run a campaign (see CampaignConfig); returns its result, files are in config.out."""
+    return Campaign(config, machine).run()
+
+
+# -- profiles ------------------------------------------------------------------------------------
+
+PROFILE_KEYS = (
+    "policies", "invariants", "examples", "steps", "seed", "time-budget", "round-examples", "groups",
+    "mute",
+)  # fmt: skip
+
+
+def load_profile(name: str, folder: Path = Path("fuzz/profiles")) -> dict[str, Any]:
+    """A campaign profile: `fuzz/profiles/NAME.toml`, or a path to a .toml file.
+
+    Raises ValueError naming an unknown key or a missing file."""
+    import tomllib
+
+    path = Path(name) if name.endswith(".toml") else folder / f"{name}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in folder.glob("*.toml")) if folder.is_dir() else []
+        raise ValueError(
+            f"no campaign profile {name!r} ({path}); known: {', '.join(known) or 'none'}"
+        )
+    with path.open("rb") as fh:
+        profile = tomllib.load(fh)
+    unknown = sorted(set(profile) - set(PROFILE_KEYS) - {"description"})
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; a profile takes {list(PROFILE_KEYS)}")
+    return profile
+
+
+# -- re-checking a corpus ------------------------------------------------------------------------
+
+
+@dataclass
+class CorpusCheck:
+    """What replaying one corpus trace said."""
+
+    path: str
+    status: str  # reproduces, fixed, changed, passes, error
+    detail: str = ""
+
+
+def replay_corpus(folder: Path) -> list[CorpusCheck]:
+    """Replay every trace under `folder` with its header's invariants.
+
+    A failure trace (`fuzz-KIND-SIG`, pinned violations) *reproduces* when the
+    replay matches every pin; it is *fixed* when the pinned failure is gone,
+    *changed* when something else differs.  A trace without pinned violations
+    *passes* when it replays as pinned."""
+    from sim.check import make_checkers
+    from sim.errors import TraceError
+    from sim.replay import replay
+    from sim.trace import load_trace
+
+    checks = []
+    for path in sorted(folder.rglob("*.jsonl")):
+        try:
+            trace = load_trace(path)
+            names = trace.header.raw.get("invariants", [])
+            checkers = make_checkers(list(CHECKERS) if names == "all" else list(names))
+        except (TraceError, ValueError) as exc:
+            checks.append(CorpusCheck(str(path), "error", str(exc)))
+            continue
+        internal = trace.header.name.startswith(f"fuzz-{INTERNAL_ERROR}-")
+        try:
+            result = replay(trace, checkers=checkers)
+        except Exception as exc:  # noqa: BLE001 - an escaping simulator exception
+            status = "reproduces" if internal else "changed"
+            checks.append(CorpusCheck(str(path), status, describe_exception(exc)))
+            continue
+        checks.append(_corpus_verdict(str(path), result, internal))
+    return checks
+
+
+def _corpus_verdict(path: str, result: Any, internal: bool) -> CorpusCheck:
+    if internal:
+        if result.internal_errors:
+            return CorpusCheck(path, "reproduces", result.internal_errors[0])
+        return CorpusCheck(path, "fixed", "no simulator error any more")
+    pinned = (result.trace.final_expect or {}).get("violations") or []
+    if result.trace_errors:
+        return CorpusCheck(path, "error", result.trace_errors[0])
+    if not result.mismatches and not result.internal_errors:
+        return CorpusCheck(path, "reproduces" if pinned else "passes")
+    if pinned and not result.final.get("violations") and not result.internal_errors:
+        return CorpusCheck(path, "fixed", "the pinned violation is gone")
+    detail = (result.mismatches or result.internal_errors)[0].splitlines()[0]
+    return CorpusCheck(path, "changed", detail)
+
+
+# -- the command line's helpers ----------------------------------------------------------------
+
+
+def configs_from_options(
+    profile: dict[str, Any],
+    policy: str | None,
+    invariants: list[str] | None,
+    examples: int | None,
+    steps: int | None,
+    seed: int | None,
+    time_budget_s: float | None,
+    out: Path,
+    progress: bool,
+) -> list[CampaignConfig]:
+    """One CampaignConfig per policy: explicit options over the profile over defaults.
+
+    Several policies run one after the other into OUT/POLICY (the differential
+    profile); one policy writes straight into OUT.  Raises ValueError for an
+    unknown policy."""
+    from sim.trace import POLICIES
+
+    policies = policy.split(",") if policy else list(profile.get("policies", ["qemu-7.2"]))
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown or not policies:
+        raise ValueError(f"unknown policy {unknown}; known: {', '.join(POLICIES)}")
+    if invariants is None and "invariants" in profile:
+        value = profile["invariants"]
+        invariants = list(CHECKERS) if value == "all" else list(value)
+    groups = profile.get("groups")
+    configs = []
+    for name in policies:
+        configs.append(
+            CampaignConfig(
+                policy=name,
+                invariants=invariants,
+                examples=examples or int(profile.get("examples", 1000)),
+                steps=steps or int(profile.get("steps", 25)),
+                seed=seed if seed is not None else int(profile.get("seed", 0)),
+                time_budget_s=time_budget_s or profile.get("time-budget"),
+                out=out / name if len(policies) > 1 else out,
+                round_examples=int(profile.get("round-examples", 200)),
+                groups=tuple(groups) if groups else None,
+                progress=progress,
+                mute=tuple(profile.get("mute", ())),
+            )
+        )
+    return configs
+
+
+def limit_memory(megabytes: int) -> None:
+    """Cap this process' address space: a simulator bug that allocates without end
+    (a walk round a cyclic graph) becomes a MemoryError, an internal-error failure,
+    instead of taking the machine down."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    want = megabytes << 20
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (want, hard))
+
+
+def summary_lines(result: CampaignResult) -> list[str]:
+    """What `blocksim fuzz` prints when a campaign ends."""
+    cfg = result.config
+    rate = result.steps / result.wall_s if result.wall_s else 0.0
+    lines = [
+        f"policy {cfg.policy}, seed {cfg.seed}: {result.examples} examples, {result.steps} steps "
+        f"in {result.wall_s:.1f} s ({rate:,.0f} steps/s), {result.coverage.points} coverage "
+        f"points, {len(result.failures)} new failure(s), {result.duplicates} known"
+        + ("" if result.stopped == "done" else f" [stopped: {result.stopped}]")
+    ]
+    for record in result.failures:
+        mark = "" if record.reproduced else "  NOT REPRODUCED"
+        shrunk = "" if record.shrunk else " (not fully shrunk)"
+        lines.append(
+            f"  [{record.kind}] {record.steps} steps{shrunk}: {record.message[:100]}{mark}"
+        )
+        lines.append(f"      blocksim replay {record.path}")
+    lines.extend(f"  warning: {w}" for w in result.warnings)
+    lines.append(f"  coverage: {cfg.out / 'coverage.json'}")
+    return lines

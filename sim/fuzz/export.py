@@ -1,0 +1,279 @@
+"""Turning a fuzz failure into a trace file that `blocksim replay` reproduces.
+
+`export_failure` writes `DIR/failures/<kind>-<signature>.jsonl`:
+
+- the header the example ran with (drives, policy, simulator seed), its
+  `"invariants"` narrowed to the violated one (none for `internal-error`),
+  a name and a description saying how the campaign found it;
+- every step, with the response the simulator gave pinned as `expect`;
+- `{"final-expect": {"violations": [...]}}` pinned with what the replay of
+  that very file reports.
+
+The file is replayed once more before it is kept, and the record says
+whether the violation came back (`reproduced`): a failure that does not
+reproduce is a determinism bug of the simulator or of a checker.
+
+Deduplication: the *signature* of a trace is a hash of the shape of its
+steps (commands and argument keys, qemu-io verbs, transaction action types,
+wait events; not names, offsets or patterns), so two shrunk examples that
+differ only in values count as one failure.  Files are written atomically
+(temporary file + rename), so an interrupted campaign never leaves half a
+trace behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sim.check import CHECKERS, make_checkers
+from sim.fuzz.machine import INTERNAL_ERROR, FuzzFailure, describe_exception, failure_key
+from sim.replay import ReplayResult, replay
+from sim.trace import dumps, parse_lines
+
+
+@dataclass
+class ExportRecord:
+    """One failure file: what broke, where it is, and whether it replays."""
+
+    kind: str
+    signature: str
+    path: str
+    steps: int
+    message: str
+    reproduced: bool
+    duplicate: bool
+    shrunk: bool = True
+    wall_s: float = 0.0  # when the campaign exported it
+    examples: int = 0  # examples run by then
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "signature": self.signature,
+            "path": self.path,
+            "steps": self.steps,
+            "message": self.message,
+            "reproduced": self.reproduced,
+            "shrunk": self.shrunk,
+            "wall_s": round(self.wall_s, 3),
+            "examples": self.examples,
+        }
+
+
+def step_shape(step: dict[str, Any]) -> str:
+    """A step without its values: `block-dirty-bitmap-add(name,node)`, `qemu-io write`."""
+    if "execute" in step:
+        name = str(step["execute"])
+        args = step.get("arguments", {})
+        if not isinstance(args, dict):
+            return f"{name}(?)"
+        if name == "human-monitor-command":
+            inner = str(args.get("command-line", "")).split('"', 2)
+            verb = inner[1].split(" ", 1)[0] if len(inner) > 1 else "?"
+            return f"qemu-io {verb}"
+        if name == "transaction":
+            actions = args.get("actions", [])
+            kinds = [str(a.get("type")) for a in actions if isinstance(a, dict)]
+            return f"transaction[{','.join(kinds)}]"
+        return f"{name}({','.join(sorted(args))})"
+    if "wait" in step:
+        return f"wait {step['wait'].get('event')}"
+    return next((k for k in ("advance", "workload", "fault") if k in step), "?")
+
+
+def signature(steps: list[dict[str, Any]]) -> str:
+    """12 hex digits identifying the shape of a step sequence."""
+    text = json.dumps([step_shape(s) for s in steps])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` so that readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
+
+
+def failure_header(failure: FuzzFailure, context: str, sig: str) -> dict[str, Any]:
+    header = dict(failure.header)
+    header["name"] = f"fuzz-{failure.kind}-{sig}"
+    if failure.kind in CHECKERS:
+        header["invariants"] = [failure.kind]
+    # an internal error keeps every checker the example ran: one of them may be the culprit
+    header["description"] = (
+        f"Found by blocksim fuzz ({context}): [{failure.kind}] at step "
+        f"{len(failure.steps)} of {len(failure.steps)}: {failure.message}"
+    )
+    return header
+
+
+def pin(header: dict[str, Any], steps: list[dict[str, Any]]) -> tuple[list[str], ReplayResult]:
+    """Replay header + steps and return the lines with every answer pinned."""
+    lines = [dumps(header)] + [dumps(s) for s in steps]
+    names = header.get("invariants", [])
+    result = replay(parse_lines(lines), checkers=make_checkers(list(names)))
+    pinned = [lines[0]]
+    for step, outcome in zip(steps, result.steps, strict=True):
+        obj = dict(step)
+        if ("execute" in obj or "wait" in obj) and outcome.error is None:
+            obj["expect"] = {k: v for k, v in outcome.response.items() if k != "id"}
+        pinned.append(dumps(obj))
+    pinned.append(dumps({"final-expect": {"violations": result.final.get("violations", [])}}))
+    return pinned, result
+
+
+def reproduces(failure: FuzzFailure, result: ReplayResult) -> bool:
+    """Did the replay show the same failure (invariant, step and message)?"""
+    if failure.kind == INTERNAL_ERROR:
+        return bool(result.internal_errors)
+    wanted = failure.violations[0] if failure.violations else {}
+    seen = [v for o in result.steps for v in o.violations] + list(
+        result.final.get("violations", [])
+    )
+    return any(
+        v.get("invariant") == failure.kind
+        and v.get("step") == wanted.get("step", v.get("step"))
+        and v.get("message") == wanted.get("message", v.get("message"))
+        for v in seen
+    )
+
+
+MAX_POLISH_REPLAYS = 400
+
+
+def polish(failure: FuzzFailure) -> FuzzFailure:
+    """Shrink a failure's trace further, at the trace level: drop whole steps, then
+    transaction actions, then arguments, keeping each cut that still shows the same
+    failure (same `failure_key`).  Hypothesis' shrinker works on the random choices
+    behind the rules and can leave an optional argument or a step that changes
+    nothing; this pass works on the JSON itself, at a few milliseconds a replay."""
+    key = failure_key(failure.kind, failure.message)
+    names = list(failure.header.get("invariants", []))
+    if failure.kind in CHECKERS:
+        names = [failure.kind]
+    budget = [MAX_POLISH_REPLAYS]
+
+    def shows(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
+        if budget[0] <= 0 or not steps:
+            return None
+        budget[0] -= 1
+        return _failure_in(failure.kind, key, failure.header, names, steps)
+
+    steps = [copy.deepcopy(s) for s in failure.steps]
+    found = shows(steps)
+    if found is None:
+        return failure  # not reproducible on its own: keep it exactly as Hypothesis gave it
+    changed = True
+    while changed and budget[0] > 0:
+        changed = False
+        for candidate in _cuts(steps):
+            hit = shows(candidate)
+            if hit is not None:
+                steps, found, changed = candidate, hit, True
+                break
+    message = str(found.get("message", failure.message))
+    return type(failure)(failure.kind, message, failure.header, steps, [found])
+
+
+def _cuts(steps: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Smaller variants of a trace, most promising first."""
+    out = [steps[:i] + steps[i + 1 :] for i in reversed(range(len(steps)))]
+    for i, step in enumerate(steps):
+        args = step.get("arguments")
+        if not isinstance(args, dict):
+            continue
+        actions = args.get("actions")
+        if step.get("execute") == "transaction" and isinstance(actions, list) and len(actions) > 1:
+            for j in range(len(actions)):
+                smaller = dict(args, actions=actions[:j] + actions[j + 1 :])
+                out.append(steps[:i] + [dict(step, arguments=smaller)] + steps[i + 1 :])
+        if isinstance(actions, list):
+            for j, action in enumerate(actions):
+                data = action.get("data") if isinstance(action, dict) else None
+                for k in list(data or {}):
+                    assert data is not None
+                    act = dict(action, data={x: v for x, v in data.items() if x != k})
+                    smaller = dict(args, actions=actions[:j] + [act] + actions[j + 1 :])
+                    out.append(steps[:i] + [dict(step, arguments=smaller)] + steps[i + 1 :])
+        for k in list(args):
+            if k not in ("actions", "command-line"):
+                smaller = {x: v for x, v in args.items() if x != k}
+                out.append(steps[:i] + [dict(step, arguments=smaller)] + steps[i + 1 :])
+    return out
+
+
+def _failure_in(
+    kind: str, key: str, header: dict[str, Any], names: list[str], steps: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The first violation (or internal error) with failure key `key` a replay shows."""
+    lines = [dumps(dict(header, invariants=names))] + [dumps(s) for s in steps]
+    try:
+        result = replay(parse_lines(lines), checkers=make_checkers(names))
+    except Exception as exc:  # noqa: BLE001 - an escaping simulator exception
+        message = f"{describe_exception(exc)} (escaped step {len(steps)})"
+        hit = kind == INTERNAL_ERROR and failure_key(kind, message) == key
+        return {"invariant": kind, "step": len(steps), "message": message} if hit else None
+    if result.trace_errors:
+        return None
+    if kind == INTERNAL_ERROR:
+        for message in result.internal_errors:
+            if failure_key(kind, message) == key:
+                return {"invariant": kind, "step": len(steps), "message": message}
+        return None
+    seen = [v for o in result.steps for v in o.violations] + list(
+        result.final.get("violations", [])
+    )
+    for v in seen:
+        if v.get("invariant") == kind and failure_key(kind, str(v.get("message"))) == key:
+            return dict(v)
+    return None
+
+
+def export_failure(
+    failure: FuzzFailure, folder: Path, context: str, shrunk: bool = True
+) -> ExportRecord:
+    """Polish the failure, then write its trace into `folder` unless one with its
+    signature exists."""
+    failure = polish(failure)
+    sig = signature(failure.steps)
+    path = folder / f"{failure.kind}-{sig}.jsonl"
+    record = ExportRecord(
+        failure.kind,
+        sig,
+        str(path),
+        len(failure.steps),
+        failure.message,
+        False,
+        path.exists(),
+        shrunk,
+    )
+    if record.duplicate:
+        record.reproduced = True  # checked when it was first written
+        return record
+    header = failure_header(failure, context, sig)
+    try:
+        lines, result = pin(header, failure.steps)
+        record.reproduced = reproduces(failure, result)
+    except Exception as exc:  # noqa: BLE001 - the exception itself reproduces the failure
+        lines = [dumps(header)] + [dumps(s) for s in failure.steps]
+        record.reproduced = failure.kind == INTERNAL_ERROR
+        record.message = f"{failure.message} (replay raised {type(exc).__name__})"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return record

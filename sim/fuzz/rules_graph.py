@@ -1,0 +1,164 @@
+"""Fuzz rules that change the graph: snapshots, blockdev-add/del, transactions, queries.
+
+Groups `snapshot`, `blockdev`, `transaction`, `query` and `invalid`.  New
+files and node names come from a per-example counter (`ov3.qcow2`, `ov3`),
+so a shrunk trace keeps telling its nodes apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from hypothesis import strategies as st
+from hypothesis.stateful import rule
+
+from sim.fuzz.choices import Choices, choices, group
+
+if TYPE_CHECKING:
+    from sim.fuzz.machine import MachineCore as _Base
+else:
+    _Base = object
+
+MiB = 1 << 20
+QUERIES = ("query-block", "query-named-block-nodes", "query-jobs", "query-block-jobs")
+TRANSACTION_ACTIONS = (
+    "block-dirty-bitmap-add",
+    "block-dirty-bitmap-remove",
+    "block-dirty-bitmap-clear",
+    "block-dirty-bitmap-enable",
+    "block-dirty-bitmap-disable",
+    "block-dirty-bitmap-merge",
+    "blockdev-snapshot-sync",
+    "blockdev-snapshot",
+    "drive-backup",
+    "blockdev-backup",
+    "abort",
+)
+# Commands and argument values QEMU must refuse in its own words.
+BAD_VALUES: tuple[Any, ...] = (None, True, -1, 0, 1 << 40, "", "drive0", [], {})
+BAD_KEYS = ("node", "name", "device", "job-id", "id", "target", "sync", "speed", "x")
+
+
+class GraphRules(_Base):
+    """blockdev-snapshot(-sync), blockdev-add/del, transaction, query-*, raw bad requests."""
+
+    # -- argument builders -----------------------------------------------------------------
+    def snapshot_sync_args(self, c: Choices) -> dict[str, Any]:
+        args: dict[str, Any] = {}
+        if not c.rarely(4):
+            args["device"] = self.pick(c, self.devices(), ("nosuch",))
+        else:
+            args["node-name"] = self.pick(c, self.node_names(), ("nosuch",))
+        name = self.fresh("ov")
+        args["snapshot-file"] = f"{name}.qcow2"
+        if self.invalid and c.rarely(5):
+            args["snapshot-file"] = self.pick(c, self.image_files(), ("",))
+        if not c.rarely(4):
+            args["snapshot-node-name"] = self.pick(c, [name], ("fmt0", "drive0", "1bad"))
+        args["format"] = "qcow2"
+        if self.invalid and c.rarely(6):
+            args["mode"] = "existing"
+        return args
+
+    def snapshot_args(self, c: Choices) -> dict[str, Any]:
+        return {
+            "node": self.pick(c, self.targets(), ("nosuch",)),
+            "overlay": self.pick(c, self.free_nodes(), ("nosuch", "fmt0")),
+        }
+
+    def blockdev_add_args(self, c: Choices) -> dict[str, Any]:
+        kind = c.between(0, 3)
+        name = self.pick(c, [self.fresh("n")], self.node_names()[:2] or ["fmt0"])
+        images = self.image_files()
+        if kind <= 1 and images:
+            args: dict[str, Any] = {
+                "driver": "qcow2",
+                "node-name": name,
+                "file": {"driver": "file", "filename": self.pick(c, images, ("nosuch.qcow2",))},
+            }
+            if kind == 0:
+                args["backing"] = None  # an overlay for blockdev-snapshot
+            return args
+        size = self.pick(c, [64 * MiB], (32 * MiB, 1 << 30))
+        if kind == 2:
+            return {"driver": "null-co", "node-name": name, "size": size}
+        return {"driver": "raw", "node-name": name, "file": {"driver": "null-co", "size": size}}
+
+    # -- rules -----------------------------------------------------------------------------
+    @group("snapshot")
+    @rule(c=choices())
+    def snapshot_sync(self, c: Choices) -> None:
+        self.qmp("blockdev-snapshot-sync", self.snapshot_sync_args(c))
+
+    @group("snapshot")
+    @rule(c=choices())
+    def snapshot(self, c: Choices) -> None:
+        self.qmp("blockdev-snapshot", self.snapshot_args(c))
+
+    @group("blockdev")
+    @rule(c=choices())
+    def blockdev_add(self, c: Choices) -> None:
+        self.qmp("blockdev-add", self.blockdev_add_args(c))
+
+    @group("blockdev")
+    @rule(c=choices())
+    def blockdev_del(self, c: Choices) -> None:
+        g = self.machine.state.graph
+        owned = [n.node_name for n in g.nodes if n.monitor_owned]
+        self.qmp("blockdev-del", {"node-name": self.pick(c, owned or self.node_names())})
+
+    @group("query")
+    @rule(command=st.sampled_from(QUERIES))
+    def query(self, command: str) -> None:
+        self.qmp(command)
+
+    @group("transaction")
+    @rule(c=choices(64))
+    def transaction(self, c: Choices) -> None:
+        count = c.between(0 if self.invalid else 1, 3)
+        actions = []
+        for _ in range(count):
+            kind = c.pick(TRANSACTION_ACTIONS)
+            if kind == "abort" and not self.invalid:
+                kind = "block-dirty-bitmap-add"
+            actions.append({"type": kind, "data": self.action_args(c, kind)})
+        args: dict[str, Any] = {"actions": actions}
+        if c.rarely(4):
+            args["properties"] = {"completion-mode": c.pick(("individual", "grouped"))}
+        self.qmp("transaction", args)
+
+    def action_args(self, c: Choices, kind: str) -> dict[str, Any]:
+        if kind == "abort":
+            return {}
+        if kind in ("drive-backup", "blockdev-backup"):
+            return self.backup_args(c, drive=kind == "drive-backup")
+        builders: dict[str, Callable[[Choices], dict[str, Any]]] = {
+            "block-dirty-bitmap-add": self.bitmap_add_args,
+            "block-dirty-bitmap-merge": self.bitmap_merge_args,
+            "blockdev-snapshot-sync": self.snapshot_sync_args,
+            "blockdev-snapshot": self.snapshot_args,
+        }
+        return builders.get(kind, self.bitmap_args)(c)
+
+    @group("invalid")
+    @rule(
+        c=choices(),
+        arguments=st.dictionaries(
+            st.sampled_from(BAD_KEYS), st.sampled_from(BAD_VALUES), max_size=3
+        ),
+    )
+    def bad_request(self, c: Choices, arguments: dict[str, Any]) -> None:
+        """A known command with arguments of the wrong shape (or an unknown command)."""
+        from sim.qmp.dispatch import COMMANDS
+
+        names = [*COMMANDS, "no-such-command"]
+        self.qmp(c.pick(names), arguments)
+
+    # provided by StorageRules / JobRules (declared for the type checker)
+    if TYPE_CHECKING:
+
+        def bitmap_add_args(self, c: Choices) -> dict[str, Any]: ...
+        def bitmap_merge_args(self, c: Choices) -> dict[str, Any]: ...
+        def bitmap_args(self, c: Choices) -> dict[str, Any]: ...
+        def backup_args(self, c: Choices, drive: bool) -> dict[str, Any]: ...

@@ -1,0 +1,269 @@
+"""Fuzz rules for block jobs, time, workloads and faults.
+
+Groups `backup`, `mirror`, `commit`, `stream`, `verbs`, `wait`, `time`
+(always on), `workload` and `fault`.  Jobs get fresh ids (`job3`); waits
+are drawn among the events a job can still emit given its state (see
+`expected_events`), so few examples are lost to a wait that can never be
+satisfied.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from hypothesis import strategies as st
+from hypothesis.stateful import precondition, rule
+
+from sim.fuzz.choices import Choices, choices, group
+from sim.model.jobs import JOB_VERBS as VERB_TABLE
+
+if TYPE_CHECKING:
+    from sim.fuzz.machine import MachineCore as _Base
+    from sim.model.jobs import Job
+else:
+    _Base = object
+
+KiB = 1 << 10
+MiB = 1 << 20
+# rate limits: slow enough for a job to still run a few steps later, fast enough to end
+SPEEDS = (1 * MiB, 16 * MiB, 256 * MiB)
+BACKUP_SYNCS = ("full", "top", "none", "incremental", "bitmap")
+BITMAP_MODES = ("on-success", "never", "always")
+MIRROR_SYNCS = ("full", "top", "none")
+JOB_VERBS = ("cancel", "pause", "resume", "complete", "finalize", "dismiss")
+SMALL_ADVANCES = (0.0005, 0.005, 0.05)
+LARGE_ADVANCES = (0.5, 5.0, 60.0)
+WORKLOAD_PATTERNS = ("sequential", "uniform", "zipf", "burst")
+
+
+class JobRules(_Base):
+    """drive/blockdev-backup, drive/blockdev-mirror, block-commit, block-stream, job verbs,
+    waits, advances, workloads and faults."""
+
+    # -- argument builders -----------------------------------------------------------------
+    def job_start_args(self, c: Choices, args: dict[str, Any]) -> None:
+        """job-id, speed and the auto-* flags every job-starting command takes."""
+        if not c.rarely(8):
+            args["job-id"] = self.pick(c, [self.fresh("job")], [*self.job_ids(), "1bad"])
+        if c.rarely(4):
+            args["speed"] = self.pick(c, SPEEDS, (-1,))
+        if c.rarely(4):
+            args["auto-finalize"] = False
+        if c.rarely(4):
+            args["auto-dismiss"] = False
+
+    def job_device(self, c: Choices) -> str:
+        """A job's `device`: mostly a device, sometimes a node-name."""
+        if not c.rarely(6):
+            return self.pick(c, self.devices(), ("nosuch",))
+        return self.pick(c, self.targets(), ("nosuch",))
+
+    def target_node(self, c: Choices) -> str:
+        """A free node for blockdev-backup/mirror, adding one first if there is none."""
+        free = self.free_nodes()
+        if not free and not (self.invalid and c.rarely(4)):
+            name = self.fresh("tgt")
+            self.qmp("blockdev-add", {"driver": "null-co", "node-name": name, "size": 64 * MiB})
+            free = self.free_nodes()
+        return self.pick(c, free, ("nosuch",))
+
+    def backup_args(self, c: Choices, drive: bool) -> dict[str, Any]:
+        args: dict[str, Any] = {"device": self.job_device(c)}
+        self.job_start_args(c, args)
+        sync = c.pick(BACKUP_SYNCS)
+        args["sync"] = sync
+        if sync in ("incremental", "bitmap") or c.rarely(6):
+            args["bitmap"] = self.pick(c, self.bitmap_names(), ("nosuch",))
+            if sync == "bitmap" or c.rarely(4):
+                args["bitmap-mode"] = c.pick(BITMAP_MODES)
+        if drive:
+            args["target"] = f"{self.fresh('bk')}.qcow2"
+            args["format"] = "qcow2"
+            if c.rarely(6) and self.image_files():
+                args["target"] = self.pick(c, self.image_files())
+                args["mode"] = "existing"
+        else:
+            args["target"] = self.target_node(c)
+        return args
+
+    def mirror_args(self, c: Choices, drive: bool) -> dict[str, Any]:
+        args: dict[str, Any] = {"device": self.job_device(c)}
+        self.job_start_args(c, args)
+        args["sync"] = c.pick(MIRROR_SYNCS)
+        if drive:
+            args["target"] = f"{self.fresh('mir')}.qcow2"
+            args["format"] = "qcow2"
+        else:
+            args["target"] = self.target_node(c)
+        if c.rarely(6):
+            args["granularity"] = self.pick(c, (65536, 1 << 20), (1000,))
+        if c.rarely(6):
+            args["copy-mode"] = "write-blocking"
+        return args
+
+    def base_args(self, c: Choices, args: dict[str, Any], keys: tuple[str, ...]) -> None:
+        """`top-node`/`base-node` from the device's backing chain, top first; half the
+        time a `top-node` below the active layer (an intermediate commit)."""
+        chain = self.chain_nodes(str(args["device"]))
+        for key in keys:
+            if key == "top-node" and len(chain) >= 3 and c.boolean():
+                args[key] = self.pick(c, chain[1:-1], ("nosuch",))
+            elif chain and c.rarely(3):
+                args[key] = self.pick(c, chain, ("nosuch",))
+
+    # -- job-starting rules ------------------------------------------------------------------
+    @group("backup")
+    @rule(c=choices(), drive=st.booleans())
+    def backup(self, c: Choices, drive: bool) -> None:
+        self.qmp("drive-backup" if drive else "blockdev-backup", self.backup_args(c, drive))
+
+    @group("mirror")
+    @rule(c=choices(), drive=st.booleans())
+    def mirror(self, c: Choices, drive: bool) -> None:
+        self.qmp("drive-mirror" if drive else "blockdev-mirror", self.mirror_args(c, drive))
+
+    @group("commit")
+    @rule(c=choices())
+    def commit(self, c: Choices) -> None:
+        args: dict[str, Any] = {"device": self.job_device(c)}
+        self.job_start_args(c, args)
+        self.base_args(c, args, ("top-node", "base-node"))
+        self.qmp("block-commit", args)
+
+    @group("stream")
+    @rule(c=choices())
+    def stream(self, c: Choices) -> None:
+        args: dict[str, Any] = {"device": self.job_device(c)}
+        self.job_start_args(c, args)
+        self.base_args(c, args, ("base-node",))
+        self.qmp("block-stream", args)
+
+    # -- verbs -------------------------------------------------------------------------------
+    @group("verbs")
+    @precondition(lambda self: self.invalid or bool(self.machine.state.jobs))
+    @rule(c=choices(), legacy=st.booleans())
+    def job_verb(self, c: Choices, legacy: bool) -> None:
+        """block-job-* (by device = job id) or job-* (by id) on a live job, mostly with a
+        verb its state accepts (JobVerbTable), so jobs get completed and finalized."""
+        jobs = self.machine.state.jobs
+        job = self.pick(c, jobs) if jobs else None
+        job_id = job.id if job is not None and not (self.invalid and c.rarely(8)) else "nosuch"
+        verbs = [v for v in JOB_VERBS if job is not None and job.status in VERB_TABLE[v]]
+        verb = c.pick(verbs) if verbs and not c.rarely(4) else c.pick(JOB_VERBS)
+        if not legacy or verb in ("finalize", "dismiss"):
+            self.qmp(f"{'block-job' if legacy else 'job'}-{verb}", {"id": job_id})
+            return
+        args: dict[str, Any] = {"device": job_id}
+        if verb == "cancel" and c.rarely(2):
+            args["force"] = c.boolean()
+        if verb == "set-speed" or (verb == "pause" and c.rarely(3)):
+            verb = "set-speed"
+            args["speed"] = self.pick(c, (0, *SPEEDS), (-1,))
+        self.qmp(f"block-job-{verb}", args)
+
+    @precondition(lambda self: any(settle_verb(j) for j in self.machine.state.jobs))
+    @rule(c=choices(4))
+    def settle_job(self, c: Choices) -> None:
+        """What management software does with a job that waits for it: complete a READY
+        mirror or active commit, finalize a pending job, dismiss a concluded one, resume
+        a paused one.  Always on (like time): a READY mirror nobody completes keeps its
+        device busy and refuses every later job and snapshot there."""
+        jobs = [j for j in self.machine.state.jobs if settle_verb(j)]
+        job = c.pick(jobs)
+        self.qmp(f"job-{settle_verb(job)}", {"id": job.id})
+
+    # -- time ----------------------------------------------------------------------------------
+    @rule(seconds=st.sampled_from(LARGE_ADVANCES + SMALL_ADVANCES))
+    def advance(self, seconds: float) -> None:
+        """Let time pass, long enough for a job to end (0.5 s and more) or only a few of
+        its chunks (5 ms and less)."""
+        self.run({"advance": seconds})
+
+    @group("wait")
+    @rule(c=choices())
+    def wait(self, c: Choices) -> None:
+        """Wait for an event a live job can still emit (any event, when invalid)."""
+        options: list[tuple[str, dict[str, Any]]] = []
+        for job in self.machine.state.jobs:
+            options.extend((name, {"device": job.id}) for name in expected_events(job))
+            if job.status not in ("concluded", "null"):
+                options.append(("JOB_STATUS_CHANGE", {"id": job.id}))
+        if not options:
+            self.run({"advance": SMALL_ADVANCES[-1]})
+            return
+        event, match = self.pick(c, options)
+        self.run({"wait": {"event": event, "data": match}})
+
+    # -- sim-only steps ------------------------------------------------------------------------
+    @group("workload")
+    @rule(
+        c=choices(),
+        pattern=st.sampled_from(WORKLOAD_PATTERNS),
+        rate=st.sampled_from((20, 200)),
+        size=st.sampled_from((4096, 65536)),
+        duration=st.sampled_from((0.1, 1.0)),
+        read_ratio=st.sampled_from((0, 0.5)),
+        fill=st.integers(1, 255),
+    )
+    def workload(
+        self,
+        c: Choices,
+        pattern: str,
+        rate: int,
+        size: int,
+        duration: float,
+        read_ratio: float,
+        fill: int,
+    ) -> None:
+        """A guest issuing I/O in the background while time advances."""
+        body: dict[str, Any] = {
+            "device": self.pick(c, self.devices()),
+            "pattern": pattern,
+            "rate": rate,
+            "size": size,
+            "duration": duration,
+            "read-ratio": read_ratio,
+            "fill": fill,
+        }
+        self.run({"workload": body})
+
+    @group("fault")
+    @rule(
+        c=choices(),
+        op=st.sampled_from(("write", "read")),
+        errno=st.sampled_from(("EIO", "ENOSPC")),
+        chunk=st.integers(0, 63),
+        length=st.sampled_from((64 * KiB, 1 * MiB, 16 * MiB)),
+        count=st.sampled_from((1, 3, 1000)),
+    )
+    def fault(self, c: Choices, op: str, errno: str, chunk: int, length: int, count: int) -> None:
+        """Arm an injected I/O error (blkdebug's inject-error) on a node of the graph."""
+        node = self.pick(c, self.targets())
+        offset = min(chunk * MiB, max(self.size_of(node) - 512, 0))
+        body = {"node": node, "op": op, "errno": errno, "offset": offset, "length": length}
+        body["count"] = count
+        self.run({"fault": body})
+
+
+def settle_verb(job: Job) -> str | None:
+    """The verb that moves a job on that waits for the user, if it waits."""
+    if job.user_paused and job.status in ("paused", "standby", "ready", "running"):
+        return "resume"
+    return {"ready": "complete", "pending": "finalize", "concluded": "dismiss"}.get(job.status)
+
+
+def expected_events(job: Job) -> list[str]:
+    """BLOCK_JOB_* events `job` can still emit without anyone acting on it."""
+    if job.status in ("concluded", "null"):
+        return []
+    if job.status == "pending" or job.user_paused:
+        return []
+    if job.cancelled:
+        return ["BLOCK_JOB_CANCELLED"]
+    ends = ["BLOCK_JOB_COMPLETED"] if job.auto_finalize else ["BLOCK_JOB_PENDING"]
+    has_ready = bool(getattr(job.kind, "has_ready", False))
+    if has_ready and not job.ready:
+        return ["BLOCK_JOB_READY"]
+    if has_ready and not job.completion_requested:
+        return []  # a READY mirror waits for complete/cancel
+    return ends

@@ -1,0 +1,429 @@
+"""The fuzzer: state machine, campaigns, export, coverage, corpus re-checks, CLI.
+
+Campaigns here are tiny (tens of examples, few steps) and run against a fake
+checker (`fake-addr`, registered per test) so that these tests do not depend
+on what the real checkers find today.  Long campaigns are in
+tests/test_fuzz_mutants.py behind the `slow` marker.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import rule, run_state_machine_as_test
+
+from sim.check import CHECKERS
+from sim.check.base import Checker, Violation
+from sim.cli import main
+from sim.fuzz import campaign as fc
+from sim.fuzz.campaign import Campaign, CampaignConfig, run_campaign
+from sim.fuzz.choices import Choices
+from sim.fuzz.coverage import Coverage, step_label
+from sim.fuzz.export import polish, signature, step_shape
+from sim.fuzz.machine import (
+    DRIVE0,
+    INTERNAL_ERROR,
+    BlockMachine,
+    FuzzFailure,
+    failure_key,
+    has_cycle,
+)
+from sim.replay import replay
+from sim.trace import load_trace
+from tests.helpers import io, qmp
+
+FAKE = "fake-addr"
+
+
+class FakeAddressability(Checker):
+    """A bitmap added by device name still answers at (device, name) until removed."""
+
+    name = FAKE
+
+    def attach(self, machine: Any) -> None:
+        super().attach(machine)
+        self.added: list[tuple[str, str]] = []
+        self.found: list[Violation] = []
+        machine.command_observers.append(self._on_command)
+
+    def at_end(self) -> list[Violation]:
+        return list(self.found)  # like sim.check's checkers: every violation of the run
+
+    def _on_command(self, request: Any, response: dict[str, Any]) -> None:
+        if not isinstance(request, dict) or "return" not in response:
+            return
+        args = request.get("arguments") or {}
+        if request.get("execute") == "block-dirty-bitmap-add":
+            if args.get("node") in self.machine.state.graph.backends:
+                self.added.append((args["node"], args["name"]))
+        elif request.get("execute") == "block-dirty-bitmap-remove":
+            self.added = [a for a in self.added if a != (args.get("node"), args.get("name"))]
+
+    def after_step(self, index: int) -> list[Violation]:
+        out = []
+        g = self.machine.state.graph
+        for device, name in list(self.added):
+            bb = g.backends.get(device)
+            root = bb.root if bb is not None else None
+            if bb is None or not (
+                any(b.name == name for b in bb.bitmaps)
+                or (root is not None and root.find_bitmap(name) is not None)
+            ):
+                msg = f"bitmap '{name}' added at '{device}' no longer answers there"
+                out.append(Violation(FAKE, index, msg))
+                self.added.remove((device, name))
+        self.found.extend(out)
+        return out
+
+
+@pytest.fixture
+def fake_checker(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setitem(CHECKERS, FAKE, FakeAddressability)
+    return FAKE
+
+
+def small(out: Path, **kw: Any) -> CampaignConfig:
+    """A campaign that finds the fake violation in seconds: bitmaps and snapshots only."""
+    base: dict[str, Any] = {
+        "invariants": [FAKE],
+        "examples": 150,
+        "steps": 8,
+        "out": out,
+        "groups": ("bitmap", "snapshot"),
+        "round_examples": 150,
+    }
+    base.update(kw)
+    return CampaignConfig(**base)
+
+
+# -- the state machine --------------------------------------------------------------------
+
+
+def test_machine_runs_as_a_plain_hypothesis_test() -> None:
+    class Quick(BlockMachine):
+        checks = ()
+
+    run_state_machine_as_test(
+        Quick,
+        settings=settings(
+            max_examples=10,
+            stateful_step_count=10,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        ),
+    )
+
+
+def test_subclass_with_own_rule_finds_the_fake_violation(fake_checker: str) -> None:
+    """What README's "Fuzzing" section shows."""
+
+    class Mine(BlockMachine):
+        checks = (fake_checker,)
+        groups = ("bitmap",)
+
+        @rule()
+        def snapshot_drive0(self) -> None:
+            self.qmp(
+                "blockdev-snapshot-sync",
+                {"device": "drive0", "snapshot-file": self.fresh("s") + ".qcow2"},
+            )
+
+    with pytest.raises(FuzzFailure) as info:
+        run_state_machine_as_test(
+            Mine,
+            settings=settings(max_examples=200, database=None, deadline=None, derandomize=True),
+        )
+    failure = info.value
+    assert failure.kind == fake_checker
+    assert len(failure.steps) <= 3
+    notes = "\n".join(getattr(failure, "__notes__", []))
+    assert '"trace": 1' in notes  # the shrunk trace, printed with note()
+
+
+def test_swarm_only_runs_enabled_groups() -> None:
+    seen: set[str] = set()
+
+    class OnlyBitmaps(BlockMachine):
+        checks = ()
+        groups = ("bitmap",)
+
+        def teardown(self) -> None:
+            seen.update(str(s.get("execute") or next(iter(s))) for s in self.steps)
+            super().teardown()
+
+    run_state_machine_as_test(
+        OnlyBitmaps,
+        settings=settings(max_examples=30, database=None, deadline=None, derandomize=True),
+    )
+    allowed = {"advance"} | {
+        "block-dirty-bitmap-add",
+        "block-dirty-bitmap-remove",
+        "block-dirty-bitmap-clear",
+        "block-dirty-bitmap-enable",
+        "block-dirty-bitmap-disable",
+        "block-dirty-bitmap-merge",
+        "x-debug-block-dirty-bitmap-sha256",
+    }
+    assert seen and seen <= allowed, seen - allowed
+
+
+def test_choices_shrink_to_the_simple_case() -> None:
+    zero = Choices(b"\x00" * 4)
+    assert zero.pick(["a", "b"]) == "a" and not zero.rarely(4) and not zero.boolean()
+    assert zero.next() == 0  # past the end: 0
+    c = Choices(bytes([3, 7, 255]))
+    assert c.rarely(4) and c.between(5, 8) == 8 and c.below(2) == 1
+
+
+def test_cycle_detection() -> None:
+    class N:
+        def __init__(self) -> None:
+            self.kids: list[N] = []
+
+        def children(self) -> list[N]:
+            return self.kids
+
+    a, b = N(), N()
+    a.kids = [b]
+    assert not has_cycle([a, b])
+    b.kids = [a]
+    assert has_cycle([a, b])
+
+
+def test_failure_key_blanks_names_numbers_and_commands() -> None:
+    k1 = failure_key("x", "device 'd0' lost data in blockdev-add: 512 bytes differ: detail 1")
+    k2 = failure_key("x", "device 'd1' lost data in blockdev-del: 4096 bytes differ: detail 2")
+    assert k1 == k2
+    assert failure_key("x", "now resolves to node 'ov1'") != failure_key(
+        "x", "now resolves to mirror_top filter node '#block1'"
+    )
+
+
+# -- campaigns ------------------------------------------------------------------------------
+
+
+def test_campaign_exports_a_shrunk_failure_that_replays(tmp_path: Path, fake_checker: str) -> None:
+    result = run_campaign(small(tmp_path))
+    assert result.failures, result.summary()
+    record = result.failures[0]
+    assert record.kind == fake_checker and record.reproduced and record.steps <= 3
+    trace = load_trace(record.path)
+    assert trace.header.raw["invariants"] == [fake_checker]
+    assert trace.header.policy == "qemu-7.2"
+    replayed = replay(trace, checkers=[FakeAddressability()])
+    assert replayed.ok and not replayed.mismatches
+    pinned = trace.final_expect["violations"]  # type: ignore[index]
+    assert pinned and pinned == replayed.final["violations"]
+    index = json.loads((tmp_path / "failures" / "index.json").read_text())
+    assert index[0]["path"] == record.path
+
+
+def test_exported_trace_replays_through_the_cli(tmp_path: Path, fake_checker: str) -> None:
+    record = run_campaign(small(tmp_path)).failures[0]
+    out = CliRunner().invoke(main, ["replay", record.path])
+    assert out.exit_code == 0, out.output
+    assert "1 expected violation" in out.output
+
+
+def test_campaign_is_deterministic(tmp_path: Path, fake_checker: str) -> None:
+    a = run_campaign(small(tmp_path / "a", groups=None, examples=30))
+    b = run_campaign(small(tmp_path / "b", groups=None, examples=30))
+
+    def files(folder: Path) -> dict[str, str]:
+        return {p.name: p.read_text() for p in sorted((folder / "failures").glob("*.jsonl"))}
+
+    assert files(tmp_path / "a") == files(tmp_path / "b")
+    ca, cb = a.coverage.to_json(), b.coverage.to_json()
+    for c in (ca, cb):
+        c["series"] = [{k: v for k, v in p.items() if k != "wall_s"} for p in c["series"]]
+    assert ca == cb
+    assert a.examples == b.examples and a.steps == b.steps
+
+
+def test_rerun_in_the_same_folder_finds_the_failure_again_as_known(
+    tmp_path: Path, fake_checker: str
+) -> None:
+    first = run_campaign(small(tmp_path))
+    second = run_campaign(small(tmp_path))
+    assert first.failures and not second.failures
+    assert second.duplicates >= 1
+    assert any(FAKE in m for m in second.muted)
+
+
+def test_internal_error_is_its_own_failure_kind(
+    tmp_path: Path, fake_checker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sim.qmp import dispatch
+
+    def broken(m: Any, a: dict[str, Any]) -> None:
+        raise RuntimeError("simulated simulator bug")
+
+    monkeypatch.setitem(dispatch.COMMANDS, "block-dirty-bitmap-clear", broken)
+    result = run_campaign(small(tmp_path, examples=60))
+    kinds = {f.kind for f in result.failures}
+    assert INTERNAL_ERROR in kinds, result.summary()
+    record = next(f for f in result.failures if f.kind == INTERNAL_ERROR)
+    assert record.reproduced and "simulated simulator bug" in record.message
+    assert Path(record.path).name.startswith(INTERNAL_ERROR)
+    assert replay(load_trace(record.path)).internal_errors
+
+
+def test_coverage_json(tmp_path: Path, fake_checker: str) -> None:
+    run_campaign(small(tmp_path, groups=None, examples=20))
+    cov = json.loads((tmp_path / "coverage.json").read_text())
+    for key in ("commands", "job-states", "transitions", "graph-shapes", "invariants", "series"):
+        assert key in cov
+    assert cov["invariants"][FAKE]["evaluated"] == cov["steps"]
+    assert {"chain-depth", "filters", "devices"} <= set(cov["graph-shapes"])
+    assert cov["series"][-1]["examples"] == cov["examples"]
+    assert {"wall_s", "points", "failures", "steps"} <= set(cov["series"][-1])
+    assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave nothing behind
+    summary = json.loads((tmp_path / "campaign.json").read_text())
+    assert summary["stopped"] == "done"
+
+
+def test_interrupt_keeps_failures_and_coverage(tmp_path: Path, fake_checker: str) -> None:
+    class Interrupted(Campaign):
+        def example_finished(self, machine: Any) -> float:
+            score = super().example_finished(machine)
+            if self.pending:
+                raise KeyboardInterrupt
+            return score
+
+    result = Interrupted(small(tmp_path, examples=200)).run()
+    assert result.stopped == "interrupted"
+    assert result.failures and not result.failures[0].shrunk
+    assert result.failures[0].reproduced
+    assert (tmp_path / "coverage.json").is_file()
+    assert json.loads((tmp_path / "campaign.json").read_text())["stopped"] == "interrupted"
+
+
+def test_time_budget_stops_the_campaign(tmp_path: Path) -> None:
+    result = run_campaign(small(tmp_path, invariants=[], examples=10_000, time_budget_s=1.0))
+    assert result.stopped == "time-budget"
+    assert result.wall_s < 30
+
+
+def test_mute_keeps_a_known_failure_quiet(tmp_path: Path, fake_checker: str) -> None:
+    result = run_campaign(small(tmp_path, mute=(FAKE,)))
+    assert not result.failures
+    cov = result.coverage.to_json()
+    assert cov["invariants"][FAKE].get("muted", 0) > 0
+
+
+# -- export ---------------------------------------------------------------------------------
+
+
+def test_signature_ignores_values_not_shapes() -> None:
+    a = [qmp("block-dirty-bitmap-add", node="drive0", name="b0"), io("write -P 1 0 64k")]
+    b = [qmp("block-dirty-bitmap-add", node="fmt0", name="b9"), io("write -P 7 1M 4k")]
+    c = [qmp("block-dirty-bitmap-add", node="drive0", name="b0", granularity=512)]
+    assert signature(a) == signature(b) != signature(c)
+    assert step_shape(io("discard 0 64k")) == "qemu-io discard"
+    assert step_label({"wait": {"event": "BLOCK_JOB_READY"}}) == "wait BLOCK_JOB_READY"
+
+
+def test_polish_cuts_steps_and_arguments_that_do_not_matter(fake_checker: str) -> None:
+    header = {"trace": 1, "drives": [DRIVE0], "policy": "qemu-7.2", "seed": 0}
+    header["invariants"] = [fake_checker]
+    steps = [
+        io("write -P 1 0 64k"),
+        qmp("block-dirty-bitmap-add", node="drive0", name="b0", granularity=65536),
+        qmp("query-block"),
+        {"advance": 0.5},
+        qmp(
+            "blockdev-snapshot-sync",
+            device="drive0",
+            format="qcow2",
+            **{"snapshot-file": "o.qcow2"},
+        ),
+    ]
+    msg = "bitmap 'b0' added at 'drive0' no longer answers there"
+    failure = FuzzFailure(fake_checker, msg, header, steps, [])
+    polished = polish(failure)
+    assert [s.get("execute") for s in polished.steps] == [
+        "block-dirty-bitmap-add",
+        "blockdev-snapshot-sync",
+    ]
+    assert polished.steps[0]["arguments"] == {"node": "drive0", "name": "b0"}
+
+
+# -- corpus and command line ------------------------------------------------------------------
+
+
+def test_replay_corpus_reproduces_then_sees_the_fix(
+    tmp_path: Path, fake_checker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_campaign(small(tmp_path))
+    checks = fc.replay_corpus(tmp_path / "failures")
+    assert checks and {c.status for c in checks} == {"reproduces"}
+
+    class Quiet(FakeAddressability):
+        def after_step(self, index: int) -> list[Violation]:
+            return []
+
+    monkeypatch.setitem(CHECKERS, FAKE, Quiet)  # the "fix"
+    assert {c.status for c in fc.replay_corpus(tmp_path / "failures")} == {"fixed"}
+
+
+def test_cli_fuzz_and_replay_corpus(tmp_path: Path, fake_checker: str) -> None:
+    profile = tmp_path / "p.toml"
+    profile.write_text('groups = ["bitmap", "snapshot"]\nround-examples = 150\n')
+    args = ["fuzz", "--profile", str(profile), "--invariants", FAKE, "--examples", "150"]
+    args += ["--steps", "8", "--out", str(tmp_path / "out"), "--no-progress", "--memory-limit", "0"]
+    out = CliRunner().invoke(main, args)
+    assert out.exit_code == 1, out.output  # a failure was found
+    assert "blocksim replay" in out.output and "[fake-addr]" in out.output
+    again = CliRunner().invoke(
+        main, ["fuzz", "--replay-corpus", str(tmp_path / "out" / "failures")]
+    )
+    assert again.exit_code == 0, again.output
+    assert "REPRODUCES" in again.output
+
+
+def test_cli_rejects_an_unknown_profile_and_policy(tmp_path: Path) -> None:
+    out = CliRunner().invoke(main, ["fuzz", "--profile", "nosuch", "--out", str(tmp_path)])
+    assert out.exit_code == 2 and "no campaign profile" in out.output
+    out = CliRunner().invoke(main, ["fuzz", "--policy", "qemu-9", "--out", str(tmp_path)])
+    assert out.exit_code == 2 and "unknown policy" in out.output
+
+
+def test_bundled_profiles_load() -> None:
+    folder = Path(__file__).resolve().parent.parent / "fuzz" / "profiles"
+    names = sorted(p.stem for p in folder.glob("*.toml"))
+    assert {"quick", "nightly", "differential"} <= set(names)
+    for name in names:
+        profile = fc.load_profile(name, folder)
+        configs = fc.configs_from_options(
+            profile, None, None, None, None, None, None, Path("x"), False
+        )
+        assert configs and all(c.examples > 0 for c in configs)
+
+
+def test_coverage_rarity_rewards_successes_only() -> None:
+    cov = Coverage()
+    cov.start_example(frozenset())
+    cov.hit("command", "block-dirty-bitmap-add", "Bitmap name cannot be empty")
+    assert cov.example_rarity() == 0.0
+    cov.hit("command", "block-dirty-bitmap-add", "return")
+    assert cov.example_rarity() == 1.0
+
+
+def test_readme_example_runs() -> None:
+    """README's "Fuzzing" example, as written, finds the snapshot addressability break."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = readme.split("## Fuzzing", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    scope: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - our own README
+    machine = scope["SnapshotHeavy"]
+    with pytest.raises(FuzzFailure) as info:
+        run_state_machine_as_test(
+            machine, settings=settings(max_examples=200, deadline=None, database=None)
+        )
+    assert info.value.kind == "bitmap-addressability"
