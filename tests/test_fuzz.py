@@ -91,11 +91,11 @@ def small(out: Path, **kw: Any) -> CampaignConfig:
     """A campaign that finds the fake violation in seconds: bitmaps and snapshots only."""
     base: dict[str, Any] = {
         "invariants": [FAKE],
-        "examples": 150,
+        "examples": 600,
         "steps": 8,
         "out": out,
         "groups": ("bitmap", "snapshot"),
-        "round_examples": 150,
+        "round_examples": 600,
     }
     base.update(kw)
     return CampaignConfig(**base)
@@ -374,8 +374,8 @@ def test_replay_corpus_reproduces_then_sees_the_fix(
 
 def test_cli_fuzz_and_replay_corpus(tmp_path: Path, fake_checker: str) -> None:
     profile = tmp_path / "p.toml"
-    profile.write_text('groups = ["bitmap", "snapshot"]\nround-examples = 150\n')
-    args = ["fuzz", "--profile", str(profile), "--invariants", FAKE, "--examples", "150"]
+    profile.write_text('groups = ["bitmap", "snapshot"]\nround-examples = 600\n')
+    args = ["fuzz", "--profile", str(profile), "--invariants", FAKE, "--examples", "600"]
     args += ["--steps", "8", "--out", str(tmp_path / "out"), "--no-progress", "--memory-limit", "0"]
     out = CliRunner().invoke(main, args)
     assert out.exit_code == 1, out.output  # a failure was found
