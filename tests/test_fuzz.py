@@ -25,14 +25,8 @@ from sim.fuzz.campaign import Campaign, CampaignConfig, run_campaign
 from sim.fuzz.choices import Choices
 from sim.fuzz.coverage import Coverage, step_label
 from sim.fuzz.export import polish, signature, step_shape
-from sim.fuzz.machine import (
-    DRIVE0,
-    INTERNAL_ERROR,
-    BlockMachine,
-    FuzzFailure,
-    failure_key,
-    has_cycle,
-)
+from sim.fuzz.hygiene import has_cycle
+from sim.fuzz.machine import DRIVE0, INTERNAL_ERROR, BlockMachine, FuzzFailure, failure_key
 from sim.replay import replay
 from sim.trace import load_trace
 from tests.helpers import io, qmp

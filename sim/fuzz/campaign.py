@@ -128,7 +128,9 @@ class Campaign:
         self.coverage = self.result.coverage
         self.out = Path(config.out)
         self.muted: set[str] = set(config.mute)
-        self.pending: dict[str, FuzzFailure] = {}  # smallest unexported failure per kind
+        # failures not exported yet, by failure key: (failure, shrunk); during a round
+        # the smallest example seen, after it what Hypothesis reported
+        self.pending: dict[str, tuple[FuzzFailure, bool]] = {}
         self._t0 = 0.0
         self._last_write = 0.0
         self._round_runs = 0
@@ -151,8 +153,8 @@ class Campaign:
     def failure_seen(self, failure: FuzzFailure) -> None:
         key = failure_key(failure.kind, failure.message)
         known = self.pending.get(key)
-        if known is None or len(failure.steps) <= len(known.steps):
-            self.pending[key] = failure
+        if known is None or len(failure.steps) <= len(known[0].steps):
+            self.pending[key] = (failure, False)
 
     def example_finished(self, machine: MachineCore) -> float:
         self.result.examples += 1
@@ -229,11 +231,12 @@ class Campaign:
                     raise  # KeyboardInterrupt, CampaignStop, or a bug of the fuzzer itself
                 first = str(other).strip().splitlines()[0] if str(other).strip() else ""
                 self.result.warnings.append(f"round {number}: {type(other).__name__}: {first}")
-            # Hypothesis reports every distinct failure shrunk: the unshrunk
-            # ones seen on the way are superseded
-            self.pending.clear()
-            for failure in failures:
-                self._export(failure, shrunk=self.config.shrink, round_number=number)
+            # Hypothesis reports every distinct failure shrunk: the unshrunk ones seen
+            # on the way are superseded (and a Ctrl-C while exporting keeps the rest)
+            self.pending = {
+                failure_key(f.kind, f.message): (f, self.config.shrink) for f in failures
+            }
+            self._export_pending(number)
 
     def settings(self, max_examples: int) -> settings:
         return settings(
@@ -268,10 +271,11 @@ class Campaign:
                 self.out / "failures" / "index.json", [f.to_json() for f in self.result.failures]
             )
 
-    def _export_pending(self) -> None:
+    def _export_pending(self, round_number: int | None = None) -> None:
         for key in sorted(self.pending):
-            self._export(self.pending[key], shrunk=False, round_number=None)
-        self.pending.clear()
+            failure, shrunk = self.pending[key]
+            self._export(failure, shrunk=shrunk, round_number=round_number)
+            del self.pending[key]
 
     def failure_counts(self) -> dict[str, int]:
         """Failures exported so far, by kind (the coverage series' `failures`)."""
@@ -517,7 +521,7 @@ def summary_lines(result: CampaignResult) -> list[str]:
         mark = "" if record.reproduced else "  NOT REPRODUCED"
         shrunk = "" if record.shrunk else " (not fully shrunk)"
         lines.append(
-            f"  [{record.kind}] {record.steps} steps{shrunk}: {record.message[:100]}{mark}"
+            f"  [{record.kind}] {record.steps} steps{shrunk}: {record.message[:160]}{mark}"
         )
         lines.append(f"      blocksim replay {record.path}")
     lines.extend(f"  warning: {w}" for w in result.warnings)

@@ -31,7 +31,7 @@ import math
 from collections import Counter
 from typing import Any
 
-from sim.fuzz.machine import failure_key, message_shape
+from sim.fuzz.failures import failure_key, message_shape
 
 Point = tuple[str, str, str]
 NOT_COUNTED = frozenset({"invariant", "group"})

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.check import CHECKERS, make_checkers
-from sim.fuzz.machine import INTERNAL_ERROR, FuzzFailure, describe_exception, failure_key
+from sim.fuzz.failures import INTERNAL_ERROR, FuzzFailure, describe_exception, failure_key
 from sim.replay import ReplayResult, replay
 from sim.trace import dumps, parse_lines
 

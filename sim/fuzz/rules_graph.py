@@ -64,13 +64,13 @@ class GraphRules(_Base):
     def snapshot_args(self, c: Choices) -> dict[str, Any]:
         return {
             "node": self.pick(c, self.targets(), ("nosuch",)),
-            "overlay": self.pick(c, self.free_nodes(), ("nosuch", "fmt0")),
+            "overlay": self.pick(c, self.overlay_nodes(), ("nosuch", "fmt0", *self.free_nodes())),
         }
 
     def blockdev_add_args(self, c: Choices) -> dict[str, Any]:
         kind = c.between(0, 3)
         name = self.pick(c, [self.fresh("n")], self.node_names()[:2] or ["fmt0"])
-        images = self.image_files()
+        images = self.image_files() if self.invalid else self.free_images()
         if kind <= 1 and images:
             args: dict[str, Any] = {
                 "driver": "qcow2",
@@ -94,7 +94,29 @@ class GraphRules(_Base):
     @group("snapshot")
     @rule(c=choices())
     def snapshot(self, c: Choices) -> None:
+        """blockdev-snapshot onto a node added for it (a qcow2 overlay without backing,
+        over an image nobody has open); blockdev-snapshot-sync when there is none."""
+        overlays = self.overlay_nodes()
+        if not overlays and not self.invalid:
+            images = self.free_images()
+            if not images:
+                self.qmp("blockdev-snapshot-sync", self.snapshot_sync_args(c))
+                return
+            name, file = self.fresh("n"), {"driver": "file", "filename": c.pick(images)}
+            self.qmp(
+                "blockdev-add",
+                {"driver": "qcow2", "node-name": name, "file": file, "backing": None},
+            )
         self.qmp("blockdev-snapshot", self.snapshot_args(c))
+
+    def overlay_nodes(self) -> list[str]:
+        """Free qcow2 nodes without a backing child: what blockdev-snapshot takes."""
+        g = self.machine.state.graph
+        return [
+            n.node_name
+            for n in g.nodes
+            if n.driver == "qcow2" and n.backing is None and not n.auto_named and not g.has_users(n)
+        ]
 
     @group("blockdev")
     @rule(c=choices())

@@ -27,7 +27,9 @@ KiB = 1 << 10
 MiB = 1 << 20
 # rate limits: slow enough for a job to still run a few steps later, fast enough to end
 SPEEDS = (1 * MiB, 16 * MiB, 256 * MiB)
-BACKUP_SYNCS = ("full", "top", "none", "incremental", "bitmap")
+# weighted: a sync=none backup (fleecing) runs until cancelled and keeps its device busy
+PLAIN_SYNCS = ("full", "full", "top", "none")
+BITMAP_SYNCS = ("incremental", "bitmap", "full", "bitmap", "top", "none")
 BITMAP_MODES = ("on-success", "never", "always")
 MIRROR_SYNCS = ("full", "top", "none")
 JOB_VERBS = ("cancel", "pause", "resume", "complete", "finalize", "dismiss")
@@ -52,38 +54,51 @@ class JobRules(_Base):
         if c.rarely(4):
             args["auto-dismiss"] = False
 
+    def device_bitmaps(self, name: str) -> list[str]:
+        """Names of the bitmaps a backup of `name` (device or node) can use."""
+        return [b for a, b in self.bitmap_addresses() if a == name]
+
     def job_device(self, c: Choices) -> str:
         """A job's `device`: mostly a device, sometimes a node-name."""
         if not c.rarely(6):
             return self.pick(c, self.devices(), ("nosuch",))
         return self.pick(c, self.targets(), ("nosuch",))
 
-    def target_node(self, c: Choices) -> str:
-        """A free node for blockdev-backup/mirror, adding one first if there is none."""
-        free = self.free_nodes()
+    def target_node(self, c: Choices, sink_ok: bool) -> str:
+        """A free node for blockdev-backup/mirror, adding one first if there is none:
+        a qcow2 node over an image nobody has open, else (`sink_ok`: a backup) null-co.
+        A mirror never gets a null-co target it would add itself: the device would
+        read zeroes after the pivot, a data loss the checkers rightly report."""
+        free = self.free_nodes(sinks=sink_ok or self.invalid)
         if not free and not (self.invalid and c.rarely(4)):
-            name = self.fresh("tgt")
-            self.qmp("blockdev-add", {"driver": "null-co", "node-name": name, "size": 64 * MiB})
-            free = self.free_nodes()
+            name, images = self.fresh("tgt"), self.free_images()
+            if images:
+                file = {"driver": "file", "filename": c.pick(images)}
+                self.qmp("blockdev-add", {"driver": "qcow2", "node-name": name, "file": file})
+            elif sink_ok:
+                self.qmp("blockdev-add", {"driver": "null-co", "node-name": name, "size": 64 * MiB})
+            free = self.free_nodes(sinks=sink_ok or self.invalid)
         return self.pick(c, free, ("nosuch",))
 
     def backup_args(self, c: Choices, drive: bool) -> dict[str, Any]:
         args: dict[str, Any] = {"device": self.job_device(c)}
         self.job_start_args(c, args)
-        sync = c.pick(BACKUP_SYNCS)
+        own = self.device_bitmaps(str(args["device"]))
+        sync = c.pick(BITMAP_SYNCS if own or self.invalid else PLAIN_SYNCS)
         args["sync"] = sync
         if sync in ("incremental", "bitmap") or c.rarely(6):
-            args["bitmap"] = self.pick(c, self.bitmap_names(), ("nosuch",))
+            args["bitmap"] = self.pick(c, own, ("nosuch", *self.bitmap_names()))
             if sync == "bitmap" or c.rarely(4):
                 args["bitmap-mode"] = c.pick(BITMAP_MODES)
         if drive:
             args["target"] = f"{self.fresh('bk')}.qcow2"
             args["format"] = "qcow2"
-            if c.rarely(6) and self.image_files():
-                args["target"] = self.pick(c, self.image_files())
+            images = self.image_files() if self.invalid else self.free_images()
+            if c.rarely(6) and images:
+                args["target"] = self.pick(c, images)  # an image in use only when invalid
                 args["mode"] = "existing"
         else:
-            args["target"] = self.target_node(c)
+            args["target"] = self.target_node(c, sink_ok=True)
         return args
 
     def mirror_args(self, c: Choices, drive: bool) -> dict[str, Any]:
@@ -94,7 +109,7 @@ class JobRules(_Base):
             args["target"] = f"{self.fresh('mir')}.qcow2"
             args["format"] = "qcow2"
         else:
-            args["target"] = self.target_node(c)
+            args["target"] = self.target_node(c, sink_ok=False)
         if c.rarely(6):
             args["granularity"] = self.pick(c, (65536, 1 << 20), (1000,))
         if c.rarely(6):

@@ -128,7 +128,8 @@ class StorageRules(_Base):
         devices = self.devices()
         if devices and not c.rarely(4):
             return self.pick(c, devices, ("nosuch",))
-        return self.pick(c, self.targets(), ("nosuch",))
+        nodes = self.targets() if self.invalid else devices + self.io_nodes()
+        return self.pick(c, nodes, ("nosuch",))
 
     def io_offset(self, target: str, chunk: int) -> int:
         size = self.size_of(target)

@@ -1,0 +1,121 @@
+"""Keeping long campaigns healthy: cyclic graphs, memory, one swarm.
+
+None of this changes what an example does; it keeps a campaign of thousands of
+examples from hanging on a simulator bug, from growing without end, and from
+running two layers of swarm testing at once.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+from hypothesis.stateful import RuleBasedStateMachine
+
+from sim.check import Checker, Violation
+from sim.replay import Replayer
+
+
+def release(replayer: Replayer | None) -> None:
+    """Forget a finished example's Machine everywhere a module keeps it.
+
+    Workaround: sim.check.observe.StepLog._shared is a WeakKeyDictionary whose values
+    (StepLogs) hold their key (the Machine), so no entry ever goes away and every
+    Machine a campaign builds stays alive (reported to the checkers' owner)."""
+    if replayer is None:
+        return
+    try:
+        from sim.check.observe import StepLog
+    except ImportError:  # pragma: no cover - a checker package without StepLog
+        return
+    shared = getattr(StepLog, "_shared", None)
+    if shared is not None:
+        shared.pop(replayer.machine, None)
+
+
+_examples_since_gc = 0
+GC_EVERY = 200
+
+
+def collect_garbage() -> None:
+    """A full collection every GC_EVERY examples.  A finished Machine is cyclic garbage
+    (simpy processes, observers) holding numpy disk contents; Python only counts objects
+    to decide when to collect, and Hypothesis keeps so many long-lived ones that a full
+    collection may otherwise wait a long time.  (A full collection costs ~50 ms.)"""
+    global _examples_since_gc
+    _examples_since_gc += 1
+    if _examples_since_gc >= GC_EVERY:
+        _examples_since_gc = 0
+        gc.collect()
+
+
+class CycleGuard:
+    """Says, once per step, whether the block graph has a cycle (children followed:
+    file, backing, target).  Only a simulator bug makes one."""
+
+    def __init__(self) -> None:
+        self.index = -1
+        self.found = False
+
+    def cyclic(self, machine: Any, index: int) -> bool:
+        if index != self.index:
+            self.index, self.found = index, has_cycle(machine.state.graph.nodes)
+        return self.found
+
+
+def has_cycle(nodes: list[Any]) -> bool:
+    """Depth-first search with colours over the nodes' children."""
+    state: dict[int, int] = {}  # id -> 1 on the stack, 2 done
+    for root in nodes:
+        if id(root) in state:
+            continue
+        stack = [(root, iter(list(root.children())))]
+        state[id(root)] = 1
+        while stack:
+            node, kids = stack[-1]
+            child = next(kids, None)
+            if child is None:
+                state[id(node)] = 2
+                stack.pop()
+            elif state.get(id(child)) == 1:
+                return True
+            elif id(child) not in state:
+                state[id(child)] = 1
+                stack.append((child, iter(list(child.children()))))
+    return False
+
+
+class Guarded:
+    """A checker that sits out steps that leave a cyclic graph: checkers walk backing
+    chains, which never end on a cycle; graph-well-formed (unguarded) reports it."""
+
+    def __init__(self, inner: Checker, guard: CycleGuard) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.guard = guard
+        self.machine: Any = None
+
+    def attach(self, machine: Any) -> None:
+        self.machine = machine
+        self.inner.attach(machine)
+
+    def after_step(self, index: int) -> list[Violation]:
+        if self.guard.cyclic(self.machine, index):
+            return []
+        return self.inner.after_step(index)
+
+    def at_end(self) -> list[Violation]:
+        if self.guard.found:
+            return []
+        return self.inner.at_end()
+
+
+def one_swarm_only(machine: RuleBasedStateMachine) -> None:
+    """Turn off Hypothesis' own swarm testing of single rules (its FeatureFlags, which
+    disable about half the rules of each example) so that ours, by group, is the only
+    one: both together left a given 4-rule sequence about one example in 250 to run in.
+    Relies on RuleStrategy internals (Hypothesis 6.1xx); does nothing if they moved."""
+    strategy = getattr(machine, "_rules_strategy", None)
+    rules = getattr(strategy, "rules_strategy", None)
+    if rules is not None and hasattr(strategy, "_enabled_rules_strategy"):
+        strategy._enabled_rules_strategy = rules.filter(strategy.is_valid)  # type: ignore[union-attr]
