@@ -406,7 +406,12 @@ def demo(out: str, scenarios: str, fuzz_seconds: float) -> None:
     help=f"Placement policy, or several (one campaign each): {', '.join(POLICIES)} "
     "[default: qemu-7.2].",
 )
-@_invariant_option
+@click.option(
+    "--invariants",
+    default=None,
+    metavar="A,B,...|all|none",
+    help="Checkers to run: comma-separated names, 'all' or 'none' [default: all].",
+)
 @click.option(
     "--examples",
     type=click.IntRange(1),
