@@ -12,8 +12,7 @@ changed, so checkers may look only at what the I/O touched.
 
 from __future__ import annotations
 
-import weakref
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from sim.check.base import Checker, Violation
 from sim.model.bitmap import DirtyBitmap
@@ -69,8 +68,6 @@ class StepLog:
     `data_may_change`) are computed once per step, not once per checker.
     """
 
-    _shared: ClassVar[weakref.WeakKeyDictionary[Machine, StepLog]] = weakref.WeakKeyDictionary()
-
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
         self.index = 0  # the step the fields below describe
@@ -85,10 +82,12 @@ class StepLog:
 
     @classmethod
     def of(cls, machine: Machine) -> StepLog:
-        """The machine's StepLog, made on first use."""
-        log = cls._shared.get(machine)
+        """The machine's StepLog, made on first use and kept on the machine itself, so
+        it lives exactly as long as the machine (no module-level registry)."""
+        log: StepLog | None = getattr(machine, "_step_log", None)
         if log is None:
-            log = cls._shared[machine] = cls(machine)
+            log = cls(machine)
+            machine._step_log = log  # type: ignore[attr-defined]
         return log
 
     def _on_command(self, request: Any, response: dict[str, Any]) -> None:

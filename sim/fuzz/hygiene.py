@@ -17,20 +17,10 @@ from sim.replay import Replayer
 
 
 def release(replayer: Replayer | None) -> None:
-    """Forget a finished example's Machine everywhere a module keeps it.
-
-    Workaround: sim.check.observe.StepLog._shared is a WeakKeyDictionary whose values
-    (StepLogs) hold their key (the Machine), so no entry ever goes away and every
-    Machine a campaign builds stays alive (reported to the checkers' owner)."""
-    if replayer is None:
-        return
-    try:
-        from sim.check.observe import StepLog
-    except ImportError:  # pragma: no cover - a checker package without StepLog
-        return
-    shared = getattr(StepLog, "_shared", None)
-    if shared is not None:
-        shared.pop(replayer.machine, None)
+    """Drop a finished example's replayer.  Nothing module-level keeps a Machine alive
+    any more (the checkers' StepLog lives on the Machine), so there is nothing to undo;
+    kept as the one place the campaign says an example is over."""
+    return None
 
 
 _examples_since_gc = 0

@@ -63,6 +63,7 @@ def snapshot_sync(
         if existing is None:
             raise QMPError(f"Could not open '{snapshot_file}': No such file or directory")
         image = existing
+        graph.check_image_lock(image)
     if snapshot_node_name is not None:
         check_new_node_name(graph, snapshot_node_name)
     if image.format != "qcow2":

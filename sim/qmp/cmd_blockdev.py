@@ -84,7 +84,8 @@ def _open_format(
     g = m.state.graph
     file = _ref(m, a["file"], created)
     image = file.image
-    _check_image_lock(m, image, read_only)
+    if image is not None:
+        g.check_image_lock(image, read_only)
     if driver == "qcow2" and (image is None or image.format != "qcow2"):
         raise QMPError("Image is not in qcow2 format")
     content = image.content if image is not None else None
@@ -118,19 +119,6 @@ def _open_format(
             return node
         g.set_backing(node, _ref(m, backing, created))
     return node
-
-
-def _check_image_lock(m: Machine, image: Any, read_only: bool) -> None:
-    """file-posix image locking: a format node takes write (or, read-only, needs the
-    write permission unshared) on its image; another writable format node on the
-    same image holds it (verified on QEMU 7.2)."""
-    if image is None:
-        return
-    for node in m.state.graph.nodes:
-        if node.image is image and node.is_format and not node.read_only:
-            raise QMPError(
-                'Failed to get shared "write" lock' if read_only else 'Failed to get "write" lock'
-            )
 
 
 @command("blockdev-del")
