@@ -50,7 +50,6 @@ class BackupKind(KindBase):
         self.close_target = close_target
         self.nodes: list[BlockNode] = []
         self.cluster = JOB_CLUSTER
-        self.succeeded = False
         if bitmap is not None:
             succ = DirtyBitmap(None, bitmap.granularity, bitmap.size_bytes, enabled=bitmap.enabled)
             bitmap.successor = succ
@@ -156,7 +155,6 @@ class BackupKind(KindBase):
 
     # -- end ---------------------------------------------------------------------------------
     def commit(self) -> None:
-        self.succeeded = True
         self._sync_bitmap(success=True)
 
     def abort(self) -> None:

@@ -42,7 +42,6 @@ class CommitKind(KindBase):
         self.base_ro = graph.reopen_rw(base)
         self.filter = insert_filter(graph, top, "commit_top", filter_name)
         self.cursor = 0
-        self.len_set = False
 
     def init_work(self) -> None:
         self.job.len = self.top.size_bytes

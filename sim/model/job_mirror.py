@@ -66,7 +66,6 @@ class MirrorKind(KindBase):
         self.dirty = DirtyBitmap(None, granularity, source.size_bytes, enabled=not write_blocking)
         source.bitmaps.insert(0, self.dirty)
         self.zero_target = zero_target
-        self.removed_nodes: list[BlockNode] = []
 
     def init_work(self) -> None:
         """mirror_dirty_init: what must be copied before the job can be READY."""

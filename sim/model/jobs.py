@@ -167,9 +167,3 @@ class Job:
     def busy(self) -> bool:
         """Job.busy: the coroutine is running (not sleeping, paused or yet to enter)."""
         return self.busy_flag and self.status in ("running", "ready") and self.user_paused == 0
-
-
-def valid_job_id(job_id: str) -> bool:
-    from sim.model.graph import id_wellformed
-
-    return id_wellformed(job_id)
