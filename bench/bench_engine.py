@@ -1,4 +1,4 @@
-"""Engine benchmarks (issue 3): what copy-before-write costs the guest, and how
+"""Engine benchmarks: what copy-before-write costs the guest, and how
 fast the engine simulates I/O.
 
 1. Simulated guest write latency, p50 and p99, of a 4 KiB uniform random

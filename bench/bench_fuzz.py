@@ -1,4 +1,4 @@
-"""Fuzzer throughput (issue 5): what the simulator costs on top of Hypothesis.
+"""Fuzzer throughput: what the simulator costs on top of Hypothesis.
 
 1. `BlockMachine` with every invariant checker on: QMP steps per second and
    examples per second, generation only (no shrinking, no database, every

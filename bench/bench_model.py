@@ -1,11 +1,11 @@
-"""Model benchmarks (issue 2): the fuzzer's inner loop must stay cheap.
+"""Model benchmarks: the fuzzer's inner loop must stay cheap.
 
 1. 1,000,000 random 4 KiB guest writes on a 1 TiB disk with four recording
    bitmaps, through the model API workloads use (`sim.model.io.guest_write`).
    Targets: >= 200,000 writes/s, < 1 GiB peak memory (RSS growth).
 2. Trace replay of `qemu-io` write steps through the whole stack (trace
    parsing excluded: steps are pre-parsed).  Target: >= 50,000 steps/s.
-3. The same replay with every invariant checker on (issue 4).  Target: the
+3. The same replay with every invariant checker on.  Target: the
    checkers cost at most a 2x slowdown.
 
 Prints each figure next to its target.  `--quick` runs a tenth of the work.

@@ -1,4 +1,4 @@
-"""Oracle benchmark (issue 6): the same traces on real QEMU 7.2 and on the simulator.
+"""Oracle benchmark: the same traces on real QEMU 7.2 and on the simulator.
 
 For every trace (default: scenarios/qemu-7.2, recursively) it measures the
 wall time of one run on real QEMU (`sim.oracle.qemu_runner.run_trace`: QEMU

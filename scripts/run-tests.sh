@@ -18,4 +18,11 @@ python3 -m pip install -q -e ".[test]" 2>&1 | grep -v -i "warning: running pip a
 
 ruff check .
 ruff format --check .
+mypy sim
+lint-imports
 python3 -m pytest -q "$@"
+# The slow mutant matrix (the fuzzer kills every mutant; about 10 minutes on 2 cores),
+# only when the whole suite is asked for (no arguments), as CI does.
+if [ "$#" -eq 0 ]; then
+    python3 -m pytest -q -m slow tests/test_fuzz_mutants.py
+fi

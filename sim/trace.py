@@ -244,10 +244,6 @@ def dumps(obj: object) -> str:
     return json.dumps(obj, separators=(", ", ": "), ensure_ascii=False)
 
 
-def header_to_dict(header: Header) -> dict[str, Any]:
-    return dict(header.raw)
-
-
 def write_trace(
     path: str | Path,
     header: dict[str, Any],

@@ -1,4 +1,4 @@
-"""DirtyBitmap against QEMU 7.2's numbers (reference §2.3-§2.5)."""
+"""DirtyBitmap against QEMU 7.2's numbers (verified on the binary)."""
 
 from __future__ import annotations
 

@@ -120,7 +120,11 @@ def test_record_command_writes_expects(tmp_path: Path) -> None:
 def test_small_differential_campaign(tmp_path: Path) -> None:
     pytest.importorskip("sim.fuzz.tracegen")
     summary = differential.differential_campaign(2, 7, tmp_path)
-    assert summary.traces == 2 and summary.identical + summary.mismatching == 2
+    assert summary.traces == 2 and summary.generator_errors == []
+    assert summary.qemu_runs >= 2  # every generated trace ran on the binary
+    # each mismatching trace is counted once, in exactly one class, under its own seed
+    seeds = [s for c in summary.classes for s in c.seeds]
+    assert len(seeds) == len(set(seeds)) == summary.mismatching == 2 - summary.identical
     assert summary.traces_per_minute > 0
     assert json.loads((tmp_path / "summary.json").read_text())["traces"] == 2
     written = sorted((tmp_path / "failures").glob("*.jsonl"))

@@ -349,7 +349,7 @@ def test_workload_requests_fail_on_a_fault() -> None:
     assert r.machine.workloads[0].failed == 5 and not r.machine.faults
 
 
-# -- job error policies (reference §4.3, §4.6) ----------------------------------------------
+# -- job error policies (on-source-error / on-target-error) ---------------------------------
 
 
 def backup_to_null(

@@ -1,4 +1,4 @@
-"""The layering rules of STYLE.md: each dependency has one home, the model is pure."""
+"""The layering rules of docs/architecture.md: each dependency has one home, the model is pure."""
 
 from __future__ import annotations
 

@@ -1,16 +1,16 @@
 """Invariant checkers: read-only observers that turn a run into a verdict.
 
-One module per invariant of issue 4 (bug corpus tags in brackets):
+One module per invariant:
 
 | name | invariant |
 |---|---|
-| `bitmap-addressability` [ADDR] | a bitmap created at (A, N) stays reachable there, as the same bitmap, until removed or A goes away; no removed bitmap stays listed |
-| `bitmap-soundness` [SOUND] | every byte the guest wrote through what a bitmap tracks, while it recorded and since it was added or cleared, is marked |
-| `backup-point-in-time` [PIT] | a completed backup holds the source as it was at the job's start on the promised clusters; full + incrementals restore the disk |
+| `bitmap-addressability` | a bitmap created at (A, N) stays reachable there, as the same bitmap, until removed or A goes away; no removed bitmap stays listed |
+| `bitmap-soundness` | every byte the guest wrote through what a bitmap tracks, while it recorded and since it was added or cleared, is marked |
+| `backup-point-in-time` | a completed backup holds the source as it was at the job's start on the promised clusters; full + incrementals restore the disk |
 | `mirror-and-commit-consistency` | after a mirror pivots or a commit/stream ends, every device reads what it read just before |
-| `no-lost-guest-data` [LOSS] | a device reads what the guest last wrote through it, across graph changes, job ends, cancels, failures |
-| `graph-well-formed` [GRAPH] | no cycles, no dangling children or roots, unique names, one child per filter, nothing a job uses deleted, no stray busy bitmap |
-| `job-state-legality` [JOB] | job states follow JobSTT, events come in QEMU's order, verbs follow JobVerbTable, force-cancel terminates |
+| `no-lost-guest-data` | a device reads what the guest last wrote through it, across graph changes, job ends, cancels, failures |
+| `graph-well-formed` | no cycles, no dangling children or roots, unique names, one child per filter, nothing a job uses deleted, no stray busy bitmap |
+| `job-state-legality` | job states follow JobSTT, events come in QEMU's order, verbs follow JobVerbTable, force-cancel terminates |
 
 `CHECKERS` maps each name to its checker class; `make_checkers(names)` builds
 fresh instances for one replay (a checker watches one Machine).

@@ -1,4 +1,4 @@
-"""bitmap-addressability (bug corpus ADDR; issue 4, invariant 1)."""
+"""bitmap-addressability: a bitmap stays reachable where it was created."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ model flags as freed); a clear is reported to the owner of the registry.
 A backup freezes a bitmap with an anonymous successor; at the end the
 successor either takes over the name (abdicate) or is merged back (reclaim).
 `follow_successors()` re-points an entry at its successor when it took over,
-so "the same bitmap" survives a backup, as issue 4 defines it.
+so "the same bitmap" survives a backup (the successor is the bitmap QEMU keeps).
 """
 
 from __future__ import annotations

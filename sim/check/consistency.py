@@ -1,4 +1,4 @@
-"""mirror-and-commit-consistency (issue 4, invariant 4).
+"""mirror-and-commit-consistency.
 
 While a mirror, commit or stream job exists, the checker keeps each device's
 view as of the end of the last step: clones of the stamp stores of the

@@ -155,38 +155,6 @@ def compare(runs: Runs, expected: list[Content], actual: list[Content]) -> Misma
     return Mismatch(total, first, exp0, act0, bad)
 
 
-def compare_arrays(lo: int, expected: np.ndarray, actual: np.ndarray) -> Mismatch | None:
-    """Compare two stamp arrays that start at sector `lo`."""
-    diff = ~same_data(expected, actual)
-    if not diff.any():
-        return None
-    idx = np.flatnonzero(diff)
-    return Mismatch(
-        int(idx.size),
-        lo + int(idx[0]),
-        int(expected[idx[0]]),
-        int(actual[idx[0]]),
-        _runs_of(idx, lo)[:MAX_LISTED],
-    )
-
-
-def merge_mismatches(items: list[Mismatch]) -> Mismatch | None:
-    """One Mismatch summing several (the first one's first difference)."""
-    if not items:
-        return None
-    head = items[0]
-    runs: Runs = []
-    for m in items:
-        runs.extend(m.runs)
-    return Mismatch(
-        sum(m.sectors for m in items),
-        head.first_sector,
-        head.expected,
-        head.actual,
-        runs[:MAX_LISTED],
-    )
-
-
 def _runs_of(idx: np.ndarray, base: int) -> Runs:
     breaks = np.flatnonzero(np.diff(idx) != 1)
     starts = np.concatenate(([0], breaks + 1))

@@ -1,4 +1,4 @@
-"""graph-well-formed (bug corpus GRAPH; issue 4, invariant 6).
+"""graph-well-formed.
 
 After every step that could change the graph: names are unique and the name
 index agrees with the node list; every child and every backend root is a node

@@ -1,4 +1,4 @@
-"""job-state-legality (bug corpus JOB; issue 4, invariant 7).
+"""job-state-legality.
 
 The checker replays every job's life from the events alone, against its own
 copy of QEMU 7.2's tables (job.c `JobSTT`, `JobVerbTable`; deliberately not

@@ -1,4 +1,4 @@
-"""no-lost-guest-data (bug corpus LOSS; issue 4, invariant 5).
+"""no-lost-guest-data.
 
 A shadow disk per device holds the stamp of the last write the guest made
 through it (a `Content`, dense or sparse like the model's).  After a step that

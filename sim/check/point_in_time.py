@@ -1,4 +1,4 @@
-"""backup-point-in-time (bug corpus PIT; issue 4, invariant 3).
+"""backup-point-in-time.
 
 When a backup job appears, the checker copies the source's guest-visible
 contents (clones of the chain's stamp stores: cheap, numpy) and notes which

@@ -1,4 +1,4 @@
-"""bitmap-soundness (bug corpus SOUND; issue 4, invariant 2).
+"""bitmap-soundness.
 
 For every tracked bitmap (see bitmaps.py) a shadow bitarray, at the bitmap's
 granularity, collects the chunks the guest wrote through the thing the bitmap

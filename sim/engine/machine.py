@@ -97,15 +97,6 @@ class Machine:
                 return device
         return self.devices[SCRATCH_DEVICE]
 
-    def timing_for(self, job: Any) -> DeviceTiming:
-        """The timing of the device a job reads from."""
-        from sim.engine.jobs import job_nodes
-
-        source, _target = job_nodes(job)
-        if source is None:
-            return self.devices[SCRATCH_DEVICE].timing
-        return self.device_of(source).timing
-
     def sim_only_step(self, step: Any) -> tuple[dict[str, Any], str | None]:
         """`workload` and `fault` steps (sim-only; see docs/sim-only-steps.md).
 

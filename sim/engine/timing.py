@@ -92,11 +92,6 @@ class DeviceTiming:
             base *= 1.0 + self.jitter * (2.0 * rng.random() - 1.0)
         return max(int(base), 1)
 
-    def copy_ns(self, length: int, speed: int, rng: random.Random) -> int:
-        """A job chunk without contention: read it, write it, obey the rate limit."""
-        ns = self.io_ns(length, rng) + self.io_ns(length, rng)
-        return max(ns, rate_limit_ns(length, speed))
-
 
 def rate_limit_ns(length: int, speed: int) -> int:
     """The least time `length` bytes may take at `speed` bytes/s (0 = unlimited)."""
@@ -106,14 +101,12 @@ def rate_limit_ns(length: int, speed: int) -> int:
 class Device:
     """One storage device: its timing and its request queue."""
 
-    __slots__ = ("name", "timing", "queue", "requests", "busy_ns")
+    __slots__ = ("name", "timing", "queue")
 
     def __init__(self, env: simpy.Environment, name: str, timing: DeviceTiming) -> None:
         self.name = name
         self.timing = timing
         self.queue = simpy.Resource(env, capacity=timing.queue_depth)
-        self.requests = 0  # served so far
-        self.busy_ns = 0  # sum of service times
 
     def io(
         self, env: simpy.Environment, length: int, rng: random.Random
@@ -122,6 +115,4 @@ class Device:
         with self.queue.request() as slot:
             yield slot
             ns = self.timing.io_ns(length, rng)
-            self.requests += 1
-            self.busy_ns += ns
             yield env.timeout(ns)

@@ -333,8 +333,6 @@ def guest_request(m: Machine, w: Workload, is_read: bool, offset: int) -> Proc:
         with device.queue.request() as slot:
             yield slot
             ns = device.timing.io_ns(size, m.rng)
-            device.requests += 1
-            device.busy_ns += ns
             yield env.timeout(ns)
     op = "read" if is_read else "write"
     if is_read:

@@ -500,7 +500,7 @@ def limit_memory(megabytes: int) -> None:
     instead of taking the machine down."""
     import resource
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     want = megabytes << 20
     if hard != resource.RLIM_INFINITY:
         want = min(want, hard)

@@ -77,7 +77,6 @@ GROUPS = (
     "invalid",
 )
 ALWAYS_ON = frozenset({"time"})
-SIM_ONLY_GROUPS = frozenset({"workload", "fault"})
 
 DRIVE0: dict[str, Any] = {
     "id": "drive0",

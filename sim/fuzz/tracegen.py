@@ -2,7 +2,7 @@
 
     generate_trace(seed, areas=None, steps=25) -> [header, step, step, ...]
 
-The traces look like shared/traces/qemu-7.2/generated/: one or two drives
+The traces look like the recorded ones in scenarios/: one or two drives
 (qcow2, rarely a raw second one) of 16-64 MiB; dirty-bitmap commands, qemu-io
 guest I/O, snapshots, backups, mirrors, commits, streams and transactions,
 with a share of commands that QEMU refuses.
@@ -941,6 +941,7 @@ class Generator:
             return
         rng = self.rng
         op = rng.choice(("remove", "clear", "enable", "disable", "merge", "merge-src", "sha256"))
+        args: dict[str, Any]
         if op == "sha256":
             args = {"node": node.name, "name": bitmap.name}
             self.emit(execute("x-debug-block-dirty-bitmap-sha256", args), True, "bitmap")

@@ -105,7 +105,8 @@ class Drive:
 
     def chain(self) -> list[Node]:
         """Root first, then each backing node down to the base."""
-        out, node = [], self.root
+        out: list[Node] = []
+        node: Node | None = self.root
         while node is not None:
             out.append(node)
             node = node.backing
@@ -235,13 +236,16 @@ class Machine:
         if bitmap.readonly:
             return False
         for src in sources:
+            src_node: Node | None = node
             if isinstance(src, str):
-                src_node, src_name = node, src
+                src_name = src
             else:
                 assert isinstance(src, dict)
                 src_node, src_name = self.resolve(src["node"]), src["name"]
-            found = src_node.bitmap(src_name) if src_node is not None else None
-            if found is None or found.busy or src_node.size != node.size:  # type: ignore[union-attr]
+            if src_node is None:
+                return False
+            found = src_node.bitmap(src_name)
+            if found is None or found.busy or src_node.size != node.size:
                 return False
         return True
 

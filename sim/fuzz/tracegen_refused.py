@@ -120,6 +120,7 @@ def bad_merge(gen: Generator) -> None:
     rng = gen.rng
     existing = gen.bitmap_refs(lambda n, b: not b.busy)
     kind = rng.choice(("target", "source", "source-node", "size"))
+    args: dict[str, Any]
     if kind == "target" or not existing:
         node, refs = rng.choice(gen.addressable())
         ref = rng.choice(refs)

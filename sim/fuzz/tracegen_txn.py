@@ -27,7 +27,7 @@ from sim.fuzz.tracegen_model import (
 )
 
 if TYPE_CHECKING:
-    from sim.fuzz.tracegen import Generator
+    from sim.fuzz.tracegen import Generator, _Job
 
 
 def transaction(gen: Generator) -> None:
@@ -56,8 +56,7 @@ def txn_bitmap_action(
     if kind == "add":
         if node_ref is None:
             nodes = [(n, r) for n, r in gen.addressable(t) if n.driver != "file"]
-            node, refs = rng.choice(nodes)
-            node_ref = rng.choice(refs)
+            node_ref = rng.choice(rng.choice(nodes)[1])
         node = t.resolve(node_ref)
         names = [x for x in BITMAP_NAMES if node is not None and node.bitmap(x) is None]
         if not names:
@@ -197,7 +196,8 @@ def backup_pair(gen: Generator) -> None:
     completes, the second is then held like any sync=none backup."""
     rng = gen.rng
     first, second = rng.sample(gen.m.drives, 2)
-    jobs, actions = [], []
+    jobs: list[_Job] = []
+    actions: list[dict[str, Any]] = []
     for drive, none in ((first, False), (second, True)):
         data: dict[str, Any] = {"device": gen.root_ref(drive), "target": gen.file("bk")}
         data["format"] = "qcow2"

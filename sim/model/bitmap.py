@@ -113,23 +113,6 @@ class DirtyBitmap:
             shift = target._shift
             target.bits[offset >> shift : ((offset + length - 1) >> shift) + 1] = 1
 
-    def set_range(self, offset: int, length: int) -> None:
-        """Mark [offset, offset+length) dirty regardless of `enabled`."""
-        if length > 0:
-            shift = self._shift
-            self.bits[offset >> shift : ((offset + length - 1) >> shift) + 1] = 1
-
-    def reset_range(self, offset: int, length: int) -> None:
-        """Clear the chunks fully inside [offset, offset+length)."""
-        if length > 0:
-            g = self.granularity
-            first = -(-offset // g)
-            end = (offset + length) // g
-            if offset + length >= self.size_bytes:
-                end = self.nbits
-            if end > first:
-                self.bits[first:end] = 0
-
     def clear(self) -> None:
         self.bits.setall(0)
 

@@ -1,8 +1,8 @@
 """The block-dirty-bitmap-* operations, with QEMU 7.2's checks in QEMU's order.
 
 Source: block/monitor/bitmap-qmp-cmds.c and block/dirty-bitmap.c (QEMU 7.2);
-the order of checks and every message were verified on the 7.2 binary
-(reference §2).  Each mutating operation returns an `Undo` so `transaction`
+the order of checks and every message were verified on the 7.2 binary.
+Each mutating operation returns an `Undo` so `transaction`
 can roll back (blockdev.c `*_abort` callbacks).
 """
 

@@ -7,7 +7,7 @@ whose pattern byte is `StampTable.pattern(n)`.  Jobs copy stamps, so the
 identity of data survives backup, mirror, commit and stream, which is what
 the point-in-time and lost-data checkers compare.
 
-Two stores behind one interface (DESIGN.md, measured): a dense numpy int32
+Two stores behind one interface (both measured fastest for their range): a dense numpy int32
 array for disks up to `DENSE_LIMIT_BYTES`, and a dict keyed by 4 KiB block for
 larger disks, so memory grows with what was written, not with the disk.
 
@@ -23,7 +23,6 @@ import numpy as np
 
 SECTOR = 512
 SECTOR_SHIFT = 9
-UNALLOCATED = 0
 ZERO_STAMP = 1
 FIRST_DATA_STAMP = 2
 DENSE_LIMIT_BYTES = 1 << 30

@@ -21,7 +21,6 @@ from sim.model.bitmap import DirtyBitmap
 from sim.model.content import Content, new_content
 
 FORMAT_DRIVERS = ("qcow2", "raw")
-PROTOCOL_DRIVERS = ("file", "null-co")
 FILTER_DRIVERS = ("copy-before-write", "mirror_top", "commit_top", "copy-on-read")
 QCOW2_CLUSTER = 65536
 BACKING_ALLOWED_OPS = frozenset({"commit-target", "stream", "backup-source", "backup-target"})
@@ -127,9 +126,6 @@ class BlockGraph:
         self._auto_counter += 1
         return f"#block{self._auto_counter}"
 
-    def name_in_use(self, name: str) -> bool:
-        return name in self._by_name or name in self.backends
-
     def node(self, name: str) -> BlockNode | None:
         return self._by_name.get(name)
 
@@ -181,13 +177,6 @@ class BlockGraph:
         node = self.lookup_bs(name)
         if node is None:
             raise QMPError(f"Cannot find device='{name}' nor node-name='{name}'")
-        return node
-
-    def node_or_fail(self, name: str) -> BlockNode:
-        """bitmap commands' lookup: bdrv_lookup_bs, failing as `Node 'X' not found`."""
-        node = self.lookup_bs(name)
-        if node is None:
-            raise QMPError(f"Node '{name}' not found")
         return node
 
     def backend_of_root(self, node: BlockNode) -> BlockBackend | None:

@@ -6,8 +6,8 @@ like bdrv_co_pwritev: every node it passes marks its own dirty bitmaps
 (bdrv_co_write_req_finish -> bdrv_set_dirty), a filter's `write_hook` runs
 first (copy-before-write copies the old data out), and the data node stores
 the stamp.  Bitmaps on the protocol (`file`) node are marked at guest
-offsets: real QEMU marks host offsets incl. qcow2 metadata (reference §2.4),
-a documented approximation.
+offsets; real QEMU marks host offsets, qcow2 metadata included, so this is
+an approximation.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import numpy as np
 
 from sim.model.content import SECTOR, ZERO_STAMP, read_through, sector_span
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode
-
-WriteHook = Callable[[BlockNode, int, int], None]
 
 
 @dataclass(frozen=True, slots=True)

@@ -190,9 +190,11 @@ class BackupKind(KindBase):
 
     def _owner_list_of(self, bm: DirtyBitmap, source: BlockNode) -> list[DirtyBitmap]:
         """The list holding `bm`: a node's, or a BlockBackend's (bb-attached)."""
-        for owner in [*self.graph.nodes, *self.graph.backends.values()]:
-            if any(b is bm for b in owner.bitmaps):
-                return owner.bitmaps
+        owners: list[list[DirtyBitmap]] = [n.bitmaps for n in self.graph.nodes]
+        owners += [b.bitmaps for b in self.graph.backends.values()]
+        for bitmaps in owners:
+            if any(b is bm for b in bitmaps):
+                return bitmaps
         return source.bitmaps
 
     def clean(self) -> None:

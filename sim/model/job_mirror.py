@@ -58,7 +58,6 @@ class MirrorKind(KindBase):
         self.close_target = close_target
         self.write_blocking = write_blocking
         self.nodes: list[BlockNode] = []
-        self.target_ro_before = target.read_only
         if commit:
             graph.reopen_rw(target)
         self.filter = insert_filter(graph, source, "mirror_top", filter_name)
@@ -106,7 +105,7 @@ class MirrorKind(KindBase):
         self.dirty.bits[offset // g : -(-(offset + length) // g)] = 0
         stop = self.base if self.commit_mode else None
         # mirror_iteration writes zeroes where the source reads zeroes (it does not
-        # leave an existing target's old data there: bug corpus L3)
+        # leave an existing target's old data there)
         copy_range(
             self.graph,
             chain_contents(self.graph, self.source, stop),
@@ -160,4 +159,4 @@ class MirrorKind(KindBase):
             g.delete_unreferenced(self.source)
         elif self.close_target:
             g.delete_unreferenced(self.target)
-        # an active-commit base stays read-write, even after a soft cancel (reference §3)
+        # an active-commit base stays read-write, even after a soft cancel (mirror_exit_common keeps the base writable)

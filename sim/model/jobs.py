@@ -76,7 +76,6 @@ class Job:
     len: int = 0
     offset: int = 0
     user_paused: int = 0
-    drain_paused: int = 0
     cancelled: bool = False
     force: bool = False
     completion_requested: bool = False
@@ -87,7 +86,6 @@ class Job:
     txn: list[Job] | None = None  # grouped completion peers, this job included
     work_done: bool = False  # run() finished
     kind: Any = None  # the per-kind state object (backup, mirror, ...)
-    history: list[str] = field(default_factory=list)
     seq: int = 0  # creation order, for deterministic iteration
     started: bool = False  # job_start() ran (a job of a failed transaction never starts)
     busy_flag: bool = False  # the job's coroutine is inside its work (set by the engine)
@@ -98,12 +96,7 @@ class Job:
         if status not in JOB_STT[self.status]:
             raise SimulatorBug(f"job {self.id!r}: illegal transition {self.status} -> {status}")
         self.status = status
-        self.history.append(status)
         self.emit("JOB_STATUS_CHANGE", {"status": status, "id": self.id})
-
-    @property
-    def paused(self) -> bool:
-        return self.user_paused > 0 or self.status in ("paused", "standby")
 
     @property
     def ready(self) -> bool:
@@ -158,7 +151,7 @@ class Job:
 
     def _drained_at_end(self) -> bool:
         """mirror_run ends inside bdrv_drained_begin(), released only when the job
-        is finalized: pause_count > 0 while waiting/pending (reference §4.5)."""
+        is finalized: pause_count > 0 while waiting/pending (seen in query-jobs on 7.2)."""
         return self.status in ("waiting", "pending") and bool(
             getattr(self.kind, "has_ready", False)
         )

@@ -7,7 +7,7 @@ Two jobs, both pure:
   absolute paths (trace-format.md, "File names inside a trace").
 - `refusal`: steps a real QEMU cannot or must not run.  Sim-only steps
   (`workload`, `fault`), broken lines, and inputs that crash QEMU 7.2
-  (qemu-7.2-block-semantics.md section 11): refusing them keeps one bad step
+  (each listed in `crash_reason`, verified on the binary): refusing them keeps one bad step
   from killing the whole run.
 """
 
@@ -97,7 +97,7 @@ def refusal(step: Step) -> str | None:
 
 
 def crash_reason(command: Any, arguments: Any) -> str | None:
-    """Why sending this command would crash QEMU 7.2, or None (reference section 11)."""
+    """Why sending this command would crash QEMU 7.2, or None (each case verified on the binary)."""
     if not isinstance(arguments, dict):
         return None
     if command == "block-dirty-bitmap-merge" and arguments.get("bitmaps") == []:

@@ -1,8 +1,7 @@
 """Run a trace on a real QEMU 7.2 and answer in the shapes of a simulator replay.
 
 Theory of operation: this is the oracle the simulator is checked against.  It
-repeats, step by step, the procedure that recorded the reference traces
-(shared/traces/qemu-7.2/README.md):
+repeats, step by step, the procedure every recorded trace was made with:
 
 1. a private scratch folder; one fresh image per header drive
    (``qemu-img create -f FORMAT SCRATCH/ID.FORMAT SIZE``);
@@ -21,7 +20,7 @@ asyncio event loop and drives `qemu.qmp.QMPClient` through it.  Events are
 kept in arrival order; a step's `events` are those that had arrived when its
 answer was in.  Jobs run on QEMU's own clock, so an event that QEMU emits
 after a command returned may land in a later step; the full ordered list in
-the final state is what the reference traces compare.
+the final state is what recorded traces compare.
 
 Failures: a step QEMU must not run (sim-only, broken, or a known QEMU 7.2
 crasher) and a wait that times out become an ``"error"`` of that step and the
@@ -135,7 +134,7 @@ class _WaitTimeout(Exception):
 
 
 class QemuRunner:
-    """One trace run on a real QEMU 7.2, recorded the way the reference traces were.
+    """One trace run on a real QEMU 7.2, recorded the way every recorded trace was.
 
     Models the machine of a trace header on real hardware: a `-M none` QEMU whose
     BlockBackends are the header drives, each a format node over a protocol node

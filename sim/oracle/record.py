@@ -1,10 +1,10 @@
 """Record a trace on real QEMU 7.2: write it back with what QEMU really answered.
 
-The output is what shared/traces/qemu-7.2/ holds: every `execute` and `wait`
+The output is a recorded trace: every `execute` and `wait`
 step gets QEMU's normalized answer as ``"expect"`` (replacing any old one), and
 the last line is ``{"final-expect": STATE}`` with the final state and every
 event.  Everything else stays byte for byte: the header line, ``//`` comments,
-blank lines, `advance` steps.  Recording a reference trace again on the same
+blank lines, `advance` steps.  Recording a trace again on the same
 QEMU gives the same file.
 """
 

@@ -1,4 +1,4 @@
-"""human-monitor-command: the `qemu-io` subset guest I/O goes through (reference §10).
+"""human-monitor-command: the `qemu-io` subset guest I/O goes through.
 
 Parsing is sim.qmp.qemu_io's; this module follows its caller contract in
 QEMU's order (lookup, read-only refusal, then the I/O).  The QMP return is ""

@@ -48,7 +48,6 @@ class TxnContext:
 
 Action = Callable[["Machine", dict[str, Any], TxnContext], Prepared]
 ACTIONS: dict[str, Action] = {}
-JOB_ACTIONS = ("drive-backup", "blockdev-backup")
 
 
 def action(name: str) -> Callable[[Action], Action]:
@@ -68,7 +67,7 @@ def check_completion_mode(name: str, ctx: TxnContext) -> None:
 
 
 def drain_all(m: Machine) -> None:
-    """bdrv_drain_all: every active job pauses and resumes (reference §4.4)."""
+    """bdrv_drain_all: every active job pauses and resumes (JOB_STATUS_CHANGE pairs on 7.2)."""
     active = [j for j in m.state.jobs if j.user_paused == 0 and j.status in ("running", "ready")]
     _flush(active)
     for job in active:
@@ -120,7 +119,7 @@ def _clean(ctx: TxnContext, prepared: list[Prepared], attempted: int) -> None:
 def _warn_if_qemu_crashes(
     m: Machine, actions: list[tuple[str, dict[str, Any]]], failed: int
 ) -> None:
-    """Failures that kill a real QEMU 7.2 (reference §11, and verified on the binary)."""
+    """Failures that kill a real QEMU 7.2 (verified on the binary)."""
     kind, data = actions[failed]
     if kind == "block-dirty-bitmap-enable":
         m.state.warnings.append(
