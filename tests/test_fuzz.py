@@ -9,6 +9,7 @@ tests/test_fuzz_mutants.py behind the `slow` marker.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -258,7 +259,8 @@ def test_internal_error_is_its_own_failure_kind(
     def broken(m: Any, a: dict[str, Any]) -> None:
         raise RuntimeError("simulated simulator bug")
 
-    monkeypatch.setitem(dispatch.COMMANDS, "block-dirty-bitmap-clear", broken)
+    clear = dispatch.COMMANDS["block-dirty-bitmap-clear"]
+    monkeypatch.setitem(dispatch.COMMANDS, clear.name, replace(clear, handler=broken))
     result = run_campaign(small(tmp_path, examples=60))
     kinds = {f.kind for f in result.failures}
     assert INTERNAL_ERROR in kinds, result.summary()

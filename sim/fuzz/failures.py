@@ -62,11 +62,11 @@ def failure_key(kind: str, message: str) -> str:
     `device '*' lost guest data in blockdev-add: N bytes differ...` and `... in
     blockdev-del: ...` are one failure but a bitmap now on a snapshot overlay and
     one now on a job's filter are two."""
-    from sim.qmp.schema import COMMAND_NAMES
+    from sim.qmp.dispatch import COMMANDS
 
     shape = ": ".join(message_shape(message).split(": ")[:2])
     words = [
-        w.replace(w.rstrip(",;:."), "*") if w.rstrip(",;:.") in COMMAND_NAMES else w
+        w.replace(w.rstrip(",;:."), "*") if w.rstrip(",;:.") in COMMANDS else w
         for w in shape.split(" ")
     ]
     return f"{kind}: {' '.join(words)}"

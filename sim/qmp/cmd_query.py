@@ -35,11 +35,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sim.errors import QMPError
 from sim.model.bitmap import DirtyBitmap
 from sim.model.content import FIRST_DATA_STAMP, SECTOR_SHIFT, Content
 from sim.model.graph import QCOW2_CLUSTER, BlockBackend, BlockGraph, BlockNode, Image
 from sim.qmp.cmd_blockdev import NULL_CO_DEFAULT_SIZE
-from sim.qmp.dispatch import command
+from sim.qmp.dispatch import COMMANDS, command
 
 if TYPE_CHECKING:
     from sim.engine.machine import Machine
@@ -661,10 +662,21 @@ def _query_block_jobs(m: Machine, a: dict[str, Any]) -> list[dict[str, Any]]:
     return [j.query_block_jobs_entry() for j in reversed(m.state.jobs)]
 
 
+@command("query-commands")
+def _query_commands(m: Machine, a: dict[str, Any]) -> list[dict[str, Any]]:
+    # qmp_query_commands lists the command table; blocksim's table is its own
+    return [{"name": name} for name in COMMANDS]
+
+
+@command("x-debug-query-block-graph")
+def _query_block_graph(m: Machine, a: dict[str, Any]) -> None:
+    # QEMU answers with its nodes and every edge's permissions, which blocksim
+    # does not model; refusing says so instead of inventing permissions
+    raise QMPError("blocksim does not model x-debug-query-block-graph (block permissions)")
+
+
 @command("qmp_capabilities")
 def _qmp_capabilities(m: Machine, a: dict[str, Any]) -> None:
-    from sim.errors import QMPError
-
     # A trace runs after negotiation, as on the real monitor.
     raise QMPError(
         "Capabilities negotiation is already complete, command ignored", "CommandNotFound"

@@ -1,5 +1,7 @@
-"""Importing this module registers every QMP command handler in the dispatch table."""
+"""Importing this module registers every QMP command in the one command table
+(`sim.qmp.dispatch.COMMANDS`), and checks that every declared command has a handler."""
 
+from sim.errors import SimulatorBug
 from sim.qmp import (  # noqa: F401
     cmd_bitmap,
     cmd_blockdev,
@@ -8,3 +10,7 @@ from sim.qmp import (  # noqa: F401
     cmd_query,
     transaction,
 )
+from sim.qmp.dispatch import unhandled
+
+if unhandled():
+    raise SimulatorBug(f"QMP commands declared without a handler: {unhandled()}")

@@ -2,8 +2,10 @@
 
 `Monitor.execute(request)` turns a QMP request into a handler call and the
 result into `{"return": ...}` or `{"error": {"class", "desc"}}`.  Arguments
-are checked against the declarative QAPI table in `sim.qmp.schema` before a
-handler runs, so handlers see well-typed arguments.  A `QMPError` raised
+are checked against the command's declared QAPI type before its handler runs,
+so handlers see well-typed arguments.  `COMMANDS` is the one command table:
+each entry pairs a command's argument type with its handler, and
+`query-commands` lists it.  A `QMPError` raised
 anywhere below becomes an error response here and only here.  Any other
 exception is a simulator bug: it is recorded in `Monitor.internal_errors`
 (the fuzzer's `internal-error` failure kind) and answered with a
@@ -14,26 +16,61 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sim.errors import QMPError, SimulatorBug
-from sim.qmp.schema import check_arguments
+from sim.qmp import schema
+from sim.qmp.schema import Member, Struct, Union, check_arguments
 
 if TYPE_CHECKING:
     from sim.engine.machine import Machine
 
 Handler = Callable[["Machine", dict[str, Any]], Any]
-COMMANDS: dict[str, Handler] = {}
 
 
-def command(name: str) -> Callable[[Handler], Handler]:
-    """Register a handler for QMP command `name`."""
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One QMP command as QEMU's generated command table holds it: its name, its
+    argument type (the QAPI `arg-type`, checked before the handler runs) and its
+    handler (the `qmp_*` function)."""
+
+    name: str
+    args: Struct | Union
+    handler: Handler
+
+
+# The one command table: every command blocksim answers, in registration order.
+COMMANDS: dict[str, Command] = {}
+
+
+def command(
+    name: str, args: tuple[Member, ...] | Union | None = None
+) -> Callable[[Handler], Handler]:
+    """Register `fn` as the handler of QMP command `name` together with its
+    argument type: `args` (written with `schema.members(...)`) for a command
+    declared here, or, when None, the type in the declarative table
+    `schema.ARGUMENTS`.  Raises SimulatorBug for a second handler or a command
+    whose arguments nobody declared."""
 
     def register(fn: Handler) -> Handler:
-        COMMANDS[name] = fn
+        if name in COMMANDS:
+            raise SimulatorBug(f"QMP command {name!r} has two handlers")
+        if args is not None:
+            arg_type = schema.declare(name, args)
+        elif name in schema.ARGUMENTS:
+            arg_type = schema.ARGUMENTS[name]
+        else:
+            raise SimulatorBug(f"QMP command {name!r}: declare its arguments")
+        COMMANDS[name] = Command(name, arg_type, fn)
         return fn
 
     return register
+
+
+def unhandled() -> list[str]:
+    """Commands whose arguments are declared but that have no handler (should be none)."""
+    return [name for name in schema.ARGUMENTS if name not in COMMANDS]
 
 
 class Monitor:
@@ -48,10 +85,7 @@ class Monitor:
         try:
             name, args = _split_request(request)
             checked = check_arguments(name, args)
-            handler = COMMANDS.get(name)
-            if handler is None:
-                raise QMPError(f"The command {name} has not been found", "CommandNotFound")
-            result = handler(self.machine, checked)
+            result = COMMANDS[name].handler(self.machine, checked)
             response: dict[str, Any] = {"return": {} if result is None else result}
         except QMPError as exc:
             response = exc.to_response()

@@ -9,7 +9,7 @@ qapi-visit-*.c).  The visitor walks the *schema*, not the input: members are
 visited in schema order, the first failure stops everything, and only after
 every member of a struct has been visited does `check_struct` complain about
 members nobody consumed.  `check_arguments` replays that walk over a
-declarative table of the argument types (`COMMANDS`), written in QAPI's own
+declarative table of the argument types (`ARGUMENTS`), written in QAPI's own
 notation (`"*name"` = optional) in the member order of QEMU 7.2's
 qapi/block-core.json, transaction.json, job.json, misc.json and control.json.
 
@@ -86,7 +86,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sim.errors import QMPError
+from sim.errors import QMPError, SimulatorBug
 
 # JSON nesting QEMU's JSON streamer accepts (MAX_NESTING, qobject/json-streamer.c),
 # counted from the outer request object; `arguments` sits one level below it.
@@ -183,7 +183,7 @@ class Member:
     optional: bool
 
 
-def _members(*spec: tuple[str, Any]) -> tuple[Member, ...]:
+def members(*spec: tuple[str, Any]) -> tuple[Member, ...]:
     """Members in QAPI notation: ("*name", T) is optional."""
     return tuple(Member(n.lstrip("*"), t, n.startswith("*")) for n, t in spec)
 
@@ -197,7 +197,7 @@ class Struct:
         if not isinstance(value, dict):
             raise _type_error(path, "object")
         out: dict[str, Any] = {}
-        _visit_members(self.members, value, path, out)
+        _visitmembers(self.members, value, path, out)
         _check_struct(value, out, path)
         return out
 
@@ -217,14 +217,14 @@ class Union:
         if not isinstance(value, dict):
             raise _type_error(path, "object")
         out: dict[str, Any] = {}
-        _visit_members(self.base, value, path, out)
+        _visitmembers(self.base, value, path, out)
         variant = self.variants.get(out[self.tag])
         if variant is None:
             modelled = ", ".join(k for k, v in self.variants.items() if v is not None)
             raise QMPError(
                 f"blocksim does not model {self.tag} '{out[self.tag]}' (modelled: {modelled})"
             )
-        _visit_members(variant, value, path, out)
+        _visitmembers(variant, value, path, out)
         _check_struct(value, out, path)
         return out
 
@@ -248,7 +248,7 @@ class Alternate:
         raise QMPError(f"Invalid parameter type for '{_bare(name)}', expected: {self.name}")
 
 
-def _visit_members(
+def _visitmembers(
     members: tuple[Member, ...], obj: dict[Any, Any], path: Path, out: dict[str, Any]
 ) -> None:
     for m in members:
@@ -426,36 +426,36 @@ _COPY_MODE = Enum("MirrorCopyMode", ("background", "write-blocking"))
 _COMPLETION_MODE = Enum("ActionCompletionMode", ("individual", "grouped"))
 _OVERLAP_MODE = Enum("Qcow2OverlapCheckMode", ("none", "constant", "cached", "all"))
 
-_BITMAP = _members(("node", STR), ("name", STR))
-_BITMAP_ADD = _members(
+_BITMAP = members(("node", STR), ("name", STR))
+_BITMAP_ADD = members(
     ("node", STR), ("name", STR), ("*granularity", UINT32), ("*persistent", BOOL),
     ("*disabled", BOOL),
 )  # fmt: skip
 _BITMAP_OR_STR = Alternate(
     "BlockDirtyBitmapOrStr", object_branch=Struct("BlockDirtyBitmap", _BITMAP), string_branch=STR
 )
-_BITMAP_MERGE = _members(("node", STR), ("target", STR), ("bitmaps", List(_BITMAP_OR_STR)))
+_BITMAP_MERGE = members(("node", STR), ("target", STR), ("bitmaps", List(_BITMAP_OR_STR)))
 
 _BACKUP_PERF = Struct(
-    "BackupPerf", _members(("*use-copy-range", BOOL), ("*max-workers", INT), ("*max-chunk", INT))
+    "BackupPerf", members(("*use-copy-range", BOOL), ("*max-workers", INT), ("*max-chunk", INT))
 )
-_BACKUP_COMMON = _members(
+_BACKUP_COMMON = members(
     ("*job-id", STR), ("device", STR), ("sync", _SYNC), ("*speed", INT), ("*bitmap", STR),
     ("*bitmap-mode", _BITMAP_MODE), ("*compress", BOOL), ("*on-source-error", _ON_ERROR),
     ("*on-target-error", _ON_ERROR), ("*auto-finalize", BOOL), ("*auto-dismiss", BOOL),
     ("*filter-node-name", STR), ("*x-perf", _BACKUP_PERF),
 )  # fmt: skip
 _DRIVE_BACKUP = (
-    *_BACKUP_COMMON, *_members(("target", STR), ("*format", STR), ("*mode", _NEW_IMAGE_MODE))
+    *_BACKUP_COMMON, *members(("target", STR), ("*format", STR), ("*mode", _NEW_IMAGE_MODE))
 )  # fmt: skip
-_BLOCKDEV_BACKUP = (*_BACKUP_COMMON, *_members(("target", STR)))
+_BLOCKDEV_BACKUP = (*_BACKUP_COMMON, *members(("target", STR)))
 
-_SNAPSHOT_SYNC = _members(
+_SNAPSHOT_SYNC = members(
     ("*device", STR), ("*node-name", STR), ("snapshot-file", STR), ("*snapshot-node-name", STR),
     ("*format", STR), ("*mode", _NEW_IMAGE_MODE),
 )  # fmt: skip
-_SNAPSHOT = _members(("node", STR), ("overlay", STR))
-_SNAPSHOT_INTERNAL = _members(("device", STR), ("name", STR))
+_SNAPSHOT = members(("node", STR), ("overlay", STR))
+_SNAPSHOT_INTERNAL = members(("device", STR), ("name", STR))
 
 # blockdev-add: BlockdevOptions, a flat union on `driver`.
 _DRIVERS = (
@@ -465,10 +465,10 @@ _DRIVERS = (
     "null-aio", "null-co", "nvme", "parallels", "preallocate", "qcow", "qcow2", "qed", "quorum",
     "raw", "rbd", "replication", "ssh", "throttle", "vdi", "vhdx", "vmdk", "vpc", "vvfat",
 )  # fmt: skip
-_BLOCKDEV_BASE = _members(
+_BLOCKDEV_BASE = members(
     ("driver", Enum("BlockdevDriver", _DRIVERS)), ("*node-name", STR),
     ("*discard", Enum("BlockdevDiscardOptions", ("ignore", "unmap"))),
-    ("*cache", Struct("BlockdevCacheOptions", _members(("*direct", BOOL), ("*no-flush", BOOL)))),
+    ("*cache", Struct("BlockdevCacheOptions", members(("*direct", BOOL), ("*no-flush", BOOL)))),
     ("*read-only", BOOL), ("*auto-read-only", BOOL), ("*force-share", BOOL),
     ("*detect-zeroes", Enum("BlockdevDetectZeroesOptions", ("off", "on", "unmap"))),
 )  # fmt: skip
@@ -480,7 +480,7 @@ _BLOCKDEV_REF_OR_NULL = Alternate(
 )
 _OVERLAP_FLAGS = Struct(
     "Qcow2OverlapCheckFlags",
-    _members(
+    members(
         ("*template", _OVERLAP_MODE), ("*main-header", BOOL), ("*active-l1", BOOL),
         ("*active-l2", BOOL), ("*refcount-table", BOOL), ("*refcount-block", BOOL),
         ("*snapshot-table", BOOL), ("*inactive-l1", BOOL), ("*inactive-l2", BOOL),
@@ -489,19 +489,19 @@ _OVERLAP_FLAGS = Struct(
 )  # fmt: skip
 _QCOW2_ENCRYPTION = Union(
     "BlockdevQcow2Encryption",
-    _members(("format", Enum("BlockdevQcow2EncryptionFormat", ("aes", "luks")))),
+    members(("format", Enum("BlockdevQcow2EncryptionFormat", ("aes", "luks")))),
     "format",
-    {"aes": _members(("*key-secret", STR)), "luks": _members(("*key-secret", STR))},
+    {"aes": members(("*key-secret", STR)), "luks": members(("*key-secret", STR))},
 )
 MODELLED_DRIVERS = ("file", "null-co", "qcow2", "raw")
 _BLOCKDEV_VARIANTS.update(
-    file=_members(
+    file=members(
         ("filename", STR), ("*pr-manager", STR),
         ("*locking", Enum("OnOffAuto", ("auto", "on", "off"))),
         ("*aio", Enum("BlockdevAioOptions", ("threads", "native", "io_uring"))),
         ("*aio-max-batch", INT), ("*drop-cache", BOOL), ("*x-check-cache-dropped", BOOL),
     ),
-    qcow2=_members(
+    qcow2=members(
         ("file", _BLOCKDEV_REF), ("*backing", _BLOCKDEV_REF_OR_NULL), ("*lazy-refcounts", BOOL),
         ("*pass-discard-request", BOOL), ("*pass-discard-snapshot", BOOL),
         ("*pass-discard-other", BOOL),
@@ -511,9 +511,9 @@ _BLOCKDEV_VARIANTS.update(
         ("*refcount-cache-size", INT), ("*cache-clean-interval", INT),
         ("*encrypt", _QCOW2_ENCRYPTION), ("*data-file", _BLOCKDEV_REF),
     ),
-    raw=_members(("file", _BLOCKDEV_REF), ("*offset", INT), ("*size", INT)),
+    raw=members(("file", _BLOCKDEV_REF), ("*offset", INT), ("*size", INT)),
 )  # fmt: skip
-_BLOCKDEV_VARIANTS["null-co"] = _members(
+_BLOCKDEV_VARIANTS["null-co"] = members(
     ("*size", INT), ("*latency-ns", UINT64), ("*read-zeroes", BOOL)
 )
 
@@ -536,33 +536,33 @@ _ACTIONS: dict[str, tuple[Member, ...]] = {
 TRANSACTION_ACTION_TYPES = tuple(_ACTIONS)
 _TRANSACTION_ACTION = Union(
     "TransactionAction",
-    _members(("type", Enum("TransactionActionKind", TRANSACTION_ACTION_TYPES))),
+    members(("type", Enum("TransactionActionKind", TRANSACTION_ACTION_TYPES))),
     "type",
-    {t: _members(("data", Struct(t, m))) for t, m in _ACTIONS.items()},
+    {t: members(("data", Struct(t, m))) for t, m in _ACTIONS.items()},
 )
 
-_JOB_START_TAIL = _members(
+_JOB_START_TAIL = members(
     ("*filter-node-name", STR), ("*auto-finalize", BOOL), ("*auto-dismiss", BOOL)
 )
 _NO_ARGS: tuple[Member, ...] = ()
-_BY_DEVICE = _members(("device", STR))
-_BY_ID = _members(("id", STR))
+_BY_DEVICE = members(("device", STR))
+_BY_ID = members(("id", STR))
 
 # Command -> its arguments: a member tuple (an implicit struct), or a union
 # for the one `boxed` command, blockdev-add.
 _COMMAND_ARGS: dict[str, tuple[Member, ...] | Union] = {
     # control.json, misc.json
-    "qmp_capabilities": _members(("*enable", List(Enum("QMPCapability", ("oob",))))),
+    "qmp_capabilities": members(("*enable", List(Enum("QMPCapability", ("oob",))))),
     "query-version": _NO_ARGS,
     "query-commands": _NO_ARGS,
-    "human-monitor-command": _members(("command-line", STR), ("*cpu-index", INT)),
+    "human-monitor-command": members(("command-line", STR), ("*cpu-index", INT)),
     # block-core.json
     "query-block": _NO_ARGS,
-    "query-named-block-nodes": _members(("*flat", BOOL)),
+    "query-named-block-nodes": members(("*flat", BOOL)),
     "query-block-jobs": _NO_ARGS,
     "x-debug-query-block-graph": _NO_ARGS,
     "blockdev-add": BLOCKDEV_OPTIONS,
-    "blockdev-del": _members(("node-name", STR)),
+    "blockdev-del": members(("node-name", STR)),
     "blockdev-snapshot-sync": _SNAPSHOT_SYNC,
     "blockdev-snapshot": _SNAPSHOT,
     "block-dirty-bitmap-add": _BITMAP_ADD,
@@ -574,41 +574,41 @@ _COMMAND_ARGS: dict[str, tuple[Member, ...] | Union] = {
     "x-debug-block-dirty-bitmap-sha256": _BITMAP,
     "drive-backup": _DRIVE_BACKUP,
     "blockdev-backup": _BLOCKDEV_BACKUP,
-    "drive-mirror": _members(
+    "drive-mirror": members(
         ("*job-id", STR), ("device", STR), ("target", STR), ("*format", STR), ("*node-name", STR),
         ("*replaces", STR), ("sync", _SYNC), ("*mode", _NEW_IMAGE_MODE), ("*speed", INT),
         ("*granularity", UINT32), ("*buf-size", INT), ("*on-source-error", _ON_ERROR),
         ("*on-target-error", _ON_ERROR), ("*unmap", BOOL), ("*copy-mode", _COPY_MODE),
         ("*auto-finalize", BOOL), ("*auto-dismiss", BOOL),
     ),
-    "blockdev-mirror": _members(
+    "blockdev-mirror": members(
         ("*job-id", STR), ("device", STR), ("target", STR), ("*replaces", STR), ("sync", _SYNC),
         ("*speed", INT), ("*granularity", UINT32), ("*buf-size", INT),
         ("*on-source-error", _ON_ERROR), ("*on-target-error", _ON_ERROR),
         ("*filter-node-name", STR), ("*copy-mode", _COPY_MODE), ("*auto-finalize", BOOL),
         ("*auto-dismiss", BOOL),
     ),
-    "block-commit": (*_members(
+    "block-commit": (*members(
         ("*job-id", STR), ("device", STR), ("*base-node", STR), ("*base", STR),
         ("*top-node", STR), ("*top", STR), ("*backing-file", STR), ("*speed", INT),
         ("*on-error", _ON_ERROR),
     ), *_JOB_START_TAIL),
-    "block-stream": (*_members(
+    "block-stream": (*members(
         ("*job-id", STR), ("device", STR), ("*base", STR), ("*base-node", STR),
         ("*backing-file", STR), ("*bottom", STR), ("*speed", INT), ("*on-error", _ON_ERROR),
     ), *_JOB_START_TAIL),
-    "block-job-cancel": _members(("device", STR), ("*force", BOOL)),
+    "block-job-cancel": members(("device", STR), ("*force", BOOL)),
     "block-job-pause": _BY_DEVICE,
     "block-job-resume": _BY_DEVICE,
     "block-job-complete": _BY_DEVICE,
-    "block-job-set-speed": _members(("device", STR), ("speed", INT)),
+    "block-job-set-speed": members(("device", STR), ("speed", INT)),
     "block-job-finalize": _BY_ID,
     "block-job-dismiss": _BY_ID,
     # transaction.json
-    "transaction": _members(
+    "transaction": members(
         ("actions", List(_TRANSACTION_ACTION)),
         ("*properties",
-         Struct("TransactionProperties", _members(("*completion-mode", _COMPLETION_MODE)))),
+         Struct("TransactionProperties", members(("*completion-mode", _COMPLETION_MODE)))),
     ),
     # job.json
     "query-jobs": _NO_ARGS,
@@ -620,16 +620,21 @@ _COMMAND_ARGS: dict[str, tuple[Member, ...] | Union] = {
     "job-dismiss": _BY_ID,
 }  # fmt: skip
 
-COMMANDS: Mapping[str, Struct | Union] = {
+ARGUMENTS: dict[str, Struct | Union] = {
     name: args if isinstance(args, Union) else Struct(f"q_obj_{name}-arg", args)
     for name, args in _COMMAND_ARGS.items()
 }
-COMMAND_NAMES: tuple[str, ...] = tuple(COMMANDS)
 
 
-def is_known_command(name: object) -> bool:
-    """True if blocksim knows the QMP command `name` (see COMMAND_NAMES)."""
-    return isinstance(name, str) and name in COMMANDS
+def declare(name: str, args: tuple[Member, ...] | Union) -> Struct | Union:
+    """Declare the argument type of QMP command `name` (a member tuple written
+    with `members(...)`, or a union).  `sim.qmp.dispatch.command` calls this for
+    commands declared next to their handler; returns the type.  Raises
+    SimulatorBug if `name` already has one."""
+    if name in ARGUMENTS:
+        raise SimulatorBug(f"QMP command {name!r} is declared twice")
+    ARGUMENTS[name] = args if isinstance(args, Union) else Struct(f"q_obj_{name}-arg", args)
+    return ARGUMENTS[name]
 
 
 _ABSENT: Any = object()
@@ -651,7 +656,7 @@ def check_arguments(command: str, arguments: object = _ABSENT) -> dict[str, Any]
         raise QMPError("JSON nesting depth limit exceeded")
     if not isinstance(arguments, dict):
         raise QMPError("QMP input member 'arguments' must be an object")
-    schema = COMMANDS.get(command) if isinstance(command, str) else None
+    schema = ARGUMENTS.get(command) if isinstance(command, str) else None
     if schema is None:
         raise QMPError(f"The command {command} has not been found", "CommandNotFound")
     try:
