@@ -567,6 +567,8 @@ def test_table_matches_introspection(qemu: _Qmp) -> None:
                 compare(mine.object_branch, branches["object"], where)
         elif isinstance(mine, schema.Struct):
             members(mine.members, ent["members"], where)
+        elif isinstance(mine, schema.NotModelled):
+            pass  # refused whatever its value: only the member's name and place matter
         else:
             assert ent.get("tag") == mine.tag, where
             members(mine.base, ent["members"], where)

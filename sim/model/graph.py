@@ -41,6 +41,7 @@ class Image:
     size_bytes: int
     content: Content
     backing_file: str | None = None
+    cluster_size: int = QCOW2_CLUSTER  # qcow2 only
 
 
 @dataclass(eq=False, slots=True)
@@ -355,5 +356,6 @@ class BlockGraph:
             content=image.content,
             image=image,
             discard_unmap=discard_unmap,
+            cluster_size=image.cluster_size,
         )
         return fmt

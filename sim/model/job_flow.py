@@ -75,7 +75,8 @@ def finalize(state: BlockState, job: Job) -> None:
         p.kind.commit()
         p.kind.clean()
         release_nodes(p)
-        p.emit("BLOCK_JOB_COMPLETED", p.event_data())
+        if p.is_block_job:
+            p.emit("BLOCK_JOB_COMPLETED", p.event_data())
         p.set_status("concluded")
         if p.auto_dismiss:
             dismiss(state, p)
@@ -105,9 +106,9 @@ def abort_txn(state: BlockState, job: Job, deferred: bool = False) -> None:
         release_nodes(p)
         if p.error is None:
             p.error = ECANCELED
-            if p.started:
+            if p.started and p.is_block_job:
                 p.emit("BLOCK_JOB_CANCELLED", p.event_data())
-        elif p.started:
+        elif p.started and p.is_block_job:
             data = p.event_data()
             data["error"] = p.error
             p.emit("BLOCK_JOB_COMPLETED", data)
@@ -145,7 +146,7 @@ def block_nodes(job: Job, nodes: list[Any]) -> None:
 
 def find_job(state: BlockState, job_id: str, block_job_api: bool) -> Job:
     job = state.find_job(job_id)
-    if job is None:
+    if job is None or (block_job_api and not job.is_block_job):
         if block_job_api:
             raise QMPError(f"Block job '{job_id}' not found", "DeviceNotActive")
         raise QMPError("Job not found")

@@ -67,7 +67,7 @@ class Job:
     """A QEMU block job (BlockJob/Job): identity, status, progress and options."""
 
     id: str
-    type: str  # backup, mirror, commit, stream
+    type: str  # backup, mirror, commit, stream, create
     emit: Emit
     auto_finalize: bool = True
     auto_dismiss: bool = True
@@ -90,6 +90,13 @@ class Job:
     started: bool = False  # job_start() ran (a job of a failed transaction never starts)
     busy_flag: bool = False  # the job's coroutine is inside its work (set by the engine)
     wake: Callable[[], None] = field(default=lambda: None)  # set by the engine
+
+    @property
+    def is_block_job(self) -> bool:
+        """A BlockJob (backup, mirror, commit, stream) rather than a plain Job
+        (blockdev-create's `create`): only block jobs emit BLOCK_JOB_* events and
+        appear in query-block-jobs and the block-job-* verbs."""
+        return self.type != "create"
 
     def set_status(self, status: str) -> None:
         """Move to `status` through JobSTT and emit JOB_STATUS_CHANGE."""

@@ -23,6 +23,7 @@ _FILE_ARGS = {
     "blockdev-snapshot-sync": ("snapshot-file",),
     "drive-backup": ("target",),
     "drive-mirror": ("target",),
+    "change-backing-file": ("backing-file",),
 }
 
 
@@ -30,14 +31,18 @@ def place_files(command: str, arguments: Any, scratch_dir: str) -> Any:
     """`arguments` of `command` with bare file names moved into `scratch_dir`.
 
     Covers `snapshot-file` of blockdev-snapshot-sync, `target` of
-    drive-backup/drive-mirror, every `filename` inside blockdev-add, and the
+    drive-backup/drive-mirror, every `filename` inside blockdev-add,
+    blockdev-create and blockdev-reopen, `backing-file` of blockdev-create's
+    qcow2 options, and the
     same inside the actions of a `transaction`.  Absolute paths and values of
     the wrong type are left alone (QEMU reports those).  Returns a new value.
     """
     if not isinstance(arguments, dict):
         return arguments
-    if command == "blockdev-add":
+    if command in ("blockdev-add", "blockdev-reopen"):
         return _place_filenames(arguments, scratch_dir)
+    if command == "blockdev-create":
+        return _place_filenames(arguments, scratch_dir, ("filename", "backing-file"))
     if command == "transaction" and isinstance(arguments.get("actions"), list):
         actions = [_place_action(a, scratch_dir) for a in arguments["actions"]]
         return {**arguments, "actions": actions}
@@ -56,14 +61,14 @@ def _place_action(action: Any, scratch_dir: str) -> Any:
     return {**action, "data": place_files(action["type"], action["data"], scratch_dir)}
 
 
-def _place_filenames(value: Any, scratch_dir: str) -> Any:
+def _place_filenames(value: Any, scratch_dir: str, keys: tuple[str, ...] = ("filename",)) -> Any:
     if isinstance(value, dict):
         return {
-            k: _in_scratch(v, scratch_dir) if k == "filename" else _place_filenames(v, scratch_dir)
+            k: _in_scratch(v, scratch_dir) if k in keys else _place_filenames(v, scratch_dir, keys)
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [_place_filenames(v, scratch_dir) for v in value]
+        return [_place_filenames(v, scratch_dir, keys) for v in value]
     return value
 
 

@@ -1,4 +1,4 @@
-"""blockdev-add and blockdev-del for the drivers blocksim models (qcow2, raw, file, null-co).
+"""blockdev-add, blockdev-del and blockdev-reopen for the drivers blocksim models.
 
 blockdev.c `qmp_blockdev_add` / `qmp_blockdev_del` and block.c `bdrv_open` of
 QEMU 7.2: the root node of a blockdev-add is owned by the monitor (it
@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sim.errors import QMPError
-from sim.model.graph import BlockNode
+from sim.model import reopen
+from sim.model.graph import QCOW2_CLUSTER, BlockNode
 from sim.model.snapshot import check_new_node_name
 from sim.qmp.dispatch import command
-from sim.qmp.schema import MODELLED_DRIVERS
+from sim.qmp.schema import BLOCKDEV_OPTIONS, MODELLED_DRIVERS, List, members
 
 if TYPE_CHECKING:
     from sim.engine.machine import Machine
@@ -99,6 +100,7 @@ def _open_format(
         image=image,
         read_only=read_only,
         discard_unmap=unmap,
+        cluster_size=image.cluster_size if image is not None else QCOW2_CLUSTER,
     )
     if driver == "qcow2":
         backing = a.get("backing", "__image__")
@@ -146,3 +148,42 @@ def _used_by_job_backend(m: Machine, node: BlockNode) -> bool:
         if getattr(kind, "target", None) is node and job.type in ("mirror", "commit"):
             return True
     return False
+
+
+@command("blockdev-reopen", members(("options", List(BLOCKDEV_OPTIONS))))
+def _blockdev_reopen(m: Machine, a: dict[str, Any]) -> None:
+    """qmp_blockdev_reopen: queue every entry, drain, prepare all, commit all."""
+    if not a["options"]:
+        m.state.warnings.append(
+            "real QEMU 7.2 aborts (bdrv_reopen_multiple: bs_queue != NULL) on an empty "
+            "blockdev-reopen"
+        )
+        raise QMPError("blocksim refuses an empty blockdev-reopen: it aborts QEMU 7.2")
+    g = m.state.graph
+    entries = []
+    drained: list[BlockNode] = []
+    for options in a["options"]:
+        entry = reopen.prepare(g, options)
+        entries.append(entry)
+        drained.extend(reopen.subtree(entry.node))
+    _drain_pair(m, drained)
+    reopen.commit(g, entries)
+
+
+def _drain_pair(m: Machine, nodes: list[BlockNode]) -> None:
+    """A drained section over `nodes`: every active job using one of them pauses
+    and resumes (JOB_STATUS_CHANGE pairs), after a job's own flush."""
+    jobs = [
+        j
+        for j in m.state.jobs
+        if j.user_paused == 0
+        and j.status in ("running", "ready")
+        and any(n is k for n in nodes for k in getattr(j.kind, "nodes", []))
+    ]
+    for job in jobs:
+        flush = getattr(job.kind, "flush_on_drain", None)
+        if flush is not None:
+            flush()
+        job.set_status("standby" if job.status == "ready" else "paused")
+    for job in jobs:
+        job.set_status("ready" if job.status == "standby" else "running")

@@ -659,7 +659,7 @@ def _query_jobs(m: Machine, a: dict[str, Any]) -> list[dict[str, Any]]:
 
 @command("query-block-jobs")
 def _query_block_jobs(m: Machine, a: dict[str, Any]) -> list[dict[str, Any]]:
-    return [j.query_block_jobs_entry() for j in reversed(m.state.jobs)]
+    return [j.query_block_jobs_entry() for j in reversed(m.state.jobs) if j.is_block_job]
 
 
 @command("query-commands")

@@ -5,6 +5,7 @@ from sim.errors import SimulatorBug
 from sim.qmp import (  # noqa: F401
     cmd_bitmap,
     cmd_blockdev,
+    cmd_create,
     cmd_hmp,
     cmd_job,
     cmd_query,

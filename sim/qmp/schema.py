@@ -220,13 +220,23 @@ class Union:
         _visitmembers(self.base, value, path, out)
         variant = self.variants.get(out[self.tag])
         if variant is None:
-            modelled = ", ".join(k for k, v in self.variants.items() if v is not None)
+            modelled = ", ".join(k for k, v in self.variants.items() if v)
             raise QMPError(
                 f"blocksim does not model {self.tag} '{out[self.tag]}' (modelled: {modelled})"
             )
         _visitmembers(variant, value, path, out)
         _check_struct(value, out, path)
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class NotModelled:
+    """A member whose QAPI type blocksim does not model: present means refused."""
+
+    what: str
+
+    def check(self, value: object, path: Path, name: str | None) -> Any:
+        raise QMPError(f"blocksim does not model {self.what} ('{_full_name(path)}')")
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,6 +525,39 @@ _BLOCKDEV_VARIANTS.update(
 )  # fmt: skip
 _BLOCKDEV_VARIANTS["null-co"] = members(
     ("*size", INT), ("*latency-ns", UINT64), ("*read-zeroes", BOOL)
+)
+
+# blockdev-create: BlockdevCreateOptions, a flat union on `driver`; drivers with no
+# variant have no members and no create callback ("Driver does not support ...").
+_SIZE = UINT64
+_PREALLOC = Enum("PreallocMode", ("off", "metadata", "falloc", "full"))
+_CREATE_WITH_MEMBERS = (
+    "file", "gluster", "luks", "nfs", "parallels", "qcow", "qcow2", "qed", "rbd", "ssh",
+    "vdi", "vhdx", "vmdk", "vpc",
+)  # fmt: skip
+_CREATE_VARIANTS: dict[str, tuple[Member, ...] | None] = {
+    d: (None if d in _CREATE_WITH_MEMBERS else ()) for d in _DRIVERS
+}
+_CREATE_VARIANTS.update(
+    file=members(
+        ("filename", STR), ("size", _SIZE), ("*preallocation", _PREALLOC), ("*nocow", BOOL),
+        ("*extent-size-hint", _SIZE),
+    ),
+    qcow2=members(
+        ("file", _BLOCKDEV_REF), ("*data-file", NotModelled("qcow2 external data files")),
+        ("*data-file-raw", BOOL), ("*extended-l2", BOOL), ("size", _SIZE),
+        ("*version", Enum("BlockdevQcow2Version", ("v2", "v3"))), ("*backing-file", STR),
+        ("*backing-fmt", Enum("BlockdevDriver", _DRIVERS)),
+        ("*encrypt", NotModelled("qcow2 encryption")), ("*cluster-size", _SIZE),
+        ("*preallocation", _PREALLOC), ("*lazy-refcounts", BOOL), ("*refcount-bits", INT),
+        ("*compression-type", Enum("Qcow2CompressionType", ("zlib", "zstd"))),
+    ),
+)  # fmt: skip
+BLOCKDEV_CREATE_OPTIONS = Union(
+    "BlockdevCreateOptions",
+    members(("driver", Enum("BlockdevDriver", _DRIVERS))),
+    "driver",
+    _CREATE_VARIANTS,
 )
 
 # transaction: TransactionAction, a flat union on `type`, each variant a
