@@ -16,14 +16,14 @@ def _machine() -> tuple[Machine, Monitor]:
     return m, Monitor(m)
 
 
-def _ok(mon: Monitor, name: str, **args: Any) -> Any:
-    r = mon.execute({"execute": name, "arguments": args})
+def _ok(mon: Monitor, cmd: str, **args: Any) -> Any:
+    r = mon.execute({"execute": cmd, "arguments": args})
     assert "return" in r, r
     return r["return"]
 
 
-def _err(mon: Monitor, name: str, **args: Any) -> str:
-    r = mon.execute({"execute": name, "arguments": args})
+def _err(mon: Monitor, cmd: str, **args: Any) -> str:
+    r = mon.execute({"execute": cmd, "arguments": args})
     assert "error" in r, r
     return str(r["error"]["desc"])
 
