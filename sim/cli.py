@@ -132,7 +132,12 @@ def replay(
         observers: list[Any] = [*checkers, recorder] if recorder is not None else checkers
         result = run(trace, policy=policy, seed=seed, checkers=observers)
         if recorder is not None and timeline_dir is not None:
-            _write_timeline(Path(timeline_dir), path, files, recorder.to_json(result, str(path)))
+            _write_timeline(
+                Path(timeline_dir),
+                path,
+                files,
+                recorder.to_json(result.policy, result.seed, str(path)),
+            )
         if as_json:
             for outcome in result.steps:
                 click.echo(dumps(outcome.json_line()))
@@ -176,7 +181,7 @@ def matrix(traces: tuple[str, ...], json_out: str | None) -> None:
     print the policy x invariant matrix with the minimal breaking trace per cell."""
     from rich.progress import Progress
 
-    from sim.check.matrix import markdown, policy_matrix, to_json
+    from sim.matrix import markdown, policy_matrix, to_json
 
     files = collect_traces(traces or ("scenarios",))
     with Progress(transient=True) as bar:
@@ -378,7 +383,7 @@ def report(run_dir: str, out: str | None, title: str) -> None:
 def demo(out: str, scenarios: str, fuzz_seconds: float) -> None:
     """Replay bundled scenarios with timelines, fuzz briefly, build the policy matrix,
     and write the full report under OUT (the run folder is OUT/run)."""
-    from sim.report.demo import run_demo
+    from sim.demo import run_demo
 
     if not Path(scenarios).is_dir():
         raise click.UsageError(

@@ -61,7 +61,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sim.engine.machine import Machine
-    from sim.replay import ReplayResult
     from sim.trace import Trace
 
 TIMELINE_VERSION = 1
@@ -269,7 +268,7 @@ class TimelineRecorder:
         return step.kind
 
     # -- output ----------------------------------------------------------------------------
-    def to_json(self, result: ReplayResult | None = None, source: str = "") -> dict[str, Any]:
+    def to_json(self, policy: str = "", seed: int = 0, source: str = "") -> dict[str, Any]:
         """The timeline.json document (call after the replay finished)."""
         header = self.trace.header if self.trace is not None else None
         end = self._end_ns
@@ -277,8 +276,8 @@ class TimelineRecorder:
             "timeline": TIMELINE_VERSION,
             "name": header.name if header is not None else "",
             "source": source,
-            "policy": result.policy if result is not None else "",
-            "seed": result.seed if result is not None else 0,
+            "policy": policy,
+            "seed": seed,
             "end_ns": end,
             "steps": self.steps,
             "commands": self.commands,
@@ -363,21 +362,6 @@ def _event_label(events: list[Any]) -> str:
             return f"{ev.name} {ev.data.get('device', '')}".strip()
     ev = events[-1]
     return f"{ev.data.get('id', '')} {ev.data.get('status', ev.name)}".strip()
-
-
-def record(
-    trace: Trace,
-    policy: str | None = None,
-    seed: int | None = None,
-    checkers: list[Any] | None = None,
-    source: str = "",
-) -> tuple[ReplayResult, dict[str, Any]]:
-    """Replay `trace` with a recorder attached; returns the result and timeline.json."""
-    from sim.replay import replay
-
-    recorder = TimelineRecorder(trace)
-    result = replay(trace, policy, seed, [*(checkers or []), recorder])
-    return result, recorder.to_json(result, source or trace.path)
 
 
 def dumps_timeline(timeline: dict[str, Any]) -> str:

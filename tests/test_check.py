@@ -290,7 +290,7 @@ def test_an_action_before_a_snapshot_in_the_same_transaction_sees_the_old_graph(
 
 
 def test_policy_matrix() -> None:
-    from sim.check.matrix import markdown, policy_matrix, to_json
+    from sim.matrix import markdown, policy_matrix, to_json
 
     path = CHECKER_SCENARIOS / "addr-snapshot-device-bitmap.jsonl"
     matrix = policy_matrix([path], invariants=[ADDR, SOUND, JOB])

@@ -15,10 +15,11 @@ from click.testing import CliRunner
 
 from sim.cli import main
 from sim.compare import differences, first_difference
+from sim.fuzz import differential
+from sim.fuzz.differential import Outcome, shrink, units_of
 from sim.model import bitmap_ops
 from sim.model.content import SECTOR, StampTable, new_content
 from sim.model.graph import Image
-from sim.oracle import differential
 from sim.oracle.diff import (
     Difference,
     check_runnable,
@@ -27,7 +28,6 @@ from sim.oracle.diff import (
     diff_trace,
     sim_guest_view,
 )
-from sim.oracle.differential import Outcome, shrink, units_of
 from sim.trace import dumps, load_trace, parse_lines
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios" / "qemu-7.2"

@@ -23,11 +23,11 @@ import pytest
 from click.testing import CliRunner
 
 from sim.cli import main
+from sim.demo import policy_matrix, record
 from sim.report import build_report
 from sim.report.coverage_figs import coverage_figures
-from sim.report.demo import policy_matrix
 from sim.report.runfolder import coverage_from_timelines
-from sim.timeline import dumps_timeline, record, write_json
+from sim.timeline import dumps_timeline, write_json
 from sim.trace import parse_lines
 from tests.helpers import DRIVE0, SCENARIOS, header, qmp
 

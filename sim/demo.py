@@ -22,9 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sim.replay import ReplayResult, replay
 from sim.report import Report, build_report
-from sim.timeline import record, write_json
-from sim.trace import dumps, load_trace
+from sim.timeline import TimelineRecorder, write_json
+from sim.trace import Trace, dumps, load_trace
 
 Say = Callable[[str], None]
 
@@ -163,10 +164,23 @@ def fuzz(run: Path, seconds: float, say: Say) -> None:
     )
 
 
+def record(
+    trace: Trace,
+    policy: str | None = None,
+    seed: int | None = None,
+    checkers: list[Any] | None = None,
+    source: str = "",
+) -> tuple[ReplayResult, dict[str, Any]]:
+    """Replay `trace` with a recorder attached; returns the result and timeline.json."""
+    recorder = TimelineRecorder(trace)
+    result = replay(trace, policy, seed, [*(checkers or []), recorder])
+    return result, recorder.to_json(result.policy, result.seed, source or trace.path)
+
+
 def policy_matrix(traces: list[Path], run: Path) -> dict[str, Any]:
-    """matrix.json (sim.check.matrix), each cell's minimal trace copied into run/traces/."""
-    from sim.check.matrix import policy_matrix as build
-    from sim.check.matrix import to_json
+    """matrix.json (sim.matrix), each cell's minimal trace copied into run/traces/."""
+    from sim.matrix import policy_matrix as build
+    from sim.matrix import to_json
 
     matrix = to_json(build(traces))
     for cell in matrix["cells"]:

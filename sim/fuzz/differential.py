@@ -2,7 +2,7 @@
 
 Theory of operation: `differential_campaign` asks the trace generator
 (`sim.fuzz.tracegen.generate_trace`, traces whose outcome is deterministic on
-real QEMU) for `n_traces` traces, diffs each one (`sim.oracle.diff`, one fresh
+real QEMU) for `n_traces` traces, diffs each one (`sim.oracle.diff_trace`, one fresh
 QEMU process per run) and sorts the mismatches into classes by the signature
 of their first difference (layer, command, field, kind of change).  The
 first trace of each class is shrunk and written to ``OUT/failures/``; later
@@ -18,7 +18,7 @@ kept when its first difference has the same signature.  A QEMU that crashes
 (`QemuDied`) or hangs (a command that never answers) is a class of its own
 and is shrunk the same way.
 
-Run it: ``python -m sim.oracle.differential --traces 300 --seed 1 --out DIR``.
+Run it: ``python -m sim.fuzz.differential --traces 300 --seed 1 --out DIR``.
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.errors import TraceError
-from sim.oracle.diff import DiffReport, diff_trace
-from sim.oracle.qemu_runner import OracleError, QemuDied, QemuNotFound, find_qemu
+from sim.oracle import DiffReport, OracleError, QemuDied, QemuNotFound, diff_trace, find_qemu
 from sim.replay import replay
 from sim.trace import Trace, dumps, parse_lines
 
@@ -170,7 +169,7 @@ def differential_campaign(
     ``out_dir/summary.json``.  `progress(done, total, message)` is called
     after every trace.  Raises `QemuNotFound` when QEMU is missing.
     """
-    from sim.fuzz.tracegen import generate_trace  # the generator's own home
+    from sim.fuzz.tracegen import generate_trace
 
     find_qemu(qemu)
     out = Path(out_dir)
@@ -440,9 +439,9 @@ def write_failure(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m sim.oracle.differential``: run a campaign, print the summary."""
+    """``python -m sim.fuzz.differential``: run a campaign, print the summary."""
     parser = argparse.ArgumentParser(
-        prog="python -m sim.oracle.differential",
+        prog="python -m sim.fuzz.differential",
         description="Differential fuzzing of the simulator against real QEMU 7.2.",
     )
     parser.add_argument("--traces", type=int, default=100, help="how many traces (default 100)")
