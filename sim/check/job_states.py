@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sim.check.observe import Command, StepChecker
-from sim.qmp.events import Event
+from sim.model.events import Event
 
 if TYPE_CHECKING:
     from sim.engine.machine import Machine

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from sim.check.base import Checker, Violation
 from sim.model.bitmap import DirtyBitmap
+from sim.model.events import Event
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode
-from sim.qmp.events import Event
 
 if TYPE_CHECKING:
     from sim.engine.machine import Machine

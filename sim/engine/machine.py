@@ -21,9 +21,9 @@ import simpy
 from sim.engine import faults, workload
 from sim.engine.timing import SCRATCH_DEVICE, Device, DeviceTiming
 from sim.errors import TraceError
+from sim.model.events import Event, EventLog
 from sim.model.graph import BlockBackend, BlockNode
 from sim.model.state import BlockState
-from sim.qmp.events import Event, EventLog
 from sim.trace import DriveSpec
 
 NS_PER_S = 1_000_000_000

@@ -1,4 +1,6 @@
-"""QMP events: a history of everything emitted and a queue of what no `wait` consumed.
+"""QMP events as values: a history of everything emitted and a queue of what no
+`wait` consumed.  They sit at the bottom, like qemu.qmp's models: the model's jobs
+emit them, the engine keeps the log, checkers and the QMP surface read it.
 
 Mirrors qemu.qmp's EventListener: a `wait` step consumes the first
 not-yet-consumed event whose name matches and whose `data` contains the given
