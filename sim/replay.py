@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sim.compare import first_difference
+from sim.engine import faults, workload
 from sim.engine.machine import NS_PER_S, Machine
 from sim.errors import TraceError
 from sim.qmp import commands  # noqa: F401 - registers every command
@@ -75,6 +76,24 @@ class ReplayResult:
     @property
     def ok(self) -> bool:
         return not self.mismatches and not self.trace_errors and not self.internal_errors
+
+
+def sim_only_step(m: Machine, step: Step) -> tuple[dict[str, Any], str | None]:
+    """Run a `workload` or `fault` step (sim-only; see docs/sim-only-steps.md).
+
+    Both answer `{}` at once: a workload runs while time advances, a fault
+    waits for the requests it will fail.  Raises TraceError for a bad step."""
+    body = step.body.get(step.kind)
+    if not isinstance(body, dict):
+        raise TraceError(f"{step.kind} takes an object", step.line)
+    if step.kind == "workload":
+        spec = workload.parse_workload(m, body, step.line)
+        m.workloads.append(workload.start_workload(m, spec))
+        return {}, None
+    if step.kind == "fault":
+        m.faults.add(faults.parse_fault(m, body, step.line))
+        return {}, None
+    raise TraceError(f"unknown sim-only step {step.kind!r}", step.line)
 
 
 class Replayer:
@@ -174,7 +193,7 @@ class Replayer:
         if step.kind == "advance":
             m.advance(float(step.body["advance"]))
             return {}, None
-        return m.sim_only_step(step)
+        return sim_only_step(m, step)
 
     def finish(self) -> ReplayResult:
         m = self.machine

@@ -10,11 +10,12 @@ header makes the whole file unusable (`TraceError` from `parse_trace`).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sim.errors import TraceError
+from sim.model.state import DriveSpec
 
 TRACE_VERSION = 1
 POLICIES = ("qemu-7.2", "qemu-2.5", "bb-attached", "node-only")
@@ -22,19 +23,6 @@ FORMATS = ("qcow2", "raw")
 STEP_KINDS = ("execute", "wait", "advance", "workload", "fault")
 SIM_ONLY_KINDS = ("workload", "fault")
 MAX_DRIVE_SIZE = 1 << 50  # 1 PiB: beyond anything a test needs; keeps arithmetic sane
-
-
-@dataclass(frozen=True, slots=True)
-class DriveSpec:
-    """One `-drive if=none,...`: a BlockBackend over a format node over a protocol node."""
-
-    id: str
-    node_name: str
-    file_node_name: str | None
-    format: str
-    size: int
-    discard: str = "ignore"
-    timing: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

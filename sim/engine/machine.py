@@ -23,8 +23,7 @@ from sim.engine.timing import SCRATCH_DEVICE, Device, DeviceTiming
 from sim.errors import TraceError
 from sim.model.events import Event, EventLog
 from sim.model.graph import BlockBackend, BlockNode
-from sim.model.state import BlockState
-from sim.trace import DriveSpec
+from sim.model.state import BlockState, DriveSpec
 
 NS_PER_S = 1_000_000_000
 
@@ -96,23 +95,6 @@ class Machine:
             if device is not None:
                 return device
         return self.devices[SCRATCH_DEVICE]
-
-    def sim_only_step(self, step: Any) -> tuple[dict[str, Any], str | None]:
-        """`workload` and `fault` steps (sim-only; see docs/sim-only-steps.md).
-
-        Both return `{}` at once: a workload runs while time advances, a fault
-        waits for the requests it will fail.  Raises TraceError for a bad step."""
-        body = step.body.get(step.kind)
-        if not isinstance(body, dict):
-            raise TraceError(f"{step.kind} takes an object", step.line)
-        if step.kind == "workload":
-            spec = workload.parse_workload(self, body, step.line)
-            self.workloads.append(workload.start_workload(self, spec))
-            return {}, None
-        if step.kind == "fault":
-            self.faults.add(faults.parse_fault(self, body, step.line))
-            return {}, None
-        raise TraceError(f"unknown sim-only step {step.kind!r}", step.line)
 
     def guest_io_error(
         self, bb: BlockBackend | None, root: BlockNode, op: str, offset: int, length: int

@@ -51,7 +51,7 @@ from sim.fuzz.hygiene import CycleGuard, Guarded, collect_garbage, one_swarm_onl
 from sim.fuzz.rules_graph import GraphRules
 from sim.fuzz.rules_jobs import JobRules
 from sim.fuzz.rules_storage import StorageRules
-from sim.replay import Replayer, StepOutcome
+from sim.replay import Replayer, StepOutcome, sim_only_step
 from sim.trace import Trace, parse_header, parse_step
 
 MiB = 1 << 20
@@ -132,7 +132,7 @@ def supported_groups() -> frozenset[str]:
         m = Machine(parse_header({"trace": 1, "drives": [DRIVE0]}).drives)
         step = parse_step(body, 2)
         try:
-            m.sim_only_step(step)
+            sim_only_step(m, step)
         except TraceError as exc:
             if "not supported" in str(exc) or "unknown sim-only" in str(exc):
                 out.discard(name)

@@ -8,6 +8,7 @@ start-up drives of a trace header.  No time, no simpy: the engine's
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from sim.model.content import DEFAULT_PATTERN, StampTable
@@ -16,6 +17,19 @@ from sim.model.jobs import Job
 from sim.model.policy import PlacementPolicy, get_policy
 
 Emit = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class DriveSpec:
+    """One `-drive if=none,...`: a BlockBackend over a format node over a protocol node."""
+
+    id: str
+    node_name: str
+    file_node_name: str | None
+    format: str
+    size: int
+    discard: str = "ignore"
+    timing: dict[str, Any] = field(default_factory=dict)  # the device's timing (engine)
 
 
 class BlockState:
