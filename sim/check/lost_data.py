@@ -29,7 +29,6 @@ from sim.model.content import (
     SECTOR_SHIFT,
     ZERO_STAMP,
     Content,
-    DenseContent,
     new_content,
     read_through,
 )
@@ -217,6 +216,4 @@ class NoLostGuestData(StepChecker):
 
 def _holds(content: Content, sector: int, stamp: int) -> bool:
     """Does `content` hold `stamp` at `sector`?"""
-    if isinstance(content, DenseContent):
-        return bool(content.stamps[sector] == stamp)
-    return bool(content.read(sector, sector + 1)[0] == stamp)
+    return content.stamp_at(sector) == stamp

@@ -1,4 +1,4 @@
-"""Disk contents as write stamps, one per 512-byte sector.
+"""Disk contents as extents of write stamps.
 
 A stamp is the id of the guest write (or zero write) that last put data in a
 sector of *this* node: 0 = unallocated (a read falls through to the backing
@@ -7,9 +7,15 @@ whose pattern byte is `StampTable.pattern(n)`.  Jobs copy stamps, so the
 identity of data survives backup, mirror, commit and stream, which is what
 the point-in-time and lost-data checkers compare.
 
-Two stores behind one interface (both measured fastest for their range): a dense numpy int32
-array for disks up to `DENSE_LIMIT_BYTES`, and a dict keyed by 4 KiB block for
-larger disks, so memory grows with what was written, not with the disk.
+Theory of operation.  A node's content is a sorted run list covering the
+disk: sector ranges that carry one stamp each (an *extent*; stamp 0 for the
+unallocated ones), what QEMU's block-status walks.  The list is cut into
+chunks of at most `CHUNK_MAX` extents (two parallel lists: start sectors,
+stamps) indexed by their first sector, so a write costs two bisections and
+the splice of the chunks it meets, whatever the disk size: cost grows with
+extents, never with disk bytes.  Chunks are never changed in place, so
+`clone` shares them (copy on write of the chunk index only).
+`allocated_sectors` is computed once and cached until the next write.
 
 Writes are rounded out to whole sectors: a sub-sector write stamps the whole
 sector (a documented approximation; real QEMU merges bytes).
@@ -17,29 +23,35 @@ sector (a documented approximation; real QEMU merges bytes).
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 
 import numpy as np
 
 SECTOR = 512
 SECTOR_SHIFT = 9
+UNALLOCATED = 0
 ZERO_STAMP = 1
 FIRST_DATA_STAMP = 2
-DENSE_LIMIT_BYTES = 1 << 30
-BLOCK_SECTORS = 8  # 4 KiB blocks in the sparse store
+CHUNK_MAX = 512  # extents in one chunk of the run list before it is split
 DEFAULT_PATTERN = 0xCD  # qemu-io `write` without -P
+
+Extent = tuple[int, int, int]  # (first sector, end sector, stamp)
+_Chunk = tuple[list[int], list[int]]  # (start sectors, stamps), never changed in place
 
 
 class StampTable:
     """Allocates write stamps and remembers each one's pattern byte."""
 
-    __slots__ = ("_patterns",)
+    __slots__ = ("_patterns", "_array")
 
     def __init__(self) -> None:
         self._patterns: list[int] = [0, 0]  # unallocated and zero read as 0x00
+        self._array: np.ndarray | None = None
 
     def new(self, pattern: int) -> int:
         self._patterns.append(pattern)
+        self._array = None
         return len(self._patterns) - 1
 
     def pattern(self, stamp: int) -> int:
@@ -47,8 +59,10 @@ class StampTable:
 
     def patterns_of(self, stamps: np.ndarray) -> np.ndarray:
         """Pattern byte for each stamp in an array."""
-        table = np.asarray(self._patterns, dtype=np.int32)
-        return table[stamps]
+        if self._array is None:
+            self._array = np.asarray(self._patterns, dtype=np.int32)
+        out: np.ndarray = self._array[stamps]
+        return out
 
     def __len__(self) -> int:
         return len(self._patterns)
@@ -60,211 +74,233 @@ def sector_span(offset: int, length: int) -> tuple[int, int]:
 
 
 class Content:
-    """What one node stores itself (not what reads through it see)."""
+    """What one node stores itself (not what reads through it see): its extents."""
 
-    size_bytes: int
-    nsectors: int
+    __slots__ = ("size_bytes", "nsectors", "_mins", "_chunks", "_shared", "_alloc", "version")
 
+    def __init__(self, size_bytes: int) -> None:
+        self.size_bytes = size_bytes
+        self.nsectors = -(-size_bytes // SECTOR)
+        self._mins: list[int] = [0]  # first sector of each chunk, ascending
+        self._chunks: list[_Chunk] = [([0], [UNALLOCATED])]
+        self._shared = False  # the chunk lists are shared with a clone
+        self._alloc: list[tuple[int, int]] | None = None  # allocated runs, cached
+        self.version = 0  # bumped by every write
+
+    # -- writes ----------------------------------------------------------------------------
     def write(self, offset: int, length: int, stamp: int) -> None:
-        raise NotImplementedError
+        """Stamp the sectors covering [offset, offset+length)."""
+        self.write_sectors(
+            offset >> SECTOR_SHIFT, (offset + length + SECTOR - 1) >> SECTOR_SHIFT, stamp
+        )
+
+    def write_sectors(self, first: int, end: int, stamp: int) -> None:
+        """Stamp sectors [first, end) (clipped to the disk); stamp 0 deallocates."""
+        if end > self.nsectors:
+            end = self.nsectors
+        if first >= end:
+            return
+        if self._shared:
+            self._mins = list(self._mins)
+            self._chunks = list(self._chunks)
+            self._shared = False
+        self._alloc = None
+        self.version += 1
+        mins, chunks = self._mins, self._chunks
+        i = bisect_right(mins, first) - 1
+        j = i if i + 1 == len(mins) or mins[i + 1] > end else bisect_right(mins, end) - 1
+        si, vi = chunks[i]
+        a = bisect_left(si, first)
+        new_s = si[:a]
+        new_v = vi[:a]
+        if not new_v or new_v[-1] != stamp:
+            new_s.append(first)
+            new_v.append(stamp)
+        if end < self.nsectors:
+            sj, vj = chunks[j] if j != i else (si, vi)
+            k = bisect_left(sj, end)
+            if k < len(sj) and sj[k] == end:
+                if vj[k] == stamp:
+                    k += 1
+            else:
+                after = vj[k - 1]  # k > 0: chunk j starts at or before `end`
+                if after != stamp:
+                    new_s.append(end)
+                    new_v.append(after)
+            new_s.extend(sj[k:])
+            new_v.extend(vj[k:])
+        if len(new_s) <= CHUNK_MAX:
+            mins[i : j + 1] = [new_s[0]]
+            chunks[i : j + 1] = [(new_s, new_v)]
+            return
+        pieces = range(0, len(new_s), CHUNK_MAX // 2)
+        mins[i : j + 1] = [new_s[p] for p in pieces]
+        chunks[i : j + 1] = [
+            (new_s[p : p + CHUNK_MAX // 2], new_v[p : p + CHUNK_MAX // 2]) for p in pieces
+        ]
 
     def write_stamps(self, first_sector: int, stamps: np.ndarray) -> None:
         """Store stamps sector by sector; 0 entries leave the sector as it is."""
-        raise NotImplementedError
+        n = int(stamps.size)
+        if n == 0:
+            return
+        change = np.flatnonzero(stamps[1:] != stamps[:-1]) + 1
+        starts = [0, *change.tolist()]
+        ends = [*change.tolist(), n]
+        vals = stamps[starts].tolist()
+        for s, e, v in zip(starts, ends, vals, strict=True):
+            if v:
+                self.write_sectors(first_sector + s, first_sector + e, v)
+
+    def write_extents(self, runs: list[Extent]) -> None:
+        """Store (first, end, stamp) extents (copying extents from another node)."""
+        for first, end, stamp in runs:
+            if stamp:
+                self.write_sectors(first, end, stamp)
+
+    # -- reads -----------------------------------------------------------------------------
+    def extents(self, first: int = 0, end: int | None = None) -> list[Extent]:
+        """(first, end, stamp) runs of allocated sectors in [first, end), ascending;
+        touching runs of one stamp are merged."""
+        end = self.nsectors if end is None else min(end, self.nsectors)
+        out: list[Extent] = []
+        if first >= end:
+            return out
+        mins, chunks = self._mins, self._chunks
+        nchunks = len(mins)
+        c = bisect_right(mins, first) - 1
+        starts, vals = chunks[c]
+        i = bisect_right(starts, first) - 1
+        lo = first
+        v = vals[i]
+        while True:
+            i += 1
+            if i == len(starts):
+                c += 1
+                if c == nchunks:
+                    hi = self.nsectors
+                else:
+                    starts, vals = chunks[c]
+                    i = 0
+                    hi = starts[0]
+            else:
+                hi = starts[i]
+            if hi >= end:
+                if v:
+                    _append(out, lo, end, v)
+                return out
+            if v:
+                _append(out, lo, hi, v)
+            lo, v = hi, vals[i]
 
     def read(self, first_sector: int, end_sector: int) -> np.ndarray:
         """This node's own stamps for a sector range (0 where unallocated)."""
-        raise NotImplementedError
+        end_sector = min(end_sector, self.nsectors)
+        out = np.zeros(max(end_sector - first_sector, 0), dtype=np.int32)
+        for lo, hi, s in self.extents(first_sector, end_sector):
+            out[lo - first_sector : hi - first_sector] = s
+        return out
+
+    def stamp_at(self, sector: int) -> int:
+        """The stamp of one sector."""
+        starts, vals = self._chunks[bisect_right(self._mins, sector) - 1]
+        return vals[bisect_right(starts, sector) - 1]
+
+    def allocated_runs(self) -> list[tuple[int, int]]:
+        """(first, end) sector runs this node has allocated, ascending; cached until the
+        next write (callers must not change the list)."""
+        if self._alloc is None:
+            runs: list[tuple[int, int]] = []
+            for lo, hi, _ in self.extents():
+                if runs and runs[-1][1] == lo:
+                    runs[-1] = (runs[-1][0], hi)
+                else:
+                    runs.append((lo, hi))
+            self._alloc = runs
+        return self._alloc
 
     def allocated_sectors(self) -> Iterator[tuple[int, int]]:
         """(first, end) sector runs this node has allocated, ascending."""
-        raise NotImplementedError
+        return iter(self.allocated_runs())
 
     def allocated_bytes(self, cluster_bytes: int) -> int:
         """Bytes in clusters holding any allocated sector (what qcow2 block-status says)."""
         per = max(cluster_bytes >> SECTOR_SHIFT, 1)
-        clusters: list[int] = []
+        count = 0
         last = -1
-        for first, end in self.allocated_sectors():
+        for first, end in self.allocated_runs():
             lo = max(first // per, last + 1)
             hi = (end - 1) // per
             if hi >= lo:
-                clusters.append(hi - lo + 1)
+                count += hi - lo + 1
                 last = hi
-        total = sum(clusters) * cluster_bytes
+        total = count * cluster_bytes
         if last >= 0 and (last + 1) * cluster_bytes > self.size_bytes:
             total -= (last + 1) * cluster_bytes - self.size_bytes
         return total
 
     def clone(self) -> Content:
-        raise NotImplementedError
-
-
-class DenseContent(Content):
-    """Stamps in one numpy int32 array, one entry per sector."""
-
-    __slots__ = ("size_bytes", "nsectors", "stamps")
-
-    def __init__(self, size_bytes: int) -> None:
-        self.size_bytes = size_bytes
-        self.nsectors = -(-size_bytes // SECTOR)
-        self.stamps = np.zeros(self.nsectors, dtype=np.int32)
-
-    def write(self, offset: int, length: int, stamp: int) -> None:
-        self.stamps[offset >> SECTOR_SHIFT : (offset + length + SECTOR - 1) >> SECTOR_SHIFT] = stamp
-
-    def write_stamps(self, first_sector: int, stamps: np.ndarray) -> None:
-        view = self.stamps[first_sector : first_sector + stamps.size]
-        np.copyto(view, stamps, where=stamps != 0)
-
-    def read(self, first_sector: int, end_sector: int) -> np.ndarray:
-        return self.stamps[first_sector:end_sector].copy()
-
-    def allocated_sectors(self) -> Iterator[tuple[int, int]]:
-        nz = self.stamps != 0
-        if not nz.any():
-            return
-        edges = np.flatnonzero(np.diff(np.concatenate(([False], nz, [False])).astype(np.int8)))
-        yield from zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True)
-
-    def clone(self) -> DenseContent:
-        other = DenseContent.__new__(DenseContent)
+        """An independent copy (chunks are shared until either side writes)."""
+        other = Content.__new__(Content)
         other.size_bytes, other.nsectors = self.size_bytes, self.nsectors
-        other.stamps = self.stamps.copy()
+        other._mins, other._chunks = self._mins, self._chunks
+        other._shared = self._shared = True
+        other._alloc = self._alloc
+        other.version = self.version
         return other
 
 
-class SparseContent(Content):
-    """Stamps in a dict keyed by 4 KiB block: an int when the whole block has one
-    stamp, else an int32 array of 8 sector stamps."""
-
-    __slots__ = ("size_bytes", "nsectors", "blocks")
-
-    def __init__(self, size_bytes: int) -> None:
-        self.size_bytes = size_bytes
-        self.nsectors = -(-size_bytes // SECTOR)
-        self.blocks: dict[int, int | np.ndarray] = {}
-
-    def write(self, offset: int, length: int, stamp: int) -> None:
-        if length == 4096 and not offset & 4095:  # the common aligned 4 KiB write
-            self.blocks[offset >> 12] = stamp
-            return
-        first, end = sector_span(offset, length)
-        blocks = self.blocks
-        b0, b1 = first >> 3, (end - 1) >> 3
-        for b in range(b0, b1 + 1):
-            lo = max(first - (b << 3), 0)
-            hi = min(end - (b << 3), 8)
-            if lo == 0 and hi == 8:
-                blocks[b] = stamp
-            else:
-                arr = self._block_array(b)
-                arr[lo:hi] = stamp
-                blocks[b] = arr
-
-    def _block_array(self, b: int) -> np.ndarray:
-        cur = self.blocks.get(b, 0)
-        if isinstance(cur, np.ndarray):
-            return cur
-        return np.full(BLOCK_SECTORS, cur, dtype=np.int32)
-
-    def write_stamps(self, first_sector: int, stamps: np.ndarray) -> None:
-        for first, end in _runs_nonzero(stamps):
-            seg = stamps[first:end]
-            for s in np.unique(seg).tolist():
-                # write each run of equal stamps; runs are few in practice
-                idx = np.flatnonzero(seg == s)
-                for a, b in _consecutive(idx):
-                    self.write(
-                        (first_sector + first + a) << SECTOR_SHIFT, (b - a) << SECTOR_SHIFT, s
-                    )
-
-    def read(self, first_sector: int, end_sector: int) -> np.ndarray:
-        out = np.zeros(end_sector - first_sector, dtype=np.int32)
-        if not self.blocks:
-            return out
-        b0, b1 = first_sector >> 3, (end_sector - 1) >> 3
-        if b1 - b0 > len(self.blocks):
-            keys = sorted(k for k in self.blocks if b0 <= k <= b1)
-        else:
-            keys = [b for b in range(b0, b1 + 1) if b in self.blocks]
-        for b in keys:
-            base = (b << 3) - first_sector
-            lo, hi = max(base, 0), min(base + 8, out.size)
-            val = self.blocks[b]
-            out[lo:hi] = val[lo - base : hi - base] if isinstance(val, np.ndarray) else val
-        return out
-
-    def allocated_sectors(self) -> Iterator[tuple[int, int]]:
-        runs: list[tuple[int, int]] = []
-        for b in sorted(self.blocks):
-            val = self.blocks[b]
-            if isinstance(val, np.ndarray):
-                runs.extend(((b << 3) + lo, (b << 3) + hi) for lo, hi in _runs_nonzero(val))
-            elif val != 0:
-                runs.append((b << 3, (b << 3) + 8))
-        yield from _coalesce(runs, self.nsectors)
-
-    def clone(self) -> SparseContent:
-        other = SparseContent(self.size_bytes)
-        other.blocks = {
-            k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self.blocks.items()
-        }
-        return other
-
-
-def _coalesce(runs: list[tuple[int, int]], limit: int) -> Iterator[tuple[int, int]]:
-    """Merge touching ascending runs; clip to `limit`."""
-    cur_first = cur_end = -1
-    for first, end in runs:
-        if first == cur_end:
-            cur_end = end
-            continue
-        if cur_first >= 0:
-            yield cur_first, min(cur_end, limit)
-        cur_first, cur_end = first, end
-    if cur_first >= 0:
-        yield cur_first, min(cur_end, limit)
-
-
-def _runs_nonzero(arr: np.ndarray) -> list[tuple[int, int]]:
-    nz = arr != 0
-    if not nz.any():
-        return []
-    edges = np.flatnonzero(np.diff(np.concatenate(([False], nz, [False])).astype(np.int8)))
-    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
-
-
-def _consecutive(idx: np.ndarray) -> list[tuple[int, int]]:
-    if idx.size == 0:
-        return []
-    breaks = np.flatnonzero(np.diff(idx) != 1)
-    starts = np.concatenate(([0], breaks + 1))
-    ends = np.concatenate((breaks, [idx.size - 1]))
-    return [(int(idx[s]), int(idx[e]) + 1) for s, e in zip(starts, ends, strict=True)]
+def _append(out: list[Extent], lo: int, hi: int, stamp: int) -> None:
+    if out and out[-1][1] == lo and out[-1][2] == stamp:
+        out[-1] = (out[-1][0], hi, stamp)
+    else:
+        out.append((lo, hi, stamp))
 
 
 def new_content(size_bytes: int) -> Content:
-    """The store that suits a disk of this size."""
-    if size_bytes <= DENSE_LIMIT_BYTES:
-        return DenseContent(size_bytes)
-    return SparseContent(size_bytes)
+    """An empty (unallocated) content for a disk of this size."""
+    return Content(size_bytes)
+
+
+def chain_extents(chain: list[Content], first_sector: int, end_sector: int) -> list[Extent]:
+    """(first, end, stamp) runs a read through a backing chain (top first) sees in
+    [first, end), ascending; sectors no layer has allocated are left out."""
+    if not chain:
+        return []
+    end_sector = min(end_sector, chain[0].nsectors)
+    if len(chain) == 1:
+        return chain[0].extents(first_sector, end_sector)
+    found: list[Extent] = []
+    holes = [(first_sector, end_sector)]
+    for depth, layer in enumerate(chain):
+        if depth and layer.nsectors <= first_sector:
+            break
+        limit = layer.nsectors
+        next_holes: list[tuple[int, int]] = []
+        for hlo, hhi in holes:
+            if hlo >= limit:
+                next_holes.append((hlo, hhi))
+                continue
+            cur = hlo
+            for lo, hi, s in layer.extents(hlo, min(hhi, limit)):
+                if lo > cur:
+                    next_holes.append((cur, lo))
+                found.append((lo, hi, s))
+                cur = hi
+            if cur < hhi:
+                next_holes.append((cur, hhi))
+        holes = next_holes
+        if not holes:
+            break
+    found.sort()
+    return found
 
 
 def read_through(chain: list[Content], first_sector: int, end_sector: int) -> np.ndarray:
     """Stamps a read sees through a backing chain (top first); 0 = reads as zeroes."""
-    out = (
-        chain[0].read(first_sector, end_sector)
-        if chain
-        else np.zeros(end_sector - first_sector, dtype=np.int32)
-    )
-    for layer in chain[1:]:
-        holes = out == 0
-        if not holes.any():
-            break
-        if layer.size_bytes <= first_sector << SECTOR_SHIFT:
-            break
-        below = layer.read(first_sector, min(end_sector, layer.nsectors))
-        h = holes[: below.size]
-        out[: below.size][h] = below[h]
+    if chain:
+        end_sector = min(end_sector, chain[0].nsectors)
+    out = np.zeros(max(end_sector - first_sector, 0), dtype=np.int32)
+    for lo, hi, s in chain_extents(chain, first_sector, end_sector):
+        out[lo - first_sector : hi - first_sector] = s
     return out

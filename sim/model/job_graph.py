@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from bitarray import bitarray
 
-from sim.model.content import SECTOR_SHIFT, ZERO_STAMP, Content, read_through, sector_span
+from sim.model.content import SECTOR_SHIFT, ZERO_STAMP, Content, Extent, chain_extents, sector_span
 from sim.model.graph import BlockGraph, BlockNode
 
 
@@ -122,14 +122,28 @@ def copy_range(
     if length <= 0:
         return
     first, end = sector_span(offset, length)
-    stamps = read_through(contents, first, end)
+    runs = chain_extents(contents, first, end)
     if write_zeroes:
-        stamps[stamps == 0] = ZERO_STAMP
-    if dst.content is not None and stamps.any():
-        dst.content.write_stamps(first, stamps)
+        runs = _fill_gaps(runs, first, min(end, contents[0].nsectors) if contents else end)
+    if dst.content is not None and runs:
+        dst.content.write_extents(runs)
     if mark:
         for bm in dst.bitmaps:
             bm.record_write(offset, length)
+
+
+def _fill_gaps(runs: list[Extent], first: int, end: int) -> list[Extent]:
+    """`runs` with the sectors between them (and up to `end`) as zero extents."""
+    out: list[Extent] = []
+    cur = first
+    for lo, hi, s in runs:
+        if lo > cur:
+            out.append((cur, lo, ZERO_STAMP))
+        out.append((lo, hi, s))
+        cur = hi
+    if cur < end:
+        out.append((cur, end, ZERO_STAMP))
+    return out
 
 
 def allocated_runs(
@@ -140,19 +154,27 @@ def allocated_runs(
     first_c = offset // cluster
     end_c = -(-(offset + length) // cluster)
     per = max(cluster >> SECTOR_SHIFT, 1)
-    mask = np.zeros(end_c - first_c, dtype=bool)
+    clusters: list[tuple[int, int]] = []  # [first, end) cluster runs, merged
     for content in contents:
-        stamps = content.read(first_c * per, min(end_c * per, content.nsectors))
-        if stamps.size == 0:
+        for lo, hi, _ in content.extents(first_c * per, end_c * per):
+            a, b = lo // per, (hi - 1) // per + 1
+            clusters.append((a, b))
+    clusters.sort()
+    runs: list[tuple[int, int]] = []
+    cur_a = cur_b = -1
+    for a, b in clusters:
+        if a <= cur_b:
+            cur_b = max(cur_b, b)
             continue
-        pad = (-stamps.size) % per
-        if pad:
-            stamps = np.concatenate((stamps, np.zeros(pad, dtype=stamps.dtype)))
-        mask[: stamps.size // per] |= stamps.reshape(-1, per).any(axis=1)
-    runs = []
-    idx = np.flatnonzero(np.diff(np.concatenate(([False], mask, [False])).astype(np.int8)))
-    for a, b in zip(idx[::2].tolist(), idx[1::2].tolist(), strict=True):
-        lo = max((first_c + a) * cluster, offset)
-        hi = min((first_c + b) * cluster, offset + length)
-        runs.append((lo, hi - lo))
+        if cur_b >= 0:
+            runs.append(_clip_bytes(cur_a, cur_b, cluster, offset, length))
+        cur_a, cur_b = a, b
+    if cur_b >= 0:
+        runs.append(_clip_bytes(cur_a, cur_b, cluster, offset, length))
     return runs
+
+
+def _clip_bytes(a: int, b: int, cluster: int, offset: int, length: int) -> tuple[int, int]:
+    lo = max(a * cluster, offset)
+    hi = min(b * cluster, offset + length)
+    return lo, hi - lo
