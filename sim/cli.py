@@ -519,6 +519,111 @@ def _recheck_corpus(folder: Path) -> int:
     return EXIT_MISMATCH if counts["fixed"] or counts["changed"] else EXIT_OK
 
 
+# --- blocksim serve: QMP (and NBD) for real clients (sim.serve) ---------------------------
+
+
+def parse_drive_option(text: str) -> dict[str, Any]:
+    """`id=drive0,node-name=fmt0,file-node-name=proto0,format=qcow2,size=64M` -> a header drive."""
+    drive: dict[str, Any] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {part!r}", param_hint="--drive")
+        if key == "size":
+            drive[key] = _parse_size(value)
+        else:
+            drive[key] = value
+    return drive
+
+
+def _parse_size(value: str) -> int:
+    units = {"": 1, "k": 1 << 10, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = (value[:-1], value[-1]) if value[-1:] in units and value[-1:] else (value, "")
+    if not number.isdigit():
+        raise click.BadParameter(f"bad size {value!r}", param_hint="--drive")
+    return int(number) * units[unit]
+
+
+def _parse_tcp(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or host not in ("127.0.0.1", "localhost", "::1"):
+        raise click.BadParameter(
+            f"expected 127.0.0.1:PORT (loopback only), got {value!r}", param_hint="--tcp"
+        )
+    return host, int(port)
+
+
+@main.command()
+@click.option("--socket", "socket_path", default=None, metavar="PATH", help="QMP unix socket.")
+@click.option("--tcp", "tcp", multiple=True, metavar="127.0.0.1:PORT", help="QMP on loopback TCP.")
+@click.option(
+    "--trace-header", default=None, metavar="FILE", help="Start from this trace's header line."
+)
+@click.option(
+    "--drive",
+    "drives",
+    multiple=True,
+    metavar="SPEC",
+    help="id=ID,node-name=N[,file-node-name=F][,format=qcow2|raw],size=64M (repeatable).",
+)
+@click.option("--policy", type=click.Choice(POLICIES), default=None, help="Placement policy.")
+@click.option("--seed", type=int, default=None, help="RNG seed (default: the header's, or 0).")
+@click.option(
+    "--pace",
+    default="step",
+    show_default=True,
+    metavar="step|realtime[:FACTOR]",
+    help="step: time moves by x-blocksim-advance/-wait; realtime: FACTOR sim s per wall s.",
+)
+@click.option(
+    "--record-trace", default=None, metavar="OUT", help="Write the session as a replayable trace."
+)
+def serve(
+    socket_path: str | None,
+    tcp: tuple[str, ...],
+    trace_header: str | None,
+    drives: tuple[str, ...],
+    policy: str | None,
+    seed: int | None,
+    pace: str,
+    record_trace: str | None,
+) -> None:
+    """Serve the simulator over QMP (and NBD exports) for real clients."""
+    from sim.serve.host import Pacing, SimHost
+    from sim.serve.record import Recorder
+    from sim.serve.server import ServeConfig, run_server
+    from sim.trace import parse_header
+
+    if socket_path is None and not tcp:
+        raise click.UsageError("give --socket PATH and/or --tcp 127.0.0.1:PORT")
+    if trace_header is not None and drives:
+        raise click.UsageError("--trace-header and --drive exclude each other")
+    try:
+        pacing = Pacing.parse(pace)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--pace") from None
+    try:
+        if trace_header is not None:
+            header = load_trace(trace_header).header
+        else:
+            raw = {"trace": 1, "drives": [parse_drive_option(d) for d in drives]}
+            header = parse_header(raw)
+    except TraceError as exc:
+        click.echo(f"blocksim serve: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    config = ServeConfig(socket_path, [_parse_tcp(t) for t in tcp])
+    recorder = Recorder(record_trace) if record_trace else None
+
+    def ready(addresses: list[str]) -> None:
+        click.echo("blocksim serve: QMP on " + ", ".join(addresses), err=True)
+
+    try:
+        run_server(SimHost(header, policy, seed, pacing, recorder), config, ready)
+    except OSError as exc:
+        click.echo(f"blocksim serve: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
 def run() -> None:
     """Entry point that turns any stray exception into one line (exit 3)."""
     try:
