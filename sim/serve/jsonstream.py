@@ -329,8 +329,6 @@ class _Parser:
                     raise self.fail("invalid escape sequence in string")
                 start = i - 1
                 cp = _hex4(body, i + 1)
-                if cp < 0:
-                    raise self.fail("invalid hex escape sequence in string")
                 i += 5
                 if 0xD800 <= cp <= 0xDBFF and body[i : i + 2] == b"\\u":
                     trail = _hex4(body, i + 2)
@@ -340,7 +338,7 @@ class _Parser:
                     else:
                         cp = -1
                 if cp < 0 or 0xD800 <= cp <= 0xDFFF:
-                    shown = body[start:i].decode("ascii", "replace")
+                    shown = _c_text(body[start:i])
                     raise self.fail(f"{shown} is not a valid Unicode character")
                 out.append(chr(cp))
                 continue

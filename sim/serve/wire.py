@@ -74,13 +74,10 @@ def to_json(obj: Any) -> str:
 
 
 def _float(value: float) -> str:
-    # QEMU prints %.17g and trims trailing zeros; JSON has no inf/nan, QEMU neither.
+    """QEMU prints a double with %.17g (JSON has no inf/nan; neither does QMP)."""
     if value != value or value in (float("inf"), float("-inf")):
         return "null"
-    text = f"{value:.17g}"
-    if "e" not in text and "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return text if any(ch in text for ch in ".e") else text + ".0"
+    return f"{value:.17g}"
 
 
 def qdict_ordered(obj: dict[str, Any]) -> dict[str, Any]:
