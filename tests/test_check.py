@@ -25,6 +25,7 @@ MCC, LOSS, GRAPH, JOB = (
     "graph-well-formed",
     "job-state-legality",
 )
+ATOM, PREC = "transaction-atomicity", "bitmap-precision"
 
 # scenario -> the invariants it must flag under its header's policy
 VERDICTS: dict[str, set[str]] = {
@@ -32,7 +33,7 @@ VERDICTS: dict[str, set[str]] = {
     "addr-snapshot-device-bitmap-bb-attached": set(),
     "addr-mirror-filter-captures-bitmap": {ADDR},
     "addr-node-bitmaps-across-snapshot": set(),
-    "graph-qemu25-list-head": {ADDR, GRAPH},
+    "graph-qemu25-list-head": {ADDR, GRAPH, PREC},
     "sound-cancelled-incremental-keeps-bits": set(),
     "sound-active-commit-rescues-base-bitmap": {ADDR},
     "pit-incremental-chain": set(),
@@ -45,6 +46,9 @@ VERDICTS: dict[str, set[str]] = {
     "job-lifecycles": set(),
     "mcc-mirror-existing-target-zeroed": set(),
     "graph-snapshot-onto-itself-refused": set(),
+    "atom-failed-transaction-rolls-back": set(),
+    "atom-aborted-backup-always-dirties-bitmap": {ATOM, ADDR},
+    "prec-merge-disable-stream": set(),
 }
 # No trace makes a correct model break QEMU's job state machine (the model's moves go
 # through the same JobSTT table); tests/test_mutants.py shows the checker catches models
@@ -65,8 +69,8 @@ def _flagged(result: ReplayResult) -> set[str]:
 # -- the registry ----------------------------------------------------------------------------
 
 
-def test_registry_names_the_seven_invariants_in_order() -> None:
-    assert list(CHECKERS) == [ADDR, SOUND, PIT, MCC, LOSS, GRAPH, JOB]
+def test_registry_names_the_nine_invariants_in_order() -> None:
+    assert list(CHECKERS) == [ADDR, SOUND, PIT, MCC, LOSS, GRAPH, JOB, ATOM, PREC]
     for name, cls in CHECKERS.items():
         assert cls.name == name
         doc = " ".join((cls.__doc__ or "").split())
@@ -133,6 +137,44 @@ def test_the_thread_scenario_under_each_policy(policy: str, flagged: set[str]) -
     if policy == "qemu-2.5":
         [v] = result.final["violations"]
         assert "removed at step" in v["message"] and "still listed on node 'ov0'" in v["message"]
+
+
+# (scenario, mutant of tests/mutant_catalog.py): a trace every checker passes on the healthy
+# model, which the new checkers flag once the model breaks the rule they guard
+FLAGGED_UNDER_MUTANT = [
+    ("checkers/atom-failed-transaction-rolls-back", "txn-add-survives-abort", ATOM),
+    ("checkers/atom-failed-transaction-rolls-back", "txn-snapshot-survives-abort", ATOM),
+    ("checkers/prec-merge-disable-stream", "stream-cor-dirties-top", PREC),
+    ("checkers/prec-merge-disable-stream", "disabled-bitmap-records", PREC),
+    ("checkers/prec-merge-disable-stream", "clear-keeps-bits", PREC),
+    ("recorded/jobs-cancel", "force-cancel-ignored", JOB),
+]
+
+
+@pytest.mark.parametrize(("name", "mutant", "invariant"), FLAGGED_UNDER_MUTANT)
+def test_a_passing_scenario_is_flagged_under_a_mutant(
+    name: str, mutant: str, invariant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.mutant_catalog import ALL_MUTANTS
+
+    trace = load_trace(SCENARIOS / f"{name}.jsonl")
+    assert invariant not in _flagged(replay(trace, checkers=make_checkers(None)))
+    next(m for m in ALL_MUTANTS if m.name == mutant).apply(monkeypatch)
+    assert invariant in _flagged(replay(trace, checkers=make_checkers(None)))
+
+
+def test_a_drain_pauses_every_active_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    """scenarios/recorded/jobs-drain.jsonl (recorded on QEMU 7.2) passes; with a drain that
+    pauses nothing, job-state-legality names the job the drain left alone."""
+    trace = load_trace(SCENARIOS / "recorded" / "jobs-drain.jsonl")
+    healthy = replay(trace, checkers=make_checkers([JOB]))
+    assert healthy.final["violations"] == []
+    from tests.mutant_catalog import ALL_MUTANTS
+
+    next(m for m in ALL_MUTANTS if m.name == "drain-skips-jobs").apply(monkeypatch)
+    broken = replay(trace, checkers=make_checkers([JOB]))
+    messages = [v["message"] for v in broken.final["violations"]]
+    assert messages and all("the drain of this step did not take it to" in m for m in messages)
 
 
 # -- how violations are reported -----------------------------------------------------------------

@@ -261,6 +261,14 @@ def test_every_mutant_is_killed() -> None:
     assert not survivors, f"mutants no checker catches: {survivors}"
 
 
+def test_every_new_mutant_is_killed() -> None:
+    """The mutants of tests/mutant_catalog.py too: the corpus has a trace for each."""
+    from tests.mutant_catalog import NEW_MUTANTS
+
+    survivors = [m.name for m in NEW_MUTANTS if not _kills(m)]
+    assert not survivors, f"mutants no checker catches: {survivors}"
+
+
 def test_there_are_enough_mutants() -> None:
     assert len(MUTANTS) >= 6
     assert len({m.name for m in MUTANTS}) == len(MUTANTS)

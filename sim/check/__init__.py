@@ -10,7 +10,9 @@ One module per invariant:
 | `mirror-and-commit-consistency` | after a mirror pivots or a commit/stream ends, every device reads what it read just before |
 | `no-lost-guest-data` | a device reads what the guest last wrote through it, across graph changes, job ends, cancels, failures |
 | `graph-well-formed` | no cycles, no dangling children or roots, unique names, one child per filter, nothing a job uses deleted, no stray busy bitmap |
-| `job-state-legality` | job states follow JobSTT, events come in QEMU's order, verbs follow JobVerbTable, force-cancel terminates |
+| `job-state-legality` | job states follow JobSTT, events come in QEMU's order, verbs follow JobVerbTable and mean what they say (a drain pauses every active job, a force-cancelled job ends cancelled) |
+| `transaction-atomicity` | a failed transaction (or one-action transaction, or bitmap command) leaves graph, named bitmaps and live jobs as they were |
+| `bitmap-precision` | a bitmap marks what guest writes through its node and merges into it dirtied, and nothing that no write, merge or job could have dirtied |
 
 `CHECKERS` maps each name to its checker class; `make_checkers(names)` builds
 fresh instances for one replay (a checker watches one Machine).
@@ -19,12 +21,14 @@ fresh instances for one replay (a checker watches one Machine).
 from __future__ import annotations
 
 from sim.check.addressability import BitmapAddressability
+from sim.check.atomicity import TransactionAtomicity
 from sim.check.base import Checker, Violation
 from sim.check.consistency import MirrorCommitConsistency
 from sim.check.graph import GraphWellFormed
 from sim.check.job_states import JobStateLegality
 from sim.check.lost_data import NoLostGuestData
 from sim.check.point_in_time import BackupPointInTime
+from sim.check.precision import BitmapPrecision
 from sim.check.soundness import BitmapSoundness
 
 CHECKERS: dict[str, type[Checker]] = {
@@ -37,6 +41,8 @@ CHECKERS: dict[str, type[Checker]] = {
         NoLostGuestData,
         GraphWellFormed,
         JobStateLegality,
+        TransactionAtomicity,
+        BitmapPrecision,
     )
 }
 

@@ -13,6 +13,14 @@ the model's, so a broken model table is caught), and checks:
 - a job verb command (cancel, pause, resume, set-speed, complete, finalize,
   dismiss) is accepted only in a state JobVerbTable allows, and refused with
   "cannot accept command verb" only in a state it forbids;
+- verbs mean what they say: a command that drains every node (a successful
+  `transaction`, `blockdev-snapshot-sync`, `blockdev-snapshot`, `drive-backup`,
+  `blockdev-backup`) pauses and resumes every active job that the user has not
+  paused (`paused` then `running`, or `standby` then `ready`, in that step;
+  QEMU 7.2's bdrv_drain_all, verified on the binary); a job whose cancel was a
+  force-cancel (`force`, `job-cancel`, or any cancel before READY, as job.c's
+  job_cancel_async and mirror_cancel decide) never again reaches `waiting`,
+  `pending` or READY and never completes successfully;
 - at the end, with nothing left to simulate, no force-cancelled job is still
   alive (every job terminates on force-cancel).
 """
@@ -69,6 +77,15 @@ VERB_COMMANDS: dict[str, tuple[str, str]] = {
     "block-job-dismiss": ("dismiss", "id"),
     "job-dismiss": ("dismiss", "id"),
 }
+# commands that go through qmp_transaction, which starts with bdrv_drain_all()
+DRAIN_COMMANDS = (
+    "transaction",
+    "blockdev-snapshot-sync",
+    "blockdev-snapshot",
+    "drive-backup",
+    "blockdev-backup",
+)
+DRAIN_PAIRS = {"running": ("paused", "running"), "ready": ("standby", "ready")}
 _REFUSAL = re.compile(r"Job '(.*)' in state '([a-z]+)' cannot accept command verb '([a-z-]+)'")
 
 
@@ -82,6 +99,7 @@ class JobLife:
     ended_by: str | None = None  # BLOCK_JOB_COMPLETED / BLOCK_JOB_CANCELLED
     ready_sent: bool = False
     force_cancelled_at: int = 0  # step of a successful force-cancel
+    user_paused: bool = False  # a pause was accepted and no resume since
 
 
 class JobStateLegality(StepChecker):
@@ -96,11 +114,41 @@ class JobStateLegality(StepChecker):
         self.lives: dict[str, JobLife] = {}
 
     def check_step(self, index: int) -> None:
+        drains = any(c.ok and c.name in DRAIN_COMMANDS for c in self.log.commands)
+        active = (
+            {
+                job_id: life.status
+                for job_id, life in self.lives.items()
+                if life.status in DRAIN_PAIRS and not life.user_paused
+            }
+            if drains
+            else {}
+        )
         for cmd in self.log.commands:
             if cmd.name in VERB_COMMANDS:
                 self._verb(index, cmd)
+        seen: dict[str, list[str]] = {}
         for ev in self.log.events():
+            if ev.name == "JOB_STATUS_CHANGE":
+                seen.setdefault(str(ev.data.get("id")), []).append(str(ev.data.get("status")))
             self._event(index, ev)
+        for job_id, status in active.items():
+            self._drained(index, job_id, status, seen.get(job_id, []))
+
+    def _drained(self, index: int, job_id: str, status: str, moves: list[str]) -> None:
+        """A drain must pause and resume a job that was `status` before it."""
+        pause, resume = DRAIN_PAIRS[status]
+        if pause in moves and resume in moves[moves.index(pause) + 1 :]:
+            return
+        self.report(
+            index,
+            f"job '{job_id}' was '{status}' and not paused by the user, but the drain of this "
+            f"step did not take it to '{pause}' and back to '{resume}' (its changes: "
+            f"{', '.join(moves) or 'none'})",
+            job=job_id,
+            status=status,
+            moves=moves,
+        )
 
     def check_end(self) -> None:
         if self.machine.env.peek() != float("inf"):
@@ -138,8 +186,12 @@ class JobStateLegality(StepChecker):
                     verb=verb,
                     status=life.status,
                 )
-            elif verb == "cancel" and (cmd.arguments.get("force") or cmd.name == "job-cancel"):
+            elif verb == "cancel" and (
+                cmd.arguments.get("force") or cmd.name == "job-cancel" or not life.ready_sent
+            ):
                 life.force_cancelled_at = index
+            elif verb in ("pause", "resume"):
+                life.user_paused = verb == "pause"
             return
         desc = str(cmd.response.get("error", {}).get("desc", ""))
         refusal = _REFUSAL.fullmatch(desc)
@@ -184,6 +236,11 @@ class JobStateLegality(StepChecker):
                 event=ev.name,
             )
             return
+        if life.force_cancelled_at and (
+            ev.name == "BLOCK_JOB_READY"
+            or (ev.name == "BLOCK_JOB_COMPLETED" and "error" not in data)
+        ):
+            self._after_cancel(index, life, ev.name)
         if ev.name == "BLOCK_JOB_READY":
             self._expect(index, life, ev.name, ("ready",), once=life.ready_sent)
             life.ready_sent = True
@@ -217,8 +274,19 @@ class JobStateLegality(StepChecker):
                 status=life.status,
             )
 
+    def _after_cancel(self, index: int, life: JobLife, what: str) -> None:
+        self.report(
+            index,
+            f"job '{life.id}' was force-cancelled at step {life.force_cancelled_at} but then "
+            f"{what}; a force-cancelled job can only abort",
+            job=life.id,
+            after=what,
+        )
+
     def _status(self, index: int, job_id: str, status: str) -> None:
         life = self.lives.setdefault(job_id, JobLife(job_id))
+        if life.force_cancelled_at and status in ("waiting", "pending"):
+            self._after_cancel(index, life, f"went to '{status}'")
         allowed = JOB_STT.get(life.status, ())
         if status not in allowed:
             self.report(

@@ -48,6 +48,9 @@ class Machine:
         # observers (checkers, coverage): called after every QMP command with
         # (request, response); guest writes go to state.write_observers
         self.command_observers: list[Any] = []
+        # called before every QMP command with the request (checkers that compare
+        # the state before a command with the state after it)
+        self.before_command_observers: list[Any] = []
         for d in drives:
             self.state.add_drive(d.id, d.node_name, d.file_node_name, d.format, d.size, d.discard)
         # the timing model (sim/engine/timing.py): one Device per header drive's

@@ -82,6 +82,8 @@ class Monitor:
 
     def execute(self, request: object) -> dict[str, Any]:
         """Run one QMP request; never raises for any input."""
+        for before in self.machine.before_command_observers:
+            before(request)
         try:
             name, args = _split_request(request)
             checked = check_arguments(name, args)

@@ -1,0 +1,281 @@
+"""bitmap-precision: a reference model of every bitmap's contents.
+
+For every bitmap a user added (see bitmaps.py) the checker keeps two
+bitarrays at the bitmap's granularity, mirroring every operation QEMU 7.2
+defines on bitmap contents:
+
+- `lo`, the chunks the bitmap must mark, and `hi`, the chunks it may mark
+  (`lo` <= `hi`);
+- add: both empty (a new bitmap is clean); clear: both emptied;
+- a guest write that passes the node (or, bb-attached, the device) the bitmap
+  is listed on while it records (as the user's add/enable/disable left it):
+  both set (bdrv_co_write_req_finish -> bdrv_set_dirty);
+- merge: the target's `lo` and `hi` take the sources' (hbitmap_merge, across
+  granularities);
+- a job writing into a node (mirror and backup into their target, commit into
+  its base, stream's copy-on-read only into the protocol node below its
+  node): every chunk of that node's bitmaps may be marked (`hi` full), since
+  what a job copies depends on timing; copy-on-read itself marks nothing
+  (bdrv_co_do_copy_on_readv writes below the dirty-bitmap layer);
+- a backup freezing the bitmap: its contents at the end depend on the job's
+  outcome and bitmap-mode, so `lo` empties and `hi` fills until the next clear;
+- an armed sim-only fault: a failed guest write still marks the nodes it
+  reached, which the checker does not see, so `hi` fills for every bitmap.
+
+The bitmap's actual bits (with its successor's while frozen) must lie
+between `lo` and `hi` after every step that could change them and at the end:
+a bit beyond `hi` is a chunk QEMU promises is clean, a bit of `lo` missing is
+a chunk QEMU promises is dirty.  Bitmaps whose size changes are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from bitarray import bitarray
+
+from sim.check.bitmaps import BitmapRegistry, Tracked
+from sim.check.extents import byte_ranges
+from sim.check.observe import Owner, StepChecker, label, owner_of, write_path
+from sim.model.bitmap import DirtyBitmap, bits_at_granularity
+from sim.model.graph import BlockBackend, BlockNode
+
+if TYPE_CHECKING:
+    from sim.engine.machine import Machine
+    from sim.model.jobs import Job
+
+ENDED = ("concluded", "null")
+
+
+@dataclass(eq=False)
+class Ref:
+    """The reference contents of one bitmap: what it must and what it may mark."""
+
+    lo: bitarray
+    hi: bitarray
+    shift: int
+    frozen: bool = False
+
+    def mark(self, offset: int, length: int) -> None:
+        a, b = offset >> self.shift, ((offset + length - 1) >> self.shift) + 1
+        self.lo[a:b] = 1
+        self.hi[a:b] = 1
+
+    def reset(self) -> None:
+        self.lo.setall(0)
+        self.hi.setall(0)
+
+
+def _bits(n: int, value: int = 0) -> bitarray:
+    out = bitarray(n, endian="little")
+    out.setall(value)
+    return out
+
+
+def _convert(bits: bitarray, source: DirtyBitmap, granularity: int) -> bitarray:
+    """`bits` (at source's granularity) at another granularity, as hbitmap_merge maps it."""
+    if source.granularity == granularity:
+        return bits
+    tmp = DirtyBitmap(None, source.granularity, source.size_bytes)
+    tmp.bits = bits
+    return bits_at_granularity(tmp, granularity)
+
+
+def job_write_nodes(job: Job) -> list[BlockNode]:
+    """The nodes whose bitmaps a job's own writes mark in QEMU 7.2."""
+    kind: Any = job.kind
+    if job.type == "stream":
+        node = getattr(kind, "node", None)
+        return [node.file] if node is not None and node.file is not None else []
+    target = getattr(kind, "target", None)
+    if target is None:
+        target = getattr(kind, "base", None)
+    if not isinstance(target, BlockNode):
+        return []
+    nodes = [target]
+    if target.file is not None:
+        nodes.append(target.file)
+    return nodes
+
+
+class BitmapPrecision(StepChecker):
+    """Every bitmap marks exactly what QEMU 7.2's bitmap operations promise: all chunks that
+    guest writes through its node and merges into it dirtied, and no chunk that no write,
+    merge or job could have dirtied."""
+
+    name = "bitmap-precision"
+    quiet_work = True
+
+    def attach(self, machine: Machine) -> None:
+        super().attach(machine)
+        self.bitmaps = BitmapRegistry(machine)
+        self.refs: dict[Tracked, Ref] = {}
+        self.owners: list[tuple[Tracked, Owner | None]] = []
+        self.writers: list[tuple[Job, list[BlockNode]]] = []
+        self.faulted = False
+        machine.state.write_observers.append(self._on_write)
+        machine.command_observers.append(self._on_command)
+
+    # -- what happens between steps --------------------------------------------------------
+    def _on_write(
+        self, bb: BlockBackend | None, root: BlockNode, offset: int, length: int, stamp: int
+    ) -> None:
+        if not self.owners or length <= 0:
+            return
+        path: list[BlockNode] | None = None
+        for entry, owner in self.owners:
+            if owner is None or not entry.enabled or entry.bitmap.inconsistent:
+                continue
+            if isinstance(owner, BlockBackend):
+                if owner is not bb:
+                    continue
+            else:
+                if path is None:
+                    path = write_path(self.graph, root)
+                if not any(n is owner for n in path):
+                    continue
+            ref = self.refs.get(entry)
+            if ref is not None:
+                ref.mark(offset, length)
+
+    def _on_command(self, request: Any, response: dict[str, Any]) -> None:
+        known = {id(j) for j, _ in self.writers}
+        for job in self.state.jobs:
+            if id(job) not in known and job.status not in ENDED:
+                self.writers.append((job, job_write_nodes(job)))
+
+    # -- steps -----------------------------------------------------------------------------
+    def needs_quiet_step(self) -> bool:
+        if self.machine.faults:
+            return True
+        return any(c.name == "x-debug-block-dirty-bitmap-sha256" for c in self.log.commands)
+
+    def check_step(self, index: int) -> None:
+        if self.machine.faults:
+            self.faulted = True
+        if self.log.quiet:
+            self._check_all(index)
+            return
+        reg = self.bitmaps
+        reg.update()
+        for entry in reg.added:
+            n = len(entry.bitmap.bits)
+            self.refs[entry] = Ref(_bits(n), _bits(n), entry.bitmap.granularity.bit_length() - 1)
+        self._commands()
+        for entry, _frozen, _took_over in reg.follow_successors():
+            ref = self.refs.get(entry)
+            if ref is not None:
+                ref.frozen = False
+        live = set(reg.entries.values())
+        for entry in [e for e in self.refs if e not in live]:
+            del self.refs[entry]
+        self._jobs()
+        self._check_all(index)
+        reg.end_step()
+        self.owners = [(e, owner_of(self.graph, e.bitmap)) for e in self.refs]
+
+    def check_end(self) -> None:
+        self._check_all(self.step)
+
+    def _commands(self) -> None:
+        """Clears and merges of this step's successful commands, in action order."""
+        for cmd in self.log.commands:
+            if not cmd.ok:
+                continue
+            for kind, data in cmd.actions():
+                if kind == "block-dirty-bitmap-clear":
+                    ref = self._ref_at(str(data.get("node")), str(data.get("name")))
+                    if ref is not None:
+                        ref.reset()
+                elif kind == "block-dirty-bitmap-merge":
+                    self._merge(data)
+
+    def _ref_at(self, address: str, name: str) -> Ref | None:
+        bm = self.bitmaps.lookup(address, name)[1]
+        return next((r for e, r in self.refs.items() if e.bitmap is bm), None)
+
+    def _merge(self, data: dict[str, Any]) -> None:
+        node = str(data.get("node"))
+        dst = self.bitmaps.lookup(node, str(data.get("target")))[1]
+        ref = next((r for e, r in self.refs.items() if e.bitmap is dst), None)
+        if dst is None or ref is None:
+            return
+        for src_ref in data.get("bitmaps") or []:
+            if isinstance(src_ref, dict):
+                found = self.bitmaps.lookup(str(src_ref.get("node")), str(src_ref.get("name")))
+            else:
+                found = self.bitmaps.lookup(node, str(src_ref))
+            src = found[1]
+            src_entry = next((e for e in self.refs if e.bitmap is src), None)
+            if src is None or src_entry is None or src.size_bytes != dst.size_bytes:
+                ref.hi.setall(1)  # a source the checker does not follow
+                continue
+            have = self.refs[src_entry]
+            lo, hi = (
+                _convert(have.lo, src, dst.granularity),
+                _convert(have.hi, src, dst.granularity),
+            )
+            if src is not dst:
+                ref.lo |= lo
+                ref.hi |= hi
+
+    def _jobs(self) -> None:
+        """Jobs write where they write; frozen bitmaps and faults make contents open."""
+        touched = [n for _, nodes in self.writers for n in nodes]
+        self.writers = [(j, n) for j, n in self.writers if j.status not in ENDED]
+        for entry, ref in self.refs.items():
+            if self.faulted:
+                ref.hi.setall(1)
+            if entry.bitmap.successor is not None and not ref.frozen:
+                ref.frozen = True
+                ref.lo.setall(0)
+                ref.hi.setall(1)
+            owner = owner_of(self.graph, entry.bitmap)
+            if owner is not None and any(owner is n for n in touched):
+                ref.hi.setall(1)
+
+    def _check_all(self, index: int) -> None:
+        for entry, ref in self.refs.items():
+            self._check(entry, ref, index)
+
+    def _check(self, entry: Tracked, ref: Ref, index: int) -> None:
+        bm = entry.bitmap
+        bits = bm.bits
+        if len(bits) != len(ref.lo):
+            return
+        succ = bm.successor
+        if succ is not None and len(succ.bits) == len(bits):
+            bits = bits | succ.bits
+        extra = bits & ~ref.hi
+        missing = ref.lo & ~bits
+        if not (extra.any() or missing.any()):
+            return
+        g = bm.granularity
+        owner = owner_of(self.graph, bm)
+        where = f" on {label(owner)}" if owner is not None else ""
+        if extra.any():
+            ranges = byte_ranges(extra, g, bm.size_bytes)
+            self.report(
+                index,
+                f"{entry.describe()}{where} marks {extra.count() * g} byte(s) that no guest "
+                f"write through it, merge into it or job writing to its node dirtied, first "
+                f"at offset {ranges[0][0]}",
+                address=entry.address,
+                name=entry.name,
+                extra_bytes=extra.count() * g,
+                ranges=ranges,
+            )
+            ref.hi |= extra
+        if missing.any():
+            ranges = byte_ranges(missing, g, bm.size_bytes)
+            self.report(
+                index,
+                f"{entry.describe()}{where} lacks {missing.count() * g} byte(s) that guest "
+                f"writes through it or merges into it dirtied, first at offset {ranges[0][0]}",
+                address=entry.address,
+                name=entry.name,
+                missing_bytes=missing.count() * g,
+                ranges=ranges,
+            )
+            ref.lo &= bits
