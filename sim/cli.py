@@ -456,6 +456,27 @@ def demo(out: str, scenarios: str, fuzz_seconds: float) -> None:
     help="Address-space limit of this process (0: none).",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=None,
+    metavar="N",
+    help="Run the campaign as shards on a local Dask cluster of N worker processes.",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="tcp://HOST:8786",
+    help="Run the shards on an existing Dask cluster (`dask scheduler`, `dask worker`).",
+)
+@click.option(
+    "--shards",
+    type=click.IntRange(1),
+    default=None,
+    metavar="K",
+    help="Shards per policy (default: one per round of the profile's round-examples, "
+    "200); results depend on it, not on the worker count.",
+)
 def fuzz(
     profile: str | None,
     policy: str | None,
@@ -468,6 +489,9 @@ def fuzz(
     replay_corpus: str | None,
     memory_limit: int,
     no_progress: bool,
+    workers: int | None,
+    scheduler: str | None,
+    shards: int | None,
 ) -> None:
     """Search command interleavings for invariant violations (see fuzz/README.md).
 
@@ -488,6 +512,8 @@ def fuzz(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if workers is not None or scheduler is not None or shards is not None or len(configs) > 1:
+        sys.exit(_fuzz_sharded(configs, Path(out), workers, scheduler, shards, time_budget))
     if memory_limit:
         fc.limit_memory(memory_limit)
     code = EXIT_OK
@@ -500,6 +526,37 @@ def fuzz(
         if result.failures or result.duplicates:
             code = EXIT_MISMATCH
     sys.exit(code)
+
+
+def _fuzz_sharded(
+    configs: list[Any],
+    out: Path,
+    workers: int | None,
+    scheduler: str | None,
+    shards: int | None,
+    time_budget: float | None,
+) -> int:
+    """Shards of every policy's campaign, on Dask or one by one, merged into OUT."""
+    from sim.cluster import Runner
+    from sim.fuzz.shards import ShardedCampaign, summary_lines
+
+    if workers is not None and scheduler is not None:
+        raise click.UsageError("give --workers (a local cluster) or --scheduler, not both")
+    budget = time_budget or configs[0].time_budget_s
+    try:
+        with Runner(workers, scheduler) as runner:
+            campaign = ShardedCampaign(
+                configs, out, runner, shards, configs[0].progress, budget, click.echo
+            )
+            result = campaign.run()
+    except OSError as exc:  # the scheduler cannot be reached
+        click.echo(f"blocksim fuzz: Dask: {exc}", err=True)
+        return EXIT_USAGE
+    for line in summary_lines(result, out):
+        click.echo(line)
+    if result.stopped == "interrupted":
+        return 130
+    return EXIT_MISMATCH if result.failures or result.duplicates else EXIT_OK
 
 
 def _recheck_corpus(folder: Path) -> int:

@@ -18,6 +18,8 @@ HOMES = {
     "random": ("engine/", "fuzz/"),
     "time": ("oracle/", "fuzz/", "report/"),
     "click": ("cli.py",),
+    "dask": ("cluster.py",),
+    "distributed": ("cluster.py",),
 }
 
 

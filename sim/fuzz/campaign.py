@@ -28,6 +28,7 @@ every file is replaced atomically, so what is on disk is always whole.
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,14 +36,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, Phase, Verbosity, settings
+from hypothesis import HealthCheck, Phase, Verbosity, reject, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
-from hypothesis.errors import HypothesisException, Unsatisfiable
+from hypothesis.errors import HypothesisException, Unsatisfiable, UnsatisfiedAssumption
 from hypothesis.stateful import get_state_machine_test
 
 from sim.check import CHECKERS
 from sim.fuzz.coverage import Coverage
-from sim.fuzz.export import ExportRecord, atomic_write_json, export_failure
+from sim.fuzz.export import (
+    ExportRecord,
+    PreparedFailure,
+    atomic_write_json,
+    export_failure,
+    prepare_failure,
+)
+from sim.fuzz.hygiene import GENERATING, hypothesis_phase
 from sim.fuzz.machine import (
     INTERNAL_ERROR,
     BlockMachine,
@@ -72,12 +80,14 @@ class CampaignConfig:
     steps: int = 25
     seed: int = 0
     time_budget_s: float | None = None
-    out: Path = Path("fuzz-out")
+    out: Path | None = Path("fuzz-out")  # None: write nothing, keep failures in memory (a shard)
     round_examples: int = 200
     groups: tuple[str, ...] | None = None  # None: the machine's own
     progress: bool = False
     shrink: bool = True  # False: stop a round at its first failure, export it as found
     mute: tuple[str, ...] = ()  # known failures: invariant names or failure keys
+    first_round: int = 0  # the number (and so the seed) of the first round
+    database: bool = True  # Hypothesis' example database in OUT/hypothesis (else none)
 
     def invariant_names(self) -> list[str]:
         return list(CHECKERS) if self.invariants is None else list(self.invariants)
@@ -90,7 +100,9 @@ class CampaignResult:
     config: CampaignConfig
     failures: list[ExportRecord] = field(default_factory=list)
     duplicates: int = 0
-    examples: int = 0
+    examples: int = 0  # new examples Hypothesis generated (what --examples asks for)
+    rejected: int = 0  # generated examples that turned out invalid (not counted above)
+    replays: int = 0  # runs that replayed or shrank an example (not counted above)
     steps: int = 0
     rounds: int = 0
     wall_s: float = 0.0
@@ -98,15 +110,18 @@ class CampaignResult:
     muted: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # e.g. Hypothesis found a flaky example
     coverage: Coverage = field(default_factory=Coverage)
+    prepared: list[PreparedFailure] = field(default_factory=list)  # out=None: the traces
 
     def summary(self) -> dict[str, Any]:
         cfg = asdict(self.config)
-        cfg["out"] = str(self.config.out)
+        cfg["out"] = str(self.config.out) if self.config.out is not None else None
         return {
             "config": cfg,
             "stopped": self.stopped,
             "rounds": self.rounds,
             "examples": self.examples,
+            "rejected": self.rejected,
+            "replays": self.replays,
             "steps": self.steps,
             "wall_s": round(self.wall_s, 3),
             "steps_per_s": round(self.steps / self.wall_s, 1) if self.wall_s else 0.0,
@@ -126,19 +141,27 @@ class Campaign:
         self.machine = machine
         self.result = CampaignResult(config)
         self.coverage = self.result.coverage
-        self.out = Path(config.out)
+        self.out = Path(config.out) if config.out is not None else None
+        self.listener: Any = None  # called with the campaign after every example
+        self._signatures: set[str] = set()  # out=None: signatures kept so far
         self.muted: set[str] = set(config.mute)
         # failures not exported yet, by failure key: (failure, shrunk); during a round
         # the smallest example seen, after it what Hypothesis reported
         self.pending: dict[str, tuple[FuzzFailure, bool]] = {}
         self._t0 = 0.0
         self._last_write = 0.0
-        self._round_runs = 0
+        self._round_runs = 0  # examples generated in this round
+        self._round_size = config.round_examples
+        self._generating = True
         self._progress: Any = None
 
     # -- the observer (called by every example) --------------------------------------------
     def example_started(self, machine: MachineCore) -> None:
-        self._round_runs += 1
+        self._generating = hypothesis_phase() in GENERATING
+        if self._generating and self._round_runs >= self._round_size:
+            # the round's examples are all generated: Hypothesis goes on generating
+            # after a failure (to find others); bound the work by what was asked
+            reject()
 
     def step_done(
         self, machine: MachineCore, step: dict[str, Any], outcome: StepOutcome, jobs: dict[str, str]
@@ -157,14 +180,22 @@ class Campaign:
             self.pending[key] = (failure, False)
 
     def example_finished(self, machine: MachineCore) -> float:
-        self.result.examples += 1
+        if not self._generating:
+            self.result.replays += 1
+        elif isinstance(sys.exc_info()[1], UnsatisfiedAssumption):
+            self.result.rejected += 1
+        else:
+            self.result.examples += 1
+            self._round_runs += 1
         self.result.steps = self.coverage.steps
         wall = self.elapsed()
-        if self.result.examples % SAMPLE_EVERY == 0:
+        if self._generating and self.result.examples % SAMPLE_EVERY == 0:
             self.coverage.sample(wall, self.failure_counts())
         if wall - self._last_write >= COVERAGE_WRITE_EVERY_S:
             self.write_coverage()
         self.show_progress()
+        if self.listener is not None:
+            self.listener(self)
         budget = self.config.time_budget_s
         if budget is not None and wall >= budget:
             raise CampaignStop("time budget spent")
@@ -174,7 +205,8 @@ class Campaign:
     def run(self) -> CampaignResult:
         """Run every round; always leaves failures, coverage and a summary on disk."""
         self._t0 = time.monotonic()
-        (self.out / "failures").mkdir(parents=True, exist_ok=True)
+        if self.out is not None:
+            (self.out / "failures").mkdir(parents=True, exist_ok=True)
         with self.progress_bar():
             try:
                 self._rounds()
@@ -187,19 +219,20 @@ class Campaign:
                 self.result.wall_s = self.elapsed()
                 self.result.muted = sorted(self.muted)
                 self.coverage.sample(self.result.wall_s, self.failure_counts())
-                self.write_coverage()
-                atomic_write_json(self.out / "campaign.json", self.result.summary())
+                if self.out is not None:
+                    self.write_coverage()
+                    atomic_write_json(self.out / "campaign.json", self.result.summary())
         return self.result
 
     def _rounds(self) -> None:
         cfg = self.config
-        remaining, number = cfg.examples, 0
+        remaining, number = cfg.examples, cfg.first_round
         while remaining > 0:
             size = min(cfg.round_examples, remaining)
             self._round(number, size)
             remaining -= size
             number += 1
-            self.result.rounds = number
+            self.result.rounds = number - cfg.first_round
 
     def _round(self, number: int, size: int) -> None:
         cfg = self.config
@@ -218,7 +251,7 @@ class Campaign:
         test = get_state_machine_test(cls, settings=self.settings(size))  # type: ignore[no-untyped-call]
         key = f"blocksim-fuzz:{self.machine.__qualname__}:{cfg.policy}:{cfg.seed}:{number}"
         test.hypothesis.inner_test._hypothesis_internal_add_digest = key.encode()
-        self._round_runs = 0
+        self._round_runs, self._round_size = 0, size
         try:
             test()
             self.pending.clear()  # nothing failed in the end (a flaky example at most)
@@ -243,7 +276,9 @@ class Campaign:
             max_examples=max_examples,
             stateful_step_count=self.config.steps,
             deadline=None,
-            database=DirectoryBasedExampleDatabase(str(self.out / "hypothesis")),
+            database=DirectoryBasedExampleDatabase(str(self.out / "hypothesis"))
+            if self.config.database and self.out is not None
+            else None,
             derandomize=False,
             suppress_health_check=list(HealthCheck),
             phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.target)
@@ -260,13 +295,22 @@ class Campaign:
             f"policy {self.config.policy}, campaign seed {self.config.seed}, {where}"
             f"{self.result.examples} examples in"
         )
-        record = export_failure(failure, self.out / "failures", context, shrunk=shrunk)
+        if self.out is not None:
+            record = export_failure(failure, self.out / "failures", context, shrunk=shrunk)
+        else:
+            prepared = prepare_failure(failure, context, shrunk=shrunk)
+            record = prepared.record
+            record.duplicate = record.signature in self._signatures
+            if not record.duplicate:
+                self._signatures.add(record.signature)
+                self.result.prepared.append(prepared)
         record.wall_s, record.examples = self.elapsed(), self.result.examples
         if record.duplicate:
             self.result.duplicates += 1
             self.muted.add(failure_key(failure.kind, failure.message))
         else:
             self.result.failures.append(record)
+        if not record.duplicate and self.out is not None:
             atomic_write_json(
                 self.out / "failures" / "index.json", [f.to_json() for f in self.result.failures]
             )
@@ -290,6 +334,8 @@ class Campaign:
 
     def write_coverage(self) -> None:
         self._last_write = self.elapsed()
+        if self.out is None:
+            return
         atomic_write_json(self.out / "coverage.json", self.coverage.to_json())
 
     @contextmanager
@@ -318,7 +364,8 @@ class Campaign:
             return
         progress, task = self._progress
         cfg, wall = self.config, max(self.elapsed(), 1e-9)
-        done = min(self.result.rounds * cfg.round_examples + self._round_runs, cfg.examples)
+        in_round = min(self._round_runs, cfg.round_examples)
+        done = min(self.result.rounds * cfg.round_examples + in_round, cfg.examples)
         progress.update(
             task,
             completed=done,
@@ -507,12 +554,20 @@ def limit_memory(megabytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (want, hard))
 
 
+def runs_note(replays: int, rejected: int) -> str:
+    """ " (+N runs replaying or shrinking, M rejected)": what ran besides the examples."""
+    parts = [f"+{replays} runs replaying or shrinking"] if replays else []
+    parts += [f"{rejected} rejected as invalid"] if rejected else []
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def summary_lines(result: CampaignResult) -> list[str]:
     """What `blocksim fuzz` prints when a campaign ends."""
     cfg = result.config
     rate = result.steps / result.wall_s if result.wall_s else 0.0
     lines = [
-        f"policy {cfg.policy}, seed {cfg.seed}: {result.examples} examples, {result.steps} steps "
+        f"policy {cfg.policy}, seed {cfg.seed}: {result.examples} of {cfg.examples} examples"
+        f"{runs_note(result.replays, result.rejected)}, {result.steps} steps "
         f"in {result.wall_s:.1f} s ({rate:,.0f} steps/s), {result.coverage.points} coverage "
         f"points, {len(result.failures)} new failure(s), {result.duplicates} known"
         + ("" if result.stopped == "done" else f" [stopped: {result.stopped}]")
@@ -525,5 +580,6 @@ def summary_lines(result: CampaignResult) -> list[str]:
         )
         lines.append(f"      blocksim replay {record.path}")
     lines.extend(f"  warning: {w}" for w in result.warnings)
-    lines.append(f"  coverage: {cfg.out / 'coverage.json'}")
+    if cfg.out is not None:
+        lines.append(f"  coverage: {cfg.out / 'coverage.json'}")
     return lines

@@ -132,6 +132,17 @@ class Coverage:
         )
         self.hit("shape", "bitmaps", bucket(bitmaps))
 
+    def absorb(self, other: Coverage) -> None:
+        """Add another campaign's (a shard's) counters to these: the merged points are
+        the union of both, every count the sum."""
+        for point, n in other.hits.items():
+            if point not in self.hits and point[0] not in NOT_COUNTED:
+                self._distinct += 1
+            self.hits[point] += n
+        self.examples += other.examples
+        self.steps += other.steps
+        self.rejected += other.rejected
+
     def example_rarity(self) -> float:
         """How rare the *successful* things the example just run did are: log2(1 +
         sum of 1/hits over its points that are not refusals), rounded down.

@@ -24,6 +24,7 @@ trace behind.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -246,27 +247,45 @@ def _failure_in(
     return None
 
 
-def export_failure(
-    failure: FuzzFailure, folder: Path, context: str, shrunk: bool = True
-) -> ExportRecord:
-    """Polish the failure, then write its trace into `folder` unless one with its
-    signature exists."""
-    failure = polish(failure)
+@dataclass
+class PreparedFailure:
+    """A polished failure with its pinned trace, not written anywhere yet (what a
+    campaign shard hands back to the coordinator that writes the files)."""
+
+    record: ExportRecord  # its path is the bare file name, its `duplicate` False
+    lines: list[str]
+    key: str  # failure_key of the polished failure
+
+    def write(self, folder: Path, name: str | None = None) -> ExportRecord:
+        """Write the trace as folder/NAME (default: the record's file name); a file that
+        exists already is left alone and the record says `duplicate`."""
+        path = folder / (name or self.record.path)
+        record = dataclasses.replace(self.record, path=str(path))
+        if path.exists():
+            record.duplicate, record.reproduced = True, True  # checked when first written
+            return record
+        atomic_write_text(path, "\n".join(self.lines) + "\n")
+        return record
+
+
+def prepare_failure(
+    failure: FuzzFailure, context: str, shrunk: bool = True, polished: bool = False
+) -> PreparedFailure:
+    """Polish the failure (unless `polished`), pin its trace and check that the pinned
+    trace reproduces it."""
+    if not polished:
+        failure = polish(failure)
     sig = signature(failure.steps)
-    path = folder / f"{failure.kind}-{sig}.jsonl"
     record = ExportRecord(
         failure.kind,
         sig,
-        str(path),
+        f"{failure.kind}-{sig}.jsonl",
         len(failure.steps),
         failure.message,
         False,
-        path.exists(),
+        False,
         shrunk,
     )
-    if record.duplicate:
-        record.reproduced = True  # checked when it was first written
-        return record
     header = failure_header(failure, context, sig)
     try:
         lines, result = pin(header, failure.steps)
@@ -275,5 +294,19 @@ def export_failure(
         lines = [dumps(header)] + [dumps(s) for s in failure.steps]
         record.reproduced = failure.kind == INTERNAL_ERROR
         record.message = f"{failure.message} (replay raised {type(exc).__name__})"
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return record
+    return PreparedFailure(record, lines, failure_key(failure.kind, failure.message))
+
+
+def export_failure(
+    failure: FuzzFailure, folder: Path, context: str, shrunk: bool = True
+) -> ExportRecord:
+    """Polish the failure, then write its trace into `folder` unless one with its
+    signature exists."""
+    polished = polish(failure)
+    sig = signature(polished.steps)
+    path = folder / f"{polished.kind}-{sig}.jsonl"
+    if path.exists():  # known: no need to pin it again
+        return ExportRecord(
+            polished.kind, sig, str(path), len(polished.steps), polished.message, True, True, shrunk
+        )
+    return prepare_failure(polished, context, shrunk, polished=True).write(folder)

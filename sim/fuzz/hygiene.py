@@ -8,6 +8,7 @@ running two layers of swarm testing at once.
 from __future__ import annotations
 
 import gc
+import sys
 from typing import Any
 
 from hypothesis.stateful import RuleBasedStateMachine
@@ -109,3 +110,50 @@ def one_swarm_only(machine: RuleBasedStateMachine) -> None:
     rules = getattr(strategy, "rules_strategy", None)
     if rules is not None and hasattr(strategy, "_enabled_rules_strategy"):
         strategy._enabled_rules_strategy = rules.filter(strategy.is_valid)  # type: ignore[union-attr]
+
+
+def no_local_constants() -> None:
+    """Keep Hypothesis from drawing constants out of the source of loaded modules.
+
+    Hypothesis (since 6.131) mixes into what it generates literals found in every
+    "local" module in `sys.modules` (not the standard library, not site-packages):
+    importing one more module of ours (the command line, a Dask worker's imports) or
+    installing the package with pip changed which examples a seed produced.  With an
+    empty pool a campaign is the same function of its seed in every process."""
+    from hypothesis.internal.conjecture import providers
+
+    empty = providers.Constants()
+    if getattr(providers._get_local_constants, "_blocksim_pinned", False):
+        return
+
+    def pinned() -> Any:
+        return empty
+
+    pinned._blocksim_pinned = True  # type: ignore[attr-defined]
+    providers._get_local_constants = pinned
+    providers.CONSTANTS_CACHE.cache.clear()
+
+
+GENERATING = frozenset({"generate", "target"})
+
+
+def hypothesis_phase() -> str:
+    """The phase of the Hypothesis run that called us: `generate` or `target` for a new
+    example, `reuse` (database), `shrink`, `explain`; `unknown` outside a run.
+
+    Hypothesis calls the test function for new examples and, as often again, to
+    replay and shrink; only the first kind is what `max_examples` (and `blocksim fuzz
+    --examples`) asks for.  Hypothesis keeps the phase on its engine object, which is
+    found on the stack (one walk per example)."""
+    from hypothesis.internal.conjecture.engine import ConjectureRunner
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        obj = frame.f_locals.get("self")
+        if isinstance(obj, ConjectureRunner):
+            return str(obj._current_phase)
+        runner = getattr(obj, "_runner", None)
+        if isinstance(runner, ConjectureRunner):
+            return str(runner._current_phase)
+        frame = frame.f_back  # type: ignore[assignment]
+    return "unknown"

@@ -47,12 +47,21 @@ from sim.fuzz.failures import (
     failure_type,
     message_shape,
 )
-from sim.fuzz.hygiene import CycleGuard, Guarded, collect_garbage, one_swarm_only, release
+from sim.fuzz.hygiene import (
+    CycleGuard,
+    Guarded,
+    collect_garbage,
+    no_local_constants,
+    one_swarm_only,
+    release,
+)
 from sim.fuzz.rules_graph import GraphRules
 from sim.fuzz.rules_jobs import JobRules
 from sim.fuzz.rules_storage import StorageRules
 from sim.replay import Replayer, StepOutcome, sim_only_step
 from sim.trace import Trace, parse_header, parse_step
+
+no_local_constants()  # a campaign is the same function of its seed in every process
 
 MiB = 1 << 20
 GRAPH_CHECK = "graph-well-formed"

@@ -1,0 +1,138 @@
+"""Sharded campaigns: the same shards give the same run in this process and on Dask.
+
+The Dask tests start a LocalCluster of two worker processes on loopback (a few
+seconds each); campaigns are small and do not shrink (`shrink=False`), so a
+shard is a fraction of a second to a few seconds of fuzzing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sim.cluster import Runner
+from sim.fuzz.campaign import CampaignConfig
+from sim.fuzz.coverage import Coverage
+from sim.fuzz.shards import ShardedCampaign, plan_shards, run_shard
+
+pytest.importorskip("distributed")
+
+ADDR = "bitmap-addressability"
+
+
+def config(examples: int = 80, steps: int = 8, seed: int = 5) -> CampaignConfig:
+    return CampaignConfig(
+        examples=examples, steps=steps, seed=seed, invariants=[ADDR], shrink=False
+    )
+
+
+def failures_of(out: Path) -> dict[str, str]:
+    folder = out / "failures"
+    return {p.name: p.read_text() for p in sorted(folder.glob("*.jsonl"))}
+
+
+def hits_of(out: Path) -> dict[str, Any]:
+    doc = json.loads((out / "coverage.json").read_text())
+    doc.pop("series")
+    return doc
+
+
+def test_plan_shards_splits_examples_and_interleaves_policies() -> None:
+    a = config(examples=10)
+    b = CampaignConfig(examples=10, policy="bb-attached")
+    specs = plan_shards([a, b], 3)
+    assert [s.label for s in specs] == [
+        "qemu-7.2/0", "bb-attached/0", "qemu-7.2/1", "bb-attached/1", "qemu-7.2/2",
+        "bb-attached/2",
+    ]  # fmt: skip
+    assert [s.config.examples for s in specs if s.config.policy == "qemu-7.2"] == [4, 3, 3]
+    assert all(s.config.out is None and not s.config.database for s in specs)
+
+
+def test_local_cluster_campaign_equals_the_shards_run_one_by_one(tmp_path: Path) -> None:
+    cfg = config()
+    one_by_one = [run_shard(spec) for spec in plan_shards([cfg], 4)]
+    union = Coverage()
+    for shard in one_by_one:
+        union.absorb(shard.coverage)
+    keys = {(s.policy, f.key) for s in one_by_one for f in s.failures}
+    assert len(keys) >= 2, "the campaign should find failures for this test to mean much"
+
+    with Runner(workers=2) as runner:
+        assert len(runner.worker_pids()) == 2
+        dask = ShardedCampaign([cfg], tmp_path / "dask", runner, shards=4).run()
+    with Runner() as here:
+        serial = ShardedCampaign([cfg], tmp_path / "here", here, shards=4).run()
+
+    assert dask.stopped == serial.stopped == "done"
+    assert dask.coverage.hits == union.hits  # merged coverage: the union of the shards'
+    assert (
+        dask.coverage.points
+        == union.points
+        == len([p for p in union.hits if p[0] not in ("invariant", "group")])
+    )
+    assert hits_of(tmp_path / "dask") == hits_of(tmp_path / "here")
+    # failure set: one trace per distinct failure, the same files byte for byte
+    assert failures_of(tmp_path / "dask") == failures_of(tmp_path / "here")
+    assert {(r.kind, r.signature) for r in dask.failures} == {
+        (r.kind, r.signature) for r in serial.failures
+    }
+    assert len(dask.failures) == len(keys)
+    assert dask.examples == serial.examples == sum(s.examples for s in one_by_one)
+    assert dask.examples <= cfg.examples
+    index = json.loads((tmp_path / "dask" / "failures" / "index.json").read_text())
+    assert sorted(r["path"] for r in index) == sorted(
+        str(tmp_path / "dask" / "failures" / n) for n in failures_of(tmp_path / "dask")
+    )
+
+
+def test_a_killed_worker_loses_only_its_shard(tmp_path: Path) -> None:
+    cfg = config(examples=60, steps=20, seed=1)
+    with Runner() as here:
+        serial = ShardedCampaign([cfg], tmp_path / "here", here, shards=4).run()
+
+    killed: list[int] = []
+    with Runner(workers=2) as runner:
+        campaign = ShardedCampaign([cfg], tmp_path / "dask", runner, shards=4)
+        on_event = campaign.on_event
+
+        def kill_first_busy_worker(message: dict[str, Any]) -> None:
+            on_event(message)
+            if not killed and message.get("examples", 0) >= 1 and not message.get("done"):
+                killed.append(int(message["pid"]))
+                os.kill(killed[0], signal.SIGKILL)
+
+        campaign.on_event = kill_first_busy_worker  # type: ignore[method-assign]
+        result = campaign.run()
+
+    assert killed, "no shard reported progress"
+    assert result.stopped == "done"
+    assert any(str(killed[0]) in text for text in result.incidents), result.incidents
+    rows = Counter(r["index"] for r in result.shard_rows)
+    assert rows == Counter(range(4)) and not any("lost" in r for r in result.shard_rows)
+    assert result.coverage.hits == serial.coverage.hits
+    assert failures_of(tmp_path / "dask") == failures_of(tmp_path / "here")
+
+
+def test_several_policies_write_one_run_folder_the_report_draws(tmp_path: Path) -> None:
+    from sim.report import build_report
+
+    configs = [
+        CampaignConfig(examples=8, steps=8, policy=p, invariants=[ADDR], shrink=False)
+        for p in ("qemu-7.2", "bb-attached")
+    ]
+    with Runner() as here:
+        result = ShardedCampaign(configs, tmp_path / "run", here, shards=2).run()
+    summary = json.loads((tmp_path / "run" / "campaign.json").read_text())
+    assert summary["config"]["policies"] == ["qemu-7.2", "bb-attached"]
+    assert len(summary["shard_results"]) == 4
+    assert result.examples == 16
+    built = build_report(tmp_path / "run", tmp_path / "report", "")
+    names = {p.name for p in built.pngs}
+    assert {"coverage-growth.png", "campaign-throughput.png"} <= names, names
