@@ -13,8 +13,9 @@ unallocated ones), what QEMU's block-status walks.  The list is cut into
 chunks of at most `CHUNK_MAX` extents (two parallel lists: start sectors,
 stamps) indexed by their first sector, so a write costs two bisections and
 the splice of the chunks it meets, whatever the disk size: cost grows with
-extents, never with disk bytes.  Chunks are never changed in place, so
-`clone` shares them (copy on write of the chunk index only).
+extents, never with disk bytes.  A chunk is changed in place only by the
+content that made it (its owner token); `clone` shares chunks and the index,
+and after a clone each side copies a chunk before its first change.
 `allocated_sectors` is computed once and cached until the next write.
 
 Writes are rounded out to whole sectors: a sub-sector write stamps the whole
@@ -37,7 +38,7 @@ CHUNK_MAX = 512  # extents in one chunk of the run list before it is split
 DEFAULT_PATTERN = 0xCD  # qemu-io `write` without -P
 
 Extent = tuple[int, int, int]  # (first sector, end sector, stamp)
-_Chunk = tuple[list[int], list[int]]  # (start sectors, stamps), never changed in place
+_Chunk = tuple[list[int], list[int], object]  # (start sectors, stamps, owner token)
 
 
 class StampTable:
@@ -76,14 +77,24 @@ def sector_span(offset: int, length: int) -> tuple[int, int]:
 class Content:
     """What one node stores itself (not what reads through it see): its extents."""
 
-    __slots__ = ("size_bytes", "nsectors", "_mins", "_chunks", "_shared", "_alloc", "version")
+    __slots__ = (
+        "size_bytes",
+        "nsectors",
+        "_mins",
+        "_chunks",
+        "_shared",
+        "_token",
+        "_alloc",
+        "version",
+    )
 
     def __init__(self, size_bytes: int) -> None:
         self.size_bytes = size_bytes
         self.nsectors = -(-size_bytes // SECTOR)
         self._mins: list[int] = [0]  # first sector of each chunk, ascending
-        self._chunks: list[_Chunk] = [([0], [UNALLOCATED])]
-        self._shared = False  # the chunk lists are shared with a clone
+        self._token = object()  # marks the chunks this content may change in place
+        self._chunks: list[_Chunk] = [([0], [UNALLOCATED], self._token)]
+        self._shared = False  # the chunk index is shared with a clone
         self._alloc: list[tuple[int, int]] | None = None  # allocated runs, cached
         self.version = 0  # bumped by every write
 
@@ -104,12 +115,16 @@ class Content:
             self._mins = list(self._mins)
             self._chunks = list(self._chunks)
             self._shared = False
+            self._token = object()  # every chunk now belongs to someone else too
         self._alloc = None
         self.version += 1
         mins, chunks = self._mins, self._chunks
         i = bisect_right(mins, first) - 1
         j = i if i + 1 == len(mins) or mins[i + 1] > end else bisect_right(mins, end) - 1
-        si, vi = chunks[i]
+        si, vi, owner = chunks[i]
+        if j == i and owner is self._token:
+            self._splice_in_place(i, si, vi, first, end, stamp)
+            return
         a = bisect_left(si, first)
         new_s = si[:a]
         new_v = vi[:a]
@@ -117,7 +132,7 @@ class Content:
             new_s.append(first)
             new_v.append(stamp)
         if end < self.nsectors:
-            sj, vj = chunks[j] if j != i else (si, vi)
+            sj, vj, _ = chunks[j]
             k = bisect_left(sj, end)
             if k < len(sj) and sj[k] == end:
                 if vj[k] == stamp:
@@ -129,15 +144,46 @@ class Content:
                     new_v.append(after)
             new_s.extend(sj[k:])
             new_v.extend(vj[k:])
+        token = self._token
         if len(new_s) <= CHUNK_MAX:
             mins[i : j + 1] = [new_s[0]]
-            chunks[i : j + 1] = [(new_s, new_v)]
+            chunks[i : j + 1] = [(new_s, new_v, token)]
             return
-        pieces = range(0, len(new_s), CHUNK_MAX // 2)
+        half = CHUNK_MAX // 2
+        pieces = range(0, len(new_s), half)
         mins[i : j + 1] = [new_s[p] for p in pieces]
-        chunks[i : j + 1] = [
-            (new_s[p : p + CHUNK_MAX // 2], new_v[p : p + CHUNK_MAX // 2]) for p in pieces
-        ]
+        chunks[i : j + 1] = [(new_s[p : p + half], new_v[p : p + half], token) for p in pieces]
+
+    def _splice_in_place(
+        self, i: int, starts: list[int], vals: list[int], first: int, end: int, stamp: int
+    ) -> None:
+        """Set [first, end) to `stamp` inside chunk i, which this content owns."""
+        a = bisect_left(starts, first)
+        k = bisect_left(starts, end, a)
+        ins_s: list[int] = []
+        ins_v: list[int] = []
+        if a == 0 or vals[a - 1] != stamp:
+            ins_s.append(first)
+            ins_v.append(stamp)
+        if end < self.nsectors:
+            if k < len(starts) and starts[k] == end:
+                if vals[k] == stamp:
+                    k += 1
+            else:
+                after = vals[k - 1]
+                if after != stamp:
+                    ins_s.append(end)
+                    ins_v.append(after)
+        starts[a:k] = ins_s
+        vals[a:k] = ins_v
+        if len(starts) > CHUNK_MAX:
+            half = len(starts) // 2
+            token = self._token
+            self._chunks[i : i + 1] = [
+                (starts[:half], vals[:half], token),
+                (starts[half:], vals[half:], token),
+            ]
+            self._mins.insert(i + 1, starts[half])
 
     def write_stamps(self, first_sector: int, stamps: np.ndarray) -> None:
         """Store stamps sector by sector; 0 entries leave the sector as it is."""
@@ -169,7 +215,7 @@ class Content:
         mins, chunks = self._mins, self._chunks
         nchunks = len(mins)
         c = bisect_right(mins, first) - 1
-        starts, vals = chunks[c]
+        starts, vals, _ = chunks[c]
         i = bisect_right(starts, first) - 1
         lo = first
         v = vals[i]
@@ -180,7 +226,7 @@ class Content:
                 if c == nchunks:
                     hi = self.nsectors
                 else:
-                    starts, vals = chunks[c]
+                    starts, vals, _ = chunks[c]
                     i = 0
                     hi = starts[0]
             else:
@@ -203,7 +249,7 @@ class Content:
 
     def stamp_at(self, sector: int) -> int:
         """The stamp of one sector."""
-        starts, vals = self._chunks[bisect_right(self._mins, sector) - 1]
+        starts, vals, _ = self._chunks[bisect_right(self._mins, sector) - 1]
         return vals[bisect_right(starts, sector) - 1]
 
     def allocated_runs(self) -> list[tuple[int, int]]:
@@ -245,6 +291,7 @@ class Content:
         other.size_bytes, other.nsectors = self.size_bytes, self.nsectors
         other._mins, other._chunks = self._mins, self._chunks
         other._shared = self._shared = True
+        other._token = self._token
         other._alloc = self._alloc
         other.version = self.version
         return other
