@@ -13,8 +13,9 @@ import pytest
 
 from sim.model.bitmap import DirtyBitmap
 from sim.model.graph import BlockNode
+from sim.model.host_file import HostFile, host_file, stored_bitmaps
 from sim.model.state import BlockState
-from sim.qmp.cmd_query import HostFile, host_file, node_filename, stored_bitmaps
+from sim.qmp.cmd_query import node_filename
 from tests.helpers import DRIVE0, io, qmp, responses, run_steps
 
 MIB = 1 << 20

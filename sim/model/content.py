@@ -24,6 +24,7 @@ sector (a documented approximation; real QEMU merges bytes).
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 
@@ -38,7 +39,7 @@ CHUNK_MAX = 512  # extents in one chunk of the run list before it is split
 DEFAULT_PATTERN = 0xCD  # qemu-io `write` without -P
 
 Extent = tuple[int, int, int]  # (first sector, end sector, stamp)
-_Chunk = tuple[list[int], list[int], object]  # (start sectors, stamps, owner token)
+_Chunk = tuple["array[int]", "array[int]", object]  # (start sectors, stamps, owner token)
 
 
 class StampTable:
@@ -85,6 +86,7 @@ class Content:
         "_shared",
         "_token",
         "_alloc",
+        "_arrays",
         "version",
     )
 
@@ -93,9 +95,10 @@ class Content:
         self.nsectors = -(-size_bytes // SECTOR)
         self._mins: list[int] = [0]  # first sector of each chunk, ascending
         self._token = object()  # marks the chunks this content may change in place
-        self._chunks: list[_Chunk] = [([0], [UNALLOCATED], self._token)]
+        self._chunks: list[_Chunk] = [(array("q", [0]), array("q", [UNALLOCATED]), self._token)]
         self._shared = False  # the chunk index is shared with a clone
         self._alloc: list[tuple[int, int]] | None = None  # allocated runs, cached
+        self._arrays: tuple[int, np.ndarray, np.ndarray] | None = None  # (version, arrays)
         self.version = 0  # bumped by every write
 
     # -- writes ----------------------------------------------------------------------------
@@ -155,7 +158,7 @@ class Content:
         chunks[i : j + 1] = [(new_s[p : p + half], new_v[p : p + half], token) for p in pieces]
 
     def _splice_in_place(
-        self, i: int, starts: list[int], vals: list[int], first: int, end: int, stamp: int
+        self, i: int, starts: array[int], vals: array[int], first: int, end: int, stamp: int
     ) -> None:
         """Set [first, end) to `stamp` inside chunk i, which this content owns."""
         a = bisect_left(starts, first)
@@ -174,8 +177,8 @@ class Content:
                 if after != stamp:
                     ins_s.append(end)
                     ins_v.append(after)
-        starts[a:k] = ins_s
-        vals[a:k] = ins_v
+        starts[a:k] = array("q", ins_s)
+        vals[a:k] = array("q", ins_v)
         if len(starts) > CHUNK_MAX:
             half = len(starts) // 2
             token = self._token
@@ -239,6 +242,19 @@ class Content:
                 _append(out, lo, hi, v)
             lo, v = hi, vals[i]
 
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The whole run list as numpy arrays: (start sectors, stamps), one entry per
+        extent including the unallocated ones (stamp 0); an extent ends where the next
+        starts, the last one at `nsectors`.  Cached until the next write."""
+        cached = self._arrays
+        if cached is not None and cached[0] == self.version:
+            return cached[1], cached[2]
+        chunks = self._chunks
+        starts = np.concatenate([np.frombuffer(c[0], dtype=np.int64) for c in chunks])
+        stamps = np.concatenate([np.frombuffer(c[1], dtype=np.int64) for c in chunks])
+        self._arrays = (self.version, starts, stamps)
+        return starts, stamps
+
     def read(self, first_sector: int, end_sector: int) -> np.ndarray:
         """This node's own stamps for a sector range (0 where unallocated)."""
         end_sector = min(end_sector, self.nsectors)
@@ -293,6 +309,7 @@ class Content:
         other._shared = self._shared = True
         other._token = self._token
         other._alloc = self._alloc
+        other._arrays = self._arrays
         other.version = self.version
         return other
 
