@@ -27,7 +27,8 @@ class DirtyBitmap:
     in a qcow2 image), `readonly` (a persistent bitmap of a read-only image),
     `inconsistent` (loaded from an image left in use).  `successor` is the
     anonymous child that records writes while the bitmap is frozen by a backup
-    job; `txn_hold` is set while a transaction's `remove` holds it.
+    job; `txn_hold` is set while a transaction's `remove` holds it;
+    `export_hold` counts the block exports that serve it.
     """
 
     __slots__ = (
@@ -41,6 +42,7 @@ class DirtyBitmap:
         "inconsistent",
         "successor",
         "txn_hold",
+        "export_hold",
         "_shift",
         "stale_head",
         "freed",
@@ -69,6 +71,7 @@ class DirtyBitmap:
         self.inconsistent = False
         self.successor: DirtyBitmap | None = None
         self.txn_hold = False
+        self.export_hold = 0  # block exports serving this bitmap
         self.stale_head: object | None = None  # qemu-2.5 list-head bug (policy.py)
         self.freed = False  # released while still listed somewhere (qemu-2.5 bug)
         self.stored = False  # written to its qcow2 header (persistent, node reopened read-only)
@@ -76,8 +79,9 @@ class DirtyBitmap:
     # -- state, as QEMU reports it -------------------------------------------------
     @property
     def busy(self) -> bool:
-        """`busy` in query output: frozen with a successor, or held by a transaction."""
-        return self.successor is not None or self.txn_hold
+        """`busy` in query output: frozen with a successor, held by a transaction, or
+        exported over NBD."""
+        return self.successor is not None or self.txn_hold or self.export_hold > 0
 
     @property
     def recording(self) -> bool:

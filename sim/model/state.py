@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sim.model.content import DEFAULT_PATTERN, StampTable
+from sim.model.exports import ExportTable
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode
 from sim.model.jobs import Job
 from sim.model.policy import PlacementPolicy, get_policy
@@ -44,6 +45,7 @@ class BlockState:
         self.jobs: list[Job] = []  # creation order; query output is newest first
         self.emit: Emit = emit if emit is not None else (lambda name, data: None)
         self.warnings: list[str] = []
+        self.exports = ExportTable()  # block exports and the NBD server
         self._job_seq = 0
         # observers (checkers) get every guest write: (bb, root, offset, length, stamp)
         self.write_observers: list[Callable[..., None]] = []

@@ -130,7 +130,11 @@ def _blockdev_del(m: Machine, a: dict[str, Any]) -> None:
     node = g.node(name)
     if node is None:
         raise QMPError(f"Failed to find node with node-name='{name}'")
-    if g.backend_of_root(node) is not None or _used_by_job_backend(m, node):
+    if (
+        g.backend_of_root(node) is not None
+        or _used_by_job_backend(m, node)
+        or m.state.exports.uses_node(node)
+    ):
         raise QMPError(f"Node {name} is in use")
     g.check_op(node, "drive-del")
     if not node.monitor_owned:

@@ -8,6 +8,7 @@ from sim.qmp import (  # noqa: F401
     cmd_create,
     cmd_hmp,
     cmd_job,
+    cmd_nbd,
     cmd_query,
     transaction,
 )
