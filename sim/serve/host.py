@@ -103,6 +103,12 @@ class SimHost:
         if recorder is not None:
             recorder.start(header, self.policy, self.seed)
 
+    def serve_nbd(self) -> None:
+        """Let nbd-server-start open real sockets (called by the server, in its loop)."""
+        from sim.serve.nbd import NbdListener
+
+        self.machine.state.exports.listener = NbdListener(self)
+
     # -- sessions -------------------------------------------------------------------------
     def open_session(self) -> QmpSession:
         session = QmpSession(self)
@@ -241,7 +247,10 @@ class SimHost:
         return {"return": ev.wire()}
 
     def close(self) -> None:
-        """End of the session: the recorder writes the final state."""
+        """End of the session: the recorder writes the final state; NBD stops."""
+        listener = self.machine.state.exports.listener
+        if listener is not None:
+            listener.stop()
         if self.recorder is not None:
             self.recorder.finish(self.machine)
 

@@ -49,6 +49,7 @@ class QmpServer:
     async def start(self) -> None:
         cfg = self.config
         self.host.set_clock(asyncio.get_running_loop().time)
+        self.host.serve_nbd()
         if cfg.socket is not None:
             path = Path(cfg.socket)
             if path.exists() and path.is_socket():
