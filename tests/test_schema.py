@@ -350,6 +350,7 @@ def _sample(t: Any) -> Any:
         tag = next(m for m in t.base if m.name == t.tag)
         value = next(v for v in tag.type.values if t.variants.get(v) is not None)
         return {
+            **{m.name: _sample(m.type) for m in t.base if not m.optional and m.name != t.tag},
             t.tag: value,
             **{m.name: _sample(m.type) for m in t.variants[value] or () if not m.optional},
         }
