@@ -167,6 +167,30 @@ def _write_timeline(folder: Path, trace: Path, files: list[Path], timeline: dict
     write_json(folder / "timelines" / f"{name}.json", timeline)
 
 
+def _dask_options(fn: Any) -> Any:
+    fn = click.option(
+        "--scheduler",
+        default=None,
+        metavar="tcp://HOST:8786",
+        help="Run on an existing Dask cluster (`dask scheduler`, `dask worker`).",
+    )(fn)
+    return click.option(
+        "--workers",
+        type=click.IntRange(1),
+        default=None,
+        metavar="N",
+        help="Run on a local Dask cluster of N worker processes.",
+    )(fn)
+
+
+def _runner(workers: int | None, scheduler: str | None) -> Any:
+    from sim.cluster import Runner
+
+    if workers is not None and scheduler is not None:
+        raise click.UsageError("give --workers (a local cluster) or --scheduler, not both")
+    return Runner(workers, scheduler)
+
+
 @main.command()
 @click.argument("traces", nargs=-1)
 @click.option(
@@ -176,7 +200,10 @@ def _write_timeline(folder: Path, trace: Path, files: list[Path], timeline: dict
     default=None,
     help="Also write matrix.json (the report's input) here.",
 )
-def matrix(traces: tuple[str, ...], json_out: str | None) -> None:
+@_dask_options
+def matrix(
+    traces: tuple[str, ...], json_out: str | None, workers: int | None, scheduler: str | None
+) -> None:
     """Replay scenarios (default: scenarios/) under every policy with every checker and
     print the policy x invariant matrix with the minimal breaking trace per cell."""
     from rich.progress import Progress
@@ -186,10 +213,26 @@ def matrix(traces: tuple[str, ...], json_out: str | None) -> None:
     files = collect_traces(traces or ("scenarios",))
     with Progress(transient=True) as bar:
         task = bar.add_task("policy matrix", total=len(files))
-        result = policy_matrix(files, progress=lambda _p: bar.advance(task))
+        if workers is None and scheduler is None:
+            result = policy_matrix(files, progress=lambda _p: bar.advance(task))
+        else:
+            result = _distributed_matrix(files, workers, scheduler, bar, task)
     click.echo(markdown(result))
     if json_out:
         Path(json_out).write_text(json.dumps(to_json(result), indent=1) + "\n", encoding="utf-8")
+
+
+def _distributed_matrix(
+    files: list[Path], workers: int | None, scheduler: str | None, bar: Any, task: Any
+) -> Any:
+    from sim.matrix import distributed_matrix
+
+    try:
+        with _runner(workers, scheduler) as runner:
+            return distributed_matrix(files, runner, progress=lambda n: bar.advance(task, n))
+    except OSError as exc:  # the scheduler cannot be reached
+        click.echo(f"blocksim matrix: Dask: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
 
 
 def header_invariants(trace: Any) -> list[str]:
@@ -456,19 +499,7 @@ def demo(out: str, scenarios: str, fuzz_seconds: float) -> None:
     help="Address-space limit of this process (0: none).",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option(
-    "--workers",
-    type=click.IntRange(1),
-    default=None,
-    metavar="N",
-    help="Run the campaign as shards on a local Dask cluster of N worker processes.",
-)
-@click.option(
-    "--scheduler",
-    default=None,
-    metavar="tcp://HOST:8786",
-    help="Run the shards on an existing Dask cluster (`dask scheduler`, `dask worker`).",
-)
+@_dask_options
 @click.option(
     "--shards",
     type=click.IntRange(1),
@@ -537,14 +568,11 @@ def _fuzz_sharded(
     time_budget: float | None,
 ) -> int:
     """Shards of every policy's campaign, on Dask or one by one, merged into OUT."""
-    from sim.cluster import Runner
     from sim.fuzz.shards import ShardedCampaign, summary_lines
 
-    if workers is not None and scheduler is not None:
-        raise click.UsageError("give --workers (a local cluster) or --scheduler, not both")
     budget = time_budget or configs[0].time_budget_s
     try:
-        with Runner(workers, scheduler) as runner:
+        with _runner(workers, scheduler) as runner:
             campaign = ShardedCampaign(
                 configs, out, runner, shards, configs[0].progress, budget, click.echo
             )
@@ -557,6 +585,67 @@ def _fuzz_sharded(
     if result.stopped == "interrupted":
         return 130
     return EXIT_MISMATCH if result.failures or result.duplicates else EXIT_OK
+
+
+@main.command()
+@click.option(
+    "--traces",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="How many generated traces to diff.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Campaign seed (trace i uses generator seed SEED*1000000+i).",
+)
+@click.option(
+    "--out",
+    required=True,
+    metavar="DIR",
+    help="Folder for failures/, summary.json and summary.txt.",
+)
+@_qemu_option
+@_dask_options
+def differential(
+    traces: int,
+    seed: int,
+    out: str,
+    qemu: str | None,
+    workers: int | None,
+    scheduler: str | None,
+) -> None:
+    """Differential fuzzing: generated traces on real QEMU 7.2 and on the simulator;
+    every class of difference shrunk to a minimal trace in OUT/failures/.
+
+    Exit 0 when every trace matched, 1 when some differ, 2 when QEMU is missing."""
+    from sim.fuzz.differential import differential_campaign
+    from sim.fuzz.differential_shards import distributed_differential
+    from sim.oracle import OracleError
+
+    def progress(done: int, total: int, message: str) -> None:
+        click.echo(f"[{done}/{total}] {message}", err=True)
+
+    try:
+        if workers is None and scheduler is None:
+            summary = differential_campaign(traces, seed, out, qemu, progress)
+        else:
+            with _runner(workers, scheduler) as runner:
+                summary = distributed_differential(traces, seed, out, runner, qemu, progress)
+    except OracleError as exc:
+        click.echo(f"blocksim differential: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: what was diffed so far is in {out}/summary.txt", err=True)
+        sys.exit(130)
+    except OSError as exc:  # the scheduler cannot be reached
+        click.echo(f"blocksim differential: Dask: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    click.echo(summary.render())
+    sys.exit(EXIT_MISMATCH if summary.classes else EXIT_OK)
 
 
 def _recheck_corpus(folder: Path) -> int:

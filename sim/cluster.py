@@ -96,7 +96,7 @@ class Runner:
                 processes=True,
                 host="127.0.0.1",
                 dashboard_address=None,
-                silence_logs=logging.ERROR,
+                silence_logs=logging.CRITICAL,
                 memory_limit=0,  # the fuzzer bounds its own memory
             )
             self.client = Client(self._cluster)

@@ -136,3 +136,75 @@ def test_several_policies_write_one_run_folder_the_report_draws(tmp_path: Path) 
     built = build_report(tmp_path / "run", tmp_path / "report", "")
     names = {p.name for p in built.pngs}
     assert {"coverage-growth.png", "campaign-throughput.png"} <= names, names
+
+
+def test_distributed_matrix_equals_the_serial_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sim import matrix as m
+
+    files = sorted(Path("scenarios/checkers").rglob("*.jsonl"))[:12]
+    serial = m.policy_matrix(files)
+    monkeypatch.setattr(m, "CHUNK", 5)  # 3 chunks, merged in corpus order
+    with Runner() as here:
+        chunked = m.distributed_matrix(files, here)
+    assert m.to_json(chunked) == m.to_json(serial)
+    assert m.markdown(chunked) == m.markdown(serial)
+    assert any(c["broken"] for c in m.to_json(serial)["cells"])
+
+
+def test_blocksim_matrix_on_a_local_cluster(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sim.cli import main
+
+    folder = "scenarios/checkers"
+    here = CliRunner().invoke(main, ["matrix", folder, "--json", str(tmp_path / "a.json")])
+    dask = CliRunner().invoke(
+        main, ["matrix", folder, "--workers", "2", "--json", str(tmp_path / "b.json")]
+    )
+    assert here.exit_code == dask.exit_code == 0, dask.output
+    assert here.output == dask.output
+    assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
+
+
+def test_distributed_differential_equals_the_serial_campaign(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fake diffs (no QEMU): trace i mismatches with class i % 3 when i % 2; the sharded
+    campaign groups, shrinks and writes exactly what the serial one does."""
+    import sim.fuzz.differential as d
+    import sim.fuzz.differential_shards as ds
+    import sim.fuzz.tracegen as tg
+    import sim.oracle as oracle
+
+    def generate(seed: int) -> list[dict[str, Any]]:
+        steps = [{"advance": 0.1 * (k + 1)} for k in range(seed % 5 + 2)]
+        return [{"trace": 1, "drives": [], "seed": seed}, *steps]
+
+    def outcome(steps: list[dict[str, Any]], qemu: Any, timeout: float) -> Any:
+        seed = int(steps[0]["seed"])
+        if seed % 2 == 0 or len(steps) < 2:
+            return d.Outcome(None, "identical")
+        return d.Outcome(f"class-{seed % 3}", f"differs after {len(steps) - 1} steps")
+
+    def shrink(steps: Any, out: Any, qemu: Any, max_runs: int = 0) -> Any:
+        return steps[:2], d.Outcome(out.signature, "shrunk"), 3
+
+    monkeypatch.setattr(tg, "generate_trace", generate)
+    monkeypatch.setattr(oracle, "find_qemu", lambda qemu=None: "qemu")
+    for module in (d, ds):
+        monkeypatch.setattr(module, "run_outcome", outcome)
+        monkeypatch.setattr(module, "shrink", shrink)
+    monkeypatch.setattr(d, "find_qemu", lambda qemu=None: "qemu")
+
+    serial = d.differential_campaign(17, 2, tmp_path / "serial")
+    with Runner() as here:
+        sharded = ds.distributed_differential(17, 2, tmp_path / "dask", here, per_task=4)
+    a, b = serial.to_json(), sharded.to_json()
+    for key in ("elapsed_s", "traces_per_minute", "diff_traces_per_minute"):
+        a.pop(key), b.pop(key)
+    for cls in a["classes"] + b["classes"]:
+        cls["trace"] = Path(cls["trace"]).name
+    assert a == b
+    assert len(a["classes"]) == 3 and a["mismatching"] == 8
+    names = sorted(p.name for p in (tmp_path / "serial" / "failures").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "dask" / "failures").iterdir())
