@@ -47,14 +47,17 @@ STRING, INTEGER, FLOAT, KEYWORD = "string", "integer", "float", "keyword"
 
 _STRUCTURAL = b"{}[]:,"
 _WS = b" \t\r\n"
-# A complete token at the start of the buffer.  Numbers and keywords need the
-# byte after them (lookahead), so they only match when it is present.
+# A complete token at the start of the buffer.  Strings are written as runs of
+# plain bytes between escapes, so a 64 MiB string is one run, not 64 Mi
+# repetitions of a group (which costs the regex engine memory per byte).
+# Numbers and keywords need the byte after them (lookahead), so they only
+# match when it is present.
 _TOKEN = re.compile(
     rb"""
     (?P<ws>[ \t\r\n]+)
   | (?P<struct>[{}\[\]:,])
-  | (?P<dq>"(?:[\x20-\x21\x23-\x5b\x5d-\xfd]|\\[\x20-\xfd])*")
-  | (?P<sq>'(?:[\x20-\x26\x28-\x5b\x5d-\xfd]|\\[\x20-\xfd])*')
+  | (?P<dq>"[\x20-\x21\x23-\x5b\x5d-\xfd]*(?:\\[\x20-\xfd][\x20-\x21\x23-\x5b\x5d-\xfd]*)*")
+  | (?P<sq>'[\x20-\x26\x28-\x5b\x5d-\xfd]*(?:\\[\x20-\xfd][\x20-\x26\x28-\x5b\x5d-\xfd]*)*')
   | (?P<num>-?(?:0|[1-9][0-9]*)(?P<frac>(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?))(?=[^0-9.eE])
   | (?P<kw>[a-z]+)(?=[^a-z])
     """,
@@ -63,8 +66,8 @@ _TOKEN = re.compile(
 # A prefix that a later byte could still complete into a token.
 _PARTIAL = re.compile(
     rb"""
-    "(?:[\x20-\x21\x23-\x5b\x5d-\xfd]|\\[\x20-\xfd])*\\?
-  | '(?:[\x20-\x26\x28-\x5b\x5d-\xfd]|\\[\x20-\xfd])*\\?
+    "[\x20-\x21\x23-\x5b\x5d-\xfd]*(?:\\[\x20-\xfd][\x20-\x21\x23-\x5b\x5d-\xfd]*)*\\?
+  | '[\x20-\x26\x28-\x5b\x5d-\xfd]*(?:\\[\x20-\xfd][\x20-\x26\x28-\x5b\x5d-\xfd]*)*\\?
   | [a-z]+
   | -(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?(?:[eE][-+]?[0-9]*)?)?
   | (?:0|[1-9][0-9]*)(?:\.[0-9]*)?(?:[eE][-+]?[0-9]*)?
