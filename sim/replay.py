@@ -181,12 +181,19 @@ class Replayer:
         if step.kind == "wait":
             w = step.body["wait"]
             limit = w.get("timeout", DEFAULT_WAIT_LIMIT_S)
-            ev = m.wait_for(w["event"], w.get("data", {}), int(limit * NS_PER_S))
+            ev = m.wait_for(w["event"], w.get("data", {}), int(round(limit * NS_PER_S)))
             if ev is None:
+                what = f"wait for {w['event']} {w.get('data', {})}"
+                if m.env.peek() == float("inf"):
+                    raise TraceError(
+                        f"{what} can never be satisfied: no such event is pending and "
+                        "the event queue is empty",
+                        step.line,
+                    )
                 raise TraceError(
-                    f"wait for {w['event']} {w.get('data', {})} can never be satisfied: "
-                    f"no such event is pending and the event queue is "
-                    f"{'empty' if m.env.peek() == float('inf') else 'past the wait timeout'}",
+                    f"{what}: not emitted within the wait's timeout of {limit:g} simulated "
+                    f"seconds (now t={m.now_ns / NS_PER_S:.9f}s; the simulation still "
+                    "has events pending: a longer timeout may see it)",
                     step.line,
                 )
             return ev.wire(), None

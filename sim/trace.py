@@ -9,11 +9,15 @@ header makes the whole file unusable (`TraceError` from `parse_trace`).
 
 from __future__ import annotations
 
-import json
+import os
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sim import jsonio
+from sim import trace_schema as ts
 from sim.errors import TraceError
 from sim.model.state import DriveSpec
 
@@ -22,7 +26,7 @@ POLICIES = ("qemu-7.2", "qemu-2.5", "bb-attached", "node-only")
 FORMATS = ("qcow2", "raw")
 STEP_KINDS = ("execute", "wait", "advance", "workload", "fault")
 SIM_ONLY_KINDS = ("workload", "fault")
-MAX_DRIVE_SIZE = 1 << 50  # 1 PiB: beyond anything a test needs; keeps arithmetic sane
+MAX_DRIVE_SIZE = ts.MAX_DRIVE_SIZE  # 1 PiB: beyond anything a test needs; keeps arithmetic sane
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,13 +69,13 @@ class Trace:
 
 def _check_name(value: object, what: str, line: int) -> str:
     if not isinstance(value, str) or not value:
-        raise TraceError(f"header: {what} must be a non-empty string, got {value!r}", line)
+        raise TraceError(f"header: {what} must be a non-empty string, got {ts.show(value)}", line)
     return value
 
 
 def _parse_drive(raw: object, index: int, line: int) -> DriveSpec:
     if not isinstance(raw, dict):
-        raise TraceError(f"header: drives[{index}] must be an object, got {raw!r}", line)
+        raise TraceError(f"header: drives[{index}] must be an object, got {ts.show(raw)}", line)
     known = {"id", "node-name", "file-node-name", "format", "size", "discard", "timing"}
     extra = sorted(set(raw) - known)
     if extra:
@@ -84,12 +88,13 @@ def _parse_drive(raw: object, index: int, line: int) -> DriveSpec:
     fmt = raw.get("format", "qcow2")
     if fmt not in FORMATS:
         raise TraceError(
-            f"header: drives[{index}].format must be one of {FORMATS}, got {fmt!r}", line
+            f"header: drives[{index}].format must be one of {FORMATS}, got {ts.show(fmt)}", line
         )
     size = raw.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_DRIVE_SIZE:
         raise TraceError(
-            f"header: drives[{index}].size must be a positive byte count up to 2^50, got {size!r}",
+            f"header: drives[{index}].size must be a positive byte count up to 2^50, "
+            f"got {ts.show(size)}",
             line,
         )
     if size % 512:
@@ -99,10 +104,8 @@ def _parse_drive(raw: object, index: int, line: int) -> DriveSpec:
     discard = raw.get("discard", "ignore")
     if discard not in ("ignore", "unmap"):
         raise TraceError(f"header: drives[{index}].discard must be 'ignore' or 'unmap'", line)
-    timing = raw.get("timing", {})
-    if not isinstance(timing, dict):
-        raise TraceError(f"header: drives[{index}].timing must be an object", line)
-    return DriveSpec(drive_id, node_name, file_node, fmt, size, discard, dict(timing))
+    timing = ts.check_timing(raw.get("timing", {}), f"header: drives[{index}].timing", line)
+    return DriveSpec(drive_id, node_name, file_node, fmt, size, discard, timing)
 
 
 def parse_header(obj: object, line: int = 1) -> Header:
@@ -110,7 +113,11 @@ def parse_header(obj: object, line: int = 1) -> Header:
     if not isinstance(obj, dict):
         raise TraceError('the first line must be the header object {"trace": 1, ...}', line)
     if obj.get("trace") != TRACE_VERSION:
-        raise TraceError(f'header: "trace" must be {TRACE_VERSION}, got {obj.get("trace")!r}', line)
+        got = ts.show(obj.get("trace"))
+        raise TraceError(f'header: "trace" must be {TRACE_VERSION}, got {got}', line)
+    bad = jsonio.lone_surrogate(obj)
+    if bad is not None:
+        raise TraceError(f"header: {_surrogate_text(bad)}", line)
     drives_raw = obj.get("drives", [])
     if not isinstance(drives_raw, list):
         raise TraceError("header: drives must be a list", line)
@@ -125,10 +132,12 @@ def parse_header(obj: object, line: int = 1) -> Header:
             seen.add(name)
     policy = obj.get("policy", "qemu-7.2")
     if policy not in POLICIES:
-        raise TraceError(f"header: policy must be one of {POLICIES}, got {policy!r}", line)
+        raise TraceError(f"header: policy must be one of {POLICIES}, got {ts.show(policy)}", line)
     seed = obj.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TraceError(f"header: seed must be an integer, got {seed!r}", line)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= ts.MAX_SEED:
+        raise TraceError(
+            f"header: seed must be an integer from 0 to 2^64-1, got {ts.show(seed)}", line
+        )
     name = obj.get("name", "")
     description = obj.get("description", "")
     if not isinstance(name, str) or not isinstance(description, str):
@@ -163,39 +172,57 @@ def _parse_step(obj: object, line: int) -> Step:
     if expect is not None and not isinstance(expect, dict):
         raise TraceError("expect must be an object", line)
     body = {k: v for k, v in obj.items() if k != "expect"}
+    if kind != "execute":
+        # QEMU answers a request with a lone surrogate itself (sim.qmp.dispatch);
+        # the trace's own steps refuse it here
+        bad = jsonio.lone_surrogate(obj)
+        if bad is not None:
+            raise TraceError(_surrogate_text(bad), line)
     if kind == "wait":
-        w = obj["wait"]
-        if not isinstance(w, dict) or not isinstance(w.get("event"), str):
-            raise TraceError('wait must be {"event": NAME, "data": {...}}', line)
-        if not isinstance(w.get("data", {}), dict) or set(w) - {"event", "data", "timeout"}:
-            raise TraceError('wait takes only "event", "data" (an object) and "timeout"', line)
+        ts.check_wait(obj["wait"], line)
     elif kind == "advance":
-        a = obj["advance"]
-        if isinstance(a, bool) or not isinstance(a, int | float) or not 0 <= a <= 1e9:
-            raise TraceError(f"advance takes seconds, a number from 0 to 1e9, got {a!r}", line)
+        ts.check_advance(obj["advance"], line)
     elif kind in SIM_ONLY_KINDS and not isinstance(obj[kind], dict):
         raise TraceError(f"{kind} takes an object", line)
     return Step(line, kind, body, expect)
 
 
-def parse_lines(lines: list[str], path: str = "") -> Trace:
-    """Parse a trace from its lines; raises TraceError only for an unusable header."""
+def _surrogate_text(char: str) -> str:
+    return (
+        f"\\u{ord(char):04x} is a lone UTF-16 surrogate, not a Unicode character "
+        "(QEMU 7.2 refuses it too)"
+    )
+
+
+def _decode(raw: str | bytes) -> str:
+    if isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise jsonio.JSONInputError(
+            f"not UTF-8: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}"
+        ) from None
+
+
+def parse_lines(lines: Sequence[str | bytes], path: str = "") -> Trace:
+    """Parse a trace from its lines (text, or raw bytes decoded line by line, so a
+    bad byte spoils only its line); raises TraceError only for an unusable header."""
     header: Header | None = None
     steps: list[Step] = []
     final_expect: dict[str, Any] | None = None
-    for number, text in enumerate(lines, start=1):
-        stripped = text.strip()
-        if not stripped or stripped.startswith("//"):
-            continue
+    for number, raw in enumerate(lines, start=1):
         try:
-            obj = json.loads(stripped)
-        except (json.JSONDecodeError, RecursionError) as exc:
+            stripped = _decode(raw).strip(" \t\r\n")
+            if not stripped or stripped.startswith("//"):
+                continue
+            obj = jsonio.loads(stripped)
+        except jsonio.JSONInputError as exc:
             if header is None:
                 raise TraceError(f"header is not valid JSON: {exc}", number) from None
             msg = f"not valid JSON: {exc}"
-            steps.append(
-                Step(number, "bad", {"line": stripped[:200]}, None, TraceError(msg, number))
-            )
+            shown = jsonio.escape_text(_decode_lossy(raw)[:200])
+            steps.append(Step(number, "bad", {"line": shown}, None, TraceError(msg, number)))
             continue
         if header is None:
             header = parse_header(obj, number)
@@ -217,19 +244,43 @@ def parse_lines(lines: list[str], path: str = "") -> Trace:
     return Trace(header, steps, final_expect, path)
 
 
-def load_trace(path: str | Path) -> Trace:
-    """Read and parse a trace file; raises TraceError (line 0) if it cannot be read."""
+def _decode_lossy(raw: str | bytes) -> str:
+    return raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+
+
+MAX_TRACE_BYTES = 1 << 30  # 1 GiB of trace text
+
+
+def read_lines(path: str | os.PathLike[str]) -> list[str | bytes]:
+    """A trace file's lines as bytes, split on newline only (U+2028 and friends are
+    characters inside JSON strings, not line breaks); raises TraceError (line 0)
+    if the file cannot be read."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TraceError(f"cannot read {p}: {exc}") from None
-    return parse_lines(text.splitlines(), str(p))
+        if p.is_dir():
+            raise TraceError(f"cannot read {p}: it is a folder")
+        size = p.stat().st_size
+        if size > MAX_TRACE_BYTES:
+            raise TraceError(
+                f"cannot read {p}: {size} bytes, more than the {MAX_TRACE_BYTES} a trace may have"
+            )
+        data = p.read_bytes()
+    except OSError as exc:
+        raise TraceError(f"cannot read {p}: {exc.strerror or exc}") from None
+    lines: list[str | bytes] = list(data.split(b"\n"))
+    if lines and not lines[-1]:
+        lines.pop()  # the newline ending the last line
+    return lines
+
+
+def load_trace(path: str | Path) -> Trace:
+    """Read and parse a trace file; raises TraceError (line 0) if it cannot be read."""
+    return parse_lines(read_lines(path), str(path))
 
 
 def dumps(obj: object) -> str:
-    """The one JSON encoding used for every output line (stable, ASCII-safe)."""
-    return json.dumps(obj, separators=(", ", ": "), ensure_ascii=False)
+    """The one JSON encoding used for every output line (see sim.jsonio.dumps)."""
+    return jsonio.dumps(obj)
 
 
 def write_trace(
@@ -242,4 +293,18 @@ def write_trace(
     lines = [dumps(header)] + [dumps(s) for s in steps]
     if final_expect is not None:
         lines.append(dumps({"final-expect": final_expect}))
-    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(Path(path), "\n".join(lines) + "\n")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader (or an interrupt) sees the old file or
+    the whole new one, never half of it; no temporary file is left behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -81,7 +81,8 @@ class Machine:
     def advance(self, seconds: float) -> None:
         """Let simulated time pass; jobs and workloads progress meanwhile."""
         until = self.env.now + int(round(seconds * NS_PER_S))
-        self.env.run(until=until)
+        if until > self.env.now:  # 0 s (or less than 1 ns) lets nothing happen
+            self.env.run(until=until)
 
     def device_of(self, node: BlockNode) -> Device:
         """The device holding the image under `node` (filters and protocol nodes
@@ -116,7 +117,10 @@ class Machine:
     def wait_for(
         self, name: str, data: dict[str, Any], limit_ns: int | None = None
     ) -> Event | None:
-        """Run until a matching unconsumed event exists; None when it never can."""
+        """Run until a matching unconsumed event exists; None when it never can.
+
+        With `limit_ns`, events due at the deadline itself still run (a limit of
+        0 runs what is due now); None when the deadline passes first."""
         deadline = None if limit_ns is None else self.env.now + limit_ns
         seen = -1
         while True:
@@ -128,6 +132,7 @@ class Machine:
             if self.env.peek() == float("inf"):
                 return None
             if deadline is not None and self.env.peek() > deadline:
-                self.env.run(until=deadline)
+                if self.env.now < deadline:
+                    self.env.run(until=deadline)
                 return self.events.take(name, data)
             self.env.step()

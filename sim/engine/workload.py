@@ -49,6 +49,7 @@ REQUIRED = ("device", "pattern", "rate", "size", "duration")
 BURST_OPS = 16
 ZIPF_S = 1.1
 MAX_RATE = 10_000_000.0  # requests per second
+MIN_RATE = 1e-6  # one request in about 11.6 days (keeps every gap a finite integer)
 MAX_OPS = 50_000_000  # rate * duration
 MAX_DURATION_S = 1e6
 
@@ -121,9 +122,10 @@ def parse_workload(m: Machine, body: dict[str, Any], line: int) -> WorkloadSpec:
             f"workload: 'pattern' must be one of {list(PATTERNS)}, got {pattern!r}", line
         )
     rate = _number(body, "rate", line)
-    if not 0 < rate <= MAX_RATE:
+    if not MIN_RATE <= rate <= MAX_RATE:
         raise TraceError(
-            f"workload: 'rate' must be in (0, {MAX_RATE:.0f}] requests per second, got {rate!r}",
+            f"workload: 'rate' must be in [{MIN_RATE:g}, {MAX_RATE:.0f}] requests per second, "
+            f"got {rate!r}",
             line,
         )
     size = body["size"]

@@ -27,8 +27,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,7 @@ from typing import Any
 from sim.check import CHECKERS, make_checkers
 from sim.fuzz.failures import INTERNAL_ERROR, FuzzFailure, describe_exception, failure_key
 from sim.replay import ReplayResult, replay
-from sim.trace import dumps, parse_lines
+from sim.trace import atomic_write_text, dumps, parse_lines
 
 
 @dataclass
@@ -93,19 +91,6 @@ def signature(steps: list[dict[str, Any]]) -> str:
     """12 hex digits identifying the shape of a step sequence."""
     text = json.dumps([step_shape(s) for s in steps])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` so that readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

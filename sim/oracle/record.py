@@ -17,7 +17,7 @@ from typing import Any
 
 from sim.errors import TraceError
 from sim.oracle.qemu_runner import DEFAULT_WAIT_TIMEOUT_S, QemuRunner, RunResult, StepResult
-from sim.trace import Step, dumps, parse_lines
+from sim.trace import Step, dumps, parse_lines, read_lines
 
 
 def record_trace(
@@ -35,12 +35,9 @@ def record_trace(
     known QEMU crasher, or a wait that timed out; `OracleError` if QEMU is
     missing or died.
     """
-    try:
-        text = Path(trace_path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TraceError(f"cannot read {trace_path}: {exc}") from None
-    lines = text.splitlines()
-    trace = parse_lines(lines, str(trace_path))
+    raw = read_lines(trace_path)
+    trace = parse_lines(raw, str(trace_path))
+    lines = [line if isinstance(line, str) else line.decode("utf-8", "replace") for line in raw]
     with QemuRunner(trace, qemu=qemu, wait_timeout_s=wait_timeout_s) as runner:
         result = runner.run()
     _raise_step_errors(result.steps)

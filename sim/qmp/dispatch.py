@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sim import jsonio
 from sim.errors import QMPError, SimulatorBug
 from sim.qmp import schema
 from sim.qmp.schema import Member, Struct, Union, check_arguments
@@ -84,6 +85,13 @@ class Monitor:
         """Run one QMP request; never raises for any input."""
         for before in self.machine.before_command_observers:
             before(request)
+        bad = jsonio.lone_surrogate(request)
+        if bad is not None:
+            # QEMU's JSON parser refuses the request before reading it: no `id` echoed
+            refused = jsonio.qemu_surrogate_error(bad)
+            for observer in self.machine.command_observers:
+                observer(request, refused)
+            return refused
         try:
             name, args = _split_request(request)
             checked = check_arguments(name, args)

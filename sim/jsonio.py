@@ -1,0 +1,141 @@
+"""JSON in and out, strict as QEMU 7.2's parser and never producing invalid JSON.
+
+Reading (`loads`): one JSON text, as QEMU's `qobject/json-parser.c` reads a
+QMP request.  `NaN`, `Infinity` and numbers that overflow a double are
+refused (QEMU refuses the first two; it reads `1e400` as inf and then echoes
+the invalid token `inf`, which no output of ours may contain).  An integer
+outside int64 and uint64 becomes a double, as in QEMU (`id`
+123456789012345678901234567890 comes back as 1.2345678901234568e+29), so no
+integer beyond Python's string-conversion limit ever enters the simulator.
+Nesting is bounded (`MAX_DEPTH`) so nothing downstream recurses deeply.
+
+Strings may still carry lone UTF-16 surrogates (`"\\ud800"`): JSON's
+grammar allows the escape, QEMU does not (`JSON parse error, \\ud800 is not
+a valid Unicode character`).  `lone_surrogate(obj)` finds one so the caller
+can answer as QEMU does.
+
+Writing (`dumps`): UTF-8 text, non-ASCII kept, every lone surrogate written
+as its `\\uXXXX` escape (valid JSON, encodable as UTF-8), NaN and infinities
+refused (ValueError: a simulator bug, since input cannot carry them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+MAX_DEPTH = 128  # objects and arrays nested deeper are refused
+INT64_MIN = -(1 << 63)
+UINT64_MAX = (1 << 64) - 1
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class JSONInputError(ValueError):
+    """A text that is not one strict JSON value; `str()` says why in a few words."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise JSONInputError(
+        f"{name} is not a JSON value (QEMU 7.2: JSON parse error, stray '{name[1] if name.startswith('-') else name[0]}')"
+    )
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JSONInputError(f"the number {_short(text)} is out of range of a double")
+    return value
+
+
+def _parse_int(text: str) -> int | float:
+    # int64 and uint64 have at most 20 digits; longer literals are never in range,
+    # and int() of a very long one would hit Python's string-conversion limit
+    if len(text) <= 21:
+        value = int(text)
+        if INT64_MIN <= value <= UINT64_MAX:
+            return value
+    return _parse_float(text)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} characters)"
+
+
+_DECODER = json.JSONDecoder(
+    parse_float=_parse_float, parse_int=_parse_int, parse_constant=_refuse_constant
+)
+
+
+def loads(text: str) -> Any:
+    """Decode one strict JSON text; raises JSONInputError (never anything else)."""
+    try:
+        value = _DECODER.decode(text)
+    except JSONInputError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise JSONInputError(str(exc)) from None
+    except RecursionError:
+        raise JSONInputError(f"nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:  # defensive: any other conversion problem of the decoder
+        raise JSONInputError(str(exc)) from None
+    if depth(value) > MAX_DEPTH:
+        raise JSONInputError(f"nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def depth(value: object) -> int:
+    """How deeply objects and arrays nest in `value` (a scalar is 0); iterative."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            items: Any = item.values()
+        elif isinstance(item, list | tuple):
+            items = item
+        else:
+            continue
+        level += 1
+        deepest = max(deepest, level)
+        stack.extend((child, level) for child in items)
+    return deepest
+
+
+def lone_surrogate(value: object) -> str | None:
+    """The first lone UTF-16 surrogate in any string or key of `value`, or None."""
+    stack: list[object] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found = _SURROGATE.search(item)
+            if found:
+                return found.group()
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return None
+
+
+def qemu_surrogate_error(char: str) -> dict[str, Any]:
+    """QEMU 7.2's answer to a request carrying the lone surrogate `char` (no `id`:
+    the request was never parsed)."""
+    desc = f"JSON parse error, \\u{ord(char):04x} is not a valid Unicode character"
+    return {"error": {"class": "GenericError", "desc": desc}}
+
+
+def dumps(obj: object, **kwargs: Any) -> str:
+    """The one JSON encoding of every output line: valid JSON, valid UTF-8."""
+    kwargs.setdefault("separators", (", ", ": "))
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=False, **kwargs)
+    if _SURROGATE.search(text):
+        text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return text
+
+
+def escape_text(text: str) -> str:
+    """`text` with lone surrogates written as `\\uXXXX`, so it can be printed."""
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
