@@ -212,7 +212,18 @@ def parse_lines(lines: Sequence[str | bytes], path: str = "") -> Trace:
     steps: list[Step] = []
     final_expect: dict[str, Any] | None = None
     for number, raw in enumerate(lines, start=1):
+        if len(steps) >= MAX_STEPS:
+            raise TraceError(
+                f"more than {MAX_STEPS} steps: the simulator's limit for one trace "
+                "(memory grows with every step's output); split it into several traces",
+                number,
+            )
         try:
+            if len(raw) > MAX_LINE_BYTES:
+                raise jsonio.JSONInputError(
+                    f"the line has {len(raw)} characters, more than the {MAX_LINE_BYTES} "
+                    "(16 MiB) the simulator reads"
+                )
             stripped = _decode(raw).strip(" \t\r\n")
             if not stripped or stripped.startswith("//"):
                 continue
@@ -248,7 +259,10 @@ def _decode_lossy(raw: str | bytes) -> str:
     return raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
 
 
-MAX_TRACE_BYTES = 1 << 30  # 1 GiB of trace text
+# the simulator's limits on one trace (memory grows with steps: about 1.6 KiB each)
+MAX_TRACE_BYTES = 64 << 20
+MAX_LINE_BYTES = 16 << 20
+MAX_STEPS = 100_000
 
 
 def read_lines(path: str | os.PathLike[str]) -> list[str | bytes]:
@@ -262,7 +276,8 @@ def read_lines(path: str | os.PathLike[str]) -> list[str | bytes]:
         size = p.stat().st_size
         if size > MAX_TRACE_BYTES:
             raise TraceError(
-                f"cannot read {p}: {size} bytes, more than the {MAX_TRACE_BYTES} a trace may have"
+                f"cannot read {p}: {size} bytes, more than the {MAX_TRACE_BYTES} (64 MiB) "
+                "the simulator reads as one trace; split it into several traces"
             )
         data = p.read_bytes()
     except OSError as exc:

@@ -108,7 +108,7 @@ def parse_fault(m: Machine, spec: dict[str, Any], line: int) -> Fault:
     if op not in ("read", "write"):
         raise TraceError(f'fault: \'op\' must be "read" or "write", got {op!r}', line)
     errno = spec.get("errno", "EIO")
-    if errno not in STRERROR:
+    if not isinstance(errno, str) or errno not in STRERROR:
         raise TraceError(f"fault: 'errno' must be one of {sorted(STRERROR)}, got {errno!r}", line)
     offset = _int(spec, "offset", 0, line)
     length = _int(spec, "length", node.size_bytes - offset, line)

@@ -52,6 +52,7 @@ MAX_RATE = 10_000_000.0  # requests per second
 MIN_RATE = 1e-6  # one request in about 11.6 days (keeps every gap a finite integer)
 MAX_OPS = 50_000_000  # rate * duration
 MAX_DURATION_S = 1e6
+MAX_REQUEST_BYTES = 2147483136  # BDRV_REQUEST_MAX_BYTES in QEMU 7.2
 
 Proc = Generator[simpy.Event, Any, None]
 
@@ -132,6 +133,12 @@ def parse_workload(m: Machine, body: dict[str, Any], line: int) -> WorkloadSpec:
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % SECTOR:
         raise TraceError(
             f"workload: 'size' must be a positive multiple of 512 bytes, got {size!r}", line
+        )
+    if size > MAX_REQUEST_BYTES:
+        raise TraceError(
+            f"workload: 'size' {size} is more than a guest request may be "
+            f"({MAX_REQUEST_BYTES} bytes, QEMU's BDRV_REQUEST_MAX_BYTES)",
+            line,
         )
     if size > root.size_bytes:
         raise TraceError(

@@ -16,8 +16,27 @@ import numpy as np
 from bitarray import bitarray
 from bitarray.util import intervals
 
+from sim.errors import QMPError
+
 MIN_GRANULARITY = 512
 MAX_NAME_BYTES = 1023  # BDRV_BITMAP_MAX_NAME_SIZE
+# Bits are held densely, as QEMU's HBitmap holds them.  The simulator's own
+# limits (QEMU has none but memory): one bitmap at most MAX_BITMAP_BITS bits
+# (256 MiB), all named bitmaps of a machine together at most MAX_TOTAL_BITS (1 GiB).
+MAX_BITMAP_BITS = 1 << 31
+MAX_TOTAL_BITS = 1 << 33
+
+
+def check_bits(size_bytes: int, granularity: int, what: str = "a dirty bitmap") -> int:
+    """The bit count of a bitmap over `size_bytes`; QMPError past MAX_BITMAP_BITS."""
+    nbits = -(-size_bytes // granularity)
+    if nbits > MAX_BITMAP_BITS:
+        raise QMPError(
+            f"blocksim limit: {what} over {size_bytes} bytes at granularity {granularity} "
+            f"needs {nbits} bits, more than the {MAX_BITMAP_BITS} (2^31) the simulator "
+            "holds per bitmap; use a larger granularity or a smaller disk"
+        )
+    return nbits
 
 
 class DirtyBitmap:
@@ -62,7 +81,7 @@ class DirtyBitmap:
         self.granularity = granularity
         self.size_bytes = size_bytes
         self._shift = granularity.bit_length() - 1
-        nbits = -(-size_bytes // granularity)
+        nbits = check_bits(size_bytes, granularity)
         self.bits = bitarray(nbits, endian="little")
         self.bits.setall(0)
         self.enabled = enabled

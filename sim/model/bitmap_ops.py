@@ -11,7 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sim.errors import QMPError
-from sim.model.bitmap import MAX_NAME_BYTES, DirtyBitmap, valid_granularity
+from sim.model.bitmap import (
+    MAX_NAME_BYTES,
+    MAX_TOTAL_BITS,
+    DirtyBitmap,
+    check_bits,
+    valid_granularity,
+)
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode
 from sim.model.policy import Owner, PlacementPolicy
 
@@ -62,6 +68,9 @@ def lookup(
     raise QMPError(f"Dirty bitmap '{name}' not found")
 
 
+SMALL_BITMAP_BITS = 1 << 16
+
+
 def add(
     graph: BlockGraph,
     policy: PlacementPolicy,
@@ -88,6 +97,17 @@ def add(
         raise QMPError(f"Bitmap already exists: {name}")
     if len(name.encode()) > MAX_NAME_BYTES:
         raise QMPError(f"Bitmap name too long: {name}")
+    nbits = check_bits(owner_size(owner), granularity)
+    # small bitmaps cannot reach the total (the trace's step limit bounds their
+    # number), so only a large one pays for counting what is held
+    held = 0
+    if nbits > SMALL_BITMAP_BITS:
+        held = sum(b.nbits for o in [*graph.nodes, *graph.backends.values()] for b in o.bitmaps)
+    if held + nbits > MAX_TOTAL_BITS:
+        raise QMPError(
+            f"blocksim limit: bitmap '{name}' needs {nbits} bits and the machine's bitmaps "
+            f"already hold {held}; together they may hold at most {MAX_TOTAL_BITS} (2^33)"
+        )
     bm = DirtyBitmap(
         name, granularity, owner_size(owner), enabled=not disabled, persistent=persistent
     )

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 from sim.engine.jobs import start_job
 from sim.errors import QMPError
 from sim.model import job_flow
+from sim.model.bitmap import check_bits
 from sim.model.graph import BlockNode, id_wellformed
-from sim.model.job_backup import BackupKind
+from sim.model.job_backup import JOB_CLUSTER, BackupKind
 from sim.model.job_commit import CommitKind
 from sim.model.job_mirror import MirrorKind
 from sim.model.job_stream import StreamKind
@@ -155,6 +156,8 @@ def _create_backup(
         check_bitmap(bm, DEFAULT_CHECKS)
     if source.size_bytes != target.size_bytes:
         raise QMPError("Source and target image have different sizes")
+    check_bits(source.size_bytes, JOB_CLUSTER, "a backup's block-copy map")
+    check_full_copy(source, sync, "backup")
     job_id = a.get("job-id")
     # the job is named after the filter, which takes the source's place as BB root
     main_bb = g.backend_of_root(source)
@@ -184,6 +187,22 @@ def _backup_prepared(m: Machine, job: Job) -> Prepared:
             job.set_status("running")
 
     return Prepared(abort=abort, commit=commit, clean=clean)
+
+
+# The simulator's limit on a job that copies every cluster: the target's stamps
+# are kept per 4 KiB block, so memory and time grow with the bytes copied.
+MAX_FULL_COPY_BYTES = 16 << 30
+
+
+def check_full_copy(source: BlockNode, sync: str, what: str) -> None:
+    """QMPError naming the limit when a sync=full job would copy more than it allows."""
+    if sync == "full" and source.size_bytes > MAX_FULL_COPY_BYTES:
+        raise QMPError(
+            f"blocksim limit: a {what} with sync=full copies every cluster of its "
+            f"{source.size_bytes}-byte source; the simulator copies at most "
+            f"{MAX_FULL_COPY_BYTES} bytes (16 GiB) in one job (sync=top, incremental, "
+            "commit and stream copy only what is allocated or dirty)"
+        )
 
 
 @action("drive-backup")
@@ -345,6 +364,8 @@ def _start_mirror(
         raise QMPError("Can't mirror node into itself")
     if not gran:
         gran = g.data_node(target).default_granularity()
+    check_bits(source.size_bytes, gran, "a mirror's dirty map")
+    check_full_copy(source, sync, "mirror")
     job = new_job(m, a.get("job-id"), source, "mirror", a)
     job.on_source_error = a.get("on-source-error", "report")
     job.on_target_error = a.get("on-target-error", "report")
