@@ -50,7 +50,10 @@ BURST_OPS = 16
 ZIPF_S = 1.1
 MAX_RATE = 10_000_000.0  # requests per second
 MIN_RATE = 1e-6  # one request in about 11.6 days (keeps every gap a finite integer)
-MAX_OPS = 50_000_000  # rate * duration
+# requests are simulated one by one (tens of microseconds each): bounded so that
+# no trace runs for minutes
+MAX_OPS = 100_000  # rate * duration of one workload
+MAX_MACHINE_OPS = 400_000  # all workloads of one machine together
 MAX_DURATION_S = 1e6
 MAX_REQUEST_BYTES = 2147483136  # BDRV_REQUEST_MAX_BYTES in QEMU 7.2
 
@@ -154,6 +157,13 @@ def parse_workload(m: Machine, body: dict[str, Any], line: int) -> WorkloadSpec:
         raise TraceError(
             f"workload: rate * duration = {rate * duration:.0f} requests, more "
             f"than the {MAX_OPS} a workload may issue; lower one of them",
+            line,
+        )
+    earlier = sum(w.spec.rate * w.spec.duration_ns / NS_PER_S for w in m.workloads)
+    if earlier + rate * duration > MAX_MACHINE_OPS:
+        raise TraceError(
+            f"workload: with the {earlier:.0f} requests earlier workloads issue, "
+            f"{rate * duration:.0f} more pass the {MAX_MACHINE_OPS} one trace may issue",
             line,
         )
     ratio = _number(body, "read-ratio", line, 0.0)

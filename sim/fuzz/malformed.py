@@ -20,6 +20,7 @@ input and the error so a regression test can replay them.
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import resource
@@ -301,7 +302,7 @@ def _paths(value: Any, max_depth: int = 12) -> list[tuple[Any, ...]]:
 def _hostile(rng: random.Random, old: Any) -> Any:
     roll = rng.random()
     if roll < 0.55:
-        return rng.choice(HOSTILE_VALUES)
+        return copy.deepcopy(rng.choice(HOSTILE_VALUES))
     if roll < 0.7 and isinstance(old, int | float) and not isinstance(old, bool):
         return rng.choice([old * 2**k for k in (10, 30, 64)] + [-old, old + 0.5, str(old)])
     if roll < 0.8 and isinstance(old, str):
@@ -326,7 +327,7 @@ def mutate_value(rng: random.Random, value: Any, rounds: int = 0) -> Any:
                 value = _hostile(rng, value)
             elif isinstance(value, dict):
                 value[rng.choice(["expect", "id", "arguments", "wait", "execute", "x", ""])] = (
-                    rng.choice(HOSTILE_VALUES)
+                    copy.deepcopy(rng.choice(HOSTILE_VALUES))
                 )
             continue
         parent = value

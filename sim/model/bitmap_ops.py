@@ -102,7 +102,8 @@ def add(
     # number), so only a large one pays for counting what is held
     held = 0
     if nbits > SMALL_BITMAP_BITS:
-        held = sum(b.nbits for o in [*graph.nodes, *graph.backends.values()] for b in o.bitmaps)
+        held = sum(b.nbits for n in graph.nodes for b in n.bitmaps)
+        held += sum(b.nbits for bb in graph.backends.values() for b in bb.bitmaps)
     if held + nbits > MAX_TOTAL_BITS:
         raise QMPError(
             f"blocksim limit: bitmap '{name}' needs {nbits} bits and the machine's bitmaps "

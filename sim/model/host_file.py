@@ -174,11 +174,11 @@ def host_file(graph: BlockGraph, image: Image) -> HostFile:
     hmap.write(QCOW2_CREATE_CLUSTERS * cluster, created)
     l2_span = cluster * (cluster // L1_ENTRY_BYTES)
     hmap.write(-(-image.size_bytes // l2_span) * L1_ENTRY_BYTES, created)
-    backing = [] if node is None else graph.backing_chain(node)[1:]
     content = image.content
     per = cluster >> SECTOR_SHIFT
     index, has_data, whole = _classify(content, per)
-    if index.size:
+    if index.size:  # the backing chain is walked only for an image holding data
+        backing = [] if node is None else graph.backing_chain(node)[1:]
         region_of = index // (l2_span // cluster)
         new_region = np.empty(index.size, dtype=bool)
         new_region[0] = True

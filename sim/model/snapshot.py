@@ -142,14 +142,14 @@ def append(graph: BlockGraph, policy: PlacementPolicy, new: BlockNode, old: Bloc
 def _reaches(top: BlockNode, node: BlockNode) -> bool:
     """Whether `node` is somewhere below `top` (bdrv_recurse_has_child)."""
     stack = list(top.children())
-    seen: list[BlockNode] = []
+    seen: set[int] = set()  # ids, for membership only (never iterated)
     while stack:
         n = stack.pop()
         if n is node:
             return True
-        if any(n is s for s in seen):
+        if id(n) in seen:
             continue
-        seen.append(n)
+        seen.add(id(n))
         stack.extend(n.children())
     return False
 
