@@ -30,6 +30,8 @@ def test_campaign_is_deterministic_and_counts_what_it_finds() -> None:
     b.run(400)
     assert a.stats.by_surface == b.stats.by_surface and a.stats.inputs == b.stats.inputs
     # a crash planted in the replay path is counted as a traceback, with its input
+    import dataclasses
+
     from sim.qmp import dispatch
 
     real = dispatch.COMMANDS["query-jobs"]
@@ -37,7 +39,7 @@ def test_campaign_is_deterministic_and_counts_what_it_finds() -> None:
     def broken(m, args):  # type: ignore[no-untyped-def]
         raise KeyError("planted")
 
-    dispatch.COMMANDS["query-jobs"] = broken
+    dispatch.COMMANDS["query-jobs"] = dataclasses.replace(real, handler=broken)
     try:
         stats = malformed.run(2000, seed=3)
     finally:
