@@ -95,7 +95,9 @@ class Runner:
                 threads_per_worker=1,
                 processes=True,
                 host="127.0.0.1",
-                dashboard_address=None,
+                # an ephemeral port: with None the scheduler still binds 8787 and
+                # warns (an error under pytest) when another cluster holds it
+                dashboard_address=":0",
                 silence_logs=logging.CRITICAL,
                 memory_limit=0,  # the fuzzer bounds its own memory
             )
