@@ -6,12 +6,49 @@ drive a simulated QEMU directly (`Machine`, `Monitor`), check invariants
 `TraceError`, `SimulatorBug`).
 """
 
-from sim.check import Violation, make_checkers
-from sim.engine.machine import Machine
-from sim.errors import QMPError, SimulatorBug, TraceError
-from sim.qmp.dispatch import Monitor
-from sim.replay import ReplayResult, replay
-from sim.trace import POLICIES, load_trace, parse_lines
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sim.check import Violation, make_checkers
+    from sim.engine.machine import Machine
+    from sim.errors import QMPError, SimulatorBug, TraceError
+    from sim.qmp.dispatch import Monitor
+    from sim.replay import ReplayResult, replay
+    from sim.trace import POLICIES, load_trace, parse_lines
+
+# Each public name and the module it lives in: imported on first use, so a command
+# loads only what it needs (the CLI starts without numpy, simpy or hypothesis).
+_HOMES = {
+    "replay": "sim.replay",
+    "load_trace": "sim.trace",
+    "parse_lines": "sim.trace",
+    "ReplayResult": "sim.replay",
+    "Machine": "sim.engine.machine",
+    "Monitor": "sim.qmp.dispatch",
+    "make_checkers": "sim.check",
+    "Violation": "sim.check",
+    "POLICIES": "sim.trace",
+    "QMPError": "sim.errors",
+    "TraceError": "sim.errors",
+    "SimulatorBug": "sim.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'sim' has no attribute {name!r}")
+    value = getattr(import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])
+
 
 __all__ = [
     "replay",
