@@ -40,8 +40,11 @@ def test_random_writes_match_a_per_sector_reference(seed: int) -> None:
             c.write_stamps(first, arr)
             view = ref[first:end]
             np.copyto(view, arr, where=arr != 0)
-        else:
+        elif rng.random() < 0.5:
             c.write_sectors(first, end, stamp)
+            ref[first:end] = stamp
+        else:  # byte offsets, rounded out to sectors
+            c.write(first * SECTOR + 100, (end - first - 1) * SECTOR + 1, stamp)
             ref[first:end] = stamp
         max_chunks = max(max_chunks, len(c._chunks))
         if step % 500 == 0:

@@ -15,7 +15,8 @@ stamps) indexed by their first sector, so a write costs two bisections and
 the splice of the chunks it meets, whatever the disk size: cost grows with
 extents, never with disk bytes.  A chunk is changed in place only by the
 content that made it (its owner token); `clone` shares chunks and the index,
-and after a clone each side copies a chunk before its first change.
+and after a clone each side copies a chunk before its first change.  Each
+chunk caches its numpy copy (for `arrays`) until it changes.
 `allocated_sectors` is computed once and cached until the next write.
 
 Writes are rounded out to whole sectors: a sub-sector write stamps the whole
@@ -24,9 +25,9 @@ sector (a documented approximation; real QEMU merges bytes).
 
 from __future__ import annotations
 
-from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,8 @@ CHUNK_MAX = 512  # extents in one chunk of the run list before it is split
 DEFAULT_PATTERN = 0xCD  # qemu-io `write` without -P
 
 Extent = tuple[int, int, int]  # (first sector, end sector, stamp)
-_Chunk = tuple["array[int]", "array[int]", object]  # (start sectors, stamps, owner token)
+# [start sectors, stamps, owner token, numpy copy of both or None]
+_Chunk = list[Any]
 
 
 class StampTable:
@@ -95,7 +97,7 @@ class Content:
         self.nsectors = -(-size_bytes // SECTOR)
         self._mins: list[int] = [0]  # first sector of each chunk, ascending
         self._token = object()  # marks the chunks this content may change in place
-        self._chunks: list[_Chunk] = [(array("q", [0]), array("q", [UNALLOCATED]), self._token)]
+        self._chunks: list[_Chunk] = [[[0], [UNALLOCATED], self._token, None]]
         self._shared = False  # the chunk index is shared with a clone
         self._alloc: list[tuple[int, int]] | None = None  # allocated runs, cached
         self._arrays: tuple[int, np.ndarray, np.ndarray] | None = None  # (version, arrays)
@@ -104,9 +106,45 @@ class Content:
     # -- writes ----------------------------------------------------------------------------
     def write(self, offset: int, length: int, stamp: int) -> None:
         """Stamp the sectors covering [offset, offset+length)."""
-        self.write_sectors(
-            offset >> SECTOR_SHIFT, (offset + length + SECTOR - 1) >> SECTOR_SHIFT, stamp
-        )
+        first = offset >> SECTOR_SHIFT
+        end = (offset + length + SECTOR - 1) >> SECTOR_SHIFT
+        if self._shared or end > self.nsectors or first >= end:
+            self.write_sectors(first, end, stamp)
+            return
+        mins = self._mins
+        i = bisect_right(mins, first) - 1
+        chunk = self._chunks[i]
+        if chunk[2] is not self._token or (i + 1 < len(mins) and mins[i + 1] <= end):
+            self.write_sectors(first, end, stamp)
+            return
+        self._alloc = None
+        self.version += 1
+        chunk[3] = None  # its numpy copy is stale
+        starts, vals = chunk[0], chunk[1]
+        a = bisect_left(starts, first)
+        n = len(starts)
+        k = a if a == n or starts[a] > end else bisect_left(starts, end, a)
+        if k < n and starts[k] == end:
+            if vals[k] == stamp:
+                k += 1
+                del starts[a:k]
+                del vals[a:k]
+            elif a != k:
+                del starts[a:k]
+                del vals[a:k]
+        else:
+            after = vals[k - 1]
+            if a != k:
+                del starts[a:k]
+                del vals[a:k]
+            if after != stamp and end < self.nsectors:
+                starts.insert(a, end)
+                vals.insert(a, after)
+        if a == 0 or vals[a - 1] != stamp:
+            starts.insert(a, first)
+            vals.insert(a, stamp)
+        if len(starts) > CHUNK_MAX:
+            self._split(i, chunk)
 
     def write_sectors(self, first: int, end: int, stamp: int) -> None:
         """Stamp sectors [first, end) (clipped to the disk); stamp 0 deallocates."""
@@ -124,10 +162,11 @@ class Content:
         mins, chunks = self._mins, self._chunks
         i = bisect_right(mins, first) - 1
         j = i if i + 1 == len(mins) or mins[i + 1] > end else bisect_right(mins, end) - 1
-        si, vi, owner = chunks[i]
-        if j == i and owner is self._token:
-            self._splice_in_place(i, si, vi, first, end, stamp)
+        chunk = chunks[i]
+        if j == i and chunk[2] is self._token:
+            self._splice_in_place(i, chunk, first, end, stamp)
             return
+        si, vi = chunk[0], chunk[1]
         a = bisect_left(si, first)
         new_s = si[:a]
         new_v = vi[:a]
@@ -135,7 +174,7 @@ class Content:
             new_s.append(first)
             new_v.append(stamp)
         if end < self.nsectors:
-            sj, vj, _ = chunks[j]
+            sj, vj = chunks[j][0], chunks[j][1]
             k = bisect_left(sj, end)
             if k < len(sj) and sj[k] == end:
                 if vj[k] == stamp:
@@ -150,43 +189,53 @@ class Content:
         token = self._token
         if len(new_s) <= CHUNK_MAX:
             mins[i : j + 1] = [new_s[0]]
-            chunks[i : j + 1] = [(new_s, new_v, token)]
+            chunks[i : j + 1] = [[new_s, new_v, token, None]]
             return
         half = CHUNK_MAX // 2
         pieces = range(0, len(new_s), half)
         mins[i : j + 1] = [new_s[p] for p in pieces]
-        chunks[i : j + 1] = [(new_s[p : p + half], new_v[p : p + half], token) for p in pieces]
+        chunks[i : j + 1] = [
+            [new_s[p : p + half], new_v[p : p + half], token, None] for p in pieces
+        ]
 
-    def _splice_in_place(
-        self, i: int, starts: array[int], vals: array[int], first: int, end: int, stamp: int
-    ) -> None:
+    def _splice_in_place(self, i: int, chunk: _Chunk, first: int, end: int, stamp: int) -> None:
         """Set [first, end) to `stamp` inside chunk i, which this content owns."""
+        starts, vals = chunk[0], chunk[1]
+        chunk[3] = None  # its numpy copy is stale
         a = bisect_left(starts, first)
         k = bisect_left(starts, end, a)
-        ins_s: list[int] = []
-        ins_v: list[int] = []
-        if a == 0 or vals[a - 1] != stamp:
-            ins_s.append(first)
-            ins_v.append(stamp)
+        head = a == 0 or vals[a - 1] != stamp
+        tail = False
+        after = 0
         if end < self.nsectors:
             if k < len(starts) and starts[k] == end:
                 if vals[k] == stamp:
                     k += 1
             else:
                 after = vals[k - 1]
-                if after != stamp:
-                    ins_s.append(end)
-                    ins_v.append(after)
-        starts[a:k] = array("q", ins_s)
-        vals[a:k] = array("q", ins_v)
+                tail = after != stamp
+        if a != k:
+            del starts[a:k]
+            del vals[a:k]
+        if tail:
+            starts.insert(a, end)
+            vals.insert(a, after)
+        if head:
+            starts.insert(a, first)
+            vals.insert(a, stamp)
         if len(starts) > CHUNK_MAX:
-            half = len(starts) // 2
-            token = self._token
-            self._chunks[i : i + 1] = [
-                (starts[:half], vals[:half], token),
-                (starts[half:], vals[half:], token),
-            ]
-            self._mins.insert(i + 1, starts[half])
+            self._split(i, chunk)
+
+    def _split(self, i: int, chunk: _Chunk) -> None:
+        """Cut an overfull chunk in two."""
+        starts, vals = chunk[0], chunk[1]
+        half = len(starts) // 2
+        token = self._token
+        self._chunks[i : i + 1] = [
+            [starts[:half], vals[:half], token, None],
+            [starts[half:], vals[half:], token, None],
+        ]
+        self._mins.insert(i + 1, starts[half])
 
     def write_stamps(self, first_sector: int, stamps: np.ndarray) -> None:
         """Store stamps sector by sector; 0 entries leave the sector as it is."""
@@ -218,7 +267,7 @@ class Content:
         mins, chunks = self._mins, self._chunks
         nchunks = len(mins)
         c = bisect_right(mins, first) - 1
-        starts, vals, _ = chunks[c]
+        starts, vals = chunks[c][0], chunks[c][1]
         i = bisect_right(starts, first) - 1
         lo = first
         v = vals[i]
@@ -229,7 +278,7 @@ class Content:
                 if c == nchunks:
                     hi = self.nsectors
                 else:
-                    starts, vals, _ = chunks[c]
+                    starts, vals = chunks[c][0], chunks[c][1]
                     i = 0
                     hi = starts[0]
             else:
@@ -249,9 +298,13 @@ class Content:
         cached = self._arrays
         if cached is not None and cached[0] == self.version:
             return cached[1], cached[2]
-        chunks = self._chunks
-        starts = np.concatenate([np.frombuffer(c[0], dtype=np.int64) for c in chunks])
-        stamps = np.concatenate([np.frombuffer(c[1], dtype=np.int64) for c in chunks])
+        parts = []
+        for c in self._chunks:
+            if c[3] is None:
+                c[3] = (np.array(c[0], dtype=np.int64), np.array(c[1], dtype=np.int64))
+            parts.append(c[3])
+        starts = np.concatenate([p[0] for p in parts])
+        stamps = np.concatenate([p[1] for p in parts])
         self._arrays = (self.version, starts, stamps)
         return starts, stamps
 
@@ -265,7 +318,8 @@ class Content:
 
     def stamp_at(self, sector: int) -> int:
         """The stamp of one sector."""
-        starts, vals, _ = self._chunks[bisect_right(self._mins, sector) - 1]
+        chunk = self._chunks[bisect_right(self._mins, sector) - 1]
+        starts, vals = chunk[0], chunk[1]
         return vals[bisect_right(starts, sector) - 1]
 
     def allocated_runs(self) -> list[tuple[int, int]]:

@@ -1,0 +1,566 @@
+"""Costs that must grow with what happened, not with the disk: one row per figure.
+
+Each row runs blocksim and, where the work exists on both sides, real QEMU 7.2
+in the same run, and prints the ratio against its target:
+
+  traces     recorded traces, one blocksim process vs one QEMU per trace
+  steps      the same traces, start-up and final queries excluded on both sides
+  one        one 23-step trace, one process each (blocksim as users run it)
+  backup     full backup of a sparse 64 GiB disk (wall time and peak memory)
+  backup-io  the same with 1000 guest writes/s running (blocksim only)
+  writes     1M random 4 KiB writes on a 1 TiB disk with 4 bitmaps (in process)
+  qnbn       query-named-block-nodes after 100k random writes on 1 TiB
+  snapshot   a snapshot step at chain depth 50, every checker on (linear?)
+  fuzz       `blocksim fuzz --examples 200 --steps 25` vs a bare 22-rule
+             Hypothesis machine whose rules draw one integer and do nothing
+
+Every blocksim figure is taken in a child process of its own, so peak memory
+is the row's.  The machine is shared: absolute times move with its load, the
+ratios of paired runs (taken back to back) much less; the printed verdict is
+for this run.  Child processes run without PYTHONDONTWRITEBYTECODE, as an
+installed blocksim does (compiled modules cached).
+
+    python bench/bench_costs.py [ROW ...] [--traces N] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+GIB = 1 << 30
+TIB = 1 << 40
+ROWS = ["traces", "steps", "one", "backup", "backup-io", "writes", "qnbn", "snapshot", "fuzz"]
+ONE_TRACE = ROOT / "scenarios" / "qemu-7.2" / "bk-paused-busy.jsonl"  # 23 steps
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def in_child(row: str, *args: str) -> dict[str, Any]:
+    """Run `--child ROW` in a fresh interpreter; its last stdout line is JSON."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", row, *args],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=ROOT,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"child {row} failed:\n{out.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- traces (rows traces, steps, one) ------------------------------------------------------
+def recorded_traces(limit: int) -> list[Any]:
+    from sim.oracle.diff import check_runnable
+    from sim.trace import load_trace
+
+    files = sorted((ROOT / "scenarios" / "qemu-7.2").rglob("*.jsonl"))
+    files += sorted((ROOT / "scenarios" / "qemu-7.2-recorded").rglob("*.jsonl"))
+    out = []
+    for path in files:
+        trace = load_trace(path)
+        try:
+            check_runnable(trace)
+        except Exception:  # noqa: BLE001 - sim-only: not comparable
+            continue
+        out.append(trace)
+        if len(out) == limit:
+            break
+    return out
+
+
+def qemu_trace_times(traces: list[Any]) -> tuple[float, float, int]:
+    """(whole runs, steps only, steps) on real QEMU: one process per trace."""
+    from sim.oracle.qemu_runner import QemuRunner
+
+    total = steps_only = 0.0
+    nsteps = 0
+    for trace in traces:
+        t0 = time.perf_counter()
+        with QemuRunner(trace) as runner:
+            runner.start()
+            for n, step in enumerate(trace.steps, start=1):
+                t1 = time.perf_counter()
+                runner.run_step(n, step)
+                steps_only += time.perf_counter() - t1
+                nsteps += 1
+            runner.final_state()
+            runner.stop()
+        total += time.perf_counter() - t0
+    return total, steps_only, nsteps
+
+
+def child_traces(limit: int) -> dict[str, Any]:
+    """One blocksim process replays every trace (as `blocksim replay DIR` would)."""
+    t0 = time.perf_counter()
+    from sim.replay import Replayer
+
+    traces = recorded_traces(limit)
+    steps_only = 0.0
+    nsteps = 0
+    for trace in traces:
+        r = Replayer(trace)
+        for n, step in enumerate(trace.steps, start=1):
+            t1 = time.perf_counter()
+            r.run_step(n, step)
+            steps_only += time.perf_counter() - t1
+            nsteps += 1
+        r.finish()
+    return {"wall": time.perf_counter() - t0, "steps_only": steps_only, "steps": nsteps}
+
+
+def one_trace_blocksim(repeat: int) -> float:
+    """Median wall time of `blocksim replay TRACE` as a process (after a warm-up)."""
+    cmd = [sys.executable, "-m", "sim", "replay", str(ONE_TRACE)]
+    env = child_env()
+    subprocess.run(cmd, capture_output=True, env=env, cwd=ROOT, check=True)  # compile caches
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, capture_output=True, env=env, cwd=ROOT, check=True)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def one_trace_qemu(repeat: int) -> float:
+    from sim.oracle.qemu_runner import run_trace
+    from sim.trace import load_trace
+
+    trace = load_trace(ONE_TRACE)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        run_trace(trace)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+# -- sparse backup (rows backup, backup-io) ------------------------------------------------
+def backup_lines(workload: bool) -> list[str]:
+    header = {
+        "trace": 1,
+        "name": "sparse-64g-backup",
+        "drives": [
+            {
+                "id": "drive0",
+                "node-name": "fmt0",
+                "file-node-name": "proto0",
+                "format": "qcow2",
+                "size": 64 * GIB,
+            }
+        ],
+        "policy": "qemu-7.2",
+        "seed": 0,
+    }
+    lines = [json.dumps(header)]
+    for i in range(8):  # 8 MiB of data spread over the disk
+        cmd = f'qemu-io drive0 "write -P {i + 1} {i * 8}G 1M"'
+        lines.append(
+            json.dumps({"execute": "human-monitor-command", "arguments": {"command-line": cmd}})
+        )
+    if workload:
+        wl = {"device": "drive0", "pattern": "random", "rate": 1000, "size": 4096}
+        wl.update({"duration": 3600, "read-ratio": 0})
+        lines.append(json.dumps({"workload": wl}))
+    args = {"device": "drive0", "target": "full.qcow2", "sync": "full", "job-id": "bk"}
+    lines.append(json.dumps({"execute": "drive-backup", "arguments": args}))
+    lines.append(json.dumps({"wait": {"event": "BLOCK_JOB_COMPLETED", "data": {"device": "bk"}}}))
+    return lines
+
+
+def child_backup(workload: bool) -> dict[str, Any]:
+    from sim.replay import Replayer
+    from sim.trace import parse_lines
+
+    trace = parse_lines(backup_lines(workload))
+    before = peak_mib()
+    r = Replayer(trace)
+    for n, step in enumerate(trace.steps[:-2], start=1):
+        r.run_step(n, step)
+    t0 = time.perf_counter()
+    for n, step in enumerate(trace.steps[-2:], start=len(trace.steps) - 1):
+        r.run_step(n, step)
+    wall = time.perf_counter() - t0
+    return {"wall": wall, "sim_s": r.machine.now_ns / 1e9, "peak_mib": peak_mib() - before}
+
+
+def qemu_backup() -> float:
+    """Wall time of the backup (drive-backup to BLOCK_JOB_COMPLETED) on real QEMU."""
+    from sim.oracle.qemu_runner import QemuRunner
+    from sim.trace import parse_lines
+
+    trace = parse_lines(backup_lines(False))
+    with QemuRunner(trace) as runner:
+        runner.start()
+        n = 0
+        for n, step in enumerate(trace.steps[:-2], start=1):
+            runner.run_step(n, step)
+        t0 = time.perf_counter()
+        runner.run_step(n + 1, trace.steps[-2])
+        runner.run_step(n + 2, trace.steps[-1])
+        return time.perf_counter() - t0
+
+
+# -- writes and query-named-block-nodes ----------------------------------------------------
+def _offsets(n: int, size: int) -> list[int]:
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    offsets: list[int] = (rng.integers(0, size // 4096, size=n, dtype=np.int64) * 4096).tolist()
+    return offsets
+
+
+def child_writes(n: int) -> dict[str, Any]:
+    from sim.model import bitmap_ops, io
+    from sim.model.state import BlockState
+
+    state = BlockState("qemu-7.2")
+    bb = state.add_drive("drive0", "fmt0", "proto0", "qcow2", TIB)
+    graph, policy = state.graph, state.policy
+    for name in ("b0", "b1", "b2", "b3"):
+        bitmap_ops.add(graph, policy, "drive0", name)
+    offsets = _offsets(n, TIB)
+    root, write, new_stamp = bb.root, io.guest_write, state.new_stamp
+    before = peak_mib()
+    t0 = time.perf_counter()
+    for off in offsets:
+        write(graph, bb, root, off, 4096, new_stamp(5))
+    wall = time.perf_counter() - t0
+    return {"rate": n / wall, "peak_mib": peak_mib() - before}
+
+
+def child_qnbn(n: int) -> dict[str, Any]:
+    from sim.engine.machine import Machine
+    from sim.model import io
+    from sim.model.state import DriveSpec
+    from sim.qmp import commands  # noqa: F401 - registers every command
+    from sim.qmp.dispatch import Monitor
+
+    drive = DriveSpec("drive0", "fmt0", "proto0", "qcow2", TIB)
+    m = Machine([drive], "qemu-7.2", 0)
+    mon = Monitor(m)
+    state = m.state
+    bb = state.graph.backends["drive0"]
+    for off in _offsets(n, TIB):
+        io.guest_write(state.graph, bb, bb.root, off, 4096, state.new_stamp(5))
+    t0 = time.perf_counter()
+    first = mon.execute({"execute": "query-named-block-nodes"})
+    first_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mon.execute({"execute": "query-named-block-nodes"})
+    again_s = time.perf_counter() - t0
+    actual = [n.get("image", {}).get("actual-size") for n in first.get("return", [])]
+    return {"first_s": first_s, "again_s": again_s, "actual": actual}
+
+
+def qemu_qnbn(n: int) -> float | None:
+    """Median time of query-named-block-nodes on QEMU over an image with n random writes."""
+    qemu, qemu_img, qemu_io = (
+        shutil.which(x) for x in ("qemu-system-x86_64", "qemu-img", "qemu-io")
+    )
+    if not (qemu and qemu_img and qemu_io):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        img = Path(tmp) / "big.qcow2"
+        subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(img), "1T"], check=True)
+        script = "".join(f"write -P 5 {off} 4k\n" for off in _offsets(n, TIB))
+        subprocess.run(
+            [qemu_io, "-f", "qcow2", str(img)],
+            input=script.encode(),
+            check=True,
+            capture_output=True,
+        )
+        sock = Path(tmp) / "qmp.sock"
+        blockdev = (
+            f"driver=qcow2,node-name=fmt0,file.driver=file,file.node-name=proto0,"
+            f"file.filename={img}"
+        )
+        proc = subprocess.Popen(
+            [qemu, "-M", "none", "-nodefaults", "-display", "none",
+             "-qmp", f"unix:{sock},server=on,wait=off", "-blockdev", blockdev],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            for _ in range(200):
+                if sock.exists():
+                    break
+                time.sleep(0.05)
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(sock))
+            f = s.makefile("rwb")
+            f.readline()
+
+            def ask(cmd: str) -> None:
+                f.write(json.dumps({"execute": cmd}).encode() + b"\n")
+                f.flush()
+                while b'"return"' not in f.readline():
+                    pass
+
+            ask("qmp_capabilities")
+            times = []
+            for _ in range(7):
+                t0 = time.perf_counter()
+                ask("query-named-block-nodes")
+                times.append(time.perf_counter() - t0)
+            ask("quit")
+            return statistics.median(times)
+        finally:
+            proc.wait(timeout=30)
+
+
+# -- snapshot chain --------------------------------------------------------------------------
+def snapshot_lines(depth: int) -> list[str]:
+    header = {
+        "trace": 1,
+        "name": "deep-chain",
+        "drives": [
+            {
+                "id": "drive0",
+                "node-name": "fmt0",
+                "file-node-name": "proto0",
+                "format": "qcow2",
+                "size": 64 << 20,
+            }
+        ],
+        "policy": "qemu-7.2",
+        "seed": 0,
+    }
+    lines = [json.dumps(header)]
+    add = {"node": "drive0", "name": "b0", "persistent": True}
+    lines.append(json.dumps({"execute": "block-dirty-bitmap-add", "arguments": add}))
+    for i in range(depth):
+        cmd = f'qemu-io drive0 "write -P {i % 200 + 1} {i * 65536} 64k"'
+        lines.append(
+            json.dumps({"execute": "human-monitor-command", "arguments": {"command-line": cmd}})
+        )
+        snap = {"device": "drive0", "snapshot-file": f"ov{i}.qcow2", "snapshot-node-name": f"ov{i}"}
+        lines.append(json.dumps({"execute": "blockdev-snapshot-sync", "arguments": snap}))
+    return lines
+
+
+def child_snapshot(depth: int, checkers: bool) -> dict[str, Any]:
+    from sim.check import make_checkers
+    from sim.replay import Replayer
+    from sim.trace import parse_lines
+
+    trace = parse_lines(snapshot_lines(depth))
+    r = Replayer(trace, checkers=make_checkers() if checkers else None)
+    times = []
+    for n, step in enumerate(trace.steps, start=1):
+        t0 = time.perf_counter()
+        r.run_step(n, step)
+        times.append(time.perf_counter() - t0)
+    snaps = times[2::2]
+    return {"last_ms": statistics.median(snaps[-3:]) * 1e3}
+
+
+# -- fuzz --------------------------------------------------------------------------------------
+def child_bare(examples: int, steps: int, n_rules: int) -> dict[str, Any]:
+    from hypothesis import HealthCheck, settings
+    from hypothesis import strategies as st
+    from hypothesis.database import DirectoryBasedExampleDatabase
+    from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
+
+    counts = {"steps": 0}
+
+    def make_rule(i: int) -> Any:
+        def body(self: Any, c: int) -> None:
+            counts["steps"] += 1
+
+        body.__name__ = f"rule_{i}"
+        return rule(c=st.integers(0, 255))(body)
+
+    attrs: dict[str, Any] = {f"rule_{i}": make_rule(i) for i in range(n_rules)}
+    bare = type("Bare", (RuleBasedStateMachine,), attrs)
+    with tempfile.TemporaryDirectory() as tmp:
+        s = settings(
+            max_examples=examples,
+            stateful_step_count=steps,
+            deadline=None,
+            database=DirectoryBasedExampleDatabase(tmp),
+            suppress_health_check=list(HealthCheck),
+        )
+        t0 = time.perf_counter()
+        run_state_machine_as_test(bare, settings=s)  # type: ignore[no-untyped-call]
+        wall = time.perf_counter() - t0
+    return {"rate": counts["steps"] / wall, "steps": counts["steps"], "wall": wall}
+
+
+def blocksim_fuzz(examples: int, steps: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "sim", "fuzz", "--examples", str(examples)]
+        cmd += ["--steps", str(steps), "--out", tmp, "--no-progress"]
+        subprocess.run(cmd, capture_output=True, env=child_env(), cwd=ROOT, check=False)
+        summary = json.loads((Path(tmp) / "campaign.json").read_text())
+    return {"rate": summary["steps_per_s"], "steps": summary["steps"], "wall": summary["wall_s"]}
+
+
+def fuzz_rule_count() -> int:
+    from sim.fuzz.machine import BlockMachine
+
+    return len(BlockMachine.setup_state().rules)  # type: ignore[no-untyped-call]
+
+
+# -- the table -----------------------------------------------------------------------------
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, str, str, str]] = []
+
+    def add(self, work: str, qemu: str, sim: str, ratio: str, target: str, met: bool) -> None:
+        self.rows.append((work, qemu, sim, ratio, target, "met" if met else "NOT met"))
+        print(f"{work}: QEMU {qemu or '-'} | blocksim {sim} | {ratio} | target {target}: "
+              f"{'met' if met else 'NOT met'}", flush=True)  # fmt: skip
+
+    def markdown(self) -> str:
+        head = "| work | real QEMU 7.2 | blocksim | ratio | target | |\n|---|---|---|---|---|---|\n"
+        return head + "\n".join("| " + " | ".join(r) + " |" for r in self.rows)
+
+
+def run_row(row: str, table: Table, args: argparse.Namespace) -> None:
+    if row in ("traces", "steps"):
+        if getattr(args, "_traces_done", False):
+            return
+        args._traces_done = True
+        traces = recorded_traces(args.traces)
+        q_total, q_steps, nsteps = qemu_trace_times(traces)
+        s = in_child("traces", str(args.traces))
+        r1 = q_total / s["wall"]
+        table.add(
+            f"{len(traces)} recorded traces, one blocksim process vs one QEMU per trace",
+            f"{q_total:.1f} s", f"{s['wall']:.2f} s", f"{r1:.0f}x faster", ">= 100x", r1 >= 100,
+        )  # fmt: skip
+        r2 = q_steps / s["steps_only"]
+        table.add(
+            "the same, start-up and final queries excluded on both sides",
+            f"{q_steps / nsteps * 1e3:.2f} ms a step",
+            f"{s['steps_only'] / nsteps * 1e6:.0f} us a step",
+            f"{r2:.0f}x faster", ">= 50x", r2 >= 50,
+        )  # fmt: skip
+    elif row == "one":
+        q, s = one_trace_qemu(5), one_trace_blocksim(5)
+        table.add(
+            "one 23-step trace, one process each", f"{q * 1e3:.0f} ms", f"{s * 1e3:.0f} ms",
+            f"{q / s:.2f}x faster" if s < q else f"{s / q:.2f}x slower", "faster", s < q,
+        )  # fmt: skip
+    elif row == "backup":
+        q = qemu_backup()
+        s = in_child("backup", "0")
+        ratio = q / s["wall"]
+        table.add(
+            "full backup of a sparse 64 GiB disk", f"{q:.2f} s",
+            f"{s['wall']:.2f} s, {s['peak_mib']:.0f} MiB (simulated {s['sim_s']:.1f} s)",
+            f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.1f}x slower",
+            ">= 10x faster, < 200 MiB", ratio >= 10 and s["peak_mib"] < 200,
+        )  # fmt: skip
+    elif row == "backup-io":
+        s = in_child("backup", "1")
+        table.add(
+            "the same with 1000 guest writes/s running", "",
+            f"{s['wall']:.1f} s, {s['peak_mib']:.0f} MiB", "", "< 5 s", s["wall"] < 5,
+        )  # fmt: skip
+    elif row == "writes":
+        s = in_child("writes", str(args.writes))
+        table.add(
+            f"{args.writes:,} random 4 KiB writes on a 1 TiB disk with 4 bitmaps (in process)",
+            "", f"{s['rate'] / 1e3:.0f}k writes/s, +{s['peak_mib']:.0f} MiB", "",
+            ">= 500k/s, < 300 MiB", s["rate"] >= 500e3 and s["peak_mib"] < 300,
+        )  # fmt: skip
+    elif row == "qnbn":
+        q = qemu_qnbn(args.qnbn_writes)
+        s = in_child("qnbn", str(args.qnbn_writes))
+        table.add(
+            f"query-named-block-nodes after {args.qnbn_writes // 1000}k writes on 1 TiB",
+            f"{q * 1e3:.2f} ms" if q is not None else "",
+            f"{s['first_s'] * 1e3:.1f} ms (again: {s['again_s'] * 1e3:.1f} ms)",
+            f"{(q or 0) / s['first_s']:.2f}x" if q else "", "< 10 ms", s["first_s"] < 0.010,
+        )  # fmt: skip
+    elif row == "snapshot":
+        times = {d: in_child("snapshot", str(d), "1")["last_ms"] for d in (25, 50)}
+        bare = in_child("snapshot", "50", "0")["last_ms"]
+        growth = times[50] / times[25]
+        table.add(
+            "snapshot step at chain depth 50, all checkers", "",
+            f"{times[50]:.2f} ms ({bare:.2f} ms without; depth 25: {times[25]:.2f} ms)",
+            f"depth x2 -> time x{growth:.1f}", "linear (x2 or less)", growth <= 2.5,
+        )  # fmt: skip
+    elif row == "fuzz":
+        n_rules = fuzz_rule_count()
+        fuzz = blocksim_fuzz(200, 25)
+        bare = in_child("bare", "200", "25", str(n_rules))
+        ratio = fuzz["rate"] / bare["rate"]
+        table.add(
+            "`blocksim fuzz --examples 200 --steps 25`, all checkers, as users run it",
+            f"bare {n_rules}-rule Hypothesis machine: {bare['rate']:,.0f} steps/s",
+            f"{fuzz['rate']:,.0f} steps/s", f"{ratio:.2f}x", ">= 0.7x", ratio >= 0.7,
+        )  # fmt: skip
+
+
+def child_main(row: str, rest: list[str]) -> None:
+    if row == "traces":
+        result = child_traces(int(rest[0]))
+    elif row == "backup":
+        result = child_backup(rest[0] == "1")
+    elif row == "writes":
+        result = child_writes(int(rest[0]))
+    elif row == "qnbn":
+        result = child_qnbn(int(rest[0]))
+    elif row == "snapshot":
+        result = child_snapshot(int(rest[0]), rest[1] == "1")
+    elif row == "bare":
+        result = child_bare(int(rest[0]), int(rest[1]), int(rest[2]))
+    else:
+        raise SystemExit(f"unknown child row {row}")
+    print(json.dumps(result))
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        child_main(sys.argv[2], sys.argv[3:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rows", nargs="*", default=ROWS, help=f"rows to run: {', '.join(ROWS)}")
+    parser.add_argument("--traces", type=int, default=145, help="recorded traces (rows 1-2)")
+    parser.add_argument("--writes", type=int, default=1_000_000, help="writes (row writes)")
+    parser.add_argument("--qnbn-writes", type=int, default=100_000, help="writes (row qnbn)")
+    parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    args = parser.parse_args()
+    unknown = [r for r in args.rows if r not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; rows: {', '.join(ROWS)}")
+    sys.path.insert(0, str(ROOT))
+    table = Table()
+    load = os.getloadavg()[0]
+    print(f"load average at start: {load:.1f} on {os.cpu_count()} cores", flush=True)
+    for row in args.rows:
+        run_row(row, table, args)
+    print(f"load average at end: {os.getloadavg()[0]:.1f}")
+    if args.markdown:
+        print(table.markdown())
+
+
+if __name__ == "__main__":
+    main()
