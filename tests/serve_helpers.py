@@ -54,7 +54,7 @@ def blocksim_serve(tmp: Path, *extra: str, drive: str = DRIVE) -> Iterator[Path]
 
 
 @contextmanager
-def real_qemu(tmp: Path, size: str = "64M") -> Iterator[Path]:
+def real_qemu(tmp: Path, *_extra: str, size: str = "64M") -> Iterator[Path]:
     """QEMU 7.2 (`-M none`) with drive0 = fmt0 over proto0 on TMP/drive0.qcow2, QMP on TMP."""
     sock = tmp / "qemu-qmp.sock"
     image = tmp / "drive0.qcow2"
