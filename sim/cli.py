@@ -770,6 +770,32 @@ def serve(
         sys.exit(EXIT_USAGE)
 
 
+@main.command("export-iotest")
+@click.argument("trace")
+@click.option("-o", "--out", "out_dir", required=True, metavar="DIR", help="Folder to write to.")
+@_qemu_option
+def export_iotest_cmd(trace: str, out_dir: str, qemu: str | None) -> None:
+    """Write TRACE as a Python qemu-iotest plus its .out taken from real QEMU 7.2."""
+    from sim.oracle.iotest_export import export_iotest
+    from sim.oracle.qemu_runner import QemuNotFound
+
+    try:
+        result = export_iotest(load_trace(trace), Path(out_dir), qemu)
+    except (TraceError, QemuNotFound) as exc:
+        click.echo(f"blocksim export-iotest: {trace}: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except (RuntimeError, OSError) as exc:
+        click.echo(f"blocksim export-iotest: {trace}: {exc}", err=True)
+        sys.exit(EXIT_MISMATCH)
+    click.echo(f"wrote {result.test} and {result.out} (from QEMU 7.2)")
+    if result.differences:
+        click.echo("QEMU answered differently from the trace's expectations:")
+        for line in result.differences:
+            click.echo(f"  {line}")
+        sys.exit(EXIT_MISMATCH)
+    click.echo("QEMU 7.2 gave every answer the trace expects")
+
+
 def run() -> None:
     """Entry point that turns any stray exception into one line (exit 3)."""
     try:

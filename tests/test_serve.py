@@ -167,3 +167,15 @@ def test_realtime_pacing_moves_jobs_for_a_polling_client(tmp_path: Path) -> None
     with blocksim_serve(tmp_path, "--pace", "realtime:10") as sock:
         statuses = run(flow(sock))
     assert statuses[0] == "running" and statuses[-1] == "gone"
+
+
+def test_load_several_clients_pipelined_lose_no_answer() -> None:
+    """The small CI part of bench/bench_serve.py: 4 clients x 300 pipelined requests."""
+    bench = ROOT / "bench" / "bench_serve.py"
+    proc = subprocess.run(
+        [sys.executable, str(bench), "--clients", "4", "--commands", "300"],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "lost 0, duplicates 0, unexpected 0" in proc.stdout
+    assert "answered: 1176 commands, 24 garbage lines" in proc.stdout
