@@ -18,7 +18,16 @@ kept when its first difference has the same signature.  A QEMU that crashes
 (`QemuDied`) or hangs (a command that never answers) is a class of its own
 and is shrunk the same way.
 
-Run it: ``python -m sim.fuzz.differential --traces 300 --seed 1 --out DIR``.
+Two trace sources: ``tracegen`` (the seeded generator of QEMU-deterministic
+traces) and ``rules`` (`sim.fuzz.difftraces`: the fuzzer's own rules,
+restricted to timing-independent steps).  Every diff also counts, per
+command, the traces and steps it matched (`CommandTally`), and with
+`record_dir` each trace is written back with QEMU's answers as
+expectations (``match/`` when the simulator matched it, ``mismatch/``
+otherwise): the recorded corpus is a by-product of the campaign.
+
+Run it: ``python -m sim.fuzz.differential --traces 300 --seed 1 --out DIR``
+or ``blocksim diff --campaign 300 --source rules --out DIR``.
 """
 
 from __future__ import annotations
@@ -30,13 +39,22 @@ import math
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sim.errors import TraceError
-from sim.oracle import DiffReport, OracleError, QemuDied, QemuNotFound, diff_trace, find_qemu
+from sim.oracle import (
+    DiffReport,
+    OracleError,
+    QemuDied,
+    QemuNotFound,
+    diff_trace,
+    find_qemu,
+    recorded_lines,
+    step_label,
+)
 from sim.replay import replay
 from sim.trace import Trace, dumps, parse_lines
 
@@ -80,6 +98,22 @@ class MismatchClass:
 
 
 @dataclass
+class CommandTally:
+    """Per command: traces holding it and how many of them matched; its steps, matched."""
+
+    traces: int = 0
+    traces_matched: int = 0
+    steps: int = 0
+    steps_matched: int = 0
+
+    def per_thousand(self) -> tuple[int, int]:
+        """(traces, steps) matched per 1,000 drawn."""
+        t = round(1000 * self.traces_matched / self.traces) if self.traces else 0
+        s = round(1000 * self.steps_matched / self.steps) if self.steps else 0
+        return t, s
+
+
+@dataclass
 class Summary:
     """What a differential campaign found, and how fast it went."""
 
@@ -91,6 +125,24 @@ class Summary:
     diff_s: float = 0.0  # time spent diffing generated traces (shrinking excluded)
     qemu_runs: int = 0  # every QEMU run, shrinking included
     generator_errors: list[str] = field(default_factory=list)  # seeds the generator failed on
+    untestable: int = 0  # traces QEMU must not run (a known crasher): not diffed
+    steps: int = 0
+    steps_matched: int = 0
+    commands: dict[str, CommandTally] = field(default_factory=dict)
+
+    def tally(self, outcome: Outcome) -> None:
+        """Count one diffed trace's steps, per command."""
+        identical = outcome.signature is None
+        self.steps += len(outcome.labels)
+        self.steps_matched += sum(1 for i in range(len(outcome.labels)) if i not in outcome.bad)
+        for label in dict.fromkeys(outcome.labels):
+            t = self.commands.setdefault(label, CommandTally())
+            t.traces += 1
+            t.traces_matched += identical
+        for index, label in enumerate(outcome.labels):
+            t = self.commands[label]
+            t.steps += 1
+            t.steps_matched += index not in outcome.bad
 
     @property
     def traces_per_minute(self) -> float:
@@ -112,6 +164,19 @@ class Summary:
             "diff_traces_per_minute": round(self.diff_traces_per_minute, 1),
             "qemu_runs": self.qemu_runs,
             "generator_errors": self.generator_errors,
+            "untestable": self.untestable,
+            "steps": self.steps,
+            "steps_matched": self.steps_matched,
+            "per_command": {
+                name: {
+                    "traces": t.traces,
+                    "traces_matched": t.traces_matched,
+                    "steps": t.steps,
+                    "steps_matched": t.steps_matched,
+                    "per_1000": list(t.per_thousand()),
+                }
+                for name, t in sorted(self.commands.items())
+            },
             "classes": [
                 {
                     "signature": c.signature,
@@ -134,6 +199,16 @@ class Summary:
             f"{self.traces_per_minute:.1f} traces/min ({self.diff_traces_per_minute:.1f} "
             f"without shrinking), {self.qemu_runs} QEMU runs"
         ]
+        if self.traces:
+            lines.append(
+                f"per 1,000 drawn: {round(1000 * self.identical / self.traces)} traces matched, "
+                f"{round(1000 * self.steps_matched / max(self.steps, 1))} steps matched "
+                f"({self.steps} steps); {self.untestable} untestable trace(s) skipped"
+            )
+            lines.append("  command                              traces  /1000    steps  /1000")
+            for name, t in sorted(self.commands.items()):
+                pt, ps = t.per_thousand()
+                lines.append(f"  {name:36} {t.traces:6} {pt:6} {t.steps:8} {ps:6}")
         if self.generator_errors:
             lines.append(f"generator failed on {len(self.generator_errors)} seed(s):")
             lines.extend(f"  {e}" for e in self.generator_errors[:10])
@@ -153,6 +228,9 @@ class Outcome:
     signature: str | None
     text: str
     sim_trace_errors: int = 0
+    labels: tuple[str, ...] = ()  # each step's command (`step_label`)
+    bad: frozenset[int] = frozenset()  # 0-based indices of the steps a difference shows at
+    recorded: list[str] | None = None  # the trace with QEMU's answers (when QEMU ran it all)
 
 
 def differential_campaign(
@@ -161,36 +239,46 @@ def differential_campaign(
     out_dir: str | Path,
     qemu: str | None = None,
     progress: Progress | None = None,
+    *,
+    source: str = "tracegen",
+    first: int = 0,
+    record_dir: str | Path | None = None,
 ) -> Summary:
     """Diff `n_traces` generated traces on real QEMU and the simulator; returns the `Summary`.
 
-    Trace i uses generator seed ``seed * 1_000_000 + i``.  Writes the shrunk
+    `source` ``tracegen``: trace i uses generator seed ``seed * 1_000_000 + i``;
+    ``rules``: trace i is `sim.fuzz.difftraces.draw_traces`' trace i for
+    `seed`.  `first` is the index of the first trace (campaigns run in
+    chunks).  With `record_dir`, every trace QEMU ran through is written
+    there with QEMU's answers (``match/`` or ``mismatch/``).  Writes the shrunk
     trace of each mismatch class to ``out_dir/failures/`` and the summary to
     ``out_dir/summary.json``.  `progress(done, total, message)` is called
     after every trace.  Raises `QemuNotFound` when QEMU is missing.
     """
-    from sim.fuzz.tracegen import generate_trace
-
     find_qemu(qemu)
     out = Path(out_dir)
     (out / "failures").mkdir(parents=True, exist_ok=True)
+    records = Path(record_dir) if record_dir is not None else None
     summary = Summary()
     known: dict[str, MismatchClass] = {}
     started = time.perf_counter()
-    for index in range(n_traces):
-        trace_seed = seed * SEED_STRIDE + index
-        try:
-            steps = generate_trace(trace_seed)
-        except Exception as exc:  # noqa: BLE001 - a generator bug must not end the campaign
-            summary.generator_errors.append(f"seed {trace_seed}: {type(exc).__name__}: {exc}")
-            if progress is not None:
-                progress(index + 1, n_traces, f"seed {trace_seed}: GENERATOR ERROR {exc!r}")
-            continue
+    for index, trace_seed, steps in _draw(source, n_traces, seed, first, summary, progress):
         t0 = time.perf_counter()
         outcome = run_outcome(steps, qemu, CAMPAIGN_WAIT_TIMEOUT_S)
         summary.diff_s += time.perf_counter() - t0
+        if outcome.signature is not None and outcome.signature.startswith("untestable:"):
+            summary.untestable += 1
+            if progress is not None:
+                progress(index + 1, n_traces, f"seed {trace_seed}: untestable")
+            continue
         summary.traces += 1
         summary.qemu_runs += 1
+        summary.tally(outcome)
+        if records is not None and outcome.recorded is not None:
+            folder = records / ("match" if outcome.signature is None else "mismatch")
+            folder.mkdir(parents=True, exist_ok=True)
+            name = str(steps[0].get("name") or f"trace-{trace_seed}")
+            (folder / f"{name}.jsonl").write_text("\n".join(outcome.recorded) + "\n")
         message = f"seed {trace_seed}: identical"
         if outcome.signature is None:
             summary.identical += 1
@@ -211,6 +299,39 @@ def differential_campaign(
     (out / "summary.json").write_text(json.dumps(summary.to_json(), indent=1) + "\n")
     (out / "summary.txt").write_text(summary.render() + "\n")
     return summary
+
+
+def _draw(
+    source: str,
+    n_traces: int,
+    seed: int,
+    first: int,
+    summary: Summary,
+    progress: Progress | None,
+) -> Iterator[tuple[int, int, TraceSteps]]:
+    """(index, seed, steps) of each trace of the campaign, from `source`."""
+    if source == "rules":
+        from sim.fuzz.difftraces import DRAW_ROUND, draw_traces
+
+        done = 0
+        while done < n_traces:  # a round at a time: the first diffs start at once
+            count = min(DRAW_ROUND - (first + done) % DRAW_ROUND, n_traces - done)
+            for offset, steps in enumerate(draw_traces(count, seed, first=first + done)):
+                yield done + offset, first + done + offset, steps
+            done += count
+        return
+    if source != "tracegen":
+        raise ValueError(f"unknown trace source {source!r} (tracegen, rules)")
+    from sim.fuzz.tracegen import generate_trace
+
+    for index in range(n_traces):
+        trace_seed = seed * SEED_STRIDE + first + index
+        try:
+            yield index, trace_seed, generate_trace(trace_seed)
+        except Exception as exc:  # noqa: BLE001 - a generator bug must not end the campaign
+            summary.generator_errors.append(f"seed {trace_seed}: {type(exc).__name__}: {exc}")
+            if progress is not None:
+                progress(index + 1, n_traces, f"seed {trace_seed}: GENERATOR ERROR {exc!r}")
 
 
 def _new_class(
@@ -260,16 +381,22 @@ def run_outcome(steps: TraceSteps, qemu: str | None, wait_timeout_s: float) -> O
         return Outcome(f"qemu-failed:{_died_command(str(exc))}", str(exc))
     except TraceError as exc:  # the generator produced a step QEMU must not run
         return Outcome("untestable:" + re.sub(r"line \d+: ", "", str(exc))[:80], str(exc))
-    return _report_outcome(report)
+    return _report_outcome(report, steps)
 
 
-def _report_outcome(report: DiffReport) -> Outcome:
+def _report_outcome(report: DiffReport, steps: TraceSteps) -> Outcome:
     errors = len(report.sim.trace_errors)
+    labels = tuple(step_label(s) for s in report.trace.steps)
+    bad = frozenset(d.step - 1 for d in report.differences if d.step is not None)
+    recorded = None
+    if not any("error" in r for r in report.qemu.steps):
+        lines = [dumps(s) for s in steps]
+        recorded = recorded_lines(lines, report.trace.steps, report.qemu)
     first = report.first
     if first is None:
-        return Outcome(None, report.render(limit=3), errors)
+        return Outcome(None, report.render(limit=3), errors, labels, bad, recorded)
     text = f"{first.where}: {first.detail}"
-    return Outcome(first.signature, text, errors)
+    return Outcome(first.signature, text, errors, labels, bad, recorded)
 
 
 def _died_command(message: str) -> str:
@@ -448,13 +575,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="campaign seed (default 0)")
     parser.add_argument("--out", required=True, help="folder for failures/ and summary.json")
     parser.add_argument("--qemu", default=None, help="path of qemu-system-x86_64")
+    parser.add_argument(
+        "--source", choices=("tracegen", "rules"), default="tracegen", help="trace source"
+    )
+    parser.add_argument("--first", type=int, default=0, help="index of the first trace")
+    parser.add_argument("--record", default=None, help="write recorded traces into this folder")
     args = parser.parse_args(argv)
 
     def progress(done: int, total: int, message: str) -> None:
         sys.stderr.write(f"[{done}/{total}] {message}\n")
 
     try:
-        summary = differential_campaign(args.traces, args.seed, args.out, args.qemu, progress)
+        summary = differential_campaign(
+            args.traces,
+            args.seed,
+            args.out,
+            args.qemu,
+            progress,
+            source=args.source,
+            first=args.first,
+            record_dir=args.record,
+        )
     except OracleError as exc:
         sys.stderr.write(f"differential: {exc}\n")
         return 2

@@ -31,6 +31,9 @@ class PlacementPolicy(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def permissions(self) -> bool: ...
+
     def owner_for_add(self, graph: BlockGraph, name: str) -> Owner | None: ...
 
     def owners_for_lookup(self, graph: BlockGraph, name: str) -> list[Owner]: ...
@@ -45,6 +48,9 @@ class Qemu72Policy:
     """QEMU >= 2.6: bitmaps are node objects; a device name is an alias for its root."""
 
     name: str = "qemu-7.2"
+    # BdrvChild permissions (sim.model.perms) refuse users that conflict, as since
+    # QEMU 2.10; False models the older QEMU where any writer could bypass a job
+    permissions: bool = True
 
     def owner_for_add(self, graph: BlockGraph, name: str) -> Owner | None:
         return graph.lookup_bs(name)
@@ -69,9 +75,12 @@ class Qemu25Policy(Qemu72Policy):
     Modelled as: the list moves; the first bitmap keeps a `stale_head` reference to
     the old node.  Removing that bitmap later writes the rest of the list into the
     old node's head and leaves the freed bitmap listed on the new top.
+    It also predates BdrvChild permissions: a qemu-io write by node name into a
+    job's source or target is carried out.
     """
 
     name: str = "qemu-2.5"
+    permissions: bool = False  # QEMU 2.5 had op blockers only: side writes went through
 
     def on_append(self, graph: BlockGraph, old_top: BlockNode, new_top: BlockNode) -> None:
         if not old_top.bitmaps:

@@ -68,7 +68,7 @@ def _open(m: Machine, a: dict[str, Any], created: list[BlockNode]) -> BlockNode:
             raise QMPError("size must be non-negative")  # QEMU's own check is a visitor error
         node = g.new_node("null-co", size, name, read_only=read_only)
     else:
-        node = _open_format(m, a, driver, name, read_only, unmap, created)
+        return _open_format(m, a, driver, name, read_only, unmap, created)
     created.append(node)
     return node
 
@@ -102,6 +102,7 @@ def _open_format(
         discard_unmap=unmap,
         cluster_size=image.cluster_size if image is not None else QCOW2_CLUSTER,
     )
+    created.append(node)  # before its backing: a failing backing open deletes it too
     if driver == "qcow2":
         backing = a.get("backing", "__image__")
         if backing is None:
@@ -114,6 +115,10 @@ def _open_format(
                         f"Could not open backing file: Could not open "
                         f"'{image.backing_file}': No such file or directory"
                     )
+                try:  # opened read-only: it needs writers on the image locked out
+                    g.check_image_lock(bimage, read_only=True)
+                except QMPError as exc:
+                    raise QMPError(f"Could not open backing file: {exc.desc}") from None
                 bnode = g.open_image(bimage, None, None)
                 bnode.read_only = True
                 created.append(bnode)

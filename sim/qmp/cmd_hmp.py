@@ -1,7 +1,7 @@
 """human-monitor-command: the `qemu-io` subset guest I/O goes through.
 
 Parsing is sim.qmp.qemu_io's; this module follows its caller contract in
-QEMU's order (lookup, read-only refusal, then the I/O).  The QMP return is ""
+QEMU's order (lookup, permission conflict, read-only refusal, then the I/O).  The QMP return is ""
 for everything qemu-io does, failures included; what qemu-io would print on
 QEMU's stdout is kept in `Machine.hmp_output` for the `--json` `output` field.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sim.model import io
+from sim.model import io, perms
 from sim.model.content import ZERO_STAMP
 from sim.qmp import qemu_io
 from sim.qmp.dispatch import command
@@ -28,6 +28,13 @@ def _hmp(m: Machine, a: dict[str, Any]) -> str:
     bb, root = m.state.resolve_target(cmd.target)
     if root is None:
         return qemu_io.device_not_found_reply(cmd.target)
+    if cmd.requires_write and bb is None and m.state.policy.permissions:
+        # qemu-io on a node name inserts an unnamed BlockBackend that takes write for
+        # a write command: every parent of the node must share it (checked before the
+        # node's own read-only flag, as bdrv_list_refresh_perms does)
+        conflict = perms.new_user_conflict(m.state, root, perms.WRITE)
+        if conflict is not None:
+            return conflict + ".\r\n"
     if cmd.requires_write and root.read_only:
         return qemu_io.READ_ONLY_REPLY
     _warn_if_qemu_hangs(m, root, cmd)

@@ -1,0 +1,281 @@
+"""BdrvChild permissions: what each user of a node takes and what it lets others take.
+
+Theory of operation.  In QEMU 7.2 every edge into a node (a BdrvChild) has a
+`perm` (what its parent uses: consistent read, write, write unchanged,
+resize) and a `shared` mask (what it lets every other parent use).  A new
+user is refused when one existing parent does not share a permission the
+new one requires (block.c: bdrv_parent_perms_conflict / bdrv_a_allow_b),
+with the message `conflict_message` builds.  The parents of a node are:
+
+- the BlockBackend of a drive (`-drive`: consistent read + write, shares all);
+- the node's parent nodes, whose child permissions follow from the parent's
+  own cumulative permissions through its driver's child_perm
+  (`child_perms`: qcow2's `file` child never shares write or resize,
+  because of its metadata; a `backing` child shares write only when every
+  user of the overlay does; filters pass everything through; the backup
+  filter (copy-before-write) unshares write on its source and takes write
+  on its target);
+- the children a running job holds (block_job_add_bdrv: `main node`,
+  `source`, `target`, `intermediate node`, `base`, `active node`) and the
+  BlockBackends it opens (a mirror's target: write, shares only write
+  unchanged; a commit's base: shares consistent read and write unchanged).
+
+`parents(state, node)` lists them newest first, as QEMU's parent list is
+ordered (a new parent is inserted at the head), which decides which user a
+conflict message names.  Job edges exist from the job's creation until it
+concludes (block_job_remove_all_bdrv runs in its prepare/abort).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sim.model.graph import BlockNode
+    from sim.model.jobs import Job
+    from sim.model.state import BlockState
+
+CONSISTENT_READ = 0x1
+WRITE = 0x2
+WRITE_UNCHANGED = 0x4
+RESIZE = 0x8
+ALL = CONSISTENT_READ | WRITE | WRITE_UNCHANGED | RESIZE
+PASSTHROUGH = ALL  # DEFAULT_PERM_PASSTHROUGH: every permission is passed through a filter
+NAMES = (
+    (CONSISTENT_READ, "consistent read"),
+    (WRITE, "write"),
+    (WRITE_UNCHANGED, "write unchanged"),
+    (RESIZE, "resize"),
+)
+UNNAMED_BLOCK_DEVICE = "an unnamed block device"
+LIVE_JOB_STATUSES = frozenset(
+    {"created", "running", "paused", "ready", "standby", "waiting", "pending", "aborting"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Parent:
+    """One BdrvChild pointing at a node: who holds it (QEMU's description), its name and
+    its permissions."""
+
+    desc: str  # "node 'fmt0'", "block device 'drive0'", "mirror job 'm'", ...
+    child: str  # the BdrvChild's name: file, backing, root, main node, target, ...
+    perm: int
+    shared: int
+
+
+def perm_names(mask: int) -> str:
+    """bdrv_perm_names: the set permissions, comma separated."""
+    return ", ".join(name for bit, name in NAMES if mask & bit)
+
+
+def conflict_message(node: str, missing: int, requirer: Parent, unsharer: Parent) -> str:
+    """QEMU's bdrv_a_allow_b refusal."""
+    return (
+        f"Permission conflict on node '{node}': permissions '{perm_names(missing)}' are both "
+        f"required by {requirer.desc} (uses node '{node}' as '{requirer.child}' child) and "
+        f"unshared by {unsharer.desc} (uses node '{node}' as '{unsharer.child}' child)"
+    )
+
+
+def new_user_conflict(state: BlockState, node: BlockNode, perm: int) -> str | None:
+    """The refusal when an unnamed BlockBackend (qemu-io on a node name) takes `perm` on
+    `node`, sharing everything; None when every parent shares it."""
+    requirer = Parent(UNNAMED_BLOCK_DEVICE, "root", perm, ALL)
+    for parent in parents(state, node):
+        missing = perm & ~parent.shared
+        if missing:
+            return conflict_message(node.node_name, missing, requirer, parent)
+    return None
+
+
+# --- the parents of a node -----------------------------------------------------------------
+
+
+def parents(state: BlockState, node: BlockNode) -> list[Parent]:
+    """Every BdrvChild pointing at `node`, newest first (see the module docstring)."""
+    return _Perms(state).parents(node)
+
+
+def cumulative(state: BlockState, node: BlockNode) -> tuple[int, int]:
+    """bdrv_get_cumulative_perm: (OR of the parents' perm, AND of their shared)."""
+    return _Perms(state).cumulative(node)
+
+
+class _Perms:
+    """One evaluation over the current graph (memoized per node; no cycles in a sane graph)."""
+
+    def __init__(self, state: BlockState) -> None:
+        self.state = state
+        self.memo: dict[int, tuple[int, int]] = {}
+        self.active = [j for j in state.jobs if j.status in LIVE_JOB_STATUSES]
+
+    def parents(self, node: BlockNode) -> list[Parent]:
+        out: list[Parent] = []
+        for job in reversed(self.active):  # newest job first
+            out.extend(job_edges(self.state, job, node))
+        g = self.state.graph
+        for p in reversed(g.nodes):  # a later node's links are newer
+            for role in ("target", "backing", "file"):
+                if getattr(p, role) is node:
+                    perm, shared = self.child_perm(p, role)
+                    out.append(Parent(f"node '{p.node_name}'", role, perm, shared))
+        for bb in g.backends.values():
+            if bb.root is node:
+                perm = CONSISTENT_READ | (0 if node.read_only else WRITE)
+                out.append(Parent(f"block device '{bb.name}'", "root", perm, ALL))
+        return out
+
+    def cumulative(self, node: BlockNode) -> tuple[int, int]:
+        key = id(node)
+        if key in self.memo:
+            return self.memo[key]
+        self.memo[key] = (0, ALL)  # a cycle (a broken graph) ends here
+        perm, shared = 0, ALL
+        for parent in self.parents(node):
+            perm |= parent.perm
+            shared &= parent.shared
+        self.memo[key] = (perm, shared)
+        return perm, shared
+
+    def child_perm(self, parent: BlockNode, role: str) -> tuple[int, int]:
+        perm, shared = self.cumulative(parent)
+        return child_perms(self.state, parent, role, perm, shared, bool(self.parents(parent)))
+
+
+def child_perms(
+    state: BlockState, parent: BlockNode, role: str, perm: int, shared: int, has_parents: bool
+) -> tuple[int, int]:
+    """The permissions `parent`'s driver takes on its child `role`, given the parent's
+    cumulative (`perm`, `shared`): each driver's bdrv_child_perm."""
+    driver = parent.driver
+    if driver == "copy-before-write":
+        if role == "target":
+            return WRITE, ALL & ~RESIZE
+        perm, shared = _filter(perm, shared)
+        if has_parents:
+            if perm & WRITE:
+                perm |= CONSISTENT_READ
+            shared &= ~(WRITE | RESIZE)
+        return perm, shared
+    if driver == "commit_top":
+        return 0, ALL
+    if driver == "mirror_top":
+        job = _job_of_filter(state, parent)
+        if job is None:
+            return 0, ALL  # the job is stopping: nothing is forwarded
+        perm, shared = _filter(perm, shared)
+        if getattr(job.kind, "commit_mode", False):
+            perm &= ~CONSISTENT_READ
+            shared |= WRITE
+        return perm, shared
+    if driver == "copy-on-read":
+        perm, shared = _filter(perm, shared)
+        return perm | WRITE_UNCHANGED, shared
+    if parent.is_filter or driver == "raw":
+        return _filter(perm, shared)
+    if role == "backing":
+        return _cow(perm, shared)
+    return _storage(parent, perm, shared)
+
+
+def _filter(perm: int, shared: int) -> tuple[int, int]:
+    """bdrv_filter_default_perms."""
+    return perm & PASSTHROUGH, shared & PASSTHROUGH
+
+
+def _cow(perm: int, shared: int) -> tuple[int, int]:
+    """bdrv_default_perms_for_cow: a backing child reads; it lets others write only when
+    every user of the overlay does."""
+    perm &= CONSISTENT_READ
+    out_shared = (WRITE | RESIZE) if shared & WRITE else 0
+    return perm, out_shared | CONSISTENT_READ | WRITE_UNCHANGED
+
+
+def _storage(parent: BlockNode, perm: int, shared: int) -> tuple[int, int]:
+    """bdrv_default_perms_for_storage for a format driver's `file` (data and metadata)."""
+    perm, shared = _filter(perm, shared)
+    if not parent.read_only:
+        perm |= WRITE | RESIZE
+    perm |= CONSISTENT_READ
+    shared &= ~(WRITE | RESIZE)
+    if perm & WRITE_UNCHANGED:
+        perm |= WRITE
+    if perm & WRITE:
+        perm |= RESIZE
+    return perm, shared
+
+
+def _job_of_filter(state: BlockState, flt: BlockNode) -> Job | None:
+    for job in state.jobs:
+        if getattr(job.kind, "filter", None) is flt and job.status in LIVE_JOB_STATUSES:
+            return job
+    return None
+
+
+# --- what each job holds -------------------------------------------------------------------
+
+
+def job_edges(state: BlockState, job: Job, node: BlockNode) -> list[Parent]:
+    """The edges `job` holds on `node`, newest first (reverse order of creation)."""
+    kind = job.kind
+    desc = f"{job.type} job '{job.id}'"
+    unnamed = UNNAMED_BLOCK_DEVICE
+    edges: list[Parent] = []  # in creation order; reversed at the end
+    flt = getattr(kind, "filter", None)
+    name = type(kind).__name__
+    if name == "BackupKind":
+        edges.append(Parent(desc, "main node", 0, ALL) if flt is node else _none())
+        edges.append(Parent(desc, "target", 0, ALL) if kind.target is node else _none())
+    elif name == "MirrorKind":
+        commit = bool(getattr(kind, "commit_mode", False))
+        edges.append(
+            Parent(desc, "main node", CONSISTENT_READ, CONSISTENT_READ | WRITE_UNCHANGED | WRITE)
+            if flt is node
+            else _none()
+        )
+        if kind.target is node:
+            shared = WRITE_UNCHANGED | ((CONSISTENT_READ | WRITE) if commit else 0)
+            edges.append(Parent(unnamed, "root", WRITE, shared))
+        if kind.source is node:
+            edges.append(Parent(desc, "source", 0, WRITE_UNCHANGED | WRITE | CONSISTENT_READ))
+        if kind.target is node:
+            edges.append(Parent(desc, "target", 0, ALL))
+        if commit and node in _between(state, kind.source, kind.target):
+            edges.append(Parent(desc, "intermediate node", 0, WRITE_UNCHANGED | WRITE))
+    elif name == "CommitKind":
+        if kind.active is node:
+            edges.append(Parent(desc, "main node", 0, ALL))
+        if node is kind.top or node in _between(state, kind.top, kind.base):
+            edges.append(Parent(desc, "intermediate node", 0, WRITE_UNCHANGED | WRITE))
+        if kind.base is node:
+            edges.append(Parent(desc, "base", 0, ALL))
+            edges.append(
+                Parent(unnamed, "root", CONSISTENT_READ | WRITE, CONSISTENT_READ | WRITE_UNCHANGED)
+            )
+        if kind.top is node:
+            edges.append(Parent(unnamed, "root", 0, ALL))
+    elif name == "StreamKind":
+        if flt is node:
+            edges.append(Parent(desc, "main node", 0, ALL))
+        if node in _between(state, kind.node, kind.base):
+            edges.append(
+                Parent(desc, "intermediate node", 0, CONSISTENT_READ | WRITE_UNCHANGED)
+            )
+    return [e for e in reversed(edges) if e.child]
+
+
+def _none() -> Parent:
+    return Parent("", "", 0, ALL)
+
+
+def _between(state: BlockState, top: BlockNode, base: BlockNode | None) -> list[BlockNode]:
+    """The nodes strictly below `top` down to (excluding) `base`, following filtered and
+    backing children."""
+    out: list[BlockNode] = []
+    node = top.filtered_child() if top.is_filter else top.backing
+    while node is not None and node is not base and len(out) < 256:
+        out.append(node)
+        node = node.filtered_child() if node.is_filter else node.backing
+    return out
