@@ -342,7 +342,7 @@ def record(trace: str, out: str | None, qemu: str | None) -> None:
 
 
 @main.command()
-@click.argument("traces", nargs=-1, required=True)
+@click.argument("traces", nargs=-1)
 @click.option(
     "--policy",
     type=click.Choice(POLICIES),
@@ -352,11 +352,49 @@ def record(trace: str, out: str | None, qemu: str | None) -> None:
 )
 @_qemu_option
 @click.option("--no-images", is_flag=True, help="Do not compare image contents.")
-def diff(traces: tuple[str, ...], policy: str, qemu: str | None, no_images: bool) -> None:
-    """Run TRACE files on real QEMU 7.2 and on the simulator; show every difference."""
+@click.option(
+    "--campaign",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Instead of TRACE files: draw N traces and diff each (a differential campaign).",
+)
+@click.option(
+    "--source",
+    type=click.Choice(("rules", "tracegen")),
+    default="rules",
+    show_default=True,
+    help="Campaign traces: the fuzzer's rules (timing-independent) or the seeded generator.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Campaign seed.")
+@click.option("--first", type=click.IntRange(min=0), default=0, help="Index of the first trace.")
+@click.option("--out", default=None, help="Campaign folder: failures/, summary.json/.txt.")
+@click.option("--record", default=None, help="Write every trace with QEMU's answers here.")
+def diff(
+    traces: tuple[str, ...],
+    policy: str,
+    qemu: str | None,
+    no_images: bool,
+    campaign: int | None,
+    source: str,
+    seed: int,
+    first: int,
+    out: str | None,
+    record: str | None,
+) -> None:
+    """Run TRACE files on real QEMU 7.2 and on the simulator; show every difference.
+
+    With --campaign N: draw N traces (from the fuzzer's rules by default), diff
+    each, shrink every new mismatch class into OUT/failures/ and print the
+    traces and steps matched per 1,000, per command.
+    """
     from sim.oracle.diff import diff_trace
     from sim.oracle.qemu_runner import OracleError, QemuNotFound
 
+    if campaign is not None:
+        _diff_campaign(campaign, source, seed, first, out, record, qemu)
+        return
+    if not traces:
+        raise click.UsageError("give TRACE files, or --campaign N")
     worst = EXIT_OK
     for path in collect_traces(traces):
         try:
@@ -375,6 +413,35 @@ def diff(traces: tuple[str, ...], policy: str, qemu: str | None, no_images: bool
         click.echo(report.render())
         worst = max(worst, EXIT_OK if report.identical else EXIT_MISMATCH)
     sys.exit(worst)
+
+
+def _diff_campaign(
+    count: int,
+    source: str,
+    seed: int,
+    first: int,
+    out: str | None,
+    record: str | None,
+    qemu: str | None,
+) -> None:
+    from sim.fuzz.differential import differential_campaign
+    from sim.oracle.qemu_runner import OracleError
+
+    if out is None:
+        raise click.UsageError("--campaign needs --out DIR")
+
+    def progress(done: int, total: int, message: str) -> None:
+        click.echo(f"[{done}/{total}] {message}", err=True)
+
+    try:
+        summary = differential_campaign(
+            count, seed, out, qemu, progress, source=source, first=first, record_dir=record
+        )
+    except OracleError as exc:
+        click.echo(f"blocksim diff: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    click.echo(summary.render())
+    sys.exit(EXIT_OK if not summary.classes else EXIT_MISMATCH)
 
 
 # --- reports (sim.report) -------------------------------------------------------------------

@@ -66,8 +66,10 @@ def is_still(job: Job) -> bool:
         return True
     if job.status == "paused" and job.user_paused:
         return True
-    return job.status == "running" and bool(getattr(job.kind, "never_ends", False)) and (
-        not job.cancelled
+    return (
+        job.status == "running"
+        and bool(getattr(job.kind, "never_ends", False))
+        and (not job.cancelled)
     )
 
 
@@ -187,6 +189,10 @@ class DifferentialMachine(BlockMachine):
                 self.settle()
         finally:
             self._settling = False
+
+    def io_nodes(self) -> list[str]:
+        """Every named node: QEMU's permission conflicts are part of what is compared."""
+        return self.node_names()
 
     def target_name(self, job: Job) -> str:
         target = getattr(job.kind, "target", None)

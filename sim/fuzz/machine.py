@@ -389,8 +389,8 @@ class MachineCore(RuleBasedStateMachine):
 
     def io_nodes(self) -> list[str]:
         """Node names qemu-io may write to in QEMU: none below a filter, none a job
-        writes to (the job takes the write permission; blocksim has no permission
-        model, so such side writes would only find what the README lists as known)."""
+        writes to (the job takes the write permission; such writes are refused with a
+        permission conflict, which the differential mode draws instead)."""
         g = self.machine.state.graph
         taken = {id(n.filtered_child()) for n in g.nodes if n.is_filter}
         taken |= {id(getattr(j.kind, "target", None)) for j in self.machine.state.jobs}

@@ -260,9 +260,7 @@ def job_edges(state: BlockState, job: Job, node: BlockNode) -> list[Parent]:
         if flt is node:
             edges.append(Parent(desc, "main node", 0, ALL))
         if node in _between(state, kind.node, kind.base):
-            edges.append(
-                Parent(desc, "intermediate node", 0, CONSISTENT_READ | WRITE_UNCHANGED)
-            )
+            edges.append(Parent(desc, "intermediate node", 0, CONSISTENT_READ | WRITE_UNCHANGED))
     return [e for e in reversed(edges) if e.child]
 
 
@@ -279,3 +277,22 @@ def _between(state: BlockState, top: BlockNode, base: BlockNode | None) -> list[
         out.append(node)
         node = node.filtered_child() if node.is_filter else node.backing
     return out
+
+
+def jobs_above(state: BlockState, node: BlockNode) -> list[Job]:
+    """Live jobs holding an edge on `node` or on a node above it: the jobs a drained
+    section of `node` pauses (a drain travels up through every parent)."""
+    seen: dict[int, BlockNode] = {}
+    todo = [node]
+    while todo and len(seen) < 1024:
+        n = todo.pop()
+        if id(n) in seen:
+            continue
+        seen[id(n)] = n
+        todo.extend(p for p, _ in state.graph.parents(n))
+    nodes = list(seen.values())
+    return [
+        j
+        for j in state.jobs
+        if j.status in LIVE_JOB_STATUSES and any(job_edges(state, j, n) for n in nodes)
+    ]

@@ -28,6 +28,8 @@ def _hmp(m: Machine, a: dict[str, Any]) -> str:
     bb, root = m.state.resolve_target(cmd.target)
     if root is None:
         return qemu_io.device_not_found_reply(cmd.target)
+    if bb is None:
+        _local_backend_drains(m, root)
     if cmd.requires_write and bb is None and m.state.policy.permissions:
         # qemu-io on a node name inserts an unnamed BlockBackend that takes write for
         # a write command: every parent of the node must share it (checked before the
@@ -43,6 +45,26 @@ def _hmp(m: Machine, a: dict[str, Any]) -> str:
     else:
         m.hmp_output = cmd.output
     return cmd.reply
+
+
+def _local_backend_drains(m: Machine, node: Any) -> None:
+    """qemu-io on a node name inserts a BlockBackend of its own and removes it after the
+    command: each is a drained section of the node, which pauses and resumes every job
+    holding that node or a node above it (two JOB_STATUS_CHANGE pairs each, recorded on
+    QEMU 7.2, whether the command succeeds or not)."""
+    jobs = [
+        j
+        for j in perms.jobs_above(m.state, node)
+        if j.user_paused == 0 and j.status in ("running", "ready")
+    ]
+    for _ in range(2):
+        for job in jobs:
+            flush = getattr(job.kind, "flush_on_drain", None)
+            if flush is not None:
+                flush()
+            job.set_status("standby" if job.status == "ready" else "paused")
+        for job in jobs:
+            job.set_status("ready" if job.status == "standby" else "running")
 
 
 def _warn_if_qemu_hangs(m: Machine, root: Any, cmd: qemu_io.QemuIoCommand) -> None:
