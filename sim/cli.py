@@ -369,6 +369,13 @@ def record(trace: str, out: str | None, qemu: str | None) -> None:
 @click.option("--first", type=click.IntRange(min=0), default=0, help="Index of the first trace.")
 @click.option("--out", default=None, help="Campaign folder: failures/, summary.json/.txt.")
 @click.option("--record", default=None, help="Write every trace with QEMU's answers here.")
+@click.option(
+    "--shrink-runs",
+    type=click.IntRange(min=0),
+    default=150,
+    show_default=True,
+    help="QEMU runs shrinking one new mismatch class may spend.",
+)
 def diff(
     traces: tuple[str, ...],
     policy: str,
@@ -380,6 +387,7 @@ def diff(
     first: int,
     out: str | None,
     record: str | None,
+    shrink_runs: int,
 ) -> None:
     """Run TRACE files on real QEMU 7.2 and on the simulator; show every difference.
 
@@ -391,7 +399,7 @@ def diff(
     from sim.oracle.qemu_runner import OracleError, QemuNotFound
 
     if campaign is not None:
-        _diff_campaign(campaign, source, seed, first, out, record, qemu)
+        _diff_campaign(campaign, source, seed, first, out, record, qemu, shrink_runs)
         return
     if not traces:
         raise click.UsageError("give TRACE files, or --campaign N")
@@ -423,6 +431,7 @@ def _diff_campaign(
     out: str | None,
     record: str | None,
     qemu: str | None,
+    shrink_runs: int,
 ) -> None:
     from sim.fuzz.differential import differential_campaign
     from sim.oracle.qemu_runner import OracleError
@@ -435,7 +444,15 @@ def _diff_campaign(
 
     try:
         summary = differential_campaign(
-            count, seed, out, qemu, progress, source=source, first=first, record_dir=record
+            count,
+            seed,
+            out,
+            qemu,
+            progress,
+            source=source,
+            first=first,
+            record_dir=record,
+            shrink_runs=shrink_runs,
         )
     except OracleError as exc:
         click.echo(f"blocksim diff: {exc}", err=True)

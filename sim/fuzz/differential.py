@@ -243,6 +243,7 @@ def differential_campaign(
     source: str = "tracegen",
     first: int = 0,
     record_dir: str | Path | None = None,
+    shrink_runs: int = MAX_SHRINK_RUNS,
 ) -> Summary:
     """Diff `n_traces` generated traces on real QEMU and the simulator; returns the `Summary`.
 
@@ -250,7 +251,8 @@ def differential_campaign(
     ``rules``: trace i is `sim.fuzz.difftraces.draw_traces`' trace i for
     `seed`.  `first` is the index of the first trace (campaigns run in
     chunks).  With `record_dir`, every trace QEMU ran through is written
-    there with QEMU's answers (``match/`` or ``mismatch/``).  Writes the shrunk
+    there with QEMU's answers (``match/`` or ``mismatch/``).  `shrink_runs`
+    caps the QEMU runs shrinking one new class may spend.  Writes the shrunk
     trace of each mismatch class to ``out_dir/failures/`` and the summary to
     ``out_dir/summary.json``.  `progress(done, total, message)` is called
     after every trace.  Raises `QemuNotFound` when QEMU is missing.
@@ -286,7 +288,7 @@ def differential_campaign(
             summary.mismatching += 1
             cls = known.get(outcome.signature)
             if cls is None:
-                cls = _new_class(steps, trace_seed, outcome, qemu, out, summary)
+                cls = _new_class(steps, trace_seed, outcome, qemu, out, summary, shrink_runs)
                 known[cls.signature] = cls
                 summary.classes.append(cls)
                 message = f"seed {trace_seed}: NEW {cls.signature} -> {cls.path}"
@@ -341,9 +343,10 @@ def _new_class(
     qemu: str | None,
     out: Path,
     summary: Summary,
+    shrink_runs: int = MAX_SHRINK_RUNS,
 ) -> MismatchClass:
     assert outcome.signature is not None
-    shrunk, final, runs = shrink(steps, outcome, qemu)
+    shrunk, final, runs = shrink(steps, outcome, qemu, shrink_runs)
     again = [run_outcome(shrunk, qemu, SHRINK_WAIT_TIMEOUT_S) for _ in range(CONFIRM_RUNS)]
     summary.qemu_runs += runs + CONFIRM_RUNS
     reproduced = sum(o.signature == outcome.signature for o in again)
