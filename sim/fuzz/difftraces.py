@@ -124,12 +124,17 @@ class DifferentialMachine(BlockMachine):
 
     @staticmethod
     def sanitize(step: dict[str, Any]) -> dict[str, Any]:
-        """No rate limit but on a backup that copies (not `sync: none`): a mirror, commit
-        or stream may have sent its events before the next command lifts the limit."""
-        args = step.get("arguments")
-        if not isinstance(args, dict):
-            return step
+        """No rate limit but on a backup: a mirror, commit or stream may have sent its
+        events before the next command lifts the limit.  No query-commands: the
+        simulator lists only the commands it models (a known difference)."""
         command = step.get("execute")
+        args = step.get("arguments")
+        if not isinstance(args, dict) and command != "query-commands":
+            return step
+        if command == "query-commands":  # lists the modelled commands only (README)
+            step["execute"] = "query-block-jobs"
+            step.pop("arguments", None)
+            return step
         if command in ("drive-backup", "blockdev-backup"):
             return step
         if command in JOB_STARTS and isinstance(args.get("speed"), int) and args["speed"] > 0:

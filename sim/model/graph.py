@@ -42,6 +42,9 @@ class Image:
     content: Content
     backing_file: str | None = None
     cluster_size: int = QCOW2_CLUSTER  # qcow2 only
+    # persistent dirty bitmaps in the qcow2 bitmap directory, as stored when the last
+    # writable node on the image closed (qcow2_store_persistent_dirty_bitmaps)
+    bitmaps: list[DirtyBitmap] = field(default_factory=list)
 
 
 @dataclass(eq=False, slots=True)
@@ -262,6 +265,7 @@ class BlockGraph:
             if n.monitor_owned or self.has_users(n) or self.node(n.node_name) is not n:
                 continue
             self.remove_node(n)
+            store_bitmaps(n)
             deleted.append(n)
             kids = list(n.children())
             self.set_backing(n, None)
@@ -359,3 +363,38 @@ class BlockGraph:
             cluster_size=image.cluster_size,
         )
         return fmt
+
+
+def store_bitmaps(node: BlockNode) -> None:
+    """qcow2_close of a writable node: its persistent bitmaps (names, granularity, bits,
+    the `auto` flag = enabled) replace the image's bitmap directory."""
+    if node.driver != "qcow2" or node.image is None or node.read_only:
+        return
+    live = {
+        bm.name: _copy_bitmap(bm, readonly=False)
+        for bm in node.bitmaps
+        if bm.persistent and bm.name is not None and not bm.freed
+    }
+    # the directory keeps the entries it had (updated) and appends new ones in the
+    # order the node lists them
+    old = [live.pop(bm.name) for bm in node.image.bitmaps if bm.name in live]
+    node.image.bitmaps = old + list(live.values())
+
+
+def load_bitmaps(node: BlockNode) -> None:
+    """qcow2_load_dirty_bitmaps on open: every bitmap of the image's directory becomes a
+    persistent bitmap of the node (read-only on a read-only node); a writable node marks
+    them in-use in the header at once."""
+    if node.driver != "qcow2" or node.image is None or not node.image.bitmaps:
+        return
+    # each loaded bitmap is put at the head of the node's list: directory order reversed
+    loaded = [_copy_bitmap(bm, readonly=node.read_only) for bm in node.image.bitmaps]
+    node.bitmaps = loaded[::-1] + node.bitmaps
+
+
+def _copy_bitmap(bm: DirtyBitmap, readonly: bool) -> DirtyBitmap:
+    out = DirtyBitmap(bm.name, bm.granularity, bm.size_bytes, enabled=bm.enabled, persistent=True)
+    out.bits = bm.bits.copy()
+    out.readonly = readonly
+    out.stored = True
+    return out

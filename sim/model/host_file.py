@@ -353,7 +353,11 @@ def stored_bitmaps(node: BlockNode) -> list[DirtyBitmap]:
     """
     if node.driver != "qcow2":
         return []
-    return [b for b in node.bitmaps if b.persistent and b.stored and b.name is not None]
+    stored = [b for b in node.bitmaps if b.persistent and b.stored and b.name is not None]
+    if node.image is not None and node.image.bitmaps:  # loaded ones: directory order
+        order = {bm.name: i for i, bm in enumerate(node.image.bitmaps)}
+        stored.sort(key=lambda b: order.get(b.name, -1))
+    return stored
 
 
 def _store_bitmaps(hmap: _HostMap, bitmaps: list[DirtyBitmap]) -> None:

@@ -50,6 +50,7 @@ class MirrorKind(KindBase):
         base: BlockNode | None = None,
         commit: bool = False,
         write_blocking: bool = False,
+        leave_backing: bool = False,
     ) -> None:
         self.graph, self.job = graph, job
         self.source, self.target, self.sync = source, target, sync
@@ -57,6 +58,9 @@ class MirrorKind(KindBase):
         self.commit_mode = commit
         self.close_target = close_target
         self.write_blocking = write_blocking
+        # blockdev-mirror (MIRROR_LEAVE_BACKING_CHAIN): the target keeps the backing it
+        # was opened with; drive-mirror gives it the source's chain on completion
+        self.leave_backing = leave_backing
         self.nodes: list[BlockNode] = []
         if commit:
             graph.reopen_rw(target)
@@ -139,7 +143,7 @@ class MirrorKind(KindBase):
 
     def _pivot(self) -> None:
         g = self.graph
-        if not self.commit_mode and self.sync in ("top", "none"):
+        if not self.commit_mode and not self.leave_backing and self.sync in ("top", "none"):
             backing = self.source if self.sync == "none" else self.source.backing
             if self.target.backing is not backing:
                 g.set_backing(self.target, backing)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sim.errors import QMPError
 from sim.model import reopen
-from sim.model.graph import QCOW2_CLUSTER, BlockNode
+from sim.model.graph import QCOW2_CLUSTER, BlockNode, load_bitmaps
 from sim.model.snapshot import check_new_node_name
 from sim.qmp.dispatch import command
 from sim.qmp.schema import BLOCKDEV_OPTIONS, MODELLED_DRIVERS, List, members
@@ -102,6 +102,7 @@ def _open_format(
         discard_unmap=unmap,
         cluster_size=image.cluster_size if image is not None else QCOW2_CLUSTER,
     )
+    load_bitmaps(node)
     created.append(node)  # before its backing: a failing backing open deletes it too
     if driver == "qcow2":
         backing = a.get("backing", "__image__")

@@ -337,7 +337,9 @@ def _blockdev_mirror(m: Machine, a: dict[str, Any]) -> None:
     source = root_bs(m, a["device"])
     target = g.lookup_or_fail(a["target"])
     sync = a["sync"]
-    _start_mirror(m, a, source, target, sync, sync == "full", close_target=False)
+    _start_mirror(
+        m, a, source, target, sync, sync == "full", close_target=False, leave_backing=True
+    )
 
 
 def _start_mirror(
@@ -348,6 +350,7 @@ def _start_mirror(
     sync: str,
     zero_target: bool,
     close_target: bool,
+    leave_backing: bool = False,
 ) -> None:
     g = m.state.graph
     gran = _mirror_checks(a)
@@ -383,6 +386,7 @@ def _start_mirror(
         zero_target=zero_target,
         close_target=close_target,
         write_blocking=a.get("copy-mode") == "write-blocking",
+        leave_backing=leave_backing,
     )
     register(m, job, kind, [kind.filter, source, target])
     start_job(m, job)
