@@ -128,14 +128,12 @@ class DifferentialMachine(BlockMachine):
         events before the next command lifts the limit.  No query-commands: the
         simulator lists only the commands it models (a known difference)."""
         command = step.get("execute")
-        args = step.get("arguments")
-        if not isinstance(args, dict) and command != "query-commands":
-            return step
         if command == "query-commands":  # lists the modelled commands only (README)
             step["execute"] = "query-block-jobs"
             step.pop("arguments", None)
             return step
-        if command in ("drive-backup", "blockdev-backup"):
+        args = step.get("arguments")
+        if not isinstance(args, dict) or command in ("drive-backup", "blockdev-backup"):
             return step
         if command in JOB_STARTS and isinstance(args.get("speed"), int) and args["speed"] > 0:
             del args["speed"]
