@@ -96,18 +96,23 @@ def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
     kind = job.kind
     source, target = job_nodes(job)
     ignored_error: str | None = None  # stream: an ignored error fails the job at the end
+    # job_start enters the job's coroutine at once: a backup's block-copy issues its
+    # first request (up to 1 MiB) before the command returns, so a cancel or pause
+    # that follows right away finds it in flight and lets it complete
+    in_flight = job.type == "backup"
     while True:
         if job.status in ("aborting", "concluded", "null"):
             return
-        if _done(job) or job.error is not None:
+        if job.error is not None or (_done(job) and not in_flight):
             break
-        if job.user_paused:
+        if job.user_paused and not in_flight:
             job.busy_flag = False
             yield waker.wait()
             continue
         job.busy_flag = True
         chunk = kind.next_chunk()
         if chunk is None:
+            in_flight = False
             if kind.has_ready:
                 if job.status == "running":
                     job.set_status("ready")
@@ -122,6 +127,7 @@ def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
                 yield waker.wait()
                 continue
             break
+        in_flight = False
         offset, length = chunk
         failure = chunk_fault(m, job, offset, length) if m.faults else None
         if failure is None:

@@ -565,6 +565,45 @@ def write_failure(
     return path
 
 
+# --- campaigns run in chunks ----------------------------------------------------------------
+
+
+def merge_summaries(folders: Sequence[str | Path]) -> Summary:
+    """One `Summary` from the ``summary.json`` of campaign chunks (their traces, steps
+    and per-command tallies added; classes joined by signature, the first chunk's
+    shrunk trace kept)."""
+    merged = Summary()
+    by_signature: dict[str, MismatchClass] = {}
+    for folder in folders:
+        data = json.loads((Path(folder) / "summary.json").read_text())
+        merged.traces += data["traces"]
+        merged.identical += data["identical"]
+        merged.mismatching += data["mismatching"]
+        merged.elapsed_s += data["elapsed_s"]
+        merged.qemu_runs += data["qemu_runs"]
+        merged.untestable += data.get("untestable", 0)
+        merged.steps += data.get("steps", 0)
+        merged.steps_matched += data.get("steps_matched", 0)
+        merged.generator_errors += data["generator_errors"]
+        for name, t in data.get("per_command", {}).items():
+            tally = merged.commands.setdefault(name, CommandTally())
+            tally.traces += t["traces"]
+            tally.traces_matched += t["traces_matched"]
+            tally.steps += t["steps"]
+            tally.steps_matched += t["steps_matched"]
+        for c in data["classes"]:
+            known = by_signature.get(c["signature"])
+            if known is None:
+                known = MismatchClass(
+                    c["signature"], c["seeds"][0] if c["seeds"] else 0, [], c["trace"],
+                    c["steps"][0], c["steps"][1], c["first"], c["reproduced"],
+                )  # fmt: skip
+                by_signature[c["signature"]] = known
+                merged.classes.append(known)
+            known.seeds.extend(c["seeds"])
+    return merged
+
+
 # --- command line ------------------------------------------------------------------------
 
 
@@ -583,7 +622,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--first", type=int, default=0, help="index of the first trace")
     parser.add_argument("--record", default=None, help="write recorded traces into this folder")
+    parser.add_argument(
+        "--merge", nargs="+", default=None, help="merge the summaries of these campaign folders"
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        merged = merge_summaries(args.merge)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(merged.to_json(), indent=1) + "\n")
+        (out / "summary.txt").write_text(merged.render() + "\n")
+        sys.stdout.write(merged.render() + "\n")
+        return 0
 
     def progress(done: int, total: int, message: str) -> None:
         sys.stderr.write(f"[{done}/{total}] {message}\n")
