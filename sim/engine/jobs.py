@@ -112,7 +112,9 @@ def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
         job.busy_flag = True
         chunk = kind.next_chunk()
         if chunk is None:
-            in_flight = False
+            if in_flight:  # nothing to issue: what came meanwhile applies now
+                in_flight = False
+                continue
             if kind.has_ready:
                 if job.status == "running":
                     job.set_status("ready")

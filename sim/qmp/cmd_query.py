@@ -162,18 +162,38 @@ def node_filename(graph: BlockGraph, node: BlockNode) -> str:
     node = _unfiltered(node)
     image = node_image(graph, node)
     if image is not None:
+        if _backing_overridden(graph, node):
+            return "json:" + json.dumps(_open_options(graph, node), sort_keys=True)
         return image.filename
     if node.driver == "null-co":
         return _null_co_filename(node)
     return node.node_name
 
 
+def _backing_overridden(graph: BlockGraph, node: BlockNode) -> bool:
+    """bdrv_backing_overridden: a qcow2 node whose backing child is not the file its
+    header names (or that has none while the header names one), e.g. an overlay put on
+    a node by blockdev-snapshot, or added with `backing: null`.  Its file name cannot
+    say how to open it, so bdrv_refresh_filename makes it json:{...}."""
+    if node.driver != "qcow2" or node.image is None:
+        return False
+    header = node.image.backing_file
+    if node.backing is None:
+        return header is not None
+    return header != node_filename(graph, node.backing)
+
+
 def _open_options(graph: BlockGraph, node: BlockNode) -> dict[str, Any]:
-    """bs->full_open_options: the driver, its strong options and its file child."""
+    """bs->full_open_options: the driver, its strong options, its file child and, when
+    overridden, its backing child."""
     if node.driver == "file":
         return {"driver": "file", "filename": node_filename(graph, node)}
     if node.is_format and node.file is not None:
-        return {"driver": node.driver, "file": _open_options(graph, node.file)}
+        options: dict[str, Any] = {"driver": node.driver, "file": _open_options(graph, node.file)}
+        if _backing_overridden(graph, node):
+            below = _unfiltered(node.backing) if node.backing is not None else None
+            options["backing"] = _open_options(graph, below) if below is not None else None
+        return options
     if node.driver == "null-co" and node.size_bytes != NULL_CO_DEFAULT_SIZE:
         return {"driver": "null-co", "size": node.size_bytes}
     return {"driver": node.driver}
@@ -268,14 +288,20 @@ def _qcow2_specific(node: BlockNode) -> dict[str, Any]:
 def _header_backing_file(graph: BlockGraph, node: BlockNode) -> tuple[str, str] | None:
     """(file name, format) of the backing file a qcow2 node names (`bs->backing_file`).
 
-    QEMU keeps it in step with the backing child: a snapshot writes it into
+    It is the image header's (`Image.backing_file`): a snapshot writes it into
     the new overlay, commit and stream rewrite it (bdrv_change_backing_file);
-    a job filter in between shows its child's file name.
+    blockdev-snapshot and `backing` given to blockdev-add do not, so the header
+    may name another file than the backing child (see `_backing_overridden`).
     """
-    if node.driver != "qcow2" or node.backing is None:
+    if node.driver != "qcow2":
         return None
-    below = _unfiltered(node.backing)
-    return node_filename(graph, below), below.driver
+    if node.image is None or node.image.backing_file is None:
+        if node.image is not None or node.backing is None:
+            return None
+        below = _unfiltered(node.backing)
+        return node_filename(graph, below), below.driver
+    named = graph.images.get(node.image.backing_file)
+    return node.image.backing_file, named.format if named is not None else "qcow2"
 
 
 def device_info(
@@ -318,9 +344,9 @@ def device_info(
             "file": node_filename(graph, node),
         }
     )
-    backing_file = _header_backing_file(graph, node)
-    if backing_file is not None:
-        info["backing_file"] = backing_file[0]
+    if node.driver == "qcow2" and node.backing is not None:
+        # bdrv_block_device_info names the backing child's file, whatever the header says
+        info["backing_file"] = node_filename(graph, node.backing)
     if node.bitmaps:
         info["dirty-bitmaps"] = [dirty_info(b) for b in node.bitmaps]
     return info
