@@ -175,12 +175,26 @@ def _backing_overridden(graph: BlockGraph, node: BlockNode) -> bool:
     header names (or that has none while the header names one), e.g. an overlay put on
     a node by blockdev-snapshot, or added with `backing: null`.  Its file name cannot
     say how to open it, so bdrv_refresh_filename makes it json:{...}."""
-    if node.driver != "qcow2" or node.image is None:
-        return False
-    header = node.image.backing_file
-    if node.backing is None:
-        return header is not None
-    return header != node_filename(graph, node.backing)
+    chain: list[BlockNode] = []  # the qcow2 image nodes down the backing chain
+    cur: BlockNode | None = node
+    while cur is not None and cur.driver == "qcow2" and cur.image is not None:
+        chain.append(cur)
+        cur = _unfiltered(cur.backing) if cur.backing is not None else None
+        if len(chain) > len(graph.nodes):  # a cycle (a broken graph): stop
+            break
+    overridden = False  # of the node just below, evaluated bottom-up (no recursion)
+    for n in reversed(chain):
+        header = n.image.backing_file if n.image is not None else None
+        if n.backing is None:
+            overridden = header is not None
+            continue
+        below = _unfiltered(n.backing)
+        if below.driver == "qcow2" and below.image is not None:
+            name = "" if overridden else below.image.filename  # json:{...} matches no header
+        else:
+            name = node_filename(graph, below)
+        overridden = header != name
+    return overridden
 
 
 def _open_options(graph: BlockGraph, node: BlockNode) -> dict[str, Any]:
