@@ -60,6 +60,20 @@ def emit(message: dict[str, Any]) -> None:
         pass
 
 
+def _ignore_interrupts() -> Any:
+    """A worker plugin: the worker process ignores SIGINT (workers restarted later too)."""
+    from distributed import WorkerPlugin
+
+    class IgnoreInterrupts(WorkerPlugin):  # type: ignore[misc]
+        def setup(self, worker: Any) -> None:
+            import signal
+
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return IgnoreInterrupts()
+
+
 class Runner:
     """Where tasks run: in-process, on a LocalCluster, or on an existing scheduler.
 
@@ -102,6 +116,9 @@ class Runner:
                 memory_limit=0,  # the fuzzer bounds its own memory
             )
             self.client = Client(self._cluster)
+            # Ctrl-C in a terminal reaches every process of the group: the workers leave
+            # it to the coordinator, which cancels their tasks and closes the cluster
+            self.client.register_plugin(_ignore_interrupts(), name="blocksim-ignore-sigint")
         return self
 
     def __exit__(self, *exc: object) -> None:

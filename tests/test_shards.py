@@ -208,3 +208,42 @@ def test_distributed_differential_equals_the_serial_campaign(
     assert len(a["classes"]) == 3 and a["mismatching"] == 8
     names = sorted(p.name for p in (tmp_path / "serial" / "failures").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "dask" / "failures").iterdir())
+
+
+def test_ctrl_c_on_a_local_cluster_keeps_what_was_found(tmp_path: Path) -> None:
+    """SIGINT to the whole process group, as a terminal's Ctrl-C: rc 130, no traceback
+    from the coordinator or the workers, merged shards and their failures on disk."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    # seed 0: shards 0-2 find nothing (done in a second), shard 3 finds and shrinks a failure
+    args = ["fuzz", "--workers", "2", "--examples", "80", "--shards", "4", "--steps", "8"]
+    args += ["--seed", "0", "--invariants", ADDR, "--no-progress", "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sim", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 120
+    summary = out / "campaign.json"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if summary.exists() and json.loads(summary.read_text())["shard_results"]:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the campaign ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr + stdout
+    doc = json.loads(summary.read_text())
+    assert doc["stopped"] == "interrupted" and doc["shard_results"]
+    index = json.loads((out / "failures" / "index.json").read_text())
+    assert len(index) >= sum(r.get("failures", 0) for r in doc["shard_results"]) >= 0
+    for record in index:
+        assert Path(record["path"]).is_file()
