@@ -109,9 +109,10 @@ class Runner:
                 threads_per_worker=1,
                 processes=True,
                 host="127.0.0.1",
-                # an ephemeral port: with None the scheduler still binds 8787 and
-                # warns (an error under pytest) when another cluster holds it
-                dashboard_address=":0",
+                # no dashboard; the scheduler's HTTP server (always started) on any free
+                # loopback port, not 8787 that another cluster may hold
+                dashboard_address="127.0.0.1:0",
+                scheduler_kwargs={"dashboard": False},
                 silence_logs=logging.CRITICAL,
                 memory_limit=0,  # the fuzzer bounds its own memory
             )
