@@ -61,6 +61,7 @@ from sim.trace import Trace, dumps, parse_lines
 CAMPAIGN_WAIT_TIMEOUT_S = 15.0  # generated jobs run on 16-64 MiB images: well under a second
 SHRINK_WAIT_TIMEOUT_S = 10.0
 MAX_SHRINK_RUNS = 150  # QEMU runs one shrink may spend
+SUMMARY_EVERY = 25  # traces between two writes of summary.json during a campaign
 CONFIRM_RUNS = 2  # extra runs of a shrunk trace: a flaky class shows as "reproduced 0/2"
 SEED_STRIDE = 1_000_000  # trace i of campaign seed s uses generator seed s * SEED_STRIDE + i
 
@@ -297,10 +298,16 @@ def differential_campaign(
             cls.seeds.append(trace_seed)
         if progress is not None:
             progress(index + 1, n_traces, message)
+        if summary.traces % SUMMARY_EVERY == 0:  # a campaign cut short keeps its figures
+            _write_summary(out, summary, started)
+    _write_summary(out, summary, started)
+    return summary
+
+
+def _write_summary(out: Path, summary: Summary, started: float) -> None:
     summary.elapsed_s = time.perf_counter() - started
     (out / "summary.json").write_text(json.dumps(summary.to_json(), indent=1) + "\n")
     (out / "summary.txt").write_text(summary.render() + "\n")
-    return summary
 
 
 def _draw(
