@@ -14,6 +14,7 @@ from collections.abc import Callable
 from sim.errors import QMPError
 from sim.model.bitmap_ops import Undo
 from sim.model.graph import BlockGraph, BlockNode, id_wellformed
+from sim.model.host_file import host_file
 from sim.model.policy import PlacementPolicy
 
 NODE_NAME_MAX = 31  # sizeof(bs->node_name) - 1
@@ -56,8 +57,8 @@ def snapshot_sync(
             raise QMPError(f"Unknown file format '{fmt}'")
         if fmt == "raw":
             raise QMPError("Backing file not supported for file format 'raw'")
-        backing_file = old.image.filename if old.image is not None else None
-        image = graph.create_image(snapshot_file, fmt, old.size_bytes, backing_file)
+        backing_file = _image_name(graph, old)
+        image = graph.create_image(snapshot_file, fmt, _length(graph, old), backing_file)
     else:
         existing = graph.images.get(snapshot_file)
         if existing is None:
@@ -156,3 +157,27 @@ def _reaches(top: BlockNode, node: BlockNode) -> bool:
 
 def _close_overlay(graph: BlockGraph, overlay: BlockNode) -> None:
     graph.delete_unreferenced(overlay)
+
+
+def _length(graph: BlockGraph, node: BlockNode) -> int:
+    """bdrv_getlength of the node an overlay is created on: a protocol node under a
+    format node is as long as its host file (the qcow2 file, not the guest disk),
+    rounded up to whole sectors."""
+    if node.driver == "file" and node.image is None:
+        for parent, role in graph.parents(node):
+            if role == "file" and parent.image is not None:
+                length = host_file(graph, parent.image).length_bytes
+                return -(-length // 512) * 512  # bdrv_getlength: whole sectors
+    return node.size_bytes
+
+
+def _image_name(graph: BlockGraph, node: BlockNode) -> str | None:
+    """The file name a new overlay's header gives its backing: the node's image, or for
+    a protocol node the image its format parent opened on it."""
+    if node.image is not None:
+        return node.image.filename
+    if node.driver == "file":
+        for parent, role in graph.parents(node):
+            if role == "file" and parent.image is not None:
+                return parent.image.filename
+    return None

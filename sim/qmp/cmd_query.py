@@ -167,6 +167,12 @@ def node_filename(graph: BlockGraph, node: BlockNode) -> str:
         return image.filename
     if node.driver == "null-co":
         return _null_co_filename(node)
+    if node.driver == "raw" and node.file is not None:
+        # raw adds nothing to its child's name, unless that is json: then its own options
+        below = node_filename(graph, node.file)
+        if not below.startswith("json:"):
+            return below
+        return "json:" + json.dumps(_open_options(graph, node), sort_keys=True)
     return node.node_name
 
 
@@ -263,6 +269,8 @@ def _get_info(node: BlockNode) -> dict[str, Any]:
     """What bdrv_get_info adds: `cluster-size` (qcow2) and `dirty-flag`; filters pass
     the call to their child, null-co has no such callback."""
     node = _unfiltered(node)
+    if node.driver == "raw" and node.file is not None and node.image is None:
+        node = _unfiltered(node.file)  # raw_get_info asks its child
     if node.driver == "null-co":
         return {}
     if node.driver == "qcow2":
@@ -274,6 +282,8 @@ def allocated_file_size(graph: BlockGraph, node: BlockNode) -> int | None:
     """bdrv_get_allocated_file_size: a filter's child's, a format node's file's, 0 for
     null-co; None (no `actual-size`) when there is no host file to ask."""
     node = _unfiltered(node)
+    if node.driver == "raw" and node.file is not None and node.file.driver == "null-co":
+        node = node.file  # raw over a null-co: its child's
     if node.driver == "null-co":
         return 0
     if node.driver == "file" or (node.is_format and node.file is not None):
