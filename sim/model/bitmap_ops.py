@@ -19,6 +19,7 @@ from sim.model.bitmap import (
     valid_granularity,
 )
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode
+from sim.model.host_file import host_file
 from sim.model.policy import Owner, PlacementPolicy
 
 Undo = Callable[[], None]
@@ -42,9 +43,16 @@ def check_bitmap(bm: DirtyBitmap, flags: int) -> None:
         raise QMPError(f"Bitmap '{name}' is inconsistent and cannot be used")
 
 
-def owner_size(owner: Owner) -> int:
+def owner_size(owner: Owner, graph: BlockGraph | None = None) -> int:
+    """bdrv_getlength of what a new bitmap covers: a protocol node under a format node
+    is as long as its host file (whole sectors), not the guest disk."""
     if isinstance(owner, BlockBackend):
         return owner.root.size_bytes if owner.root is not None else 0
+    if graph is not None and owner.driver == "file" and owner.image is None:
+        for parent, role in graph.parents(owner):
+            if role == "file" and parent.image is not None:
+                length = host_file(graph, parent.image).length_bytes
+                return -(-length // 512) * 512
     return owner.size_bytes
 
 
@@ -97,7 +105,7 @@ def add(
         raise QMPError(f"Bitmap already exists: {name}")
     if len(name.encode()) > MAX_NAME_BYTES:
         raise QMPError(f"Bitmap name too long: {name}")
-    nbits = check_bits(owner_size(owner), granularity)
+    nbits = check_bits(owner_size(owner, graph), granularity)
     # small bitmaps cannot reach the total (the trace's step limit bounds their
     # number), so only a large one pays for counting what is held
     held = 0
@@ -110,7 +118,7 @@ def add(
             f"already hold {held}; together they may hold at most {MAX_TOTAL_BITS} (2^33)"
         )
     bm = DirtyBitmap(
-        name, granularity, owner_size(owner), enabled=not disabled, persistent=persistent
+        name, granularity, owner_size(owner, graph), enabled=not disabled, persistent=persistent
     )
     owner.bitmaps.insert(0, bm)
 
