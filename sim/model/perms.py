@@ -28,11 +28,12 @@ concludes (block_job_remove_all_bdrv runs in its prepare/abort).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sim.model.graph import BlockNode
+    from sim.model.graph import BlockGraph, BlockNode
     from sim.model.jobs import Job
     from sim.model.state import BlockState
 
@@ -95,27 +96,29 @@ def new_user_conflict(state: BlockState, node: BlockNode, perm: int) -> str | No
 
 def parents(state: BlockState, node: BlockNode) -> list[Parent]:
     """Every BdrvChild pointing at `node`, newest first (see the module docstring)."""
-    return _Perms(state).parents(node)
+    return _Perms(state.graph, state.jobs).parents(node)
 
 
-def cumulative(state: BlockState, node: BlockNode) -> tuple[int, int]:
-    """bdrv_get_cumulative_perm: (OR of the parents' perm, AND of their shared)."""
-    return _Perms(state).cumulative(node)
+def cumulative(graph: BlockGraph, node: BlockNode, jobs: Sequence[Job] = ()) -> tuple[int, int]:
+    """bdrv_get_cumulative_perm: (OR of the parents' perm, AND of their shared), over
+    the graph's edges and those `jobs` hold."""
+    return _Perms(graph, jobs).cumulative(node)
 
 
 class _Perms:
     """One evaluation over the current graph (memoized per node; no cycles in a sane graph)."""
 
-    def __init__(self, state: BlockState) -> None:
-        self.state = state
+    def __init__(self, graph: BlockGraph, jobs: Sequence[Job]) -> None:
+        self.graph = graph
+        self.jobs = jobs
         self.memo: dict[int, tuple[int, int]] = {}
-        self.active = [j for j in state.jobs if j.status in LIVE_JOB_STATUSES]
+        self.active = [j for j in jobs if j.status in LIVE_JOB_STATUSES]
 
     def parents(self, node: BlockNode) -> list[Parent]:
         out: list[Parent] = []
         for job in reversed(self.active):  # newest job first
-            out.extend(job_edges(self.state, job, node))
-        g = self.state.graph
+            out.extend(job_edges(job, node))
+        g = self.graph
         for p in reversed(g.nodes):  # a later node's links are newer
             for role in ("target", "backing", "file"):
                 if getattr(p, role) is node:
@@ -141,11 +144,11 @@ class _Perms:
 
     def child_perm(self, parent: BlockNode, role: str) -> tuple[int, int]:
         perm, shared = self.cumulative(parent)
-        return child_perms(self.state, parent, role, perm, shared, bool(self.parents(parent)))
+        return child_perms(self.jobs, parent, role, perm, shared, bool(self.parents(parent)))
 
 
 def child_perms(
-    state: BlockState, parent: BlockNode, role: str, perm: int, shared: int, has_parents: bool
+    jobs: Sequence[Job], parent: BlockNode, role: str, perm: int, shared: int, has_parents: bool
 ) -> tuple[int, int]:
     """The permissions `parent`'s driver takes on its child `role`, given the parent's
     cumulative (`perm`, `shared`): each driver's bdrv_child_perm."""
@@ -162,7 +165,7 @@ def child_perms(
     if driver == "commit_top":
         return 0, ALL
     if driver == "mirror_top":
-        job = _job_of_filter(state, parent)
+        job = _job_of_filter(jobs, parent)
         if job is None:
             return 0, ALL  # the job is stopping: nothing is forwarded
         perm, shared = _filter(perm, shared)
@@ -207,8 +210,8 @@ def _storage(parent: BlockNode, perm: int, shared: int) -> tuple[int, int]:
     return perm, shared
 
 
-def _job_of_filter(state: BlockState, flt: BlockNode) -> Job | None:
-    for job in state.jobs:
+def _job_of_filter(jobs: Sequence[Job], flt: BlockNode) -> Job | None:
+    for job in jobs:
         if getattr(job.kind, "filter", None) is flt and job.status in LIVE_JOB_STATUSES:
             return job
     return None
@@ -217,7 +220,7 @@ def _job_of_filter(state: BlockState, flt: BlockNode) -> Job | None:
 # --- what each job holds -------------------------------------------------------------------
 
 
-def job_edges(state: BlockState, job: Job, node: BlockNode) -> list[Parent]:
+def job_edges(job: Job, node: BlockNode) -> list[Parent]:
     """The edges `job` holds on `node`, newest first (reverse order of creation)."""
     kind = job.kind
     desc = f"{job.type} job '{job.id}'"
@@ -242,12 +245,12 @@ def job_edges(state: BlockState, job: Job, node: BlockNode) -> list[Parent]:
             edges.append(Parent(desc, "source", 0, WRITE_UNCHANGED | WRITE | CONSISTENT_READ))
         if kind.target is node:
             edges.append(Parent(desc, "target", 0, ALL))
-        if commit and node in _between(state, kind.source, kind.target):
+        if commit and node in _between(kind.source, kind.target):
             edges.append(Parent(desc, "intermediate node", 0, WRITE_UNCHANGED | WRITE))
     elif name == "CommitKind":
         if kind.active is node:
             edges.append(Parent(desc, "main node", 0, ALL))
-        if node is kind.top or node in _between(state, kind.top, kind.base):
+        if node is kind.top or node in _between(kind.top, kind.base):
             edges.append(Parent(desc, "intermediate node", 0, WRITE_UNCHANGED | WRITE))
         if kind.base is node:
             edges.append(Parent(desc, "base", 0, ALL))
@@ -259,7 +262,7 @@ def job_edges(state: BlockState, job: Job, node: BlockNode) -> list[Parent]:
     elif name == "StreamKind":
         if flt is node:
             edges.append(Parent(desc, "main node", 0, ALL))
-        if node in _between(state, kind.node, kind.base):
+        if node in _between(kind.node, kind.base):
             edges.append(Parent(desc, "intermediate node", 0, CONSISTENT_READ | WRITE_UNCHANGED))
     return [e for e in reversed(edges) if e.child]
 
@@ -268,7 +271,7 @@ def _none() -> Parent:
     return Parent("", "", 0, ALL)
 
 
-def _between(state: BlockState, top: BlockNode, base: BlockNode | None) -> list[BlockNode]:
+def _between(top: BlockNode, base: BlockNode | None) -> list[BlockNode]:
     """The nodes strictly below `top` down to (excluding) `base`, following filtered and
     backing children."""
     out: list[BlockNode] = []
@@ -294,5 +297,5 @@ def jobs_above(state: BlockState, node: BlockNode) -> list[Job]:
     return [
         j
         for j in state.jobs
-        if j.status in LIVE_JOB_STATUSES and any(job_edges(state, j, n) for n in nodes)
+        if j.status in LIVE_JOB_STATUSES and any(job_edges(j, n) for n in nodes)
     ]

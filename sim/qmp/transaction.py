@@ -233,6 +233,7 @@ def _snapshot(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepared:
         data["node"],
         data["overlay"],
         on_lookup=lambda node: drained_begin(m, ctx, node),
+        jobs=s.jobs,
     )
     return Prepared(abort=undo)
 
