@@ -5,7 +5,8 @@ index agrees with the node list; every child and every backend root is a node
 of the graph (nothing deleted is still reachable); there is no cycle; a filter
 has exactly one filtered child; every node a live job uses is still in the
 graph; every bitmap list holds each bitmap once and no bitmap is in two lists;
-a bitmap is busy only while a job holds it, and a job's internal bitmaps go
+a bitmap is busy only while a job or a block export holds it (and every exported
+bitmap is busy, every export's node in the graph), and a job's internal bitmaps go
 away with the job.  On every guest write: a write that reaches the source of a
 copy-before-write filter must have passed through that filter.
 
@@ -35,7 +36,7 @@ FILTER_SLOTS = {
 class GraphWellFormed(StepChecker):
     """The block graph has no cycle, no dangling child or root, unique names, filters with
     exactly one filtered child, nothing a job uses deleted, and no bitmap left busy (or
-    left behind) once no job holds it."""
+    left behind) once no job or export holds it."""
 
     name = "graph-well-formed"
 
@@ -189,9 +190,23 @@ class GraphWellFormed(StepChecker):
                     )
 
     def _bitmaps(self, out: dict[str, tuple[str, dict[str, Any]]]) -> None:
-        held: list[DirtyBitmap] = []  # every bitmap a live job refers to
+        held: list[DirtyBitmap] = []  # every bitmap a live job or a block export refers to
         for job in live_jobs(self.state.jobs):
             held.extend(_job_bitmaps(job.kind))
+        for exp in self.state.exports.exports:
+            held.extend(exp.bitmaps)
+            for bm in exp.bitmaps:
+                if not bm.busy:
+                    out[f"export:{exp.id}:{id(bm)}"] = (
+                        f"bitmap '{bm.name}' is exported by '{exp.id}' but not busy",
+                        {"export": exp.id, "name": bm.name},
+                    )
+            if not any(n is exp.node for n in self.graph.nodes):
+                out[f"export-node:{exp.id}"] = (
+                    f"block export '{exp.id}' serves node '{exp.node.node_name}', which is "
+                    "no longer in the graph",
+                    {"export": exp.id, "node": exp.node.node_name},
+                )
         where: dict[int, str] = {}
         for owner, bm in listed_bitmaps(self.graph):
             here = label(owner)
@@ -209,6 +224,8 @@ class GraphWellFormed(StepChecker):
                 why = (
                     "frozen with a successor"
                     if bm.successor is not None
+                    else "exported"
+                    if bm.export_hold
                     else "held by a transaction"
                 )
                 out[f"busy:{id(bm)}"] = (

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sim.model.bitmap import DirtyBitmap
-from sim.model.graph import BlockNode
+from sim.model.graph import BlockBackend, BlockGraph, BlockNode
 
 
 class Listener(Protocol):
@@ -35,11 +35,12 @@ class Listener(Protocol):
 
 @dataclass(eq=False)
 class BlockExport:
-    """A QEMU BlockExport of type nbd: `node` read through an unnamed BlockBackend."""
+    """A QEMU BlockExport of type nbd: a node read through an unnamed BlockBackend
+    (`blk`), which graph changes (snapshot, mirror pivot, commit) move like any parent."""
 
     id: str
     type: str
-    node: BlockNode
+    blk: BlockBackend
     name: str
     description: str | None
     writable: bool
@@ -47,6 +48,11 @@ class BlockExport:
     allocation_depth: bool = False
     shutting_down: bool = False
     clients: int = 0  # open NBD connections (kept by the serving layer)
+
+    @property
+    def node(self) -> BlockNode:
+        assert self.blk.root is not None
+        return self.blk.root
 
     def query_entry(self) -> dict[str, Any]:
         return {
@@ -88,13 +94,16 @@ class ExportTable:
     def uses_node(self, node: BlockNode) -> bool:
         return any(exp.node is node for exp in self.exports)
 
-    def add(self, exp: BlockExport) -> None:
+    def add(self, graph: BlockGraph, exp: BlockExport) -> None:
         for bm in exp.bitmaps:
             bm.export_hold += 1
         self.exports.insert(0, exp)
+        graph.export_backends.append(exp.blk)
 
-    def remove(self, exp: BlockExport) -> None:
+    def remove(self, graph: BlockGraph, exp: BlockExport) -> None:
         for bm in exp.bitmaps:
             bm.export_hold -= 1
         if exp in self.exports:
             self.exports.remove(exp)
+        if exp.blk in graph.export_backends:
+            graph.export_backends.remove(exp.blk)

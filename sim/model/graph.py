@@ -122,6 +122,8 @@ class BlockGraph:
         self.nodes: list[BlockNode] = []
         self._by_name: dict[str, BlockNode] = {}
         self.backends: dict[str, BlockBackend] = {}
+        # unnamed BlockBackends of block exports: parents that graph changes move too
+        self.export_backends: list[BlockBackend] = []
         self.images: dict[str, Image] = {}
         self._auto_counter = 100
 
@@ -225,8 +227,13 @@ class BlockGraph:
         for bb in roots:
             bb.root = to
 
+    def roots_of(self, node: BlockNode) -> list[BlockBackend]:
+        """Every BlockBackend whose root is `node`: named ones, then export ones."""
+        named = [bb for bb in self.backends.values() if bb.root is node]
+        return named + [bb for bb in self.export_backends if bb.root is node]
+
     def has_users(self, node: BlockNode) -> bool:
-        return bool(self.parents(node)) or self.backend_of_root(node) is not None
+        return bool(self.parents(node)) or bool(self.roots_of(node))
 
     def data_node(self, node: BlockNode) -> BlockNode:
         """Skip filters downwards to the node whose content a write lands on."""

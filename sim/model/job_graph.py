@@ -19,7 +19,7 @@ from sim.model.graph import BlockGraph, BlockNode
 
 def replace_node(graph: BlockGraph, old: BlockNode, new: BlockNode) -> None:
     """Point every parent of `old` (except `new` itself) at `new`."""
-    roots = [bb for bb in graph.backends.values() if bb.root is old]
+    roots = graph.roots_of(old)
     graph.redirect(graph.parents(old), roots, new)
 
 

@@ -120,7 +120,7 @@ def append(graph: BlockGraph, policy: PlacementPolicy, new: BlockNode, old: Bloc
             f"Making '{old.node_name}' a backing child of '{new.node_name}' would create a cycle"
         )
     parents = [(p, role) for p, role in graph.parents(old)]
-    roots = [bb for bb in graph.backends.values() if bb.root is old]
+    roots = graph.roots_of(old)
     saved_lists = (list(old.bitmaps), list(new.bitmaps))
     saved_ro = old.read_only
     saved_readonly = [(bm, bm.readonly, bm.stored) for bm in old.bitmaps]

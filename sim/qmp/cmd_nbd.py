@@ -32,7 +32,7 @@ from sim.errors import QMPError
 from sim.model import bitmap_ops
 from sim.model.bitmap import DirtyBitmap
 from sim.model.exports import BlockExport, NbdServer
-from sim.model.graph import BlockNode, id_wellformed
+from sim.model.graph import BlockBackend, BlockNode, id_wellformed
 from sim.qmp.dispatch import command
 from sim.qmp.schema import (
     BOOL,
@@ -159,11 +159,13 @@ def _block_export_add(m: Machine, a: dict[str, Any]) -> None:
         raise QMPError(f"NBD server already has export named '{name}'")
     _check_resize_unshared(m, node)
     found = [_export_bitmap(m, node, spec, writable) for spec in a.get("bitmaps", [])]
+    blk = BlockBackend("", node)
     table.add(
+        graph,
         BlockExport(
-            export_id, "nbd", node, name, description, writable, found,
+            export_id, "nbd", blk, name, description, writable, found,
             bool(a.get("allocation-depth", False)),
-        )
+        ),
     )  # fmt: skip
 
 
@@ -221,7 +223,7 @@ def _delete(m: Machine, exp: BlockExport) -> None:
     exp.shutting_down = True
     if exp.clients and table.listener is not None:
         table.listener.disconnect(exp.id)
-    table.remove(exp)
+    table.remove(m.state.graph, exp)
     m.emit("BLOCK_EXPORT_DELETED", {"id": exp.id})
 
 
