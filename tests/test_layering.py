@@ -57,3 +57,24 @@ def test_public_api() -> None:
     assert len(sim.__all__) <= 14
     for name in sim.__all__:
         assert hasattr(sim, name), name
+
+
+def test_job_status_changes_in_one_module() -> None:
+    # every JobSTT transition goes through sim/model/job_flow.py (Job.set_status is
+    # defined in jobs.py); the pause/resume mapping is PAUSED_AS, written once
+    for path in sorted(SIM.rglob("*.py")):
+        rel = path.relative_to(SIM).as_posix()
+        text = path.read_text(encoding="utf-8")
+        if rel not in ("model/job_flow.py", "model/jobs.py"):
+            assert ".set_status(" not in text, f"{rel} changes a job status itself"
+        if rel != "model/jobs.py":
+            assert '"standby" if' not in text and "'standby' if" not in text, rel
+
+
+def test_job_kinds_are_not_probed() -> None:
+    # job kinds declare what they do (sim/model/job_driver.py); nobody guesses it
+    # from which attributes a kind happens to have
+    for path in sorted(SIM.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        for probe in ("getattr(kind", "hasattr(kind", "getattr(job.kind", "getattr(j.kind"):
+            assert probe not in text, f"{path.relative_to(SIM)} probes a job kind: {probe}"

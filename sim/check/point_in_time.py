@@ -22,7 +22,7 @@ A clear, a disabled bitmap under guest writes, or a removal ends the chain.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sim.check import extents
 from sim.check.extents import Runs
@@ -31,6 +31,7 @@ from sim.errors import QMPError
 from sim.model.bitmap import DirtyBitmap
 from sim.model.content import SECTOR_SHIFT, Content
 from sim.model.graph import BlockBackend, BlockNode
+from sim.model.job_backup import BackupKind
 
 if TYPE_CHECKING:
     from sim.engine.machine import Machine
@@ -161,14 +162,13 @@ class BackupPointInTime(StepChecker):
 
     # -- a job starts --------------------------------------------------------------------
     def _start(self, job: Job, index: int) -> BackupRun | None:
-        kind: Any = job.kind
-        source, target = getattr(kind, "source", None), getattr(kind, "target", None)
-        if not isinstance(source, BlockNode) or not isinstance(target, BlockNode):
+        kind = job.kind
+        if not isinstance(kind, BackupKind):
             return None
+        source, target = kind.source, kind.target
         if self.graph.data_node(target).content is None:
             return None  # a target that keeps no data (null-co) promises nothing
-        sync = str(getattr(kind, "sync", "full"))
-        bitmap = getattr(kind, "bitmap", None)
+        sync, bitmap = kind.sync, kind.bitmap
         snapshot = [c.clone() for c in self._chain(source)]
         promised: Runs | None = None
         if sync == "top":

@@ -17,7 +17,7 @@ chunks the job did not copy (bitmap-mode `always` after a failure).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bitarray import bitarray
 
@@ -27,6 +27,7 @@ from sim.check.observe import StepChecker, label, live_jobs, owner_of, write_pat
 from sim.model.bitmap import DirtyBitmap, bits_at_granularity
 from sim.model.content import ZERO_STAMP
 from sim.model.graph import BlockBackend, BlockNode
+from sim.model.job_backup import BackupKind
 
 if TYPE_CHECKING:
     from sim.engine.machine import Machine
@@ -170,10 +171,9 @@ class BitmapSoundness(StepChecker):
 
     def _copy_map_of(self, bm: DirtyBitmap) -> DirtyBitmap | None:
         for job in live_jobs(self.state.jobs):
-            kind: Any = job.kind
-            if getattr(kind, "bitmap", None) is bm:
-                copy_map = getattr(kind, "copy_map", None)
-                return copy_map if isinstance(copy_map, DirtyBitmap) else None
+            kind = job.kind
+            if isinstance(kind, BackupKind) and kind.bitmap is bm:
+                return kind.copy_map
         return None
 
     def _uses(self, index: int) -> None:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from sim.errors import TraceError
 from sim.model.content import sector_span
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode
+from sim.model.job_backup import BackupKind
 from sim.model.job_flow import STRERROR
 
 if TYPE_CHECKING:
@@ -263,7 +264,7 @@ def cbw_runs(
     out = []
     for job in m.state.jobs:
         kind = job.kind
-        if getattr(kind, "filter", None) is not node or not hasattr(kind, "copy_map"):
+        if not isinstance(kind, BackupKind) or kind.filter is not node:
             continue
         runs = uncopied_runs(kind, offset, length)
         if runs:

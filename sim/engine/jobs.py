@@ -26,7 +26,7 @@ from sim.engine.faults import read_path, write_path
 from sim.engine.timing import rate_limit_ns
 from sim.model import job_flow
 from sim.model.graph import BlockNode
-from sim.model.jobs import Job
+from sim.model.jobs import ACTIVE, ENDED, Job, JobStatus
 
 if TYPE_CHECKING:
     from sim.engine.machine import Machine
@@ -56,34 +56,8 @@ def start_job(m: Machine, job: Job) -> None:
     """job_start: running, initialise the work, and spawn the process."""
     waker = _Waker(m.env)
     job.wake = waker.wake
-    job.started = True
-    job.set_status("running")
-    init = getattr(job.kind, "init_work", None)
-    if init is not None:
-        init()
+    job_flow.start(job)
     m.processes[job.id] = m.env.process(job_process(m, job, waker))
-
-
-def job_nodes(job: Job) -> tuple[BlockNode | None, BlockNode | None]:
-    """(the node a chunk reads from, the node it writes to) for each job kind:
-    backup and mirror copy source -> target, active commit top -> base (a
-    mirror), intermediate commit top -> base, stream the backing -> the node."""
-    kind = job.kind
-    if hasattr(kind, "source") and hasattr(kind, "target"):
-        return kind.source, kind.target
-    if hasattr(kind, "top") and hasattr(kind, "base"):
-        return kind.top, kind.base
-    if hasattr(kind, "node"):
-        return kind.node.backing, kind.node
-    return None, None
-
-
-def _read_stop(job: Job) -> BlockNode | None:
-    """Where a chunk's read stops going down the backing chain (the base, excluded)."""
-    kind = job.kind
-    if getattr(kind, "commit_mode", False) or job.type in ("commit", "stream"):
-        return getattr(kind, "base", None)
-    return None
 
 
 def _done(job: Job) -> bool:
@@ -94,14 +68,14 @@ def _done(job: Job) -> bool:
 
 def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
     kind = job.kind
-    source, target = job_nodes(job)
+    source, target = kind.reads_from(), kind.writes_to()
     ignored_error: str | None = None  # stream: an ignored error fails the job at the end
     # job_start enters the job's coroutine at once: a backup's block-copy issues its
     # first request (up to 1 MiB) before the command returns, so a cancel or pause
     # that follows right away finds it in flight and lets it complete
     in_flight = job.type == "backup"
     while True:
-        if job.status in ("aborting", "concluded", "null"):
+        if job.status in ENDED:
             return
         if job.error is not None or (_done(job) and not in_flight):
             break
@@ -116,15 +90,14 @@ def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
                 in_flight = False
                 continue
             if kind.has_ready:
-                if job.status == "running":
-                    job.set_status("ready")
-                    job.emit("BLOCK_JOB_READY", job.event_data())
+                if job.status == JobStatus.RUNNING:
+                    job_flow.become_ready(job)
                 if job.completion_requested or job.cancelled:
                     break
                 job.busy_flag = False
                 yield waker.wait()
                 continue
-            if getattr(kind, "never_ends", False):
+            if not kind.ends_by_itself():
                 job.busy_flag = False
                 yield waker.wait()
                 continue
@@ -138,28 +111,29 @@ def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
             continue
         is_read, errno = failure
         yield from chunk_io(m, job, source, target, length, write=not is_read)
-        if job.status in ("aborting", "concluded", "null"):
+        if job.status in ENDED:
             return
         if _done(job):
             break
         action = job_flow.error_action(job, is_read, errno)
-        if action == "ignore" and job_flow.ignore_is_skip(job):
+        if action == "ignore" and kind.ignore_skips:
             job_flow.skip_chunk(job, offset, length)
             ignored_error = ignored_error or job_flow.STRERROR[errno]
     if ignored_error is not None and job.error is None and not job.cancelled:
         job.error = ignored_error
-    if job.status in ("running", "ready"):
+    if job.status in ACTIVE:
         job_flow.work_finished(m.state, job)
 
 
 def chunk_fault(m: Machine, job: Job, offset: int, length: int) -> tuple[bool, str] | None:
     """(is_read, errno) when an armed fault fails this chunk's read or write."""
-    source, target = job_nodes(job)
+    kind = job.kind
+    source, target = kind.reads_from(), kind.writes_to()
     graph = m.state.graph
-    allocated_only = job.type in ("commit", "stream") and not getattr(job.kind, "commit_mode", 0)
+    allocated_only = kind.copies_allocated_only()
     reads: list[BlockNode] = []
     if source is not None:
-        reads = read_path(graph, source, offset, length, _read_stop(job), allocated_only)
+        reads = read_path(graph, source, offset, length, kind.read_stop(), allocated_only)
     hit = m.faults.take(reads, "read", offset, length)
     if hit is not None:
         # stream_run reports every failure as a read (stream_populate is a COR read)
@@ -168,7 +142,7 @@ def chunk_fault(m: Machine, job: Job, offset: int, length: int) -> tuple[bool, s
         return None
     hit = m.faults.take(write_path(graph, target), "write", offset, length)
     if hit is not None:
-        return job.type == "stream", hit[1].errno
+        return kind.errors_as_reads, hit[1].errno
     return None
 
 

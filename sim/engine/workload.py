@@ -388,6 +388,6 @@ def write_copies(
 
 def _mirror_of(m: Machine, node: Any) -> Any:
     for job in m.state.jobs:
-        if getattr(job.kind, "filter", None) is node:
+        if job.kind.filter is node:
             return job.kind
     return None

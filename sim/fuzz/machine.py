@@ -58,6 +58,8 @@ from sim.fuzz.hygiene import (
 from sim.fuzz.rules_graph import GraphRules
 from sim.fuzz.rules_jobs import JobRules
 from sim.fuzz.rules_storage import StorageRules
+from sim.model.job_backup import BackupKind
+from sim.model.job_mirror import MirrorKind
 from sim.replay import Replayer, StepOutcome, sim_only_step
 from sim.trace import Trace, parse_header, parse_step
 
@@ -393,7 +395,11 @@ class MachineCore(RuleBasedStateMachine):
         permission conflict, which the differential mode draws instead)."""
         g = self.machine.state.graph
         taken = {id(n.filtered_child()) for n in g.nodes if n.is_filter}
-        taken |= {id(getattr(j.kind, "target", None)) for j in self.machine.state.jobs}
+        taken |= {
+            id(j.kind.target)
+            for j in self.machine.state.jobs
+            if isinstance(j.kind, BackupKind | MirrorKind)
+        }
         return [n.node_name for n in g.nodes if not n.auto_named and id(n) not in taken]
 
     def free_nodes(self, sinks: bool = True) -> list[str]:

@@ -276,7 +276,7 @@ def expected_events(job: Job) -> list[str]:
     if job.cancelled:
         return ["BLOCK_JOB_CANCELLED"]
     ends = ["BLOCK_JOB_COMPLETED"] if job.auto_finalize else ["BLOCK_JOB_PENDING"]
-    has_ready = bool(getattr(job.kind, "has_ready", False))
+    has_ready = job.kind.has_ready
     if has_ready and not job.ready:
         return ["BLOCK_JOB_READY"]
     if has_ready and not job.completion_requested:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from sim.model.bitmap import DirtyBitmap, bits_at_granularity
 from sim.model.graph import BlockGraph, BlockNode
-from sim.model.job_flow import KindBase
+from sim.model.job_driver import JobDriver
 from sim.model.job_graph import (
     allocation_mask,
     chain_contents,
@@ -29,8 +29,10 @@ JOB_CLUSTER = 65536
 CHUNK_CLUSTERS = 16  # block-copy copies up to 1 MiB per task (progress moves in 1 MiB steps)
 
 
-class BackupKind(KindBase):
+class BackupKind(JobDriver):
     """State of one backup job: source, target, filter, copy bitmap, sync bitmap."""
+
+    filter: BlockNode  # inserted when the job is created
 
     def __init__(
         self,
@@ -48,7 +50,7 @@ class BackupKind(KindBase):
         self.source, self.target = source, target
         self.sync, self.bitmap, self.bitmap_mode = sync, bitmap, bitmap_mode
         self.close_target = close_target
-        self.nodes: list[BlockNode] = []
+        super().__init__()
         self.cluster = JOB_CLUSTER
         if bitmap is not None:
             succ = DirtyBitmap(None, bitmap.granularity, bitmap.size_bytes, enabled=bitmap.enabled)
@@ -69,10 +71,19 @@ class BackupKind(KindBase):
         source.bitmaps.insert(0, self.copy_map)
         self.filter.write_hook = self.before_write
         self.cursor = 0
-        self.never_ends = sync == "none"  # sync=none only copies before writes; ends by cancel
+
+    # -- the driver contract ---------------------------------------------------------------
+    def reads_from(self) -> BlockNode:
+        return self.source
+
+    def writes_to(self) -> BlockNode:
+        return self.target
+
+    def ends_by_itself(self) -> bool:
+        return self.sync != "none"  # sync=none only copies before writes; ends by cancel
 
     # -- start ---------------------------------------------------------------------------
-    def init_work(self) -> None:
+    def start(self) -> None:
         """backup_init_bcs_bitmap (+ the unallocated skip of sync=top), at job start."""
         bits = self.copy_map.bits
         if self.sync == "bitmap" and self.bitmap is not None:

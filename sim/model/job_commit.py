@@ -10,7 +10,7 @@ the graph (bdrv_drop_intermediate).  Base is read-write while the job runs.
 from __future__ import annotations
 
 from sim.model.graph import BlockGraph, BlockNode
-from sim.model.job_flow import KindBase
+from sim.model.job_driver import JobDriver
 from sim.model.job_graph import (
     allocated_runs,
     chain_nodes,
@@ -24,8 +24,10 @@ from sim.model.jobs import Job
 COMMIT_CHUNK = 512 * 1024
 
 
-class CommitKind(KindBase):
+class CommitKind(JobDriver):
     """One intermediate commit job."""
+
+    filter: BlockNode  # inserted when the job is created
 
     def __init__(
         self,
@@ -38,12 +40,26 @@ class CommitKind(KindBase):
     ) -> None:
         self.graph, self.job = graph, job
         self.active, self.top, self.base = active, top, base
-        self.nodes: list[BlockNode] = []
+        super().__init__()
         self.base_ro = graph.reopen_rw(base)
         self.filter = insert_filter(graph, top, "commit_top", filter_name)
         self.cursor = 0
+        self.dropped = False  # prepare dropped the intermediate nodes
 
-    def init_work(self) -> None:
+    # -- the driver contract ---------------------------------------------------------------
+    def reads_from(self) -> BlockNode:
+        return self.top
+
+    def writes_to(self) -> BlockNode:
+        return self.base
+
+    def read_stop(self) -> BlockNode:
+        return self.base
+
+    def copies_allocated_only(self) -> bool:
+        return True
+
+    def start(self) -> None:
         self.job.len = self.top.size_bytes
 
     def next_chunk(self) -> tuple[int, int] | None:
@@ -87,7 +103,7 @@ class CommitKind(KindBase):
 
     def clean(self) -> None:
         g = self.graph
-        if getattr(self, "dropped", False):
+        if self.dropped:
             self.filter.backing = None
             g.remove_node(self.filter)
             g.delete_unreferenced(self.top)

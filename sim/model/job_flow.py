@@ -1,4 +1,9 @@
-"""The life of a job after creation: verbs, completion, finalization, cancel.
+"""The life of a job: every status change, verbs, completion, finalization, cancel.
+
+The one module that moves a job through `JOB_STT` (`Job.set_status` is called
+from here only): creation, start, READY, the pause/resume mapping of
+`PAUSED_AS` shared by user pauses, error stops and drains (sim/model/drain.py),
+and the end of the work.
 
 Follows job.c of QEMU 7.2 (job_completed, job_do_finalize, job_cancel_locked,
 job_cancel_async_locked, job_user_pause/resume) and blockjob.c for the
@@ -19,25 +24,55 @@ from __future__ import annotations
 from typing import Any
 
 from sim.errors import QMPError
-from sim.model.jobs import Job
+from sim.model.jobs import ACTIVE, ENDED, PAUSED_AS, RESUMED_AS, Job
+from sim.model.jobs import JobStatus as S
 from sim.model.state import BlockState
 
 ECANCELED = "Operation canceled"
 
 
-class KindBase:
-    """Defaults for a job kind (QEMU's JobDriver callbacks)."""
+# -- creation, start, READY ---------------------------------------------------------------
 
-    has_ready = False
-    nodes: list[Any]
 
-    def prepare(self) -> None: ...
+def create(job: Job) -> None:
+    """job_create: the job exists (`created`)."""
+    job.set_status(S.CREATED)
 
-    def commit(self) -> None: ...
 
-    def abort(self) -> None: ...
+def start(job: Job) -> None:
+    """job_start: the work begins (`running`); the driver sets it up."""
+    job.started = True
+    job.set_status(S.RUNNING)
+    job.kind.start()
 
-    def clean(self) -> None: ...
+
+def become_ready(job: Job) -> None:
+    """job_transition_to_ready: `ready` and BLOCK_JOB_READY (kinds with `has_ready`)."""
+    job.set_status(S.READY)
+    job.emit("BLOCK_JOB_READY", job.event_data())
+
+
+# -- the one pause/resume mapping ----------------------------------------------------------
+
+
+def pause_now(job: Job) -> bool:
+    """The job reaches its pause point: running -> paused, ready -> standby.
+    Returns False if it was not in a state that pauses."""
+    paused = PAUSED_AS.get(job.status)
+    if paused is None:
+        return False
+    job.set_status(paused)
+    return True
+
+
+def resume_now(job: Job) -> bool:
+    """The job leaves its pause point: paused -> running, standby -> ready.
+    Returns False if it was not paused."""
+    resumed = RESUMED_AS.get(job.status)
+    if resumed is None:
+        return False
+    job.set_status(resumed)
+    return True
 
 
 def _peers(job: Job) -> list[Job]:
@@ -52,14 +87,14 @@ def work_finished(state: BlockState, job: Job) -> None:
     if job.error is not None or (job.cancelled and job.force):
         abort_txn(state, job)
         return
-    if job.status in ("running", "ready"):
-        job.set_status("waiting")
+    if job.status in ACTIVE:
+        job.set_status(S.WAITING)
     peers = _peers(job)
     if any(not p.work_done for p in peers):
         return  # wait for the other jobs of a grouped transaction
     for p in peers:
-        if p.status == "waiting":
-            p.set_status("pending")
+        if p.status == S.WAITING:
+            p.set_status(S.PENDING)
             if not p.auto_finalize:
                 p.emit("BLOCK_JOB_PENDING", {"type": p.type, "id": p.id})
     if all(p.auto_finalize for p in peers):
@@ -77,7 +112,7 @@ def finalize(state: BlockState, job: Job) -> None:
         release_nodes(p)
         if p.is_block_job:
             p.emit("BLOCK_JOB_COMPLETED", p.event_data())
-        p.set_status("concluded")
+        p.set_status(S.CONCLUDED)
         if p.auto_dismiss:
             dismiss(state, p)
 
@@ -90,17 +125,17 @@ def abort_txn(state: BlockState, job: Job, deferred: bool = False) -> None:
     """
     if job.error is None and not job.cancelled:
         job.cancelled = job.force = True
-    if not deferred and job.status not in ("aborting", "concluded", "null"):
-        job.set_status("aborting")
+    if not deferred and job.status not in ENDED:
+        job.set_status(S.ABORTING)
     peers = _peers(job)
     for p in peers:
         if p is not job and not p.cancelled:
             p.cancelled = p.force = True
     for p in peers:
-        if p.status in ("concluded", "null"):
+        if p.status in (S.CONCLUDED, S.NULL):
             continue
-        if p.status != "aborting":
-            p.set_status("aborting")
+        if p.status != S.ABORTING:
+            p.set_status(S.ABORTING)
         p.kind.abort()
         p.kind.clean()
         release_nodes(p)
@@ -112,20 +147,20 @@ def abort_txn(state: BlockState, job: Job, deferred: bool = False) -> None:
             data = p.event_data()
             data["error"] = p.error
             p.emit("BLOCK_JOB_COMPLETED", data)
-        p.set_status("concluded")
+        p.set_status(S.CONCLUDED)
         if p.auto_dismiss:
             dismiss(state, p)
 
 
 def dismiss(state: BlockState, job: Job) -> None:
-    job.set_status("null")
+    job.set_status(S.NULL)
     state.unregister_job(job)
 
 
 def release_nodes(job: Job) -> None:
     """block_job_remove_all_bdrv: drop the job's op blockers."""
     reason = f"block device is in use by block job: {job.type}"
-    for node in getattr(job.kind, "nodes", []):
+    for node in job.kind.nodes:
         for i in range(len(node.blockers) - 1, -1, -1):
             if node.blockers[i][0] == reason and node.blockers[i][1] == frozenset():
                 del node.blockers[i]
@@ -158,13 +193,8 @@ def pause(job: Job) -> None:
     if job.user_paused:
         raise QMPError("Job is already paused")
     job.user_paused = 1
-    flush = getattr(job.kind, "flush_on_drain", None)
-    if flush is not None:  # the job runs an iteration before it reaches its pause point
-        flush()
-    if job.status == "running":
-        job.set_status("paused")
-    elif job.status == "ready":
-        job.set_status("standby")
+    job.kind.drained()  # the job runs an iteration before it reaches its pause point
+    pause_now(job)
 
 
 def resume(job: Job) -> None:
@@ -174,15 +204,8 @@ def resume(job: Job) -> None:
     job.check_verb("resume")
     job.user_paused = 0
     job.io_status = "ok"  # block_job_user_resume -> block_job_iostatus_reset
-    _unpause(job)
+    resume_now(job)
     job.wake()
-
-
-def _unpause(job: Job) -> None:
-    if job.status == "paused":
-        job.set_status("running")
-    elif job.status == "standby":
-        job.set_status("ready")
 
 
 def set_speed(job: Job, speed: int) -> None:
@@ -220,7 +243,7 @@ def cancel(state: BlockState, job: Job, force: bool) -> None:
         force = True
     if job.user_paused:
         job.user_paused = 0
-        _unpause(job)
+        resume_now(job)
     deferred = job.work_done
     if force or not deferred:
         job.cancelled = True
@@ -270,10 +293,7 @@ def error_action(job: Job, is_read: bool, errno: str) -> str:
     if action == "stop":
         if not job.user_paused:
             job.user_paused = 1
-            if job.status == "running":
-                job.set_status("paused")
-            elif job.status == "ready":
-                job.set_status("standby")
+            pause_now(job)
         if job.io_status == "ok":  # block_job_iostatus_set_err
             job.io_status = "nospace" if errno == "ENOSPC" else "failed"
     elif action == "report":
@@ -281,14 +301,8 @@ def error_action(job: Job, is_read: bool, errno: str) -> str:
     return action
 
 
-def ignore_is_skip(job: Job) -> bool:
-    """After `ignore`, stream moves past the chunk; every other kind retries it."""
-    return job.type == "stream"
-
-
 def skip_chunk(job: Job, offset: int, length: int) -> None:
-    """stream_run after an ignored error: progress moves on, nothing is copied."""
-    kind = job.kind
-    if hasattr(kind, "cursor"):
-        kind.cursor = offset + length
+    """After an ignored error, a kind with `ignore_skips` (stream_run) moves past the
+    chunk: progress moves on, nothing is copied."""
+    job.kind.skip_chunk(offset, length)
     job.offset += length

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from sim.model.bitmap import DirtyBitmap
 from sim.model.graph import BlockGraph, BlockNode
-from sim.model.job_flow import KindBase
+from sim.model.job_driver import JobDriver
 from sim.model.job_graph import (
     allocation_mask,
     chain_contents,
@@ -30,8 +30,10 @@ from sim.model.jobs import Job
 CHUNK_BYTES = 1 << 20  # bytes copied per iteration at most (buf-size default is 16 MiB)
 
 
-class MirrorKind(KindBase):
+class MirrorKind(JobDriver):
     """One mirror (or active commit) job: source, target, filter, dirty bitmap."""
+
+    filter: BlockNode  # inserted when the job is created
 
     has_ready = True
 
@@ -61,7 +63,7 @@ class MirrorKind(KindBase):
         # blockdev-mirror (MIRROR_LEAVE_BACKING_CHAIN): the target keeps the backing it
         # was opened with; drive-mirror gives it the source's chain on completion
         self.leave_backing = leave_backing
-        self.nodes: list[BlockNode] = []
+        super().__init__()
         if commit:
             graph.reopen_rw(target)
         self.filter = insert_filter(graph, source, "mirror_top", filter_name)
@@ -69,8 +71,9 @@ class MirrorKind(KindBase):
         self.dirty = DirtyBitmap(None, granularity, source.size_bytes, enabled=not write_blocking)
         source.bitmaps.insert(0, self.dirty)
         self.zero_target = zero_target
+        self.pivoted = False
 
-    def init_work(self) -> None:
+    def start(self) -> None:
         """mirror_dirty_init: what must be copied before the job can be READY."""
         g = self.dirty.granularity
         if self.zero_target:
@@ -121,7 +124,20 @@ class MirrorKind(KindBase):
         self.job.offset += length
         self.update_len()
 
-    def flush_on_drain(self) -> None:
+    # -- the driver contract ---------------------------------------------------------------
+    def reads_from(self) -> BlockNode:
+        return self.source
+
+    def writes_to(self) -> BlockNode:
+        return self.target
+
+    def read_stop(self) -> BlockNode | None:
+        return self.base if self.commit_mode else None
+
+    def backend_nodes(self) -> list[BlockNode]:
+        return [self.target]
+
+    def drained(self) -> None:
         """A drain wakes a READY mirror, which runs one mirror_iteration (copying
         what guest writes dirtied) before it reaches its pause point."""
         if self.job.status != "ready":
@@ -158,8 +174,7 @@ class MirrorKind(KindBase):
         if self.dirty in self.source.bitmaps:
             self.source.bitmaps.remove(self.dirty)
         drop_filter(g, self.filter)
-        pivoted = getattr(self, "pivoted", False)
-        if pivoted:
+        if self.pivoted:
             g.delete_unreferenced(self.source)
         elif self.close_target:
             g.delete_unreferenced(self.target)

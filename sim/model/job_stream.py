@@ -12,15 +12,20 @@ import numpy as np
 
 from sim.model.content import read_through, sector_span
 from sim.model.graph import BlockGraph, BlockNode
-from sim.model.job_flow import KindBase
+from sim.model.job_driver import JobDriver
 from sim.model.job_graph import chain_contents, drop_filter, insert_filter
 from sim.model.jobs import Job
 
 STREAM_CHUNK = 512 * 1024
 
 
-class StreamKind(KindBase):
+class StreamKind(JobDriver):
     """One stream job."""
+
+    filter: BlockNode  # inserted when the job is created
+
+    ignore_skips = True  # stream_run moves past a chunk whose error was ignored
+    errors_as_reads = True  # every failure is a read: stream_populate is a COR read
 
     def __init__(
         self,
@@ -32,7 +37,7 @@ class StreamKind(KindBase):
     ) -> None:
         self.graph, self.job = graph, job
         self.node, self.base = node, base
-        self.nodes: list[BlockNode] = []
+        super().__init__()
         self.node_ro = node.read_only
         node.read_only = False
         self.filter = insert_filter(graph, node, "copy-on-read", filter_name)
@@ -47,7 +52,23 @@ class StreamKind(KindBase):
             cur = cur.backing
         return out
 
-    def init_work(self) -> None:
+    # -- the driver contract ---------------------------------------------------------------
+    def reads_from(self) -> BlockNode | None:
+        return self.node.backing
+
+    def writes_to(self) -> BlockNode:
+        return self.node
+
+    def read_stop(self) -> BlockNode | None:
+        return self.base
+
+    def copies_allocated_only(self) -> bool:
+        return True
+
+    def skip_chunk(self, offset: int, length: int) -> None:
+        self.cursor = offset + length
+
+    def start(self) -> None:
         self.job.len = 0 if self.nothing_to_do else self.node.size_bytes
 
     def next_chunk(self) -> tuple[int, int] | None:

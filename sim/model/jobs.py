@@ -15,49 +15,67 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from sim.errors import QMPError, SimulatorBug
+from sim.model.job_driver import JobDriver
 
-STATUSES = (
-    "undefined",
-    "created",
-    "running",
-    "paused",
-    "ready",
-    "standby",
-    "waiting",
-    "pending",
-    "aborting",
-    "concluded",
-    "null",
-)
+
+class JobStatus(StrEnum):
+    """JobStatus (qapi/job.json, QEMU 7.2); members compare equal to their QAPI names."""
+
+    UNDEFINED = "undefined"
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    READY = "ready"
+    STANDBY = "standby"
+    WAITING = "waiting"
+    PENDING = "pending"
+    ABORTING = "aborting"
+    CONCLUDED = "concluded"
+    NULL = "null"
+
+
+S = JobStatus
+STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
 
 # JobSTT (job.c, QEMU 7.2): allowed next states.
-JOB_STT: dict[str, frozenset[str]] = {
-    "undefined": frozenset({"created"}),
-    "created": frozenset({"running", "aborting", "null"}),
-    "running": frozenset({"paused", "ready", "waiting", "aborting"}),
-    "paused": frozenset({"running"}),
-    "ready": frozenset({"standby", "waiting", "aborting"}),
-    "standby": frozenset({"ready"}),
-    "waiting": frozenset({"pending", "aborting"}),
-    "pending": frozenset({"aborting", "concluded"}),
-    "aborting": frozenset({"aborting", "concluded"}),
-    "concluded": frozenset({"null"}),
-    "null": frozenset(),
+JOB_STT: dict[JobStatus, frozenset[JobStatus]] = {
+    S.UNDEFINED: frozenset({S.CREATED}),
+    S.CREATED: frozenset({S.RUNNING, S.ABORTING, S.NULL}),
+    S.RUNNING: frozenset({S.PAUSED, S.READY, S.WAITING, S.ABORTING}),
+    S.PAUSED: frozenset({S.RUNNING}),
+    S.READY: frozenset({S.STANDBY, S.WAITING, S.ABORTING}),
+    S.STANDBY: frozenset({S.READY}),
+    S.WAITING: frozenset({S.PENDING, S.ABORTING}),
+    S.PENDING: frozenset({S.ABORTING, S.CONCLUDED}),
+    S.ABORTING: frozenset({S.ABORTING, S.CONCLUDED}),
+    S.CONCLUDED: frozenset({S.NULL}),
+    S.NULL: frozenset(),
 }
 
 # JobVerbTable (job.c, QEMU 7.2): states in which each verb is accepted.
-JOB_VERBS: dict[str, frozenset[str]] = {
-    "cancel": frozenset({"created", "running", "paused", "ready", "standby", "waiting", "pending"}),
-    "pause": frozenset({"created", "running", "paused", "ready", "standby"}),
-    "resume": frozenset({"created", "running", "paused", "ready", "standby"}),
-    "set-speed": frozenset({"created", "running", "paused", "ready", "standby"}),
-    "complete": frozenset({"ready", "standby"}),
-    "finalize": frozenset({"pending"}),
-    "dismiss": frozenset({"concluded"}),
+_LIVE = frozenset({S.CREATED, S.RUNNING, S.PAUSED, S.READY, S.STANDBY})
+JOB_VERBS: dict[str, frozenset[JobStatus]] = {
+    "cancel": _LIVE | {S.WAITING, S.PENDING},
+    "pause": _LIVE,
+    "resume": _LIVE,
+    "set-speed": _LIVE,
+    "complete": frozenset({S.READY, S.STANDBY}),
+    "finalize": frozenset({S.PENDING}),
+    "dismiss": frozenset({S.CONCLUDED}),
 }
+
+# The one pause/resume mapping (job_pause_point / job_resume: a running job
+# pauses as `paused`, a ready one as `standby`, and comes back as it was).
+PAUSED_AS: dict[JobStatus, JobStatus] = {S.RUNNING: S.PAUSED, S.READY: S.STANDBY}
+RESUMED_AS: dict[JobStatus, JobStatus] = {v: k for k, v in PAUSED_AS.items()}
+# States in which the job's coroutine is alive and not paused.
+ACTIVE = frozenset(PAUSED_AS)
+# States after which the job never runs again.
+ENDED = frozenset({S.ABORTING, S.CONCLUDED, S.NULL})
 
 Emit = Callable[[str, dict[str, Any]], None]
 
@@ -72,7 +90,7 @@ class Job:
     auto_finalize: bool = True
     auto_dismiss: bool = True
     speed: int = 0
-    status: str = "undefined"
+    status: JobStatus = JobStatus.UNDEFINED
     len: int = 0
     offset: int = 0
     user_paused: int = 0
@@ -85,7 +103,7 @@ class Job:
     on_target_error: str = "report"
     txn: list[Job] | None = None  # grouped completion peers, this job included
     work_done: bool = False  # run() finished
-    kind: Any = None  # the per-kind state object (backup, mirror, ...)
+    kind: JobDriver = field(default_factory=JobDriver)  # what this kind of job does
     seq: int = 0  # creation order, for deterministic iteration
     started: bool = False  # job_start() ran (a job of a failed transaction never starts)
     busy_flag: bool = False  # the job's coroutine is inside its work (set by the engine)
@@ -98,21 +116,22 @@ class Job:
         appear in query-block-jobs and the block-job-* verbs."""
         return self.type != "create"
 
-    def set_status(self, status: str) -> None:
-        """Move to `status` through JobSTT and emit JOB_STATUS_CHANGE."""
+    def set_status(self, status: JobStatus) -> None:
+        """Move to `status` through JobSTT and emit JOB_STATUS_CHANGE.  Only
+        sim.model.job_flow calls this (tests/test_layering.py checks it)."""
         if status not in JOB_STT[self.status]:
             raise SimulatorBug(f"job {self.id!r}: illegal transition {self.status} -> {status}")
         self.status = status
-        self.emit("JOB_STATUS_CHANGE", {"status": status, "id": self.id})
+        self.emit("JOB_STATUS_CHANGE", {"status": status.value, "id": self.id})
 
     @property
     def ready(self) -> bool:
-        return self.status in ("ready", "standby")
+        return self.status in (S.READY, S.STANDBY)
 
     def check_verb(self, verb: str) -> None:
         if self.status not in JOB_VERBS[verb]:
             raise QMPError(
-                f"Job '{self.id}' in state '{self.status}' cannot accept command verb '{verb}'"
+                f"Job '{self.id}' in state '{self.status.value}' cannot accept command verb '{verb}'"
             )
 
     def event_data(self) -> dict[str, Any]:
@@ -128,7 +147,7 @@ class Job:
     def query_jobs_entry(self) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "current-progress": self.offset,
-            "status": self.status,
+            "status": self.status.value,
             "total-progress": self.len,
             "type": self.type,
             "id": self.id,
@@ -146,7 +165,7 @@ class Job:
             "busy": self.busy,
             "len": self.len,
             "offset": self.offset,
-            "status": self.status,
+            "status": self.status.value,
             "paused": self.user_paused > 0 or self._drained_at_end(),
             "speed": self.speed,
             "ready": self.ready,
@@ -159,11 +178,9 @@ class Job:
     def _drained_at_end(self) -> bool:
         """mirror_run ends inside bdrv_drained_begin(), released only when the job
         is finalized: pause_count > 0 while waiting/pending (seen in query-jobs on 7.2)."""
-        return self.status in ("waiting", "pending") and bool(
-            getattr(self.kind, "has_ready", False)
-        )
+        return self.status in (S.WAITING, S.PENDING) and self.kind.has_ready
 
     @property
     def busy(self) -> bool:
         """Job.busy: the coroutine is running (not sleeping, paused or yet to enter)."""
-        return self.busy_flag and self.status in ("running", "ready") and self.user_paused == 0
+        return self.busy_flag and self.status in ACTIVE and self.user_paused == 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sim.errors import QMPError
-from sim.model import reopen
+from sim.model import drain, reopen
 from sim.model.graph import QCOW2_CLUSTER, BlockNode, load_bitmaps
 from sim.model.snapshot import check_new_node_name
 from sim.qmp.dispatch import command
@@ -153,11 +153,7 @@ def _blockdev_del(m: Machine, a: dict[str, Any]) -> None:
 
 def _used_by_job_backend(m: Machine, node: BlockNode) -> bool:
     """A job holds its target (and an active commit its base) through a BlockBackend."""
-    for job in m.state.jobs:
-        kind = job.kind
-        if getattr(kind, "target", None) is node and job.type in ("mirror", "commit"):
-            return True
-    return False
+    return any(n is node for job in m.state.jobs for n in job.kind.backend_nodes())
 
 
 @command("blockdev-reopen", members(("options", List(BLOCKDEV_OPTIONS))))
@@ -176,24 +172,5 @@ def _blockdev_reopen(m: Machine, a: dict[str, Any]) -> None:
         entry = reopen.prepare(g, options)
         entries.append(entry)
         drained.extend(reopen.subtree(entry.node))
-    _drain_pair(m, drained)
+    drain.drain(m.state, drained)
     reopen.commit(g, entries)
-
-
-def _drain_pair(m: Machine, nodes: list[BlockNode]) -> None:
-    """A drained section over `nodes`: every active job using one of them pauses
-    and resumes (JOB_STATUS_CHANGE pairs), after a job's own flush."""
-    jobs = [
-        j
-        for j in m.state.jobs
-        if j.user_paused == 0
-        and j.status in ("running", "ready")
-        and any(n is k for n in nodes for k in getattr(j.kind, "nodes", []))
-    ]
-    for job in jobs:
-        flush = getattr(job.kind, "flush_on_drain", None)
-        if flush is not None:
-            flush()
-        job.set_status("standby" if job.status == "ready" else "paused")
-    for job in jobs:
-        job.set_status("ready" if job.status == "standby" else "running")

@@ -25,6 +25,7 @@ from sim.model.image_create import (
     create_qcow2,
     validate_qcow2,
 )
+from sim.model.job_driver import JobDriver
 from sim.model.jobs import Job
 from sim.model.snapshot import check_new_node_name
 from sim.qmp.dispatch import command
@@ -36,11 +37,8 @@ if TYPE_CHECKING:
 CREATE_DRIVERS = ("file", "qcow2")
 
 
-class CreateKind(job_flow.KindBase):
+class CreateKind(JobDriver):
     """The create job's JobDriver: no nodes held, nothing to commit or abort."""
-
-    def __init__(self) -> None:
-        self.nodes: list[Any] = []
 
 
 @command("blockdev-create", members(("job-id", STR), ("options", BLOCKDEV_CREATE_OPTIONS)))
@@ -56,9 +54,8 @@ def _blockdev_create(m: Machine, a: dict[str, Any]) -> None:
     job = Job(job_id, "create", m.emit, auto_finalize=True, auto_dismiss=False)
     job.kind = CreateKind()
     m.state.register_job(job)
-    job.set_status("created")
-    job.started = True
-    job.set_status("running")
+    job_flow.create(job)
+    job_flow.start(job)
     try:
         _run_create(m, opts)
     except QMPError as exc:

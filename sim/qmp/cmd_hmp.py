@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sim.model import io, perms
 from sim.model.content import ZERO_STAMP
+from sim.model.job_stream import StreamKind
 from sim.qmp import qemu_io
 from sim.qmp.dispatch import command
 
@@ -73,16 +74,14 @@ def _warn_if_qemu_hangs(m: Machine, root: Any, cmd: qemu_io.QemuIoCommand) -> No
     touched = graph.backing_chain(root)
     for job in m.state.jobs:
         kind = job.kind
-        if job.status != "pending" or not any(
-            n in touched for n in getattr(kind, "nodes", []) if not n.is_filter
-        ):
+        if job.status != "pending" or not any(n in touched for n in kind.nodes if not n.is_filter):
             continue
-        if getattr(kind, "has_ready", False) and (job.completion_requested or job.cancelled):
+        if kind.has_ready and (job.completion_requested or job.cancelled):
             m.state.warnings.append(
                 f"real QEMU 7.2 hangs its monitor on qemu-io through a drive whose "
                 f"mirror/commit job '{job.id}' is pending after complete or soft cancel"
             )
-        elif job.type == "stream" and getattr(kind, "nothing_to_do", False) and cmd.op == "read":
+        elif isinstance(kind, StreamKind) and kind.nothing_to_do and cmd.op == "read":
             m.state.warnings.append(
                 f"real QEMU 7.2 crashes (SIGSEGV) on a qemu-io read through a node whose "
                 f"stream job '{job.id}' had nothing to stream and is held pending"

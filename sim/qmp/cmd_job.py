@@ -17,9 +17,10 @@ from sim.model.bitmap import check_bits
 from sim.model.graph import BlockNode, id_wellformed
 from sim.model.job_backup import JOB_CLUSTER, BackupKind
 from sim.model.job_commit import CommitKind
+from sim.model.job_driver import JobDriver
 from sim.model.job_mirror import MirrorKind
 from sim.model.job_stream import StreamKind
-from sim.model.jobs import Job
+from sim.model.jobs import Job, JobStatus
 from sim.model.snapshot import check_new_node_name
 from sim.qmp.dispatch import command
 from sim.qmp.transaction import (
@@ -42,7 +43,7 @@ def is_root(m: Machine, node: BlockNode) -> bool:
     """bdrv_is_root_node: no parent but BlockBackends (a job is a parent too)."""
     if m.state.graph.parents(node):
         return False
-    return not any(node in getattr(j.kind, "nodes", []) for j in m.state.jobs)
+    return not any(node in j.kind.nodes for j in m.state.jobs)
 
 
 def root_bs(m: Machine, name: str) -> BlockNode:
@@ -78,10 +79,10 @@ def new_job(m: Machine, job_id: str | None, main: BlockNode, jtype: str, a: dict
     )
 
 
-def register(m: Machine, job: Job, kind: Any, nodes: list[BlockNode]) -> None:
+def register(m: Machine, job: Job, kind: JobDriver, nodes: list[BlockNode]) -> None:
     job.kind = kind
     m.state.register_job(job)
-    job.set_status("created")
+    job_flow.create(job)
     job_flow.block_nodes(job, nodes)
 
 
@@ -176,15 +177,14 @@ def _create_backup(
 def _backup_prepared(m: Machine, job: Job) -> Prepared:
     def commit() -> None:
         start_job(m, job)
-        if job.status == "running":
-            job.set_status("paused")  # started inside the drained section
+        job_flow.pause_now(job)  # started inside the drained section
 
     def abort() -> None:
         job_flow.abort_txn(m.state, job)
 
     def clean() -> None:
-        if job.status == "paused" and not job.user_paused:
-            job.set_status("running")
+        if job.status == JobStatus.PAUSED and not job.user_paused:
+            job_flow.resume_now(job)
 
     return Prepared(abort=abort, commit=commit, clean=clean)
 
@@ -395,17 +395,10 @@ def _start_mirror(
 def _fail_at_start(m: Machine, job: Job, error: str) -> None:
     """A job whose run() fails at once (mirror to a smaller target)."""
 
-    class _Nothing(job_flow.KindBase):
-        nodes: list[Any] = []
-
-        def next_chunk(self) -> None:
-            return None
-
     m.state.register_job(job)
-    job.kind = _Nothing()
-    job.set_status("created")
-    job.started = True
-    job.set_status("running")
+    job.kind = JobDriver()  # nothing to do: run() fails before its first chunk
+    job_flow.create(job)
+    job_flow.start(job)
     job.error = error
     job_flow.abort_txn(m.state, job)
 

@@ -36,6 +36,7 @@ from sim.errors import QMPError
 from sim.model.bitmap import DirtyBitmap
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode, Image
 from sim.model.host_file import host_file, stored_bitmaps
+from sim.model.job_backup import BackupKind
 from sim.qmp.cmd_blockdev import NULL_CO_DEFAULT_SIZE
 from sim.qmp.dispatch import COMMANDS, command
 
@@ -382,7 +383,7 @@ def drive_backup_targets(m: Machine) -> list[BlockNode]:
     return [
         j.kind.target
         for j in m.state.jobs
-        if j.type == "backup" and getattr(j.kind, "close_target", False)
+        if isinstance(j.kind, BackupKind) and j.kind.close_target
     ]
 
 

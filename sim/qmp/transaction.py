@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sim.errors import QMPError
-from sim.model import snapshot
+from sim.model import drain, snapshot
 from sim.qmp import cmd_bitmap
 from sim.qmp.dispatch import command
 
@@ -67,43 +67,14 @@ def check_completion_mode(name: str, ctx: TxnContext) -> None:
 
 
 def drain_all(m: Machine) -> None:
-    """bdrv_drain_all: every active job pauses and resumes (JOB_STATUS_CHANGE pairs on 7.2)."""
-    active = [j for j in m.state.jobs if j.user_paused == 0 and j.status in ("running", "ready")]
-    _flush(active)
-    for job in active:
-        job.set_status("standby" if job.status == "ready" else "paused")
-    for job in active:
-        job.set_status("ready" if job.status == "standby" else "running")
-
-
-def _flush(jobs: list[Any]) -> None:
-    """What a job does between being asked to pause and reaching its pause point."""
-    for job in jobs:
-        flush = getattr(job.kind, "flush_on_drain", None)
-        if flush is not None:
-            flush()
+    """bdrv_drain_all: every active job pauses and resumes (JOB_STATUS_CHANGE pairs)."""
+    drain.drain(m.state)
 
 
 def drained_begin(m: Machine, ctx: TxnContext, node: Any) -> None:
     """bdrv_drained_begin(node), paired with the action's clean: every active job
     that has `node` among its job nodes pauses (its child_job parent is drained)."""
-    jobs = [
-        j
-        for j in m.state.jobs
-        if j.user_paused == 0
-        and j.status in ("running", "ready")
-        and any(n is node for n in getattr(j.kind, "nodes", []))
-    ]
-    _flush(jobs)
-    for job in jobs:
-        job.set_status("standby" if job.status == "ready" else "paused")
-
-    def end() -> None:
-        for job in jobs:
-            if job.user_paused == 0 and job.status in ("paused", "standby"):
-                job.set_status("ready" if job.status == "standby" else "running")
-
-    ctx.drain_ends.append((ctx.index, end))
+    ctx.drain_ends.append((ctx.index, drain.begin(m.state, [node]).end))
 
 
 def _clean(ctx: TxnContext, prepared: list[Prepared], attempted: int) -> None:

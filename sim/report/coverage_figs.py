@@ -16,10 +16,16 @@ from matplotlib.colors import LogNorm
 from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch
 
-from sim.model.jobs import JOB_STT, STATUSES
+from sim.model.jobs import JOB_STT as _JOB_STT
+from sim.model.jobs import STATUSES
 from sim.report import style
 from sim.report.figures import Built, Drawn, Skipped, Table
 from sim.report.runfolder import NO_JOB, transitions_of
+
+# JobSTT by QAPI name, as the coverage data (JSON) names statuses
+JOB_STT: dict[str, frozenset[str]] = {
+    a.value: frozenset(b.value for b in nexts) for a, nexts in _JOB_STT.items()
+}
 
 MAX_ROWS, MAX_COLS = 45, 28
 LABEL_CHARS = 42  # a longer column label is cut and numbered; the page gives it whole

@@ -1,0 +1,63 @@
+"""Drain: QEMU's quiescing of I/O around a graph change (block/io.c, QEMU 7.2).
+
+`bdrv_drained_begin(bs)` quiesces a node and every parent of it: a job whose
+job nodes include a drained node is a parent (its `child_job`), so it is asked
+to pause, runs up to its pause point (`JobDriver.drained`: a READY mirror
+copies what guest writes dirtied) and pauses, `running` -> `paused` or `ready`
+-> `standby` (JOB_STATUS_CHANGE).  `bdrv_drained_end` resumes it
+(`paused` -> `running`, `standby` -> `ready`).  `bdrv_drain_all` does the same
+for every job.  A job the user paused is already at its pause point and is
+left alone; a job that is not running (created, waiting, pending, ...) has no
+coroutine to pause.
+
+Who drains, as observed on QEMU 7.2: `transaction` (every action's prepare ..
+clean, and drain_all when a backup target is closed), snapshots, backups and
+blockdev-reopen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sim.model.graph import BlockNode
+from sim.model.job_flow import pause_now, resume_now
+from sim.model.jobs import ACTIVE, Job
+from sim.model.state import BlockState
+
+
+@dataclass
+class Drain:
+    """One drained section: the nodes it quiesces (None: every node, bdrv_drain_all)
+    and the jobs it paused, which `end()` resumes."""
+
+    nodes: tuple[BlockNode, ...] | None
+    jobs: list[Job]
+
+    def end(self) -> None:
+        """bdrv_drained_end: every job this section paused resumes, unless the user
+        paused it meanwhile."""
+        for job in self.jobs:
+            if job.user_paused == 0:
+                resume_now(job)
+        self.jobs = []
+
+
+def begin(state: BlockState, nodes: Iterable[BlockNode] | None = None) -> Drain:
+    """bdrv_drained_begin over `nodes` (None: bdrv_drain_all_begin): the active jobs
+    holding one of them run to their pause point and pause, oldest first."""
+    quiesced = None if nodes is None else tuple(nodes)
+    jobs = [j for j in state.jobs if j.user_paused == 0 and j.status in ACTIVE]
+    if quiesced is not None:
+        jobs = [j for j in jobs if any(n is k for n in quiesced for k in j.kind.nodes)]
+    for job in jobs:
+        job.kind.drained()
+    for job in jobs:
+        pause_now(job)
+    return Drain(quiesced, jobs)
+
+
+def drain(state: BlockState, nodes: Iterable[BlockNode] | None = None) -> None:
+    """A drained section with nothing inside it that a job could see: each job it
+    reaches pauses and resumes (one JOB_STATUS_CHANGE pair)."""
+    begin(state, nodes).end()

@@ -1,0 +1,92 @@
+"""The job-driver contract: what every kind of job declares about itself.
+
+QEMU gives each job kind a `JobDriver` / `BlockJobDriver` (job.h, blockjob_int.h:
+`run`, `prepare`, `commit`, `abort`, `clean`, `drain`, ...).  `JobDriver` here
+is that contract plus the facts about a kind that the engine, the QMP surface
+and the checkers need: which nodes it holds, where a chunk reads and writes,
+where its reads stop going down the backing chain, whether it ends by itself,
+what one chunk of work does and what it does when drained.  Each kind
+(`job_backup.BackupKind`, `job_mirror.MirrorKind`, `job_commit.CommitKind`,
+`job_stream.StreamKind`, blockdev-create's `CreateKind`) subclasses it and
+overrides what differs; nobody asks a kind which attributes it happens to have.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from sim.model.graph import BlockNode
+
+
+class JobDriver:
+    """A kind of QEMU job (JobDriver): its nodes, its unit of work, its callbacks."""
+
+    # READY exists for this kind (mirror, active commit): the work ends in READY
+    # and waits there for job-complete or a cancel.
+    has_ready: ClassVar[bool] = False
+    # After an on-error=ignore failure the kind moves past the chunk (stream)
+    # instead of retrying it (backup, mirror, commit).
+    ignore_skips: ClassVar[bool] = False
+    # A failed write is reported as a failed read (stream: a copy-on-read).
+    errors_as_reads: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        # The job nodes (block_job_add_bdrv): blocked for other operations while
+        # the job exists; a drain of any of them pauses the job.
+        self.nodes: list[BlockNode] = []
+        # The filter node the job inserted above what it reads (copy-before-write,
+        # mirror_top, commit_top, copy-on-read); None for a kind without one.
+        self.filter: BlockNode | None = None
+
+    # -- where the work goes ---------------------------------------------------------------
+    def reads_from(self) -> BlockNode | None:
+        """The node a chunk reads from (None: the kind copies nothing)."""
+        return None
+
+    def writes_to(self) -> BlockNode | None:
+        """The node a chunk writes to (None: the kind copies nothing)."""
+        return None
+
+    def read_stop(self) -> BlockNode | None:
+        """The backing node at which a chunk's read stops (excluded); None: the whole chain."""
+        return None
+
+    def copies_allocated_only(self) -> bool:
+        """True if a chunk copies only what is allocated above `read_stop` (commit, stream)."""
+        return False
+
+    def backend_nodes(self) -> list[BlockNode]:
+        """Nodes the job holds through a BlockBackend of its own (a mirror's target,
+        an active commit's base): they count as in use for blockdev-del."""
+        return []
+
+    def ends_by_itself(self) -> bool:
+        """False for a kind whose work never runs out (backup sync=none): it ends by cancel."""
+        return True
+
+    # -- the work ------------------------------------------------------------------------
+    def start(self) -> None:
+        """job_start: set up the work (progress length, what must be copied)."""
+
+    def next_chunk(self) -> tuple[int, int] | None:
+        """The next (offset, length) to copy, or None when nothing is left now."""
+        return None
+
+    def copy_chunk(self, offset: int, length: int) -> None:
+        """Do one chunk of work in the model (contents, bitmaps, progress)."""
+
+    def skip_chunk(self, offset: int, length: int) -> None:
+        """Move past a chunk whose failure was ignored (kinds with `ignore_skips`)."""
+
+    def drained(self) -> None:
+        """What the job does between a drain's pause request and its pause point."""
+
+    # -- JobDriver callbacks, in job_do_finalize / job_abort order ------------------------
+    def prepare(self) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def clean(self) -> None: ...
