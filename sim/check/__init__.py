@@ -27,6 +27,7 @@ from sim.check.consistency import MirrorCommitConsistency
 from sim.check.graph import GraphWellFormed
 from sim.check.job_states import JobStateLegality
 from sim.check.lost_data import NoLostGuestData
+from sim.check.observe import SharedLog
 from sim.check.point_in_time import BackupPointInTime
 from sim.check.precision import BitmapPrecision
 from sim.check.soundness import BitmapSoundness
@@ -52,14 +53,18 @@ def make_checkers(names: list[str] | None = None) -> list[Checker]:
 
     Raises ValueError naming the unknown names and listing the known ones."""
     if names is None:
-        return [cls() for cls in CHECKERS.values()]
+        names = list(CHECKERS)
     unknown = [n for n in names if n not in CHECKERS]
     if unknown:
         raise ValueError(
             f"unknown invariant(s) {', '.join(repr(n) for n in unknown)}; "
             f"known: {', '.join(CHECKERS)}"
         )
-    return [CHECKERS[n]() for n in names]
+    checkers = [CHECKERS[n]() for n in names]
+    shared = SharedLog()  # one StepLog for them all
+    for checker in checkers:
+        checker.shared = shared
+    return checkers
 
 
 __all__ = ["CHECKERS", "Checker", "Violation", "make_checkers"]

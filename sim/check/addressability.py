@@ -19,7 +19,7 @@ class BitmapAddressability(StepChecker):
 
     def attach(self, machine: Machine) -> None:
         super().attach(machine)
-        self.bitmaps = BitmapRegistry(machine)
+        self.bitmaps = BitmapRegistry(machine, self.log)
 
     def check_step(self, index: int) -> None:
         reg = self.bitmaps

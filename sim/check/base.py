@@ -44,6 +44,8 @@ class Checker:
     """Base class of the invariant checkers (see sim/check/__init__.py for the list)."""
 
     name = "checker"
+    # the StepLog holder shared with the checkers built together (sim.check.observe)
+    shared: Any = None
 
     def attach(self, machine: Machine) -> None:
         self.machine = machine

@@ -65,14 +65,14 @@ class Tracked:
 class BitmapRegistry:
     """Tracked bitmaps by (address, name), fed by each step's commands (`update()`)."""
 
-    def __init__(self, machine: Machine) -> None:
+    def __init__(self, machine: Machine, log: StepLog) -> None:
         self.machine = machine
         self.graph = machine.state.graph
         self.entries: dict[tuple[str, str], Tracked] = {}
         self.added: list[Tracked] = []  # entries created since the last end_step
         self.cleared: list[DirtyBitmap] = []  # bitmaps a clear emptied since the last end_step
         self.removed: list[tuple[DirtyBitmap, str, int]] = []  # (bitmap, name, step)
-        self.log = StepLog.of(machine)
+        self.log = log
         self._listed = self._listed_now()
         self._lists_before = self._lists_now()
         self._roots_before = self._roots_now()

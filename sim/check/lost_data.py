@@ -63,6 +63,7 @@ class NoLostGuestData(StepChecker):
         super().attach(machine)
         self.shadows: dict[str, DeviceShadow] = {}
         machine.state.write_observers.append(self._on_write)
+        machine.state.discard_observers.append(self._on_discard)
         self._new_devices()
 
     def _new_devices(self) -> None:
@@ -117,39 +118,27 @@ class NoLostGuestData(StepChecker):
         if top is None or not _holds(top, run[1] - 1, stamp):
             shadow.pending.append(run)
 
-    def _discards(self) -> None:
-        """A discard on a discard=unmap drive may zero data: adopt that range."""
-        output = self.machine.hmp_output or ""
-        if not output.startswith("discard "):
-            return
-        from sim.qmp.qemu_io import parse_command_line
-
-        for cmd in self.log.commands:
-            io = parse_command_line(str(cmd.arguments.get("command-line", "")))
-            if io.op != "discard" or io.target is None:
-                continue
-            bb, root = self.state.resolve_target(io.target)
-            if root is None:
-                continue
-            landed = self.graph.data_node(root)
-            for device in self.graph.backends.values():
-                if device.root is not None and (
-                    device is bb or any(n is landed for n in self.graph.backing_chain(device.root))
-                ):
-                    shadow = self._shadow(device)
-                    if shadow is not None:
-                        shadow.adopt.append(extents.byte_run(io.offset, io.length))
+    def _on_discard(
+        self, bb: BlockBackend | None, root: BlockNode, offset: int, length: int, zeroed: bool
+    ) -> None:
+        """A discard may zero data (whole clusters, on a discard=unmap drive): every
+        device that reads the node adopts the range, whatever it reads now."""
+        landed = self.graph.data_node(root)
+        for device in self.graph.backends.values():
+            if device.root is not None and (
+                device is bb or any(n is landed for n in self.graph.backing_chain(device.root))
+            ):
+                shadow = self._shadow(device)
+                if shadow is not None:
+                    shadow.adopt.append(extents.byte_run(offset, length))
 
     # -- steps ---------------------------------------------------------------------------
     quiet_work = True
 
     def needs_quiet_step(self) -> bool:
-        if (self.machine.hmp_output or "").startswith("discard "):
-            return True
         return any(s.pending or s.adopt for s in self.shadows.values())
 
     def check_step(self, index: int) -> None:
-        self._discards()
         quiet = not self.log.data_may_change
         if not quiet:
             self._new_devices()

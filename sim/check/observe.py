@@ -59,11 +59,24 @@ class Command:
         return [(self.name, self.arguments)]
 
 
+class SharedLog:
+    """The one StepLog of the checkers `make_checkers` built together: made for the
+    first machine one of them watches, made anew for another machine.  A checker
+    built alone gets a SharedLog of its own.  Nothing is stored on the machine."""
+
+    def __init__(self) -> None:
+        self._log: StepLog | None = None
+
+    def of(self, machine: Machine) -> StepLog:
+        if self._log is None or self._log.machine is not machine:
+            self._log = StepLog(machine)
+        return self._log
+
+
 class StepLog:
     """The commands, events and time of one step, as seen from outside.
 
-    One StepLog serves every checker of a machine (`StepLog.of(machine)`): it
-    records commands as they run and moves on to a new step when the first
+    One StepLog serves every checker built together (`SharedLog`): it records commands as they run and moves on to a new step when the first
     checker asks about it (`sync(index)`), so its verdicts (`quiet`,
     `data_may_change`) are computed once per step, not once per checker.
     """
@@ -79,16 +92,6 @@ class StepLog:
         self.quiet = False
         self._data: bool | None = None
         machine.command_observers.append(self._on_command)
-
-    @classmethod
-    def of(cls, machine: Machine) -> StepLog:
-        """The machine's StepLog, made on first use and kept on the machine itself, so
-        it lives exactly as long as the machine (no module-level registry)."""
-        log: StepLog | None = getattr(machine, "_step_log", None)
-        if log is None:
-            log = cls(machine)
-            machine._step_log = log  # type: ignore[attr-defined]
-        return log
 
     def _on_command(self, request: Any, response: dict[str, Any]) -> None:
         if isinstance(request, dict):
@@ -141,7 +144,7 @@ class StepChecker(Checker):
         super().attach(machine)
         self.state = machine.state
         self.graph = machine.state.graph
-        self.log = StepLog.of(machine)
+        self.log = (self.shared or SharedLog()).of(machine)
         self.step = 0
 
     quiet_work = False  # True: needs_quiet_step() may say yes (see there)

@@ -3,7 +3,7 @@
 Theory of operation.  A workload is one simpy process that issues requests
 at the times its `pattern` says, each request being a process of its own so
 requests overlap and queue on the device (sim/engine/timing.py).  A write is
-applied to the model when it is issued, through `sim.model.io.guest_write`
+applied to the model when it is issued, through `sim.model.io.write`
 like a qemu-io write (bitmaps, copy-before-write, data stamps, write
 observers), and then takes time: first the copy-before-write copies it
 caused (a read on the backup source's device, a write on the target's, which
@@ -337,10 +337,7 @@ def guest_request(m: Machine, w: Workload, is_read: bool, offset: int) -> Proc:
             if root.is_filter:
                 copies = write_copies(m, root, offset, size)
             stamp = state.new_stamp(w.spec.fill)
-            ok = io.guest_write(state.graph, bb, root, offset, size, stamp).ok
-            if ok:
-                for observer in state.write_observers:
-                    observer(bb, root, offset, size, stamp)
+            ok = io.write(state, bb, root, offset, size, stamp).ok
     for src, dst, n in copies:
         if src is not None:
             yield from src.io(env, n, m.rng)

@@ -19,7 +19,7 @@ from sim.replay import Replayer
 
 def release(replayer: Replayer | None) -> None:
     """Drop a finished example's replayer.  Nothing module-level keeps a Machine alive
-    any more (the checkers' StepLog lives on the Machine), so there is nothing to undo;
+    any more (the checkers' StepLog is held by the checkers), so there is nothing to undo;
     kept as the one place the campaign says an example is over."""
     return None
 

@@ -1,5 +1,11 @@
 """Guest I/O through the graph: where a write lands and which bitmaps see it.
 
+`write` and `discard` are the one path every guest request takes (qemu-io and
+the engine's workloads alike): they carry the request out and then tell the
+state's observers, `write_observers` for every write, zero-write (stamp
+ZERO_STAMP) and discard that zeroed data, `discard_observers` for every
+discard, so checkers never reconstruct I/O from qemu-io's text.
+
 A write enters at a BlockBackend's root (or a node named directly, as
 `qemu-io fmt0 ...` does) and walks down through filters to the data node,
 like bdrv_co_pwritev: every node it passes marks its own dirty bitmaps
@@ -19,6 +25,7 @@ import numpy as np
 
 from sim.model.content import SECTOR, ZERO_STAMP, read_through, sector_span
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode
+from sim.model.state import BlockState
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +85,42 @@ def guest_discard(
     if unmap and length:
         return guest_write(graph, bb, root, offset, length, ZERO_STAMP)
     return OK
+
+
+def write(
+    state: BlockState,
+    bb: BlockBackend | None,
+    root: BlockNode,
+    offset: int,
+    length: int,
+    stamp: int,
+) -> IOResult:
+    """A guest write (or zero-write: `stamp` ZERO_STAMP) through `root`, then the
+    write observers.  `bb` is the BlockBackend it came through (None: a node name)."""
+    res = guest_write(state.graph, bb, root, offset, length, stamp)
+    if res.ok:
+        for observer in state.write_observers:
+            observer(bb, root, offset, length, stamp)
+    return res
+
+
+def discard(
+    state: BlockState, bb: BlockBackend | None, root: BlockNode, offset: int, length: int
+) -> IOResult:
+    """A guest discard through `root`, then the observers: the write observers when
+    it zeroed data (discard=unmap), the discard observers always."""
+    graph = state.graph
+    res = guest_discard(graph, bb, root, offset, length)
+    if not res.ok:
+        return res
+    unmap = bb.discard_unmap if bb is not None else graph.data_node(root).discard_unmap
+    zeroed = unmap and length > 0
+    if zeroed:
+        for observer in state.write_observers:
+            observer(bb, root, offset, length, ZERO_STAMP)
+    for d_observer in state.discard_observers:
+        d_observer(bb, root, offset, length, zeroed)
+    return res
 
 
 def read_stamps(graph: BlockGraph, root: BlockNode, offset: int, length: int) -> np.ndarray:

@@ -18,6 +18,8 @@ from sim.model.jobs import Job
 from sim.model.policy import PlacementPolicy, get_policy
 
 Emit = Callable[[str, dict[str, Any]], None]
+WriteObserver = Callable[[BlockBackend | None, BlockNode, int, int, int], None]
+DiscardObserver = Callable[[BlockBackend | None, BlockNode, int, int, bool], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +49,11 @@ class BlockState:
         self.warnings: list[str] = []
         self.exports = ExportTable()  # block exports and the NBD server
         self._job_seq = 0
-        # observers (checkers) get every guest write: (bb, root, offset, length, stamp)
-        self.write_observers: list[Callable[..., None]] = []
+        # observers (checkers) of the guest I/O path (sim/model/io.py): every write,
+        # zero-write and zeroing discard as (bb, root, offset, length, stamp); every
+        # discard as (bb, root, offset, length, zeroed)
+        self.write_observers: list[WriteObserver] = []
+        self.discard_observers: list[DiscardObserver] = []
 
     def add_drive(
         self,

@@ -102,12 +102,8 @@ def run_io(m: Machine, bb: Any, root: Any, cmd: qemu_io.QemuIoCommand) -> str:
             if cmd.zero
             else m.state.new_stamp(cmd.pattern if cmd.pattern is not None else 0xCD)
         )
-        res = io.guest_write(graph, bb, root, off, length, stamp)
-        if not res.ok:
-            return cmd.failed(res.error)
-        for observer in m.state.write_observers:
-            observer(bb, root, off, length, stamp)
-        return cmd.output
+        res = io.write(m.state, bb, root, off, length, stamp)
+        return cmd.output if res.ok else cmd.failed(res.error)
     if cmd.op == "read":
         if cmd.pattern is None:
             res = io.guest_read(graph, root, off, length, None, m.state.stamps.patterns_of)
@@ -119,11 +115,6 @@ def run_io(m: Machine, bb: Any, root: Any, cmd: qemu_io.QemuIoCommand) -> str:
         res = io.guest_read(graph, root, p_off, p_len, cmd.pattern, m.state.stamps.patterns_of)
         return (cmd.mismatch_line() if not res.ok else "") + cmd.output
     if cmd.op == "discard":
-        res = io.guest_discard(graph, bb, root, off, length)
-        if not res.ok:
-            return cmd.failed(res.error)
-        if bb is not None and bb.discard_unmap:
-            for observer in m.state.write_observers:
-                observer(bb, root, off, length, ZERO_STAMP)
-        return cmd.output
+        res = io.discard(m.state, bb, root, off, length)
+        return cmd.output if res.ok else cmd.failed(res.error)
     return cmd.output  # flush
