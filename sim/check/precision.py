@@ -40,6 +40,7 @@ from sim.check.extents import byte_ranges
 from sim.check.observe import Owner, StepChecker, label, owner_of, write_path
 from sim.model.bitmap import DirtyBitmap, bits_at_granularity
 from sim.model.graph import BlockBackend, BlockNode
+from sim.model.job_stream import StreamKind
 
 if TYPE_CHECKING:
     from sim.engine.machine import Machine
@@ -84,15 +85,12 @@ def _convert(bits: bitarray, source: DirtyBitmap, granularity: int) -> bitarray:
 
 def job_write_nodes(job: Job) -> list[BlockNode]:
     """The nodes whose bitmaps a job's own writes mark in QEMU 7.2."""
-    kind: Any = job.kind
-    if job.type == "stream":
-        node = getattr(kind, "node", None)
-        return [node.file] if node is not None and node.file is not None else []
-    target = getattr(kind, "target", None)
+    kind = job.kind
+    target = kind.writes_to()
     if target is None:
-        target = getattr(kind, "base", None)
-    if not isinstance(target, BlockNode):
         return []
+    if isinstance(kind, StreamKind):
+        return [target.file] if target.file is not None else []
     nodes = [target]
     if target.file is not None:
         nodes.append(target.file)
@@ -109,7 +107,7 @@ class BitmapPrecision(StepChecker):
 
     def attach(self, machine: Machine) -> None:
         super().attach(machine)
-        self.bitmaps = BitmapRegistry(machine)
+        self.bitmaps = BitmapRegistry(machine, self.log)
         self.refs: dict[Tracked, Ref] = {}
         self.owners: list[tuple[Tracked, Owner | None]] = []
         self.writers: list[tuple[Job, list[BlockNode]]] = []

@@ -119,6 +119,7 @@ class Job:
     def set_status(self, status: JobStatus) -> None:
         """Move to `status` through JobSTT and emit JOB_STATUS_CHANGE.  Only
         sim.model.job_flow calls this (tests/test_layering.py checks it)."""
+        status = JobStatus(status)
         if status not in JOB_STT[self.status]:
             raise SimulatorBug(f"job {self.id!r}: illegal transition {self.status} -> {status}")
         self.status = status
