@@ -11,8 +11,9 @@ left alone; a job that is not running (created, waiting, pending, ...) has no
 coroutine to pause.
 
 Who drains, as observed on QEMU 7.2: `transaction` (every action's prepare ..
-clean, and drain_all when a backup target is closed), snapshots, backups and
-blockdev-reopen.
+clean, and drain_all when a backup target is closed), snapshots, backups,
+blockdev-reopen, and qemu-io through a node name (its own BlockBackend's
+attach and detach each drain the node: two pairs per command).
 """
 
 from __future__ import annotations
@@ -43,10 +44,25 @@ class Drain:
         self.jobs = []
 
 
+def quiesced_by(state: BlockState, nodes: Iterable[BlockNode]) -> list[BlockNode]:
+    """`nodes` and every node above them: bdrv_parent_drained_begin drains each
+    parent of a drained node (bdrv_child_cb_drained_begin), up to the roots."""
+    out: list[BlockNode] = []
+    todo = list(nodes)
+    while todo:
+        node = todo.pop()
+        if any(n is node for n in out):
+            continue
+        out.append(node)
+        todo.extend(parent for parent, _role in state.graph.parents(node))
+    return out
+
+
 def begin(state: BlockState, nodes: Iterable[BlockNode] | None = None) -> Drain:
     """bdrv_drained_begin over `nodes` (None: bdrv_drain_all_begin): the active jobs
-    holding one of them run to their pause point and pause, oldest first."""
-    quiesced = None if nodes is None else tuple(nodes)
+    holding one of them, or a node above one, run to their pause point and pause,
+    oldest first."""
+    quiesced = None if nodes is None else tuple(quiesced_by(state, nodes))
     jobs = [j for j in state.jobs if j.user_paused == 0 and j.status in ACTIVE]
     if quiesced is not None:
         jobs = [j for j in jobs if any(n is k for n in quiesced for k in j.kind.nodes)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sim.model import io, perms
+from sim.model import drain, io, perms
 from sim.model.content import ZERO_STAMP
 from sim.model.job_stream import StreamKind
 from sim.qmp import qemu_io
@@ -50,22 +50,11 @@ def _hmp(m: Machine, a: dict[str, Any]) -> str:
 
 def _local_backend_drains(m: Machine, node: Any) -> None:
     """qemu-io on a node name inserts a BlockBackend of its own and removes it after the
-    command: each is a drained section of the node, which pauses and resumes every job
-    holding that node or a node above it (two JOB_STATUS_CHANGE pairs each, recorded on
-    QEMU 7.2, whether the command succeeds or not)."""
-    jobs = [
-        j
-        for j in perms.jobs_above(m.state, node)
-        if j.user_paused == 0 and j.status in ("running", "ready")
-    ]
+    command: each is a drained section of the node (sim/model/drain.py), which pauses
+    and resumes every job holding that node or a node above it (two JOB_STATUS_CHANGE
+    pairs each, recorded on QEMU 7.2, whether the command succeeds or not)."""
     for _ in range(2):
-        for job in jobs:
-            flush = getattr(job.kind, "flush_on_drain", None)
-            if flush is not None:
-                flush()
-            job.set_status("standby" if job.status == "ready" else "paused")
-        for job in jobs:
-            job.set_status("ready" if job.status == "standby" else "running")
+        drain.drain(m.state, [node])
 
 
 def _warn_if_qemu_hangs(m: Machine, root: Any, cmd: qemu_io.QemuIoCommand) -> None:
@@ -74,7 +63,9 @@ def _warn_if_qemu_hangs(m: Machine, root: Any, cmd: qemu_io.QemuIoCommand) -> No
     touched = graph.backing_chain(root)
     for job in m.state.jobs:
         kind = job.kind
-        if job.status != "pending" or not any(n in touched for n in kind.nodes if not n.is_filter):
+        if job.status != "pending" or not any(
+            n in touched for n in kind.nodes if not n.is_filter
+        ):
             continue
         if kind.has_ready and (job.completion_requested or job.cancelled):
             m.state.warnings.append(
@@ -102,8 +93,12 @@ def run_io(m: Machine, bb: Any, root: Any, cmd: qemu_io.QemuIoCommand) -> str:
             if cmd.zero
             else m.state.new_stamp(cmd.pattern if cmd.pattern is not None else 0xCD)
         )
-        res = io.write(m.state, bb, root, off, length, stamp)
-        return cmd.output if res.ok else cmd.failed(res.error)
+        res = io.guest_write(graph, bb, root, off, length, stamp)
+        if not res.ok:
+            return cmd.failed(res.error)
+        for observer in m.state.write_observers:
+            observer(bb, root, off, length, stamp)
+        return cmd.output
     if cmd.op == "read":
         if cmd.pattern is None:
             res = io.guest_read(graph, root, off, length, None, m.state.stamps.patterns_of)
@@ -115,6 +110,11 @@ def run_io(m: Machine, bb: Any, root: Any, cmd: qemu_io.QemuIoCommand) -> str:
         res = io.guest_read(graph, root, p_off, p_len, cmd.pattern, m.state.stamps.patterns_of)
         return (cmd.mismatch_line() if not res.ok else "") + cmd.output
     if cmd.op == "discard":
-        res = io.discard(m.state, bb, root, off, length)
-        return cmd.output if res.ok else cmd.failed(res.error)
+        res = io.guest_discard(graph, bb, root, off, length)
+        if not res.ok:
+            return cmd.failed(res.error)
+        if bb is not None and bb.discard_unmap:
+            for observer in m.state.write_observers:
+                observer(bb, root, off, length, ZERO_STAMP)
+        return cmd.output
     return cmd.output  # flush
