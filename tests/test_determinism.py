@@ -5,25 +5,37 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+from typing import IO
 
 from tests.helpers import ROOT
 
+HASH_SEEDS = ("0", "1", "4242")
 
-def _replay_all(hashseed: str) -> bytes:
+
+def _start(hashseed: str, out: IO[bytes], err: IO[bytes]) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONHASHSEED=hashseed)
-    proc = subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-m", "sim", "replay", "--json", "--invariants", "all", "scenarios"],
         cwd=ROOT,
         env=env,
-        capture_output=True,
-        check=False,
-        timeout=600,
+        stdout=out,
+        stderr=err,
     )
-    assert proc.returncode in (0, 1), proc.stderr.decode()[-2000:]
-    return proc.stdout
 
 
 def test_output_identical_across_hash_seeds() -> None:
-    outputs = [_replay_all(seed) for seed in ("0", "1", "4242")]
+    # the replays run side by side, each writing to its own file
+    files = [(tempfile.TemporaryFile(), tempfile.TemporaryFile()) for _ in HASH_SEEDS]
+    procs = [_start(seed, out, err) for seed, (out, err) in zip(HASH_SEEDS, files, strict=True)]
+    outputs = []
+    for proc, (out, err) in zip(procs, files, strict=True):
+        proc.wait(timeout=600)
+        out.seek(0)
+        err.seek(0)
+        assert proc.returncode in (0, 1), err.read().decode()[-2000:]
+        outputs.append(out.read())
+        out.close()
+        err.close()
     assert len(outputs[0]) > 100_000
     assert outputs[0] == outputs[1] == outputs[2]

@@ -8,7 +8,7 @@ from sim.check.bitmaps import BitmapRegistry, Tracked
 from sim.check.observe import StepChecker, label, listed_bitmaps, owner_of
 
 if TYPE_CHECKING:
-    from sim.engine.machine import Machine
+    from sim.engine.view import MachineView
 
 
 class BitmapAddressability(StepChecker):
@@ -17,7 +17,7 @@ class BitmapAddressability(StepChecker):
 
     name = "bitmap-addressability"
 
-    def attach(self, machine: Machine) -> None:
+    def attach(self, machine: MachineView) -> None:
         super().attach(machine)
         self.bitmaps = BitmapRegistry(machine, self.log)
 

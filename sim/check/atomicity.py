@@ -27,7 +27,7 @@ from sim.check.observe import StepChecker, owners
 from sim.check.precision import job_write_nodes
 
 if TYPE_CHECKING:
-    from sim.engine.machine import Machine
+    from sim.engine.view import MachineView
 
 ATOMIC_COMMANDS = frozenset(
     {
@@ -49,7 +49,7 @@ LIVE = ("created", "running", "paused", "ready", "standby", "waiting", "pending"
 Fingerprint = dict[str, Any]
 
 
-def fingerprint(machine: Machine) -> Fingerprint:
+def fingerprint(machine: MachineView) -> Fingerprint:
     """What a user can observe of the graph, the named bitmaps and the live jobs."""
     graph = machine.state.graph
     nodes = [
@@ -143,7 +143,7 @@ class TransactionAtomicity(StepChecker):
 
     name = "transaction-atomicity"
 
-    def attach(self, machine: Machine) -> None:
+    def attach(self, machine: MachineView) -> None:
         super().attach(machine)
         self._before: Fingerprint | None = None
         self._broken: list[tuple[str, list[str]]] = []

@@ -1,6 +1,7 @@
 """What every invariant checker is: a read-only observer of a Machine.
 
-A checker is attached to a Machine before the first step; it may register
+A checker is attached to a Machine before the first step and sees it through
+`sim.engine.view.MachineView` (state to read, events, clock, hooks); it may register
 observers (`machine.command_observers` for every QMP request/response,
 `machine.state.write_observers` for every guest write) and must never change
 the machine.  After each step `after_step(index)` returns the violations found
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sim.engine.machine import Machine
+    from sim.engine.view import MachineView
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +48,7 @@ class Checker:
     # the StepLog holder shared with the checkers built together (sim.check.observe)
     shared: Any = None
 
-    def attach(self, machine: Machine) -> None:
+    def attach(self, machine: MachineView) -> None:
         self.machine = machine
         self.found: list[Violation] = []
 

@@ -26,7 +26,7 @@ from sim.model.bitmap import DirtyBitmap
 from sim.model.graph import BlockBackend, BlockNode
 
 if TYPE_CHECKING:
-    from sim.engine.machine import Machine
+    from sim.engine.view import MachineView
 
 
 @dataclass(eq=False)
@@ -53,7 +53,7 @@ class Tracked:
     def describe(self) -> str:
         return f"bitmap '{self.name}' created at '{self.address}' (step {self.step})"
 
-    def address_gone(self, machine: Machine) -> bool:
+    def address_gone(self, machine: MachineView) -> bool:
         """A itself went away (the device, or the node that had that name)."""
         graph = machine.state.graph
         if self.by_device:
@@ -65,7 +65,7 @@ class Tracked:
 class BitmapRegistry:
     """Tracked bitmaps by (address, name), fed by each step's commands (`update()`)."""
 
-    def __init__(self, machine: Machine, log: StepLog) -> None:
+    def __init__(self, machine: MachineView, log: StepLog) -> None:
         self.machine = machine
         self.graph = machine.state.graph
         self.entries: dict[tuple[str, str], Tracked] = {}

@@ -21,7 +21,7 @@ from sim.model.content import SECTOR_SHIFT, Content
 from sim.model.graph import BlockBackend, BlockNode
 
 if TYPE_CHECKING:
-    from sim.engine.machine import Machine
+    from sim.engine.view import MachineView
 
 WATCHED = ("mirror", "commit", "stream")
 
@@ -32,7 +32,7 @@ class MirrorCommitConsistency(StepChecker):
 
     name = "mirror-and-commit-consistency"
 
-    def attach(self, machine: Machine) -> None:
+    def attach(self, machine: MachineView) -> None:
         super().attach(machine)
         self.views: dict[str, tuple[BlockBackend, list[Content]]] = {}
         self.stale = False

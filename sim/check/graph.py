@@ -22,7 +22,7 @@ from sim.model.bitmap import DirtyBitmap
 from sim.model.graph import BlockBackend, BlockNode
 
 if TYPE_CHECKING:
-    from sim.engine.machine import Machine
+    from sim.engine.view import MachineView
 
 # which child slot a filter passes I/O to, and the data slot it must leave empty
 FILTER_SLOTS = {
@@ -40,7 +40,7 @@ class GraphWellFormed(StepChecker):
 
     name = "graph-well-formed"
 
-    def attach(self, machine: Machine) -> None:
+    def attach(self, machine: MachineView) -> None:
         super().attach(machine)
         self.active: set[str] = set()
         self.bypass: list[tuple[str, dict[str, Any]]] = []

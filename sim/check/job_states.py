@@ -35,7 +35,7 @@ from sim.check.observe import Command, StepChecker
 from sim.model.events import Event
 
 if TYPE_CHECKING:
-    from sim.engine.machine import Machine
+    from sim.engine.view import MachineView
 
 # job.c, QEMU 7.2: JobSTT[from] = allowed next states
 JOB_STT: dict[str, tuple[str, ...]] = {
@@ -109,7 +109,7 @@ class JobStateLegality(StepChecker):
 
     name = "job-state-legality"
 
-    def attach(self, machine: Machine) -> None:
+    def attach(self, machine: MachineView) -> None:
         super().attach(machine)
         self.lives: dict[str, JobLife] = {}
 
@@ -151,7 +151,7 @@ class JobStateLegality(StepChecker):
         )
 
     def check_end(self) -> None:
-        if self.machine.env.peek() != float("inf"):
+        if not self.machine.idle():
             return  # the run stopped while jobs could still move
         for life in self.lives.values():
             if life.force_cancelled_at and life.status not in ("concluded", "null"):

@@ -35,7 +35,7 @@ from sim.model.content import (
 from sim.model.graph import BlockBackend, BlockNode
 
 if TYPE_CHECKING:
-    from sim.engine.machine import Machine
+    from sim.engine.view import MachineView
 
 
 @dataclass(eq=False)
@@ -59,7 +59,7 @@ class NoLostGuestData(StepChecker):
 
     name = "no-lost-guest-data"
 
-    def attach(self, machine: Machine) -> None:
+    def attach(self, machine: MachineView) -> None:
         super().attach(machine)
         self.shadows: dict[str, DeviceShadow] = {}
         machine.state.write_observers.append(self._on_write)

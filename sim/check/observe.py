@@ -20,7 +20,7 @@ from sim.model.events import Event
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode
 
 if TYPE_CHECKING:
-    from sim.engine.machine import Machine
+    from sim.engine.view import MachineView
     from sim.model.jobs import Job
 
 Owner = BlockNode | BlockBackend
@@ -67,7 +67,7 @@ class SharedLog:
     def __init__(self) -> None:
         self._log: StepLog | None = None
 
-    def of(self, machine: Machine) -> StepLog:
+    def of(self, machine: MachineView) -> StepLog:
         if self._log is None or self._log.machine is not machine:
             self._log = StepLog(machine)
         return self._log
@@ -81,13 +81,13 @@ class StepLog:
     `data_may_change`) are computed once per step, not once per checker.
     """
 
-    def __init__(self, machine: Machine) -> None:
+    def __init__(self, machine: MachineView) -> None:
         self.machine = machine
         self.index = 0  # the step the fields below describe
         self.commands: list[Command] = []
         self._pending: list[Command] = []  # commands of the step that is running
         self._event_mark = self._next_event_mark = len(machine.events.history)
-        self._time_mark = self._next_time_mark = machine.env.now
+        self._time_mark = self._next_time_mark = machine.now_ns
         # quiet: only guest I/O and queries, no event, no time (nothing but contents changed)
         self.quiet = False
         self._data: bool | None = None
@@ -109,7 +109,7 @@ class StepLog:
         self._event_mark, self._time_mark = self._next_event_mark, self._next_time_mark
         machine = self.machine
         self._next_event_mark = len(machine.events.history)
-        self._next_time_mark = machine.env.now
+        self._next_time_mark = machine.now_ns
         self._data = None
         self.quiet = not self._moved and all(
             c.name in QUIET_COMMANDS or c.name.startswith("query-") for c in self.commands
@@ -140,7 +140,7 @@ class StepLog:
 class StepChecker(Checker):
     """A checker fed with a StepLog: implement `check_step` and `check_end`."""
 
-    def attach(self, machine: Machine) -> None:
+    def attach(self, machine: MachineView) -> None:
         super().attach(machine)
         self.state = machine.state
         self.graph = machine.state.graph

@@ -34,7 +34,7 @@ from sim.model.graph import BlockBackend, BlockNode
 from sim.model.job_backup import BackupKind
 
 if TYPE_CHECKING:
-    from sim.engine.machine import Machine
+    from sim.engine.view import MachineView
     from sim.model.jobs import Job
 
 JOB_CLUSTER_BYTES = 65536  # backup's cluster size for a qcow2 target (block-copy)
@@ -78,7 +78,7 @@ class BackupPointInTime(StepChecker):
 
     name = "backup-point-in-time"
 
-    def attach(self, machine: Machine) -> None:
+    def attach(self, machine: MachineView) -> None:
         super().attach(machine)
         self.runs: dict[str, BackupRun] = {}
         self.known: set[Job] = set()

@@ -43,7 +43,7 @@ from sim.model.graph import BlockBackend, BlockNode
 from sim.model.job_stream import StreamKind
 
 if TYPE_CHECKING:
-    from sim.engine.machine import Machine
+    from sim.engine.view import MachineView
     from sim.model.jobs import Job
 
 ENDED = ("concluded", "null")
@@ -105,7 +105,7 @@ class BitmapPrecision(StepChecker):
     name = "bitmap-precision"
     quiet_work = True
 
-    def attach(self, machine: Machine) -> None:
+    def attach(self, machine: MachineView) -> None:
         super().attach(machine)
         self.bitmaps = BitmapRegistry(machine, self.log)
         self.refs: dict[Tracked, Ref] = {}

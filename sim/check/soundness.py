@@ -29,7 +29,7 @@ from sim.model.graph import BlockBackend, BlockNode
 from sim.model.job_backup import BackupKind
 
 if TYPE_CHECKING:
-    from sim.engine.machine import Machine
+    from sim.engine.view import MachineView
 
 
 @dataclass(eq=False)
@@ -60,7 +60,7 @@ class BitmapSoundness(StepChecker):
 
     name = "bitmap-soundness"
 
-    def attach(self, machine: Machine) -> None:
+    def attach(self, machine: MachineView) -> None:
         super().attach(machine)
         self.bitmaps = BitmapRegistry(machine, self.log)
         self.shadows: dict[Tracked, Shadow] = {}

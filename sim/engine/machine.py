@@ -110,6 +110,10 @@ class Machine:
             return None
         return faults.guest_error(self, bb, root, op, offset, length)
 
+    def idle(self) -> bool:
+        """True when nothing is scheduled: no job or workload can make progress."""
+        return self.env.peek() == float("inf")
+
     def job_types(self) -> tuple[str, ...]:
         """Types of the jobs that exist and are not concluded, oldest first."""
         return tuple(j.type for j in self.state.jobs if j.status != "concluded")
