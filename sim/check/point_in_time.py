@@ -113,7 +113,7 @@ class BackupPointInTime(StepChecker):
         self._drop_unrecording()
         self._cleared()
         for job in self.state.jobs:
-            if job.type == "backup" and job not in self.known:
+            if isinstance(job.kind, BackupKind) and job not in self.known:
                 self.known.add(job)
                 run = self._start(job, index)
                 if run is not None:

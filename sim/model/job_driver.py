@@ -25,6 +25,9 @@ class JobDriver:
     # READY exists for this kind (mirror, active commit): the work ends in READY
     # and waits there for job-complete or a cancel.
     has_ready: ClassVar[bool] = False
+    # A BlockJob (backup, mirror, commit, stream), not a plain Job (blockdev-create):
+    # only block jobs emit BLOCK_JOB_* events and answer the block-job-* verbs.
+    block_job: ClassVar[bool] = True
     # After an on-error=ignore failure the kind moves past the chunk (stream)
     # instead of retrying it (backup, mirror, commit).
     ignore_skips: ClassVar[bool] = False

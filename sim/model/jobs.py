@@ -114,7 +114,7 @@ class Job:
         """A BlockJob (backup, mirror, commit, stream) rather than a plain Job
         (blockdev-create's `create`): only block jobs emit BLOCK_JOB_* events and
         appear in query-block-jobs and the block-job-* verbs."""
-        return self.type != "create"
+        return self.kind.block_job
 
     def set_status(self, status: JobStatus) -> None:
         """Move to `status` through JobSTT and emit JOB_STATUS_CHANGE.  Only

@@ -40,6 +40,8 @@ CREATE_DRIVERS = ("file", "qcow2")
 class CreateKind(JobDriver):
     """The create job's JobDriver: no nodes held, nothing to commit or abort."""
 
+    block_job = False
+
 
 @command("blockdev-create", members(("job-id", STR), ("options", BLOCKDEV_CREATE_OPTIONS)))
 def _blockdev_create(m: Machine, a: dict[str, Any]) -> None:

@@ -37,6 +37,7 @@ from sim.model.bitmap import DirtyBitmap
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode, Image
 from sim.model.host_file import host_file, stored_bitmaps
 from sim.model.job_backup import BackupKind
+from sim.model.job_stream import StreamKind
 from sim.qmp.cmd_blockdev import NULL_CO_DEFAULT_SIZE
 from sim.qmp.dispatch import COMMANDS, command
 
@@ -420,7 +421,7 @@ def _query_version(m: Machine, a: dict[str, Any]) -> dict[str, Any]:
 @command("query-named-block-nodes")
 def _query_named_block_nodes(m: Machine, a: dict[str, Any]) -> list[dict[str, Any]]:
     graph = m.state.graph
-    if any(j.type == "stream" and j.status == "concluded" for j in m.state.jobs):
+    if any(isinstance(j.kind, StreamKind) and j.status == "concluded" for j in m.state.jobs):
         m.state.warnings.append(
             "real QEMU 7.2 crashes on query-named-block-nodes while a stream job waits "
             "in concluded (auto-dismiss: false); blocksim answers"
