@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sim.check.observe import StepChecker, label, listed_bitmaps, live_jobs, write_path
+from sim.check.observe import StepChecker, label, listed_bitmaps, live_jobs
 from sim.model.bitmap import DirtyBitmap
 from sim.model.graph import BlockBackend, BlockNode
+from sim.model.io import write_path
 
 if TYPE_CHECKING:
     from sim.engine.view import MachineView

@@ -213,20 +213,3 @@ def owner_of(graph: BlockGraph, bm: DirtyBitmap) -> Owner | None:
 def live_jobs(jobs: list[Job]) -> list[Job]:
     """Jobs that have not concluded yet, in creation order."""
     return [j for j in jobs if j.status not in ENDED]
-
-
-def write_path(graph: BlockGraph, root: BlockNode) -> list[BlockNode]:
-    """The nodes a guest write entering at `root` passes, as QEMU's bdrv_co_pwritev
-    goes: down through filters to the data node, whose protocol child gets the
-    write too."""
-    path: list[BlockNode] = []
-    node: BlockNode | None = root
-    while node is not None and node not in path:
-        path.append(node)
-        if node.is_filter:
-            node = node.filtered_child()
-            continue
-        if node.file is not None:
-            path.append(node.file)
-        break
-    return path

@@ -37,9 +37,10 @@ from bitarray import bitarray
 
 from sim.check.bitmaps import BitmapRegistry, Tracked
 from sim.check.extents import byte_ranges
-from sim.check.observe import Owner, StepChecker, label, owner_of, write_path
+from sim.check.observe import Owner, StepChecker, label, owner_of
 from sim.model.bitmap import DirtyBitmap, bits_at_granularity
 from sim.model.graph import BlockBackend, BlockNode
+from sim.model.io import write_path
 from sim.model.job_stream import StreamKind
 
 if TYPE_CHECKING:

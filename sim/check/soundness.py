@@ -23,9 +23,10 @@ from bitarray import bitarray
 
 from sim.check.bitmaps import BitmapRegistry, Tracked
 from sim.check.extents import byte_ranges
-from sim.check.observe import StepChecker, label, live_jobs, owner_of, write_path
+from sim.check.observe import StepChecker, label, live_jobs, owner_of
 from sim.model.bitmap import DirtyBitmap, bits_at_granularity
 from sim.model.graph import BlockBackend, BlockNode
+from sim.model.io import write_path
 from sim.model.job_backup import BackupKind
 
 if TYPE_CHECKING:

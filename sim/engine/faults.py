@@ -9,7 +9,7 @@ write copies done on behalf of a guest write, and job chunks all walk the
 same paths:
 
 - a write entering at node N passes N's filters, lands on the data node and
-  goes on to that node's `file` (protocol) node (`write_path`);
+  goes on to that node's `file` (protocol) node (`sim.model.io.write_path`);
 - a read passes the filters, then each data node of the backing chain it
   still needs data from, each with its `file` node (`read_path`).
 
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from sim.errors import TraceError
 from sim.model.content import sector_span
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode
+from sim.model.io import write_path
 from sim.model.job_backup import BackupKind
 from sim.model.job_flow import STRERROR
 
@@ -143,20 +144,6 @@ def _resolve(graph: BlockGraph, name: str) -> BlockNode | None:
 
 
 # -- paths ---------------------------------------------------------------------------------
-
-
-def write_path(graph: BlockGraph, node: BlockNode) -> list[BlockNode]:
-    """The nodes a write entering at `node` reaches, top down."""
-    path = []
-    cur: BlockNode | None = node
-    while cur is not None and cur.is_filter:
-        path.append(cur)
-        cur = cur.filtered_child()
-    if cur is not None:
-        path.append(cur)
-        if cur.file is not None:
-            path.append(cur.file)
-    return path
 
 
 def read_path(

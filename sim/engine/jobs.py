@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import simpy
 
-from sim.engine.faults import read_path, write_path
+from sim.engine.faults import read_path
 from sim.engine.timing import rate_limit_ns
 from sim.model import job_flow
 from sim.model.graph import BlockNode
+from sim.model.io import write_path
 from sim.model.jobs import ACTIVE, ENDED, Job, JobStatus
 
 if TYPE_CHECKING:

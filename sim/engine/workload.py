@@ -34,11 +34,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import simpy
 
-from sim.engine.faults import cbw_runs, write_path
+from sim.engine.faults import cbw_runs
 from sim.engine.timing import NS_PER_S, Device
 from sim.errors import TraceError
 from sim.model import io
 from sim.model.content import DEFAULT_PATTERN, SECTOR
+from sim.model.io import write_path
 
 if TYPE_CHECKING:
     from sim.engine.machine import Machine

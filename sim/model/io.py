@@ -40,6 +40,24 @@ IO_ERROR = IOResult(False, "Input/output error")
 OK = IOResult(True)
 
 
+def write_path(graph: BlockGraph, root: BlockNode) -> list[BlockNode]:
+    """The nodes a guest write entering at `root` passes, as bdrv_co_pwritev goes:
+    down through filters to the data node, whose protocol child gets the write
+    too.  `guest_write` walks exactly this path (inline: it is the hot loop);
+    faults and checkers ask for it here."""
+    path: list[BlockNode] = []
+    node: BlockNode | None = root
+    while node is not None and node not in path:
+        path.append(node)
+        if node.is_filter:
+            node = node.filtered_child()
+            continue
+        if node.file is not None:
+            path.append(node.file)
+        break
+    return path
+
+
 def guest_write(
     graph: BlockGraph,
     bb: BlockBackend | None,
