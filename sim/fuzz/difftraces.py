@@ -40,6 +40,8 @@ from sim.fuzz.choices import Choices, choices, group
 from sim.fuzz.machine import BlockMachine
 from sim.fuzz.rules_graph import TRANSACTION_ACTIONS
 from sim.fuzz.rules_jobs import expected_events
+from sim.model.job_backup import BackupKind
+from sim.model.job_mirror import MirrorKind
 from sim.model.jobs import Job
 from sim.replay import StepOutcome
 
@@ -68,11 +70,7 @@ def is_still(job: Job) -> bool:
         return True
     if job.status == "paused" and job.user_paused:
         return True
-    return (
-        job.status == "running"
-        and bool(getattr(job.kind, "never_ends", False))
-        and (not job.cancelled)
-    )
+    return job.status == "running" and not job.kind.ends_by_itself() and (not job.cancelled)
 
 
 class DifferentialMachine(BlockMachine):
@@ -205,8 +203,9 @@ class DifferentialMachine(BlockMachine):
         return self.node_names()
 
     def target_name(self, job: Job) -> str:
-        target = getattr(job.kind, "target", None)
-        return str(getattr(target, "node_name", "")) if target is not None else ""
+        kind = job.kind
+        target = kind.target if isinstance(kind, BackupKind | MirrorKind) else None
+        return str(target.node_name or "") if target is not None else ""
 
     # -- transactions: at most one job -------------------------------------------------------
     @group("transaction")

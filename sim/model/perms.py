@@ -32,6 +32,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sim.model.job_backup import BackupKind
+from sim.model.job_commit import CommitKind
+from sim.model.job_mirror import MirrorKind
+from sim.model.job_stream import StreamKind
+
 if TYPE_CHECKING:
     from sim.model.graph import BlockGraph, BlockNode
     from sim.model.jobs import Job
@@ -169,7 +174,7 @@ def child_perms(
         if job is None:
             return 0, ALL  # the job is stopping: nothing is forwarded
         perm, shared = _filter(perm, shared)
-        if getattr(job.kind, "commit_mode", False):
+        if isinstance(job.kind, MirrorKind) and job.kind.commit_mode:
             perm &= ~CONSISTENT_READ
             shared |= WRITE
         return perm, shared
@@ -212,7 +217,7 @@ def _storage(parent: BlockNode, perm: int, shared: int) -> tuple[int, int]:
 
 def _job_of_filter(jobs: Sequence[Job], flt: BlockNode) -> Job | None:
     for job in jobs:
-        if getattr(job.kind, "filter", None) is flt and job.status in LIVE_JOB_STATUSES:
+        if job.kind.filter is flt and job.status in LIVE_JOB_STATUSES:
             return job
     return None
 
@@ -226,13 +231,12 @@ def job_edges(job: Job, node: BlockNode) -> list[Parent]:
     desc = f"{job.type} job '{job.id}'"
     unnamed = UNNAMED_BLOCK_DEVICE
     edges: list[Parent] = []  # in creation order; reversed at the end
-    flt = getattr(kind, "filter", None)
-    name = type(kind).__name__
-    if name == "BackupKind":
+    flt = kind.filter
+    if isinstance(kind, BackupKind):
         edges.append(Parent(desc, "main node", 0, ALL) if flt is node else _none())
         edges.append(Parent(desc, "target", 0, ALL) if kind.target is node else _none())
-    elif name == "MirrorKind":
-        commit = bool(getattr(kind, "commit_mode", False))
+    elif isinstance(kind, MirrorKind):
+        commit = kind.commit_mode
         edges.append(
             Parent(desc, "main node", CONSISTENT_READ, CONSISTENT_READ | WRITE_UNCHANGED | WRITE)
             if flt is node
@@ -247,7 +251,7 @@ def job_edges(job: Job, node: BlockNode) -> list[Parent]:
             edges.append(Parent(desc, "target", 0, ALL))
         if commit and node in _between(kind.source, kind.target):
             edges.append(Parent(desc, "intermediate node", 0, WRITE_UNCHANGED | WRITE))
-    elif name == "CommitKind":
+    elif isinstance(kind, CommitKind):
         if kind.active is node:
             edges.append(Parent(desc, "main node", 0, ALL))
         if node is kind.top or node in _between(kind.top, kind.base):
@@ -259,7 +263,7 @@ def job_edges(job: Job, node: BlockNode) -> list[Parent]:
             )
         if kind.top is node:
             edges.append(Parent(unnamed, "root", 0, ALL))
-    elif name == "StreamKind":
+    elif isinstance(kind, StreamKind):
         if flt is node:
             edges.append(Parent(desc, "main node", 0, ALL))
         if node in _between(kind.node, kind.base):

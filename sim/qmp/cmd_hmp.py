@@ -63,9 +63,7 @@ def _warn_if_qemu_hangs(m: Machine, root: Any, cmd: qemu_io.QemuIoCommand) -> No
     touched = graph.backing_chain(root)
     for job in m.state.jobs:
         kind = job.kind
-        if job.status != "pending" or not any(
-            n in touched for n in kind.nodes if not n.is_filter
-        ):
+        if job.status != "pending" or not any(n in touched for n in kind.nodes if not n.is_filter):
             continue
         if kind.has_ready and (job.completion_requested or job.cancelled):
             m.state.warnings.append(
@@ -93,12 +91,8 @@ def run_io(m: Machine, bb: Any, root: Any, cmd: qemu_io.QemuIoCommand) -> str:
             if cmd.zero
             else m.state.new_stamp(cmd.pattern if cmd.pattern is not None else 0xCD)
         )
-        res = io.guest_write(graph, bb, root, off, length, stamp)
-        if not res.ok:
-            return cmd.failed(res.error)
-        for observer in m.state.write_observers:
-            observer(bb, root, off, length, stamp)
-        return cmd.output
+        res = io.write(m.state, bb, root, off, length, stamp)
+        return cmd.output if res.ok else cmd.failed(res.error)
     if cmd.op == "read":
         if cmd.pattern is None:
             res = io.guest_read(graph, root, off, length, None, m.state.stamps.patterns_of)
@@ -110,11 +104,6 @@ def run_io(m: Machine, bb: Any, root: Any, cmd: qemu_io.QemuIoCommand) -> str:
         res = io.guest_read(graph, root, p_off, p_len, cmd.pattern, m.state.stamps.patterns_of)
         return (cmd.mismatch_line() if not res.ok else "") + cmd.output
     if cmd.op == "discard":
-        res = io.guest_discard(graph, bb, root, off, length)
-        if not res.ok:
-            return cmd.failed(res.error)
-        if bb is not None and bb.discard_unmap:
-            for observer in m.state.write_observers:
-                observer(bb, root, off, length, ZERO_STAMP)
-        return cmd.output
+        res = io.discard(m.state, bb, root, off, length)
+        return cmd.output if res.ok else cmd.failed(res.error)
     return cmd.output  # flush
