@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sim.compare import first_difference
-from sim.engine import faults, workload
+from sim.engine import faults, until, workload
 from sim.engine.machine import NS_PER_S, Machine
 from sim.errors import TraceError
 from sim.qmp import commands  # noqa: F401 - registers every command
@@ -79,10 +79,12 @@ class ReplayResult:
 
 
 def sim_only_step(m: Machine, step: Step) -> tuple[dict[str, Any], str | None]:
-    """Run a `workload` or `fault` step (sim-only; see docs/sim-only-steps.md).
+    """Run a `workload`, `fault`, `until` or `tie-break` step (sim-only; see
+    docs/sim-only-steps.md).
 
-    Both answer `{}` at once: a workload runs while time advances, a fault
-    waits for the requests it will fail.  Raises TraceError for a bad step."""
+    All answer `{}`: a workload runs while time advances, a fault waits for the
+    requests it will fail, `until` moves time to a point of a job, `tie-break`
+    sets the order of same-instant events.  Raises TraceError for a bad step."""
     body = step.body.get(step.kind)
     if not isinstance(body, dict):
         raise TraceError(f"{step.kind} takes an object", step.line)
@@ -92,6 +94,17 @@ def sim_only_step(m: Machine, step: Step) -> tuple[dict[str, Any], str | None]:
         return {}, None
     if step.kind == "fault":
         m.faults.add(faults.parse_fault(m, body, step.line))
+        return {}, None
+    if step.kind == "until":
+        until.run_until(m, until.parse_until(body, step.line))
+        return {}, None
+    if step.kind == "tie-break":
+        seed = body.get("seed")
+        if set(body) != {"seed"} or not (
+            seed is None or (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0)
+        ):
+            raise TraceError('tie-break takes {"seed": N} (N >= 0) or {"seed": null}', step.line)
+        m.env.set_tie_seed(seed)
         return {}, None
     raise TraceError(f"unknown sim-only step {step.kind!r}", step.line)
 

@@ -24,8 +24,8 @@ from sim.model.state import DriveSpec
 TRACE_VERSION = 1
 POLICIES = ("qemu-7.2", "qemu-2.5", "bb-attached", "node-only")
 FORMATS = ("qcow2", "raw")
-STEP_KINDS = ("execute", "wait", "advance", "workload", "fault")
-SIM_ONLY_KINDS = ("workload", "fault")
+STEP_KINDS = ("execute", "wait", "advance", "workload", "fault", "until", "tie-break")
+SIM_ONLY_KINDS = ("workload", "fault", "until", "tie-break")
 MAX_DRIVE_SIZE = ts.MAX_DRIVE_SIZE  # 1 PiB: beyond anything a test needs; keeps arithmetic sane
 
 

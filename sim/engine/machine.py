@@ -19,6 +19,7 @@ from typing import Any
 import simpy
 
 from sim.engine import faults, workload
+from sim.engine.order import TieBreakEnvironment
 from sim.engine.timing import SCRATCH_DEVICE, Device, DeviceTiming
 from sim.errors import TraceError
 from sim.model.events import Event, EventLog
@@ -37,7 +38,7 @@ class Machine:
         policy: str = "qemu-7.2",
         seed: int = 0,
     ) -> None:
-        self.env = simpy.Environment()
+        self.env = TieBreakEnvironment(self.actor_of)
         self.rng = random.Random(seed)
         self.events = EventLog()
         self.state = BlockState(policy, emit=self.emit)
@@ -70,6 +71,13 @@ class Machine:
         self.faults = faults.FaultTable()
         self.workloads: list[workload.Workload] = []
         self.io_log: list[workload.IoRecord] = []  # every workload request, in completion order
+
+    def actor_of(self, process: Any) -> str:
+        """Who a simpy process acts for: `job:<id>` for a job, else `guest`."""
+        for job_id, proc in self.processes.items():
+            if proc is process:
+                return f"job:{job_id}"
+        return "guest"
 
     @property
     def now_ns(self) -> int:

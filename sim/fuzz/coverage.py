@@ -16,7 +16,19 @@ category           a                           b
                    bitmaps
 ``invariant``      checker name                ``evaluated`` / ``violated`` / ``muted``
 ``group``          swarm group                 ``enabled``
+``cmd-status``     verb (cancel, pause, ...)   status of the job the command met
+                   or write / snapshot /
+                   bitmap / transaction
+``race``           the same families           ``<job type>/running/d<decile>``: how far
+                                               a running job had got (offset/len)
 =================  ==========================  ====================================
+
+`cmd-status` and `race` cells are measured against the cells that exist
+(`race_cells()`): every verb x status QEMU 7.2's JobVerbTable accepts, every
+other family x every status a job can rest in between two commands, and every
+family x job type x progress decile of a running job.  Distinct interleavings
+are counted too: for each command sequence (the step labels of an example,
+`tie-break` steps left out) the distinct orders of the job events it produced.
 
 The number of distinct points (invariant evaluations excluded) is the
 campaign's coverage figure; `series` samples it against examples run and
@@ -36,6 +48,42 @@ from sim.fuzz.failures import failure_key, message_shape
 Point = tuple[str, str, str]
 NOT_COUNTED = frozenset({"invariant", "group"})
 JOB_ARG_KEYS = ("id", "device", "job-id")
+# statuses a job can be in between two commands (created, waiting and aborting pass
+# within one command or one instant)
+RESTING = ("running", "paused", "ready", "standby", "pending", "concluded")
+FAMILIES = ("write", "snapshot", "bitmap", "transaction")
+JOB_TYPES = ("backup", "mirror", "commit", "stream")
+DECILE_FAMILIES = ("write", "snapshot", "bitmap", "cancel")
+VERB_NAMES = ("cancel", "pause", "resume", "set-speed", "complete", "finalize", "dismiss")
+
+
+def command_family(label: str) -> str | None:
+    """The race family of a step label: a job verb, or write/snapshot/bitmap/transaction."""
+    if label == "qemu-io write":
+        return "write"
+    for prefix in ("block-job-", "job-"):
+        if label.startswith(prefix) and label[len(prefix) :] in VERB_NAMES:
+            return label[len(prefix) :]
+    if label in ("blockdev-snapshot-sync", "blockdev-snapshot"):
+        return "snapshot"
+    if label.startswith("block-dirty-bitmap-"):
+        return "bitmap"
+    if label == "transaction":
+        return "transaction"
+    return None
+
+
+def race_cells() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The cells that exist: (family-or-verb, status) as QEMU 7.2's JobVerbTable and job
+    states allow them, and (family, type/running/decile) for landings on running jobs."""
+    from sim.model.jobs import JOB_VERBS
+
+    status_cells = [(v, s) for v in VERB_NAMES for s in RESTING if s in JOB_VERBS[v]]
+    status_cells += [(f, s) for f in FAMILIES for s in RESTING]
+    decile_cells = [
+        (f, f"{t}/running/d{d}") for f in DECILE_FAMILIES for t in JOB_TYPES for d in range(10)
+    ]
+    return status_cells, decile_cells
 
 
 class Coverage:
@@ -51,6 +99,10 @@ class Coverage:
         self._status: dict[str, str] = {}
         self._types: dict[str, str] = {}  # job id -> type, for jobs gone by now
         self._distinct = 0
+        # command sequence -> the distinct job-event orders it produced
+        self.orders: dict[tuple[str, ...], set[tuple[str, ...]]] = {}
+        self._seq: list[str] = []
+        self._order: list[str] = []
 
     # -- recording ---------------------------------------------------------------------------
     def hit(self, category: str, a: str, b: str) -> None:
@@ -60,7 +112,13 @@ class Coverage:
         self.hits[point] += 1
         self._example.add(point)
 
+    def _end_example(self) -> None:
+        if self._seq:
+            self.orders.setdefault(tuple(self._seq), set()).add(tuple(self._order))
+        self._seq, self._order = [], []
+
     def start_example(self, groups: frozenset[str]) -> None:
+        self._end_example()
         self.examples += 1
         self._example = set()
         self._status = {}
@@ -92,6 +150,12 @@ class Coverage:
                     self.hit("command", f"transaction/{action.get('type')}", result)
         for state in job_states_met(step, jobs_before):
             self.hit("job-state", label, state)
+        self._races(machine, step, label, jobs_before)
+        if "tie-break" not in step:
+            self._seq.append(label)
+        for ev in outcome.events:
+            data = ev.get("data", {})
+            self._order.append(f"{ev.get('event')}:{data.get('id', data.get('device', ''))}")
         self._transitions(machine, outcome.events)
         self._shape(machine)
         for name in checkers:
@@ -100,6 +164,29 @@ class Coverage:
             name = str(v.get("invariant"))
             key = failure_key(name, str(v.get("message", "")))
             self.hit("invariant", name, "muted" if name in muted or key in muted else "violated")
+
+    def _races(
+        self, machine: Any, step: dict[str, Any], label: str, jobs_before: dict[str, str]
+    ) -> None:
+        """cmd-status and race cells of a command landing while jobs exist."""
+        if "execute" not in step or not jobs_before:
+            return
+        family = command_family(label)
+        if family is None:
+            return
+        met = list(jobs_before)
+        if family in VERB_NAMES:
+            args = step.get("arguments", {})
+            named = args.get("id", args.get("device")) if isinstance(args, dict) else None
+            met = [named] if named in jobs_before else []
+        live = {j.id: j for j in machine.state.jobs}
+        for job_id in met:
+            status = jobs_before[job_id]
+            self.hit("cmd-status", family, status)
+            job = live.get(job_id)
+            if status == "running" and job is not None and job.len > 0:
+                decile = min(9, job.offset * 10 // job.len)
+                self.hit("race", family, f"{job.type}/running/d{decile}")
 
     def _transitions(self, machine: Any, events: list[dict[str, Any]]) -> None:
         types = self._types
@@ -174,6 +261,28 @@ class Coverage:
             }
         )
 
+    def race_summary(self) -> dict[str, Any]:
+        """Reached cells against the cells that exist, and distinct interleavings."""
+        status_cells, decile_cells = race_cells()
+        reached_status = [c for c in status_cells if ("cmd-status", *c) in self.hits]
+        reached_decile = [c for c in decile_cells if ("race", *c) in self.hits]
+        orders = dict(self.orders)
+        if self._seq:
+            orders.setdefault(tuple(self._seq), set()).add(tuple(self._order))
+        return {
+            "command-x-job-status": {
+                "reached": len(reached_status),
+                "exist": len(status_cells),
+                "missing": [f"{a} in {b}" for a, b in status_cells if (a, b) not in reached_status],
+            },
+            "progress-deciles": {"reached": len(reached_decile), "exist": len(decile_cells)},
+            "interleavings": {
+                "command-sequences": len(orders),
+                "distinct": sum(len(v) for v in orders.values()),
+                "sequences-with-several": sum(1 for v in orders.values() if len(v) > 1),
+            },
+        }
+
     def to_json(self) -> dict[str, Any]:
         """coverage.json: nested counters plus the series, in a stable order."""
         nested: dict[str, dict[str, dict[str, int]]] = {}
@@ -191,6 +300,9 @@ class Coverage:
             "invariants": nested.get("invariant", {}),
             "groups": {g: v.get("enabled", 0) for g, v in nested.get("group", {}).items()},
             "trace-errors": nested.get("trace-error", {}),
+            "command-x-job-status": nested.get("cmd-status", {}),
+            "races": nested.get("race", {}),
+            "race-coverage": self.race_summary(),
             "series": self.series,
         }
 
@@ -205,7 +317,7 @@ def _rewarded(point: Point) -> bool:
     category, _, outcome = point
     if category == "command":
         return outcome.startswith(SUCCESS_PREFIXES)
-    return category in ("transition", "shape")
+    return category in ("transition", "shape", "cmd-status", "race")
 
 
 def step_label(step: dict[str, Any]) -> str:
@@ -220,7 +332,7 @@ def step_label(step: dict[str, Any]) -> str:
         return name
     if "wait" in step:
         return f"wait {step['wait'].get('event')}"
-    for kind in ("advance", "workload", "fault"):
+    for kind in ("advance", "workload", "fault", "until", "tie-break"):
         if kind in step:
             return kind
     return "?"

@@ -69,7 +69,8 @@ MiB = 1 << 20
 GRAPH_CHECK = "graph-well-formed"
 
 # Rule groups for swarm testing.  "time" is always on: it holds `advance`,
-# the one rule that is valid in every state.
+# the one rule that is valid in every state; so is "race" (landing a command at a
+# chosen point of a running job), which needs a job some other group started.
 GROUPS = (
     "bitmap",
     "io",
@@ -87,7 +88,7 @@ GROUPS = (
     "fault",
     "invalid",
 )
-ALWAYS_ON = frozenset({"time"})
+ALWAYS_ON = frozenset({"time", "race"})
 
 DRIVE0: dict[str, Any] = {
     "id": "drive0",

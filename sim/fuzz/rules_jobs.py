@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from hypothesis import reject
 from hypothesis import strategies as st
 from hypothesis.stateful import precondition, rule
 
@@ -36,6 +37,9 @@ JOB_VERBS = ("cancel", "pause", "resume", "complete", "finalize", "dismiss")
 SMALL_ADVANCES = (0.0005, 0.005, 0.05)
 LARGE_ADVANCES = (0.5, 5.0, 60.0)
 WORKLOAD_PATTERNS = ("sequential", "uniform", "zipf", "burst")
+# race points (sim-only `until` steps), weighted towards the middle of a job
+RACE_POINTS = ("progress",) * 4 + ("chunk", "before-ready", "ready", "ending")
+LANDINGS = ("write", "write", "verb", "snapshot", "bitmap", "transaction")
 
 
 class JobRules(_Base):
@@ -208,6 +212,90 @@ class JobRules(_Base):
             return
         event, match = self.pick(c, options)
         self.run({"wait": {"event": event, "data": match}})
+
+    # -- races ---------------------------------------------------------------------------------
+    @group("race")
+    @precondition(
+        lambda self: any(
+            j.status in ("running", "ready") and not j.user_paused for j in self.machine.state.jobs
+        )
+    )
+    @rule(c=choices(), decile=st.integers(0, 9))
+    def race(self, c: Choices, decile: int) -> None:
+        """Move time to a chosen point of a running job (a fraction of its length, its next
+        chunk, just before or after READY, its end) and land a guest write, a verb, a
+        snapshot, a bitmap command or a transaction right there."""
+        jobs = [
+            j
+            for j in self.machine.state.jobs
+            if j.status in ("running", "ready") and not j.user_paused
+        ]
+        job = c.pick(jobs)
+        point = c.pick(RACE_POINTS)
+        body: dict[str, Any] = {"job": job.id, "point": point}
+        if point == "progress":
+            body["fraction"] = round((decile + c.below(10) / 10) / 10, 2)
+        self.run({"until": body})
+        if c.rarely(5) and job.status in ("running", "ready") and not job.user_paused:
+            self.qmp("job-pause", {"id": job.id})  # the landing then meets a paused job
+        self.land(c, job.id)
+
+    def land(self, c: Choices, job_id: str) -> None:
+        """One command that races with the job `job_id` (or with whatever runs)."""
+        landing = c.pick(LANDINGS)
+        job = next((j for j in self.machine.state.jobs if j.id == job_id), None)
+        devices = self.devices()
+        if not devices:
+            reject()
+        device = c.pick(devices)
+        size = self.size_of(device)
+        if landing == "verb" and job is not None:
+            verbs = [v for v in (*JOB_VERBS, "set-speed") if job.status in VERB_TABLE[v]]
+            verb = c.pick(verbs or ["cancel"])
+            if verb == "set-speed":
+                self.qmp("block-job-set-speed", {"device": job_id, "speed": c.pick(SPEEDS)})
+            else:
+                self.qmp(f"job-{verb}", {"id": job_id})
+        elif landing == "snapshot":
+            args = {"device": device, "snapshot-file": f"{self.fresh('race')}.qcow2"}
+            self.qmp("blockdev-snapshot-sync", {**args, "format": "qcow2"})
+        elif landing == "bitmap":
+            bitmaps = [a for a in self.bitmap_addresses() if a[0] == device]
+            if bitmaps and c.boolean():
+                node, name = c.pick(bitmaps)
+                self.qmp("block-dirty-bitmap-clear", {"node": node, "name": name})
+            else:
+                self.qmp("block-dirty-bitmap-add", {"node": device, "name": self.fresh("rb")})
+        elif landing == "transaction":
+            actions: list[dict[str, Any]] = [
+                {
+                    "type": "block-dirty-bitmap-add",
+                    "data": {"node": device, "name": self.fresh("rb")},
+                },
+                {
+                    "type": "blockdev-snapshot-sync",
+                    "data": {
+                        "device": device,
+                        "snapshot-file": f"{self.fresh('race')}.qcow2",
+                        "format": "qcow2",
+                    },
+                },
+            ]
+            if c.rarely(3):
+                actions.append({"type": "abort", "data": {}})
+            self.qmp("transaction", {"actions": actions})
+        else:
+            length = c.pick((4 * KiB, 64 * KiB, 1 * MiB))
+            offset = min(c.below(64) * MiB, max(size - length, 0))
+            self.qemu_io(device, f"write -P {1 + c.below(250)} {offset} {length}")
+
+    @group("race")
+    @precondition(lambda self: bool(self.machine.state.jobs))
+    @rule(seed=st.integers(0, 1 << 16))
+    def tie_break(self, seed: int) -> None:
+        """Draw the order of events due at the same instant (PCT-style priorities per job
+        and for the guest), written into the trace so the replay is exact."""
+        self.run({"tie-break": {"seed": seed}})
 
     # -- sim-only steps ------------------------------------------------------------------------
     @group("workload")

@@ -1,0 +1,107 @@
+"""`until`: let simulated time run to a chosen point of a running job (sim-only).
+
+A race lands a command or a guest write while a job is part way through.  The
+`until` step moves the clock event by event (simpy's `step()`, the order
+`advance` uses) and stops right after the event that brought the job to the
+point, possibly between two events due at the same instant:
+
+| point | stops when |
+|---|---|
+| `progress` | the job's offset reaches `fraction` (0 to 1) of its current length |
+| `chunk` | the job's offset next changes (a chunk boundary) |
+| `before-ready` | a job that has a READY state copied its last chunk (offset = length) but is not READY yet |
+| `ready` | the job has just become READY |
+| `ending` | the job has just left running/READY for waiting, pending, aborting or concluded (a mirror: the pivot is next) |
+
+It also stops when the job is gone or cannot move (user-paused, waiting for a
+verb), when nothing is left to simulate, and after `limit` simulated seconds
+(default 60).  Answers `{}`; a bad body is a trace error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sim.errors import TraceError
+
+if TYPE_CHECKING:
+    from sim.engine.machine import Machine
+    from sim.model.jobs import Job
+
+NS_PER_S = 1_000_000_000
+POINTS = ("progress", "chunk", "before-ready", "ready", "ending")
+MOVING = ("running", "ready")
+DEFAULT_LIMIT_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Until:
+    """One parsed `until` step."""
+
+    job: str
+    point: str
+    fraction: float = 0.5
+    limit_ns: int = int(DEFAULT_LIMIT_S * NS_PER_S)
+
+
+def parse_until(body: dict[str, Any], line: int) -> Until:
+    """Check an `until` body: job (string), point, fraction (progress only), limit."""
+    extra = sorted(set(body) - {"job", "point", "fraction", "limit"})
+    if extra:
+        raise TraceError(f"until: unknown key(s) {extra}", line)
+    job, point = body.get("job"), body.get("point")
+    if not isinstance(job, str):
+        raise TraceError("until: 'job' must be a job id (a string)", line)
+    if point not in POINTS:
+        raise TraceError(f"until: 'point' must be one of {', '.join(POINTS)}, got {point!r}", line)
+    fraction = body.get("fraction", 0.5)
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, int | float)
+        or not 0 <= fraction <= 1
+    ):
+        raise TraceError(f"until: 'fraction' must be a number from 0 to 1, got {fraction!r}", line)
+    limit = body.get("limit", DEFAULT_LIMIT_S)
+    if isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 < limit <= 86400:
+        raise TraceError(f"until: 'limit' must be seconds in (0, 86400], got {limit!r}", line)
+    return Until(job, str(point), float(fraction), int(round(float(limit) * NS_PER_S)))
+
+
+def _reached(job: Job, spec: Until, start_offset: int, start_status: str) -> bool:
+    if spec.point == "progress":
+        return job.len > 0 and job.offset >= spec.fraction * job.len
+    if spec.point == "chunk":
+        return job.offset != start_offset
+    if spec.point == "before-ready":
+        return bool(getattr(job.kind, "has_ready", False)) and (
+            job.status == "ready" or (job.len > 0 and job.offset >= job.len)
+        )
+    if spec.point == "ready":
+        return job.status == "ready" and start_status != "ready"
+    return job.status not in MOVING
+
+
+def run_until(m: Machine, spec: Until) -> None:
+    """Step the clock until `spec`'s point, or until the job can go no further."""
+    job = m.state.find_job(spec.job)
+    if job is None or job.status not in MOVING:
+        return
+    env = m.env
+    deadline = env.now + spec.limit_ns
+    start_offset, start_status = job.offset, job.status
+    while True:
+        if _reached(job, spec, start_offset, start_status):
+            return
+        if job.user_paused or job not in m.state.jobs:
+            return
+        if job.status == "ready" and not (job.completion_requested or job.cancelled):
+            return  # a READY job waits for a verb (it only copies what the guest writes)
+        nxt = env.peek()
+        if nxt == float("inf"):
+            return
+        if nxt > deadline:
+            if deadline > env.now:
+                env.run(until=deadline)
+            return
+        env.step()

@@ -1,0 +1,184 @@
+"""Fuzzer power: the default campaign must find every mutant within its budget.
+
+The mutant suite is tests/mutant_catalog.py (`ALL_MUTANTS`: the eleven of
+tests/test_mutants.py and twenty-two more).  For each mutant the *default*
+campaign (`blocksim fuzz` defaults: policy qemu-7.2, every checker, every
+rule group, 25 steps, rounds of 200 examples, shrinking on) runs under the
+mutant with a wall-time budget of `BUDGET_S`.  A failure counts as finding the
+mutant only when the healthy model, replaying the failing trace, does not
+show it.  To keep CI short the rounds run without Hypothesis' shrink phase
+(`shrink=False`: a round stops at its first failure): a failure the healthy
+model also shows is muted from the next round on, the first one it does not
+show stops the campaign, and the exporter shortens it (it drops steps while
+the failure still replays), which gives the "shrunk length" of the table.
+Generation (rules, swarm, coverage target, seeds) is the default campaign's.
+
+The healthy model is not failure-free under qemu-7.2 (the bitmap placement of
+real QEMU breaks addressability, and a few more real QEMU behaviours break an
+invariant), so a healthy campaign of `HEALTHY_S` runs first and its failure
+keys are muted in the mutant campaigns, as a campaign mutes what it already
+exported; a healthy failure that shows up anyway is recognised by the replay.
+
+The table (mutant, found, time to find, examples, shrunk length, checker) is
+printed (pytest -s) and written to `BLOCKSIM_POWER_TABLE` when that is set.
+Budget: `BLOCKSIM_POWER_BUDGET` seconds per mutant (default 60, at most 90);
+the whole test takes about 33 x (time to find + shrink) + the healthy run.
+It runs in CI (`.ci/run`) and when `-m slow` or BLOCKSIM_SLOW=1 is given.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sim.check import make_checkers
+from sim.fuzz.campaign import Campaign, CampaignConfig, CampaignStop
+from sim.fuzz.export import ExportRecord
+from sim.fuzz.failures import FuzzFailure, failure_key
+from sim.replay import ReplayResult, replay
+from sim.trace import parse_lines
+from tests.mutant_catalog import ALL_MUTANTS
+from tests.test_mutants import Mutant
+
+BUDGET_S = min(float(os.environ.get("BLOCKSIM_POWER_BUDGET", "60")), 90.0)
+HEALTHY_S = float(os.environ.get("BLOCKSIM_POWER_HEALTHY", "60"))
+
+
+def wanted(config: pytest.Config) -> bool:
+    return "slow" in str(config.getoption("markexpr", "")) or bool(os.environ.get("BLOCKSIM_SLOW"))
+
+
+def shows(result: ReplayResult, kind: str, message: str) -> bool:
+    """Does a replay show this failure (by failure key)?"""
+    if kind == "internal-error":
+        return bool(result.internal_errors)
+    seen = [v for o in result.steps for v in o.violations] + result.final["violations"]
+    key = failure_key(kind, message)
+    return any(failure_key(str(v["invariant"]), str(v["message"])) == key for v in seen)
+
+
+@dataclass
+class Finding:
+    mutant: str
+    found: bool
+    seconds: float  # wall time until the first failing example of the kill was seen
+    examples: int  # examples run until then
+    steps: int  # the exported (shrunk) trace's length
+    checker: str
+    message: str = ""
+
+
+class PowerCampaign(Campaign):
+    """The default campaign under a mutant, rounds cut at their first failure.  A failing
+    example is judged on the healthy model the first time its failure key shows up: a
+    failure the healthy model shows too is muted from the next round on; the first one
+    it does not show stops the campaign and is exported (shortened by the exporter)."""
+
+    def __init__(self, config: CampaignConfig, mp: pytest.MonkeyPatch, mutant: Mutant) -> None:
+        super().__init__(config)
+        self.mp, self.mutant = mp, mutant
+        self.verdicts: dict[str, bool] = {}  # failure key -> the healthy model shows it
+        self.found: tuple[str, float, int] | None = None  # key, seconds, examples
+        self.kill: ExportRecord | None = None
+
+    def healthy(self, failure: FuzzFailure) -> bool:
+        self.mp.undo()
+        try:
+            trace = parse_lines(failure.trace_lines())
+            names = list(failure.header.get("invariants", [])) or None
+            result = replay(trace, checkers=make_checkers(names))
+        finally:
+            self.mutant.apply(self.mp)
+        return shows(result, failure.kind, failure.message)
+
+    def failure_seen(self, failure: FuzzFailure) -> None:
+        super().failure_seen(failure)
+        key = failure_key(failure.kind, failure.message)
+        if key not in self.verdicts:
+            self.verdicts[key] = self.healthy(failure)
+        if self.verdicts[key]:
+            self.muted.add(key)
+        elif self.found is None:
+            self.found = (key, self.elapsed(), self.result.examples + 1)
+
+    def _export(self, failure: FuzzFailure, shrunk: bool, round_number: int | None) -> None:
+        before = len(self.result.failures)
+        super()._export(failure, shrunk, round_number)
+        if self.kill is None and len(self.result.failures) > before:
+            if not self.verdicts.get(failure_key(failure.kind, failure.message), True):
+                self.kill = self.result.failures[-1]
+
+    def example_finished(self, machine: Any) -> float:
+        if self.kill is not None:
+            raise CampaignStop("found")
+        return super().example_finished(machine)
+
+    def _round(self, number: int, size: int) -> None:
+        super()._round(number, size)
+        if self.kill is not None:
+            raise CampaignStop("found")
+
+
+def hunt(mutant: Mutant, out: Path, mute: tuple[str, ...], budget: float) -> Finding:
+    config = CampaignConfig(out=out, time_budget_s=budget, mute=mute, shrink=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mutant.apply(mp)
+        campaign = PowerCampaign(config, mp, mutant)
+        campaign.run()
+    kill, found = campaign.kill, campaign.found
+    if kill is None or found is None:
+        return Finding(mutant.name, False, campaign.result.wall_s, campaign.result.examples, 0, "")
+    _, seconds, examples = found
+    return Finding(mutant.name, True, seconds, examples, kill.steps, kill.kind, kill.message)
+
+
+def healthy_keys(out: Path, seconds: float) -> tuple[str, ...]:
+    start = time.monotonic()
+    config = CampaignConfig(out=out, time_budget_s=seconds)
+    result = Campaign(config).run()
+    keys = [failure_key(f.kind, f.message) for f in result.failures]
+    assert time.monotonic() - start < seconds + 60
+    return tuple(keys) + tuple(result.muted)
+
+
+def table(findings: list[Finding]) -> str:
+    lines = [
+        "| mutant | found | time to find | examples | shrunk length | checker |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in findings:
+        if f.found:
+            lines.append(
+                f"| `{f.mutant}` | yes | {f.seconds:.1f} s | {f.examples} | {f.steps} steps "
+                f"| `{f.checker}` |"
+            )
+        else:
+            lines.append(f"| `{f.mutant}` | **no** | > {f.seconds:.0f} s | {f.examples} | - | - |")
+    found = sum(f.found for f in findings)
+    lines.append(f"\n{found} of {len(findings)} mutants found")
+    return "\n".join(lines)
+
+
+@pytest.mark.slow
+def test_the_default_campaign_finds_every_mutant(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if not wanted(request.config):
+        pytest.skip("about 10 minutes: runs in CI, or with -m slow or BLOCKSIM_SLOW=1")
+    only = [n for n in os.environ.get("BLOCKSIM_POWER_ONLY", "").split(",") if n]
+    mutants = [m for m in ALL_MUTANTS if not only or m.name in only]
+    mute = healthy_keys(tmp_path / "healthy", HEALTHY_S)
+    findings = [hunt(m, tmp_path / m.name, mute, BUDGET_S) for m in mutants]
+    text = table(findings)
+    print("\n" + text)
+    out = os.environ.get("BLOCKSIM_POWER_TABLE")
+    if out:
+        Path(out).write_text(text + "\n")
+    missed = [f.mutant for f in findings if not f.found]
+    assert not missed, f"not found within {BUDGET_S:.0f} s: {missed}"
+    assert len(ALL_MUTANTS) >= 31
