@@ -229,6 +229,10 @@ class Coverage:
         self.examples += other.examples
         self.steps += other.steps
         self.rejected += other.rejected
+        for seq, seen in other.orders.items():
+            self.orders.setdefault(seq, set()).update(seen)
+        if other._seq:
+            self.orders.setdefault(tuple(other._seq), set()).add(tuple(other._order))
 
     def example_rarity(self) -> float:
         """How rare the *successful* things the example just run did are: log2(1 +
