@@ -178,7 +178,7 @@ class Coverage:
         if family in VERB_NAMES:
             args = step.get("arguments", {})
             named = args.get("id", args.get("device")) if isinstance(args, dict) else None
-            met = [named] if named in jobs_before else []
+            met = [named] if isinstance(named, str) and named in jobs_before else []
         live = {j.id: j for j in machine.state.jobs}
         for job_id in met:
             status = jobs_before[job_id]

@@ -289,7 +289,7 @@ class JobRules(_Base):
             offset = min(c.below(64) * MiB, max(size - length, 0))
             self.qemu_io(device, f"write -P {1 + c.below(250)} {offset} {length}")
 
-    @group("wait")
+    @group("race")
     @precondition(lambda self: bool(self.machine.state.jobs))
     @rule(seed=st.integers(0, 1 << 16))
     def tie_break(self, seed: int) -> None:
