@@ -279,3 +279,17 @@ def test_json_mode_stdout_is_strict_json_for_hostile_ids(tmp_path: Path) -> None
     assert len(parsed) == 5 and "final" in parsed[-1]
     assert b"Traceback" not in proc.stderr
     assert jsonio.lone_surrogate(parsed) == "\ud800"  # echoed, escaped, in the command
+
+
+# -- the QMP socket (blocksim serve's monitor) -------------------------------------------------
+
+
+def test_socket_integers_beyond_the_conversion_limit_are_doubles() -> None:
+    from sim.serve.host import SimHost
+    from sim.serve.session import answer_bytes
+    from sim.trace import parse_header
+
+    host = SimHost(parse_header(header()))
+    out = answer_bytes(host, [f'{{"execute": "query-jobs", "id": {BIG}}}'.encode()], True)
+    assert len(out) == 3 and not host.monitor.internal_errors
+    assert strict_loads(out[-1].decode())["return"] == []

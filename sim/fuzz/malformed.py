@@ -9,7 +9,8 @@ or added, deep nesting, and, on the serialised line, odd bytes, cut text,
 goes: step lines through `sim.trace.parse_lines` and `sim.replay` after a
 prefix that leaves bitmaps, a snapshot and a running job behind; headers
 through the header parser and a short replay; requests straight into
-`Monitor.execute`.  An input *fails* when an exception escapes, the monitor
+`Monitor.execute`; byte streams, cut into random chunks, into a QMP monitor
+as `blocksim serve` runs it (`sim.serve.session.answer_bytes`).  An input *fails* when an exception escapes, the monitor
 records an internal error, or an output line is not strict JSON; it *hangs*
 when its batch runs longer than `HANG_S` wall seconds.
 
@@ -489,6 +490,8 @@ class Campaign:
             self._headers()
         elif roll < 0.25:
             self._requests()
+        elif roll < 0.35:
+            self._socket()
         else:
             self._steps()
         self.stats.batches += 1
@@ -629,6 +632,46 @@ class Campaign:
 
         shown = "\n".join(_encode(r).decode() for r in requests)
         self._guarded("qmp-request", shown, go)
+
+    def _socket(self) -> None:
+        """Byte streams into a QMP monitor as `blocksim serve` runs it (greeting,
+        negotiation, QEMU's streaming JSON reader), cut into random chunks."""
+        from sim.serve.host import SimHost
+        from sim.serve.session import answer_bytes
+        from sim.trace import parse_header
+
+        rng = self.rng
+        host = SimHost(parse_header(HEADER))
+        stream = b""
+        count = 0
+        for _ in range(self.batch // 2):
+            base = rng.choice([s for s in VALID_STEPS if "execute" in s])
+            request = {k: v for k, v in base.items() if k != "expect"}
+            roll = rng.random()
+            if roll < 0.4:
+                data = _encode(mutate_value(rng, request))
+            elif roll < 0.8:
+                data = mutate_text(rng, json.dumps(request))
+            else:
+                data = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40)))
+            stream += data + rng.choice([b"", b"\n", b"\r\n", b" "])
+            count += 1
+        cuts = sorted(rng.randrange(len(stream) + 1) for _ in range(rng.randrange(1, 6)))
+        chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+        self._count("qmp-socket", count)
+
+        def go() -> str | None:
+            out = answer_bytes(host, chunks, negotiate=rng.random() < 0.8)
+            if host.monitor.internal_errors:
+                return "internal:" + host.monitor.internal_errors[0]
+            for message in out:
+                try:
+                    _strict_loads(message.decode("utf-8"))
+                except (ValueError, UnicodeError) as exc:
+                    return f"answer {message[:120]!r}: {exc}"
+            return None
+
+        self._guarded("qmp-socket", repr(stream[:2000]), go)
 
 
 def run(

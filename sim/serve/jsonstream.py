@@ -308,7 +308,9 @@ class _Parser:
         if tok.kind == STRING:
             return self.string(tok.text)
         text = tok.text.decode("ascii")
-        if tok.kind == INTEGER:
+        # int64/uint64 literals have at most 20 digits and a sign; a longer one is a
+        # double (and int() of a very long one would pass Python's conversion limit)
+        if tok.kind == INTEGER and len(text) <= 21:
             value = int(text)
             if -(2**63) <= value < 2**64:
                 return value
