@@ -1,5 +1,5 @@
 """`python -m sim` is the `blocksim` command."""
 
-from sim.cli import run
+from sim.entry import run
 
 run()

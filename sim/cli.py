@@ -7,6 +7,7 @@ Exit codes: 0 = everything matched, 1 = a mismatch / violation / difference,
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,21 @@ from typing import Any
 import click
 
 from sim.errors import TraceError
-from sim.trace import POLICIES, dumps, load_trace
+from sim.trace import POLICIES, atomic_write_text, dumps, load_trace
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
+
+
+class Seconds(click.FloatRange):
+    """A finite number of seconds in a range (NaN and infinities are refused)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return number
 
 
 def collect_traces(paths: tuple[str, ...]) -> list[Path]:
@@ -219,7 +232,7 @@ def matrix(
             result = _distributed_matrix(files, workers, scheduler, bar, task)
     click.echo(markdown(result))
     if json_out:
-        Path(json_out).write_text(json.dumps(to_json(result), indent=1) + "\n", encoding="utf-8")
+        atomic_write_text(Path(json_out), json.dumps(to_json(result), indent=1) + "\n")
 
 
 def _distributed_matrix(
@@ -247,6 +260,11 @@ def header_invariants(trace: Any) -> list[str]:
     return list(value)
 
 
+def plural(n: int, noun: str) -> str:
+    """`1 step`, `2 steps`."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _verdict(path: Path, result: Any, verbose: bool, to_stderr: bool) -> int:
     """Print one trace's verdict; return its exit code."""
 
@@ -265,24 +283,27 @@ def _verdict(path: Path, result: Any, verbose: bool, to_stderr: bool) -> int:
         say(f"FAIL {name} ({path}, policy {result.policy})")
         for mm in result.mismatches:
             say("  " + mm.replace("\n", "\n  "))
-        return EXIT_MISMATCH
-    if result.trace_errors:
-        say(f"ERROR {name} ({path}): {len(result.trace_errors)} bad step(s)")
+    if result.trace_errors:  # a bad trace is exit 2, whatever else went wrong
+        say(f"ERROR {name} ({path}): {plural(len(result.trace_errors), 'bad step')}")
         return EXIT_USAGE
+    if result.mismatches:
+        return EXIT_MISMATCH
     if result.internal_errors:
         say(f"FAIL {name} ({path}): simulator bug")
         return EXIT_MISMATCH
     fe = result.trace.final_expect
     pinned = fe is not None and "violations" in fe
     if violations and not pinned:
-        say(f"VIOLATION {name} ({path}, policy {result.policy}): {len(violations)} violation(s)")
+        say(
+            f"VIOLATION {name} ({path}, policy {result.policy}): {plural(len(violations), 'violation')}"
+        )
         for v in violations[:10]:
             say(f"  step {v['step']}: [{v['invariant']}] {v['message']}")
         return EXIT_MISMATCH
     expects = sum(1 for s in result.trace.steps if s.expect is not None)
-    note = f", {len(violations)} expected violation(s)" if violations else ""
+    note = f", {plural(len(violations), 'expected violation')}" if violations else ""
     say(
-        f"PASS {name}: {len(result.steps)} steps, {expects} expectations"
+        f"PASS {name}: {plural(len(result.steps), 'step')}, {plural(expects, 'expectation')}"
         f"{', final state' if fe is not None else ''}{note} (policy {result.policy})"
     )
     if verbose and not to_stderr:
@@ -480,6 +501,8 @@ def report(run_dir: str, out: str | None, title: str) -> None:
     The run folder's layout is in reports/README.md."""
     from sim.report import build_report
 
+    if not Path(run_dir).is_dir():
+        raise click.UsageError(f"no run folder {run_dir} (see reports/README.md)")
     target = Path(out) if out else Path("reports") / Path(run_dir).resolve().name
     try:
         built = build_report(run_dir, target, title)
@@ -502,7 +525,7 @@ def report(run_dir: str, out: str | None, title: str) -> None:
 )
 @click.option(
     "--fuzz-seconds",
-    type=float,
+    type=Seconds(0, 86400),
     default=30.0,
     show_default=True,
     help="Wall-clock budget of the short fuzz campaign (0: none).",
@@ -556,7 +579,7 @@ def demo(out: str, scenarios: str, fuzz_seconds: float) -> None:
 @click.option("--seed", type=int, default=None, help="Campaign seed [default: 0].")
 @click.option(
     "--time-budget",
-    type=click.FloatRange(0, min_open=True),
+    type=Seconds(0, min_open=True),
     default=None,
     metavar="SECONDS",
     help="Stop after this much wall time (cuts by wall time).",
@@ -738,12 +761,16 @@ def _recheck_corpus(folder: Path) -> int:
     if not folder.is_dir():
         raise click.UsageError(f"no corpus folder {folder}")
     checks = replay_corpus(folder)
+    if not checks:
+        raise click.UsageError(f"no .jsonl traces under {folder}")
     for check in checks:
         detail = f": {check.detail}" if check.detail else ""
         click.echo(f"{check.status.upper():10} {check.path}{detail}")
     counts = {s: sum(1 for c in checks if c.status == s) for s in
               ("reproduces", "passes", "fixed", "changed", "error")}  # fmt: skip
-    click.echo(f"{len(checks)} traces: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    click.echo(
+        f"{plural(len(checks), 'trace')}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    )
     if counts["error"]:
         return EXIT_USAGE
     return EXIT_MISMATCH if counts["fixed"] or counts["changed"] else EXIT_OK
@@ -881,9 +908,27 @@ def export_iotest_cmd(trace: str, out_dir: str, qemu: str | None) -> None:
 
 
 def run() -> None:
-    """Entry point that turns any stray exception into one line (exit 3)."""
+    """Run the command line: one clear line for any error, exit 130 on Ctrl-C
+    (see sim.interrupt), exit 3 for a stray exception (never a traceback)."""
+    from sim import interrupt
+
+    interrupt.raise_interrupt()
     try:
-        main(standalone_mode=True)
+        code = main(standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        interrupt.exit_interrupted()
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except OSError as exc:  # a file or folder that cannot be read or written
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"blocksim: {where}{exc.strerror or exc}", err=True)
+        code = EXIT_USAGE
+    except SystemExit as exc:
+        code = exc.code
     except Exception as exc:  # noqa: BLE001 - last resort: never a traceback
         click.echo(f"blocksim: internal error: {type(exc).__name__}: {exc}", err=True)
-        sys.exit(3)
+        code = 3
+    if interrupt.interrupted():
+        interrupt.exit_interrupted()
+    sys.exit(code if isinstance(code, int) else (0 if code is None else 1))

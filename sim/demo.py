@@ -25,7 +25,7 @@ from typing import Any
 from sim.replay import ReplayResult, replay
 from sim.report import Report, build_report
 from sim.timeline import TimelineRecorder, write_json
-from sim.trace import Trace, dumps, load_trace
+from sim.trace import Trace, atomic_write_text, dumps, load_trace
 
 Say = Callable[[str], None]
 
@@ -114,7 +114,7 @@ def run_demo(out_dir: Path, scenarios: Path, fuzz_seconds: float, say: Say) -> R
         (run / name).unlink(missing_ok=True)
     demo = run / "traces" / "demo-jobs-under-load.jsonl"
     demo.parent.mkdir(parents=True, exist_ok=True)
-    demo.write_text("".join(dumps(line) + "\n" for line in DEMO_TRACE), encoding="utf-8")
+    atomic_write_text(demo, "".join(dumps(line) + "\n" for line in DEMO_TRACE))
     for trace in [demo, *pick_scenarios(scenarios)]:
         result, timeline = record(load_trace(trace), source=str(trace))
         write_json(run / "timelines" / f"{trace.stem}.json", timeline)
@@ -158,6 +158,9 @@ def fuzz(run: Path, seconds: float, say: Say) -> None:
         examples=100_000, steps=20, seed=0, time_budget_s=seconds, out=run, round_examples=100
     )
     result = run_campaign(config)
+    if result.stopped == "interrupted":
+        # the campaign keeps what it found and returns; the demo stops here too
+        raise KeyboardInterrupt
     say(
         f"fuzz      {result.examples} examples, {result.steps} steps in {result.wall_s:.0f} s, "
         f"{len(result.failures)} failures"

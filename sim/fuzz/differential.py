@@ -56,7 +56,7 @@ from sim.oracle import (
     step_label,
 )
 from sim.replay import replay
-from sim.trace import Trace, dumps, parse_lines
+from sim.trace import Trace, atomic_write_text, dumps, parse_lines
 
 CAMPAIGN_WAIT_TIMEOUT_S = 15.0  # generated jobs run on 16-64 MiB images: well under a second
 SHRINK_WAIT_TIMEOUT_S = 10.0
@@ -281,7 +281,7 @@ def differential_campaign(
             folder = records / ("match" if outcome.signature is None else "mismatch")
             folder.mkdir(parents=True, exist_ok=True)
             name = str(steps[0].get("name") or f"trace-{trace_seed}")
-            (folder / f"{name}.jsonl").write_text("\n".join(outcome.recorded) + "\n")
+            atomic_write_text(folder / f"{name}.jsonl", "\n".join(outcome.recorded) + "\n")
         message = f"seed {trace_seed}: identical"
         if outcome.signature is None:
             summary.identical += 1
@@ -306,8 +306,8 @@ def differential_campaign(
 
 def _write_summary(out: Path, summary: Summary, started: float) -> None:
     summary.elapsed_s = time.perf_counter() - started
-    (out / "summary.json").write_text(json.dumps(summary.to_json(), indent=1) + "\n")
-    (out / "summary.txt").write_text(summary.render() + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(summary.to_json(), indent=1) + "\n")
+    atomic_write_text(out / "summary.txt", summary.render() + "\n")
 
 
 def _draw(
@@ -568,7 +568,7 @@ def write_failure(
     comments += [f"// {line}" for line in outcome.text.splitlines()]
     lines = [dumps(header), *comments, *(dumps(s) for s in steps[1:])]
     path = folder / f"{name}.jsonl"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -637,8 +637,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         merged = merge_summaries(args.merge)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(json.dumps(merged.to_json(), indent=1) + "\n")
-        (out / "summary.txt").write_text(merged.render() + "\n")
+        atomic_write_text(out / "summary.json", json.dumps(merged.to_json(), indent=1) + "\n")
+        atomic_write_text(out / "summary.txt", merged.render() + "\n")
         sys.stdout.write(merged.render() + "\n")
         return 0
 

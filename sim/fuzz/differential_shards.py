@@ -38,6 +38,7 @@ from sim.fuzz.differential import (
     shrink,
     write_failure,
 )
+from sim.trace import atomic_write_text
 
 TRACES_PER_TASK = 5
 Progress = Callable[[int, int, str], None]
@@ -180,8 +181,8 @@ def distributed_differential(
             )
         )
     summary.elapsed_s = time.perf_counter() - started
-    (out / "summary.json").write_text(json.dumps(summary.to_json(), indent=1) + "\n")
-    (out / "summary.txt").write_text(summary.render() + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(summary.to_json(), indent=1) + "\n")
+    atomic_write_text(out / "summary.txt", summary.render() + "\n")
     if interrupted:
         raise KeyboardInterrupt
     return summary

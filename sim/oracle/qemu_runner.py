@@ -32,9 +32,11 @@ case, Ctrl-C included, unless `keep_scratch` asks to keep the folder.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -103,6 +105,20 @@ class RunResult:
     steps: list[StepResult]
     final: dict[str, Any]
     scratch_dir: str | None = None  # set when the scratch folder was kept
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup() -> None:
+    """In QEMU and qemu-img, before exec: a process group of their own, so a Ctrl-C
+    at the terminal reaches blocksim alone, which then quits them; and (Linux) a
+    SIGKILL when blocksim dies, so no QEMU outlives it."""
+    os.setpgrp()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
 
 
 def find_qemu(qemu: str | os.PathLike[str] | None = None) -> tuple[str, str]:
@@ -225,7 +241,7 @@ class QemuRunner:
         self._log = open(self._scratch / _LOG, "wb")  # closed in _reap
         self._proc = subprocess.Popen(
             self._argv(), cwd=self._scratch, stdin=subprocess.DEVNULL,
-            stdout=self._log, stderr=subprocess.STDOUT,
+            stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_child_setup,
         )  # fmt: skip
         self._loop = asyncio.new_event_loop()
         self._qmp = QMPClient(self.trace.header.name or "blocksim")
@@ -290,9 +306,23 @@ class QemuRunner:
             self.stop()
         finally:
             if self._loop is not None and not self._loop.is_closed():
-                self._loop.close()
+                self._close_loop(self._loop)
             if self._scratch is not None and not self.keep_scratch:
                 shutil.rmtree(self._scratch, ignore_errors=True)
+
+    @staticmethod
+    def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+        """Cancel what is left on the loop (an interrupt can leave the QMP reader
+        behind) and close it; nothing is reported about tasks ended that way."""
+        loop.set_exception_handler(lambda _loop, _context: None)
+        try:
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        finally:
+            loop.close()
 
     def _disconnect(self) -> None:
         if self._qmp is None or self._loop is None or self._qmp.runstate == Runstate.IDLE:
@@ -507,7 +537,9 @@ class QemuRunner:
         return path
 
     def _qemu_img_run(self, args: list[str]) -> bytes:
-        done = subprocess.run([self._qemu_img, *args], capture_output=True, check=False)
+        done = subprocess.run(
+            [self._qemu_img, *args], capture_output=True, check=False, preexec_fn=_child_setup
+        )
         if done.returncode != 0:
             text = done.stderr.decode(errors="replace").strip()
             raise OracleError(f"qemu-img {' '.join(args)} failed ({done.returncode}): {text}")

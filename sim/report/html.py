@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.report.figures import Built, Drawn, Skipped, Table
+from sim.trace import atomic_write_text
 
 SECTIONS = (
     ("timeline", "Timelines", "What each recorded replay did over simulated time."),
@@ -78,7 +79,7 @@ def write_index(
         parts.append("</ul>")
     parts.append("</body></html>\n")
     path = out_dir / "index.html"
-    path.write_text("\n".join(parts), encoding="utf-8")
+    atomic_write_text(path, "\n".join(parts))
     return path
 
 
