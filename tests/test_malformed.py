@@ -293,3 +293,15 @@ def test_socket_integers_beyond_the_conversion_limit_are_doubles() -> None:
     out = answer_bytes(host, [f'{{"execute": "query-jobs", "id": {BIG}}}'.encode()], True)
     assert len(out) == 3 and not host.monitor.internal_errors
     assert strict_loads(out[-1].decode())["return"] == []
+
+
+def test_socket_echoes_an_id_nested_as_deep_as_qemu_allows() -> None:
+    from sim.serve.host import SimHost
+    from sim.serve.session import answer_bytes
+    from sim.trace import parse_header
+
+    host = SimHost(parse_header(header()))
+    deep = b"[" * 1000 + b"]" * 1000
+    out = answer_bytes(host, [b'{"execute": "query-jobs", "id": ' + deep + b"}"], True)
+    assert not host.monitor.internal_errors
+    assert out[-1] == b'{"return": [], "id": ' + deep + b"}\r\n"

@@ -12,7 +12,8 @@ through the header parser and a short replay; requests straight into
 `Monitor.execute`; byte streams, cut into random chunks, into a QMP monitor
 as `blocksim serve` runs it (`sim.serve.session.answer_bytes`).  An input *fails* when an exception escapes, the monitor
 records an internal error, or an output line is not strict JSON; it *hangs*
-when its batch runs longer than `HANG_S` wall seconds.
+when its batch runs longer than `HANG_S` seconds of CPU time (the process's
+own time, so a loaded machine does not make a slow batch look hung).
 
 All randomness comes from one `random.Random(seed)`: the same seed gives
 the same inputs.  `run(...)` returns a `CampaignStats`; failures keep the
@@ -270,11 +271,11 @@ class CampaignStats:
         out = [
             f"inputs tried:  {self.inputs} ({surfaces})",
             f"tracebacks:    {self.tracebacks}",
-            f"hangs (>{HANG_S:g} s): {self.hangs}",
+            f"hangs (>{HANG_S:g} s CPU): {self.hangs}",
             f"invalid JSON output: {self.invalid_output}",
             f"peak memory:   {self.peak_rss_mib:.0f} MiB (max RSS)",
             f"wall time:     {self.seconds:.1f} s ({rate:.0f} inputs/s, slowest batch "
-            f"{self.slowest_batch_s:.2f} s), seed {self.seed}",
+            f"{self.slowest_batch_s:.2f} s CPU), seed {self.seed}",
         ]
         for f in self.failures[:20]:
             out.append(f"  {f.kind} [{f.surface}] {f.error}\n    input: {f.input[:300]}")
@@ -468,7 +469,7 @@ class Campaign:
         progress: Callable[[CampaignStats], None] | None = None,
     ) -> CampaignStats:
         start = time.monotonic()
-        old = signal.signal(signal.SIGALRM, _alarm)
+        old = signal.signal(signal.SIGPROF, _alarm)
         try:
             while self.stats.inputs < max_inputs:
                 if seconds is not None and time.monotonic() - start >= seconds:
@@ -478,8 +479,8 @@ class Campaign:
                     self.stats.seconds = time.monotonic() - start
                     progress(self.stats)
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, old)
+            signal.setitimer(signal.ITIMER_PROF, 0)
+            signal.signal(signal.SIGPROF, old)
         self.stats.seconds = time.monotonic() - start
         self.stats.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return self.stats
@@ -502,8 +503,8 @@ class Campaign:
 
     def _guarded(self, surface: str, shown: str, fn: Callable[[], str | None]) -> None:
         """Run `fn` under the hang alarm; record what went wrong."""
-        t0 = time.monotonic()
-        signal.setitimer(signal.ITIMER_REAL, HANG_S)
+        t0 = time.process_time()
+        signal.setitimer(signal.ITIMER_PROF, HANG_S)
         try:
             problem = fn()
         except _Hang:
@@ -515,8 +516,8 @@ class Campaign:
             self._fail("traceback", surface, shown, _summary(exc))
             return
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            self.stats.slowest_batch_s = max(self.stats.slowest_batch_s, time.monotonic() - t0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
+            self.stats.slowest_batch_s = max(self.stats.slowest_batch_s, time.process_time() - t0)
         if problem is not None:
             kind, detail = (
                 problem.split(":", 1)

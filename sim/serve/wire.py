@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Any
 
 from sim.qmp.schema import qdict_order
@@ -85,9 +86,19 @@ def qdict_ordered(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: obj[k] for k in qdict_order(list(obj))}
 
 
+# the reader accepts 1024 levels of nesting (QEMU's MAX_NESTING); an `id` that
+# deep is echoed, and to_json takes two frames a level
+_ENCODE_RECURSION = 4 * 1024 + 200
+
+
 def encode_message(obj: dict[str, Any]) -> bytes:
     """A response, event or greeting as the bytes QEMU puts on the socket."""
-    return (to_json(qdict_ordered(obj)) + "\r\n").encode("ascii")
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, _ENCODE_RECURSION))
+    try:
+        return (to_json(qdict_ordered(obj)) + "\r\n").encode("ascii")
+    finally:
+        sys.setrecursionlimit(old)
 
 
 def dumps_compact(obj: Any) -> str:
