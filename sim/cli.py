@@ -501,8 +501,6 @@ def report(run_dir: str, out: str | None, title: str) -> None:
     The run folder's layout is in reports/README.md."""
     from sim.report import build_report
 
-    if not Path(run_dir).is_dir():
-        raise click.UsageError(f"no run folder {run_dir} (see reports/README.md)")
     target = Path(out) if out else Path("reports") / Path(run_dir).resolve().name
     try:
         built = build_report(run_dir, target, title)

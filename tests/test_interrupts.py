@@ -138,7 +138,7 @@ def blocksim(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
         (["fuzz", "--time-budget", "nan"], "not a finite number of seconds"),
         (["demo", "--fuzz-seconds", "-1"], "-1.0 is not in the range"),
         (["demo", "--fuzz-seconds", "nan"], "not a finite number of seconds"),
-        (["report", "/nonexistent-run-folder"], "no run folder"),
+        (["report", "/nonexistent-run-folder"], "does not exist"),
         (["fuzz", "--out", "/dev/null", "--examples", "2", "--no-progress"], "Not a directory"),
         (
             ["replay", "--record-timeline", "/dev/null/x", "scenarios/thread"],
