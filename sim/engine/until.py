@@ -74,7 +74,7 @@ def _reached(job: Job, spec: Until, start_offset: int, start_status: str) -> boo
     if spec.point == "chunk":
         return job.offset != start_offset
     if spec.point == "before-ready":
-        return bool(getattr(job.kind, "has_ready", False)) and (
+        return job.kind.has_ready and (
             job.status == "ready" or (job.len > 0 and job.offset >= job.len)
         )
     if spec.point == "ready":
