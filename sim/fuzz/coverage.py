@@ -53,7 +53,7 @@ JOB_ARG_KEYS = ("id", "device", "job-id")
 RESTING = ("running", "paused", "ready", "standby", "pending", "concluded")
 FAMILIES = ("write", "snapshot", "bitmap", "transaction")
 JOB_TYPES = ("backup", "mirror", "commit", "stream")
-DECILE_FAMILIES = ("write", "snapshot", "bitmap", "cancel")
+DECILE_FAMILIES = FAMILIES
 VERB_NAMES = ("cancel", "pause", "resume", "set-speed", "complete", "finalize", "dismiss")
 
 

@@ -40,6 +40,7 @@ WORKLOAD_PATTERNS = ("sequential", "uniform", "zipf", "burst")
 # race points (sim-only `until` steps), weighted towards the middle of a job
 RACE_POINTS = ("progress",) * 4 + ("chunk", "before-ready", "ready", "ending")
 LANDINGS = ("write", "write", "verb", "snapshot", "bitmap", "transaction")
+RACE_KINDS = ("backup", "mirror", "stream", "commit")
 
 
 class JobRules(_Base):
@@ -239,6 +240,35 @@ class JobRules(_Base):
         if c.rarely(5) and job.status in ("running", "ready") and not job.user_paused:
             self.qmp("job-pause", {"id": job.id})  # the landing then meets a paused job
         self.land(c, job.id)
+
+    @group("race")
+    @precondition(lambda self: not self.machine.state.jobs and bool(self.devices()))
+    @rule(c=choices(), decile=st.integers(0, 9), kind=st.sampled_from(RACE_KINDS))
+    def race_job(self, c: Choices, decile: int, kind: str) -> None:
+        """A job with work to do (data written first: most examples' disks are nearly
+        empty, so their jobs end in a chunk or two), time moved to a decile of it, and a
+        command landed there: the progress dimension of races."""
+        device = c.pick(self.devices())
+        size = self.size_of(device)
+        amount = min(c.pick((8 * MiB, 16 * MiB, 32 * MiB)), size)
+        self.qemu_io(device, f"write -P {1 + c.below(250)} 0 {amount}")
+        job_id = self.fresh("job")
+        if kind in ("stream", "commit"):
+            overlay = self.fresh("rov")
+            args = {"device": device, "snapshot-file": f"{overlay}.qcow2", "format": "qcow2"}
+            self.qmp("blockdev-snapshot-sync", {**args, "snapshot-node-name": overlay})
+            if kind == "stream":
+                self.qmp("block-stream", {"device": device, "job-id": job_id})
+            else:
+                self.qemu_io(device, f"write -P {1 + c.below(250)} 0 {amount}")
+                self.qmp("block-commit", {"device": device, "job-id": job_id})
+        else:
+            target = {"target": f"{self.fresh('rt')}.qcow2", "format": "qcow2", "sync": "full"}
+            command = "drive-backup" if kind == "backup" else "drive-mirror"
+            self.qmp(command, {"device": device, "job-id": job_id, **target})
+        fraction = round((decile + c.below(10) / 10) / 10, 2)
+        self.run({"until": {"job": job_id, "point": "progress", "fraction": fraction}})
+        self.land(c, job_id)
 
     def land(self, c: Choices, job_id: str) -> None:
         """One command that races with the job `job_id` (or with whatever runs)."""
