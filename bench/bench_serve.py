@@ -155,7 +155,7 @@ def main() -> int:
     cmd = [sys.executable, "-m", "sim", "serve", "--tcp", f"127.0.0.1:{port}", "--drive", DRIVE]
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(200):
+        for _ in range(1200):  # up to 60 s: a loaded machine starts Python slowly
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
                 break

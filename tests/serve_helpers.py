@@ -20,7 +20,7 @@ def have_qemu() -> bool:
     return shutil.which("qemu-system-x86_64") is not None and shutil.which("qemu-img") is not None
 
 
-def _wait_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+def _wait_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists():

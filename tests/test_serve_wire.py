@@ -127,3 +127,41 @@ def test_writer_escapes_like_qemu() -> None:
         == '{"a": "\\u00E9\\uD83D\\uDE00\\u007F\\n\\"\\\\"}'
     )
     assert to_json([1, True, None, {}, []]) == "[1, true, null, {}, []]"
+
+
+TRICKY = [
+    b'{"a": 1, "a": 2}',
+    b'{"a": NaN}',
+    b'{"a": Infinity}',
+    b'{"a": -Infinity}',
+    b'{"a": 1e400}',
+    b'{"a": -1e400}',
+    b'{"a": 18446744073709551616}',
+    b'{"a": -9223372036854775809}',
+    b'{"a": 18446744073709551615, "b": -9223372036854775808}',
+    b'{"a": "\\ud800"}',
+    b'{"a": "\\u0000"}',
+    b'{"a": "\\u00e9\\ud83d\\ude00"}',
+    b"{'a': 'b'}",
+    b'{"a": "\\\'"}',
+    b'{"a": "x\ty"}',
+    b'{"a": 01}',
+    b'{"a": -0}',
+    b'{"a": 1.5E+3, "b": [true, false, null, {}, []]}',
+    b'{"a": [' * 600 + b"1" + b"]}" * 600,
+    b'{"a": "\xc3\xa9"}',
+    b'{"a": "\xc0\x80"}',
+    b'{"a": 1}}',
+    b'{"a" : 1 , "b" :\r\n2}',
+    b'{"execute": "query-version", "id": {"x": [1, 2, {"y": "z"}]}}',
+]
+
+
+@pytest.mark.parametrize("data", TRICKY + GARBAGE)
+def test_fast_path_reads_exactly_as_the_qemu_exact_path(data: bytes) -> None:
+    fast, exact = JsonStreamer(), JsonStreamer(fast=False)
+    for cut in (len(data), 7):
+        pieces = [data[i : i + cut] for i in range(0, len(data), cut)] + [b" {}"]
+        got = [m for p in pieces for m in fast.feed(p)]
+        want = [m for p in pieces for m in exact.feed(p)]
+        assert [(repr(m.value), m.error) for m in got] == [(repr(m.value), m.error) for m in want]

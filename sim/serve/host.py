@@ -95,6 +95,7 @@ class SimHost:
         self.recorder = recorder
         self.sessions: list[QmpSession] = []
         self.quit_requested = False
+        self.internal_errors: list[str] = []  # simulator bugs met while serving
         self.commands_run = 0
         self._clock = clock
         self._base_wall = clock() if clock is not None else 0.0

@@ -28,10 +28,17 @@ end of the input waits for the byte after it, as in QEMU.
 Strings are decoded as QEMU does (modified UTF-8: an overlong ``C0 80`` is
 NUL, surrogates and bytes that are not UTF-8 are refused); integers beyond
 uint64 become floats.
+
+Fast path: an object in printable ASCII without ``\\u`` escapes, where
+Python's `json` and QEMU agree on every input (no duplicate keys, no
+NaN/Infinity, no single quotes, no overflowing floats, below Python's
+nesting limit), is parsed by `json.JSONDecoder.raw_decode`; anything it
+refuses or might read differently goes through the tokens above.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from dataclasses import dataclass
@@ -91,10 +98,45 @@ class Message:
     error: str | None = None
 
 
+class _NotPlain(Exception):
+    """The fast path met something only the QEMU-exact path may judge."""
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _NotPlain
+    return out
+
+
+def _int(text: str) -> Any:
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else float(text)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _NotPlain
+    return value
+
+
+def _constant(_text: str) -> Any:
+    raise _NotPlain
+
+
+_FAST = json.JSONDecoder(
+    object_pairs_hook=_pairs, parse_int=_int, parse_float=_float, parse_constant=_constant
+)
+_FAST_LIMIT = 1 << 20
+_MISS: Any = object()
+
+
 class JsonStreamer:
     """QEMU's JSONMessageParser: feed bytes, get complete messages (never raises)."""
 
-    def __init__(self) -> None:
+    def __init__(self, fast: bool = True) -> None:
+        self.fast = fast  # False: every message through the QEMU-exact tokens
         self._buf = bytearray()
         self._recovering = False
         self._tokens: list[Token] = []
@@ -113,7 +155,16 @@ class JsonStreamer:
         buf += data
         pos = 0
         n = len(buf)
+        ascii_text: str | None = None
         while pos < n:
+            if buf[pos] == 0x7B and self.fast and not self._recovering and not self._tokens:
+                if ascii_text is None:
+                    ascii_text = buf.decode("ascii") if buf.isascii() else ""
+                value, end = self._fast(ascii_text, pos)
+                if value is not _MISS:
+                    out.append(Message(value, None))
+                    pos = end
+                    continue
             if self._recovering:
                 m = _RECOVERY_END.search(buf, pos)
                 if m is None:
@@ -152,6 +203,18 @@ class JsonStreamer:
             del buf[:]
             self._emit_error("JSON token size limit exceeded", out)
         return out
+
+    @staticmethod
+    def _fast(text: str, pos: int) -> tuple[Any, int]:
+        if not text:
+            return _MISS, pos
+        try:
+            value, end = _FAST.raw_decode(text, pos)
+        except (ValueError, RecursionError, _NotPlain):
+            return _MISS, pos
+        if end - pos > _FAST_LIMIT or "\\u" in text[pos:end]:
+            return _MISS, pos
+        return value, end
 
     def _emit_error(self, text: str, out: list[Message]) -> None:
         self._reset()

@@ -64,11 +64,17 @@ class QmpSession:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Consume client bytes; returns (and drains) everything to send back."""
-        for message in self.stream.feed(data):
-            if message.error is not None:
-                self.outbox.append(encode_message(QMPError(message.error).to_response()))
-            else:
-                self.outbox.append(encode_message(self.handle(message.value)))
+        try:
+            for message in self.stream.feed(data):
+                if message.error is not None:
+                    self.outbox.append(encode_message(QMPError(message.error).to_response()))
+                else:
+                    self.outbox.append(encode_message(self.handle(message.value)))
+        except Exception as exc:  # noqa: BLE001 - a blocksim bug: answer it, keep serving
+            self.stream = JsonStreamer()
+            self.host.internal_errors.append(f"{type(exc).__name__}: {exc}")
+            desc = f"blocksim internal error: {type(exc).__name__}: {exc}"
+            self.outbox.append(encode_message(QMPError(desc).to_response()))
         out, self.outbox = self.outbox, []
         return out
 
