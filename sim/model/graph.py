@@ -12,7 +12,7 @@ outlive the nodes opened on them, so `mode: existing` and image diffs work.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +126,8 @@ class BlockGraph:
         self.export_backends: list[BlockBackend] = []
         self.images: dict[str, Image] = {}
         self._auto_counter = 100
+        # where the graph reports what real QEMU would crash on (BlockState: its warnings)
+        self.warn: Callable[[str], None] = lambda message: None
 
     # -- names -------------------------------------------------------------------------
     def auto_name(self) -> str:
@@ -271,6 +273,13 @@ class BlockGraph:
             n = stack.pop()
             if n.monitor_owned or self.has_users(n) or self.node(n.node_name) is not n:
                 continue
+            for bm in n.bitmaps:
+                if bm.export_hold:
+                    self.warn(
+                        f"real QEMU 7.2 aborts (bdrv_release_dirty_bitmap_locked: assertion "
+                        f"!bdrv_dirty_bitmap_busy) when node '{n.node_name}', which holds "
+                        f"the exported bitmap '{bm.name}', is deleted; blocksim deletes it"
+                    )
             self.remove_node(n)
             store_bitmaps(n)
             deleted.append(n)

@@ -47,6 +47,7 @@ class BlockState:
         self.jobs: list[Job] = []  # creation order; query output is newest first
         self.emit: Emit = emit if emit is not None else (lambda name, data: None)
         self.warnings: list[str] = []
+        self.graph.warn = self.warnings.append
         self.exports = ExportTable()  # block exports and the NBD server
         self._job_seq = 0
         # observers (checkers) of the guest I/O path (sim/model/io.py): every write,
