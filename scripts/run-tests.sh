@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
+# nbdinfo and nbdcopy: the NBD clients blocksim serve's exports are compared with
+command -v nbdinfo >/dev/null 2>&1 || need+=(libnbd-bin)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ "${#need[@]}" -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
