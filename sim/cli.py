@@ -108,6 +108,13 @@ def parse_invariants(value: str | None) -> list[str] | None:
     help="Also record each replay's timeline for `blocksim report`: DIR/timeline.json "
     "for one trace, DIR/timelines/NAME.json for several.",
 )
+@click.option(
+    "--junit",
+    "junit_out",
+    default=None,
+    metavar="FILE",
+    help="Also write a JUnit XML report (one test case per trace) for CI.",
+)
 def replay(
     traces: tuple[str, ...],
     policy: str | None,
@@ -115,6 +122,7 @@ def replay(
     as_json: bool,
     invariants: str | None,
     timeline_dir: str | None,
+    junit_out: str | None,
 ) -> None:
     """Replay TRACE files (or folders of .jsonl) and check every expectation."""
     from sim.check import make_checkers
@@ -125,13 +133,20 @@ def replay(
     files = collect_traces(traces)
     worst = EXIT_OK
     counts = {"pass": 0, "fail": 0, "error": 0}
+    cases: list[dict[str, Any]] = []  # for --junit
+    framed = as_json and len(files) > 1  # several traces: name each one and its verdict
     for path in files:
+        if framed:
+            click.echo(dumps({"trace-file": str(path)}))
         try:
             trace = load_trace(path)
         except TraceError as exc:
             click.echo(f"ERROR {path}: {exc}", err=not as_json)
             counts["error"] += 1
             worst = max(worst, EXIT_USAGE)
+            cases.append({"path": str(path), "verdict": "error", "detail": str(exc)})
+            if framed:
+                click.echo(dumps({"verdict": "error", "trace-file": str(path), "detail": str(exc)}))
             continue
         try:
             wanted = names if names is not None else header_invariants(trace)
@@ -140,6 +155,9 @@ def replay(
             click.echo(f"ERROR {path}: {exc}", err=True)
             counts["error"] += 1
             worst = max(worst, EXIT_USAGE)
+            cases.append({"path": str(path), "verdict": "error", "detail": str(exc)})
+            if framed:
+                click.echo(dumps({"verdict": "error", "trace-file": str(path), "detail": str(exc)}))
             continue
         recorder = TimelineRecorder(trace) if timeline_dir is not None else None
         observers: list[Any] = [*checkers, recorder] if recorder is not None else checkers
@@ -158,6 +176,15 @@ def replay(
         code = _verdict(path, result, verbose=len(files) == 1, to_stderr=as_json)
         counts["pass" if code == EXIT_OK else ("error" if code == EXIT_USAGE else "fail")] += 1
         worst = max(worst, code)
+        case = _case(path, result, code)
+        cases.append(case)
+        if framed:
+            click.echo(dumps({k: case[k] for k in ("verdict", "name", "policy", "exit")} | {
+                "trace-file": str(path), "violations": result.final.get("violations", [])}))  # fmt: skip
+    if junit_out is not None:
+        from sim.junit import write_junit
+
+        write_junit(Path(junit_out), "blocksim replay", cases)
     if len(files) > 1:
         click.echo(
             f"{len(files)} traces: {counts['pass']} passed, {counts['fail']} failed, "
@@ -265,6 +292,41 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def _case(path: Path, result: Any, code: int) -> dict[str, Any]:
+    """One trace's verdict as data: pass, fail (a mismatch or simulator bug), violation
+    (one nothing pinned), error (a bad trace); with what a CI report shows."""
+    violations = result.final.get("violations", [])
+    if code == EXIT_OK:
+        verdict, detail = "pass", ""
+    elif code == EXIT_USAGE:
+        verdict, detail = "error", "\n".join(result.trace_errors)
+    elif result.mismatches or result.internal_errors:
+        verdict = "fail"
+        detail = "\n".join(
+            [*(result.mismatches or result.internal_errors), *_violation_lines(violations)]
+        )
+    else:
+        verdict = "violation"
+        detail = "\n".join(_violation_lines(violations))
+    return {
+        "path": str(path),
+        "name": result.trace.header.name or path.stem,
+        "policy": result.policy,
+        "verdict": verdict,
+        "exit": code,
+        "detail": detail,
+        "steps": len(result.steps),
+    }
+
+
+def _violation_lines(violations: list[dict[str, Any]], limit: int = 10) -> list[str]:
+    """One line per violation: step, invariant, message (at most `limit`, then a count)."""
+    lines = [f"step {v.get('step')}: [{v.get('invariant')}] {v.get('message')}" for v in violations]
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"... and {len(lines) - limit} more"]
+    return lines
+
+
 def _verdict(path: Path, result: Any, verbose: bool, to_stderr: bool) -> int:
     """Print one trace's verdict; return its exit code."""
 
@@ -283,6 +345,10 @@ def _verdict(path: Path, result: Any, verbose: bool, to_stderr: bool) -> int:
         say(f"FAIL {name} ({path}, policy {result.policy})")
         for mm in result.mismatches:
             say("  " + mm.replace("\n", "\n  "))
+        if violations:
+            say(f"  the checkers reported {plural(len(violations), 'violation')}:")
+            for line in _violation_lines(violations):
+                say(f"    {line}")
     if result.trace_errors:  # a bad trace is exit 2, whatever else went wrong
         say(f"ERROR {name} ({path}): {plural(len(result.trace_errors), 'bad step')}")
         return EXIT_USAGE
@@ -297,8 +363,8 @@ def _verdict(path: Path, result: Any, verbose: bool, to_stderr: bool) -> int:
         say(
             f"VIOLATION {name} ({path}, policy {result.policy}): {plural(len(violations), 'violation')}"
         )
-        for v in violations[:10]:
-            say(f"  step {v['step']}: [{v['invariant']}] {v['message']}")
+        for line in _violation_lines(violations):
+            say(f"  {line}")
         return EXIT_MISMATCH
     expects = sum(1 for s in result.trace.steps if s.expect is not None)
     note = f", {plural(len(violations), 'expected violation')}" if violations else ""
@@ -306,6 +372,8 @@ def _verdict(path: Path, result: Any, verbose: bool, to_stderr: bool) -> int:
         f"PASS {name}: {plural(len(result.steps), 'step')}, {plural(expects, 'expectation')}"
         f"{', final state' if fe is not None else ''}{note} (policy {result.policy})"
     )
+    for line in _violation_lines(violations):
+        say(f"  expected: {line}")
     if verbose and not to_stderr:
         for outcome in result.steps:
             cmd = outcome.command
@@ -374,6 +442,19 @@ def record(trace: str, out: str | None, qemu: str | None) -> None:
 @_qemu_option
 @click.option("--no-images", is_flag=True, help="Do not compare image contents.")
 @click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object per trace (verdict and every difference) instead of text.",
+)
+@click.option(
+    "--junit",
+    "junit_out",
+    default=None,
+    metavar="FILE",
+    help="Also write a JUnit XML report (one test case per trace) for CI.",
+)
+@click.option(
     "--campaign",
     type=click.IntRange(min=1),
     default=None,
@@ -409,6 +490,8 @@ def diff(
     out: str | None,
     record: str | None,
     shrink_runs: int,
+    as_json: bool,
+    junit_out: str | None,
 ) -> None:
     """Run TRACE files on real QEMU 7.2 and on the simulator; show every difference.
 
@@ -425,6 +508,7 @@ def diff(
     if not traces:
         raise click.UsageError("give TRACE files, or --campaign N")
     worst = EXIT_OK
+    cases: list[dict[str, Any]] = []
     for path in collect_traces(traces):
         try:
             report = diff_trace(load_trace(path), policy=policy, qemu=qemu, images=not no_images)
@@ -434,14 +518,55 @@ def diff(
         except TraceError as exc:
             click.echo(f"blocksim diff: {path}: {exc}", err=True)
             worst = max(worst, EXIT_USAGE)
+            cases.append({"path": str(path), "verdict": "error", "detail": str(exc)})
+            if as_json:
+                click.echo(dumps({"trace-file": str(path), "verdict": "error", "detail": str(exc)}))
             continue
         except OracleError as exc:
-            click.echo(f"DIFFERENT {path}: QEMU failed: {exc}")
+            if as_json:
+                click.echo(dumps({"trace-file": str(path), "verdict": "different",
+                                  "detail": f"QEMU failed: {exc}", "differences": []}))  # fmt: skip
+            else:
+                click.echo(f"DIFFERENT {path}: QEMU failed: {exc}")
             worst = max(worst, EXIT_MISMATCH)
+            cases.append(
+                {"path": str(path), "verdict": "different", "detail": f"QEMU failed: {exc}"}
+            )
             continue
-        click.echo(report.render())
+        doc = diff_json(path, report)
+        click.echo(dumps(doc) if as_json else report.render())
+        cases.append({"path": str(path), "name": doc["name"], "verdict": doc["verdict"],
+                      "detail": "" if report.identical else report.render()})  # fmt: skip
         worst = max(worst, EXIT_OK if report.identical else EXIT_MISMATCH)
+    if junit_out is not None:
+        from sim.junit import write_junit
+
+        write_junit(Path(junit_out), "blocksim diff", cases)
     sys.exit(worst)
+
+
+def diff_json(path: Path, report: Any) -> dict[str, Any]:
+    """`blocksim diff --json`: one trace's verdict and every difference, earliest first."""
+    return {
+        "trace-file": str(path),
+        "name": report.trace.header.name or path.stem,
+        "policy": report.policy,
+        "verdict": "identical" if report.identical else "different",
+        "differences": [
+            {
+                "section": d.section,
+                "step": d.step,
+                "line": d.line,
+                "command": d.command,
+                "field": d.field,
+                "detail": d.detail,
+                "signature": d.signature,
+            }
+            for d in report.differences
+        ],
+        "notes": list(report.notes),
+        "images": list(report.images),
+    }
 
 
 def _diff_campaign(
