@@ -729,6 +729,13 @@ def demo(out: str, scenarios: str, fuzz_seconds: float) -> None:
     help="Address-space limit of this process (0: none).",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--mute",
+    default=None,
+    metavar="WHAT[,WHAT...]",
+    help="Known failures that must not stop the campaign: invariant names, failure keys, "
+    "or 'expected' (every failure triaged as a documented consequence of the policy).",
+)
 @_dask_options
 @click.option(
     "--shards",
@@ -753,6 +760,7 @@ def fuzz(
     workers: int | None,
     scheduler: str | None,
     shards: int | None,
+    mute: str | None,
 ) -> None:
     """Search command interleavings for invariant violations (see fuzz/README.md).
 
@@ -773,6 +781,10 @@ def fuzz(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if mute:
+        extra = tuple(m.strip() for m in mute.split(",") if m.strip())
+        for config in configs:
+            config.mute = tuple(dict.fromkeys((*config.mute, *extra)))
     if workers is not None or scheduler is not None or shards is not None or len(configs) > 1:
         sys.exit(_fuzz_sharded(configs, Path(out), workers, scheduler, shards, time_budget))
     if memory_limit:
@@ -876,6 +888,48 @@ def differential(
         sys.exit(EXIT_USAGE)
     click.echo(summary.render())
     sys.exit(EXIT_MISMATCH if summary.classes else EXIT_OK)
+
+
+@main.command()
+@click.argument("run_dir", metavar="RUN_DIR")
+@_qemu_option
+def triage(run_dir: str, qemu: str | None) -> None:
+    """Check a campaign's new failures on real QEMU 7.2: each becomes refused-by-qemu (the
+    trace needs a step QEMU refuses), artefact (QEMU answers differently before the
+    violation) or stays new (QEMU agrees); RUN_DIR/failures/index.json is updated."""
+    from sim.fuzz.campaign import CLASS_HELP
+    from sim.fuzz.export import atomic_write_json
+    from sim.fuzz.triage import NEW, class_rank, triage_with_qemu
+    from sim.oracle import OracleError, find_qemu
+
+    index = Path(run_dir) / "failures" / "index.json"
+    try:
+        find_qemu(qemu)
+        records = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, OracleError) as exc:
+        click.echo(f"blocksim triage: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    for record in records:
+        if record.get("class", NEW) != NEW:
+            continue
+        trace = Path(run_dir) / "failures" / Path(str(record.get("path"))).name
+        lines = [json.loads(x) for x in trace.read_text(encoding="utf-8").splitlines() if x.strip()]
+        steps = [x for x in lines[1:] if "final-expect" not in x]
+        pinned = [x for x in lines if "final-expect" in x]
+        found = (pinned[0]["final-expect"].get("violations") or [{}]) if pinned else [{}]
+        step = found[0].get("step") or len(steps)
+        try:
+            name, why = triage_with_qemu(lines[0], steps, int(step), qemu)
+        except OracleError as exc:
+            name, why = "", f"QEMU failed: {exc}"
+        if name:
+            record["class"] = name
+        record["class_reason"] = why = " ".join(why.split())
+        click.echo(f"{(name or 'new').upper():16} {trace.name}: {why[:160]}")
+    records.sort(key=lambda r: class_rank(str(r.get("class", NEW))))
+    atomic_write_json(index, records)
+    counts = {c: sum(1 for r in records if r.get("class") == c) for c in CLASS_HELP}
+    click.echo(", ".join(f"{n} {c}" for c, n in counts.items() if n) + f" -> {index}")
 
 
 def _recheck_corpus(folder: Path) -> int:

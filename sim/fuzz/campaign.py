@@ -59,6 +59,7 @@ from sim.fuzz.machine import (
     describe_exception,
     failure_key,
 )
+from sim.fuzz.triage import CLASS_HELP, class_rank
 from sim.replay import StepOutcome
 
 COVERAGE_WRITE_EVERY_S = 5.0
@@ -152,6 +153,7 @@ class Campaign:
         self._last_write = 0.0
         self._round_runs = 0  # examples generated in this round
         self._round_size = config.round_examples
+        self._round_replays = 0  # shrink and replay runs in this round
         self._generating = True
         self._progress: Any = None
 
@@ -182,6 +184,7 @@ class Campaign:
     def example_finished(self, machine: MachineCore) -> float:
         if not self._generating:
             self.result.replays += 1
+            self._round_replays += 1
         elif isinstance(sys.exc_info()[1], UnsatisfiedAssumption):
             self.result.rejected += 1
         else:
@@ -251,7 +254,7 @@ class Campaign:
         test = get_state_machine_test(cls, settings=self.settings(size))  # type: ignore[no-untyped-call]
         key = f"blocksim-fuzz:{self.machine.__qualname__}:{cfg.policy}:{cfg.seed}:{number}"
         test.hypothesis.inner_test._hypothesis_internal_add_digest = key.encode()
-        self._round_runs, self._round_size = 0, size
+        self._round_runs, self._round_size, self._round_replays = 0, size, 0
         try:
             test()
             self.pending.clear()  # nothing failed in the end (a flaky example at most)
@@ -305,6 +308,15 @@ class Campaign:
                 self._signatures.add(record.signature)
                 self.result.prepared.append(prepared)
         record.wall_s, record.examples = self.elapsed(), self.result.examples
+        if not shrunk:
+            why = {"time-budget": "the time budget", "interrupted": "Ctrl-C"}.get(
+                self.result.stopped, "shrinking being off"
+            )
+            record.shrink_left = (
+                f"Hypothesis' shrinker was stopped by {why} after {self._round_replays} "
+                f"shrink run(s) of this round; the trace is the smallest example seen, then "
+                f"cut at the trace level to {record.steps} steps"
+            )
         if record.duplicate:
             self.result.duplicates += 1
             self.muted.add(failure_key(failure.kind, failure.message))
@@ -312,7 +324,8 @@ class Campaign:
             self.result.failures.append(record)
         if not record.duplicate and self.out is not None:
             atomic_write_json(
-                self.out / "failures" / "index.json", [f.to_json() for f in self.result.failures]
+                self.out / "failures" / "index.json",
+                [f.to_json() for f in by_class(self.result.failures)],
             )
 
     def _export_pending(self, round_number: int | None = None) -> None:
@@ -561,6 +574,31 @@ def runs_note(replays: int, rejected: int) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
+def by_class(records: list[ExportRecord]) -> list[ExportRecord]:
+    """Failures in triage order (new first, expected last), then as found."""
+    return sorted(records, key=lambda r: class_rank(r.triage))
+
+
+def failure_lines(records: list[ExportRecord]) -> list[str]:
+    """The failures of a campaign grouped by triage class, new first."""
+    lines: list[str] = []
+    current = None
+    for record in by_class(records):
+        if record.triage != current:
+            current = record.triage
+            count = sum(1 for r in records if r.triage == current)
+            lines.append(f"  {current.upper()} ({count}): {CLASS_HELP.get(current, '')}")
+        mark = "" if record.reproduced else "  NOT REPRODUCED"
+        shrunk = "" if record.shrunk else f" (not fully shrunk: {record.shrink_left})"
+        lines.append(
+            f"    [{record.kind}] {record.steps} steps{shrunk}: {record.message[:160]}{mark}"
+        )
+        if record.triage_reason:
+            lines.append(f"      why: {record.triage_reason[:200]}")
+        lines.append(f"      blocksim replay {record.path}")
+    return lines
+
+
 def summary_lines(result: CampaignResult) -> list[str]:
     """What `blocksim fuzz` prints when a campaign ends."""
     cfg = result.config
@@ -572,13 +610,7 @@ def summary_lines(result: CampaignResult) -> list[str]:
         f"points, {len(result.failures)} new failure(s), {result.duplicates} known"
         + ("" if result.stopped == "done" else f" [stopped: {result.stopped}]")
     ]
-    for record in result.failures:
-        mark = "" if record.reproduced else "  NOT REPRODUCED"
-        shrunk = "" if record.shrunk else " (not fully shrunk)"
-        lines.append(
-            f"  [{record.kind}] {record.steps} steps{shrunk}: {record.message[:160]}{mark}"
-        )
-        lines.append(f"      blocksim replay {record.path}")
+    lines += failure_lines(result.failures)
     lines.extend(f"  warning: {w}" for w in result.warnings)
     if cfg.out is not None:
         lines.append(f"  coverage: {cfg.out / 'coverage.json'}")

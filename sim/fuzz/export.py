@@ -33,6 +33,7 @@ from typing import Any
 
 from sim.check import CHECKERS, make_checkers
 from sim.fuzz.failures import INTERNAL_ERROR, FuzzFailure, describe_exception, failure_key
+from sim.fuzz.triage import classify_expected
 from sim.replay import ReplayResult, replay
 from sim.trace import atomic_write_text, dumps, parse_lines
 
@@ -51,6 +52,9 @@ class ExportRecord:
     shrunk: bool = True
     wall_s: float = 0.0  # when the campaign exported it
     examples: int = 0  # examples run by then
+    triage: str = "new"  # sim.fuzz.triage's class
+    shrink_left: str = ""  # when not fully shrunk: what stopped the shrinker, how far it got
+    triage_reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,6 +67,9 @@ class ExportRecord:
             "shrunk": self.shrunk,
             "wall_s": round(self.wall_s, 3),
             "examples": self.examples,
+            "class": self.triage,
+            "class_reason": self.triage_reason,
+            "shrink_left": self.shrink_left,
         }
 
 
@@ -270,6 +277,14 @@ def prepare_failure(
         False,
         False,
         shrunk,
+    )
+    step = failure.violations[0].get("step") if failure.violations else None
+    record.triage, record.triage_reason = classify_expected(
+        str(failure.header.get("policy", "qemu-7.2")),
+        failure.kind,
+        failure.message,
+        failure.steps,
+        step if isinstance(step, int) else None,
     )
     header = failure_header(failure, context, sig)
     try:

@@ -58,6 +58,7 @@ from sim.fuzz.hygiene import (
 from sim.fuzz.rules_graph import GraphRules
 from sim.fuzz.rules_jobs import JobRules
 from sim.fuzz.rules_storage import StorageRules
+from sim.fuzz.triage import EXPECTED, MUTE_EXPECTED, classify_expected
 from sim.model.job_backup import BackupKind
 from sim.model.job_mirror import MirrorKind
 from sim.replay import Replayer, StepOutcome, sim_only_step
@@ -314,7 +315,12 @@ class MachineCore(RuleBasedStateMachine):
         kind = str(violation["invariant"])
         if not self.muted:
             return False
-        return kind in self.muted or failure_key(kind, str(violation["message"])) in self.muted
+        message = str(violation["message"])
+        if kind in self.muted or failure_key(kind, message) in self.muted:
+            return True
+        if MUTE_EXPECTED in self.muted:  # --mute expected: known consequences of the policy
+            return classify_expected(self.policy, kind, message, self.steps)[0] == EXPECTED
+        return False
 
     def stop_on_cycle(self, outcome: StepOutcome) -> None:
         """A cyclic graph hangs the model's chain walks: end the example now, as a

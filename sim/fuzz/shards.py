@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.cluster import Runner, TaskLost, emit
-from sim.fuzz.campaign import Campaign, CampaignConfig, runs_note
+from sim.fuzz.campaign import Campaign, CampaignConfig, by_class, failure_lines, runs_note
 from sim.fuzz.coverage import Coverage
 from sim.fuzz.export import ExportRecord, PreparedFailure, atomic_write_json, prepare_failure
 from sim.fuzz.failures import FuzzFailure
@@ -442,7 +442,8 @@ class ShardedCampaign:
 
     def _write(self) -> None:
         atomic_write_json(
-            self.out / "failures" / "index.json", [f.to_json() for f in self.result.failures]
+            self.out / "failures" / "index.json",
+            [f.to_json() for f in by_class(self.result.failures)],
         )
         atomic_write_json(self.out / "coverage.json", self.result.coverage.to_json())
         atomic_write_json(self.out / "campaign.json", self.result.summary())
@@ -512,13 +513,7 @@ def summary_lines(result: ShardedResult, out: Path) -> list[str]:
         f"points, {len(result.failures)} new failure(s), {result.duplicates} duplicate(s)"
         + ("" if result.stopped == "done" else f" [stopped: {result.stopped}]")
     ]
-    for record in result.failures:
-        mark = "" if record.reproduced else "  NOT REPRODUCED"
-        shrunk = "" if record.shrunk else " (not fully shrunk)"
-        lines.append(
-            f"  [{record.kind}] {record.steps} steps{shrunk}: {record.message[:160]}{mark}"
-        )
-        lines.append(f"      blocksim replay {record.path}")
+    lines += failure_lines(result.failures)
     lines.extend(f"  incident: {i}" for i in result.incidents)
     lines.extend(f"  warning: {w}" for w in result.warnings)
     lines.append(f"  run folder: {out} (blocksim report {out})")

@@ -171,16 +171,29 @@ def _add(points: list[tuple[float, int]], t: float, n: int) -> None:
 ALL_INVARIANTS = "all invariants"
 
 
+# the campaign's triage classes (failures/index.json "class"), in the order shown
+TRIAGE_ORDER = ("new", "artefact", "refused-by-qemu", "expected")
+
+
+def triage_rank(name: str) -> int:
+    return TRIAGE_ORDER.index(name) if name in TRIAGE_ORDER else 1
+
+
 def failures_table(failures: list[Failure], href: Callable[[str], str | None]) -> Table:
-    """One row per failure trace: what broke, how short, when, whether it replays."""
+    """One row per failure trace, grouped by triage class (new first): what broke, how
+    short, when, whether it replays, and why it is classed so."""
     rows = []
-    for f in sorted(failures, key=lambda f: (f.invariant, f.steps, f.path.name)):
+    order = sorted(
+        failures, key=lambda f: (triage_rank(f.triage), f.invariant, f.steps, f.path.name)
+    )
+    for f in order:
         link = href(str(f.path))
         found = "" if f.found_s is None else f"{f.found_s:.1f}"
         replays = {True: "yes", False: "NO", None: ""}[f.reproduced]
         trace = (f.path.name, link) if link else f.path.name
-        rows.append([f.invariant, str(f.steps), found, replays, trace, f.message])
-    header = ["invariant", "steps", "found at (s)", "replays", "trace", "message"]
+        message = f.message + (f" [why {f.triage}: {f.triage_reason}]" if f.triage_reason else "")
+        rows.append([f.triage, f.invariant, str(f.steps), found, replays, trace, message])
+    header = ["class", "invariant", "steps", "found at (s)", "replays", "trace", "message"]
     return Table(header, rows)
 
 

@@ -32,6 +32,8 @@ class Failure:
     found_s: float | None  # seconds into the campaign, when recorded
     message: str
     reproduced: bool | None = None
+    triage: str = "new"  # the campaign's triage class (failures/index.json "class")
+    triage_reason: str = ""
 
 
 @dataclass
@@ -127,6 +129,8 @@ def _record_failure(folder: Path, r: dict[str, Any]) -> Failure:
         float(found) if isinstance(found, int | float) else None,
         str(r.get("message", "")),
         r.get("reproduced"),
+        str(r.get("class", "new")),
+        str(r.get("class_reason", "")),
     )
 
 

@@ -1,0 +1,142 @@
+"""Triage of fuzz failures: which ones a block developer needs to look at.
+
+Every exported failure gets a *class*, listed here in the order a report
+shows them (new first):
+
+``new``
+    nothing below explains it: look at it.
+``artefact``
+    a simulator artefact: real QEMU 7.2, given the same trace, answers some
+    step before the violation differently (found by `triage_with_qemu`).
+``refused-by-qemu``
+    the trace needs a step real QEMU refuses while the simulator accepted it
+    (found by `triage_with_qemu`): under policy qemu-7.2 this is a simulator
+    bug in its permission rules, not a finding about bitmaps.
+``expected``
+    a known, documented consequence of the policy (`KNOWN`): e.g. under
+    qemu-7.2 a bitmap added by device name stays on its node when a snapshot,
+    mirror pivot or commit puts another node under the device, so the device
+    name stops finding it (README "Bitmap-placement policies").
+
+`classify_expected` needs only the failure itself and runs at export time;
+`triage_with_qemu` runs the failure trace on real QEMU (`blocksim triage
+RUN_DIR`).  `--mute expected` keeps a campaign from stopping on expected
+failures at all.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+NEW, ARTEFACT, REFUSED, EXPECTED = "new", "artefact", "refused-by-qemu", "expected"
+CLASSES = (NEW, ARTEFACT, REFUSED, EXPECTED)
+MUTE_EXPECTED = "expected"  # a --mute value: every failure classed expected
+CLASS_HELP = {
+    NEW: "nothing known explains these: look at them",
+    ARTEFACT: "real QEMU answers a step before the violation differently",
+    REFUSED: "the trace needs a step real QEMU refuses",
+    EXPECTED: "documented consequences of the policy (--mute expected to skip them)",
+}
+
+# commands after which a device name may resolve to another node
+GRAPH_CHANGES = frozenset(
+    {
+        "blockdev-snapshot-sync", "blockdev-snapshot", "drive-mirror", "blockdev-mirror",
+        "block-commit", "block-stream", "block-job-complete", "job-complete", "transaction",
+        "x-blockdev-reopen", "blockdev-reopen",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Known:
+    """A documented consequence of a policy, recognised by invariant and message."""
+
+    policies: frozenset[str]
+    invariant: str
+    pattern: re.Pattern[str]
+    reason: str
+    after_graph_change: bool = True  # only when a graph change came before the violation
+
+
+DEVICE_FOLLOWS_ROOT = frozenset({"qemu-7.2", "qemu-2.5"})
+
+KNOWN = (
+    Known(
+        DEVICE_FOLLOWS_ROOT,
+        "bitmap-addressability",
+        re.compile(r"is no longer reachable at that address: .* now (resolves to|finds another)"),
+        "the device name now resolves to the new top node; the bitmap stayed on its node "
+        "(QEMU 7.2 behaviour, recorded: scenarios/thread/snapshot-breaks-device-bitmap.jsonl)",
+    ),
+    Known(
+        DEVICE_FOLLOWS_ROOT,
+        "bitmap-soundness",
+        re.compile(r"does not mark .* the guest wrote through device"),
+        "the bitmap stayed on a node the device's writes no longer reach after a graph "
+        "change (QEMU 7.2 behaviour, recorded: scenarios/thread/snapshot-breaks-device-bitmap"
+        ".jsonl)",
+    ),
+)
+
+
+def _command(step: dict[str, Any]) -> str:
+    return str(step.get("execute", ""))
+
+
+def classify_expected(
+    policy: str, kind: str, message: str, steps: list[dict[str, Any]], step: int | None = None
+) -> tuple[str, str]:
+    """(EXPECTED, reason) when a `KNOWN` consequence of `policy` explains the failure,
+    else (NEW, ""); `step` is the 1-based step of the violation (default: the last)."""
+    upto = steps[: step if step else len(steps)]
+    changed = any(_command(s) in GRAPH_CHANGES for s in upto)
+    for known in KNOWN:
+        if policy not in known.policies or kind != known.invariant:
+            continue
+        if known.after_graph_change and not changed:
+            continue
+        if known.pattern.search(message):
+            return EXPECTED, known.reason
+    return NEW, ""
+
+
+def class_rank(name: str) -> int:
+    """Sort key: new first, expected last; an unknown class after new."""
+    return CLASSES.index(name) if name in CLASSES else 1
+
+
+def triage_with_qemu(
+    header: dict[str, Any], steps: list[dict[str, Any]], violation_step: int, qemu: str | None
+) -> tuple[str, str]:
+    """Run the failure trace on real QEMU 7.2 (and the simulator) and compare, up to the
+    violating step: (REFUSED, why) when QEMU refuses a step the simulator accepted,
+    (ARTEFACT, why) for any other difference, (NEW, why) when both agree, or ("", why)
+    when the trace cannot run on QEMU (sim-only steps)."""
+    from sim.errors import TraceError
+    from sim.oracle import diff_trace
+    from sim.trace import dumps, parse_lines
+
+    lines = [dumps({k: v for k, v in header.items() if k != "invariants"})]
+    lines += [dumps({k: v for k, v in s.items() if k != "expect"}) for s in steps]
+    try:
+        report = diff_trace(parse_lines(lines, "triage"), images=False)
+    except TraceError as exc:
+        return "", f"not checked on QEMU: {exc}"
+    for number, (q, s) in enumerate(zip(report.qemu.steps, report.sim.steps, strict=False), 1):
+        if number > violation_step:
+            break
+        answer = q.get("response") or {}
+        if "error" in answer and "error" not in s.response:
+            desc = answer["error"].get("desc", "")
+            return (
+                REFUSED,
+                f"real QEMU refuses step {number} ({_command(steps[number - 1])}): {desc}",
+            )
+    early = [d for d in report.differences if d.step is not None and d.step <= violation_step]
+    if early:
+        d = early[0]
+        return ARTEFACT, f"real QEMU differs at step {d.step} ({d.command}): {d.detail[:200]}"
+    return NEW, "real QEMU 7.2 answers every step as the simulator does"

@@ -1,0 +1,97 @@
+"""Triage classes, --mute expected, counts of what was asked, and the report's grouping."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sim.cli import main
+from sim.fuzz.campaign import CampaignConfig, run_campaign
+from sim.fuzz.triage import EXPECTED, NEW, classify_expected
+from sim.report.campaign_figs import failures_table
+from sim.report.runfolder import load_run
+
+ADDR = "bitmap-addressability"
+RESOLVES = (
+    "bitmap 'b0' created at 'drive0' (step 1) is no longer reachable at that address: "
+    "'drive0' now resolves to node 'ov0', which has no bitmap 'b0'; the bitmap is on node 'fmt0'"
+)
+ADD = {"execute": "block-dirty-bitmap-add", "arguments": {"node": "drive0", "name": "b0"}}
+SNAP = {
+    "execute": "blockdev-snapshot-sync",
+    "arguments": {"device": "drive0", "snapshot-file": "o"},
+}
+
+
+def test_expected_only_for_the_policy_that_documents_it_and_after_a_graph_change() -> None:
+    assert classify_expected("qemu-7.2", ADDR, RESOLVES, [ADD, SNAP])[0] == EXPECTED
+    assert classify_expected("bb-attached", ADDR, RESOLVES, [ADD, SNAP])[0] == NEW
+    assert classify_expected("qemu-7.2", ADDR, RESOLVES, [ADD])[0] == NEW  # no graph change
+    other = "bitmap 'b0' created at 'drive0' (step 1) was destroyed without being removed"
+    assert classify_expected("qemu-7.2", ADDR, other, [ADD, SNAP])[0] == NEW
+
+
+def campaign(tmp_path: Path, **extra: object) -> object:
+    config = CampaignConfig(
+        examples=30, steps=6, seed=10, invariants=[ADDR], out=tmp_path, round_examples=30
+    )
+    for key, value in extra.items():
+        setattr(config, key, value)
+    return run_campaign(config)
+
+
+def test_counts_examples_asked_for_apart_from_shrink_runs(tmp_path: Path) -> None:
+    result = campaign(tmp_path)
+    assert result.failures, "seed 10 finds an addressability failure"  # type: ignore[attr-defined]
+    assert 0 < result.examples <= 30  # type: ignore[attr-defined]
+    assert result.replays > 0  # shrinking ran, and was not counted as examples  # type: ignore[attr-defined]
+    doc = json.loads((tmp_path / "campaign.json").read_text())
+    assert doc["examples"] == result.examples and doc["replays"] == result.replays  # type: ignore[attr-defined]
+    index = json.loads((tmp_path / "failures" / "index.json").read_text())
+    assert all(r["class"] in ("new", "expected") for r in index)
+    ranks = [0 if r["class"] == "new" else 1 for r in index]
+    assert ranks == sorted(ranks)  # new first
+
+
+def test_mute_expected_keeps_expected_failures_from_stopping_the_campaign(tmp_path: Path) -> None:
+    knobs = {"seed": 5, "steps": 8, "examples": 60, "round_examples": 20, "shrink": False}
+    loud = campaign(tmp_path / "loud", **knobs)
+    quiet = campaign(tmp_path / "quiet", mute=("expected",), **knobs)
+    assert quiet.examples == 60  # type: ignore[attr-defined]  # never stopped by a failure
+    classes = [r.triage for r in loud.failures]  # type: ignore[attr-defined]
+    assert EXPECTED in classes
+    assert EXPECTED not in [r.triage for r in quiet.failures]  # type: ignore[attr-defined]
+
+
+def test_report_table_groups_failures_by_class_new_first(tmp_path: Path) -> None:
+    folder = tmp_path / "failures"
+    folder.mkdir()
+    records = [
+        {"kind": ADDR, "path": "a.jsonl", "steps": 2, "message": "m", "class": "expected",
+         "class_reason": "documented"},
+        {"kind": "bitmap-soundness", "path": "b.jsonl", "steps": 3, "message": "m", "class": "new"},
+    ]  # fmt: skip
+    (folder / "index.json").write_text(json.dumps(records))
+    run = load_run(tmp_path)
+    table = failures_table(run.failures, lambda _p: None)
+    assert [row[0] for row in table.rows] == ["new", "expected"]
+    assert "documented" in table.rows[1][-1]
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU 7.2 not on PATH")
+def test_triage_on_real_qemu_rewrites_the_index(tmp_path: Path) -> None:
+    result = campaign(tmp_path)
+    new = [r for r in result.failures if r.triage == NEW]  # type: ignore[attr-defined]
+    out = CliRunner().invoke(main, ["triage", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    index = json.loads((tmp_path / "failures" / "index.json").read_text())
+    assert len(index) == len(result.failures)  # type: ignore[attr-defined]
+    for r in index:
+        assert r["class"] in ("new", "artefact", "refused-by-qemu", "expected")
+        if any(n.signature == r["signature"] for n in new):
+            assert r["class_reason"], r  # every new failure was checked on QEMU
