@@ -113,25 +113,52 @@ def one_swarm_only(machine: RuleBasedStateMachine) -> None:
 
 
 def no_local_constants() -> None:
-    """Keep Hypothesis from drawing constants out of the source of loaded modules.
+    """Pin the pool of constants Hypothesis mixes into what it generates.
 
-    Hypothesis (since 6.131) mixes into what it generates literals found in every
-    "local" module in `sys.modules` (not the standard library, not site-packages):
-    importing one more module of ours (the command line, a Dask worker's imports) or
-    installing the package with pip changed which examples a seed produced.  With an
-    empty pool a campaign is the same function of its seed in every process."""
+    Hypothesis (since 6.131) draws, now and then, literals found in the source of every
+    "local" module in `sys.modules` (not the standard library, not site-packages).
+    Which modules those are depends on what the process imported (the command line, a
+    Dask worker's imports) and on how blocksim is installed (a pip install is in
+    site-packages): the same seed produced different examples.  The pool is pinned to
+    the literals of every module of the `sim` package, read from the source files in
+    path order, whatever is imported; the simulator's own constants (sizes, offsets,
+    names) keep helping the search, the same way in every process."""
     from hypothesis.internal.conjecture import providers
 
-    empty = providers.Constants()
     if getattr(providers._get_local_constants, "_blocksim_pinned", False):
         return
+    pool = _package_constants(providers)
 
     def pinned() -> Any:
-        return empty
+        return pool
 
     pinned._blocksim_pinned = True  # type: ignore[attr-defined]
     providers._get_local_constants = pinned
     providers.CONSTANTS_CACHE.cache.clear()
+
+
+def _package_constants(providers: Any) -> Any:
+    """The literals of every sim/**/*.py, in Hypothesis' own sorted containers."""
+    from pathlib import Path
+
+    from hypothesis.internal.constants_ast import _constants_from_source
+    from sortedcontainers import SortedSet
+
+    pool = providers.Constants(
+        integers=SortedSet(),
+        floats=SortedSet(key=providers.float_to_int),
+        bytes=SortedSet(),
+        strings=SortedSet(),
+    )
+    root = Path(__file__).resolve().parent.parent
+    for path in sorted(root.rglob("*.py")):
+        try:
+            found = _constants_from_source(path.read_bytes(), limit=True)
+        except (OSError, SyntaxError, ValueError, RecursionError):
+            continue
+        for constant in found:
+            pool.add(constant)
+    return pool
 
 
 GENERATING = frozenset({"generate", "target"})
