@@ -56,8 +56,8 @@ def test_plan_shards_splits_examples_and_interleaves_policies() -> None:
 
 
 def test_local_cluster_campaign_equals_the_shards_run_one_by_one(tmp_path: Path) -> None:
-    cfg = config()
-    one_by_one = [run_shard(spec) for spec in plan_shards([cfg], 4)]
+    cfg = config(examples=120)  # seed 5: shards 1, 4 and 5 fail, two distinct failures
+    one_by_one = [run_shard(spec) for spec in plan_shards([cfg], 6)]
     union = Coverage()
     for shard in one_by_one:
         union.absorb(shard.coverage)
@@ -66,9 +66,9 @@ def test_local_cluster_campaign_equals_the_shards_run_one_by_one(tmp_path: Path)
 
     with Runner(workers=2) as runner:
         assert len(runner.worker_pids()) == 2
-        dask = ShardedCampaign([cfg], tmp_path / "dask", runner, shards=4).run()
+        dask = ShardedCampaign([cfg], tmp_path / "dask", runner, shards=6).run()
     with Runner() as here:
-        serial = ShardedCampaign([cfg], tmp_path / "here", here, shards=4).run()
+        serial = ShardedCampaign([cfg], tmp_path / "here", here, shards=6).run()
 
     assert dask.stopped == serial.stopped == "done"
     assert dask.coverage.hits == union.hits  # merged coverage: the union of the shards'
@@ -84,6 +84,7 @@ def test_local_cluster_campaign_equals_the_shards_run_one_by_one(tmp_path: Path)
         (r.kind, r.signature) for r in serial.failures
     }
     assert len(dask.failures) == len(keys)
+    assert dask.duplicates == sum(len(s.failures) for s in one_by_one) - len(keys) > 0
     assert dask.examples == serial.examples == sum(s.examples for s in one_by_one)
     assert dask.examples <= cfg.examples
     index = json.loads((tmp_path / "dask" / "failures" / "index.json").read_text())
