@@ -184,7 +184,7 @@ def backup_lines(workload: bool) -> list[str]:
         )
     if workload:
         wl = {"device": "drive0", "pattern": "random", "rate": 1000, "size": 4096}
-        wl.update({"duration": 3600, "read-ratio": 0})
+        wl.update({"duration": 100, "read-ratio": 0})  # 100,000 writes (the per-workload cap)
         lines.append(json.dumps({"workload": wl}))
     args = {"device": "drive0", "target": "full.qcow2", "sync": "full", "job-id": "bk"}
     lines.append(json.dumps({"execute": "drive-backup", "arguments": args}))
@@ -203,7 +203,9 @@ def child_backup(workload: bool) -> dict[str, Any]:
         r.run_step(n, step)
     t0 = time.perf_counter()
     for n, step in enumerate(trace.steps[-2:], start=len(trace.steps) - 1):
-        r.run_step(n, step)
+        outcome = r.run_step(n, step)
+        if outcome.error or "error" in outcome.response:
+            raise RuntimeError(f"step {n}: {outcome.error or outcome.response}")
     wall = time.perf_counter() - t0
     return {"wall": wall, "sim_s": r.machine.now_ns / 1e9, "peak_mib": peak_mib() - before}
 
@@ -220,8 +222,10 @@ def qemu_backup() -> float:
         for n, step in enumerate(trace.steps[:-2], start=1):
             runner.run_step(n, step)
         t0 = time.perf_counter()
-        runner.run_step(n + 1, trace.steps[-2])
-        runner.run_step(n + 2, trace.steps[-1])
+        for k in (1, 2):
+            got = runner.run_step(n + k, trace.steps[n + k - 1])
+            if got.get("error") or got["response"] is None or "error" in got["response"]:
+                raise RuntimeError(f"QEMU step {n + k}: {got}")
         return time.perf_counter() - t0
 
 

@@ -52,7 +52,7 @@ def test_a_16_tib_disk_runs_in_bounded_memory_and_full_copies_are_refused() -> N
     assert not result.trace_errors and not result.internal_errors
     assert result.steps[3].response["data"]["offset"] == 65536  # only the dirty cluster
     full = result.steps[4].response["error"]["desc"]
-    assert full.startswith("blocksim limit: a backup with sync=full") and "16 GiB" in full
+    assert full.startswith("blocksim limit: a backup with sync=full") and "1 TiB" in full
     fine = result.steps[5].response["error"]["desc"]
     assert fine.startswith("blocksim limit:") and str(MAX_BITMAP_BITS) in fine
     assert result.steps[6].output == f"read 65536/65536 bytes at offset {TIB16 - 65536}\n"
