@@ -293,7 +293,7 @@ def qemu_qnbn(n: int) -> float | None:
         subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(img), "1T"], check=True)
         script = "".join(f"write -P 5 {off} 4k\n" for off in _offsets(n, TIB))
         subprocess.run(
-            [qemu_io, "-f", "qcow2", str(img)],
+            [qemu_io, "-t", "unsafe", "-f", "qcow2", str(img)],
             input=script.encode(),
             check=True,
             capture_output=True,
@@ -321,8 +321,12 @@ def qemu_qnbn(n: int) -> float | None:
             def ask(cmd: str) -> None:
                 f.write(json.dumps({"execute": cmd}).encode() + b"\n")
                 f.flush()
-                while b'"return"' not in f.readline():
-                    pass
+                while True:
+                    line = f.readline()
+                    if not line or b'"error"' in line:
+                        raise RuntimeError(f"QEMU answered {cmd} with {line!r}")
+                    if b'"return"' in line:
+                        return
 
             ask("qmp_capabilities")
             times = []
