@@ -89,6 +89,7 @@ class Content:
         "_token",
         "_alloc",
         "_arrays",
+        "_derived",
         "version",
     )
 
@@ -101,6 +102,7 @@ class Content:
         self._shared = False  # the chunk index is shared with a clone
         self._alloc: list[tuple[int, int]] | None = None  # allocated runs, cached
         self._arrays: tuple[int, np.ndarray, np.ndarray] | None = None  # (version, arrays)
+        self._derived: tuple[int, dict[Any, Any]] = (0, {})
         self.version = 0  # bumped by every write
 
     # -- writes ----------------------------------------------------------------------------
@@ -308,6 +310,15 @@ class Content:
         self._arrays = (self.version, starts, stamps)
         return starts, stamps
 
+    def derived(self) -> dict[Any, Any]:
+        """A memo for values computed from this content (the host-file layout), emptied
+        by the next write."""
+        version, memo = self._derived
+        if version != self.version:
+            memo = {}
+            self._derived = (self.version, memo)
+        return memo
+
     def read(self, first_sector: int, end_sector: int) -> np.ndarray:
         """This node's own stamps for a sector range (0 where unallocated)."""
         end_sector = min(end_sector, self.nsectors)
@@ -364,6 +375,7 @@ class Content:
         other._token = self._token
         other._alloc = self._alloc
         other._arrays = self._arrays
+        other._derived = (-1, {})
         other.version = self.version
         return other
 

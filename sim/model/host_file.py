@@ -163,6 +163,26 @@ def host_file(graph: BlockGraph, image: Image) -> HostFile:
     which adds the index block on some runs and not on others.
     """
     node = _format_node_of(graph, image)
+    stored = stored_bitmaps(node) if node is not None else []
+    if stored:  # bitmap contents change without a write: not cached
+        return _host_file(graph, image, node)
+    below = [] if node is None else graph.backing_chain(node)[1:]
+    key = (
+        "host_file",
+        image.format,
+        image.size_bytes,
+        node.cluster_size if node is not None else None,
+        node is not None and node.read_only,
+        tuple((n.content, n.content.version) for n in below if n.content is not None),
+    )
+    memo = image.content.derived()
+    found = memo.get(key)
+    if not isinstance(found, HostFile):
+        found = memo[key] = _host_file(graph, image, node)
+    return found
+
+
+def _host_file(graph: BlockGraph, image: Image, node: BlockNode | None) -> HostFile:
     cluster = node.cluster_size if node is not None else QCOW2_CLUSTER
     settled = node is not None and node.read_only
     if image.format == "raw":
