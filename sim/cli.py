@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -1052,10 +1053,14 @@ def serve(
         click.echo("blocksim serve: QMP on " + ", ".join(addresses), err=True)
 
     try:
-        run_server(SimHost(header, policy, seed, pacing, recorder), config, ready)
+        stopped_by = run_server(SimHost(header, policy, seed, pacing, recorder), config, ready)
     except OSError as exc:
         click.echo(f"blocksim serve: {exc}", err=True)
         sys.exit(EXIT_USAGE)
+    if stopped_by == signal.SIGINT:  # stopped cleanly (trace recorded), as every Ctrl-C ends
+        from sim import interrupt
+
+        interrupt.exit_interrupted()
 
 
 @main.command("export-iotest")
@@ -1106,6 +1111,7 @@ def run() -> None:
     except Exception as exc:  # noqa: BLE001 - last resort: never a traceback
         click.echo(f"blocksim: internal error: {type(exc).__name__}: {exc}", err=True)
         code = 3
+    interrupt.finish()
     if interrupt.interrupted():
         interrupt.exit_interrupted()
     sys.exit(code if isinstance(code, int) else (0 if code is None else 1))

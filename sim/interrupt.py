@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 EXIT_INTERRUPTED = 130
 MESSAGE = "blocksim: interrupted"
-_state = {"interrupted": False}
+_state = {"interrupted": False, "finished": False}
 _default_unraisable = sys.unraisablehook
 
 
@@ -44,6 +44,8 @@ def _raise(_signum: int, _frame: FrameType | None) -> None:
 
 def _unraisable(info: Any) -> None:
     if info.exc_type is not None and issubclass(info.exc_type, KeyboardInterrupt):
+        if _state["finished"]:
+            return
         # swallowed where Python cannot raise it: deliver it again shortly
         timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
         timer.daemon = True
@@ -64,8 +66,15 @@ def raise_interrupt() -> None:
     signal.signal(signal.SIGINT, _raise)
 
 
+def finish() -> None:
+    """The command is over: a late SIGINT (during shutdown) changes nothing."""
+    _state["finished"] = True
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def exit_interrupted() -> NoReturn:
     """End the process the one way an interrupted command ends."""
+    finish()
     sys.stderr.write(MESSAGE + "\n")
     sys.stderr.flush()
     raise SystemExit(EXIT_INTERRUPTED)

@@ -97,6 +97,16 @@ def test_ctrl_c_during_diff_leaves_no_qemu(tmp_path: Path) -> None:
     assert not qemus.stdout.split(), "a QEMU outlived blocksim diff"
 
 
+def test_ctrl_c_stops_serve_cleanly(tmp_path: Path) -> None:
+    sock = tmp_path / "qmp.sock"
+    proc = start(
+        ["serve", "--socket", str(sock), "--drive", "id=drive0,node-name=fmt0,size=64M"], tmp_path
+    )
+    out, err = ctrl_c(proc, 3.0)
+    assert_clean_interrupt(proc, out, err, tmp_path)
+    assert not sock.exists()
+
+
 def test_sigkill_mid_campaign_leaves_a_run_folder_report_and_corpus_replay_read(
     tmp_path: Path,
 ) -> None:

@@ -45,6 +45,7 @@ class QmpServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self.addresses: list[str] = []
+        self.stopped_by: int | None = None  # the signal that ended the server
 
     async def start(self) -> None:
         cfg = self.config
@@ -110,9 +111,13 @@ class QmpServer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._stop.set)
+                loop.add_signal_handler(sig, self._on_signal, sig)
         await self._stop.wait()
         await self.stop()
+
+    def _on_signal(self, sig: int) -> None:
+        self.stopped_by = sig
+        self._stop.set()
 
     async def stop(self) -> None:
         self._stop.set()
@@ -132,14 +137,15 @@ class QmpServer:
                 os.unlink(self.config.socket)
 
 
-def run_server(host: SimHost, config: ServeConfig, on_ready: object = None) -> None:
-    """Serve until `quit` or SIGINT/SIGTERM (blocking)."""
+def run_server(host: SimHost, config: ServeConfig, on_ready: object = None) -> int | None:
+    """Serve until `quit` or SIGINT/SIGTERM (blocking); the signal that ended it, if any."""
 
-    async def main() -> None:
+    async def main() -> int | None:
         server = QmpServer(host, config)
         await server.start()
         if callable(on_ready):
             on_ready(server.addresses)
         await server.serve_until_stopped()
+        return server.stopped_by
 
-    asyncio.run(main())
+    return asyncio.run(main())
