@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 import resource
 import signal
@@ -306,7 +307,9 @@ def _hostile(rng: random.Random, old: Any) -> Any:
     if roll < 0.55:
         return copy.deepcopy(rng.choice(HOSTILE_VALUES))
     if roll < 0.7 and isinstance(old, int | float) and not isinstance(old, bool):
-        return rng.choice([old * 2**k for k in (10, 30, 64)] + [-old, old + 0.5, str(old)])
+        scaled = rng.choice([old * 2**k for k in (10, 30, 64)] + [-old, old + 0.5, str(old)])
+        # JSON carries no infinity: a double past the range is the largest one
+        return 1.7976931348623157e308 if scaled in (math.inf, -math.inf) else scaled
     if roll < 0.8 and isinstance(old, str):
         cut = rng.randrange(len(old) + 1)
         return old[:cut] + rng.choice(HOSTILE_VALUES[22:44]) + old[cut:]
