@@ -28,19 +28,17 @@ def _err(mon: Monitor, cmd: str, **args: Any) -> str:
     return str(r["error"]["desc"])
 
 
-def _create_qcow2(mon: Monitor, filename: str, node: str, **opts: Any) -> None:
-    _ok(
-        mon,
-        "blockdev-create",
-        **{"job-id": "f", "options": {"driver": "file", "filename": filename, "size": 0}},
-    )
+def _create(m: Machine, mon: Monitor, job: str, **options: Any) -> None:
+    """blockdev-create and let the create job run (it takes 1 ms of simulated time)."""
+    _ok(mon, "blockdev-create", **{"job-id": job, "options": options})
+    m.advance(0.002)
+
+
+def _create_qcow2(m: Machine, mon: Monitor, filename: str, node: str, **opts: Any) -> None:
+    _create(m, mon, "f", driver="file", filename=filename, size=0)
     _ok(mon, "job-dismiss", id="f")
     _ok(mon, "blockdev-add", driver="file", filename=filename, **{"node-name": node + "p"})
-    _ok(
-        mon,
-        "blockdev-create",
-        **{"job-id": "q", "options": {"driver": "qcow2", "file": node + "p", **opts}},
-    )
+    _create(m, mon, "q", driver="qcow2", file=node + "p", **opts)
     _ok(mon, "job-dismiss", id="q")
 
 
@@ -51,6 +49,10 @@ def test_create_job_concludes_with_its_events_and_no_block_job_events() -> None:
         "blockdev-create",
         **{"job-id": "c0", "options": {"driver": "file", "filename": "t.qcow2", "size": 0}},
     )
+    assert _err(mon, "job-dismiss", id="c0") == (
+        "Job 'c0' in state 'running' cannot accept command verb 'dismiss'"
+    )
+    m.advance(0.002)
     names = [(e.name, e.data.get("status")) for e in m.events.history]
     assert names == [
         ("JOB_STATUS_CHANGE", s) for s in ("created", "running", "waiting", "pending", "concluded")
@@ -72,17 +74,9 @@ def test_create_job_concludes_with_its_events_and_no_block_job_events() -> None:
 
 def test_qcow2_create_errors_land_in_query_jobs() -> None:
     m, mon = _machine()
-    _ok(
-        mon,
-        "blockdev-create",
-        **{"job-id": "c6", "options": {"driver": "qcow2", "file": "proto0", "size": 1000}},
-    )
+    _create(m, mon, "c6", driver="qcow2", file="proto0", size=1000)
     assert _ok(mon, "query-jobs")[0]["error"] == "Image size must be a multiple of 512 bytes"
-    _ok(
-        mon,
-        "blockdev-create",
-        **{"job-id": "c7", "options": {"driver": "qcow2", "file": "proto0", "size": 1 << 20}},
-    )
+    _create(m, mon, "c7", driver="qcow2", file="proto0", size=1 << 20)
     assert "Permission conflict on node 'proto0'" in _ok(mon, "query-jobs")[0]["error"]
     assert (
         _err(mon, "blockdev-create", **{"job-id": "r", "options": {"driver": "raw"}})
@@ -98,6 +92,7 @@ def test_qcow2_create_errors_land_in_query_jobs() -> None:
 def test_created_qcow2_opens_with_its_cluster_size_and_backing_file() -> None:
     m, mon = _machine()
     _create_qcow2(
+        m,
         mon,
         "ov.qcow2",
         "ov",
@@ -166,3 +161,102 @@ def test_reopen_detaching_backing_closes_the_old_chain() -> None:
     )
     assert m.state.graph.node("fmt0") is None and m.state.graph.node("proto0") is None
     assert ov.backing is None
+
+
+def test_resize_truncates_bitmaps_and_content() -> None:
+    m, mon = _machine()
+    _ok(mon, "block-dirty-bitmap-add", node="fmt0", name="b0")
+    _ok(mon, "block_resize", device="drive0", size=128 << 20)
+    _ok(mon, "human-monitor-command", **{"command-line": 'qemu-io drive0 "write -P 0x22 100M 1M"'})
+    bm = m.state.graph.node("fmt0").bitmaps[0]  # type: ignore[union-attr]
+    assert (bm.size_bytes, bm.count_bytes()) == (128 << 20, 1 << 20)
+    _ok(mon, "block_resize", device="drive0", size=60 << 20)
+    assert (bm.size_bytes, bm.nbits, bm.count_bytes()) == (60 << 20, 960, 0)
+    _ok(mon, "block_resize", device="drive0", size=128 << 20)
+    assert bm.count_bytes() == 0  # growth is clean, the data past 60M is gone
+    _ok(mon, "human-monitor-command", **{"command-line": 'qemu-io drive0 "read -P 0 100M 1M"'})
+    assert m.hmp_output is not None and "Pattern verification failed" not in m.hmp_output
+    assert _err(mon, "block_resize", device="drive0", size=1000) == (
+        "The new size must be a multiple of 512"
+    )
+    assert "permissions 'resize'" in _err(mon, "block_resize", **{"node-name": "proto0"}, size=0)
+
+
+def test_write_threshold_fires_once_past_the_threshold() -> None:
+    m, mon = _machine()
+    _ok(mon, "block-set-write-threshold", **{"node-name": "fmt0", "write-threshold": 1 << 20})
+    _ok(mon, "human-monitor-command", **{"command-line": 'qemu-io drive0 "write 0 512k"'})
+    assert not [e for e in m.events.history if e.name == "BLOCK_WRITE_THRESHOLD"]
+    _ok(mon, "human-monitor-command", **{"command-line": 'qemu-io drive0 "write 1020k 8k"'})
+    _ok(mon, "human-monitor-command", **{"command-line": 'qemu-io drive0 "write 2M 8k"'})
+    hits = [e.data for e in m.events.history if e.name == "BLOCK_WRITE_THRESHOLD"]
+    assert hits == [{"node-name": "fmt0", "amount-exceeded": 4096, "write-threshold": 1 << 20}]
+    assert _err(
+        mon, "block-set-write-threshold", **{"node-name": "drive0", "write-threshold": 1}
+    ) == ("Device 'drive0' not found")
+
+
+def test_unknown_and_unmodelled_hmp_commands() -> None:
+    m, mon = _machine()
+    r = _ok(mon, "human-monitor-command", **{"command-line": "info foo"})
+    assert r == "unknown command: 'info foo'\r\n"
+    assert "does not model" in _err(
+        mon, "human-monitor-command", **{"command-line": "info version"}
+    )
+
+
+def test_blkdebug_rules_arm_faults_and_unmodelled_rules_are_refused() -> None:
+    m, mon = _machine()
+    _create(m, mon, "f", driver="file", filename="s.qcow2", size=0)
+    _ok(mon, "blockdev-add", driver="file", filename="s.qcow2", **{"node-name": "sp"})
+    _create(m, mon, "q", driver="qcow2", file="sp", size=64 << 20)
+    _ok(mon, "blockdev-del", **{"node-name": "sp"})
+
+    def add(rule: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        dbg = {"driver": "blkdebug", "node-name": "dbg", "inject-error": [rule], **extra}
+        dbg["image"] = {"driver": "file", "filename": "s.qcow2", "node-name": "sf"}
+        return mon.execute(
+            {
+                "execute": "blockdev-add",
+                "arguments": {"driver": "qcow2", "node-name": "s", "file": dbg},
+            }
+        )
+
+    refused = add({"event": "flush_to_disk"})
+    assert "does not model blkdebug event 'flush_to_disk'" in refused["error"]["desc"]
+    assert m.state.graph.node("dbg") is None and m.state.graph.node("sf") is None
+    assert (
+        "set-state"
+        in add({"event": "read_aio"}, **{"set-state": [{"event": "none", "new_state": 2}]})[
+            "error"
+        ]["desc"]
+    )
+    assert "errno 7" in add({"event": "read_aio", "errno": 7})["error"]["desc"]
+    assert "return" in add({"event": "read_aio", "errno": 28, "sector": 8, "once": True})
+    (fault,) = m.faults.faults
+    assert (
+        fault.node.node_name,
+        fault.op,
+        fault.errno,
+        fault.offset,
+        fault.length,
+        fault.remaining,
+    ) == ("dbg", "read", "ENOSPC", 4096, 512, 1)
+
+
+def test_blockapi_fuzz_group_runs_the_block_api(tmp_path: Any) -> None:
+    from sim.fuzz.campaign import CampaignConfig, run_campaign
+
+    groups = ("blockapi", "blockdev", "bitmap", "io", "snapshot")
+    config = CampaignConfig(
+        examples=40, steps=20, seed=1, groups=groups, out=tmp_path, shrink=False,
+        invariants=["graph-well-formed", "job-state-legality"],
+    )  # fmt: skip
+    result = run_campaign(config)
+    assert not [f for f in result.failures if f.kind == "internal-error"], result.summary()
+    import json
+
+    seen = json.loads((tmp_path / "coverage.json").read_text())["commands"]
+    for command in ("blockdev-create", "blockdev-reopen", "block_resize"):
+        assert seen.get(command, {}).get("return", 0) > 0, (command, seen.get(command))
+    assert seen.get("job-dismiss"), "every create is followed by a job-dismiss"

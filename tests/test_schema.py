@@ -271,8 +271,8 @@ def test_unmodelled_driver_is_refused_after_the_common_members() -> None:
     )
     desc = desc_of(ADD, {"driver": "nbd", "node-name": "x"})
     assert desc is not None and desc.startswith("blocksim does not model driver 'nbd'")
-    desc = desc_of(ADD, {"driver": "qcow2", "file": {"driver": "blkdebug"}})
-    assert desc is not None and "blkdebug" in desc
+    desc = desc_of(ADD, {"driver": "qcow2", "file": {"driver": "throttle"}})
+    assert desc is not None and "throttle" in desc
 
 
 # (keys in JSON order, QEMU's reply) for block-dirty-bitmap-add with junk keys.

@@ -220,7 +220,7 @@ class GraphWellFormed(StepChecker):
                 )
                 continue
             where[id(bm)] = here
-            is_held = any(bm is h for h in held)
+            is_held = any(bm is h for h in held) or bm.export_hold > 0  # an export holds it
             if bm.busy and not is_held:
                 why = (
                     "frozen with a successor"

@@ -100,6 +100,7 @@ class JobLife:
     ready_sent: bool = False
     force_cancelled_at: int = 0  # step of a successful force-cancel
     user_paused: bool = False  # a pause was accepted and no resume since
+    block_job: bool = True  # a plain Job (blockdev-create's) emits no BLOCK_JOB_* events
 
 
 class JobStateLegality(StepChecker):
@@ -284,7 +285,11 @@ class JobStateLegality(StepChecker):
         )
 
     def _status(self, index: int, job_id: str, status: str) -> None:
-        life = self.lives.setdefault(job_id, JobLife(job_id))
+        life = self.lives.get(job_id)
+        if life is None:
+            life = self.lives[job_id] = JobLife(job_id)
+            job = self.machine.state.find_job(job_id)
+            life.block_job = job is None or job.is_block_job
         if life.force_cancelled_at and status in ("waiting", "pending"):
             self._after_cancel(index, life, f"went to '{status}'")
         allowed = JOB_STT.get(life.status, ())
@@ -299,7 +304,7 @@ class JobStateLegality(StepChecker):
             )
         if status == "running":
             life.started = True
-        elif status == "concluded" and life.started and life.ended_by is None:
+        elif status == "concluded" and life.started and life.ended_by is None and life.block_job:
             self.report(
                 index,
                 f"job '{job_id}' concluded without BLOCK_JOB_COMPLETED or BLOCK_JOB_CANCELLED",

@@ -78,6 +78,13 @@ class NoLostGuestData(StepChecker):
                 return None
             shadow = DeviceShadow(bb, new_content(bb.root.size_bytes))
             self.shadows[bb.name] = shadow
+        elif bb.root is not None and shadow.content.size_bytes != bb.root.size_bytes:
+            # block_resize: a shrink discards what lay past the new end, growth is empty
+            shadow.content.resize(bb.root.size_bytes)
+            n = shadow.nsectors
+            shadow.written = extents.clip(extents.union(shadow.written), n)
+            shadow.pending = extents.clip(extents.union(shadow.pending), n)
+            shadow.adopt = extents.clip(extents.union(shadow.adopt), n)
         return shadow
 
     def _on_write(

@@ -25,7 +25,8 @@ defines on bitmap contents:
 The bitmap's actual bits (with its successor's while frozen) must lie
 between `lo` and `hi` after every step that could change them and at the end:
 a bit beyond `hi` is a chunk QEMU promises is clean, a bit of `lo` missing is
-a chunk QEMU promises is dirty.  Bitmaps whose size changes are dropped.
+a chunk QEMU promises is dirty.  A bitmap whose size changed (block_resize)
+has its reference truncated or grown clean the same way.
 """
 
 from __future__ import annotations
@@ -67,6 +68,16 @@ class Ref:
     def reset(self) -> None:
         self.lo.setall(0)
         self.hi.setall(0)
+
+
+def _resize(ref: Ref, nbits: int) -> None:
+    """block_resize truncated the bitmap (bdrv_dirty_bitmap_truncate): bits past a
+    shrink are gone from what it must and may hold, a growth is clean."""
+    for arr in (ref.lo, ref.hi):
+        if nbits < len(arr):
+            del arr[nbits:]
+        else:
+            arr.extend(_bits(nbits - len(arr)))
 
 
 def _bits(n: int, value: int = 0) -> bitarray:
@@ -242,7 +253,7 @@ class BitmapPrecision(StepChecker):
         bm = entry.bitmap
         bits = bm.bits
         if len(bits) != len(ref.lo):
-            return
+            _resize(ref, len(bits))
         succ = bm.successor
         if succ is not None and len(succ.bits) == len(bits):
             bits = bits | succ.bits

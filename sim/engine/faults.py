@@ -14,7 +14,9 @@ same paths:
   still needs data from, each with its `file` node (`read_path`).
 
 Offsets are guest offsets on every node, protocol nodes included (the
-approximation sim.model.io makes for bitmaps).  When a guest write fails at
+approximation sim.model.io makes for bitmaps).  A blkdebug node's
+inject-error rules arm the same faults on that node (`blkdebug_faults`);
+QEMU matches their `sector` against host offsets.  When a guest write fails at
 node F, every node above F and F itself still mark their dirty bitmaps:
 QEMU 7.2's bdrv_co_write_req_finish runs whatever the request's result.
 The data does not change.
@@ -25,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sim.errors import TraceError
+from sim.errors import QMPError, TraceError
 from sim.model.content import sector_span
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode
 from sim.model.io import write_path
@@ -141,6 +143,49 @@ def _resolve(graph: BlockGraph, name: str) -> BlockNode | None:
     if bb is not None and bb.root is not None:
         return graph.data_node(bb.root)
     return graph.node(name)
+
+
+# -- blkdebug ------------------------------------------------------------------------------
+# The rules of a blkdebug node (blockdev-add driver=blkdebug) that the fault table can
+# say: an `inject-error` on the data requests a format node above makes (read_aio,
+# write_aio), in the initial state, with EIO or ENOSPC, on one sector or anywhere.
+
+_BLKDEBUG_OPS = {"read_aio": "read", "write_aio": "write"}
+_ERRNOS = {5: "EIO", 28: "ENOSPC"}
+_SECTOR = 512
+
+
+def blkdebug_faults(node: BlockNode, options: dict[str, Any]) -> list[Fault]:
+    """Faults for the inject-error rules of blkdebug `node`; QMPError for a rule or
+    option blocksim does not model (the node is then not created)."""
+    if options.get("set-state"):
+        raise QMPError("blocksim does not model blkdebug 'set-state' rules")
+    if "config" in options:
+        raise QMPError("blocksim does not model blkdebug 'config' files")
+    out = []
+    for rule in options.get("inject-error", []):
+        op = _BLKDEBUG_OPS.get(rule["event"])
+        if op is None:
+            raise QMPError(
+                f"blocksim does not model blkdebug event '{rule['event']}' "
+                f"(modelled: {', '.join(_BLKDEBUG_OPS)})"
+            )
+        if rule.get("iotype", op) != op:
+            raise QMPError(
+                f"blocksim does not model blkdebug iotype '{rule['iotype']}' on {rule['event']}"
+            )
+        if rule.get("state", 1) != 1:
+            raise QMPError("blocksim does not model blkdebug states other than the initial one")
+        errno = _ERRNOS.get(rule.get("errno", 5))
+        if errno is None:
+            raise QMPError(
+                f"blocksim does not model blkdebug errno {rule['errno']} (modelled: 5, 28)"
+            )
+        sector = rule.get("sector", -1)
+        offset, length = (0, node.size_bytes) if sector < 0 else (sector * _SECTOR, _SECTOR)
+        count = 1 if rule.get("once", False) else MAX_COUNT
+        out.append(Fault(node, op, errno, offset, length, count))
+    return out
 
 
 # -- paths ---------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ QEMU 7.2's job kinds do; see the end of model/job_flow.py).
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import simpy
@@ -59,6 +59,20 @@ def start_job(m: Machine, job: Job) -> None:
     job.wake = waker.wake
     job_flow.start(job)
     m.processes[job.id] = m.env.process(job_process(m, job, waker))
+
+
+def start_oneshot_job(m: Machine, job: Job, delay_ns: int, work: Callable[[], None]) -> None:
+    """job_start for a job whose run is one piece of work (blockdev-create's `create`):
+    running now; after `delay_ns` of simulated time the work is done and the job ends
+    (a cancel meanwhile does not stop the work, it turns the end into an abort)."""
+    job_flow.start(job)
+
+    def run() -> Proc:
+        yield m.env.timeout(delay_ns)
+        work()
+        job_flow.work_finished(m.state, job)
+
+    m.processes[job.id] = m.env.process(run())
 
 
 def _done(job: Job) -> bool:

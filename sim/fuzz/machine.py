@@ -55,6 +55,7 @@ from sim.fuzz.hygiene import (
     one_swarm_only,
     release,
 )
+from sim.fuzz.rules_blockapi import BlockApiRules
 from sim.fuzz.rules_graph import GraphRules
 from sim.fuzz.rules_jobs import JobRules
 from sim.fuzz.rules_storage import StorageRules
@@ -90,6 +91,11 @@ GROUPS = (
     "invalid",
 )
 ALWAYS_ON = frozenset({"time"})
+# Groups a campaign asks for by name (`groups`, or a profile such as
+# fuzz/profiles/blockapi.toml) and the default swarm leaves out, so the default
+# campaigns draw exactly as before they existed: `blockapi` (blockdev-create,
+# blockdev-reopen, block_resize, copy-on-read filters, ...; sim/fuzz/rules_blockapi.py).
+OPT_IN_GROUPS = ("blockapi",)
 
 DRIVE0: dict[str, Any] = {
     "id": "drive0",
@@ -128,7 +134,7 @@ def supported_groups() -> frozenset[str]:
     from sim.engine.machine import Machine
     from sim.errors import TraceError
 
-    out = set(GROUPS)
+    out = set(GROUPS) | set(OPT_IN_GROUPS)
     probes = {
         "workload": {
             "workload": {
@@ -437,7 +443,7 @@ class MachineCore(RuleBasedStateMachine):
         return node.size_bytes if node is not None else 64 * MiB
 
 
-class BlockMachine(StorageRules, GraphRules, JobRules, MachineCore):
+class BlockMachine(StorageRules, BlockApiRules, GraphRules, JobRules, MachineCore):
     """The fuzz target: every supported QMP command, guest I/O, time, jobs, faults."""
 
 

@@ -118,9 +118,16 @@ class GraphRules(_Base):
             if n.driver == "qcow2" and n.backing is None and not n.auto_named and not g.has_users(n)
         ]
 
+    def block_api(self, c: Choices) -> None:
+        """One block API operation; sim/fuzz/rules_blockapi.py provides it."""
+        raise NotImplementedError
+
     @group("blockdev")
     @rule(c=choices())
     def blockdev_add(self, c: Choices) -> None:
+        if "blockapi" in self.enabled and c.boolean():
+            self.block_api(c)  # sim/fuzz/rules_blockapi.py: create, reopen, resize, ...
+            return
         self.qmp("blockdev-add", self.blockdev_add_args(c))
 
     @group("blockdev")

@@ -139,6 +139,20 @@ class DirtyBitmap:
     def clear(self) -> None:
         self.bits.setall(0)
 
+    def resize(self, size_bytes: int) -> None:
+        """bdrv_dirty_bitmap_truncate: bits past a shrink are dropped, growth is clean;
+        a frozen bitmap's successor follows."""
+        nbits = -(-size_bytes // self.granularity)
+        if nbits < len(self.bits):
+            del self.bits[nbits:]
+        else:
+            grown = bitarray(nbits - len(self.bits), endian="little")
+            grown.setall(0)
+            self.bits.extend(grown)
+        self.size_bytes = size_bytes
+        if self.successor is not None:
+            self.successor.resize(size_bytes)
+
     def get(self, offset: int) -> bool:
         return bool(self.bits[offset >> self._shift])
 

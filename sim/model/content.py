@@ -366,6 +366,20 @@ class Content:
             total -= (last + 1) * cluster_bytes - self.size_bytes
         return total
 
+    def resize(self, size_bytes: int) -> None:
+        """Truncate or grow (bdrv_co_truncate): data past a shrink is gone, the growth is
+        unallocated."""
+        old = self.nsectors
+        new = -(-size_bytes // SECTOR)
+        if new < old:
+            self.write_sectors(new, old, UNALLOCATED)
+            self.nsectors = new
+        elif new > old:
+            self.nsectors = new
+            self.write_sectors(old, new, UNALLOCATED)
+        self.size_bytes = size_bytes
+        self._alloc = None
+
     def clone(self) -> Content:
         """An independent copy (chunks are shared until either side writes)."""
         other = Content.__new__(Content)

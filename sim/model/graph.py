@@ -21,7 +21,7 @@ from sim.model.bitmap import DirtyBitmap
 from sim.model.content import Content, new_content
 
 FORMAT_DRIVERS = ("qcow2", "raw")
-FILTER_DRIVERS = ("copy-before-write", "mirror_top", "commit_top", "copy-on-read")
+FILTER_DRIVERS = ("copy-before-write", "mirror_top", "commit_top", "copy-on-read", "blkdebug")
 QCOW2_CLUSTER = 65536
 BACKING_ALLOWED_OPS = frozenset({"commit-target", "stream", "backup-source", "backup-target"})
 _NODE_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,31}\Z")  # id_wellformed, < 32 chars
@@ -70,6 +70,11 @@ class BlockNode:
     # op blockers, oldest first: (reason, ops still allowed); QEMU reports the newest
     blockers: list[tuple[str, frozenset[str]]] = field(default_factory=list)
     write_hook: object | None = None  # a job's before-write callback (copy-before-write)
+    write_threshold: int = 0  # block-set-write-threshold; 0 = off
+    # a copy-on-read filter added by blockdev-add: guest reads through it populate
+    # the node below (`cor_bottom`: the lowest node copied from, None = all)
+    cor_active: bool = False
+    cor_bottom: BlockNode | None = None
 
     @property
     def is_filter(self) -> bool:
@@ -83,7 +88,7 @@ class BlockNode:
         """The child a filter passes I/O to (`file` or `backing`, as in QEMU)."""
         if self.driver in ("mirror_top", "commit_top"):
             return self.backing
-        if self.driver in ("copy-before-write", "copy-on-read"):
+        if self.driver in ("copy-before-write", "copy-on-read", "blkdebug"):
             return self.file
         return None
 
@@ -128,6 +133,8 @@ class BlockGraph:
         self._auto_counter = 100
         # where the graph reports what real QEMU would crash on (BlockState: its warnings)
         self.warn: Callable[[str], None] = lambda message: None
+        # where the graph's own events go (BLOCK_WRITE_THRESHOLD); BlockState connects it
+        self.emit: Callable[[str, dict[str, Any]], None] = lambda name, data: None
 
     # -- names -------------------------------------------------------------------------
     def auto_name(self) -> str:
@@ -218,9 +225,12 @@ class BlockGraph:
         skip: BlockNode | None = None,
     ) -> None:
         """Point child links (parent, role) and backend roots at `to` (bdrv_replace_node's
-        core); links from `skip` are left alone (should_update_child: no self-loops)."""
+        core); links from `skip`, and from any parent `to` reaches through its own
+        children, are left alone (should_update_child: no loops, e.g. a backup target
+        whose backing is the source keeps it when the filter goes above the source)."""
+        below_to = {id(n) for n in self.subtree(to)}
         for parent, role in links:
-            if parent is skip or parent is to:
+            if parent is skip or id(parent) in below_to:
                 continue
             if role == "backing":
                 self.set_backing(parent, to)
@@ -233,6 +243,20 @@ class BlockGraph:
         """Every BlockBackend whose root is `node`: named ones, then export ones."""
         named = [bb for bb in self.backends.values() if bb.root is node]
         return named + [bb for bb in self.export_backends if bb.root is node]
+
+    def subtree(self, node: BlockNode) -> list[BlockNode]:
+        """`node` and every node below it through any child link."""
+        out: list[BlockNode] = []
+        seen: set[int] = set()
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            out.append(n)
+            stack.extend(n.children())
+        return out
 
     def has_users(self, node: BlockNode) -> bool:
         return bool(self.parents(node)) or bool(self.roots_of(node))

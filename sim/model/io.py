@@ -13,7 +13,8 @@ like bdrv_co_pwritev: every node it passes marks its own dirty bitmaps
 first (copy-before-write copies the old data out), and the data node stores
 the stamp.  Bitmaps on the protocol (`file`) node are marked at guest
 offsets; real QEMU marks host offsets, qcow2 metadata included, so this is
-an approximation.
+an approximation.  Write thresholds are checked on the same nodes (the
+protocol node's at guest offsets, too).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sim.model.content import SECTOR, ZERO_STAMP, read_through, sector_span
+from sim.model.content import SECTOR, ZERO_STAMP, Content, read_through, sector_span
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode
 from sim.model.state import BlockState
 
@@ -76,6 +77,8 @@ def guest_write(
             bm.record_write(offset, length)
     node: BlockNode | None = root
     while node is not None:
+        if node.write_threshold:
+            check_write_threshold(graph, node, offset, length)
         for bm in node.bitmaps:
             bm.record_write(offset, length)
         if node.write_hook is not None:
@@ -87,10 +90,26 @@ def guest_write(
             node.content.write(offset, length, stamp)
         proto = node.file
         if proto is not None:
+            if proto.write_threshold:
+                check_write_threshold(graph, proto, offset, length)
             for bm in proto.bitmaps:
                 bm.record_write(offset, length)
         break
     return OK
+
+
+def check_write_threshold(graph: BlockGraph, node: BlockNode, offset: int, length: int) -> None:
+    """block/write-threshold.c: a write request ending past the node's threshold
+    emits BLOCK_WRITE_THRESHOLD once and switches the threshold off."""
+    threshold = node.write_threshold
+    end = offset + length
+    if threshold and end > threshold:
+        node.write_threshold = 0
+        graph.emit(
+            "BLOCK_WRITE_THRESHOLD",
+            {"node-name": node.node_name, "amount-exceeded": end - threshold,
+             "write-threshold": threshold},
+        )  # fmt: skip
 
 
 def guest_discard(
@@ -139,6 +158,46 @@ def discard(
     for d_observer in state.discard_observers:
         d_observer(bb, root, offset, length, zeroed)
     return res
+
+
+def copy_on_read(graph: BlockGraph, root: BlockNode, offset: int, length: int) -> None:
+    """A read through a blockdev-added copy-on-read filter (block/io.c
+    bdrv_co_do_copy_on_readv, QEMU 7.2): every cluster of the node below that it does
+    not allocate gets what the read sees there (zeroes included, unless `bottom`
+    limits the copy to data from `bottom` and above).  The copy is written below the
+    node's own bitmaps (bdrv_driver_pwritev, no bdrv_co_write_req_finish): they stay
+    clean.  QEMU marks the protocol node's bitmaps at the host offsets the format
+    writes; the model, which marks protocol bitmaps at guest offsets, leaves them."""
+    node: BlockNode | None = root
+    while node is not None and node.is_filter:
+        if node.driver == "copy-on-read" and node.cor_active and node.file is not None:
+            _copy_up(graph, graph.data_node(node.file), node.cor_bottom, offset, length)
+        node = node.filtered_child()
+
+
+def _copy_up(
+    graph: BlockGraph, top: BlockNode, bottom: BlockNode | None, offset: int, length: int
+) -> None:
+    if top.content is None or length <= 0:
+        return
+    cluster = top.cluster_size
+    start = offset // cluster * cluster
+    end = min(-(-(offset + length) // cluster) * cluster, top.size_bytes)
+    first, last = sector_span(start, end - start)
+    below: list[Content] = []
+    for n in graph.backing_chain(top)[1:]:
+        if n.content is not None:
+            below.append(n.content)
+        if n is bottom:
+            break
+    own = top.content.read(first, last)
+    seen = read_through(below, first, last)
+    fill = np.where(own == 0, seen, 0)
+    if bottom is None:
+        fill = np.where((own == 0) & (seen == 0), ZERO_STAMP, fill)
+    if not bool(fill.any()):
+        return
+    top.content.write_stamps(first, fill.astype(own.dtype, copy=False))
 
 
 def read_stamps(graph: BlockGraph, root: BlockNode, offset: int, length: int) -> np.ndarray:

@@ -59,8 +59,7 @@ class BackupKind(JobDriver):
             self.successor: DirtyBitmap | None = succ
         else:
             self.successor = None
-        self.filter = insert_filter(graph, source, "copy-before-write", filter_name)
-        self.filter.target = target
+        self.filter = insert_filter(graph, source, "copy-before-write", filter_name, target)
         size = source.size_bytes
         self.done_map = DirtyBitmap(None, self.cluster, size, enabled=False)
         self.access_map = DirtyBitmap(None, self.cluster, size, enabled=False)

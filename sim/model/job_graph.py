@@ -23,10 +23,18 @@ def replace_node(graph: BlockGraph, old: BlockNode, new: BlockNode) -> None:
     graph.redirect(graph.parents(old), roots, new)
 
 
-def insert_filter(graph: BlockGraph, below: BlockNode, driver: str, name: str | None) -> BlockNode:
-    """Create a filter node above `below` and make it take `below`'s place."""
+def insert_filter(
+    graph: BlockGraph,
+    below: BlockNode,
+    driver: str,
+    name: str | None,
+    target: BlockNode | None = None,
+) -> BlockNode:
+    """Create a filter node above `below` (with its `target` child, if any, attached
+    first, as bdrv_cbw_append opens it) and make it take `below`'s place."""
     flt = graph.new_node(driver, below.size_bytes, name)
     flt.implicit = name is None and driver != "copy-before-write"
+    flt.target = target
     replace_node(graph, below, flt)
     if driver in ("mirror_top", "commit_top"):
         flt.backing = below

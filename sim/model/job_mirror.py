@@ -76,9 +76,15 @@ class MirrorKind(JobDriver):
     def start(self) -> None:
         """mirror_dirty_init: what must be copied before the job can be READY."""
         g = self.dirty.granularity
-        if self.zero_target:
+        if self.zero_target and not self.target.discard_unmap:
             self.dirty.bits.setall(1)
         elif self.sync != "none":
+            if self.zero_target:
+                # bdrv_can_write_zeroes_with_unmap(target): the target is zeroed first,
+                # then only what the source has allocated is copied
+                data = self.graph.data_node(self.target)
+                if data.content is not None:
+                    data.content.write_sectors(0, data.content.nsectors, 0)
             if self.commit_mode:
                 nodes = chain_nodes(self.graph, self.source, self.base)
             elif self.sync == "top":

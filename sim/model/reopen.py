@@ -130,19 +130,6 @@ def _prepare_file(
     entry.file = new
 
 
-def subtree(node: BlockNode) -> list[BlockNode]:
-    """`node` and every node below it (what bdrv_subtree_drained_begin drains)."""
-    out: list[BlockNode] = []
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        if any(n is o for o in out):
-            continue
-        out.append(n)
-        stack.extend(n.children())
-    return out
-
-
 def commit(graph: BlockGraph, entries: list[ReopenEntry]) -> None:
     """bdrv_reopen_commit for every entry, then the children nobody holds are closed."""
     dropped: list[BlockNode] = []

@@ -46,6 +46,7 @@ class BlockState:
         self.stamps = StampTable()
         self.jobs: list[Job] = []  # creation order; query output is newest first
         self.emit: Emit = emit if emit is not None else (lambda name, data: None)
+        self.graph.emit = lambda name, data: self.emit(name, data)
         self.warnings: list[str] = []
         self.graph.warn = self.warnings.append
         self.exports = ExportTable()  # block exports and the NBD server

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sim.engine.faults import blkdebug_faults
 from sim.errors import QMPError
 from sim.model import drain, reopen
 from sim.model.graph import QCOW2_CLUSTER, BlockNode, load_bitmaps
@@ -62,6 +63,10 @@ def _open(m: Machine, a: dict[str, Any], created: list[BlockNode]) -> BlockNode:
         if image is None:
             raise QMPError(f"Could not open '{a['filename']}': No such file or directory")
         node = g.new_node("file", image.size_bytes, name, image=image, read_only=read_only)
+    elif driver == "blkdebug":
+        node = _open_blkdebug(m, a, name, read_only, created)
+    elif driver == "copy-on-read":
+        node = _open_cor(m, a, name, read_only, created)
     elif driver == "null-co":
         size = a.get("size", NULL_CO_DEFAULT_SIZE)
         if size < 0:
@@ -70,6 +75,49 @@ def _open(m: Machine, a: dict[str, Any], created: list[BlockNode]) -> BlockNode:
     else:
         return _open_format(m, a, driver, name, read_only, unmap, created)
     created.append(node)
+    return node
+
+
+def _open_cor(
+    m: Machine, a: dict[str, Any], name: str | None, read_only: bool, created: list[BlockNode]
+) -> BlockNode:
+    """The copy-on-read filter (block/copy-on-read.c cor_open): reads through it
+    populate its child (sim.model.io.copy_on_read)."""
+    g = m.state.graph
+    file = _ref(m, a["file"], created)
+    bottom = None
+    if "bottom" in a:
+        bottom = g.node(a["bottom"])
+        if bottom is None:
+            raise QMPError(f"Bottom node '{a['bottom']}' not found")
+    node = g.new_node(
+        "copy-on-read", file.size_bytes, name, file=file, image=file.image, read_only=read_only
+    )
+    node.cor_active, node.cor_bottom = True, bottom
+    return node
+
+
+def _open_blkdebug(
+    m: Machine, a: dict[str, Any], name: str | None, read_only: bool, created: list[BlockNode]
+) -> BlockNode:
+    """blkdebug over a protocol node (how iotests put it under a qcow2 node): a filter
+    whose inject-error rules arm faults on it (sim.engine.faults.blkdebug_faults)."""
+    g = m.state.graph
+    # blkdebug is named before its driver opens the `image` child (bdrv_open_common,
+    # then blkdebug_open), unlike a format node, whose file child is opened first
+    node = g.new_node("blkdebug", 0, name, read_only=read_only)
+    try:
+        image = _ref(m, a["image"], created)
+        if image.driver != "file":
+            raise QMPError(f"blocksim does not model blkdebug over a '{image.driver}' node")
+        node.file, node.image, node.size_bytes = image, image.image, image.size_bytes
+        armed = blkdebug_faults(node, a)
+    except QMPError:
+        node.file = None
+        g.remove_node(node)
+        raise
+    for fault in armed:
+        m.faults.add(fault)
     return node
 
 
@@ -171,6 +219,6 @@ def _blockdev_reopen(m: Machine, a: dict[str, Any]) -> None:
     for options in a["options"]:
         entry = reopen.prepare(g, options)
         entries.append(entry)
-        drained.extend(reopen.subtree(entry.node))
+        drained.extend(g.subtree(entry.node))
     drain.drain(m.state, drained)
     reopen.commit(g, entries)

@@ -4,12 +4,17 @@ Parsing is sim.qmp.qemu_io's; this module follows its caller contract in
 QEMU's order (lookup, permission conflict, read-only refusal, then the I/O).  The QMP return is ""
 for everything qemu-io does, failures included; what qemu-io would print on
 QEMU's stdout is kept in `Machine.hmp_output` for the `--json` `output` field.
+An unknown HMP command answers QEMU's `unknown command: 'X'`; a real HMP
+command or qemu-io sub-command blocksim does not carry out (`info version`,
+`qemu-io D "aio_write ..."`) is refused with a "does not model" error, so a
+replay against QEMU's recorded answer reports a difference.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sim.errors import QMPError
 from sim.model import drain, io, perms
 from sim.model.content import ZERO_STAMP
 from sim.model.job_stream import StreamKind
@@ -23,6 +28,12 @@ if TYPE_CHECKING:
 @command("human-monitor-command")
 def _hmp(m: Machine, a: dict[str, Any]) -> str:
     cmd = qemu_io.parse_command_line(a["command-line"])
+    if cmd.op == "unsupported":
+        # QEMU would run it; answering "" would pass a comparison it never earned
+        raise QMPError(
+            f"blocksim does not model {cmd.detail} (modelled HMP: qemu-io read, write "
+            f"[-P|-z], discard, flush; unknown commands answer as QEMU does)"
+        )
     if cmd.target is None:
         m.hmp_output = cmd.output or None
         return cmd.reply
@@ -94,6 +105,8 @@ def run_io(m: Machine, bb: Any, root: Any, cmd: qemu_io.QemuIoCommand) -> str:
         res = io.write(m.state, bb, root, off, length, stamp)
         return cmd.output if res.ok else cmd.failed(res.error)
     if cmd.op == "read":
+        if 0 <= off and off + length <= root.size_bytes:
+            io.copy_on_read(graph, root, off, length)
         if cmd.pattern is None:
             res = io.guest_read(graph, root, off, length, None, m.state.stamps.patterns_of)
             return cmd.output if res.ok else cmd.failed(res.error)

@@ -373,6 +373,8 @@ def device_info(
     if node.driver == "qcow2" and node.backing is not None:
         # bdrv_block_device_info names the backing child's file, whatever the header says
         info["backing_file"] = node_filename(graph, node.backing)
+    if node.write_threshold:
+        info["write_threshold"] = node.write_threshold
     if node.bitmaps:
         info["dirty-bitmaps"] = [dirty_info(b) for b in node.bitmaps]
     return info
@@ -482,7 +484,8 @@ def final_state(m: Machine) -> dict[str, Any]:
                 "node-name": n.node_name,
                 "driver": n.driver,
                 "backing": n.backing.node_name if n.backing is not None else None,
-                "file": n.file.node_name if n.file is not None else None,
+                # blkdebug names its child `image`, not `file`, in the graph QEMU shows
+                "file": n.file.node_name if n.file is not None and n.driver != "blkdebug" else None,
                 "dirty-bitmaps": [final_bitmap(b) for b in n.bitmaps],
             }
         )

@@ -7,6 +7,7 @@ from sim.qmp import (  # noqa: F401
     cmd_blockdev,
     cmd_create,
     cmd_hmp,
+    cmd_image,
     cmd_job,
     cmd_nbd,
     cmd_query,

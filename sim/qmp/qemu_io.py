@@ -180,6 +180,17 @@ def _fast_path(line: str) -> QemuIoCommand | None:
 
 _SPACE = b" \t\n\v\f\r"
 # Every HMP command name (and alias) of this QEMU 7.2 build, from `help`.
+# `info` sub-commands of qemu-system-x86_64 7.2 (its `help info`).
+_INFO_COMMANDS = frozenset(
+    """balloon block block-jobs blockstats capture chardev cpus dirty_rate dump history
+    hotpluggable-cpus iothreads irq jit kvm lapic mem memdev memory-devices memory_size_summary
+    mice migrate migrate_capabilities migrate_parameters mtree name network numa opcount pci pic
+    profile qdm qom-tree qtree ramblock rdma registers replay rocker rocker-of-dpa-flows
+    rocker-of-dpa-groups rocker-ports roms sev sgx snapshots spice stats status sync-profile tlb
+    tpm trace-events usb usbhost usernet uuid vcpu_dirty_limit version virtio
+    virtio-queue-element virtio-queue-status virtio-status virtio-vhost-queue-status
+    vm-generation-id vnc""".split()
+)
 _HMP_COMMANDS = frozenset(
     """announce_self balloon block_job_cancel block_job_complete block_job_pause block_job_resume
     block_job_set_speed block_resize block_set_io_throttle block_stream boot_set calc_dirty_rate
@@ -270,6 +281,16 @@ def _parse_hmp(line: str) -> QemuIoCommand:
     name = _decode(s[start:end])
     if name not in _HMP_COMMANDS:
         return QemuIoCommand("hmp", reply=_hmp_text(f"unknown command: '{_decode(s[:end])}'\n"))
+    if name == "info":
+        sub_start = _skip_space(s, end)
+        sub_end = sub_start
+        while sub_end < len(s) and s[sub_end] not in _SPACE and s[sub_end] != 0x2F:
+            sub_end += 1
+        sub = _decode(s[sub_start:sub_end])
+        if sub and sub not in _INFO_COMMANDS:
+            reply = _hmp_text(f"unknown command: '{_decode(s[:sub_end])}'\n")
+            return QemuIoCommand("hmp", reply=reply)
+        return QemuIoCommand("unsupported", detail=f"HMP command 'info {sub}'".rstrip())
     if name != "qemu-io":
         return QemuIoCommand("unsupported", detail=f"HMP command {name!r}")
     try_help = _decode(s[:end])

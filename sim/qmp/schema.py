@@ -503,7 +503,23 @@ _QCOW2_ENCRYPTION = Union(
     "format",
     {"aes": members(("*key-secret", STR)), "luks": members(("*key-secret", STR))},
 )
-MODELLED_DRIVERS = ("file", "null-co", "qcow2", "raw")
+MODELLED_DRIVERS = ("blkdebug", "copy-on-read", "file", "null-co", "qcow2", "raw")
+_BLKDEBUG_EVENT = Enum("BlkdebugEvent", (
+    "l1_update", "l1_grow_alloc_table", "l1_grow_write_table", "l1_grow_activate_table",
+    "l2_load", "l2_update", "l2_update_compressed", "l2_alloc_cow_read", "l2_alloc_write",
+    "read_aio", "read_backing_aio", "read_compressed", "write_aio", "write_compressed",
+    "vmstate_load", "vmstate_save", "cow_read", "cow_write", "reftable_load", "reftable_grow",
+    "reftable_update", "refblock_load", "refblock_update", "refblock_update_part",
+    "refblock_alloc", "refblock_alloc_hookup", "refblock_alloc_write",
+    "refblock_alloc_write_blocks", "refblock_alloc_write_table", "refblock_alloc_switch_table",
+    "cluster_alloc", "cluster_alloc_bytes", "cluster_free", "flush_to_os", "flush_to_disk",
+    "pwritev_rmw_head", "pwritev_rmw_after_head", "pwritev_rmw_tail", "pwritev_rmw_after_tail",
+    "pwritev", "pwritev_zero", "pwritev_done", "empty_image_prepare", "l1_shrink_write_table",
+    "l1_shrink_free_l2_clusters", "cor_write", "cluster_alloc_space", "none",
+))  # fmt: skip
+_BLOCK_PERMISSION = Enum(
+    "BlockPermission", ("consistent-read", "write", "write-unchanged", "resize")
+)
 _BLOCKDEV_VARIANTS.update(
     file=members(
         ("filename", STR), ("*pr-manager", STR),
@@ -522,6 +538,22 @@ _BLOCKDEV_VARIANTS.update(
         ("*encrypt", _QCOW2_ENCRYPTION), ("*data-file", _BLOCKDEV_REF),
     ),
     raw=members(("file", _BLOCKDEV_REF), ("*offset", INT), ("*size", INT)),
+    **{"copy-on-read": members(("file", _BLOCKDEV_REF), ("*bottom", STR))},
+    blkdebug=members(
+        ("image", _BLOCKDEV_REF), ("*config", STR), ("*align", INT), ("*max-transfer", INT),
+        ("*opt-write-zero", INT), ("*max-write-zero", INT), ("*opt-discard", INT),
+        ("*max-discard", INT),
+        ("*inject-error", List(Struct("BlkdebugInjectErrorOptions", members(
+            ("event", _BLKDEBUG_EVENT), ("*state", INT),
+            ("*iotype", Enum("BlkdebugIOType", ("read", "write", "write-zeroes", "discard", "flush", "block-status"))),
+            ("*errno", INT), ("*sector", INT), ("*once", BOOL), ("*immediately", BOOL),
+        )))),
+        ("*set-state", List(Struct("BlkdebugSetStateOptions", members(
+            ("event", _BLKDEBUG_EVENT), ("*state", INT), ("new_state", INT),
+        )))),
+        ("*take-child-perms", List(_BLOCK_PERMISSION)),
+        ("*unshare-child-perms", List(_BLOCK_PERMISSION)),
+    ),
 )  # fmt: skip
 _BLOCKDEV_VARIANTS["null-co"] = members(
     ("*size", INT), ("*latency-ns", UINT64), ("*read-zeroes", BOOL)
