@@ -125,7 +125,7 @@ class GraphRules(_Base):
     @group("blockdev")
     @rule(c=choices())
     def blockdev_add(self, c: Choices) -> None:
-        if "blockapi" in self.enabled and c.boolean():
+        if "blockapi" in self.enabled and c.below(3) != 1:
             self.block_api(c)  # sim/fuzz/rules_blockapi.py: create, reopen, resize, ...
             return
         self.qmp("blockdev-add", self.blockdev_add_args(c))
