@@ -115,3 +115,29 @@ def test_triage_on_real_qemu_rewrites_the_index(tmp_path: Path) -> None:
         assert r["class"] in ("new", "artefact", "refused-by-qemu", "expected")
         if any(n.signature == r["signature"] for n in new):
             assert r["class_reason"], r  # every new failure was checked on QEMU
+
+
+def test_report_campaign_table_names_asked_and_done_apart_and_sorts_depths(
+    tmp_path: Path,
+) -> None:
+    from sim.report import _extra_tables, _TraceLinks
+
+    campaign_doc = {
+        "config": {"policies": ["qemu-7.2", "bb-attached"], "seed": 3, "examples": 100,
+                   "steps": 25, "shards": 4},
+        "examples": 97, "replays": 400, "rejected": 2, "steps": 2300, "stopped": "done",
+    }  # fmt: skip
+    coverage = {"graph-shapes": {"chain-depth": {"10": 1, "2": 5, "1": 9, "4-7": 2, "8+": 1}}}
+    (tmp_path / "campaign.json").write_text(json.dumps(campaign_doc))
+    (tmp_path / "coverage.json").write_text(json.dumps(coverage))
+    run = load_run(tmp_path)
+    tables = _extra_tables(run, _TraceLinks(run, tmp_path / "out"))
+    rows = dict((r[0], r[1]) for r in tables["campaign"][0][1].rows)
+    assert rows["examples asked"] == "100" and rows["examples generated"] == "97"
+    assert rows["steps per example (at most)"] == "25" and rows["steps run"] == "2300"
+    assert rows["runs replaying or shrinking"] == "400"
+    assert rows["policies"] == "qemu-7.2, bb-attached"
+    labels = [r[0] for r in tables["campaign"][0][1].rows]
+    assert len(labels) == len(set(labels))  # no two rows with the same name
+    depths = [r[1] for r in tables["coverage"][0][1].rows if r[0] == "chain-depth"]
+    assert depths == ["1", "2", "4-7", "8+", "10"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sim.report import style
 from sim.report.campaign_figs import (
@@ -156,7 +157,7 @@ def _extra_tables(run: RunFolder, links: _TraceLinks) -> dict[str, list[tuple[st
         rows = [
             [dim, value, str(n)]
             for dim, values in sorted(shapes.items())
-            for value, n in sorted(values.items())
+            for value, n in sorted(values.items(), key=lambda kv: _natural(kv[0]))
         ]
         extra["coverage"] = [
             ("Graph shapes reached (after a step)", Table(["dimension", "value", "steps"], rows))
@@ -172,16 +173,40 @@ def _extra_tables(run: RunFolder, links: _TraceLinks) -> dict[str, list[tuple[st
             ("Invariants evaluated", Table(["invariant", *kinds], rows))
         )
     if run.campaign:
-        keys = ("examples", "steps", "wall_s", "steps_per_s", "coverage_points", "stopped")
         cfg = run.campaign.get("config", {})
-        rows = [[k, str(cfg[k])] for k in ("policy", "seed", "steps") if k in cfg]
-        rows += [[k, str(run.campaign[k])] for k in keys if k in run.campaign]
+        asked = (
+            ("policy", "policy"), ("policies", "policies"), ("seed", "seed"),
+            ("examples", "examples asked"), ("steps", "steps per example (at most)"),
+            ("shards", "shards per policy"),
+        )  # fmt: skip
+        done = (
+            ("examples", "examples generated"), ("replays", "runs replaying or shrinking"),
+            ("rejected", "examples rejected as invalid"), ("steps", "steps run"),
+            ("wall_s", "wall time (s)"), ("steps_per_s", "steps/s"),
+            ("coverage_points", "coverage points"), ("stopped", "stopped"),
+            ("ran_on", "ran on"),
+        )  # fmt: skip
+        rows = [[label, _text(cfg[k])] for k, label in asked if k in cfg]
+        rows += [[label, _text(run.campaign[k])] for k, label in done if k in run.campaign]
         extra["campaign"] = [("Campaign (campaign.json)", Table(["", ""], rows))]
     if run.failures:
         extra.setdefault("campaign", []).append(
             ("Failures", failures_table(run.failures, links.href))
         )
     return extra
+
+
+def _natural(value: str) -> tuple[int, float, str]:
+    """Numbers in numeric order ("2" before "10", "4-7" before "8+"), then words."""
+    head = value.split("-")[0].rstrip("+")
+    try:
+        return (0, float(head), value)
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def _text(value: Any) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 __all__ = ["Report", "build_report", "load_run"]
