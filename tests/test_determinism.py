@@ -8,7 +8,22 @@ import sys
 import tempfile
 from typing import IO
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, SCENARIOS
+
+DIFFERENTIAL_SAMPLE = 100  # of the 1,000+ traces of scenarios/differential (time)
+
+
+def _paths() -> list[str]:
+    """Every scenario folder, and a fixed sample of the differential corpus."""
+    corpus = SCENARIOS / "differential"
+    paths = [
+        str(p.relative_to(ROOT))
+        for p in sorted(SCENARIOS.iterdir())
+        if p != corpus and (p.is_dir() or p.suffix == ".jsonl")
+    ]
+    sample = sorted(corpus.glob("*.jsonl"))[:DIFFERENTIAL_SAMPLE]
+    return paths + [str(p.relative_to(ROOT)) for p in sample]
+
 
 HASH_SEEDS = ("0", "1", "4242")
 
@@ -16,7 +31,7 @@ HASH_SEEDS = ("0", "1", "4242")
 def _start(hashseed: str, out: IO[bytes], err: IO[bytes]) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONHASHSEED=hashseed)
     return subprocess.Popen(
-        [sys.executable, "-m", "sim", "replay", "--json", "--invariants", "all", "scenarios"],
+        [sys.executable, "-m", "sim", "replay", "--json", "--invariants", "all", *_paths()],
         cwd=ROOT,
         env=env,
         stdout=out,

@@ -199,7 +199,9 @@ MUTANTS = [
 def _corpus() -> list[Path]:
     own = sorted((SCENARIOS / "checkers").glob("*.jsonl"))
     rest = sorted(p for p in SCENARIOS.rglob("*.jsonl") if p not in own)
-    return own + rest
+    # the large differential corpus (scenarios/differential) is searched last
+    last = SCENARIOS / "differential"
+    return own + [p for p in rest if last not in p.parents] + [p for p in rest if last in p.parents]
 
 
 @cache

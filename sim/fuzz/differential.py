@@ -587,6 +587,8 @@ def merge_summaries(folders: Sequence[str | Path]) -> Summary:
         merged.identical += data["identical"]
         merged.mismatching += data["mismatching"]
         merged.elapsed_s += data["elapsed_s"]
+        rate = data.get("diff_traces_per_minute") or 0
+        merged.diff_s += 60.0 * data["traces"] / rate if rate else 0.0
         merged.qemu_runs += data["qemu_runs"]
         merged.untestable += data.get("untestable", 0)
         merged.steps += data.get("steps", 0)

@@ -87,7 +87,9 @@ class BackupKind(JobDriver):
         bits = self.copy_map.bits
         if self.sync == "bitmap" and self.bitmap is not None:
             bits.setall(0)
-            bits |= bits_at_granularity(self.bitmap, self.cluster)
+            src = bits_at_granularity(self.bitmap, self.cluster)
+            n = min(len(src), len(bits))  # a protocol node's bitmap covers its host file
+            bits[:n] |= src[:n]
         elif self.sync == "top":
             bits.setall(0)
             mask = allocation_mask([self.source], self.source.size_bytes, self.cluster)
