@@ -21,10 +21,19 @@ def have_qemu() -> bool:
 
 
 def _wait_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    # The socket file appears at bind(), a moment before listen(): wait until a
+    # connection is accepted, not until the file exists.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists():
-            return
+            probe = socket.socket(socket.AF_UNIX)
+            try:
+                probe.connect(str(path))
+                return
+            except OSError:
+                pass
+            finally:
+                probe.close()
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         time.sleep(0.02)
