@@ -49,6 +49,17 @@ class Shadow:
             self.succ[lo:hi] = 1
 
 
+def _fit(bits: bitarray, nbits: int) -> bitarray:
+    """BITS cut or zero-padded to NBITS.  A bitmap on a protocol node covers its host
+    file while the backup job reading that node still copies its guest length, so the
+    job's copy map and the bitmap can differ in length (a known model difference)."""
+    if len(bits) == nbits:
+        return bits
+    out = bits[:nbits]
+    out.extend(_zeros(nbits - len(out)))
+    return out
+
+
 def _zeros(n: int) -> bitarray:
     bits = bitarray(n, endian="little")
     bits.setall(0)
@@ -143,7 +154,9 @@ class BitmapSoundness(StepChecker):
             if took_over:
                 kept = shadow.bits
                 if shadow.copy_map is not None:
-                    kept &= bits_at_granularity(shadow.copy_map, frozen.granularity)
+                    kept &= _fit(
+                        bits_at_granularity(shadow.copy_map, frozen.granularity), len(kept)
+                    )
                 else:
                     kept.setall(0)
                 shadow.bits = shadow.succ | kept
