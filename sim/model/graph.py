@@ -438,3 +438,19 @@ def _copy_bitmap(bm: DirtyBitmap, readonly: bool) -> DirtyBitmap:
     out.readonly = readonly
     out.stored = True
     return out
+
+
+def has_descendant(top: BlockNode, node: BlockNode) -> bool:
+    """Whether `node` is somewhere below `top` through any child (bdrv_recurse_has_child,
+    without `top` itself)."""
+    stack = list(top.children())
+    seen: set[int] = set()  # ids, for membership only (never iterated)
+    while stack:
+        n = stack.pop()
+        if n is node:
+            return True
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        stack.extend(n.children())
+    return False

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sim.errors import QMPError
-from sim.model.graph import BlockGraph, BlockNode
+from sim.model.graph import BlockGraph, BlockNode, has_descendant
 
 _KEEP: Any = object()
 
@@ -42,19 +42,6 @@ def _find_ref(graph: BlockGraph, name: str) -> BlockNode:
     if node is None:
         raise QMPError(f"Cannot find device='' nor node-name='{name}'")
     return node
-
-
-def _reaches(start: BlockNode, target: BlockNode) -> bool:
-    stack, seen = [start], set()
-    while stack:
-        n = stack.pop()
-        if n is target:
-            return True
-        if id(n) in seen:
-            continue
-        seen.add(id(n))
-        stack.extend(n.children())
-    return False
 
 
 def prepare(graph: BlockGraph, options: dict[str, Any]) -> ReopenEntry:
@@ -96,7 +83,7 @@ def _prepare_backing(
     new = _find_ref(graph, ref)
     if new is node.backing:
         return
-    if _reaches(new, node):
+    if new is node or has_descendant(new, node):
         raise QMPError(
             f"Making '{new.node_name}' a backing child of '{node.node_name}' would create a cycle"
         )

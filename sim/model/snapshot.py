@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from sim.errors import QMPError
 from sim.model import perms
 from sim.model.bitmap_ops import Undo
-from sim.model.graph import BlockGraph, BlockNode, id_wellformed
+from sim.model.graph import BlockGraph, BlockNode, has_descendant, id_wellformed
 from sim.model.host_file import host_file
 from sim.model.jobs import Job
 from sim.model.policy import PlacementPolicy
@@ -115,7 +115,7 @@ def blockdev_snapshot(
 
 def append(graph: BlockGraph, policy: PlacementPolicy, new: BlockNode, old: BlockNode) -> Undo:
     """bdrv_append(new, old): new backs onto old and replaces it in all its parents."""
-    if new is old or _reaches(old, new):
+    if new is old or has_descendant(old, new):
         raise QMPError(
             f"Making '{old.node_name}' a backing child of '{new.node_name}' would create a cycle"
         )
@@ -143,21 +143,6 @@ def append(graph: BlockGraph, policy: PlacementPolicy, new: BlockNode, old: Bloc
             bm.readonly, bm.stored = ro, stored
 
     return undo
-
-
-def _reaches(top: BlockNode, node: BlockNode) -> bool:
-    """Whether `node` is somewhere below `top` (bdrv_recurse_has_child)."""
-    stack = list(top.children())
-    seen: set[int] = set()  # ids, for membership only (never iterated)
-    while stack:
-        n = stack.pop()
-        if n is node:
-            return True
-        if id(n) in seen:
-            continue
-        seen.add(id(n))
-        stack.extend(n.children())
-    return False
 
 
 def _close_overlay(graph: BlockGraph, overlay: BlockNode) -> None:
