@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sim.check.observe import StepChecker, owners
+from sim.check.observe import BITMAP_COMMANDS, StepChecker, owners
 from sim.check.precision import job_write_nodes
 
 if TYPE_CHECKING:
@@ -36,12 +36,7 @@ ATOMIC_COMMANDS = frozenset(
         "blockdev-snapshot",
         "drive-backup",
         "blockdev-backup",
-        "block-dirty-bitmap-add",
-        "block-dirty-bitmap-remove",
-        "block-dirty-bitmap-clear",
-        "block-dirty-bitmap-enable",
-        "block-dirty-bitmap-disable",
-        "block-dirty-bitmap-merge",
+        *BITMAP_COMMANDS,
     }
 )
 LIVE = ("created", "running", "paused", "ready", "standby", "waiting", "pending", "aborting")
