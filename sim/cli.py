@@ -49,6 +49,16 @@ def collect_traces(paths: tuple[str, ...]) -> list[Path]:
     return out
 
 
+# `--junit FILE`, shared by replay and diff
+JUNIT_OPTION = click.option(
+    "--junit",
+    "junit_out",
+    default=None,
+    metavar="FILE",
+    help="Also write a JUnit XML report (one test case per trace) for CI.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="blocksim")
 def main() -> None:
@@ -109,13 +119,7 @@ def parse_invariants(value: str | None) -> list[str] | None:
     help="Also record each replay's timeline for `blocksim report`: DIR/timeline.json "
     "for one trace, DIR/timelines/NAME.json for several.",
 )
-@click.option(
-    "--junit",
-    "junit_out",
-    default=None,
-    metavar="FILE",
-    help="Also write a JUnit XML report (one test case per trace) for CI.",
-)
+@JUNIT_OPTION
 def replay(
     traces: tuple[str, ...],
     policy: str | None,
@@ -448,13 +452,7 @@ def record(trace: str, out: str | None, qemu: str | None) -> None:
     is_flag=True,
     help="One JSON object per trace (verdict and every difference) instead of text.",
 )
-@click.option(
-    "--junit",
-    "junit_out",
-    default=None,
-    metavar="FILE",
-    help="Also write a JUnit XML report (one test case per trace) for CI.",
-)
+@JUNIT_OPTION
 @click.option(
     "--campaign",
     type=click.IntRange(min=1),
