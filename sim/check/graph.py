@@ -31,6 +31,7 @@ FILTER_SLOTS = {
     "commit_top": ("backing", "file"),
     "copy-on-read": ("file", "backing"),
     "copy-before-write": ("file", "backing"),
+    "throttle": ("file", "backing"),
 }
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import simpy
 
 from sim.engine.faults import read_path
+from sim.engine.throttle import groups_on_path, throttled
 from sim.engine.timing import rate_limit_ns
 from sim.model import job_flow
 from sim.model.graph import BlockNode
@@ -173,9 +174,14 @@ def chunk_io(
     then the rest of what the job's `speed` asks for (block_job_ratelimit)."""
     env, rng = m.env, m.rng
     start = env.now
+    throttling = bool(m.state.throttle_groups)
     if source is not None:
+        if throttling and groups_on_path(source):
+            yield from throttled(m, groups_on_path(source), False, length)
         yield from m.device_of(source).io(env, length, rng)
     if write and target is not None:
+        if throttling and groups_on_path(target):
+            yield from throttled(m, groups_on_path(target), True, length)
         yield from m.device_of(target).io(env, length, rng)
     rest = rate_limit_ns(length, job.speed) - (env.now - start)
     if rest > 0:

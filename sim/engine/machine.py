@@ -69,6 +69,8 @@ class Machine:
             self.env, SCRATCH_DEVICE, DeviceTiming.from_header(None)
         )
         self.faults = faults.FaultTable()
+        # a FIFO per throttle group and direction (sim/engine/throttle.py)
+        self.throttle_queues: dict[tuple[Any, bool], simpy.Resource] = {}
         self.workloads: list[workload.Workload] = []
         self.io_log: list[workload.IoRecord] = []  # every workload request, in completion order
 

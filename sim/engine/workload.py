@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import simpy
 
 from sim.engine.faults import cbw_runs
+from sim.engine.throttle import groups_on_path, throttled
 from sim.engine.timing import NS_PER_S, Device
 from sim.errors import TraceError
 from sim.model import io
@@ -339,6 +340,10 @@ def guest_request(m: Machine, w: Workload, is_read: bool, offset: int) -> Proc:
                 copies = write_copies(m, root, offset, size)
             stamp = state.new_stamp(w.spec.fill)
             ok = io.write(state, bb, root, offset, size, stamp).ok
+    if root is not None and state.throttle_groups:
+        groups = groups_on_path(root)
+        if groups:
+            yield from throttled(m, groups, not is_read, size)
     for src, dst, n in copies:
         if src is not None:
             yield from src.io(env, n, m.rng)

@@ -4,7 +4,9 @@ blockdev-create (file and qcow2, valid and refused options) with the
 job-dismiss that every create job needs, blockdev-reopen (read-only toggles,
 backing replaced or detached, the options QEMU refuses), block_resize (with
 the bitmaps on the node growing and shrinking), change-backing-file,
-block-set-write-threshold, and HMP lines that are not qemu-io.
+block-set-write-threshold, copy-on-read and throttle filters (with
+object-add / qom-set / object-del of their throttle groups), and HMP lines
+that are not qemu-io.
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ BAD_RESIZE_SIZES = (-1, 1000)
 HMP_LINES = ("frobnicate", "info foo", "", "qemu-io")
 OPERATIONS = (
     "create_file", "create_qcow2", "add_created_image", "reopen", "resize",
-    "change_backing_file", "write_threshold", "hmp_other", "copy_on_read",
+    "change_backing_file", "write_threshold", "hmp_other", "copy_on_read", "throttle",
+)  # fmt: skip
+THROTTLE_LIMITS = (
+    {"iops-total": 100}, {"bps-total": MiB}, {"iops-read": 50, "iops-write": 20},
+    {"bps-write": MiB, "bps-write-max": 4 * MiB, "bps-write-max-length": 2},
+    {"iops-total": 100, "iops-size": 4096},
+)  # fmt: skip
+BAD_THROTTLE_LIMITS = (
+    {"iops-total": 100, "iops-read": 5}, {"bps-total-max": 100}, {"bps-total": -1},
+    {"iops-total": 10, "iops-total-max-length": 0}, {"iops-size": 512},
 )  # fmt: skip
 
 
@@ -179,3 +190,29 @@ class BlockApiRules(_Base):
         offset = c.between(0, 1023) * 65536 % max(self.size_of(file), 65536)
         self.qemu_io(name, f"read {offset} {c.pick(('4k', '64k', '1M'))}")
         self.qmp("blockdev-del", {"node-name": name})
+
+    def api_throttle(self, c: Choices) -> None:
+        """A throttle-group (valid or refused limits), a throttle filter over a qcow2
+        node in it, I/O through the filter, sometimes new limits by qom-set, then the
+        group deleted (while in use: refused) and the filter."""
+        group = self.fresh("tg")
+        limits = self.pick(c, THROTTLE_LIMITS, BAD_THROTTLE_LIMITS)
+        self.qmp("object-add", {"qom-type": "throttle-group", "id": group, "limits": limits})
+        name = self.fresh("thr")
+        args = {
+            "driver": "throttle",
+            "node-name": name,
+            "throttle-group": self.pick(c, [group], ("nosuch",)),
+            "file": self.pick(c, self.format_nodes(), ("nosuch",)),
+        }
+        added = "return" in self.qmp("blockdev-add", args).response
+        if added:
+            self.qemu_io(name, f"write -P 0x5a {c.between(0, 63) * 65536} 64k")
+        if c.rarely(3):
+            value = self.pick(c, THROTTLE_LIMITS, BAD_THROTTLE_LIMITS)
+            self.qmp("qom-set", {"path": group, "property": "limits", "value": value})
+        if c.boolean():
+            self.qmp("object-del", {"id": group})
+        if added:
+            self.qmp("blockdev-del", {"node-name": name})
+        self.qmp("object-del", {"id": group})

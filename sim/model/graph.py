@@ -21,7 +21,14 @@ from sim.model.bitmap import DirtyBitmap
 from sim.model.content import Content, new_content
 
 FORMAT_DRIVERS = ("qcow2", "raw")
-FILTER_DRIVERS = ("copy-before-write", "mirror_top", "commit_top", "copy-on-read", "blkdebug")
+FILTER_DRIVERS = (
+    "copy-before-write",
+    "mirror_top",
+    "commit_top",
+    "copy-on-read",
+    "blkdebug",
+    "throttle",
+)
 QCOW2_CLUSTER = 65536
 BACKING_ALLOWED_OPS = frozenset({"commit-target", "stream", "backup-source", "backup-target"})
 _NODE_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,31}\Z")  # id_wellformed, < 32 chars
@@ -75,6 +82,8 @@ class BlockNode:
     # the node below (`cor_bottom`: the lowest node copied from, None = all)
     cor_active: bool = False
     cor_bottom: BlockNode | None = None
+    # a throttle filter's group (sim.model.throttle.ThrottleGroup), shared by its members
+    throttle_group: Any = None
 
     @property
     def is_filter(self) -> bool:
@@ -88,7 +97,7 @@ class BlockNode:
         """The child a filter passes I/O to (`file` or `backing`, as in QEMU)."""
         if self.driver in ("mirror_top", "commit_top"):
             return self.backing
-        if self.driver in ("copy-before-write", "copy-on-read", "blkdebug"):
+        if self.driver in ("copy-before-write", "copy-on-read", "blkdebug", "throttle"):
             return self.file
         return None
 

@@ -16,6 +16,7 @@ from sim.model.exports import ExportTable
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode
 from sim.model.jobs import Job
 from sim.model.policy import PlacementPolicy, get_policy
+from sim.model.throttle import ThrottleGroup
 
 Emit = Callable[[str, dict[str, Any]], None]
 WriteObserver = Callable[[BlockBackend | None, BlockNode, int, int, int], None]
@@ -50,6 +51,8 @@ class BlockState:
         self.warnings: list[str] = []
         self.graph.warn = self.warnings.append
         self.exports = ExportTable()  # block exports and the NBD server
+        # the `throttle-group` objects of object-add (QOM /objects/<id>), by id
+        self.throttle_groups: dict[str, ThrottleGroup] = {}
         self._job_seq = 0
         # observers (checkers) of the guest I/O path (sim/model/io.py): every write,
         # zero-write and zeroing discard as (bb, root, offset, length, stamp); every

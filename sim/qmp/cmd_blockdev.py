@@ -67,6 +67,8 @@ def _open(m: Machine, a: dict[str, Any], created: list[BlockNode]) -> BlockNode:
         node = _open_blkdebug(m, a, name, read_only, created)
     elif driver == "copy-on-read":
         node = _open_cor(m, a, name, read_only, created)
+    elif driver == "throttle":
+        node = _open_throttle(m, a, name, read_only, created)
     elif driver == "null-co":
         size = a.get("size", NULL_CO_DEFAULT_SIZE)
         if size < 0:
@@ -94,6 +96,23 @@ def _open_cor(
         "copy-on-read", file.size_bytes, name, file=file, image=file.image, read_only=read_only
     )
     node.cor_active, node.cor_bottom = True, bottom
+    return node
+
+
+def _open_throttle(
+    m: Machine, a: dict[str, Any], name: str | None, read_only: bool, created: list[BlockNode]
+) -> BlockNode:
+    """The throttle filter (block/throttle.c throttle_open): its file child is opened
+    first, then it joins the group its `throttle-group` names (throttle_configure_tgm).
+    I/O through it waits as the group's limits say (sim/engine/throttle.py)."""
+    file = _ref(m, a["file"], created)
+    group = m.state.throttle_groups.get(a["throttle-group"])
+    if group is None:
+        raise QMPError(f"Throttle group '{a['throttle-group']}' does not exist")
+    node = m.state.graph.new_node(
+        "throttle", file.size_bytes, name, file=file, image=file.image, read_only=read_only
+    )
+    node.throttle_group = group
     return node
 
 

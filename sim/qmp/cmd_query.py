@@ -40,6 +40,7 @@ from sim.model.job_backup import BackupKind
 from sim.model.job_stream import StreamKind
 from sim.qmp.cmd_blockdev import NULL_CO_DEFAULT_SIZE
 from sim.qmp.dispatch import COMMANDS, command
+from sim.qmp.schema import qdict_order
 
 if TYPE_CHECKING:
     from sim.engine.machine import Machine
@@ -161,6 +162,8 @@ def node_filename(graph: BlockGraph, node: BlockNode) -> str:
     if node.driver == "copy-on-read" and not node.implicit and node.file is not None:
         options = {"driver": node.driver, "file": _open_options(graph, node.file)}
         return "json:" + json.dumps(options, sort_keys=True)
+    if node.driver == "throttle" and node.file is not None:
+        return "json:" + _qdict_json(_open_options(graph, node))
     node = _unfiltered(node)
     image = node_image(graph, node)
     if image is not None:
@@ -218,7 +221,23 @@ def _open_options(graph: BlockGraph, node: BlockNode) -> dict[str, Any]:
         return options
     if node.driver == "null-co" and node.size_bytes != NULL_CO_DEFAULT_SIZE:
         return {"driver": "null-co", "size": node.size_bytes}
+    if node.driver == "throttle" and node.file is not None:
+        return {
+            "throttle-group": node.throttle_group.name,
+            "driver": "throttle",
+            "file": _open_options(graph, node.file),
+        }
     return {"driver": node.driver}
+
+
+def _qdict_json(value: Any) -> str:
+    """What qobject_to_json writes for a QDict: members in QDict iteration order."""
+    if isinstance(value, dict):
+        inner = ", ".join(
+            f"{json.dumps(k)}: {_qdict_json(value[k])}" for k in qdict_order(list(value))
+        )
+        return "{" + inner + "}"
+    return json.dumps(value)
 
 
 def _null_co_filename(node: BlockNode) -> str:

@@ -10,6 +10,7 @@ from sim.qmp import (  # noqa: F401
     cmd_image,
     cmd_job,
     cmd_nbd,
+    cmd_object,
     cmd_query,
     transaction,
 )

@@ -125,12 +125,14 @@ def _is_int(value: object) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Scalar:
-    """A QAPI built-in: str, bool, int (int64), uint64 or uint32."""
+    """A QAPI built-in: str, bool, int (int64), uint64, uint32 or any."""
 
     kind: str
 
     def check(self, value: object, path: Path, name: str | None) -> Any:
         kind = self.kind
+        if kind == "any":
+            return value
         if kind == "str":
             if isinstance(value, str):
                 return value
@@ -503,7 +505,7 @@ _QCOW2_ENCRYPTION = Union(
     "format",
     {"aes": members(("*key-secret", STR)), "luks": members(("*key-secret", STR))},
 )
-MODELLED_DRIVERS = ("blkdebug", "copy-on-read", "file", "null-co", "qcow2", "raw")
+MODELLED_DRIVERS = ("blkdebug", "copy-on-read", "file", "null-co", "qcow2", "raw", "throttle")
 _BLKDEBUG_EVENT = Enum("BlkdebugEvent", (
     "l1_update", "l1_grow_alloc_table", "l1_grow_write_table", "l1_grow_activate_table",
     "l2_load", "l2_update", "l2_update_compressed", "l2_alloc_cow_read", "l2_alloc_write",
@@ -538,6 +540,7 @@ _BLOCKDEV_VARIANTS.update(
         ("*encrypt", _QCOW2_ENCRYPTION), ("*data-file", _BLOCKDEV_REF),
     ),
     raw=members(("file", _BLOCKDEV_REF), ("*offset", INT), ("*size", INT)),
+    throttle=members(("throttle-group", STR), ("file", _BLOCKDEV_REF)),
     **{"copy-on-read": members(("file", _BLOCKDEV_REF), ("*bottom", STR))},
     blkdebug=members(
         ("image", _BLOCKDEV_REF), ("*config", STR), ("*align", INT), ("*max-transfer", INT),
