@@ -27,7 +27,7 @@ from sim.engine.throttle import groups_on_path, throttled
 from sim.engine.timing import rate_limit_ns
 from sim.model import job_flow
 from sim.model.graph import BlockNode
-from sim.model.io import write_path
+from sim.model.io import note_job_write, write_path
 from sim.model.jobs import ACTIVE, ENDED, Job, JobStatus
 
 if TYPE_CHECKING:
@@ -123,6 +123,8 @@ def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
         failure = chunk_fault(m, job, offset, length) if m.faults else None
         if failure is None:
             kind.copy_chunk(offset, length)
+            if target is not None:
+                note_job_write(m.state.graph, target, offset, length)
             yield from chunk_io(m, job, source, target, length, write=True)
             continue
         is_read, errno = failure

@@ -31,6 +31,7 @@ HMP_LINES = ("frobnicate", "info foo", "", "qemu-io")
 OPERATIONS = (
     "create_file", "create_qcow2", "add_created_image", "reopen", "resize",
     "change_backing_file", "write_threshold", "hmp_other", "copy_on_read", "throttle",
+    "blockstats",
 )  # fmt: skip
 THROTTLE_LIMITS = (
     {"iops-total": 100}, {"bps-total": MiB}, {"iops-read": 50, "iops-write": 20},
@@ -216,3 +217,7 @@ class BlockApiRules(_Base):
         if added:
             self.qmp("blockdev-del", {"node-name": name})
         self.qmp("object-del", {"id": group})
+
+    def api_blockstats(self, c: Choices) -> None:
+        args = {} if c.boolean() else {"query-nodes": c.boolean()}
+        self.qmp("query-blockstats", args)

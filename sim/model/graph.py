@@ -18,6 +18,7 @@ from typing import Any
 
 from sim.errors import QMPError
 from sim.model.bitmap import DirtyBitmap
+from sim.model.blockstats import AcctStats
 from sim.model.content import Content, new_content
 
 FORMAT_DRIVERS = ("qcow2", "raw")
@@ -84,6 +85,12 @@ class BlockNode:
     cor_bottom: BlockNode | None = None
     # a throttle filter's group (sim.model.throttle.ThrottleGroup), shared by its members
     throttle_group: Any = None
+    # query-blockstats: the end of the highest write that reached the node; a protocol
+    # node a format driver wrote metadata to reports at least its file's length
+    wr_highest_offset: int = 0
+    host_written: bool = False
+    # raw `offset` / `size`: the guest sees [raw_offset, raw_offset + size) of its file
+    raw_offset: int = 0
 
     @property
     def is_filter(self) -> bool:
@@ -127,6 +134,7 @@ class BlockBackend:
     root: BlockNode | None
     bitmaps: list[DirtyBitmap] = field(default_factory=list)  # bb-attached policy only
     discard_unmap: bool = False
+    stats: AcctStats = field(default_factory=AcctStats)  # what query-blockstats shows
 
 
 class BlockGraph:

@@ -66,17 +66,23 @@ def guest_write(
     offset: int,
     length: int,
     stamp: int,
+    is_discard: bool = False,
 ) -> IOResult:
-    """Write `length` bytes at `offset` through `root`; stamp ZERO_STAMP for `-z`."""
+    """Write `length` bytes at `offset` through `root`; stamp ZERO_STAMP for `-z`
+    (and for a discard that unmaps, `is_discard`: it does not move the nodes'
+    `wr_highest_offset`)."""
     if offset < 0 or length < 0 or offset + length > root.size_bytes:
         return IO_ERROR
     if length == 0:
         return OK
+    end = offset + length
     if bb is not None:
         for bm in bb.bitmaps:
             bm.record_write(offset, length)
     node: BlockNode | None = root
     while node is not None:
+        if not is_discard and end > node.wr_highest_offset:
+            node.wr_highest_offset = end
         if node.write_threshold:
             check_write_threshold(graph, node, offset, length)
         for bm in node.bitmaps:
@@ -90,12 +96,36 @@ def guest_write(
             node.content.write(offset, length, stamp)
         proto = node.file
         if proto is not None:
+            if not is_discard:
+                note_protocol_write(node, proto, end)
             if proto.write_threshold:
                 check_write_threshold(graph, proto, offset, length)
             for bm in proto.bitmaps:
                 bm.record_write(offset, length)
         break
     return OK
+
+
+def note_protocol_write(data: BlockNode, proto: BlockNode, end: int) -> None:
+    """A write on `data` reached its protocol child: raw writes at the same offsets
+    (shifted by its `offset`), qcow2 somewhere in its file (data and metadata)."""
+    if data.driver == "qcow2":
+        proto.host_written = True
+    elif end + data.raw_offset > proto.wr_highest_offset:
+        proto.wr_highest_offset = end + data.raw_offset
+
+
+def note_job_write(graph: BlockGraph, target: BlockNode, offset: int, length: int) -> None:
+    """A job chunk written to `target`: the nodes on its write path see the request."""
+    end = offset + length
+    for node in write_path(graph, target):
+        if node.file is not None and not node.is_filter:
+            note_protocol_write(node, node.file, end)
+            if end > node.wr_highest_offset:
+                node.wr_highest_offset = end
+            break
+        if end > node.wr_highest_offset:
+            node.wr_highest_offset = end
 
 
 def check_write_threshold(graph: BlockGraph, node: BlockNode, offset: int, length: int) -> None:
@@ -120,7 +150,7 @@ def guest_discard(
         return IO_ERROR
     unmap = bb.discard_unmap if bb is not None else graph.data_node(root).discard_unmap
     if unmap and length:
-        return guest_write(graph, bb, root, offset, length, ZERO_STAMP)
+        return guest_write(graph, bb, root, offset, length, ZERO_STAMP, is_discard=True)
     return OK
 
 

@@ -40,7 +40,7 @@ from sim.model.job_backup import BackupKind
 from sim.model.job_stream import StreamKind
 from sim.qmp.cmd_blockdev import NULL_CO_DEFAULT_SIZE
 from sim.qmp.dispatch import COMMANDS, command
-from sim.qmp.schema import qdict_order
+from sim.qmp.schema import BOOL, members, qdict_order
 
 if TYPE_CHECKING:
     from sim.engine.machine import Machine
@@ -520,3 +520,87 @@ def final_state(m: Machine) -> dict[str, Any]:
         backends.append(entry)
     jobs = [j.query_jobs_entry() for j in reversed(m.state.jobs)]
     return {"nodes": nodes, "backends": backends, "jobs": jobs}
+
+
+# -- query-blockstats ----------------------------------------------------------------------
+
+_STAT_COUNTERS = (
+    "rd_bytes", "wr_bytes", "unmap_bytes", "rd_operations", "wr_operations",
+    "flush_operations", "unmap_operations", "rd_total_time_ns", "wr_total_time_ns",
+    "flush_total_time_ns", "unmap_total_time_ns", "wr_highest_offset", "rd_merged",
+    "wr_merged", "unmap_merged", "failed_rd_operations", "failed_wr_operations",
+    "failed_flush_operations", "failed_unmap_operations", "invalid_rd_operations",
+    "invalid_wr_operations", "invalid_flush_operations", "invalid_unmap_operations",
+)  # fmt: skip
+_ACCT_PREFIX = {"read": "rd", "write": "wr", "flush": "flush", "unmap": "unmap"}
+
+
+def _wr_highest_offset(graph: BlockGraph, node: BlockNode) -> int:
+    """bs->wr_highest_offset; a protocol node a qcow2 node wrote to: its file's length
+    (QEMU appends new clusters and metadata at the end of the file)."""
+    highest = node.wr_highest_offset
+    if node.host_written:
+        image = node_image(graph, node)
+        if image is not None:
+            highest = max(highest, host_file(graph, image).length_bytes)
+    return highest
+
+
+def _primary_child(node: BlockNode) -> BlockNode | None:
+    """bdrv_primary_child, or else the first data or filtered child."""
+    if node.is_filter:
+        return node.filtered_child()
+    return node.file
+
+
+def _node_stats(graph: BlockGraph, node: BlockNode | None, blk_level: bool) -> dict[str, Any]:
+    """bdrv_query_bds_stats: a node's BlockStats (only wr_highest_offset is the node's
+    own), with its primary child as `parent` and, at BlockBackend level, `backing`."""
+    stats: dict[str, Any] = dict.fromkeys(_STAT_COUNTERS, 0)
+    stats.update(timed_stats=[], account_invalid=False, account_failed=False)
+    out: dict[str, Any] = {"stats": stats}
+    if node is None:
+        return out
+    if blk_level:
+        node = skip_implicit(node)
+    out["node-name"] = node.node_name
+    stats["wr_highest_offset"] = _wr_highest_offset(graph, node)
+    if node.driver == "file":
+        # file-posix's discard counters; blocksim does not count discards there
+        out["driver-specific"] = {
+            "driver": "file", "discard-nb-ok": 0, "discard-nb-failed": 0, "discard-bytes-ok": 0,
+        }  # fmt: skip
+    child = _primary_child(node)
+    if child is not None:
+        out["parent"] = _node_stats(graph, child, blk_level)
+    if blk_level and node.backing is not None:
+        out["backing"] = _node_stats(graph, node.backing, blk_level)
+    return out
+
+
+def _blk_stats(stats: dict[str, Any], bb: BlockBackend, now_ns: int) -> None:
+    """bdrv_query_blk_stats: the BlockBackend's accounting over the node's counters."""
+    acct = bb.stats
+    for kind, prefix in _ACCT_PREFIX.items():
+        if kind in ("read", "write", "unmap"):
+            stats[f"{prefix}_bytes"] = acct.nr_bytes[kind]
+        stats[f"{prefix}_operations"] = acct.nr_ops[kind]
+        stats[f"failed_{prefix}_operations"] = acct.failed_ops[kind]
+        stats[f"{prefix}_total_time_ns"] = acct.total_time_ns[kind]
+    if acct.last_access_ns > 0:
+        stats["idle_time_ns"] = now_ns - acct.last_access_ns
+    stats["account_invalid"] = acct.account_invalid
+    stats["account_failed"] = acct.account_failed
+
+
+@command("query-blockstats", members(("*query-nodes", BOOL)))
+def _query_blockstats(m: Machine, a: dict[str, Any]) -> list[dict[str, Any]]:
+    graph = m.state.graph
+    if a.get("query-nodes", False):
+        return [_node_stats(graph, n, False) for n in graph.nodes]
+    out = []
+    for bb in graph.backends.values():
+        entry = _node_stats(graph, bb.root, True)
+        _blk_stats(entry["stats"], bb, m.now_ns)
+        out.append({"device": bb.name, **entry})
+    return out
