@@ -359,7 +359,7 @@ def guest_request(m: Machine, w: Workload, is_read: bool, offset: int) -> Proc:
     op = "read" if is_read else "write"
     if bb is not None:  # the device model accounts it (query-blockstats)
         now = int(env.now)
-        bb.stats.done(op, size, now - start, not ok, now)
+        bb.stats.done(op, size, now - int(start), not ok, now)
     if is_read:
         w.reads += 1
     else:
