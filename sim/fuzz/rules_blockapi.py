@@ -4,7 +4,8 @@ blockdev-create (file and qcow2, valid and refused options) with the
 job-dismiss that every create job needs, blockdev-reopen (read-only toggles,
 backing replaced or detached, the options QEMU refuses), block_resize (with
 the bitmaps on the node growing and shrinking), change-backing-file,
-block-set-write-threshold, copy-on-read and throttle filters (with
+block-set-write-threshold, raw windows (offset / size) over a raw file,
+copy-on-read and throttle filters (with
 object-add / qom-set / object-del of their throttle groups), and HMP lines
 that are not qemu-io.
 """
@@ -31,7 +32,7 @@ HMP_LINES = ("frobnicate", "info foo", "", "qemu-io")
 OPERATIONS = (
     "create_file", "create_qcow2", "add_created_image", "reopen", "resize",
     "change_backing_file", "write_threshold", "hmp_other", "copy_on_read", "throttle",
-    "blockstats",
+    "blockstats", "raw_window",
 )  # fmt: skip
 THROTTLE_LIMITS = (
     {"iops-total": 100}, {"bps-total": MiB}, {"iops-read": 50, "iops-write": 20},
@@ -221,3 +222,43 @@ class BlockApiRules(_Base):
     def api_blockstats(self, c: Choices) -> None:
         args = {} if c.boolean() else {"query-nodes": c.boolean()}
         self.qmp("query-blockstats", args)
+
+    def api_raw_window(self, c: Choices) -> None:
+        """A raw file created and opened, raw windows (offset / size, valid or refused)
+        over it, a write through one and a read of the whole file, then all deleted."""
+        image = self.fresh("win") + ".img"
+        job = self.fresh("cr")
+        self.qmp(
+            "blockdev-create",
+            {"job-id": job, "options": {"driver": "file", "filename": image, "size": 4 * MiB}},
+        )
+        self.run(
+            {"wait": {"event": "JOB_STATUS_CHANGE", "data": {"id": job, "status": "concluded"}}}
+        )
+        self.qmp("job-dismiss", {"id": job})
+        file = self.fresh("wf")
+        if (
+            "return"
+            not in self.qmp(
+                "blockdev-add", {"driver": "file", "filename": image, "node-name": file}
+            ).response
+        ):
+            return
+        windows = []
+        for _ in range(c.between(1, 3)):
+            name = self.fresh("rw")
+            args: dict[str, Any] = {"driver": "raw", "node-name": name, "file": file}
+            if c.boolean():
+                args["offset"] = self.pick(c, (0, 64 * 1024, MiB, 4 * MiB), (4 * MiB + 512, -1))
+            if c.boolean():
+                args["size"] = self.pick(c, (0, 512, MiB), (1000, 8 * MiB))
+            if "return" in self.qmp("blockdev-add", args).response:
+                windows.append(name)
+        if windows:
+            target = c.pick(windows)
+            self.qemu_io(target, f"write -P 0x6b {c.pick((0, 4096, MiB - 4096))} 8k")
+            if c.rarely(3):
+                self.qmp("block_resize", {"node-name": target, "size": 2 * MiB})
+        for name in windows:
+            self.qmp("blockdev-del", {"node-name": name})
+        self.qmp("blockdev-del", {"node-name": file})

@@ -448,3 +448,87 @@ def read_through(chain: list[Content], first_sector: int, end_sector: int) -> np
     for lo, hi, s in chain_extents(chain, first_sector, end_sector):
         out[lo - first_sector : hi - first_sector] = s
     return out
+
+
+class WindowContent(Content):
+    """A raw node's view of its file with `offset` / `size` (block/raw-format.c): the
+    sectors [first, first + nsectors) of `base`, the file's own content, at 0.  Writes
+    and reads go to `base` shifted; nothing is stored here."""
+
+    __slots__ = ("base", "first")
+
+    def __init__(self, base: Content, offset_bytes: int, size_bytes: int) -> None:
+        self.base = base
+        self.first = offset_bytes >> SECTOR_SHIFT
+        self.size_bytes = size_bytes
+        self.nsectors = -(-size_bytes // SECTOR)
+        self._derived = (-1, {})
+
+    @property  # type: ignore[override]
+    def version(self) -> int:  # the file's: a write through another node changes it too
+        return self.base.version
+
+    @version.setter
+    def version(self, value: int) -> None:
+        pass
+
+    def write(self, offset: int, length: int, stamp: int) -> None:
+        first, end = sector_span(offset, length)
+        self.write_sectors(first, end, stamp)
+
+    def write_sectors(self, first: int, end: int, stamp: int) -> None:
+        end = min(end, self.nsectors)
+        if first < end:
+            self.base.write_sectors(first + self.first, end + self.first, stamp)
+
+    def extents(self, first: int = 0, end: int | None = None) -> list[Extent]:
+        end = self.nsectors if end is None else min(end, self.nsectors)
+        shift = self.first
+        return [
+            (lo - shift, hi - shift, s)
+            for lo, hi, s in self.base.extents(first + shift, end + shift)
+        ]
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        starts, stamps = [0], [UNALLOCATED]
+        for lo, hi, s in self.extents():
+            if starts[-1] == lo:
+                stamps[-1] = s
+            else:
+                starts.append(lo)
+                stamps.append(s)
+            starts.append(hi)
+            stamps.append(UNALLOCATED)
+        if starts[-1] >= self.nsectors and len(starts) > 1:
+            starts.pop()
+            stamps.pop()
+        return np.array(starts, dtype=np.int64), np.array(stamps, dtype=np.int64)
+
+    def derived(self) -> dict[Any, Any]:
+        version, memo = self._derived
+        if version != self.version:
+            memo = {}
+            self._derived = (self.version, memo)
+        return memo
+
+    def stamp_at(self, sector: int) -> int:
+        return self.base.stamp_at(sector + self.first)
+
+    def allocated_runs(self) -> list[tuple[int, int]]:
+        runs: list[tuple[int, int]] = []
+        for lo, hi, _ in self.extents():
+            if runs and runs[-1][1] == lo:
+                runs[-1] = (runs[-1][0], hi)
+            else:
+                runs.append((lo, hi))
+        return runs
+
+    def resize(self, size_bytes: int) -> None:
+        self.size_bytes = size_bytes
+        self.nsectors = -(-size_bytes // SECTOR)
+
+    def clone(self) -> Content:
+        """A plain content holding what the window shows now."""
+        copy = Content(self.size_bytes)
+        copy.write_extents(self.extents())
+        return copy

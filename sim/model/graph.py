@@ -89,8 +89,16 @@ class BlockNode:
     # node a format driver wrote metadata to reports at least its file's length
     wr_highest_offset: int = 0
     host_written: bool = False
-    # raw `offset` / `size`: the guest sees [raw_offset, raw_offset + size) of its file
+    # raw `offset` / `size` as given (a window when offset is not 0 or size is given):
+    # the guest sees [raw_offset, raw_offset + size) of its file
+    raw_options: dict[str, int] = field(default_factory=dict)
     raw_offset: int = 0
+
+    @property
+    def raw_window(self) -> bool:
+        """raw_open: a raw node with an offset or a size has a data child, not a
+        filtered one (it unshares resize on its file and cannot be resized itself)."""
+        return bool(self.raw_offset) or "size" in self.raw_options
 
     @property
     def is_filter(self) -> bool:
@@ -387,11 +395,16 @@ class BlockGraph:
         self.images[filename] = image
         return image
 
-    def check_image_lock(self, image: Image, read_only: bool = False) -> None:
+    def check_image_lock(
+        self, image: Image, read_only: bool = False, raw_over: BlockNode | None = None
+    ) -> None:
         """file-posix image locking: a format node takes write (or, read-only, needs the
         write permission unshared) on its image; another writable format node on the
-        same image holds it (verified on QEMU 7.2)."""
+        same image holds it (verified on QEMU 7.2).  The lock belongs to the protocol
+        node: raw nodes over the same one (`raw_over`) share it."""
         for node in self.nodes:
+            if raw_over is not None and node.driver == "raw" and node.file is raw_over:
+                continue
             if node.image is image and node.is_format and not node.read_only:
                 raise QMPError(
                     'Failed to get shared "write" lock'

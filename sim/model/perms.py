@@ -181,6 +181,11 @@ def child_perms(
     if driver == "copy-on-read":
         perm, shared = _filter(perm, shared)
         return perm | WRITE_UNCHANGED, shared
+    if driver == "raw" and parent.raw_window:
+        # a data child (bdrv_default_perms_for_storage, then raw_child_perm): nobody else
+        # may resize the file; write and resize only if the raw node's users want them
+        perm, shared = _filter(perm, shared)
+        return perm, shared & ~RESIZE
     if parent.is_filter or driver == "raw":
         return _filter(perm, shared)
     if role == "backing":

@@ -42,7 +42,14 @@ def _propagate_up(graph: BlockGraph, node: BlockNode, size_bytes: int) -> None:
             if bb.root is n:
                 for bm in bb.bitmaps:
                     bm.resize(size_bytes)
-        for parent, _role in graph.parents(n):
+        for parent, role in graph.parents(n):
+            if parent.driver == "raw" and role == "file" and "size" not in parent.raw_options:
+                # raw_getlength: the file's length less the offset (bitmaps stay as they are)
+                parent.size_bytes = max(size_bytes - parent.raw_offset, 0)
+                if parent.raw_offset and parent.content is not None:
+                    parent.content.resize(parent.size_bytes)
+                stack.append(parent)
+                continue
             if parent.is_filter and parent.filtered_child() is n:
                 parent.size_bytes = size_bytes
                 for bm in parent.bitmaps:

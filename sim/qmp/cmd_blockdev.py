@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sim.engine.faults import blkdebug_faults
 from sim.errors import QMPError
 from sim.model import drain, reopen
+from sim.model.content import SECTOR, Content, WindowContent
 from sim.model.graph import QCOW2_CLUSTER, BlockNode, load_bitmaps
 from sim.model.snapshot import check_new_node_name
 from sim.qmp.dispatch import command
@@ -153,11 +154,16 @@ def _open_format(
     file = _ref(m, a["file"], created)
     image = file.image
     if image is not None:
-        g.check_image_lock(image, read_only)
+        g.check_image_lock(image, read_only, raw_over=file if driver == "raw" else None)
     if driver == "qcow2" and (image is None or image.format != "qcow2"):
         raise QMPError("Image is not in qcow2 format")
     content = image.content if image is not None else None
     size = image.size_bytes if image is not None else file.size_bytes
+    raw_options: dict[str, int] = {
+        k: a[k] for k in ("offset", "size") if driver == "raw" and k in a
+    }
+    if raw_options:
+        content, size = _raw_window(file, content, size, raw_options)
     node = g.new_node(
         driver,
         size,
@@ -169,6 +175,8 @@ def _open_format(
         discard_unmap=unmap,
         cluster_size=image.cluster_size if image is not None else QCOW2_CLUSTER,
     )
+    node.raw_options = raw_options
+    node.raw_offset = raw_options.get("offset", 0)
     load_bitmaps(node)
     created.append(node)  # before its backing: a failing backing open deletes it too
     if driver == "qcow2":
@@ -194,6 +202,40 @@ def _open_format(
             return node
         g.set_backing(node, _ref(m, backing, created))
     return node
+
+
+def _raw_window(
+    file: BlockNode, content: Content | None, length: int, options: dict[str, int]
+) -> tuple[Content | None, int]:
+    """raw_read_options and raw_apply_options: the window [offset, offset + size) of
+    the file (`length` bytes), checked as QEMU checks it; its content and size."""
+    for key in ("offset", "size"):
+        if options.get(key, 0) < 0:  # QemuOpts' size parser
+            raise QMPError(f"Parameter '{key}' expects a non-negative number below 2^64")
+    offset = options.get("offset", 0)
+    if offset > length:
+        raise QMPError(
+            f"Offset ({offset}) cannot be greater than size of the containing file ({length})"
+        )
+    size = options.get("size", length - offset)
+    if "size" in options and length - offset < size:
+        raise QMPError(
+            f"The sum of offset ({offset}) and size ({size}) has to be smaller or equal to "
+            f"the  actual size of the containing file ({length})"
+        )  # sic: two spaces
+    if "size" in options and size % SECTOR:
+        raise QMPError(f"Specified size is not multiple of {SECTOR}")
+    if offset % SECTOR:
+        raise QMPError(
+            f"blocksim does not model a raw offset that is not a multiple of {SECTOR} ({offset})"
+        )
+    if file.image is not None and file.image.format != "raw":
+        raise QMPError(
+            f"blocksim does not model a raw window over a '{file.image.format}' image file"
+        )
+    if content is None or (offset == 0 and size == length):
+        return content, size
+    return WindowContent(content, offset, size), size
 
 
 @command("blockdev-del")

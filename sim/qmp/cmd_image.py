@@ -23,15 +23,33 @@ SECTOR = 512
 
 
 def _resize_conflict(graph: BlockGraph, node: BlockNode) -> None:
-    """blk_new_with_bs(node, RESIZE, ALL): a format parent unshares resize on its file."""
+    """blk_new_with_bs(node, RESIZE, ALL): a format parent unshares resize on its file
+    (a raw node only when it is a window: otherwise its file is a filtered child); a
+    raw window passes the resize on to its own file, where the other windows and
+    format parents unshare it."""
+    if node.driver == "raw" and node.raw_window and node.file is not None:
+        file = node.file
+        for parent, role in reversed(graph.parents(file)):  # QEMU: newest parent first
+            if parent is not node and role == "file" and _unshares_resize(parent):
+                raise QMPError(
+                    f"Permission conflict on node '{file.node_name}': permissions 'resize' "
+                    f"are both required by node '{node.node_name}' (uses node "
+                    f"'{file.node_name}' as 'file' child) and unshared by node "
+                    f"'{parent.node_name}' (uses node '{file.node_name}' as 'file' child)."
+                )
+        return
     for parent, role in graph.parents(node):
-        if role == "file" and parent.is_format:
+        if role == "file" and _unshares_resize(parent):
             raise QMPError(
                 f"Permission conflict on node '{node.node_name}': permissions 'resize' are "
                 f"both required by an unnamed block device (uses node '{node.node_name}' as "
                 f"'root' child) and unshared by node '{parent.node_name}' (uses node "
                 f"'{node.node_name}' as 'file' child)."
             )
+
+
+def _unshares_resize(parent: BlockNode) -> bool:
+    return parent.is_format and (parent.driver != "raw" or parent.raw_window)
 
 
 @command("block_resize", members(("*device", STR), ("*node-name", STR), ("size", INT)))
@@ -47,6 +65,10 @@ def _block_resize(m: Machine, a: dict[str, Any]) -> None:
     _resize_conflict(g, node)
     if node.driver == "null-co":
         raise QMPError("Image format driver does not support resize")
+    if node.driver == "raw" and "size" in node.raw_options:
+        raise QMPError("Cannot resize fixed-size raw disks")  # raw_co_truncate
+    if node.driver == "raw" and node.raw_offset:
+        raise QMPError("blocksim does not model resizing a raw node with an offset")
     if node.is_filter:
         raise QMPError(f"blocksim does not model resizing a '{node.driver}' node")
     if node.read_only:

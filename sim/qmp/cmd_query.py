@@ -165,6 +165,8 @@ def node_filename(graph: BlockGraph, node: BlockNode) -> str:
     if node.driver == "throttle" and node.file is not None:
         return "json:" + _qdict_json(_open_options(graph, node))
     node = _unfiltered(node)
+    if node.raw_options and node.file is not None:  # raw's strong options: offset, size
+        return "json:" + _qdict_json(_open_options(graph, node))
     image = node_image(graph, node)
     if image is not None:
         if _backing_overridden(graph, node):
@@ -173,7 +175,8 @@ def node_filename(graph: BlockGraph, node: BlockNode) -> str:
     if node.driver == "null-co":
         return _null_co_filename(node)
     if node.driver == "raw" and node.file is not None:
-        # raw adds nothing to its child's name, unless that is json: then its own options
+        # raw adds nothing to its child's name, unless that is json or the node has its
+        # own strong options (offset, size): then its own options
         below = node_filename(graph, node.file)
         if not below.startswith("json:"):
             return below
@@ -215,6 +218,7 @@ def _open_options(graph: BlockGraph, node: BlockNode) -> dict[str, Any]:
         return {"driver": "file", "filename": node_filename(graph, node)}
     if node.is_format and node.file is not None:
         options: dict[str, Any] = {"driver": node.driver, "file": _open_options(graph, node.file)}
+        options.update(node.raw_options)
         if _backing_overridden(graph, node):
             below = _unfiltered(node.backing) if node.backing is not None else None
             options["backing"] = _open_options(graph, below) if below is not None else None

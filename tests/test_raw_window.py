@@ -1,0 +1,85 @@
+"""raw with offset / size: a window of its file (block/raw-format.c)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sim.model.content import Content, WindowContent
+from tests.helpers import io, qmp, responses, run_steps
+
+MiB = 1 << 20
+
+
+def _file() -> list[dict[str, Any]]:
+    return [
+        qmp("blockdev-create", **{"job-id": "c0",
+            "options": {"driver": "file", "filename": "w.img", "size": 4 * MiB}}),
+        {"advance": 0.01},
+        qmp("job-dismiss", id="c0"),
+        qmp("blockdev-add", driver="file", filename="w.img", **{"node-name": "fw"}),
+    ]  # fmt: skip
+
+
+def _window(name: str, **opts: int) -> dict[str, Any]:
+    return qmp("blockdev-add", driver="raw", **{"node-name": name, "file": "fw", **opts})
+
+
+def test_window_writes_land_at_the_offset_and_stop_at_the_size() -> None:
+    r = run_steps(
+        [*_file(), _window("r1", offset=MiB, size=MiB), _window("all"),
+         io("write -P 0x11 0 64k", "r1"), io("write -P 0x12 1M 512", "r1"),
+         io("read -P 0x11 1M 64k", "all"), io("read -P 0 0 64k", "all"),
+         io("read -P 0 2M 512", "all")]
+    )  # fmt: skip
+    assert all("return" in s.response for s in r.steps if "execute" in s.command)
+    outputs = [s.output for s in r.steps[-5:]]
+    assert outputs[1] is not None and "write failed: Input/output error" in outputs[1]
+    assert "Pattern verification failed" not in "".join(o or "" for o in outputs[2:])
+    image = r.machine.state.graph.images["w.img"]
+    assert image.content.stamp_at(MiB // 512) != 0 and image.content.stamp_at(0) == 0
+
+
+def test_window_size_and_queries() -> None:
+    r = run_steps(
+        [*_file(), _window("r1", offset=3 * MiB), _window("r2", size=MiB),
+         qmp("query-named-block-nodes", flat=True), qmp("block_resize", **{"node-name": "r2",
+             "size": 2 * MiB}), qmp("blockdev-del", **{"node-name": "r1"}),
+         qmp("block_resize", **{"node-name": "r2", "size": 2 * MiB})]
+    )  # fmt: skip
+    nodes = {n["node-name"]: n for n in responses(r)[-4]["return"]}
+    assert nodes["r1"]["image"]["virtual-size"] == MiB
+    assert nodes["r2"]["image"]["virtual-size"] == MiB
+    assert '"offset": 3145728' in nodes["r1"]["image"]["filename"]
+    # a window unshares resize on the file for the others; alone, a fixed size refuses it
+    assert "unshared by node 'r1'" in responses(r)[-3]["error"]["desc"]
+    assert responses(r)[-1]["error"]["desc"] == "Cannot resize fixed-size raw disks"
+
+
+def test_window_refusals() -> None:
+    r = run_steps(
+        [*_file(), _window("b0", offset=4 * MiB + 1), _window("b1", size=1000),
+         _window("b2", offset=512, size=4 * MiB), _window("b3", offset=-1),
+         _window("b4", offset=100)]
+    )  # fmt: skip
+    descs = [resp["error"]["desc"] for resp in responses(r)[-5:]]
+    assert (
+        descs[0] == "Offset (4194305) cannot be greater than size of the containing file (4194304)"
+    )
+    assert descs[1] == "Specified size is not multiple of 512"
+    assert descs[2].startswith("The sum of offset (512) and size (4194304)")
+    assert descs[3] == "Parameter 'offset' expects a non-negative number below 2^64"
+    assert descs[4].startswith("blocksim does not model a raw offset")
+
+
+def test_window_content_shifts_and_clones() -> None:
+    base = Content(8 * MiB)
+    win = WindowContent(base, MiB, 2 * MiB)
+    win.write(0, 4096, 7)
+    win.write(2 * MiB - 512, 4096, 8)  # clipped at the window's end
+    assert base.extents() == [(2048, 2056, 7), (6143, 6144, 8)]
+    assert win.extents() == [(0, 8, 7), (4095, 4096, 8)]
+    starts, stamps = win.arrays()
+    assert starts.tolist() == [0, 8, 4095] and stamps.tolist() == [7, 0, 8]
+    copy = win.clone()
+    base.write(MiB, 512, 9)
+    assert copy.stamp_at(0) == 7 and win.stamp_at(0) == 9
