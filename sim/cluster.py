@@ -34,6 +34,19 @@ from typing import Any
 TOPIC = "blocksim-progress"
 EventHandler = Callable[[dict[str, Any]], None]
 
+# What a LocalCluster leaves out: each of these wakes every process of the cluster
+# (workers, and the coordinator holding scheduler and nannies) on its own timer, and
+# with two workers on two cores every wake-up is taken from a shard.  Off: the
+# statistical profiler (a stack sample of the running shard every 10 ms, for the
+# dashboard, which is off) and the GIL monitor; slower: the event-loop health tick
+# (every 20 ms) and the system monitor (every 500 ms; memory_limit=0 needs no samples).
+QUIET_CLUSTER = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.system-monitor.gil.enabled": False,
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.admin.tick.interval": "500ms",
+}
+
 _local = threading.local()  # the handler of the task running in this thread, in-process
 
 
@@ -103,7 +116,10 @@ class Runner:
 
         if self.scheduler is not None:
             self.client = Client(self.scheduler, timeout="20s")
-        else:
+            return self
+        import dask
+
+        with dask.config.set(QUIET_CLUSTER):
             self._cluster = LocalCluster(
                 n_workers=self.workers,
                 threads_per_worker=1,
@@ -116,10 +132,10 @@ class Runner:
                 silence_logs=logging.CRITICAL,
                 memory_limit=0,  # the fuzzer bounds its own memory
             )
-            self.client = Client(self._cluster)
-            # Ctrl-C in a terminal reaches every process of the group: the workers leave
-            # it to the coordinator, which cancels their tasks and closes the cluster
-            self.client.register_plugin(_ignore_interrupts(), name="blocksim-ignore-sigint")
+        self.client = Client(self._cluster)
+        # Ctrl-C in a terminal reaches every process of the group: the workers leave
+        # it to the coordinator, which cancels their tasks and closes the cluster
+        self.client.register_plugin(_ignore_interrupts(), name="blocksim-ignore-sigint")
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -55,6 +55,20 @@ def test_plan_shards_splits_examples_and_interleaves_policies() -> None:
     assert all(s.config.out is None and not s.config.database for s in specs)
 
 
+def test_campaign_json_has_one_layout_for_one_process_and_for_shards() -> None:
+    from sim.fuzz.campaign import CampaignResult
+    from sim.fuzz.shards import ShardedResult
+
+    single = list(CampaignResult(config()).summary())
+    sharded = list(ShardedResult([config()], 2, "this process").summary())
+    common = [k for k in single if k in sharded]
+    # what both say stands first, in the same order; then what is each runner's own
+    assert single[: len(common)] == sharded[: len(common)] == common
+    assert {"stopped", "examples", "replays", "steps_per_s", "failures"} <= set(common)
+    assert set(single) - set(common) == {"rounds", "muted"}
+    assert set(sharded) - set(common) == {"ran_on", "incidents", "shard_results"}
+
+
 def test_local_cluster_campaign_equals_the_shards_run_one_by_one(tmp_path: Path) -> None:
     # the first seed whose shards find two distinct failures (which seed does depends on
     # the fuzzer's rules; the search is deterministic)

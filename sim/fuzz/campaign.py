@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hypothesis import HealthCheck, Phase, Verbosity, reject, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
@@ -116,22 +116,52 @@ class CampaignResult:
     def summary(self) -> dict[str, Any]:
         cfg = asdict(self.config)
         cfg["out"] = str(self.config.out) if self.config.out is not None else None
-        return {
-            "config": cfg,
-            "stopped": self.stopped,
-            "rounds": self.rounds,
-            "examples": self.examples,
-            "rejected": self.rejected,
-            "replays": self.replays,
-            "steps": self.steps,
-            "wall_s": round(self.wall_s, 3),
-            "steps_per_s": round(self.steps / self.wall_s, 1) if self.wall_s else 0.0,
-            "coverage_points": self.coverage.points,
-            "muted": self.muted,
-            "duplicates": self.duplicates,
-            "warnings": self.warnings,
-            "failures": [f.to_json() for f in self.failures],
-        }
+        return run_summary(cfg, self, rounds=self.rounds, muted=self.muted)
+
+
+class RunTotals(Protocol):
+    """What a finished run (one process, or shards merged) counted."""
+
+    stopped: str
+    examples: int
+    rejected: int
+    replays: int
+    steps: int
+    wall_s: float
+    coverage: Coverage
+    duplicates: int
+    warnings: list[str]
+    failures: list[ExportRecord]
+
+
+def throughput(
+    examples: int, rejected: int, replays: int, steps: int, wall_s: float
+) -> dict[str, Any]:
+    """What ran and how fast, as campaign.json says it for a run and for each shard."""
+    return {
+        "examples": examples,
+        "rejected": rejected,
+        "replays": replays,
+        "steps": steps,
+        "wall_s": round(wall_s, 3),
+        "steps_per_s": round(steps / wall_s, 1) if wall_s else 0.0,
+    }
+
+
+def run_summary(config: dict[str, Any], run: RunTotals, **specific: Any) -> dict[str, Any]:
+    """campaign.json, whoever ran the campaign: its configuration, how it ended, what
+    ran, coverage and failures, then what is specific to the runner (`specific`, in
+    the order given).  The key order is part of the file's bytes."""
+    return {
+        "config": config,
+        "stopped": run.stopped,
+        **throughput(run.examples, run.rejected, run.replays, run.steps, run.wall_s),
+        "coverage_points": run.coverage.points,
+        "duplicates": run.duplicates,
+        "warnings": run.warnings,
+        "failures": [f.to_json() for f in run.failures],
+        **specific,
+    }
 
 
 class Campaign:
@@ -336,10 +366,7 @@ class Campaign:
 
     def failure_counts(self) -> dict[str, int]:
         """Failures exported so far, by kind (the coverage series' `failures`)."""
-        counts: dict[str, int] = {}
-        for record in self.result.failures:
-            counts[record.kind] = counts.get(record.kind, 0) + 1
-        return counts
+        return counts_by_kind(self.result.failures)
 
     # -- output ----------------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -572,6 +599,14 @@ def runs_note(replays: int, rejected: int) -> str:
     parts = [f"+{replays} runs replaying or shrinking"] if replays else []
     parts += [f"{rejected} rejected as invalid"] if rejected else []
     return f" ({', '.join(parts)})" if parts else ""
+
+
+def counts_by_kind(records: list[ExportRecord]) -> dict[str, int]:
+    """How many failures of each kind (the coverage series' `failures`)."""
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.kind] = counts.get(record.kind, 0) + 1
+    return counts
 
 
 def by_class(records: list[ExportRecord]) -> list[ExportRecord]:

@@ -45,7 +45,16 @@ from pathlib import Path
 from typing import Any
 
 from sim.cluster import Runner, TaskLost, emit
-from sim.fuzz.campaign import Campaign, CampaignConfig, by_class, failure_lines, runs_note
+from sim.fuzz.campaign import (
+    Campaign,
+    CampaignConfig,
+    by_class,
+    counts_by_kind,
+    failure_lines,
+    run_summary,
+    runs_note,
+    throughput,
+)
 from sim.fuzz.coverage import Coverage
 from sim.fuzz.export import ExportRecord, PreparedFailure, atomic_write_json, prepare_failure
 from sim.fuzz.failures import FuzzFailure
@@ -233,34 +242,25 @@ class ShardedResult:
 
     def summary(self) -> dict[str, Any]:
         first = self.configs[0]
-        return {
-            "config": {
-                "policies": [c.policy for c in self.configs],
-                "invariants": first.invariant_names(),
-                "examples": first.examples,
-                "steps": first.steps,
-                "seed": first.seed,
-                "shards": self.shards,
-                "groups": list(first.groups) if first.groups is not None else None,
-                "mute": list(first.mute),
-                "time_budget_s": first.time_budget_s,
-                "shrink": first.shrink,
-            },
-            "ran_on": self.where,
-            "stopped": self.stopped,
-            "examples": self.examples,
-            "rejected": self.rejected,
-            "replays": self.replays,
-            "steps": self.steps,
-            "wall_s": round(self.wall_s, 3),
-            "steps_per_s": round(self.steps / self.wall_s, 1) if self.wall_s else 0.0,
-            "coverage_points": self.coverage.points,
-            "duplicates": self.duplicates,
-            "incidents": self.incidents,
-            "warnings": self.warnings,
-            "failures": [f.to_json() for f in self.failures],
-            "shard_results": sorted(self.shard_rows, key=lambda r: (r["index"], r["policy"])),
+        config = {
+            "policies": [c.policy for c in self.configs],
+            "invariants": first.invariant_names(),
+            "examples": first.examples,
+            "steps": first.steps,
+            "seed": first.seed,
+            "shards": self.shards,
+            "groups": list(first.groups) if first.groups is not None else None,
+            "mute": list(first.mute),
+            "time_budget_s": first.time_budget_s,
+            "shrink": first.shrink,
         }
+        return run_summary(
+            config,
+            self,
+            ran_on=self.where,
+            incidents=self.incidents,
+            shard_results=sorted(self.shard_rows, key=lambda r: (r["index"], r["policy"])),
+        )
 
 
 class ShardedCampaign:
@@ -373,12 +373,7 @@ class ShardedCampaign:
             {
                 "policy": res.policy,
                 "index": res.index,
-                "examples": res.examples,
-                "replays": res.replays,
-                "rejected": res.rejected,
-                "steps": res.steps,
-                "wall_s": round(res.wall_s, 3),
-                "steps_per_s": round(res.steps / res.wall_s, 1) if res.wall_s else 0.0,
+                **throughput(res.examples, res.rejected, res.replays, res.steps, res.wall_s),
                 "failures": len(res.failures),
                 "stopped": res.stopped,
             }
@@ -435,10 +430,7 @@ class ShardedCampaign:
         self._write()
 
     def _failure_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for record in self.result.failures:
-            counts[record.kind] = counts.get(record.kind, 0) + 1
-        return counts
+        return counts_by_kind(self.result.failures)
 
     def _write(self) -> None:
         atomic_write_json(
