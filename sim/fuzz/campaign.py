@@ -211,7 +211,14 @@ class Campaign:
         if known is None or len(failure.steps) <= len(known[0].steps):
             self.pending[key] = (failure, False)
 
-    def example_finished(self, machine: MachineCore) -> float:
+    def example_finished(self, machine: MachineCore) -> float | None:
+        """Count the example; its coverage rarity for `hypothesis.target` while
+        Hypothesis generates, None while it shrinks or replays.
+
+        A target observation only steers generation (the target phase climbs from the
+        best generated example), but Hypothesis files every observed example into its
+        Pareto front, which compares it choice by choice with the front's entries:
+        observed on shrink runs, that took a third of a campaign that shrinks."""
         if not self._generating:
             self.result.replays += 1
             self._round_replays += 1
@@ -232,7 +239,7 @@ class Campaign:
         budget = self.config.time_budget_s
         if budget is not None and wall >= budget:
             raise CampaignStop("time budget spent")
-        return self.coverage.example_rarity()
+        return self.coverage.example_rarity() if self._generating else None
 
     # -- running -------------------------------------------------------------------------------
     def run(self) -> CampaignResult:

@@ -126,7 +126,7 @@ class FuzzObserver(Protocol):
 
     def failure_seen(self, failure: FuzzFailure) -> None: ...
 
-    def example_finished(self, machine: MachineCore) -> float: ...
+    def example_finished(self, machine: MachineCore) -> float | None: ...
 
 
 def supported_groups() -> frozenset[str]:
@@ -308,7 +308,10 @@ class MachineCore(RuleBasedStateMachine):
             try:
                 if self.observer is not None:
                     # push generation towards examples that reach rarely seen coverage
-                    target(self.observer.example_finished(self), label="coverage rarity")
+                    # (None: a shrink or replay run, which generation never learns from)
+                    score = self.observer.example_finished(self)
+                    if score is not None:
+                        target(score, label="coverage rarity")
             finally:
                 # Hypothesis keeps failing examples' exceptions, whose tracebacks
                 # reach this object: drop the simulated machine (disk contents, MBs)
