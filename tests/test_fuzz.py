@@ -288,7 +288,7 @@ def test_coverage_json(tmp_path: Path, fake_checker: str) -> None:
 
 def test_interrupt_keeps_failures_and_coverage(tmp_path: Path, fake_checker: str) -> None:
     class Interrupted(Campaign):
-        def example_finished(self, machine: Any) -> float:
+        def example_finished(self, machine: Any) -> float | None:
             score = super().example_finished(machine)
             if self.pending:
                 raise KeyboardInterrupt
@@ -435,3 +435,20 @@ def test_the_corpus_replays() -> None:
     checks = fc.replay_corpus(folder)
     assert checks
     assert not [c for c in checks if c.status == "error"], checks
+
+
+def test_public_face_names_what_users_need_with_docstrings() -> None:
+    import sim.fuzz as fuzz
+
+    assert {"BlockMachine", "run_campaign", "CampaignConfig", "FuzzFailure"} <= set(fuzz.__all__)
+    for name in fuzz.__all__:
+        value = getattr(fuzz, name)
+        if not isinstance(value, str):
+            assert (value.__doc__ or "").strip(), name
+            assert value.__module__.startswith("sim.fuzz."), name
+    from sim.fuzz.machine import BlockMachine
+
+    assert fuzz.BlockMachine is BlockMachine
+    with pytest.raises(AttributeError):
+        fuzz.no_such_name  # noqa: B018
+    assert sorted(fuzz.__all__) == sorted(fuzz._HOME)
