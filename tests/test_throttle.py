@@ -148,3 +148,11 @@ def test_blockapi_fuzz_operations_run_clean(op: str) -> None:
                 commands.add(outcome.command.get("execute", ""))
     expected = {"throttle": "object-add", "raw_window": "blockdev-add"}.get(op, "query-blockstats")
     assert expected in commands, commands
+
+
+def test_a_refusal_against_a_recorded_answer_is_a_difference() -> None:
+    """What blocksim does not model never passes a replay of QEMU's answer."""
+    step = qmp("object-add", **{"qom-type": "iothread", "id": "io0"})
+    step["expect"] = {"return": {}}
+    r = run_steps([step])
+    assert r.mismatches and "blocksim does not model qom-type 'iothread'" in str(r.steps[0].response)

@@ -12,6 +12,7 @@ from sim.qmp import (  # noqa: F401
     cmd_nbd,
     cmd_object,
     cmd_query,
+    introspect,
     transaction,
 )
 from sim.qmp.dispatch import unhandled
