@@ -155,4 +155,6 @@ def test_a_refusal_against_a_recorded_answer_is_a_difference() -> None:
     step = qmp("object-add", **{"qom-type": "iothread", "id": "io0"})
     step["expect"] = {"return": {}}
     r = run_steps([step])
-    assert r.mismatches and "blocksim does not model qom-type 'iothread'" in str(r.steps[0].response)
+    assert r.mismatches and "blocksim does not model qom-type 'iothread'" in str(
+        r.steps[0].response
+    )
