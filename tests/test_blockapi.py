@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from sim.engine.machine import Machine
 from sim.qmp.dispatch import Monitor
 
@@ -222,26 +224,22 @@ def test_blkdebug_rules_arm_faults_and_unmodelled_rules_are_refused() -> None:
             }
         )
 
-    refused = add({"event": "flush_to_disk"})
-    assert "does not model blkdebug event 'flush_to_disk'" in refused["error"]["desc"]
+    refused = add({"event": "l2_update"})
+    assert "does not model blkdebug event 'l2_update'" in refused["error"]["desc"]
     assert m.state.graph.node("dbg") is None and m.state.graph.node("sf") is None
     assert (
-        "set-state"
+        "event 'none'"
         in add({"event": "read_aio"}, **{"set-state": [{"event": "none", "new_state": 2}]})[
             "error"
         ]["desc"]
     )
     assert "errno 7" in add({"event": "read_aio", "errno": 7})["error"]["desc"]
     assert "return" in add({"event": "read_aio", "errno": 28, "sector": 8, "once": True})
-    (fault,) = m.faults.faults
-    assert (
-        fault.node.node_name,
-        fault.op,
-        fault.errno,
-        fault.offset,
-        fault.length,
-        fault.remaining,
-    ) == ("dbg", "read", "ENOSPC", 4096, 512, 1)
+    ((node, debug),) = m.faults.blkdebug.items()
+    (rule,) = debug.rules["read_aio"]
+    assert (node.node_name, rule.action, rule.errno, rule.offset, rule.once, debug.state) == (
+        "dbg", "inject-error", "ENOSPC", 4096, True, 1
+    )  # fmt: skip
 
 
 def test_blockapi_fuzz_group_runs_the_block_api(tmp_path: Any) -> None:
@@ -261,3 +259,30 @@ def test_blockapi_fuzz_group_runs_the_block_api(tmp_path: Any) -> None:
            "block-set-write-threshold", "job-dismiss")  # fmt: skip
     succeeded = [c for c in api if seen.get(c, {}).get("return", 0) > 0]
     assert succeeded, {c: seen.get(c) for c in api}  # which ones depends on the draws
+
+
+@pytest.mark.parametrize("op", ["throttle", "raw_window", "blockstats", "blkdebug"])
+def test_blockapi_fuzz_operations_run_clean(op: str) -> None:
+    """The blockapi fuzz operations of this module's features, over many seeded
+    choice strings, with every checker: no internal error, no violation."""
+    import random
+
+    from sim.fuzz.choices import Choices
+    from sim.fuzz.machine import BlockMachine
+    from tests.helpers import DRIVE0
+
+    rng = random.Random(op)
+    commands: set[str] = set()
+    for _ in range(12):
+        fm = BlockMachine()
+        fm.open([dict(DRIVE0)], 0)
+        for _ in range(3):
+            getattr(fm, "api_" + op)(Choices(bytes(rng.randrange(256) for _ in range(24))))
+        assert not fm.replayer.monitor.internal_errors
+        for outcome in fm.outcomes:
+            assert not outcome.violations, outcome.violations
+            if "return" in outcome.response:
+                commands.add(outcome.command.get("execute", ""))
+    expected = {"throttle": "object-add", "raw_window": "blockdev-add", "blkdebug": "blockdev-add"}
+    expected_command = expected.get(op, "query-blockstats")
+    assert expected_command in commands, commands

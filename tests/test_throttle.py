@@ -124,32 +124,6 @@ def test_object_commands_refuse_what_is_not_modelled() -> None:
     assert all(d.startswith("blocksim does not model") for d in descs), descs
 
 
-@pytest.mark.parametrize("op", ["throttle", "raw_window", "blockstats"])
-def test_blockapi_fuzz_operations_run_clean(op: str) -> None:
-    """The blockapi fuzz operations of this module's features, over many seeded
-    choice strings, with every checker: no internal error, no violation."""
-    import random
-
-    from sim.fuzz.choices import Choices
-    from sim.fuzz.machine import BlockMachine
-    from tests.helpers import DRIVE0
-
-    rng = random.Random(op)
-    commands: set[str] = set()
-    for _ in range(12):
-        fm = BlockMachine()
-        fm.open([dict(DRIVE0)], 0)
-        for _ in range(3):
-            getattr(fm, "api_" + op)(Choices(bytes(rng.randrange(256) for _ in range(24))))
-        assert not fm.replayer.monitor.internal_errors
-        for outcome in fm.outcomes:
-            assert not outcome.violations, outcome.violations
-            if "return" in outcome.response:
-                commands.add(outcome.command.get("execute", ""))
-    expected = {"throttle": "object-add", "raw_window": "blockdev-add"}.get(op, "query-blockstats")
-    assert expected in commands, commands
-
-
 def test_a_refusal_against_a_recorded_answer_is_a_difference() -> None:
     """What blocksim does not model never passes a replay of QEMU's answer."""
     step = qmp("object-add", **{"qom-type": "iothread", "id": "io0"})

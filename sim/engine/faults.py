@@ -14,9 +14,9 @@ same paths:
   still needs data from, each with its `file` node (`read_path`).
 
 Offsets are guest offsets on every node, protocol nodes included (the
-approximation sim.model.io makes for bitmaps).  A blkdebug node's
-inject-error rules arm the same faults on that node (`blkdebug_faults`);
-QEMU matches their `sector` against host offsets.  When a guest write fails at
+approximation sim.model.io makes for bitmaps).  A blkdebug node on a path
+decides for itself with its rules and state (`Blkdebug`, below); QEMU matches
+their `sector` against host offsets.  When a guest write fails at
 node F, every node above F and F itself still mark their dirty bitmaps:
 QEMU 7.2's bdrv_co_write_req_finish runs whatever the request's result.
 The data does not change.
@@ -64,24 +64,43 @@ class Fault:
 
 
 class FaultTable:
-    """The armed faults of one machine, in the order the trace added them."""
+    """The armed faults of one machine, in the order the trace added them, and the
+    blkdebug nodes whose rules decide for themselves (`Blkdebug`)."""
 
     def __init__(self) -> None:
         self.faults: list[Fault] = []
+        self.blkdebug: dict[BlockNode, Blkdebug] = {}
 
     def __bool__(self) -> bool:
-        return bool(self.faults)
+        return bool(self.faults) or bool(self.blkdebug)
 
     def add(self, fault: Fault) -> None:
         self.faults.append(fault)
 
     def take(
-        self, nodes: list[BlockNode], op: str, offset: int, length: int
+        self,
+        nodes: list[BlockNode],
+        op: str,
+        offset: int,
+        length: int,
+        above: BlockNode | None = None,
     ) -> tuple[BlockNode, Fault] | None:
-        """The first node along `nodes` with a matching fault; spends one count of it."""
-        for node in nodes:
+        """The first node along `nodes` with a matching fault; spends one count of it.
+
+        `op` is read, write, write-zeroes or flush (the sim-only faults see a zero
+        write as a write).  A blkdebug node on the way sees the request as QEMU's
+        does, after the events of the node above it (the one before it in `nodes`,
+        or `above` for the first)."""
+        fault_op = "write" if op == "write-zeroes" else op
+        for i, node in enumerate(nodes):
+            debug = self.blkdebug.get(node) if self.blkdebug else None
+            if debug is not None:
+                parent = nodes[i - 1] if i else above
+                errno = debug.request(op, offset, length, parent.driver if parent else None)
+                if errno is not None:
+                    return node, Fault(node, fault_op, errno, offset, max(length, 1), 0)
             for fault in self.faults:
-                if fault.matches(node, op, offset, length):
+                if fault.matches(node, fault_op, offset, length):
                     fault.remaining -= 1
                     fault.hits += 1
                     if fault.remaining <= 0:
@@ -146,46 +165,130 @@ def _resolve(graph: BlockGraph, name: str) -> BlockNode | None:
 
 
 # -- blkdebug ------------------------------------------------------------------------------
-# The rules of a blkdebug node (blockdev-add driver=blkdebug) that the fault table can
-# say: an `inject-error` on the data requests a format node above makes (read_aio,
-# write_aio), in the initial state, with EIO or ENOSPC, on one sector or anywhere.
+# block/blkdebug.c of QEMU 7.2.  A blkdebug node has a state (1 at open) and rules per
+# event.  When the format node above raises an event on it (read_aio before reading
+# data from it, write_aio before writing data, flush_to_os and flush_to_disk on a
+# flush), the event's rules for the current state (or any state: `state` 0 or absent)
+# run: inject-error rules become the active rules (replacing the ones an earlier event
+# activated), set-state rules pick the next state.  Every request that then reaches
+# the blkdebug node fails with the first active rule matching its type (`iotype`,
+# default: every type but block-status) and offset (`sector`: the request covers that
+# sector's first byte), which `once` removes.  Offsets are the guest's (QEMU's are host
+# offsets: the same under raw, not under qcow2).  Not modelled, refused: the metadata
+# events qcow2 raises (l2_update, cluster_alloc, ...) and the metadata writes it makes
+# (a flush writes cached metadata under the active rules in QEMU), `config` files,
+# errno other than EIO and ENOSPC, iotypes discard and block-status.
 
-_BLKDEBUG_OPS = {"read_aio": "read", "write_aio": "write"}
+BLKDEBUG_EVENTS = {"read": ("read_aio",), "write": ("write_aio",),
+                   "flush": ("flush_to_os", "flush_to_disk")}  # fmt: skip
+_MODELLED_EVENTS = ("read_aio", "write_aio", "flush_to_os", "flush_to_disk")
+_IOTYPES = ("read", "write", "write-zeroes", "flush")
+_DEFAULT_IOTYPES = frozenset({"read", "write", "write-zeroes", "discard", "flush"})
 _ERRNOS = {5: "EIO", 28: "ENOSPC"}
 _SECTOR = 512
 
 
-def blkdebug_faults(node: BlockNode, options: dict[str, Any]) -> list[Fault]:
-    """Faults for the inject-error rules of blkdebug `node`; QMPError for a rule or
-    option blocksim does not model (the node is then not created)."""
-    if options.get("set-state"):
-        raise QMPError("blocksim does not model blkdebug 'set-state' rules")
+@dataclass(eq=False, slots=True)
+class BlkdebugRule:
+    """One inject-error or set-state rule (blkdebug's BlkdebugRule)."""
+
+    event: str
+    action: str  # "inject-error" | "set-state"
+    state: int  # 0: in any state
+    errno: str = "EIO"
+    offset: int = -1  # the injected sector's first byte; -1: any request
+    iotypes: frozenset[str] = _DEFAULT_IOTYPES
+    once: bool = False
+    new_state: int = 0
+
+
+class Blkdebug:
+    """A blkdebug node's rules, state and active rules (BDRVBlkdebugState)."""
+
+    def __init__(self, rules: list[BlkdebugRule]) -> None:
+        self.state = 1
+        self.rules: dict[str, list[BlkdebugRule]] = {}
+        for rule in rules:  # QLIST_INSERT_HEAD: the newest rule of an event comes first
+            self.rules.setdefault(rule.event, []).insert(0, rule)
+        self.active: list[BlkdebugRule] = []
+
+    def event(self, name: str) -> None:
+        """blkdebug_debug_event: run the event's rules for the current state."""
+        new_state = self.state
+        injected = False
+        for rule in self.rules.get(name, ()):
+            if rule.state and rule.state != self.state:
+                continue
+            if rule.action == "inject-error":
+                if not injected:
+                    self.active = []
+                    injected = True
+                self.active.insert(0, rule)
+            else:
+                new_state = rule.new_state
+        self.state = new_state
+
+    def request(self, op: str, offset: int, length: int, parent: str | None) -> str | None:
+        """A request of type `op` from a node of driver `parent` (None: qemu-io on the
+        blkdebug node itself) after that node's events: the errno it fails with, or
+        None (rule_check).  A zero write under qcow2 only changes its metadata (no
+        request here); raw passes it on without an event."""
+        if op == "write-zeroes":
+            if parent == "qcow2":
+                return None
+        elif parent is not None:
+            for name in BLKDEBUG_EVENTS.get(op, ()):
+                self.event(name)
+        for rule in self.active:
+            where = rule.offset
+            if (where == -1 or (length and offset <= where < offset + length)) and (
+                op in rule.iotypes
+            ):
+                if rule.once:
+                    self.active.remove(rule)
+                    self.rules[rule.event].remove(rule)
+                return rule.errno
+        return None
+
+
+def blkdebug_rules(options: dict[str, Any]) -> Blkdebug:
+    """The rules of a blkdebug node's options (read_config: inject-error rules, then
+    set-state rules); QMPError for what blocksim does not model (the node is then not
+    created)."""
     if "config" in options:
         raise QMPError("blocksim does not model blkdebug 'config' files")
-    out = []
-    for rule in options.get("inject-error", []):
-        op = _BLKDEBUG_OPS.get(rule["event"])
-        if op is None:
-            raise QMPError(
-                f"blocksim does not model blkdebug event '{rule['event']}' "
-                f"(modelled: {', '.join(_BLKDEBUG_OPS)})"
-            )
-        if rule.get("iotype", op) != op:
-            raise QMPError(
-                f"blocksim does not model blkdebug iotype '{rule['iotype']}' on {rule['event']}"
-            )
-        if rule.get("state", 1) != 1:
-            raise QMPError("blocksim does not model blkdebug states other than the initial one")
-        errno = _ERRNOS.get(rule.get("errno", 5))
-        if errno is None:
-            raise QMPError(
-                f"blocksim does not model blkdebug errno {rule['errno']} (modelled: 5, 28)"
-            )
-        sector = rule.get("sector", -1)
-        offset, length = (0, node.size_bytes) if sector < 0 else (sector * _SECTOR, _SECTOR)
-        count = 1 if rule.get("once", False) else MAX_COUNT
-        out.append(Fault(node, op, errno, offset, length, count))
-    return out
+    rules = []
+    for kind in ("inject-error", "set-state"):
+        for spec in options.get(kind, []):
+            event = spec["event"]
+            if event not in _MODELLED_EVENTS:
+                raise QMPError(
+                    f"blocksim does not model blkdebug event '{event}' "
+                    f"(modelled: {', '.join(_MODELLED_EVENTS)})"
+                )
+            if kind == "set-state":
+                rules.append(
+                    BlkdebugRule(event, kind, spec.get("state", 0), new_state=spec["new_state"])
+                )
+                continue
+            iotypes = _DEFAULT_IOTYPES
+            if "iotype" in spec:
+                if spec["iotype"] not in _IOTYPES:
+                    raise QMPError(f"blocksim does not model blkdebug iotype '{spec['iotype']}'")
+                iotypes = frozenset({spec["iotype"]})
+            errno = _ERRNOS.get(spec.get("errno", 5))
+            if errno is None:
+                raise QMPError(
+                    f"blocksim does not model blkdebug errno {spec['errno']} (modelled: 5, 28)"
+                )
+            sector = spec.get("sector", -1)
+            rules.append(
+                BlkdebugRule(
+                    event, kind, spec.get("state", 0), errno,
+                    -1 if sector == -1 else sector * _SECTOR, iotypes, spec.get("once", False),
+                )
+            )  # fmt: skip
+    return Blkdebug(rules)
 
 
 # -- paths ---------------------------------------------------------------------------------
@@ -243,16 +346,21 @@ def guest_error(
     module docstring).  Copy-before-write copies a write triggers are checked
     too: with QEMU 7.2's default on-cbw-error=break-guest-write a failed copy
     fails the guest write at the filter."""
-    if not m.faults or length <= 0 or offset < 0 or offset + length > root.size_bytes:
+    if not m.faults:
         return None
     graph = m.state.graph
+    if op == "flush":
+        hit = m.faults.take(write_path(graph, root), "flush", 0, 0)
+        return STRERROR[hit[1].errno] if hit is not None else None
+    if length <= 0 or offset < 0 or offset + length > root.size_bytes:
+        return None
     if op == "read":
         hit = m.faults.take(read_path(graph, root, offset, length), "read", offset, length)
         return STRERROR[hit[1].errno] if hit is not None else None
     path = write_path(graph, root)
     failed_at: BlockNode | None = None
     errno = ""
-    for node in path:
+    for i, node in enumerate(path):
         for src, dst, runs in cbw_runs(m, node, offset, length):
             for off, n in runs:
                 hit = m.faults.take(read_path(graph, src, off, n), "read", off, n) or m.faults.take(
@@ -265,7 +373,7 @@ def guest_error(
                 break
         if failed_at is not None:
             break
-        hit = m.faults.take([node], "write", offset, length)
+        hit = m.faults.take([node], op, offset, length, path[i - 1] if i else None)
         if hit is not None:
             failed_at, errno = node, hit[1].errno
             break

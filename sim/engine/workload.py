@@ -331,7 +331,7 @@ def guest_request(m: Machine, w: Workload, is_read: bool, offset: int) -> Proc:
     copies: list[tuple[Device | None, Device, int]] = []
     if ok and root is not None:
         if (
-            m.faults.faults
+            m.faults
             and m.guest_io_error(bb, root, "read" if is_read else "write", offset, size) is not None
         ):
             ok = False

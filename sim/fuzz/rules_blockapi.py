@@ -5,6 +5,7 @@ job-dismiss that every create job needs, blockdev-reopen (read-only toggles,
 backing replaced or detached, the options QEMU refuses), block_resize (with
 the bitmaps on the node growing and shrinking), change-backing-file,
 block-set-write-threshold, raw windows (offset / size) over a raw file,
+blkdebug rules and states under a raw node,
 copy-on-read and throttle filters (with
 object-add / qom-set / object-del of their throttle groups), and HMP lines
 that are not qemu-io.
@@ -32,8 +33,9 @@ HMP_LINES = ("frobnicate", "info foo", "", "qemu-io")
 OPERATIONS = (
     "create_file", "create_qcow2", "add_created_image", "reopen", "resize",
     "change_backing_file", "write_threshold", "hmp_other", "copy_on_read", "throttle",
-    "blockstats", "raw_window",
+    "blockstats", "raw_window", "blkdebug",
 )  # fmt: skip
+BLKDEBUG_EVENTS = ("read_aio", "write_aio", "flush_to_os", "flush_to_disk", "l2_update")
 THROTTLE_LIMITS = (
     {"iops-total": 100}, {"bps-total": MiB}, {"iops-read": 50, "iops-write": 20},
     {"bps-write": MiB, "bps-write-max": 4 * MiB, "bps-write-max-length": 2},
@@ -262,3 +264,55 @@ class BlockApiRules(_Base):
         for name in windows:
             self.qmp("blockdev-del", {"node-name": name})
         self.qmp("blockdev-del", {"node-name": file})
+
+    def api_blkdebug(self, c: Choices) -> None:
+        """A raw file under blkdebug (inject-error and set-state rules, some bound to a
+        state, some refused), a raw node over it, guest I/O and a flush through it,
+        and the nodes deleted."""
+        image = self.fresh("dbg") + ".img"
+        job = self.fresh("cr")
+        self.qmp(
+            "blockdev-create",
+            {"job-id": job, "options": {"driver": "file", "filename": image, "size": MiB}},
+        )
+        self.run(
+            {"wait": {"event": "JOB_STATUS_CHANGE", "data": {"id": job, "status": "concluded"}}}
+        )
+        self.qmp("job-dismiss", {"id": job})
+        inject = []
+        for _ in range(c.between(1, 2)):
+            rule: dict[str, Any] = {"event": c.pick(BLKDEBUG_EVENTS)}
+            if c.boolean():
+                rule["state"] = c.between(1, 3)
+            if c.rarely(3):
+                rule["sector"] = c.pick((0, 8, 128))
+            if c.rarely(3):
+                rule["once"] = True
+            if c.rarely(4):
+                rule["iotype"] = c.pick(("read", "write", "flush", "write-zeroes"))
+            inject.append(rule)
+        debug: dict[str, Any] = {
+            "driver": "blkdebug",
+            "node-name": self.fresh("bd"),
+            "image": {"driver": "file", "filename": image, "node-name": self.fresh("bf")},
+            "inject-error": inject,
+        }
+        if c.boolean():
+            debug["set-state"] = [
+                {"event": c.pick(BLKDEBUG_EVENTS[:4]), "new_state": c.between(1, 3)}
+            ]
+        name = self.fresh("rd")
+        if (
+            "return"
+            not in self.qmp(
+                "blockdev-add", {"driver": "raw", "node-name": name, "file": debug}
+            ).response
+        ):
+            return
+        for _ in range(c.between(1, 4)):
+            op = c.pick(("write -P 0x3c", "read", "write -z", "flush"))
+            if op == "flush":
+                self.qemu_io(name, "flush")
+            else:
+                self.qemu_io(name, f"{op} {c.pick((0, 4096, 65536))} 4k")
+        self.qmp("blockdev-del", {"node-name": name})

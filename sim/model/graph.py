@@ -93,6 +93,9 @@ class BlockNode:
     # the guest sees [raw_offset, raw_offset + size) of its file
     raw_options: dict[str, int] = field(default_factory=dict)
     raw_offset: int = 0
+    # a blkdebug node's strong options, flattened as QEMU's QDict holds them
+    # ("inject-error.0.event": ...): what its json: filename shows
+    blkdebug_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def raw_window(self) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sim.engine.faults import blkdebug_faults
+from sim.engine.faults import blkdebug_rules
 from sim.errors import QMPError
 from sim.model import drain, reopen
 from sim.model.content import SECTOR, Content, WindowContent
@@ -121,7 +121,7 @@ def _open_blkdebug(
     m: Machine, a: dict[str, Any], name: str | None, read_only: bool, created: list[BlockNode]
 ) -> BlockNode:
     """blkdebug over a protocol node (how iotests put it under a qcow2 node): a filter
-    whose inject-error rules arm faults on it (sim.engine.faults.blkdebug_faults)."""
+    whose rules decide which requests reaching it fail (sim.engine.faults.Blkdebug)."""
     g = m.state.graph
     # blkdebug is named before its driver opens the `image` child (bdrv_open_common,
     # then blkdebug_open), unlike a format node, whose file child is opened first
@@ -131,14 +131,37 @@ def _open_blkdebug(
         if image.driver != "file":
             raise QMPError(f"blocksim does not model blkdebug over a '{image.driver}' node")
         node.file, node.image, node.size_bytes = image, image.image, image.size_bytes
-        armed = blkdebug_faults(node, a)
+        rules = blkdebug_rules(a)
     except QMPError:
         node.file = None
         g.remove_node(node)
         raise
-    for fault in armed:
-        m.faults.add(fault)
+    m.faults.blkdebug[node] = rules
+    node.blkdebug_options = _flatten(
+        {k: v for k, v in a.items() if k in _BLKDEBUG_STRONG or k in ("inject-error", "set-state")}
+    )
     return node
+
+
+# blkdebug's strong_runtime_opts besides its rule lists
+_BLKDEBUG_STRONG = (
+    "config", "align", "max-transfer", "opt-write-zero", "max-write-zero", "opt-discard",
+    "max-discard",
+)  # fmt: skip
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """qdict_flatten: nested objects and lists become dotted keys."""
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, list):
+        items = [(str(i), v) for i, v in enumerate(value)]
+    else:
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for key, item in items:
+        out.update(_flatten(item, f"{prefix}.{key}" if prefix else key))
+    return out
 
 
 def _open_format(

@@ -92,8 +92,10 @@ def run_io(m: Machine, bb: Any, root: Any, cmd: qemu_io.QemuIoCommand) -> str:
     """Carry out one qemu-io operation; returns what qemu-io prints."""
     graph = m.state.graph
     off, length = cmd.offset, cmd.length
-    if cmd.op in ("write", "read"):
-        error = m.guest_io_error(bb, root, cmd.op, off, length)  # sim-only `fault` steps
+    if cmd.op in ("write", "read", "flush"):
+        # sim-only `fault` steps and blkdebug rules
+        op = "write-zeroes" if cmd.op == "write" and cmd.zero else cmd.op
+        error = m.guest_io_error(bb, root, op, off, length)
         if error is not None:
             return cmd.failed(error)
     if cmd.op == "write":

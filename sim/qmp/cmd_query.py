@@ -162,7 +162,9 @@ def node_filename(graph: BlockGraph, node: BlockNode) -> str:
     if node.driver == "copy-on-read" and not node.implicit and node.file is not None:
         options = {"driver": node.driver, "file": _open_options(graph, node.file)}
         return "json:" + json.dumps(options, sort_keys=True)
-    if node.driver == "throttle" and node.file is not None:
+    if node.driver in ("throttle", "blkdebug") and node.file is not None:
+        return "json:" + _qdict_json(_open_options(graph, node))
+    if node.is_format and node.file is not None and node.file.driver == "blkdebug":
         return "json:" + _qdict_json(_open_options(graph, node))
     node = _unfiltered(node)
     if node.raw_options and node.file is not None:  # raw's strong options: offset, size
@@ -225,6 +227,12 @@ def _open_options(graph: BlockGraph, node: BlockNode) -> dict[str, Any]:
         return options
     if node.driver == "null-co" and node.size_bytes != NULL_CO_DEFAULT_SIZE:
         return {"driver": "null-co", "size": node.size_bytes}
+    if node.driver == "blkdebug" and node.file is not None:
+        # QEMU copies these options once more than the other drivers' (within a QDict
+        # bucket the newest key comes first): inserted here in the reverse order
+        opts: dict[str, Any] = {"driver": "blkdebug", "image": _open_options(graph, node.file)}
+        opts.update(reversed(node.blkdebug_options.items()))
+        return opts
     if node.driver == "throttle" and node.file is not None:
         return {
             "throttle-group": node.throttle_group.name,
@@ -283,7 +291,8 @@ def image_info(graph: BlockGraph, node: BlockNode) -> dict[str, Any]:
 
 
 def _virtual_size(graph: BlockGraph, node: BlockNode) -> int:
-    image = node_image(graph, node) if node.driver == "file" else None
+    # a protocol node (blkdebug passes its file's length on) is as long as its file
+    image = node_image(graph, node) if node.driver in ("file", "blkdebug") else None
     if image is not None:
         length = host_file(graph, image).length_bytes
         return -(-length // 512) * 512  # bdrv_getlength: whole sectors
@@ -305,7 +314,10 @@ def _get_info(node: BlockNode) -> dict[str, Any]:
 
 def allocated_file_size(graph: BlockGraph, node: BlockNode) -> int | None:
     """bdrv_get_allocated_file_size: a filter's child's, a format node's file's, 0 for
-    null-co; None (no `actual-size`) when there is no host file to ask."""
+    null-co; None (no `actual-size`) when there is no host file to ask (blkdebug has
+    no such callback, so neither it nor a format node over it has one)."""
+    if node.driver == "blkdebug" or (node.file is not None and node.file.driver == "blkdebug"):
+        return None
     node = _unfiltered(node)
     if node.driver == "raw" and node.file is not None and node.file.driver == "null-co":
         node = node.file  # raw over a null-co: its child's
