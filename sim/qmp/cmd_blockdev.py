@@ -136,7 +136,8 @@ def _open_blkdebug(
         node.file = None
         g.remove_node(node)
         raise
-    m.faults.blkdebug[node] = rules
+    if rules.rules:  # a blkdebug node without rules changes no request
+        m.faults.blkdebug[node] = rules
     node.blkdebug_options = _flatten(
         {k: v for k, v in a.items() if k in _BLKDEBUG_STRONG or k in ("inject-error", "set-state")}
     )
