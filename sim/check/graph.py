@@ -195,6 +195,9 @@ class GraphWellFormed(StepChecker):
         held: list[DirtyBitmap] = []  # every bitmap a live job or a block export refers to
         for job in live_jobs(self.state.jobs):
             held.extend(_job_bitmaps(job.kind))
+        for node in self.graph.nodes:  # a copy-before-write filter's own three bitmaps
+            if node.cbw is not None:
+                held.extend((node.cbw.copy_map, node.cbw.access_map, node.cbw.done_map))
         for exp in self.state.exports.exports:
             held.extend(exp.bitmaps)
             for bm in exp.bitmaps:

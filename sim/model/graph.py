@@ -14,12 +14,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sim.errors import QMPError
 from sim.model.bitmap import DirtyBitmap
 from sim.model.blockstats import AcctStats
 from sim.model.content import Content, new_content
+
+if TYPE_CHECKING:
+    from sim.model.cbw import CopyBeforeWrite
 
 FORMAT_DRIVERS = ("qcow2", "raw")
 FILTER_DRIVERS = (
@@ -102,6 +105,7 @@ class BlockNode:
         """raw_open: a raw node with an offset or a size has a data child, not a
         filtered one (it unshares resize on its file and cannot be resized itself)."""
         return bool(self.raw_offset) or "size" in self.raw_options
+    cbw: CopyBeforeWrite | None = None  # a copy-before-write filter's state (sim/model/cbw.py)
 
     @property
     def is_filter(self) -> bool:
@@ -146,6 +150,9 @@ class BlockBackend:
     bitmaps: list[DirtyBitmap] = field(default_factory=list)  # bb-attached policy only
     discard_unmap: bool = False
     stats: AcctStats = field(default_factory=AcctStats)  # what query-blockstats shows
+    # a -drive without a device takes write only when qemu-io first writes through it
+    # (qemuio_command adds the permission and never drops it; recorded on QEMU 7.2)
+    took_write: bool = False
 
 
 class BlockGraph:
@@ -333,6 +340,8 @@ class BlockGraph:
                         f"the exported bitmap '{bm.name}', is deleted; blocksim deletes it"
                     )
             self.remove_node(n)
+            if n.cbw is not None:
+                n.cbw.close()
             store_bitmaps(n)
             deleted.append(n)
             kids = list(n.children())

@@ -38,7 +38,24 @@ class IOResult:
 
 
 IO_ERROR = IOResult(False, "Input/output error")
+NOT_SUPPORTED = IOResult(False, "Operation not supported")
+NO_ACCESS = IOResult(False, "Permission denied")
 OK = IOResult(True)
+
+
+def snapshot_read_error(
+    graph: BlockGraph, root: BlockNode, offset: int, length: int
+) -> IOResult | None:
+    """A read through a snapshot-access node (block/snapshot-access.c): ENOTSUP when
+    its child has no snapshot API (is not copy-before-write), EACCES where the
+    point-in-time view is not readable (cbw_snapshot_read_lock); None otherwise."""
+    node = graph.data_node(root)
+    if node.driver != "snapshot-access":
+        return None
+    cbw = node.file.cbw if node.file is not None else None
+    if cbw is None:
+        return NOT_SUPPORTED
+    return None if cbw.accessible(offset, length) else NO_ACCESS
 
 
 def write_path(graph: BlockGraph, root: BlockNode) -> list[BlockNode]:
@@ -75,6 +92,8 @@ def guest_write(
         return IO_ERROR
     if length == 0:
         return OK
+    if graph.data_node(root).driver == "snapshot-access":
+        return NOT_SUPPORTED  # snapshot_access_co_pwritev_part, _pwrite_zeroes
     end = offset + length
     if bb is not None:
         for bm in bb.bitmaps:
@@ -148,7 +167,12 @@ def guest_discard(
     """discard: a no-op with discard=ignore (QEMU's -drive default)."""
     if offset < 0 or length < 0 or offset + length > root.size_bytes:
         return IO_ERROR
-    unmap = bb.discard_unmap if bb is not None else graph.data_node(root).discard_unmap
+    data = graph.data_node(root)
+    unmap = bb.discard_unmap if bb is not None else data.discard_unmap
+    if data.driver == "snapshot-access":
+        if unmap and length and data.file is not None and data.file.cbw is not None:
+            data.file.cbw.discard_snapshot(offset, length)  # snapshot_access_co_pdiscard
+        return OK
     if unmap and length:
         return guest_write(graph, bb, root, offset, length, ZERO_STAMP, is_discard=True)
     return OK
@@ -180,8 +204,9 @@ def discard(
     res = guest_discard(graph, bb, root, offset, length)
     if not res.ok:
         return res
-    unmap = bb.discard_unmap if bb is not None else graph.data_node(root).discard_unmap
-    zeroed = unmap and length > 0
+    data = graph.data_node(root)
+    unmap = bb.discard_unmap if bb is not None else data.discard_unmap
+    zeroed = unmap and length > 0 and data.driver != "snapshot-access"
     if zeroed:
         for observer in state.write_observers:
             observer(bb, root, offset, length, ZERO_STAMP)
@@ -232,6 +257,10 @@ def _copy_up(
 
 def read_stamps(graph: BlockGraph, root: BlockNode, offset: int, length: int) -> np.ndarray:
     """Per-sector stamps a guest read of [offset, offset+length) sees."""
+    data = graph.data_node(root)
+    if data.driver == "snapshot-access":
+        if data.file is not None and data.file.cbw is not None:
+            return data.file.cbw.snapshot_stamps(offset, length)
     first, end = sector_span(offset, length)
     chain = [n.content for n in graph.backing_chain(root) if n.content is not None]
     return read_through(chain, first, end)
@@ -248,6 +277,9 @@ def guest_read(
     """A read; with a pattern, IOResult.ok is False when verification fails."""
     if offset < 0 or length < 0 or offset + length > root.size_bytes:
         return IO_ERROR
+    refused = snapshot_read_error(graph, root, offset, length)
+    if refused is not None:
+        return refused
     if pattern is None or length == 0:
         return OK
     stamps = read_stamps(graph, root, offset, length)

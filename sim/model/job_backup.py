@@ -13,6 +13,7 @@ depends on bitmap-mode (backup_cleanup_sync_bitmap).
 from __future__ import annotations
 
 from sim.model.bitmap import DirtyBitmap, bits_at_granularity
+from sim.model.cbw import CBW_CLUSTER, CopyBeforeWrite
 from sim.model.graph import BlockGraph, BlockNode
 from sim.model.job_driver import JobDriver
 from sim.model.job_graph import (
@@ -25,7 +26,7 @@ from sim.model.job_graph import (
 )
 from sim.model.jobs import Job
 
-JOB_CLUSTER = 65536
+JOB_CLUSTER = CBW_CLUSTER
 CHUNK_CLUSTERS = 16  # block-copy copies up to 1 MiB per task (progress moves in 1 MiB steps)
 
 
@@ -60,16 +61,17 @@ class BackupKind(JobDriver):
         else:
             self.successor = None
         self.filter = insert_filter(graph, source, "copy-before-write", filter_name, target)
-        size = source.size_bytes
-        self.done_map = DirtyBitmap(None, self.cluster, size, enabled=False)
-        self.access_map = DirtyBitmap(None, self.cluster, size, enabled=False)
-        self.access_map.bits.setall(1)
-        self.filter.bitmaps[:0] = [self.access_map, self.done_map]
-        self.copy_map = DirtyBitmap(None, self.cluster, size, enabled=False)
-        self.copy_map.bits.setall(1)  # block_copy_state_new: all dirty until backup_run
-        source.bitmaps.insert(0, self.copy_map)
-        self.filter.write_hook = self.before_write
+        self.cbw = CopyBeforeWrite(graph, self.filter, source, target)
+        self.cbw.on_copy = self._count_copy
         self.cursor = 0
+
+    @property
+    def copy_map(self) -> DirtyBitmap:
+        """The block-copy bitmap: clusters left to copy (on the source)."""
+        return self.cbw.copy_map
+
+    def _count_copy(self, index: int) -> None:
+        self.job.offset += self.cluster  # progress counts whole clusters, like len
 
     # -- the driver contract ---------------------------------------------------------------
     def reads_from(self) -> BlockNode:
@@ -140,30 +142,7 @@ class BackupKind(JobDriver):
         self.job.offset += n * self.cluster  # progress counts whole clusters, like len
 
     def _copy_cluster(self, index: int) -> int:
-        bits = self.copy_map.bits
-        if not bits[index]:
-            return 0
-        bits[index] = 0
-        off = index * self.cluster
-        length = min(self.cluster, self.source.size_bytes - off)
-        copy_range(
-            self.graph,
-            chain_contents(self.graph, self.source),
-            self.target,
-            off,
-            length,
-            write_zeroes=True,
-        )
-        self.job.offset += self.cluster  # progress counts whole clusters, like len
-        return length
-
-    def before_write(self, node: BlockNode, offset: int, length: int) -> None:
-        """copy-before-write: copy the old data of every touched, uncopied cluster."""
-        first = offset // self.cluster
-        last = (offset + length - 1) // self.cluster
-        for i in range(first, last + 1):
-            if self._copy_cluster(i):
-                self.done_map.bits[i] = 1
+        return self.cbw.copy_cluster(index)
 
     # -- end ---------------------------------------------------------------------------------
     def commit(self) -> None:
@@ -210,8 +189,7 @@ class BackupKind(JobDriver):
         return source.bitmaps
 
     def clean(self) -> None:
-        if self.copy_map in self.source.bitmaps:
-            self.source.bitmaps.remove(self.copy_map)
+        self.cbw.close()
         drop_filter(self.graph, self.filter)
         if self.target.backing is self.source:
             self.graph.set_backing(self.target, None)

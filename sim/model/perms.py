@@ -7,7 +7,8 @@ user is refused when one existing parent does not share a permission the
 new one requires (block.c: bdrv_parent_perms_conflict / bdrv_a_allow_b),
 with the message `conflict_message` builds.  The parents of a node are:
 
-- the BlockBackend of a drive (`-drive`: consistent read + write, shares all);
+- the BlockBackend of a drive (`-drive` without a device: consistent read, and write
+  from the first qemu-io write through it on; shares all);
 - the node's parent nodes, whose child permissions follow from the parent's
   own cumulative permissions through its driver's child_perm
   (`child_perms`: qcow2's `file` child never shares write or resize,
@@ -71,6 +72,9 @@ class Parent:
     shared: int
 
 
+QEMU_IO_BACKEND = Parent(UNNAMED_BLOCK_DEVICE, "root", 0, ALL)  # hmp_qemu_io's blk_new(0, ALL)
+
+
 def perm_names(mask: int) -> str:
     """bdrv_perm_names: the set permissions, comma separated."""
     return ", ".join(name for bit, name in NAMES if mask & bit)
@@ -104,6 +108,38 @@ def parents(state: BlockState, node: BlockNode) -> list[Parent]:
     return _Perms(state.graph, state.jobs).parents(node)
 
 
+def edges_below(
+    state: BlockState, top: BlockNode, extra: Parent | None = None
+) -> dict[int, list[Parent]]:
+    """The parents of `top` and of every node below it (with `extra`, a parent that
+    is not a graph object, such as a BlockBackend, added at the head of `top`'s)."""
+    ev = _Perms(state.graph, state.jobs, {id(top): [extra]} if extra is not None else None)
+    return {id(n): ev.parents(n) for n in state.graph.subtree(top)}
+
+
+def refresh_conflict(
+    state: BlockState,
+    top: BlockNode,
+    before: dict[int, list[Parent]],
+    extra: Parent | None = None,
+) -> str | None:
+    """bdrv_list_refresh_perms after a graph change at `top` (a child attached, a parent
+    added): QEMU's refusal for the first pair of parents of a node at or below `top`
+    where one requires what the other does not share, counting only pairs in which
+    a parent is new or changed since `before` (`edges_below` taken before the change)."""
+    after = edges_below(state, top, extra)
+    for node in state.graph.subtree(top):
+        plist = after[id(node)]
+        old = set(before.get(id(node), []))
+        for i, a in enumerate(plist):
+            for j, b in enumerate(plist):
+                missing = b.perm & ~a.shared
+                if i == j or not missing or (a in old and b in old):
+                    continue
+                return conflict_message(node.node_name, missing, b, a) + "."
+    return None
+
+
 def cumulative(graph: BlockGraph, node: BlockNode, jobs: Sequence[Job] = ()) -> tuple[int, int]:
     """bdrv_get_cumulative_perm: (OR of the parents' perm, AND of their shared), over
     the graph's edges and those `jobs` hold."""
@@ -113,14 +149,20 @@ def cumulative(graph: BlockGraph, node: BlockNode, jobs: Sequence[Job] = ()) -> 
 class _Perms:
     """One evaluation over the current graph (memoized per node; no cycles in a sane graph)."""
 
-    def __init__(self, graph: BlockGraph, jobs: Sequence[Job]) -> None:
+    def __init__(
+        self,
+        graph: BlockGraph,
+        jobs: Sequence[Job],
+        extra: dict[int, list[Parent]] | None = None,
+    ) -> None:
         self.graph = graph
         self.jobs = jobs
+        self.extra = extra or {}
         self.memo: dict[int, tuple[int, int]] = {}
         self.active = [j for j in jobs if j.status in LIVE_JOB_STATUSES]
 
     def parents(self, node: BlockNode) -> list[Parent]:
-        out: list[Parent] = []
+        out: list[Parent] = list(self.extra.get(id(node), ()))
         for job in reversed(self.active):  # newest job first
             out.extend(job_edges(job, node))
         g = self.graph
@@ -131,7 +173,7 @@ class _Perms:
                     out.append(Parent(f"node '{p.node_name}'", role, perm, shared))
         for bb in g.backends.values():
             if bb.root is node:
-                perm = CONSISTENT_READ | (0 if node.read_only else WRITE)
+                perm = CONSISTENT_READ | (WRITE if bb.took_write and not node.read_only else 0)
                 out.append(Parent(f"block device '{bb.name}'", "root", perm, ALL))
         return out
 
@@ -169,6 +211,8 @@ def child_perms(
         return perm, shared
     if driver == "commit_top":
         return 0, ALL
+    if driver == "snapshot-access":
+        return 0, ALL  # snapshot_access_child_perm: the snapshot API needs nothing
     if driver == "mirror_top":
         job = _job_of_filter(jobs, parent)
         if job is None:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from sim.engine.faults import blkdebug_rules
 from sim.errors import QMPError
-from sim.model import drain, reopen
+from sim.model import bitmap_ops, drain, perms, reopen
+from sim.model.cbw import CopyBeforeWrite
 from sim.model.content import SECTOR, Content, WindowContent
 from sim.model.graph import QCOW2_CLUSTER, BlockNode, load_bitmaps
 from sim.model.snapshot import check_new_node_name
@@ -70,6 +71,10 @@ def _open(m: Machine, a: dict[str, Any], created: list[BlockNode]) -> BlockNode:
         node = _open_cor(m, a, name, read_only, created)
     elif driver == "throttle":
         node = _open_throttle(m, a, name, read_only, created)
+    elif driver == "copy-before-write":
+        node = _open_cbw(m, a, name, read_only, created)
+    elif driver == "snapshot-access":
+        node = _open_snapshot_access(m, a, name, read_only, created)
     elif driver == "null-co":
         size = a.get("size", NULL_CO_DEFAULT_SIZE)
         if size < 0:
@@ -115,6 +120,70 @@ def _open_throttle(
     )
     node.throttle_group = group
     return node
+
+
+def _open_cbw(
+    m: Machine, a: dict[str, Any], name: str | None, read_only: bool, created: list[BlockNode]
+) -> BlockNode:
+    """The copy-before-write filter (block/copy-before-write.c cbw_open): its `file`,
+    then its `target`, then the `bitmap` whose dirty clusters alone are copied (and
+    readable through the snapshot API); bitmaps QEMU creates: sim.model.cbw."""
+    g, state = m.state.graph, m.state
+    file = _ref(m, a["file"], created)
+    target = _ref(m, a["target"], created)
+    bitmap = None
+    if "bitmap" in a:
+        _, bitmap = bitmap_ops.lookup(g, state.policy, a["bitmap"]["node"], a["bitmap"]["name"])
+        try:  # block_copy_state_new merges it into the copy bitmap
+            bitmap_ops.check_bitmap(bitmap, bitmap_ops.ALLOW_RO)
+            if bitmap.size_bytes != file.size_bytes:
+                raise QMPError(
+                    f"Bitmaps are of different sizes (destination size is {file.size_bytes}, "
+                    f"source size is {bitmap.size_bytes}) and can't be merged"
+                )
+        except QMPError as exc:
+            raise QMPError(
+                f"Cannot create block-copy-state: Failed to merge bitmap '{bitmap.name}' to "
+                f"internal copy-bitmap: {exc.desc}"
+            ) from None
+    before = {**perms.edges_below(state, file), **perms.edges_below(state, target)}
+    node = g.new_node(
+        "copy-before-write", file.size_bytes, name, file=file, image=file.image,
+        read_only=read_only,
+    )  # fmt: skip
+    node.target = target
+    created.append(node)
+    CopyBeforeWrite(
+        g, node, file, target, bitmap, a.get("on-cbw-error", "break-guest-write"),
+        a.get("cbw-timeout", 0),
+    )  # fmt: skip
+    _check_perms(m, node, before)
+    return node
+
+
+def _open_snapshot_access(
+    m: Machine, a: dict[str, Any], name: str | None, read_only: bool, created: list[BlockNode]
+) -> BlockNode:
+    """block/snapshot-access.c: reads go to the `file` child's snapshot API (a
+    copy-before-write filter's point-in-time view); writes are not supported."""
+    g, state = m.state.graph, m.state
+    file = _ref(m, a["file"], created)
+    before = perms.edges_below(state, file)
+    node = g.new_node("snapshot-access", file.size_bytes, name, file=file, read_only=read_only)
+    node.discard_unmap = a.get("discard") == "unmap"
+    created.append(node)
+    _check_perms(m, node, before)
+    return node
+
+
+def _check_perms(m: Machine, node: BlockNode, before: dict[int, list[perms.Parent]]) -> None:
+    """bdrv_refresh_perms after a new node attached its children."""
+    if not m.state.policy.permissions:
+        return
+    for child in node.children():
+        conflict = perms.refresh_conflict(m.state, child, before)
+        if conflict is not None:
+            raise QMPError(conflict)
 
 
 def _open_blkdebug(

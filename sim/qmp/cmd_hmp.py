@@ -42,6 +42,14 @@ def _hmp(m: Machine, a: dict[str, Any]) -> str:
         return qemu_io.device_not_found_reply(cmd.target)
     if bb is None:
         _local_backend_drains(m, root)
+        if m.state.policy.permissions:
+            # blk_insert_bs: the new parent (no permissions, shares all) can change what
+            # the node takes below it (a copy-before-write filter with a parent unshares
+            # write on its source)
+            before = perms.edges_below(m.state, root)
+            conflict = perms.refresh_conflict(m.state, root, before, perms.QEMU_IO_BACKEND)
+            if conflict is not None:
+                return f"Error: {conflict}\r\n"
     if cmd.requires_write and bb is None and m.state.policy.permissions:
         # qemu-io on a node name inserts an unnamed BlockBackend that takes write for
         # a write command: every parent of the node must share it (checked before the
@@ -51,7 +59,10 @@ def _hmp(m: Machine, a: dict[str, Any]) -> str:
             return conflict + ".\r\n"
     if cmd.requires_write and root.read_only:
         return qemu_io.READ_ONLY_REPLY
+    if cmd.requires_write and bb is not None:
+        bb.took_write = True
     _warn_if_qemu_hangs(m, root, cmd)
+    _refuse_snapshot_discard_abort(m, root, cmd)
     if cmd.op in ("write", "read", "discard", "flush"):
         m.hmp_output = run_io(m, bb, root, cmd)
     else:
@@ -88,6 +99,29 @@ def _warn_if_qemu_hangs(m: Machine, root: Any, cmd: qemu_io.QemuIoCommand) -> No
             )
 
 
+def _refuse_snapshot_discard_abort(m: Machine, root: Any, cmd: qemu_io.QemuIoCommand) -> None:
+    """A discard through a snapshot-access node (discard=unmap) not aligned to the
+    copy-before-write cluster aborts QEMU 7.2 (hbitmap_reset: assertion
+    `QEMU_IS_ALIGNED(count, gran)`, recorded): refused, with a warning."""
+    node = m.state.graph.data_node(root)
+    if cmd.op != "discard" or node.driver != "snapshot-access" or not node.discard_unmap:
+        return
+    cbw = node.file.cbw if node.file is not None else None
+    off, length = cmd.offset, cmd.length
+    if cbw is None or off < 0 or off + length > root.size_bytes:
+        return
+    if cbw.discard_aborts(off, length):
+        m.state.warnings.append(
+            "real QEMU 7.2 aborts (hbitmap_reset: assertion QEMU_IS_ALIGNED(count, gran)) on "
+            f"a discard through snapshot-access node '{node.node_name}' not aligned to "
+            f"{cbw.cluster} bytes"
+        )
+        raise QMPError(
+            "blocksim refuses a snapshot-access discard not aligned to the copy-before-write "
+            "cluster: it aborts QEMU 7.2"
+        )
+
+
 def run_io(m: Machine, bb: Any, root: Any, cmd: qemu_io.QemuIoCommand) -> str:
     """Carry out one qemu-io operation; returns what qemu-io prints."""
     graph = m.state.graph
@@ -108,6 +142,9 @@ def run_io(m: Machine, bb: Any, root: Any, cmd: qemu_io.QemuIoCommand) -> str:
         return cmd.output if res.ok else cmd.failed(res.error)
     if cmd.op == "read":
         if 0 <= off and off + length <= root.size_bytes:
+            refused = io.snapshot_read_error(graph, root, off, length)
+            if refused is not None:
+                return cmd.failed(refused.error)
             io.copy_on_read(graph, root, off, length)
         if cmd.pattern is None:
             res = io.guest_read(graph, root, off, length, None, m.state.stamps.patterns_of)

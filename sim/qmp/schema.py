@@ -505,7 +505,10 @@ _QCOW2_ENCRYPTION = Union(
     "format",
     {"aes": members(("*key-secret", STR)), "luks": members(("*key-secret", STR))},
 )
-MODELLED_DRIVERS = ("blkdebug", "copy-on-read", "file", "null-co", "qcow2", "raw", "throttle")
+MODELLED_DRIVERS = (
+    "blkdebug", "copy-before-write", "copy-on-read", "file", "null-co", "qcow2", "raw",
+    "snapshot-access", "throttle",
+)  # fmt: skip
 _BLKDEBUG_EVENT = Enum("BlkdebugEvent", (
     "l1_update", "l1_grow_alloc_table", "l1_grow_write_table", "l1_grow_activate_table",
     "l2_load", "l2_update", "l2_update_compressed", "l2_alloc_cow_read", "l2_alloc_write",
@@ -558,6 +561,12 @@ _BLOCKDEV_VARIANTS.update(
         ("*unshare-child-perms", List(_BLOCK_PERMISSION)),
     ),
 )  # fmt: skip
+_BLOCKDEV_VARIANTS["copy-before-write"] = members(
+    ("file", _BLOCKDEV_REF), ("target", _BLOCKDEV_REF), ("*bitmap", Struct("BlockDirtyBitmap", _BITMAP)),
+    ("*on-cbw-error", Enum("OnCbwError", ("break-guest-write", "break-snapshot"))),
+    ("*cbw-timeout", UINT32),
+)  # fmt: skip
+_BLOCKDEV_VARIANTS["snapshot-access"] = members(("file", _BLOCKDEV_REF))
 _BLOCKDEV_VARIANTS["null-co"] = members(
     ("*size", INT), ("*latency-ns", UINT64), ("*read-zeroes", BOOL)
 )

@@ -31,9 +31,11 @@ from bitarray.util import intervals
 
 from sim.errors import QMPError
 from sim.model.content import chain_extents
-from sim.model.io import read_stamps
+from sim.model.io import NO_ACCESS, read_stamps, snapshot_read_error
 
 if TYPE_CHECKING:
+    from sim.model.cbw import CopyBeforeWrite
+    from sim.model.content import Content
     from sim.model.exports import BlockExport
     from sim.model.graph import BlockNode
     from sim.serve.host import SimHost
@@ -59,7 +61,7 @@ CMD_FLAG_REQ_ONE = 8
 REPLY_FLAG_DONE = 1
 REPLY_TYPE_NONE, REPLY_TYPE_OFFSET_DATA, REPLY_TYPE_BLOCK_STATUS = 0, 1, 5
 REPLY_TYPE_ERROR = 2**15 + 1
-EPERM, EIO, EINVAL, ENOSPC = 1, 5, 22, 28
+EPERM, EIO, EINVAL, ENOSPC, ENOTSUP = 1, 5, 22, 28, 95
 MAX_OPTION = 1 << 20
 MAX_READ = 32 << 20
 MAX_EXTENTS = 1 << 16
@@ -316,6 +318,10 @@ class _Connection:
             self._simple(handle, errno)
 
     def _read(self, handle: int, exp: BlockExport, offset: int, length: int) -> None:
+        refused = snapshot_read_error(self.host.machine.state.graph, exp.node, offset, length)
+        if refused is not None:  # system_errno_to_nbd_errno: EACCES is EINVAL, ENOTSUP its own
+            self._error(handle, EINVAL if refused is NO_ACCESS else ENOTSUP)
+            return
         data = read_bytes(self.host, exp, offset, length)
         if self.structured:
             self._chunk(handle, REPLY_TYPE_OFFSET_DATA, struct.pack(">Q", offset) + data)
@@ -371,6 +377,14 @@ def context_extents(exp: BlockExport, ctx: str, offset: int, length: int) -> lis
 def allocation_runs(exp: BlockExport) -> list[tuple[int, int, int]]:
     """(start, end, flags) over the whole export: 0 where data, 3 (HOLE|ZERO) elsewhere."""
     node = exp.node
+    size = node.size_bytes
+    if node.driver == "snapshot-access" and node.file is not None and node.file.cbw is not None:
+        return _snapshot_runs(node.file.cbw, size)
+    granule = node.cluster_size if node.driver == "qcow2" else RAW_BLOCK
+    return _chain_runs(_chain_contents(node), size, granule)
+
+
+def _chain_contents(node: BlockNode) -> list[Content]:
     graph_chain = []
     n: BlockNode | None = node
     while n is not None:
@@ -379,13 +393,38 @@ def allocation_runs(exp: BlockExport) -> list[tuple[int, int, int]]:
             break
         graph_chain.append(data)
         n = data.backing
-    contents = [c.content for c in graph_chain if c.content is not None]
-    size = node.size_bytes
-    granule = node.cluster_size if node.driver == "qcow2" else RAW_BLOCK
+    return [c.content for c in graph_chain if c.content is not None]
+
+
+def _snapshot_runs(cbw: CopyBeforeWrite, size: int) -> list[tuple[int, int, int]]:
+    """cbw_co_snapshot_block_status: a cluster the filter copied answers as the target
+    does, any other as the source does."""
+    src = _chain_runs(_chain_contents(cbw.source), size, cbw.source.cluster_size)
+    # block-copy's copy of a cluster the source did not allocate answers as data from
+    # the target too (recorded on QEMU 7.2: nbdinfo --map of a snapshot-access export)
+    tgt = _chain_runs(_chain_contents(cbw.target), size, cbw.target.cluster_size, data_from=1)
+    runs: list[tuple[int, int, int]] = []
+    for done, lo, hi in intervals(cbw.done_map.bits):
+        a, b = lo * cbw.cluster, min(hi * cbw.cluster, size)
+        for start, end, flags in tgt if done else src:
+            x, y = max(start, a), min(end, b)
+            if x >= y:
+                continue
+            if runs and runs[-1][2] == flags and runs[-1][1] == x:
+                runs[-1] = (runs[-1][0], y, flags)
+            else:
+                runs.append((x, y, flags))
+    return runs
+
+
+def _chain_runs(
+    contents: list[Content], size: int, granule: int, data_from: int = 2
+) -> list[tuple[int, int, int]]:
+    """Runs of a read through `contents`: data where a stamp is at least `data_from`."""
     runs: list[tuple[int, int, int]] = []
     pos = 0
     for lo, hi, stamp in chain_extents(contents, 0, -(-size // 512)):
-        if stamp < 2:
+        if stamp < data_from:
             continue
         start = (lo * 512) // granule * granule
         end = min(-(-(hi * 512) // granule) * granule, size)
