@@ -63,6 +63,7 @@ class BackupKind(JobDriver):
         self.filter = insert_filter(graph, source, "copy-before-write", filter_name, target)
         self.cbw = CopyBeforeWrite(graph, self.filter, source, target)
         self.cbw.on_copy = self._count_copy
+        self.filter.write_hook = self.before_write
         self.cursor = 0
 
     @property
@@ -143,6 +144,10 @@ class BackupKind(JobDriver):
 
     def _copy_cluster(self, index: int) -> int:
         return self.cbw.copy_cluster(index)
+
+    def before_write(self, node: BlockNode, offset: int, length: int) -> None:
+        """The job's filter: copy-before-write (sim.model.cbw)."""
+        self.cbw.before_write(node, offset, length)
 
     # -- end ---------------------------------------------------------------------------------
     def commit(self) -> None:
