@@ -24,8 +24,11 @@ import pytest
 from sim.check import CHECKERS, make_checkers
 from sim.model import bitmap_ops, io, jobs
 from sim.model.bitmap import DirtyBitmap
+from sim.model.cbw import CopyBeforeWrite
+from sim.model.content import read_through, sector_span
 from sim.model.job_backup import BackupKind
 from sim.model.job_commit import CommitKind
+from sim.model.job_graph import chain_contents
 from sim.model.job_mirror import MirrorKind
 from sim.model.job_stream import StreamKind
 from sim.replay import replay
@@ -144,6 +147,14 @@ def _enable_disables(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(bitmap_ops, "set_enabled", set_enabled)
 
 
+def _snapshot_reads_source(mp: pytest.MonkeyPatch) -> None:
+    def snapshot_stamps(self: CopyBeforeWrite, offset: int, length: int) -> Any:
+        first, end = sector_span(offset, length)
+        return read_through(chain_contents(self.graph, self.source), first, end)
+
+    mp.setattr(CopyBeforeWrite, "snapshot_stamps", snapshot_stamps)
+
+
 MUTANTS = [
     Mutant("skip-bitmap-marking", "DirtyBitmap.record_write marks nothing", _skip_marking),
     Mutant(
@@ -190,6 +201,11 @@ MUTANTS = [
         _remove_keeps_bitmap,
     ),
     Mutant("enable-disables", "block-dirty-bitmap-enable disables the bitmap", _enable_disables),
+    Mutant(
+        "snapshot-reads-source",
+        "snapshot-access reads the source where copy-before-write kept the old data",
+        _snapshot_reads_source,
+    ),
 ]
 
 

@@ -12,7 +12,7 @@ zeroes (0 = unallocated, which reads as zeroes at the bottom of a chain, and
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,12 +135,19 @@ def describe(stamps: StampTable, stamp: int) -> str:
 
 def compare(runs: Runs, expected: list[Content], actual: list[Content]) -> Mismatch | None:
     """Compare what reads through two chains (top first) see on `runs`."""
+    return compare_view(runs, expected, lambda lo, hi: read_through(actual, lo, hi))
+
+
+def compare_view(
+    runs: Runs, expected: list[Content], read: Callable[[int, int], np.ndarray]
+) -> Mismatch | None:
+    """Compare a read through a chain with `read(first_sector, end_sector)`'s stamps."""
     total = 0
     first = exp0 = act0 = -1
     bad: Runs = []
     for lo, hi in runs:
         exp = read_through(expected, lo, hi)
-        act = read_through(actual, lo, hi)
+        act = read(lo, hi)
         diff = ~same_data(exp, act)
         if not diff.any():
             continue

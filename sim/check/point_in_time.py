@@ -17,6 +17,15 @@ chain; each incremental that consumes the bitmap adds its target on top.
 After each successful incremental, reading the anchor plus every incremental
 (newest on top) must give the source as it was when that incremental started.
 A clear, a disabled bitmap under guest writes, or a removal ends the chain.
+
+A copy-before-write filter added by blockdev-add (QEMU 7.x fleecing) is
+checked the same way: when it appears the checker copies its source's
+contents, and after every guest write through it its point-in-time view
+(what a snapshot-access node above it reads) must equal that copy wherever
+the view is readable (its access bitmap; a broken snapshot is not readable at
+all).  A write that reaches the source without passing the filter (QEMU 7.2
+allows it while the filter has no parent) changes the view there, and the
+checker takes the new view as the reference for that range.
 """
 
 from __future__ import annotations
@@ -24,13 +33,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from sim.check import extents
 from sim.check.extents import Runs
 from sim.check.observe import StepChecker, listed_bitmaps
 from sim.errors import QMPError
 from sim.model.bitmap import DirtyBitmap
+from sim.model.cbw import CopyBeforeWrite
 from sim.model.content import SECTOR_SHIFT, Content
 from sim.model.graph import BlockBackend, BlockNode
+from sim.model.io import write_path
 from sim.model.job_backup import BackupKind
 
 if TYPE_CHECKING:
@@ -64,6 +77,16 @@ class BackupRun:
 
 
 @dataclass(eq=False)
+class FleeceRun:
+    """A blockdev-added copy-before-write filter: its source as it was when it opened."""
+
+    cbw: CopyBeforeWrite
+    step: int
+    snapshot: list[Content]
+    unchecked: Runs = field(default_factory=list)  # written since the last check
+
+
+@dataclass(eq=False)
 class Chain:
     """A full backup plus the incrementals taken after it with one bitmap."""
 
@@ -84,6 +107,7 @@ class BackupPointInTime(StepChecker):
         self.known: set[Job] = set()
         self.chains: dict[DirtyBitmap, Chain] = {}
         self._chain_broken = False  # a write found a chained bitmap not recording
+        self.fleeces: dict[int, FleeceRun] = {}
         machine.state.write_observers.append(self._on_write)
 
     def _on_write(
@@ -95,6 +119,13 @@ class BackupPointInTime(StepChecker):
                 run.written.append(run_)
                 if run.sync == "none":
                     run.unchecked.append(run_)
+        if self.fleeces:
+            path = write_path(self.graph, root)
+            for fleece in self.fleeces.values():
+                if any(n is fleece.cbw.filter for n in path):
+                    fleece.unchecked.append(extents.byte_run(offset, length))
+                else:
+                    self._adopt(fleece, offset, length)
         for bm in self.chains:
             if not bm.recording:
                 self._chain_broken = True
@@ -103,10 +134,15 @@ class BackupPointInTime(StepChecker):
     quiet_work = True
 
     def needs_quiet_step(self) -> bool:
-        return self._chain_broken or any(run.unchecked for run in self.runs.values())
+        return (
+            self._chain_broken
+            or any(run.unchecked for run in self.runs.values())
+            or any(f.unchecked for f in self.fleeces.values())
+        )
 
     def check_step(self, index: int) -> None:
         self._fleecing(index)
+        self._cbw_views(index)
         if self.log.quiet:
             self._drop_unrecording()
             return
@@ -236,6 +272,61 @@ class BackupPointInTime(StepChecker):
                     job=run.job.id,
                     **miss.details(),
                 )
+
+    def _cbw_views(self, index: int) -> None:
+        """Blockdev-added copy-before-write filters: new ones are remembered with their
+        source's contents; the views of known ones are compared where written."""
+        job_filters = {id(j.kind.cbw) for j in self.state.jobs if isinstance(j.kind, BackupKind)}
+        live: dict[int, FleeceRun] = {}
+        for node in self.graph.nodes:
+            cbw = node.cbw
+            if cbw is None or id(cbw) in job_filters:
+                continue
+            fleece = self.fleeces.get(id(cbw))
+            if fleece is None:
+                snapshot = [c.clone() for c in self._chain(cbw.source)]
+                fleece = FleeceRun(cbw, index, snapshot)
+            live[id(cbw)] = fleece
+        self.fleeces = live
+        for fleece in live.values():
+            if fleece.unchecked:
+                self._check_view(fleece, index)
+
+    def _adopt(self, fleece: FleeceRun, offset: int, length: int) -> None:
+        """A write that reached the source without passing the filter (a device whose
+        root is the source, or qemu-io on the source while the filter has no parent:
+        QEMU 7.2 allows both) changes the view there; the view is what it now is."""
+        first, end = extents.byte_run(offset, length)
+        end = min(end, fleece.snapshot[0].nsectors) if fleece.snapshot else first
+        if end <= first:
+            return
+        stamps = fleece.cbw.snapshot_stamps(first << SECTOR_SHIFT, (end - first) << SECTOR_SHIFT)
+        fleece.snapshot[0].write_stamps(first, stamps)
+
+    def _check_view(self, fleece: FleeceRun, index: int) -> None:
+        cbw = fleece.cbw
+        nsectors = (cbw.source.size_bytes + (1 << SECTOR_SHIFT) - 1) >> SECTOR_SHIFT
+        written = extents.clip(extents.union(fleece.unchecked), nsectors)
+        fleece.unchecked = []
+        if cbw.snapshot_error:
+            return
+        readable = extents.bit_runs(cbw.access_map.bits, cbw.cluster, cbw.source.size_bytes)
+        runs = extents.intersect(written, readable)
+
+        def view(lo: int, hi: int) -> np.ndarray:
+            return cbw.snapshot_stamps(lo << SECTOR_SHIFT, (hi - lo) << SECTOR_SHIFT)
+
+        miss = extents.compare_view(runs, fleece.snapshot, view)
+        if miss is not None:
+            self.report(
+                index,
+                f"the point-in-time view of copy-before-write node "
+                f"'{cbw.filter.node_name}' (opened at step {fleece.step}) no longer reads as "
+                f"its source did then: {miss.where()}; "
+                f"{miss.what(self.state.stamps, 'expected the old')}",
+                node=cbw.filter.node_name,
+                **miss.details(),
+            )
 
     def _verify(self, run: BackupRun, index: int) -> None:
         run.written = extents.union(run.written)

@@ -7,8 +7,9 @@ the bitmaps on the node growing and shrinking), change-backing-file,
 block-set-write-threshold, raw windows (offset / size) over a raw file,
 blkdebug rules and states under a raw node,
 copy-on-read and throttle filters (with
-object-add / qom-set / object-del of their throttle groups), and HMP lines
-that are not qemu-io.
+object-add / qom-set / object-del of their throttle groups), HMP lines that
+are not qemu-io, and QEMU 7.x fleecing (copy-before-write + snapshot-access
+by blockdev-add).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ HMP_LINES = ("frobnicate", "info foo", "", "qemu-io")
 OPERATIONS = (
     "create_file", "create_qcow2", "add_created_image", "reopen", "resize",
     "change_backing_file", "write_threshold", "hmp_other", "copy_on_read", "throttle",
-    "blockstats", "raw_window", "blkdebug",
+    "blockstats", "raw_window", "blkdebug", "fleecing",
 )  # fmt: skip
 BLKDEBUG_EVENTS = ("read_aio", "write_aio", "flush_to_os", "flush_to_disk", "l2_update")
 THROTTLE_LIMITS = (
@@ -45,11 +46,13 @@ BAD_THROTTLE_LIMITS = (
     {"iops-total": 100, "iops-read": 5}, {"bps-total-max": 100}, {"bps-total": -1},
     {"iops-total": 10, "iops-total-max-length": 0}, {"iops-size": 512},
 )  # fmt: skip
+CBW_ERRORS = ("break-guest-write", "break-snapshot")
 
 
 class BlockApiRules(_Base):
     """blockdev-create, blockdev-reopen, block_resize, change-backing-file,
-    block-set-write-threshold, copy-on-read filters and HMP beyond qemu-io."""
+    block-set-write-threshold, copy-on-read filters, fleecing filters and HMP beyond
+    qemu-io."""
 
     def block_api(self, c: Choices) -> None:
         """One block API operation.  Not a rule of its own: the `blockdev` group's
@@ -316,3 +319,81 @@ class BlockApiRules(_Base):
             else:
                 self.qemu_io(name, f"{op} {c.pick((0, 4096, 65536))} 4k")
         self.qmp("blockdev-del", {"node-name": name})
+
+    def api_fleecing(self, c: Choices) -> None:
+        """QEMU 7.x fleecing: a copy-before-write filter over a qcow2 node with another
+        free qcow2 node as its target (sometimes a bitmap of the source, an error
+        policy, a timeout, or a reference QEMU refuses), a snapshot-access node over
+        it, guest writes through the filter, reads of the point-in-time view (and a
+        snapshot discard); sometimes left in place, mostly torn down."""
+        nodes = self.format_nodes()
+        src = self.pick(c, nodes, ("nosuch",))
+        own = self.fleece_target(c, self.size_of(src))
+        target = own if own is not None else self.pick(c, [], (*nodes, "nosuch"))
+        flt = self.fresh("cbw")
+        args: dict[str, Any] = {
+            "driver": "copy-before-write", "node-name": flt, "file": src, "target": target,
+        }  # fmt: skip
+        if c.rarely(3):
+            bitmaps = [(n, b) for n, b in self.bitmap_addresses() if n == src]
+            node, name = self.pick(c, bitmaps, ((src, "nosuch"), ("nosuch", "b0")))
+            args["bitmap"] = {"node": node, "name": name}
+        if c.rarely(4):
+            args["on-cbw-error"] = c.pick(CBW_ERRORS)
+        if c.rarely(6):
+            args["cbw-timeout"] = c.pick((0, 1, 60))
+        if "return" not in self.qmp("blockdev-add", args).response:
+            self.drop_fleece_target(own)
+            return
+        view = self.fresh("acc")
+        access: dict[str, Any] = {"driver": "snapshot-access", "node-name": view, "file": flt}
+        if c.boolean():
+            access["discard"] = "unmap"
+        has_view = "return" in self.qmp("blockdev-add", access).response
+        size = max(self.size_of(flt), 65536)
+        for _ in range(c.between(1, 3)):
+            offset = c.between(0, 1023) * 65536 % size
+            self.qemu_io(flt, f"write -P {c.between(1, 255)} {offset} {c.pick(('4k', '64k'))}")
+        if has_view:
+            offset = c.between(0, 1023) * 65536 % size
+            self.qemu_io(view, f"read {offset} {c.pick(('4k', '64k', '1M'))}")
+            if c.rarely(3):
+                self.qemu_io(view, f"discard {offset} 64k")
+        if c.rarely(4):
+            return  # left in place: later operations meet the filter
+        if has_view:
+            self.qmp("blockdev-del", {"node-name": view})
+        self.qmp("blockdev-del", {"node-name": flt})
+        self.drop_fleece_target(own)
+
+    def fleece_target(self, c: Choices, size: int) -> str | None:
+        """A fresh, empty qcow2 node as fleecing target (blockdev-create'd file and
+        qcow2), so no other operation later finds the copies in an image it opens as
+        if it were empty; None (a bad target instead) sometimes when invalid input is on."""
+        if self.invalid and c.rarely(8):
+            return None
+        image = self.fresh("fl") + ".qcow2"
+        job = self.fresh("cr")
+        opts = {"driver": "file", "filename": image, "size": 0}
+        if "return" not in self.qmp("blockdev-create", {"job-id": job, "options": opts}).response:
+            return None
+        self.qmp("job-dismiss", {"id": job})
+        file = self.fresh("flf")
+        self.qmp("blockdev-add", {"driver": "file", "filename": image, "node-name": file})
+        job = self.fresh("cr")
+        opts = {"driver": "qcow2", "file": file, "size": size}
+        self.qmp("blockdev-create", {"job-id": job, "options": opts})
+        self.qmp("job-dismiss", {"id": job})
+        node = self.fresh("flt")
+        out = self.qmp("blockdev-add", {"driver": "qcow2", "file": file, "node-name": node})
+        return node if "return" in out.response else None
+
+    def drop_fleece_target(self, node: str | None) -> None:
+        """blockdev-del the fleecing target and its file node."""
+        if node is None:
+            return
+        target = self.machine.state.graph.node(node)
+        file = target.file.node_name if target is not None and target.file is not None else None
+        self.qmp("blockdev-del", {"node-name": node})
+        if file is not None:
+            self.qmp("blockdev-del", {"node-name": file})

@@ -75,13 +75,17 @@ class CopyBeforeWrite:
 
     # -- copying ---------------------------------------------------------------------------
     def copy_cluster(self, index: int) -> int:
-        """Copy one cluster the block-copy bitmap still marks; its length, or 0."""
+        """Copy one cluster the block-copy bitmap still marks; its length, 0 when there
+        was nothing to copy, -1 when the copy failed (the cluster ends past the target:
+        the write to it is refused, and the cluster stays to be copied)."""
         bits = self.copy_map.bits
         if index >= len(bits) or not bits[index]:
             return 0
-        bits[index] = 0
         off = index * self.cluster
         length = min(self.cluster, self.source.size_bytes - off)
+        if off + length > self.target.size_bytes:
+            return -1
+        bits[index] = 0
         copy_range(
             self.graph,
             chain_contents(self.graph, self.source),
@@ -94,16 +98,23 @@ class CopyBeforeWrite:
             self.on_copy(index)
         return length
 
-    def before_write(self, node: BlockNode, offset: int, length: int) -> None:
-        """cbw_do_copy_before_write: copy the old data of every touched cluster."""
+    def before_write(self, node: BlockNode, offset: int, length: int) -> bool:
+        """cbw_do_copy_before_write: copy the old data of every touched cluster and mark
+        them done.  A failed copy fails the guest write (False) under
+        `break-guest-write`; under `break-snapshot` it breaks the snapshot (every
+        snapshot read is then EACCES) and the write goes on."""
         if self.snapshot_error:
-            return
+            return True
         first = offset // self.cluster
         last = (offset + length - 1) // self.cluster
-        for i in range(first, last + 1):
-            self.copy_cluster(i)
-            if i < len(self.done_map.bits):
-                self.done_map.bits[i] = 1
+        failed = any(self.copy_cluster(i) < 0 for i in range(first, last + 1))
+        if failed:
+            if self.on_cbw_error == "break-guest-write":
+                return False
+            self.snapshot_error = 5  # EIO
+            return True
+        self.done_map.bits[first : last + 1] = 1
+        return True
 
     # -- the snapshot API (snapshot-access reads through it) ---------------------------------
     def accessible(self, offset: int, length: int) -> bool:

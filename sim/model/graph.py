@@ -105,6 +105,7 @@ class BlockNode:
         """raw_open: a raw node with an offset or a size has a data child, not a
         filtered one (it unshares resize on its file and cannot be resized itself)."""
         return bool(self.raw_offset) or "size" in self.raw_options
+
     cbw: CopyBeforeWrite | None = None  # a copy-before-write filter's state (sim/model/cbw.py)
 
     @property

@@ -106,8 +106,8 @@ def guest_write(
             check_write_threshold(graph, node, offset, length)
         for bm in node.bitmaps:
             bm.record_write(offset, length)
-        if node.write_hook is not None:
-            node.write_hook(node, offset, length)  # type: ignore[operator]
+        if node.write_hook is not None and node.write_hook(node, offset, length) is False:  # type: ignore[operator]
+            return IO_ERROR  # copy-before-write could not copy (break-guest-write)
         if node.is_filter:
             node = node.filtered_child()
             continue

@@ -145,9 +145,9 @@ class BackupKind(JobDriver):
     def _copy_cluster(self, index: int) -> int:
         return self.cbw.copy_cluster(index)
 
-    def before_write(self, node: BlockNode, offset: int, length: int) -> None:
+    def before_write(self, node: BlockNode, offset: int, length: int) -> bool:
         """The job's filter: copy-before-write (sim.model.cbw)."""
-        self.cbw.before_write(node, offset, length)
+        return self.cbw.before_write(node, offset, length)
 
     # -- end ---------------------------------------------------------------------------------
     def commit(self) -> None:

@@ -1,0 +1,247 @@
+"""Write qemu-iotests 257 and 124 (QEMU 7.2) as unrecorded traces.
+
+Usage: python3 scripts/iotest_traces.py OUT_DIR
+Then `python3 -m sim record OUT_DIR/X.jsonl -o scenarios/iotests/X.jsonl` records
+each on QEMU 7.2.  Each trace follows its test step for step: the QMP commands
+the test sends (`vm.qmp_log`, `vm.command`), qemu-io through
+`human-monitor-command`, `vm.run_job` as waits for JOB_STATUS_CHANGE with the
+verbs run_job sends.  `vm.query_bitmaps` (query-named-block-nodes, of which
+the test logs the bitmaps) becomes `x-debug-block-dirty-bitmap-sha256` of the
+named bitmap: query-named-block-nodes also reports each image's
+`actual-size`, which depends on ext4 writeback (two recordings of the same
+trace on QEMU 7.2 differ by an extent index block), so a recorded answer
+with it cannot be replayed exactly.  The anonymous successor 257 counts while
+the job is pending appears in no such answer; the final state and the events
+carry the rest.  What a trace cannot say (qemu-img compare/rebase of the
+images after the VM is gone, Python-side bitmap emulation) is left out.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+SIZE = 64 * 1024 * 1024
+GRANULARITY = 64 * 1024
+
+# 257's GROUPS: (pattern byte, offset, size)
+GROUPS = [
+    [("0x49", 0x0000000, GRANULARITY), ("0x6c", 0x0100000, GRANULARITY),
+     ("0x6f", 0x2000000, GRANULARITY), ("0x76", 0x3FF0000, GRANULARITY)],
+    [("0x65", 0x0000000, GRANULARITY), ("0x77", 0x00F8000, GRANULARITY),
+     ("0x72", 0x2008000, GRANULARITY), ("0x69", 0x3FE0000, GRANULARITY)],
+    [("0x74", 0x0010000, GRANULARITY), ("0x69", 0x00E8000, GRANULARITY),
+     ("0x6e", 0x2018000, GRANULARITY), ("0x67", 0x3FE0000, 2 * GRANULARITY)],
+    [("0xaa", 0x0010000, 3 * GRANULARITY), ("0xbb", 0x00D8000, GRANULARITY),
+     ("0xcc", 0x2028000, GRANULARITY), ("0xdd", 0x3FC0000, GRANULARITY)],
+]  # fmt: skip
+
+
+class TraceWriter:
+    """Lines of one trace: a header, steps and `//` comments."""
+
+    def __init__(self, name: str, description: str) -> None:
+        header = {"trace": 1, "name": name, "drives": [], "policy": "qemu-7.2", "seed": 0,
+                  "description": description}  # fmt: skip
+        self.lines = [json.dumps(header)]
+
+    def note(self, text: str) -> None:
+        self.lines.append(f"// {text}")
+
+    def qmp(self, cmd: str, args: dict[str, Any] | None = None) -> None:
+        step: dict[str, Any] = {"execute": cmd}
+        if args is not None:
+            step["arguments"] = args
+        self.lines.append(json.dumps(step))
+
+    def wait(self, event: str, data: dict[str, Any]) -> None:
+        self.lines.append(json.dumps({"wait": {"event": event, "data": data}}))
+
+    def hmp_io(self, node: str, cmd: str) -> None:
+        self.qmp("human-monitor-command", {"command-line": f'qemu-io {node} "{cmd}"'})
+
+    def run_job(
+        self,
+        job: str,
+        auto_finalize: bool = True,
+        auto_dismiss: bool = False,
+        pre_finalize: Any = None,
+        cancel: bool = False,
+    ) -> None:
+        """iotests VM.run_job for a job that reaches `pending` (auto_finalize off) or
+        concludes: its verbs, in the order run_job sends them."""
+        if not auto_finalize:
+            self.wait("JOB_STATUS_CHANGE", {"id": job, "status": "pending"})
+            if pre_finalize is not None:
+                pre_finalize()
+            self.qmp("job-cancel" if cancel else "job-finalize", {"id": job})
+        self.wait("JOB_STATUS_CHANGE", {"id": job, "status": "concluded"})
+        if not auto_dismiss:
+            self.qmp("job-dismiss", {"id": job})
+        self.wait("JOB_STATUS_CHANGE", {"id": job, "status": "null"})
+
+    def write(self, path: Path) -> None:
+        path.write_text("\n".join(self.lines) + "\n")
+
+
+def create_target(t: TraceWriter, name: str, filename: str, size: int = SIZE) -> None:
+    """257's Drive.create_target: blockdev-create file + qcow2, each run as a job."""
+    file_node = f"file_{filename}"
+    t.qmp("blockdev-create", {"job-id": "bdc-file-job",
+                              "options": {"driver": "file", "filename": filename, "size": 0}})  # fmt: skip
+    t.run_job("bdc-file-job")
+    t.qmp("blockdev-add", {"driver": "file", "node-name": file_node, "filename": filename})
+    t.qmp("blockdev-create", {"job-id": "bdc-fmt-job",
+                              "options": {"driver": "qcow2", "file": file_node, "size": size}})  # fmt: skip
+    t.run_job("bdc-fmt-job")
+    t.qmp("blockdev-add", {"driver": "qcow2", "node-name": name, "file": file_node})
+
+
+def blockdev_backup(t: TraceWriter, device: str, target: str, sync: str, **kw: Any) -> None:
+    args = {"device": device, "target": target, "sync": sync, "filter-node-name": "backup-top"}
+    args.update({k.replace("_", "-"): v for k, v in kw.items() if v is not None})
+    t.qmp("blockdev-backup", args)
+
+
+def perform_writes(t: TraceWriter, n: int, node: str = "drive0") -> None:
+    t.note(f"--- Write #{n} ---")
+    for byte, offset, size in GROUPS[n]:
+        t.hmp_io(node, f"write -P{byte} 0x{offset:07x} 0x{size:x}")
+    query_bitmaps(t, n > 0)
+
+
+def query_bitmaps(t: TraceWriter, has_bitmap: bool = True) -> None:
+    """vm.query_bitmaps, as far as a recorded answer can replay (module docstring)."""
+    if has_bitmap:
+        t.qmp("x-debug-block-dirty-bitmap-sha256", {"node": "drive0", "name": "bitmap0"})
+
+
+def reference_backup(t: TraceWriter, n: int) -> None:
+    t.note(f"--- Reference Backup #{n} ---")
+    create_target(t, f"ref_target_{n}", f"fbackup{n}")
+    blockdev_backup(t, "drive0", f"ref_target_{n}", "full", job_id=f"ref_backup_{n}")
+    t.run_job(f"ref_backup_{n}", auto_dismiss=True)
+
+
+def backup(t: TraceWriter, n: int, filename: str, sync: str, **kw: Any) -> str:
+    t.note(f"--- Test Backup #{n} ---")
+    create_target(t, f"backup_target_{n}", filename)
+    kw.setdefault("auto_finalize", False)
+    blockdev_backup(t, "drive0", f"backup_target_{n}", sync, job_id=f"backup_{n}", **kw)
+    return f"backup_{n}"
+
+
+def test_bitmap_sync(out: Path, bsync: str, msync: str, failure: str | None) -> None:
+    """257's test_bitmap_sync (the 'intermediate' failure needs blkdebug set-state)."""
+    cond = f"with {failure} failure" if failure else "without failure"
+    name = f"iotest-257-{msync}-{bsync}-{failure or 'ok'}"
+    t = TraceWriter(
+        name,
+        f"qemu-iotests 257, Mode {msync}; Bitmap Sync {bsync} {cond}: writes, a reference "
+        "full backup, bitmap0 added, more writes, a test backup with the bitmap held "
+        "pending while writes go through backup-top, then finalized or cancelled; more "
+        "writes and a second bitmap backup (the recovery); bitmap0 removed",
+    )
+    t.note("--- Preparing image & VM --- (qemu-img create, as blockdev-create)")
+    t.qmp("blockdev-create", {"job-id": "img-file",
+                              "options": {"driver": "file", "filename": "img", "size": 0}})  # fmt: skip
+    t.run_job("img-file")
+    t.qmp("blockdev-add", {"driver": "file", "node-name": "img-file", "filename": "img"})
+    t.qmp("blockdev-create", {"job-id": "img-fmt",
+                              "options": {"driver": "qcow2", "file": "img-file", "size": SIZE}})  # fmt: skip
+    t.run_job("img-fmt")
+    t.qmp("blockdev-del", {"node-name": "img-file"})
+    file_config: dict[str, Any] = {"driver": "file", "filename": "img"}
+    if failure == "intermediate":
+        file_config = {
+            "driver": "blkdebug", "image": file_config,
+            "set-state": [{"event": "flush_to_disk", "state": 1, "new_state": 2},
+                          {"event": "read_aio", "state": 2, "new_state": 3}],
+            "inject-error": [{"event": "read_aio", "errno": 5, "state": 3,
+                              "immediately": False, "once": True}],
+        }  # fmt: skip
+    t.qmp("blockdev-add", {"node-name": "drive0", "driver": "qcow2", "file": file_config})
+    perform_writes(t, 0)
+    reference_backup(t, 0)
+    t.note("--- Add Bitmap ---")
+    t.qmp("block-dirty-bitmap-add", {"node": "drive0", "name": "bitmap0",
+                                     "granularity": GRANULARITY})  # fmt: skip
+    perform_writes(t, 1)
+    reference_backup(t, 1)
+    if failure == "intermediate":
+        t.note("Activate blkdebug induced failure for second-to-next read")
+        t.hmp_io("drive0", "flush")
+    job = backup(t, 1, "bsync1", msync, bitmap="bitmap0", bitmap_mode=bsync)
+    if failure == "intermediate":
+        t.wait("JOB_STATUS_CHANGE", {"id": job, "status": "aborting"})
+        t.qmp("query-jobs")  # run_job logs the job's error
+        t.wait("JOB_STATUS_CHANGE", {"id": job, "status": "null"})
+    else:
+        t.run_job(job, auto_finalize=False, auto_dismiss=True,
+                  pre_finalize=lambda: perform_writes(t, 2, "backup-top"),
+                  cancel=failure == "simulated")  # fmt: skip
+    query_bitmaps(t)
+    perform_writes(t, 3)
+    reference_backup(t, 2)
+    job = backup(t, 2, "bsync2", "bitmap", bitmap="bitmap0", bitmap_mode=bsync)
+    t.run_job(job, auto_finalize=False, auto_dismiss=True)
+    query_bitmaps(t)
+    t.note("--- Cleanup ---")
+    t.qmp("block-dirty-bitmap-remove", {"node": "drive0", "name": "bitmap0"})
+    t.write(out / f"{name}.jsonl")
+
+
+def test_backup_api(out: Path) -> None:
+    """257's test_backup_api: every malformed or prohibited sync/bitmap/mode mix."""
+    t = TraceWriter(
+        "iotest-257-backup-api",
+        "qemu-iotests 257, API failure tests: blockdev-backup with every sync mode, "
+        "no/missing/existing bitmap and each bitmap-mode, refused in QEMU's words",
+    )
+    t.qmp("blockdev-create", {"job-id": "img-file",
+                              "options": {"driver": "file", "filename": "img", "size": 0}})  # fmt: skip
+    t.run_job("img-file")
+    t.qmp("blockdev-add", {"driver": "file", "node-name": "img-file", "filename": "img"})
+    t.qmp("blockdev-create", {"job-id": "img-fmt",
+                              "options": {"driver": "qcow2", "file": "img-file", "size": SIZE}})  # fmt: skip
+    t.run_job("img-fmt")
+    t.qmp("blockdev-del", {"node-name": "img-file"})
+    t.qmp("blockdev-add", {"node-name": "drive0", "driver": "qcow2",
+                           "file": {"driver": "file", "filename": "img"}})  # fmt: skip
+    create_target(t, "backup_target", "bsync1")
+    t.qmp("block-dirty-bitmap-add", {"node": "drive0", "name": "bitmap0",
+                                     "granularity": GRANULARITY})  # fmt: skip
+    modes = ["on-success", "always", "never", None]
+    cases: dict[str, dict[str | None, list[str | None]]] = {
+        "incremental": {None: modes, "bitmap404": modes, "bitmap0": ["always", "never"]},
+        "bitmap": {None: modes, "bitmap404": modes, "bitmap0": [None]},
+        "full": {None: modes[:3], "bitmap404": modes, "bitmap0": ["never", None]},
+        "top": {None: modes[:3], "bitmap404": modes, "bitmap0": ["never", None]},
+        "none": {None: modes[:3], "bitmap404": modes, "bitmap0": modes},
+    }
+    for sync, by_bitmap in cases.items():
+        t.note(f"-- Sync mode {sync} tests --")
+        for bitmap in (None, "bitmap404", "bitmap0"):
+            for policy in by_bitmap[bitmap]:
+                blockdev_backup(t, "drive0", "backup_target", sync, job_id="api_job",
+                                bitmap=bitmap, bitmap_mode=policy)  # fmt: skip
+    t.write(out / "iotest-257-backup-api.jsonl")
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    for bsync in ("never", "on-success", "always"):
+        for failure in ("simulated", "intermediate", None):
+            test_bitmap_sync(out, bsync, "bitmap", failure)
+    for msync in ("full", "top"):
+        for bsync in ("on-success", "always"):
+            for failure in ("simulated", "intermediate", None):
+                test_bitmap_sync(out, bsync, msync, failure)
+    test_backup_api(out)
+
+
+if __name__ == "__main__":
+    main()
