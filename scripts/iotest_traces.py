@@ -42,9 +42,11 @@ GROUPS = [
 class TraceWriter:
     """Lines of one trace: a header, steps and `//` comments."""
 
-    def __init__(self, name: str, description: str) -> None:
-        header = {"trace": 1, "name": name, "drives": [], "policy": "qemu-7.2", "seed": 0,
-                  "description": description}  # fmt: skip
+    def __init__(
+        self, name: str, description: str, drives: list[dict[str, Any]] | None = None
+    ) -> None:
+        header = {"trace": 1, "name": name, "drives": drives or [], "policy": "qemu-7.2",
+                  "seed": 0, "description": description}  # fmt: skip
         self.lines = [json.dumps(header)]
 
     def note(self, text: str) -> None:
@@ -230,6 +232,164 @@ def test_backup_api(out: Path) -> None:
     t.write(out / "iotest-257-backup-api.jsonl")
 
 
+# --- qemu-iotests 124 -----------------------------------------------------------------------
+
+DRIVE0_124 = {"id": "drive0", "node-name": "drive0-fmt", "file-node-name": "drive0-file",
+              "format": "qcow2", "size": SIZE}  # fmt: skip
+DEFAULT_PATTERN = (("0x41", "0", "512"), ("0xd5", "1M", "32k"), ("0xdc", "32M", "124k"))
+WRITES_1 = (("0xab", "0", "512"), ("0xfe", "16M", "256k"), ("0x64", "32736k", "64k"))
+WRITES_2 = (("0x9a", "0", "512"), ("0x55", "8M", "352k"), ("0x78", "15872k", "1M"))
+
+
+class Test124:
+    """124's TestIncrementalBackupBase: drive0 (qemu-img created, the default pattern
+    written before launch: here through qemu-io first), its anchor and reference
+    backups by drive-backup, incremental targets made as `qemu-img create -b parent`
+    (here blockdev-create with backing-file, then mode=existing)."""
+
+    def __init__(self, name: str, description: str) -> None:
+        self.t = TraceWriter(name, description, [DRIVE0_124])
+        self.nums: dict[str, int] = {}
+        self.last: dict[str, str] = {}
+        self.created = 0
+        for pattern in DEFAULT_PATTERN:
+            self.t.hmp_io("drive0", "write -P{} {} {}".format(*pattern))
+
+    def backup(self, **args: Any) -> None:
+        """do_qmp_backup: drive-backup, then BLOCK_JOB_COMPLETED."""
+        args = {k.replace("_", "-"): v for k, v in args.items()}
+        self.t.qmp("drive-backup", args)
+        self.t.wait("BLOCK_JOB_COMPLETED", {"device": args["device"]})
+
+    def anchor(self, drive: str = "drive0") -> None:
+        target = f"{drive}.full.backup.qcow2"
+        self.backup(job_id=drive, device=drive, sync="full", format="qcow2", target=target)
+        self.last.setdefault(f"{drive}/base", target)
+
+    def add_bitmap(self, name: str, drive: str = "drive0", **kw: Any) -> None:
+        self.t.qmp("block-dirty-bitmap-add", {"node": drive, "name": name, **kw})
+
+    def img_create(self, filename: str, backing: str | None, **opts: Any) -> None:
+        """qemu-img create -f qcow2 [-b backing -F qcow2] FILE 64M, as blockdev-create."""
+        self.created += 1
+        node = f"mk{self.created}"
+        job = f"mk{self.created}-file"
+        self.t.qmp("blockdev-create", {"job-id": job, "options": {"driver": "file",
+                                       "filename": filename, "size": 0}})  # fmt: skip
+        self.t.run_job(job)
+        self.t.qmp("blockdev-add", {"driver": "file", "node-name": node, "filename": filename})
+        options: dict[str, Any] = {"driver": "qcow2", "file": node, "size": SIZE, **opts}
+        if backing is not None:
+            options.update({"backing-file": backing, "backing-fmt": "qcow2"})
+        self.t.qmp("blockdev-create", {"job-id": f"{job}-fmt", "options": options})
+        self.t.run_job(f"{job}-fmt")
+        self.t.qmp("blockdev-del", {"node-name": node})
+
+    def new_target(self, bitmap: str, drive: str = "drive0") -> tuple[str, str]:
+        num = self.nums.get(f"{drive}/{bitmap}", 0)
+        self.nums[f"{drive}/{bitmap}"] = num + 1
+        base = f"{drive}.{bitmap}."
+        return f"{base}inc{num}.qcow2", f"{base}ref{num}.qcow2"
+
+    def last_target(self, bitmap: str, drive: str = "drive0") -> str:
+        return self.last.get(f"{drive}/{bitmap}", f"{drive}.full.backup.qcow2")
+
+    def prepare(self, bitmap: str, drive: str = "drive0") -> tuple[str, str]:
+        target, ref = self.new_target(bitmap, drive)
+        self.img_create(target, self.last_target(bitmap, drive))
+        return target, ref
+
+    def incremental(self, bitmap: str, drive: str = "drive0") -> None:
+        """create_incremental: the target over the last one, then a reference backup."""
+        target, ref = self.prepare(bitmap, drive)
+        self.backup(job_id=drive, device=drive, sync="incremental", bitmap=bitmap,
+                    format="qcow2", target=target, mode="existing")  # fmt: skip
+        self.last[f"{drive}/{bitmap}"] = target
+        self.backup(job_id=drive, device=drive, sync="full", format="qcow2", target=ref)
+
+    def writes(self, patterns: tuple[tuple[str, str, str], ...], drive: str = "drive0") -> None:
+        for pattern in patterns:
+            self.t.hmp_io(drive, "write -P{} {} {}".format(*pattern))
+        self.t.hmp_io(drive, "flush")
+
+    def sha(self, bitmap: str, drive: str = "drive0") -> None:
+        self.t.qmp("x-debug-block-dirty-bitmap-sha256", {"node": drive, "name": bitmap})
+
+
+def test_124(out: Path) -> None:
+    for name, kw in (("simple", {}), ("small-granularity", {"granularity": 32768}),
+                     ("large-granularity", {"granularity": 131072})):  # fmt: skip
+        x = Test124(
+            f"iotest-124-incremental-{name}",
+            f"qemu-iotests 124 test_{name.replace('-', '_')}: an anchor backup, bitmap0 "
+            f"{kw or ''}, a hollow incremental, then writes and an incremental (each with "
+            "its reference backup) twice",
+        )
+        x.anchor()
+        x.add_bitmap("bitmap0", **kw)
+        x.incremental("bitmap0")
+        x.writes(WRITES_1)
+        x.incremental("bitmap0")
+        x.writes(WRITES_2)
+        x.incremental("bitmap0")
+        x.sha("bitmap0")
+        x.t.write(out / f"iotest-124-incremental-{name}.jsonl")
+
+    x = Test124(
+        "iotest-124-larger-cluster-target",
+        "qemu-iotests 124 test_larger_cluster_target: a 128k-cluster anchor (mode=existing), "
+        "bitmap0 dirtied, an incremental into a 128k-cluster target without backing file",
+    )
+    x.img_create("drive0.full.backup.qcow2", None, **{"cluster-size": 131072})
+    x.backup(device="drive0", sync="full", format="qcow2", target="drive0.full.backup.qcow2",
+             mode="existing")  # fmt: skip
+    x.add_bitmap("bitmap0")
+    x.writes(WRITES_1)
+    target, ref = x.new_target("bitmap0")
+    x.img_create(target, None, **{"cluster-size": 131072})
+    x.backup(device="drive0", sync="incremental", bitmap="bitmap0", format="qcow2",
+             target=target, mode="existing")  # fmt: skip
+    x.backup(job_id="drive0", device="drive0", sync="full", format="qcow2", target=ref)
+    x.sha("bitmap0")
+    x.t.write(out / "iotest-124-larger-cluster-target.jsonl")
+
+    x = Test124(
+        "iotest-124-incremental-transaction",
+        "qemu-iotests 124 test_incremental_transaction: bitmap0, writes, bitmap1; one "
+        "transaction clears both and starts a full backup; writes; an incremental through "
+        "each bitmap",
+    )
+    x.add_bitmap("bitmap0")
+    x.writes(WRITES_1)
+    x.add_bitmap("bitmap1")
+    x.t.qmp("transaction", {"actions": [
+        {"type": "block-dirty-bitmap-clear", "data": {"node": "drive0", "name": "bitmap0"}},
+        {"type": "block-dirty-bitmap-clear", "data": {"node": "drive0", "name": "bitmap1"}},
+        {"type": "drive-backup", "data": {"job-id": "drive0", "device": "drive0",
+                                          "target": "drive0.full.backup.qcow2",
+                                          "sync": "full", "format": "qcow2"}},
+    ]})  # fmt: skip
+    x.t.wait("BLOCK_JOB_COMPLETED", {"device": "drive0"})
+    x.writes(WRITES_2)
+    x.incremental("bitmap0")
+    x.incremental("bitmap1")
+    x.sha("bitmap0")
+    x.sha("bitmap1")
+    x.t.write(out / "iotest-124-incremental-transaction.jsonl")
+
+    x = Test124(
+        "iotest-124-refusals",
+        "qemu-iotests 124 test_sync_dirty_bitmap_missing, _not_found, _bad_granularity: "
+        "incremental without a bitmap, with an unknown one, and a bitmap of granularity 64000",
+    )
+    x.t.qmp("drive-backup", {"device": "drive0", "sync": "incremental", "format": "qcow2",
+                             "target": "err.qcow2"})  # fmt: skip
+    x.t.qmp("drive-backup", {"device": "drive0", "sync": "incremental", "bitmap": "unknown",
+                             "format": "qcow2", "target": "err.qcow2"})  # fmt: skip
+    x.add_bitmap("bitmap0", granularity=64000)
+    x.t.write(out / "iotest-124-refusals.jsonl")
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
@@ -241,6 +401,7 @@ def main() -> None:
             for failure in ("simulated", "intermediate", None):
                 test_bitmap_sync(out, bsync, msync, failure)
     test_backup_api(out)
+    test_124(out)
 
 
 if __name__ == "__main__":

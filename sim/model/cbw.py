@@ -31,7 +31,19 @@ from sim.model.content import SECTOR_SHIFT, read_through, sector_span
 from sim.model.graph import BlockGraph, BlockNode
 from sim.model.job_graph import chain_contents, copy_range
 
-CBW_CLUSTER = 65536  # block_copy_calculate_cluster_size: at least 64 KiB
+CBW_CLUSTER = 65536  # BLOCK_COPY_CLUSTER_SIZE_DEFAULT
+
+
+def copy_cluster_size(graph: BlockGraph, target: BlockNode) -> int:
+    """block_copy_calculate_cluster_size: the target format's cluster size (bdrv_get_info),
+    at least 64 KiB; 64 KiB when the target has none (raw, file; recorded on QEMU 7.2:
+    an incremental backup into a 128 KiB-cluster qcow2 copies 128 KiB clusters)."""
+    data = graph.data_node(target)
+    if data.driver == "qcow2":
+        return max(CBW_CLUSTER, data.cluster_size)
+    return CBW_CLUSTER
+
+
 ON_CBW_ERRORS = ("break-guest-write", "break-snapshot")
 
 
@@ -52,7 +64,7 @@ class CopyBeforeWrite:
         self.graph, self.filter = graph, flt
         self.source, self.target = source, target
         self.on_cbw_error, self.cbw_timeout = on_cbw_error, cbw_timeout
-        self.cluster = CBW_CLUSTER
+        self.cluster = copy_cluster_size(graph, target)
         self.snapshot_error = 0  # errno of the first failed copy under break-snapshot
         self.on_copy: Callable[[int], None] | None = None  # a backup job's progress
         size = source.size_bytes

@@ -13,7 +13,7 @@ depends on bitmap-mode (backup_cleanup_sync_bitmap).
 from __future__ import annotations
 
 from sim.model.bitmap import DirtyBitmap, bits_at_granularity
-from sim.model.cbw import CBW_CLUSTER, CopyBeforeWrite
+from sim.model.cbw import CBW_CLUSTER, CopyBeforeWrite, copy_cluster_size
 from sim.model.graph import BlockGraph, BlockNode
 from sim.model.job_driver import JobDriver
 from sim.model.job_graph import (
@@ -52,7 +52,7 @@ class BackupKind(JobDriver):
         self.sync, self.bitmap, self.bitmap_mode = sync, bitmap, bitmap_mode
         self.close_target = close_target
         super().__init__()
-        self.cluster = JOB_CLUSTER
+        self.cluster = copy_cluster_size(graph, target)
         if bitmap is not None:
             succ = DirtyBitmap(None, bitmap.granularity, bitmap.size_bytes, enabled=bitmap.enabled)
             bitmap.successor = succ
