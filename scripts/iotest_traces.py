@@ -247,12 +247,14 @@ class Test124:
     backups by drive-backup, incremental targets made as `qemu-img create -b parent`
     (here blockdev-create with backing-file, then mode=existing)."""
 
-    def __init__(self, name: str, description: str) -> None:
-        self.t = TraceWriter(name, description, [DRIVE0_124])
+    def __init__(self, name: str, description: str, drive0: bool = True) -> None:
+        """`drive0`: the -drive of TestIncrementalBackup (False: the blkdebug class adds
+        its drive0 by blockdev-add)."""
+        self.t = TraceWriter(name, description, [DRIVE0_124] if drive0 else [])
         self.nums: dict[str, int] = {}
         self.last: dict[str, str] = {}
         self.created = 0
-        for pattern in DEFAULT_PATTERN:
+        for pattern in DEFAULT_PATTERN if drive0 else ():
             self.t.hmp_io("drive0", "write -P{} {} {}".format(*pattern))
 
     def backup(self, **args: Any) -> None:
@@ -311,6 +313,11 @@ class Test124:
         for pattern in patterns:
             self.t.hmp_io(drive, "write -P{} {} {}".format(*pattern))
         self.t.hmp_io(drive, "flush")
+
+    def note_del(self, drive: str, bitmap: str = "bitmap0") -> None:
+        """Bitmap.del_target: the failed target's number is used again."""
+        key = f"{drive}/{bitmap}"
+        self.nums[key] = self.nums.get(key, 1) - 1
 
     def sha(self, bitmap: str, drive: str = "drive0") -> None:
         self.t.qmp("x-debug-block-dirty-bitmap-sha256", {"node": drive, "name": bitmap})
@@ -390,6 +397,98 @@ def test_124(out: Path) -> None:
     x.t.write(out / "iotest-124-refusals.jsonl")
 
 
+BLKDEBUG_124 = {
+    "set-state": [{"event": "flush_to_disk", "state": 1, "new_state": 2}],
+    "inject-error": [{"event": "read_aio", "errno": 5, "state": 2, "immediately": False,
+                      "once": True}],
+}  # fmt: skip
+
+
+def blkdebug_drive(x: Test124, drive: str, patterns: tuple[tuple[str, str, str], ...]) -> None:
+    """124's blkdebug drive: a qemu-img created image with its pattern written offline
+    (here through a temporary node), then blockdev-add qcow2 over blkdebug over file."""
+    filename = f"{drive}.qcow2"
+    x.img_create(filename, None)
+    x.t.qmp("blockdev-add", {"driver": "qcow2", "node-name": "offline",
+                             "file": {"driver": "file", "filename": filename}})  # fmt: skip
+    for pattern in patterns:
+        x.t.hmp_io("offline", "write -P{} {} {}".format(*pattern))
+    x.t.qmp("blockdev-del", {"node-name": "offline"})
+    image = {"driver": "file", "filename": filename}
+    x.t.qmp("blockdev-add", {"node-name": drive, "driver": "qcow2",
+                             "file": {"driver": "blkdebug", "image": image, **BLKDEBUG_124}})  # fmt: skip
+
+
+def test_124_blkdebug(out: Path) -> None:
+    """124's test_transaction_failure and test_incremental_failure (blkdebug set-state)."""
+    x = Test124(
+        "iotest-124-transaction-failure",
+        "qemu-iotests 124 test_transaction_failure: drive1 over blkdebug (a read fails once "
+        "after the first flush), bitmaps and anchors on both drives, writes; a grouped "
+        "transaction of two incrementals: drive1's fails, drive0's is cancelled; the same "
+        "transaction again succeeds on both",
+    )
+    blkdebug_drive(x, "drive1", (("0x14", "0", "512"), ("0x5d", "1M", "32k"),
+                                 ("0xcd", "32M", "124k")))  # fmt: skip
+    x.add_bitmap("bitmap0", "drive0")
+    x.add_bitmap("bitmap0", "drive1")
+    x.anchor("drive0")
+    x.anchor("drive1")
+    x.writes(WRITES_1, "drive0")
+    x.writes((("0xba", "0", "512"), ("0xef", "16M", "256k"), ("0x46", "32736k", "64k")),
+             "drive1")  # fmt: skip
+
+    def transaction() -> None:
+        t0, _ = x.prepare("bitmap0", "drive0")
+        t1, _ = x.prepare("bitmap0", "drive1")
+        actions = [
+            {"type": "drive-backup", "data": {"job-id": d, "device": d, "target": t,
+                                              "sync": "incremental", "format": "qcow2",
+                                              "mode": "existing", "bitmap": "bitmap0"}}
+            for d, t in (("drive0", t0), ("drive1", t1))
+        ]  # fmt: skip
+        x.t.qmp("transaction", {"actions": actions, "properties": {"completion-mode": "grouped"}})
+
+    transaction()
+    x.t.wait("BLOCK_JOB_CANCELLED", {"device": "drive0"})
+    x.t.wait("BLOCK_JOB_COMPLETED", {"device": "drive1"})
+    x.t.wait("BLOCK_JOB_ERROR", {"device": "drive1"})
+    x.t.qmp("query-block-jobs")
+    x.note_del("drive0")
+    x.note_del("drive1")
+    transaction()
+    x.t.wait("BLOCK_JOB_COMPLETED", {"device": "drive0"})
+    x.t.wait("BLOCK_JOB_COMPLETED", {"device": "drive1"})
+    for d in ("drive0", "drive1"):
+        x.last[f"{d}/bitmap0"] = f"{d}.bitmap0.inc0.qcow2"
+        _, ref = f"{d}.bitmap0.inc0.qcow2", f"{d}.bitmap0.ref0.qcow2"
+        x.backup(job_id=d, device=d, sync="full", format="qcow2", target=ref)
+    x.t.qmp("query-block-jobs")
+    x.sha("bitmap0", "drive0")
+    x.sha("bitmap0", "drive1")
+    x.t.write(out / "iotest-124-transaction-failure.jsonl")
+
+    x = Test124(
+        "iotest-124-incremental-failure",
+        "qemu-iotests 124 test_incremental_failure: drive0 over blkdebug (a read fails once "
+        "after the first flush); anchor, bitmap0, writes + flush; the incremental fails "
+        "with an I/O error; more writes, and the next incremental succeeds",
+        drive0=False,
+    )
+    blkdebug_drive(x, "drive0", DEFAULT_PATTERN)
+    x.anchor("drive0")
+    x.add_bitmap("bitmap0")
+    x.writes(WRITES_1)
+    target, _ = x.prepare("bitmap0")
+    x.backup(job_id="drive0", device="drive0", sync="incremental", bitmap="bitmap0",
+             format="qcow2", target=target, mode="existing")  # fmt: skip
+    x.note_del("drive0")
+    x.writes(WRITES_2)
+    x.incremental("bitmap0")
+    x.sha("bitmap0")
+    x.t.write(out / "iotest-124-incremental-failure.jsonl")
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
@@ -402,6 +501,7 @@ def main() -> None:
                 test_bitmap_sync(out, bsync, msync, failure)
     test_backup_api(out)
     test_124(out)
+    test_124_blkdebug(out)
 
 
 if __name__ == "__main__":
