@@ -166,6 +166,8 @@ def node_filename(graph: BlockGraph, node: BlockNode) -> str:
         return "json:" + _qdict_json(_open_options(graph, node))
     if node.is_format and node.file is not None and node.file.driver == "blkdebug":
         return "json:" + _qdict_json(_open_options(graph, node))
+    if node.driver == "snapshot-access" and node.file is not None:
+        return node_filename(graph, node.file)  # snapshot_access_refresh_filename
     node = _unfiltered(node)
     if node.raw_options and node.file is not None:  # raw's strong options: offset, size
         return "json:" + _qdict_json(_open_options(graph, node))
@@ -305,7 +307,7 @@ def _get_info(node: BlockNode) -> dict[str, Any]:
     node = _unfiltered(node)
     if node.driver == "raw" and node.file is not None and node.image is None:
         node = _unfiltered(node.file)  # raw_get_info asks its child
-    if node.driver == "null-co":
+    if node.driver in ("null-co", "snapshot-access"):  # no bdrv_get_info
         return {}
     if node.driver == "qcow2":
         return {"cluster-size": node.cluster_size, "dirty-flag": False}
@@ -319,6 +321,8 @@ def allocated_file_size(graph: BlockGraph, node: BlockNode) -> int | None:
     if node.driver == "blkdebug" or (node.file is not None and node.file.driver == "blkdebug"):
         return None
     node = _unfiltered(node)
+    if node.driver == "snapshot-access" and node.file is not None:
+        node = _unfiltered(node.file)  # bdrv_sum_allocated_file_size: its data child's
     if node.driver == "raw" and node.file is not None and node.file.driver == "null-co":
         node = node.file  # raw over a null-co: its child's
     if node.driver == "null-co":
