@@ -29,6 +29,7 @@ Subclass it to add rules or fix the configuration (class attributes
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -164,6 +165,13 @@ def supported_groups() -> frozenset[str]:
 _SUPPORTED: frozenset[str] | None = None
 
 
+@functools.cache
+def exact_bytes(n: int) -> st.SearchStrategy[bytes]:
+    """`st.binary` of exactly n bytes, built once: a new strategy object per example
+    is validated and measured again by Hypothesis (the draws are the same)."""
+    return st.binary(min_size=n, max_size=n)
+
+
 class MachineCore(RuleBasedStateMachine):
     """Runs trace steps on a Replayer and turns violations into failures."""
 
@@ -207,9 +215,7 @@ class MachineCore(RuleBasedStateMachine):
             # example: few groups give dense interleavings of few commands
             # (bytes, not integers: Hypothesis draws small integers far from uniformly,
             # which left both of two given groups on in one example in ten, not four)
-            raw = Choices(
-                data.draw(st.binary(min_size=len(offered) + 1, max_size=len(offered) + 1))
-            )
+            raw = Choices(data.draw(exact_bytes(len(offered) + 1)))
             density = raw.between(1, 3)
             chosen = {g for g in offered if raw.below(4) >= 4 - density}
         else:
@@ -217,7 +223,7 @@ class MachineCore(RuleBasedStateMachine):
         self.enabled = frozenset(chosen) | ALWAYS_ON
         self.invalid = "invalid" in self.enabled
         drives = [dict(d) for d in self.drives]
-        more = Choices(data.draw(st.binary(min_size=2, max_size=2)))
+        more = Choices(data.draw(exact_bytes(2)))
         if self.second_drive is not None and more.rarely(4):
             drives.append(dict(self.second_drive))
         seed = more.below(8)
