@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sim import sim_only
 from sim.compare import first_difference
-from sim.engine import faults, until, workload
+from sim.engine import until, view, workload
 from sim.engine.machine import NS_PER_S, Machine
 from sim.errors import TraceError
 from sim.qmp import commands  # noqa: F401 - registers every command
@@ -89,14 +90,14 @@ def sim_only_step(m: Machine, step: Step) -> tuple[dict[str, Any], str | None]:
     if not isinstance(body, dict):
         raise TraceError(f"{step.kind} takes an object", step.line)
     if step.kind == "workload":
-        spec = workload.parse_workload(m, body, step.line)
+        spec = sim_only.parse_workload(m, body, step.line)
         m.workloads.append(workload.start_workload(m, spec))
         return {}, None
     if step.kind == "fault":
-        m.faults.add(faults.parse_fault(m, body, step.line))
+        m.faults.add(sim_only.parse_fault(m, body, step.line))
         return {}, None
     if step.kind == "until":
-        until.run_until(m, until.parse_until(body, step.line))
+        until.run_until(m, sim_only.parse_until(body, step.line))
         return {}, None
     if step.kind == "tie-break":
         seed = body.get("seed")
@@ -118,7 +119,10 @@ class Replayer:
         policy: str | None = None,
         seed: int | None = None,
         checkers: list[Any] | None = None,
+        guard: bool | None = None,
     ) -> None:
+        """`guard`: check that checkers never change the machine (a debug mode that
+        costs a walk of the state per observer call; None: `BLOCKSIM_GUARD_VIEW`)."""
         h = trace.header
         self.trace = trace
         self.policy = policy or h.policy
@@ -126,8 +130,12 @@ class Replayer:
         self.machine = Machine(h.drives, self.policy, self.seed)
         self.monitor = Monitor(self.machine)
         self.checkers = checkers or []
+        self.guard = view.guard_wanted() if guard is None else guard
         for checker in self.checkers:
+            marks = {k: len(v) for k, v in view.observer_lists(self.machine).items()}
             checker.attach(self.machine)
+            if self.guard:
+                view.guard_observers(self.machine, f"checker {checker.name}", marks)
         self.outcomes: list[StepOutcome] = []
         self.mismatches: list[str] = []
         self.trace_errors: list[str] = []
@@ -164,7 +172,7 @@ class Replayer:
         )
         outcome.warnings = m.state.warnings[warned:]
         for checker in self.checkers:
-            found = checker.after_step(index)
+            found = self._hook(checker, "after_step")(index)
             if found:
                 outcome.violations.extend(v.to_dict() for v in found)
         if step.expect is not None and error is None:
@@ -215,12 +223,19 @@ class Replayer:
             return {}, None
         return sim_only_step(m, step)
 
+    def _hook(self, checker: Any, name: str) -> Any:
+        """A checker's hook, under the read-only guard when it is on."""
+        fn = getattr(checker, name)
+        if not self.guard:
+            return fn
+        return view.GuardedObserver(self.machine, fn, f"checker {checker.name} ({name})")
+
     def finish(self) -> ReplayResult:
         m = self.machine
         final = final_state(m)
         violations: list[dict[str, Any]] = []
         for checker in self.checkers:
-            violations.extend(v.to_dict() for v in checker.at_end())
+            violations.extend(v.to_dict() for v in self._hook(checker, "at_end")())
         final["violations"] = violations
         final["events"] = [e.wire() for e in m.events.history]
         fe = self.trace.final_expect

@@ -78,3 +78,13 @@ def test_job_kinds_are_not_probed() -> None:
         text = path.read_text(encoding="utf-8")
         for probe in ("getattr(kind", "hasattr(kind", "getattr(job.kind", "getattr(j.kind"):
             assert probe not in text, f"{path.relative_to(SIM)} probes a job kind: {probe}"
+
+
+def test_the_engine_raises_no_trace_errors() -> None:
+    """Sim-only step objects are checked by sim.sim_only (the trace's words); the engine
+    takes the specs it builds and knows nothing of traces."""
+    import importlib
+
+    for name in ("machine", "workload", "faults", "until", "jobs", "timing"):
+        module = importlib.import_module(f"sim.engine.{name}")
+        assert not hasattr(module, "TraceError"), name

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sim.errors import QMPError, TraceError
+from sim.errors import QMPError
 from sim.model.content import sector_span
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode
 from sim.model.io import write_path
@@ -107,61 +107,6 @@ class FaultTable:
                         self.faults.remove(fault)
                     return node, fault
         return None
-
-
-# -- the step ------------------------------------------------------------------------------
-
-
-def parse_fault(m: Machine, spec: dict[str, Any], line: int) -> Fault:
-    """Validate a `fault` step's object against the machine; raises TraceError."""
-    extra = sorted(set(spec) - set(FAULT_KEYS))
-    if extra:
-        raise TraceError(f"fault: unknown key(s) {extra}; a fault takes {list(FAULT_KEYS)}", line)
-    name = spec.get("node")
-    if not isinstance(name, str) or not name:
-        raise TraceError(f"fault: 'node' must be a node-name or device name, got {name!r}", line)
-    node = _resolve(m.state.graph, name)
-    if node is None:
-        raise TraceError(
-            f"fault: no node or device named {name!r} (nodes: "
-            f"{', '.join(n.node_name for n in m.state.graph.nodes)})",
-            line,
-        )
-    op = spec.get("op")
-    if op not in ("read", "write"):
-        raise TraceError(f'fault: \'op\' must be "read" or "write", got {op!r}', line)
-    errno = spec.get("errno", "EIO")
-    if not isinstance(errno, str) or errno not in STRERROR:
-        raise TraceError(f"fault: 'errno' must be one of {sorted(STRERROR)}, got {errno!r}", line)
-    offset = _int(spec, "offset", 0, line)
-    length = _int(spec, "length", node.size_bytes - offset, line)
-    if offset >= node.size_bytes or length <= 0:
-        raise TraceError(
-            f"fault: [offset, offset+length) = [{offset}, {offset + length}) is "
-            f"empty or past the end of {name!r} ({node.size_bytes} bytes)",
-            line,
-        )
-    count = _int(spec, "count", 1, line)
-    if not 1 <= count <= MAX_COUNT:
-        raise TraceError(f"fault: 'count' must be from 1 to 2^31, got {count}", line)
-    return Fault(node, op, errno, offset, length, count, line)
-
-
-def _int(spec: dict[str, Any], key: str, default: int, line: int) -> int:
-    value = spec.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise TraceError(
-            f"fault: {key!r} must be a non-negative integer (bytes), got {value!r}", line
-        )
-    return value
-
-
-def _resolve(graph: BlockGraph, name: str) -> BlockNode | None:
-    """A node-name, or a device: the node holding its data (filters skipped)."""
-    bb = graph.backends.get(name)
-    if bb is not None and bb.root is not None:
-        return graph.data_node(bb.root)
-    return graph.node(name)
 
 
 # -- blkdebug ------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ import simpy
 from sim.engine import faults, workload
 from sim.engine.order import TieBreakEnvironment
 from sim.engine.timing import SCRATCH_DEVICE, Device, DeviceTiming
-from sim.errors import TraceError
 from sim.model.events import Event, EventLog
 from sim.model.graph import BlockBackend, BlockNode
 from sim.model.state import BlockState, DriveSpec
@@ -59,10 +58,9 @@ class Machine:
         self.devices: dict[str, Device] = {}
         self._image_devices: dict[str, Device] = {}
         for d in drives:
-            try:
-                timing = DeviceTiming.from_header(d.timing)
-            except ValueError as exc:
-                raise TraceError(f"header: drive {d.id!r}: {exc}", 1) from None
+            # a trace's header was checked when it was parsed (sim.trace_schema);
+            # a DriveSpec built otherwise gets DeviceTiming's ValueError
+            timing = DeviceTiming.from_header(d.timing)
             self.devices[d.id] = Device(self.env, d.id, timing)
             self._image_devices[f"{d.id}.{d.format}"] = self.devices[d.id]
         self.devices[SCRATCH_DEVICE] = Device(

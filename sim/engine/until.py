@@ -21,9 +21,7 @@ verb), when nothing is left to simulate, and after `limit` simulated seconds
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-from sim.errors import TraceError
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sim.engine.machine import Machine
@@ -43,29 +41,6 @@ class Until:
     point: str
     fraction: float = 0.5
     limit_ns: int = int(DEFAULT_LIMIT_S * NS_PER_S)
-
-
-def parse_until(body: dict[str, Any], line: int) -> Until:
-    """Check an `until` body: job (string), point, fraction (progress only), limit."""
-    extra = sorted(set(body) - {"job", "point", "fraction", "limit"})
-    if extra:
-        raise TraceError(f"until: unknown key(s) {extra}", line)
-    job, point = body.get("job"), body.get("point")
-    if not isinstance(job, str):
-        raise TraceError("until: 'job' must be a job id (a string)", line)
-    if point not in POINTS:
-        raise TraceError(f"until: 'point' must be one of {', '.join(POINTS)}, got {point!r}", line)
-    fraction = body.get("fraction", 0.5)
-    if (
-        isinstance(fraction, bool)
-        or not isinstance(fraction, int | float)
-        or not 0 <= fraction <= 1
-    ):
-        raise TraceError(f"until: 'fraction' must be a number from 0 to 1, got {fraction!r}", line)
-    limit = body.get("limit", DEFAULT_LIMIT_S)
-    if isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 < limit <= 86400:
-        raise TraceError(f"until: 'limit' must be seconds in (0, 86400], got {limit!r}", line)
-    return Until(job, str(point), float(fraction), int(round(float(limit) * NS_PER_S)))
 
 
 def _reached(job: Job, spec: Until, start_offset: int, start_status: str) -> bool:

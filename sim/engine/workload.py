@@ -37,9 +37,7 @@ import simpy
 from sim.engine.faults import cbw_runs
 from sim.engine.throttle import groups_on_path, throttled
 from sim.engine.timing import NS_PER_S, Device
-from sim.errors import TraceError
 from sim.model import io
-from sim.model.content import DEFAULT_PATTERN, SECTOR
 from sim.model.io import write_path
 
 if TYPE_CHECKING:
@@ -98,105 +96,6 @@ class Workload:
     finished: bool = False
     root: Any = None  # the node the last request entered at, and its device (a cache)
     device: Any = None
-
-
-# -- the step ------------------------------------------------------------------------------
-
-
-def parse_workload(m: Machine, body: dict[str, Any], line: int) -> WorkloadSpec:
-    """Validate a `workload` step's object against the machine; raises TraceError."""
-    extra = sorted(set(body) - set(WORKLOAD_KEYS))
-    if extra:
-        raise TraceError(
-            f"workload: unknown key(s) {extra}; a workload takes {list(WORKLOAD_KEYS)}", line
-        )
-    missing = [k for k in REQUIRED if k not in body]
-    if missing:
-        raise TraceError(f"workload: missing {missing}; required: {list(REQUIRED)}", line)
-    device = body["device"]
-    if not isinstance(device, str) or not device:
-        raise TraceError(f"workload: 'device' must be a device or node name, got {device!r}", line)
-    bb, root = m.state.resolve_target(device)
-    if root is None:
-        known = sorted(m.state.graph.backends) + [n.node_name for n in m.state.graph.nodes]
-        raise TraceError(
-            f"workload: no device or node named {device!r} (known: {', '.join(known)})", line
-        )
-    pattern = body["pattern"]
-    if pattern not in PATTERNS:
-        raise TraceError(
-            f"workload: 'pattern' must be one of {list(PATTERNS)}, got {pattern!r}", line
-        )
-    rate = _number(body, "rate", line)
-    if not MIN_RATE <= rate <= MAX_RATE:
-        raise TraceError(
-            f"workload: 'rate' must be in [{MIN_RATE:g}, {MAX_RATE:.0f}] requests per second, "
-            f"got {rate!r}",
-            line,
-        )
-    size = body["size"]
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % SECTOR:
-        raise TraceError(
-            f"workload: 'size' must be a positive multiple of 512 bytes, got {size!r}", line
-        )
-    if size > MAX_REQUEST_BYTES:
-        raise TraceError(
-            f"workload: 'size' {size} is more than a guest request may be "
-            f"({MAX_REQUEST_BYTES} bytes, QEMU's BDRV_REQUEST_MAX_BYTES)",
-            line,
-        )
-    if size > root.size_bytes:
-        raise TraceError(
-            f"workload: 'size' {size} is larger than {device!r} ({root.size_bytes} bytes)", line
-        )
-    duration = _number(body, "duration", line)
-    if not 0 < duration <= MAX_DURATION_S:
-        raise TraceError(
-            f"workload: 'duration' must be in (0, {MAX_DURATION_S:.0f}] seconds, got {duration!r}",
-            line,
-        )
-    if rate * duration > MAX_OPS:
-        raise TraceError(
-            f"workload: rate * duration = {rate * duration:.0f} requests, more "
-            f"than the {MAX_OPS} a workload may issue; lower one of them",
-            line,
-        )
-    earlier = sum(w.spec.rate * w.spec.duration_ns / NS_PER_S for w in m.workloads)
-    if earlier + rate * duration > MAX_MACHINE_OPS:
-        raise TraceError(
-            f"workload: with the {earlier:.0f} requests earlier workloads issue, "
-            f"{rate * duration:.0f} more pass the {MAX_MACHINE_OPS} one trace may issue",
-            line,
-        )
-    ratio = _number(body, "read-ratio", line, 0.0)
-    if not 0.0 <= ratio <= 1.0:
-        raise TraceError(f"workload: 'read-ratio' must be between 0 and 1, got {ratio!r}", line)
-    fill = body.get("fill", DEFAULT_PATTERN)
-    if isinstance(fill, bool) or not isinstance(fill, int) or not 0 <= fill <= 255:
-        raise TraceError(f"workload: 'fill' must be a byte (0-255), got {fill!r}", line)
-    if ratio < 1.0 and root.read_only:
-        raise TraceError(
-            f"workload: {device!r} is read-only and read-ratio is {ratio} "
-            f"(writes would fail); use read-ratio 1 or a writable device",
-            line,
-        )
-    return WorkloadSpec(
-        device,
-        pattern,
-        float(rate),
-        size,
-        int(round(duration * NS_PER_S)),
-        float(ratio),
-        fill,
-        line,
-    )
-
-
-def _number(body: dict[str, Any], key: str, line: int, default: float | None = None) -> float:
-    value = body.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise TraceError(f"workload: {key!r} must be a number, got {value!r}", line)
-    return float(value)
 
 
 def start_workload(m: Machine, spec: WorkloadSpec) -> Workload:

@@ -71,6 +71,11 @@ class StampTable:
     def __len__(self) -> int:
         return len(self._patterns)
 
+    def view_digest(self) -> tuple[int, ...]:
+        """What the read-only guard of the machine view compares: the patterns, not the
+        array a read caches."""
+        return tuple(self._patterns)
+
 
 def sector_span(offset: int, length: int) -> tuple[int, int]:
     """First sector and end sector (exclusive) covering [offset, offset+length)."""
@@ -104,6 +109,11 @@ class Content:
         self._arrays: tuple[int, np.ndarray, np.ndarray] | None = None  # (version, arrays)
         self._derived: tuple[int, dict[Any, Any]] = (0, {})
         self.version = 0  # bumped by every write
+
+    def view_digest(self) -> tuple[int, int]:
+        """What the read-only guard of the machine view compares: size and write version;
+        the chunks' arrays and the allocated runs are caches a read fills in."""
+        return self.size_bytes, self.version
 
     # -- writes ----------------------------------------------------------------------------
     def write(self, offset: int, length: int, stamp: int) -> None:
