@@ -387,50 +387,7 @@ def child_snapshot(depth: int, checkers: bool) -> dict[str, Any]:
 
 
 # -- fuzz --------------------------------------------------------------------------------------
-def child_bare(examples: int, steps: int, n_rules: int) -> dict[str, Any]:
-    from hypothesis import HealthCheck, settings
-    from hypothesis import strategies as st
-    from hypothesis.database import DirectoryBasedExampleDatabase
-    from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
-
-    counts = {"steps": 0}
-
-    def make_rule(i: int) -> Any:
-        def body(self: Any, c: int) -> None:
-            counts["steps"] += 1
-
-        body.__name__ = f"rule_{i}"
-        return rule(c=st.integers(0, 255))(body)
-
-    attrs: dict[str, Any] = {f"rule_{i}": make_rule(i) for i in range(n_rules)}
-    bare = type("Bare", (RuleBasedStateMachine,), attrs)
-    with tempfile.TemporaryDirectory() as tmp:
-        s = settings(
-            max_examples=examples,
-            stateful_step_count=steps,
-            deadline=None,
-            database=DirectoryBasedExampleDatabase(tmp),
-            suppress_health_check=list(HealthCheck),
-        )
-        t0 = time.perf_counter()
-        run_state_machine_as_test(bare, settings=s)  # type: ignore[no-untyped-call]
-        wall = time.perf_counter() - t0
-    return {"rate": counts["steps"] / wall, "steps": counts["steps"], "wall": wall}
-
-
-def blocksim_fuzz(examples: int, steps: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "sim", "fuzz", "--examples", str(examples)]
-        cmd += ["--steps", str(steps), "--out", tmp, "--no-progress"]
-        subprocess.run(cmd, capture_output=True, env=child_env(), cwd=ROOT, check=False)
-        summary = json.loads((Path(tmp) / "campaign.json").read_text())
-    return {"rate": summary["steps_per_s"], "steps": summary["steps"], "wall": summary["wall_s"]}
-
-
-def fuzz_rule_count() -> int:
-    from sim.fuzz.machine import BlockMachine
-
-    return len(BlockMachine.setup_state().rules)  # type: ignore[no-untyped-call]
+# measured by bench/bench_fuzz.py (the campaign as users run it, the bare machine in a child)
 
 
 # -- the table -----------------------------------------------------------------------------
@@ -522,14 +479,16 @@ def run_row(row: str, table: Table, args: argparse.Namespace) -> None:
             f"depth x2 -> time x{growth:.1f}", "linear (x2 or less)", growth <= 2.5,
         )  # fmt: skip
     elif row == "fuzz":
-        n_rules = fuzz_rule_count()
-        fuzz = blocksim_fuzz(200, 25)
-        bare = in_child("bare", "200", "25", str(n_rules))
-        ratio = fuzz["rate"] / bare["rate"]
+        import bench_fuzz
+
+        n_rules = bench_fuzz.rule_count()
+        steps, own_s, _wall, _cpu = bench_fuzz.campaign(200)
+        bare = in_child("bare", "200", str(n_rules))
+        ratio = (steps / own_s) / bare["rate"]
         table.add(
             "`blocksim fuzz --examples 200 --steps 25`, all checkers, as users run it",
             f"bare {n_rules}-rule Hypothesis machine: {bare['rate']:,.0f} steps/s",
-            f"{fuzz['rate']:,.0f} steps/s", f"{ratio:.2f}x", ">= 0.7x", ratio >= 0.7,
+            f"{steps / own_s:,.0f} steps/s", f"{ratio:.2f}x", ">= 0.7x", ratio >= 0.7,
         )  # fmt: skip
 
 
@@ -545,7 +504,10 @@ def child_main(row: str, rest: list[str]) -> None:
     elif row == "snapshot":
         result = child_snapshot(int(rest[0]), rest[1] == "1")
     elif row == "bare":
-        result = child_bare(int(rest[0]), int(rest[1]), int(rest[2]))
+        import bench_fuzz
+
+        steps, wall, _cpu = bench_fuzz.bare(int(rest[1]), int(rest[0]))
+        result = {"rate": steps / wall, "steps": steps, "wall": wall}
     else:
         raise SystemExit(f"unknown child row {row}")
     print(json.dumps(result))

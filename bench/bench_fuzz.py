@@ -7,7 +7,10 @@
    command prints (start-up excluded; the process' wall time is printed too).
 2. A bare Hypothesis `RuleBasedStateMachine` with as many rules as
    `BlockMachine`, each drawing one integer and doing nothing, run in this
-   process for 200 examples of 25 steps with Hypothesis' default phases.
+   process for 200 examples of 25 steps with Hypothesis' default phases and
+   an example database, as a campaign round has them.
+
+`bench/bench_costs.py fuzz` (the costs table) takes its row from here.
 
 The figure is campaign steps/s over bare steps/s, against the target
 (>= 0.7x).  Both are also given per CPU-second (the campaign process' user +
@@ -30,6 +33,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
 from sim.fuzz.machine import BlockMachine
@@ -51,10 +55,11 @@ def children_cpu() -> float:
 def campaign(examples: int) -> tuple[int, float, float, float]:
     """(steps, the campaign's own seconds, process wall seconds, process CPU seconds)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: compiled modules kept
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "sim", "fuzz", "--examples", str(examples)]
-        cmd += ["--steps", str(STEPS), "--out", str(out)]
+        cmd += ["--steps", str(STEPS), "--out", str(out), "--no-progress"]
         cpu0, t0 = children_cpu(), time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp)
         wall, cpu = time.perf_counter() - t0, children_cpu() - cpu0
@@ -81,25 +86,33 @@ def bare_machine(n_rules: int) -> type[RuleBasedStateMachine]:
 
 
 def bare(n_rules: int, examples: int) -> tuple[int, float, float]:
-    """(steps, seconds, CPU seconds) of the bare machine, Hypothesis' default phases."""
+    """(steps, seconds, CPU seconds) of the bare machine with the settings a campaign
+    round has that apply to it: Hypothesis' default phases, an example database."""
     machine = bare_machine(n_rules)
-    config = settings(
-        max_examples=examples,
-        stateful_step_count=STEPS,
-        deadline=None,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    run_state_machine_as_test(machine, settings=config)  # type: ignore[no-untyped-call]
-    return machine.counts["steps"], time.perf_counter() - t0, time.process_time() - cpu0
+    with tempfile.TemporaryDirectory() as tmp:
+        config = settings(
+            max_examples=examples,
+            stateful_step_count=STEPS,
+            deadline=None,
+            database=DirectoryBasedExampleDatabase(tmp),
+            suppress_health_check=list(HealthCheck),
+        )
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        run_state_machine_as_test(machine, settings=config)  # type: ignore[no-untyped-call]
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    steps: int = getattr(machine, "counts")["steps"]  # noqa: B009 - set by bare_machine
+    return steps, wall, cpu
+
+
+def rule_count() -> int:
+    return len(BlockMachine.setup_state().rules)  # type: ignore[no-untyped-call]
 
 
 def main() -> None:
     examples = 50 if "--quick" in sys.argv else 200
     if "--examples" in sys.argv:
         examples = int(sys.argv[sys.argv.index("--examples") + 1])
-    n_rules = len(BlockMachine.setup_state().rules)  # type: ignore[no-untyped-call]
+    n_rules = rule_count()
     print(f"before: {uptime()}")
     steps, own_s, wall, cpu = campaign(examples)
     b_steps, b_s, b_cpu = bare(n_rules, examples)
