@@ -641,17 +641,23 @@ def failure_lines(records: list[ExportRecord]) -> list[str]:
     return lines
 
 
+def run_headline(head: str, run: RunTotals, asked: int, known: str) -> str:
+    """The first line a finished campaign prints: `head`, what ran against what was
+    asked, throughput, coverage, failures (new, and `known` ones), how it ended."""
+    rate = run.steps / run.wall_s if run.wall_s else 0.0
+    return (
+        f"{head}: {run.examples} of {asked} examples"
+        f"{runs_note(run.replays, run.rejected)}, {run.steps} steps "
+        f"in {run.wall_s:.1f} s ({rate:,.0f} steps/s), {run.coverage.points} coverage "
+        f"points, {len(run.failures)} new failure(s), {run.duplicates} {known}"
+        + ("" if run.stopped == "done" else f" [stopped: {run.stopped}]")
+    )
+
+
 def summary_lines(result: CampaignResult) -> list[str]:
     """What `blocksim fuzz` prints when a campaign ends."""
     cfg = result.config
-    rate = result.steps / result.wall_s if result.wall_s else 0.0
-    lines = [
-        f"policy {cfg.policy}, seed {cfg.seed}: {result.examples} of {cfg.examples} examples"
-        f"{runs_note(result.replays, result.rejected)}, {result.steps} steps "
-        f"in {result.wall_s:.1f} s ({rate:,.0f} steps/s), {result.coverage.points} coverage "
-        f"points, {len(result.failures)} new failure(s), {result.duplicates} known"
-        + ("" if result.stopped == "done" else f" [stopped: {result.stopped}]")
-    ]
+    lines = [run_headline(f"policy {cfg.policy}, seed {cfg.seed}", result, cfg.examples, "known")]
     lines += failure_lines(result.failures)
     lines.extend(f"  warning: {w}" for w in result.warnings)
     if cfg.out is not None:

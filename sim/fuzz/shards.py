@@ -51,8 +51,8 @@ from sim.fuzz.campaign import (
     by_class,
     counts_by_kind,
     failure_lines,
+    run_headline,
     run_summary,
-    runs_note,
     throughput,
 )
 from sim.fuzz.coverage import Coverage
@@ -494,17 +494,13 @@ class ShardedCampaign:
 
 def summary_lines(result: ShardedResult, out: Path) -> list[str]:
     """What `blocksim fuzz --workers/--scheduler` prints when the campaign ends."""
-    rate = result.steps / result.wall_s if result.wall_s else 0.0
     policies = ",".join(c.policy for c in result.configs)
     asked = sum(c.examples for c in result.configs)
-    lines = [
+    head = (
         f"policy {policies}, seed {result.configs[0].seed}, {result.shards} shard(s) per "
-        f"policy on {result.where}: {result.examples} of {asked} examples"
-        f"{runs_note(result.replays, result.rejected)}, {result.steps} steps in "
-        f"{result.wall_s:.1f} s ({rate:,.0f} steps/s), {result.coverage.points} coverage "
-        f"points, {len(result.failures)} new failure(s), {result.duplicates} duplicate(s)"
-        + ("" if result.stopped == "done" else f" [stopped: {result.stopped}]")
-    ]
+        f"policy on {result.where}"
+    )
+    lines = [run_headline(head, result, asked, "duplicate(s)")]
     lines += failure_lines(result.failures)
     lines.extend(f"  incident: {i}" for i in result.incidents)
     lines.extend(f"  warning: {w}" for w in result.warnings)
