@@ -69,6 +69,20 @@ def test_campaign_json_has_one_layout_for_one_process_and_for_shards() -> None:
     assert set(sharded) - set(common) == {"ran_on", "incidents", "shard_results"}
 
 
+def test_one_headline_for_one_process_and_for_shards() -> None:
+    from sim.fuzz import campaign, shards
+
+    single = campaign.summary_lines(campaign.CampaignResult(config()))[0]
+    result = shards.ShardedResult([config()], 2, "this process")
+    sharded = shards.summary_lines(result, Path("run"))[0]
+    tail = ": 0 of 80 examples, 0 steps in 0.0 s (0 steps/s), 0 coverage points, "
+    assert single == f"policy qemu-7.2, seed 27{tail}0 new failure(s), 0 known"
+    assert sharded == (
+        f"policy qemu-7.2, seed 27, 2 shard(s) per policy on this process{tail}"
+        "0 new failure(s), 0 duplicate(s)"
+    )
+
+
 def test_local_cluster_campaign_equals_the_shards_run_one_by_one(tmp_path: Path) -> None:
     # the first seed whose shards find two distinct failures (which seed does depends on
     # the fuzzer's rules; the search is deterministic)
