@@ -126,6 +126,16 @@ class PowerCampaign(Campaign):
             raise CampaignStop("found")
         return super().example_finished(machine)
 
+    def _rounds(self) -> None:
+        """Rounds until the campaign's examples are generated (or the budget is spent): a
+        round cut at a failure the healthy model shows goes on in the next round, as the
+        default campaign, which shrinks, goes on generating after a failure."""
+        cfg, number = self.config, self.config.first_round
+        while self.result.examples < cfg.examples:
+            self._round(number, min(cfg.round_examples, cfg.examples - self.result.examples))
+            number += 1
+            self.result.rounds = number - cfg.first_round
+
     def _round(self, number: int, size: int) -> None:
         super()._round(number, size)
         if self.kill is not None:
