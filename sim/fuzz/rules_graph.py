@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import rule
 
 from sim.fuzz.choices import Choices, choices, group
+from sim.fuzz.rules_storage import IO_LENGTHS
 
 if TYPE_CHECKING:
     from sim.fuzz.machine import MachineCore as _Base
@@ -35,6 +36,8 @@ TRANSACTION_ACTIONS = (
     "blockdev-backup",
     "abort",
 )
+# the actions that change an existing bitmap (what an abort must undo)
+BITMAP_ACTIONS = TRANSACTION_ACTIONS[1:6]
 # Commands and argument values QEMU must refuse in its own words.
 BAD_VALUES: tuple[Any, ...] = (None, True, -1, 0, 1 << 40, "", "drive0", [], {})
 BAD_KEYS = ("node", "name", "device", "job-id", "id", "target", "sync", "speed", "x")
@@ -145,30 +148,57 @@ class GraphRules(_Base):
     @group("transaction")
     @rule(c=choices(64))
     def transaction(self, c: Choices) -> None:
+        """1-3 actions, half of them on the bitmaps there are (when there are some).  Half
+        the time with bitmaps a rollback test as iotest 124 runs one: the guest dirties
+        the bitmaps, then bitmap actions end in an action that fails, so every prepared
+        action must be undone; other transactions end in one sometimes too."""
+        bitmaps = self.has_bitmaps()
+        rollback = bitmaps and c.boolean()
+        if rollback:
+            self.dirty_bitmaps(c, c.below(1024), c.pick(IO_LENGTHS))
         count = c.between(0 if self.invalid else 1, 3)
         actions = []
         for _ in range(count):
-            kind = c.pick(TRANSACTION_ACTIONS)
+            on_bitmaps = rollback or (bitmaps and c.boolean())
+            kind = c.pick(BITMAP_ACTIONS if on_bitmaps else TRANSACTION_ACTIONS)
             if kind == "abort" and not self.invalid:
                 kind = "block-dirty-bitmap-add"
-            actions.append({"type": kind, "data": self.action_args(c, kind)})
+            made_up = 16 if rollback else 4  # names that exist: each action must prepare
+            actions.append({"type": kind, "data": self.action_args(c, kind, made_up)})
+        if actions and (rollback or c.rarely(4)):
+            actions.append(self.failing_action(c))
         args: dict[str, Any] = {"actions": actions}
-        if c.rarely(4):
+        if not rollback and c.rarely(4):  # grouped: bitmap actions refuse to prepare
             args["properties"] = {"completion-mode": c.pick(("individual", "grouped"))}
         self.qmp("transaction", args)
 
-    def action_args(self, c: Choices, kind: str) -> dict[str, Any]:
+    def failing_action(self, c: Choices) -> dict[str, Any]:
+        """A last action that fails once the others are prepared, so QEMU aborts them in
+        reverse order (iotests' way to test a rollback): `abort`, the action made for it,
+        or adding a bitmap under a name its node already has."""
+        known = self.bitmap_addresses()
+        if known and c.boolean():
+            node, name = c.pick(known)
+            return {"type": "block-dirty-bitmap-add", "data": {"node": node, "name": name}}
+        return {"type": "abort", "data": {}}
+
+    def action_args(self, c: Choices, kind: str, made_up: int = 4) -> dict[str, Any]:
+        """The data of a `kind` action; a bitmap it names is made up one time in
+        `made_up` (see StorageRules.bitmap_address)."""
         if kind == "abort":
             return {}
         if kind in ("drive-backup", "blockdev-backup"):
             return self.backup_args(c, drive=kind == "drive-backup")
+        if kind == "block-dirty-bitmap-merge":
+            return self.bitmap_merge_args(c, made_up)
         builders: dict[str, Callable[[Choices], dict[str, Any]]] = {
             "block-dirty-bitmap-add": self.bitmap_add_args,
-            "block-dirty-bitmap-merge": self.bitmap_merge_args,
             "blockdev-snapshot-sync": self.snapshot_sync_args,
             "blockdev-snapshot": self.snapshot_args,
         }
-        return builders.get(kind, self.bitmap_args)(c)
+        if kind in builders:
+            return builders[kind](c)
+        return self.bitmap_args(c, made_up)
 
     @group("invalid")
     @rule(
@@ -187,7 +217,9 @@ class GraphRules(_Base):
     # provided by StorageRules / JobRules (declared for the type checker)
     if TYPE_CHECKING:
 
+        def has_bitmaps(self) -> bool: ...
+        def dirty_bitmaps(self, c: Choices, chunk: int, length: str) -> None: ...
         def bitmap_add_args(self, c: Choices) -> dict[str, Any]: ...
-        def bitmap_merge_args(self, c: Choices) -> dict[str, Any]: ...
-        def bitmap_args(self, c: Choices) -> dict[str, Any]: ...
+        def bitmap_merge_args(self, c: Choices, made_up: int = 4) -> dict[str, Any]: ...
+        def bitmap_args(self, c: Choices, made_up: int = 4) -> dict[str, Any]: ...
         def backup_args(self, c: Choices, drive: bool) -> dict[str, Any]: ...

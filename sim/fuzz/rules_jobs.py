@@ -247,10 +247,18 @@ class JobRules(_Base):
     def race_job(self, c: Choices, decile: int, kind: str) -> None:
         """A job with work to do (data written first: most examples' disks are nearly
         empty, so their jobs end in a chunk or two), time moved to a decile of it, and a
-        command landed there: the progress dimension of races."""
+        command landed there: the progress dimension of races.  Half the backups are
+        incremental (a bitmap added before the data is written, sync=incremental or
+        sync=bitmap in any bitmap-mode) as in iotest 257: a guest write lands while the
+        bitmap is frozen with its successor, and half those jobs are then cancelled."""
         device = c.pick(self.devices())
         size = self.size_of(device)
         amount = min(c.pick((8 * MiB, 16 * MiB, 32 * MiB)), size)
+        bitmap = None
+        if kind == "backup" and c.boolean():  # an incremental backup: the bitmap records first
+            node = self.machine.state.graph.lookup_bs(device)
+            bitmap = (node.node_name if node and not node.auto_named else device, self.fresh("inc"))
+            self.qmp("block-dirty-bitmap-add", {"node": bitmap[0], "name": bitmap[1]})
         self.qemu_io(device, f"write -P {1 + c.below(250)} 0 {amount}")
         job_id = self.fresh("job")
         if kind in ("stream", "commit"):
@@ -264,15 +272,29 @@ class JobRules(_Base):
                 self.qmp("block-commit", {"device": device, "job-id": job_id})
         else:
             target = {"target": f"{self.fresh('rt')}.qcow2", "format": "qcow2", "sync": "full"}
+            if bitmap is not None:  # iotest 257's matrix: sync=bitmap in every bitmap-mode
+                target |= {"sync": c.pick(("incremental", "bitmap")), "bitmap": bitmap[1]}
+                if target["sync"] == "bitmap":
+                    target["bitmap-mode"] = c.pick(BITMAP_MODES)
             command = "drive-backup" if kind == "backup" else "drive-mirror"
             self.qmp(command, {"device": device, "job-id": job_id, **target})
         fraction = round((decile + c.below(10) / 10) / 10, 2)
         self.run({"until": {"job": job_id, "point": "progress", "fraction": fraction}})
-        self.land(c, job_id)
+        if bitmap is None:
+            self.land(c, job_id)
+            return
+        # iotest 257: the guest writes while the bitmap is frozen (its successor records),
+        # then the job runs on or, its failing half, is cancelled: the successor's bits
+        # must end up in the bitmap either way
+        self.land(c, job_id, "write")
+        job = next((j for j in self.machine.state.jobs if j.id == job_id), None)
+        if job is not None and job.status == "running" and c.boolean():
+            self.qmp("job-cancel", {"id": job_id})
 
-    def land(self, c: Choices, job_id: str) -> None:
-        """One command that races with the job `job_id` (or with whatever runs)."""
-        landing = c.pick(LANDINGS)
+    def land(self, c: Choices, job_id: str, landing: str | None = None) -> None:
+        """One command that races with the job `job_id` (or with whatever runs): a
+        `landing` of LANDINGS, drawn when not given."""
+        landing = landing or c.pick(LANDINGS)
         job = next((j for j in self.machine.state.jobs if j.id == job_id), None)
         devices = self.devices()
         if not devices:

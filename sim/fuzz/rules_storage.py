@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hypothesis import strategies as st
-from hypothesis.stateful import rule
+from hypothesis.stateful import precondition, rule
 
 from sim.fuzz.choices import Choices, choices, group
+from sim.model.graph import has_descendant
 
 if TYPE_CHECKING:
     from sim.fuzz.machine import MachineCore as _Base
@@ -39,10 +40,11 @@ class StorageRules(_Base):
     """Bitmap add/remove/clear/enable/disable/merge/sha256 and qemu-io write/discard/read."""
 
     # -- argument builders -----------------------------------------------------------------
-    def bitmap_address(self, c: Choices) -> tuple[str, str]:
-        """(node, name) of a bitmap: mostly one that exists, by node or by device."""
+    def bitmap_address(self, c: Choices, made_up: int = 4) -> tuple[str, str]:
+        """(node, name) of a bitmap: mostly one that exists, by node or by device; one
+        time in `made_up` any node with any name (mostly one that does not exist)."""
         known = self.bitmap_addresses()
-        if known and not c.rarely(4):
+        if known and not c.rarely(made_up):
             return self.pick(c, known)
         return self.pick(c, self.targets(), BAD_NAMES), self.pick(
             c, self.bitmap_names(), ("nosuch",)
@@ -61,15 +63,16 @@ class StorageRules(_Base):
             args["disabled"] = c.boolean()
         return args
 
-    def bitmap_args(self, c: Choices) -> dict[str, Any]:
-        node, name = self.bitmap_address(c)
+    def bitmap_args(self, c: Choices, made_up: int = 4) -> dict[str, Any]:
+        node, name = self.bitmap_address(c, made_up)
         return {"node": node, "name": name}
 
-    def bitmap_merge_args(self, c: Choices) -> dict[str, Any]:
-        node, target = self.bitmap_address(c)
+    def bitmap_merge_args(self, c: Choices, made_up: int = 4) -> dict[str, Any]:
+        node, target = self.bitmap_address(c, made_up)
         sources: list[Any] = []
         for _ in range(c.between(1 if not self.invalid else 0, 3)):
-            src_node, src_name = self.bitmap_address(c)
+            # sources mostly exist: one made-up name refuses the whole merge
+            src_node, src_name = self.bitmap_address(c, 4 if self.invalid else max(made_up, 16))
             if src_node == node and c.boolean():
                 sources.append(src_name)  # the plain-string form: a bitmap of `node`
             else:
@@ -91,6 +94,63 @@ class StorageRules(_Base):
     @rule(c=choices(32))
     def bitmap_merge(self, c: Choices) -> None:
         self.qmp("block-dirty-bitmap-merge", self.bitmap_merge_args(c))
+
+    @group("bitmap")
+    @precondition(lambda self: self.has_bitmaps())
+    @rule(c=choices(), chunk=st.integers(0, 1023), length=st.sampled_from(IO_LENGTHS))
+    def bitmap_dirty(self, c: Choices, chunk: int, length: str) -> None:
+        """The guest writes where a bitmap looks (what a dirty bitmap exists to record)."""
+        self.dirty_bitmaps(c, chunk, length)
+
+    def dirty_bitmaps(self, c: Choices, chunk: int, length: str) -> None:
+        """A guest write through the device above a bitmap's node, so a bitmap left below
+        a snapshot's overlay sees the write pass over it and must not record it."""
+        where, _ = c.pick(self.bitmap_addresses())
+        target = self.device_above(where) or where
+        if target not in self.devices() and target not in self.io_nodes():
+            target = self.io_target(c)
+        self.qemu_io(
+            target, f"write -P {1 + c.below(255)} {self.io_offset(target, chunk)} {length}"
+        )
+
+    @group("bitmap")
+    @rule(c=choices())
+    def checkpoint(self, c: Choices) -> None:
+        """libvirt's checkpoint-create: one transaction disables the bitmaps that recorded
+        so far on a device's top node and adds the new checkpoint's bitmap there, so each
+        checkpoint's bitmap holds the writes of its own interval (what a backup since an
+        older checkpoint later merges)."""
+        device = self.pick(c, self.devices(), ("nosuch",))
+        node = self.machine.state.graph.lookup_bs(device)
+        top = node.node_name if node is not None and not node.auto_named else device
+        recording = [bm.name for bm in node.bitmaps if bm.name and bm.enabled] if node else []
+        actions: list[dict[str, Any]] = [
+            {"type": "block-dirty-bitmap-disable", "data": {"node": top, "name": name}}
+            for name in recording[-2:]
+        ]
+        add: dict[str, Any] = {"node": top, "name": self.fresh("cp")}
+        actions.append({"type": "block-dirty-bitmap-add", "data": add})
+        self.qmp("transaction", {"actions": actions})
+
+    def has_bitmaps(self) -> bool:
+        """Is there a named bitmap (a job's own bitmaps have no name)?"""
+        g = self.machine.state.graph
+        owners = [*g.nodes, *g.backends.values()]
+        return any(bm.name for owner in owners for bm in owner.bitmaps)
+
+    def device_above(self, where: str) -> str | None:
+        """The device whose graph holds node `where` (below its root through any child:
+        filters, backing files, protocol nodes), or `where` itself when it names one."""
+        g = self.machine.state.graph
+        if where in g.backends:
+            return where
+        node = g.lookup_bs(where)
+        if node is None:
+            return None
+        for name, bb in g.backends.items():
+            if bb.root is not None and (bb.root is node or has_descendant(bb.root, node)):
+                return name
+        return None
 
     @group("io")
     @rule(
