@@ -150,14 +150,16 @@ class GraphRules(_Base):
     def transaction(self, c: Choices) -> None:
         """1-3 actions, half of them on the bitmaps there are (when there are some).  Half
         the time with bitmaps a rollback test as iotest 124 runs one: the guest dirties
-        the bitmaps, then bitmap actions end in an action that fails, so every prepared
-        action must be undone; other transactions end in one sometimes too."""
+        the bitmaps, then bitmap actions (or libvirt's checkpoint-delete) end in an action
+        that fails, so every prepared action must be undone; other transactions end in
+        one sometimes too."""
         bitmaps = self.has_bitmaps()
         rollback = bitmaps and c.boolean()
         if rollback:
             self.dirty_bitmaps(c, c.below(1024), c.pick(IO_LENGTHS))
-        count = c.between(0 if self.invalid else 1, 3)
-        actions = []
+        # a rollback's body: libvirt's checkpoint-delete half the time, else 1-3 actions
+        actions = self.checkpoint_delete(c) if rollback and c.boolean() else []
+        count = 0 if actions else c.between(0 if self.invalid else 1, 3)
         for _ in range(count):
             on_bitmaps = rollback or (bitmaps and c.boolean())
             kind = c.pick(BITMAP_ACTIONS if on_bitmaps else TRANSACTION_ACTIONS)
@@ -218,6 +220,7 @@ class GraphRules(_Base):
     if TYPE_CHECKING:
 
         def has_bitmaps(self) -> bool: ...
+        def checkpoint_delete(self, c: Choices) -> list[dict[str, Any]]: ...
         def dirty_bitmaps(self, c: Choices, chunk: int, length: str) -> None: ...
         def bitmap_add_args(self, c: Choices) -> dict[str, Any]: ...
         def bitmap_merge_args(self, c: Choices, made_up: int = 4) -> dict[str, Any]: ...

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import precondition, rule
 
 from sim.fuzz.choices import Choices, choices, group
-from sim.model.graph import has_descendant
+from sim.model.graph import BlockBackend, has_descendant
 
 if TYPE_CHECKING:
     from sim.fuzz.machine import MachineCore as _Base
@@ -116,10 +116,15 @@ class StorageRules(_Base):
     @group("bitmap")
     @rule(c=choices())
     def checkpoint(self, c: Choices) -> None:
-        """libvirt's checkpoint-create: one transaction disables the bitmaps that recorded
-        so far on a device's top node and adds the new checkpoint's bitmap there, so each
-        checkpoint's bitmap holds the writes of its own interval (what a backup since an
-        older checkpoint later merges)."""
+        """libvirt's checkpoints, each one transaction.  checkpoint-create disables the
+        bitmaps that recorded so far on a device's top node and adds the new checkpoint's
+        bitmap there, so each checkpoint's bitmap holds the writes of its own interval
+        (what a backup since an older checkpoint later merges); checkpoint-delete (half
+        the time, when a node has two bitmaps) folds one into the next older."""
+        delete = self.checkpoint_delete(c) if c.boolean() else []
+        if delete:
+            self.qmp("transaction", {"actions": delete})
+            return
         device = self.pick(c, self.devices(), ("nosuch",))
         node = self.machine.state.graph.lookup_bs(device)
         top = node.node_name if node is not None and not node.auto_named else device
@@ -131,6 +136,45 @@ class StorageRules(_Base):
         add: dict[str, Any] = {"node": top, "name": self.fresh("cp")}
         actions.append({"type": "block-dirty-bitmap-add", "data": add})
         self.qmp("transaction", {"actions": actions})
+
+    def checkpoint_delete(self, c: Choices) -> list[dict[str, Any]]:
+        """The actions of libvirt's checkpoint-delete: the deleted checkpoint's bitmap is
+        merged into its parent's (the next older bitmap of its node: QEMU lists the newest
+        first), then removed; the parent records again if the deleted one did.  None when
+        the node (or device) drawn has no checkpoint chain: two named bitmaps, the older
+        one disabled."""
+        g = self.machine.state.graph
+        chains: list[tuple[str, list[str], list[bool]]] = []
+        for owner in [*g.backends.values(), *g.nodes]:
+            named = [bm for bm in owner.bitmaps if bm.name]
+            if len(named) < 2:
+                continue
+            if isinstance(owner, BlockBackend):
+                where = owner.name
+            elif not owner.auto_named:
+                where = owner.node_name
+            else:
+                continue
+            chains.append((where, [str(bm.name) for bm in named], [bm.enabled for bm in named]))
+        if not chains:
+            return []
+        where, names, enabled = c.pick(chains)
+        older = [i for i in range(len(names) - 1) if not enabled[i + 1]]
+        if not older:
+            return []  # not a checkpoint chain: every bitmap of it records
+        i = c.pick(older)
+        deleted, parent = names[i], names[i + 1]
+        actions: list[dict[str, Any]] = []
+        if enabled[i] and not enabled[i + 1]:
+            actions.append(
+                {"type": "block-dirty-bitmap-enable", "data": {"node": where, "name": parent}}
+            )
+        merge = {"node": where, "target": parent, "bitmaps": [deleted]}
+        actions.append({"type": "block-dirty-bitmap-merge", "data": merge})
+        actions.append(
+            {"type": "block-dirty-bitmap-remove", "data": {"node": where, "name": deleted}}
+        )
+        return actions
 
     def has_bitmaps(self) -> bool:
         """Is there a named bitmap (a job's own bitmaps have no name)?"""
