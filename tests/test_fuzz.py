@@ -256,6 +256,11 @@ def test_rerun_in_the_same_folder_finds_the_failure_again_as_known(
     assert first.failures and not second.failures
     assert second.duplicates >= 1
     assert any(FAKE in m for m in second.muted)
+    # both generate the examples asked for: a round cut short by its failure goes on, and
+    # replaying what the database remembers is counted apart, not as examples
+    assert first.examples == second.examples == 600
+    assert second.replays >= second.duplicates
+    assert second.replays < first.replays  # the stored failures come back shrunk
 
 
 def test_internal_error_is_its_own_failure_kind(

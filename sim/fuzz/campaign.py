@@ -2,17 +2,20 @@
 
 Theory of operation.  A campaign runs the state machine (`BlockMachine`, or a
 subclass) in *rounds* of `round_examples` examples each until `examples`
-have been asked for (or the time budget runs out).  Every round is one
+have been generated (or the time budget runs out).  Every round is one
 Hypothesis run with its own seed, derived from the campaign seed and the
 round number, and its own key in the example database (`OUT/hypothesis/`),
 so a campaign is a pure function of its seed while the database is empty;
 re-running in the same folder first replays what the database remembers.
 Hypothesis reports every distinct failure of a round (one exception class
 per invariant and message shape) after shrinking it; each is exported to
-`OUT/failures/` (sim/fuzz/export.py).  An invariant whose failure came back
-with a signature already on disk is *muted* for the rest of the campaign
+`OUT/failures/` (sim/fuzz/export.py).  A round cut short by a failure (or
+one that only replayed the database's failures) goes on in *parts*, each a
+Hypothesis run with a seed and key of its own, until it has generated its
+share: shrink and replay runs are counted apart and never stand in for an
+example.  An exported failure is *muted* for the rest of the campaign
 (still checked and counted, no longer failing; by failure key, see
-`sim.fuzz.machine.failure_key`) so later rounds look for something new.
+`sim.fuzz.machine.failure_key`) so later runs look for something new.
 
 Wall time is read only for the progress bar, the coverage series and the
 time budget; nothing that is generated depends on it.  `--time-budget`
@@ -184,6 +187,7 @@ class Campaign:
         self._round_runs = 0  # examples generated in this round
         self._round_size = config.round_examples
         self._round_replays = 0  # shrink and replay runs in this round
+        self._part = 0  # the part of the round running (a round cut short goes on in parts)
         self._generating = True
         self._progress: Any = None
 
@@ -266,17 +270,30 @@ class Campaign:
 
     def _rounds(self) -> None:
         cfg = self.config
-        remaining, number = cfg.examples, cfg.first_round
-        while remaining > 0:
-            size = min(cfg.round_examples, remaining)
-            self._round(number, size)
-            remaining -= size
+        number, idle = cfg.first_round, 0
+        while self.result.examples < cfg.examples and idle < 2:
+            # a round ends early at a failure (Hypothesis shrinks it), and one that
+            # replays failures its database remembers generates nothing: the round
+            # goes on in parts until it has generated its share of what was asked
+            goal = min(self.result.examples + cfg.round_examples, cfg.examples)
+            self._part = 0
+            while self.result.examples < goal and idle < 2:
+                before = self._progress_mark()
+                self._round(number, goal - self.result.examples)
+                idle = idle + 1 if self._progress_mark() == before else 0
+                self._part += 1
             number += 1
             self.result.rounds = number - cfg.first_round
 
+    def _progress_mark(self) -> tuple[int, int]:
+        # examples generated and failures exported: a part that changes neither (every
+        # example rejected) twice in a row ends the campaign
+        return self.result.examples, len(self.result.failures) + self.result.duplicates
+
     def _round(self, number: int, size: int) -> None:
         cfg = self.config
-        seed = round_seed(cfg.seed, number)
+        part = f":{self._part}" if self._part else ""  # a round's later parts: own seed and key
+        seed = round_seed(cfg.seed, number, self._part)
         attrs: dict[str, Any] = {
             "policy": cfg.policy,
             "checks": tuple(cfg.invariant_names()),
@@ -289,7 +306,7 @@ class Campaign:
             attrs["groups"] = tuple(cfg.groups)
         cls = type(f"{self.machine.__name__}_round{number}", (self.machine,), attrs)
         test = get_state_machine_test(cls, settings=self.settings(size))  # type: ignore[no-untyped-call]
-        key = f"blocksim-fuzz:{self.machine.__qualname__}:{cfg.policy}:{cfg.seed}:{number}"
+        key = f"blocksim-fuzz:{self.machine.__qualname__}:{cfg.policy}:{cfg.seed}:{number}{part}"
         test.hypothesis.inner_test._hypothesis_internal_add_digest = key.encode()
         self._round_runs, self._round_size, self._round_replays = 0, size, 0
         try:
@@ -354,9 +371,11 @@ class Campaign:
                 f"shrink run(s) of this round; the trace is the smallest example seen, then "
                 f"cut at the trace level to {record.steps} steps"
             )
+        # exported once, a failure is muted for the rest of the campaign: later rounds
+        # (and the rest of this one) look for something new
+        self.muted.add(failure_key(failure.kind, failure.message))
         if record.duplicate:
             self.result.duplicates += 1
-            self.muted.add(failure_key(failure.kind, failure.message))
         else:
             self.result.failures.append(record)
         if not record.duplicate and self.out is not None:
@@ -411,11 +430,9 @@ class Campaign:
             return
         progress, task = self._progress
         cfg, wall = self.config, max(self.elapsed(), 1e-9)
-        in_round = min(self._round_runs, cfg.round_examples)
-        done = min(self.result.rounds * cfg.round_examples + in_round, cfg.examples)
         progress.update(
             task,
-            completed=done,
+            completed=min(self.result.examples, cfg.examples),  # generated, as asked
             rate=f"{self.coverage.steps / wall:,.0f}",
             failures=len(self.result.failures) + len(self.pending),
             points=self.coverage.points,
@@ -423,9 +440,10 @@ class Campaign:
         )
 
 
-def round_seed(seed: int, number: int) -> int:
-    """The Hypothesis seed of round `number` of a campaign with seed `seed`."""
-    digest = hashlib.sha256(f"blocksim-fuzz:{seed}:{number}".encode()).digest()
+def round_seed(seed: int, number: int, part: int = 0) -> int:
+    """The Hypothesis seed of round `number` (its part `part`) of a campaign with seed `seed`."""
+    tail = f":{part}" if part else ""
+    digest = hashlib.sha256(f"blocksim-fuzz:{seed}:{number}{tail}".encode()).digest()
     return int.from_bytes(digest[:8], "big")
 
 
@@ -633,7 +651,7 @@ def failure_lines(records: list[ExportRecord]) -> list[str]:
         mark = "" if record.reproduced else "  NOT REPRODUCED"
         shrunk = "" if record.shrunk else f" (not fully shrunk: {record.shrink_left})"
         lines.append(
-            f"    [{record.kind}] {record.steps} steps{shrunk}: {record.message[:160]}{mark}"
+            f"    [{record.kind}] {record.steps} step{'' if record.steps == 1 else 's'}{shrunk}: {record.message[:160]}{mark}"
         )
         if record.triage_reason:
             lines.append(f"      why: {record.triage_reason[:200]}")
