@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from sim.bundled import bundled
 from sim.errors import TraceError
 from sim.trace import POLICIES, atomic_write_text, dumps, load_trace
 
@@ -255,7 +256,7 @@ def matrix(
 
     from sim.matrix import markdown, policy_matrix, to_json
 
-    files = collect_traces(traces or ("scenarios",))
+    files = collect_traces(traces or (str(bundled("scenarios")),))
     with Progress(transient=True) as bar:
         task = bar.add_task("policy matrix", total=len(files))
         if workers is None and scheduler is None:
@@ -640,10 +641,9 @@ def report(run_dir: str, out: str | None, title: str) -> None:
 @click.option("-o", "--out", default="reports/demo", show_default=True, metavar="DIR")
 @click.option(
     "--scenarios",
-    default="scenarios",
-    show_default=True,
+    default=None,
     metavar="DIR",
-    help="The bundled scenarios (run from the repository's root).",
+    help="Scenario folder [default: ./scenarios, else the copy installed with blocksim].",
 )
 @click.option(
     "--fuzz-seconds",
@@ -652,14 +652,15 @@ def report(run_dir: str, out: str | None, title: str) -> None:
     show_default=True,
     help="Wall-clock budget of the short fuzz campaign (0: none).",
 )
-def demo(out: str, scenarios: str, fuzz_seconds: float) -> None:
+def demo(out: str, scenarios: str | None, fuzz_seconds: float) -> None:
     """Replay bundled scenarios with timelines, fuzz briefly, build the policy matrix,
     and write the full report under OUT (the run folder is OUT/run)."""
     from sim.demo import run_demo
 
+    scenarios = scenarios or str(bundled("scenarios"))
     if not Path(scenarios).is_dir():
         raise click.UsageError(
-            f"no scenario folder {scenarios!r}: run from the repository's root or pass "
+            f"no scenario folder {scenarios!r}: none is installed with blocksim here; pass "
             "--scenarios DIR"
         )
     built = run_demo(Path(out), Path(scenarios), fuzz_seconds, click.echo)

@@ -44,6 +44,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.errors import HypothesisException, Unsatisfiable, UnsatisfiedAssumption
 from hypothesis.stateful import get_state_machine_test
 
+from sim.bundled import bundled
 from sim.check import CHECKERS
 from sim.fuzz.coverage import Coverage
 from sim.fuzz.export import (
@@ -477,12 +478,14 @@ PROFILE_KEYS = (
 )  # fmt: skip
 
 
-def load_profile(name: str, folder: Path = Path("fuzz/profiles")) -> dict[str, Any]:
-    """A campaign profile: `fuzz/profiles/NAME.toml`, or a path to a .toml file.
+def load_profile(name: str, folder: Path | None = None) -> dict[str, Any]:
+    """A campaign profile: `fuzz/profiles/NAME.toml` (the checkout's, else the copy
+    installed with blocksim), or a path to a .toml file.
 
     Raises ValueError naming an unknown key or a missing file."""
     import tomllib
 
+    folder = folder if folder is not None else bundled("fuzz/profiles")
     path = Path(name) if name.endswith(".toml") else folder / f"{name}.toml"
     if not path.is_file():
         known = sorted(p.stem for p in folder.glob("*.toml")) if folder.is_dir() else []
