@@ -628,7 +628,10 @@ def report(run_dir: str, out: str | None, title: str) -> None:
 
     target = Path(out) if out else Path("reports") / Path(run_dir).resolve().name
     try:
-        built = build_report(run_dir, target, title)
+        command = f"blocksim report {run_dir} -o {target}" + (
+            f" --title {title!r}" if title else ""
+        )
+        built = build_report(run_dir, target, title, command)
     except FileNotFoundError as exc:
         click.echo(f"blocksim report: {exc}", err=True)
         sys.exit(EXIT_USAGE)

@@ -129,7 +129,8 @@ def run_demo(out_dir: Path, scenarios: Path, fuzz_seconds: float, say: Say) -> R
         f"matrix    {len(matrix['policies'])} policies x {len(matrix['invariants'])} "
         f"invariants: {broken} broken cells"
     )
-    report = build_report(run, out_dir, title="blocksim demo report")
+    command = f"blocksim demo -o {out_dir} --fuzz-seconds {fuzz_seconds:g}"
+    report = build_report(run, out_dir, title="blocksim demo report", command=command)
     say(f"report    {report.index}: {len(report.pngs)} figures")
     return report
 

@@ -35,7 +35,14 @@ byte string):
      "bitmaps": [{"label": "node/name", "node": str, "name": str, "granularity": int,
                   "counts": [[time_ns, dirty_bytes | null, step], ...]}, ...],
      "graph_changes": [[time_ns, label, step], ...],
-     "io": [[time_ns, op, latency_ns, [job type, ...]], ...]}
+     "io": [[time_ns, op, latency_ns, [job type, ...]], ...],
+     "addresses": [{"address": "drive0/b0", "node": str, "name": str,
+                    "counts": [[time_ns, dirty_bytes | null, step, holder | null], ...]}, ...],
+     "marks": [[time_ns, kind, step, text], ...],
+     "graphs": [[time_ns, step, label, {"nodes": [[name, driver, file, backing,
+                 target, [bitmap, ...]], ...], "devices": [[id, root], ...]}], ...],
+     "timing": {drive id | "scratch": {"latency_us": ..., "bandwidth_mbps": ...,
+                "jitter": ..., "queue_depth": ...}}}
 
 `step` is the trace step (1-based) a sample was taken in, so a trace in
 which no time passes can be drawn over its steps.  `command` is the QMP
@@ -48,6 +55,20 @@ under bb-attached): a successor taking over at the end of a backup continues
 it; a null count means no bitmap is at that address any more.  Progress and
 count series are thinned to at most MAX_POINTS points each (the first, then
 the last of each of MAX_POINTS equal time slices).
+
+`addresses` follow each bitmap by the address a successful
+`block-dirty-bitmap-add` named (`node`, a device or node name, and `name`), as
+QMP looks it up under the replay's policy (block_dirty_bitmap_lookup): the
+dirty count of the bitmap found there and the node (or backend) holding it,
+null when the lookup fails (QEMU answers "Dirty bitmap 'N' not found").
+`marks` are the events a block developer looks for on a timeline: kind
+"error" (BLOCK_JOB_ERROR, BLOCK_IO_ERROR), "threshold"
+(BLOCK_WRITE_THRESHOLD), "pause" (a job went to `paused` or `standby`: a
+user's pause, a drain around a graph change, or a `stop` error policy).
+`graphs` is the block graph at
+the start and after every graph change (the same label as `graph_changes`):
+each node with its file, backing and target children and its named bitmaps,
+each device with its root.
 """
 
 from __future__ import annotations
@@ -58,6 +79,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from sim.errors import QMPError
+from sim.model.bitmap_ops import lookup
+from sim.model.graph import BlockNode
 
 if TYPE_CHECKING:
     from sim.engine.machine import Machine
@@ -80,6 +105,14 @@ JOB_COMMANDS = {
     "blockdev-mirror": "mirror",
     "block-commit": "commit",
     "block-stream": "stream",
+}
+
+
+# Events marked on a timeline: event -> (kind, the data keys shown).
+MARKED_EVENTS = {
+    "BLOCK_JOB_ERROR": ("error", ("device", "operation", "action")),
+    "BLOCK_IO_ERROR": ("error", ("device", "node-name", "operation", "action")),
+    "BLOCK_WRITE_THRESHOLD": ("threshold", ("node-name",)),
 }
 
 
@@ -128,12 +161,16 @@ class TimelineRecorder:
         self._step = 1  # the trace step being run (1-based), for step-axis timelines
         self._end_ns = 0
         self._io: list[list[Any]] = []
+        self.addresses: dict[tuple[str, str], list[list[Any]]] = {}  # (node, name) -> counts
+        self.marks: list[list[Any]] = []
+        self.graphs: list[list[Any]] = []
 
     # -- the checker hooks ---------------------------------------------------------------
     def attach(self, machine: Machine) -> None:
         """Start observing `machine` (before its first step)."""
         self.machine = machine
         self._graph = _graph_shape(machine)
+        self.graphs.append([machine.now_ns, 0, "start", _graph_doc(machine)])
         machine.command_observers.append(self._on_command)
         machine.state.write_observers.append(self._on_write)
         env = machine.env
@@ -172,7 +209,13 @@ class TimelineRecorder:
         error = response.get("error")
         outcome = "return" if error is None else str(error.get("desc", error.get("class")))
         now = self.machine.now_ns
-        self.commands.append([now, self._step, command_label(request), outcome, jobs])
+        label = command_label(request)
+        self.commands.append([now, self._step, label, outcome, jobs])
+        args = request.get("arguments")
+        if error is None and isinstance(args, dict):
+            address = (args.get("node"), args.get("name"))
+            if label == "block-dirty-bitmap-add" and all(isinstance(a, str) for a in address):
+                self.addresses.setdefault((str(address[0]), str(address[1])), [])
         self._dirty = True
         self._sample(_graph_label(request), str(request.get("execute", "")))
 
@@ -205,12 +248,20 @@ class TimelineRecorder:
                 self._graph = shape
                 label = command_label or _event_label(new_events)
                 self.graph_changes.append([now, label, self._step])
+                self.graphs.append([now, self._step, label, _graph_doc(m)])
 
     def _take_events(self, events: list[Any], command: str) -> None:
         for ev in events:
+            if ev.name in MARKED_EVENTS:
+                kind, keys = MARKED_EVENTS[ev.name]
+                detail = " ".join(str(ev.data[k]) for k in keys if k in ev.data)
+                self.marks.append([ev.time_ns, kind, self._step, f"{ev.name} {detail}".strip()])
             if ev.name != "JOB_STATUS_CHANGE":
                 continue
             job_id = str(ev.data.get("id"))
+            if ev.data.get("status") in ("paused", "standby"):
+                text = f"{job_id} {ev.data['status']}"
+                self.marks.append([ev.time_ns, "pause", self._step, text])
             status = str(ev.data.get("status"))
             if status == "created":
                 self._new_lane(job_id, command)
@@ -255,6 +306,17 @@ class TimelineRecorder:
         for label, series in self.bitmaps.items():
             if label not in present and series.counts[-1][1] is not None:
                 series.counts.append([now, None, self._step])
+        for (address, name), counts in self.addresses.items():
+            try:
+                where, found = lookup(graph, self.machine.state.policy, address, name)
+                holder = (
+                    where.node_name if isinstance(where, BlockNode) else f"{where.name} (backend)"
+                )
+                point = [now, found.count_bytes(), self._step, holder]
+            except QMPError:
+                point = [now, None, self._step, None]
+            if not counts or counts[-1][1::2] != point[1::2]:
+                counts.append(point)
         self._dirty = False
         self._counted_ns = now
         self._count_gap_ns = nbits * NS_PER_S // COUNT_BITS_PER_S
@@ -303,7 +365,28 @@ class TimelineRecorder:
             ],
             "graph_changes": self.graph_changes,
             "io": self._io,
+            "addresses": [
+                {"address": f"{a}/{n}", "node": a, "name": n, "counts": thin(c, end)}
+                for (a, n), c in self.addresses.items()
+            ],
+            "marks": self.marks,
+            "graphs": self.graphs,
+            "timing": self._timing(),
         }
+
+    def _timing(self) -> dict[str, dict[str, float]]:
+        """Each header drive's device timing (the model's defaults with the drive's
+        `timing` overrides); images made later share the `scratch` device's defaults."""
+        from sim.engine.timing import DEFAULTS, SCRATCH_DEVICE
+
+        drives = self.trace.header.raw.get("drives", []) if self.trace is not None else []
+        out = {
+            str(d.get("id")): {**DEFAULTS, **(d.get("timing") or {})}
+            for d in drives
+            if isinstance(d, dict)
+        }
+        out[SCRATCH_DEVICE] = dict(DEFAULTS)
+        return out
 
 
 def thin(points: list[list[Any]], end_ns: int, limit: int = MAX_POINTS) -> list[list[Any]]:
@@ -330,6 +413,24 @@ def _graph_shape(m: Machine) -> tuple[Any, ...]:
     )
     backends = tuple((b, name(bb.root)) for b, bb in graph.backends.items())
     return nodes + backends
+
+
+def _graph_doc(m: Machine) -> dict[str, Any]:
+    """The block graph as `graphs` stores it: nodes with children and bitmaps, devices."""
+
+    def name(node: Any) -> str | None:
+        return None if node is None else str(node.node_name)
+
+    graph = m.state.graph
+    nodes = [
+        [
+            str(n.node_name), str(n.driver), name(n.file), name(n.backing), name(n.target),
+            [str(b.name) for b in n.bitmaps if b.name is not None and not b.freed],
+        ]
+        for n in graph.nodes
+    ]  # fmt: skip
+    devices = [[d, name(bb.root)] for d, bb in graph.backends.items()]
+    return {"nodes": nodes, "devices": devices}
 
 
 def command_label(request: dict[str, Any]) -> str:

@@ -178,6 +178,8 @@ EXPECTED = (
     "timeline-under-load",
     "latency-under-load",
     "timeline-no-time",
+    "graph-under-load",
+    "graph-no-time",
     "coverage-commands-outcomes",
     "coverage-commands-job-states",
     "coverage-job-transitions",
@@ -221,7 +223,9 @@ def test_index_references_every_figure_and_linked_trace(report: Any) -> None:
 
 
 def test_report_is_deterministic(run_folder: Path, report: Any, tmp_path: Path) -> None:
-    again = build_report(run_folder, tmp_path / "again")
+    # the page names the command that made it: the same command, byte for byte
+    command = f"blocksim report {run_folder} -o {report.out_dir}"
+    again = build_report(run_folder, tmp_path / "again", command=command)
     assert again.index.read_bytes() == report.index.read_bytes()
     for png in report.pngs:
         assert (tmp_path / "again" / "figures" / png.name).read_bytes() == png.read_bytes()

@@ -201,6 +201,8 @@ class Coverage:
             data = ev.get("data", {})
             job_id, status = str(data.get("id")), str(data.get("status"))
             before = self._status.get(job_id, "undefined")
+            if before == "null":  # that job is gone: a new job took its id
+                before = "undefined"
             self._status[job_id] = status
             self.hit("transition", types.get(job_id, "unknown"), f"{before}->{status}")
 

@@ -36,7 +36,7 @@ from sim.report.campaign_figs import (
 )
 from sim.report.coverage_figs import coverage_figures
 from sim.report.figures import Built, Drawn, Skipped, Table
-from sim.report.html import write_index
+from sim.report.html import write_failure_page, write_index
 from sim.report.runfolder import RunFolder, load_run
 from sim.report.timeline_figs import timeline_figures
 
@@ -56,13 +56,16 @@ class Report:
         return [p for p in self.figures if p.suffix == ".png"]
 
 
-def build_report(run_dir: str | Path, out_dir: str | Path, title: str = "") -> Report:
+def build_report(
+    run_dir: str | Path, out_dir: str | Path, title: str = "", command: str = ""
+) -> Report:
     """Draw every figure a run folder allows into out_dir and tie them in index.html.
+    `command` is the command line that made the report (shown on the page).
 
     Raises FileNotFoundError when run_dir is not a folder."""
     run = load_run(run_dir)
     out = Path(out_dir)
-    for sub in ("figures", "traces"):  # ours: emptied so no stale figure survives
+    for sub in ("figures", "traces", "failures"):  # ours: emptied so nothing stale survives
         shutil.rmtree(out / sub, ignore_errors=True)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     links = _TraceLinks(run, out)
@@ -87,7 +90,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path, title: str = "") -> R
     report.index = write_index(
         out,
         title or f"blocksim report: {run.path.resolve().name}",
-        _summary(run),
+        _summary(run, command),
         built,
         _extra_tables(run, links),
         run.notes,
@@ -135,12 +138,28 @@ class _TraceLinks:
         return self.copied[key]
 
 
-def _summary(run: RunFolder) -> list[tuple[str, str]]:
+def blocksim_version() -> str:
+    """The installed blocksim's version (the package metadata), or why there is none."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("blocksim")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _summary(run: RunFolder, command: str) -> list[tuple[str, str]]:
     cov = {
         "campaign": "coverage.json (fuzz campaign)",
         "timelines": "derived from the timelines",
     }.get(run.coverage_source, "none")
+    seeds = [f"{doc.get('name') or stem}: {doc.get('seed', '?')}" for stem, doc in run.timelines]
+    if run.campaign:
+        cfg = run.campaign.get("config", {})
+        seeds.append(f"fuzz campaign: {cfg.get('seed', '?')}")
     return [
+        ("made by", f"blocksim {blocksim_version()}" + (f": {command}" if command else "")),
+        ("seeds", "; ".join(seeds) or "none"),
         ("run folder", run.path.resolve().name),
         ("timelines", ", ".join(doc.get("name") or stem for stem, doc in run.timelines) or "none"),
         ("coverage", cov),
@@ -162,6 +181,8 @@ def _extra_tables(run: RunFolder, links: _TraceLinks) -> dict[str, list[tuple[st
         extra["coverage"] = [
             ("Graph shapes reached (after a step)", Table(["dimension", "value", "steps"], rows))
         ]
+    if cov.get("commands"):
+        extra.setdefault("coverage", []).append(commands_exercised(cov["commands"]))
     invariants = cov.get("invariants", {})
     if invariants:
         kinds = ("evaluated", "violated", "muted")
@@ -190,10 +211,54 @@ def _extra_tables(run: RunFolder, links: _TraceLinks) -> dict[str, list[tuple[st
         rows += [[label, _text(run.campaign[k])] for k, label in done if k in run.campaign]
         extra["campaign"] = [("Campaign (campaign.json)", Table(["", ""], rows))]
     if run.failures:
+        pages = failure_pages(run, links)
         extra.setdefault("campaign", []).append(
-            ("Failures", failures_table(run.failures, links.href))
+            ("Failures", failures_table(run.failures, links.href, pages))
         )
     return extra
+
+
+def commands_exercised(commands: dict[str, Any]) -> tuple[str, Table]:
+    """The QMP commands the simulator answers (its dispatch table) against those the
+    coverage saw: the denominator, and every supported command never exercised."""
+    import sim.replay  # noqa: F401 - loading the machine registers every command handler
+    from sim.qmp.dispatch import COMMANDS
+
+    seen = set(commands)
+    if any(c.startswith("qemu-io") for c in seen):
+        seen.add("human-monitor-command")  # qemu-io is counted by its verb
+    supported = sorted(COMMANDS)
+    hit = [c for c in supported if c in seen]
+    never = [c for c in supported if c not in seen]
+    rows = [
+        ["supported by the simulator (sim/qmp dispatch table)", str(len(supported))],
+        ["exercised at least once", f"{len(hit)} of {len(supported)}"],
+        ["never exercised", ", ".join(never) or "none"],
+    ]
+    heading = f"QMP commands exercised: {len(hit)} of {len(supported)} supported"
+    return heading, Table(["", ""], rows)
+
+
+def failure_pages(run: RunFolder, links: _TraceLinks) -> dict[str, str]:
+    """A page per failure (failures/NAME.html); failure path -> the page's href."""
+    import json
+
+    pages: dict[str, str] = {}
+    for failure in run.failures:
+        path = next((p for p in (run.path / failure.path, failure.path) if p.is_file()), None)
+        if path is None:
+            continue
+        try:
+            lines = [
+                json.loads(x)
+                for x in path.read_text(encoding="utf-8").splitlines()
+                if x.strip() and not x.lstrip().startswith("//")
+            ]
+        except (OSError, ValueError):
+            continue
+        href = links.href(str(failure.path))
+        pages[str(failure.path)] = write_failure_page(links.out, path.stem, failure, lines, href)
+    return pages
 
 
 def _natural(value: str) -> tuple[int, float, str]:

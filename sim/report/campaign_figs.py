@@ -179,9 +179,13 @@ def triage_rank(name: str) -> int:
     return TRIAGE_ORDER.index(name) if name in TRIAGE_ORDER else 1
 
 
-def failures_table(failures: list[Failure], href: Callable[[str], str | None]) -> Table:
+def failures_table(
+    failures: list[Failure],
+    href: Callable[[str], str | None],
+    pages: dict[str, str] | None = None,
+) -> Table:
     """One row per failure trace, grouped by triage class (new first): what broke, how
-    short, when, whether it replays, and why it is classed so."""
+    short, when, whether it replays, why it is classed so, and its own page."""
     rows = []
     order = sorted(
         failures, key=lambda f: (triage_rank(f.triage), f.invariant, f.steps, f.path.name)
@@ -192,8 +196,10 @@ def failures_table(failures: list[Failure], href: Callable[[str], str | None]) -
         replays = {True: "yes", False: "NO", None: ""}[f.reproduced]
         trace = (f.path.name, link) if link else f.path.name
         message = f.message + (f" [why {f.triage}: {f.triage_reason}]" if f.triage_reason else "")
-        rows.append([f.triage, f.invariant, str(f.steps), found, replays, trace, message])
-    header = ["class", "invariant", "steps", "found at (s)", "replays", "trace", "message"]
+        page = (pages or {}).get(str(f.path))
+        detail = ("details", page) if page else ""
+        rows.append([f.triage, f.invariant, str(f.steps), found, replays, trace, detail, message])
+    header = ["class", "invariant", "steps", "found at (s)", "replays", "trace", "page", "message"]
     return Table(header, rows)
 
 

@@ -107,3 +107,62 @@ def _cell(cell: Any) -> str:
     text = str(cell)
     numeric = text.replace(".", "", 1).replace("-", "", 1).isdigit()
     return f'<td class="num">{escape(text)}</td>' if numeric else f"<td>{escape(text)}</td>"
+
+
+def write_failure_page(
+    out_dir: Path, stem: str, failure: Any, lines: list[dict[str, Any]], trace_href: str | None
+) -> str:
+    """failures/STEM.html: one failure on its own page (its shrunk trace step by step,
+    the violation, its triage class and why, and what real QEMU 7.2 answered when
+    `blocksim triage` ran it); returns the page's path relative to out_dir."""
+    import json
+
+    header = lines[0] if lines else {}
+    steps = [x for x in lines[1:] if "final-expect" not in x]
+    final: dict[str, Any] = (
+        next((x["final-expect"] for x in lines if "final-expect" in x), {}) or {}
+    )
+    violations = final.get("violations") or []
+    title = f"Failure: {failure.invariant} ({failure.triage})"
+    about = [
+        ["invariant", failure.invariant],
+        ["class", failure.triage],
+        ["why this class", failure.triage_reason or "nothing known explains it"],
+        ["message", failure.message],
+        ["steps (shrunk trace)", str(len(steps))],
+        ["policy", str(header.get("policy", "?"))],
+        ["seed", str(header.get("seed", "?"))],
+        ["replay it", f"blocksim replay {failure.path}"],
+    ]
+    if "real QEMU" in failure.triage_reason:
+        about.insert(3, ["real QEMU 7.2 (blocksim triage)", failure.triage_reason])
+    else:
+        about.insert(3, ["real QEMU 7.2", "not checked: run `blocksim triage RUN_DIR` with QEMU"])
+    rows = []
+    for number, step in enumerate(steps, start=1):
+        body = {k: v for k, v in step.items() if k != "expect"}
+        what = json.dumps(body, separators=(", ", ": "))
+        expect = step.get("expect")
+        answer = "" if expect is None else json.dumps(expect, sort_keys=True)[:300]
+        mark = " ◀ violation" if any(v.get("step") == number for v in violations) else ""
+        rows.append([str(number), what + mark, answer])
+    broken = [[str(v.get("step", "")), str(v.get("invariant", "")), str(v.get("message", ""))]
+              for v in violations]  # fmt: skip
+    link = f'<p><a href="../{escape(trace_href)}">the trace file</a></p>' if trace_href else ""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
+        f'<p><a href="../index.html#campaign">back to the report</a></p><h1>{escape(title)}</h1>',
+        _table(Table(["", ""], about), header=False),
+        "<h2>Violation</h2>",
+        _table(Table(["step", "invariant", "message"], broken)),
+        "<h2>Shrunk trace</h2>",
+        _table(Table(["#", "step", "answer pinned (expect)"], rows)),
+        link,
+        "</body></html>\n",
+    ]
+    path = out_dir / "failures" / f"{stem}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "\n".join(parts))
+    return f"failures/{stem}.html"

@@ -24,13 +24,47 @@ from sim.report.figures import Built, Drawn, Skipped, Table, every_kth, percenti
 
 MAX_POINTS = 20_000  # scatter points drawn per figure (percentiles use all)
 MIN_BAND = 0.003  # of the time axis: a status band is never drawn narrower
+ZOOM_BELOW = 0.03  # a job living for less than this part of the run gets a zoomed timeline
+ZOOM_WINDOW = 0.25  # ... when the window around those jobs is under this part of the run
+MARK_STYLE = {  # timeline marks: kind -> (marker, colour, legend label)
+    "error": ("X", "#D55E00", "BLOCK_JOB_ERROR / BLOCK_IO_ERROR"),
+    "pause": ("v", "#E69F00", "job paused or standby (user, drain, stop policy)"),
+    "threshold": ("^", "#CC79A7", "BLOCK_WRITE_THRESHOLD"),
+}
 NO_JOB = "no job"
 LABEL_CHARS = 34
 
 
 def timeline_figures(stem: str, doc: dict[str, Any]) -> list[Built]:
-    """The timeline and latency figures of one timeline.json (`stem` names the files)."""
-    return [draw_timeline(stem, doc), draw_latency(stem, doc)]
+    """The timeline and latency figures of one timeline.json (`stem` names the files):
+    the whole run, a zoom on jobs too short to see in it, the latency CDFs and the
+    node graph before and after every graph change."""
+    built = [draw_timeline(stem, doc)]
+    window = zoom_window(doc)
+    if window is not None:
+        built.append(draw_timeline(stem, doc, window))
+    return [*built, draw_latency(stem, doc), draw_graphs(stem, doc)]
+
+
+def zoom_window(doc: dict[str, Any]) -> tuple[int, int] | None:
+    """[start, end] in ns around the jobs that live for less than ZOOM_BELOW of the run,
+    when that window is itself under ZOOM_WINDOW of it (else nothing to zoom on)."""
+    end = int(doc.get("end_ns", 0))
+    if end <= 0:
+        return None
+    short = []
+    for job in doc.get("jobs", []):
+        states = job.get("states", [])
+        if states:
+            first, last = int(states[0][0]), int(states[-1][0])
+            if last - first < end * ZOOM_BELOW:
+                short.append((first, last))
+    if not short:
+        return None
+    lo, hi = min(a for a, _ in short), max(b for _, b in short)
+    margin = max((hi - lo) * 0.15, end * 0.002)
+    lo, hi = max(0, int(lo - margin)), min(end, int(hi + margin))
+    return (lo, hi) if hi - lo < end * ZOOM_WINDOW and hi > lo else None
 
 
 def writes(doc: dict[str, Any]) -> list[list[Any]]:
@@ -47,11 +81,18 @@ class XAxis:
     end: float  # right end, in axis units
     label: str
 
+    begin: float = 0.0  # left end, in axis units (a zoomed timeline starts later)
+
     @classmethod
-    def of(cls, doc: dict[str, Any]) -> XAxis:
+    def of(cls, doc: dict[str, Any], window: tuple[int, int] | None = None) -> XAxis:
         end_ns = int(doc.get("end_ns", 0))
         if end_ns <= 0:
             return cls(True, 1.0, len(doc.get("steps", [])) + 0.5, "trace step")
+        if window is not None:
+            unit, scale = style.time_unit(window[1] - window[0])
+            return cls(
+                False, scale, window[1] / scale, f"simulated time ({unit})", window[0] / scale
+            )
         unit, scale = style.time_unit(end_ns)
         return cls(False, scale, end_ns / scale, f"simulated time ({unit})")
 
@@ -61,21 +102,39 @@ class XAxis:
 
     @property
     def start(self) -> float:
-        return 0.5 if self.by_step else 0.0
+        return 0.5 if self.by_step else self.begin
 
 
 @style.styled
-def draw_timeline(stem: str, doc: dict[str, Any]) -> Built:
+def draw_timeline(stem: str, doc: dict[str, Any], window: tuple[int, int] | None = None) -> Built:
     name = doc.get("name") or stem
     title = f"Timeline: {name}"
+    fig_stem = f"timeline-{stem}"
+    if window is not None:
+        title, fig_stem = f"Timeline (zoom on its short jobs): {name}", f"timeline-{stem}-zoom"
     jobs, bitmaps, io = doc.get("jobs", []), doc.get("bitmaps", []), writes(doc)
-    panels = [p for p, data in (("jobs", jobs), ("io", io), ("bitmaps", bitmaps)) if data]
-    if not panels:
-        return Skipped(
-            f"timeline-{stem}", title, "no job, guest write or bitmap in this replay", "timeline"
+    addresses = [a for a in doc.get("addresses", []) if a.get("counts")]
+    marks = doc.get("marks", [])
+    if window is not None:
+        jobs = [j for j in jobs if _overlaps(j.get("states", []), window)]
+        marks = [m for m in marks if window[0] <= m[0] <= window[1]]
+    panels = [
+        p
+        for p, data in (
+            ("marks", marks), ("jobs", jobs), ("io", io), ("bitmaps", bitmaps or addresses),
         )
-    xaxis = XAxis.of(doc)
-    heights = {"jobs": max(1.0, 0.42 * len(jobs) + 0.5), "io": 2.2, "bitmaps": 1.8}
+        if data
+    ]  # fmt: skip
+    if not panels or panels == ["marks"]:
+        return Skipped(fig_stem, title, "no job, guest write or bitmap in this replay", "timeline")
+    xaxis = XAxis.of(doc, window)
+    kinds = sorted({m[1] for m in marks})
+    heights = {
+        "marks": 0.3 * len(kinds) + 0.3,
+        "jobs": max(1.0, 0.42 * len(jobs) + 0.5),
+        "io": 2.2,
+        "bitmaps": 1.8 + 0.15 * len(addresses),
+    }
     fig = style.figure(10, sum(heights[p] for p in panels) + 1.0)
     axes = fig.subplots(
         len(panels),
@@ -86,34 +145,102 @@ def draw_timeline(stem: str, doc: dict[str, Any]) -> Built:
     )[:, 0]
     tables: list[Table] = []
     for ax, panel in zip(axes, panels, strict=True):
-        if panel == "jobs":
+        if panel == "marks":
+            _marks(ax, marks, kinds, xaxis)
+        elif panel == "jobs":
             _job_lanes(ax, jobs, xaxis)
         elif panel == "io":
             tables.append(_latency_points(ax, io, xaxis.scale))
         else:
             _bitmap_counts(ax, bitmaps, xaxis)
+            _address_counts(ax, addresses, xaxis)
     axes[-1].set_xlim(xaxis.start, xaxis.end + (xaxis.end - xaxis.start) * 0.005)
     if xaxis.by_step:
         axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1].set_xlabel(xaxis.label)
     changes = _graph_marks(axes, doc.get("graph_changes", []), xaxis)
     fig.align_ylabels(axes)
-    span = (
-        "no simulated time passed, so the axis is the trace step"
-        if xaxis.by_step
-        else f"{xaxis.end:.3g} {xaxis.label.split('(')[1].rstrip(')')} of simulated time"
-    )
+    unit = xaxis.label.partition("(")[2].rstrip(")")
+    if xaxis.by_step:
+        span = "no simulated time passed, so the axis is the trace step"
+    elif window is not None:
+        span = f"zoomed on {xaxis.start:.4g} to {xaxis.end:.4g} {unit}, where its short jobs ran"
+    else:
+        span = f"{xaxis.end:.3g} {unit} of simulated time"
     caption = (
         f"Replay of {name} (policy {doc.get('policy', '?')}, seed {doc.get('seed', '?')}); "
         f"{span}. "
         + "; ".join(_panel_caption(p) for p in panels)
-        + ". Dotted vertical lines are graph changes, labelled with the command "
-        "(or the job event) that made them."
+        + ". Dotted vertical lines are graph changes, numbered as in the table below (the "
+        "command or job event that made each; the node graph figure draws the graph after it)."
     )
     if changes:
         where = "step" if xaxis.by_step else xaxis.label.replace("simulated ", "")
         tables.insert(0, Table(["#", where, "graph change"], changes))
-    return Drawn(f"timeline-{stem}", title, caption, fig, tables, "timeline")
+    if marks:
+        where = "step" if xaxis.by_step else xaxis.label.replace("simulated ", "")
+        rows = [[_fmt_x(xaxis.x(m, 2)), m[1], m[3]] for m in marks[:MAX_MARK_ROWS]]
+        if len(marks) > MAX_MARK_ROWS:
+            rows.append(["", "", f"... and {len(marks) - MAX_MARK_ROWS} more"])
+        tables.append(Table([where, "mark", "event"], rows))
+    return Drawn(fig_stem, title, caption, fig, tables, "timeline")
+
+
+MAX_MARK_ROWS = 40
+
+
+def _fmt_x(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def _overlaps(states: list[list[Any]], window: tuple[int, int]) -> bool:
+    return bool(states) and int(states[0][0]) <= window[1] and int(states[-1][0]) >= window[0]
+
+
+def _marks(ax: Axes, marks: list[list[Any]], kinds: list[str], xaxis: XAxis) -> None:
+    """One row per kind of mark, a glyph at each event."""
+    for row, kind in enumerate(kinds):
+        marker, color, label = MARK_STYLE.get(kind, ("o", style.GREY, kind))
+        xs = [xaxis.x(m, 2) for m in marks if m[1] == kind]
+        ax.scatter(xs, [row] * len(xs), marker=marker, s=36, color=color, zorder=3,
+                   label=f"{label} ({len(xs)})")  # fmt: skip
+    ax.set_yticks(range(len(kinds)))
+    ax.set_yticklabels(kinds)
+    ax.set_ylim(-0.6, len(kinds) - 0.4)
+    ax.set_ylabel("events")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="marks")
+
+
+def _address_counts(ax: Axes, addresses: list[dict[str, Any]], xaxis: XAxis) -> None:
+    """Each address a bitmap was added at, as QMP looks it up: a thick pale line while
+    the lookup finds a bitmap there, a cross where it stops finding one."""
+    if not addresses:
+        return
+    top = max(ax.get_ylim()[1], 1.0)
+    scale = _bitmap_scale(ax)
+    for i, a in enumerate(addresses):
+        counts = a["counts"]
+        color = style.CYCLE[(i + 3) % len(style.CYCLE)]
+        xs = [xaxis.x(c, 2) for c in counts] + [xaxis.end]
+        ys = [math.nan if c[1] is None else c[1] / scale for c in counts]
+        device, _, name = str(a["address"]).partition("/")
+        ax.step(xs, [*ys, ys[-1]], where="post", linewidth=5, alpha=0.35, color=color,
+                label=f"({device}, {name}) by address", zorder=1)  # fmt: skip
+        for prev, cur in zip(counts, counts[1:], strict=False):
+            if prev[1] is not None and cur[1] is None:
+                x = xaxis.x(cur, 2)
+                ax.scatter([x], [prev[1] / scale], marker="X", s=70, color=style.VERMILLION,
+                           zorder=4)  # fmt: skip
+                ax.annotate(f"({device}, {name}) not found", (x, prev[1] / scale),
+                            xytext=(6, -10), textcoords="offset points", fontsize=7.5,
+                            color=style.VERMILLION)  # fmt: skip
+    ax.set_ylim(0, top)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              title="bitmap (node/name)\nand address (QMP lookup)")  # fmt: skip
+
+
+def _bitmap_scale(ax: Axes) -> float:
+    return float(getattr(ax, "_blocksim_bitmap_scale", 1.0))
 
 
 def _panel_caption(panel: str) -> str:
@@ -122,8 +249,12 @@ def _panel_caption(panel: str) -> str:
         "(current-progress / total-progress, black line, 0 to 100% of the lane)",
         "io": "each guest write as a point at its issue time with its latency "
         "(queueing and copy-before-write included), dashed lines at p50 and p99",
-        "bitmaps": "each dirty bitmap's dirty count (count, in bytes), a gap where "
-        "its address holds no bitmap",
+        "bitmaps": "each dirty bitmap's dirty count (count, in bytes) by the node holding "
+        "it, a gap where that node holds no bitmap of the name; and, thick and pale, each "
+        "address a bitmap was added at (device or node, name) as QMP looks it up under the "
+        "policy, a cross where the lookup stops finding it",
+        "marks": "marks: block job and I/O errors, jobs pausing (a user's pause, a drain, "
+        "a stop error policy) and write thresholds, listed in the table below",
     }[panel]
 
 
@@ -234,6 +365,7 @@ def _latency_points(ax: Axes, io: list[list[Any]], scale: float) -> Table:
 def _bitmap_counts(ax: Axes, bitmaps: list[dict[str, Any]], xaxis: XAxis) -> None:
     top = max((c[1] or 0 for b in bitmaps for c in b.get("counts", [])), default=0)
     unit, bscale = style.size_unit(top)
+    ax._blocksim_bitmap_scale = bscale  # type: ignore[attr-defined]  # _address_counts
     for i, bm in enumerate(bitmaps):
         counts = bm.get("counts", [])
         if not counts:
@@ -251,7 +383,8 @@ def _bitmap_counts(ax: Axes, bitmaps: list[dict[str, Any]], xaxis: XAxis) -> Non
         )
     ax.set_ylim(bottom=0, top=max(top / bscale * 1.1, 1))
     ax.set_ylabel(f"dirty ({unit})")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="bitmap (node/name)")
+    if bitmaps:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="bitmap (node/name)")
 
 
 # Line dashes for bitmap series, so two series with equal counts both show.
@@ -267,27 +400,30 @@ def _graph_marks(axes: Any, changes: list[list[Any]], xaxis: XAxis) -> list[list
             merged[-1][1].append(change[1])
         else:
             merged.append((x, [change[1]]))
-    gap = (xaxis.end - xaxis.start) * 0.016
-    last_x = float("-inf")
+    gap = (xaxis.end - xaxis.start) * 0.02
+    last_in_row: list[float] = []  # x of the last number put in each row above the plot
     rows = []
     for n, (x, labels) in enumerate(merged, start=1):
+        if not xaxis.start <= x <= xaxis.end:
+            continue  # outside a zoomed window
         for ax in axes:
             ax.axvline(x, color=style.BLACK, linewidth=0.8, linestyle=":", alpha=0.8)
-        text_x = max(x, last_x + gap)
-        last_x = text_x
-        text = style.shorten(" + ".join(labels), LABEL_CHARS)
+        row = next((i for i, last in enumerate(last_in_row) if x - last >= gap), None)
+        if row is None:
+            row = len(last_in_row)
+            last_in_row.append(x)
+        last_in_row[row] = x
         axes[0].annotate(
-            f"{n}: {text}",
-            (text_x, 1.0),
+            str(n),
+            (x, 1.0),
             xycoords=("data", "axes fraction"),
-            xytext=(0, 3),
+            xytext=(0, 2 + 9 * row),
             textcoords="offset points",
-            rotation=90,
             fontsize=7,
             ha="center",
             va="bottom",
         )
-        rows.append([str(n), f"{x:.6g}", " + ".join(labels)])
+        rows.append([str(n), _fmt_x(x), " + ".join(labels)])
     return rows
 
 
@@ -327,13 +463,17 @@ def draw_latency(stem: str, doc: dict[str, Any]) -> Built:
         n = len(lat)
         ys = [k / n for k in range(1, n + 1)]
         p50, p99 = percentile(lat, 50) / scale, percentile(lat, 99) / scale
+        legend = f"{label}: n={n}, p50 {p50:.3g}, p99 {p99:.3g} {unit}"
+        if n < FEW_SAMPLES:  # a handful of writes: each one a point, no curve implied
+            ax.scatter([v / scale for v in lat], ys, color=color, s=22, zorder=3, label=legend)
+            continue
         ax.step(
             [v / scale for v in lat],
             ys,
             where="post",
             color=color,
             linewidth=1.6,
-            label=f"{label}: n={n}, p50 {p50:.3g}, p99 {p99:.3g} {unit}",
+            label=legend,
         )
         rows.append([label, str(n), f"{p50:.3g}", f"{p99:.3g}", f"{lat[-1] / scale:.3g}"])
     for q, mark in ((0.5, "p50"), (0.99, "p99")):
@@ -358,7 +498,172 @@ def draw_latency(stem: str, doc: dict[str, Any]) -> Built:
         f"Cumulative distribution of guest write latency in {name}: writes issued while no "
         "job existed, and while a job of each kind existed (a write can count for several "
         "kinds). The horizontal dotted lines are the median and the 99th percentile; the gap "
-        "between curves is what each job costs the guest."
+        "between curves is what each job costs the guest. The latencies come from blocksim's "
+        f"timing model (sim/engine/timing.py), not from a disk: {_timing_text(doc)}."
+        + (
+            f" Groups of fewer than {FEW_SAMPLES} writes are drawn as points."
+            if any(len(lat) < FEW_SAMPLES for _, lat in groups)
+            else ""
+        )
     )
     table = Table(["writes issued", "n", f"p50 ({unit})", f"p99 ({unit})", f"max ({unit})"], rows)
     return Drawn(f"latency-{stem}", title, caption, fig, [table], "latency")
+
+
+FEW_SAMPLES = 20  # latency groups smaller than this are drawn as points, not a step curve
+
+
+def _timing_text(doc: dict[str, Any]) -> str:
+    """The device timing a latency figure came from, as the timeline recorded it."""
+    timing = doc.get("timing") or {}
+    if not timing:
+        return "its parameters were not recorded in this timeline"
+    parts = []
+    for device, t in timing.items():
+        parts.append(
+            f"{device}: {t.get('latency_us', '?'):g} µs per request + bytes at "
+            f"{t.get('bandwidth_mbps', '?'):g} MiB/s, jitter {t.get('jitter', 0):g}, "
+            f"queue depth {t.get('queue_depth', '?'):g}"
+        )
+    return "; ".join(parts)
+
+
+MAX_GRAPHS = 9  # node-graph panels per figure (the first ones; the table lists all)
+ROLE_STYLE = {"file": "-", "backing": "--", "target": ":"}
+# drivers whose `file` child is not the next node of a backing chain
+FORMATS_AND_PROTOCOLS = frozenset({"qcow2", "raw", "file", "null-co", "host_device", "nbd"})
+
+
+@style.styled
+def draw_graphs(stem: str, doc: dict[str, Any]) -> Built:
+    """The node graph at the start and after every graph change, one panel each."""
+    name = doc.get("name") or stem
+    title = f"Node graph: {name}"
+    graphs = doc.get("graphs", [])
+    if len(graphs) < 2:
+        why = "no graph change in this replay" if graphs else "the timeline has no node graphs"
+        return Skipped(f"graph-{stem}", title, why, "timeline")
+    shown = graphs[:MAX_GRAPHS]
+    cols = min(3, len(shown))
+    rows_n = math.ceil(len(shown) / cols)
+    fig = style.figure(10, 2.7 * rows_n + 0.3)
+    axes = fig.subplots(rows_n, cols, squeeze=False)
+    unit, scale = style.time_unit(max(int(doc.get("end_ns", 0)), 1))
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= len(shown):
+            continue
+        t, step, label, g = shown[i]
+        when = "start" if i == 0 else f"{i}: after {style.shorten(label, 38)}"
+        where = f"step {step}" if step else "before step 1"
+        if doc.get("end_ns", 0):
+            where += f", {t / scale:.4g} {unit}"
+        ax.set_title(f"{when}\n({where})", fontsize=8, loc="left")
+        _draw_graph(ax, g)
+    caption = (
+        f"Block graph of {name} at the start and after each graph change (numbered as on "
+        "the timeline): devices (BlockBackends, grey) on top, each node below its parent "
+        "with its driver and its named dirty bitmaps; solid edges are `file` children, "
+        "dashed `backing`, dotted a job filter's `target`. Nodes no device reaches sit "
+        "apart on the right."
+    )
+    rows = [
+        [str(i), f"step {g[1]}", g[2], _chain_text(g[3])] for i, g in enumerate(graphs)
+    ]  # fmt: skip
+    if len(graphs) > MAX_GRAPHS:
+        caption += (
+            f" The first {MAX_GRAPHS} of {len(graphs)} graphs are drawn; the table lists all."
+        )
+    return Drawn(
+        f"graph-{stem}", title, caption, fig,
+        [Table(["#", "when", "change", "devices: chain (bitmaps)"], rows)], "timeline",
+    )  # fmt: skip
+
+
+def graph_layout(g: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """Positions: devices on row 0, each node one row below the first parent that
+    reaches it (file, backing, target in that order), columns in discovery order;
+    nodes no device reaches in a column of their own on the right."""
+    nodes = {n[0]: n for n in g.get("nodes", [])}
+    pos: dict[str, tuple[float, float]] = {}
+    depth_cols: dict[int, int] = {}
+
+    def place(key: str, depth: int) -> None:
+        col = depth_cols.get(depth, 0)
+        depth_cols[depth] = col + 1
+        pos[key] = (float(col), float(-depth))
+
+    queue: list[tuple[str, int]] = []
+    for device, root in g.get("devices", []):
+        place(f"dev:{device}", 0)
+        if root is not None and root not in pos:
+            place(root, 1)
+            queue.append((root, 1))
+    while queue:
+        key, depth = queue.pop(0)
+        node = nodes.get(key)
+        if node is None:
+            continue
+        for child in (node[2], node[3], node[4]):
+            if child is not None and child not in pos:
+                place(child, depth + 1)
+                queue.append((child, depth + 1))
+    for key, (x, y) in pos.items():  # each row centred
+        pos[key] = (x - (depth_cols[int(-y)] - 1) / 2, y)
+    width = max((x for x, _ in pos.values()), default=0.0) + 1.3
+    loose = [n for n in nodes if n not in pos]
+    for i, key in enumerate(loose):
+        pos[key] = (width, float(-1 - i))
+    return pos
+
+
+def _draw_graph(ax: Axes, g: dict[str, Any]) -> None:
+    pos = graph_layout(g)
+    nodes = {n[0]: n for n in g.get("nodes", [])}
+    for device, root in g.get("devices", []):
+        if root in pos:
+            _arrow(ax, pos[f"dev:{device}"], pos[root], "-")
+    for key, node in nodes.items():
+        for role, child in zip(("file", "backing", "target"), node[2:5], strict=True):
+            if child in pos and key in pos:
+                _arrow(ax, pos[key], pos[child], ROLE_STYLE[role])
+    for key, (x, y) in pos.items():
+        if key.startswith("dev:"):
+            text, fill = key[4:], style.LIGHT_GREY
+        else:
+            node = nodes.get(key)
+            driver = node[1] if node else "?"
+            bitmaps = node[5] if node else []
+            text = f"{key}\n{driver}" + (f"\n[{', '.join(bitmaps)}]" if bitmaps else "")
+            fill = "#FFFFFF" if not bitmaps else "#FFF3CC"
+        ax.text(x, y, text, ha="center", va="center", fontsize=7, zorder=3,
+                bbox={"boxstyle": "round,pad=0.3", "fc": fill, "ec": style.BLACK, "lw": 0.6})  # fmt: skip
+    xs = [x for x, _ in pos.values()] or [0.0]
+    ys = [y for _, y in pos.values()] or [0.0]
+    ax.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
+    ax.set_ylim(min(ys) - 0.6, max(ys) + 0.5)
+
+
+def _arrow(ax: Axes, a: tuple[float, float], b: tuple[float, float], ls: str) -> None:
+    ax.annotate("", xy=b, xytext=a, zorder=1,
+                arrowprops={"arrowstyle": "-|>", "lw": 0.8, "ls": ls, "color": style.BLACK,
+                            "shrinkA": 12, "shrinkB": 12})  # fmt: skip
+
+
+def _chain_text(g: dict[str, Any]) -> str:
+    """`drive0: ov0 -> fmt0 (b0)`: each device's backing chain from its root, with the
+    bitmaps each node holds (file children left out)."""
+    nodes = {n[0]: n for n in g.get("nodes", [])}
+    parts = []
+    for device, root in g.get("devices", []):
+        chain, key, seen = [], root, set()
+        while key is not None and key not in seen:
+            seen.add(key)
+            node = nodes.get(key)
+            bitmaps = f" ({', '.join(node[5])})" if node and node[5] else ""
+            chain.append(f"{key}{bitmaps}")
+            key = node[3] if node else None  # backing
+            if node is not None and key is None and node[1] not in FORMATS_AND_PROTOCOLS:
+                key = node[2]  # a filter's file child
+        parts.append(f"{device}: {' -> '.join(chain)}")
+    return "; ".join(parts)

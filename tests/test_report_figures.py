@@ -1,0 +1,200 @@
+"""The data behind the report's figures, and what a reader of the page sees.
+
+Timelines: bitmaps followed by address (the headline snapshot scenario shows
+`(drive0, b0)` becoming unreachable), marks for job errors and pauses, the
+node graph before and after each graph change, a zoom on short jobs,
+graph-change numbers that are not rotated; latency CDFs that name the timing
+model and draw a handful of writes as points; job transitions without the
+`null -> created` of a reused job id; a page per failure; the commands never
+exercised against the dispatch table; version and command line on the page,
+no date."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sim.demo import record
+from sim.report import build_report
+from sim.report.figures import Drawn
+from sim.report.timeline_figs import draw_latency, draw_timeline, zoom_window
+from sim.timeline import write_json
+from sim.trace import load_trace
+from tests.helpers import SCENARIOS
+
+SNAPSHOT = SCENARIOS / "thread" / "snapshot-breaks-device-bitmap.jsonl"
+FAULTS = SCENARIOS / "engine" / "bk-fault-policies.jsonl"
+
+
+@pytest.fixture(scope="module")
+def timelines() -> dict[str, dict[str, Any]]:
+    return {p.stem: record(load_trace(p))[1] for p in (SNAPSHOT, FAULTS)}
+
+
+def test_the_snapshot_scenario_shows_drive0_b0_becoming_unreachable(timelines: Any) -> None:
+    doc = timelines["snapshot-breaks-device-bitmap"]
+    [address] = doc["addresses"]
+    assert address["address"] == "drive0/b0"
+    counts = address["counts"]
+    found = [c for c in counts if c[1] is not None]
+    assert found and all(c[3] == "fmt0" for c in found)  # the lookup found it on fmt0
+    gone = counts[-1]
+    snapshot_step = next(i for i, s in enumerate(doc["steps"], 1) if "snapshot" in s[1])
+    assert gone[1] is None and gone[3] is None and gone[2] == snapshot_step
+    # ... while the bitmap itself lives on at fmt0 (a node series keeps its count)
+    [series] = [b for b in doc["bitmaps"] if b["label"] == "fmt0/b0"]
+    assert series["counts"][-1][1] == found[-1][1] > 0
+
+
+def test_node_graphs_before_and_after_each_graph_change(timelines: Any) -> None:
+    doc = timelines["snapshot-breaks-device-bitmap"]
+    graphs = doc["graphs"]
+    assert len(graphs) == len(doc["graph_changes"]) + 1
+    before, after = graphs[0][3], graphs[-1][3]
+    assert before["devices"] == [["drive0", "fmt0"]]
+    root = dict(after["devices"])["drive0"]
+    nodes = {n[0]: n for n in after["nodes"]}
+    assert root != "fmt0" and nodes[root][3] == "fmt0"  # the overlay, backed by fmt0
+    assert nodes["fmt0"][5] == ["b0"]  # which node holds which bitmap
+
+
+def test_job_errors_and_pauses_are_marked(timelines: Any) -> None:
+    marks = timelines["bk-fault-policies"]["marks"]
+    errors = [m for m in marks if m[1] == "error"]
+    assert errors and all(m[3].startswith("BLOCK_JOB_ERROR") for m in errors)
+    assert any("stop" in m[3] for m in errors) and any("ignore" in m[3] for m in errors)
+    assert any(m[1] == "pause" for m in marks)
+    drawn = draw_timeline("faults", timelines["bk-fault-policies"])
+    assert isinstance(drawn, Drawn)
+    assert any(t.header[1] == "mark" for t in drawn.tables)
+
+
+def test_short_jobs_get_a_zoomed_timeline(timelines: Any) -> None:
+    doc = timelines["bk-fault-policies"]
+    window = zoom_window(doc)
+    assert window is not None
+    short = [j for j in doc["jobs"] if j["lane"] in ("j-eio", "j-report")]
+    for job in short:
+        assert window[0] <= job["states"][0][0] and job["states"][-1][0] <= window[1]
+    assert window[1] - window[0] < doc["end_ns"] * 0.25
+    zoom = draw_timeline("faults", doc, window)
+    assert isinstance(zoom, Drawn) and zoom.stem.endswith("-zoom")
+    assert zoom_window(timelines["snapshot-breaks-device-bitmap"]) is None  # no time passes
+
+
+def test_graph_change_labels_are_numbers_not_rotated_text(timelines: Any) -> None:
+    drawn = draw_timeline("faults", timelines["bk-fault-policies"])
+    assert isinstance(drawn, Drawn)
+    texts = [t for ax in drawn.fig.axes for t in ax.texts]
+    assert texts and all(t.get_rotation() == 0 for t in texts)
+    numbers = [t.get_text() for t in drawn.fig.axes[0].texts]
+    assert numbers == [str(n) for n in range(1, len(numbers) + 1)]
+    changes = drawn.tables[0]
+    assert changes.header[2] == "graph change" and len(changes.rows) == len(numbers)
+
+
+def test_latency_cdf_names_the_timing_model_and_draws_few_writes_as_points() -> None:
+    io = [[i * 1000, "write", 150_000 + i * 10_000, []] for i in range(5)]
+    doc = {"name": "few", "io": io, "timing": {"drive0": {"latency_us": 100.0,
+           "bandwidth_mbps": 500.0, "jitter": 0.0, "queue_depth": 32}}}  # fmt: skip
+    drawn = draw_latency("few", doc)
+    assert isinstance(drawn, Drawn)
+    assert "timing model" in drawn.caption and "100 µs per request" in drawn.caption
+    [ax] = drawn.fig.axes
+    assert ax.collections and not [ln for ln in ax.lines if len(ln.get_xdata()) > 2]
+    many = {**doc, "io": [[i, "write", 100_000 + i, []] for i in range(50)]}
+    drawn = draw_latency("many", many)
+    assert isinstance(drawn, Drawn)
+    assert [ln for ln in drawn.fig.axes[0].lines if len(ln.get_xdata()) == 50]
+
+
+def test_a_reused_job_id_starts_from_undefined_in_the_coverage() -> None:
+    from types import SimpleNamespace
+
+    from sim.fuzz.coverage import Coverage
+
+    cov = Coverage()
+    machine = SimpleNamespace(state=SimpleNamespace(jobs=[]))
+    statuses = ["created", "running", "concluded", "null", "created", "running"]
+    events = [{"event": "JOB_STATUS_CHANGE", "data": {"id": "j", "status": s}} for s in statuses]
+    cov._transitions(machine, events)
+    reached = {k for per in cov.to_json()["transitions"].values() for k in per}
+    assert "undefined->created" in reached and "null->created" not in reached
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory, timelines: Any) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    for name, doc in timelines.items():
+        write_json(run / "timelines" / f"{name}.json", doc)
+    failures = run / "failures"
+    failures.mkdir()
+    pinned = '"violations": [{"invariant": "bitmap-addressability", "step": 3, "message": "m"}]'
+    text = SNAPSHOT.read_text().replace('"violations": []', pinned)
+    (failures / "snap.jsonl").write_text(text)
+    record_ = {"kind": "bitmap-addressability", "path": "failures/snap.jsonl", "steps": 8,
+               "message": "m", "class": "refused-by-qemu",
+               "class_reason": "real QEMU refuses step 3 (x): nope"}  # fmt: skip
+    (failures / "index.json").write_text(json.dumps([record_]))
+    cov = {"commands": {"block-dirty-bitmap-add": {"return": 3}, "qemu-io write": {"return": 1}}}
+    (run / "coverage.json").write_text(json.dumps(cov))
+    out = run.parent / "report"
+    build_report(run, out, "t", "blocksim report RUN -o OUT")
+    return out
+
+
+def test_the_page_says_version_and_command_and_no_date(page: Path) -> None:
+    html = (page / "index.html").read_text()
+    assert re.search(r"blocksim \d+\.\d+\.\d+: blocksim report RUN -o OUT", html)
+    assert "snapshot-breaks-device-bitmap: 0" in html  # seeds
+    assert not re.search(r"20\d\d-\d\d-\d\d|\d\d:\d\d:\d\d", html)
+
+
+def test_a_page_per_failure_with_its_trace_violation_and_qemu_answer(page: Path) -> None:
+    html = (page / "index.html").read_text()
+    assert 'href="failures/snap.html"' in html
+    failure = (page / "failures" / "snap.html").read_text()
+    assert "real QEMU refuses step 3 (x): nope" in failure
+    assert "blockdev-snapshot-sync" in failure and "◀ violation" in failure
+
+
+def test_commands_never_exercised_against_the_dispatch_table(page: Path) -> None:
+    html = (page / "index.html").read_text()
+    m = re.search(r"QMP commands exercised: (\d+) of (\d+) supported", html)
+    assert m and int(m[1]) == 2 and int(m[2]) >= 40  # bitmap-add and HMP (qemu-io)
+    never = re.search(r"never exercised</td><td>([^<]*)</td>", html)
+    assert never and "blockdev-snapshot-sync" in never[1]
+    assert "block-dirty-bitmap-add" not in never[1].split(", ")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed")
+def test_headless_chromium_renders_the_figures_and_the_failure_page(
+    page: Path, tmp_path: Path
+) -> None:
+    def dom(path: Path) -> str:
+        out = subprocess.run(
+            [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+             path.as_uri()],
+            capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+        return out.stdout
+
+    index = dom(page / "index.html")
+    images = re.findall(r'<img src="(figures/[^"]+\.png)"', index)
+    names = {Path(i).name for i in images}
+    assert "timeline-bk-fault-policies-zoom.png" in names
+    assert {"graph-snapshot-breaks-device-bitmap.png", "graph-bk-fault-policies.png"} <= names
+    assert all((page / i).is_file() for i in images)
+    failure = dom(page / "failures" / "snap.html")
+    assert "Shrunk trace" in failure and "Violation" in failure
