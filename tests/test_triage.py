@@ -141,3 +141,27 @@ def test_report_campaign_table_names_asked_and_done_apart_and_sorts_depths(
     assert len(labels) == len(set(labels))  # no two rows with the same name
     depths = [r[1] for r in tables["coverage"][0][1].rows if r[0] == "chain-depth"]
     assert depths == ["1", "2", "4-7", "8+", "10"]
+
+
+def test_a_step_the_permission_rules_refuse_is_classed_refused_without_qemu() -> None:
+    """Under qemu-2.5 (no BdrvChild permissions) a side write into a node a backup holds
+    goes through; with the model's permission rules on (QEMU 7.2's) it is refused, so the
+    failure needs a step QEMU refuses."""
+    from sim.fuzz.export import prepare_failure
+    from sim.fuzz.failures import FuzzFailure
+    from sim.fuzz.triage import REFUSED, classify_refused
+
+    root = Path(__file__).resolve().parent.parent / "scenarios"
+    path = root / "checkers" / "pit-side-write-bypasses-backup-filter.jsonl"
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip() and x[0] != "/"]
+    header, steps = lines[0], [x for x in lines[1:] if "final-expect" not in x]
+    assert header["policy"] == "qemu-2.5"
+    verdict = classify_refused(header, steps)
+    assert verdict is not None and verdict[0] == REFUSED
+    assert "step 3 (qemu-io" in verdict[1] and "Permission conflict on node 'fmt0'" in verdict[1]
+    # under qemu-7.2 the simulator applies the rules itself: nothing to add
+    assert classify_refused({**header, "policy": "qemu-7.2"}, steps) is None
+    violation = [{"invariant": "backup-point-in-time", "step": len(steps), "message": "m"}]
+    failure = FuzzFailure("backup-point-in-time", "m", header, steps, violation)
+    record = prepare_failure(failure, "test", shrunk=True).record
+    assert record.triage == REFUSED and "perms.py" in record.triage_reason

@@ -33,7 +33,7 @@ from typing import Any
 
 from sim.check import CHECKERS, make_checkers
 from sim.fuzz.failures import INTERNAL_ERROR, FuzzFailure, describe_exception, failure_key
-from sim.fuzz.triage import classify_expected
+from sim.fuzz.triage import NEW, classify_expected, classify_refused
 from sim.replay import ReplayResult, replay
 from sim.trace import atomic_write_text, dumps, parse_lines
 
@@ -286,6 +286,12 @@ def prepare_failure(
         failure.steps,
         step if isinstance(step, int) else None,
     )
+    if record.triage == NEW:
+        refused = classify_refused(
+            failure.header, failure.steps, step if isinstance(step, int) else None
+        )
+        if refused is not None:
+            record.triage, record.triage_reason = refused
     header = failure_header(failure, context, sig)
     try:
         lines, result = pin(header, failure.steps)

@@ -9,9 +9,11 @@ shows them (new first):
     a simulator artefact: real QEMU 7.2, given the same trace, answers some
     step before the violation differently (found by `triage_with_qemu`).
 ``refused-by-qemu``
-    the trace needs a step real QEMU refuses while the simulator accepted it
-    (found by `triage_with_qemu`): under policy qemu-7.2 this is a simulator
-    bug in its permission rules, not a finding about bitmaps.
+    the trace needs a step real QEMU refuses while the simulator accepted it:
+    under a policy without BdrvChild permissions (qemu-2.5) found at export
+    time by replaying it with the model's permission rules on
+    (`classify_refused`, sim/model/perms.py); under qemu-7.2 found by
+    `triage_with_qemu`, and then a simulator bug in its permission rules.
 ``expected``
     a known, documented consequence of the policy (`KNOWN`): e.g. under
     qemu-7.2 a bitmap added by device name stays on its node when a snapshot,
@@ -86,6 +88,14 @@ def _command(step: dict[str, Any]) -> str:
     return str(step.get("execute", ""))
 
 
+def _shown(step: dict[str, Any]) -> str:
+    """A step as a reader knows it: the command, or the HMP command line."""
+    args = step.get("arguments")
+    if _command(step) == "human-monitor-command" and isinstance(args, dict):
+        return str(args.get("command-line", ""))
+    return _command(step)
+
+
 def classify_expected(
     policy: str, kind: str, message: str, steps: list[dict[str, Any]], step: int | None = None
 ) -> tuple[str, str]:
@@ -101,6 +111,54 @@ def classify_expected(
         if known.pattern.search(message):
             return EXPECTED, known.reason
     return NEW, ""
+
+
+PERMISSION_CONFLICT = "Permission conflict"  # how QEMU 7.2 words a refused permission
+
+
+def classify_refused(
+    header: dict[str, Any], steps: list[dict[str, Any]], step: int | None = None
+) -> tuple[str, str] | None:
+    """(REFUSED, why) when the failure's policy models no BdrvChild permissions
+    (qemu-2.5) and, replayed with the model's permission rules on (sim/model/perms.py,
+    as QEMU 7.2 applies them), a step up to the violation is refused with a permission
+    conflict; else None.  Needs no QEMU: the model's rules stand in for it."""
+    from dataclasses import replace
+
+    from sim.errors import TraceError
+    from sim.model.policy import get_policy
+    from sim.replay import Replayer
+    from sim.trace import dumps, parse_lines
+
+    try:
+        policy = get_policy(str(header.get("policy", "qemu-7.2")))
+    except Exception:  # noqa: BLE001 - an unknown policy: nothing to check
+        return None
+    if policy.permissions:
+        return None  # the simulator already refused what QEMU refuses (or triage_with_qemu)
+    upto = steps[: step if step else len(steps)]
+    lines = [dumps({k: v for k, v in header.items() if k != "invariants"})]
+    lines += [dumps({k: v for k, v in s.items() if k != "expect"}) for s in upto]
+    try:
+        replayer = Replayer(parse_lines(lines, "triage"))
+    except TraceError:
+        return None
+    replayer.machine.state.policy = replace(policy, permissions=True)  # type: ignore[type-var]
+    try:
+        result = replayer.run()
+    except Exception:  # noqa: BLE001 - a replay that breaks decides nothing here
+        return None
+    for number, outcome in enumerate(result.steps, 1):
+        answer = outcome.response.get("return", outcome.response.get("error", {}))
+        text = answer if isinstance(answer, str) else str(answer.get("desc", ""))
+        if PERMISSION_CONFLICT in text:
+            return (
+                REFUSED,
+                f"under the model's permission rules (sim/model/perms.py, as QEMU 7.2 applies "
+                f"them) step {number} ({_shown(upto[number - 1])}) is refused: "
+                f"{text.strip()[:300]}",
+            )
+    return None
 
 
 def class_rank(name: str) -> int:
