@@ -243,8 +243,12 @@ def draw_transitions(coverage: dict[str, Any], origin: str) -> Built:
             Line2D(
                 [], [], color=style.GREY, lw=1, ls="--", label="allowed by JobSTT, never reached"
             ),
-            Line2D([], [], color=style.VERMILLION, lw=2, label="reached but not allowed"),
-        ],
+        ]
+        + (
+            [Line2D([], [], color=style.VERMILLION, lw=2, label="reached but not allowed")]
+            if any(b not in JOB_STT.get(a, ()) for a, b in reached if a != b)
+            else []
+        ),
         loc="upper right",
         ncol=3,
         bbox_to_anchor=(1.0, 1.06),
