@@ -183,7 +183,7 @@ def backup_lines(workload: bool) -> list[str]:
             json.dumps({"execute": "human-monitor-command", "arguments": {"command-line": cmd}})
         )
     if workload:
-        wl = {"device": "drive0", "pattern": "random", "rate": 1000, "size": 4096}
+        wl = {"device": "drive0", "pattern": "uniform", "rate": 1000, "size": 4096}
         wl.update({"duration": 100, "read-ratio": 0})  # 100,000 writes (the per-workload cap)
         lines.append(json.dumps({"workload": wl}))
     args = {"device": "drive0", "target": "full.qcow2", "sync": "full", "job-id": "bk"}
@@ -200,14 +200,22 @@ def child_backup(workload: bool) -> dict[str, Any]:
     before = peak_mib()
     r = Replayer(trace)
     for n, step in enumerate(trace.steps[:-2], start=1):
-        r.run_step(n, step)
+        outcome = r.run_step(n, step)
+        if outcome.error or "error" in outcome.response:
+            raise RuntimeError(f"step {n}: {outcome.error or outcome.response}")
     t0 = time.perf_counter()
     for n, step in enumerate(trace.steps[-2:], start=len(trace.steps) - 1):
         outcome = r.run_step(n, step)
         if outcome.error or "error" in outcome.response:
             raise RuntimeError(f"step {n}: {outcome.error or outcome.response}")
     wall = time.perf_counter() - t0
-    return {"wall": wall, "sim_s": r.machine.now_ns / 1e9, "peak_mib": peak_mib() - before}
+    m = r.machine
+    return {
+        "wall": wall,
+        "sim_s": m.now_ns / 1e9,
+        "peak_mib": peak_mib() - before,
+        "guest_writes": len(m.io_log),
+    }
 
 
 def qemu_backup() -> float:

@@ -174,6 +174,7 @@ class TimelineRecorder:
         machine.command_observers.append(self._on_command)
         machine.state.write_observers.append(self._on_write)
         env = machine.env
+        machine.leaps = False  # progress is sampled after every simpy step: chunk by chunk
         self._env_step: Callable[[], None] = env.step
 
         def step() -> None:

@@ -17,14 +17,16 @@ QEMU 7.2's job kinds do; see the end of model/job_flow.py).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import simpy
+from simpy.resources.resource import Release
 
 from sim.engine.faults import read_path
 from sim.engine.throttle import groups_on_path, throttled
-from sim.engine.timing import rate_limit_ns
+from sim.engine.timing import HOLE_CHUNK_NS, Device, rate_limit_ns
 from sim.model import job_flow
 from sim.model.graph import BlockNode
 from sim.model.io import note_job_write, write_path
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from sim.engine.machine import Machine
 
 Proc = Generator[simpy.Event, Any, None]
+_NO_RNG = random.Random(0)  # io_ns draws nothing without jitter
 
 
 class _Waker:
@@ -85,6 +88,7 @@ def _done(job: Job) -> bool:
 
 def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
     kind = job.kind
+    env = m.env
     source, target = kind.reads_from(), kind.writes_to()
     ignored_error: str | None = None  # stream: an ignored error fails the job at the end
     # job_start enters the job's coroutine at once: a backup's block-copy issues its
@@ -101,6 +105,11 @@ def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
             yield waker.wait()
             continue
         job.busy_flag = True
+        if not in_flight and m.leaps:
+            ns = leap(m, job, source, target)
+            if ns:
+                yield env.timeout(ns)
+                continue
         chunk = kind.next_chunk()
         if chunk is None:
             if in_flight:  # nothing to issue: what came meanwhile applies now
@@ -123,10 +132,11 @@ def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
         offset, length = chunk
         failure = chunk_fault(m, job, offset, length) if m.faults else None
         if failure is None:
+            hole = kind.chunk_is_hole(offset, length)
             kind.copy_chunk(offset, length)
             if target is not None:
                 note_job_write(m.state.graph, target, offset, length)
-            yield from chunk_io(m, job, source, target, length, write=True)
+            yield from chunk_io(m, job, source, target, length, write=True, hole=hole)
             continue
         is_read, errno = failure
         yield from chunk_io(m, job, source, target, length, write=not is_read)
@@ -208,20 +218,104 @@ def chunk_io(
     target: BlockNode | None,
     length: int,
     write: bool,
+    hole: bool = False,
 ) -> Proc:
     """The time a chunk takes: read on the source's device, write on the target's,
-    then the rest of what the job's `speed` asks for (block_job_ratelimit)."""
+    then the rest of what the job's `speed` asks for (block_job_ratelimit).  A hole
+    (block status: zeroes or unallocated) reads nothing and writes zeroes, a metadata
+    update that costs HOLE_CHUNK_NS and no device time; it still counts against the
+    rate limit (block-copy spends the whole request)."""
     env, rng = m.env, m.rng
     start = env.now
     throttling = bool(m.state.throttle_groups)
-    if source is not None:
-        if throttling and groups_on_path(source):
-            yield from throttled(m, groups_on_path(source), False, length)
-        yield from m.device_of(source).io(env, length, rng)
-    if write and target is not None:
-        if throttling and groups_on_path(target):
-            yield from throttled(m, groups_on_path(target), True, length)
-        yield from m.device_of(target).io(env, length, rng)
+    if hole:
+        if write and target is not None:
+            if throttling and groups_on_path(target):
+                yield from throttled(m, groups_on_path(target), True, length)
+            yield env.timeout(HOLE_CHUNK_NS)
+    else:
+        if source is not None:
+            if throttling and groups_on_path(source):
+                yield from throttled(m, groups_on_path(source), False, length)
+            yield from m.device_of(source).io(env, length, rng)
+        if write and target is not None:
+            if throttling and groups_on_path(target):
+                yield from throttled(m, groups_on_path(target), True, length)
+            yield from m.device_of(target).io(env, length, rng)
     rest = rate_limit_ns(length, job.speed) - (env.now - start)
     if rest > 0:
         yield env.timeout(rest)
+
+
+def leap(m: Machine, job: Job, source: BlockNode | None, target: BlockNode | None) -> int:
+    """Analytic job time: do in the model, at once, every chunk that would start and
+    end before anything else can happen, and answer the simulated time they take
+    (0: none).
+
+    Nothing else can happen before the next scheduled event that is not this job's
+    own (guest I/O, another job, a workload, the end of the current `advance` or
+    `wait`, `Machine.leap_limit`), and no command runs meanwhile, so nobody sees the
+    model between the chunks: doing them now and sleeping once until the last one
+    ends gives the same states, events and times as chunk by chunk.  A chunk's time
+    then has no queueing and no RNG draw: leaps need devices without jitter and
+    with a free queue slot, no armed fault and no throttle group on the way.  The chunk that would end at or
+    after that next event is left to the chunk-by-chunk path."""
+    env = m.env
+    now = env.now
+    limit = min(_next_foreign_event(env), m.leap_limit)
+    if limit <= now or m.faults:
+        return 0
+    if m.state.throttle_groups and (groups_on_path(source) or groups_on_path(target)):
+        return 0  # a throttle group's buckets decide when each request may go
+    src = m.device_of(source) if source is not None else None
+    dst = m.device_of(target) if target is not None else None
+    for dev in (src, dst):
+        if dev is not None and (dev.timing.jitter or dev.queue.count >= dev.queue.capacity):
+            return 0
+    kind, speed = job.kind, job.speed
+    t = now
+    while True:
+        run = kind.next_chunks()
+        if run is None:
+            break
+        offset, length, count, hole = run
+        ns = chunk_ns(src, dst, length, hole, speed)
+        if ns <= 0:
+            break
+        fit = count if limit == float("inf") else min(count, int((limit - 1 - t) // ns))
+        if fit <= 0:
+            break
+        kind.copy_chunks(offset, length, fit)
+        if target is not None:
+            note_job_write(m.state.graph, target, offset, fit * length)
+        t += fit * ns
+        if fit < count:
+            break
+    return int(t - now)
+
+
+def chunk_ns(src: Device | None, dst: Device | None, length: int, hole: bool, speed: int) -> int:
+    """What `chunk_io` takes for a chunk without a fault when no request queues and
+    no device has jitter."""
+    if hole:
+        io = HOLE_CHUNK_NS if dst is not None else 0
+    else:
+        io = src.timing.io_ns(length, _NO_RNG) if src is not None else 0
+        io += dst.timing.io_ns(length, _NO_RNG) if dst is not None else 0
+    return max(io, rate_limit_ns(length, speed))
+
+
+def _next_foreign_event(env: simpy.Environment) -> float:
+    """When the next scheduled event is due, leaving out the slot releases of requests
+    that just ended (nobody waits for their slot, so they change nothing)."""
+    queue = env._queue  # noqa: SLF001 - simpy's heap of (time, priority, id, event)
+    if not queue:
+        return float("inf")
+    first = queue[0]
+    if not (isinstance(first[3], Release) and not first[3].resource.put_queue):
+        return float(first[0])
+    best = float("inf")
+    for when, _prio, _eid, event in queue:
+        if when < best and not (isinstance(event, Release) and not event.resource.put_queue):
+            best = when
+    return float(best)

@@ -66,6 +66,12 @@ class Machine:
         self.devices[SCRATCH_DEVICE] = Device(
             self.env, SCRATCH_DEVICE, DeviceTiming.from_header(None)
         )
+        # analytic job time (engine/jobs.py `leap`): a job may do its chunks up to the
+        # next scheduled event in one step; `leap_limit` bounds that further (a
+        # `wait` deadline), `leaps` off keeps every chunk a simpy step of its own
+        # (observers that sample between simpy steps)
+        self.leaps = True
+        self.leap_limit: float = float("inf")
         self.faults = faults.FaultTable()
         # a FIFO per throttle group and direction (sim/engine/throttle.py)
         self.throttle_queues: dict[tuple[Any, bool], simpy.Resource] = {}
@@ -134,6 +140,15 @@ class Machine:
         With `limit_ns`, events due at the deadline itself still run (a limit of
         0 runs what is due now); None when the deadline passes first."""
         deadline = None if limit_ns is None else self.env.now + limit_ns
+        if deadline is not None:  # the wait may end at the deadline: no leap past it
+            saved, self.leap_limit = self.leap_limit, min(self.leap_limit, deadline)
+            try:
+                return self._wait_for(name, data, deadline)
+            finally:
+                self.leap_limit = saved
+        return self._wait_for(name, data, deadline)
+
+    def _wait_for(self, name: str, data: dict[str, Any], deadline: float | None) -> Event | None:
         seen = -1
         while True:
             if len(self.events) != seen:  # only look again when something was emitted

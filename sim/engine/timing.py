@@ -93,6 +93,13 @@ class DeviceTiming:
         return max(int(base), 1)
 
 
+# A job chunk that block status finds zero or unallocated: block-copy writes zeroes
+# to the target (a metadata update, no data read or written).  QEMU 7.2 on the
+# development machine backs up a 64 GiB disk of holes in 0.5-0.7 s: about 10 us a
+# 1 MiB chunk.
+HOLE_CHUNK_NS = 10_000
+
+
 def rate_limit_ns(length: int, speed: int) -> int:
     """The least time `length` bytes may take at `speed` bytes/s (0 = unlimited)."""
     return int(length * NS_PER_S / speed) if speed > 0 else 0

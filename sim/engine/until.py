@@ -65,6 +65,18 @@ def run_until(m: Machine, spec: Until) -> None:
     env = m.env
     deadline = env.now + spec.limit_ns
     start_offset, start_status = job.offset, job.status
+    # the point is looked for after every simpy step: no job may leap over it
+    saved, m.leaps = m.leaps, False
+    try:
+        _step_until(m, spec, job, deadline, start_offset, start_status)
+    finally:
+        m.leaps = saved
+
+
+def _step_until(
+    m: Machine, spec: Until, job: Job, deadline: float, start_offset: int, start_status: str
+) -> None:
+    env = m.env
     while True:
         if _reached(job, spec, start_offset, start_status):
             return

@@ -343,6 +343,24 @@ class Content:
         starts, vals = chunk[0], chunk[1]
         return vals[bisect_right(starts, sector) - 1]
 
+    def next_data(self, sector: int) -> int:
+        """The first sector at or after `sector` holding data (a stamp that is neither
+        unallocated nor zeroes), or `nsectors`: where block status stops saying
+        "zero".  A bisection over the data extents, memoised until the next write."""
+        memo = self.derived()
+        runs = memo.get("data-runs")
+        if runs is None:
+            starts, stamps = self.arrays()
+            ends = np.append(starts[1:], self.nsectors)
+            data = stamps >= FIRST_DATA_STAMP
+            runs = (starts[data], ends[data])
+            memo["data-runs"] = runs
+        data_starts, data_ends = runs
+        i = int(np.searchsorted(data_ends, sector, side="right"))
+        if i == len(data_ends):
+            return self.nsectors
+        return max(sector, int(data_starts[i]))
+
     def allocated_runs(self) -> list[tuple[int, int]]:
         """(first, end) sector runs this node has allocated, ascending; cached until the
         next write (callers must not change the list)."""
@@ -450,6 +468,16 @@ def chain_extents(chain: list[Content], first_sector: int, end_sector: int) -> l
     return found
 
 
+def chain_next_data(chain: list[Content], sector: int) -> int:
+    """The first sector at or after `sector` where any layer of a backing chain (top
+    first) holds data, or the top's `nsectors` (a layer's zeroes over data below
+    still count as data: the answer errs towards data)."""
+    if not chain:
+        return sector
+    top = chain[0].nsectors
+    return min(top, min(layer.next_data(sector) for layer in chain))
+
+
 def read_through(chain: list[Content], first_sector: int, end_sector: int) -> np.ndarray:
     """Stamps a read sees through a backing chain (top first); 0 = reads as zeroes."""
     if chain:
@@ -523,6 +551,11 @@ class WindowContent(Content):
 
     def stamp_at(self, sector: int) -> int:
         return self.base.stamp_at(sector + self.first)
+
+    def next_data(self, sector: int) -> int:
+        if sector >= self.nsectors:
+            return self.nsectors
+        return min(self.base.next_data(sector + self.first) - self.first, self.nsectors)
 
     def allocated_runs(self) -> list[tuple[int, int]]:
         runs: list[tuple[int, int]] = []

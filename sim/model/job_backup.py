@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from sim.model.bitmap import DirtyBitmap, bits_at_granularity
 from sim.model.cbw import CBW_CLUSTER, CopyBeforeWrite, copy_cluster_size
+from sim.model.content import SECTOR, SECTOR_SHIFT, chain_next_data
 from sim.model.graph import BlockGraph, BlockNode
 from sim.model.job_driver import JobDriver
 from sim.model.job_graph import (
@@ -122,6 +123,58 @@ class BackupKind(JobDriver):
         n = window.index(0) if not window.all() else len(window)
         off = i * self.cluster
         return off, min(n * self.cluster, self.source.size_bytes - off)
+
+    def chunk_is_hole(self, offset: int, length: int) -> bool:
+        """block_copy_block_status: nothing in the source chain's read of the chunk is
+        data.  A chunk with some data counts as data (block-copy would split it into a
+        data task and a zero task)."""
+        contents = chain_contents(self.graph, self.source)
+        sector = offset >> SECTOR_SHIFT
+        return chain_next_data(contents, sector) >= (offset + length + SECTOR - 1) >> SECTOR_SHIFT
+
+    def next_chunks(self) -> tuple[int, int, int, bool] | None:
+        """A run of whole 1 MiB chunks of dirty clusters that are all holes (how far
+        the next data lies, by bisection), or else one chunk as `next_chunk` says."""
+        if self.sync == "none":
+            return None
+        bits = self.copy_map.bits
+        i = bits.find(1, self.cursor)
+        if i < 0:
+            return None
+        j = bits.find(0, i)
+        if j < 0:
+            j = len(bits)
+        chunk_bytes = CHUNK_CLUSTERS * self.cluster
+        off = i * self.cluster
+        whole = (j - i) // CHUNK_CLUSTERS
+        if off + whole * chunk_bytes > self.source.size_bytes:
+            whole -= 1  # the disk's last chunk is short
+        if whole > 1:
+            self.cursor = i
+            data = chain_next_data(chain_contents(self.graph, self.source), off >> SECTOR_SHIFT)
+            holes = min(((data << SECTOR_SHIFT) - off) // chunk_bytes, whole)
+            if holes > 0:
+                return off, chunk_bytes, holes, True
+        return super().next_chunks()
+
+    def copy_chunks(self, offset: int, length: int, count: int) -> None:
+        """`count` whole chunks of dirty clusters in one copy (what `copy_chunk` one by
+        one does: clear their bits, copy, count the progress)."""
+        if count == 1:
+            self.copy_chunk(offset, length)
+            return
+        first = offset // self.cluster
+        n = count * (length // self.cluster)
+        self.copy_map.bits[first : first + n] = 0
+        copy_range(
+            self.graph,
+            chain_contents(self.graph, self.source),
+            self.target,
+            offset,
+            count * length,
+            write_zeroes=True,
+        )
+        self.job.offset += n * self.cluster
 
     def copy_chunk(self, offset: int, length: int) -> None:
         first = offset // self.cluster

@@ -79,6 +79,27 @@ class JobDriver:
     def copy_chunk(self, offset: int, length: int) -> None:
         """Do one chunk of work in the model (contents, bitmaps, progress)."""
 
+    def chunk_is_hole(self, offset: int, length: int) -> bool:
+        """True when block status finds nothing but zeroes or unallocated sectors in
+        the chunk (block-copy then writes zeroes, which reads nothing)."""
+        return False
+
+    def next_chunks(self) -> tuple[int, int, int, bool] | None:
+        """(offset, length, count, hole): the next `count` chunks, each `length` bytes,
+        back to back from `offset`, all holes or all data (`chunk_is_hole`); None when
+        nothing is left now.  Copying them with `copy_chunks` is the same as copying
+        them one by one, asking `next_chunk` before each.  A kind that cannot say more
+        than one chunk ahead answers one."""
+        chunk = self.next_chunk()
+        if chunk is None:
+            return None
+        return chunk[0], chunk[1], 1, self.chunk_is_hole(*chunk)
+
+    def copy_chunks(self, offset: int, length: int, count: int) -> None:
+        """Do `count` chunks of `next_chunks` in the model at once."""
+        for i in range(count):
+            self.copy_chunk(offset + i * length, length)
+
     def skip_chunk(self, offset: int, length: int) -> None:
         """Move past a chunk whose failure was ignored (kinds with `ignore_skips`)."""
 

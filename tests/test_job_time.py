@@ -1,0 +1,127 @@
+"""Analytic job time (sim/engine/jobs.py `leap`) and the time of holes.
+
+A job does the chunks that end before anything else can happen in one simpy
+step; its outputs must be those of the chunk-by-chunk run, byte for byte.  A
+backup chunk that block status finds zero or unallocated costs HOLE_CHUNK_NS,
+not a device read and write, and still counts against the rate limit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sim.check import make_checkers
+from sim.engine import jobs
+from sim.engine.timing import HOLE_CHUNK_NS, DeviceTiming
+from sim.jsonio import dumps
+from sim.replay import Replayer
+from sim.trace import load_trace, parse_lines
+from tests.helpers import SCENARIOS, header, io, qmp
+
+MIB = 1 << 20
+GIB = 1 << 30
+
+# traces where jobs run beside guest I/O, commands, waits with deadlines, rate
+# limits, drains, several jobs at once and faults
+TRACES = (
+    sorted((SCENARIOS / "engine").glob("*.jsonl"))
+    + sorted((SCENARIOS / "races").glob("*.jsonl"))[:6]
+)
+
+
+def _run(trace: Any, leaps: bool) -> tuple[str, int]:
+    """Every step's output line and the final state, and how many simpy steps ran."""
+    r = Replayer(trace, checkers=make_checkers())
+    r.machine.leaps = leaps
+    env = r.machine.env
+    count = [0]
+    real_step = env.step
+
+    def step() -> None:
+        count[0] += 1
+        real_step()
+
+    env.step = step  # type: ignore[method-assign]
+    res = r.run()
+    text = "\n".join(dumps(o.json_line()) for o in res.steps)
+    return text + "\n" + dumps(res.final, default=str), count[0]
+
+
+@pytest.mark.parametrize("path", TRACES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_leaps_give_the_chunk_by_chunk_outputs(path: Path) -> None:
+    trace = load_trace(path)
+    assert _run(trace, True)[0] == _run(trace, False)[0]
+
+
+def backup_trace(
+    size: int,
+    data: list[int],
+    *before: dict[str, Any],
+    after: tuple[dict[str, Any], ...] = (),
+    **args: Any,
+) -> Any:
+    drive = {"id": "drive0", "node-name": "fmt0", "file-node-name": "proto0"}
+    drive.update({"format": "qcow2", "size": size})
+    lines: list[Any] = [header(drives=[drive])]
+    lines += [io(f"write -P {i % 200 + 1} {off} 1M") for i, off in enumerate(data)]
+    lines += list(before)
+    bk = {"device": "drive0", "target": "t.qcow2", "sync": "full", "job-id": "bk"}
+    bk.update(args)
+    lines.append(qmp("drive-backup", **bk))
+    lines += list(after)
+    lines.append({"wait": {"event": "BLOCK_JOB_COMPLETED", "data": {"device": "bk"}}})
+    return parse_lines([json.dumps(x) for x in lines])
+
+
+def test_leaps_with_guest_io_and_a_rate_limit_match_chunk_by_chunk() -> None:
+    workload = {"device": "drive0", "pattern": "uniform", "rate": 3000, "size": 4096}
+    workload.update({"duration": 0.5, "read-ratio": 0.3})
+    trace = backup_trace(
+        256 * MIB, [0, 37 * MIB, 100 * MIB], {"workload": workload}, speed=200 * MIB
+    )
+    fast, fast_steps = _run(trace, True)
+    slow, slow_steps = _run(trace, False)
+    assert fast == slow
+    assert fast_steps < slow_steps
+
+
+def test_progress_seen_between_advances_is_the_chunk_by_chunk_progress() -> None:
+    steps: list[dict[str, Any]] = []
+    for i in range(12):
+        steps += [{"advance": 0.0031 * (i % 4 + 1)}, qmp("query-block-jobs")]
+    workload = {"device": "drive0", "pattern": "sequential", "rate": 40, "size": 65536}
+    workload.update({"duration": 0.3, "read-ratio": 0})
+    data = [i * MIB for i in range(0, 64, 3)]
+    trace = backup_trace(64 * MIB, data, {"workload": workload}, after=tuple(steps))
+    fast, fast_steps = _run(trace, True)
+    slow, slow_steps = _run(trace, False)
+    assert fast == slow
+    assert fast_steps < slow_steps
+    r = Replayer(trace)
+    offsets = [o.response["return"][0]["offset"] for o in r.run().steps if o.response.get("return")]
+    assert len(set(offsets)) > 6  # the queries see the job part way, at many points
+
+
+def test_a_sparse_backup_takes_hole_time_and_few_steps() -> None:
+    data = [i * GIB for i in range(8)]
+    trace = backup_trace(64 * GIB, data)
+    r = Replayer(trace)
+    res = r.run()
+    assert res.ok, res.mismatches
+    timing = DeviceTiming.from_header(None)
+    data_ns = 2 * timing.io_ns(MIB, None)  # type: ignore[arg-type]
+    holes = 64 * 1024 - len(data)
+    assert r.machine.now_ns == len(data) * data_ns + holes * HOLE_CHUNK_NS
+    ev = res.final["events"][-3]
+    assert ev["event"] == "BLOCK_JOB_COMPLETED" and ev["data"]["offset"] == 64 * GIB
+
+
+def test_holes_still_count_against_the_rate_limit() -> None:
+    speed = 64 * MIB  # 1 MiB chunks: 1/64 s each, holes included
+    r = Replayer(backup_trace(64 * MIB, [0], speed=speed))
+    assert r.run().ok
+    assert r.machine.now_ns == 64 * jobs.rate_limit_ns(MIB, speed)
