@@ -74,7 +74,8 @@ def peak_mib() -> float:
 
 
 # -- traces (rows traces, steps, one) ------------------------------------------------------
-def recorded_traces(limit: int) -> list[Any]:
+def recorded_traces(limit: int) -> list[tuple[Path, Any]]:
+    """The first `limit` recorded traces real QEMU can run, with their paths."""
     from sim.oracle.diff import check_runnable
     from sim.trace import load_trace
 
@@ -87,7 +88,7 @@ def recorded_traces(limit: int) -> list[Any]:
             check_runnable(trace)
         except Exception:  # noqa: BLE001 - sim-only: not comparable
             continue
-        out.append(trace)
+        out.append((path, trace))
         if len(out) == limit:
             break
     return out
@@ -114,12 +115,14 @@ def qemu_trace_times(traces: list[Any]) -> tuple[float, float, int]:
     return total, steps_only, nsteps
 
 
-def child_traces(limit: int) -> dict[str, Any]:
-    """One blocksim process replays every trace (as `blocksim replay DIR` would)."""
+def child_traces(paths: list[str]) -> dict[str, Any]:
+    """One blocksim process loads and replays every trace (as `blocksim replay DIR`
+    would); which traces QEMU can run was settled by the parent."""
     t0 = time.perf_counter()
     from sim.replay import Replayer
+    from sim.trace import load_trace
 
-    traces = recorded_traces(limit)
+    traces = [load_trace(Path(p)) for p in paths]
     steps_only = 0.0
     nsteps = 0
     for trace in traces:
@@ -418,9 +421,10 @@ def run_row(row: str, table: Table, args: argparse.Namespace) -> None:
         if getattr(args, "_traces_done", False):
             return
         args._traces_done = True
-        traces = recorded_traces(args.traces)
+        found = recorded_traces(args.traces)
+        traces = [trace for _, trace in found]
         q_total, q_steps, nsteps = qemu_trace_times(traces)
-        s = in_child("traces", str(args.traces))
+        s = in_child("traces", *(str(path) for path, _ in found))
         r1 = q_total / s["wall"]
         table.add(
             f"{len(traces)} recorded traces, one blocksim process vs one QEMU per trace",
@@ -502,7 +506,7 @@ def run_row(row: str, table: Table, args: argparse.Namespace) -> None:
 
 def child_main(row: str, rest: list[str]) -> None:
     if row == "traces":
-        result = child_traces(int(rest[0]))
+        result = child_traces(rest)
     elif row == "backup":
         result = child_backup(rest[0] == "1")
     elif row == "writes":

@@ -76,6 +76,21 @@ def _invariant_option(fn: Any) -> Any:
     )(fn)
 
 
+def _make_checkers(names: list[str]) -> list[Any]:
+    """`sim.check.make_checkers`, imported only when a trace asks for checkers."""
+    if not names:
+        return []
+    from sim.check import make_checkers
+
+    return list(make_checkers(names))
+
+
+def _timeline_recorder(trace: Any) -> Any:
+    from sim.timeline import TimelineRecorder
+
+    return TimelineRecorder(trace)
+
+
 def parse_invariants(value: str | None) -> list[str] | None:
     """None = take them from each trace header; [] = none; else the names."""
     if value is None:
@@ -131,9 +146,7 @@ def replay(
     junit_out: str | None,
 ) -> None:
     """Replay TRACE files (or folders of .jsonl) and check every expectation."""
-    from sim.check import make_checkers
     from sim.replay import replay as run
-    from sim.timeline import TimelineRecorder
 
     names = parse_invariants(invariants)
     files = collect_traces(traces)
@@ -156,7 +169,7 @@ def replay(
             continue
         try:
             wanted = names if names is not None else header_invariants(trace)
-            checkers = make_checkers(wanted)
+            checkers = _make_checkers(wanted)
         except ValueError as exc:
             click.echo(f"ERROR {path}: {exc}", err=True)
             counts["error"] += 1
@@ -165,7 +178,7 @@ def replay(
             if framed:
                 click.echo(dumps({"verdict": "error", "trace-file": str(path), "detail": str(exc)}))
             continue
-        recorder = TimelineRecorder(trace) if timeline_dir is not None else None
+        recorder = _timeline_recorder(trace) if timeline_dir is not None else None
         observers: list[Any] = [*checkers, recorder] if recorder is not None else checkers
         result = run(trace, policy=policy, seed=seed, checkers=observers)
         if recorder is not None and timeline_dir is not None:
@@ -283,10 +296,10 @@ def _distributed_matrix(
 
 def header_invariants(trace: Any) -> list[str]:
     """The checkers a trace asks for in its header (`"invariants": [...]` or "all")."""
-    from sim.check import CHECKERS
-
     value = trace.header.raw.get("invariants", [])
     if value == "all":
+        from sim.check import CHECKERS
+
         return list(CHECKERS)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError('header "invariants" must be a list of checker names or "all"')

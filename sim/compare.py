@@ -12,11 +12,13 @@ is not ``1``.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 _AUTO_RE = re.compile(r"#block\d+")
+_SORTED_JSON = json.JSONEncoder(sort_keys=True).encode
 AUTO = "#auto"
 
 
@@ -33,7 +35,18 @@ def normalize(value: Any) -> Any:
 
 def first_difference(expected: Any, actual: Any, path: str = "") -> str | None:
     """Where `actual` first differs from `expected`, as a readable path; None when equal."""
+    if _identical(expected, actual):
+        return None
     return next(differences(expected, actual, path), None)
+
+
+def _identical(expected: Any, actual: Any) -> bool:
+    """Equal values with the same JSON text (so no `True` for `1`, no `1.0` for `1`):
+    nothing to report, found without walking the values in Python."""
+    try:
+        return bool(expected == actual) and _SORTED_JSON(expected) == _SORTED_JSON(actual)
+    except (TypeError, ValueError, RecursionError):
+        return False
 
 
 def differences(expected: Any, actual: Any, path: str = "") -> Iterator[str]:

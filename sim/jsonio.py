@@ -30,6 +30,7 @@ MAX_DEPTH = 128  # objects and arrays nested deeper are refused
 INT64_MIN = -(1 << 63)
 UINT64_MAX = (1 << 64) - 1
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_RAW_JSON = json.JSONEncoder(ensure_ascii=False).encode
 
 
 class JSONInputError(ValueError):
@@ -80,7 +81,8 @@ def loads(text: str) -> Any:
         raise JSONInputError(f"nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:  # defensive: any other conversion problem of the decoder
         raise JSONInputError(str(exc)) from None
-    if depth(value) > MAX_DEPTH:
+    # nesting needs an opening bracket a level: a text with few cannot be too deep
+    if text.count("[") + text.count("{") > MAX_DEPTH and depth(value) > MAX_DEPTH:
         raise JSONInputError(f"nested deeper than {MAX_DEPTH} levels")
     return value
 
@@ -105,6 +107,11 @@ def depth(value: object) -> int:
 
 def lone_surrogate(value: object) -> str | None:
     """The first lone UTF-16 surrogate in any string or key of `value`, or None."""
+    try:  # most values have none: one search over their JSON text says so
+        if _SURROGATE.search(_RAW_JSON(value)) is None:
+            return None
+    except (TypeError, ValueError, RecursionError):
+        pass
     stack: list[object] = [value]
     while stack:
         item = stack.pop()

@@ -14,12 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
 from bitarray import bitarray
 from bitarray.util import intervals
 
 from sim.model.content import SECTOR_SHIFT, ZERO_STAMP, Content, StampTable, read_through
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from sim.lazy import numpy as np
 
 Runs = list[tuple[int, int]]
 MAX_LISTED = 4  # differing runs a message lists

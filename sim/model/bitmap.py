@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import numpy as np
 from bitarray import bitarray
 from bitarray.util import intervals
 
 from sim.errors import QMPError
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from sim.lazy import numpy as np
 
 MIN_GRANULARITY = 512
 MAX_NAME_BYTES = 1023  # BDRV_BITMAP_MAX_NAME_SIZE

@@ -23,13 +23,17 @@ also copies in the background and counts its progress through `on_copy`.
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from sim.model.bitmap import DirtyBitmap, bits_at_granularity
 from sim.model.content import SECTOR_SHIFT, read_through, sector_span
 from sim.model.graph import BlockGraph, BlockNode
 from sim.model.job_graph import chain_contents, copy_range
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from sim.lazy import numpy as np
 
 CBW_CLUSTER = 65536  # BLOCK_COPY_CLUSTER_SIZE_DEFAULT
 

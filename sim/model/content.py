@@ -27,9 +27,13 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from sim.lazy import numpy as np
+
 
 SECTOR = 512
 SECTOR_SHIFT = 9
@@ -346,20 +350,25 @@ class Content:
     def next_data(self, sector: int) -> int:
         """The first sector at or after `sector` holding data (a stamp that is neither
         unallocated nor zeroes), or `nsectors`: where block status stops saying
-        "zero".  A bisection over the data extents, memoised until the next write."""
-        memo = self.derived()
-        runs = memo.get("data-runs")
-        if runs is None:
-            starts, stamps = self.arrays()
-            ends = np.append(starts[1:], self.nsectors)
-            data = stamps >= FIRST_DATA_STAMP
-            runs = (starts[data], ends[data])
-            memo["data-runs"] = runs
-        data_starts, data_ends = runs
-        i = int(np.searchsorted(data_ends, sector, side="right"))
-        if i == len(data_ends):
+        "zero".  A bisection, then a walk over the extents that are not data."""
+        if sector >= self.nsectors:
             return self.nsectors
-        return max(sector, int(data_starts[i]))
+        mins, chunks = self._mins, self._chunks
+        c = bisect_right(mins, sector) - 1
+        starts, vals = chunks[c][0], chunks[c][1]
+        i = bisect_right(starts, sector) - 1
+        if vals[i] >= FIRST_DATA_STAMP:
+            return sector
+        while True:
+            i += 1
+            if i == len(starts):
+                c += 1
+                if c == len(mins):
+                    return self.nsectors
+                starts, vals = chunks[c][0], chunks[c][1]
+                i = 0
+            if vals[i] >= FIRST_DATA_STAMP:
+                return int(starts[i])
 
     def allocated_runs(self) -> list[tuple[int, int]]:
         """(first, end) sector runs this node has allocated, ascending; cached until the

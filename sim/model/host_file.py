@@ -18,12 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from sim.model.bitmap import DirtyBitmap
 from sim.model.content import FIRST_DATA_STAMP, SECTOR_SHIFT, Content
 from sim.model.graph import QCOW2_CLUSTER, BlockGraph, BlockNode, Image
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from sim.lazy import numpy as np
 
 FS_BLOCK = 4096  # ext4 block size of the folder the oracle records in
 EXT4_INLINE_EXTENTS = 4  # extents the inode holds; a fifth needs an index block

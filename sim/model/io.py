@@ -21,12 +21,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from sim.model.content import SECTOR, ZERO_STAMP, Content, read_through, sector_span
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode
 from sim.model.state import BlockState
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from sim.lazy import numpy as np
 
 
 @dataclass(frozen=True, slots=True)

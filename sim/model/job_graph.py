@@ -10,11 +10,17 @@ through a BlockBackend on it would.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
 from bitarray import bitarray
 
 from sim.model.content import SECTOR_SHIFT, ZERO_STAMP, Content, Extent, chain_extents, sector_span
 from sim.model.graph import BlockGraph, BlockNode
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from sim.lazy import numpy as np
 
 
 def replace_node(graph: BlockGraph, old: BlockNode, new: BlockNode) -> None:

@@ -8,13 +8,18 @@ node backs onto base (or nothing) and the streamed-over nodes leave the graph.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
 
 from sim.model.content import read_through, sector_span
 from sim.model.graph import BlockGraph, BlockNode
 from sim.model.job_driver import JobDriver
 from sim.model.job_graph import chain_contents, drop_filter, insert_filter
 from sim.model.jobs import Job
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from sim.lazy import numpy as np
 
 STREAM_CHUNK = 512 * 1024
 

@@ -81,6 +81,7 @@ members and is then refused with a blocksim message (QEMU would go on).
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -725,6 +726,7 @@ def declare(name: str, args: tuple[Member, ...] | Union) -> Struct | Union:
 
 
 _ABSENT: Any = object()
+_JSON = json.JSONEncoder().encode
 
 
 def check_arguments(command: str, arguments: object = _ABSENT) -> dict[str, Any]:
@@ -762,6 +764,12 @@ def check_arguments(command: str, arguments: object = _ABSENT) -> dict[str, Any]
 def _too_deep(arguments: object) -> bool:
     """True if QEMU's JSON parser would refuse this nesting.  The request
     object is level 1 and `arguments` level 2; level _MAX_NESTING + 1 fails."""
+    try:  # nesting needs an opening bracket a level: a text with few cannot be too deep
+        text = _JSON(arguments)
+    except (TypeError, ValueError, RecursionError):
+        text = None
+    if text is not None and text.count("[") + text.count("{") + 1 <= _MAX_NESTING:
+        return False
     stack: list[tuple[object, int]] = [(arguments, 2)]
     while stack:
         item, depth = stack.pop()

@@ -26,7 +26,6 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from bitarray.util import intervals
 
 from sim.errors import QMPError
@@ -34,11 +33,15 @@ from sim.model.content import chain_extents
 from sim.model.io import NO_ACCESS, read_stamps, snapshot_read_error
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from sim.model.cbw import CopyBeforeWrite
     from sim.model.content import Content
     from sim.model.exports import BlockExport
     from sim.model.graph import BlockNode
     from sim.serve.host import SimHost
+else:
+    from sim.lazy import numpy as np
 
 NBDMAGIC = 0x4E42444D41474943
 IHAVEOPT = 0x49484156454F5054
