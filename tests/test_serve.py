@@ -151,9 +151,10 @@ def test_realtime_pacing_moves_jobs_for_a_polling_client(tmp_path: Path) -> None
     async def flow(sock: Path) -> list[str]:
         c = await _connect(sock, "poll")
         await c.execute("human-monitor-command", WRITE)
-        await c.execute(
-            "drive-backup", {"device": "drive0", "sync": "full", "target": "t.qcow2", "job-id": "j"}
-        )
+        # 16 MiB/s over the 64 MiB disk: 4 simulated seconds, 0.4 s of wall time at x10
+        # (without a limit, a disk of holes is copied in well under a millisecond)
+        backup = {"device": "drive0", "sync": "full", "target": "t.qcow2", "job-id": "j"}
+        await c.execute("drive-backup", {**backup, "speed": 16 << 20})
         statuses = []
         for _ in range(500):
             jobs = await c.execute("query-jobs")

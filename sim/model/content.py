@@ -15,8 +15,9 @@ stamps) indexed by their first sector, so a write costs two bisections and
 the splice of the chunks it meets, whatever the disk size: cost grows with
 extents, never with disk bytes.  A chunk is changed in place only by the
 content that made it (its owner token); `clone` shares chunks and the index,
-and after a clone each side copies a chunk before its first change.  Each
-chunk caches its numpy copy (for `arrays`) until it changes.
+and after a clone each side copies a chunk before its first change.  A
+chunk's two lists are int64 arrays (`array.array`), so `arrays` hands the
+whole run list to numpy by copying memory, not by converting each value.
 `allocated_sectors` is computed once and cached until the next write.
 
 Writes are rounded out to whole sectors: a sub-sector write stamps the whole
@@ -25,6 +26,7 @@ sector (a documented approximation; real QEMU merges bytes).
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -44,7 +46,8 @@ CHUNK_MAX = 512  # extents in one chunk of the run list before it is split
 DEFAULT_PATTERN = 0xCD  # qemu-io `write` without -P
 
 Extent = tuple[int, int, int]  # (first sector, end sector, stamp)
-# [start sectors, stamps, owner token, numpy copy of both or None]
+# [start sectors, stamps, owner token, unused]: the sectors and stamps as int64
+# arrays (array.array), which numpy reads without converting each value
 _Chunk = list[Any]
 
 
@@ -107,7 +110,9 @@ class Content:
         self.nsectors = -(-size_bytes // SECTOR)
         self._mins: list[int] = [0]  # first sector of each chunk, ascending
         self._token = object()  # marks the chunks this content may change in place
-        self._chunks: list[_Chunk] = [[[0], [UNALLOCATED], self._token, None]]
+        self._chunks: list[_Chunk] = [
+            [array("q", [0]), array("q", [UNALLOCATED]), self._token, None]
+        ]
         self._shared = False  # the chunk index is shared with a clone
         self._alloc: list[tuple[int, int]] | None = None  # allocated runs, cached
         self._arrays: tuple[int, np.ndarray, np.ndarray] | None = None  # (version, arrays)
@@ -135,7 +140,6 @@ class Content:
             return
         self._alloc = None
         self.version += 1
-        chunk[3] = None  # its numpy copy is stale
         starts, vals = chunk[0], chunk[1]
         a = bisect_left(starts, first)
         n = len(starts)
@@ -217,7 +221,6 @@ class Content:
     def _splice_in_place(self, i: int, chunk: _Chunk, first: int, end: int, stamp: int) -> None:
         """Set [first, end) to `stamp` inside chunk i, which this content owns."""
         starts, vals = chunk[0], chunk[1]
-        chunk[3] = None  # its numpy copy is stale
         a = bisect_left(starts, first)
         k = bisect_left(starts, end, a)
         head = a == 0 or vals[a - 1] != stamp
@@ -314,13 +317,10 @@ class Content:
         cached = self._arrays
         if cached is not None and cached[0] == self.version:
             return cached[1], cached[2]
-        parts = []
-        for c in self._chunks:
-            if c[3] is None:
-                c[3] = (np.array(c[0], dtype=np.int64), np.array(c[1], dtype=np.int64))
-            parts.append(c[3])
-        starts = np.concatenate([p[0] for p in parts])
-        stamps = np.concatenate([p[1] for p in parts])
+        # copies: a view would keep the chunk's array from growing (BufferError)
+        chunks = self._chunks
+        starts = np.concatenate([np.frombuffer(c[0], dtype=np.int64) for c in chunks])
+        stamps = np.concatenate([np.frombuffer(c[1], dtype=np.int64) for c in chunks])
         self._arrays = (self.version, starts, stamps)
         return starts, stamps
 
