@@ -258,8 +258,9 @@ def leap(m: Machine, job: Job, source: BlockNode | None, target: BlockNode | Non
     model between the chunks: doing them now and sleeping once until the last one
     ends gives the same states, events and times as chunk by chunk.  A chunk's time
     then has no queueing and no RNG draw: leaps need devices without jitter and
-    with a free queue slot, no armed fault and no throttle group on the way.  The chunk that would end at or
-    after that next event is left to the chunk-by-chunk path."""
+    with a free queue slot, no armed fault and no throttle group on the way.  The
+    chunk that would end at or after that next event is left to the chunk-by-chunk
+    path."""
     env = m.env
     now = env.now
     limit = min(_next_foreign_event(env), m.leap_limit)
