@@ -74,7 +74,10 @@ def test_burst_lets_requests_through_at_the_burst_rate_first() -> None:
 
 
 def test_job_reading_through_a_throttle_node_is_throttled() -> None:
+    # data over the whole disk: block-copy reads it (holes would only be zero-written)
+    fill = qmp("human-monitor-command", **{"command-line": 'qemu-io drive0 "write -P 7 0 64M"'})
     steps = [
+        fill,
         *_group(**{"bps-read": 8 << 20}),
         _throttle(),
         qmp("blockdev-add", driver="null-co", **{"node-name": "t0", "size": 64 << 20}),
