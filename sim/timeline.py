@@ -64,7 +64,9 @@ null when the lookup fails (QEMU answers "Dirty bitmap 'N' not found").
 `marks` are the events a block developer looks for on a timeline: kind
 "error" (BLOCK_JOB_ERROR, BLOCK_IO_ERROR), "threshold"
 (BLOCK_WRITE_THRESHOLD), "pause" (a job went to `paused` or `standby`: a
-user's pause, a drain around a graph change, or a `stop` error policy).
+user's pause, a drain around a graph change, or a `stop` error policy),
+"fault" (a trace `fault` step armed an injected I/O error), "drain" (a
+drained section began: the nodes it quiesced and the jobs it paused).
 `graphs` is the block graph at
 the start and after every graph change (the same label as `graph_changes`):
 each node with its file, backing and target children and its named bitmaps,
@@ -173,6 +175,7 @@ class TimelineRecorder:
         self.graphs.append([machine.now_ns, 0, "start", _graph_doc(machine)])
         machine.command_observers.append(self._on_command)
         machine.state.write_observers.append(self._on_write)
+        machine.state.drain_observers.append(self._on_drain)
         env = machine.env
         machine.leaps = False  # progress is sampled after every simpy step: chunk by chunk
         self._env_step: Callable[[], None] = env.step
@@ -187,6 +190,12 @@ class TimelineRecorder:
     def after_step(self, index: int) -> list[Any]:
         self._step = index
         self._sample()
+        if self.trace is not None and 0 < index <= len(self.trace.steps):
+            step = self.trace.steps[index - 1]
+            if step.kind == "fault":  # an injected I/O error, armed from now on
+                f = step.body.get("fault") or {}
+                text = f"{f.get('errno', '?')} on {f.get('op', '?')} of {f.get('node', '?')}"
+                self.marks.append([self.machine.now_ns, "fault", index, text])
         self.steps.append([self.machine.now_ns, self._step_label(index)])
         self._step = index + 1
         return []
@@ -204,6 +213,11 @@ class TimelineRecorder:
     # -- observers -------------------------------------------------------------------------
     def _on_write(self, *args: Any) -> None:
         self._dirty = True
+
+    def _on_drain(self, nodes: list[str] | None, jobs: list[str]) -> None:
+        where = "every node" if nodes is None else ", ".join(nodes[:4])
+        paused = f", pauses {', '.join(jobs)}" if jobs else ""
+        self.marks.append([self.machine.now_ns, "drain", self._step, f"drained {where}{paused}"])
 
     def _on_command(self, request: dict[str, Any], response: dict[str, Any]) -> None:
         jobs = {job_id: lane.status for job_id, lane in self._live.items()}

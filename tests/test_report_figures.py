@@ -62,6 +62,10 @@ def test_node_graphs_before_and_after_each_graph_change(timelines: Any) -> None:
     nodes = {n[0]: n for n in after["nodes"]}
     assert root != "fmt0" and nodes[root][3] == "fmt0"  # the overlay, backed by fmt0
     assert nodes["fmt0"][5] == ["b0"]  # which node holds which bitmap
+    # the snapshot drains (bdrv_drain_all, then the node it replaces): marked on the timeline
+    drains = [m for m in doc["marks"] if m[1] == "drain"]
+    assert drains and {m[2] for m in drains} == {graphs[-1][1]}
+    assert "drained every node" in [m[3] for m in drains]
 
 
 def test_job_errors_and_pauses_are_marked(timelines: Any) -> None:
@@ -70,6 +74,9 @@ def test_job_errors_and_pauses_are_marked(timelines: Any) -> None:
     assert errors and all(m[3].startswith("BLOCK_JOB_ERROR") for m in errors)
     assert any("stop" in m[3] for m in errors) and any("ignore" in m[3] for m in errors)
     assert any(m[1] == "pause" for m in marks)
+    faults = [m for m in marks if m[1] == "fault"]
+    assert faults and faults[0][3] == "EIO on write of null0"
+    assert faults[0][0] <= errors[0][0]  # armed before the job meets it
     drawn = draw_timeline("faults", timelines["bk-fault-policies"])
     assert isinstance(drawn, Drawn)
     assert any(t.header[1] == "mark" for t in drawn.tables)

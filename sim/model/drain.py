@@ -70,6 +70,9 @@ def begin(state: BlockState, nodes: Iterable[BlockNode] | None = None) -> Drain:
         job.kind.drained()
     for job in jobs:
         pause_now(job)
+    for observe in state.drain_observers:
+        names = None if quiesced is None else [n.node_name for n in quiesced]
+        observe(names, [j.id for j in jobs])
     return Drain(quiesced, jobs)
 
 

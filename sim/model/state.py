@@ -59,6 +59,9 @@ class BlockState:
         # discard as (bb, root, offset, length, zeroed)
         self.write_observers: list[WriteObserver] = []
         self.discard_observers: list[DiscardObserver] = []
+        # observers (the timeline) of drained sections (sim/model/drain.py): the nodes a
+        # bdrv_drained_begin quiesces (None: bdrv_drain_all) and the jobs it pauses
+        self.drain_observers: list[Callable[[list[str] | None, list[str]], None]] = []
 
     def add_drive(
         self,

@@ -30,6 +30,8 @@ MARK_STYLE = {  # timeline marks: kind -> (marker, colour, legend label)
     "error": ("X", "#D55E00", "BLOCK_JOB_ERROR / BLOCK_IO_ERROR"),
     "pause": ("v", "#E69F00", "job paused or standby (user, drain, stop policy)"),
     "threshold": ("^", "#CC79A7", "BLOCK_WRITE_THRESHOLD"),
+    "fault": ("*", "#000000", "injected I/O error armed (fault step)"),
+    "drain": ("|", "#56B4E9", "drained section begins (bdrv_drained_begin)"),
 }
 NO_JOB = "no job"
 LABEL_CHARS = 34
@@ -253,8 +255,9 @@ def _panel_caption(panel: str) -> str:
         "it, a gap where that node holds no bitmap of the name; and, thick and pale, each "
         "address a bitmap was added at (device or node, name) as QMP looks it up under the "
         "policy, a cross where the lookup stops finding it",
-        "marks": "marks: block job and I/O errors, jobs pausing (a user's pause, a drain, "
-        "a stop error policy) and write thresholds, listed in the table below",
+        "marks": "marks: injected faults, block job and I/O errors, drained sections, jobs "
+        "pausing (a user's pause, a drain, a stop error policy) and write thresholds, listed "
+        "in the table below",
     }[panel]
 
 
