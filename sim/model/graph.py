@@ -81,6 +81,8 @@ class BlockNode:
     # op blockers, oldest first: (reason, ops still allowed); QEMU reports the newest
     blockers: list[tuple[str, frozenset[str]]] = field(default_factory=list)
     write_hook: object | None = None  # a job's before-write callback (copy-before-write)
+    # a job's after-write callback, given the stamp (write-blocking mirror's target write)
+    after_write_hook: object | None = None
     write_threshold: int = 0  # block-set-write-threshold; 0 = off
     # a copy-on-read filter added by blockdev-add: guest reads through it populate
     # the node below (`cor_bottom`: the lowest node copied from, None = all)

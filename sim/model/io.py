@@ -10,8 +10,9 @@ A write enters at a BlockBackend's root (or a node named directly, as
 `qemu-io fmt0 ...` does) and walks down through filters to the data node,
 like bdrv_co_pwritev: every node it passes marks its own dirty bitmaps
 (bdrv_co_write_req_finish -> bdrv_set_dirty), a filter's `write_hook` runs
-first (copy-before-write copies the old data out), and the data node stores
-the stamp.  Bitmaps on the protocol (`file`) node are marked at guest
+first (copy-before-write copies the old data out), the data node stores
+the stamp, then the `after_write_hook` of every filter passed runs (a
+write-blocking mirror writes the same data to its target).  Bitmaps on the protocol (`file`) node are marked at guest
 offsets; real QEMU marks host offsets, qcow2 metadata included, so this is
 an approximation.  Write thresholds are checked on the same nodes (the
 protocol node's at guest offsets, too).
@@ -103,6 +104,7 @@ def guest_write(
         for bm in bb.bitmaps:
             bm.record_write(offset, length)
     node: BlockNode | None = root
+    after: list[BlockNode] = []
     while node is not None:
         if not is_discard and end > node.wr_highest_offset:
             node.wr_highest_offset = end
@@ -112,6 +114,8 @@ def guest_write(
             bm.record_write(offset, length)
         if node.write_hook is not None and node.write_hook(node, offset, length) is False:  # type: ignore[operator]
             return IO_ERROR  # copy-before-write could not copy (break-guest-write)
+        if node.after_write_hook is not None:
+            after.append(node)
         if node.is_filter:
             node = node.filtered_child()
             continue
@@ -126,6 +130,8 @@ def guest_write(
             for bm in proto.bitmaps:
                 bm.record_write(offset, length)
         break
+    for flt in after:
+        flt.after_write_hook(flt, offset, length, stamp)  # type: ignore[operator]
     return OK
 
 

@@ -55,7 +55,7 @@ def drop_filter(graph: BlockGraph, flt: BlockNode) -> None:
     if child is not None:
         replace_node(graph, flt, child)
     flt.file = flt.backing = flt.target = None
-    flt.write_hook = None
+    flt.write_hook = flt.after_write_hook = None
     graph.remove_node(flt)
 
 

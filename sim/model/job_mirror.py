@@ -68,6 +68,8 @@ class MirrorKind(JobDriver):
             graph.reopen_rw(target)
         self.filter = insert_filter(graph, source, "mirror_top", filter_name)
         self.filter.write_hook = self.on_guest_write
+        if write_blocking:
+            self.filter.after_write_hook = self.sync_target_write
         self.dirty = DirtyBitmap(None, granularity, source.size_bytes, enabled=not write_blocking)
         source.bitmaps.insert(0, self.dirty)
         self.zero_target = zero_target
@@ -152,9 +154,29 @@ class MirrorKind(JobDriver):
             self.copy_chunk(*chunk)
 
     def on_guest_write(self, node: BlockNode, offset: int, length: int) -> None:
-        """A guest write passed mirror_top: the source's dirty bitmap recorded it; wake
-        the job so it copies it (write-blocking mode is modelled the same way)."""
+        """A guest write passed mirror_top: the source's dirty bitmap recorded it (in
+        background mode); wake the job so it copies it."""
         self.job.wake()
+
+    def sync_target_write(self, node: BlockNode, offset: int, length: int, stamp: int) -> None:
+        """do_sync_target_write (write-blocking mode; QEMU 7.2 does it from the job's start
+        until it fails or is force-cancelled): the guest's write goes to the target as
+        well, before the guest sees it complete; the chunks it covers whole are clean,
+        and its bytes count in the job's progress (remaining, then done)."""
+        job = self.job
+        if job.error is not None or (job.cancelled and job.force) or self.pivoted:
+            return
+        g = self.dirty.granularity
+        first, end = -(-offset // g), (offset + length) // g
+        if first < end:
+            self.dirty.bits[first:end] = 0
+        data = self.graph.data_node(self.target)
+        if data.content is not None:
+            data.content.write(offset, length, stamp)
+        for bm in self.target.bitmaps:
+            bm.record_write(offset, length)
+        job.offset += length
+        self.update_len()
 
     # -- end ---------------------------------------------------------------------------
     def prepare(self) -> None:
