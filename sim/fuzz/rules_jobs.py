@@ -39,8 +39,12 @@ LARGE_ADVANCES = (0.5, 5.0, 60.0)
 WORKLOAD_PATTERNS = ("sequential", "uniform", "zipf", "burst")
 # race points (sim-only `until` steps), weighted towards the middle of a job
 RACE_POINTS = ("progress",) * 4 + ("chunk", "before-ready", "ready", "ending")
-LANDINGS = ("write", "write", "verb", "snapshot", "bitmap", "transaction")
+# what lands while a job runs (weighted): guest writes, job verbs, snapshots, bitmap
+# commands, transactions, blockdev-del of a node the job uses
+LANDINGS = ("write",) * 3 + ("verb", "snapshot", "bitmap") + ("transaction",) * 2 + ("del",)
 RACE_KINDS = ("backup", "mirror", "stream", "commit")
+# data a race_job writes before its job starts (capped at the disk size)
+RACE_DATA = (8 * MiB, 32 * MiB, 64 * MiB, 64 * MiB)
 
 
 class JobRules(_Base):
@@ -110,6 +114,11 @@ class JobRules(_Base):
         args: dict[str, Any] = {"device": self.job_device(c)}
         self.job_start_args(c, args)
         args["sync"] = c.pick(MIRROR_SYNCS)
+        if not drive and not self.invalid:
+            # blockdev-mirror leaves the target's backing as it was opened (none, for the
+            # nodes drawn here): sync=top/none would pivot the device onto a node without
+            # the rest of its data, a data loss the checkers rightly report
+            args["sync"] = "full"
         if drive:
             args["target"] = f"{self.fresh('mir')}.qcow2"
             args["format"] = "qcow2"
@@ -243,53 +252,127 @@ class JobRules(_Base):
 
     @group("race")
     @precondition(lambda self: not self.machine.state.jobs and bool(self.devices()))
-    @rule(c=choices(), decile=st.integers(0, 9), kind=st.sampled_from(RACE_KINDS))
+    @rule(c=choices(64), decile=st.integers(0, 9), kind=st.sampled_from(RACE_KINDS))
     def race_job(self, c: Choices, decile: int, kind: str) -> None:
-        """A job with work to do (data written first: most examples' disks are nearly
-        empty, so their jobs end in a chunk or two), time moved to a decile of it, and a
-        command landed there: the progress dimension of races.  Half the backups are
-        incremental (a bitmap added before the data is written, sync=incremental or
-        sync=bitmap in any bitmap-mode) as in iotest 257: a guest write lands while the
-        bitmap is frozen with its successor, and half those jobs are then cancelled."""
+        """A job with work to do, and one to three commands landed while it runs: the
+        progress dimension of races, set up as management software does it.
+
+        Data first (most examples' disks are nearly empty, so their jobs end in a chunk
+        or two), sometimes a checkpoint bitmap on the active layer (incremental backup
+        bookkeeping, then the backup reads it); stream and commit get an overlay (commit
+        sometimes two, to commit the middle layer); time then moves to a decile of the
+        job and the landings follow at later points (some at READY, or just after the job
+        left running: PENDING when auto-finalize is off, as libvirt runs jobs); two times
+        in three the job is then run to its end (READY jobs completed, pending ones
+        finalized) or cancelled (half the incremental backups, as iotest 257 does), so
+        what the landings did meets the checkers' end-of-job comparisons."""
         device = c.pick(self.devices())
         size = self.size_of(device)
-        amount = min(c.pick((8 * MiB, 16 * MiB, 32 * MiB)), size)
-        bitmap = None
-        if kind == "backup" and c.boolean():  # an incremental backup: the bitmap records first
-            node = self.machine.state.graph.lookup_bs(device)
-            bitmap = (node.node_name if node and not node.auto_named else device, self.fresh("inc"))
-            self.qmp("block-dirty-bitmap-add", {"node": bitmap[0], "name": bitmap[1]})
+        amount = min(c.pick(RACE_DATA), size)
         self.qemu_io(device, f"write -P {1 + c.below(250)} 0 {amount}")
         job_id = self.fresh("job")
+        start: dict[str, Any] = {"job-id": job_id}
+        if c.rarely(4):  # the job then waits in PENDING for job-finalize (libvirt's way)
+            start |= {"auto-finalize": False, "auto-dismiss": False}
+        # a mirror's pivot drops its source node with every bitmap on it: no checkpoint
+        checkpoint = self.fresh("ck") if kind != "mirror" and c.boolean() else None
+        reads_bitmap = False  # a backup of the checkpoint's changes (incremental)
         if kind in ("stream", "commit"):
-            overlay = self.fresh("rov")
-            args = {"device": device, "snapshot-file": f"{overlay}.qcow2", "format": "qcow2"}
-            self.qmp("blockdev-snapshot-sync", {**args, "snapshot-node-name": overlay})
-            if kind == "stream":
-                self.qmp("block-stream", {"device": device, "job-id": job_id})
-            else:
-                self.qemu_io(device, f"write -P {1 + c.below(250)} 0 {amount}")
-                self.qmp("block-commit", {"device": device, "job-id": job_id})
+            args: dict[str, Any] = {"device": device, **start}
+            overlay = self.race_overlay(device)
+            if kind == "commit":
+                self.qemu_io(device, f"write -P {1 + c.below(250)} 0 {amount // 2}")
+                if c.boolean():  # commit the middle of three layers (not the active one)
+                    self.race_overlay(device)
+                    self.qemu_io(device, f"write -P {1 + c.below(250)} {amount // 4} 1M")
+                    args["top-node"] = overlay
+            if checkpoint is not None:  # on the node that stays: the top, or commit's base
+                chain = self.chain_nodes(device)
+                node = chain[-1] if kind == "commit" and chain else self.top_node(device)
+                self.qmp("block-dirty-bitmap-add", {"node": node, "name": checkpoint})
+            self.qmp("block-stream" if kind == "stream" else "block-commit", args)
         else:
+            if checkpoint is not None:
+                self.qmp(
+                    "block-dirty-bitmap-add", {"node": self.top_node(device), "name": checkpoint}
+                )
+                self.qemu_io(device, f"write -P {1 + c.below(250)} {amount // 4} {amount // 2}")
             target = {"target": f"{self.fresh('rt')}.qcow2", "format": "qcow2", "sync": "full"}
-            if bitmap is not None:  # iotest 257's matrix: sync=bitmap in every bitmap-mode
-                target |= {"sync": c.pick(("incremental", "bitmap")), "bitmap": bitmap[1]}
-                if target["sync"] == "bitmap":
-                    target["bitmap-mode"] = c.pick(BITMAP_MODES)
+            if kind == "backup" and checkpoint is not None and not c.rarely(4):
+                target |= {"sync": "incremental", "bitmap": checkpoint}
+                if c.boolean():
+                    target |= {"sync": "bitmap", "bitmap-mode": c.pick(BITMAP_MODES)}
             command = "drive-backup" if kind == "backup" else "drive-mirror"
-            self.qmp(command, {"device": device, "job-id": job_id, **target})
-        fraction = round((decile + c.below(10) / 10) / 10, 2)
-        self.run({"until": {"job": job_id, "point": "progress", "fraction": fraction}})
-        if bitmap is None:
-            self.land(c, job_id)
-            return
-        # iotest 257: the guest writes while the bitmap is frozen (its successor records),
-        # then the job runs on or, its failing half, is cancelled: the successor's bits
-        # must end up in the bitmap either way
-        self.land(c, job_id, "write")
-        job = next((j for j in self.machine.state.jobs if j.id == job_id), None)
-        if job is not None and job.status == "running" and c.boolean():
+            self.qmp(command, {"device": device, **start, **target})
+            reads_bitmap = "bitmap" in target
+        fraction = (decile + c.below(10) / 10) / 10
+        landed = False
+        for _ in range(1 + c.below(3)):
+            job = self.machine.state.find_job(job_id)
+            if job is None or job.status not in ("running", "ready") or job.user_paused:
+                break
+            body: dict[str, Any] = {"job": job_id, "point": "progress"}
+            early = False
+            if c.rarely(6):  # just after it left running: PENDING, or before the pivot
+                body["point"] = "ending"
+            elif job.kind.has_ready and c.rarely(4):
+                # copied all but not READY yet: a pivot asked for before BLOCK_JOB_READY
+                # (management software that polls query-jobs instead of waiting for it)
+                body["point"], early = "before-ready", True
+            elif job.kind.has_ready and c.boolean():  # held in READY, as libvirt's blockcopy
+                body["point"] = "ready"
+            else:
+                body["fraction"] = round(fraction, 2)
+            self.run({"until": body})
+            if early:
+                self.qmp("job-complete", {"id": job_id})
+            # iotest 257: a backup reading a bitmap first meets a guest write, which the
+            # frozen bitmap's successor records
+            self.land(c, job_id, "write" if reads_bitmap and not landed else None)
+            landed = True
+            fraction += (1 - fraction) * c.between(1, 9) / 10
+        if not c.rarely(3):  # iotest 257 cancels half its incremental backups
+            self.finish_job(job_id, cancel=c.rarely(2 if reads_bitmap else 4))
+
+    def chain_bitmaps(self, device: str) -> list[tuple[str, str]]:
+        """(node, name) of the bitmaps addressed by `device` or by a node of its chain."""
+        names = {device, *self.chain_nodes(device)}
+        return [a for a in self.bitmap_addresses() if a[0] in names]
+
+    def top_node(self, device: str) -> str:
+        """The node name of `device`'s active layer (below any job filter), as management
+        software names the node of a checkpoint bitmap; the device when it has none."""
+        chain = self.chain_nodes(device)
+        return chain[0] if chain else device
+
+    def race_overlay(self, device: str) -> str:
+        """blockdev-snapshot-sync of `device` onto a new qcow2 overlay; its node name."""
+        overlay = self.fresh("rov")
+        args = {"device": device, "snapshot-file": f"{overlay}.qcow2", "format": "qcow2"}
+        self.qmp("blockdev-snapshot-sync", {**args, "snapshot-node-name": overlay})
+        return overlay
+
+    def finish_job(self, job_id: str, cancel: bool = False) -> None:
+        """Run a job to its end as management software does: resume it if the user paused
+        it, complete it once READY, finalize it if it waits for that, wait for its end;
+        or (`cancel`) give up on it: job-cancel, then the same."""
+        job = self.machine.state.find_job(job_id)
+        if cancel and job is not None and job.status in VERB_TABLE["cancel"]:
             self.qmp("job-cancel", {"id": job_id})
+        for _ in range(5):
+            job = self.machine.state.find_job(job_id)
+            if job is None:
+                return
+            verb = settle_verb(job)
+            if verb in ("resume", "finalize", "dismiss") or (
+                verb == "complete" and not job.completion_requested
+            ):
+                self.qmp(f"job-{verb}", {"id": job_id})
+                continue
+            events = expected_events(job)
+            if not events:
+                return
+            self.run({"wait": {"event": events[0], "data": {"device": job_id}}})
 
     def land(self, c: Choices, job_id: str, landing: str | None = None) -> None:
         """One command that races with the job `job_id` (or with whatever runs): a
@@ -302,8 +385,9 @@ class JobRules(_Base):
         device = c.pick(devices)
         size = self.size_of(device)
         if landing == "verb" and job is not None:
+            # mostly a verb the job's state accepts (JobVerbTable), sometimes any verb
             verbs = [v for v in (*JOB_VERBS, "set-speed") if job.status in VERB_TABLE[v]]
-            verb = c.pick(verbs or ["cancel"])
+            verb = c.pick(verbs if verbs and not c.rarely(4) else (*JOB_VERBS, "set-speed"))
             if verb == "set-speed":
                 self.qmp("block-job-set-speed", {"device": job_id, "speed": c.pick(SPEEDS)})
             else:
@@ -311,35 +395,62 @@ class JobRules(_Base):
         elif landing == "snapshot":
             args = {"device": device, "snapshot-file": f"{self.fresh('race')}.qcow2"}
             self.qmp("blockdev-snapshot-sync", {**args, "format": "qcow2"})
+        elif landing == "del":  # blockdev-del of a node of the device's chain: in use
+            self.qmp("blockdev-del", {"node-name": self.pick(c, self.chain_nodes(device))})
         elif landing == "bitmap":
-            bitmaps = [a for a in self.bitmap_addresses() if a[0] == device]
+            bitmaps = self.chain_bitmaps(device)
             if bitmaps and c.boolean():
                 node, name = c.pick(bitmaps)
                 self.qmp("block-dirty-bitmap-clear", {"node": node, "name": name})
             else:
-                self.qmp("block-dirty-bitmap-add", {"node": device, "name": self.fresh("rb")})
+                node = device if c.rarely(4) else self.top_node(device)
+                self.qmp("block-dirty-bitmap-add", {"node": node, "name": self.fresh("rb")})
         elif landing == "transaction":
-            actions: list[dict[str, Any]] = [
-                {
-                    "type": "block-dirty-bitmap-add",
-                    "data": {"node": device, "name": self.fresh("rb")},
-                },
-                {
-                    "type": "blockdev-snapshot-sync",
-                    "data": {
-                        "device": device,
-                        "snapshot-file": f"{self.fresh('race')}.qcow2",
-                        "format": "qcow2",
-                    },
-                },
-            ]
-            if c.rarely(3):
-                actions.append({"type": "abort", "data": {}})
-            self.qmp("transaction", {"actions": actions})
+            self.qmp("transaction", {"actions": self.race_actions(c, device)})
         else:
             length = c.pick((4 * KiB, 64 * KiB, 1 * MiB))
-            offset = min(c.below(64) * MiB, max(size - length, 0))
-            self.qemu_io(device, f"write -P {1 + c.below(250)} {offset} {length}")
+            offset = self.race_offset(c, job, size, length)
+            target = device
+            if c.rarely(4):  # qemu-io by node name: below any filter the job put on top
+                nodes = [n for n in self.io_nodes() if n in self.chain_nodes(device)]
+                target = c.pick(nodes or [device])
+            self.qemu_io(target, f"write -P {1 + c.below(250)} {offset} {length}")
+
+    def race_offset(self, c: Choices, job: Job | None, size: int, length: int) -> int:
+        """Where a landed guest write goes: just ahead of where the job has got to (what
+        it copies next), just behind it (what it has copied), or anywhere."""
+        where = c.pick(("ahead", "ahead", "behind", "anywhere"))
+        if job is None or job.len <= 0 or where == "anywhere":
+            offset = c.below(64) * MiB
+        else:
+            at = job.offset * size // job.len  # the job's position on the disk
+            step = c.between(0, 7) * (512 * KiB)
+            offset = at + step if where == "ahead" else at - step - length
+        offset -= offset % (4 * KiB)
+        return min(max(offset, 0), max(size - length, 0))
+
+    def race_actions(self, c: Choices, device: str) -> list[dict[str, Any]]:
+        """A transaction as management software sends one while a job runs: a new
+        checkpoint bitmap, with an older one disabled (a checkpoint), a snapshot (an
+        external snapshot with its bitmap) or a backup (a backup with its checkpoint);
+        sometimes an abort action, so the whole transaction rolls back."""
+        add = {"node": self.top_node(device), "name": self.fresh("rb")}
+        actions: list[dict[str, Any]] = [{"type": "block-dirty-bitmap-add", "data": add}]
+        extra = c.below(4)
+        bitmaps = self.chain_bitmaps(device)
+        if extra == 0 and bitmaps:
+            node, name = c.pick(bitmaps)
+            data = {"node": node, "name": name}
+            actions.append({"type": "block-dirty-bitmap-disable", "data": data})
+        elif extra == 1:
+            args = {"device": device, "snapshot-file": f"{self.fresh('race')}.qcow2"}
+            actions.append({"type": "blockdev-snapshot-sync", "data": {**args, "format": "qcow2"}})
+        elif extra == 2:
+            target = {"target": f"{self.fresh('rt')}.qcow2", "format": "qcow2", "sync": "full"}
+            actions.append({"type": "drive-backup", "data": {"device": device, **target}})
+        if c.rarely(4):
+            actions.append({"type": "abort", "data": {}})
+        return actions
 
     @group("race")
     @precondition(lambda self: bool(self.machine.state.jobs))
