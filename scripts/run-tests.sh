@@ -25,8 +25,8 @@ lint-imports
 python3 -m pytest -q "$@"
 # Fuzzer power, only when the whole suite is asked for (no arguments), as CI does: the
 # default campaign against the 33 one-rule mutants, at most 20 s each, and the table of
-# what it found (about 10 minutes on 2 cores; tests/test_fuzz_power.py).  The older
-# 11-mutant matrix under bb-attached stays available: pytest -m slow tests/test_fuzz_mutants.py
+# what it found (about 10 minutes on 2 cores; tests/test_fuzz_power.py); the eleven of
+# tests/test_mutants.py must all be found (this replaced the older 11-mutant matrix).
 if [ "$#" -eq 0 ]; then
     python3 -m pytest -q -s -m slow tests/test_fuzz_power.py
 fi

@@ -3,23 +3,21 @@
 For each deliberately broken model, a campaign of a fixed budget must find a
 failure that the healthy model does not have: every failure the mutant
 campaign exports is replayed on the healthy model, and only one the healthy
-model does not reproduce counts as a kill.  The healthy model is not
-failure-free (real bugs, and real QEMU behaviour that breaks an invariant), so
-for the full matrix a healthy campaign runs first, as often as it takes to come
-back clean, and its failure keys are muted in the mutant campaigns.
+model does not reproduce counts as a kill (the healthy model is not
+failure-free: real QEMU behaviour breaks some invariants).
 
 Campaigns run without shrinking (a mutant only has to be *found*), under
 `bb-attached` (fewer known failures than qemu-7.2), with the rule groups that
 touch the model (no blockdev-add, transactions, queries, workloads, faults or
-deliberately invalid input).  All of it is deterministic.  The full matrix is
-`slow` (about 2-3 minutes) and runs only when asked for, `pytest -m slow
-tests/test_fuzz_mutants.py` (or BLOCKSIM_SLOW=1); the fast suite runs the
-mutants found in a few examples.
+deliberately invalid input).  All of it is deterministic.  Only the mutants
+found in a few examples run here, in the fast suite: the full matrix of the
+eleven is tests/test_fuzz_power.py, which runs the default campaign against
+them (and the rest of tests/mutant_catalog.py) with a time budget each in CI
+and requires every one of the eleven to be found.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -32,7 +30,6 @@ from sim.replay import replay
 from sim.trace import load_trace
 from tests.test_mutants import MUTANTS, Mutant
 
-EXAMPLES = 1000  # the fixed budget of the full matrix
 FAST_EXAMPLES = 400
 STEPS = 25
 GROUPS = ("bitmap", "io", "snapshot", "backup", "mirror", "commit", "stream", "verbs", "wait")
@@ -79,20 +76,6 @@ def kills(
     return [f"{r.kind} ({r.steps} steps): {r.message[:80]}" for r in found]
 
 
-@pytest.fixture(scope="module")
-def known(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, ...]:
-    """Failure keys of the healthy model, campaign after campaign until none is new."""
-    root = tmp_path_factory.mktemp("healthy")
-    keys: list[str] = []
-    for attempt in range(10):
-        result = campaign(root / f"run-{attempt}", EXAMPLES, tuple(keys))
-        new = [failure_key(f.kind, f.message) for f in result.failures]
-        if not new:
-            return tuple(keys)
-        keys.extend(new)
-    raise AssertionError(f"the healthy model keeps failing in new ways: {keys}")
-
-
 def by_name(name: str) -> Mutant:
     return next(m for m in MUTANTS if m.name == name)
 
@@ -103,20 +86,3 @@ def test_fuzzer_finds_cheap_mutants(name: str, tmp_path: Path) -> None:
     # has too (no healthy campaign runs first here); the next round goes on looking
     found = kills(by_name(name), tmp_path, FAST_EXAMPLES, (), rounds=4)
     assert found, f"{name}: {FAST_EXAMPLES} examples found nothing the healthy model lacks"
-
-
-def slow_wanted(config: pytest.Config) -> bool:
-    return "slow" in str(config.getoption("markexpr", "")) or bool(os.environ.get("BLOCKSIM_SLOW"))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
-def test_fuzzer_finds_every_mutant(
-    mutant: Mutant, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    if not slow_wanted(request.config):
-        pytest.skip("a 2-3 minute matrix: run with -m slow or BLOCKSIM_SLOW=1")
-    known: tuple[str, ...] = request.getfixturevalue("known")
-    found = kills(mutant, tmp_path, EXAMPLES, known)
-    print(f"\n{mutant.name}: {found}")
-    assert found, f"{mutant.name} ({mutant.rule}): {EXAMPLES} examples, no kill"

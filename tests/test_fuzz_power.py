@@ -24,9 +24,10 @@ printed (pytest -s) and written to `BLOCKSIM_POWER_TABLE` when that is set.
 Budget: `BLOCKSIM_POWER_BUDGET` seconds per mutant (default 20, at most 90),
 so the whole test takes at most about 33 x 20 s plus the healthy campaign of
 `BLOCKSIM_POWER_HEALTHY` (300) examples, about 10 minutes on 2 cores.  Not
-every mutant is found within that budget yet: at least `MIN_FOUND` must be,
-every one found must be one the healthy model does not show, and the table
-says which.  It runs in CI (`.ci/run`, as `-m slow`) and when BLOCKSIM_SLOW=1
+every mutant is found within that budget yet: the eleven of
+tests/test_mutants.py (`ORIGINAL`) must all be, and at least `MIN_FOUND` of the
+33; every one found must be one the healthy model does not show, and the
+table says which.  It runs in CI (`.ci/run`, as `-m slow`) and when BLOCKSIM_SLOW=1
 is given.
 """
 
@@ -50,11 +51,12 @@ from tests.test_mutants import MUTANTS, Mutant
 
 BUDGET_S = min(float(os.environ.get("BLOCKSIM_POWER_BUDGET", "20")), 90.0)
 HEALTHY_EXAMPLES = int(os.environ.get("BLOCKSIM_POWER_HEALTHY", "300"))
-# Not every mutant is found within the budget yet (README, "Fuzzer power"): nine were
-# found within 60 examples when measured; CI asks for at least seven, so that a change of
-# the generator that shifts which examples come first does not fail it, while a broken
-# checker or a fuzzer that stopped reaching jobs and transactions does.
-MIN_FOUND = 7
+# Not every mutant is found within the budget yet (README, "Races and fuzzer power"):
+# 24 of 33 were found on the shared machine under heavy load (a few examples per second);
+# CI asks for 20, so that a change of the generator that shifts which examples come first
+# does not fail it, while a broken checker or a fuzzer that stopped reaching jobs and
+# transactions does.
+MIN_FOUND = 20
 # The eleven mutants of tests/test_mutants.py: each must be found within its budget.
 ORIGINAL = frozenset(m.name for m in MUTANTS)
 
