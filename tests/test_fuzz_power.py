@@ -130,25 +130,14 @@ class PowerCampaign(Campaign):
             raise CampaignStop("found")
         return super().example_finished(machine)
 
-    def _rounds(self) -> None:
-        """Rounds until the campaign's examples are generated (or the budget is spent): a
-        round cut at a failure the healthy model shows goes on in the next round, as the
-        default campaign, which shrinks, goes on generating after a failure."""
-        cfg, number = self.config, self.config.first_round
-        while self.result.examples < cfg.examples:
-            self._round(number, min(cfg.round_examples, cfg.examples - self.result.examples))
-            number += 1
-            self.result.rounds = number - cfg.first_round
-
     def _round(self, number: int, size: int) -> None:
         super()._round(number, size)
         if self.kill is not None:
             raise CampaignStop("found")
 
 
-# Rounds end at their first failure, so a campaign asked for a number of examples would
-# end after that many rounds when failures come early: the budget (time, or the healthy
-# campaign's examples) ends these campaigns instead.
+# What these campaigns are asked for: the budget (time, or the healthy campaign's
+# examples) ends them instead.
 UNBOUNDED = 1 << 30
 
 
