@@ -54,6 +54,8 @@ HELD = frozenset({"ready", "standby", "pending", "concluded"})
 SLOW = 1 << 20  # the one rate limit kept (bytes/s): a backup sleeps ~1 s after its first 1 MiB
 MAX_SETTLE = 12  # waits one settle may add (a job passes READY, PENDING, then its end)
 DRAW_ROUND = 50  # examples per Hypothesis run: trace i is example i % 50 of round i // 50
+BUF_SIZES = (65536, 1 << 20, 16 << 20)
+ERROR_POLICIES = ("report", "ignore", "stop", "enospc")
 GROUPS = (
     "bitmap", "io", "snapshot", "blockdev", "backup", "mirror", "commit", "stream", "verbs",
     "transaction", "query", "invalid",
@@ -121,6 +123,76 @@ class DifferentialMachine(BlockMachine):
         speed = args.get("speed")
         if isinstance(speed, int) and speed > 0 and speed != SLOW:
             del args["speed"]
+
+    # -- every argument of the job commands and of blockdev-add ---------------------------
+    def mirror_args(self, c: Choices, drive: bool) -> dict[str, Any]:
+        """The fuzzer's mirror arguments plus buf-size, the error policies, unmap,
+        filter-node-name (blockdev-mirror) and replaces (with drive-mirror's node-name)."""
+        args = super().mirror_args(c, drive)
+        if c.rarely(5):
+            args["buf-size"] = self.pick(c, BUF_SIZES, (-1,))
+        if c.rarely(5):
+            args["on-source-error"] = c.pick(ERROR_POLICIES)
+        if c.rarely(5):
+            args["on-target-error"] = c.pick(ERROR_POLICIES)
+        if c.rarely(6):
+            args["unmap"] = c.boolean()
+        if not drive and c.rarely(5):
+            args["filter-node-name"] = self.fresh("flt")
+        if c.rarely(8):
+            if drive:
+                args["node-name"] = self.fresh("mn")
+            g = self.machine.state.graph
+            root = g.lookup_bs(str(args["device"]))
+            own = [root.node_name] if root is not None and not root.auto_named else []
+            args["replaces"] = self.pick(c, own, ("nosuch", *self.node_names()))
+        return args
+
+    def backup_args(self, c: Choices, drive: bool) -> dict[str, Any]:
+        """The fuzzer's backup arguments plus compress and filter-node-name."""
+        args = super().backup_args(c, drive)
+        if c.rarely(6):
+            args["compress"] = True
+        if c.rarely(5):
+            args["filter-node-name"] = self.fresh("flt")
+        return args
+
+    def base_args(self, c: Choices, args: dict[str, Any], keys: tuple[str, ...]) -> None:
+        """The fuzzer's top/base choice; for block-stream sometimes `bottom` instead of a
+        base, for both sometimes a `backing-file` (the base's file, or another image)
+        and a `filter-node-name`."""
+        chain = self.chain_nodes(str(args["device"]))
+        if keys == ("base-node",) and len(chain) >= 2 and c.rarely(4):
+            args["bottom"] = self.pick(c, chain[1:], ("nosuch",))
+        else:
+            super().base_args(c, args, keys)
+        if c.rarely(4):
+            g = self.machine.state.graph
+            base = g.node(str(args.get("base-node", "")))
+            bottom = g.node(str(args.get("bottom", "")))
+            if base is None and bottom is not None:
+                base = bottom.backing
+            named = [base.image.filename] if base is not None and base.image is not None else []
+            args["backing-file"] = self.pick(c, named, tuple(self.image_files()))
+        if c.rarely(5):
+            args["filter-node-name"] = self.fresh("flt")
+
+    def blockdev_add_args(self, c: Choices) -> dict[str, Any]:
+        """The fuzzer's blockdev-add plus, for a qcow2 node, read-only and an explicit
+        `backing` (a named format node)."""
+        args = super().blockdev_add_args(c)
+        if args.get("driver") != "qcow2":
+            return args
+        if c.rarely(4):
+            args["read-only"] = True
+        if "backing" not in args and c.rarely(4):
+            formats = [
+                n.node_name
+                for n in self.machine.state.graph.nodes
+                if n.is_format and not n.auto_named
+            ]
+            args["backing"] = self.pick(c, formats, ("nosuch",))
+        return args
 
     @staticmethod
     def sanitize(step: dict[str, Any]) -> dict[str, Any]:

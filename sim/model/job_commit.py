@@ -42,6 +42,7 @@ class CommitKind(JobDriver):
         self.active, self.top, self.base = active, top, base
         super().__init__()
         self.base_ro = graph.reopen_rw(base)
+        self.backing_file: str | None = None  # block-commit's `backing-file`
         self.filter = insert_filter(graph, top, "commit_top", filter_name)
         self.cursor = 0
         self.dropped = False  # prepare dropped the intermediate nodes
@@ -98,7 +99,8 @@ class CommitKind(JobDriver):
         for p in parents:
             g.set_backing(p, self.base)
             if p.image is not None:  # bdrv_drop_intermediate rewrites the header
-                p.image.backing_file = self.base.image.filename if self.base.image else None
+                named = self.base.image.filename if self.base.image else None
+                p.image.backing_file = self.backing_file or named
         self.dropped = overlay is not None or bool(parents)
 
     def clean(self) -> None:

@@ -91,12 +91,21 @@ def fully_allocated(nodes: list[BlockNode]) -> bool:
 
 
 def allocation_mask(nodes: list[BlockNode], size_bytes: int, cluster: int) -> np.ndarray:
-    """Bool per cluster: allocated in any of `nodes` (bdrv_is_allocated_above)."""
+    """Bool per `cluster` bytes: allocated in any of `nodes` (bdrv_is_allocated_above).
+
+    qcow2 answers block-status per cluster of its own (a 4 KiB write allocates the
+    whole 64 KiB cluster), so each node's allocation is rounded out to its cluster
+    size before it is mapped onto `cluster` (a mirror granularity below the
+    cluster size still sees whole clusters dirty)."""
     if fully_allocated(nodes):
         return np.ones(-(-size_bytes // cluster), dtype=bool)
-    return allocated_clusters(
-        [n.content for n in nodes if n.content is not None], size_bytes, cluster
-    )
+    mask = np.zeros(-(-size_bytes // cluster), dtype=bool)
+    for node in nodes:
+        if node.content is None:
+            continue
+        own = node.cluster_size if node.driver == "qcow2" else 1 << SECTOR_SHIFT
+        mask |= allocated_clusters([node.content], size_bytes, cluster, own)
+    return mask
 
 
 def set_bits_from_mask(bits: bitarray, mask: np.ndarray) -> None:
@@ -107,13 +116,19 @@ def set_bits_from_mask(bits: bitarray, mask: np.ndarray) -> None:
     bits |= packed
 
 
-def allocated_clusters(contents: list[Content], size_bytes: int, cluster: int) -> np.ndarray:
-    """Bool per cluster: allocated in any of `contents` (bdrv_is_allocated_above)."""
+def allocated_clusters(
+    contents: list[Content], size_bytes: int, cluster: int, own: int = 1 << SECTOR_SHIFT
+) -> np.ndarray:
+    """Bool per `cluster` bytes: allocated in any of `contents` (bdrv_is_allocated_above),
+    each allocated run first rounded out to `own` bytes (the format's allocation unit)."""
     nclusters = -(-size_bytes // cluster)
     mask = np.zeros(nclusters, dtype=bool)
     per = max(cluster >> SECTOR_SHIFT, 1)
+    unit = max(own >> SECTOR_SHIFT, 1)
     for content in contents:
         for first, end in content.allocated_sectors():
+            first = first // unit * unit
+            end = -(-end // unit) * unit
             mask[first // per : (end - 1) // per + 1] = True
     return mask
 

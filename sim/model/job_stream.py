@@ -48,6 +48,7 @@ class StreamKind(JobDriver):
         self.filter = insert_filter(graph, node, "copy-on-read", filter_name)
         self.cursor = 0
         self.nothing_to_do = node.backing is base or node.backing is None
+        self.backing_file: str | None = None  # block-stream's `backing-file`
 
     def intermediates(self) -> list[BlockNode]:
         out = []
@@ -117,7 +118,12 @@ class StreamKind(JobDriver):
             self.graph.set_backing(self.node, self.base)
             if self.node.image is not None:  # stream_prepare: bdrv_change_backing_file
                 base_image = self.base.image if self.base is not None else None
-                self.node.image.backing_file = base_image.filename if base_image else None
+                named = base_image.filename if base_image else None
+                # a `backing-file` given to block-stream is written instead of the
+                # base's file name (only when there is a base)
+                self.node.image.backing_file = (
+                    self.backing_file if self.base is not None and self.backing_file else named
+                )
             if old is not None:
                 self.graph.delete_unreferenced(old)
 

@@ -24,6 +24,8 @@ _FILE_ARGS = {
     "drive-backup": ("target",),
     "drive-mirror": ("target",),
     "change-backing-file": ("backing-file",),
+    "block-stream": ("backing-file",),
+    "block-commit": ("backing-file",),
 }
 
 
@@ -31,7 +33,8 @@ def place_files(command: str, arguments: Any, scratch_dir: str) -> Any:
     """`arguments` of `command` with bare file names moved into `scratch_dir`.
 
     Covers `snapshot-file` of blockdev-snapshot-sync, `target` of
-    drive-backup/drive-mirror, every `filename` inside blockdev-add,
+    drive-backup/drive-mirror, `backing-file` of change-backing-file,
+    block-stream and block-commit, every `filename` inside blockdev-add,
     blockdev-create and blockdev-reopen, `backing-file` of blockdev-create's
     qcow2 options, and the
     same inside the actions of a `transaction`.  Absolute paths and values of

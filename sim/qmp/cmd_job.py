@@ -151,6 +151,14 @@ def _create_backup(
     g = m.state.graph
     if source is target:
         raise QMPError("Source and target cannot be the same")
+    if a.get("compress") and g.data_node(target).driver != "qcow2":
+        # bdrv_supports_compressed_writes: of the drivers modelled only qcow2 writes
+        # compressed clusters (filters ask their child); the message names the
+        # target's BlockBackend, empty for a node without one
+        bb = g.backend_of_root(target)
+        raise QMPError(
+            f"Compression is not supported for this drive {bb.name if bb is not None else ''}"
+        )
     g.check_op(source, "backup-source")
     g.check_op(target, "backup-target")
     if bm is not None and mode != "never":
@@ -359,6 +367,8 @@ def _start_mirror(
     g.check_op(target, "mirror-target")
     if g.data_node(source).backing is None and sync == "top":
         sync = "full"
+    if "replaces" in a:
+        _check_to_replace_node(m, source, a["replaces"])
     # mirror_start, then mirror_start_job
     if sync in ("incremental", "bitmap"):
         raise QMPError(f"Sync mode '{sync}' not supported")
@@ -391,6 +401,24 @@ def _start_mirror(
     )
     register(m, job, kind, [kind.filter, source, target])
     start_job(m, job)
+
+
+def _check_to_replace_node(m: Machine, source: BlockNode, name: str) -> None:
+    """check_to_replace_node: `replaces` names a node (by node-name only) that the
+    mirror may take the place of.  bdrv_recurse_can_replace accepts the source itself
+    only (none of the filters modelled forwards the question), so a replacement
+    node is that node or refused; a node of another size is refused too."""
+    g = m.state.graph
+    node = g.node(name)
+    if node is None:
+        raise QMPError(f"Failed to find node with node-name='{name}'")
+    g.check_op(node, "replace")
+    if node is not source:
+        raise QMPError(
+            f"Cannot replace '{name}' by a node mirrored from '{source.node_name}', because "
+            "it cannot be guaranteed that doing so would not lead to an abrupt change of "
+            "visible data"
+        )
 
 
 def _fail_at_start(m: Machine, job: Job, error: str) -> None:
@@ -512,6 +540,7 @@ def _intermediate_commit(
     job = new_job(m, a.get("job-id"), bs, "commit", a)
     job.on_source_error = job.on_target_error = a.get("on-error", "report")
     kind = CommitKind(g, job, bs, top, base, a.get("filter-node-name"))
+    kind.backing_file = a.get("backing-file")
     between = []
     cur: BlockNode | None = top
     while cur is not None and cur is not base:
@@ -561,6 +590,7 @@ def _block_stream(m: Machine, a: dict[str, Any]) -> None:
     job = new_job(m, a.get("job-id"), kind_job_main, "stream", a)
     job.on_source_error = job.on_target_error = a.get("on-error", "report")
     kind = StreamKind(g, job, node, base, a.get("filter-node-name"))
+    kind.backing_file = a.get("backing-file")
     register(m, job, kind, [kind.filter, node] + kind.intermediates())
     start_job(m, job)
 
