@@ -56,10 +56,12 @@ def _open(m: Machine, a: dict[str, Any], created: list[BlockNode]) -> BlockNode:
     if driver not in MODELLED_DRIVERS:
         raise QMPError(f"blocksim does not model block driver '{driver}'")
     name = a.get("node-name")
-    if name is not None:
-        check_new_node_name(g, name)
     read_only = bool(a.get("read-only", False))
     unmap = a.get("discard") == "unmap"
+    if driver not in ("file", "blkdebug", "copy-on-read", "null-co"):
+        return _open_format(m, a, driver, name, read_only, unmap, created)
+    if name is not None:
+        check_new_node_name(g, name)
     if driver == "file":
         image = g.images.get(a["filename"])
         if image is None:
@@ -80,8 +82,6 @@ def _open(m: Machine, a: dict[str, Any], created: list[BlockNode]) -> BlockNode:
         if size < 0:
             raise QMPError("size must be non-negative")  # QEMU's own check is a visitor error
         node = g.new_node("null-co", size, name, read_only=read_only)
-    else:
-        return _open_format(m, a, driver, name, read_only, unmap, created)
     created.append(node)
     return node
 
@@ -244,7 +244,11 @@ def _open_format(
     created: list[BlockNode],
 ) -> BlockNode:
     g = m.state.graph
+    # bdrv_open_inherit opens the file child (for probing) before bdrv_open_common
+    # names the format node; the image lock is taken when the driver attaches it
     file = _ref(m, a["file"], created)
+    if name is not None:
+        check_new_node_name(g, name)
     image = file.image
     if image is not None:
         g.check_image_lock(image, read_only, raw_over=file if driver == "raw" else None)
