@@ -12,7 +12,7 @@ outlive the nodes opened on them, so `mode: existing` and image diffs work.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from sim.model.content import Content, new_content
 
 if TYPE_CHECKING:
     from sim.model.cbw import CopyBeforeWrite
+    from sim.model.jobs import Job
 
 FORMAT_DRIVERS = ("qcow2", "raw")
 FILTER_DRIVERS = (
@@ -401,31 +402,54 @@ class BlockGraph:
     def create_image(
         self, filename: str, fmt: str, size_bytes: int, backing_file: str | None = None
     ) -> Image:
-        """bdrv_img_create: a new, empty image (replacing any file of that name)."""
+        """bdrv_img_create: a new, empty image (replacing any file of that name, unless
+        a node has it open: raw_co_create cannot take its write lock)."""
         if backing_file is not None and backing_file == filename:
             raise QMPError(
                 "Error: Trying to create an image with the same filename as the backing file"
             )
+        if filename in self.images:
+            from sim.model.image_create import check_file_lock
+
+            check_file_lock(self, self.images[filename])
         image = Image(filename, fmt, size_bytes, new_content(size_bytes), backing_file)
         self.images[filename] = image
         return image
 
     def check_image_lock(
-        self, image: Image, read_only: bool = False, raw_over: BlockNode | None = None
+        self,
+        image: Image,
+        read_only: bool = False,
+        jobs: Sequence[Job] = (),
+        raw_over: BlockNode | None = None,
     ) -> None:
-        """file-posix image locking: a format node takes write (or, read-only, needs the
-        write permission unshared) on its image; another writable format node on the
-        same image holds it (verified on QEMU 7.2).  The lock belongs to the protocol
-        node: raw nodes over the same one (`raw_over`) share it."""
-        for node in self.nodes:
-            if raw_over is not None and node.driver == "raw" and node.file is raw_over:
-                continue
-            if node.image is image and node.is_format and not node.read_only:
-                raise QMPError(
-                    'Failed to get shared "write" lock'
-                    if read_only
-                    else 'Failed to get "write" lock'
-                )
+        """file-posix image locking (raw_check_lock_bytes) when a format node opens `image`.
+
+        Every format node already on the image holds its `file` child's locks: it
+        never shares write or resize (metadata), and shares consistent read only when
+        all its own parents do (a mirror target's BlockBackend does not).  The
+        opener wants consistent read, and write unless read-only: a permission
+        another holder unshares fails first, in permission order (`consistent
+        read`, then `write`); then a read-only opener, which itself unshares
+        write, fails on a holder that writes (`shared "write"`).  The lock belongs
+        to the protocol node: raw nodes over the same one (`raw_over`) share it."""
+        from sim.model.perms import CONSISTENT_READ, cumulative
+
+        holders = [
+            n
+            for n in self.nodes
+            if n.image is image
+            and n.is_format
+            and not (raw_over is not None and n.driver == "raw" and n.file is raw_over)
+        ]
+        if not holders:
+            return
+        if any(not cumulative(self, n, jobs)[1] & CONSISTENT_READ for n in holders):
+            raise QMPError('Failed to get "consistent read" lock')
+        if not read_only:
+            raise QMPError('Failed to get "write" lock')
+        if any(not n.read_only for n in holders):
+            raise QMPError('Failed to get shared "write" lock')
 
     def open_image(
         self,

@@ -251,7 +251,9 @@ def _open_format(
         check_new_node_name(g, name)
     image = file.image
     if image is not None:
-        g.check_image_lock(image, read_only, raw_over=file if driver == "raw" else None)
+        g.check_image_lock(
+            image, read_only, m.state.jobs, raw_over=file if driver == "raw" else None
+        )
     if driver == "qcow2" and (image is None or image.format != "qcow2"):
         raise QMPError("Image is not in qcow2 format")
     content = image.content if image is not None else None
@@ -281,21 +283,7 @@ def _open_format(
         if backing is None:
             return node
         if backing == "__image__":
-            if image is not None and image.backing_file is not None:
-                bimage = g.images.get(image.backing_file)
-                if bimage is None:
-                    raise QMPError(
-                        f"Could not open backing file: Could not open "
-                        f"'{image.backing_file}': No such file or directory"
-                    )
-                try:  # opened read-only: it needs writers on the image locked out
-                    g.check_image_lock(bimage, read_only=True)
-                except QMPError as exc:
-                    raise QMPError(f"Could not open backing file: {exc.desc}") from None
-                bnode = g.open_image(bimage, None, None)
-                bnode.read_only = True
-                created.append(bnode)
-                g.set_backing(node, bnode)
+            _open_backing_chain(m, node, created)
             return node
         g.set_backing(node, _ref(m, backing, created))
     return node
@@ -333,6 +321,29 @@ def _raw_window(
     if content is None or (offset == 0 and size == length):
         return content, size
     return WindowContent(content, offset, size), size
+
+
+def _open_backing_chain(m: Machine, node: BlockNode, created: list[BlockNode]) -> None:
+    """bdrv_open_backing_file, level by level: the file the header names is opened
+    read-only (its own backing file in turn); each level's failure is wrapped in
+    `Could not open backing file: `."""
+    g = m.state.graph
+    image = node.image
+    if image is None or image.backing_file is None:
+        return
+    bimage = g.images.get(image.backing_file)
+    try:
+        if bimage is None:
+            raise QMPError(f"Could not open '{image.backing_file}': No such file or directory")
+        # opened read-only: it needs writers on the image locked out
+        g.check_image_lock(bimage, read_only=True, jobs=m.state.jobs)
+        bnode = g.open_image(bimage, None, None)
+        bnode.read_only = True
+        created.append(bnode)
+        g.set_backing(node, bnode)
+        _open_backing_chain(m, bnode, created)
+    except QMPError as exc:
+        raise QMPError(f"Could not open backing file: {exc.desc}") from None
 
 
 @command("blockdev-del")

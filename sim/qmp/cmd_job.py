@@ -275,7 +275,7 @@ def _open_target(
         image = g.images.get(filename)
         if image is None:
             raise QMPError(f"Could not open '{filename}': No such file or directory")
-        g.check_image_lock(image)
+        g.check_image_lock(image, jobs=m.state.jobs)
         if fmt is not None and fmt != image.format and fmt not in ("qcow2", "raw"):
             raise QMPError(f"Unknown file format '{fmt}'")
     else:
