@@ -8,6 +8,7 @@ verified on the 7.2 binary.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sim.engine.jobs import start_job
@@ -54,8 +55,18 @@ def root_bs(m: Machine, name: str) -> BlockNode:
     return node
 
 
-def new_job(m: Machine, job_id: str | None, main: BlockNode, jtype: str, a: dict[str, Any]) -> Job:
-    """block_job_create's id checks, then the job in state created."""
+def new_job(
+    m: Machine,
+    job_id: str | None,
+    main: BlockNode,
+    jtype: str,
+    a: dict[str, Any],
+    attach: Callable[[], None] | None = None,
+) -> Job:
+    """block_job_create's id checks, then the job in state created.
+
+    `attach` raises the error block_job_add_bdrv meets attaching the main node
+    (a permission conflict): the job existed (created), job_early_fail ends it."""
     if job_id is None:
         bb = m.state.graph.backend_of_root(main)
         job_id = bb.name if bb is not None else ""
@@ -63,6 +74,13 @@ def new_job(m: Machine, job_id: str | None, main: BlockNode, jtype: str, a: dict
         raise QMPError(f"Invalid job ID '{job_id}'")
     if m.state.find_job(job_id) is not None:
         raise QMPError(f"Job ID '{job_id}' already in use")
+    if attach is not None:
+        try:
+            attach()
+        except QMPError:
+            m.emit("JOB_STATUS_CHANGE", {"status": "created", "id": job_id})
+            m.emit("JOB_STATUS_CHANGE", {"status": "null", "id": job_id})
+            raise
     if a.get("speed", 0) < 0:
         # block_job_create: the job exists (created) when block_job_set_speed fails,
         # then job_early_fail takes it straight to null
@@ -586,13 +604,44 @@ def _block_stream(m: Machine, a: dict[str, Any]) -> None:
         cur = cur.filtered_child() if cur.is_filter else cur.backing
     if base is None and "backing-file" in a:
         raise QMPError("backing file specified, but streaming the entire chain")
+    if a.get("filter-node-name") is not None:  # bdrv_insert_node names the filter first
+        try:
+            check_new_node_name(g, a["filter-node-name"])
+        except QMPError as exc:
+            raise QMPError(f"Could not create node: {exc.desc}") from None
     kind_job_main = bs
-    job = new_job(m, a.get("job-id"), kind_job_main, "stream", a)
+    job = new_job(
+        m,
+        a.get("job-id"),
+        kind_job_main,
+        "stream",
+        a,
+        lambda: _check_stream_filter_perms(m, node, a.get("filter-node-name")),
+    )
     job.on_source_error = job.on_target_error = a.get("on-error", "report")
     kind = StreamKind(g, job, node, base, a.get("filter-node-name"))
     kind.backing_file = a.get("backing-file")
     register(m, job, kind, [kind.filter, node] + kind.intermediates())
     start_job(m, job)
+
+
+def _check_stream_filter_perms(m: Machine, node: BlockNode, filter_name: str | None) -> None:
+    """stream_start inserts a copy-on-read filter above `node` and attaches the job's
+    BlockBackend to it, sharing consistent read, write and write unchanged but not
+    resize (block_job_create).  A writable format node whose `file` child `node`
+    is (a protocol node streamed) needs resize there: blk_insert_bs fails with a
+    permission conflict on the filter, before the job exists."""
+    g = m.state.graph
+    users = [p for p, role in g.parents(node) if role == "file" and p.is_format]
+    writable = [p for p in users if not p.read_only]
+    if not writable:
+        return
+    name = filter_name if filter_name is not None else g.auto_name()
+    raise QMPError(
+        f"Permission conflict on node '{name}': permissions 'resize' are both required by "
+        f"node '{writable[0].node_name}' (uses node '{name}' as 'file' child) and unshared "
+        f"by an unnamed block device (uses node '{name}' as 'root' child)."
+    )
 
 
 # -- verbs -------------------------------------------------------------------------------
