@@ -389,7 +389,12 @@ class BlockGraph:
         old = parent.backing
         if old is not None and parent.backing_parent_label:
             reason = f"node is used as backing hd of '{parent.backing_parent_label}'"
-            old.blockers = [b for b in old.blockers if b[0] != reason]
+            # this parent's blocker only: another overlay may have put one with the
+            # same text (both named after the device they were the root of)
+            for index, blocker in enumerate(old.blockers):
+                if blocker[0] == reason:
+                    del old.blockers[index]
+                    break
         parent.backing = child
         if child is not None and not parent.is_filter:
             parent.backing_parent_label = self.display_name(parent)

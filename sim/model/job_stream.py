@@ -49,6 +49,7 @@ class StreamKind(JobDriver):
         self.cursor = 0
         self.nothing_to_do = node.backing is base or node.backing is None
         self.backing_file: str | None = None  # block-stream's `backing-file`
+        self.filter_dropped = False
 
     def intermediates(self) -> list[BlockNode]:
         out = []
@@ -113,7 +114,12 @@ class StreamKind(JobDriver):
         self.job.offset += length
 
     def prepare(self) -> None:
-        if not self.nothing_to_do:
+        # stream_prepare drops the copy-on-read filter first (it holds the backing
+        # chain), so the overlay is the device's root again when its backing changes
+        self._drop_filter()
+        # even with nothing streamed, the backing link is set again (its op blocker
+        # then names the overlay as it is known now) and the header rewritten
+        if self.node.backing is not None:
             old = self.node.backing
             self.graph.set_backing(self.node, self.base)
             if self.node.image is not None:  # stream_prepare: bdrv_change_backing_file
@@ -124,9 +130,14 @@ class StreamKind(JobDriver):
                 self.node.image.backing_file = (
                     self.backing_file if self.base is not None and self.backing_file else named
                 )
-            if old is not None:
+            if old is not self.base:
                 self.graph.delete_unreferenced(old)
 
     def clean(self) -> None:
-        drop_filter(self.graph, self.filter)
+        self._drop_filter()
         self.node.read_only = self.node_ro
+
+    def _drop_filter(self) -> None:
+        if not self.filter_dropped:
+            drop_filter(self.graph, self.filter)
+            self.filter_dropped = True
