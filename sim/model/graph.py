@@ -75,6 +75,7 @@ class BlockNode:
     bitmaps: list[DirtyBitmap] = field(default_factory=list)  # newest first
     read_only: bool = False
     monitor_owned: bool = False
+    job_refs: int = 0  # jobs holding it as a job node (block_job_add_bdrv references it)
     implicit: bool = False  # an unnamed job filter that query-block skips
     cluster_size: int = QCOW2_CLUSTER
     backing_parent_label: str = ""  # the P of "node is used as backing hd of 'P'"
@@ -335,6 +336,8 @@ class BlockGraph:
         while stack:
             n = stack.pop()
             if n.monitor_owned or self.has_users(n) or self.node(n.node_name) is not n:
+                continue
+            if n.job_refs:  # a job still references it: deleted when the job lets go
                 continue
             for bm in n.bitmaps:
                 if bm.export_hold:

@@ -34,6 +34,10 @@ CHUNK_CLUSTERS = 16  # block-copy copies up to 1 MiB per task (progress moves in
 class BackupKind(JobDriver):
     """State of one backup job: source, target, filter, copy bitmap, sync bitmap."""
 
+    # backup_clean lets go of the job nodes (block_job_remove_all_bdrv)
+    releases_on_success = True
+    releases_on_abort = True
+
     filter: BlockNode  # inserted when the job is created
 
     def __init__(

@@ -33,6 +33,13 @@ class JobDriver:
     ignore_skips: ClassVar[bool] = False
     # A failed write is reported as a failed read (stream: a copy-on-read).
     errors_as_reads: ClassVar[bool] = False
+    # When the job lets go of its job nodes (block_job_remove_all_bdrv: their op
+    # blockers and references) before it is freed: mirror_exit_common and
+    # backup_clean do on success and on abort, commit_abort on abort; stream and a
+    # successful commit keep them (and nodes the graph dropped stay alive) until
+    # the job is dismissed (block_job_free).
+    releases_on_success: ClassVar[bool] = False
+    releases_on_abort: ClassVar[bool] = False
 
     def __init__(self) -> None:
         # The job nodes (block_job_add_bdrv): blocked for other operations while

@@ -108,8 +108,9 @@ def finalize(state: BlockState, job: Job) -> None:
         p.kind.prepare()
     for p in peers:
         p.kind.commit()
+        if p.kind.releases_on_success:  # before the clean-up drops nodes (mirror)
+            release_nodes(p)
         p.kind.clean()
-        release_nodes(p)
         if p.is_block_job:
             p.emit("BLOCK_JOB_COMPLETED", p.event_data())
         p.set_status(S.CONCLUDED)
@@ -137,8 +138,9 @@ def abort_txn(state: BlockState, job: Job, deferred: bool = False) -> None:
         if p.status != S.ABORTING:
             p.set_status(S.ABORTING)
         p.kind.abort()
+        if p.kind.releases_on_abort:
+            release_nodes(p)
         p.kind.clean()
-        release_nodes(p)
         if p.error is None:
             p.error = ECANCELED
             if p.started and p.is_block_job:
@@ -153,26 +155,36 @@ def abort_txn(state: BlockState, job: Job, deferred: bool = False) -> None:
 
 
 def dismiss(state: BlockState, job: Job) -> None:
+    """job_dismiss / auto-dismiss: block_job_free lets go of the job nodes it kept."""
     job.set_status(S.NULL)
     state.unregister_job(job)
+    release_nodes(job, state)
 
 
-def release_nodes(job: Job) -> None:
-    """block_job_remove_all_bdrv: drop the job's op blockers."""
+def release_nodes(job: Job, state: BlockState | None = None) -> None:
+    """block_job_remove_all_bdrv: drop the job's op blockers and its references; a
+    node only the job kept alive (dropped from the graph meanwhile) goes with it."""
     reason = f"block device is in use by block job: {job.type}"
-    for node in job.kind.nodes:
+    released = job.kind.nodes
+    for node in released:
         for i in range(len(node.blockers) - 1, -1, -1):
             if node.blockers[i][0] == reason and node.blockers[i][1] == frozenset():
                 del node.blockers[i]
                 break
+        node.job_refs -= 1
     job.kind.nodes = []
+    if state is not None:
+        for node in released:
+            if not node.job_refs and not node.is_filter:
+                state.graph.delete_unreferenced(node)
 
 
 def block_nodes(job: Job, nodes: list[Any]) -> None:
-    """block_job_add_bdrv for each node: block every operation on it."""
+    """block_job_add_bdrv for each node: block every operation on it (and reference it)."""
     reason = f"block device is in use by block job: {job.type}"
     for node in nodes:
         node.blockers.append((reason, frozenset()))
+        node.job_refs += 1
     job.kind.nodes = list(nodes)
 
 

@@ -36,6 +36,8 @@ class MirrorKind(JobDriver):
     filter: BlockNode  # inserted when the job is created
 
     has_ready = True
+    releases_on_success = True
+    releases_on_abort = True
 
     def __init__(
         self,
