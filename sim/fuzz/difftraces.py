@@ -173,7 +173,21 @@ class DifferentialMachine(BlockMachine):
             if base is None and bottom is not None:
                 base = bottom.backing
             named = [base.image.filename] if base is not None and base.image is not None else []
-            args["backing-file"] = self.pick(c, named, tuple(self.image_files()))
+            # another name only for an image that has no backing file and is not in
+            # the device's chain: a header naming its own file, or a file whose chain
+            # leads back to it, is a loop qemu-img follows without end
+            top = g.lookup_bs(str(args["device"]))
+            own = (
+                {n.image.filename for n in g.backing_chain(top) if n.image is not None}
+                if (top is not None)
+                else set()
+            )
+            others = tuple(
+                name
+                for name, image in g.images.items()
+                if name not in own and image.backing_file is None
+            )
+            args["backing-file"] = self.pick(c, named, others)
         if c.rarely(5):
             args["filter-node-name"] = self.fresh("flt")
 

@@ -59,6 +59,7 @@ from sim.trace import Step, Trace, load_trace
 
 QEMU_BINARY = "qemu-system-x86_64"
 QEMU_IMG_BINARY = "qemu-img"
+QEMU_IMG_TIMEOUT_S = 60.0  # one qemu-img run over 64 MiB test images takes well under a second
 DEFAULT_WAIT_TIMEOUT_S = 30.0
 COMMAND_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 15.0
@@ -537,9 +538,20 @@ class QemuRunner:
         return path
 
     def _qemu_img_run(self, args: list[str]) -> bytes:
-        done = subprocess.run(
-            [self._qemu_img, *args], capture_output=True, check=False, preexec_fn=_child_setup
-        )
+        try:
+            done = subprocess.run(
+                [self._qemu_img, *args],
+                capture_output=True,
+                check=False,
+                preexec_fn=_child_setup,
+                timeout=QEMU_IMG_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired:
+            # e.g. an image whose header names itself as its backing file: qemu-img
+            # follows the loop without end
+            raise OracleError(
+                f"qemu-img {' '.join(args)} did not finish within {QEMU_IMG_TIMEOUT_S:.0f} s"
+            ) from None
         if done.returncode != 0:
             text = done.stderr.decode(errors="replace").strip()
             raise OracleError(f"qemu-img {' '.join(args)} failed ({done.returncode}): {text}")

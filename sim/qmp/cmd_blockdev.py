@@ -323,7 +323,9 @@ def _raw_window(
     return WindowContent(content, offset, size), size
 
 
-def _open_backing_chain(m: Machine, node: BlockNode, created: list[BlockNode]) -> None:
+def _open_backing_chain(
+    m: Machine, node: BlockNode, created: list[BlockNode], seen: tuple[str, ...] = ()
+) -> None:
     """bdrv_open_backing_file, level by level: the file the header names is opened
     read-only (its own backing file in turn); each level's failure is wrapped in
     `Could not open backing file: `."""
@@ -331,8 +333,15 @@ def _open_backing_chain(m: Machine, node: BlockNode, created: list[BlockNode]) -
     image = node.image
     if image is None or image.backing_file is None:
         return
+    seen = (*seen, image.filename)
     bimage = g.images.get(image.backing_file)
     try:
+        if bimage is not None and bimage.filename in seen and node.read_only:
+            # read-only all the way down, no lock stops the loop: QEMU 7.2 never returns
+            raise QMPError(
+                f"blocksim refuses to open '{bimage.filename}': its backing chain loops "
+                "(real QEMU 7.2 hangs opening it read-only)"
+            )
         if bimage is None:
             raise QMPError(f"Could not open '{image.backing_file}': No such file or directory")
         # opened read-only: it needs writers on the image locked out
@@ -341,7 +350,7 @@ def _open_backing_chain(m: Machine, node: BlockNode, created: list[BlockNode]) -
         bnode.read_only = True
         created.append(bnode)
         g.set_backing(node, bnode)
-        _open_backing_chain(m, bnode, created)
+        _open_backing_chain(m, bnode, created, seen)
     except QMPError as exc:
         raise QMPError(f"Could not open backing file: {exc.desc}") from None
 
