@@ -103,6 +103,7 @@ class CommitKind(JobDriver):
             if p.image is not None:  # bdrv_drop_intermediate rewrites the header
                 named = self.base.image.filename if self.base.image else None
                 p.image.backing_file = self.backing_file or named
+                p.image.backing_format = None  # named after the image it names
         self.dropped = overlay is not None or bool(parents)
 
     def clean(self) -> None:

@@ -130,6 +130,7 @@ class StreamKind(JobDriver):
                 self.node.image.backing_file = (
                     self.backing_file if self.base is not None and self.backing_file else named
                 )
+                self.node.image.backing_format = None  # named after the image it names
             if old is not self.base:
                 self.graph.delete_unreferenced(old)
 

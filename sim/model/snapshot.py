@@ -44,8 +44,14 @@ def snapshot_sync(
     fmt: str = "qcow2",
     mode: str = "absolute-paths",
     on_lookup: Callable[[BlockNode], None] | None = None,
+    filename_of: Callable[[BlockNode], str] | None = None,
 ) -> tuple[BlockNode, Undo]:
-    """blockdev-snapshot-sync: create (or open) an overlay image and append it."""
+    """blockdev-snapshot-sync: create (or open) an overlay image and append it.
+
+    `filename_of` gives a node's bs->filename (bdrv_refresh_filename: json:{...}
+    when its file name cannot say how to open it), which bdrv_img_create writes
+    into the new overlay's header as its backing file; without it, the image's
+    file name."""
     old = graph.lookup_device_or_node(device, node_name)
     if on_lookup is not None:
         on_lookup(old)
@@ -59,8 +65,13 @@ def snapshot_sync(
             raise QMPError(f"Unknown file format '{fmt}'")
         if fmt == "raw":
             raise QMPError("Backing file not supported for file format 'raw'")
-        backing_file = _image_name(graph, old)
+        backing_file = (
+            filename_of(old)
+            if filename_of is not None and old.driver != "file"
+            else _image_name(graph, old)  # a protocol node: the file it opened
+        )
         image = graph.create_image(snapshot_file, fmt, _length(graph, old), backing_file)
+        image.backing_format = old.driver  # the old node's driver: `file` for a protocol node
     else:
         existing = graph.images.get(snapshot_file)
         if existing is None:

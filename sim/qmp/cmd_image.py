@@ -101,6 +101,7 @@ def _change_backing_file(m: Machine, a: dict[str, Any]) -> None:
         g.reopen_rw(image_node)
     if image_node.image is not None:
         image_node.image.backing_file = a["backing-file"]
+        image_node.image.backing_format = None  # named after the image it names
     if read_only:
         g.reopen_ro(image_node)
 

@@ -208,7 +208,13 @@ def _backing_overridden(graph: BlockGraph, node: BlockNode) -> bool:
             continue
         below = _unfiltered(n.backing)
         if below.driver == "qcow2" and below.image is not None:
-            name = "" if overridden else below.image.filename  # json:{...} matches no header
+            # an overridden node's name is its json:{...} (a snapshot writes that name
+            # into the header of the overlay it creates over it)
+            name = (
+                "json:" + json.dumps(_open_options(graph, below), sort_keys=True)
+                if overridden
+                else below.image.filename
+            )
         else:
             name = node_filename(graph, below)
         overridden = header != name
@@ -365,6 +371,8 @@ def _header_backing_file(graph: BlockGraph, node: BlockNode) -> tuple[str, str] 
             return None
         below = _unfiltered(node.backing)
         return node_filename(graph, below), below.driver
+    if node.image.backing_format is not None:
+        return node.image.backing_file, node.image.backing_format
     named = graph.images.get(node.image.backing_file)
     return node.image.backing_file, named.format if named is not None else "qcow2"
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from sim.errors import QMPError
 from sim.model import drain, snapshot
 from sim.qmp import cmd_bitmap
+from sim.qmp.cmd_query import node_filename
 from sim.qmp.dispatch import command
 
 if TYPE_CHECKING:
@@ -190,6 +191,7 @@ def _snapshot_sync(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepare
         data.get("format", "qcow2"),
         data.get("mode", "absolute-paths"),
         on_lookup=lambda node: drained_begin(m, ctx, node),
+        filename_of=lambda node: node_filename(s.graph, node),
     )
     return Prepared(abort=undo)
 
