@@ -417,6 +417,8 @@ class BlockGraph:
             raise QMPError(
                 "Error: Trying to create an image with the same filename as the backing file"
             )
+        if not filename:  # raw_co_create: open("") fails
+            raise QMPError("Could not create '': No such file or directory")
         if filename in self.images:
             from sim.model.image_create import check_file_lock
 
