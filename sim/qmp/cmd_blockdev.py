@@ -15,7 +15,7 @@ from sim.errors import QMPError
 from sim.model import bitmap_ops, drain, perms, reopen
 from sim.model.cbw import CopyBeforeWrite
 from sim.model.content import SECTOR, Content, WindowContent
-from sim.model.graph import QCOW2_CLUSTER, BlockNode, load_bitmaps
+from sim.model.graph import FORMAT_DRIVERS, QCOW2_CLUSTER, BlockNode, load_bitmaps
 from sim.model.snapshot import check_new_node_name
 from sim.qmp.dispatch import command
 from sim.qmp.schema import BLOCKDEV_OPTIONS, MODELLED_DRIVERS, List, members
@@ -58,7 +58,7 @@ def _open(m: Machine, a: dict[str, Any], created: list[BlockNode]) -> BlockNode:
     name = a.get("node-name")
     read_only = bool(a.get("read-only", False))
     unmap = a.get("discard") == "unmap"
-    if driver not in ("file", "blkdebug", "copy-on-read", "null-co"):
+    if driver in FORMAT_DRIVERS:  # qcow2, raw: named after their file child opens
         return _open_format(m, a, driver, name, read_only, unmap, created)
     if name is not None:
         check_new_node_name(g, name)
