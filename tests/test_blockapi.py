@@ -245,7 +245,9 @@ def test_blkdebug_rules_arm_faults_and_unmodelled_rules_are_refused() -> None:
 def test_blockapi_fuzz_group_runs_the_block_api(tmp_path: Any) -> None:
     from sim.fuzz.campaign import CampaignConfig, run_campaign
 
-    groups = ("blockapi", "blockdev", "bitmap", "io", "snapshot")
+    # few groups: the swarm then draws blockdev-add, which runs the block API operations,
+    # in most examples (with five groups, some seeds ran it once in 80 examples)
+    groups = ("blockapi", "blockdev", "io")
     config = CampaignConfig(
         examples=80, steps=20, seed=1, groups=groups, out=tmp_path, shrink=False,
         invariants=["graph-well-formed", "job-state-legality"],
