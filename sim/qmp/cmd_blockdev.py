@@ -285,7 +285,11 @@ def _open_format(
         if backing == "__image__":
             _open_backing_chain(m, node, created)
             return node
-        g.set_backing(node, _ref(m, backing, created))
+        try:  # bdrv_open_backing_file wraps what opening the given backing reports
+            below = _ref(m, backing, created)
+        except QMPError as exc:
+            raise QMPError(f"Could not open backing file: {exc.desc}") from None
+        g.set_backing(node, below)
     return node
 
 
