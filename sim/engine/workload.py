@@ -101,6 +101,9 @@ class Workload:
 def start_workload(m: Machine, spec: WorkloadSpec) -> Workload:
     """Spawn the workload's process; it starts issuing at the current instant."""
     w = Workload(spec, m.now_ns)
+    bb = m.state.graph.backends.get(spec.device)
+    if bb is not None and spec.read_ratio < 1.0:
+        bb.took_write = True  # the guest device writes: it holds the write permission
     m.env.process(workload_process(m, w))
     return w
 

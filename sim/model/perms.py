@@ -352,3 +352,26 @@ def jobs_above(state: BlockState, node: BlockNode) -> list[Job]:
         for j in state.jobs
         if j.status in LIVE_JOB_STATUSES and any(job_edges(j, n) for n in nodes)
     ]
+
+
+def filter_source_conflict(state: BlockState, source: BlockNode) -> str | None:
+    """A backup's filter over `source` unshares write on it; through filters the user
+    added above a device's root (throttle, copy-on-read) that reaches the root, where
+    the device needs write once qemu-io or a workload wrote through it
+    (BlockBackend.took_write).  The refusal, or None."""
+    chain: list[BlockNode] = []
+    node = source
+    while node.driver in ("throttle", "copy-on-read") and not node.implicit:
+        child = node.filtered_child()
+        if child is None:
+            return None
+        chain.append(node)
+        node = child
+    if not chain:
+        return None
+    for bb in state.graph.backends.values():
+        if bb.root is node and bb.took_write:
+            requirer = Parent(f"block device '{bb.name}'", "root", WRITE, ALL)
+            unsharer = Parent(f"node '{chain[-1].node_name}'", "file", 0, 0)
+            return conflict_message(node.node_name, WRITE, requirer, unsharer) + "."
+    return None

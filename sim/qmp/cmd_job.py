@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from sim.engine.jobs import start_job
 from sim.errors import QMPError
-from sim.model import job_flow
+from sim.model import job_flow, perms
 from sim.model.bitmap import check_bits
 from sim.model.graph import BlockNode, id_wellformed
 from sim.model.job_backup import JOB_CLUSTER, BackupKind
@@ -191,6 +191,13 @@ def _create_backup(
     if job_id is None:
         job_id = main_bb.name if main_bb is not None else ""
     job = new_job(m, job_id, source, "backup", a)
+    conflict = perms.filter_source_conflict(m.state, source)
+    if conflict is not None:
+        # the job's BlockBackend on the backup filter makes the filter unshare write on
+        # the source: the job was created and goes straight to null (job_early_fail)
+        m.emit("JOB_STATUS_CHANGE", {"status": "created", "id": job.id})
+        m.emit("JOB_STATUS_CHANGE", {"status": "null", "id": job.id})
+        raise QMPError(conflict)
     job.on_source_error = a.get("on-source-error", "report")
     job.on_target_error = a.get("on-target-error", "report")
     kind = BackupKind(
@@ -278,6 +285,10 @@ def _blockdev_backup(m: Machine, a: dict[str, Any], ctx: TxnContext) -> Prepared
     return _backup_prepared(m, job)
 
 
+# the filters and drivers blocksim models that QEMU 7.2 cannot create an image with
+NO_CREATE_DRIVERS = frozenset({"null-co", "blkdebug", "copy-on-read", "throttle"})
+
+
 def _open_target(
     m: Machine,
     filename: str,
@@ -298,6 +309,8 @@ def _open_target(
             raise QMPError(f"Unknown file format '{fmt}'")
     else:
         assert fmt is not None
+        if fmt in NO_CREATE_DRIVERS:  # bdrv_img_create: a driver without create callback
+            raise QMPError(f"Format driver '{fmt}' does not support image creation")
         if fmt not in ("qcow2", "raw"):
             raise QMPError(f"Unknown file format '{fmt}'")
         if backing is not None and fmt == "raw":
