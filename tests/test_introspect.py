@@ -132,3 +132,51 @@ def test_readme_lists_every_command_and_driver() -> None:
     assert sorted(d.strip("`. ") for d in listed_drivers.split(":", 1)[1].split(",")) == sorted(
         MODELLED_DRIVERS
     )
+
+
+def test_query_answers_have_their_declared_shape() -> None:
+    """What the query commands with a declared return type answer fits it."""
+    from tests.helpers import io, qmp, run_steps
+
+    info = {e["name"]: e for e in schema_info()}
+
+    def fits(value: Any, name: str, where: str) -> None:
+        entity = info[name]
+        kind = entity["meta-type"]
+        if kind == "builtin":
+            expected = {"str": str, "int": int, "bool": bool, "number": (int, float)}
+            if name in expected:
+                assert isinstance(value, expected[name]), where
+        elif kind == "array":
+            assert isinstance(value, list), where
+            for i, item in enumerate(value):
+                fits(item, entity["element-type"], f"{where}[{i}]")
+        elif kind == "enum":
+            assert value in entity["values"], where
+        elif kind == "object":
+            assert isinstance(value, dict), where
+            spec = {m["name"]: m for m in entity["members"]}
+            for variant in entity.get("variants", []):
+                if value.get(entity["tag"]) == variant["case"]:
+                    spec.update({m["name"]: m for m in info[variant["type"]]["members"]})
+            assert set(value) <= set(spec), (where, set(value) - set(spec))
+            for key, m in spec.items():
+                if key in value:
+                    fits(value[key], m["type"], f"{where}.{key}")
+                else:
+                    assert "default" in m, (where, key)
+
+    steps = [
+        io("write 0 64k"),
+        qmp("blockdev-add", driver="null-co", **{"node-name": "t0", "size": 64 << 20}),
+        qmp("blockdev-backup", **{"job-id": "j0", "device": "drive0", "target": "t0",
+                                  "sync": "full", "speed": 1}),
+    ]  # fmt: skip
+    queries = ["query-jobs", "query-block-jobs", "query-blockstats", "query-version"]
+    r = run_steps(
+        [*steps, *(qmp(q) for q in queries), qmp("query-blockstats", **{"query-nodes": True})]
+    )
+    answers = [s.response["return"] for s in r.steps[len(steps) :]]
+    for name, answer in zip([*queries, "query-blockstats"], answers, strict=True):
+        assert answer, name
+        fits(answer, info[name]["ret-type"], name)

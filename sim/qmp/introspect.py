@@ -14,11 +14,9 @@ What is left out, so that the answer describes what blocksim accepts: the
 variants of a union that blocksim refuses (unmodelled drivers and object
 types; the tag's enum lists only the modelled values) and members that are
 refused whatever their value (qcow2 `data-file`, `encrypt` of
-blockdev-create).  The query commands whose answers are large structures
-(query-block, query-named-block-nodes, query-jobs, query-block-jobs,
-query-blockstats, query-block-exports, query-qmp-schema itself,
-x-debug-query-block-graph) have return type `any`: their shapes are
-declared nowhere in blocksim but in the code that builds them.
+blockdev-create).  query-block, query-named-block-nodes, query-qmp-schema
+itself and x-debug-query-block-graph have return type `any`: their large
+shapes are declared nowhere in blocksim but in the code that builds them.
 """
 
 from __future__ import annotations
@@ -78,6 +76,83 @@ EVENTS: dict[str, tuple[Member, ...]] = {
 }
 
 _ANY = Scalar("any")
+_BOOL = Scalar("bool")
+_COUNTERS = (
+    "rd_bytes", "wr_bytes", "unmap_bytes", "rd_operations", "wr_operations",
+    "flush_operations", "unmap_operations", "rd_total_time_ns", "wr_total_time_ns",
+    "flush_total_time_ns", "unmap_total_time_ns", "wr_highest_offset", "rd_merged",
+    "wr_merged", "unmap_merged",
+)  # fmt: skip
+_FAILED = tuple(
+    f"{kind}_{op}_operations"
+    for kind in ("failed", "invalid")
+    for op in ("rd", "wr", "flush", "unmap")
+)
+_TIMED = Struct(
+    "BlockDeviceTimedStats",
+    members(
+        ("interval_length", INT),
+        *((f"{f}_{op}_latency_ns", INT) for op in ("rd", "wr", "flush") for f in ("min", "max", "avg")),
+        ("avg_rd_queue_depth", Scalar("number")), ("avg_wr_queue_depth", Scalar("number")),
+    ),
+)  # fmt: skip
+_HISTOGRAM = Struct(
+    "BlockLatencyHistogramInfo", members(("boundaries", List(INT)), ("bins", List(INT)))
+)
+_DEVICE_STATS = Struct(
+    "BlockDeviceStats",
+    members(
+        *((c, INT) for c in _COUNTERS), ("*idle_time_ns", INT), *((c, INT) for c in _FAILED),
+        ("account_invalid", _BOOL), ("account_failed", _BOOL), ("timed_stats", List(_TIMED)),
+        ("*rd_latency_histogram", _HISTOGRAM), ("*wr_latency_histogram", _HISTOGRAM),
+        ("*flush_latency_histogram", _HISTOGRAM),
+    ),
+)  # fmt: skip
+# the driver-specific statistics blocksim reports: the file driver's
+_STATS_SPECIFIC = Union(
+    "BlockStatsSpecific",
+    members(("driver", Enum("BlockdevDriver", ("file",)))),
+    "driver",
+    {
+        "file": members(
+            ("discard-nb-ok", INT), ("discard-nb-failed", INT), ("discard-bytes-ok", INT)
+        )
+    },
+)
+_BLOCK_STATS = Struct("BlockStats", ())
+object.__setattr__(  # BlockStats nests itself (parent, backing): tied after creation
+    _BLOCK_STATS,
+    "members",
+    members(
+        ("*device", STR), ("*qdev", STR), ("*node-name", STR), ("stats", _DEVICE_STATS),
+        ("*driver-specific", _STATS_SPECIFIC), ("*parent", _BLOCK_STATS),
+        ("*backing", _BLOCK_STATS),
+    ),
+)  # fmt: skip
+_JOB_INFO = Struct(
+    "JobInfo",
+    members(
+        ("id", STR), ("type", _JOB_TYPE), ("status", _JOB_STATUS), ("current-progress", INT),
+        ("total-progress", INT), ("*error", STR),
+    ),
+)  # fmt: skip
+_BLOCK_JOB_INFO = Struct(
+    "BlockJobInfo",
+    members(
+        ("type", STR), ("device", STR), ("len", INT), ("offset", INT), ("busy", _BOOL),
+        ("paused", _BOOL), ("speed", INT),
+        ("io-status", Enum("BlockDeviceIoStatus", ("ok", "failed", "nospace"))),
+        ("ready", _BOOL), ("status", _JOB_STATUS), ("auto-finalize", _BOOL),
+        ("auto-dismiss", _BOOL), ("*error", STR),
+    ),
+)  # fmt: skip
+_EXPORT_INFO = Struct(
+    "BlockExportInfo",
+    members(
+        ("id", STR), ("type", Enum("BlockExportType", ("nbd", "vhost-user-blk", "fuse", "vduse-blk"))),
+        ("node-name", STR), ("shutting-down", _BOOL),
+    ),
+)  # fmt: skip
 # What the commands that return something return; every other command: the empty object
 RETURNS: dict[str, Any] = {
     "x-debug-block-dirty-bitmap-sha256": Struct("BlockDirtyBitmapSha256", members(("sha256", STR))),
@@ -91,15 +166,21 @@ RETURNS: dict[str, Any] = {
     ),
     "query-commands": List(Struct("CommandInfo", members(("name", STR)))),
     "qom-get": _ANY,
+    "query-jobs": List(_JOB_INFO),
+    "query-block-jobs": List(_BLOCK_JOB_INFO),
+    "query-blockstats": List(_BLOCK_STATS),
+    "query-block-exports": List(_EXPORT_INFO),
     **dict.fromkeys(
-        ("query-block", "query-named-block-nodes", "query-jobs", "query-block-jobs",
-         "query-blockstats", "query-block-exports", "query-qmp-schema",
+        ("query-block", "query-named-block-nodes", "query-qmp-schema",
          "x-debug-query-block-graph"),
         _ANY,
     ),
 }  # fmt: skip
 
-_JSON_TYPES = {"str": "string", "int": "int", "bool": "boolean", "any": "value", "null": "null"}
+_JSON_TYPES = {
+    "str": "string", "int": "int", "bool": "boolean", "any": "value", "null": "null",
+    "number": "number",
+}  # fmt: skip
 
 
 class _Schema:
