@@ -95,6 +95,10 @@ def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
     # first request (up to 1 MiB) before the command returns, so a cancel or pause
     # that follows right away finds it in flight and lets it complete
     in_flight = job.type == "backup"
+    # what block-copy issues at once when the backup starts (its whole task pool, inside
+    # the transaction's drained section, where throttle limits are off): read
+    # unthrottled, but accounted
+    burst = BLOCK_COPY_MAX_WORKERS * BLOCK_COPY_MAX_BUFFER if job.type == "backup" else 0
     while True:
         if job.status in ENDED:
             return
@@ -136,10 +140,12 @@ def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
             kind.copy_chunk(offset, length)
             if target is not None:
                 note_job_write(m.state.graph, target, offset, length)
-            yield from chunk_io(m, job, source, target, length, write=True, hole=hole)
+            yield from chunk_io(m, job, source, target, length, True, hole, burst > 0)
+            burst -= length
             continue
         is_read, errno = failure
-        yield from chunk_io(m, job, source, target, length, write=not is_read)
+        yield from chunk_io(m, job, source, target, length, not is_read, False, burst > 0)
+        burst -= length
         if job.status in ENDED:
             return
         if is_read and isinstance(kind, BackupKind):
@@ -219,6 +225,7 @@ def chunk_io(
     length: int,
     write: bool,
     hole: bool = False,
+    unthrottled_read: bool = False,
 ) -> Proc:
     """The time a chunk takes: read on the source's device, write on the target's,
     then the rest of what the job's `speed` asks for (block_job_ratelimit).  A hole
@@ -235,7 +242,10 @@ def chunk_io(
             yield env.timeout(HOLE_CHUNK_NS)
     else:
         if source is not None:
-            if throttling and groups_on_path(source):
+            if throttling and unthrottled_read:
+                for group in groups_on_path(source):
+                    group.account(False, length)
+            elif throttling and groups_on_path(source):
                 yield from throttled(m, groups_on_path(source), False, length)
             yield from m.device_of(source).io(env, length, rng)
         if write and target is not None:
