@@ -181,7 +181,7 @@ def _remove(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepared:
 def _snapshot_sync(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepared:
     check_completion_mode("blockdev-snapshot-sync", ctx)
     s = m.state
-    _, undo = snapshot.snapshot_sync(
+    overlay, undo = snapshot.snapshot_sync(
         s.graph,
         s.policy,
         data.get("device"),
@@ -193,7 +193,14 @@ def _snapshot_sync(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepare
         on_lookup=lambda node: drained_begin(m, ctx, node),
         filename_of=lambda node: node_filename(s.graph, node),
     )
-    return Prepared(abort=undo)
+
+    def commit() -> None:
+        # the overlay of a node nobody uses has no user either: external_snapshot_clean
+        # drops the action's reference and the new node goes (its backing link too)
+        if not s.graph.has_users(overlay) and not overlay.monitor_owned:
+            s.graph.delete_unreferenced(overlay)
+
+    return Prepared(abort=undo, commit=commit)
 
 
 @action("blockdev-snapshot")
