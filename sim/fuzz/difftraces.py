@@ -284,6 +284,13 @@ class DifferentialMachine(BlockMachine):
         finally:
             self._settling = False
 
+    def bitmap_addresses(self) -> list[tuple[str, str]]:
+        """The fuzzer's bitmap addresses without auto-generated node names: QEMU numbers
+        its `#blockNNN` names with its own counter, so such a name reaches no node there."""
+        g = self.machine.state.graph
+        auto = {n.node_name for n in g.nodes if n.auto_named}
+        return [(node, name) for node, name in super().bitmap_addresses() if node not in auto]
+
     def io_nodes(self) -> list[str]:
         """Every named node: QEMU's permission conflicts are part of what is compared."""
         return self.node_names()
