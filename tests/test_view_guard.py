@@ -9,13 +9,14 @@ change is a SimulatorBug naming the checker.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pytest
 
 from sim.check import CHECKERS, Checker, Violation, make_checkers
 from sim.engine.view import state_digest
-from sim.errors import SimulatorBug
+from sim.errors import SimulatorBug, TraceError
 from sim.replay import Replayer
 from sim.trace import load_trace, parse_lines
 from tests.helpers import SCENARIOS, header, io, qmp
@@ -98,3 +99,28 @@ def test_the_digest_sees_a_change_and_not_a_read() -> None:
     assert state_digest(m) == before
     m.state.graph.nodes[0].read_only = not m.state.graph.nodes[0].read_only
     assert state_digest(m) != before
+
+
+@pytest.mark.slow
+def test_every_scenario_with_every_checker_only_reads(request: pytest.FixtureRequest) -> None:
+    """The whole corpus under the guard, every checker on: a few minutes, so in CI only
+    (`-m slow`, scripts/run-tests.sh) or with BLOCKSIM_SLOW=1."""
+    wanted = "slow" in str(request.config.getoption("markexpr", ""))
+    if not (wanted or os.environ.get("BLOCKSIM_SLOW")):
+        pytest.skip("a few minutes: runs with -m slow (CI) or BLOCKSIM_SLOW=1")
+    changed = []
+    traces = sorted(SCENARIOS.rglob("*.jsonl"))
+    for path in traces:
+        try:
+            trace = load_trace(path)
+        except TraceError:
+            continue  # the corpus of malformed traces
+        r = Replayer(trace, checkers=make_checkers(list(CHECKERS)), guard=True)
+        try:
+            r.run()
+        except SimulatorBug as exc:
+            changed.append(f"{path.relative_to(SCENARIOS)}: {exc}")
+        # a hook that runs inside a command is reported as the command's internal error
+        changed += [e for e in r.monitor.internal_errors if "changed the machine" in e]
+    assert len(traces) > 400
+    assert not changed, "\n".join(changed[:20])
