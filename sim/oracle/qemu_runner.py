@@ -538,24 +538,30 @@ class QemuRunner:
         return path
 
     def _qemu_img_run(self, args: list[str]) -> bytes:
+        proc = subprocess.Popen(
+            [self._qemu_img, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=_child_setup,
+        )  # fmt: skip
         try:
-            done = subprocess.run(
-                [self._qemu_img, *args],
-                capture_output=True,
-                check=False,
-                preexec_fn=_child_setup,
-                timeout=QEMU_IMG_TIMEOUT_S,
-            )
+            out, err = proc.communicate(timeout=QEMU_IMG_TIMEOUT_S)
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
             # e.g. an image whose header names itself as its backing file: qemu-img
             # follows the loop without end
             raise OracleError(
                 f"qemu-img {' '.join(args)} did not finish within {QEMU_IMG_TIMEOUT_S:.0f} s"
             ) from None
-        if done.returncode != 0:
-            text = done.stderr.decode(errors="replace").strip()
-            raise OracleError(f"qemu-img {' '.join(args)} failed ({done.returncode}): {text}")
-        return done.stdout
+        except BaseException:
+            # a Ctrl-C: subprocess.run would kill qemu-img but wait only a moment for
+            # it; reap it here so that no qemu-img is left when blocksim has quit
+            proc.kill()
+            proc.wait()
+            raise
+        if proc.returncode != 0:
+            text = err.decode(errors="replace").strip()
+            raise OracleError(f"qemu-img {' '.join(args)} failed ({proc.returncode}): {text}")
+        return out
 
     # --- QMP plumbing ------------------------------------------------------------------
 
