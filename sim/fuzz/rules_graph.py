@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from hypothesis import strategies as st
-from hypothesis.stateful import rule
+from hypothesis.stateful import precondition, rule
 
 from sim.fuzz.choices import Choices, choices, group
 from sim.fuzz.rules_storage import IO_LENGTHS
@@ -148,31 +148,39 @@ class GraphRules(_Base):
     @group("transaction")
     @rule(c=choices(64))
     def transaction(self, c: Choices) -> None:
-        """1-3 actions, half of them on the bitmaps there are (when there are some).  Half
-        the time with bitmaps a rollback test as iotest 124 runs one: the guest dirties
-        the bitmaps, then bitmap actions (or libvirt's checkpoint-delete) end in an action
-        that fails, so every prepared action must be undone; other transactions end in
-        one sometimes too."""
+        """1-3 actions, half of them on the bitmaps there are (when there are some),
+        sometimes ending in an action that fails (see `rollback`)."""
         bitmaps = self.has_bitmaps()
-        rollback = bitmaps and c.boolean()
-        if rollback:
-            self.dirty_bitmaps(c, c.below(1024), c.pick(IO_LENGTHS))
-        # a rollback's body: libvirt's checkpoint-delete half the time, else 1-3 actions
-        actions = self.checkpoint_delete(c) if rollback and c.boolean() else []
-        count = 0 if actions else c.between(0 if self.invalid else 1, 3)
+        count = c.between(0 if self.invalid else 1, 3)
+        actions = []
         for _ in range(count):
-            on_bitmaps = rollback or (bitmaps and c.boolean())
-            kind = c.pick(BITMAP_ACTIONS if on_bitmaps else TRANSACTION_ACTIONS)
+            kind = c.pick(BITMAP_ACTIONS if bitmaps and c.boolean() else TRANSACTION_ACTIONS)
             if kind == "abort" and not self.invalid:
                 kind = "block-dirty-bitmap-add"
-            made_up = 16 if rollback else 4  # names that exist: each action must prepare
-            actions.append({"type": kind, "data": self.action_args(c, kind, made_up)})
-        if actions and (rollback or c.rarely(4)):
+            actions.append({"type": kind, "data": self.action_args(c, kind)})
+        if actions and c.rarely(4):
             actions.append(self.failing_action(c))
         args: dict[str, Any] = {"actions": actions}
-        if not rollback and c.rarely(4):  # grouped: bitmap actions refuse to prepare
+        if c.rarely(4):
             args["properties"] = {"completion-mode": c.pick(("individual", "grouped"))}
         self.qmp("transaction", args)
+
+    @group("transaction")
+    @precondition(lambda self: self.has_bitmaps())
+    @rule(c=choices(64))
+    def rollback(self, c: Choices) -> None:
+        """A rollback test as iotest 124 and 236 run one: the guest dirties the bitmaps,
+        then a transaction changes them (1-3 bitmap actions, or libvirt's
+        checkpoint-delete half the time) and ends in an action that fails, so QEMU
+        aborts every prepared action in reverse order and the bitmaps must be as before."""
+        self.dirty_bitmaps(c, c.below(1024), c.pick(IO_LENGTHS))
+        actions = self.checkpoint_delete(c) if c.boolean() else []
+        for _ in range(0 if actions else c.between(1, 3)):
+            kind = c.pick(BITMAP_ACTIONS)
+            # names that exist: every action must prepare for the abort to undo it
+            actions.append({"type": kind, "data": self.action_args(c, kind, made_up=16)})
+        actions.append(self.failing_action(c))
+        self.qmp("transaction", {"actions": actions})
 
     def failing_action(self, c: Choices) -> dict[str, Any]:
         """A last action that fails once the others are prepared, so QEMU aborts them in
