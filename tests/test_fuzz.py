@@ -273,9 +273,10 @@ def test_internal_error_is_its_own_failure_kind(
 
     clear = dispatch.COMMANDS["block-dirty-bitmap-clear"]
     monkeypatch.setitem(dispatch.COMMANDS, clear.name, replace(clear, handler=broken))
-    # seed 1 draws a bitmap-clear within its 60 examples (seed 0 does not since the
-    # constant pool holds the simulator's literals)
-    result = run_campaign(small(tmp_path, examples=60, seed=1))
+    # seed 2 draws a bitmap-clear within its 60 examples (a deterministic search: seed 0
+    # does not since the constant pool holds the simulator's literals, seed 1 not since
+    # the rollback rule joined the rules)
+    result = run_campaign(small(tmp_path, examples=60, seed=2))
     kinds = {f.kind for f in result.failures}
     assert INTERNAL_ERROR in kinds, result.summary()
     record = next(f for f in result.failures if f.kind == INTERNAL_ERROR)
