@@ -274,10 +274,8 @@ class JobRules(_Base):
         start: dict[str, Any] = {"job-id": job_id}
         if c.rarely(4):  # the job then waits in PENDING for job-finalize (libvirt's way)
             start |= {"auto-finalize": False, "auto-dismiss": False}
-        # a mirror's pivot drops its source node with every bitmap on it: no checkpoint;
-        # most backups are incremental, as libvirt's backup-begin runs them
-        ckpt = kind != "mirror" and (not c.rarely(4) if kind == "backup" else c.boolean())
-        checkpoint = self.fresh("ck") if ckpt else None
+        # a mirror's pivot drops its source node with every bitmap on it: no checkpoint
+        checkpoint = self.fresh("ck") if kind != "mirror" and c.boolean() else None
         reads_bitmap = False  # a backup of the checkpoint's changes (incremental)
         if kind in ("stream", "commit"):
             args: dict[str, Any] = {"device": device, **start}
@@ -300,7 +298,7 @@ class JobRules(_Base):
                 )
                 self.qemu_io(device, f"write -P {1 + c.below(250)} {amount // 4} {amount // 2}")
             target = {"target": f"{self.fresh('rt')}.qcow2", "format": "qcow2", "sync": "full"}
-            if kind == "backup" and checkpoint is not None:
+            if kind == "backup" and checkpoint is not None and not c.rarely(4):
                 target |= {"sync": "incremental", "bitmap": checkpoint}
                 if c.boolean():
                     target |= {"sync": "bitmap", "bitmap-mode": c.pick(BITMAP_MODES)}
