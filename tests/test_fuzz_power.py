@@ -21,12 +21,13 @@ healthy failure that shows up anyway is recognised by the replay.
 
 The table (mutant, found, time to find, examples, shrunk length, checker) is
 printed (pytest -s) and written to `BLOCKSIM_POWER_TABLE` when that is set.
-Budget: `BLOCKSIM_POWER_BUDGET` seconds per mutant (default 20, at most 90),
-so the whole test takes at most about 33 x 20 s plus the healthy campaign of
-`BLOCKSIM_POWER_HEALTHY` (300) examples, about 10 minutes on 2 cores.  Not
+Budget: `BLOCKSIM_POWER_BUDGET` seconds per mutant (default 60, at most 90);
+a hunt ends at its first kill, so the test takes the healthy campaign of
+`BLOCKSIM_POWER_HEALTHY` (300) examples plus the time to each kill plus a full
+budget per mutant not found: about 2.5 minutes on a quiet 2-core machine.  Not
 every mutant is found within that budget yet: the eleven of
 tests/test_mutants.py (`ORIGINAL`) must all be, and at least `MIN_FOUND` of the
-33; every one found must be one the healthy model does not show, and the
+34; every one found must be one the healthy model does not show, and the
 table says which.  It runs in CI (`.ci/run`, as `-m slow`) and when BLOCKSIM_SLOW=1
 is given.
 """
@@ -49,7 +50,10 @@ from sim.trace import parse_lines
 from tests.mutant_catalog import ALL_MUTANTS
 from tests.test_mutants import MUTANTS, Mutant
 
-BUDGET_S = min(float(os.environ.get("BLOCKSIM_POWER_BUDGET", "20")), 90.0)
+# The slowest kill of the eleven originals (forget-successor-merge: a fixed 241 examples)
+# took 10-13 s on a quiet 2-core machine; 60 s leaves room for a slower or busier CI
+# machine, and costs time only for a mutant that is not found.
+BUDGET_S = min(float(os.environ.get("BLOCKSIM_POWER_BUDGET", "60")), 90.0)
 HEALTHY_EXAMPLES = int(os.environ.get("BLOCKSIM_POWER_HEALTHY", "300"))
 # Not every mutant is found within the budget yet (README, "Races and fuzzer power"):
 # 33 of 34 were found on the shared machine when quiet, 29 under load average 11-15;
@@ -222,7 +226,7 @@ def test_the_default_campaign_finds_the_mutants(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     if not wanted(request.config):
-        pytest.skip("about 10 minutes: runs with -m slow (CI) or BLOCKSIM_SLOW=1")
+        pytest.skip("a few minutes: runs with -m slow (CI) or BLOCKSIM_SLOW=1")
     only = [n for n in os.environ.get("BLOCKSIM_POWER_ONLY", "").split(",") if n]
     mutants = [m for m in ALL_MUTANTS if not only or m.name in only]
     mute = healthy_keys(tmp_path / "healthy", HEALTHY_EXAMPLES)
