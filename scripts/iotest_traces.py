@@ -88,6 +88,19 @@ class TraceWriter:
         path.write_text("\n".join(self.lines) + "\n")
 
 
+def create_image(t: TraceWriter) -> None:
+    """The test image `img` as qemu-img create makes it: a file, then qcow2 on it, by
+    blockdev-create jobs (the file node is deleted again)."""
+    t.qmp("blockdev-create", {"job-id": "img-file",
+                              "options": {"driver": "file", "filename": "img", "size": 0}})  # fmt: skip
+    t.run_job("img-file")
+    t.qmp("blockdev-add", {"driver": "file", "node-name": "img-file", "filename": "img"})
+    t.qmp("blockdev-create", {"job-id": "img-fmt",
+                              "options": {"driver": "qcow2", "file": "img-file", "size": SIZE}})  # fmt: skip
+    t.run_job("img-fmt")
+    t.qmp("blockdev-del", {"node-name": "img-file"})
+
+
 def create_target(t: TraceWriter, name: str, filename: str, size: int = SIZE) -> None:
     """257's Drive.create_target: blockdev-create file + qcow2, each run as a job."""
     file_node = f"file_{filename}"
@@ -147,14 +160,7 @@ def test_bitmap_sync(out: Path, bsync: str, msync: str, failure: str | None) -> 
         "writes and a second bitmap backup (the recovery); bitmap0 removed",
     )
     t.note("--- Preparing image & VM --- (qemu-img create, as blockdev-create)")
-    t.qmp("blockdev-create", {"job-id": "img-file",
-                              "options": {"driver": "file", "filename": "img", "size": 0}})  # fmt: skip
-    t.run_job("img-file")
-    t.qmp("blockdev-add", {"driver": "file", "node-name": "img-file", "filename": "img"})
-    t.qmp("blockdev-create", {"job-id": "img-fmt",
-                              "options": {"driver": "qcow2", "file": "img-file", "size": SIZE}})  # fmt: skip
-    t.run_job("img-fmt")
-    t.qmp("blockdev-del", {"node-name": "img-file"})
+    create_image(t)
     file_config: dict[str, Any] = {"driver": "file", "filename": "img"}
     if failure == "intermediate":
         file_config = {
@@ -202,14 +208,7 @@ def test_backup_api(out: Path) -> None:
         "qemu-iotests 257, API failure tests: blockdev-backup with every sync mode, "
         "no/missing/existing bitmap and each bitmap-mode, refused in QEMU's words",
     )
-    t.qmp("blockdev-create", {"job-id": "img-file",
-                              "options": {"driver": "file", "filename": "img", "size": 0}})  # fmt: skip
-    t.run_job("img-file")
-    t.qmp("blockdev-add", {"driver": "file", "node-name": "img-file", "filename": "img"})
-    t.qmp("blockdev-create", {"job-id": "img-fmt",
-                              "options": {"driver": "qcow2", "file": "img-file", "size": SIZE}})  # fmt: skip
-    t.run_job("img-fmt")
-    t.qmp("blockdev-del", {"node-name": "img-file"})
+    create_image(t)
     t.qmp("blockdev-add", {"node-name": "drive0", "driver": "qcow2",
                            "file": {"driver": "file", "filename": "img"}})  # fmt: skip
     create_target(t, "backup_target", "bsync1")

@@ -36,3 +36,11 @@ def test_drawn_traces_are_timing_independent() -> None:
         for steps in traces
         for s in steps
     )
+
+
+def test_rules_needing_a_bitmap_wait_for_one_the_draw_may_name() -> None:
+    # seed 9191's first round had bitmaps only on auto-named nodes (which the draw never
+    # names) when the rollback rule ran: picking from no addresses raised IndexError
+    traces = draw_traces(60, seed=9191)
+    assert len(traces) == 60
+    assert all(steps[0].get("trace") == 1 for steps in traces)  # each one a whole trace

@@ -291,6 +291,11 @@ class DifferentialMachine(BlockMachine):
         auto = {n.node_name for n in g.nodes if n.auto_named}
         return [(node, name) for node, name in super().bitmap_addresses() if node not in auto]
 
+    def has_bitmaps(self) -> bool:
+        """Is there a bitmap this draw may name (the rules that need one pick from
+        `bitmap_addresses`, which leaves out auto-generated node names)?"""
+        return bool(self.bitmap_addresses())
+
     def io_nodes(self) -> list[str]:
         """Every named node: QEMU's permission conflicts are part of what is compared."""
         return self.node_names()

@@ -374,13 +374,7 @@ class Content:
         """(first, end) sector runs this node has allocated, ascending; cached until the
         next write (callers must not change the list)."""
         if self._alloc is None:
-            runs: list[tuple[int, int]] = []
-            for lo, hi, _ in self.extents():
-                if runs and runs[-1][1] == lo:
-                    runs[-1] = (runs[-1][0], hi)
-                else:
-                    runs.append((lo, hi))
-            self._alloc = runs
+            self._alloc = merged_runs(self.extents())
         return self._alloc
 
     def allocated_sectors(self) -> Iterator[tuple[int, int]]:
@@ -436,6 +430,17 @@ def _append(out: list[Extent], lo: int, hi: int, stamp: int) -> None:
         out[-1] = (out[-1][0], hi, stamp)
     else:
         out.append((lo, hi, stamp))
+
+
+def merged_runs(extents: list[Extent]) -> list[tuple[int, int]]:
+    """(first, end) sector runs covered by ascending extents, touching ones joined."""
+    runs: list[tuple[int, int]] = []
+    for lo, hi, _ in extents:
+        if runs and runs[-1][1] == lo:
+            runs[-1] = (runs[-1][0], hi)
+        else:
+            runs.append((lo, hi))
+    return runs
 
 
 def new_content(size_bytes: int) -> Content:
@@ -567,13 +572,7 @@ class WindowContent(Content):
         return min(self.base.next_data(sector + self.first) - self.first, self.nsectors)
 
     def allocated_runs(self) -> list[tuple[int, int]]:
-        runs: list[tuple[int, int]] = []
-        for lo, hi, _ in self.extents():
-            if runs and runs[-1][1] == lo:
-                runs[-1] = (runs[-1][0], hi)
-            else:
-                runs.append((lo, hi))
-        return runs
+        return merged_runs(self.extents())
 
     def resize(self, size_bytes: int) -> None:
         self.size_bytes = size_bytes
