@@ -90,6 +90,20 @@ class CopyBeforeWrite:
         flt.cbw = self
 
     # -- copying ---------------------------------------------------------------------------
+    def copy_span(self, first: int, count: int, offset: int, length: int) -> None:
+        """Copy `length` bytes at `offset` (clusters `first` .. `first + count` of the
+        block-copy bitmap, which are cleared) from the source's chain to the target,
+        zeroes written as zeroes (block_copy_do_copy)."""
+        self.copy_map.bits[first : first + count] = 0
+        copy_range(
+            self.graph,
+            chain_contents(self.graph, self.source),
+            self.target,
+            offset,
+            length,
+            write_zeroes=True,
+        )
+
     def copy_cluster(self, index: int) -> int:
         """Copy one cluster the block-copy bitmap still marks; its length, 0 when there
         was nothing to copy, -1 when the copy failed (the cluster ends past the target:
@@ -101,15 +115,7 @@ class CopyBeforeWrite:
         length = min(self.cluster, self.source.size_bytes - off)
         if off + length > self.target.size_bytes:
             return -1
-        bits[index] = 0
-        copy_range(
-            self.graph,
-            chain_contents(self.graph, self.source),
-            self.target,
-            off,
-            length,
-            write_zeroes=True,
-        )
+        self.copy_span(index, 1, off, length)
         if self.on_copy is not None:
             self.on_copy(index)
         return length

@@ -20,7 +20,6 @@ from sim.model.job_driver import JobDriver
 from sim.model.job_graph import (
     allocation_mask,
     chain_contents,
-    copy_range,
     drop_filter,
     insert_filter,
     set_bits_from_mask,
@@ -169,15 +168,7 @@ class BackupKind(JobDriver):
             return
         first = offset // self.cluster
         n = count * (length // self.cluster)
-        self.copy_map.bits[first : first + n] = 0
-        copy_range(
-            self.graph,
-            chain_contents(self.graph, self.source),
-            self.target,
-            offset,
-            count * length,
-            write_zeroes=True,
-        )
+        self.cbw.copy_span(first, n, offset, count * length)
         self.job.offset += n * self.cluster
 
     def copy_chunk(self, offset: int, length: int) -> None:
@@ -188,15 +179,7 @@ class BackupKind(JobDriver):
             for i in range(first, first + n):
                 self._copy_cluster(i)
             return
-        bits[first : first + n] = 0
-        copy_range(
-            self.graph,
-            chain_contents(self.graph, self.source),
-            self.target,
-            offset,
-            length,
-            write_zeroes=True,
-        )
+        self.cbw.copy_span(first, n, offset, length)
         self.job.offset += n * self.cluster  # progress counts whole clusters, like len
 
     def _copy_cluster(self, index: int) -> int:
