@@ -185,6 +185,10 @@ def _create_backup(
         raise QMPError("Source and target image have different sizes")
     check_bits(source.size_bytes, JOB_CLUSTER, "a backup's block-copy map")
     check_full_copy(source, sync, "backup")
+    if target.read_only:
+        # bdrv_cbw_append, before the job exists: the copy-before-write filter takes its
+        # target as a data child with write permission, which a read-only node refuses
+        raise QMPError("Could not create node: Block node is read-only")
     job_id = a.get("job-id")
     # the job is named after the filter, which takes the source's place as BB root
     main_bb = g.backend_of_root(source)
