@@ -243,18 +243,19 @@ def _cbw_stops_mid_job(mp: MP) -> None:
 
 
 def _stream_overwrites_mid_job_writes(mp: MP) -> None:
-    def fill(self: StreamKind, offset: int, length: int) -> Any:
-        from sim.model.job_stream import chain_contents, np, read_through, sector_span
+    original = StreamKind._fill
 
+    def fill(self: StreamKind, offset: int, length: int) -> Any:
+        from sim.model.content import chain_extents, sector_span
+        from sim.model.job_graph import chain_contents
+
+        if self.job.offset == 0:  # the first chunk honours what the node holds
+            return original(self, offset, length)
         below = self.node.backing
         if below is None or self.node.content is None:
-            return None
+            return []
         first, end = sector_span(offset, length)
-        data = read_through(chain_contents(self.graph, below, self.base), first, end)
-        if self.job.offset == 0:  # the first chunk honours what the node holds
-            data = np.where(self.node.content.read(first, end) == 0, data, 0)
-        data = data.astype(np.int32)
-        return data if data.any() else None
+        return chain_extents(chain_contents(self.graph, below, self.base), first, end)
 
     mp.setattr(StreamKind, "_fill", fill)
 

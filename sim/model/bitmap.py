@@ -4,7 +4,7 @@ Bits live in a little-endian `bitarray`: bit i is chunk i, packed LSB first,
 which is exactly the layout of QEMU's bitmap words serialised little-endian,
 so `sha256()` equals `x-debug-block-dirty-bitmap-sha256` (QEMU 7.2,
 block/dirty-bitmap.c `bdrv_dirty_bitmap_sha256` hashes `ceil(nbits/64)`
-64-bit words).  numpy is used only for merges across granularities.
+64-bit words).  numpy is used only for merges across granularities of bitmaps with many bits set.
 """
 
 from __future__ import annotations
@@ -181,12 +181,32 @@ class DirtyBitmap:
                 yield off, min(stop * g, self.size_bytes) - off
 
 
+# Up to this many set bits, a change of granularity goes run by run (no array of
+# every bit); beyond, numpy converts the whole bitmap at once.
+_RUNWISE_MAX_BITS = 4096
+
+
 def bits_at_granularity(source: DirtyBitmap, granularity: int) -> bitarray:
     """The source's dirty set expressed at another granularity (same disk size)."""
     if source.granularity == granularity:
         return source.bits
     nbits = -(-source.size_bytes // granularity)
-    src = np.unpackbits(np.frombuffer(source.bits.tobytes(), dtype=np.uint8), bitorder="little")[
+    bits = source.bits
+    if bits.count() <= _RUNWISE_MAX_BITS:
+        out = bitarray(nbits, endian="little")
+        out.setall(0)
+        if source.granularity < granularity:
+            coarser = granularity // source.granularity
+            for value, start, stop in intervals(bits):
+                if value:
+                    out[start // coarser : (stop - 1) // coarser + 1] = 1
+        else:
+            finer = source.granularity // granularity
+            for value, start, stop in intervals(bits):
+                if value:
+                    out[start * finer : stop * finer] = 1
+        return out
+    src = np.unpackbits(np.frombuffer(bits.tobytes(), dtype=np.uint8), bitorder="little")[
         : source.nbits
     ].astype(bool)
     if source.granularity < granularity:

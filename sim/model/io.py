@@ -20,11 +20,19 @@ protocol node's at guest offsets, too).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sim.model.content import SECTOR, ZERO_STAMP, Content, read_through, sector_span
+from sim.model.content import (
+    SECTOR,
+    UNALLOCATED,
+    ZERO_STAMP,
+    Content,
+    StampTable,
+    chain_extents,
+    read_through,
+    sector_span,
+)
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode
 from sim.model.state import BlockState
 
@@ -46,6 +54,7 @@ IO_ERROR = IOResult(False, "Input/output error")
 NOT_SUPPORTED = IOResult(False, "Operation not supported")
 NO_ACCESS = IOResult(False, "Permission denied")
 OK = IOResult(True)
+PATTERN_MISMATCH = IOResult(False, "pattern")
 
 
 def snapshot_read_error(
@@ -282,7 +291,7 @@ def guest_read(
     offset: int,
     length: int,
     pattern: int | None,
-    patterns: Callable[[np.ndarray], np.ndarray],
+    stamps: StampTable,
 ) -> IOResult:
     """A read; with a pattern, IOResult.ok is False when verification fails."""
     if offset < 0 or length < 0 or offset + length > root.size_bytes:
@@ -292,10 +301,28 @@ def guest_read(
         return refused
     if pattern is None or length == 0:
         return OK
-    stamps = read_stamps(graph, root, offset, length)
-    if bool((patterns(stamps) == pattern).all()):
-        return OK
-    return IOResult(False, "pattern")
+    if graph.data_node(root).driver == "snapshot-access":
+        seen = read_stamps(graph, root, offset, length)
+        return OK if bool((stamps.patterns_of(seen) == pattern).all()) else PATTERN_MISMATCH
+    return OK if _reads_pattern(graph, root, offset, length, pattern, stamps) else PATTERN_MISMATCH
+
+
+def _reads_pattern(
+    graph: BlockGraph, root: BlockNode, offset: int, length: int, pattern: int, stamps: StampTable
+) -> bool:
+    """Every sector a read of [offset, offset+length) sees (as `read_stamps` does) holds
+    `pattern`: one look at each extent the read meets, not one at each sector."""
+    first, end = sector_span(offset, length)
+    chain = [n.content for n in graph.backing_chain(root) if n.content is not None]
+    if chain:
+        end = min(end, chain[0].nsectors)
+    holes_ok = stamps.pattern(UNALLOCATED) == pattern  # unallocated sectors read zeroes
+    covered = first
+    for lo, hi, stamp in chain_extents(chain, first, end):
+        if (lo > covered and not holes_ok) or stamps.pattern(stamp) != pattern:
+            return False
+        covered = hi
+    return covered >= end or holes_ok
 
 
 def sectors(length: int) -> int:

@@ -10,17 +10,10 @@ through a BlockBackend on it would.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from bitarray import bitarray
 
 from sim.model.content import SECTOR_SHIFT, ZERO_STAMP, Content, Extent, chain_extents, sector_span
 from sim.model.graph import BlockGraph, BlockNode
-
-if TYPE_CHECKING:
-    import numpy as np
-else:
-    from sim.lazy import numpy as np
 
 
 def replace_node(graph: BlockGraph, old: BlockNode, new: BlockNode) -> None:
@@ -90,47 +83,40 @@ def fully_allocated(nodes: list[BlockNode]) -> bool:
     return any(n.driver == "raw" for n in nodes)
 
 
-def allocation_mask(nodes: list[BlockNode], size_bytes: int, cluster: int) -> np.ndarray:
-    """Bool per `cluster` bytes: allocated in any of `nodes` (bdrv_is_allocated_above).
+def allocation_mask(nodes: list[BlockNode], size_bytes: int, cluster: int) -> bitarray:
+    """A bit per `cluster` bytes: allocated in any of `nodes` (bdrv_is_allocated_above).
 
     qcow2 answers block-status per cluster of its own (a 4 KiB write allocates the
     whole 64 KiB cluster), so each node's allocation is rounded out to its cluster
     size before it is mapped onto `cluster` (a mirror granularity below the
     cluster size still sees whole clusters dirty)."""
+    mask = bitarray(-(-size_bytes // cluster), endian="little")
     if fully_allocated(nodes):
-        return np.ones(-(-size_bytes // cluster), dtype=bool)
-    mask = np.zeros(-(-size_bytes // cluster), dtype=bool)
+        mask.setall(1)
+        return mask
+    mask.setall(0)
     for node in nodes:
         if node.content is None:
             continue
         own = node.cluster_size if node.driver == "qcow2" else 1 << SECTOR_SHIFT
-        mask |= allocated_clusters([node.content], size_bytes, cluster, own)
+        _mark_allocated(mask, node.content, cluster, own)
     return mask
 
 
-def set_bits_from_mask(bits: bitarray, mask: np.ndarray) -> None:
-    """bits |= mask (bool per bit), at C speed."""
-    packed = bitarray(endian="little")
-    packed.frombytes(np.packbits(mask, bitorder="little").tobytes())
-    del packed[len(bits) :]
-    bits |= packed
+def set_bits_from_mask(bits: bitarray, mask: bitarray) -> None:
+    """bits |= mask (a mask longer than `bits` is cut to its length)."""
+    bits |= mask[: len(bits)] if len(mask) > len(bits) else mask
 
 
-def allocated_clusters(
-    contents: list[Content], size_bytes: int, cluster: int, own: int = 1 << SECTOR_SHIFT
-) -> np.ndarray:
-    """Bool per `cluster` bytes: allocated in any of `contents` (bdrv_is_allocated_above),
-    each allocated run first rounded out to `own` bytes (the format's allocation unit)."""
-    nclusters = -(-size_bytes // cluster)
-    mask = np.zeros(nclusters, dtype=bool)
+def _mark_allocated(mask: bitarray, content: Content, cluster: int, own: int) -> None:
+    """Set the bits (one per `cluster` bytes) of every run allocated in `content`,
+    each run first rounded out to `own` bytes; one slice assignment a run."""
     per = max(cluster >> SECTOR_SHIFT, 1)
     unit = max(own >> SECTOR_SHIFT, 1)
-    for content in contents:
-        for first, end in content.allocated_sectors():
-            first = first // unit * unit
-            end = -(-end // unit) * unit
-            mask[first // per : (end - 1) // per + 1] = True
-    return mask
+    for first, end in content.allocated_sectors():
+        first = first // unit * unit
+        end = -(-end // unit) * unit
+        mask[first // per : (end - 1) // per + 1] = 1
 
 
 def copy_range(

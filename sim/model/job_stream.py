@@ -8,18 +8,11 @@ node backs onto base (or nothing) and the streamed-over nodes leave the graph.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from sim.model.content import read_through, sector_span
+from sim.model.content import Extent, chain_extents, sector_span
 from sim.model.graph import BlockGraph, BlockNode
 from sim.model.job_driver import JobDriver
 from sim.model.job_graph import chain_contents, drop_filter, insert_filter
 from sim.model.jobs import Job
-
-if TYPE_CHECKING:
-    import numpy as np
-else:
-    from sim.lazy import numpy as np
 
 STREAM_CHUNK = 512 * 1024
 
@@ -87,29 +80,39 @@ class StreamKind(JobDriver):
         size = self.node.size_bytes
         while self.cursor < size:
             length = min(STREAM_CHUNK, size - self.cursor)
-            if self._fill(self.cursor, length) is not None:
+            if self._fill(self.cursor, length):
                 return self.cursor, length
             self.cursor += length
             self.job.offset += length
         return None
 
-    def _fill(self, offset: int, length: int) -> np.ndarray | None:
-        """Stamps to copy into the node for this range (None when there are none)."""
+    def _fill(self, offset: int, length: int) -> list[Extent]:
+        """The extents to copy into the node for this range: what a read through the
+        chain below sees where the node itself has nothing allocated (none when the
+        node holds the whole range or nothing below is allocated there)."""
         below = self.node.backing
-        if below is None or self.node.content is None:
-            return None
+        own = self.node.content
+        if below is None or own is None:
+            return []
         first, end = sector_span(offset, length)
-        own = self.node.content.read(first, end)
-        if own.all():
-            return None
-        data = read_through(chain_contents(self.graph, below, self.base), first, end)
-        fill = np.where(own == 0, data, 0).astype(np.int32)
-        return fill if fill.any() else None
+        end = min(end, own.nsectors)
+        holes: list[tuple[int, int]] = []
+        cur = first
+        for lo, hi, _ in own.extents(first, end):
+            if lo > cur:
+                holes.append((cur, lo))
+            cur = hi
+        if cur < end:
+            holes.append((cur, end))
+        if not holes:
+            return []
+        chain = chain_contents(self.graph, below, self.base)
+        return [run for lo, hi in holes for run in chain_extents(chain, lo, hi)]
 
     def copy_chunk(self, offset: int, length: int) -> None:
         fill = self._fill(offset, length)
-        if fill is not None and self.node.content is not None:
-            self.node.content.write_stamps(offset >> 9, fill)
+        if fill and self.node.content is not None:
+            self.node.content.write_extents(fill)
         self.cursor = offset + length
         self.job.offset += length
 

@@ -147,13 +147,13 @@ def run_io(m: Machine, bb: Any, root: Any, cmd: qemu_io.QemuIoCommand) -> str:
                 return cmd.failed(refused.error)
             io.copy_on_read(graph, root, off, length)
         if cmd.pattern is None:
-            res = io.guest_read(graph, root, off, length, None, m.state.stamps.patterns_of)
+            res = io.guest_read(graph, root, off, length, None, m.state.stamps)
             return cmd.output if res.ok else cmd.failed(res.error)
         p_off = off + cmd.pattern_offset
         p_len = cmd.pattern_length
         if off < 0 or off + length > root.size_bytes:
             return cmd.failed(io.IO_ERROR.error)
-        res = io.guest_read(graph, root, p_off, p_len, cmd.pattern, m.state.stamps.patterns_of)
+        res = io.guest_read(graph, root, p_off, p_len, cmd.pattern, m.state.stamps)
         return (cmd.mismatch_line() if not res.ok else "") + cmd.output
     if cmd.op == "discard":
         res = io.discard(m.state, bb, root, off, length)
