@@ -105,13 +105,21 @@ def depth(value: object) -> int:
     return deepest
 
 
-def lone_surrogate(value: object) -> str | None:
-    """The first lone UTF-16 surrogate in any string or key of `value`, or None."""
-    try:  # most values have none: one search over their JSON text says so
-        if _SURROGATE.search(_RAW_JSON(value)) is None:
-            return None
+def json_text(value: object) -> str | None:
+    """`value` as JSON text, non-ASCII kept (None when it is not JSON-encodable)."""
+    try:
+        return _RAW_JSON(value)
     except (TypeError, ValueError, RecursionError):
-        pass
+        return None
+
+
+def lone_surrogate(value: object, text: str | None = None) -> str | None:
+    """The first lone UTF-16 surrogate in any string or key of `value`, or None.
+    `text`: `json_text(value)`, when the caller has it."""
+    if text is None:
+        text = json_text(value)
+    if text is not None and _SURROGATE.search(text) is None:
+        return None  # most values have none: one search over their JSON text says so
     stack: list[object] = [value]
     while stack:
         item = stack.pop()
@@ -125,6 +133,16 @@ def lone_surrogate(value: object) -> str | None:
         elif isinstance(item, list | tuple):
             stack.extend(item)
     return None
+
+
+def source_surrogate(source: str, value: object) -> str | None:
+    """`lone_surrogate(value)` for a value decoded from the JSON text `source`.  With
+    no `\\u` escape in `source`, every character of value's strings and keys stands
+    in `source` as it is (the other escapes stand for ASCII characters): a search of
+    `source` finds none in most texts, without encoding `value` again."""
+    if "\\u" not in source and _SURROGATE.search(source) is None:
+        return None
+    return lone_surrogate(value)
 
 
 def qemu_surrogate_error(char: str) -> dict[str, Any]:

@@ -145,16 +145,17 @@ def parse_header(obj: object, line: int = 1) -> Header:
     return Header(name, drives, policy, seed, description, dict(obj))
 
 
-def parse_step(obj: object, line: int) -> Step:
-    """Classify one step object; a bad one becomes a Step of kind "bad"."""
+def parse_step(obj: object, line: int, *, source: str | None = None) -> Step:
+    """Classify one step object; a bad one becomes a Step of kind "bad".  `source`:
+    the JSON text `obj` was decoded from, when the caller has it."""
     try:
-        return _parse_step(obj, line)
+        return _parse_step(obj, line, source)
     except TraceError as exc:
         body = obj if isinstance(obj, dict) else {"line": obj}
         return Step(line, "bad", body, None, exc)
 
 
-def _parse_step(obj: object, line: int) -> Step:
+def _parse_step(obj: object, line: int, source: str | None) -> Step:
     if not isinstance(obj, dict):
         raise TraceError(f"a step must be a JSON object, got {type(obj).__name__}", line)
     kinds = [k for k in STEP_KINDS if k in obj]
@@ -175,7 +176,10 @@ def _parse_step(obj: object, line: int) -> Step:
     if kind != "execute":
         # QEMU answers a request with a lone surrogate itself (sim.qmp.dispatch);
         # the trace's own steps refuse it here
-        bad = jsonio.lone_surrogate(obj)
+        if source is None:
+            bad = jsonio.lone_surrogate(obj)
+        else:
+            bad = jsonio.source_surrogate(source, obj)
         if bad is not None:
             raise TraceError(_surrogate_text(bad), line)
     if kind == "wait":
@@ -249,7 +253,7 @@ def parse_lines(lines: Sequence[str | bytes], path: str = "") -> Trace:
             err = TraceError("no step may follow the final-expect line", number)
             steps.append(Step(number, "bad", obj if isinstance(obj, dict) else {}, None, err))
             continue
-        steps.append(parse_step(obj, number))
+        steps.append(parse_step(obj, number, source=stripped))
     if header is None:
         raise TraceError("empty trace: no header line", 1)
     return Trace(header, steps, final_expect, path)

@@ -85,7 +85,8 @@ class Monitor:
         """Run one QMP request; never raises for any input."""
         for before in self.machine.before_command_observers:
             before(request)
-        bad = jsonio.lone_surrogate(request)
+        text = jsonio.json_text(request)
+        bad = jsonio.lone_surrogate(request, text)
         if bad is not None:
             # QEMU's JSON parser refuses the request before reading it: no `id` echoed
             refused = jsonio.qemu_surrogate_error(bad)
@@ -94,7 +95,7 @@ class Monitor:
             return refused
         try:
             name, args = _split_request(request)
-            checked = check_arguments(name, args)
+            checked = check_arguments(name, args, request_text=text)
             result = COMMANDS[name].handler(self.machine, checked)
             response: dict[str, Any] = {"return": {} if result is None else result}
         except QMPError as exc:

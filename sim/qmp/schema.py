@@ -729,7 +729,9 @@ _ABSENT: Any = object()
 _JSON = json.JSONEncoder().encode
 
 
-def check_arguments(command: str, arguments: object = _ABSENT) -> dict[str, Any]:
+def check_arguments(
+    command: str, arguments: object = _ABSENT, *, request_text: str | None = None
+) -> dict[str, Any]:
     """Validate the `arguments` of a QMP request exactly as QEMU 7.2 does.
 
     Leave `arguments` out (or pass {}) when the request has none; None stands
@@ -737,11 +739,19 @@ def check_arguments(command: str, arguments: object = _ABSENT) -> dict[str, Any]
     of the arguments as QEMU sees them (uint64 values wrapped into range; no
     defaults added).  Raises QMPError with QEMU's class and text: GenericError
     for a non-object `arguments` (checked first) and for every QAPI error,
-    CommandNotFound for an unknown command.
+    CommandNotFound for an unknown command.  `request_text`: the JSON text of
+    the whole request holding `arguments`, when the caller has it (its brackets
+    bound the nesting without encoding `arguments` again).
     """
     if arguments is _ABSENT:
         arguments = {}
-    if _too_deep(arguments):
+    # the request object is level 1: a text with few opening brackets cannot nest
+    # `arguments` too deeply
+    shallow = (
+        request_text is not None
+        and request_text.count("[") + request_text.count("{") <= _MAX_NESTING
+    )
+    if not shallow and _too_deep(arguments):
         raise QMPError("JSON nesting depth limit exceeded")
     if not isinstance(arguments, dict):
         raise QMPError("QMP input member 'arguments' must be an object")
