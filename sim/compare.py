@@ -12,14 +12,15 @@ is not ``1``.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from sim import jsonio
+
 _AUTO_RE = re.compile(r"#block\d+")
-_SORTED_JSON = json.JSONEncoder(sort_keys=True).encode
-_SORTED_TEXT = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode
+_SORTED_JSON = jsonio.encoder(sort_keys=True)
+_SORTED_TEXT = jsonio.encoder(sort_keys=True, ensure_ascii=False)
 AUTO = "#auto"
 
 

@@ -22,15 +22,47 @@ refused (ValueError: a simulator bug, since input cannot carry them).
 from __future__ import annotations
 
 import json
+import json.encoder
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 MAX_DEPTH = 128  # objects and arrays nested deeper are refused
 INT64_MIN = -(1 << 63)
 UINT64_MAX = (1 << 64) - 1
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_RAW_JSON = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def encoder(*, sort_keys: bool = False, ensure_ascii: bool = True) -> Callable[[object], str]:
+    """`json.JSONEncoder(sort_keys=..., ensure_ascii=...).encode` for comparing and
+    scanning values, the same text, with the C encoder made once rather than at each
+    call (its set-up costs more than encoding a small answer).  No check for
+    circular references: a cycle raises RecursionError (TypeError for a value JSON
+    cannot hold, as `encode` raises)."""
+    plain = json.JSONEncoder(sort_keys=sort_keys, ensure_ascii=ensure_ascii, check_circular=False)
+    c_make = getattr(json.encoder, "c_make_encoder", None)  # the C accelerator's
+    if c_make is None:  # no C accelerator: the pure-Python encoder
+        return plain.encode
+    make = c_make(
+        None,
+        plain.default,
+        json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring,
+        None,
+        plain.key_separator,
+        plain.item_separator,
+        sort_keys,
+        False,
+        True,
+    )
+
+    def encode(value: object) -> str:
+        return "".join(make(value, 0))
+
+    return encode
+
+
+_RAW_JSON = encoder(ensure_ascii=False)
 
 
 class JSONInputError(ValueError):

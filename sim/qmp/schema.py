@@ -81,12 +81,12 @@ members and is then refused with a blocksim message (QEMU would go on).
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sim import jsonio
 from sim.errors import QMPError, SimulatorBug
 
 # JSON nesting QEMU's JSON streamer accepts (MAX_NESTING, qobject/json-streamer.c),
@@ -726,7 +726,7 @@ def declare(name: str, args: tuple[Member, ...] | Union) -> Struct | Union:
 
 
 _ABSENT: Any = object()
-_JSON = json.JSONEncoder().encode
+_JSON = jsonio.encoder()
 
 
 def check_arguments(
