@@ -160,21 +160,38 @@ class _Perms:
         self.extra = extra or {}
         self.memo: dict[int, tuple[int, int]] = {}
         self.active = [j for j in jobs if j.status in LIVE_JOB_STATUSES]
+        self._parents: dict[int, list[Parent]] = {}
+        self._links: dict[int, list[tuple[BlockNode, str]]] | None = None
+
+    def _links_to(self, node: BlockNode) -> list[tuple[BlockNode, str]]:
+        """(parent node, role) of every graph edge to `node`, a later node's first (its
+        links are newer); the edges of the whole graph are indexed once."""
+        if self._links is None:
+            links: dict[int, list[tuple[BlockNode, str]]] = {}
+            for p in reversed(self.graph.nodes):
+                for role in ("target", "backing", "file"):
+                    child = getattr(p, role)
+                    if child is not None:
+                        links.setdefault(id(child), []).append((p, role))
+            self._links = links
+        return self._links.get(id(node), [])
 
     def parents(self, node: BlockNode) -> list[Parent]:
+        cached = self._parents.get(id(node))
+        if cached is not None:
+            return cached
         out: list[Parent] = list(self.extra.get(id(node), ()))
         for job in reversed(self.active):  # newest job first
             out.extend(job_edges(job, node))
         g = self.graph
-        for p in reversed(g.nodes):  # a later node's links are newer
-            for role in ("target", "backing", "file"):
-                if getattr(p, role) is node:
-                    perm, shared = self.child_perm(p, role)
-                    out.append(Parent(f"node '{p.node_name}'", role, perm, shared))
+        for p, role in self._links_to(node):
+            perm, shared = self.child_perm(p, role)
+            out.append(Parent(f"node '{p.node_name}'", role, perm, shared))
         for bb in g.backends.values():
             if bb.root is node:
                 perm = CONSISTENT_READ | (WRITE if bb.took_write and not node.read_only else 0)
                 out.append(Parent(f"block device '{bb.name}'", "root", perm, ALL))
+        self._parents[id(node)] = out
         return out
 
     def cumulative(self, node: BlockNode) -> tuple[int, int]:
