@@ -26,6 +26,12 @@ POLICIES = ("qemu-7.2", "qemu-2.5", "bb-attached", "node-only")
 FORMATS = ("qcow2", "raw")
 STEP_KINDS = ("execute", "wait", "advance", "workload", "fault", "until", "tie-break")
 SIM_ONLY_KINDS = ("workload", "fault", "until", "tie-break")
+_STEP_KIND_SET = frozenset(STEP_KINDS)
+# the keys a step of each kind may have
+_STEP_KEYS = {
+    kind: frozenset((kind, "expect", "id", *(("arguments",) if kind == "execute" else ())))
+    for kind in STEP_KINDS
+}
 MAX_DRIVE_SIZE = ts.MAX_DRIVE_SIZE  # 1 PiB: beyond anything a test needs; keeps arithmetic sane
 
 
@@ -158,21 +164,20 @@ def parse_step(obj: object, line: int, *, source: str | None = None) -> Step:
 def _parse_step(obj: object, line: int, source: str | None) -> Step:
     if not isinstance(obj, dict):
         raise TraceError(f"a step must be a JSON object, got {type(obj).__name__}", line)
-    kinds = [k for k in STEP_KINDS if k in obj]
-    if len(kinds) != 1:
+    found = obj.keys() & _STEP_KIND_SET
+    if len(found) != 1:
+        kinds = [k for k in STEP_KINDS if k in obj]
         what = "no step key" if not kinds else f"several step keys {kinds}"
         raise TraceError(f"{what}: a step has exactly one of {list(STEP_KINDS)}", line)
-    kind = kinds[0]
-    allowed = {kind, "expect", "id"}
-    if kind == "execute":
-        allowed.add("arguments")
-    extra = sorted(set(obj) - allowed)
+    (kind,) = found
+    extra = obj.keys() - _STEP_KEYS[kind]
     if extra:
-        raise TraceError(f"unknown key(s) {extra} in a {kind!r} step", line)
+        raise TraceError(f"unknown key(s) {sorted(extra)} in a {kind!r} step", line)
     expect = obj.get("expect")
     if expect is not None and not isinstance(expect, dict):
         raise TraceError("expect must be an object", line)
-    body = {k: v for k, v in obj.items() if k != "expect"}
+    body = dict(obj)
+    body.pop("expect", None)
     if kind != "execute":
         # QEMU answers a request with a lone surrogate itself (sim.qmp.dispatch);
         # the trace's own steps refuse it here
