@@ -212,6 +212,22 @@ def test_differences_lists_every_place() -> None:
     assert first_difference(exp, act) == ".a[1]: expected 2, got 3"
 
 
+def test_invented_names_compare_equal_but_types_stay_strict() -> None:
+    exp = {"return": [{"node-name": "#auto", "desc": "Node '#auto' is busy", "n": 1}]}
+    act = {"return": [{"desc": "Node '#block123' is busy", "n": 1, "node-name": "#block7"}]}
+    assert first_difference(exp, act) is None
+    # with invented names on both sides, True is still not 1 and 1.0 not 1
+    assert first_difference(exp, {**act, "return": [{**act["return"][0], "n": True}]}) == (
+        ".return[0].n: expected 1, got True"
+    )
+    assert first_difference(exp, {**act, "return": [{**act["return"][0], "n": 1.0}]}) == (
+        ".return[0].n: expected 1, got 1.0"
+    )
+    # an invented name takes every digit that follows, ASCII or not, in both comparisons
+    assert first_difference({"a": "#auto"}, {"a": "#block1\u0663"}) is None
+    assert first_difference({"a": "#auto\u0663"}, {"a": "#block1\u0663"}) is not None
+
+
 def test_units_keep_jobs_with_their_waits() -> None:
     steps: list[dict[str, Any]] = [
         {"execute": "drive-mirror", "arguments": {"device": "drive0", "job-id": "j1"}},
