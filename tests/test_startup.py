@@ -52,3 +52,31 @@ def test_small_replays_load_neither_numpy_nor_package_metadata() -> None:
     # the rest of simpy's package still loads on demand
     assert got["version"].count(".") >= 1
     assert got["env"] == "simpy.core"
+
+
+FALLBACK_PROBE = """
+import json, sys
+import sim.engine as engine
+del sys.modules["simpy"]
+engine._SIMPY_EXPORTS["simpy.no_such_submodule"] = ("Environment",)
+engine._install_simpy()
+import simpy
+print(json.dumps({"version": simpy.__version__, "env": simpy.Environment.__module__,
+                  "metadata": "importlib.metadata" in sys.modules}))
+"""
+
+
+def test_another_simpy_layout_falls_back_to_its_own_init() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", FALLBACK_PROBE],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        check=True,
+    )
+    got = json.loads(out.stdout)
+    # simpy's own __init__ ran: it read the version from the package metadata
+    assert got["metadata"] is True
+    assert got["env"] == "simpy.core"
+    assert got["version"].count(".") >= 1

@@ -8,7 +8,8 @@ metadata, and `importlib.metadata` pulls in email, zipfile and csv (about a
 tenth of a `blocksim replay` process's start-up).  The package holds the same
 classes from the same submodules; the first read of any other attribute (such
 as `simpy.__version__`) runs the real `__init__`.  When simpy is already
-imported, it is left as it is.
+imported, it is left as it is; when the installed simpy does not hold these
+submodules and classes, its own `__init__` runs as usual.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ def _install_simpy() -> None:
             loaded = importlib.import_module(submodule)
             for name in names:
                 setattr(package, name, getattr(loaded, name))
+    except (ImportError, AttributeError):
+        # another simpy layout: import the package the ordinary way
+        del sys.modules["simpy"]
+        importlib.import_module("simpy")
     except BaseException:
         del sys.modules["simpy"]
         raise
