@@ -134,6 +134,22 @@ def test_small_differential_campaign(tmp_path: Path) -> None:
 # --- without QEMU ------------------------------------------------------------------------
 
 
+def test_campaign_classes_are_pinned_or_unexplained(tmp_path: Path) -> None:
+    # every pinned known difference names its class; a campaign's class is explained
+    # only by a pinned trace with the same signature
+    pinned = differential.pinned_classes()
+    folder = Path("scenarios/known-differences/differential")
+    assert len(pinned) == len(list(folder.glob("*.jsonl")))
+    signature = next(iter(pinned))
+    summary = differential.Summary(traces=2, mismatching=2)
+    for seed, sig in enumerate((signature, "response:query-jobs:(top):qemu-error/sim-return")):
+        summary.classes.append(differential.MismatchClass(sig, seed, [seed], "x", 3, 2, ""))
+    assert [c.signature for c in summary.unexplained(pinned)] == [summary.classes[1].signature]
+    text = summary.render(pinned)
+    assert f"pinned: {pinned[signature]}" in text
+    assert "unexplained: 1 class(es), 1 trace(s)" in text and "UNEXPLAINED" in text
+
+
 def test_sim_only_steps_are_refused_before_anything_runs(tmp_path: Path) -> None:
     trace = make_trace({"execute": "query-jobs"}, {"workload": {"device": "drive0"}})
     with pytest.raises(Exception, match="line 3: 'workload' steps are simulator-only"):

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sim.bundled import bundled
 from sim.errors import TraceError
 from sim.oracle import (
     DiffReport,
@@ -76,6 +77,11 @@ JOB_COMMANDS = frozenset(
     }
 )  # fmt: skip
 
+# Known differences found by campaigns: each pinned trace's header names its class
+# ("... differential campaign class SIGNATURE, N of the campaign's traces): ...").
+PINNED_FOLDER = "scenarios/known-differences/differential"
+_PINNED_CLASS = re.compile(r"differential campaign class (.*?), [^,]* of the campaign's traces\)")
+
 TraceSteps = list[dict[str, Any]]  # the header dict, then the step dicts (generator output)
 Progress = Callable[[int, int, str], None]  # (traces done, traces in all, what happened)
 
@@ -96,6 +102,25 @@ class MismatchClass:
     @property
     def count(self) -> int:
         return len(self.seeds)
+
+
+def pinned_classes(folder: str | Path | None = None) -> dict[str, str]:
+    """Signature -> pinned trace, for every known difference pinned in `folder`
+    (default: the bundled ``scenarios/known-differences/differential``).  A campaign's
+    class is *explained* when its signature is pinned there with its reason."""
+    root = Path(folder) if folder is not None else bundled(PINNED_FOLDER)
+    found: dict[str, str] = {}
+    for path in sorted(root.glob("*.jsonl")) if root.is_dir() else []:
+        with path.open(encoding="utf-8") as handle:
+            first = handle.readline()
+        try:
+            description = str(json.loads(first).get("description", ""))
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        match = _PINNED_CLASS.search(description)
+        if match is not None:
+            found.setdefault(match.group(1), path.name)
+    return found
 
 
 @dataclass
@@ -192,8 +217,16 @@ class Summary:
             ],
         }
 
-    def render(self) -> str:
-        """A readable summary: counts, speed, one paragraph per class."""
+    def unexplained(self, pinned: dict[str, str]) -> list[MismatchClass]:
+        """The classes whose signature no pinned known difference names."""
+        return [c for c in self.classes if c.signature not in pinned]
+
+    def render(self, pinned: dict[str, str] | None = None) -> str:
+        """A readable summary: counts, speed, one paragraph per class (each marked
+        pinned, with its trace, or UNEXPLAINED against `pinned`, default the bundled
+        known differences)."""
+        pinned = pinned_classes() if pinned is None else pinned
+        unexplained = self.unexplained(pinned)
         lines = [
             f"{self.traces} traces: {self.identical} identical, {self.mismatching} mismatching "
             f"in {len(self.classes)} class(es); {self.elapsed_s:.0f} s, "
@@ -210,14 +243,21 @@ class Summary:
             for name, t in sorted(self.commands.items()):
                 pt, ps = t.per_thousand()
                 lines.append(f"  {name:36} {t.traces:6} {pt:6} {t.steps:8} {ps:6}")
+        lines.append(
+            f"unexplained: {len(unexplained)} class(es), "
+            f"{sum(c.count for c in unexplained)} trace(s) "
+            f"({len(self.classes) - len(unexplained)} class(es) pinned as known differences)"
+        )
         if self.generator_errors:
             lines.append(f"generator failed on {len(self.generator_errors)} seed(s):")
             lines.extend(f"  {e}" for e in self.generator_errors[:10])
         for c in self.classes:
+            known = pinned.get(c.signature)
             lines.append(
                 f"- {c.signature}: {c.count} trace(s) (seeds {c.seeds[:5]}), shrunk "
                 f"{c.steps_before} -> {c.steps_after} steps, reproduced {c.reproduced}: {c.path}"
             )
+            lines.append(f"    pinned: {known}" if known else "    UNEXPLAINED")
             lines.append("    " + c.first.replace("\n", "\n    "))
         return "\n".join(lines)
 
@@ -661,8 +701,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OracleError as exc:
         sys.stderr.write(f"differential: {exc}\n")
         return 2
-    sys.stdout.write(summary.render() + "\n")
-    return 0 if not summary.classes else 1
+    pinned = pinned_classes()
+    sys.stdout.write(summary.render(pinned) + "\n")
+    return 0 if not summary.unexplained(pinned) else 1
 
 
 if __name__ == "__main__":
