@@ -129,8 +129,11 @@ def refresh_conflict(
     a parent is new or changed since `before` (`edges_below` taken before the change)."""
     after = edges_below(state, top, extra)
     for node in state.graph.subtree(top):
-        plist = after[id(node)]
         old = set(before.get(id(node), []))
+        # an edge the change attached (bdrv_replace_child_noperm) is inserted at the
+        # head of the node's parent list; edges that were there keep their order
+        held = {(p.desc, p.child) for p in old}
+        plist = sorted(after[id(node)], key=lambda p: (p.desc, p.child) in held)
         for i, a in enumerate(plist):
             for j, b in enumerate(plist):
                 missing = b.perm & ~a.shared

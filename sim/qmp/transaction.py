@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sim.errors import QMPError
-from sim.model import drain, snapshot
+from sim.model import drain, perms, snapshot
 from sim.qmp import cmd_bitmap
 from sim.qmp.cmd_query import node_filename
 from sim.qmp.dispatch import command
@@ -207,6 +207,14 @@ def _snapshot_sync(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepare
 def _snapshot(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepared:
     check_completion_mode("blockdev-snapshot", ctx)
     s = m.state
+    # bdrv_append refreshes the permissions of the overlay and everything below it:
+    # the old node's parents now use the overlay (a device's BlockBackend wants
+    # consistent read, which a mirror target's BlockBackend does not share)
+    before: dict[int, list[perms.Parent]] = {}
+    for name in (data["overlay"], data["node"]):
+        found = s.graph.lookup_bs(name)
+        if found is not None:
+            before.update(perms.edges_below(s, found))
     undo = snapshot.blockdev_snapshot(
         s.graph,
         s.policy,
@@ -215,6 +223,12 @@ def _snapshot(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepared:
         on_lookup=lambda node: drained_begin(m, ctx, node),
         jobs=s.jobs,
     )
+    if s.policy.permissions:
+        overlay = s.graph.lookup_or_fail(data["overlay"])
+        conflict = perms.refresh_conflict(s, overlay, before)
+        if conflict is not None:
+            undo()
+            raise QMPError(conflict)
     return Prepared(abort=undo)
 
 
