@@ -8,6 +8,7 @@ given inline are created with it, children given by name are referenced.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from sim.engine.faults import blkdebug_rules
@@ -339,6 +340,12 @@ def _open_backing_chain(
         return
     seen = (*seen, image.filename)
     bimage = g.images.get(image.backing_file)
+    pseudo = _null_co_backing(image.backing_file)
+    if pseudo is not None:  # a null-co pseudo-protocol name opens a null-co node
+        bnode = g.new_node("null-co", pseudo, None, read_only=True)
+        created.append(bnode)
+        g.set_backing(node, bnode)
+        return
     try:
         if bimage is not None and bimage.filename in seen and node.read_only:
             # read-only all the way down, no lock stops the loop: QEMU 7.2 never returns
@@ -357,6 +364,24 @@ def _open_backing_chain(
         _open_backing_chain(m, bnode, created, seen)
     except QMPError as exc:
         raise QMPError(f"Could not open backing file: {exc.desc}") from None
+
+
+def _null_co_backing(name: str) -> int | None:
+    """The size of the null-co node a header's backing name describes: `null-co://`
+    (its default size) or the json:{...} name a snapshot of a null-co node writes
+    (bdrv_open parses both); None for any other name."""
+    if name == "null-co://":
+        return NULL_CO_DEFAULT_SIZE
+    if not name.startswith("json:"):
+        return None
+    try:
+        options = json.loads(name[len("json:") :])
+    except ValueError:
+        return None
+    if not isinstance(options, dict) or options.get("driver") != "null-co":
+        return None
+    size = options.get("size", NULL_CO_DEFAULT_SIZE)
+    return size if isinstance(size, int) and size >= 0 else None
 
 
 @command("blockdev-del")
