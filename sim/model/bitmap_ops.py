@@ -19,7 +19,7 @@ from sim.model.bitmap import (
     valid_granularity,
 )
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode
-from sim.model.host_file import host_file
+from sim.model.host_file import protocol_length
 from sim.model.policy import Owner, PlacementPolicy
 
 Undo = Callable[[], None]
@@ -48,12 +48,8 @@ def owner_size(owner: Owner, graph: BlockGraph | None = None) -> int:
     is as long as its host file (whole sectors), not the guest disk."""
     if isinstance(owner, BlockBackend):
         return owner.root.size_bytes if owner.root is not None else 0
-    if graph is not None and owner.driver == "file" and owner.image is None:
-        for parent, role in graph.parents(owner):
-            if role == "file" and parent.image is not None:
-                length = host_file(graph, parent.image).length_bytes
-                return -(-length // 512) * 512
-    return owner.size_bytes
+    length = protocol_length(graph, owner) if graph is not None else None
+    return owner.size_bytes if length is None else length
 
 
 def owner_label(graph: BlockGraph, owner: Owner) -> str:

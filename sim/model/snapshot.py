@@ -15,7 +15,7 @@ from sim.errors import QMPError
 from sim.model import perms
 from sim.model.bitmap_ops import Undo
 from sim.model.graph import BlockGraph, BlockNode, has_descendant, id_wellformed
-from sim.model.host_file import host_file
+from sim.model.host_file import protocol_length
 from sim.model.jobs import Job
 from sim.model.policy import PlacementPolicy
 
@@ -164,12 +164,8 @@ def _length(graph: BlockGraph, node: BlockNode) -> int:
     """bdrv_getlength of the node an overlay is created on: a protocol node under a
     format node is as long as its host file (the qcow2 file, not the guest disk),
     rounded up to whole sectors."""
-    if node.driver == "file" and node.image is None:
-        for parent, role in graph.parents(node):
-            if role == "file" and parent.image is not None:
-                length = host_file(graph, parent.image).length_bytes
-                return -(-length // 512) * 512  # bdrv_getlength: whole sectors
-    return node.size_bytes
+    length = protocol_length(graph, node)
+    return node.size_bytes if length is None else length
 
 
 def _image_name(graph: BlockGraph, node: BlockNode) -> str | None:

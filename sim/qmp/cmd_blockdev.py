@@ -17,6 +17,7 @@ from sim.model import bitmap_ops, drain, perms, reopen
 from sim.model.cbw import CopyBeforeWrite
 from sim.model.content import SECTOR, Content, WindowContent
 from sim.model.graph import FORMAT_DRIVERS, QCOW2_CLUSTER, BlockNode, load_bitmaps
+from sim.model.host_file import host_file
 from sim.model.snapshot import check_new_node_name
 from sim.qmp.dispatch import command
 from sim.qmp.schema import BLOCKDEV_OPTIONS, MODELLED_DRIVERS, List, members
@@ -355,6 +356,17 @@ def _open_backing_chain(
             )
         if bimage is None:
             raise QMPError(f"Could not open '{image.backing_file}': No such file or directory")
+        if image.backing_format == "file":
+            # the header's backing format is the protocol driver: the backing is the
+            # host file itself, opened read-only (a COW child of a node nobody uses
+            # shares write, so a writer of the file does not stop it)
+            length = bimage.size_bytes
+            if bimage.format != "raw":
+                length = -(-host_file(g, bimage).length_bytes // SECTOR) * SECTOR
+            bnode = g.new_node("file", length, None, image=bimage, read_only=True)
+            created.append(bnode)
+            g.set_backing(node, bnode)
+            return
         # opened read-only: it needs writers on the image locked out
         g.check_image_lock(bimage, read_only=True, jobs=m.state.jobs)
         bnode = g.open_image(bimage, None, None)

@@ -15,7 +15,8 @@ from sim.engine.jobs import start_job
 from sim.errors import QMPError
 from sim.model import job_flow, perms
 from sim.model.bitmap import check_bits
-from sim.model.graph import BlockNode, id_wellformed
+from sim.model.graph import BlockGraph, BlockNode, id_wellformed
+from sim.model.host_file import protocol_length
 from sim.model.job_backup import JOB_CLUSTER, BackupKind
 from sim.model.job_commit import CommitKind
 from sim.model.job_driver import JobDriver
@@ -23,6 +24,7 @@ from sim.model.job_mirror import MirrorKind
 from sim.model.job_stream import StreamKind
 from sim.model.jobs import Job, JobStatus
 from sim.model.snapshot import check_new_node_name
+from sim.qmp.cmd_query import node_filename
 from sim.qmp.dispatch import command
 from sim.qmp.transaction import (
     Prepared,
@@ -232,6 +234,14 @@ def _backup_prepared(m: Machine, job: Job) -> Prepared:
 MAX_FULL_COPY_BYTES = 1 << 40
 
 
+def refresh_length(graph: BlockGraph, node: BlockNode) -> None:
+    """What a job's bdrv_getlength does to a protocol node (refresh_total_sectors):
+    its length becomes its host file's, which the job then copies and compares."""
+    length = protocol_length(graph, node)
+    if length is not None:
+        node.size_bytes = length
+
+
 def check_full_copy(source: BlockNode, sync: str, what: str) -> None:
     """QMPError naming the limit when a sync=full job would copy more than it allows."""
     if sync == "full" and source.size_bytes > MAX_FULL_COPY_BYTES:
@@ -247,6 +257,7 @@ def check_full_copy(source: BlockNode, sync: str, what: str) -> None:
 def _drive_backup(m: Machine, a: dict[str, Any], ctx: TxnContext) -> Prepared:
     g = m.state.graph
     source = g.lookup_or_fail(a["device"])
+    refresh_length(g, source)
     drained_begin(m, ctx, source)
     g.check_op(source, "backup-source")
     mode = a.get("mode", "absolute-paths")
@@ -282,6 +293,8 @@ def _blockdev_backup(m: Machine, a: dict[str, Any], ctx: TxnContext) -> Prepared
     g = m.state.graph
     source = g.lookup_or_fail(a["device"])
     target = g.lookup_or_fail(a["target"])
+    refresh_length(g, source)
+    refresh_length(g, target)
     drained_begin(m, ctx, source)
     bm, bsync, bmode = _backup_bitmap_checks(m, a, source)
     job = _create_backup(m, a, source, target, False, bm, bsync, bmode)
@@ -319,8 +332,14 @@ def _open_target(
             raise QMPError(f"Unknown file format '{fmt}'")
         if backing is not None and fmt == "raw":
             raise QMPError("Backing file not supported for file format 'raw'")
-        bfile = backing.image.filename if backing is not None and backing.image else None
+        # bdrv_img_create is given the backing node's bs->filename (a protocol node's
+        # is its image file)
+        bfile = node_filename(g, backing) if backing is not None else None
         image = g.create_image(filename, fmt, source.size_bytes, bfile)
+        if backing is not None and backing.driver == "file":
+            # with its driver as backing format: `file`, so the image's backing is
+            # opened as a bare protocol node (the qcow2 file itself)
+            image.backing_format = "file"
     if node_name is not None:
         check_new_node_name(g, node_name)
     return g.open_image(image, node_name, None)
@@ -397,6 +416,7 @@ def _start_mirror(
     leave_backing: bool = False,
 ) -> None:
     g = m.state.graph
+    refresh_length(g, target)
     gran = _mirror_checks(a)
     g.check_op(source, "mirror-source")
     g.check_op(target, "mirror-target")
