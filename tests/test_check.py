@@ -366,14 +366,16 @@ def test_a_bitmap_added_and_disabled_in_one_transaction_owes_nothing(policy: str
 
 
 def test_incremental_backup_from_a_protocol_node_bitmap_is_checked_without_error(tmp_path) -> None:
-    # The bitmap on proto0 covers the host file; the backup job reading proto0 copies the
-    # guest length: the soundness checker settles the successor over the bitmap's length.
+    # The bitmap on proto0 covers the host file, and so does a backup job reading proto0
+    # (its target, made by a backup of proto0, is as long); the soundness checker settles
+    # the successor over the bitmap's length.  IDENTICAL on QEMU 7.2 (blocksim diff).
     lines = [
         {"trace": 1, "drives": [{"id": "drive0", "node-name": "fmt0", "file-node-name": "proto0",
                                  "format": "qcow2", "size": 64 << 20}]},
-        {"execute": "drive-backup", "arguments": {"device": "drive0", "sync": "full",
-                                                  "target": "bk3.qcow2"}},
-        {"wait": {"event": "BLOCK_JOB_COMPLETED", "data": {"device": "drive0"}}},
+        {"execute": "drive-backup", "arguments": {"device": "proto0", "job-id": "job1",
+                                                  "sync": "full", "target": "bk3.qcow2",
+                                                  "format": "qcow2"}},
+        {"wait": {"event": "BLOCK_JOB_COMPLETED", "data": {"device": "job1"}}},
         {"execute": "block-dirty-bitmap-add", "arguments": {"node": "proto0", "name": "b0"}},
         {"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "tgt8",
                                                   "file": {"driver": "file",
@@ -388,4 +390,5 @@ def test_incremental_backup_from_a_protocol_node_bitmap_is_checked_without_error
     result = replay(load_trace(path), checkers=make_checkers(["bitmap-soundness"]))
     assert not result.trace_errors and not result.internal_errors, result.internal_errors
     assert result.steps[4].response == {"return": {}}
-    assert result.steps[5].events, "the incremental backup did not complete"
+    # the bitmap is empty: the job completes with the command (nothing to copy)
+    assert result.steps[5].response["event"] == "BLOCK_JOB_COMPLETED"

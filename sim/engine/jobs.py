@@ -63,7 +63,29 @@ def start_job(m: Machine, job: Job) -> None:
     waker = _Waker(m.env)
     job.wake = waker.wake
     job_flow.start(job)
+    kind = job.kind
+    if isinstance(kind, BackupKind) and kind.ends_by_itself() and kind.next_chunk() is None:
+        m.idle_starts.append((job, waker))
+        return
     m.processes[job.id] = m.env.process(job_process(m, job, waker))
+
+
+def end_idle_jobs(m: Machine) -> None:
+    """After a command: a backup it started with nothing to copy has returned from
+    backup_run (job_start enters the coroutine at once; with nothing copied the rate
+    limit never sleeps), and its completion runs before the next command.  One that
+    a drain still holds, or that was paused or cancelled meanwhile, runs as a process."""
+    started, m.idle_starts = m.idle_starts, []
+    for job, waker in started:
+        if (
+            job.status == JobStatus.RUNNING
+            and not job.user_paused
+            and not job.cancelled
+            and job.kind.next_chunk() is None
+        ):
+            job_flow.work_finished(m.state, job)
+        elif job.status in ACTIVE:
+            m.processes[job.id] = m.env.process(job_process(m, job, waker))
 
 
 def start_oneshot_job(m: Machine, job: Job, delay_ns: int, work: Callable[[], None]) -> None:

@@ -43,6 +43,9 @@ class Machine:
         self.state = BlockState(policy, emit=self.emit)
         self.drives = {d.id: d for d in drives}
         self.processes: dict[str, simpy.Process] = {}  # job id -> process
+        # jobs started by the command being run whose run() has nothing to do: they
+        # end when the command does (sim.engine.jobs.end_idle_jobs)
+        self.idle_starts: list[Any] = []
         self.timing: dict[str, dict[str, Any]] = {d.id: dict(d.timing) for d in drives}
         self.hmp_output: str | None = None  # what qemu-io printed in the last command
         # observers (checkers, coverage): called after every QMP command with

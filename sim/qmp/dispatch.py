@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sim import jsonio
+from sim.engine.jobs import end_idle_jobs
 from sim.errors import QMPError, SimulatorBug
 from sim.qmp import schema
 from sim.qmp.schema import Member, Struct, Union, check_arguments
@@ -104,6 +105,8 @@ class Monitor:
             response = self._internal(exc)
         except Exception as exc:  # noqa: BLE001 - any other exception is a simulator bug
             response = self._internal(exc)
+        if self.machine.idle_starts:
+            end_idle_jobs(self.machine)
         if isinstance(request, dict) and "id" in request:
             response["id"] = request["id"]
         for observer in self.machine.command_observers:
