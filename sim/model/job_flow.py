@@ -150,7 +150,7 @@ def abort_txn(state: BlockState, job: Job, deferred: bool = False) -> None:
             data["error"] = p.error
             p.emit("BLOCK_JOB_COMPLETED", data)
         p.set_status(S.CONCLUDED)
-        if p.auto_dismiss:
+        if p.auto_dismiss or not p.started:  # job_conclude: a job never started goes too
             dismiss(state, p)
 
 
