@@ -8,6 +8,8 @@ node backs onto base (or nothing) and the streamed-over nodes leave the graph.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sim.model.content import Extent, chain_extents, sector_span
 from sim.model.graph import BlockGraph, BlockNode
 from sim.model.job_driver import JobDriver
@@ -42,6 +44,9 @@ class StreamKind(JobDriver):
         self.cursor = 0
         self.nothing_to_do = node.backing is base or node.backing is None
         self.backing_file: str | None = None  # block-stream's `backing-file`
+        # the base's bs->filename (bdrv_refresh_filename: json:{...} for a node whose
+        # backing is not the one its header names), given by the QMP layer
+        self.filename_of: Callable[[BlockNode], str] | None = None
         self.filter_dropped = False
 
     def intermediates(self) -> list[BlockNode]:
@@ -126,8 +131,11 @@ class StreamKind(JobDriver):
             old = self.node.backing
             self.graph.set_backing(self.node, self.base)
             if self.node.image is not None:  # stream_prepare: bdrv_change_backing_file
+                # stream_prepare: `backing-file`, else the base's bs->filename
                 base_image = self.base.image if self.base is not None else None
                 named = base_image.filename if base_image else None
+                if self.base is not None and self.filename_of is not None:
+                    named = self.filename_of(self.base)
                 # a `backing-file` given to block-stream is written instead of the
                 # base's file name (only when there is a base)
                 self.node.image.backing_file = (

@@ -658,6 +658,8 @@ def _block_stream(m: Machine, a: dict[str, Any]) -> None:
     job.on_source_error = job.on_target_error = a.get("on-error", "report")
     kind = StreamKind(g, job, node, base, a.get("filter-node-name"))
     kind.backing_file = a.get("backing-file")
+    kind.filename_of = lambda n: node_filename(g, n)
+    kind.filename_of = lambda n: node_filename(g, n)
     register(m, job, kind, [kind.filter, node] + kind.intermediates())
     start_job(m, job)
 
