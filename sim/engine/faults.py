@@ -53,6 +53,9 @@ class Fault:
     remaining: int
     line: int = 0
     hits: int = 0
+    # blkdebug's `immediately`: the request fails before it yields; otherwise (and for
+    # the sim-only fault) it fails in a later main-loop iteration
+    immediately: bool = False
 
     def matches(self, node: BlockNode, op: str, offset: int, length: int) -> bool:
         return (
@@ -96,9 +99,11 @@ class FaultTable:
             debug = self.blkdebug.get(node) if self.blkdebug else None
             if debug is not None:
                 parent = nodes[i - 1] if i else above
-                errno = debug.request(op, offset, length, parent.driver if parent else None)
-                if errno is not None:
-                    return node, Fault(node, fault_op, errno, offset, max(length, 1), 0)
+                rule = debug.request(op, offset, length, parent.driver if parent else None)
+                if rule is not None:
+                    fault = Fault(node, fault_op, rule.errno, offset, max(length, 1), 0)
+                    fault.immediately = rule.immediately
+                    return node, fault
             for fault in self.faults:
                 if fault.matches(node, fault_op, offset, length):
                     fault.remaining -= 1
@@ -145,6 +150,7 @@ class BlkdebugRule:
     iotypes: frozenset[str] = _DEFAULT_IOTYPES
     once: bool = False
     new_state: int = 0
+    immediately: bool = False
 
 
 class Blkdebug:
@@ -173,9 +179,9 @@ class Blkdebug:
                 new_state = rule.new_state
         self.state = new_state
 
-    def request(self, op: str, offset: int, length: int, parent: str | None) -> str | None:
+    def request(self, op: str, offset: int, length: int, parent: str | None) -> BlkdebugRule | None:
         """A request of type `op` from a node of driver `parent` (None: qemu-io on the
-        blkdebug node itself) after that node's events: the errno it fails with, or
+        blkdebug node itself) after that node's events: the rule it fails by, or
         None (rule_check).  A zero write under qcow2 only changes its metadata (no
         request here); raw passes it on without an event."""
         if op == "write-zeroes":
@@ -192,7 +198,7 @@ class Blkdebug:
                 if rule.once:
                     self.active.remove(rule)
                     self.rules[rule.event].remove(rule)
-                return rule.errno
+                return rule
         return None
 
 
@@ -231,6 +237,7 @@ def blkdebug_rules(options: dict[str, Any]) -> Blkdebug:
                 BlkdebugRule(
                     event, kind, spec.get("state", 0), errno,
                     -1 if sector == -1 else sector * _SECTOR, iotypes, spec.get("once", False),
+                    immediately=spec.get("immediately", False),
                 )
             )  # fmt: skip
     return Blkdebug(rules)

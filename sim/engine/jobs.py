@@ -165,13 +165,13 @@ def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
             yield from chunk_io(m, job, source, target, length, True, hole, burst > 0)
             burst -= length
             continue
-        is_read, errno = failure
+        is_read, errno, immediately = failure
         yield from chunk_io(m, job, source, target, length, not is_read, False, burst > 0)
         burst -= length
         if job.status in ENDED:
             return
         if is_read and isinstance(kind, BackupKind):
-            finish_in_flight(m, job, kind, offset // kind.cluster)
+            finish_in_flight(m, job, kind, offset, length, immediately)
         if _done(job):
             break
         action = job_flow.error_action(job, is_read, errno)
@@ -188,38 +188,47 @@ BLOCK_COPY_MAX_WORKERS = 64  # block-copy's task pool (perf max-workers default)
 BLOCK_COPY_MAX_BUFFER = 1 << 20  # a task copies at most 1 MiB
 
 
-def finish_in_flight(m: Machine, job: Job, kind: BackupKind, failed: int) -> None:
-    """A backup's block-copy runs its tasks concurrently (up to 64 in flight): when
-    one task's read fails, the tasks already issued still complete before the job
-    sees the error (block_copy_dirty_clusters waits for the whole pool).  The model
-    takes the failed request as the chunk's first cluster, which stays to be copied,
-    and the rest of the copy bitmap, up to what the pool holds (64 tasks of at most
-    1 MiB), as issued: copied now, each cluster through the armed faults like any
+def finish_in_flight(
+    m: Machine, job: Job, kind: BackupKind, offset: int, length: int, immediately: bool
+) -> None:
+    """A backup's block-copy call runs its tasks concurrently: block_copy_dirty_clusters
+    creates a task, starts it and goes on creating the next one while the pool holds
+    fewer than 64 busy tasks; it stops creating tasks once one has failed, and waits
+    for the pool before the job sees the error.  Every task's first request yields
+    (it reads the source or writes the target), so the pool's first 64 tasks all
+    exist before any of them has finished: a read failing in one of them (failed task
+    at [offset, offset + length), which stays to be copied) lets the others up to the
+    64th complete; later, the pool is refilled one task per completion and the
+    failure ends the call first.  A read that fails before yielding (blkdebug's
+    `immediately`) ends the task at once, before the next is created.  The model
+    copies tasks one by one, so the tasks before the failed one are done; the ones
+    after it up to the 64th are copied now, each through the armed faults like any
     request (a rule that is not `once` fails it too).  Recorded on QEMU 7.2
-    (qemu-iotests 257 and 124 with blkdebug): with a handful of dirty clusters, all
-    but the failed one are copied.  QEMU splits tasks where the source's allocation
-    changes and creates them while earlier ones run, so a large job leaves more
-    behind (257's full-sync case copies 945 of 1024 clusters; the model 1023)."""
-    bits = kind.copy_map.bits
-    cluster = kind.cluster
-    size = kind.source.size_bytes
-    budget = BLOCK_COPY_MAX_WORKERS * BLOCK_COPY_MAX_BUFFER - cluster
-    for index in bits.search(1):
-        if budget <= 0:
+    (qemu-iotests 257's full-sync backups with blkdebug: the second read fails in
+    the third of 64 tasks, and 945 of 1024 clusters are copied)."""
+    kind.tasks_issued += 1  # the failed task
+    if immediately:
+        return
+    resume = kind.cursor
+    kind.cursor = (offset + length) // kind.cluster
+    while kind.tasks_issued < BLOCK_COPY_MAX_WORKERS:
+        chunk = kind.next_chunk()
+        if chunk is None:
             break
-        if index == failed:
+        at, size = chunk
+        if m.faults and chunk_fault(m, job, at, size) is not None:
+            kind.tasks_issued += 1
+            kind.cursor = (at + size) // kind.cluster
             continue
-        budget -= cluster
-        offset = index * cluster
-        length = min(cluster, size - offset)
-        if m.faults and chunk_fault(m, job, offset, length) is not None:
-            continue
-        kind.copy_chunk(offset, length)
-        note_job_write(m.state.graph, kind.target, offset, length)
+        kind.copy_chunk(at, size)
+        note_job_write(m.state.graph, kind.target, at, size)
+        kind.cursor = (at + size) // kind.cluster
+    kind.cursor = resume
 
 
-def chunk_fault(m: Machine, job: Job, offset: int, length: int) -> tuple[bool, str] | None:
-    """(is_read, errno) when an armed fault fails this chunk's read or write."""
+def chunk_fault(m: Machine, job: Job, offset: int, length: int) -> tuple[bool, str, bool] | None:
+    """(is_read, errno, immediately) when an armed fault fails this chunk's read or
+    write (`immediately`: the request fails before it yields, see `Fault`)."""
     kind = job.kind
     source, target = kind.reads_from(), kind.writes_to()
     graph = m.state.graph
@@ -230,12 +239,12 @@ def chunk_fault(m: Machine, job: Job, offset: int, length: int) -> tuple[bool, s
     hit = m.faults.take(reads, "read", offset, length)
     if hit is not None:
         # stream_run reports every failure as a read (stream_populate is a COR read)
-        return True, hit[1].errno
+        return True, hit[1].errno, hit[1].immediately
     if target is None or (allocated_only and not reads):
         return None
     hit = m.faults.take(write_path(graph, target), "write", offset, length)
     if hit is not None:
-        return kind.errors_as_reads, hit[1].errno
+        return kind.errors_as_reads, hit[1].errno, hit[1].immediately
     return None
 
 

@@ -413,7 +413,7 @@ class Content:
 
     def clone(self) -> Content:
         """An independent copy (chunks are shared until either side writes)."""
-        other = Content.__new__(Content)
+        other = Content.__new__(type(self))  # a subclass copies its own slots after
         other.size_bytes, other.nsectors = self.size_bytes, self.nsectors
         other._mins, other._chunks = self._mins, self._chunks
         other._shared = self._shared = True

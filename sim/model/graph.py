@@ -20,6 +20,7 @@ from sim.errors import QMPError
 from sim.model.bitmap import DirtyBitmap
 from sim.model.blockstats import AcctStats
 from sim.model.content import Content, new_content
+from sim.model.qcow2_host import new_qcow2_content
 
 if TYPE_CHECKING:
     from sim.model.cbw import CopyBeforeWrite
@@ -423,7 +424,12 @@ class BlockGraph:
             from sim.model.image_create import check_file_lock
 
             check_file_lock(self, self.images[filename])
-        image = Image(filename, fmt, size_bytes, new_content(size_bytes), backing_file)
+        content = (
+            new_qcow2_content(size_bytes, QCOW2_CLUSTER)
+            if fmt == "qcow2"
+            else new_content(size_bytes)
+        )
+        image = Image(filename, fmt, size_bytes, content, backing_file)
         self.images[filename] = image
         return image
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from sim.errors import QMPError
 from sim.model.content import new_content
 from sim.model.graph import BlockGraph, BlockNode, Image
+from sim.model.qcow2_host import new_qcow2_content
 
 SECTOR = 512
 MIN_CLUSTER, MAX_CLUSTER = 512, 2 * 1024 * 1024
@@ -112,7 +113,7 @@ def create_qcow2(graph: BlockGraph, file: BlockNode, opts: Qcow2CreateOptions) -
         raise QMPError(f"blocksim does not model qcow2 images on a '{file.driver}' node")
     image.format = "qcow2"
     image.size_bytes = opts.size_bytes
-    image.content = new_content(opts.size_bytes)
+    image.content = new_qcow2_content(opts.size_bytes, opts.cluster_size)
     image.backing_file = opts.backing_file
     image.cluster_size = opts.cluster_size
     return image

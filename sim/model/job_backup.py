@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from sim.model.bitmap import DirtyBitmap, bits_at_granularity
 from sim.model.cbw import CBW_CLUSTER, CopyBeforeWrite, copy_cluster_size
-from sim.model.content import SECTOR, SECTOR_SHIFT, chain_next_data
+from sim.model.content import (
+    FIRST_DATA_STAMP,
+    SECTOR,
+    SECTOR_SHIFT,
+    Content,
+    chain_extents,
+    chain_next_data,
+)
 from sim.model.graph import BlockGraph, BlockNode
 from sim.model.job_driver import JobDriver
 from sim.model.job_graph import (
@@ -25,6 +32,7 @@ from sim.model.job_graph import (
     set_bits_from_mask,
 )
 from sim.model.jobs import Job
+from sim.model.qcow2_host import Qcow2Content
 
 JOB_CLUSTER = CBW_CLUSTER
 CHUNK_CLUSTERS = 16  # block-copy copies up to 1 MiB per task (progress moves in 1 MiB steps)
@@ -69,6 +77,9 @@ class BackupKind(JobDriver):
         self.cbw.on_copy = self._count_copy
         self.filter.write_hook = self.before_write
         self.cursor = 0
+        # tasks the job's block-copy call has created so far (block_copy_dirty_clusters
+        # creates them in offset order and runs up to 64 at once)
+        self.tasks_issued = 0
 
     @property
     def copy_map(self) -> DirtyBitmap:
@@ -105,6 +116,7 @@ class BackupKind(JobDriver):
             bits.setall(1)
         self.job.len = self._clipped_count()
         self.job.offset = 0
+        self.tasks_issued = 0
 
     def _clipped_count(self) -> int:
         # bdrv_get_dirty_count: a partial last cluster counts whole
@@ -112,8 +124,11 @@ class BackupKind(JobDriver):
 
     # -- work ------------------------------------------------------------------------------
     def next_chunk(self) -> tuple[int, int] | None:
-        """Next run of dirty clusters to copy in the background (at most one block-copy
-        chunk, 1 MiB); None when nothing is left."""
+        """The next block-copy task of the background copy (block_copy_task_create,
+        then block_copy_block_status): the run of dirty clusters from the cursor, at
+        most 1 MiB (bdrv_dirty_bitmap_next_dirty_area with block-copy's chunk size),
+        cut where the source's block status changes between data and zeroes; None
+        when nothing is left."""
         if self.sync == "none":
             return None
         bits = self.copy_map.bits
@@ -124,13 +139,61 @@ class BackupKind(JobDriver):
         self.cursor = i
         window = bits[i : i + CHUNK_CLUSTERS]
         n = window.index(0) if not window.all() else len(window)
+        n = self._status_run(i, n)
         off = i * self.cluster
         return off, min(n * self.cluster, self.source.size_bytes - off)
 
+    def _data_clusters(self, contents: list[Content], first: int, count: int) -> list[bool]:
+        """Per cluster of [first, first + count): whether block status reports data
+        there (some sector of the source chain's read holds data; zero-written and
+        unallocated sectors read as zeroes, the source chain ends without backing)."""
+        size = self.source.size_bytes
+        cluster_sectors = self.cluster >> SECTOR_SHIFT
+        lo = first * cluster_sectors
+        hi = min((first + count) * cluster_sectors, (size + SECTOR - 1) >> SECTOR_SHIFT)
+        data = [False] * count
+        for start, end, stamp in chain_extents(contents, lo, hi):
+            if stamp < FIRST_DATA_STAMP:
+                continue
+            for c in range(start // cluster_sectors, (end - 1) // cluster_sectors + 1):
+                data[c - first] = True
+        return data
+
+    def _host_extent(self, contents: list[Content], index: int) -> tuple[int, int]:
+        """Which host extent holds job cluster `index`: (depth of the chain layer that
+        has it, that layer's qcow2 host run; 0 for a layer without one)."""
+        offset = index * self.cluster
+        for depth, content in enumerate(contents):
+            if isinstance(content, Qcow2Content):
+                run = content.host_run(offset // content.cluster_bytes)
+                if run:
+                    return depth, run
+            sector = offset >> SECTOR_SHIFT
+            if sector < content.nsectors and content.stamp_at(sector):
+                return depth, 0
+        return -1, 0
+
+    def _status_run(self, first: int, count: int) -> int:
+        """How many of `count` clusters from `first` one block-copy task takes: the
+        clusters block status reports as one extent from the first on: all zeroes,
+        or all data lying contiguously in one layer's file (qcow2 reports one extent
+        per run of contiguous host clusters; block_copy_block_status rounds the
+        status length to whole clusters)."""
+        if count <= 1:
+            return count
+        contents = chain_contents(self.graph, self.source)
+        data = self._data_clusters(contents, first, count)
+        where = self._host_extent(contents, first) if data[0] else None
+        n = 1
+        while n < count and data[n] == data[0]:
+            if where is not None and self._host_extent(contents, first + n) != where:
+                break
+            n += 1
+        return n
+
     def chunk_is_hole(self, offset: int, length: int) -> bool:
         """block_copy_block_status: nothing in the source chain's read of the chunk is
-        data.  A chunk with some data counts as data (block-copy would split it into a
-        data task and a zero task)."""
+        data (block-copy writes zeroes to the target and reads nothing)."""
         contents = chain_contents(self.graph, self.source)
         sector = offset >> SECTOR_SHIFT
         return chain_next_data(contents, sector) >= (offset + length + SECTOR - 1) >> SECTOR_SHIFT
@@ -170,8 +233,10 @@ class BackupKind(JobDriver):
         n = count * (length // self.cluster)
         self.cbw.copy_span(first, n, offset, count * length)
         self.job.offset += n * self.cluster
+        self.tasks_issued += count
 
     def copy_chunk(self, offset: int, length: int) -> None:
+        self.tasks_issued += 1
         first = offset // self.cluster
         n = -(-length // self.cluster)
         bits = self.copy_map.bits
