@@ -162,6 +162,9 @@ def test_workload_writes_reach_bitmaps_data_and_write_observers() -> None:
 
 def test_copy_before_write_raises_guest_write_latency() -> None:
     steps = [
+        # data everywhere: the backup reads and writes every cluster (block-copy writes
+        # zeroes for a hole, which costs no device time)
+        io("write -P 0x5 0 64M"),
         workload(rate=3000, duration=0.4, **{"read-ratio": 0.0}),
         {"advance": 0.01},
         backup(),
