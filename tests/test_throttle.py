@@ -147,3 +147,20 @@ def test_a_refusal_against_a_recorded_answer_is_a_difference() -> None:
     assert r.mismatches and "blocksim does not model qom-type 'iothread'" in str(
         r.steps[0].response
     )
+
+
+def test_qemu_io_waits_for_the_group_while_time_runs_on() -> None:
+    """qemu-io over HMP through a throttle node: the first 4 MiB write finds the
+    bps-write bucket empty and passes at once; the next write waits until 4 MiB at
+    1 MiB/s have leaked down to the bucket size (avg / 10), about 3.9 s, and a workload
+    keeps running meanwhile; a read is not held back by a write limit."""
+    r = run_steps(
+        [*_group(**{"bps-write": 1 << 20}), _throttle(),
+         io("write 0 4M", "th0"), _workload("drive0", 100, 10.0, ratio=1.0),
+         io("read 0 64k", "th0"), io("write 4M 64k", "th0"), io("read 0 64k", "th0")]
+    )  # fmt: skip
+    times = [o.time_s for o in r.steps]
+    assert times[2] == times[4] == 0.0  # the first write and the read: at once
+    assert 3.8 <= times[5] <= 4.0
+    assert times[6] == times[5]
+    assert len(r.machine.io_log) >= 350  # the workload ran while the command waited

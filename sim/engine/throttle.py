@@ -11,9 +11,12 @@ through several throttle nodes waits at each, top down.  Cost: a few simpy
 events per request and throttle node, whatever the request's size.
 
 Who passes through a throttle node: workload requests entering at or above
-it, and job chunks whose source or target is at or above it (a job reading
-through a throttle node is throttled like the guest).  qemu-io over HMP is
-answered at once and is not throttled (it takes no simulated time at all).
+it, job chunks whose source or target is at or above it (a job reading
+through a throttle node is throttled like the guest), and qemu-io over HMP
+(`monitor_request`): QEMU's monitor waits for the request (qemu-io's
+synchronous block calls poll the main loop), so a request the group holds
+back keeps the command from answering while simulated time runs on (jobs
+progress, events are emitted); qemu-io's own I/O takes no device time.
 """
 
 from __future__ import annotations
@@ -60,3 +63,29 @@ def throttled(m: Machine, groups: list[ThrottleGroup], is_write: bool, size: int
                     break
                 yield env.timeout(wait)
             group.account(is_write, size)
+
+
+def monitor_request(m: Machine, node: BlockNode, is_write: bool, size: int) -> None:
+    """A qemu-io request entering at `node` passes its throttle groups: accounted at
+    once when no group holds it back (nothing else runs meanwhile), else simulated
+    time runs until the groups let it pass (throttle_group_co_io_limits_intercept
+    under the monitor's nested event loop)."""
+    groups = groups_on_path(node)
+    if not groups:
+        return
+    now = int(m.env.now)
+    free = all(
+        group.wait_ns(now, is_write) <= 0
+        and not _queue_busy(m.throttle_queues.get((group, is_write)))
+        for group in groups
+    )
+    if free:
+        for group in groups:
+            group.account(is_write, size)
+        return
+    passed = m.env.process(throttled(m, groups, is_write, size))
+    m.env.run(until=passed)
+
+
+def _queue_busy(queue: simpy.Resource | None) -> bool:
+    return queue is not None and (queue.count > 0 or bool(queue.queue))

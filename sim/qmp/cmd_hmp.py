@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sim.engine.throttle import monitor_request
 from sim.errors import QMPError
 from sim.model import drain, io, perms
 from sim.model.content import ZERO_STAMP
@@ -64,6 +65,10 @@ def _hmp(m: Machine, a: dict[str, Any]) -> str:
     _warn_if_qemu_hangs(m, root, cmd)
     _refuse_snapshot_discard_abort(m, root, cmd)
     if cmd.op in ("write", "read", "discard", "flush"):
+        in_range = 0 <= cmd.offset and 0 < cmd.length and cmd.offset + cmd.length <= root.size_bytes
+        if m.state.throttle_groups and cmd.op != "flush" and in_range:
+            # discards and zero writes count as writes (throttle_co_pdiscard)
+            monitor_request(m, root, cmd.op != "read", cmd.length)
         m.hmp_output = run_io(m, bb, root, cmd)
     else:
         m.hmp_output = cmd.output
