@@ -34,6 +34,9 @@ from tests.helpers import DRIVE0, SCENARIOS, header, qmp
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 UNDER_LOAD: list[dict[str, Any]] = [
+    # data to copy: block-copy writes zeroes for holes, which takes no device time, and
+    # a backup of a sparse disk would be too short to see on the run's timeline
+    qmp("human-monitor-command", **{"command-line": 'qemu-io drive0 "write 0 32M"'}),
     qmp("block-dirty-bitmap-add", node="fmt0", name="b0"),
     {
         "workload": {

@@ -31,7 +31,6 @@ from sim.errors import QMPError
 from sim.model.content import sector_span
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode
 from sim.model.io import write_path
-from sim.model.job_backup import BackupKind
 from sim.model.job_flow import STRERROR
 
 if TYPE_CHECKING:
@@ -135,6 +134,7 @@ _MODELLED_EVENTS = ("read_aio", "write_aio", "flush_to_os", "flush_to_disk")
 _IOTYPES = ("read", "write", "write-zeroes", "flush")
 _DEFAULT_IOTYPES = frozenset({"read", "write", "write-zeroes", "discard", "flush"})
 _ERRNOS = {5: "EIO", 28: "ENOSPC"}
+ERRNO_CODES = {name: code for code, name in _ERRNOS.items()}
 _SECTOR = 512
 
 
@@ -318,9 +318,14 @@ def guest_error(
                 hit = m.faults.take(read_path(graph, src, off, n), "read", off, n) or m.faults.take(
                     write_path(graph, dst), "write", off, n
                 )
-                if hit is not None:
+                if hit is None:
+                    continue
+                if node.cbw is not None and node.cbw.on_cbw_error == "break-snapshot":
+                    # the snapshot breaks, the guest write goes on (cbw_do_copy_before_write)
+                    node.cbw.snapshot_error = ERRNO_CODES[hit[1].errno]
+                else:
                     failed_at, errno = node, hit[1].errno
-                    break
+                break
             if failed_at is not None:
                 break
         if failed_at is not None:
@@ -331,11 +336,11 @@ def guest_error(
             break
     if failed_at is None:
         return None
-    _mark_failed_write(bb, path[: path.index(failed_at) + 1], offset, length)
+    mark_failed_write(bb, path[: path.index(failed_at) + 1], offset, length)
     return STRERROR[errno]
 
 
-def _mark_failed_write(
+def mark_failed_write(
     bb: BlockBackend | None, nodes: list[BlockNode], offset: int, length: int
 ) -> None:
     if bb is not None:
@@ -349,19 +354,14 @@ def _mark_failed_write(
 def cbw_runs(
     m: Machine, node: BlockNode, offset: int, length: int
 ) -> list[tuple[BlockNode, BlockNode, list[tuple[int, int]]]]:
-    """What a write through `node` would copy before writing: for each backup whose
-    copy-before-write filter is `node`, (source, target, [(offset, length)...])."""
-    if node.driver != "copy-before-write":
+    """What a write through `node` would copy before writing: when `node` is a
+    copy-before-write filter (a backup job's or one added by blockdev-add) whose
+    snapshot is not broken, (source, target, [(offset, length)...])."""
+    cbw = node.cbw if node.driver == "copy-before-write" else None
+    if cbw is None or cbw.snapshot_error:
         return []
-    out = []
-    for job in m.state.jobs:
-        kind = job.kind
-        if not isinstance(kind, BackupKind) or kind.filter is not node:
-            continue
-        runs = uncopied_runs(kind, offset, length)
-        if runs:
-            out.append((kind.source, kind.target, runs))
-    return out
+    runs = uncopied_runs(cbw, offset, length)
+    return [(cbw.source, cbw.target, runs)] if runs else []
 
 
 def uncopied_runs(kind: Any, offset: int, length: int) -> list[tuple[int, int]]:

@@ -16,7 +16,9 @@ through a throttle node is throttled like the guest), and qemu-io over HMP
 (`monitor_request`): QEMU's monitor waits for the request (qemu-io's
 synchronous block calls poll the main loop), so a request the group holds
 back keeps the command from answering while simulated time runs on (jobs
-progress, events are emitted); qemu-io's own I/O takes no device time.
+progress, events are emitted); qemu-io's own I/O takes no device time.  So
+does a qemu-io write's copy-before-write copy into a throttled target
+(`monitor_cbw_copies`), up to the filter's `cbw-timeout`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import simpy
 
-from sim.model.graph import BlockNode
+from sim.engine.faults import cbw_runs, mark_failed_write
+from sim.engine.timing import NS_PER_S
+from sim.model.graph import BlockBackend, BlockNode
+from sim.model.io import write_path
 from sim.model.throttle import ThrottleGroup
 
 if TYPE_CHECKING:
@@ -89,3 +94,46 @@ def monitor_request(m: Machine, node: BlockNode, is_write: bool, size: int) -> N
 
 def _queue_busy(queue: simpy.Resource | None) -> bool:
     return queue is not None and (queue.count > 0 or bool(queue.queue))
+
+
+def monitor_cbw_copies(
+    m: Machine, bb: BlockBackend | None, root: BlockNode, offset: int, length: int
+) -> str | None:
+    """A qemu-io write (or discard) entering at `root` passes copy-before-write filters
+    whose copy must first reach a target behind a throttle node: the copy waits for
+    the target's groups and the guest write waits for the copy
+    (cbw_do_copy_before_write), at most `cbw-timeout` seconds when the filter has
+    one.  A copy still held then goes on in the background and the filter's
+    on-cbw-error decides: the strerror the write fails with (break-guest-write), or
+    None (the snapshot breaks; the write goes on)."""
+    graph = m.state.graph
+    path = write_path(graph, root)
+    for i, node in enumerate(path):
+        if not node.is_filter:
+            break
+        for _source, target, runs in cbw_runs(m, node, offset, length):
+            groups = groups_on_path(target)
+            if not groups:
+                continue
+            size = sum(n for _, n in runs)
+            now = int(m.env.now)
+            if all(
+                g.wait_ns(now, True) <= 0 and not _queue_busy(m.throttle_queues.get((g, True)))
+                for g in groups
+            ):
+                for g in groups:
+                    g.account(True, size)
+                continue
+            passed = m.env.process(throttled(m, groups, True, size))
+            cbw = node.cbw
+            assert cbw is not None
+            if not cbw.cbw_timeout:
+                m.env.run(until=passed)
+                continue
+            m.env.run(until=m.env.any_of([passed, m.env.timeout(cbw.cbw_timeout * NS_PER_S)]))
+            if passed.triggered:
+                continue
+            if not cbw.copy_timed_out(offset, length):
+                mark_failed_write(bb, path[: i + 1], offset, length)
+                return "Connection timed out"
+    return None

@@ -49,6 +49,7 @@ def copy_cluster_size(graph: BlockGraph, target: BlockNode) -> int:
 
 
 ON_CBW_ERRORS = ("break-guest-write", "break-snapshot")
+ETIMEDOUT = 110  # what a copy that outlived cbw-timeout fails with
 
 
 class CopyBeforeWrite:
@@ -136,6 +137,21 @@ class CopyBeforeWrite:
             self.snapshot_error = 5  # EIO
             return True
         self.done_map.bits[first : last + 1] = 1
+        return True
+
+    def copy_timed_out(self, offset: int, length: int) -> bool:
+        """cbw_do_copy_before_write when its block-copy call outlived `cbw-timeout`: the
+        copy goes on in the background (its clusters are copied, here at once, and are
+        not copied again) but is not marked done; the guest write then fails (False)
+        under `break-guest-write`, the snapshot breaks under `break-snapshot`."""
+        first = offset // self.cluster
+        last = (offset + length - 1) // self.cluster
+        for i in range(first, last + 1):
+            self.copy_cluster(i)
+        if self.on_cbw_error == "break-guest-write":
+            return False
+        if not self.snapshot_error:
+            self.snapshot_error = ETIMEDOUT
         return True
 
     # -- the snapshot API (snapshot-access reads through it) ---------------------------------

@@ -140,11 +140,20 @@ def copy_range(
     runs = chain_extents(contents, first, end)
     if write_zeroes:
         runs = _fill_gaps(runs, first, min(end, contents[0].nsectors) if contents else end)
-    if dst.content is not None and runs:
-        dst.content.write_extents(runs)
+    # through filters above the data node (a throttle node as a backup's or
+    # copy-before-write's target): the data lands below, each node's bitmaps see it
+    nodes = [dst]
+    below = dst.filtered_child() if dst.is_filter else None
+    while below is not None:
+        nodes.append(below)
+        below = below.filtered_child() if below.is_filter else None
+    data = nodes[-1]
+    if data.content is not None and runs:
+        data.content.write_extents(runs)
     if mark:
-        for bm in dst.bitmaps:
-            bm.record_write(offset, length)
+        for node in nodes:
+            for bm in node.bitmaps:
+                bm.record_write(offset, length)
 
 
 def _fill_gaps(runs: list[Extent], first: int, end: int) -> list[Extent]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sim.engine.throttle import monitor_request
+from sim.engine.throttle import monitor_cbw_copies, monitor_request
 from sim.errors import QMPError
 from sim.model import drain, io, perms
 from sim.model.content import ZERO_STAMP
@@ -69,6 +69,11 @@ def _hmp(m: Machine, a: dict[str, Any]) -> str:
         if m.state.throttle_groups and cmd.op != "flush" and in_range:
             # discards and zero writes count as writes (throttle_co_pdiscard)
             monitor_request(m, root, cmd.op != "read", cmd.length)
+            if cmd.op != "read":
+                error = monitor_cbw_copies(m, bb, root, cmd.offset, cmd.length)
+                if error is not None:
+                    m.hmp_output = cmd.failed(error)
+                    return cmd.reply
         m.hmp_output = run_io(m, bb, root, cmd)
     else:
         m.hmp_output = cmd.output
