@@ -1,4 +1,5 @@
-"""Write qemu-iotests 257 and 124 (QEMU 7.2) as unrecorded traces.
+"""Write qemu-iotests 257, 124 and tests/copy-before-write (QEMU 7.2) as unrecorded
+traces.
 
 Usage: python3 scripts/iotest_traces.py OUT_DIR
 Then `python3 -m sim record OUT_DIR/X.jsonl -o scenarios/iotests/X.jsonl` records
@@ -488,6 +489,78 @@ def test_124_blkdebug(out: Path) -> None:
     x.t.write(out / "iotest-124-incremental-failure.jsonl")
 
 
+def test_copy_before_write(out: Path) -> None:
+    """tests/copy-before-write: a copy-before-write filter by blockdev-add whose copies
+    fail (blkdebug write_aio on the target, once) or outlive cbw-timeout (the target
+    behind a throttle node), under each on-cbw-error.  The iotest's image contents
+    are patterns here (0x11 source, 0x22 and 0x33 written) so that `blocksim diff`
+    tells which data ended where; what qemu-io prints is not recorded (see
+    tests/test_cbw_errors.py)."""
+    mib = 1 << 20
+    for variant in ("error", "timeout"):
+        for policy in ("break-snapshot", "break-guest-write"):
+            what = (
+                "cbw error with on-cbw-error={}: the copy to the target fails once (blkdebug "
+                "write_aio on the target); the guest write and a snapshot-access read"
+                if variant == "error"
+                else "cbw-timeout with on-cbw-error={}: the target is a throttle node (bps-write "
+                "300 KiB/s); the second 512 KiB write's copy waits longer than cbw-timeout (1 s)"
+            )
+            name = f"iotest-copy-before-write-{variant}-{policy}"
+            t = TraceWriter(name, "qemu-iotests tests/copy-before-write, " + what.format(policy))
+            t.note(
+                "setUp: qemu-img create source and temp (qcow2, 1M), qemu-io -c 'write 0 1M' source"
+            )
+            for image in ("source", "temp"):
+                t.qmp("blockdev-create", {"job-id": f"{image}-f", "options": {
+                    "driver": "file", "filename": image, "size": 0}})  # fmt: skip
+                t.wait("JOB_STATUS_CHANGE", {"id": f"{image}-f", "status": "concluded"})
+                t.qmp("job-dismiss", {"id": f"{image}-f"})
+                t.qmp("blockdev-add", {"driver": "file", "node-name": f"{image}-p",
+                                       "filename": image})  # fmt: skip
+                t.qmp("blockdev-create", {"job-id": f"{image}-q", "options": {
+                    "driver": "qcow2", "file": f"{image}-p", "size": mib}})  # fmt: skip
+                t.wait("JOB_STATUS_CHANGE", {"id": f"{image}-q", "status": "concluded"})
+                t.qmp("job-dismiss", {"id": f"{image}-q"})
+                t.qmp("blockdev-del", {"node-name": f"{image}-p"})
+            t.qmp("blockdev-add", {"driver": "qcow2", "node-name": "offline",
+                                   "file": {"driver": "file", "filename": "source"}})  # fmt: skip
+            t.hmp_io("offline", "write -P 0x11 0 1M")
+            t.qmp("blockdev-del", {"node-name": "offline"})
+            source = {"driver": "qcow2", "file": {"driver": "file", "filename": "source"}}
+            args: dict[str, Any] = {"node-name": "cbw", "driver": "copy-before-write",
+                                    "on-cbw-error": policy}  # fmt: skip
+            if variant == "error":
+                inject = {"event": "write_aio", "errno": 5, "immediately": False, "once": True}
+                args.update(file=source, target={"driver": "qcow2", "file": {
+                    "driver": "blkdebug", "image": {"driver": "file", "filename": "temp"},
+                    "inject-error": [inject]}})  # fmt: skip
+            else:
+                t.qmp("object-add", {"qom-type": "throttle-group", "id": "group0",
+                                     "limits": {"bps-write": 300 * 1024}})  # fmt: skip
+                args.update({"cbw-timeout": 1, "file": source, "target": {
+                    "driver": "throttle", "throttle-group": "group0", "file": {
+                        "driver": "qcow2", "file": {"driver": "file", "filename": "temp"}}}})  # fmt: skip
+            t.qmp("blockdev-add", args)
+            t.qmp("blockdev-add", {"node-name": "access", "driver": "snapshot-access",
+                                   "file": "cbw"})  # fmt: skip
+            if variant == "error":
+                t.hmp_io("cbw", "write -P 0x22 0 1M")
+            else:
+                t.hmp_io("cbw", "write -P 0x22 0 512K")
+                t.note("the second write's copy is held by the throttle group beyond cbw-timeout")
+                t.hmp_io("cbw", "write -P 0x33 512K 512K")
+            t.hmp_io("access", "read 0 1M")
+            t.note("what the snapshot and the source read now (the iotest prints only the above)")
+            t.hmp_io("access", "read -P 0x11 0 1M")
+            t.hmp_io("cbw", "read 0 1M")
+            t.qmp("blockdev-del", {"node-name": "access"})
+            t.qmp("blockdev-del", {"node-name": "cbw"})
+            if variant == "timeout":
+                t.qmp("object-del", {"id": "group0"})
+            t.write(out / f"{name}.jsonl")
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
@@ -501,6 +574,7 @@ def main() -> None:
     test_backup_api(out)
     test_124(out)
     test_124_blkdebug(out)
+    test_copy_before_write(out)
 
 
 if __name__ == "__main__":

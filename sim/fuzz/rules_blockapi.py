@@ -213,8 +213,10 @@ class BlockApiRules(_Base):
             "file": self.pick(c, self.format_nodes(), ("nosuch",)),
         }
         added = "return" in self.qmp("blockdev-add", args).response
-        if added:
-            self.qemu_io(name, f"write -P 0x5a {c.between(0, 63) * 65536} 64k")
+        if added:  # a second write may have to wait for the group (time runs on)
+            for _ in range(c.between(1, 2)):
+                size = c.pick(("64k", "1M"))
+                self.qemu_io(name, f"write -P 0x5a {c.between(0, 63) * 65536} {size}")
         if c.rarely(3):
             value = self.pick(c, THROTTLE_LIMITS, BAD_THROTTLE_LIMITS)
             self.qmp("qom-set", {"path": group, "property": "limits", "value": value})
@@ -322,14 +324,25 @@ class BlockApiRules(_Base):
 
     def api_fleecing(self, c: Choices) -> None:
         """QEMU 7.x fleecing: a copy-before-write filter over a qcow2 node with another
-        free qcow2 node as its target (sometimes a bitmap of the source, an error
-        policy, a timeout, or a reference QEMU refuses), a snapshot-access node over
-        it, guest writes through the filter, reads of the point-in-time view (and a
-        snapshot discard); sometimes left in place, mostly torn down."""
+        free qcow2 node as its target (sometimes over blkdebug failing a write, or
+        behind a throttle node whose group holds copies back; sometimes a bitmap of
+        the source, an error policy, a timeout, or a reference QEMU refuses), a
+        snapshot-access node over it, guest writes through the filter, reads of the
+        point-in-time view (and a snapshot discard); sometimes left in place, mostly
+        torn down."""
         nodes = self.format_nodes()
         src = self.pick(c, nodes, ("nosuch",))
         own = self.fleece_target(c, self.size_of(src))
         target = own if own is not None else self.pick(c, [], (*nodes, "nosuch"))
+        throttle: tuple[str, str] | None = None
+        if own is not None and c.rarely(4):  # copies wait for the group (cbw-timeout)
+            group, node = self.fresh("tg"), self.fresh("thr")
+            limits = {"bps-write": c.pick((64 * 1024, 300 * 1024, MiB))}
+            self.qmp("object-add", {"qom-type": "throttle-group", "id": group, "limits": limits})
+            throttle = (group, node)
+            over = {"driver": "throttle", "node-name": node, "throttle-group": group, "file": own}
+            if "return" in self.qmp("blockdev-add", over).response:
+                target = node
         flt = self.fresh("cbw")
         args: dict[str, Any] = {
             "driver": "copy-before-write", "node-name": flt, "file": src, "target": target,
@@ -343,7 +356,7 @@ class BlockApiRules(_Base):
         if c.rarely(6):
             args["cbw-timeout"] = c.pick((0, 1, 60))
         if "return" not in self.qmp("blockdev-add", args).response:
-            self.drop_fleece_target(own)
+            self.drop_fleece_target(own, throttle)
             return
         view = self.fresh("acc")
         access: dict[str, Any] = {"driver": "snapshot-access", "node-name": view, "file": flt}
@@ -353,7 +366,8 @@ class BlockApiRules(_Base):
         size = max(self.size_of(flt), 65536)
         for _ in range(c.between(1, 3)):
             offset = c.between(0, 1023) * 65536 % size
-            self.qemu_io(flt, f"write -P {c.between(1, 255)} {offset} {c.pick(('4k', '64k'))}")
+            length = c.pick(("4k", "64k", "512k"))
+            self.qemu_io(flt, f"write -P {c.between(1, 255)} {offset} {length}")
         if has_view:
             offset = c.between(0, 1023) * 65536 % size
             self.qemu_io(view, f"read {offset} {c.pick(('4k', '64k', '1M'))}")
@@ -364,7 +378,7 @@ class BlockApiRules(_Base):
         if has_view:
             self.qmp("blockdev-del", {"node-name": view})
         self.qmp("blockdev-del", {"node-name": flt})
-        self.drop_fleece_target(own)
+        self.drop_fleece_target(own, throttle)
 
     def fleece_target(self, c: Choices, size: int) -> str | None:
         """A fresh, empty qcow2 node as fleecing target (blockdev-create'd file and
@@ -385,15 +399,27 @@ class BlockApiRules(_Base):
         self.qmp("blockdev-create", {"job-id": job, "options": opts})
         self.qmp("job-dismiss", {"id": job})
         node = self.fresh("flt")
-        out = self.qmp("blockdev-add", {"driver": "qcow2", "file": file, "node-name": node})
+        below: Any = file
+        if c.rarely(5):  # a copy's write fails (the filter's on-cbw-error decides)
+            inject: dict[str, Any] = {"event": "write_aio", "errno": 5, "once": c.boolean(),
+                                      "immediately": c.boolean()}  # fmt: skip
+            below = {"driver": "blkdebug", "image": file, "inject-error": [inject]}
+        out = self.qmp("blockdev-add", {"driver": "qcow2", "file": below, "node-name": node})
         return node if "return" in out.response else None
 
-    def drop_fleece_target(self, node: str | None) -> None:
-        """blockdev-del the fleecing target and its file node."""
+    def drop_fleece_target(self, node: str | None, throttle: tuple[str, str] | None = None) -> None:
+        """blockdev-del the throttle node and group in front of the fleecing target, the
+        target, (its blkdebug node goes with it) and its file node."""
+        if throttle is not None:
+            self.qmp("blockdev-del", {"node-name": throttle[1]})
+            self.qmp("object-del", {"id": throttle[0]})
         if node is None:
             return
-        target = self.machine.state.graph.node(node)
-        file = target.file.node_name if target is not None and target.file is not None else None
+        graph = self.machine.state.graph
+        target = graph.node(node)
+        file = target.file if target is not None else None
+        if file is not None and file.driver == "blkdebug":
+            file = file.file
         self.qmp("blockdev-del", {"node-name": node})
         if file is not None:
-            self.qmp("blockdev-del", {"node-name": file})
+            self.qmp("blockdev-del", {"node-name": file.node_name})
