@@ -183,13 +183,24 @@ class BackupKind(JobDriver):
             return count
         contents = chain_contents(self.graph, self.source)
         data = self._data_clusters(contents, first, count)
-        where = self._host_extent(contents, first) if data[0] else None
         n = 1
         while n < count and data[n] == data[0]:
-            if where is not None and self._host_extent(contents, first + n) != where:
-                break
             n += 1
-        return n
+        if not data[0] or n == 1:
+            return n
+        top = contents[0]
+        if (
+            len(contents) == 1
+            and isinstance(top, Qcow2Content)
+            and top.cluster_bytes == self.cluster
+        ):
+            runs = top.host.extents(first, first + n)  # one qcow2 layer: its host extents
+            return min(n, runs[0][1] - first) if runs and runs[0][0] == first else n
+        where = self._host_extent(contents, first)
+        k = 1
+        while k < n and self._host_extent(contents, first + k) == where:
+            k += 1
+        return k
 
     def chunk_is_hole(self, offset: int, length: int) -> bool:
         """block_copy_block_status: nothing in the source chain's read of the chunk is
