@@ -129,6 +129,8 @@ def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
         if job.user_paused and not in_flight:
             job.busy_flag = False
             yield waker.wait()
+            if isinstance(kind, BackupKind):  # a pause ends the block-copy call
+                kind.tasks_issued = 0
             continue
         job.busy_flag = True
         if not in_flight and m.leaps:
@@ -175,6 +177,8 @@ def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
         if _done(job):
             break
         action = job_flow.error_action(job, is_read, errno)
+        if isinstance(kind, BackupKind):  # backup_loop retries with a new block-copy call
+            kind.tasks_issued = 0
         if action == "ignore" and kind.ignore_skips:
             job_flow.skip_chunk(job, offset, length)
             ignored_error = ignored_error or job_flow.STRERROR[errno]
