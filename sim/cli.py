@@ -913,13 +913,22 @@ def differential(
 @main.command()
 @click.argument("run_dir", metavar="RUN_DIR")
 @_qemu_option
-def triage(run_dir: str, qemu: str | None) -> None:
+@click.option(
+    "--all",
+    "every",
+    is_flag=True,
+    help="run every failure on QEMU for its side-by-side page, not only the new ones "
+    "(only new ones are re-classed)",
+)
+def triage(run_dir: str, qemu: str | None, every: bool) -> None:
     """Check a campaign's new failures on real QEMU 7.2: each becomes refused-by-qemu (the
     trace needs a step QEMU refuses), artefact (QEMU answers differently before the
-    violation) or stays new (QEMU agrees); RUN_DIR/failures/index.json is updated."""
+    violation) or stays new (QEMU agrees); RUN_DIR/failures/index.json is updated, and
+    RUN_DIR/failures/NAME.qemu.json holds both runs step by step (`blocksim report`
+    shows them side by side on the failure's page)."""
     from sim.fuzz.campaign import CLASS_HELP
     from sim.fuzz.export import atomic_write_json
-    from sim.fuzz.triage import NEW, class_rank, triage_with_qemu
+    from sim.fuzz.triage import NEW, SIDE_BY_SIDE_SUFFIX, class_rank, triage_with_qemu
     from sim.oracle import OracleError, find_qemu
 
     index = Path(run_dir) / "failures" / "index.json"
@@ -930,7 +939,8 @@ def triage(run_dir: str, qemu: str | None) -> None:
         click.echo(f"blocksim triage: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     for record in records:
-        if record.get("class", NEW) != NEW:
+        is_new = record.get("class", NEW) == NEW
+        if not is_new and not every:
             continue
         trace = Path(run_dir) / "failures" / Path(str(record.get("path"))).name
         lines = [json.loads(x) for x in trace.read_text(encoding="utf-8").splitlines() if x.strip()]
@@ -939,12 +949,18 @@ def triage(run_dir: str, qemu: str | None) -> None:
         found = (pinned[0]["final-expect"].get("violations") or [{}]) if pinned else [{}]
         step = found[0].get("step") or len(steps)
         try:
-            name, why = triage_with_qemu(lines[0], steps, int(step), qemu)
+            name, why, both = triage_with_qemu(lines[0], steps, int(step), qemu)
         except OracleError as exc:
-            name, why = "", f"QEMU failed: {exc}"
+            name, why, both = "", f"QEMU failed: {exc}", None
+        if both is not None:
+            atomic_write_json(trace.with_name(trace.stem + SIDE_BY_SIDE_SUFFIX), both)
+        why = " ".join(why.split())
+        if not is_new:
+            click.echo(f"{'(kept) ' + str(record.get('class')):16} {trace.name}: {why[:160]}")
+            continue
         if name:
             record["class"] = name
-        record["class_reason"] = why = " ".join(why.split())
+        record["class_reason"] = why
         click.echo(f"{(name or 'new').upper():16} {trace.name}: {why[:160]}")
     records.sort(key=lambda r: class_rank(str(r.get("class", NEW))))
     atomic_write_json(index, records)

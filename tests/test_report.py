@@ -106,6 +106,10 @@ def fuzzer_files(run: Path) -> None:
             "job-cancel": {"running": 2, "concluded": 1},
             "qemu-io write": {"no-job": 40, "running": 10},
         },  # fmt: skip
+        "command-x-job-status": {"cancel": {"running": 2, "concluded": 1}},
+        "race-coverage": {
+            "command-x-job-status": {"reached": 1, "exist": 2, "missing": ["cancel in ready"]}
+        },
         "transitions": {
             "backup": {
                 "undefined->created": 3,
@@ -185,6 +189,7 @@ EXPECTED = (
     "graph-no-time",
     "coverage-commands-outcomes",
     "coverage-commands-job-states",
+    "coverage-job-status-cells",
     "coverage-job-transitions",
     "coverage-growth",
     "campaign-throughput",
@@ -305,7 +310,10 @@ def test_coverage_from_timelines_when_no_campaign_ran(run_folder: Path) -> None:
     assert coverage["transitions"]["mirror"]["running->ready"] == 1
     assert [p["traces"] for p in coverage["series"]] == [1, 2]
     built = coverage_figures(coverage, "timelines")
-    assert [type(b).__name__ for b in built] == ["Drawn"] * 4
+    # the job-status cells need a campaign's denominator (race-coverage): listed as not drawn
+    kinds = {b.stem: type(b).__name__ for b in built}
+    assert kinds.pop("coverage-job-status-cells") == "Skipped"
+    assert list(kinds.values()) == ["Drawn"] * 4
 
 
 def test_recorder_detaches_from_the_clock() -> None:

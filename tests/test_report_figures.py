@@ -144,6 +144,30 @@ def test_a_reused_job_id_starts_from_undefined_in_the_coverage() -> None:
     assert "undefined->created" in reached and "null->created" not in reached
 
 
+def test_job_status_cells_are_counted_against_what_qemu_allows() -> None:
+    from sim.fuzz.coverage import Coverage
+    from sim.report.coverage_figs import draw_status_cells, status_cells
+
+    cov = Coverage()
+    for verb, status in [("complete", "ready"), ("complete", "running"), ("write", "paused"),
+                         ("dismiss", "concluded"), ("cancel", "standby")]:  # fmt: skip
+        cov.hit("cmd-status", verb, status)
+    doc = cov.to_json()
+    cells = status_cells(doc)
+    assert cells is not None
+    race = doc["race-coverage"]["command-x-job-status"]
+    # the report's split agrees with the fuzzer's denominator (JobVerbTable)
+    assert len(cells["reached"]) == race["reached"] == 4
+    assert set(cells["refused"]) == {("complete", "running")}  # QEMU refuses it: not counted
+    assert cells["exist"] == race["exist"] == len(cells["reached"]) + len(cells["missing"])
+    assert ("complete", "standby") in cells["missing"]
+    assert ("write", "paused") not in cells["missing"]
+    built = draw_status_cells(doc, "test")
+    assert built.title.startswith(f"Job verbs and commands x job status: 4 of {race['exist']} ")
+    missing = {row[0] for row in built.tables[0].rows}  # type: ignore[attr-defined]
+    assert "complete in standby" in missing and len(missing) == race["exist"] - 4
+
+
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory, timelines: Any) -> Path:
     run = tmp_path_factory.mktemp("run")
@@ -158,7 +182,26 @@ def page(tmp_path_factory: pytest.TempPathFactory, timelines: Any) -> Path:
                "message": "m", "class": "refused-by-qemu",
                "class_reason": "real QEMU refuses step 3 (x): nope"}  # fmt: skip
     (failures / "index.json").write_text(json.dumps([record_]))
-    cov = {"commands": {"block-dirty-bitmap-add": {"return": 3}, "qemu-io write": {"return": 1}}}
+    # what `blocksim triage` writes next to it: both runs step by step (QEMU refuses step 3)
+    lines = [x for x in text.splitlines() if x.startswith("{")]
+    steps = [json.loads(x) for x in lines[1:] if "final-expect" not in x]
+    rows = []
+    for n, step in enumerate(steps, start=1):
+        sim = {"response": step.get("expect", {"return": {}}), "events": []}
+        qemu = dict(sim)
+        if n == 3:
+            qemu = {"response": {"error": {"class": "GenericError", "desc": "qemu says no"}},
+                    "events": [{"event": "JOB_STATUS_CHANGE", "data": {"status": "x"}}]}  # fmt: skip
+        rows.append({"step": n, "request": step, "qemu": qemu, "sim": sim,
+                     "differs": n in (3, 5), "violation": n == 3})  # fmt: skip
+    both = {"version": 1, "violation_step": 3, "first_difference": 3, "steps": rows,
+            "differences": [{"step": 3, "where": "step 3 (line 4) x", "detail": "refused"}],
+            "notes": []}  # fmt: skip
+    (failures / "snap.qemu.json").write_text(json.dumps(both))
+    cov = {"commands": {"block-dirty-bitmap-add": {"return": 3}, "qemu-io write": {"return": 1}},
+           "command-x-job-status": {"write": {"running": 2}},
+           "race-coverage": {"command-x-job-status": {"reached": 1, "exist": 2,
+                                                       "missing": ["write in ready"]}}}  # fmt: skip
     (run / "coverage.json").write_text(json.dumps(cov))
     out = run.parent / "report"
     build_report(run, out, "t", "blocksim report RUN -o OUT")
@@ -178,6 +221,22 @@ def test_a_page_per_failure_with_its_trace_violation_and_qemu_answer(page: Path)
     failure = (page / "failures" / "snap.html").read_text()
     assert "real QEMU refuses step 3 (x): nope" in failure
     assert "blockdev-snapshot-sync" in failure and "◀ violation" in failure
+
+
+def test_the_failure_page_shows_qemu_and_blocksim_side_by_side(page: Path) -> None:
+    failure = (page / "failures" / "snap.html").read_text()
+    assert "differs first at step 3" in failure
+    table = failure[failure.index('<table class="sbs">') :]
+    table = table[: table.index("</table>")]
+    rows = re.findall(r"<tr( class=\"(\w+)\")?><td>(\d+)</td>(.*?)</tr>", table, re.DOTALL)
+    assert [int(r[2]) for r in rows] == list(range(1, len(rows) + 1)) and len(rows) >= 5
+    marked = {int(r[2]): r[1] for r in rows if r[1]}
+    assert marked == {3: "first", 5: "differs"}  # the first difference, then a later one
+    third = next(r[3] for r in rows if r[2] == "3")
+    cells = re.findall(r"<td>(.*?)</td>", third, re.DOTALL)
+    assert "qemu says no" in cells[1] and "event JOB_STATUS_CHANGE" in cells[1]
+    assert "qemu says no" not in cells[2]  # blocksim's own answer in its column
+    assert "first difference" in cells[3] and "violation" in cells[3]
 
 
 def test_commands_never_exercised_against_the_dispatch_table(page: Path) -> None:
@@ -209,7 +268,10 @@ def test_headless_chromium_renders_the_figures_and_the_failure_page(
     index = dom(page / "index.html")
     images = re.findall(r'<img src="(figures/[^"]+\.png)"', index)
     names = {Path(i).name for i in images}
-    assert {"graph-snapshot-breaks-device-bitmap.png", "graph-bk-fault-policies.png"} <= names
+    assert {"graph-snapshot-breaks-device-bitmap.png", "graph-bk-fault-policies.png",
+            "coverage-job-status-cells.png"} <= names  # fmt: skip
+    assert "1 of 2 cells QEMU 7.2 allows reached" in index
     assert all((page / i).is_file() for i in images)
     failure = dom(page / "failures" / "snap.html")
     assert "Shrunk trace" in failure and "Violation" in failure
+    assert '<tr class="first">' in failure and "Real QEMU 7.2 and blocksim" in failure

@@ -115,6 +115,11 @@ def test_triage_on_real_qemu_rewrites_the_index(tmp_path: Path) -> None:
         assert r["class"] in ("new", "artefact", "refused-by-qemu", "expected")
         if any(n.signature == r["signature"] for n in new):
             assert r["class_reason"], r  # every new failure was checked on QEMU
+            both = tmp_path / "failures" / (Path(r["path"]).stem + ".qemu.json")
+            if not r["class_reason"].startswith("not checked"):  # QEMU ran it: both runs kept
+                doc = json.loads(both.read_text())
+                assert [row["step"] for row in doc["steps"]] == list(range(1, r["steps"] + 1))
+                assert all(row["qemu"]["response"] is not None for row in doc["steps"][:1])
 
 
 def test_report_campaign_table_names_asked_and_done_apart_and_sorts_depths(

@@ -166,13 +166,17 @@ def class_rank(name: str) -> int:
     return CLASSES.index(name) if name in CLASSES else 1
 
 
+SIDE_BY_SIDE_SUFFIX = ".qemu.json"  # failures/NAME.qemu.json, next to failures/NAME.jsonl
+
+
 def triage_with_qemu(
     header: dict[str, Any], steps: list[dict[str, Any]], violation_step: int, qemu: str | None
-) -> tuple[str, str]:
+) -> tuple[str, str, dict[str, Any] | None]:
     """Run the failure trace on real QEMU 7.2 (and the simulator) and compare, up to the
     violating step: (REFUSED, why) when QEMU refuses a step the simulator accepted,
     (ARTEFACT, why) for any other difference, (NEW, why) when both agree, or ("", why)
-    when the trace cannot run on QEMU (sim-only steps)."""
+    when the trace cannot run on QEMU (sim-only steps).  The third value is both runs
+    side by side (`side_by_side`), None when QEMU did not run the trace."""
     from sim.errors import TraceError
     from sim.oracle import diff_trace
     from sim.trace import dumps, parse_lines
@@ -182,7 +186,8 @@ def triage_with_qemu(
     try:
         report = diff_trace(parse_lines(lines, "triage"), images=False)
     except TraceError as exc:
-        return "", f"not checked on QEMU: {exc}"
+        return "", f"not checked on QEMU: {exc}", None
+    both = side_by_side(report, steps, violation_step)
     for number, (q, s) in enumerate(zip(report.qemu.steps, report.sim.steps, strict=False), 1):
         if number > violation_step:
             break
@@ -192,9 +197,54 @@ def triage_with_qemu(
             return (
                 REFUSED,
                 f"real QEMU refuses step {number} ({_command(steps[number - 1])}): {desc}",
+                both,
             )
     early = [d for d in report.differences if d.step is not None and d.step <= violation_step]
     if early:
         d = early[0]
-        return ARTEFACT, f"real QEMU differs at step {d.step} ({d.command}): {d.detail[:200]}"
-    return NEW, "real QEMU 7.2 answers every step as the simulator does"
+        why = f"real QEMU differs at step {d.step} ({d.command}): {d.detail[:200]}"
+        return ARTEFACT, why, both
+    return NEW, "real QEMU 7.2 answers every step as the simulator does", both
+
+
+def side_by_side(report: Any, steps: list[dict[str, Any]], violation_step: int) -> dict[str, Any]:
+    """Both runs of a failure trace, step by step, for its report page: the request, what
+    real QEMU 7.2 answered (response, events that arrived during the step) and what the
+    simulator answered, which steps differ (responses per step; events as the whole
+    ordered list, shown at the step the first differing event belongs to) and the
+    differences in the order `blocksim diff` lists them."""
+    differing = sorted({d.step for d in report.differences if d.step is not None})
+    rows = []
+    for number, step in enumerate(steps, start=1):
+        q = report.qemu.steps[number - 1] if number <= len(report.qemu.steps) else None
+        s = report.sim.steps[number - 1] if number <= len(report.sim.steps) else None
+        qemu_side: dict[str, Any] = {"response": None, "events": []}
+        if q is not None:
+            qemu_side = {"response": q.get("response"), "events": list(q.get("events") or [])}
+            if q.get("error"):
+                qemu_side["error"] = q["error"]
+        sim_side: dict[str, Any] = {"response": None, "events": []}
+        if s is not None:
+            sim_side = {"response": s.response, "events": list(s.events)}
+            if s.error:
+                sim_side["error"] = s.error
+        rows.append(
+            {
+                "step": number,
+                "request": {k: v for k, v in step.items() if k != "expect"},
+                "qemu": qemu_side,
+                "sim": sim_side,
+                "differs": number in differing,
+                "violation": number == violation_step,
+            }
+        )
+    return {
+        "version": 1,
+        "violation_step": violation_step,
+        "first_difference": differing[0] if differing else None,
+        "differences": [
+            {"step": d.step, "where": d.where, "detail": d.detail} for d in report.differences
+        ],
+        "notes": list(report.notes),
+        "steps": rows,
+    }

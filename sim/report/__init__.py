@@ -257,8 +257,29 @@ def failure_pages(run: RunFolder, links: _TraceLinks) -> dict[str, str]:
         except (OSError, ValueError):
             continue
         href = links.href(str(failure.path))
-        pages[str(failure.path)] = write_failure_page(links.out, path.stem, failure, lines, href)
+        both = _side_by_side(run, path)
+        pages[str(failure.path)] = write_failure_page(
+            links.out, path.stem, failure, lines, href, both
+        )
     return pages
+
+
+def _side_by_side(run: RunFolder, trace: Path) -> dict[str, Any] | None:
+    """failures/NAME.qemu.json (written by `blocksim triage`): both runs step by step."""
+    import json
+
+    path = trace.with_name(trace.stem + ".qemu.json")  # sim.fuzz.triage.SIDE_BY_SIDE_SUFFIX
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        run.notes.append(f"failures/{path.name}: unreadable ({exc}), not shown")
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list):
+        run.notes.append(f"failures/{path.name}: not a side-by-side record, not shown")
+        return None
+    return doc
 
 
 def _natural(value: str) -> tuple[int, float, str]:

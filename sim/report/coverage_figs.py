@@ -1,7 +1,8 @@
 """Coverage figures: what a campaign (or a set of replays) exercised.
 
 Two heatmaps (commands x outcome, commands x the job status they were issued
-in), the job status transition graph drawn over QEMU's own table (JobSTT in
+in), the job verbs and command families x job status against the cells QEMU's
+JobVerbTable allows (the denominator), the job status transition graph drawn over QEMU's own table (JobSTT in
 sim/model/jobs.py: reached edges with their counts, allowed-but-unreached
 edges dashed), and coverage growth over the campaign.
 """
@@ -14,9 +15,10 @@ from typing import Any
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.lines import Line2D
-from matplotlib.patches import FancyArrowPatch
+from matplotlib.patches import FancyArrowPatch, Patch, Rectangle
 
 from sim.model.jobs import JOB_STT as _JOB_STT
+from sim.model.jobs import JOB_VERBS as _JOB_VERBS
 from sim.model.jobs import STATUSES
 from sim.report import style
 from sim.report.figures import Built, Drawn, Skipped, Table
@@ -85,9 +87,127 @@ def coverage_figures(coverage: dict[str, Any] | None, source: str) -> list[Built
             first_cols=[NO_JOB, *STATUSES],
             sort_cols=False,
         ),
+        draw_status_cells(coverage, origin),
         draw_transitions(coverage, origin),
         draw_growth(coverage.get("series", []), origin),
     ]
+
+
+# the statuses a job rests in between two commands, the columns of the cells figure
+RESTING = ("running", "paused", "ready", "standby", "pending", "concluded")
+
+
+def status_cells(coverage: dict[str, Any]) -> dict[str, Any] | None:
+    """coverage.json's `command-x-job-status` (job verb or command family x the status of
+    the job it met) against its denominator, the cells QEMU 7.2 allows (a verb only in
+    the statuses JobVerbTable accepts it in; a write, snapshot, bitmap command or
+    transaction in every status), as `race-coverage` counts them: {"rows", "reached"
+    {(row, status): n}, "missing" [(row, status)], "refused" {(row, status): n} (a verb
+    issued where QEMU refuses it: exercised, outside the denominator), "exist"}."""
+    table = coverage.get("command-x-job-status")
+    summary = (coverage.get("race-coverage") or {}).get("command-x-job-status")
+    if not isinstance(table, dict) or not isinstance(summary, dict):
+        return None
+    missing = []
+    for cell in summary.get("missing", []):
+        row, _, status = str(cell).partition(" in ")
+        missing.append((row, status))
+    reached: dict[tuple[str, str], int] = {}
+    refused: dict[tuple[str, str], int] = {}
+    for row, cells in table.items():
+        verbs = _JOB_VERBS.get(row)
+        for status, n in cells.items():
+            allowed = verbs is None or status in {str(s) for s in verbs}
+            (reached if allowed else refused)[(row, status)] = int(n)
+    rows = list(dict.fromkeys([*table, *(r for r, _ in missing)]))
+    verbs_first = sorted(rows, key=lambda r: (r not in _JOB_VERBS, r))
+    return {
+        "rows": verbs_first,
+        "reached": reached,
+        "missing": missing,
+        "refused": refused,
+        "exist": int(summary.get("exist", len(reached) + len(missing))),
+    }
+
+
+@style.styled
+def draw_status_cells(coverage: dict[str, Any], origin: str) -> Built:
+    stem = "coverage-job-status-cells"
+    cells = status_cells(coverage)
+    if cells is None:
+        return Skipped(
+            stem,
+            "Job verbs and commands x job status, against what QEMU allows",
+            "the coverage data has no command-x-job-status cells (coverage.json of "
+            "`blocksim fuzz`)",
+            "coverage",
+        )
+    reached, missing, refused = cells["reached"], cells["missing"], cells["refused"]
+    title = (
+        f"Job verbs and commands x job status: {len(reached)} of {cells['exist']} cells "
+        "QEMU 7.2 allows reached"
+    )
+    rows, cols = cells["rows"], list(RESTING)
+    fig = style.figure(6.4, max(2.4, 1.1 + 0.3 * len(rows)))
+    ax = fig.subplots()
+    top = max([*reached.values(), 2])
+    cmap = style.colormap(style.HEATMAP_CMAP)
+    norm = LogNorm(vmin=1, vmax=top)
+    for i, row in enumerate(rows):
+        for j, col in enumerate(cols):
+            key = (row, col)
+            if key in reached:
+                n = reached[key]
+                ax.add_patch(Rectangle((j, i), 1, 1, color=cmap(norm(n)), ec="white", lw=0.6))
+                dark = math.log(n) / math.log(top) < 0.55 if n > 1 else True
+                ax.text(j + 0.5, i + 0.5, _compact(n), ha="center", va="center", fontsize=7,
+                        color="white" if dark else "black")  # fmt: skip
+            elif key in missing:
+                ax.add_patch(Rectangle((j + 0.04, i + 0.06), 0.92, 0.88, fill=False,
+                                       ec=style.VERMILLION, lw=1.4, hatch="///"))  # fmt: skip
+                ax.text(j + 0.5, i + 0.5, "never", ha="center", va="center", fontsize=6.5,
+                        color=style.VERMILLION, backgroundcolor="white")  # fmt: skip
+            elif key in refused:
+                ax.add_patch(Rectangle((j, i), 1, 1, color=style.LIGHT_GREY, ec="white", lw=0.6))
+                ax.text(j + 0.5, i + 0.5, f"{_compact(refused[key])}*", ha="center",
+                        va="center", fontsize=6.5, color="#555555")  # fmt: skip
+    ax.set_xlim(0, len(cols))
+    ax.set_ylim(len(rows), 0)
+    ax.set_xticks([j + 0.5 for j in range(len(cols))])
+    ax.set_xticklabels(cols, fontsize=8)
+    ax.set_yticks([i + 0.5 for i in range(len(rows))])
+    ax.set_yticklabels(rows, fontsize=8)
+    ax.set_xlabel("status of the job the command met")
+    ax.set_ylabel("job verb or command family")
+    ax.tick_params(length=0)
+    for side in ("left", "bottom", "top", "right"):
+        ax.spines[side].set_visible(False)
+    handles = [
+        Patch(facecolor=cmap(norm(top)), label="reached (count)"),
+        Patch(
+            facecolor="white",
+            edgecolor=style.VERMILLION,
+            hatch="///",
+            label="allowed, never reached",
+        ),
+        Patch(facecolor=style.LIGHT_GREY, label="refused by QEMU, exercised (count*)"),
+        Patch(facecolor="white", edgecolor=style.LIGHT_GREY, label="refused by QEMU, not tried"),
+    ]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7.5)
+    caption = (
+        f"Each job verb (cancel, pause, ...) and command family (a guest write, a snapshot, "
+        f"a bitmap command, a transaction) against the status of the job it met, from "
+        f"{origin}. The denominator is what QEMU 7.2 allows: a verb in the statuses its "
+        f"JobVerbTable accepts it in, a command family in every status a job rests in "
+        f"between commands. {len(reached)} of {cells['exist']} such cells were reached; "
+        f"hatched cells never were. Grey cells with a * are verbs sent where QEMU refuses "
+        f"them (their error path was exercised; not counted)."
+    )
+    table = Table(
+        ["never reached (allowed by QEMU 7.2)"],
+        [[f"{r} in {c}"] for r, c in missing] or [["none: every allowed cell was reached"]],
+    )
+    return Drawn(stem, title, caption, fig, [table], "coverage")
 
 
 def _ordered(

@@ -34,6 +34,9 @@ table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
 th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; } td.num { text-align: right; }
 .skipped { color: #555; font-size: 0.9em; } nav a { margin-right: 1em; }
+table.sbs td { white-space: pre-wrap; font-family: "DejaVu Sans Mono", monospace;
+       font-size: 0.9em; max-width: 30em; overflow-wrap: anywhere; }
+tr.differs td { background: #fdecea; } tr.first td { background: #f8c9c4; font-weight: bold; }
 """
 
 
@@ -95,26 +98,36 @@ def _figure(d: Drawn) -> str:
 
 
 def _table(t: Table, header: bool = True) -> str:
+    header = header and any(t.header)  # ["", ""]: a list of "name: value" rows
     head = "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in t.header) + "</tr>" if header else ""
-    body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in t.rows)
+    # a headerless table is a list of "name: value" rows: values stay left-aligned
+    body = "".join(
+        "<tr>" + "".join(_cell(c, numbers=header) for c in row) + "</tr>" for row in t.rows
+    )
     return f"<table>{head}{body}</table>"
 
 
-def _cell(cell: Any) -> str:
+def _cell(cell: Any, numbers: bool = True) -> str:
     if isinstance(cell, tuple):
         text, href = cell
         return f'<td><a href="{escape(str(href))}">{escape(str(text))}</a></td>'
     text = str(cell)
-    numeric = text.replace(".", "", 1).replace("-", "", 1).isdigit()
+    numeric = numbers and text.replace(".", "", 1).replace("-", "", 1).isdigit()
     return f'<td class="num">{escape(text)}</td>' if numeric else f"<td>{escape(text)}</td>"
 
 
 def write_failure_page(
-    out_dir: Path, stem: str, failure: Any, lines: list[dict[str, Any]], trace_href: str | None
+    out_dir: Path,
+    stem: str,
+    failure: Any,
+    lines: list[dict[str, Any]],
+    trace_href: str | None,
+    both: dict[str, Any] | None = None,
 ) -> str:
     """failures/STEM.html: one failure on its own page (its shrunk trace step by step,
-    the violation, its triage class and why, and what real QEMU 7.2 answered when
-    `blocksim triage` ran it); returns the page's path relative to out_dir."""
+    the violation, its triage class and why, and, when `blocksim triage` ran it on real
+    QEMU 7.2 (`both`, failures/STEM.qemu.json), QEMU's answers next to the simulator's
+    with the first difference highlighted); returns the page's path relative to out_dir."""
     import json
 
     header = lines[0] if lines else {}
@@ -134,7 +147,15 @@ def write_failure_page(
         ["seed", str(header.get("seed", "?"))],
         ["replay it", f"blocksim replay {failure.path}"],
     ]
-    if "real QEMU" in failure.triage_reason:
+    if both is not None:
+        first = both.get("first_difference")
+        said = (
+            f"differs first at step {first} (highlighted below)"
+            if first is not None
+            else "answers every step as the simulator does (below)"
+        )
+        about.insert(3, ["real QEMU 7.2 (blocksim triage)", said])
+    elif "QEMU" in failure.triage_reason:
         about.insert(3, ["real QEMU 7.2 (blocksim triage)", failure.triage_reason])
     else:
         about.insert(3, ["real QEMU 7.2", "not checked: run `blocksim triage RUN_DIR` with QEMU"])
@@ -157,6 +178,7 @@ def write_failure_page(
         _table(Table(["", ""], about), header=False),
         "<h2>Violation</h2>",
         _table(Table(["step", "invariant", "message"], broken)),
+        *_side_by_side(both),
         "<h2>Shrunk trace</h2>",
         _table(Table(["#", "step", "answer pinned (expect)"], rows)),
         link,
@@ -166,3 +188,67 @@ def write_failure_page(
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "\n".join(parts))
     return f"failures/{stem}.html"
+
+
+def _side_by_side(both: dict[str, Any] | None) -> list[str]:
+    """Real QEMU 7.2 next to blocksim, step by step: the request, each side's response and
+    the events that arrived during the step; differing steps shaded, the first one
+    marked, the violating step named."""
+    if both is None:
+        return []
+    import json
+
+    def shown(side: dict[str, Any]) -> str:
+        parts = []
+        if side.get("error"):
+            parts.append(f"(not run: {side['error']})")
+        if side.get("response") is not None:
+            parts.append(json.dumps(side["response"], sort_keys=True))
+        for event in side.get("events") or []:
+            data = event.get("data")
+            parts.append(f"event {event.get('event')} {json.dumps(data, sort_keys=True)}")
+        return "\n".join(parts)
+
+    first = both.get("first_difference")
+    rows = []
+    for row in both.get("steps") or []:
+        number = row.get("step")
+        marks = []
+        if number == first:
+            marks.append("first difference")
+        elif row.get("differs"):
+            marks.append("differs")
+        if row.get("violation"):
+            marks.append("violation")
+        css = "first" if number == first else "differs" if row.get("differs") else ""
+        cells = [
+            str(number),
+            json.dumps(row.get("request"), separators=(", ", ": ")),
+            shown(row.get("qemu") or {}),
+            shown(row.get("sim") or {}),
+            ", ".join(marks),
+        ]
+        tds = "".join(f"<td>{escape(c)}</td>" for c in cells)
+        rows.append(f'<tr class="{css}">{tds}</tr>' if css else f"<tr>{tds}</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("#", "request", "real QEMU 7.2", "blocksim", ""))
+    diffs = both.get("differences") or []
+    listed = "".join(
+        f"<li>{escape(str(d.get('where', '')))}: {escape(str(d.get('detail', '')))}</li>"
+        for d in diffs[:20]
+    )
+    more = f"<li>... and {len(diffs) - 20} more</li>" if len(diffs) > 20 else ""
+    notes = "".join(f"<li>{escape(str(n))}</li>" for n in both.get("notes") or [])
+    summary = (
+        f"The first difference is at step {first}."
+        if first is not None
+        else "Real QEMU 7.2 answered every step as blocksim did."
+    )
+    return [
+        '<h2 id="qemu">Real QEMU 7.2 and blocksim, step by step</h2>',
+        f"<p>{escape(summary)} Each side's response and the events that arrived during the "
+        "step (QEMU may deliver a job's events a step later; events are compared as one "
+        "ordered list). Written by <code>blocksim triage</code>.</p>",
+        f'<table class="sbs"><tr>{head}</tr>{"".join(rows)}</table>',
+        f"<h3>Differences ({len(diffs)})</h3><ul>{listed}{more}</ul>" if diffs else "",
+        f'<ul class="skipped">{notes}</ul>' if notes else "",
+    ]
