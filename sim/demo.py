@@ -164,9 +164,12 @@ def fuzz(run: Path, seconds: float, say: Say) -> None:
     if result.stopped == "interrupted":
         # the campaign keeps what it found and returns; the demo stops here too
         raise KeyboardInterrupt
+    extra = f" (+{result.replays} runs replaying or shrinking)" if result.replays else ""
+    failures = len(result.failures)
     say(
-        f"fuzz      {result.examples} examples, {result.steps} steps in {result.wall_s:.0f} s, "
-        f"{len(result.failures)} failures"
+        f"fuzz      {result.examples} example{'s' * (result.examples != 1)} generated{extra}, "
+        f"{result.steps} steps in {result.wall_s:.0f} s, "
+        f"{failures} failure{'s' * (failures != 1)}"
     )
 
 

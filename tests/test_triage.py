@@ -66,6 +66,13 @@ def test_counts_examples_asked_for_apart_from_shrink_runs(tmp_path: Path) -> Non
     assert result.replays > 0  # type: ignore[attr-defined]
     doc = json.loads((tmp_path / "campaign.json").read_text())
     assert doc["examples"] == result.examples and doc["replays"] == result.replays  # type: ignore[attr-defined]
+    # coverage.json and its series count the same: generated examples, the runs apart
+    cov = json.loads((tmp_path / "coverage.json").read_text())
+    assert cov["examples"] == cov["series"][-1]["examples"] == result.examples  # type: ignore[attr-defined]
+    assert cov["runs"] == cov["series"][-1]["runs"] >= result.examples + result.replays  # type: ignore[attr-defined]
+    assert all(p["examples"] <= p["runs"] for p in cov["series"])
+    examples = [p["examples"] for p in cov["series"]]
+    assert examples == sorted(examples) and examples[-1] <= 60  # never more than asked
     index = json.loads((tmp_path / "failures" / "index.json").read_text())
     assert all(r["class"] in ("new", "expected") for r in index)
     ranks = [0 if r["class"] == "new" else 1 for r in index]

@@ -67,7 +67,7 @@ from sim.fuzz.triage import CLASS_HELP, class_rank
 from sim.replay import StepOutcome
 
 COVERAGE_WRITE_EVERY_S = 5.0
-SAMPLE_EVERY = 10  # examples between two points of the coverage series
+SAMPLE_EVERY = 10  # example runs (shrink runs too) between two points of the series
 
 
 class CampaignStop(BaseException):  # noqa: N818 - not an error: a stop request
@@ -233,8 +233,9 @@ class Campaign:
             self.result.examples += 1
             self._round_runs += 1
         self.result.steps = self.coverage.steps
+        self.coverage.generated = self.result.examples
         wall = self.elapsed()
-        if self._generating and self.result.examples % SAMPLE_EVERY == 0:
+        if self.coverage.examples % SAMPLE_EVERY == 0:  # shrinking too: time goes on
             self.coverage.sample(wall, self.failure_counts())
         if wall - self._last_write >= COVERAGE_WRITE_EVERY_S:
             self.write_coverage()
@@ -263,6 +264,7 @@ class Campaign:
                 self._export_pending()
                 self.result.wall_s = self.elapsed()
                 self.result.muted = sorted(self.muted)
+                self.coverage.generated = self.result.examples
                 self.coverage.sample(self.result.wall_s, self.failure_counts())
                 if self.out is not None:
                     self.write_coverage()

@@ -92,7 +92,9 @@ class Coverage:
     def __init__(self) -> None:
         self.hits: Counter[Point] = Counter()
         self.series: list[dict[str, Any]] = []
-        self.examples = 0
+        self.examples = 0  # every example run, shrink and replay runs included
+        # generated examples (what --examples counts), when a campaign says so
+        self.generated: int | None = None
         self.steps = 0
         self.rejected = 0
         self._example: set[Point] = set()
@@ -229,6 +231,8 @@ class Coverage:
                 self._distinct += 1
             self.hits[point] += n
         self.examples += other.examples
+        if other.generated is not None:
+            self.generated = (self.generated or 0) + other.generated
         self.steps += other.steps
         self.rejected += other.rejected
         for seq, seen in other.orders.items():
@@ -256,10 +260,12 @@ class Coverage:
         return self._distinct
 
     def sample(self, wall_s: float, failures: dict[str, int]) -> None:
-        """Add a point to the coverage-over-time series."""
+        """Add a point to the coverage-over-time series: `examples` generated so far
+        (every run when no campaign set `generated`), `runs` every example run."""
         self.series.append(
             {
-                "examples": self.examples,
+                "examples": self.examples if self.generated is None else self.generated,
+                "runs": self.examples,
                 "steps": self.steps,
                 "points": self.points,
                 "failures": dict(sorted(failures.items())),
@@ -295,7 +301,8 @@ class Coverage:
         for (category, a, b), n in sorted(self.hits.items()):
             nested.setdefault(category, {}).setdefault(a, {})[b] = n
         return {
-            "examples": self.examples,
+            "examples": self.examples if self.generated is None else self.generated,
+            "runs": self.examples,
             "steps": self.steps,
             "rejected-steps": self.rejected,
             "points": self.points,

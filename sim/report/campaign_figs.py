@@ -47,18 +47,18 @@ def draw_throughput(series: list[dict[str, Any]]) -> Built:
     xs = [float(p["wall_s"]) for p in points]
     fig = style.figure(7.5, 4.6)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"hspace": 0.15})
-    top.plot(xs, [p["examples"] for p in points], color=style.BLUE, linewidth=1.6)
-    top.set_ylabel("examples run")
+    top.plot(xs, [p["examples"] for p in points], color=style.BLUE, linewidth=1.6,
+             label="examples generated")  # fmt: skip
+    if all("runs" in p for p in points) and any(p["runs"] != p["examples"] for p in points):
+        top.plot(xs, [p["runs"] for p in points], color=style.GREY, linewidth=1.2,
+                 linestyle="--", label="+ shrink and replay runs")  # fmt: skip
+        top.legend(loc="upper left", fontsize=8)
+    top.set_ylabel("examples")
     top.set_ylim(bottom=0)
     rates = _rates(points)
     if rates:
-        bottom.step(
-            [x for x, _ in rates],
-            [r for _, r in rates],
-            where="pre",
-            color=style.ORANGE,
-            linewidth=1.4,
-        )
+        edges = [float(points[0]["wall_s"])] + [x for x, _ in rates]
+        bottom.stairs([r for _, r in rates], edges, color=style.ORANGE, linewidth=1.4)
     bottom.set_ylabel("QMP steps / s")
     bottom.set_ylim(bottom=0)
     bottom.set_xlabel("campaign time (s, wall clock)")
@@ -66,7 +66,8 @@ def draw_throughput(series: list[dict[str, Any]]) -> Built:
     for ax in (top, bottom):
         ax.grid(axis="y", color=style.LIGHT_GREY, linewidth=0.6)
     caption = (
-        "Examples run so far (top) and QMP steps executed per second of wall-clock time, "
+        "Examples generated so far (top; dashed, with the runs that replay or shrink "
+        "failures, when there were any) and QMP steps executed per second of wall-clock time, "
         f"averaged over 1/{RATE_WINDOWS} of the campaign (bottom). A falling rate means "
         "examples got longer or slower, e.g. under more checkers or longer workloads."
     )
@@ -125,8 +126,8 @@ def draw_failures(series: list[dict[str, Any]], failures: list[Failure]) -> Buil
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="invariant")
     caption = (
         "Distinct failures (deduplicated by invariant and shrunk trace) found so far, per "
-        "invariant, over the campaign; a failure counts once it is shrunk and exported. "
-        "Each one is a trace in failures/, listed below."
+        "invariant, over the campaign; a failure counts from the moment the campaign first "
+        "saw it (the table's 'found at'). Each one is a trace in failures/, listed below."
     )
     if ALL_INVARIANTS in curves:
         caption += (
@@ -139,22 +140,21 @@ def draw_failures(series: list[dict[str, Any]], failures: list[Failure]) -> Buil
 def _failure_curves(
     series: list[dict[str, Any]], failures: list[Failure]
 ) -> dict[str, list[tuple[float, int]]]:
-    """Cumulative failures over time per invariant: from the series' "failures"
-    ({invariant: n}), else the failures' own times, else the series' total alone."""
+    """Cumulative failures over time per invariant: from the failures' own times (when
+    the campaign first saw each, the table's "found at"), else the series' "failures"
+    ({invariant: n}: counted when exported, which a campaign may do only at its end),
+    else the series' total alone."""
     curves: dict[str, list[tuple[float, int]]] = {}
+    if failures and all(f.found_s is not None for f in failures):
+        for f in sorted(failures, key=lambda f: (f.found_s or 0.0, f.path.name)):
+            pts = curves.setdefault(f.invariant, [])
+            pts.append((float(f.found_s or 0.0), (pts[-1][1] if pts else 0) + 1))
+        return curves
     timed = [p for p in series if "wall_s" in p and "failures" in p]
     by_invariant = [p for p in timed if isinstance(p["failures"], dict)]
     for p in by_invariant:
         for invariant, n in sorted(p["failures"].items()):
             _add(curves.setdefault(invariant, []), float(p["wall_s"]), int(n))
-    if curves:
-        return curves
-    for f in sorted(
-        (f for f in failures if f.found_s is not None),
-        key=lambda f: (f.found_s or 0.0, f.path.name),
-    ):
-        pts = curves.setdefault(f.invariant, [])
-        pts.append((float(f.found_s or 0.0), (pts[-1][1] if pts else 0) + 1))
     if curves or not any(p["failures"] for p in timed):
         return curves
     pts = curves.setdefault(ALL_INVARIANTS, [])
