@@ -20,7 +20,11 @@ ratios of paired runs (taken back to back) much less; the printed verdict is
 for this run.  Child processes run without PYTHONDONTWRITEBYTECODE, as an
 installed blocksim does (compiled modules cached).
 
-    python bench/bench_costs.py [ROW ...] [--traces N] [--markdown]
+    python bench/bench_costs.py [ROW ...] [--traces N] [--markdown] [--json FILE]
+
+`--json bench/results/costs.json` writes the rows README.md's costs table is made
+from (scripts/readme_numbers.py), each with the load average when it was measured;
+rows not run this time keep their earlier figures.
 """
 
 from __future__ import annotations
@@ -427,15 +431,48 @@ def child_snapshot(depth: int, checkers: bool) -> dict[str, Any]:
 class Table:
     def __init__(self) -> None:
         self.rows: list[tuple[str, str, str, str, str, str]] = []
+        self.row = ""  # the ROWS name being measured (kept in the JSON, per table row)
+        self.meta: list[dict[str, Any]] = []
 
     def add(self, work: str, qemu: str, sim: str, ratio: str, target: str, met: bool) -> None:
         self.rows.append((work, qemu, sim, ratio, target, "met" if met else "NOT met"))
+        self.meta.append({"row": self.row, "load_average": round(os.getloadavg()[0], 1)})
         print(f"{work}: QEMU {qemu or '-'} | blocksim {sim} | {ratio} | target {target}: "
               f"{'met' if met else 'NOT met'}", flush=True)  # fmt: skip
 
     def markdown(self) -> str:
         head = "| work | real QEMU 7.2 | blocksim | ratio | target | |\n|---|---|---|---|---|---|\n"
         return head + "\n".join("| " + " | ".join(r) + " |" for r in self.rows)
+
+    def to_json(self, command: str, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What `--json FILE` writes; scripts/readme_numbers.py turns it into the README's
+        costs table (`from_json(...).markdown()`).  Rows of `earlier` (the file as it was)
+        that this run did not measure are kept, in ROWS order, so a run of a few rows
+        updates only those."""
+        mine = [
+            {
+                **dict(zip(JSON_KEYS, r, strict=True)),
+                **m,
+                "command": command,
+                "cores": os.cpu_count(),
+            }
+            for r, m in zip(self.rows, self.meta, strict=True)
+        ]
+        measured = {m["row"] for m in self.meta}
+        kept = [r for r in (earlier or {}).get("rows", []) if r.get("row") not in measured]
+        rows = sorted(
+            kept + mine, key=lambda r: ROWS.index(r["row"]) if r.get("row") in ROWS else len(ROWS)
+        )
+        return {"costs": 1, "rows": rows}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Table:
+        table = cls()
+        table.rows = [tuple(str(r[k]) for k in JSON_KEYS) for r in doc["rows"]]  # type: ignore[misc]
+        return table
+
+
+JSON_KEYS = ("work", "qemu", "blocksim", "ratio", "target", "verdict")
 
 
 def run_row(row: str, table: Table, args: argparse.Namespace) -> None:
@@ -567,6 +604,12 @@ def main() -> None:
     parser.add_argument("--writes", type=int, default=1_000_000, help="writes (row writes)")
     parser.add_argument("--qnbn-writes", type=int, default=100_000, help="writes (row qnbn)")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    parser.add_argument(
+        "--json",
+        metavar="FILE",
+        help="write the rows as JSON too (bench/results/costs.json is what README.md's costs "
+        "table is made from: scripts/readme_numbers.py)",
+    )
     args = parser.parse_args()
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
@@ -576,10 +619,18 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(f"load average at start: {load:.1f} on {os.cpu_count()} cores", flush=True)
     for row in args.rows:
+        table.row = row
         run_row(row, table, args)
-    print(f"load average at end: {os.getloadavg()[0]:.1f}")
+    end = os.getloadavg()[0]
+    print(f"load average at end: {end:.1f}")
     if args.markdown:
         print(table.markdown())
+    if args.json:
+        command = "python bench/bench_costs.py " + " ".join(sys.argv[1:])
+        out = Path(args.json)
+        earlier = json.loads(out.read_text()) if out.is_file() else None
+        doc = table.to_json(command, earlier)
+        out.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

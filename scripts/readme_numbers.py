@@ -11,15 +11,29 @@ and this script rewrites the text between them.  Regions:
 - `layout`: every folder under scenarios/ and what it holds (cheap);
 - `matrix`: the policy x invariant table and its trace count, the output of
   `blocksim matrix` over scenarios/ (replays every trace under every policy
-  with every checker; expensive, a few minutes).
+  with every checker; expensive, a few minutes);
+- `costs`: the costs table, from bench/results/costs.json, which
+  `python bench/bench_costs.py [ROW ...] --json bench/results/costs.json` writes
+  (rows not run keep their earlier figures);
+- `fuzz-power`: the mutant table, from bench/results/fuzz-power.json, which
+  `BLOCKSIM_POWER_TABLE=bench/results/fuzz-power.json python3 -m pytest -m slow
+  tests/test_fuzz_power.py` writes;
+- `differential-campaigns`: the differential campaigns' matched traces and
+  steps per 1,000, from bench/results/differential-campaigns.json; a campaign's
+  merged summary (`python -m sim.fuzz.differential --merge DIR... --out DIR`)
+  is added with `--add-differential DIR/summary.json --campaign LABEL --code COMMIT`.
+
+The last three are cheap (they render files the benchmarks and tests wrote).
 
 Usage (from the repository's root):
 
     python3 scripts/readme_numbers.py            # rewrite every region
     python3 scripts/readme_numbers.py --cheap    # only the cheap ones
     python3 scripts/readme_numbers.py --check    # exit 1 when a region is stale
+    python3 scripts/readme_numbers.py --add-differential DIR/summary.json \
+        --campaign "seed 5151" --code 1234abc     # add a campaign row, then rewrite
 
-tests/test_readme_numbers.py checks the cheap region for equality and the
+tests/test_readme_numbers.py checks the cheap regions for equality and the
 expensive one for its shape (every checker and policy, each cell `holds` or a
 breaking trace that exists with its step count, a trace count within 10% of
 the corpus').
@@ -28,13 +42,18 @@ the corpus').
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+RESULTS = ROOT / "bench" / "results"
 
 # What each folder of scenarios/ holds; a folder without an entry fails the test.
 SCENARIO_FOLDERS = {
@@ -85,9 +104,96 @@ def matrix_region(root: Path = ROOT) -> str:
     return text.replace(f"{root}/", "")
 
 
+def _module(path: Path) -> ModuleType:
+    """A bench/ or tests/ file as a module: the tables are rendered by the code that
+    prints them (one home for each table's format)."""
+    for folder in (path.parent, ROOT):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+    return importlib.import_module(path.stem)
+
+
+def _loads(rows: list[dict[str, Any]]) -> str:
+    """Where the rows were measured: each command with its rows and load averages."""
+    by_command: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_command.setdefault(str(r.get("command", "?")), []).append(r)
+    parts = []
+    for command, group in by_command.items():
+        names = ", ".join(f"`{r.get('row', '?')}`" for r in group)
+        loads = sorted({r["load_average"] for r in group if r.get("load_average") is not None})
+        at = (
+            f"load average {loads[0]}" + (f"-{loads[-1]}" if len(loads) > 1 else "")
+            if loads
+            else "load average not recorded"
+        )
+        shown = f"`{command}`" if command.startswith("python") else command
+        parts.append(f"{names}: {shown} ({at}, {group[0].get('cores', '?')} cores)")
+    return "Rows " + "; ".join(parts) + "."
+
+
+def costs_region(results: Path = RESULTS) -> str:
+    """The costs table: bench/bench_costs.py's own markdown of bench/results/costs.json."""
+    doc = json.loads((results / "costs.json").read_text())
+    bench = _module(ROOT / "bench" / "bench_costs.py")
+    return bench.Table.from_json(doc).markdown() + "\n\n" + _loads(doc["rows"])
+
+
+def power_region(results: Path = RESULTS) -> str:
+    """The fuzzer-power table: tests/test_fuzz_power.py's own table of the findings in
+    bench/results/fuzz-power.json, and under what budget and load they were found."""
+    doc = json.loads((results / "fuzz-power.json").read_text())
+    power = _module(ROOT / "tests" / "test_fuzz_power.py")
+    findings = power.findings_from_json(doc)
+    found = sum(f.found for f in findings)
+    table = "\n".join(line for line in power.table(findings).splitlines() if line.startswith("|"))
+    return (
+        f"{table}\n\n{found} of {len(findings)} mutants found within {doc['budget_s']:.0f} s "
+        f"each (load average {doc.get('load_average', '?')} on {doc.get('cores', '?')} cores)."
+    )
+
+
+DIFF_HEAD = (
+    "| campaign | code | drawn | diffed | traces /1000 | steps /1000 |\n|---|---|---|---|---|---|"
+)
+
+
+def differential_region(results: Path = RESULTS) -> str:
+    """Traces and steps matched per 1,000 diffed, one row per differential campaign (the
+    last in bold)."""
+    rows = json.loads((results / "differential-campaigns.json").read_text())["campaigns"]
+    lines = [DIFF_HEAD]
+    for i, r in enumerate(rows):
+        bold = "**" if i == len(rows) - 1 else ""
+        lines.append(
+            f"| {r['campaign']} | {r['code']} | {r['drawn']:,} | {r['diffed']:,} | "
+            f"{bold}{r['traces_per_1000']}{bold} | {bold}{r['steps_per_1000']}{bold} |"
+        )
+    return "\n".join(lines)
+
+
+def differential_row(summary: dict[str, Any], campaign: str, code: str) -> dict[str, Any]:
+    """A campaign row from the summary.json a (merged) differential campaign wrote."""
+    traces = int(summary["traces"])
+    steps = int(summary.get("steps", 0))
+    return {
+        "campaign": campaign,
+        "code": code,
+        "drawn": traces + int(summary.get("untestable", 0)),
+        "diffed": traces,
+        "traces_per_1000": round(1000 * int(summary["identical"]) / traces) if traces else 0,
+        "steps_per_1000": round(1000 * int(summary.get("steps_matched", 0)) / steps)
+        if steps
+        else 0,
+    }
+
+
 REGIONS: dict[str, tuple[Callable[[], str], bool]] = {
     # name: (generator, cheap)
     "layout": (layout_region, True),
+    "costs": (costs_region, True),
+    "fuzz-power": (power_region, True),
+    "differential-campaigns": (differential_region, True),
     "matrix": (matrix_region, False),
 }
 
@@ -116,7 +222,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when a region is stale")
     parser.add_argument("--cheap", action="store_true", help="only the cheap regions")
+    parser.add_argument(
+        "--add-differential",
+        metavar="SUMMARY",
+        help="add the campaign of this summary.json (python -m sim.fuzz.differential --merge "
+        "... --out DIR writes DIR/summary.json) to bench/results/differential-campaigns.json",
+    )
+    parser.add_argument("--campaign", help="its row's label, e.g. 'seed 5151'")
+    parser.add_argument("--code", help="the commit the campaign ran on")
     args = parser.parse_args(argv)
+    if args.add_differential:
+        if not args.campaign or not args.code:
+            parser.error("--add-differential needs --campaign and --code")
+        summary = json.loads(Path(args.add_differential).read_text())
+        store = RESULTS / "differential-campaigns.json"
+        doc = json.loads(store.read_text())
+        doc["campaigns"].append(differential_row(summary, args.campaign, args.code))
+        store.write_text(json.dumps(doc, indent=1) + "\n")
     text = README.read_text()
     present = regions(text)
     missing = sorted(set(REGIONS) - set(present))

@@ -20,7 +20,9 @@ in the mutant campaigns, as a campaign mutes what it already exported; a
 healthy failure that shows up anyway is recognised by the replay.
 
 The table (mutant, found, time to find, examples, shrunk length, checker) is
-printed (pytest -s) and written to `BLOCKSIM_POWER_TABLE` when that is set.
+printed (pytest -s) and written to `BLOCKSIM_POWER_TABLE` when that is set (as
+JSON when its name ends in .json: `BLOCKSIM_POWER_TABLE=bench/results/fuzz-power.json`
+writes what README.md's table is made from by scripts/readme_numbers.py).
 Budget: `BLOCKSIM_POWER_BUDGET` seconds per mutant (default 60, at most 90);
 a hunt ends at its first kill, so the test takes the healthy campaign of
 `BLOCKSIM_POWER_HEALTHY` (300) examples plus the time to each kill plus a full
@@ -211,7 +213,8 @@ def table(findings: list[Finding]) -> str:
     for f in findings:
         if f.found:
             lines.append(
-                f"| `{f.mutant}` | yes | {f.seconds:.1f} s | {f.examples} | {f.steps} steps "
+                f"| `{f.mutant}` | yes | {f.seconds:.1f} s | {f.examples} | {f.steps} "
+                f"step{'s' * (f.steps != 1)} "
                 f"| `{f.checker}` |"
             )
         else:
@@ -219,6 +222,26 @@ def table(findings: list[Finding]) -> str:
     found = sum(f.found for f in findings)
     lines.append(f"\n{found} of {len(findings)} mutants found")
     return "\n".join(lines)
+
+
+def power_json(findings: list[Finding]) -> str:
+    """The findings as BLOCKSIM_POWER_TABLE=FILE.json writes them (bench/results/fuzz-power.json
+    is what README.md's mutant table is made from: `table(findings_from_json(doc))`)."""
+    import json
+    from dataclasses import asdict
+
+    doc = {
+        "power": 1,
+        "budget_s": BUDGET_S,
+        "load_average": round(os.getloadavg()[0], 1),
+        "cores": os.cpu_count(),
+        "findings": [asdict(f) for f in findings],
+    }
+    return json.dumps(doc, indent=1)
+
+
+def findings_from_json(doc: dict[str, Any]) -> list[Finding]:
+    return [Finding(**f) for f in doc["findings"]]
 
 
 @pytest.mark.slow
@@ -234,8 +257,8 @@ def test_the_default_campaign_finds_the_mutants(
     text = table(findings)
     print("\n" + text)
     out = os.environ.get("BLOCKSIM_POWER_TABLE")
-    if out:
-        Path(out).write_text(text + "\n")
+    if out:  # FILE.json: the findings README.md's table is made from (scripts/readme_numbers.py)
+        Path(out).write_text(power_json(findings) + "\n" if out.endswith(".json") else text + "\n")
     found = sum(f.found for f in findings)
     missed = sorted(f.mutant for f in findings if f.mutant in ORIGINAL and not f.found)
     assert not missed, f"original mutants not found within {BUDGET_S:.0f} s: {missed}"

@@ -1,7 +1,8 @@
 """README.md's generated numbers match what the commands it shows produce.
 
-scripts/readme_numbers.py writes the regions; here the cheap region (the
-scenario layout: every folder and what it holds) is compared for equality, and the expensive one
+scripts/readme_numbers.py writes the regions; here the cheap regions (the
+scenario layout: every folder and what it holds; the costs, fuzzer-power and
+differential tables rendered from bench/results/) are compared for equality, and the expensive one
 (`blocksim matrix` over every scenario, minutes) for its shape: every policy
 and checker present, each cell `holds` or a breaking trace that exists with
 its real step count, a trace count within 10% of the corpus'."""
@@ -9,6 +10,7 @@ its real step count, a trace count within 10% of the corpus'."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 from types import ModuleType
@@ -37,6 +39,70 @@ def test_layout_region_is_current_and_describes_every_folder() -> None:
     assert folders <= set(numbers.SCENARIO_FOLDERS), folders - set(numbers.SCENARIO_FOLDERS)
     for name in folders:
         assert f"`scenarios/{name}/`" in body
+
+
+def test_measured_tables_are_rendered_from_the_results_the_tools_wrote() -> None:
+    """The costs, fuzzer-power and differential tables are the output files of
+    bench/bench_costs.py --json, tests/test_fuzz_power.py (BLOCKSIM_POWER_TABLE=*.json)
+    and the differential campaign's merged summary, rendered by their own code."""
+    numbers = script()
+    body = numbers.regions((ROOT / "README.md").read_text())
+    for name in ("costs", "fuzz-power", "differential-campaigns"):
+        assert body[name] == numbers.REGIONS[name][0](), "run python3 scripts/readme_numbers.py"
+    costs = json.loads((ROOT / "bench" / "results" / "costs.json").read_text())
+    assert len(body["costs"].splitlines()) >= len(costs["rows"]) + 2
+    for row in costs["rows"]:
+        assert f"| {row['work']} |" in body["costs"] and row["verdict"] in ("met", "NOT met")
+    power = json.loads((ROOT / "bench" / "results" / "fuzz-power.json").read_text())
+    found = sum(f["found"] for f in power["findings"])
+    assert f"{found} of {len(power['findings'])} mutants found" in body["fuzz-power"]
+
+
+def test_bench_costs_json_round_trips_and_keeps_rows_not_run(tmp_path: Path) -> None:
+    numbers = script()
+    bench = numbers._module(ROOT / "bench" / "bench_costs.py")
+    table = bench.Table()
+    table.row = "one"
+    table.add("one trace", "1 s", "2 s", "2x slower", "faster", False)
+    earlier = {"rows": [{"row": "traces", "work": "old", "qemu": "q", "blocksim": "b",
+                         "ratio": "r", "target": "t", "verdict": "met"},
+                        {"row": "one", "work": "replaced", "qemu": "", "blocksim": "",
+                         "ratio": "", "target": "", "verdict": "met"}]}  # fmt: skip
+    doc = json.loads(json.dumps(table.to_json("python bench/bench_costs.py one", earlier)))
+    assert [r["row"] for r in doc["rows"]] == ["traces", "one"]  # ROWS order, "one" replaced
+    assert doc["rows"][1]["work"] == "one trace" and doc["rows"][1]["verdict"] == "NOT met"
+    assert isinstance(doc["rows"][1]["load_average"], float)
+    text = bench.Table.from_json(doc).markdown()
+    assert text.splitlines()[-1] == "| one trace | 1 s | 2 s | 2x slower | faster | NOT met |"
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "costs.json").write_text(json.dumps(doc))
+    region = numbers.costs_region(results)
+    assert region.startswith(text) and "`one`: `python bench/bench_costs.py one`" in region
+
+
+def test_power_findings_json_renders_the_table_the_test_prints(tmp_path: Path) -> None:
+    numbers = script()
+    power = numbers._module(ROOT / "tests" / "test_fuzz_power.py")
+    findings = [power.Finding("m1", True, 1.25, 30, 1, "bitmap-precision"),
+                power.Finding("m2", False, 20.0, 400, 0, "")]  # fmt: skip
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "fuzz-power.json").write_text(power.power_json(findings))
+    region = numbers.power_region(results)
+    printed = [line for line in power.table(findings).splitlines() if line.startswith("|")]
+    assert region.startswith("\n".join(printed))
+    assert "| `m1` | yes | 1.2 s | 30 | 1 step | `bitmap-precision` |" in region
+    assert "1 of 2 mutants found within" in region
+
+
+def test_a_differential_summary_becomes_a_campaign_row() -> None:
+    numbers = script()
+    summary = {"traces": 675, "identical": 538, "untestable": 124, "steps": 12728,
+               "steps_matched": 12563}  # fmt: skip
+    row = numbers.differential_row(summary, "seed 2027", "103df14")
+    assert (row["drawn"], row["diffed"]) == (799, 675)
+    assert (row["traces_per_1000"], row["steps_per_1000"]) == (797, 987)
 
 
 def test_matrix_region_has_the_shape_blocksim_matrix_prints() -> None:
