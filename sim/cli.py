@@ -91,6 +91,27 @@ def _timeline_recorder(trace: Any) -> Any:
     return TimelineRecorder(trace)
 
 
+def parse_mute(value: str) -> tuple[str, ...]:
+    """--mute values: 'expected', invariant names (or internal-error), failure keys
+    ('INVARIANT: message shape', as the summary lists them); anything else is a typo
+    that would mute nothing."""
+    from sim.check import CHECKERS
+    from sim.fuzz.failures import INTERNAL_ERROR
+    from sim.fuzz.triage import MUTE_EXPECTED
+
+    values = tuple(m.strip() for m in value.split(",") if m.strip())
+    known = {*CHECKERS, INTERNAL_ERROR}
+    for v in values:
+        if v != MUTE_EXPECTED and v.split(": ", 1)[0] not in known:
+            raise click.BadParameter(
+                f"{v!r} mutes nothing: give '{MUTE_EXPECTED}', an invariant name or a "
+                f"failure key ('INVARIANT: message'); invariants: {', '.join(CHECKERS)}, "
+                f"{INTERNAL_ERROR}",
+                param_hint="--mute",
+            )
+    return values
+
+
 def parse_invariants(value: str | None) -> list[str] | None:
     """None = take them from each trace header; [] = none; else the names."""
     if value is None:
@@ -802,7 +823,7 @@ def fuzz(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if mute:
-        extra = tuple(m.strip() for m in mute.split(",") if m.strip())
+        extra = parse_mute(mute)
         for config in configs:
             config.mute = tuple(dict.fromkeys((*config.mute, *extra)))
     if workers is not None or scheduler is not None or shards is not None or len(configs) > 1:
@@ -932,6 +953,12 @@ def triage(run_dir: str, qemu: str | None, every: bool) -> None:
     from sim.oracle import OracleError, find_qemu
 
     index = Path(run_dir) / "failures" / "index.json"
+    if not index.is_file():
+        click.echo(
+            f"blocksim triage: no {index}: give the folder of a `blocksim fuzz --out DIR` run",
+            err=True,
+        )
+        sys.exit(EXIT_USAGE)
     try:
         find_qemu(qemu)
         records = json.loads(index.read_text(encoding="utf-8"))

@@ -339,6 +339,12 @@ def test_empty_and_broken_run_folders_still_give_a_page(tmp_path: Path) -> None:
 def test_report_command_on_a_missing_folder(tmp_path: Path) -> None:
     missing = CliRunner().invoke(main, ["report", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+    # a folder with nothing to draw (a typo, the parent of a run folder) is no report
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    out = tmp_path / "out"
+    empty = CliRunner().invoke(main, ["report", str(tmp_path / "empty"), "-o", str(out)])
+    assert empty.exit_code == 2 and "holds no run folder input" in empty.output
+    assert not (out / "index.html").exists()
 
 
 def test_demo_policy_matrix_links_the_shortest_breaking_trace(tmp_path: Path) -> None:

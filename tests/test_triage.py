@@ -177,3 +177,19 @@ def test_a_step_the_permission_rules_refuse_is_classed_refused_without_qemu() ->
     failure = FuzzFailure("backup-point-in-time", "m", header, steps, violation)
     record = prepare_failure(failure, "test", shrunk=True).record
     assert record.triage == REFUSED and "perms.py" in record.triage_reason
+
+
+def test_mute_values_that_mute_nothing_are_refused(tmp_path: Path) -> None:
+    from sim.cli import parse_mute
+
+    keys = "expected,bitmap-addressability,internal-error,bitmap-soundness: bitmap '*' x"
+    assert len(parse_mute(keys)) == 4
+    out = CliRunner().invoke(main, ["fuzz", "--mute", "adressability", "--out", str(tmp_path)])
+    assert out.exit_code == 2 and "'adressability' mutes nothing" in out.output
+    assert not (tmp_path / "coverage.json").exists()  # refused before any campaign ran
+
+
+def test_triage_of_a_folder_that_is_no_campaign_says_so(tmp_path: Path) -> None:
+    out = CliRunner().invoke(main, ["triage", str(tmp_path)])
+    assert out.exit_code == 2 and "blocksim fuzz --out DIR" in out.output
+    assert "Traceback" not in out.output and "Errno" not in out.output

@@ -62,8 +62,17 @@ def build_report(
     """Draw every figure a run folder allows into out_dir and tie them in index.html.
     `command` is the command line that made the report (shown on the page).
 
-    Raises FileNotFoundError when run_dir is not a folder."""
+    Raises FileNotFoundError when run_dir is not a folder, or holds nothing a report
+    draws (a typo, or the parent of the run folder)."""
     run = load_run(run_dir)
+    if not (run.timelines or run.coverage or run.campaign or run.failures or run.matrix):
+        if not run.notes:  # unreadable inputs are shown on the page, with why
+            raise FileNotFoundError(
+                f"{run_dir} holds no run folder input (timeline.json, timelines/, "
+                "coverage.json, campaign.json, failures/, matrix.json): give a folder written "
+                "by `blocksim replay --record-timeline DIR`, `blocksim fuzz --out DIR` or "
+                "`blocksim demo` (its run/ folder)"
+            )
     out = Path(out_dir)
     for sub in ("figures", "traces", "failures"):  # ours: emptied so nothing stale survives
         shutil.rmtree(out / sub, ignore_errors=True)
