@@ -52,6 +52,22 @@ def test_the_snapshot_scenario_shows_drive0_b0_becoming_unreachable(timelines: A
     assert series["counts"][-1][1] == found[-1][1] > 0
 
 
+def test_each_timeline_lists_what_happened_step_by_step(timelines: Any) -> None:
+    from sim.report.timeline_figs import steps_table
+
+    doc = timelines["snapshot-breaks-device-bitmap"]
+    table = steps_table(doc)
+    assert [r[0] for r in table.rows] == [str(i) for i in range(1, len(doc["steps"]) + 1)]
+    answers = [(r[2], r[3]) for r in table.rows]
+    snapshot = answers.index(("blockdev-snapshot-sync", "ok"))
+    # after the snapshot, QMP no longer finds (drive0, b0): the answer says so in words
+    after = [a for c, a in answers[snapshot:] if c == "x-debug-block-dirty-bitmap-sha256"]
+    assert after[0] == "Dirty bitmap 'b0' not found"
+    assert ("qemu-io write", "ok") in answers and table.fold.startswith("What happened")
+    jobs = {r[4] for r in steps_table(timelines["bk-fault-policies"]).rows}
+    assert any("running" in j for j in jobs)  # the jobs' status when each command answered
+
+
 def test_node_graphs_before_and_after_each_graph_change(timelines: Any) -> None:
     doc = timelines["snapshot-breaks-device-bitmap"]
     graphs = doc["graphs"]
@@ -275,3 +291,4 @@ def test_headless_chromium_renders_the_figures_and_the_failure_page(
     failure = dom(page / "failures" / "snap.html")
     assert "Shrunk trace" in failure and "Violation" in failure
     assert '<tr class="first">' in failure and "Real QEMU 7.2 and blocksim" in failure
+    assert "What happened, step by step" in index  # each scenario's steps, in words

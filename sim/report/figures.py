@@ -19,10 +19,12 @@ from matplotlib.figure import Figure
 class Table:
     """A small HTML table under a figure: header cells, then rows of cells.
 
-    A cell is text, or (text, href) for a link."""
+    A cell is text, or (text, href) for a link.  With `fold` set the page shows the
+    table folded under that line (long listings a reader opens when needed)."""
 
     header: list[str]
     rows: list[list[Any]]
+    fold: str = ""
 
 
 @dataclass

@@ -88,7 +88,12 @@ def write_index(
 
 def _figure(d: Drawn) -> str:
     png, svg = f"figures/{d.stem}.png", f"figures/{d.stem}.svg"
-    tables = "".join(_table(t) for t in d.tables)
+    tables = "".join(
+        f"<details><summary>{escape(t.fold)}</summary>{_table(t)}</details>"
+        if t.fold
+        else _table(t)
+        for t in d.tables
+    )
     return (
         f'<figure id="{escape(d.stem)}"><h3>{escape(d.title)}</h3>'
         f'<a href="{svg}"><img src="{png}" alt="{escape(d.title)}"></a>'

@@ -42,10 +42,33 @@ def timeline_figures(stem: str, doc: dict[str, Any]) -> list[Built]:
     the whole run, a zoom on jobs too short to see in it, the latency CDFs and the
     node graph before and after every graph change."""
     built = [draw_timeline(stem, doc)]
+    if isinstance(built[0], Drawn):
+        built[0].tables.append(steps_table(doc))
     window = zoom_window(doc)
     if window is not None:
         built.append(draw_timeline(stem, doc, window))
     return [*built, draw_latency(stem, doc), draw_graphs(stem, doc)]
+
+
+def steps_table(doc: dict[str, Any]) -> Table:
+    """Every step of the replay in order: when it ran (simulated time), the command (a
+    qemu-io line by its verb, a wait by its event), QEMU's answer as the simulator gave
+    it (ok or the error) and the status of each job when it answered."""
+    answers = {int(c[1]): c for c in doc.get("commands", [])}
+    rows = []
+    for number, (t, label) in enumerate(doc.get("steps", []), start=1):
+        command = answers.get(number)
+        answer, jobs = "", ""
+        if command is not None:
+            label = command[2]
+            answer = "ok" if command[3] == "return" else str(command[3])
+            jobs = ", ".join(f"{j} {st}" for j, st in sorted(dict(command[4]).items()))
+        rows.append([str(number), f"{int(t) / 1e6:.3f}", str(label), answer, jobs])
+    return Table(
+        ["step", "time (ms)", "command", "answer", "jobs when it answered"],
+        rows,
+        fold=f"What happened, step by step ({len(rows)} steps)",
+    )
 
 
 def zoom_window(doc: dict[str, Any]) -> tuple[int, int] | None:
