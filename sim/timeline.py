@@ -352,6 +352,7 @@ class TimelineRecorder:
         return {
             "timeline": TIMELINE_VERSION,
             "name": header.name if header is not None else "",
+            "description": header.description if header is not None else "",
             "source": source,
             "policy": policy,
             "seed": seed,

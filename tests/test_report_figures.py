@@ -64,6 +64,11 @@ def test_each_timeline_lists_what_happened_step_by_step(timelines: Any) -> None:
     after = [a for c, a in answers[snapshot:] if c == "x-debug-block-dirty-bitmap-sha256"]
     assert after[0] == "Dirty bitmap 'b0' not found"
     assert ("qemu-io write", "ok") in answers and table.fold.startswith("What happened")
+    # the caption opens with what the scenario does, from the trace header's description
+    from sim.report.timeline_figs import draw_timeline
+
+    caption = draw_timeline("snap", doc).caption  # type: ignore[union-attr]
+    assert doc["description"] and caption.startswith("The scenario: The 2016 qemu-block thread")
     jobs = {r[4] for r in steps_table(timelines["bk-fault-policies"]).rows}
     assert any("running" in j for j in jobs)  # the jobs' status when each command answered
 

@@ -192,9 +192,11 @@ def draw_timeline(stem: str, doc: dict[str, Any], window: tuple[int, int] | None
         span = f"zoomed on {xaxis.start:.4g} to {xaxis.end:.4g} {unit}, where its short jobs ran"
     else:
         span = f"{xaxis.end:.3g} {unit} of simulated time"
+    about = str(doc.get("description") or "").strip()
+    about = f"The scenario: {about.rstrip('.')}. " if about and window is None else ""
     caption = (
-        f"Replay of {name} (policy {doc.get('policy', '?')}, seed {doc.get('seed', '?')}); "
-        f"{span}. "
+        f"{about}Replay of {name} (policy {doc.get('policy', '?')}, seed "
+        f"{doc.get('seed', '?')}); {span}. "
         + "; ".join(_panel_caption(p) for p in panels)
         + ". Dotted vertical lines are graph changes, numbered as in the table below (the "
         "command or job event that made each; the node graph figure draws the graph after it)."
