@@ -193,3 +193,24 @@ def test_triage_of_a_folder_that_is_no_campaign_says_so(tmp_path: Path) -> None:
     out = CliRunner().invoke(main, ["triage", str(tmp_path)])
     assert out.exit_code == 2 and "blocksim fuzz --out DIR" in out.output
     assert "Traceback" not in out.output and "Errno" not in out.output
+
+
+def test_a_job_gone_on_qemu_is_a_timing_artefact_not_a_refusal() -> None:
+    from types import SimpleNamespace
+
+    from sim.fuzz.triage import ARTEFACT, REFUSED, classify_runs
+
+    steps = [{"execute": "drive-backup"}, {"execute": "job-cancel"}, {"execute": "query-jobs"}]
+
+    def runs(error: str) -> object:
+        qemu = [{"response": {"return": {}}}, {"response": {"error": {"desc": error}}}, {}]
+        sim = [SimpleNamespace(response={"return": {}}) for _ in steps]
+        return SimpleNamespace(qemu=SimpleNamespace(steps=qemu), sim=SimpleNamespace(steps=sim),
+                               differences=[])  # fmt: skip
+
+    name, why = classify_runs(runs("Job not found"), steps, 3)
+    assert name == ARTEFACT and "already ended by step 2 (job-cancel" in why
+    assert classify_runs(runs("Block job 'job3' not found"), steps, 3)[0] == ARTEFACT
+    name, why = classify_runs(runs("Permission conflict on node 'fmt0'"), steps, 3)
+    assert name == REFUSED and "refuses step 2" in why
+    assert classify_runs(runs("Job not found"), steps, 1)[0] == "new"  # after the violation

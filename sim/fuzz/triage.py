@@ -7,7 +7,8 @@ shows them (new first):
     nothing below explains it: look at it.
 ``artefact``
     a simulator artefact: real QEMU 7.2, given the same trace, answers some
-    step before the violation differently (found by `triage_with_qemu`).
+    step before the violation differently, e.g. a job verb finds no job because
+    QEMU's job ran to its end sooner (found by `triage_with_qemu`).
 ``refused-by-qemu``
     the trace needs a step real QEMU refuses while the simulator accepted it:
     under a policy without BdrvChild permissions (qemu-2.5) found at export
@@ -187,24 +188,38 @@ def triage_with_qemu(
         report = diff_trace(parse_lines(lines, "triage"), images=False)
     except TraceError as exc:
         return "", f"not checked on QEMU: {exc}", None
-    both = side_by_side(report, steps, violation_step)
+    name, why = classify_runs(report, steps, violation_step)
+    return name, why, side_by_side(report, steps, violation_step)
+
+
+# QEMU's answer to a job verb once the job is gone: on real QEMU the job ran to its end
+# sooner (its own clock), so the step finds nothing; a timing difference, not a refusal
+JOB_GONE = re.compile(r"^(Block job '[^']*'|Job '[^']*'|Job) not found$")
+
+
+def classify_runs(report: Any, steps: list[dict[str, Any]], violation_step: int) -> tuple[str, str]:
+    """The class of a failure from both runs of its trace (a `DiffReport`), up to the
+    violating step: REFUSED when QEMU refuses a step the simulator accepted, ARTEFACT when
+    QEMU's job had already ended there or QEMU answers any step differently, else NEW."""
     for number, (q, s) in enumerate(zip(report.qemu.steps, report.sim.steps, strict=False), 1):
         if number > violation_step:
             break
         answer = q.get("response") or {}
         if "error" in answer and "error" not in s.response:
             desc = answer["error"].get("desc", "")
-            return (
-                REFUSED,
-                f"real QEMU refuses step {number} ({_command(steps[number - 1])}): {desc}",
-                both,
-            )
+            command = _command(steps[number - 1])
+            if JOB_GONE.match(desc):
+                return (
+                    ARTEFACT,
+                    f"on real QEMU the job had already ended by step {number} ({command}: "
+                    f"{desc}): its job ran faster than the simulator's, not a refusal",
+                )
+            return REFUSED, f"real QEMU refuses step {number} ({command}): {desc}"
     early = [d for d in report.differences if d.step is not None and d.step <= violation_step]
     if early:
         d = early[0]
-        why = f"real QEMU differs at step {d.step} ({d.command}): {d.detail[:200]}"
-        return ARTEFACT, why, both
-    return NEW, "real QEMU 7.2 answers every step as the simulator does", both
+        return ARTEFACT, f"real QEMU differs at step {d.step} ({d.command}): {d.detail[:200]}"
+    return NEW, "real QEMU 7.2 answers every step as the simulator does"
 
 
 def side_by_side(report: Any, steps: list[dict[str, Any]], violation_step: int) -> dict[str, Any]:
