@@ -67,8 +67,8 @@ def test_each_timeline_lists_what_happened_step_by_step(timelines: Any) -> None:
     # the caption opens with what the scenario does, from the trace header's description
     from sim.report.timeline_figs import draw_timeline
 
-    caption = draw_timeline("snap", doc).caption  # type: ignore[union-attr]
-    assert doc["description"] and caption.startswith("The scenario: The 2016 qemu-block thread")
+    lead = draw_timeline("snap", doc).lead  # type: ignore[union-attr]
+    assert doc["description"] and lead.startswith("The scenario: The 2016 qemu-block thread")
     jobs = {r[4] for r in steps_table(timelines["bk-fault-policies"]).rows}
     assert any("running" in j for j in jobs)  # the jobs' status when each command answered
 
@@ -297,3 +297,4 @@ def test_headless_chromium_renders_the_figures_and_the_failure_page(
     assert "Shrunk trace" in failure and "Violation" in failure
     assert '<tr class="first">' in failure and "Real QEMU 7.2 and blocksim" in failure
     assert "What happened, step by step" in index  # each scenario's steps, in words
+    assert '<p class="lead">The scenario: The 2016 qemu-block thread' in index

@@ -37,6 +37,7 @@ class Drawn:
     fig: Figure
     tables: list[Table] = field(default_factory=list)
     section: str = ""
+    lead: str = ""  # a sentence shown above the figure (what the replayed scenario does)
 
 
 @dataclass

@@ -30,6 +30,7 @@ h3 { font-size: 1.05em; margin-bottom: 0.3em; }
 figure { margin: 0.5em 0 1.8em 0; } figure img { max-width: 100%; height: auto;
        border: 1px solid #eee; }
 figcaption { font-size: 0.9em; color: #333; max-width: 60em; }
+p.lead { max-width: 60em; margin: 0.2em 0 0.5em 0; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
 th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; } td.num { text-align: right; }
@@ -96,7 +97,8 @@ def _figure(d: Drawn) -> str:
     )
     return (
         f'<figure id="{escape(d.stem)}"><h3>{escape(d.title)}</h3>'
-        f'<a href="{svg}"><img src="{png}" alt="{escape(d.title)}"></a>'
+        + (f'<p class="lead">{escape(d.lead)}</p>' if d.lead else "")
+        + f'<a href="{svg}"><img src="{png}" alt="{escape(d.title)}"></a>'
         f"<figcaption>{escape(d.caption)} "
         f'(<a href="{png}">PNG</a>, <a href="{svg}">SVG</a>)</figcaption>{tables}</figure>'
     )

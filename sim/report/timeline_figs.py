@@ -193,9 +193,9 @@ def draw_timeline(stem: str, doc: dict[str, Any], window: tuple[int, int] | None
     else:
         span = f"{xaxis.end:.3g} {unit} of simulated time"
     about = str(doc.get("description") or "").strip()
-    about = f"The scenario: {about.rstrip('.')}. " if about and window is None else ""
+    lead = f"The scenario: {about.rstrip('.')}." if about and window is None else ""
     caption = (
-        f"{about}Replay of {name} (policy {doc.get('policy', '?')}, seed "
+        f"Replay of {name} (policy {doc.get('policy', '?')}, seed "
         f"{doc.get('seed', '?')}); {span}. "
         + "; ".join(_panel_caption(p) for p in panels)
         + ". Dotted vertical lines are graph changes, numbered as in the table below (the "
@@ -210,7 +210,7 @@ def draw_timeline(stem: str, doc: dict[str, Any], window: tuple[int, int] | None
         if len(marks) > MAX_MARK_ROWS:
             rows.append(["", "", f"... and {len(marks) - MAX_MARK_ROWS} more"])
         tables.append(Table([where, "mark", "event"], rows))
-    return Drawn(fig_stem, title, caption, fig, tables, "timeline")
+    return Drawn(fig_stem, title, caption, fig, tables, "timeline", lead)
 
 
 MAX_MARK_ROWS = 40
