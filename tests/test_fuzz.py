@@ -285,6 +285,29 @@ def test_internal_error_is_its_own_failure_kind(
     assert replay(load_trace(record.path)).internal_errors
 
 
+class EndOnlyChecker(Checker):
+    """A verdict only visible at the end of an example (as a force-cancelled job that never
+    terminated is): one violation per example, none per step."""
+
+    name = "fake-end"
+
+    def at_end(self) -> list[Violation]:
+        return [Violation(self.name, 1, "seen only at the end")]
+
+
+def test_end_of_example_violations_are_counted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(CHECKERS, EndOnlyChecker.name, EndOnlyChecker)
+    config = CampaignConfig(examples=5, steps=3, seed=0, invariants=[EndOnlyChecker.name],
+                            out=tmp_path, shrink=False, mute=(EndOnlyChecker.name,))  # fmt: skip
+    result = run_campaign(config)
+    counts = result.coverage.to_json()["invariants"][EndOnlyChecker.name]
+    # muted (the campaign goes on), and counted once per example that ran to its end
+    assert 0 < counts["muted"] <= result.coverage.examples and "violated" not in counts
+    assert not result.failures
+
+
 def test_coverage_json(tmp_path: Path, fake_checker: str) -> None:
     run_campaign(small(tmp_path, groups=None, examples=20))
     cov = json.loads((tmp_path / "coverage.json").read_text())

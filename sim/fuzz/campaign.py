@@ -210,6 +210,9 @@ class Campaign:
             machine.machine, step, outcome, jobs, names, frozenset(self.muted)
         )
 
+    def end_checked(self, violations: list[dict[str, Any]]) -> None:
+        self.coverage.count_violations(violations, frozenset(self.muted))
+
     def failure_seen(self, failure: FuzzFailure) -> None:
         key = failure_key(failure.kind, failure.message)
         known = self.pending.get(key)

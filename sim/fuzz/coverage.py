@@ -162,7 +162,11 @@ class Coverage:
         self._shape(machine)
         for name in checkers:
             self.hits[("invariant", name, "evaluated")] += 1
-        for v in outcome.violations:
+        self.count_violations(outcome.violations, muted)
+
+    def count_violations(self, violations: list[dict[str, Any]], muted: frozenset[str]) -> None:
+        """Violations a step's checkers (or their end-of-example verdicts) reported."""
+        for v in violations:
             name = str(v.get("invariant"))
             key = failure_key(name, str(v.get("message", "")))
             self.hit("invariant", name, "muted" if name in muted or key in muted else "violated")

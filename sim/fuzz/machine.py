@@ -132,6 +132,8 @@ class FuzzObserver(Protocol):
 
     def failure_seen(self, failure: FuzzFailure) -> None: ...
 
+    def end_checked(self, violations: list[dict[str, Any]]) -> None: ...
+
     def example_finished(self, machine: MachineCore) -> float | None: ...
 
 
@@ -358,6 +360,15 @@ class MachineCore(RuleBasedStateMachine):
         found: list[dict[str, Any]] = []
         for checker in self.replayer.checkers:
             found.extend(v.to_dict() for v in checker.at_end())
+        if self.observer is not None:  # counted with the steps' violations, once each
+            said = {
+                (v["invariant"], v.get("step"), v["message"])
+                for o in self.outcomes
+                for v in o.violations
+            }
+            self.observer.end_checked(
+                [v for v in found if (v["invariant"], v.get("step"), v["message"]) not in said]
+            )
         live = [v for v in found if not self.is_muted(v)]
         if live:
             self.fail(str(live[0]["invariant"]), str(live[0]["message"]), live)
