@@ -136,7 +136,7 @@ def test_report_campaign_table_names_asked_and_done_apart_and_sorts_depths(
 
     campaign_doc = {
         "config": {"policies": ["qemu-7.2", "bb-attached"], "seed": 3, "examples": 100,
-                   "steps": 25, "shards": 4},
+                   "steps": 25, "shards": 4, "time_budget_s": 30.0},
         "examples": 97, "replays": 400, "rejected": 2, "steps": 2300, "stopped": "done",
     }  # fmt: skip
     coverage = {"graph-shapes": {"chain-depth": {"10": 1, "2": 5, "1": 9, "4-7": 2, "8+": 1}}}
@@ -148,6 +148,7 @@ def test_report_campaign_table_names_asked_and_done_apart_and_sorts_depths(
     assert rows["examples asked"] == "100" and rows["examples generated"] == "97"
     assert rows["steps per example (at most)"] == "25" and rows["steps run"] == "2300"
     assert rows["runs replaying or shrinking"] == "400"
+    assert rows["time budget (s)"].startswith("30:")  # examples asked, or the budget
     assert rows["policies"] == "qemu-7.2, bb-attached"
     labels = [r[0] for r in tables["campaign"][0][1].rows]
     assert len(labels) == len(set(labels))  # no two rows with the same name
@@ -214,3 +215,27 @@ def test_a_job_gone_on_qemu_is_a_timing_artefact_not_a_refusal() -> None:
     name, why = classify_runs(runs("Permission conflict on node 'fmt0'"), steps, 3)
     assert name == REFUSED and "refuses step 2" in why
     assert classify_runs(runs("Job not found"), steps, 1)[0] == "new"  # after the violation
+
+
+def test_a_failure_is_timed_when_first_seen_not_when_exported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sim.fuzz.campaign import Campaign
+    from sim.fuzz.failures import failure_type
+
+    header = {"trace": 1, "name": "t", "policy": "qemu-7.2", "seed": 0,
+              "drives": [{"id": "drive0", "node-name": "fmt0", "file-node-name": "proto0",
+                          "format": "qcow2", "size": 67108864}]}  # fmt: skip
+    steps = [ADD, SNAP]
+    failure = failure_type(ADDR, RESOLVES)(ADDR, RESOLVES, header, steps, [])
+    config = CampaignConfig(examples=10, invariants=[ADDR], out=tmp_path)
+    campaign = Campaign(config)
+    now = [1.5]
+    monkeypatch.setattr(campaign, "elapsed", lambda: now[0])
+    campaign.failure_seen(failure)  # an example shows it at 1.5 s ...
+    now[0] = 9.0
+    campaign.failure_seen(failure)  # ... and again while Hypothesis shrinks it
+    now[0] = 9.5
+    campaign._export(failure, shrunk=True, round_number=0)  # exported at 9.5 s
+    [record] = campaign.result.failures
+    assert record.wall_s == 1.5

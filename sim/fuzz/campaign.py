@@ -183,6 +183,8 @@ class Campaign:
         # failures not exported yet, by failure key: (failure, shrunk); during a round
         # the smallest example seen, after it what Hypothesis reported
         self.pending: dict[str, tuple[FuzzFailure, bool]] = {}
+        # failure key -> (seconds, examples generated) when an example first showed it
+        self.first_seen: dict[str, tuple[float, int]] = {}
         self._t0 = 0.0
         self._last_write = 0.0
         self._round_runs = 0  # examples generated in this round
@@ -215,6 +217,7 @@ class Campaign:
 
     def failure_seen(self, failure: FuzzFailure) -> None:
         key = failure_key(failure.kind, failure.message)
+        self.first_seen.setdefault(key, (self.elapsed(), self.result.examples))
         known = self.pending.get(key)
         if known is None or len(failure.steps) <= len(known[0].steps):
             self.pending[key] = (failure, False)
@@ -367,7 +370,9 @@ class Campaign:
             if not record.duplicate:
                 self._signatures.add(record.signature)
                 self.result.prepared.append(prepared)
-        record.wall_s, record.examples = self.elapsed(), self.result.examples
+        # when it was found (shrinking and exporting may come much later)
+        seen = self.first_seen.get(failure_key(failure.kind, failure.message))
+        record.wall_s, record.examples = seen or (self.elapsed(), self.result.examples)
         if not shrunk:
             why = {"time-budget": "the time budget", "interrupted": "Ctrl-C"}.get(
                 self.result.stopped, "shrinking being off"

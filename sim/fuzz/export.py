@@ -50,7 +50,7 @@ class ExportRecord:
     reproduced: bool
     duplicate: bool
     shrunk: bool = True
-    wall_s: float = 0.0  # when the campaign exported it
+    wall_s: float = 0.0  # when an example of the campaign first showed it
     examples: int = 0  # examples run by then
     triage: str = "new"  # sim.fuzz.triage's class
     shrink_left: str = ""  # when not fully shrunk: what stopped the shrinker, how far it got

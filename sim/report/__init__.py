@@ -217,6 +217,9 @@ def _extra_tables(run: RunFolder, links: _TraceLinks) -> dict[str, list[tuple[st
             ("ran_on", "ran on"),
         )  # fmt: skip
         rows = [[label, _text(cfg[k])] for k, label in asked if k in cfg]
+        budget = cfg.get("time_budget_s")
+        if isinstance(budget, int | float) and budget > 0:
+            rows.append(["time budget (s)", f"{budget:g}: a campaign stops at the first of both"])
         rows += [[label, _text(run.campaign[k])] for k, label in done if k in run.campaign]
         extra["campaign"] = [("Campaign (campaign.json)", Table(["", ""], rows))]
     if run.failures:
