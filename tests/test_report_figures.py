@@ -260,6 +260,26 @@ def test_the_failure_page_shows_qemu_and_blocksim_side_by_side(page: Path) -> No
     assert "first difference" in cells[3] and "violation" in cells[3]
 
 
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"steps": [1, {"step": 1, "qemu": [], "sim": {"events": [3, {"event": "E"}]}}],
+         "differences": 5, "notes": {"a": 1}},
+        {"steps": "x"},
+        [],
+    ],
+)  # fmt: skip
+def test_a_malformed_side_by_side_file_gives_no_traceback(tmp_path: Path, doc: Any) -> None:
+    from sim.report.html import _side_by_side, write_failure_page
+    from sim.report.runfolder import Failure
+
+    html = "".join(_side_by_side(doc if isinstance(doc, dict) else None))
+    assert not isinstance(doc, dict) or "<table" in html
+    failure = Failure(tmp_path / "f.jsonl", "x", 1, None, "m")
+    write_failure_page(tmp_path, "f", failure, [{}], None, doc if isinstance(doc, dict) else None)
+    assert (tmp_path / "failures" / "f.html").is_file()
+
+
 def test_commands_never_exercised_against_the_dispatch_table(page: Path) -> None:
     html = (page / "index.html").read_text()
     m = re.search(r"QMP commands exercised: (\d+) of (\d+) supported", html)

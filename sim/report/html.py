@@ -205,20 +205,27 @@ def _side_by_side(both: dict[str, Any] | None) -> list[str]:
         return []
     import json
 
-    def shown(side: dict[str, Any]) -> str:
+    def shown(side: Any) -> str:
+        if not isinstance(side, dict):
+            return ""
         parts = []
         if side.get("error"):
             parts.append(f"(not run: {side['error']})")
         if side.get("response") is not None:
             parts.append(json.dumps(side["response"], sort_keys=True))
-        for event in side.get("events") or []:
-            data = event.get("data")
-            parts.append(f"event {event.get('event')} {json.dumps(data, sort_keys=True)}")
+        events = side.get("events")
+        for event in events if isinstance(events, list) else []:
+            if isinstance(event, dict):
+                data = json.dumps(event.get("data"), sort_keys=True)
+                parts.append(f"event {event.get('event')} {data}")
         return "\n".join(parts)
 
     first = both.get("first_difference")
     rows = []
-    for row in both.get("steps") or []:
+    listed_steps = both.get("steps")
+    for row in listed_steps if isinstance(listed_steps, list) else []:
+        if not isinstance(row, dict):
+            continue
         number = row.get("step")
         marks = []
         if number == first:
@@ -231,20 +238,27 @@ def _side_by_side(both: dict[str, Any] | None) -> list[str]:
         cells = [
             str(number),
             json.dumps(row.get("request"), separators=(", ", ": ")),
-            shown(row.get("qemu") or {}),
-            shown(row.get("sim") or {}),
+            shown(row.get("qemu")),
+            shown(row.get("sim")),
             ", ".join(marks),
         ]
         tds = "".join(f"<td>{escape(c)}</td>" for c in cells)
         rows.append(f'<tr class="{css}">{tds}</tr>' if css else f"<tr>{tds}</tr>")
     head = "".join(f"<th>{h}</th>" for h in ("#", "request", "real QEMU 7.2", "blocksim", ""))
-    diffs = both.get("differences") or []
+    listed_diffs = both.get("differences")
+    diffs = (
+        [d for d in listed_diffs if isinstance(d, dict)] if isinstance(listed_diffs, list) else []
+    )
     listed = "".join(
         f"<li>{escape(str(d.get('where', '')))}: {escape(str(d.get('detail', '')))}</li>"
         for d in diffs[:20]
     )
     more = f"<li>... and {len(diffs) - 20} more</li>" if len(diffs) > 20 else ""
-    notes = "".join(f"<li>{escape(str(n))}</li>" for n in both.get("notes") or [])
+    listed_notes = both.get("notes")
+    notes = "".join(
+        f"<li>{escape(str(n))}</li>"
+        for n in (listed_notes if isinstance(listed_notes, list) else [])
+    )
     summary = (
         f"The first difference is at step {first}."
         if first is not None
