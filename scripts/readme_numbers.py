@@ -42,7 +42,7 @@ the corpus').
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.util
 import json
 import re
 import sys
@@ -107,10 +107,17 @@ def matrix_region(root: Path = ROOT) -> str:
 def _module(path: Path) -> ModuleType:
     """A bench/ or tests/ file as a module: the tables are rendered by the code that
     prints them (one home for each table's format)."""
-    for folder in (path.parent, ROOT):
-        if str(folder) not in sys.path:
-            sys.path.insert(0, str(folder))
-    return importlib.import_module(path.stem)
+    name = f"_readme_numbers_{path.stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while it runs
+    spec.loader.exec_module(module)
+    return module
 
 
 def _loads(rows: list[dict[str, Any]]) -> str:
