@@ -223,14 +223,21 @@ class BitmapRegistry:
     def follow_successors(self) -> Iterator[tuple[Tracked, DirtyBitmap, bool]]:
         """Entries whose backup just ended: (entry, the frozen bitmap, abdicated?).
 
-        An abdicated entry now holds the successor, which carries the name."""
+        An abdicated entry now holds the successor, which carries the name.  A backup
+        that froze and released the bitmap within one step (one with nothing to copy
+        ends with the command that started it) is followed through `abdicated_to`."""
         for entry in list(self.entries.values()):
             succ = entry.bitmap.successor
             if succ is not None:
                 entry.successor = succ
                 continue
             if entry.successor is None:
-                continue
+                heir = entry.bitmap.abdicated_to
+                if heir is None or owner_of(self.graph, entry.bitmap) is not None:
+                    continue
+                while heir.abdicated_to is not None and heir.successor is None:
+                    heir = heir.abdicated_to
+                entry.successor = heir
             frozen, succ = entry.bitmap, entry.successor
             entry.successor = None
             took_over = succ.name == entry.name and owner_of(self.graph, succ) is not None

@@ -173,10 +173,15 @@ class BitmapPrecision(StepChecker):
             n = len(entry.bitmap.bits)
             self.refs[entry] = Ref(_bits(n), _bits(n), entry.bitmap.granularity.bit_length() - 1)
         self._commands()
-        for entry, _frozen, _took_over in reg.follow_successors():
+        for entry, _frozen, took_over in reg.follow_successors():
             ref = self.refs.get(entry)
-            if ref is not None:
-                ref.frozen = False
+            if ref is None:
+                continue
+            if took_over and not ref.frozen:
+                # frozen and released within this step: contents open, as after a freeze
+                ref.lo.setall(0)
+                ref.hi.setall(1)
+            ref.frozen = False
         live = set(reg.entries.values())
         for entry in [e for e in self.refs if e not in live]:
             del self.refs[entry]

@@ -149,7 +149,13 @@ class BitmapSoundness(StepChecker):
         """Successors: start a shadow when a backup freezes a bitmap, settle it at the end."""
         for entry, frozen, took_over in self.bitmaps.follow_successors():
             shadow = self.shadows.get(entry)
-            if shadow is None or shadow.succ is None:
+            if shadow is None:
+                continue
+            if shadow.succ is None:
+                # frozen and released within this step: the backup copied nothing, and
+                # the successor that took over recorded nothing
+                if took_over:
+                    shadow.bits = _zeros(len(entry.bitmap.bits))
                 continue
             if took_over:
                 kept = shadow.bits

@@ -51,7 +51,8 @@ class DirtyBitmap:
     in a qcow2 image), `readonly` (a persistent bitmap of a read-only image),
     `inconsistent` (loaded from an image left in use).  `successor` is the
     anonymous child that records writes while the bitmap is frozen by a backup
-    job; `txn_hold` is set while a transaction's `remove` holds it;
+    job; `abdicated_to` is that successor once it has taken over the bitmap's name
+    and place at the end of the job (the frozen bitmap itself is released); `txn_hold` is set while a transaction's `remove` holds it;
     `export_hold` counts the block exports that serve it.
     """
 
@@ -65,6 +66,7 @@ class DirtyBitmap:
         "readonly",
         "inconsistent",
         "successor",
+        "abdicated_to",
         "txn_hold",
         "export_hold",
         "_shift",
@@ -94,6 +96,7 @@ class DirtyBitmap:
         self.readonly = False
         self.inconsistent = False
         self.successor: DirtyBitmap | None = None
+        self.abdicated_to: DirtyBitmap | None = None
         self.txn_hold = False
         self.export_hold = 0  # block exports serving this bitmap
         self.stale_head: object | None = None  # qemu-2.5 list-head bug (policy.py)

@@ -283,6 +283,7 @@ class BackupKind(JobDriver):
             # abdicate: the successor takes the name and keeps its own list position
             succ.name, succ.persistent = bm.name, bm.persistent
             succ.readonly = bm.readonly
+            bm.abdicated_to = succ
             if bm in owner_list:
                 owner_list.remove(bm)
             survivor = succ
