@@ -10,7 +10,6 @@ header makes the whole file unusable (`TraceError` from `parse_trace`).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,6 +322,8 @@ def write_trace(
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` so that a reader (or an interrupt) sees the old file or
     the whole new one, never half of it; no temporary file is left behind."""
+    import tempfile  # here: most commands write no file, and tempfile loads shutil
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
