@@ -130,8 +130,12 @@ def qemu_trace_times(traces: list[Any]) -> tuple[float, float, int, float]:
 
 def child_traces(paths: list[str]) -> dict[str, Any]:
     """One blocksim process loads and replays every trace (as `blocksim replay DIR`
-    would); which traces QEMU can run was settled by the parent."""
+    would, with the process set-up of its entry point); which traces QEMU can run was
+    settled by the parent."""
     t0, cpu0 = time.perf_counter(), time.process_time()
+    from sim.entry import tune_collector
+
+    tune_collector()
     from sim.replay import Replayer
     from sim.trace import load_trace
 
