@@ -11,6 +11,7 @@ import json
 import os
 import signal
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,22 @@ def config(examples: int = 80, steps: int = 8, seed: int = 27) -> CampaignConfig
     return CampaignConfig(
         examples=examples, steps=steps, seed=seed, invariants=[ADDR], shrink=False
     )
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Runner]:
+    """One LocalCluster of two workers for the tests that run shards on it (starting and
+    closing one takes seconds).  They are the last tests of this file, so the cluster
+    closes right after them; the killed-worker test is the last of all, and each waits
+    for both workers first."""
+    with Runner(workers=2) as runner:
+        yield runner
+
+
+def two_workers(runner: Runner) -> Runner:
+    assert runner.client is not None
+    runner.client.wait_for_workers(2, timeout=60)
+    return runner
 
 
 def failures_of(out: Path) -> dict[str, str]:
@@ -81,77 +98,6 @@ def test_one_headline_for_one_process_and_for_shards() -> None:
         f"policy qemu-7.2, seed 27, 2 shard(s) per policy on this process{tail}"
         "0 new failure(s), 0 duplicate(s)"
     )
-
-
-def test_local_cluster_campaign_equals_the_shards_run_one_by_one(tmp_path: Path) -> None:
-    # the first seed whose shards find two distinct failures (which seed does depends on
-    # the fuzzer's rules; the search is deterministic)
-    for seed in (42, 5, 6, 7, 13, 0, 1, 2, 3, 4):
-        cfg = config(examples=120, seed=seed)
-        one_by_one = [run_shard(spec) for spec in plan_shards([cfg], 6)]
-        keys = {(s.policy, f.key) for s in one_by_one for f in s.failures}
-        if len(keys) >= 2:
-            break
-    assert len(keys) >= 2, "the campaign should find failures for this test to mean much"
-    union = Coverage()
-    for shard in one_by_one:
-        union.absorb(shard.coverage)
-
-    with Runner(workers=2) as runner:
-        assert len(runner.worker_pids()) == 2
-        dask = ShardedCampaign([cfg], tmp_path / "dask", runner, shards=6).run()
-    with Runner() as here:
-        serial = ShardedCampaign([cfg], tmp_path / "here", here, shards=6).run()
-
-    assert dask.stopped == serial.stopped == "done"
-    assert dask.coverage.hits == union.hits  # merged coverage: the union of the shards'
-    assert (
-        dask.coverage.points
-        == union.points
-        == len([p for p in union.hits if p[0] not in ("invariant", "group")])
-    )
-    assert hits_of(tmp_path / "dask") == hits_of(tmp_path / "here")
-    # failure set: one trace per distinct failure, the same files byte for byte
-    assert failures_of(tmp_path / "dask") == failures_of(tmp_path / "here")
-    assert {(r.kind, r.signature) for r in dask.failures} == {
-        (r.kind, r.signature) for r in serial.failures
-    }
-    assert len(dask.failures) == len(keys)
-    assert dask.duplicates == sum(len(s.failures) for s in one_by_one) - len(keys)
-    assert dask.examples == serial.examples == sum(s.examples for s in one_by_one)
-    assert dask.examples <= cfg.examples
-    index = json.loads((tmp_path / "dask" / "failures" / "index.json").read_text())
-    assert sorted(r["path"] for r in index) == sorted(
-        str(tmp_path / "dask" / "failures" / n) for n in failures_of(tmp_path / "dask")
-    )
-
-
-def test_a_killed_worker_loses_only_its_shard(tmp_path: Path) -> None:
-    cfg = config(examples=60, steps=20, seed=1)
-    with Runner() as here:
-        serial = ShardedCampaign([cfg], tmp_path / "here", here, shards=4).run()
-
-    killed: list[int] = []
-    with Runner(workers=2) as runner:
-        campaign = ShardedCampaign([cfg], tmp_path / "dask", runner, shards=4)
-        on_event = campaign.on_event
-
-        def kill_first_busy_worker(message: dict[str, Any]) -> None:
-            on_event(message)
-            if not killed and message.get("examples", 0) >= 1 and not message.get("done"):
-                killed.append(int(message["pid"]))
-                os.kill(killed[0], signal.SIGKILL)
-
-        campaign.on_event = kill_first_busy_worker  # type: ignore[method-assign]
-        result = campaign.run()
-
-    assert killed, "no shard reported progress"
-    assert result.stopped == "done"
-    assert any(str(killed[0]) in text for text in result.incidents), result.incidents
-    rows = Counter(r["index"] for r in result.shard_rows)
-    assert rows == Counter(range(4)) and not any("lost" in r for r in result.shard_rows)
-    assert result.coverage.hits == serial.coverage.hits
-    assert failures_of(tmp_path / "dask") == failures_of(tmp_path / "here")
 
 
 def test_several_policies_write_one_run_folder_the_report_draws(tmp_path: Path) -> None:
@@ -281,3 +227,82 @@ def test_ctrl_c_on_a_local_cluster_keeps_what_was_found(tmp_path: Path) -> None:
     assert len(index) >= sum(r.get("failures", 0) for r in doc["shard_results"]) >= 0
     for record in index:
         assert Path(record["path"]).is_file()
+
+
+# -- on one shared LocalCluster (the module's last tests: it closes after them) ------------
+
+
+def test_local_cluster_campaign_equals_the_shards_run_one_by_one(
+    tmp_path: Path, cluster: Runner
+) -> None:
+    # the first seed whose shards find two distinct failures (which seed does depends on
+    # the fuzzer's rules; the search is deterministic): the one that does today first, so
+    # that the search costs one campaign
+    for seed in (13, 42, 5, 6, 7, 0, 1, 2, 3, 4):
+        cfg = config(examples=120, seed=seed)
+        one_by_one = [run_shard(spec) for spec in plan_shards([cfg], 6)]
+        keys = {(s.policy, f.key) for s in one_by_one for f in s.failures}
+        if len(keys) >= 2:
+            break
+    assert len(keys) >= 2, "the campaign should find failures for this test to mean much"
+    union = Coverage()
+    for shard in one_by_one:
+        union.absorb(shard.coverage)
+
+    runner = two_workers(cluster)
+    assert len(runner.worker_pids()) == 2
+    dask = ShardedCampaign([cfg], tmp_path / "dask", runner, shards=6).run()
+    with Runner() as here:
+        serial = ShardedCampaign([cfg], tmp_path / "here", here, shards=6).run()
+
+    assert dask.stopped == serial.stopped == "done"
+    assert dask.coverage.hits == union.hits  # merged coverage: the union of the shards'
+    assert (
+        dask.coverage.points
+        == union.points
+        == len([p for p in union.hits if p[0] not in ("invariant", "group")])
+    )
+    assert hits_of(tmp_path / "dask") == hits_of(tmp_path / "here")
+    # failure set: one trace per distinct failure, the same files byte for byte
+    assert failures_of(tmp_path / "dask") == failures_of(tmp_path / "here")
+    assert {(r.kind, r.signature) for r in dask.failures} == {
+        (r.kind, r.signature) for r in serial.failures
+    }
+    assert len(dask.failures) == len(keys)
+    assert dask.duplicates == sum(len(s.failures) for s in one_by_one) - len(keys)
+    assert dask.examples == serial.examples == sum(s.examples for s in one_by_one)
+    assert dask.examples <= cfg.examples
+    index = json.loads((tmp_path / "dask" / "failures" / "index.json").read_text())
+    assert sorted(r["path"] for r in index) == sorted(
+        str(tmp_path / "dask" / "failures" / n) for n in failures_of(tmp_path / "dask")
+    )
+
+
+def test_a_killed_worker_loses_only_its_shard(tmp_path: Path, cluster: Runner) -> None:
+    # 40 examples in 4 shards find 5 distinct failures, as 60 did
+    cfg = config(examples=40, steps=20, seed=1)
+    with Runner() as here:
+        serial = ShardedCampaign([cfg], tmp_path / "here", here, shards=4).run()
+
+    killed: list[int] = []
+    runner = two_workers(cluster)
+    campaign = ShardedCampaign([cfg], tmp_path / "dask", runner, shards=4)
+    on_event = campaign.on_event
+
+    def kill_first_busy_worker(message: dict[str, Any]) -> None:
+        on_event(message)
+        if not killed and message.get("examples", 0) >= 1 and not message.get("done"):
+            killed.append(int(message["pid"]))
+            os.kill(killed[0], signal.SIGKILL)
+
+    campaign.on_event = kill_first_busy_worker  # type: ignore[method-assign]
+    result = campaign.run()
+
+    assert killed, "no shard reported progress"
+    assert result.stopped == "done"
+    assert any(str(killed[0]) in text for text in result.incidents), result.incidents
+    rows = Counter(r["index"] for r in result.shard_rows)
+    assert rows == Counter(range(4)) and not any("lost" in r for r in result.shard_rows)
+    assert result.coverage.hits == serial.coverage.hits
+    assert failures_of(tmp_path / "dask") == failures_of(tmp_path / "here")
+    assert len(failures_of(tmp_path / "here")) >= 2  # something to lose with the shard
