@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -179,6 +180,57 @@ def test_cleanup_on_exceptions(tmp_path: Path, exc: type[BaseException]) -> None
             raise exc()
     assert proc is not None and proc.poll() is not None
     assert list(tmp_path.iterdir()) == []
+
+
+def _interrupt_once(real: Any, before: bool = False) -> Any:
+    """`real`, except that its first call raises KeyboardInterrupt (before or after
+    doing its work), as a Ctrl-C landing there would."""
+    calls: list[int] = []
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if calls:
+            return real(*args, **kwargs)
+        calls.append(1)
+        if not before:
+            real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    return call
+
+
+@pytest.mark.qemu
+@needs_qemu
+@pytest.mark.parametrize("where", ["scratch-made", "qemu-starting", "reaping", "removing"])
+def test_ctrl_c_anywhere_leaves_no_scratch_and_no_qemu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A Ctrl-C right after the scratch folder is made, while QEMU starts, while close
+    waits for QEMU, or half-way through removing the folder: QEMU is gone and so is the
+    folder."""
+    import os
+    import shutil as shutil_module
+
+    import sim.oracle.qemu_runner as qr
+
+    runner = QemuRunner(make_trace(), scratch_parent=tmp_path)
+    try:
+        with pytest.raises(KeyboardInterrupt), monkeypatch.context() as mp:
+            if where == "scratch-made":
+                mp.setattr(os, "mkdir", _interrupt_once(os.mkdir))
+            elif where == "qemu-starting":
+                mp.setattr(qr.QemuRunner, "_connect", _interrupt_once(lambda self: None, True))
+            elif where == "removing":
+                mp.setattr(shutil_module, "rmtree", _interrupt_once(shutil_module.rmtree, True))
+            runner.start()  # closes the runner when it fails
+            if where == "reaping":
+                assert runner._proc is not None
+                mp.setattr(runner._proc, "wait", _interrupt_once(runner._proc.wait, True))
+            runner.close()
+        proc = runner._proc
+        assert proc is None or proc.poll() is not None, "QEMU outlived close()"
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        runner.close()
 
 
 @pytest.mark.qemu

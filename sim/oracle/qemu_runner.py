@@ -35,6 +35,7 @@ import asyncio
 import ctypes
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -69,6 +70,7 @@ SETTLE_TIMEOUT_S = 2.0
 _POLL_S = 0.25
 _SOCKET = "qmp.sock"
 _LOG = "qemu.log"
+_RAW = ".blocksim-read.raw"  # read_image_runs' raw copy, removed after reading
 _MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the NUL
 
 
@@ -196,6 +198,7 @@ class QemuRunner:
         self._qmp: QMPClient | None = None
         self._events: list[dict[str, Any]] = []  # raw QMP events, arrival order
         self._consumed: list[bool] = []
+        self._connected = False  # QMP came up once
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -230,8 +233,22 @@ class QemuRunner:
             self.close()
             raise
 
+    def _make_scratch(self) -> None:
+        """Create the scratch folder, its path known to `close` before it exists: a Ctrl-C
+        at any point leaves nothing that `close` does not remove (`tempfile.mkdtemp`
+        returns the name only after the folder is made)."""
+        parent = Path(self._scratch_parent or tempfile.gettempdir())
+        while True:
+            self._scratch = parent / f"blocksim-qemu-{secrets.token_hex(5)}"
+            try:
+                self._scratch.mkdir(mode=0o700)
+                return
+            except FileExistsError:
+                continue
+
     def _start(self) -> None:
-        self._scratch = Path(tempfile.mkdtemp(prefix="blocksim-qemu-", dir=self._scratch_parent))
+        self._make_scratch()
+        assert self._scratch is not None
         self._scratch_dirs = tuple(
             dict.fromkeys([str(self._scratch), os.path.realpath(self._scratch)])
         )
@@ -276,6 +293,7 @@ class QemuRunner:
             if sock.exists():
                 try:
                     self._sync(self.qmp.connect(str(sock)), START_TIMEOUT_S)
+                    self._connected = True
                     return
                 except (ConnectError, OSError):
                     pass  # QEMU made the socket but is not listening yet
@@ -299,17 +317,30 @@ class QemuRunner:
             try:
                 self._disconnect()
             finally:
-                self._reap()
+                # a QEMU whose QMP never came up is still starting: nothing to wait for
+                self._reap(10.0 if self._connected else 0.0)
 
     def close(self) -> None:
-        """`stop`, close the event loop and remove the scratch folder (unless kept)."""
+        """`stop`, close the event loop and remove the scratch folder (unless kept); the
+        folder goes even when a Ctrl-C lands in one of the steps before."""
         try:
             self.stop()
         finally:
-            if self._loop is not None and not self._loop.is_closed():
-                self._close_loop(self._loop)
-            if self._scratch is not None and not self.keep_scratch:
-                shutil.rmtree(self._scratch, ignore_errors=True)
+            try:
+                if self._loop is not None and not self._loop.is_closed():
+                    self._close_loop(self._loop)
+            finally:
+                self._remove_scratch()
+
+    def _remove_scratch(self) -> None:
+        if self._scratch is None or self.keep_scratch:
+            return
+        try:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+        except BaseException:
+            # a Ctrl-C half-way through: finish the removal, then let the interrupt go on
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            raise
 
     @staticmethod
     def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
@@ -333,13 +364,18 @@ class QemuRunner:
         except Exception:  # disconnect re-raises whatever ended the reader (EOF)
             pass
 
-    def _reap(self) -> None:
+    def _reap(self, wait_s: float) -> None:
+        """Wait `wait_s` for QEMU to exit, then kill it.  A Ctrl-C while waiting kills
+        it too: a QEMU still starting up could otherwise make its socket in the scratch
+        folder while `close` removes it."""
         if self._proc is not None and self._proc.returncode is None:
             try:
-                self._proc.wait(timeout=10.0)
-            except subprocess.TimeoutExpired:
+                self._proc.wait(timeout=wait_s)
+            except BaseException as exc:
                 self._proc.kill()
                 self._proc.wait()
+                if not isinstance(exc, subprocess.TimeoutExpired):
+                    raise
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -484,7 +520,7 @@ class QemuRunner:
         return {
             p.name: p
             for p in sorted(self.scratch_dir.iterdir())
-            if p.is_file() and p.name not in (_SOCKET, _LOG)
+            if p.is_file() and p.name not in (_SOCKET, _LOG, _RAW)
         }
 
     def read_image(self, name: str) -> bytes:
@@ -509,10 +545,13 @@ class QemuRunner:
         like `read_image`.
         """
         path = self._stopped_image(name, "read_image")
-        with tempfile.TemporaryDirectory(prefix="blocksim-raw-") as tmp:
-            raw = Path(tmp) / "image.raw"
+        # in the scratch folder, which `close` removes whatever interrupts this
+        raw = self.scratch_dir / _RAW
+        try:
             self._qemu_img_run(["convert", "-O", "raw", str(path), str(raw)])
             return _data_runs(raw)
+        finally:
+            raw.unlink(missing_ok=True)
 
     def image_backing(self, name: str) -> str | None:
         """The backing file recorded in scratch image `name` (a bare name), or None.
