@@ -1,7 +1,10 @@
 """Ctrl-C and SIGKILL at any point: exit 130, no traceback, nothing half-written or left behind.
 
 Each command runs as a real process in a session of its own; "Ctrl-C" is a
-SIGINT to its whole process group, as a terminal sends it (QEMU included)."""
+SIGINT to its whole process group, as a terminal sends it (QEMU included).  The
+interrupt comes once the command is at work (its first output line, the run
+folder or socket it makes), not after a fixed time: a busy machine neither
+interrupts a command still loading nor waits longer than the command needs."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,7 +28,8 @@ NOISE = ("Traceback", "Task exception", "never retrieved", "Exception ignored", 
 def start(args: list[str], tmp: Path) -> subprocess.Popen[str]:
     scratch = tmp / "tmpdir"
     scratch.mkdir(exist_ok=True)
-    env = dict(os.environ, TMPDIR=str(scratch), PYTHONPATH=str(ROOT))
+    # unbuffered: a line is on the pipe as soon as it is printed (see `first_line`)
+    env = dict(os.environ, TMPDIR=str(scratch), PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     return subprocess.Popen(
         [sys.executable, "-m", "sim", *args],
         cwd=ROOT,
@@ -36,7 +41,28 @@ def start(args: list[str], tmp: Path) -> subprocess.Popen[str]:
     )
 
 
+def wait_until(proc: subprocess.Popen[str], ready: Callable[[], bool], what: str) -> None:
+    """Until `ready()` (polled), while the command runs; at most two minutes."""
+    deadline = time.monotonic() + 120
+    while not ready():
+        assert proc.poll() is None, f"the command ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} within 120 s"
+        time.sleep(0.05)
+
+
+def first_line(proc: subprocess.Popen[str], starts: str = "") -> list[str]:
+    """The command's output up to its first line starting with `starts`."""
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(starts):
+            return seen
+    raise AssertionError(f"the command ended before a line starting {starts!r}: {seen[-5:]}")
+
+
 def ctrl_c(proc: subprocess.Popen[str], after_s: float) -> tuple[str, str]:
+    """SIGINT to the command's process group `after_s` from now (at work by then)."""
     time.sleep(after_s)
     assert proc.poll() is None, "the command ended before the interrupt"
     os.killpg(proc.pid, signal.SIGINT)
@@ -55,14 +81,16 @@ def assert_clean_interrupt(proc: subprocess.Popen[str], out: str, err: str, tmp:
 
 def test_ctrl_c_during_replay(tmp_path: Path) -> None:
     proc = start(["replay", "--invariants", "all", "scenarios"], tmp_path)
-    out, err = ctrl_c(proc, 3.0)
-    assert_clean_interrupt(proc, out, err, tmp_path)
+    seen = first_line(proc)  # one trace replayed: the rest are under way
+    out, err = ctrl_c(proc, 0.5)
+    assert_clean_interrupt(proc, "".join(seen) + out, err, tmp_path)
 
 
 def test_ctrl_c_during_fuzz_keeps_a_readable_run_folder(tmp_path: Path) -> None:
     run = tmp_path / "run"
     proc = start(["fuzz", "--examples", "100000", "--out", str(run), "--no-progress"], tmp_path)
-    out, err = ctrl_c(proc, 5.0)
+    wait_until(proc, (run / "failures").is_dir, "the campaign started")
+    out, err = ctrl_c(proc, 1.0)
     assert_clean_interrupt(proc, out, err, tmp_path)
     json.loads((run / "coverage.json").read_text())
     assert not [p for p in run.rglob("*.tmp")], "a temporary file left in the run folder"
@@ -74,14 +102,10 @@ def test_ctrl_c_during_the_demos_fuzz_phase_stops_the_demo(tmp_path: Path) -> No
     shutil.copy(ROOT / "scenarios/thread/snapshot-breaks-device-bitmap.jsonl", scenarios)
     args = ["demo", "-o", str(tmp_path / "demo"), "--scenarios", str(scenarios)]
     proc = start([*args, "--fuzz-seconds", "60"], tmp_path)
-    assert proc.stdout is not None
-    seen = []
-    for line in proc.stdout:  # the demo's own timeline comes first, then the fuzz phase
-        seen.append(line)
-        if line.startswith("timeline"):
-            break
+    seen = first_line(proc, "timeline")  # the timelines come first, then the fuzz phase
+    wait_until(proc, (tmp_path / "demo" / "run" / "failures").is_dir, "the fuzz phase")
     t0 = time.monotonic()
-    out, err = ctrl_c(proc, 3.0)
+    out, err = ctrl_c(proc, 1.0)
     assert time.monotonic() - t0 < 40, "the demo went on after Ctrl-C"
     assert_clean_interrupt(proc, "".join(seen) + out, err, tmp_path)
     assert "matrix" not in out
@@ -90,8 +114,9 @@ def test_ctrl_c_during_the_demos_fuzz_phase_stops_the_demo(tmp_path: Path) -> No
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs QEMU 7.2")
 def test_ctrl_c_during_diff_leaves_no_qemu(tmp_path: Path) -> None:
     proc = start(["diff", "scenarios/qemu-7.2"], tmp_path)
-    out, err = ctrl_c(proc, 4.0)
-    assert_clean_interrupt(proc, out, err, tmp_path)
+    seen = first_line(proc)  # one trace diffed: the next one's QEMU is under way
+    out, err = ctrl_c(proc, 0.2)
+    assert_clean_interrupt(proc, "".join(seen) + out, err, tmp_path)
     scratch = str(tmp_path / "tmpdir")
     qemus = subprocess.run(["pgrep", "-f", scratch], capture_output=True, text=True)
     assert not qemus.stdout.split(), "a QEMU outlived blocksim diff"
@@ -102,7 +127,8 @@ def test_ctrl_c_stops_serve_cleanly(tmp_path: Path) -> None:
     proc = start(
         ["serve", "--socket", str(sock), "--drive", "id=drive0,node-name=fmt0,size=64M"], tmp_path
     )
-    out, err = ctrl_c(proc, 3.0)
+    wait_until(proc, sock.exists, "the QMP socket")
+    out, err = ctrl_c(proc, 0.5)
     assert_clean_interrupt(proc, out, err, tmp_path)
     assert not sock.exists()
 
@@ -112,7 +138,8 @@ def test_sigkill_mid_campaign_leaves_a_run_folder_report_and_corpus_replay_read(
 ) -> None:
     run = tmp_path / "run"
     proc = start(["fuzz", "--examples", "100000", "--out", str(run), "--no-progress"], tmp_path)
-    time.sleep(8.0)
+    wait_until(proc, (run / "failures").is_dir, "the campaign started")
+    time.sleep(3.0)  # mid-campaign
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     report = start(["report", str(run), "-o", str(tmp_path / "report")], tmp_path)
