@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -148,26 +149,38 @@ def test_qmp_shell_in_a_subprocess(tmp_path: Path) -> None:
 
 
 def test_realtime_pacing_moves_jobs_for_a_polling_client(tmp_path: Path) -> None:
-    async def flow(sock: Path) -> list[str]:
+    """The job moves on wall time alone (the client only polls) and no faster than the
+    pace: 4 simulated seconds take at least 0.4 s of wall time at x10.  Only lower
+    bounds on wall time are asserted, which a busy machine cannot break."""
+
+    async def flow(sock: Path) -> list[tuple[float, str]]:
         c = await _connect(sock, "poll")
         await c.execute("human-monitor-command", WRITE)
         # 16 MiB/s over the 64 MiB disk: 4 simulated seconds, 0.4 s of wall time at x10
         # (without a limit, a disk of holes is copied in well under a millisecond)
         backup = {"device": "drive0", "sync": "full", "target": "t.qcow2", "job-id": "j"}
+        t0 = time.monotonic()  # before the request: the job cannot have started earlier
         await c.execute("drive-backup", {**backup, "speed": 16 << 20})
-        statuses = []
-        for _ in range(500):
+        seen: list[tuple[float, str]] = []
+        while time.monotonic() - t0 < 60:
             jobs = await c.execute("query-jobs")
-            statuses.append(jobs[0]["status"] if jobs else "gone")  # type: ignore[index]
-            if statuses[-1] == "gone":
+            status = jobs[0]["status"] if jobs else "gone"  # type: ignore[index]
+            seen.append((time.monotonic() - t0, status))
+            if status == "gone":
                 break
             await asyncio.sleep(0.01)
         await c.disconnect()
-        return statuses
+        return seen
 
     with blocksim_serve(tmp_path, "--pace", "realtime:10") as sock:
-        statuses = run(flow(sock))
-    assert statuses[0] == "running" and statuses[-1] == "gone"
+        seen = run(flow(sock))
+    assert seen[-1][1] == "gone", f"the job did not end within 60 s of wall time: {seen[-3:]}"
+    done_at = next(t for t, status in seen if status not in ("created", "running"))
+    # (0.35: a margin for where the rate limit's slices fall; x100 would end it at 0.05)
+    assert done_at >= 0.35, f"4 simulated seconds went by in {done_at:.3f} s of wall time"
+    # a quiet machine polls while the job runs; a busy one may poll first after its end
+    early = [status for t, status in seen if t < 0.35]
+    assert set(early) <= {"created", "running"}, early
 
 
 def test_load_several_clients_pipelined_lose_no_answer() -> None:
