@@ -45,10 +45,11 @@ def campaign(tmp_path: Path, **extra: object) -> object:
 
 
 def failing_campaign(tmp_path: Path, **extra: object) -> object:
-    """The first seed (10, 11, ...) whose campaign (no shrinking) fails: which one does depends on the
-    fuzzer's rules; the search is deterministic."""
+    """The first seed (11, 10, 12, ...) whose campaign (no shrinking) fails: which one does
+    depends on the fuzzer's rules; the search is deterministic and tries first the seed
+    that fails today."""
     knobs: dict[str, object] = {"steps": 8, "examples": 60, "round_examples": 20, "shrink": False}
-    for seed in range(10, 30):
+    for seed in dict.fromkeys((11, *range(10, 30))):
         out = tmp_path / f"seed-{seed}"
         result = campaign(out, seed=seed, **knobs, **extra)
         if result.failures:  # type: ignore[attr-defined]
@@ -59,7 +60,7 @@ def failing_campaign(tmp_path: Path, **extra: object) -> object:
 def test_counts_examples_asked_for_apart_from_shrink_runs(tmp_path: Path) -> None:
     result = failing_campaign(tmp_path)
     tmp_path = Path(result.config.out)  # type: ignore[attr-defined]
-    assert result.failures, "seed 10 finds an addressability failure"  # type: ignore[attr-defined]
+    assert result.failures, "a seed finds an addressability failure"  # type: ignore[attr-defined]
     assert 0 < result.examples <= 60  # type: ignore[attr-defined]
     # the failing example is replayed once more at the end of its round: a replay, not
     # one more example
@@ -81,7 +82,8 @@ def test_counts_examples_asked_for_apart_from_shrink_runs(tmp_path: Path) -> Non
 
 def test_mute_expected_keeps_expected_failures_from_stopping_the_campaign(tmp_path: Path) -> None:
     knobs: dict[str, object] = {"steps": 8, "examples": 60, "round_examples": 20, "shrink": False}
-    for seed in range(12):  # the first seed with an expected failure (deterministic search)
+    # the first seed with an expected failure (a deterministic search; 2 has one today)
+    for seed in dict.fromkeys((2, *range(12))):
         loud = campaign(tmp_path / f"loud-{seed}", seed=seed, **knobs)
         if EXPECTED in [r.triage for r in loud.failures]:  # type: ignore[attr-defined]
             break
