@@ -138,8 +138,9 @@ def test_sigkill_mid_campaign_leaves_a_run_folder_report_and_corpus_replay_read(
 ) -> None:
     run = tmp_path / "run"
     proc = start(["fuzz", "--examples", "100000", "--out", str(run), "--no-progress"], tmp_path)
-    wait_until(proc, (run / "failures").is_dir, "the campaign started")
-    time.sleep(3.0)  # mid-campaign
+    # killed once the campaign has written its first coverage.json (5 s in), mid-example
+    wait_until(proc, (run / "coverage.json").is_file, "the first coverage.json")
+    time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     report = start(["report", str(run), "-o", str(tmp_path / "report")], tmp_path)
