@@ -477,7 +477,7 @@ class BlockGraph:
         discard_unmap: bool = False,
     ) -> BlockNode:
         """Open a format node over a protocol node on an image (like -drive / snapshot)."""
-        proto = self.new_node("file", image.size_bytes, file_node_name)
+        proto = self.new_node("file", image.size_bytes, file_node_name, image=image)
         fmt = self.new_node(
             image.format,
             image.size_bytes,

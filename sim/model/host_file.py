@@ -190,13 +190,16 @@ def protocol_length(graph: BlockGraph, node: BlockNode) -> int | None:
     """bdrv_getlength of a protocol (`file`) node a format node opened its image on:
     file-posix has a variable length, so it is the host file's, in whole sectors (the
     qcow2 file with its metadata, not the guest disk); None for any other node."""
-    if node.driver != "file" or node.image is not None:
+    if node.driver != "file":
         return None
+    image = node.image
     for parent, role in graph.parents(node):
         if role == "file" and parent.image is not None:
-            length = host_file(graph, parent.image).length_bytes
-            return -(-length >> SECTOR_SHIFT) << SECTOR_SHIFT
-    return None
+            image = parent.image
+    if image is None:
+        return None
+    length = host_file(graph, image).length_bytes
+    return -(-length >> SECTOR_SHIFT) << SECTOR_SHIFT
 
 
 def _host_file(graph: BlockGraph, image: Image, node: BlockNode | None) -> HostFile:

@@ -206,6 +206,8 @@ class MirrorKind(JobDriver):
         drop_filter(g, self.filter)
         if self.pivoted:
             g.delete_unreferenced(self.source)
-        elif self.close_target:
+        if self.close_target:
+            # the job's reference to the target drive-mirror opened goes; a target that
+            # replaced a node nobody used has no user left and goes too
             g.delete_unreferenced(self.target)
         # an active-commit base stays read-write, even after a soft cancel (mirror_exit_common keeps the base writable)

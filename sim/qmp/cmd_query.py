@@ -142,8 +142,8 @@ def _unfiltered(node: BlockNode) -> BlockNode:
 
 
 def node_image(graph: BlockGraph, node: BlockNode) -> Image | None:
-    """The image file under a node: its own, or (a `file` node of a -drive or a
-    snapshot, which the model does not link) its format parent's."""
+    """The image file under a node: its own (a protocol node opened with its format
+    node links the image), or its format parent's."""
     if node.image is not None:
         return node.image
     for parent, role in graph.parents(node):
@@ -171,6 +171,11 @@ def node_filename(graph: BlockGraph, node: BlockNode) -> str:
     node = _unfiltered(node)
     if node.raw_options and node.file is not None:  # raw's strong options: offset, size
         return "json:" + _qdict_json(_open_options(graph, node))
+    if _over_format(node):
+        # a format node over another format node: opening its file name would not
+        # give this tree (bdrv_refresh_filename takes a child's name only from a
+        # protocol node)
+        return "json:" + json.dumps(_open_options(graph, node), sort_keys=True)
     image = node_image(graph, node)
     if image is not None:
         if _backing_overridden(graph, node):
@@ -186,6 +191,12 @@ def node_filename(graph: BlockGraph, node: BlockNode) -> str:
             return below
         return "json:" + json.dumps(_open_options(graph, node), sort_keys=True)
     return node.node_name
+
+
+def _over_format(node: BlockNode) -> bool:
+    """A format node whose file child is a format node too (a snapshot of its protocol
+    node put a qcow2 overlay there): its bs->filename is json:{...}."""
+    return node.is_format and node.file is not None and _unfiltered(node.file).is_format
 
 
 def _backing_overridden(graph: BlockGraph, node: BlockNode) -> bool:
@@ -207,7 +218,9 @@ def _backing_overridden(graph: BlockGraph, node: BlockNode) -> bool:
             overridden = header is not None
             continue
         below = _unfiltered(n.backing)
-        if below.driver == "qcow2" and below.image is not None:
+        if _over_format(below):
+            name = node_filename(graph, below)
+        elif below.driver == "qcow2" and below.image is not None:
             # an overridden node's name is its json:{...} (a snapshot writes that name
             # into the header of the overlay it creates over it)
             name = (
