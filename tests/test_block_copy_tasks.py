@@ -132,3 +132,32 @@ def test_tasks_end_where_the_host_extent_ends(tmp_path: Path) -> None:
         tmp_path, ["write 0 64k", "write 2M 64k", "write 100M 64k", "write 2112k 64k"], False
     )
     assert _completed_offset(two) == (1 + 16 + 15 + 1 + 59 * 16) * C
+
+
+def test_resuming_after_an_error_starts_a_new_pool() -> None:
+    """on-error=stop, then block-job-resume: backup_loop starts a new block-copy call.
+    The first failure (task 4 of call 1: [2M]) leaves 992 clusters copied: the first
+    zero task allocates the target's L2 table and the others wait for the image's
+    lock, so the pool fills with 64 tasks.  In call 2 the table exists: zero tasks
+    finish at once and hold no slot, and every task but the failed one at 100M
+    completes (as scenarios/blockapi/backup-block-copy-pool-resume.jsonl recorded)."""
+    from tests.helpers import DRIVE0, io, qmp, run_steps
+
+    drive = dict(DRIVE0, size=128 * M)
+    fault = {"node": "fmt0", "op": "read", "errno": "EIO", "length": C, "count": 1}
+    steps = [
+        io("write 0 64k"), io("write 2M 64k"), io("write 100M 64k"),
+        {"fault": dict(fault, offset=2 * M)},
+        qmp("drive-backup", device="drive0", target="t.qcow2", sync="full",
+            **{"job-id": "bk", "on-source-error": "stop"}),
+        {"wait": {"event": "BLOCK_JOB_ERROR", "data": {"device": "bk"}}},
+        qmp("query-block-jobs"),
+        {"fault": dict(fault, offset=100 * M)},
+        qmp("block-job-resume", device="bk"),
+        {"wait": {"event": "BLOCK_JOB_ERROR", "data": {"device": "bk"}}},
+        qmp("query-block-jobs"),
+    ]  # fmt: skip
+    r = run_steps(steps, drives=[drive])
+    first, second = r.steps[6].response["return"][0], r.steps[10].response["return"][0]
+    assert first["offset"] == (1 + 16 + 15 + 60 * 16) * C
+    assert second["offset"] == 128 * M - C

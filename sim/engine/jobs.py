@@ -130,7 +130,7 @@ def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
             job.busy_flag = False
             yield waker.wait()
             if isinstance(kind, BackupKind):  # a pause ends the block-copy call
-                kind.tasks_issued = 0
+                kind.new_call()
             continue
         job.busy_flag = True
         if not in_flight and m.leaps:
@@ -178,7 +178,7 @@ def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
             break
         action = job_flow.error_action(job, is_read, errno)
         if isinstance(kind, BackupKind):  # backup_loop retries with a new block-copy call
-            kind.tasks_issued = 0
+            kind.new_call()
         if action == "ignore" and kind.ignore_skips:
             job_flow.skip_chunk(job, offset, length)
             ignored_error = ignored_error or job_flow.STRERROR[errno]
@@ -198,35 +198,42 @@ def finish_in_flight(
     """A backup's block-copy call runs its tasks concurrently: block_copy_dirty_clusters
     creates a task, starts it and goes on creating the next one while the pool holds
     fewer than 64 busy tasks; it stops creating tasks once one has failed, and waits
-    for the pool before the job sees the error.  Every task's first request yields
-    (it reads the source or writes the target), so the pool's first 64 tasks all
-    exist before any of them has finished: a read failing in one of them (failed task
-    at [offset, offset + length), which stays to be copied) lets the others up to the
-    64th complete; later, the pool is refilled one task per completion and the
-    failure ends the call first.  A read that fails before yielding (blkdebug's
+    for the pool before the job sees the error.  A task stays busy when its first
+    request yields (`BackupKind.task_yields`: a read of the source, a zero write
+    that allocates the target's L2 table or waits for the lock of one that does);
+    one that does not finishes at once and frees its slot.  So while the pool first
+    fills nothing has finished yet: a read failing in it (failed task at [offset,
+    offset + length), which stays to be copied) lets every task created until 64
+    are busy complete; later, the pool is full and the failure ends the call before
+    the next busy task.  A read that fails before yielding (blkdebug's
     `immediately`) ends the task at once, before the next is created.  The model
     copies tasks one by one, so the tasks before the failed one are done; the ones
-    after it up to the 64th are copied now, each through the armed faults like any
-    request (a rule that is not `once` fails it too).  Recorded on QEMU 7.2
-    (qemu-iotests 257's full-sync backups with blkdebug: the second read fails in
-    the third of 64 tasks, and 945 of 1024 clusters are copied)."""
+    after it are copied now, each through the armed faults like any request (a rule
+    that is not `once` fails it too).  Recorded on QEMU 7.2: qemu-iotests 257's
+    full-sync backups (the second read fails in the fourth of 64 busy tasks: 945 of
+    1024 clusters copied) and scenarios/blockapi/backup-block-copy-pool*.jsonl
+    (after a resume the target's L2 table exists, every task but the failed one
+    completes)."""
+    filling = kind.tasks_issued < BLOCK_COPY_MAX_WORKERS  # no task has finished yet
     kind.tasks_issued += 1  # the failed task
     if immediately:
         return
     resume = kind.cursor
     kind.cursor = (offset + length) // kind.cluster
-    while kind.tasks_issued < BLOCK_COPY_MAX_WORKERS:
+    while True:
         chunk = kind.next_chunk()
         if chunk is None:
             break
         at, size = chunk
-        if m.faults and chunk_fault(m, job, at, size) is not None:
+        if kind.task_yields(at, size, kind.chunk_is_hole(at, size), filling):
+            if kind.tasks_issued >= BLOCK_COPY_MAX_WORKERS:
+                break  # the pool is full: the failure ends the call first
             kind.tasks_issued += 1
-            kind.cursor = (at + size) // kind.cluster
-            continue
-        kind.copy_chunk(at, size)
-        note_job_write(m.state.graph, kind.target, at, size)
         kind.cursor = (at + size) // kind.cluster
+        if m.faults and chunk_fault(m, job, at, size) is not None:
+            continue
+        kind.copy_chunk(at, size, counted=True)
+        note_job_write(m.state.graph, kind.target, at, size)
     kind.cursor = resume
 
 

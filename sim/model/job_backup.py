@@ -36,6 +36,7 @@ from sim.model.qcow2_host import Qcow2Content
 
 JOB_CLUSTER = CBW_CLUSTER
 CHUNK_CLUSTERS = 16  # block-copy copies up to 1 MiB per task (progress moves in 1 MiB steps)
+POOL_TASKS = 64  # block-copy's task pool (backup's max-workers default)
 
 
 class BackupKind(JobDriver):
@@ -77,9 +78,12 @@ class BackupKind(JobDriver):
         self.cbw.on_copy = self._count_copy
         self.filter.write_hook = self.before_write
         self.cursor = 0
-        # tasks the job's block-copy call has created so far (block_copy_dirty_clusters
-        # creates them in offset order and runs up to 64 at once)
+        # tasks of the job's block-copy call that took a pool slot so far
+        # (block_copy_dirty_clusters creates tasks in offset order and keeps up to 64
+        # busy); see `task_yields`
         self.tasks_issued = 0
+        self.target_locked = False  # a zero task of the call waits on an L2 allocation
+        self.l2_at_call: set[int] = set()  # the target's L2 tables when the call began
 
     @property
     def copy_map(self) -> DirtyBitmap:
@@ -116,7 +120,69 @@ class BackupKind(JobDriver):
             bits.setall(1)
         self.job.len = self._clipped_count()
         self.job.offset = 0
+        self.new_call()
+
+    def _count_zero_tasks(self, offset: int, length: int, count: int) -> None:
+        """`task_yields` for `count` zero tasks of `length` bytes from `offset` at once:
+        the ones from the first that needs a new L2 table on (while the pool first
+        fills), else one per missing table; cost grows with the L2 regions crossed."""
+        data = self.graph.data_node(self.target)
+        content = data.content
+        if not isinstance(content, Qcow2Content):
+            self.tasks_issued += count if data.driver != "null-co" else 0
+            return
+        filling = self.tasks_issued < POOL_TASKS
+        if self.target_locked and filling:
+            self.tasks_issued += count
+            return
+        missing = self._missing_l2(content, offset, count * length)
+        if not missing:
+            return
+        self.target_locked = True
+        if filling:
+            start = max(0, missing[0] * content.l2_span_bytes - offset) // length
+            self.tasks_issued += count - start
+        else:
+            self.tasks_issued += len(missing)
+
+    def new_call(self) -> None:
+        """backup_loop's block_copy_async (at start, and again after a pause or an error
+        the job goes on after): a fresh task pool."""
         self.tasks_issued = 0
+        self.target_locked = False
+        content = self.graph.data_node(self.target).content
+        self.l2_at_call = set(content.l2_tables) if isinstance(content, Qcow2Content) else set()
+
+    def _missing_l2(self, content: Qcow2Content, offset: int, length: int) -> list[int]:
+        """L2 regions a zero write to the target would allocate: while the pool first
+        fills no task has written the target yet (the model copies a task when it
+        starts, QEMU when its read is done), so against the tables the call began with."""
+        missing = content.regions_without_l2(offset, length)
+        if self.tasks_issued < POOL_TASKS:
+            span = content.l2_span_bytes
+            lo, hi = offset // span, (offset + length - 1) // span + 1
+            missing = [r for r in range(lo, hi) if r not in self.l2_at_call]
+        return missing
+
+    def task_yields(self, offset: int, length: int, hole: bool, filling: bool = False) -> bool:
+        """Whether a task keeps its pool slot after its creation (its first request
+        yields): a data task reads the source; a zero task writes zeroes to the target,
+        which a qcow2 target does at once in its metadata cache unless the region needs
+        a new L2 table (l2_allocate writes under the image's lock) or, while the pool
+        first fills (or `filling`: the rest of a burst that began in it), another zero
+        task holds that lock; a file target does I/O, null-co none."""
+        if not hole:
+            return True
+        data = self.graph.data_node(self.target)
+        content = data.content
+        if isinstance(content, Qcow2Content):
+            if self.target_locked and (filling or self.tasks_issued < POOL_TASKS):
+                return True
+            if self._missing_l2(content, offset, length):
+                self.target_locked = True
+                return True
+            return False
+        return data.driver != "null-co"
 
     def _clipped_count(self) -> int:
         # bdrv_get_dirty_count: a partial last cluster counts whole
@@ -242,12 +308,19 @@ class BackupKind(JobDriver):
             return
         first = offset // self.cluster
         n = count * (length // self.cluster)
+        if self.tasks_issued < POOL_TASKS:
+            self._count_zero_tasks(offset, length, count)
         self.cbw.copy_span(first, n, offset, count * length)
         self.job.offset += n * self.cluster
-        self.tasks_issued += count
 
-    def copy_chunk(self, offset: int, length: int) -> None:
-        self.tasks_issued += 1
+    def copy_chunk(self, offset: int, length: int, counted: bool = False) -> None:
+        # once the pool is full its count no longer matters (finish_in_flight)
+        if (
+            not counted
+            and self.tasks_issued < POOL_TASKS
+            and self.task_yields(offset, length, self.chunk_is_hole(offset, length))
+        ):
+            self.tasks_issued += 1
         first = offset // self.cluster
         n = -(-length // self.cluster)
         bits = self.copy_map.bits

@@ -98,6 +98,24 @@ class Qcow2Content(Content):
                 self.next_host += stop - lo
             lo = stop
 
+    @property
+    def l2_span_bytes(self) -> int:
+        """Guest bytes one L2 table maps."""
+        return self.cluster_bytes // L2_ENTRY_BYTES * self.cluster_bytes
+
+    def regions_without_l2(self, offset: int, length: int) -> list[int]:
+        """The L2 regions a write to [offset, offset + length) touches that have no
+        table yet (the write allocates them first)."""
+        if length <= 0:
+            return []
+        span = self.l2_span_bytes
+        lo, hi = offset // span, (offset + length - 1) // span + 1
+        return [r for r in range(lo, hi) if r not in self.l2_tables]
+
+    def needs_l2(self, offset: int, length: int) -> bool:
+        """A write to [offset, offset + length) needs an L2 table allocated first."""
+        return bool(self.regions_without_l2(offset, length))
+
     # -- block status ---------------------------------------------------------------------
     def host_run(self, cluster: int) -> int:
         """An id of the host extent holding guest cluster `cluster` (equal for guest
