@@ -110,3 +110,75 @@ def test_read_through_a_chain_falls_through_holes_only() -> None:
         (17, 24, 3),
         (24, 2048, 2),
     ]
+
+
+def _reference_summary(ref: np.ndarray, per: int, per_region: int) -> tuple[int, dict[int, int]]:
+    """(data clusters, allocated clusters per L2 region) of a per-sector reference."""
+    pad = np.zeros(-(-ref.size // per) * per, dtype=ref.dtype)
+    pad[: ref.size] = ref
+    cells = pad.reshape(-1, per)
+    data = (cells >= 2).any(axis=1)
+    alloc = np.flatnonzero((cells != 0).any(axis=1))
+    regions, counts = np.unique(alloc // per_region, return_counts=True)
+    return int(data.sum()), dict(zip(regions.tolist(), counts.tolist(), strict=True))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cluster_summary_follows_every_kind_of_write(seed: int) -> None:
+    """The write-by-write cluster counts equal the counts of a per-sector reference
+    (data, zero and deallocating writes, whole and partial clusters, resizes)."""
+    rng = random.Random(seed)
+    nsectors = 50_003  # a partial last cluster
+    c = new_content(nsectors * SECTOR)
+    summary = c.cluster_summary(4096)  # 8 sectors a cluster, 512 clusters an L2 region
+    ref = np.zeros(nsectors, dtype=np.int32)
+    for step in range(1500):
+        first = rng.randrange(nsectors)
+        span = rng.choice([3000, 40_000]) if rng.random() < 0.03 else rng.choice([1, 3, 8, 20])
+        end = min(first + span, nsectors)
+        stamp = rng.choice([0, 1, 2 + step, 2 + step, 2 + step])
+        kind = rng.random()
+        if kind < 0.05:
+            arr = np.array([0, stamp, 7], dtype=np.int32)[
+                np.random.default_rng(step).integers(0, 3, end - first)
+            ]
+            c.write_stamps(first, arr)
+            np.copyto(ref[first:end], arr, where=arr != 0)
+        elif kind < 0.5:
+            c.write_sectors(first, end, stamp)
+            ref[first:end] = stamp
+        else:
+            c.write(first * SECTOR, (end - first) * SECTOR, stamp)
+            ref[first:end] = stamp
+        if step == 700:  # shrink by a partial cluster, then grow back
+            c.resize((nsectors - 13) * SECTOR)
+            c.resize(nsectors * SECTOR)
+            ref[nsectors - 13 :] = 0
+            summary = c.cluster_summary(4096)
+        if step % 100 == 0 or step == 1499:
+            data, per_region = _reference_summary(ref, 8, 512)
+            assert summary.data == data, step
+            assert summary._in == per_region, step
+            assert summary.regions == len(per_region), step
+    assert c.clone()._summary is None  # checker copies do not pay for it
+    fresh = Content(nsectors * SECTOR)
+    fresh.write_extents(c.extents())
+    built = fresh.cluster_summary(4096)  # built from the extents at once
+    assert (built.data, built._in) == (summary.data, summary._in)
+
+
+def test_iter_extents_is_extents_lazily() -> None:
+    rng = random.Random(5)
+    c = new_content(100_000 * SECTOR)
+    for step in range(2000):
+        first = rng.randrange(100_000)
+        c.write_sectors(first, first + rng.choice([1, 8, 300]), rng.choice([0, 1, step + 2]))
+    for start in (0, 1, 777, 54_321, 99_999):
+        merged = c.extents(start)
+        runs: list[tuple[int, int, int]] = []
+        for lo, hi, s in c.iter_extents(start):
+            if runs and runs[-1][1] == lo and runs[-1][2] == s:
+                runs[-1] = (runs[-1][0], hi, s)
+            else:
+                runs.append((lo, hi, s))
+        assert runs == merged

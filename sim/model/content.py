@@ -18,7 +18,9 @@ content that made it (its owner token); `clone` shares chunks and the index,
 and after a clone each side copies a chunk before its first change.  A
 chunk's two lists are int64 arrays (`array.array`), so `arrays` hands the
 whole run list to numpy by copying memory, not by converting each value.
-`allocated_sectors` is computed once and cached until the next write.
+`allocated_sectors` is computed once and cached until the next write.  A
+qcow2 image's content also keeps a `ClusterSummary` (its L2 tables' counts)
+up to date write by write, for the host-file layout.
 
 Writes are rounded out to whole sectors: a sub-sector write stamps the whole
 sector (a documented approximation; real QEMU merges bytes).
@@ -103,6 +105,7 @@ class Content:
         "_arrays",
         "_derived",
         "version",
+        "_summary",
     )
 
     def __init__(self, size_bytes: int) -> None:
@@ -118,6 +121,7 @@ class Content:
         self._arrays: tuple[int, np.ndarray, np.ndarray] | None = None  # (version, arrays)
         self._derived: tuple[int, dict[Any, Any]] = (0, {})
         self.version = 0  # bumped by every write
+        self._summary: ClusterSummary | None = None  # kept up to date by every write
 
     def view_digest(self) -> tuple[int, int]:
         """What the read-only guard of the machine view compares: size and write version;
@@ -138,9 +142,32 @@ class Content:
         if chunk[2] is not self._token or (i + 1 < len(mins) and mins[i + 1] <= end):
             self.write_sectors(first, end, stamp)
             return
+        starts, vals = chunk[0], chunk[1]
+        summary = self._summary
+        if summary is not None:  # a data write inside one cluster held by this chunk
+            cs = first // summary.per * summary.per
+            ce = cs + summary.per
+            if (
+                stamp < FIRST_DATA_STAMP
+                or end > ce
+                or cs < starts[0]
+                or (i + 1 < len(mins) and mins[i + 1] < ce)
+            ):
+                self.write_sectors(first, end, stamp)
+                return
+            j = bisect_right(starts, cs) - 1
+            old = 0  # the cluster's class before: 0 free, 1 zeroes only, 2 data
+            while j < len(starts) and starts[j] < ce:
+                if vals[j] >= FIRST_DATA_STAMP:
+                    old = 2
+                    break
+                if vals[j]:
+                    old = 1
+                j += 1
+            if old != 2:
+                summary.change(cs // summary.per, old, 2)
         self._alloc = None
         self.version += 1
-        starts, vals = chunk[0], chunk[1]
         a = bisect_left(starts, first)
         n = len(starts)
         k = a if a == n or starts[a] > end else bisect_left(starts, end, a)
@@ -172,6 +199,15 @@ class Content:
             end = self.nsectors
         if first >= end:
             return
+        summary = self._summary
+        if summary is None:
+            self._write_sectors(first, end, stamp)
+            return
+        before = summary.tally(self, first, end)
+        self._write_sectors(first, end, stamp)
+        summary.apply(before, summary.tally(self, first, end))
+
+    def _write_sectors(self, first: int, end: int, stamp: int) -> None:
         if self._shared:
             self._mins = list(self._mins)
             self._chunks = list(self._chunks)
@@ -310,6 +346,32 @@ class Content:
                 _append(out, lo, hi, v)
             lo, v = hi, vals[i]
 
+    def iter_extents(self, first: int = 0) -> Iterator[Extent]:
+        """(first, end, stamp) runs of allocated sectors from `first` on, ascending, one
+        by one (a caller that stops early pays only for what it took); touching runs of
+        one stamp are not merged."""
+        mins, chunks = self._mins, self._chunks
+        c0 = bisect_right(mins, first) - 1
+        i0 = bisect_right(chunks[c0][0], first) - 1
+        lo = first
+        for c in range(c0, len(mins)):
+            starts, vals = chunks[c][0], chunks[c][1]
+            nxt = mins[c + 1] if c + 1 < len(mins) else self.nsectors
+            for i in range(i0 if c == c0 else 0, len(starts)):
+                hi = starts[i + 1] if i + 1 < len(starts) else nxt
+                v = vals[i]
+                if v and hi > lo:
+                    yield lo, hi, v
+                lo = hi
+
+    def cluster_summary(self, cluster_bytes: int) -> ClusterSummary:
+        """The cluster summary at this cluster size, built now (one pass over the
+        extents) unless a write-by-write one is kept already; kept from now on."""
+        summary = self._summary
+        if summary is None or summary.cluster_bytes != cluster_bytes:
+            summary = self._summary = ClusterSummary(self, cluster_bytes)
+        return summary
+
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The whole run list as numpy arrays: (start sectors, stamps), one entry per
         extent including the unallocated ones (stamp 0); an extent ends where the next
@@ -410,6 +472,8 @@ class Content:
             self.write_sectors(old, new, UNALLOCATED)
         self.size_bytes = size_bytes
         self._alloc = None
+        if self._summary is not None:  # the cluster count changed: counted again
+            self._summary = ClusterSummary(self, self._summary.cluster_bytes)
 
     def clone(self) -> Content:
         """An independent copy (chunks are shared until either side writes)."""
@@ -422,7 +486,96 @@ class Content:
         other._arrays = self._arrays
         other._derived = (-1, {})
         other.version = self.version
+        other._summary = None
         return other
+
+
+class ClusterSummary:
+    """What a qcow2 image's L2 tables say, counted and kept up to date write by write:
+    how many clusters hold data (a stamp other than zeroes), and how many clusters
+    are allocated (any stamp) in each L2 table's region (`cluster_bytes / 8`
+    clusters).  The host-file layout (`sim.model.host_file`) reads these totals
+    instead of passing over every extent.
+
+    A write counts the clusters it touches before and after it changes the content;
+    a write inside one cluster and one chunk of the run list (the guest's usual
+    request) looks at that cluster's few extents only.  Cost grows with the extents
+    a write replaces and the L2 regions it spans, never with its bytes."""
+
+    __slots__ = ("cluster_bytes", "per", "per_region", "data", "regions", "_in")
+
+    def __init__(self, content: Content, cluster_bytes: int) -> None:
+        self.cluster_bytes = cluster_bytes
+        self.per = max(cluster_bytes >> SECTOR_SHIFT, 1)  # sectors in a cluster
+        self.per_region = max(cluster_bytes // 8, 1)  # clusters one L2 table maps
+        self.data = 0  # clusters holding data
+        self.regions = 0  # L2 regions with an allocated cluster
+        self._in: dict[int, int] = {}  # allocated clusters per L2 region (nonzero only)
+        if content.nsectors:
+            self.apply((0, {}), self.tally(content, 0, content.nsectors))
+
+    def tally(self, content: Content, first: int, end: int) -> tuple[int, dict[int, int]]:
+        """(data clusters, allocated clusters per region) among the clusters that
+        sectors [first, end) touch."""
+        per, pr = self.per, self.per_region
+        data = 0
+        alloc: dict[int, int] = {}
+        cur = -1  # the cluster the last extent ended in, not yet counted
+        cur_cls = 0
+        for lo, hi, v in content.extents(first // per * per, ((end - 1) // per + 1) * per):
+            cls = 2 if v >= FIRST_DATA_STAMP else 1
+            c0, c1 = lo // per, (hi - 1) // per
+            if c0 == cur:
+                if cls > cur_cls:
+                    cur_cls = cls
+                if c1 == c0:
+                    continue
+                c0 += 1
+            if cur >= 0:
+                data += cur_cls == 2
+                r = cur // pr
+                alloc[r] = alloc.get(r, 0) + 1
+            if c1 > c0:  # clusters c0 .. c1-1: this extent only
+                if cls == 2:
+                    data += c1 - c0
+                for r in range(c0 // pr, (c1 - 1) // pr + 1):
+                    alloc[r] = alloc.get(r, 0) + min(c1, (r + 1) * pr) - max(c0, r * pr)
+            cur, cur_cls = c1, cls
+        if cur >= 0:
+            data += cur_cls == 2
+            r = cur // pr
+            alloc[r] = alloc.get(r, 0) + 1
+        return data, alloc
+
+    def apply(self, before: tuple[int, dict[int, int]], after: tuple[int, dict[int, int]]) -> None:
+        """Replace the counts `before` (a tally) by `after` (a tally of the same range)."""
+        self.data += after[0] - before[0]
+        counts = self._in
+        old, new = before[1], after[1]
+        for r in old.keys() | new.keys():
+            delta = new.get(r, 0) - old.get(r, 0)
+            if delta:
+                was = counts.get(r, 0)
+                now = was + delta
+                if now:
+                    counts[r] = now
+                else:
+                    del counts[r]
+                self.regions += (now > 0) - (was > 0)
+
+    def change(self, cluster: int, old: int, new: int) -> None:
+        """One cluster went from class `old` to `new` (0 free, 1 zeroes only, 2 data)."""
+        self.data += (new == 2) - (old == 2)
+        if not old or not new:
+            r = cluster // self.per_region
+            counts = self._in
+            now = counts.get(r, 0) + (1 if new else -1)
+            if now:
+                counts[r] = now
+                self.regions += now == 1
+            else:
+                del counts[r]
+                self.regions -= 1
 
 
 def _append(out: list[Extent], lo: int, hi: int, stamp: int) -> None:

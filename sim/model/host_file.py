@@ -10,8 +10,13 @@ with numpy (data or only zeroes, written whole or partly), then laid out in
 QEMU's allocation order by `_HostMap`, which counts blocks and the file
 length as it goes and follows ext4's extent tree only until it knows whether
 the inode needs an index block (more than `EXT4_INLINE_EXTENTS` extents);
-from there on the remaining clusters are counted, not walked.  Cost grows
-with the extents of the image, not with its size.
+from there on the remaining clusters are counted, not walked.  A qcow2
+image's content keeps a `ClusterSummary` (data clusters, allocated clusters
+per L2 region) up to date write by write, so the walk takes the first
+clusters from the extents and the counts of the rest from the summary: a
+query costs the few clusters walked, not a pass over every extent.  Only
+when WALK_LIMIT clusters do not crowd the tree (a sequentially written,
+settled image) is every cluster classified with numpy.
 """
 
 from __future__ import annotations
@@ -21,7 +26,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sim.model.bitmap import DirtyBitmap
-from sim.model.content import FIRST_DATA_STAMP, SECTOR_SHIFT, Content
+from sim.model.content import (
+    FIRST_DATA_STAMP,
+    SECTOR_SHIFT,
+    ClusterSummary,
+    Content,
+    WindowContent,
+)
 from sim.model.graph import QCOW2_CLUSTER, BlockGraph, BlockNode, Image
 
 if TYPE_CHECKING:
@@ -36,6 +47,7 @@ QCOW2_CREATE_CLUSTERS = 3  # header, refcount table, one refcount block (qcow2_c
 L1_ENTRY_BYTES = 8
 BITMAP_TABLE_ENTRY_BYTES = 8
 BITMAP_DIR_ENTRY_BYTES = 24  # Qcow2BitmapDirEntry without its name
+WALK_LIMIT = 4096  # clusters walked one by one before the layout falls back to numpy
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,31 +214,55 @@ def protocol_length(graph: BlockGraph, node: BlockNode) -> int | None:
     return -(-length >> SECTOR_SHIFT) << SECTOR_SHIFT
 
 
-def _host_file(graph: BlockGraph, image: Image, node: BlockNode | None) -> HostFile:
+def _host_file(
+    graph: BlockGraph, image: Image, node: BlockNode | None, walk: bool = True
+) -> HostFile:
+    """The layout; `walk` False lays every cluster out with numpy (what the walk over
+    the cluster summary falls back to)."""
     cluster = node.cluster_size if node is not None else QCOW2_CLUSTER
     settled = node is not None and node.read_only
     if image.format == "raw":
         hmap = _HostMap(cluster, settled)
         _raw_layout(hmap, image)
         return hmap.host_file()
+    content = image.content
+    backing = [] if node is None else graph.backing_chain(node)[1:]
+    hmap = _created_qcow2(cluster, settled, image.size_bytes)
+    if not (
+        walk
+        and not isinstance(content, WindowContent)
+        and _walk_clusters(hmap, content, content.cluster_summary(cluster), backing)
+    ):
+        hmap = _created_qcow2(cluster, settled, image.size_bytes)
+        _lay_out_all(hmap, content, backing, cluster)
+    if node is not None:
+        _store_bitmaps(hmap, stored_bitmaps(node))
+    return hmap.host_file()
+
+
+def _created_qcow2(cluster: int, settled: bool, size_bytes: int) -> _HostMap:
+    """The file `qemu-img create` leaves: header, refcount table and block, L1 table."""
     hmap = _HostMap(cluster, settled)
     created = hmap.new_group()
     hmap.write(QCOW2_CREATE_CLUSTERS * cluster, created)
-    l2_span = cluster * (cluster // L1_ENTRY_BYTES)
-    hmap.write(-(-image.size_bytes // l2_span) * L1_ENTRY_BYTES, created)
-    content = image.content
+    hmap.write(-(-size_bytes // _l2_span(cluster)) * L1_ENTRY_BYTES, created)
+    return hmap
+
+
+def _l2_span(cluster: int) -> int:
+    """Guest bytes one L2 table maps."""
+    return cluster * (cluster // L1_ENTRY_BYTES)
+
+
+def _lay_out_all(hmap: _HostMap, content: Content, backing: list[BlockNode], cluster: int) -> None:
     per = cluster >> SECTOR_SHIFT
     index, has_data, whole = _classify(content, per)
-    if index.size:  # the backing chain is walked only for an image holding data
-        backing = [] if node is None else graph.backing_chain(node)[1:]
-        region_of = index // (l2_span // cluster)
+    if index.size:
+        region_of = index // (_l2_span(cluster) // cluster)
         new_region = np.empty(index.size, dtype=bool)
         new_region[0] = True
         new_region[1:] = region_of[1:] != region_of[:-1]
         _lay_out_clusters(hmap, content, backing, per, index, has_data, whole, new_region)
-    if node is not None:
-        _store_bitmaps(hmap, stored_bitmaps(node))
-    return hmap.host_file()
 
 
 def _lay_out_clusters(
@@ -268,6 +304,75 @@ def _lay_out_clusters(
                     hmap.fallocate(_written_blocks(content, idx[k], per))
         i += step
     hmap.write_clusters(pending)
+
+
+def _walk_clusters(
+    hmap: _HostMap, content: Content, summary: ClusterSummary, backing: list[BlockNode]
+) -> bool:
+    """L2 tables and data clusters in guest order: the walk stops where the extent
+    tree is crowded and counts the rest from the cluster summary's totals, so its
+    cost is that of the first few clusters.  False (hmap half done) when WALK_LIMIT
+    clusters did not crowd it."""
+    per, per_region = summary.per, summary.per_region
+    pending = 0  # whole data clusters not yet handed to hmap (they merge)
+    region = -1
+    regions_seen = data_seen = walked = 0
+    for c, has_data in _allocated_clusters(content, per):
+        if hmap.crowded:
+            rest = summary.regions - regions_seen + summary.data - data_seen
+            hmap.count_clusters(pending + rest)
+            return True
+        walked += 1
+        if walked > WALK_LIMIT:
+            return False
+        if c // per_region != region:
+            region = c // per_region
+            regions_seen += 1
+            hmap.write_clusters(pending)
+            pending = 0
+            hmap.write(hmap.cluster_bytes, hmap.new_group())  # the L2 table
+        if has_data:
+            data_seen += 1
+            if _written_whole(content, c, per) or _backing_has_data(backing, content, c, per):
+                pending += 1
+            else:
+                hmap.write_clusters(pending)
+                pending = 0
+                hmap.fallocate(_written_blocks(content, c, per))
+    hmap.write_clusters(pending)
+    return True
+
+
+def _allocated_clusters(content: Content, per: int) -> Iterator[tuple[int, bool]]:
+    """(cluster, holds data) of each cluster holding a stamp, ascending, lazily."""
+    cur, cur_data = -1, False
+    for lo, hi, v in content.iter_extents():
+        data = v >= FIRST_DATA_STAMP
+        c0, c1 = lo // per, (hi - 1) // per
+        if c0 == cur:
+            cur_data = cur_data or data
+            if c1 == c0:
+                continue
+            c0 += 1
+        if cur >= 0:
+            yield cur, cur_data
+        for c in range(c0, c1):
+            yield c, data
+        cur, cur_data = c1, data
+    if cur >= 0:
+        yield cur, cur_data
+
+
+def _written_whole(content: Content, index: int, per: int) -> bool:
+    """Every sector of the cluster holds a stamp (a partial last cluster never does)."""
+    cur, end = index * per, (index + 1) * per
+    if end > content.nsectors:
+        return False
+    for lo, hi, _ in content.extents(cur, end):
+        if lo != cur:
+            return False
+        cur = hi
+    return cur == end
 
 
 def _format_node_of(graph: BlockGraph, image: Image) -> BlockNode | None:
