@@ -125,3 +125,57 @@ def test_holes_still_count_against_the_rate_limit() -> None:
     r = Replayer(backup_trace(64 * MIB, [0], speed=speed))
     assert r.run().ok
     assert r.machine.now_ns == 64 * jobs.rate_limit_ns(MIB, speed)
+
+
+def _until_trace(kind: str, points: list[dict[str, Any]]) -> Any:
+    drive = {"id": "drive0", "node-name": "fmt0", "file-node-name": "proto0"}
+    drive.update({"format": "qcow2", "size": 256 * MIB})
+    lines: list[Any] = [header(drives=[drive])]
+    lines += [io(f"write -P {i + 1} {i * 24}M 5M") for i in range(8)]
+    snap = {"device": "drive0", "snapshot-file": "ov.qcow2", "snapshot-node-name": "ov"}
+    if kind in ("stream", "commit"):
+        lines.append(qmp("blockdev-snapshot-sync", **snap))
+        lines += [io(f"write -P {i + 40} {i * 40 + 3}M 2M") for i in range(5)]
+    if kind == "backup":
+        lines.append(qmp("drive-backup", device="drive0", target="t.qcow2", sync="full",
+                         **{"job-id": "j"}))  # fmt: skip
+    elif kind == "mirror":
+        lines.append(qmp("drive-mirror", device="drive0", target="m.qcow2", sync="full",
+                         **{"job-id": "j"}))  # fmt: skip
+    elif kind == "stream":
+        lines.append(qmp("block-stream", device="drive0", **{"job-id": "j"}))
+    else:
+        lines.append(qmp("block-commit", device="drive0", **{"job-id": "j"}))
+    lines.append({"workload": {"device": "drive0", "pattern": "uniform", "rate": 2000,
+                               "size": 65536, "duration": 0.05, "read-ratio": 0}})  # fmt: skip
+    for body in points:
+        lines.append({"until": {"job": "j", **body}})
+        lines.append(qmp("query-block-jobs"))
+        lines.append(io("write -P 99 100M 64k"))
+    lines.append(qmp("query-block-jobs"))
+    return parse_lines([json.dumps(x) for x in lines])
+
+
+UNTIL_POINTS = [
+    {"point": "progress", "fraction": 0.1},
+    {"point": "chunk"},
+    {"point": "progress", "fraction": 0.55},
+    {"point": "progress", "fraction": 0.56},
+    {"point": "before-ready"},
+    {"point": "ready"},
+    {"point": "ending"},
+]
+
+
+@pytest.mark.parametrize("kind", ["backup", "mirror", "stream", "commit"])
+def test_leaps_under_until_stop_where_chunk_by_chunk_stops(kind: str) -> None:
+    """An `until` step lets jobs leap, but never past its point: the step outputs, the
+    progress queried at each point and the final state are those of the chunk-by-chunk
+    run, in fewer simpy steps."""
+    trace = _until_trace(kind, UNTIL_POINTS)
+    leaping, steps = _run(trace, True)
+    chunked, chunk_steps = _run(trace, False)
+    assert leaping == chunked
+    assert '"offset"' in leaping  # the jobs were seen part way
+    if kind in ("backup", "mirror"):
+        assert steps < chunk_steps

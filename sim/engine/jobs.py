@@ -31,6 +31,7 @@ from sim.model import job_flow
 from sim.model.graph import BlockNode
 from sim.model.io import note_job_write, write_path
 from sim.model.job_backup import BackupKind
+from sim.model.job_mirror import MirrorKind
 from sim.model.jobs import ACTIVE, ENDED, Job, JobStatus
 
 if TYPE_CHECKING:
@@ -326,8 +327,12 @@ def leap(m: Machine, job: Job, source: BlockNode | None, target: BlockNode | Non
         if dev is not None and (dev.timing.jitter or dev.queue.count >= dev.queue.capacity):
             return 0
     kind, speed = job.kind, job.speed
+    guard = m.leap_guard
+    point = guard[1] if guard is not None and guard[0] is job else None
     t = now
     while True:
+        if point is not None and t > now and not isinstance(kind, BackupKind | MirrorKind):
+            break  # commit's and stream's next_chunk count skipped chunks as progress now
         run = kind.next_chunks()
         if run is None:
             break
@@ -336,6 +341,8 @@ def leap(m: Machine, job: Job, source: BlockNode | None, target: BlockNode | Non
         if ns <= 0:
             break
         fit = count if limit == float("inf") else min(count, int((limit - 1 - t) // ns))
+        if point is not None:  # progress after the copies stays below the `until` point
+            fit = min(fit, _fit_below(job, point(job), length))
         if fit <= 0:
             break
         kind.copy_chunks(offset, length, fit)
@@ -345,6 +352,20 @@ def leap(m: Machine, job: Job, source: BlockNode | None, target: BlockNode | Non
         if fit < count:
             break
     return int(t - now)
+
+
+def _fit_below(job: Job, bound: float | None, length: int) -> int:
+    """How many chunks of `length` a guarded leap may copy so that the job's progress
+    surely stays below `bound` (None: no bound), with a chunk's margin: a chunk adds
+    at most its length rounded up to whole clusters (backup counts whole clusters), and
+    a mirror's last, partial chunk may lower its length by less than a granule."""
+    if bound is None:
+        return 1 << 62
+    kind = job.kind
+    dirty = getattr(kind, "dirty", None)
+    unit = max(getattr(kind, "cluster", 0), getattr(dirty, "granularity", 0), 1)
+    step = -(-length // unit) * unit + unit
+    return int((bound - job.offset) // step) - 2
 
 
 def chunk_ns(src: Device | None, dst: Device | None, length: int, hole: bool, speed: int) -> int:

@@ -14,6 +14,7 @@ equal-time steps run oldest job first.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import simpy
@@ -75,6 +76,9 @@ class Machine:
         # (observers that sample between simpy steps)
         self.leaps = True
         self.leap_limit: float = float("inf")
+        # an `until` step's job and what gives the progress its leaps must stay below
+        # (they may not carry it past the point the step stops at), or None
+        self.leap_guard: tuple[Any, Callable[[Any], float | None]] | None = None
         self.faults = faults.FaultTable()
         # a FIFO per throttle group and direction (sim/engine/throttle.py)
         self.throttle_queues: dict[tuple[Any, bool], simpy.Resource] = {}

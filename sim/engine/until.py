@@ -65,12 +65,29 @@ def run_until(m: Machine, spec: Until) -> None:
     env = m.env
     deadline = env.now + spec.limit_ns
     start_offset, start_status = job.offset, job.status
-    # the point is looked for after every simpy step: no job may leap over it
-    saved, m.leaps = m.leaps, False
+    # the point is looked for after every simpy step: jobs leap (engine/jobs.py) only
+    # where that changes nothing: no chunk may end past the deadline, and the job's
+    # own leaps stop short of the progress the point names (the chunk that reaches it
+    # is a simpy step of its own, as without leaps)
+    saved = m.leap_limit, m.leap_guard
+    m.leap_limit = min(m.leap_limit, deadline + 1)
+    m.leap_guard = (job, lambda j: _progress_bound(j, spec, start_offset))
     try:
         _step_until(m, spec, job, deadline, start_offset, start_status)
     finally:
-        m.leaps = saved
+        m.leap_limit, m.leap_guard = saved
+
+
+def _progress_bound(job: Job, spec: Until, start_offset: int) -> float | None:
+    """The progress (job offset) the job's leaps stay below: reached by `progress` at
+    the fraction, by `before-ready` at the length; `chunk` stops at the next change."""
+    if spec.point == "progress":
+        return spec.fraction * job.len
+    if spec.point == "chunk":  # the offset may not change at all in a leap
+        return float(start_offset)
+    if spec.point == "before-ready" and job.kind.has_ready:
+        return float(job.len)
+    return None  # `ready`, `ending`: a leap never changes a job's status
 
 
 def _step_until(
