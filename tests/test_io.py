@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from sim.model import io
 from sim.model.content import ZERO_STAMP
 from sim.model.state import BlockState
@@ -49,3 +51,83 @@ def test_a_failed_request_is_not_reported() -> None:
     assert not io.write(state, bb, bb.root, 1 << 20, 512, state.new_stamp()).ok  # type: ignore[arg-type]
     assert not io.discard(state, bb, bb.root, -512, 512).ok  # type: ignore[arg-type]
     assert seen == []
+
+
+def _batch_state(threshold: bool) -> tuple[BlockState, list[tuple[Any, ...]]]:
+    """A 1 GiB qcow2 drive with dirty bitmaps of several granularities on its backend,
+    its format node (one disabled, one frozen with a successor) and its protocol node."""
+    from sim.model.bitmap import DirtyBitmap
+
+    state = BlockState()
+    bb = state.add_drive("drive0", "fmt0", "proto0", "qcow2", 1 << 30)
+    root = bb.root
+    assert root is not None and root.file is not None
+    size = root.size_bytes
+    bb.bitmaps.append(DirtyBitmap("on-bb", 65536, size))
+    for g in (512, 4096, 65536, 1 << 20):
+        root.bitmaps.append(DirtyBitmap(f"g{g}", g, size))
+    root.bitmaps.append(DirtyBitmap("off", 4096, size, enabled=False))
+    frozen = DirtyBitmap("frozen", 65536, size)
+    frozen.successor = DirtyBitmap(None, 65536, size)
+    root.bitmaps.append(frozen)
+    root.file.bitmaps.append(DirtyBitmap("on-file", 8192, root.file.size_bytes))  # small
+    if threshold:
+        root.write_threshold = 600 << 20
+    seen: list[tuple[Any, ...]] = []
+    state.write_observers.append(lambda *args: seen.append(args[2:]))
+    return state, seen
+
+
+def _batch_outcome(state: BlockState) -> Any:
+    bb = state.graph.backends["drive0"]
+    root = bb.root
+    assert root is not None and root.file is not None and root.content is not None
+    bitmaps = [*bb.bitmaps, *root.bitmaps, *root.file.bitmaps]
+    bitmaps += [b.successor for b in bitmaps if b.successor is not None]
+    summary = root.content.cluster_summary(65536)
+    return (
+        root.content.extents(),
+        [b.bits.tobytes() for b in bitmaps],
+        root.wr_highest_offset,
+        root.file.host_written,
+        (summary.data, summary.regions),
+        list(state.stamps._patterns),
+    )
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_batch_of_writes_is_the_writes_one_by_one(seed: int) -> None:
+    """Random batches (overlapping, repeated, unaligned offsets; lengths within and
+    across granules) give the contents, bitmaps, high-water marks, cluster counts,
+    stamps and observer calls of the same writes made one by one."""
+    import random
+
+    rng = random.Random(seed)
+    threshold = seed % 4 == 3  # a write threshold on the path: the batch goes one by one
+    batched, seen_b = _batch_state(threshold)
+    single, seen_s = _batch_state(threshold)
+    for _ in range(20):
+        length = rng.choice([512, 4096, 4096, 65536, 3 * 65536 + 512])
+        n = rng.choice([1, 2, 16, 300])
+        blocks = ((1 << 30) - length) // 512
+        offsets = [rng.randrange(blocks) * 512 for _ in range(n)]
+        if rng.random() < 0.3:
+            offsets += offsets[: n // 2]  # the same places again, later in the batch
+        pattern = rng.randrange(1, 256)
+        stamps = batched.stamps.new_many(pattern, len(offsets))
+        results = io.write_batch(
+            batched, batched.graph.backends["drive0"], _root(batched), offsets, length, stamps
+        )
+        assert results == [io.OK] * len(offsets)
+        for off in offsets:
+            stamp = single.new_stamp(pattern)
+            assert io.write(
+                single, single.graph.backends["drive0"], _root(single), off, length, stamp
+            ).ok
+    assert _batch_outcome(batched) == _batch_outcome(single)
+    assert seen_b == seen_s
+    assert len(seen_b) > 1000
+
+
+def _root(state: BlockState) -> Any:
+    return state.graph.backends["drive0"].root

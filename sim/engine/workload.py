@@ -130,8 +130,11 @@ def workload_process(m: Machine, w: Workload) -> Proc:
             if when > env.now:
                 yield env.timeout(when - env.now)
             base = choose(k)
-            for i in range(batch):
-                _issue(m, w, ((base + i) % nblocks) * size)
+            offsets = [((base + i) % nblocks) * size for i in range(batch)]
+            if batch == 1:
+                _issue(m, w, offsets[0])
+            else:
+                _issue_burst(m, w, offsets)
             k += 1
     else:
         # the hot loop of the engine benchmark: _issue inlined
@@ -222,8 +225,48 @@ def _issue(m: Machine, w: Workload, offset: int) -> None:
     m.env.process(guest_request(m, w, is_read, offset))
 
 
-def guest_request(m: Machine, w: Workload, is_read: bool, offset: int) -> Proc:
-    """One guest request: applied to the model now, then served by the devices."""
+def _issue_burst(m: Machine, w: Workload, offsets: list[int]) -> None:
+    """Requests issued at one instant: their processes start one after the other with
+    nothing in between, so the first one applies every write of the burst at once."""
+    ratio = w.spec.read_ratio
+    reads = [ratio >= 1.0 or (ratio > 0.0 and m.rng.random() < ratio) for _ in offsets]
+    burst = _Burst([o for o, r in zip(offsets, reads, strict=True) if not r])
+    for is_read, offset in zip(reads, offsets, strict=True):
+        w.in_flight += 1
+        m.env.process(guest_request(m, w, is_read, offset, None if is_read else burst))
+
+
+class _Burst:
+    """The writes of a burst and, once the first request of the burst ran, their
+    outcome by offset (None: each request writes for itself)."""
+
+    __slots__ = ("offsets", "done", "results")
+
+    def __init__(self, offsets: list[int]) -> None:
+        self.offsets = offsets
+        self.done = False
+        self.results: dict[int, bool] | None = None
+
+    def apply(self, m: Machine, w: Workload, bb: Any, root: Any) -> None:
+        """io.write_batch of the burst's writes, when each request would write: no
+        fault armed (one could fail some), no filter to copy before the write."""
+        self.done = True
+        offsets = self.offsets
+        if m.faults or root is None or root.read_only or root.is_filter:
+            return
+        if len(set(offsets)) != len(offsets):
+            return
+        state = m.state
+        stamps = state.stamps.new_many(w.spec.fill, len(offsets))
+        got = io.write_batch(state, bb, root, offsets, w.spec.size_bytes, stamps)
+        self.results = {o: r.ok for o, r in zip(offsets, got, strict=True)}
+
+
+def guest_request(
+    m: Machine, w: Workload, is_read: bool, offset: int, burst: _Burst | None = None
+) -> Proc:
+    """One guest request: applied to the model now, then served by the devices (a
+    write of a burst by the burst's first request)."""
     env, state = m.env, m.state
     size = w.spec.size_bytes
     start = env.now
@@ -238,10 +281,15 @@ def guest_request(m: Machine, w: Workload, is_read: bool, offset: int) -> Proc:
         ):
             ok = False
         elif not is_read:
-            if root.is_filter:
-                copies = write_copies(m, root, offset, size)
-            stamp = state.new_stamp(w.spec.fill)
-            ok = io.write(state, bb, root, offset, size, stamp).ok
+            if burst is not None and not burst.done:
+                burst.apply(m, w, bb, root)
+            if burst is not None and burst.results is not None:
+                ok = burst.results[offset]
+            else:
+                if root.is_filter:
+                    copies = write_copies(m, root, offset, size)
+                stamp = state.new_stamp(w.spec.fill)
+                ok = io.write(state, bb, root, offset, size, stamp).ok
     if root is not None and state.throttle_groups:
         groups = groups_on_path(root)
         if groups:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -66,6 +66,13 @@ class StampTable:
         self._patterns.append(pattern)
         self._array = None
         return len(self._patterns) - 1
+
+    def new_many(self, pattern: int, count: int) -> list[int]:
+        """`count` new stamps of one pattern, in order (as `new` one by one)."""
+        first = len(self._patterns)
+        self._patterns.extend([pattern] * count)
+        self._array = None
+        return list(range(first, first + count))
 
     def pattern(self, stamp: int) -> int:
         return self._patterns[stamp]
@@ -131,67 +138,81 @@ class Content:
     # -- writes ----------------------------------------------------------------------------
     def write(self, offset: int, length: int, stamp: int) -> None:
         """Stamp the sectors covering [offset, offset+length)."""
-        first = offset >> SECTOR_SHIFT
-        end = (offset + length + SECTOR - 1) >> SECTOR_SHIFT
-        if self._shared or end > self.nsectors or first >= end:
-            self.write_sectors(first, end, stamp)
+        self.write_many((offset,), length, (stamp,))
+
+    def write_many(self, offsets: Sequence[int], length: int, stamps: Sequence[int]) -> None:
+        """`write` for each offset with its stamp, in order (a guest's burst of
+        requests).  A write inside one chunk that this content owns (and, with a
+        cluster summary, inside one of its clusters) is spliced in place; any other
+        goes through `write_sectors`."""
+        if length <= 0:
             return
-        mins = self._mins
-        i = bisect_right(mins, first) - 1
-        chunk = self._chunks[i]
-        if chunk[2] is not self._token or (i + 1 < len(mins) and mins[i + 1] <= end):
-            self.write_sectors(first, end, stamp)
-            return
-        starts, vals = chunk[0], chunk[1]
+        nsectors = self.nsectors
+        mins, chunks, token = self._mins, self._chunks, self._token
+        shared = self._shared
         summary = self._summary
-        if summary is not None:  # a data write inside one cluster held by this chunk
-            cs = first // summary.per * summary.per
-            ce = cs + summary.per
-            if (
-                stamp < FIRST_DATA_STAMP
-                or end > ce
-                or cs < starts[0]
-                or (i + 1 < len(mins) and mins[i + 1] < ce)
-            ):
+        per = summary.per if summary is not None else 0
+        fast = 0
+        for offset, stamp in zip(offsets, stamps, strict=True):
+            first = offset >> SECTOR_SHIFT
+            end = (offset + length + SECTOR - 1) >> SECTOR_SHIFT
+            i = bisect_right(mins, first) - 1
+            chunk = chunks[i]
+            nxt = mins[i + 1] if i + 1 < len(mins) else nsectors
+            if shared or end > nsectors or chunk[2] is not token or nxt <= end:
+                slow = True
+            elif per:  # a data write inside one cluster held by this chunk
+                cs = first // per * per
+                slow = stamp < FIRST_DATA_STAMP or end > cs + per or cs < mins[i] or nxt < cs + per
+            else:
+                slow = False
+            if slow:
                 self.write_sectors(first, end, stamp)
-                return
-            j = bisect_right(starts, cs) - 1
-            old = 0  # the cluster's class before: 0 free, 1 zeroes only, 2 data
-            while j < len(starts) and starts[j] < ce:
-                if vals[j] >= FIRST_DATA_STAMP:
-                    old = 2
-                    break
-                if vals[j]:
-                    old = 1
-                j += 1
-            if old != 2:
-                summary.change(cs // summary.per, old, 2)
-        self._alloc = None
-        self.version += 1
-        a = bisect_left(starts, first)
-        n = len(starts)
-        k = a if a == n or starts[a] > end else bisect_left(starts, end, a)
-        if k < n and starts[k] == end:
-            if vals[k] == stamp:
-                k += 1
-                del starts[a:k]
-                del vals[a:k]
-            elif a != k:
-                del starts[a:k]
-                del vals[a:k]
-        else:
-            after = vals[k - 1]
-            if a != k:
-                del starts[a:k]
-                del vals[a:k]
-            if after != stamp and end < self.nsectors:
-                starts.insert(a, end)
-                vals.insert(a, after)
-        if a == 0 or vals[a - 1] != stamp:
-            starts.insert(a, first)
-            vals.insert(a, stamp)
-        if len(starts) > CHUNK_MAX:
-            self._split(i, chunk)
+                mins, chunks, token = self._mins, self._chunks, self._token
+                shared = self._shared
+                continue
+            fast += 1
+            starts, vals = chunk[0], chunk[1]
+            if per:
+                ce = cs + per
+                j = bisect_right(starts, cs) - 1
+                old = 0  # the cluster's class before: 0 free, 1 zeroes only, 2 data
+                while j < len(starts) and starts[j] < ce:
+                    if vals[j] >= FIRST_DATA_STAMP:
+                        old = 2
+                        break
+                    if vals[j]:
+                        old = 1
+                    j += 1
+                if old != 2:
+                    summary.change(cs // per, old, 2)  # type: ignore[union-attr]
+            a = bisect_left(starts, first)
+            n = len(starts)
+            k = a if a == n or starts[a] > end else bisect_left(starts, end, a)
+            if k < n and starts[k] == end:
+                if vals[k] == stamp:
+                    k += 1
+                    del starts[a:k]
+                    del vals[a:k]
+                elif a != k:
+                    del starts[a:k]
+                    del vals[a:k]
+            else:
+                after = vals[k - 1]
+                if a != k:
+                    del starts[a:k]
+                    del vals[a:k]
+                if after != stamp and end < nsectors:
+                    starts.insert(a, end)
+                    vals.insert(a, after)
+            if a == 0 or vals[a - 1] != stamp:
+                starts.insert(a, first)
+                vals.insert(a, stamp)
+            if len(starts) > CHUNK_MAX:
+                self._split(i, chunk)
+        if fast:
+            self._alloc = None
+            self.version += fast
 
     def write_sectors(self, first: int, end: int, stamp: int) -> None:
         """Stamp sectors [first, end) (clipped to the disk); stamp 0 deallocates."""

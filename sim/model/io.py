@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sim.model.bitmap import DirtyBitmap
 from sim.model.content import (
     SECTOR,
     UNALLOCATED,
@@ -212,6 +213,77 @@ def write(
         for observer in state.write_observers:
             observer(bb, root, offset, length, stamp)
     return res
+
+
+def write_batch(
+    state: BlockState,
+    bb: BlockBackend | None,
+    root: BlockNode,
+    offsets: list[int],
+    length: int,
+    stamps: list[int],
+) -> list[IOResult]:
+    """Guest writes of `length` bytes at `offsets` with `stamps`, issued at one instant
+    with nothing in between (a burst of requests): the same states and observer calls
+    as `write` one by one, in order.
+
+    When the path has no filter hook (copy-before-write, a write-blocking mirror) and
+    no write threshold, the path is walked once: every dirty bitmap gets the bits of
+    the whole batch at once (one bitarray index assignment), `wr_highest_offset`
+    the batch's highest end, the data node's content the writes in their order; the
+    write observers are then told of each write, in order (what they record does not
+    depend on the writes that follow in the same instant)."""
+    graph = state.graph
+    path = write_path(graph, root)
+    data = next((n for n in path if not n.is_filter), None)
+    end = max(offsets, default=0) + length
+    if (
+        data is None
+        or length <= 0
+        or min(offsets, default=-1) < 0
+        or end > root.size_bytes
+        or data.driver == "snapshot-access"
+        or any(n.write_hook or n.after_write_hook or n.write_threshold for n in path)
+    ):
+        return [write(state, bb, root, o, length, s) for o, s in zip(offsets, stamps, strict=True)]
+    bitmaps = list(bb.bitmaps) if bb is not None else []
+    for node in path:
+        bitmaps += node.bitmaps
+        if node is not data.file and end > node.wr_highest_offset:
+            node.wr_highest_offset = end  # the filters' and the data node's
+    for bm in bitmaps:
+        _mark_batch(bm, offsets, length)
+    if data.file is not None:
+        note_protocol_write(data, data.file, end)
+    if data.content is not None:
+        data.content.write_many(offsets, length, stamps)
+    observers = state.write_observers
+    if observers:
+        for offset, stamp in zip(offsets, stamps, strict=True):
+            for observer in observers:
+                observer(bb, root, offset, length, stamp)
+    return [OK] * len(offsets)
+
+
+def _mark_batch(bm: DirtyBitmap, offsets: list[int], length: int) -> None:
+    """`record_write` for every write of a batch: one index assignment when each write
+    falls in one granule, else a slice per write."""
+    target = bm.successor or bm
+    if not target.enabled:
+        return
+    shift = target._shift
+    tail = length - 1
+    mask = (1 << shift) - 1
+    firsts = [o >> shift for o in offsets]
+    if all((o & mask) + tail <= mask for o in offsets):  # one granule each
+        nbits = len(target.bits)
+        if max(firsts) >= nbits:  # a protocol node's bitmap, marked at guest offsets
+            firsts = [f for f in firsts if f < nbits]
+        target.bits[firsts] = 1
+        return
+    bits = target.bits
+    for o, f in zip(offsets, firsts, strict=True):
+        bits[f : ((o + tail) >> shift) + 1] = 1
 
 
 def discard(
