@@ -2,8 +2,9 @@
 
 A *run list* is a sorted list of disjoint `(first, end)` sector ranges (end
 exclusive).  Checkers compare contents only on the runs something could have
-changed (what the guest wrote, what a node has allocated), reading each run
-once with numpy (`sim.model.content.read_through`).
+changed (what the guest wrote, what a node has allocated): `compare` walks
+the extents both chains show there (`sim.model.content.chain_extents`),
+`compare_view` reads a run's stamps once with numpy against another view.
 
 Two stamps hold the same data when they are equal, or when both read as
 zeroes (0 = unallocated, which reads as zeroes at the bottom of a chain, and
@@ -19,7 +20,14 @@ from typing import TYPE_CHECKING
 from bitarray import bitarray
 from bitarray.util import intervals
 
-from sim.model.content import SECTOR_SHIFT, ZERO_STAMP, Content, StampTable, read_through
+from sim.model.content import (
+    SECTOR_SHIFT,
+    ZERO_STAMP,
+    Content,
+    StampTable,
+    chain_extents,
+    read_through,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -139,8 +147,61 @@ def describe(stamps: StampTable, stamp: int) -> str:
 
 
 def compare(runs: Runs, expected: list[Content], actual: list[Content]) -> Mismatch | None:
-    """Compare what reads through two chains (top first) see on `runs`."""
-    return compare_view(runs, expected, lambda lo, hi: read_through(actual, lo, hi))
+    """Compare what reads through two chains (top first) see on `runs`: extent by
+    extent (what `compare_view` finds sector by sector, at the cost of the extents)."""
+    if not expected or not actual or expected[0].nsectors != actual[0].nsectors:
+        return compare_view(runs, expected, lambda lo, hi: read_through(actual, lo, hi))
+    total = 0
+    first = exp0 = act0 = -1
+    bad: Runs = []
+    for lo, hi in runs:
+        hi = min(hi, expected[0].nsectors)
+        if lo >= hi:
+            continue
+        last = len(bad)  # runs of this range start here; they join when they touch
+        for s, e, x, y in _paired(_pieces(expected, lo, hi), _pieces(actual, lo, hi)):
+            if x == y or (x <= ZERO_STAMP and y <= ZERO_STAMP):
+                continue
+            total += e - s
+            if first < 0:
+                first, exp0, act0 = s, x, y
+            if len(bad) > last and bad[-1][1] == s:
+                bad[-1] = (bad[-1][0], e)
+            elif len(bad) < MAX_LISTED:
+                bad.append((s, e))
+    if total == 0:
+        return None
+    return Mismatch(total, first, exp0, act0, bad)
+
+
+def _pieces(chain: list[Content], lo: int, hi: int) -> list[tuple[int, int, int]]:
+    """(first, end, stamp) covering [lo, hi) for a read through `chain`, 0 in holes."""
+    out: list[tuple[int, int, int]] = []
+    cur = lo
+    for a, b, stamp in chain_extents(chain, lo, hi):
+        if a > cur:
+            out.append((cur, a, 0))
+        out.append((a, b, stamp))
+        cur = b
+    if cur < hi:
+        out.append((cur, hi, 0))
+    return out
+
+
+def _paired(
+    left: list[tuple[int, int, int]], right: list[tuple[int, int, int]]
+) -> Iterable[tuple[int, int, int, int]]:
+    """(first, end, left stamp, right stamp) over two coverings of one range."""
+    i = j = 0
+    while i < len(left) and j < len(right):
+        a0, a1, x = left[i]
+        b0, b1, y = right[j]
+        end = min(a1, b1)
+        yield max(a0, b0), end, x, y
+        if a1 == end:
+            i += 1
+        if b1 == end:
+            j += 1
 
 
 def compare_view(
