@@ -137,82 +137,85 @@ class Content:
 
     # -- writes ----------------------------------------------------------------------------
     def write(self, offset: int, length: int, stamp: int) -> None:
-        """Stamp the sectors covering [offset, offset+length)."""
-        self.write_many((offset,), length, (stamp,))
+        """Stamp the sectors covering [offset, offset+length).  A write inside one
+        chunk that this content owns (and, with a cluster summary, a data write inside
+        one of its clusters) is spliced in place; any other goes through
+        `write_sectors`."""
+        first = offset >> SECTOR_SHIFT
+        end = (offset + length + SECTOR - 1) >> SECTOR_SHIFT
+        if self._shared or end > self.nsectors or first >= end:
+            self.write_sectors(first, end, stamp)
+            return
+        mins = self._mins
+        i = bisect_right(mins, first) - 1
+        chunk = self._chunks[i]
+        if chunk[2] is not self._token or (i + 1 < len(mins) and mins[i + 1] <= end):
+            self.write_sectors(first, end, stamp)
+            return
+        starts, vals = chunk[0], chunk[1]
+        summary = self._summary
+        if summary is not None:
+            per = summary.per
+            cs = first // per * per
+            ce = cs + per
+            if (
+                stamp < FIRST_DATA_STAMP
+                or end > ce
+                or cs < starts[0]
+                or (i + 1 < len(mins) and mins[i + 1] < ce)
+            ):
+                self.write_sectors(first, end, stamp)
+                return
+            j = bisect_right(starts, cs) - 1
+            old = 0  # the cluster's class before: 0 free, 1 zeroes only, 2 data
+            while j < len(starts) and starts[j] < ce:
+                if vals[j] >= FIRST_DATA_STAMP:
+                    old = 2
+                    break
+                if vals[j]:
+                    old = 1
+                j += 1
+            if old != 2:
+                summary.data += 1
+                if not old:  # a newly allocated cluster
+                    counts = summary._in
+                    r = cs // per // summary.per_region
+                    n = counts.get(r, 0) + 1
+                    counts[r] = n
+                    if n == 1:
+                        summary.regions += 1
+        self._alloc = None
+        self.version += 1
+        a = bisect_left(starts, first)
+        n = len(starts)
+        k = a if a == n or starts[a] > end else bisect_left(starts, end, a)
+        if k < n and starts[k] == end:
+            if vals[k] == stamp:
+                k += 1
+                del starts[a:k]
+                del vals[a:k]
+            elif a != k:
+                del starts[a:k]
+                del vals[a:k]
+        else:
+            after = vals[k - 1]
+            if a != k:
+                del starts[a:k]
+                del vals[a:k]
+            if after != stamp and end < self.nsectors:
+                starts.insert(a, end)
+                vals.insert(a, after)
+        if a == 0 or vals[a - 1] != stamp:
+            starts.insert(a, first)
+            vals.insert(a, stamp)
+        if len(starts) > CHUNK_MAX:
+            self._split(i, chunk)
 
     def write_many(self, offsets: Sequence[int], length: int, stamps: Sequence[int]) -> None:
-        """`write` for each offset with its stamp, in order (a guest's burst of
-        requests).  A write inside one chunk that this content owns (and, with a
-        cluster summary, inside one of its clusters) is spliced in place; any other
-        goes through `write_sectors`."""
-        if length <= 0:
-            return
-        nsectors = self.nsectors
-        mins, chunks, token = self._mins, self._chunks, self._token
-        shared = self._shared
-        summary = self._summary
-        per = summary.per if summary is not None else 0
-        fast = 0
+        """`write` for each offset with its stamp, in order (a guest's burst)."""
+        write = self.write
         for offset, stamp in zip(offsets, stamps, strict=True):
-            first = offset >> SECTOR_SHIFT
-            end = (offset + length + SECTOR - 1) >> SECTOR_SHIFT
-            i = bisect_right(mins, first) - 1
-            chunk = chunks[i]
-            nxt = mins[i + 1] if i + 1 < len(mins) else nsectors
-            if shared or end > nsectors or chunk[2] is not token or nxt <= end:
-                slow = True
-            elif per:  # a data write inside one cluster held by this chunk
-                cs = first // per * per
-                slow = stamp < FIRST_DATA_STAMP or end > cs + per or cs < mins[i] or nxt < cs + per
-            else:
-                slow = False
-            if slow:
-                self.write_sectors(first, end, stamp)
-                mins, chunks, token = self._mins, self._chunks, self._token
-                shared = self._shared
-                continue
-            fast += 1
-            starts, vals = chunk[0], chunk[1]
-            if per:
-                ce = cs + per
-                j = bisect_right(starts, cs) - 1
-                old = 0  # the cluster's class before: 0 free, 1 zeroes only, 2 data
-                while j < len(starts) and starts[j] < ce:
-                    if vals[j] >= FIRST_DATA_STAMP:
-                        old = 2
-                        break
-                    if vals[j]:
-                        old = 1
-                    j += 1
-                if old != 2:
-                    summary.change(cs // per, old, 2)  # type: ignore[union-attr]
-            a = bisect_left(starts, first)
-            n = len(starts)
-            k = a if a == n or starts[a] > end else bisect_left(starts, end, a)
-            if k < n and starts[k] == end:
-                if vals[k] == stamp:
-                    k += 1
-                    del starts[a:k]
-                    del vals[a:k]
-                elif a != k:
-                    del starts[a:k]
-                    del vals[a:k]
-            else:
-                after = vals[k - 1]
-                if a != k:
-                    del starts[a:k]
-                    del vals[a:k]
-                if after != stamp and end < nsectors:
-                    starts.insert(a, end)
-                    vals.insert(a, after)
-            if a == 0 or vals[a - 1] != stamp:
-                starts.insert(a, first)
-                vals.insert(a, stamp)
-            if len(starts) > CHUNK_MAX:
-                self._split(i, chunk)
-        if fast:
-            self._alloc = None
-            self.version += fast
+            write(offset, length, stamp)
 
     def write_sectors(self, first: int, end: int, stamp: int) -> None:
         """Stamp sectors [first, end) (clipped to the disk); stamp 0 deallocates."""
