@@ -31,7 +31,6 @@ from sim.model import job_flow
 from sim.model.graph import BlockNode
 from sim.model.io import note_job_write, write_path
 from sim.model.job_backup import BackupKind
-from sim.model.job_mirror import MirrorKind
 from sim.model.jobs import ACTIVE, ENDED, Job, JobStatus
 
 if TYPE_CHECKING:
@@ -331,8 +330,8 @@ def leap(m: Machine, job: Job, source: BlockNode | None, target: BlockNode | Non
     point = guard[1] if guard is not None and guard[0] is job else None
     t = now
     while True:
-        if point is not None and t > now and not isinstance(kind, BackupKind | MirrorKind):
-            break  # commit's and stream's next_chunk count skipped chunks as progress now
+        if point is not None and t > now and kind.progress_on_next:
+            break  # its next_chunk would count skipped chunks as progress now, early
         run = kind.next_chunks()
         if run is None:
             break
@@ -361,9 +360,7 @@ def _fit_below(job: Job, bound: float | None, length: int) -> int:
     a mirror's last, partial chunk may lower its length by less than a granule."""
     if bound is None:
         return 1 << 62
-    kind = job.kind
-    dirty = getattr(kind, "dirty", None)
-    unit = max(getattr(kind, "cluster", 0), getattr(dirty, "granularity", 0), 1)
+    unit = max(job.kind.progress_unit(), 1)
     step = -(-length // unit) * unit + unit
     return int((bound - job.offset) // step) - 2
 

@@ -209,6 +209,9 @@ class BackupKind(JobDriver):
         off = i * self.cluster
         return off, min(n * self.cluster, self.source.size_bytes - off)
 
+    def progress_unit(self) -> int:
+        return self.cluster  # progress counts whole clusters
+
     def _data_clusters(self, contents: list[Content], first: int, count: int) -> list[bool]:
         """Per cluster of [first, first + count): whether block status reports data
         there (some sector of the source chain's read holds data; zero-written and

@@ -27,6 +27,8 @@ COMMIT_CHUNK = 512 * 1024
 class CommitKind(JobDriver):
     """One intermediate commit job."""
 
+    progress_on_next = True  # next_chunk counts the chunks it passes over
+
     releases_on_abort = True
 
     filter: BlockNode  # inserted when the job is created

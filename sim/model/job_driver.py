@@ -40,6 +40,9 @@ class JobDriver:
     # the job is dismissed (block_job_free).
     releases_on_success: ClassVar[bool] = False
     releases_on_abort: ClassVar[bool] = False
+    # `next_chunk` passes over chunks with nothing to copy and counts their progress
+    # at once, before the chunk it answers is copied (commit, stream).
+    progress_on_next: ClassVar[bool] = False
 
     def __init__(self) -> None:
         # The job nodes (block_job_add_bdrv): blocked for other operations while
@@ -82,6 +85,12 @@ class JobDriver:
     def next_chunk(self) -> tuple[int, int] | None:
         """The next (offset, length) to copy, or None when nothing is left now."""
         return None
+
+    def progress_unit(self) -> int:
+        """A chunk adds its length to the progress rounded up to this many bytes at
+        most, and the progress length can drop by less than this (backup counts whole
+        clusters; a mirror's dirty granule)."""
+        return 1
 
     def copy_chunk(self, offset: int, length: int) -> None:
         """Do one chunk of work in the model (contents, bitmaps, progress)."""

@@ -101,6 +101,9 @@ class MirrorKind(JobDriver):
     def update_len(self) -> None:
         self.job.len = self.job.offset + self._dirty_bytes()
 
+    def progress_unit(self) -> int:
+        return self.dirty.granularity  # a last, partial chunk clears a whole granule
+
     def _dirty_bytes(self) -> int:
         return self.dirty.bits.count() * self.dirty.granularity
 

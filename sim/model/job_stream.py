@@ -22,6 +22,8 @@ STREAM_CHUNK = 512 * 1024
 class StreamKind(JobDriver):
     """One stream job."""
 
+    progress_on_next = True  # next_chunk counts the chunks it passes over
+
     filter: BlockNode  # inserted when the job is created
 
     ignore_skips = True  # stream_run moves past a chunk whose error was ignored
