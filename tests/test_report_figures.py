@@ -145,6 +145,8 @@ def test_latency_cdf_names_the_timing_model_and_draws_few_writes_as_points() -> 
     assert "timing model" in drawn.caption and "100 µs per request" in drawn.caption
     [ax] = drawn.fig.axes
     assert ax.collections and not [ln for ln in ax.lines if len(ln.get_xdata()) > 2]
+    # drawn as points, and still counted in the table under the figure
+    assert [row[:2] for row in drawn.tables[0].rows] == [["no job", "5"]]
     many = {**doc, "io": [[i, "write", 100_000 + i, []] for i in range(50)]}
     drawn = draw_latency("many", many)
     assert isinstance(drawn, Drawn)

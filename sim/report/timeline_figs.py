@@ -492,6 +492,7 @@ def draw_latency(stem: str, doc: dict[str, Any]) -> Built:
         ys = [k / n for k in range(1, n + 1)]
         p50, p99 = percentile(lat, 50) / scale, percentile(lat, 99) / scale
         legend = f"{label}: n={n}, p50 {p50:.3g}, p99 {p99:.3g} {unit}"
+        rows.append([label, str(n), f"{p50:.3g}", f"{p99:.3g}", f"{lat[-1] / scale:.3g}"])
         if n < FEW_SAMPLES:  # a handful of writes: each one a point, no curve implied
             ax.scatter([v / scale for v in lat], ys, color=color, s=22, zorder=3, label=legend)
             continue
@@ -503,7 +504,6 @@ def draw_latency(stem: str, doc: dict[str, Any]) -> Built:
             linewidth=1.6,
             label=legend,
         )
-        rows.append([label, str(n), f"{p50:.3g}", f"{p99:.3g}", f"{lat[-1] / scale:.3g}"])
     for q, mark in ((0.5, "p50"), (0.99, "p99")):
         ax.axhline(q, color=style.GREY, linewidth=0.7, linestyle=":")
         ax.annotate(
