@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from hypothesis import note, reject, target
@@ -399,16 +399,23 @@ class MachineCore(RuleBasedStateMachine):
 
     def bitmap_addresses(self) -> list[tuple[str, str]]:
         """(node-or-device, name) of every named bitmap, by node and by device."""
+        return self._bitmap_addresses(lambda bm: True)
+
+    def usable_bitmap_addresses(self) -> list[tuple[str, str]]:
+        """The addresses of `bitmap_addresses` whose bitmap a bitmap command may change:
+        not busy (a backup's or an export's), not read-only, not inconsistent."""
+        unusable = set(self._bitmap_addresses(lambda bm: bm.busy or bm.readonly or bm.inconsistent))
+        return [a for a in self.bitmap_addresses() if a not in unusable]
+
+    def _bitmap_addresses(self, keep: Callable[[Any], bool]) -> list[tuple[str, str]]:
         g = self.machine.state.graph
         out: list[tuple[str, str]] = []
         for bb in g.backends.values():
-            for bm in bb.bitmaps:
-                if bm.name:
-                    out.append((bb.name, bm.name))
+            out.extend((bb.name, bm.name) for bm in bb.bitmaps if bm.name and keep(bm))
             if bb.root is not None:
-                out.extend((bb.name, bm.name) for bm in bb.root.bitmaps if bm.name)
+                out.extend((bb.name, bm.name) for bm in bb.root.bitmaps if bm.name and keep(bm))
         for node in g.nodes:
-            out.extend((node.node_name, bm.name) for bm in node.bitmaps if bm.name)
+            out.extend((node.node_name, bm.name) for bm in node.bitmaps if bm.name and keep(bm))
         return out
 
     def bitmap_names(self) -> list[str]:

@@ -322,16 +322,16 @@ class BlockApiRules(_Base):
                 self.qemu_io(name, f"{op} {c.pick((0, 4096, 65536))} 4k")
         self.qmp("blockdev-del", {"node-name": name})
 
-    def api_fleecing(self, c: Choices) -> None:
-        """QEMU 7.x fleecing: a copy-before-write filter over a qcow2 node with another
-        free qcow2 node as its target (sometimes over blkdebug failing a write, or
-        behind a throttle node whose group holds copies back; sometimes a bitmap of
-        the source, an error policy, a timeout, or a reference QEMU refuses), a
-        snapshot-access node over it, guest writes through the filter, reads of the
-        point-in-time view (and a snapshot discard); sometimes left in place, mostly
-        torn down."""
+    def api_fleecing(self, c: Choices, source: str | None = None) -> None:
+        """QEMU 7.x fleecing: a copy-before-write filter over a qcow2 node (`source`, or
+        one drawn) with another free qcow2 node as its target (sometimes over blkdebug
+        failing a write, or behind a throttle node whose group holds copies back;
+        sometimes a bitmap of the source, an error policy, a timeout, or a reference
+        QEMU refuses), a snapshot-access node over it, guest writes through the filter,
+        reads of the point-in-time view (and a snapshot discard); sometimes left in
+        place, mostly torn down."""
         nodes = self.format_nodes()
-        src = self.pick(c, nodes, ("nosuch",))
+        src = source if source is not None else self.pick(c, nodes, ("nosuch",))
         own = self.fleece_target(c, self.size_of(src))
         target = own if own is not None else self.pick(c, [], (*nodes, "nosuch"))
         throttle: tuple[str, str] | None = None
@@ -347,8 +347,8 @@ class BlockApiRules(_Base):
         args: dict[str, Any] = {
             "driver": "copy-before-write", "node-name": flt, "file": src, "target": target,
         }  # fmt: skip
-        if c.rarely(3):
-            bitmaps = [(n, b) for n, b in self.bitmap_addresses() if n == src]
+        bitmaps = [(n, b) for n, b in self.bitmap_addresses() if n == src]
+        if c.rarely(3) and (bitmaps or self.invalid):
             node, name = self.pick(c, bitmaps, ((src, "nosuch"), ("nosuch", "b0")))
             args["bitmap"] = {"node": node, "name": name}
         if c.rarely(4):
@@ -380,24 +380,29 @@ class BlockApiRules(_Base):
         self.qmp("blockdev-del", {"node-name": flt})
         self.drop_fleece_target(own, throttle)
 
-    def fleece_target(self, c: Choices, size: int) -> str | None:
+    def fleece_source(self, c: Choices) -> str | None:
+        """A fresh qcow2 node with data as a fleecing source: a node no drive writes to
+        (the filter unshares write on its source, so over a drive's root, once the guest
+        wrote there, QEMU 7.2 refuses the snapshot-access node with a permission
+        conflict: the guest device must be moved onto the filter first)."""
+        node = self.fleece_target(c, 64 * MiB, "fs")
+        if node is not None:
+            amount = c.pick((MiB, 8 * MiB, 64 * MiB))
+            self.qemu_io(node, f"write -P {1 + c.below(250)} 0 {amount}")
+        return node
+
+    def fleece_target(self, c: Choices, size: int, prefix: str = "fl") -> str | None:
         """A fresh, empty qcow2 node as fleecing target (blockdev-create'd file and
         qcow2), so no other operation later finds the copies in an image it opens as
         if it were empty; None (a bad target instead) sometimes when invalid input is on."""
         if self.invalid and c.rarely(8):
             return None
-        image = self.fresh("fl") + ".qcow2"
-        job = self.fresh("cr")
-        opts = {"driver": "file", "filename": image, "size": 0}
-        if "return" not in self.qmp("blockdev-create", {"job-id": job, "options": opts}).response:
+        image = self.fresh(prefix) + ".qcow2"
+        if not self.created({"driver": "file", "filename": image, "size": 0}):
             return None
-        self.qmp("job-dismiss", {"id": job})
         file = self.fresh("flf")
         self.qmp("blockdev-add", {"driver": "file", "filename": image, "node-name": file})
-        job = self.fresh("cr")
-        opts = {"driver": "qcow2", "file": file, "size": size}
-        self.qmp("blockdev-create", {"job-id": job, "options": opts})
-        self.qmp("job-dismiss", {"id": job})
+        self.created({"driver": "qcow2", "file": file, "size": size})
         node = self.fresh("flt")
         below: Any = file
         if c.rarely(5):  # a copy's write fails (the filter's on-cbw-error decides)
@@ -406,6 +411,20 @@ class BlockApiRules(_Base):
             below = {"driver": "blkdebug", "image": file, "inject-error": [inject]}
         out = self.qmp("blockdev-add", {"driver": "qcow2", "file": below, "node-name": node})
         return node if "return" in out.response else None
+
+    def created(self, options: dict[str, Any]) -> bool:
+        """blockdev-create, its concluded event waited for (the image exists only once the
+        job concluded: a blockdev-add before that finds no file), then job-dismiss."""
+        job = self.fresh("cr")
+        if (
+            "return"
+            not in self.qmp("blockdev-create", {"job-id": job, "options": options}).response
+        ):
+            return False
+        self.run(
+            {"wait": {"event": "JOB_STATUS_CHANGE", "data": {"id": job, "status": "concluded"}}}
+        )
+        return "return" in self.qmp("job-dismiss", {"id": job}).response
 
     def drop_fleece_target(self, node: str | None, throttle: tuple[str, str] | None = None) -> None:
         """blockdev-del the throttle node and group in front of the fleecing target, the

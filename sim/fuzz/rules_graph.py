@@ -101,7 +101,8 @@ class GraphRules(_Base):
         over an image nobody has open); blockdev-snapshot-sync when there is none."""
         overlays = self.overlay_nodes()
         if not overlays and not self.invalid:
-            images = self.free_images()
+            g = self.machine.state.graph
+            images = [i for i in self.free_images() if not g.images[i].content.allocated_runs()]
             if not images:
                 self.qmp("blockdev-snapshot-sync", self.snapshot_sync_args(c))
                 return
@@ -113,12 +114,20 @@ class GraphRules(_Base):
         self.qmp("blockdev-snapshot", self.snapshot_args(c))
 
     def overlay_nodes(self) -> list[str]:
-        """Free qcow2 nodes without a backing child: what blockdev-snapshot takes."""
+        """Free qcow2 nodes without a backing child and without data: what blockdev-snapshot
+        takes as management software creates it (an image with data, such as a finished
+        backup's target, would show its data over the device's: the guest's writes
+        there read back as the image's, which no-lost-guest-data rightly reports; only
+        with the invalid group on)."""
         g = self.machine.state.graph
         return [
             n.node_name
             for n in g.nodes
-            if n.driver == "qcow2" and n.backing is None and not n.auto_named and not g.has_users(n)
+            if n.driver == "qcow2"
+            and n.backing is None
+            and not n.auto_named
+            and not g.has_users(n)
+            and (self.invalid or n.content is None or not n.content.allocated_runs())
         ]
 
     def block_api(self, c: Choices) -> None:
@@ -170,15 +179,22 @@ class GraphRules(_Base):
     @rule(c=choices(64))
     def rollback(self, c: Choices) -> None:
         """A rollback test as iotest 124 and 236 run one: the guest dirties the bitmaps,
-        then a transaction changes them (1-3 bitmap actions, or libvirt's
-        checkpoint-delete half the time) and ends in an action that fails, so QEMU
-        aborts every prepared action in reverse order and the bitmaps must be as before."""
+        then a transaction changes them (1-3 bitmap actions, libvirt's checkpoint-delete
+        a third of the time, a merge that adds bits to its target another third) and ends in
+        an action that fails, so QEMU aborts every prepared action in reverse order and
+        the bitmaps must be as before."""
         self.dirty_bitmaps(c, c.below(1024), c.pick(IO_LENGTHS))
-        actions = self.checkpoint_delete(c) if c.boolean() else []
+        what = c.below(3)
+        actions = self.checkpoint_delete(c) if what == 0 else []
+        merge = self.changing_merge(c, grows=True) if what == 1 else None
+        if merge is not None:
+            actions.append({"type": "block-dirty-bitmap-merge", "data": merge})
         for _ in range(0 if actions else c.between(1, 3)):
             kind = c.pick(BITMAP_ACTIONS)
-            # names that exist: every action must prepare for the abort to undo it
-            actions.append({"type": kind, "data": self.action_args(c, kind, made_up=16)})
+            # bitmaps that exist and may change: every action must prepare for the abort
+            # to undo it
+            data = self.action_args(c, kind, made_up=16, usable=True)
+            actions.append({"type": kind, "data": data})
         actions.append(self.failing_action(c))
         self.qmp("transaction", {"actions": actions})
 
@@ -192,15 +208,17 @@ class GraphRules(_Base):
             return {"type": "block-dirty-bitmap-add", "data": {"node": node, "name": name}}
         return {"type": "abort", "data": {}}
 
-    def action_args(self, c: Choices, kind: str, made_up: int = 4) -> dict[str, Any]:
+    def action_args(
+        self, c: Choices, kind: str, made_up: int = 4, usable: bool = False
+    ) -> dict[str, Any]:
         """The data of a `kind` action; a bitmap it names is made up one time in
-        `made_up` (see StorageRules.bitmap_address)."""
+        `made_up`, and `usable` (see StorageRules.bitmap_address)."""
         if kind == "abort":
             return {}
         if kind in ("drive-backup", "blockdev-backup"):
             return self.backup_args(c, drive=kind == "drive-backup")
         if kind == "block-dirty-bitmap-merge":
-            return self.bitmap_merge_args(c, made_up)
+            return self.bitmap_merge_args(c, made_up, usable)
         builders: dict[str, Callable[[Choices], dict[str, Any]]] = {
             "block-dirty-bitmap-add": self.bitmap_add_args,
             "blockdev-snapshot-sync": self.snapshot_sync_args,
@@ -208,7 +226,7 @@ class GraphRules(_Base):
         }
         if kind in builders:
             return builders[kind](c)
-        return self.bitmap_args(c, made_up)
+        return self.bitmap_args(c, made_up, usable)
 
     @group("invalid")
     @rule(
@@ -229,8 +247,13 @@ class GraphRules(_Base):
 
         def has_bitmaps(self) -> bool: ...
         def checkpoint_delete(self, c: Choices) -> list[dict[str, Any]]: ...
+        def changing_merge(self, c: Choices, grows: bool = False) -> dict[str, Any] | None: ...
         def dirty_bitmaps(self, c: Choices, chunk: int, length: str) -> None: ...
         def bitmap_add_args(self, c: Choices) -> dict[str, Any]: ...
-        def bitmap_merge_args(self, c: Choices, made_up: int = 4) -> dict[str, Any]: ...
-        def bitmap_args(self, c: Choices, made_up: int = 4) -> dict[str, Any]: ...
+        def bitmap_merge_args(
+            self, c: Choices, made_up: int = 4, usable: bool = False
+        ) -> dict[str, Any]: ...
+        def bitmap_args(
+            self, c: Choices, made_up: int = 4, usable: bool = False
+        ) -> dict[str, Any]: ...
         def backup_args(self, c: Choices, drive: bool) -> dict[str, Any]: ...

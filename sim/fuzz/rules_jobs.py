@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import precondition, rule
 
 from sim.fuzz.choices import Choices, choices, group
+from sim.model.job_mirror import MirrorKind
 from sim.model.jobs import JOB_VERBS as VERB_TABLE
 
 if TYPE_CHECKING:
@@ -144,6 +145,17 @@ class JobRules(_Base):
     @group("backup")
     @rule(c=choices(), drive=st.booleans())
     def backup(self, c: Choices, drive: bool) -> None:
+        """drive-backup or blockdev-backup; one time in three QEMU 7.x fleecing instead,
+        the backup without a job (iotest 222's image-fleecing): a copy-before-write filter
+        and a snapshot-access node by blockdev-add, guest writes through the filter,
+        reads of the view; of a fresh node with data (a node a drive writes to would
+        need the drive moved onto the filter first: the view is refused once the guest
+        wrote, and before that the drive's writes pass the filter by)."""
+        if c.rarely(3):
+            source = self.fleece_source(c)
+            if source is not None:
+                self.api_fleecing(c, source)
+            return
         self.qmp("drive-backup" if drive else "blockdev-backup", self.backup_args(c, drive))
 
     @group("mirror")
@@ -214,7 +226,7 @@ class JobRules(_Base):
         """Wait for an event a live job can still emit (any event, when invalid)."""
         options: list[tuple[str, dict[str, Any]]] = []
         for job in self.machine.state.jobs:
-            options.extend((name, {"device": job.id}) for name in expected_events(job))
+            options.extend((name, event_match(name, job.id)) for name in expected_events(job))
             if job.status not in ("concluded", "null"):
                 options.append(("JOB_STATUS_CHANGE", {"id": job.id}))
         if not options:
@@ -264,7 +276,8 @@ class JobRules(_Base):
         job and the landings follow at later points (some at READY, or just after the job
         left running: PENDING when auto-finalize is off, as libvirt runs jobs); two times
         in three the job is then run to its end (READY jobs completed, pending ones
-        finalized) or cancelled (half the incremental backups, as iotest 257 does), so
+        finalized) or cancelled (half the incremental backups, right after their first
+        landing, a guest write, as iotest 257 does), so
         what the landings did meets the checkers' end-of-job comparisons."""
         device = c.pick(self.devices())
         size = self.size_of(device)
@@ -306,6 +319,12 @@ class JobRules(_Base):
             self.qmp(command, {"device": device, **start, **target})
             reads_bitmap = "bitmap" in target
         fraction = (decile + c.below(10) / 10) / 10
+        # iotest 257 cancels half its incremental backups, right after the guest write
+        # that the frozen bitmap's successor records (the cancel then merges it back)
+        cancel = reads_bitmap and c.boolean()
+        # a mirror's first landing is a guest write half the time (behind its position:
+        # what it copied already must be copied again)
+        write_first = reads_bitmap or (kind == "mirror" and c.boolean())
         landed = False
         for _ in range(1 + c.below(3)):
             job = self.machine.state.find_job(job_id)
@@ -327,12 +346,21 @@ class JobRules(_Base):
             if early:
                 self.qmp("job-complete", {"id": job_id})
             # iotest 257: a backup reading a bitmap first meets a guest write, which the
-            # frozen bitmap's successor records
-            self.land(c, job_id, "write" if reads_bitmap and not landed else None)
+            # frozen bitmap's successor records; half the time outside what the checkpoint
+            # recorded before the backup (the middle half of the data), so the successor
+            # holds bits the bitmap did not
+            if reads_bitmap and not landed and c.boolean():
+                offset = c.pick((0, amount // 8, amount * 7 // 8)) // (64 * KiB) * (64 * KiB)
+                self.qemu_io(device, f"write -P {1 + c.below(250)} {offset} 64k")
+            else:
+                self.land(c, job_id, "write" if write_first and not landed else None)
             landed = True
+            if cancel:
+                break
             fraction += (1 - fraction) * c.between(1, 9) / 10
-        if reads_bitmap or not c.rarely(3):  # iotest 257 cancels half its incremental backups
-            self.finish_job(job_id, cancel=c.rarely(2 if reads_bitmap else 4))
+        if reads_bitmap or not c.rarely(3):
+            cancel = cancel or (not reads_bitmap and c.rarely(4))
+            self.finish_job(job_id, cancel, late_cancel="auto-dismiss" in start and c.boolean())
 
     def chain_bitmaps(self, device: str) -> list[tuple[str, str]]:
         """(node, name) of the bitmaps addressed by `device` or by a node of its chain."""
@@ -352,10 +380,12 @@ class JobRules(_Base):
         self.qmp("blockdev-snapshot-sync", {**args, "snapshot-node-name": overlay})
         return overlay
 
-    def finish_job(self, job_id: str, cancel: bool = False) -> None:
+    def finish_job(self, job_id: str, cancel: bool = False, late_cancel: bool = False) -> None:
         """Run a job to its end as management software does: resume it if the user paused
         it, complete it once READY, finalize it if it waits for that, wait for its end;
-        or (`cancel`) give up on it: job-cancel, then the same."""
+        or (`cancel`) give up on it: job-cancel, then the same.  `late_cancel`: a cancel
+        that arrives once the job has concluded, before the dismiss (a user's abort
+        racing with the job's end; QEMU refuses it)."""
         job = self.machine.state.find_job(job_id)
         if cancel and job is not None and job.status in VERB_TABLE["cancel"]:
             self.qmp("job-cancel", {"id": job_id})
@@ -364,6 +394,9 @@ class JobRules(_Base):
             if job is None:
                 return
             verb = settle_verb(job)
+            if late_cancel and job.status == "concluded":
+                self.qmp("job-cancel", {"id": job_id})
+                late_cancel = False
             if verb in ("resume", "finalize", "dismiss") or (
                 verb == "complete" and not job.completion_requested
             ):
@@ -372,7 +405,7 @@ class JobRules(_Base):
             events = expected_events(job)
             if not events:
                 return
-            self.run({"wait": {"event": events[0], "data": {"device": job_id}}})
+            self.run({"wait": {"event": events[0], "data": event_match(events[0], job_id)}})
 
     def land(self, c: Choices, job_id: str, landing: str | None = None) -> None:
         """One command that races with the job `job_id` (or with whatever runs): a
@@ -418,8 +451,15 @@ class JobRules(_Base):
 
     def race_offset(self, c: Choices, job: Job | None, size: int, length: int) -> int:
         """Where a landed guest write goes: just ahead of where the job has got to (what
-        it copies next), just behind it (what it has copied), or anywhere."""
-        where = c.pick(("ahead", "ahead", "behind", "anywhere"))
+        it copies next), just behind it (what it has copied), or anywhere; a mirror's
+        mostly behind (what it must copy again), other jobs' mostly ahead (what a backup
+        copies before the write, what a stream must not overwrite)."""
+        mirror = job is not None and isinstance(job.kind, MirrorKind)
+        where = c.pick(
+            ("behind", "behind", "ahead", "anywhere")
+            if mirror
+            else ("ahead", "ahead", "behind", "anywhere")
+        )
         if job is None or job.len <= 0 or where == "anywhere":
             offset = c.below(64) * MiB
         else:
@@ -510,12 +550,24 @@ class JobRules(_Base):
         body["count"] = count
         self.run({"fault": body})
 
+    # provided by BlockApiRules (declared for the type checker)
+    if TYPE_CHECKING:
+
+        def api_fleecing(self, c: Choices, source: str | None = None) -> None: ...
+        def fleece_source(self, c: Choices) -> str | None: ...
+
 
 def settle_verb(job: Job) -> str | None:
     """The verb that moves a job on that waits for the user, if it waits."""
     if job.user_paused and job.status in ("paused", "standby", "ready", "running"):
         return "resume"
     return {"ready": "complete", "pending": "finalize", "concluded": "dismiss"}.get(job.status)
+
+
+def event_match(event: str, job_id: str) -> dict[str, str]:
+    """The `data` a wait for a job's event matches on: BLOCK_JOB_PENDING names the job
+    by `id` (as JOB_STATUS_CHANGE does), the other BLOCK_JOB_* events by `device`."""
+    return {"id": job_id} if event == "BLOCK_JOB_PENDING" else {"device": job_id}
 
 
 def expected_events(job: Job) -> list[str]:

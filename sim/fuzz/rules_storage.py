@@ -40,10 +40,11 @@ class StorageRules(_Base):
     """Bitmap add/remove/clear/enable/disable/merge/sha256 and qemu-io write/discard/read."""
 
     # -- argument builders -----------------------------------------------------------------
-    def bitmap_address(self, c: Choices, made_up: int = 4) -> tuple[str, str]:
-        """(node, name) of a bitmap: mostly one that exists, by node or by device; one
-        time in `made_up` any node with any name (mostly one that does not exist)."""
-        known = self.bitmap_addresses()
+    def bitmap_address(self, c: Choices, made_up: int = 4, usable: bool = False) -> tuple[str, str]:
+        """(node, name) of a bitmap: mostly one that exists (`usable`: one a command may
+        change), by node or by device; one time in `made_up` any node with any name
+        (mostly one that does not exist)."""
+        known = self.usable_bitmap_addresses() if usable else self.bitmap_addresses()
         if known and not c.rarely(made_up):
             return self.pick(c, known)
         return self.pick(c, self.targets(), BAD_NAMES), self.pick(
@@ -63,16 +64,20 @@ class StorageRules(_Base):
             args["disabled"] = c.boolean()
         return args
 
-    def bitmap_args(self, c: Choices, made_up: int = 4) -> dict[str, Any]:
-        node, name = self.bitmap_address(c, made_up)
+    def bitmap_args(self, c: Choices, made_up: int = 4, usable: bool = False) -> dict[str, Any]:
+        node, name = self.bitmap_address(c, made_up, usable)
         return {"node": node, "name": name}
 
-    def bitmap_merge_args(self, c: Choices, made_up: int = 4) -> dict[str, Any]:
-        node, target = self.bitmap_address(c, made_up)
+    def bitmap_merge_args(
+        self, c: Choices, made_up: int = 4, usable: bool = False
+    ) -> dict[str, Any]:
+        node, target = self.bitmap_address(c, made_up, usable)
         sources: list[Any] = []
         for _ in range(c.between(1 if not self.invalid else 0, 3)):
             # sources mostly exist: one made-up name refuses the whole merge
-            src_node, src_name = self.bitmap_address(c, 4 if self.invalid else max(made_up, 16))
+            src_node, src_name = self.bitmap_address(
+                c, 4 if self.invalid else max(made_up, 16), usable
+            )
             if src_node == node and c.boolean():
                 sources.append(src_name)  # the plain-string form: a bitmap of `node`
             else:
@@ -90,10 +95,75 @@ class StorageRules(_Base):
     def bitmap_verb(self, c: Choices, verb: str) -> None:
         self.qmp(verb, self.bitmap_args(c))
 
+    def changing_merge(self, c: Choices, grows: bool = False) -> dict[str, Any] | None:
+        """The arguments of a merge whose sources and target differ: into a bitmap of a
+        named node, one or two bitmaps of that node (same size and granularity), the last
+        of them with bits other than the target's (`grows`: bits the target lacks, so the
+        merge changes it) (what libvirt's checkpoint-delete and
+        backup-begin merge: intervals the target did not record).  Without such a pair,
+        one made by `merge_partner`."""
+        g = self.machine.state.graph
+        options: list[tuple[str, str, list[str], list[str]]] = []
+        for node in g.nodes:
+            if node.auto_named:
+                continue
+            named = [
+                bm
+                for bm in node.bitmaps
+                if bm.name and not (bm.busy or bm.readonly or bm.inconsistent)
+            ]
+            for dst in named:
+                others = [
+                    bm
+                    for bm in named
+                    if bm is not dst
+                    and len(bm.bits) == len(dst.bits)
+                    and bm.granularity == dst.granularity
+                ]
+                differ = [
+                    str(bm.name)
+                    for bm in others
+                    if ((bm.bits & ~dst.bits).any() if grows else bm.bits != dst.bits)
+                ]
+                if differ:
+                    names = [str(bm.name) for bm in others]
+                    options.append((node.node_name, str(dst.name), differ, names))
+        if not options:
+            return self.merge_partner(c, grows)
+        node, target, differ, others = c.pick(options)
+        last = c.pick(differ)
+        first = c.pick(others) if c.boolean() else last
+        sources = [first, last] if first != last else [last]
+        return {"node": node, "target": target, "bitmaps": sources}
+
+    def merge_partner(self, c: Choices, grows: bool = False) -> dict[str, Any] | None:
+        """No two bitmaps of a node differ: add an empty one next to a bitmap with bits (by
+        node name, as iotest 124 prepares its merges) and merge between the two, either
+        way (`grows`: into the new one).  None when no named node has a usable bitmap
+        with bits."""
+        g = self.machine.state.graph
+        full = [
+            (node.node_name, str(bm.name))
+            for node in g.nodes
+            if not node.auto_named
+            for bm in node.bitmaps
+            if bm.name and bm.bits.any() and not (bm.busy or bm.readonly or bm.inconsistent)
+        ]
+        if not full:
+            return None
+        node, name = c.pick(full)
+        new = self.fresh("mb")
+        if "return" not in self.qmp("block-dirty-bitmap-add", {"node": node, "name": new}).response:
+            return None
+        target, source = (new, name) if grows or c.boolean() else (name, new)
+        return {"node": node, "target": target, "bitmaps": [source]}
+
     @group("bitmap")
     @rule(c=choices(32))
     def bitmap_merge(self, c: Choices) -> None:
-        self.qmp("block-dirty-bitmap-merge", self.bitmap_merge_args(c))
+        """A merge; half the time one whose sources and target differ (`changing_merge`)."""
+        merge = self.changing_merge(c) if c.boolean() else None
+        self.qmp("block-dirty-bitmap-merge", merge or self.bitmap_merge_args(c))
 
     @group("bitmap")
     @precondition(lambda self: self.has_bitmaps())
@@ -118,17 +188,33 @@ class StorageRules(_Base):
     def checkpoint(self, c: Choices) -> None:
         """libvirt's checkpoints, each one transaction.  checkpoint-create disables the
         bitmaps that recorded so far on a device's top node and adds the new checkpoint's
-        bitmap there, so each checkpoint's bitmap holds the writes of its own interval
-        (what a backup since an older checkpoint later merges); checkpoint-delete (half
-        the time, when a node has two bitmaps) folds one into the next older."""
-        delete = self.checkpoint_delete(c) if c.boolean() else []
+        bitmap there, so each checkpoint's bitmap holds the writes of its own interval;
+        checkpoint-delete (when a node has two bitmaps) folds one into the next older;
+        backup-begin since a checkpoint merges every checkpoint since into a new one
+        (`backup_since`); an external snapshot carries the recording checkpoints over to
+        the new overlay (`snapshot_checkpoints`).  A quarter of the time each, when there
+        is something to work on and the swarm enabled the backup resp. snapshot group
+        (else a checkpoint-create)."""
+        what = c.below(4)
+        delete = self.checkpoint_delete(c) if what == 1 else []
         if delete:
             self.qmp("transaction", {"actions": delete})
             return
+        if what == 2 and "backup" in self.enabled and self.backup_since(c):
+            return
+        if what == 3 and "snapshot" in self.enabled and self.snapshot_checkpoints(c):
+            return
         device = self.pick(c, self.devices(), ("nosuch",))
-        node = self.machine.state.graph.lookup_bs(device)
-        top = node.node_name if node is not None and not node.auto_named else device
-        recording = [bm.name for bm in node.bitmaps if bm.name and bm.enabled] if node else []
+        # the active layer by node name (below a job's filter, which goes away with the
+        # job and every bitmap on it), as libvirt names it
+        chain = self.chain_nodes(device)
+        top = chain[0] if chain else device
+        node = self.machine.state.graph.lookup_bs(top)
+        recording = (
+            [bm.name for bm in node.bitmaps if bm.name and bm.enabled and not bm.busy]
+            if node
+            else []
+        )
         actions: list[dict[str, Any]] = [
             {"type": "block-dirty-bitmap-disable", "data": {"node": top, "name": name}}
             for name in recording[-2:]
@@ -136,6 +222,101 @@ class StorageRules(_Base):
         add: dict[str, Any] = {"node": top, "name": self.fresh("cp")}
         actions.append({"type": "block-dirty-bitmap-add", "data": add})
         self.qmp("transaction", {"actions": actions})
+
+    def snapshot_checkpoints(self, c: Choices) -> bool:
+        """libvirt's external snapshot of a disk with checkpoints: blockdev-snapshot-sync
+        of the device onto a new overlay, then a bitmap of the same name on the overlay
+        for every one that records on the old active layer (which keeps its bitmaps, now
+        below the overlay, where guest writes no longer reach them); then the guest
+        writes.  False when no device's active layer has a bitmap."""
+        g = self.machine.state.graph
+        options: list[tuple[str, list[tuple[str, int]]]] = []
+        for device in g.backends:
+            chain = self.chain_nodes(device)
+            node = g.node(chain[0]) if chain else None
+            if node is not None:
+                named = [(str(bm.name), bm.granularity) for bm in node.bitmaps if bm.name]
+                if named:
+                    options.append((device, named))
+        if not options:
+            return False
+        device, named = c.pick(options)
+        overlay = self.fresh("sn")
+        args = {"device": device, "snapshot-file": f"{overlay}.qcow2", "format": "qcow2"}
+        if (
+            "return"
+            not in self.qmp(
+                "blockdev-snapshot-sync", {**args, "snapshot-node-name": overlay}
+            ).response
+        ):
+            return True
+        actions = [
+            {
+                "type": "block-dirty-bitmap-add",
+                "data": {"node": overlay, "name": name, "granularity": granularity},
+            }
+            for name, granularity in named
+        ]
+        self.qmp("transaction", {"actions": actions})
+        self.qemu_io(device, f"write -P {1 + c.below(255)} {c.below(64) * MiB} 64k")
+        return True
+
+    def backup_since(self, c: Choices) -> bool:
+        """libvirt's backup-begin of an incremental backup since an older checkpoint: the
+        guest writes (into the newest checkpoint), then one transaction adds a disabled
+        temporary bitmap, merges every checkpoint bitmap from the chosen one to the newest
+        into it and starts drive-backup sync=incremental with it (libvirt removes it once
+        the job ended); sometimes the transaction also creates a new checkpoint.  False
+        when a job runs or no device's active layer has two bitmaps."""
+        g = self.machine.state.graph
+        if any(j.status not in ("concluded", "null") for j in self.machine.state.jobs):
+            return False  # libvirt starts no backup while a block job runs
+        chains: list[tuple[str, str, list[str], list[bool]]] = []
+        for device in g.backends:
+            chain = self.chain_nodes(device)
+            node = g.node(chain[0]) if chain else None
+            named = [bm for bm in node.bitmaps if bm.name] if node is not None else []
+            if node is not None and len(named) >= 2:
+                names, enabled = [str(bm.name) for bm in named], [bm.enabled for bm in named]
+                chains.append((device, node.node_name, names, enabled))
+        if not chains:
+            return False
+        device, node, names, enabled = c.pick(chains)
+        self.qemu_io(device, f"write -P {1 + c.below(255)} {c.below(64) * MiB} 64k")
+        # QEMU lists the newest bitmap first: the chosen checkpoint and every newer one,
+        # merged oldest first
+        since = names[: 2 + c.below(len(names) - 1)][::-1]
+        temp = self.fresh("backup-")
+        add = {"node": node, "name": temp, "persistent": False, "disabled": True}
+        merge = {
+            "node": node,
+            "target": temp,
+            "bitmaps": [{"node": node, "name": n} for n in since],
+        }
+        actions: list[dict[str, Any]] = [
+            {"type": "block-dirty-bitmap-add", "data": add},
+            {"type": "block-dirty-bitmap-merge", "data": merge},
+        ]
+        if c.boolean():  # a checkpoint with the backup: the recording ones stop, a new one
+            actions += [
+                {"type": "block-dirty-bitmap-disable", "data": {"node": node, "name": name}}
+                for name, on in zip(names, enabled, strict=True)
+                if on
+            ]
+            actions.append(
+                {"type": "block-dirty-bitmap-add", "data": {"node": node, "name": self.fresh("cp")}}
+            )
+        backup = {
+            "device": device,
+            "job-id": self.fresh("job"),
+            "target": f"{self.fresh('bk')}.qcow2",
+            "format": "qcow2",
+            "sync": "incremental",
+            "bitmap": temp,
+        }
+        actions.append({"type": "drive-backup", "data": backup})
+        self.qmp("transaction", {"actions": actions})
+        return True
 
     def checkpoint_delete(self, c: Choices) -> list[dict[str, Any]]:
         """The actions of libvirt's checkpoint-delete: the deleted checkpoint's bitmap is
