@@ -185,7 +185,7 @@ class BitmapPrecision(StepChecker):
         live = set(reg.entries.values())
         for entry in [e for e in self.refs if e not in live]:
             del self.refs[entry]
-        self._jobs()
+        self._jobs(index)
         self._check_all(index)
         reg.end_step()
         self.owners = [(e, owner_of(self.graph, e.bitmap)) for e in self.refs]
@@ -235,19 +235,23 @@ class BitmapPrecision(StepChecker):
                 ref.lo |= lo
                 ref.hi |= hi
 
-    def _jobs(self) -> None:
+    def _jobs(self, index: int) -> None:
         """Jobs write where they write; frozen bitmaps and faults make contents open."""
         touched = [n for _, nodes in self.writers for n in nodes]
         self.writers = [(j, n) for j, n in self.writers if j.status not in ENDED]
         for entry, ref in self.refs.items():
             if self.faulted:
                 ref.hi.setall(1)
-            if entry.bitmap.successor is not None and not ref.frozen:
-                ref.frozen = True
-                ref.lo.setall(0)
-                ref.hi.setall(1)
             owner = owner_of(self.graph, entry.bitmap)
             if owner is not None and any(owner is n for n in touched):
+                ref.hi.setall(1)
+            if entry.bitmap.successor is not None and not ref.frozen:
+                # the step that froze it (a backup's start, often in the transaction that
+                # also added and merged into it, as libvirt's backup-begin does) left its
+                # own bits as they were: checked before they become open
+                self._check(entry, ref, index)
+                ref.frozen = True
+                ref.lo.setall(0)
                 ref.hi.setall(1)
 
     def _check_all(self, index: int) -> None:
