@@ -146,3 +146,15 @@ def test_check_mode_names_a_stale_region(tmp_path: Path, monkeypatch: object) ->
     assert numbers.main(["--check", "--cheap"]) == 1
     numbers.main(["--cheap"])
     assert readme.read_text() == text
+
+
+def test_power_results_list_every_mutant_found() -> None:
+    """bench/results/fuzz-power.json (what README.md's mutant table is made from) was
+    measured on the whole catalogue of tests/mutant_catalog.py, and found every mutant."""
+    import json
+
+    from tests.mutant_catalog import ALL_MUTANTS
+
+    doc = json.loads((ROOT / "bench" / "results" / "fuzz-power.json").read_text())
+    assert [f["mutant"] for f in doc["findings"]] == [m.name for m in ALL_MUTANTS]
+    assert [f["mutant"] for f in doc["findings"] if not f["found"]] == []
