@@ -67,7 +67,12 @@ class GraphRules(_Base):
     def snapshot_args(self, c: Choices) -> dict[str, Any]:
         return {
             "node": self.pick(c, self.targets(), ("nosuch",)),
-            "overlay": self.pick(c, self.overlay_nodes(), ("nosuch", "fmt0", *self.free_nodes())),
+            # a free node with data only when invalid: it would show over the device's data
+            "overlay": self.pick(
+                c,
+                self.overlay_nodes(),
+                ("nosuch", "fmt0", *(self.free_nodes() if self.invalid else [])),
+            ),
         }
 
     def blockdev_add_args(self, c: Choices) -> dict[str, Any]:
@@ -180,16 +185,22 @@ class GraphRules(_Base):
     def rollback(self, c: Choices) -> None:
         """A rollback test as iotest 124 and 236 run one: the guest dirties the bitmaps,
         then a transaction changes them (1-3 bitmap actions, libvirt's checkpoint-delete
-        a third of the time, a merge that adds bits to its target another third) and ends in
-        an action that fails, so QEMU aborts every prepared action in reverse order and
-        the bitmaps must be as before."""
+        a third of the time, a merge that adds bits to its target another third, the last
+        third after an external snapshot of a device) and ends in an action that fails, so
+        QEMU aborts every prepared action in reverse order and the bitmaps (and the
+        graph) must be as before."""
         self.dirty_bitmaps(c, c.below(1024), c.pick(IO_LENGTHS))
         what = c.below(3)
         actions = self.checkpoint_delete(c) if what == 0 else []
         merge = self.changing_merge(c, grows=True) if what == 1 else None
         if merge is not None:
             actions.append({"type": "block-dirty-bitmap-merge", "data": merge})
-        for _ in range(0 if actions else c.between(1, 3)):
+        if what == 2 and self.devices():
+            name = self.fresh("ov")
+            snap = {"device": c.pick(self.devices()), "snapshot-file": f"{name}.qcow2"}
+            snap |= {"snapshot-node-name": name, "format": "qcow2"}
+            actions.append({"type": "blockdev-snapshot-sync", "data": snap})
+        for _ in range(0 if actions and what != 2 else c.between(1, 3)):
             kind = c.pick(BITMAP_ACTIONS)
             # bitmaps that exist and may change: every action must prepare for the abort
             # to undo it

@@ -322,8 +322,8 @@ class JobRules(_Base):
         # iotest 257 cancels half its incremental backups, right after the guest write
         # that the frozen bitmap's successor records (the cancel then merges it back)
         cancel = reads_bitmap and c.boolean()
-        # a mirror's first landing is a guest write half the time (behind its position:
-        # what it copied already must be copied again)
+        # a mirror's first landing is a guest write half the time, while it copies (behind
+        # its position: what it copied already must be copied again)
         write_first = reads_bitmap or (kind == "mirror" and c.boolean())
         landed = False
         for _ in range(1 + c.below(3)):
@@ -332,7 +332,9 @@ class JobRules(_Base):
                 break
             body: dict[str, Any] = {"job": job_id, "point": "progress"}
             early = False
-            if c.rarely(6):  # just after it left running: PENDING, or before the pivot
+            if write_first and not landed:  # the first write lands while it copies
+                body["fraction"] = round(fraction, 2)
+            elif c.rarely(6):  # just after it left running: PENDING, or before the pivot
                 body["point"] = "ending"
             elif job.kind.has_ready and c.rarely(4):
                 # copied all but not READY yet: a pivot asked for before BLOCK_JOB_READY
@@ -346,10 +348,10 @@ class JobRules(_Base):
             if early:
                 self.qmp("job-complete", {"id": job_id})
             # iotest 257: a backup reading a bitmap first meets a guest write, which the
-            # frozen bitmap's successor records; half the time outside what the checkpoint
-            # recorded before the backup (the middle half of the data), so the successor
-            # holds bits the bitmap did not
-            if reads_bitmap and not landed and c.boolean():
+            # frozen bitmap's successor records; before a cancel, and half the time else,
+            # outside what the checkpoint recorded before the backup (the middle half of
+            # the data), so the successor holds bits the bitmap did not
+            if reads_bitmap and not landed and (cancel or c.boolean()):
                 offset = c.pick((0, amount // 8, amount * 7 // 8)) // (64 * KiB) * (64 * KiB)
                 self.qemu_io(device, f"write -P {1 + c.below(250)} {offset} 64k")
             else:

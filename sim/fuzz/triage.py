@@ -48,7 +48,7 @@ GRAPH_CHANGES = frozenset(
     {
         "blockdev-snapshot-sync", "blockdev-snapshot", "drive-mirror", "blockdev-mirror",
         "block-commit", "block-stream", "block-job-complete", "job-complete", "transaction",
-        "x-blockdev-reopen", "blockdev-reopen",
+        "x-blockdev-reopen", "blockdev-reopen", "drive-backup", "blockdev-backup",
     }
 )  # fmt: skip
 
@@ -81,6 +81,14 @@ KNOWN = (
         "the bitmap stayed on a node the device's writes no longer reach after a graph "
         "change (QEMU 7.2 behaviour, recorded: scenarios/thread/snapshot-breaks-device-bitmap"
         ".jsonl)",
+    ),
+    Known(
+        DEVICE_FOLLOWS_ROOT,
+        "bitmap-addressability",
+        re.compile(r"was destroyed without being removed: it was last on \S+ filter node"),
+        "added by device name while a job's filter was the device's root node, the bitmap "
+        "went onto that filter, which goes away with its bitmaps when the job ends (QEMU 7.2 "
+        "behaviour: scenarios/checkers/addr-mirror-filter-captures-bitmap.jsonl)",
     ),
 )
 
