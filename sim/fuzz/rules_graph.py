@@ -67,12 +67,7 @@ class GraphRules(_Base):
     def snapshot_args(self, c: Choices) -> dict[str, Any]:
         return {
             "node": self.pick(c, self.targets(), ("nosuch",)),
-            # a free node with data only when invalid: it would show over the device's data
-            "overlay": self.pick(
-                c,
-                self.overlay_nodes(),
-                ("nosuch", "fmt0", *(self.free_nodes() if self.invalid else [])),
-            ),
+            "overlay": self.pick(c, self.overlay_nodes(), ("nosuch", "fmt0")),
         }
 
     def blockdev_add_args(self, c: Choices) -> dict[str, Any]:
@@ -122,8 +117,7 @@ class GraphRules(_Base):
         """Free qcow2 nodes without a backing child and without data: what blockdev-snapshot
         takes as management software creates it (an image with data, such as a finished
         backup's target, would show its data over the device's: the guest's writes
-        there read back as the image's, which no-lost-guest-data rightly reports; only
-        with the invalid group on)."""
+        there read back as the image's, which no-lost-guest-data rightly reports)."""
         g = self.machine.state.graph
         return [
             n.node_name
@@ -132,7 +126,7 @@ class GraphRules(_Base):
             and n.backing is None
             and not n.auto_named
             and not g.has_users(n)
-            and (self.invalid or n.content is None or not n.content.allocated_runs())
+            and (n.content is None or not n.content.allocated_runs())
         ]
 
     def block_api(self, c: Choices) -> None:
