@@ -385,16 +385,19 @@ class BlockApiRules(_Base):
         (the filter unshares write on its source, so over a drive's root, once the guest
         wrote there, QEMU 7.2 refuses the snapshot-access node with a permission
         conflict: the guest device must be moved onto the filter first)."""
-        node = self.fleece_target(c, 64 * MiB, "fs")
+        node = self.fleece_target(c, 64 * MiB, "fs", faults=False)
         if node is not None:
             amount = c.pick((MiB, 8 * MiB, 64 * MiB))
             self.qemu_io(node, f"write -P {1 + c.below(250)} 0 {amount}")
         return node
 
-    def fleece_target(self, c: Choices, size: int, prefix: str = "fl") -> str | None:
+    def fleece_target(
+        self, c: Choices, size: int, prefix: str = "fl", faults: bool = True
+    ) -> str | None:
         """A fresh, empty qcow2 node as fleecing target (blockdev-create'd file and
         qcow2), so no other operation later finds the copies in an image it opens as
-        if it were empty; None (a bad target instead) sometimes when invalid input is on."""
+        if it were empty; None (a bad target instead) sometimes when invalid input is on.
+        `faults`: sometimes over blkdebug failing a write."""
         if self.invalid and c.rarely(8):
             return None
         image = self.fresh(prefix) + ".qcow2"
@@ -405,7 +408,7 @@ class BlockApiRules(_Base):
         self.created({"driver": "qcow2", "file": file, "size": size})
         node = self.fresh("flt")
         below: Any = file
-        if c.rarely(5):  # a copy's write fails (the filter's on-cbw-error decides)
+        if faults and c.rarely(5):  # a copy's write fails (the filter's on-cbw-error decides)
             inject: dict[str, Any] = {"event": "write_aio", "errno": 5, "once": c.boolean(),
                                       "immediately": c.boolean()}  # fmt: skip
             below = {"driver": "blkdebug", "image": file, "inject-error": [inject]}
