@@ -25,8 +25,8 @@ lint-imports
 python3 -m pytest -q "$@"
 # Fuzzer power, only when the whole suite is asked for (no arguments), as CI does: the
 # default campaign against the 34 one-rule mutants, at most 60 s each, and the table of
-# what it found (about 2.5 minutes on a quiet 2-core machine; tests/test_fuzz_power.py); the eleven of
-# tests/test_mutants.py must all be found (this replaced the older 11-mutant matrix).
+# what it found (about 2-3 minutes on a quiet 2-core machine; tests/test_fuzz_power.py); every
+# mutant must be found (this replaced the older 11-mutant matrix).
 if [ "$#" -eq 0 ]; then
     python3 -m pytest -q -s -m slow tests/test_fuzz_power.py
 fi
