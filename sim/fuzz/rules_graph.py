@@ -179,13 +179,20 @@ class GraphRules(_Base):
     def rollback(self, c: Choices) -> None:
         """A rollback test as iotest 124 and 236 run one: the guest dirties the bitmaps,
         then a transaction changes them (1-3 bitmap actions, libvirt's checkpoint-delete
-        a third of the time, a merge that adds bits to its target another third, the last
-        third after an external snapshot of a device) and ends in an action that fails, so
+        a quarter of the time, a merge that adds bits to its target another quarter, an
+        external snapshot of a device or a clear of a bitmap with bits before the bitmap
+        actions the other quarters) and ends in an action that fails, so
         QEMU aborts every prepared action in reverse order and the bitmaps (and the
         graph) must be as before."""
         self.dirty_bitmaps(c, c.below(1024), c.pick(IO_LENGTHS))
-        what = c.below(3)
+        what = c.below(4)
         actions = self.checkpoint_delete(c) if what == 0 else []
+        full = self.dirty_bitmap_addresses() if what == 3 else []
+        if full:  # iotest 124's transaction failure: a clear of a bitmap with bits
+            node, name = c.pick(full)
+            actions.append(
+                {"type": "block-dirty-bitmap-clear", "data": {"node": node, "name": name}}
+            )
         merge = self.changing_merge(c, grows=True) if what == 1 else None
         if merge is not None:
             actions.append({"type": "block-dirty-bitmap-merge", "data": merge})
@@ -194,7 +201,7 @@ class GraphRules(_Base):
             snap = {"device": c.pick(self.devices()), "snapshot-file": f"{name}.qcow2"}
             snap |= {"snapshot-node-name": name, "format": "qcow2"}
             actions.append({"type": "blockdev-snapshot-sync", "data": snap})
-        for _ in range(0 if actions and what != 2 else c.between(1, 3)):
+        for _ in range(0 if actions and what in (0, 1) else c.between(1, 3)):
             kind = c.pick(BITMAP_ACTIONS)
             # bitmaps that exist and may change: every action must prepare for the abort
             # to undo it
@@ -253,6 +260,7 @@ class GraphRules(_Base):
         def has_bitmaps(self) -> bool: ...
         def checkpoint_delete(self, c: Choices) -> list[dict[str, Any]]: ...
         def changing_merge(self, c: Choices, grows: bool = False) -> dict[str, Any] | None: ...
+        def dirty_bitmap_addresses(self) -> list[tuple[str, str]]: ...
         def dirty_bitmaps(self, c: Choices, chunk: int, length: str) -> None: ...
         def bitmap_add_args(self, c: Choices) -> dict[str, Any]: ...
         def bitmap_merge_args(

@@ -98,7 +98,7 @@ class StorageRules(_Base):
     def changing_merge(self, c: Choices, grows: bool = False) -> dict[str, Any] | None:
         """The arguments of a merge whose sources and target differ: into a bitmap of a
         named node, one or two bitmaps of that node (same size and granularity), the last
-        of them with bits other than the target's (`grows`: bits the target lacks, so the
+        of them with bits other than the target's, a first one adding nothing (`grows`: bits the target lacks, so the
         merge changes it) (what libvirt's checkpoint-delete and
         backup-begin merge: intervals the target did not record).  Without such a pair,
         one made by `merge_partner`."""
@@ -126,29 +126,35 @@ class StorageRules(_Base):
                     if ((bm.bits & ~dst.bits).any() if grows else bm.bits != dst.bits)
                 ]
                 if differ:
-                    names = [str(bm.name) for bm in others]
-                    options.append((node.node_name, str(dst.name), differ, names))
+                    # sources that add nothing to the target (a merge list that starts
+                    # with one, as libvirt's since an old, empty checkpoint)
+                    quiet = [str(bm.name) for bm in others if not (bm.bits & ~dst.bits).any()]
+                    options.append((node.node_name, str(dst.name), differ, quiet))
         if not options:
             return self.merge_partner(c, grows)
-        node, target, differ, others = c.pick(options)
+        node, target, differ, quiet = c.pick(options)
         last = c.pick(differ)
-        first = c.pick(others) if c.boolean() else last
+        first = c.pick(quiet) if quiet and c.boolean() else last
         sources = [first, last] if first != last else [last]
         return {"node": node, "target": target, "bitmaps": sources}
 
-    def merge_partner(self, c: Choices, grows: bool = False) -> dict[str, Any] | None:
-        """No two bitmaps of a node differ: add an empty one next to a bitmap with bits (by
-        node name, as iotest 124 prepares its merges) and merge between the two, either
-        way (`grows`: into the new one).  None when no named node has a usable bitmap
-        with bits."""
+    def dirty_bitmap_addresses(self) -> list[tuple[str, str]]:
+        """(node name, name) of the bitmaps with bits that a command may change."""
         g = self.machine.state.graph
-        full = [
+        return [
             (node.node_name, str(bm.name))
             for node in g.nodes
             if not node.auto_named
             for bm in node.bitmaps
             if bm.name and bm.bits.any() and not (bm.busy or bm.readonly or bm.inconsistent)
         ]
+
+    def merge_partner(self, c: Choices, grows: bool = False) -> dict[str, Any] | None:
+        """No two bitmaps of a node differ: add an empty one next to a bitmap with bits (by
+        node name, as iotest 124 prepares its merges) and merge between the two, either
+        way (`grows`: into the new one).  None when no named node has a usable bitmap
+        with bits."""
+        full = self.dirty_bitmap_addresses()
         if not full:
             return None
         node, name = c.pick(full)
@@ -161,8 +167,9 @@ class StorageRules(_Base):
     @group("bitmap")
     @rule(c=choices(32))
     def bitmap_merge(self, c: Choices) -> None:
-        """A merge; half the time one whose sources and target differ (`changing_merge`)."""
-        merge = self.changing_merge(c) if c.boolean() else None
+        """A merge; half the time one whose sources and target differ (`changing_merge`;
+        half of those add bits to the target)."""
+        merge = self.changing_merge(c, grows=c.boolean()) if c.boolean() else None
         self.qmp("block-dirty-bitmap-merge", merge or self.bitmap_merge_args(c))
 
     @group("bitmap")
