@@ -529,3 +529,15 @@ def test_public_face_names_what_users_need_with_docstrings() -> None:
     with pytest.raises(AttributeError):
         fuzz.no_such_name  # noqa: B018
     assert sorted(fuzz.__all__) == sorted(fuzz._HOME)
+
+
+def test_a_round_bounded_after_its_failure_still_reports_it(
+    tmp_path: Path, fake_checker: str
+) -> None:
+    # the fake violation turns up within the first 150 examples; after it
+    # Hypothesis' target phase asks for runs past the round's size, which the campaign
+    # ends before they draw anything
+    result = run_campaign(small(tmp_path, examples=150, round_examples=150))
+    assert [w for w in result.warnings if "Flaky" in w] == []
+    assert result.examples == 150
+    assert [f.kind for f in result.failures] == [fake_checker]

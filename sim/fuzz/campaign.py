@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from hypothesis import HealthCheck, Phase, Verbosity, reject, settings
+from hypothesis import HealthCheck, Phase, Verbosity, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.errors import HypothesisException, Unsatisfiable, UnsatisfiedAssumption
 from hypothesis.stateful import get_state_machine_test
@@ -54,7 +54,7 @@ from sim.fuzz.export import (
     export_failure,
     prepare_failure,
 )
-from sim.fuzz.hygiene import GENERATING, hypothesis_phase
+from sim.fuzz.hygiene import GENERATING, end_run_unexplored, hypothesis_phase
 from sim.fuzz.machine import (
     INTERNAL_ERROR,
     BlockMachine,
@@ -198,9 +198,9 @@ class Campaign:
     def example_started(self, machine: MachineCore) -> None:
         self._generating = hypothesis_phase() in GENERATING
         if self._generating and self._round_runs >= self._round_size:
-            # the round's examples are all generated: Hypothesis goes on generating
-            # after a failure (to find others); bound the work by what was asked
-            reject()
+            # the round's examples are all generated: after a failure Hypothesis' target
+            # phase goes on past max_examples; bound the work by what was asked
+            end_run_unexplored()
 
     def step_done(
         self, machine: MachineCore, step: dict[str, Any], outcome: StepOutcome, jobs: dict[str, str]

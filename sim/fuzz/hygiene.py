@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gc
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from hypothesis.stateful import RuleBasedStateMachine
 
@@ -170,6 +170,20 @@ def _package_constants(providers: Any) -> Any:
 
 
 GENERATING = frozenset({"generate", "target"})
+
+
+def end_run_unexplored() -> NoReturn:
+    """End the current Hypothesis run before it draws anything, as if its data had run
+    out (an overrun).
+
+    Hypothesis files every run's outcome in its tree of choices and checks each later
+    run against it: a run rejected before its first draw contradicts the earlier runs
+    that drew on from the same (empty) prefix, and Hypothesis ends the whole test with
+    FlakyStrategyDefinition ("Inconsistent data generation"), dropping the failures it
+    had found.  An overrun is never filed in that tree."""
+    from hypothesis.control import current_build_context
+
+    current_build_context().data.mark_overrun()
 
 
 def hypothesis_phase() -> str:
