@@ -98,7 +98,7 @@ class StorageRules(_Base):
     def changing_merge(self, c: Choices, grows: bool = False) -> dict[str, Any] | None:
         """The arguments of a merge whose sources and target differ: into a bitmap of a
         named node, one or two bitmaps of that node (same size and granularity), the last
-        of them with bits other than the target's, a first one adding nothing (`grows`: bits the target lacks, so the
+        of them with bits other than the target's, mostly after a first one adding nothing (`grows`: bits the target lacks, so the
         merge changes it) (what libvirt's checkpoint-delete and
         backup-begin merge: intervals the target did not record).  Without such a pair,
         one made by `merge_partner`."""
@@ -134,7 +134,7 @@ class StorageRules(_Base):
             return self.merge_partner(c, grows)
         node, target, differ, quiet = c.pick(options)
         last = c.pick(differ)
-        first = c.pick(quiet) if quiet and c.boolean() else last
+        first = c.pick(quiet) if quiet and not c.rarely(4) else last
         sources = [first, last] if first != last else [last]
         return {"node": node, "target": target, "bitmaps": sources}
 
@@ -168,8 +168,8 @@ class StorageRules(_Base):
     @rule(c=choices(32))
     def bitmap_merge(self, c: Choices) -> None:
         """A merge; half the time one whose sources and target differ (`changing_merge`;
-        half of those add bits to the target)."""
-        merge = self.changing_merge(c, grows=c.boolean()) if c.boolean() else None
+        two in three of those add bits to the target)."""
+        merge = self.changing_merge(c, grows=not c.rarely(3)) if c.boolean() else None
         self.qmp("block-dirty-bitmap-merge", merge or self.bitmap_merge_args(c))
 
     @group("bitmap")
