@@ -377,8 +377,8 @@ def test_time_budget_stops_the_campaign(tmp_path: Path) -> None:
 
 
 def test_mute_keeps_a_known_failure_quiet(tmp_path: Path, fake_checker: str) -> None:
-    # 200 examples meet the fake violation a few times (`muted` counts them)
-    result = run_campaign(small(tmp_path, mute=(FAKE,), examples=200, round_examples=200))
+    # 150 examples meet the fake violation a few times (`muted` counts them)
+    result = run_campaign(small(tmp_path, mute=(FAKE,), examples=150, round_examples=150))
     assert not result.failures
     cov = result.coverage.to_json()
     assert cov["invariants"][FAKE].get("muted", 0) > 0
@@ -440,8 +440,8 @@ def test_replay_corpus_reproduces_then_sees_the_fix(
 
 def test_cli_fuzz_and_replay_corpus(tmp_path: Path, fake_checker: str) -> None:
     profile = tmp_path / "p.toml"
-    profile.write_text('groups = ["bitmap", "snapshot"]\nround-examples = 600\n')
-    args = ["fuzz", "--profile", str(profile), "--invariants", FAKE, "--examples", "600"]
+    profile.write_text('groups = ["bitmap", "snapshot"]\nround-examples = 150\n')
+    args = ["fuzz", "--profile", str(profile), "--invariants", FAKE, "--examples", "150"]
     args += ["--steps", "8", "--out", str(tmp_path / "out"), "--no-progress", "--memory-limit", "0"]
     out = CliRunner().invoke(main, args)
     assert out.exit_code == 1, out.output  # a failure was found
