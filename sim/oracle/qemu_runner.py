@@ -41,6 +41,8 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -122,6 +124,20 @@ def _child_setup() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         pass
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held by _interrupts_held
+
+
+@contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """SIGINT held back (blocked) for the block: around `subprocess.Popen` and the
+    assignment of its result, since a Ctrl-C inside Popen, after the fork, would leave a
+    child nobody knows of (it outlives `close` and may write into the scratch folder
+    while it is removed).  A Ctrl-C that came meanwhile is raised on leaving the block."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def find_qemu(qemu: str | os.PathLike[str] | None = None) -> tuple[str, str]:
@@ -257,10 +273,11 @@ class QemuRunner:
             image = self._scratch / f"{drive.id}.{drive.format}"
             self._qemu_img_run(["create", "-f", drive.format, str(image), str(drive.size)])
         self._log = open(self._scratch / _LOG, "wb")  # closed in _reap
-        self._proc = subprocess.Popen(
-            self._argv(), cwd=self._scratch, stdin=subprocess.DEVNULL,
-            stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_child_setup,
-        )  # fmt: skip
+        with _interrupts_held():
+            self._proc = subprocess.Popen(
+                self._argv(), cwd=self._scratch, stdin=subprocess.DEVNULL,
+                stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_child_setup,
+            )  # fmt: skip
         self._loop = asyncio.new_event_loop()
         self._qmp = QMPClient(self.trace.header.name or "blocksim")
         self._connect()
@@ -577,13 +594,16 @@ class QemuRunner:
         return path
 
     def _qemu_img_run(self, args: list[str]) -> bytes:
-        proc = subprocess.Popen(
-            [self._qemu_img, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            preexec_fn=_child_setup,
-        )  # fmt: skip
+        proc: subprocess.Popen[bytes] | None = None
         try:
+            with _interrupts_held():
+                proc = subprocess.Popen(
+                    [self._qemu_img, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    preexec_fn=_child_setup,
+                )  # fmt: skip
             out, err = proc.communicate(timeout=QEMU_IMG_TIMEOUT_S)
         except subprocess.TimeoutExpired:
+            assert proc is not None
             proc.kill()
             proc.wait()
             # e.g. an image whose header names itself as its backing file: qemu-img
@@ -594,8 +614,9 @@ class QemuRunner:
         except BaseException:
             # a Ctrl-C: subprocess.run would kill qemu-img but wait only a moment for
             # it; reap it here so that no qemu-img is left when blocksim has quit
-            proc.kill()
-            proc.wait()
+            if proc is not None:
+                proc.kill()
+                proc.wait()
             raise
         if proc.returncode != 0:
             text = err.decode(errors="replace").strip()
