@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,16 +38,22 @@ print(json.dumps({"passed": passed, "loaded": loaded, "version": simpy.__version
 """
 
 
-def test_small_replays_load_neither_numpy_nor_package_metadata() -> None:
+def _probe(code: str, *args: str) -> dict[str, Any]:
+    """Run `code` in a fresh interpreter (this checkout first on the path); its JSON line."""
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, *SMALL_TRACES],
+        [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
         check=True,
     )
-    got = json.loads(out.stdout)
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def test_small_replays_load_neither_numpy_nor_package_metadata() -> None:
+    got = _probe(PROBE, *SMALL_TRACES)
     assert got["passed"] == [True] * len(SMALL_TRACES)
     assert got["loaded"] == []
     # the rest of simpy's package still loads on demand
@@ -67,15 +74,7 @@ print(json.dumps({"version": simpy.__version__, "env": simpy.Environment.__modul
 
 
 def test_another_simpy_layout_falls_back_to_its_own_init() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", FALLBACK_PROBE],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        check=True,
-    )
-    got = json.loads(out.stdout)
+    got = _probe(FALLBACK_PROBE)
     # simpy's own __init__ ran: it read the version from the package metadata
     assert got["metadata"] is True
     assert got["env"] == "simpy.core"
