@@ -156,6 +156,7 @@ def test_cluster_summary_follows_every_kind_of_write(seed: int) -> None:
             ref[nsectors - 13 :] = 0
             summary = c.cluster_summary(4096)
         if step % 100 == 0 or step == 1499:
+            assert c.cluster_summary(4096) is summary  # kept, brought up to date
             data, per_region = _reference_summary(ref, 8, 512)
             assert summary.data == data, step
             assert summary._in == per_region, step

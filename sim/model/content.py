@@ -19,8 +19,20 @@ and after a clone each side copies a chunk before its first change.  A
 chunk's two lists are int64 arrays (`array.array`), so `arrays` hands the
 whole run list to numpy by copying memory, not by converting each value.
 `allocated_sectors` is computed once and cached until the next write.  A
-qcow2 image's content also keeps a `ClusterSummary` (its L2 tables' counts)
-up to date write by write, for the host-file layout.
+qcow2 image's content also keeps a `ClusterSummary` (its L2 tables' counts,
+part of `sim.model.qcow2_host.Qcow2Layout`) up to date, for the host-file
+layout.
+
+A guest's data or zero write of at most LOG_MAX_BYTES is not spliced in at
+once: `write` and `write_many` append it to a `WriteLog` (three int64 arrays)
+and bump the version, O(1) Python work a write.  Every read and every other
+kind of write first settles the log: a short log write by write as before, a
+long one in one numpy pass (`merge_writes`: cut the disk where an extent or a
+write starts or ends, give each piece the value of the last write covering
+it, join equal neighbours), after which the chunks are rebuilt and the
+cluster summary counted again from the new run list.  Either way the run list
+is the one the writes made one by one leave (chunk boundaries aside, which
+no reader sees).
 
 Writes are rounded out to whole sectors: a sub-sector write stamps the whole
 sector (a documented approximation; real QEMU merges bytes).
@@ -45,6 +57,10 @@ UNALLOCATED = 0
 ZERO_STAMP = 1
 FIRST_DATA_STAMP = 2
 CHUNK_MAX = 512  # extents in one chunk of the run list before it is split
+LOG_MAX_BYTES = 65536  # longer writes are made at once, not logged
+LOG_MERGE_MIN = 256  # shorter write logs are spliced in write by write
+LOG_MERGE_RATIO = 64  # ... and so are logs shorter than 1/64 of the run list's extents
+MERGE_MAX_COVER = 1 << 22  # (write, extent) pairs one numpy merge handles at most
 DEFAULT_PATTERN = 0xCD  # qemu-io `write` without -P
 
 Extent = tuple[int, int, int]  # (first sector, end sector, stamp)
@@ -93,6 +109,78 @@ class StampTable:
         return tuple(self._patterns)
 
 
+class WriteLog:
+    """Writes a content has taken but not yet spliced into its run list, in order:
+    byte offsets, lengths and stamps as int64 arrays (appending is O(1))."""
+
+    __slots__ = ("offsets", "lengths", "stamps")
+
+    def __init__(self) -> None:
+        self.offsets = array("q")
+        self.lengths = array("q")
+        self.stamps = array("q")
+
+
+def stable_sort(values: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
+    """(`values` sorted, the indices that sort them stably) for values in [0, bound]:
+    one sort of (value, index) packed in an int64 when it fits (half the cost of an
+    argsort), else an argsort."""
+    n = int(values.size)
+    shift = max(n - 1, 1).bit_length()
+    if bound < 1 << (62 - shift):
+        keys = (values << shift) | np.arange(n, dtype=np.int64)
+        keys.sort()
+        return keys >> shift, keys & ((1 << shift) - 1)
+    order = np.argsort(values, kind="stable")
+    return values[order], order
+
+
+def merge_writes(
+    starts: np.ndarray,
+    stamps: np.ndarray,
+    nsectors: int,
+    firsts: np.ndarray,
+    ends: np.ndarray,
+    values: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A run list (`starts`/`stamps`, the last extent ending at `nsectors`) after the
+    writes [firsts[i], ends[i]) of values[i], made in order, i.e. the same run list
+    the writes made one by one leave, touching extents of one stamp joined.  The
+    points where anything starts cut the disk into pieces; each piece takes the
+    value of the last write covering it, else the run list's.  Cost: a sort of the
+    extents and the writes' ends, plus the pieces the writes cover; None (nothing
+    done) when more than MERGE_MAX_COVER pieces would be covered, unless by one write."""
+    firsts, order = stable_sort(firsts, nsectors)  # sorted look-ups stay in the cache
+    ends = ends[order]
+    cuts = np.concatenate((starts, firsts, np.sort(ends)))
+    cuts.sort(kind="stable")  # three sorted runs: merged
+    distinct = np.empty(cuts.size, dtype=bool)
+    distinct[0] = True
+    np.not_equal(cuts[1:], cuts[:-1], out=distinct[1:])
+    cuts = cuts[distinct]
+    if cuts[-1] >= nsectors:
+        cuts = cuts[: np.searchsorted(cuts, nsectors)]
+    out = stamps[np.searchsorted(starts, cuts, side="right") - 1]
+    a = np.searchsorted(cuts, firsts)
+    counts = np.searchsorted(cuts, ends) - a
+    total = int(counts.sum())
+    if total > MERGE_MAX_COVER and firsts.size > 1:
+        return None
+    if total:
+        writer = np.repeat(order, counts)
+        piece = np.arange(total, dtype=np.int64) + np.repeat(
+            a - (np.cumsum(counts) - counts), counts
+        )
+        last = np.full(cuts.size, -1, dtype=np.int64)
+        np.maximum.at(last, piece, writer)  # the last write covering each piece
+        hit = last >= 0
+        out[hit] = values[last[hit]]
+    keep = np.empty(cuts.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(out[1:], out[:-1], out=keep[1:])
+    return cuts[keep], out[keep]
+
+
 def sector_span(offset: int, length: int) -> tuple[int, int]:
     """First sector and end sector (exclusive) covering [offset, offset+length)."""
     return offset >> SECTOR_SHIFT, (offset + length + SECTOR - 1) >> SECTOR_SHIFT
@@ -113,6 +201,7 @@ class Content:
         "_derived",
         "version",
         "_summary",
+        "_log",
     )
 
     def __init__(self, size_bytes: int) -> None:
@@ -129,6 +218,7 @@ class Content:
         self._derived: tuple[int, dict[Any, Any]] = (0, {})
         self.version = 0  # bumped by every write
         self._summary: ClusterSummary | None = None  # kept up to date by every write
+        self._log: WriteLog | None = None  # writes not yet spliced into the chunks
 
     def view_digest(self) -> tuple[int, int]:
         """What the read-only guard of the machine view compares: size and write version;
@@ -137,12 +227,30 @@ class Content:
 
     # -- writes ----------------------------------------------------------------------------
     def write(self, offset: int, length: int, stamp: int) -> None:
-        """Stamp the sectors covering [offset, offset+length).  A write inside one
-        chunk that this content owns (and, with a cluster summary, a data write inside
-        one of its clusters) is spliced in place; any other goes through
-        `write_sectors`."""
-        first = offset >> SECTOR_SHIFT
-        end = (offset + length + SECTOR - 1) >> SECTOR_SHIFT
+        """Stamp the sectors covering [offset, offset+length).  A data or zero write of
+        at most LOG_MAX_BYTES inside the disk is appended to the write log (spliced in
+        when something reads); any other is made at once."""
+        if 0 < length <= LOG_MAX_BYTES and stamp > UNALLOCATED and 0 <= offset:
+            if offset + length <= self.size_bytes:
+                log = self._log
+                if log is None:
+                    log = self._log = WriteLog()
+                log.offsets.append(offset)
+                log.lengths.append(length)
+                log.stamps.append(stamp)
+                self.version += 1
+                self._alloc = None
+                return
+        if self._log is not None:
+            self._settle()
+        self._write_now(
+            offset >> SECTOR_SHIFT, (offset + length + SECTOR - 1) >> SECTOR_SHIFT, stamp
+        )
+
+    def _write_now(self, first: int, end: int, stamp: int) -> None:
+        """Stamp sectors [first, end) now.  A write inside one chunk that this content
+        owns (and, with a cluster summary, a data write inside one of its clusters) is
+        spliced in place; any other goes through `write_sectors`."""
         if self._shared or end > self.nsectors or first >= end:
             self.write_sectors(first, end, stamp)
             return
@@ -212,13 +320,105 @@ class Content:
             self._split(i, chunk)
 
     def write_many(self, offsets: Sequence[int], length: int, stamps: Sequence[int]) -> None:
-        """`write` for each offset with its stamp, in order (a guest's burst)."""
+        """`write` for each offset with its stamp, in order (a guest's burst): appended
+        to the write log at once when every one of them would be."""
+        n = len(offsets)
+        if (
+            n == len(stamps)
+            and n
+            and 0 < length <= LOG_MAX_BYTES
+            and min(stamps) > UNALLOCATED
+            and min(offsets) >= 0
+            and max(offsets) + length <= self.size_bytes
+        ):
+            log = self._log
+            if log is None:
+                log = self._log = WriteLog()
+            log.offsets.extend(offsets)
+            log.lengths.extend(array("q", (length,)) * n)
+            log.stamps.extend(stamps)
+            self.version += n
+            self._alloc = None
+            return
         write = self.write
         for offset, stamp in zip(offsets, stamps, strict=True):
             write(offset, length, stamp)
 
+    def _settle(self) -> None:
+        """Splice the write log into the chunks (and the cluster summary): a short log
+        write by write, a long one with numpy in one pass over the run list
+        (`merge_writes`).  The version stays: the log's writes counted already."""
+        log = self._log
+        if log is None:
+            return
+        self._log = None
+        version = self.version
+        n = len(log.offsets)
+        if n < LOG_MERGE_MIN or n * LOG_MERGE_RATIO < len(self._mins) * CHUNK_MAX:
+            write_now = self._write_now
+            for offset, length, stamp in zip(log.offsets, log.lengths, log.stamps, strict=True):
+                write_now(
+                    offset >> SECTOR_SHIFT, (offset + length + SECTOR - 1) >> SECTOR_SHIFT, stamp
+                )
+        else:
+            self._merge_log(log)
+        self.version = version
+        self._alloc = None
+
+    def _merge_log(self, log: WriteLog) -> None:
+        """The whole log at once: the run list rebuilt by `merge_writes`, the cluster
+        summary counted again from it."""
+        offsets = np.frombuffer(log.offsets, dtype=np.int64)
+        lengths = np.frombuffer(log.lengths, dtype=np.int64)
+        firsts = offsets >> SECTOR_SHIFT
+        ends = (offsets + lengths + (SECTOR - 1)) >> SECTOR_SHIFT
+        self._merge_sectors(firsts, ends, np.frombuffer(log.stamps, dtype=np.int64))
+
+    def _merge_sectors(self, firsts: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
+        """Writes of sectors [firsts[i], ends[i]) with values[i], in order, inside the
+        disk, all at once; a log covering too many pieces goes in parts, in order."""
+        self.version += int(firsts.size)
+        self._alloc = self._arrays = None
+        parts = [(firsts, ends, values)]
+        starts, vals = self._raw_arrays()
+        while parts:
+            f, e, v = parts.pop()
+            merged = merge_writes(starts, vals, self.nsectors, f, e, v)
+            if merged is None:  # halves, the first one first
+                h = f.size // 2
+                parts += [(f[h:], e[h:], v[h:]), (f[:h], e[:h], v[:h])]
+            else:
+                starts, vals = merged
+        self._rebuild(starts, vals)
+        if self._summary is not None:
+            self._summary.count(starts, vals, self.nsectors)
+
+    def _raw_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The chunks' run list as numpy arrays, whatever the write log holds (copies:
+        a view would keep the chunk's array from growing, BufferError)."""
+        chunks = self._chunks
+        starts = np.concatenate([np.frombuffer(c[0], dtype=np.int64) for c in chunks])
+        stamps = np.concatenate([np.frombuffer(c[1], dtype=np.int64) for c in chunks])
+        return starts, stamps
+
+    def _rebuild(self, starts: np.ndarray, stamps: np.ndarray) -> None:
+        """New chunks (of this content alone) holding the run list `starts`/`stamps`."""
+        self._token = token = object()
+        half = CHUNK_MAX // 2
+        chunks: list[_Chunk] = []
+        for p in range(0, int(starts.size), half):
+            s, v = array("q"), array("q")
+            s.frombytes(starts[p : p + half].tobytes())
+            v.frombytes(stamps[p : p + half].tobytes())
+            chunks.append([s, v, token, None])
+        self._chunks = chunks
+        self._mins = starts[::half].tolist()
+        self._shared = False
+
     def write_sectors(self, first: int, end: int, stamp: int) -> None:
         """Stamp sectors [first, end) (clipped to the disk); stamp 0 deallocates."""
+        if self._log is not None:
+            self._settle()
         if end > self.nsectors:
             end = self.nsectors
         if first >= end:
@@ -339,6 +539,8 @@ class Content:
     def extents(self, first: int = 0, end: int | None = None) -> list[Extent]:
         """(first, end, stamp) runs of allocated sectors in [first, end), ascending;
         touching runs of one stamp are merged."""
+        if self._log is not None:
+            self._settle()
         end = self.nsectors if end is None else min(end, self.nsectors)
         out: list[Extent] = []
         if first >= end:
@@ -374,6 +576,8 @@ class Content:
         """(first, end, stamp) runs of allocated sectors from `first` on, ascending, one
         by one (a caller that stops early pays only for what it took); touching runs of
         one stamp are not merged."""
+        if self._log is not None:
+            self._settle()
         mins, chunks = self._mins, self._chunks
         c0 = bisect_right(mins, first) - 1
         i0 = bisect_right(chunks[c0][0], first) - 1
@@ -391,6 +595,8 @@ class Content:
     def cluster_summary(self, cluster_bytes: int) -> ClusterSummary:
         """The cluster summary at this cluster size, built now (one pass over the
         extents) unless a write-by-write one is kept already; kept from now on."""
+        if self._log is not None:
+            self._settle()
         summary = self._summary
         if summary is None or summary.cluster_bytes != cluster_bytes:
             summary = self._summary = ClusterSummary(self, cluster_bytes)
@@ -400,13 +606,12 @@ class Content:
         """The whole run list as numpy arrays: (start sectors, stamps), one entry per
         extent including the unallocated ones (stamp 0); an extent ends where the next
         starts, the last one at `nsectors`.  Cached until the next write."""
+        if self._log is not None:
+            self._settle()
         cached = self._arrays
         if cached is not None and cached[0] == self.version:
             return cached[1], cached[2]
-        # copies: a view would keep the chunk's array from growing (BufferError)
-        chunks = self._chunks
-        starts = np.concatenate([np.frombuffer(c[0], dtype=np.int64) for c in chunks])
-        stamps = np.concatenate([np.frombuffer(c[1], dtype=np.int64) for c in chunks])
+        starts, stamps = self._raw_arrays()
         self._arrays = (self.version, starts, stamps)
         return starts, stamps
 
@@ -429,6 +634,8 @@ class Content:
 
     def stamp_at(self, sector: int) -> int:
         """The stamp of one sector."""
+        if self._log is not None:
+            self._settle()
         chunk = self._chunks[bisect_right(self._mins, sector) - 1]
         starts, vals = chunk[0], chunk[1]
         return vals[bisect_right(starts, sector) - 1]
@@ -437,6 +644,8 @@ class Content:
         """The first sector at or after `sector` holding data (a stamp that is neither
         unallocated nor zeroes), or `nsectors`: where block status stops saying
         "zero".  A bisection, then a walk over the extents that are not data."""
+        if self._log is not None:
+            self._settle()
         if sector >= self.nsectors:
             return self.nsectors
         mins, chunks = self._mins, self._chunks
@@ -459,6 +668,8 @@ class Content:
     def allocated_runs(self) -> list[tuple[int, int]]:
         """(first, end) sector runs this node has allocated, ascending; cached until the
         next write (callers must not change the list)."""
+        if self._log is not None:
+            self._settle()
         if self._alloc is None:
             self._alloc = merged_runs(self.extents())
         return self._alloc
@@ -486,6 +697,8 @@ class Content:
     def resize(self, size_bytes: int) -> None:
         """Truncate or grow (bdrv_co_truncate): data past a shrink is gone, the growth is
         unallocated."""
+        if self._log is not None:
+            self._settle()
         old = self.nsectors
         new = -(-size_bytes // SECTOR)
         if new < old:
@@ -497,10 +710,12 @@ class Content:
         self.size_bytes = size_bytes
         self._alloc = None
         if self._summary is not None:  # the cluster count changed: counted again
-            self._summary = ClusterSummary(self, self._summary.cluster_bytes)
+            self._summary.recount(self)
 
     def clone(self) -> Content:
         """An independent copy (chunks are shared until either side writes)."""
+        if self._log is not None:
+            self._settle()
         other = Content.__new__(type(self))  # a subclass copies its own slots after
         other.size_bytes, other.nsectors = self.size_bytes, self.nsectors
         other._mins, other._chunks = self._mins, self._chunks
@@ -511,6 +726,7 @@ class Content:
         other._derived = (-1, {})
         other.version = self.version
         other._summary = None
+        other._log = None
         return other
 
 
@@ -535,8 +751,40 @@ class ClusterSummary:
         self.data = 0  # clusters holding data
         self.regions = 0  # L2 regions with an allocated cluster
         self._in: dict[int, int] = {}  # allocated clusters per L2 region (nonzero only)
+        self.recount(content)
+
+    def recount(self, content: Content) -> None:
+        """Count the content's clusters from scratch (a pass over its extents)."""
+        self.data = self.regions = 0
+        self._in = {}
         if content.nsectors:
             self.apply((0, {}), self.tally(content, 0, content.nsectors))
+
+    def count(self, starts: np.ndarray, stamps: np.ndarray, nsectors: int) -> None:
+        """Count from scratch, with numpy, from a run list (`Content.arrays`)."""
+        ends = np.empty_like(starts)
+        ends[:-1] = starts[1:]
+        ends[-1:] = nsectors
+        data = stamps >= FIRST_DATA_STAMP
+        d0, d1 = _cluster_runs(starts[data], ends[data], self.per)
+        self.data = int((d1 - d0).sum())
+        alloc = stamps != UNALLOCATED
+        a0, a1 = _cluster_runs(starts[alloc], ends[alloc], self.per)
+        pr = self.per_region
+        r0 = a0 // pr
+        spans = (a1 - 1) // pr - r0 + 1
+        total = int(spans.sum())
+        base = np.repeat(np.cumsum(spans) - spans, spans)
+        region = np.repeat(r0, spans) + np.arange(total, dtype=np.int64) - base
+        lo = np.maximum(np.repeat(a0, spans), region * pr)
+        hi = np.minimum(np.repeat(a1, spans), (region + 1) * pr)
+        if total:
+            cut = np.flatnonzero(np.concatenate(([True], region[1:] != region[:-1])))
+            counts = np.add.reduceat(hi - lo, cut)
+            self._in = dict(zip(region[cut].tolist(), counts.tolist(), strict=True))
+        else:
+            self._in = {}
+        self.regions = len(self._in)
 
     def tally(self, content: Content, first: int, end: int) -> tuple[int, dict[int, int]]:
         """(data clusters, allocated clusters per region) among the clusters that
@@ -600,6 +848,23 @@ class ClusterSummary:
             else:
                 del counts[r]
                 self.regions -= 1
+
+
+def _cluster_runs(lo: np.ndarray, hi: np.ndarray, per: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint ascending cluster runs [first, end) touched by ascending disjoint
+    sector extents [lo, hi), clusters of `per` sectors."""
+    c0 = lo // per
+    c1 = (hi - 1) // per + 1
+    if not c0.size:
+        return c0, c1
+    new = np.empty(c0.size, dtype=bool)
+    new[0] = True
+    np.greater(c0[1:], c1[:-1], out=new[1:])
+    heads = np.flatnonzero(new)
+    tails = np.empty_like(heads)
+    tails[:-1] = heads[1:] - 1
+    tails[-1] = c0.size - 1
+    return c0[heads], c1[tails]
 
 
 def _append(out: list[Extent], lo: int, hi: int, stamp: int) -> None:
@@ -692,6 +957,7 @@ class WindowContent(Content):
         self.size_bytes = size_bytes
         self.nsectors = -(-size_bytes // SECTOR)
         self._derived = (-1, {})
+        self._log = None  # writes go to `base` at once
 
     @property  # type: ignore[override]
     def version(self) -> int:  # the file's: a write through another node changes it too
@@ -704,6 +970,10 @@ class WindowContent(Content):
     def write(self, offset: int, length: int, stamp: int) -> None:
         first, end = sector_span(offset, length)
         self.write_sectors(first, end, stamp)
+
+    def write_many(self, offsets: Sequence[int], length: int, stamps: Sequence[int]) -> None:
+        for offset, stamp in zip(offsets, stamps, strict=True):
+            self.write(offset, length, stamp)
 
     def write_sectors(self, first: int, end: int, stamp: int) -> None:
         end = min(end, self.nsectors)

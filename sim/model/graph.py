@@ -430,8 +430,6 @@ class BlockGraph:
             else new_content(size_bytes)
         )
         image = Image(filename, fmt, size_bytes, content, backing_file)
-        if fmt == "qcow2":  # its L2 tables, kept write by write for the host-file layout
-            content.cluster_summary(QCOW2_CLUSTER)
         self.images[filename] = image
         return image
 

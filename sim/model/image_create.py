@@ -116,5 +116,4 @@ def create_qcow2(graph: BlockGraph, file: BlockNode, opts: Qcow2CreateOptions) -
     image.content = new_qcow2_content(opts.size_bytes, opts.cluster_size)
     image.backing_file = opts.backing_file
     image.cluster_size = opts.cluster_size
-    image.content.cluster_summary(opts.cluster_size)  # kept write by write (host_file)
     return image
