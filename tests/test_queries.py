@@ -9,11 +9,24 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
 from sim.model.bitmap import DirtyBitmap
+from sim.model.content import SECTOR_SHIFT, Content
 from sim.model.graph import BlockNode
-from sim.model.host_file import HostFile, host_file, stored_bitmaps
+from sim.model.host_file import (
+    HostFile,
+    _backing_has_data,
+    _covered_units,
+    _HostMap,
+    _l2_span,
+    _overlaps,
+    _runs_where,
+    _written_blocks,
+    host_file,
+    stored_bitmaps,
+)
 from sim.model.state import BlockState
 from sim.qmp.cmd_query import node_filename
 from tests.helpers import DRIVE0, io, qmp, responses, run_steps
@@ -339,11 +352,90 @@ def test_intermediate_commit_filter_is_read_only_and_skipped_by_query_block() ->
     assert inserted["image"]["backing-image"]["filename"] == "ov1.qcow2"
 
 
-@pytest.mark.parametrize("seed", range(3))
+def _numpy_layout(graph: Any, image: Any, node: BlockNode) -> HostFile:
+    """A reference for the qcow2 layout: every cluster classified with numpy (holds
+    data, written whole), then laid out one by one (what host_file did before it
+    walked runs)."""
+    from sim.model.host_file import _created_qcow2, _store_bitmaps
+
+    hmap = _created_qcow2(node.cluster_size, node.read_only, image.size_bytes)
+    _lay_out_all(hmap, image.content, graph.backing_chain(node)[1:], node.cluster_size)
+    _store_bitmaps(hmap, stored_bitmaps(node))
+    return hmap.host_file()
+
+
+def _lay_out_all(hmap: _HostMap, content: Content, backing: list[BlockNode], cluster: int) -> None:
+    per = cluster >> SECTOR_SHIFT
+    index, has_data, whole = _classify(content, per)
+    if index.size:
+        region_of = index // (_l2_span(cluster) // cluster)
+        new_region = np.empty(index.size, dtype=bool)
+        new_region[0] = True
+        new_region[1:] = region_of[1:] != region_of[:-1]
+        _lay_out_clusters(hmap, content, backing, per, index, has_data, whole, new_region)
+
+
+def _lay_out_clusters(
+    hmap: _HostMap,
+    content: Content,
+    backing: list[BlockNode],
+    per: int,
+    index: np.ndarray,
+    has_data: np.ndarray,
+    whole: np.ndarray,
+    new_region: np.ndarray,
+) -> None:
+    """L2 tables and data clusters in guest order; once the extent tree is crowded the
+    rest is counted (numpy), not walked."""
+    arrays = (index, has_data, whole, new_region)
+    n = int(index.size)
+    i = 0
+    pending = 0  # whole data clusters not yet handed to hmap (they merge)
+    step = 256  # clusters turned into Python values at a time
+    while i < n:
+        idx, data, full, region = (a[i : i + step].tolist() for a in arrays)
+        for k in range(len(idx)):
+            if hmap.crowded:
+                rest = slice(i + k, n)
+                hmap.count_clusters(
+                    pending + int(new_region[rest].sum()) + int(has_data[rest].sum())
+                )
+                return
+            if region[k]:
+                hmap.write_clusters(pending)
+                pending = 0
+                hmap.write(hmap.cluster_bytes, hmap.new_group())  # the L2 table
+            if data[k]:
+                if full[k] or _backing_has_data(backing, content, idx[k], per):
+                    pending += 1
+                else:
+                    hmap.write_clusters(pending)
+                    pending = 0
+                    hmap.fallocate(_written_blocks(content, idx[k], per))
+        i += step
+    hmap.write_clusters(pending)
+
+
+def _classify(content: Content, per: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(index, holds data, written whole) of each cluster holding a stamp, ascending."""
+    lo, hi = _runs_where(content, data_only=False)
+    if not lo.size:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty.astype(bool), empty.astype(bool)
+    index = _covered_units(lo, hi, per)
+    starts = index * per
+    k = np.searchsorted(lo, starts, side="right") - 1
+    whole = (k >= 0) & (hi[np.maximum(k, 0)] >= starts + per)
+    d_lo, d_hi = _runs_where(content, data_only=True)
+    return index, _overlaps(d_lo, d_hi, starts, per), whole
+
+
+@pytest.mark.parametrize("seed", range(8))
 def test_walk_over_the_cluster_summary_lays_out_what_numpy_does(seed: int) -> None:
-    """The layout read from the write-by-write cluster counts (a walk of the first
-    clusters) equals the one computed over every cluster with numpy, for writable
-    and settled images, over a backing file with data and without."""
+    """The layout walked run by run and read from the cluster counts equals the one
+    laid out cluster by cluster over numpy's classification, for writable and
+    settled images, over a backing file with data and without, and for a settled
+    image written in long sequential runs (whose extent tree never crowds)."""
     import random
 
     from sim.model import io as model_io
@@ -367,7 +459,7 @@ def test_walk_over_the_cluster_summary_lays_out_what_numpy_does(seed: int) -> No
     def same(node: BlockNode) -> None:
         assert node.image is not None
         walked = _host_file(graph, node.image, node)
-        assert walked == _host_file(graph, node.image, node, walk=False)
+        assert walked == _numpy_layout(graph, node.image, node)
 
     for n in (0, 1, 3, 40, 400):
         scribble(n)
@@ -377,3 +469,17 @@ def test_walk_over_the_cluster_summary_lays_out_what_numpy_does(seed: int) -> No
     scribble(300)
     assert bb.root is not None and bb.root.node_name == "ov"
     same(bb.root)  # over a backing file with data
+    seq_state, seq = _drive(size=2 << 30)
+    seq_bb = seq_state.graph.backends["drive0"]
+    assert seq_bb.root is not None
+    for i in range(rng.choice([2, 3, 300])):  # whole clusters in order, some not whole
+        length = rng.choice([1 << 20, 1 << 20, 3 << 20, 65536 + 512])
+        off = i * (3 << 20) + rng.choice([0, 0, 32768])  # some begin inside a cluster
+        model_io.guest_write(
+            seq_state.graph, seq_bb, seq_bb.root, off, length, seq_state.new_stamp(5)
+        )
+    snapshot_sync(seq_state.graph, get_policy("qemu-7.2"), "drive0", None, "seq-ov.qcow2", "seq-ov")
+    assert seq.image is not None and seq.read_only
+    assert _host_file(seq_state.graph, seq.image, seq) == _numpy_layout(
+        seq_state.graph, seq.image, seq
+    )

@@ -5,18 +5,15 @@ up to 512 bytes, `bdrv_getlength` counts sectors) and `actual-size`
 (`st_blocks * 512`) in query-block and query-named-block-nodes.
 
 Theory of operation.  The layout is derived from the node's content extents,
-never sector by sector: the clusters a write touched are classified at once
-with numpy (data or only zeroes, written whole or partly), then laid out in
-QEMU's allocation order by `_HostMap`, which counts blocks and the file
-length as it goes and follows ext4's extent tree only until it knows whether
-the inode needs an index block (more than `EXT4_INLINE_EXTENTS` extents);
-from there on the remaining clusters are counted, not walked.  A qcow2
-image's content keeps a `ClusterSummary` (data clusters, allocated clusters
-per L2 region) up to date write by write, so the walk takes the first
-clusters from the extents and the counts of the rest from the summary: a
-query costs the few clusters walked, not a pass over every extent.  Only
-when WALK_LIMIT clusters do not crowd the tree (a sequentially written,
-settled image) is every cluster classified with numpy.
+never sector by sector.  A qcow2 image's clusters are laid out in QEMU's
+allocation order, run by run (a run of clusters inside one extent is one
+step per L2 region), by `_HostMap`, which counts blocks and the file length
+as it goes and follows ext4's extent tree only until it knows whether the
+inode needs an index block (more than `EXT4_INLINE_EXTENTS` extents); from
+there on the remaining clusters are counted from the image's cluster summary
+(data clusters, allocated clusters per L2 region, part of its
+`sim.model.qcow2_host.Qcow2Layout`), not walked: a query costs the few runs
+walked.  A raw file's blocks are classified with numpy.
 """
 
 from __future__ import annotations
@@ -47,7 +44,6 @@ QCOW2_CREATE_CLUSTERS = 3  # header, refcount table, one refcount block (qcow2_c
 L1_ENTRY_BYTES = 8
 BITMAP_TABLE_ENTRY_BYTES = 8
 BITMAP_DIR_ENTRY_BYTES = 24  # Qcow2BitmapDirEntry without its name
-WALK_LIMIT = 4096  # clusters walked one by one before the layout falls back to numpy
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,11 +210,7 @@ def protocol_length(graph: BlockGraph, node: BlockNode) -> int | None:
     return -(-length >> SECTOR_SHIFT) << SECTOR_SHIFT
 
 
-def _host_file(
-    graph: BlockGraph, image: Image, node: BlockNode | None, walk: bool = True
-) -> HostFile:
-    """The layout; `walk` False lays every cluster out with numpy (what the walk over
-    the cluster summary falls back to)."""
+def _host_file(graph: BlockGraph, image: Image, node: BlockNode | None) -> HostFile:
     cluster = node.cluster_size if node is not None else QCOW2_CLUSTER
     settled = node is not None and node.read_only
     if image.format == "raw":
@@ -226,15 +218,11 @@ def _host_file(
         _raw_layout(hmap, image)
         return hmap.host_file()
     content = image.content
+    if isinstance(content, WindowContent):  # a plain copy has extents to walk
+        content = content.clone()
     backing = [] if node is None else graph.backing_chain(node)[1:]
     hmap = _created_qcow2(cluster, settled, image.size_bytes)
-    if not (
-        walk
-        and not isinstance(content, WindowContent)
-        and _walk_clusters(hmap, content, content.cluster_summary(cluster), backing)
-    ):
-        hmap = _created_qcow2(cluster, settled, image.size_bytes)
-        _lay_out_all(hmap, content, backing, cluster)
+    _walk_clusters(hmap, content, content.cluster_summary(cluster), backing)
     if node is not None:
         _store_bitmaps(hmap, stored_bitmaps(node))
     return hmap.host_file()
@@ -254,98 +242,51 @@ def _l2_span(cluster: int) -> int:
     return cluster * (cluster // L1_ENTRY_BYTES)
 
 
-def _lay_out_all(hmap: _HostMap, content: Content, backing: list[BlockNode], cluster: int) -> None:
-    per = cluster >> SECTOR_SHIFT
-    index, has_data, whole = _classify(content, per)
-    if index.size:
-        region_of = index // (_l2_span(cluster) // cluster)
-        new_region = np.empty(index.size, dtype=bool)
-        new_region[0] = True
-        new_region[1:] = region_of[1:] != region_of[:-1]
-        _lay_out_clusters(hmap, content, backing, per, index, has_data, whole, new_region)
-
-
-def _lay_out_clusters(
-    hmap: _HostMap,
-    content: Content,
-    backing: list[BlockNode],
-    per: int,
-    index: np.ndarray,
-    has_data: np.ndarray,
-    whole: np.ndarray,
-    new_region: np.ndarray,
-) -> None:
-    """L2 tables and data clusters in guest order; once the extent tree is crowded the
-    rest is counted (numpy), not walked."""
-    arrays = (index, has_data, whole, new_region)
-    n = int(index.size)
-    i = 0
-    pending = 0  # whole data clusters not yet handed to hmap (they merge)
-    step = 256  # clusters turned into Python values at a time
-    while i < n:
-        idx, data, full, region = (a[i : i + step].tolist() for a in arrays)
-        for k in range(len(idx)):
-            if hmap.crowded:
-                rest = slice(i + k, n)
-                hmap.count_clusters(
-                    pending + int(new_region[rest].sum()) + int(has_data[rest].sum())
-                )
-                return
-            if region[k]:
-                hmap.write_clusters(pending)
-                pending = 0
-                hmap.write(hmap.cluster_bytes, hmap.new_group())  # the L2 table
-            if data[k]:
-                if full[k] or _backing_has_data(backing, content, idx[k], per):
-                    pending += 1
-                else:
-                    hmap.write_clusters(pending)
-                    pending = 0
-                    hmap.fallocate(_written_blocks(content, idx[k], per))
-        i += step
-    hmap.write_clusters(pending)
-
-
 def _walk_clusters(
     hmap: _HostMap, content: Content, summary: ClusterSummary, backing: list[BlockNode]
-) -> bool:
-    """L2 tables and data clusters in guest order: the walk stops where the extent
-    tree is crowded and counts the rest from the cluster summary's totals, so its
-    cost is that of the first few clusters.  False (hmap half done) when WALK_LIMIT
-    clusters did not crowd it."""
+) -> None:
+    """L2 tables and data clusters in guest order, run by run: the walk stops where
+    the extent tree is crowded and counts the rest from the cluster summary's
+    totals, so its cost is that of the first few runs (all of them, at most one
+    step per extent and L2 region, when the tree never crowds)."""
     per, per_region = summary.per, summary.per_region
     pending = 0  # whole data clusters not yet handed to hmap (they merge)
     region = -1
-    regions_seen = data_seen = walked = 0
-    for c, has_data in _allocated_clusters(content, per):
-        if hmap.crowded:
-            rest = summary.regions - regions_seen + summary.data - data_seen
-            hmap.count_clusters(pending + rest)
-            return True
-        walked += 1
-        if walked > WALK_LIMIT:
-            return False
-        if c // per_region != region:
-            region = c // per_region
-            regions_seen += 1
-            hmap.write_clusters(pending)
-            pending = 0
-            hmap.write(hmap.cluster_bytes, hmap.new_group())  # the L2 table
-        if has_data:
-            data_seen += 1
-            if _written_whole(content, c, per) or _backing_has_data(backing, content, c, per):
-                pending += 1
-            else:
+    regions_seen = data_seen = 0
+    for c, end, has_data, whole in _allocated_runs(content, per):
+        while c < end:
+            if hmap.crowded:
+                rest = summary.regions - regions_seen + summary.data - data_seen
+                hmap.count_clusters(pending + rest)
+                return
+            if c // per_region != region:
+                region = c // per_region
+                regions_seen += 1
                 hmap.write_clusters(pending)
                 pending = 0
-                hmap.fallocate(_written_blocks(content, c, per))
+                hmap.write(hmap.cluster_bytes, hmap.new_group())  # the L2 table
+            stop = min(end, (region + 1) * per_region)
+            if has_data:
+                data_seen += stop - c
+                if (
+                    whole
+                    or (whole is None and _written_whole(content, c, per))
+                    or _backing_has_data(backing, content, c, per)
+                ):
+                    pending += stop - c
+                else:  # a single cluster: runs of more are whole
+                    hmap.write_clusters(pending)
+                    pending = 0
+                    hmap.fallocate(_written_blocks(content, c, per))
+            c = stop
     hmap.write_clusters(pending)
-    return True
 
 
-def _allocated_clusters(content: Content, per: int) -> Iterator[tuple[int, bool]]:
-    """(cluster, holds data) of each cluster holding a stamp, ascending, lazily."""
-    cur, cur_data = -1, False
+def _allocated_runs(content: Content, per: int) -> Iterator[tuple[int, int, bool, bool | None]]:
+    """(first cluster, end cluster, holds data, written whole) of the clusters holding a
+    stamp, ascending, lazily: runs inside one extent (whole: True), and clusters an
+    extent covers in part, one at a time (whole: None, not looked at)."""
+    cur, cur_data = -1, False  # the last cluster an extent reached, not yet yielded
     for lo, hi, v in content.iter_extents():
         data = v >= FIRST_DATA_STAMP
         c0, c1 = lo // per, (hi - 1) // per
@@ -354,13 +295,18 @@ def _allocated_clusters(content: Content, per: int) -> Iterator[tuple[int, bool]
             if c1 == c0:
                 continue
             c0 += 1
+        elif lo % per and c0 < c1:  # begins inside a cluster nothing else reached
+            if cur >= 0:
+                yield cur, cur + 1, cur_data, None
+            cur, cur_data = c0, data
+            c0 += 1
         if cur >= 0:
-            yield cur, cur_data
-        for c in range(c0, c1):
-            yield c, data
+            yield cur, cur + 1, cur_data, None
+        if c1 > c0:  # clusters c0 .. c1-1 lie inside [lo, hi)
+            yield c0, c1, data, True
         cur, cur_data = c1, data
     if cur >= 0:
-        yield cur, cur_data
+        yield cur, cur + 1, cur_data, None
 
 
 def _written_whole(content: Content, index: int, per: int) -> bool:
@@ -403,20 +349,6 @@ def _overlaps(lo: np.ndarray, hi: np.ndarray, starts: np.ndarray, per: int) -> n
     j = np.searchsorted(hi, starts, side="right")
     hit: np.ndarray = (j < lo.size) & (lo[np.minimum(j, lo.size - 1)] < starts + per)
     return hit
-
-
-def _classify(content: Content, per: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(index, holds data, written whole) of each cluster holding a stamp, ascending."""
-    lo, hi = _runs_where(content, data_only=False)
-    if not lo.size:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty.astype(bool), empty.astype(bool)
-    index = _covered_units(lo, hi, per)
-    starts = index * per
-    k = np.searchsorted(lo, starts, side="right") - 1
-    whole = (k >= 0) & (hi[np.maximum(k, 0)] >= starts + per)
-    d_lo, d_hi = _runs_where(content, data_only=True)
-    return index, _overlaps(d_lo, d_hi, starts, per), whole
 
 
 def _covered_units(lo: np.ndarray, hi: np.ndarray, per: int) -> np.ndarray:
