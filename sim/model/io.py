@@ -251,8 +251,7 @@ def write_batch(
         bitmaps += node.bitmaps
         if node is not data.file and end > node.wr_highest_offset:
             node.wr_highest_offset = end  # the filters' and the data node's
-    for bm in bitmaps:
-        _mark_batch(bm, offsets, length)
+    _mark_batch(bitmaps, offsets, length)
     if data.file is not None:
         note_protocol_write(data, data.file, end)
     if data.content is not None:
@@ -265,25 +264,33 @@ def write_batch(
     return [OK] * len(offsets)
 
 
-def _mark_batch(bm: DirtyBitmap, offsets: list[int], length: int) -> None:
-    """`record_write` for every write of a batch: one index assignment when each write
-    falls in one granule, else a slice per write."""
-    target = bm.successor or bm
-    if not target.enabled:
-        return
-    shift = target._shift
+def _mark_batch(bitmaps: list[DirtyBitmap], offsets: list[int], length: int) -> None:
+    """`record_write` for every write of a batch on each bitmap: the granules of the
+    batch are worked out once per granularity; then one index assignment per bitmap
+    when each write falls in one granule, else a slice per write."""
     tail = length - 1
-    mask = (1 << shift) - 1
-    firsts = [o >> shift for o in offsets]
-    if all((o & mask) + tail <= mask for o in offsets):  # one granule each
-        nbits = len(target.bits)
-        if max(firsts) >= nbits:  # a protocol node's bitmap, marked at guest offsets
-            firsts = [f for f in firsts if f < nbits]
-        target.bits[firsts] = 1
-        return
-    bits = target.bits
-    for o, f in zip(offsets, firsts, strict=True):
-        bits[f : ((o + tail) >> shift) + 1] = 1
+    granules: dict[int, tuple[list[int], list[int] | None, int]] = {}
+    for bm in bitmaps:
+        target = bm.successor or bm
+        if not target.enabled:
+            continue
+        shift = target._shift
+        found = granules.get(shift)
+        if found is None:
+            heads = [o >> shift for o in offsets]
+            tails = [(o + tail) >> shift for o in offsets]
+            found = granules[shift] = (heads, None if tails == heads else tails, max(heads))
+        firsts, lasts, top = found
+        bits = target.bits
+        if lasts is None:  # one granule each
+            nbits = len(bits)
+            if top >= nbits:  # a protocol node's bitmap, marked at guest offsets
+                bits[[f for f in firsts if f < nbits]] = 1
+            else:
+                bits[firsts] = 1
+        else:
+            for f, last in zip(firsts, lasts, strict=True):
+                bits[f : last + 1] = 1
 
 
 def discard(
