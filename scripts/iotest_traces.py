@@ -3,7 +3,8 @@ traces.
 
 Usage: python3 scripts/iotest_traces.py OUT_DIR
 Then `python3 -m sim record OUT_DIR/X.jsonl -o scenarios/iotests/X.jsonl` records
-each on QEMU 7.2.  Each trace follows its test step for step: the QMP commands
+each on QEMU 7.2 (iotest-124-transaction-failure with `--runs 20`: QEMU races
+there, see its description).  Each trace follows its test step for step: the QMP commands
 the test sends (`vm.qmp_log`, `vm.command`), qemu-io through
 `human-monitor-command`, `vm.run_job` as waits for JOB_STATUS_CHANGE with the
 verbs run_job sends.  `vm.query_bitmaps` (query-named-block-nodes, of which
@@ -426,7 +427,9 @@ def test_124_blkdebug(out: Path) -> None:
         "qemu-iotests 124 test_transaction_failure: drive1 over blkdebug (a read fails once "
         "after the first flush), bitmaps and anchors on both drives, writes; a grouped "
         "transaction of two incrementals: drive1's fails, drive0's is cancelled; the same "
-        "transaction again succeeds on both",
+        "transaction again succeeds on both.  In QEMU the two jobs' ends race (which job's "
+        "block-copy call or exit bottom half runs first): recorded with `--runs 20`, the "
+        "event orders QEMU gave are in final-expect's other-event-orders",
     )
     blkdebug_drive(x, "drive1", (("0x14", "0", "512"), ("0x5d", "1M", "32k"),
                                  ("0xcd", "32M", "124k")))  # fmt: skip

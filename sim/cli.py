@@ -448,7 +448,15 @@ def _qemu_option(fn: Any) -> Any:
     help="Where to write the recorded trace (default: TRACE itself, replaced on success).",
 )
 @_qemu_option
-def record(trace: str, out: str | None, qemu: str | None) -> None:
+@click.option(
+    "--runs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Run it this many times, each on a fresh QEMU: the answers must agree; the "
+    "event orders QEMU races into are all kept (final-expect's other-event-orders).",
+)
+def record(trace: str, out: str | None, qemu: str | None, runs: int) -> None:
     """Run TRACE on real QEMU 7.2; write it back with QEMU's answers as expects."""
     from sim.oracle.diff import check_runnable
     from sim.oracle.qemu_runner import OracleError, QemuNotFound
@@ -457,7 +465,7 @@ def record(trace: str, out: str | None, qemu: str | None) -> None:
     target = out or trace
     try:
         check_runnable(load_trace(trace))
-        result = record_trace(trace, target, qemu)
+        result = record_trace(trace, target, qemu, runs=runs)
     except (TraceError, QemuNotFound) as exc:
         click.echo(f"blocksim record: {trace}: {exc}", err=True)
         sys.exit(EXIT_USAGE)
@@ -465,8 +473,11 @@ def record(trace: str, out: str | None, qemu: str | None) -> None:
         click.echo(f"blocksim record: {trace}: QEMU failed: {exc}", err=True)
         sys.exit(EXIT_MISMATCH)
     events = len(result.final.get("events", []))
+    orders = len(result.final.get("other-event-orders", [])) + 1
+    also = f", {orders} event orders in {runs} runs" if runs > 1 else ""
     click.echo(
-        f"recorded {trace} on real QEMU: {len(result.steps)} steps, {events} events -> {target}"
+        f"recorded {trace} on real QEMU: {len(result.steps)} steps, {events} events{also} "
+        f"-> {target}"
     )
 
 

@@ -213,6 +213,19 @@ def _decode(raw: str | bytes) -> str:
         ) from None
 
 
+def _event_orders_ok(final_expect: dict[str, Any]) -> bool:
+    """`other-event-orders`, when there, is a list of lists of events and goes with
+    `events` (the orders a multi-run recording saw besides the first)."""
+    orders = final_expect.get("other-event-orders")
+    if orders is None:
+        return True
+    return (
+        "events" in final_expect
+        and isinstance(orders, list)
+        and all(isinstance(o, list) and all(isinstance(e, dict) for e in o) for o in orders)
+    )
+
+
 def parse_lines(lines: Sequence[str | bytes], path: str = "") -> Trace:
     """Parse a trace from its lines (text, or raw bytes decoded line by line, so a
     bad byte spoils only its line); raises TraceError only for an unusable header."""
@@ -249,6 +262,13 @@ def parse_lines(lines: Sequence[str | bytes], path: str = "") -> Trace:
         if isinstance(obj, dict) and "final-expect" in obj:
             if set(obj) != {"final-expect"} or not isinstance(obj["final-expect"], dict):
                 err = TraceError('final-expect line must be {"final-expect": {...}} alone', number)
+                steps.append(Step(number, "bad", obj, None, err))
+            elif not _event_orders_ok(obj["final-expect"]):
+                err = TraceError(
+                    "final-expect's other-event-orders must be a list of event lists, "
+                    'beside "events"',
+                    number,
+                )
                 steps.append(Step(number, "bad", obj, None, err))
             else:
                 final_expect = obj["final-expect"]

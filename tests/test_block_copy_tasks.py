@@ -161,3 +161,39 @@ def test_resuming_after_an_error_starts_a_new_pool() -> None:
     first, second = r.steps[6].response["return"][0], r.steps[10].response["return"][0]
     assert first["offset"] == (1 + 16 + 15 + 60 * 16) * C
     assert second["offset"] == 128 * M - C
+
+
+def _backup_steps(data_mib: int, *after: dict[str, object]) -> list[dict[str, object]]:
+    return [
+        {"execute": "human-monitor-command",
+         "arguments": {"command-line": f'qemu-io drive0 "write -P 7 0 {data_mib}M"'}},
+        {"execute": "drive-backup", "arguments": {"device": "drive0", "job-id": "bk",
+                                                  "target": "t.qcow2", "sync": "full"}},
+        *after,
+        {"wait": {"event": "BLOCK_JOB_COMPLETED", "data": {"device": "bk"}}},
+    ]  # fmt: skip
+
+
+def test_a_backups_tasks_copy_concurrently() -> None:
+    """block_copy_dirty_clusters starts a task and creates the next without waiting for
+    it: 8 tasks of 1 MiB end together, in one task's read and write, not in eight."""
+    from sim.engine.timing import DeviceTiming
+    from tests.helpers import run_steps
+
+    one_task = 2 * DeviceTiming.from_header(None).io_ns(M, None)  # type: ignore[arg-type]
+    r = run_steps(_backup_steps(8))
+    done = next(e for e in r.machine.events.history if e.name == "BLOCK_JOB_COMPLETED")
+    assert done.data["offset"] == 64 * M
+    assert one_task <= done.time_ns < 2 * one_task + 1_000_000  # + 56 zero tasks of 10 us
+
+
+def test_a_tasks_progress_counts_when_it_completes() -> None:
+    """block_copy_task_entry counts progress when the task's write is done: half way
+    through the first tasks' I/O (the disk is all data: no zero task), query-jobs
+    still says 0."""
+    from tests.helpers import run_steps
+
+    r = run_steps(_backup_steps(64, {"advance": 0.001}, {"execute": "query-jobs"}))
+    query = next(s for s in r.steps if s.command.get("execute") == "query-jobs")
+    assert query.response["return"][0]["current-progress"] == 0
+    assert r.ok

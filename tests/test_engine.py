@@ -163,15 +163,16 @@ def test_workload_writes_reach_bitmaps_data_and_write_observers() -> None:
 def test_copy_before_write_raises_guest_write_latency() -> None:
     steps = [
         # data everywhere: the backup reads and writes every cluster (block-copy writes
-        # zeroes for a hole, which costs no device time)
-        io("write -P 0x5 0 64M"),
+        # zeroes for a hole, which costs no device time); its 64 tasks at a time copy
+        # 512 MiB in about 70 ms
+        io("write -P 0x5 0 512M"),
         workload(rate=3000, duration=0.4, **{"read-ratio": 0.0}),
         {"advance": 0.01},
         backup(),
         wait("BLOCK_JOB_COMPLETED", device="bk"),
         {"advance": 0.5},
     ]
-    r = clean(run_steps(steps))
+    r = clean(run_steps(steps, drives=[dict(DRIVE0, size=512 << 20)]))
     during = write_latencies(r, "backup")
     alone = sorted(rec.latency_ns for rec in r.machine.io_log if rec.op == "write" and not rec.jobs)
     assert len(during) > 100 and len(alone) > 100

@@ -121,12 +121,16 @@ def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
     # the transaction's drained section, where throttle limits are off): read
     # unthrottled, but accounted
     burst = BLOCK_COPY_MAX_WORKERS * BLOCK_COPY_MAX_BUFFER if job.type == "backup" else 0
+    # a backup's block-copy tasks run concurrently (its aio task pool)
+    pool = TaskPool(m, job) if isinstance(kind, BackupKind) else None
     while True:
         if job.status in ENDED:
             return
         if job.error is not None or (_done(job) and not in_flight):
             break
         if job.user_paused and not in_flight:
+            if pool is not None:  # backup_pause ends the call: its tasks finish first
+                yield from pool.wait_all()
             job.busy_flag = False
             yield waker.wait()
             if isinstance(kind, BackupKind):  # a pause ends the block-copy call
@@ -161,9 +165,19 @@ def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
         failure = chunk_fault(m, job, offset, length) if m.faults else None
         if failure is None:
             hole = kind.chunk_is_hole(offset, length)
+            if pool is not None and not hole:
+                yield from pool.wait_slot()
+            before = job.offset
             kind.copy_chunk(offset, length)
             if target is not None:
                 note_job_write(m.state.graph, target, offset, length)
+            if pool is not None and not hole:
+                pool.start(offset, length, job.offset - before, burst > 0)
+                burst -= length
+                rest = rate_limit_ns(length, job.speed)
+                if rest > 0:
+                    yield env.timeout(rest)
+                continue
             yield from chunk_io(m, job, source, target, length, True, hole, burst > 0)
             burst -= length
             continue
@@ -172,8 +186,14 @@ def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
         burst -= length
         if job.status in ENDED:
             return
-        if is_read and isinstance(kind, BackupKind):
-            finish_in_flight(m, job, kind, offset, length, immediately)
+        if pool is not None and is_read:
+            pooled = finish_in_flight(m, job, pool.kind, offset, length, immediately)
+            for at, size, progress in pooled:
+                pool.start(at, size, progress, False)
+        if pool is not None:  # block_copy_dirty_clusters waits for the pool
+            yield from pool.wait_all()
+        if job.status in ENDED:
+            return
         if _done(job):
             break
         action = job_flow.error_action(job, is_read, errno)
@@ -182,6 +202,10 @@ def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
         if action == "ignore" and kind.ignore_skips:
             job_flow.skip_chunk(job, offset, length)
             ignored_error = ignored_error or job_flow.STRERROR[errno]
+    if pool is not None:  # the call ends when its last task does
+        yield from pool.wait_all()
+        if job.status in ENDED:
+            return
     if ignored_error is not None and job.error is None and not job.cancelled:
         job.error = ignored_error
     if job.status in ACTIVE:
@@ -194,7 +218,7 @@ BLOCK_COPY_MAX_BUFFER = 1 << 20  # a task copies at most 1 MiB
 
 def finish_in_flight(
     m: Machine, job: Job, kind: BackupKind, offset: int, length: int, immediately: bool
-) -> None:
+) -> list[tuple[int, int, int]]:
     """A backup's block-copy call runs its tasks concurrently: block_copy_dirty_clusters
     creates a task, starts it and goes on creating the next one while the pool holds
     fewer than 64 busy tasks; it stops creating tasks once one has failed, and waits
@@ -206,18 +230,21 @@ def finish_in_flight(
     offset + length), which stays to be copied) lets every task created until 64
     are busy complete; later, the pool is full and the failure ends the call before
     the next busy task.  A read that fails before yielding (blkdebug's
-    `immediately`) ends the task at once, before the next is created.  The model
-    copies tasks one by one, so the tasks before the failed one are done; the ones
-    after it are copied now, each through the armed faults like any request (a rule
-    that is not `once` fails it too).  Recorded on QEMU 7.2: qemu-iotests 257's
+    `immediately`) ends the task at once, before the next is created.  The job
+    process reaches the failed task after creating the ones before it (they are in
+    its `TaskPool`); the ones after it are created now, each through the armed
+    faults like any request (a rule that is not `once` fails it too), and the data
+    tasks among them are returned (offset, length, progress) for the pool to run.
+    Recorded on QEMU 7.2: qemu-iotests 257's
     full-sync backups (the second read fails in the fourth of 64 busy tasks: 945 of
     1024 clusters copied) and scenarios/blockapi/backup-block-copy-pool*.jsonl
     (after a resume the target's L2 table exists, every task but the failed one
     completes)."""
     filling = kind.tasks_issued < BLOCK_COPY_MAX_WORKERS  # no task has finished yet
     kind.tasks_issued += 1  # the failed task
+    copied: list[tuple[int, int, int]] = []  # the data tasks: offset, length, progress
     if immediately:
-        return
+        return copied
     resume = kind.cursor
     kind.cursor = (offset + length) // kind.cluster
     while True:
@@ -232,9 +259,63 @@ def finish_in_flight(
         kind.cursor = (at + size) // kind.cluster
         if m.faults and chunk_fault(m, job, at, size) is not None:
             continue
+        hole = kind.chunk_is_hole(at, size)
+        before = job.offset
         kind.copy_chunk(at, size, counted=True)
         note_job_write(m.state.graph, kind.target, at, size)
+        if not hole:
+            copied.append((at, size, job.offset - before))
     kind.cursor = resume
+    return copied
+
+
+class TaskPool:
+    """A backup's block-copy tasks in flight (block_copy_dirty_clusters' aio task
+    pool of BLOCK_COPY_MAX_WORKERS): the call creates a task, starts it and goes on
+    to the next without waiting for it, until 64 are in flight.  Each task reads the
+    source and writes the target on its own (`chunk_io`), so the devices serve them
+    concurrently; its progress counts when it completes (block_copy_task_entry's
+    progress_work_done).  The model copy is done when the task starts, as for every
+    chunk.  A task that does no I/O (a zero write block status allows) takes the
+    job's own time, one after the other, as QEMU completes it before it creates the
+    next."""
+
+    __slots__ = ("m", "job", "kind", "running")
+
+    def __init__(self, m: Machine, job: Job) -> None:
+        assert isinstance(job.kind, BackupKind)
+        self.m, self.job, self.kind = m, job, job.kind
+        self.running: list[simpy.Process] = []
+
+    def wait_slot(self) -> Proc:
+        """aio_task_pool_wait_slot: wait until fewer than 64 tasks are in flight."""
+        while len(self.running) >= BLOCK_COPY_MAX_WORKERS:
+            yield self.m.env.any_of(self.running)
+            self.running = [p for p in self.running if p.is_alive]
+
+    def start(self, offset: int, length: int, progress: int, unthrottled_read: bool) -> None:
+        """aio_task_pool_start_task: the task's I/O runs on its own; its `progress`
+        (already in the job's offset) is withheld until it completes."""
+        job = self.job
+        job.offset -= progress
+        source, target = self.kind.reads_from(), self.kind.writes_to()
+
+        def task() -> Proc:
+            yield from chunk_io(
+                self.m, job, source, target, length, True, False, unthrottled_read, False
+            )
+            job.offset += progress
+
+        proc = self.m.env.process(task())
+        proc.actor = f"job:{job.id}"  # type: ignore[attr-defined]  # tie-break actor
+        self.running.append(proc)
+
+    def wait_all(self) -> Proc:
+        """aio_task_pool_wait_all: until every task in flight has completed."""
+        live = [p for p in self.running if p.is_alive]
+        self.running = []
+        if live:
+            yield self.m.env.all_of(live)
 
 
 def chunk_fault(m: Machine, job: Job, offset: int, length: int) -> tuple[bool, str, bool] | None:
@@ -268,6 +349,7 @@ def chunk_io(
     write: bool,
     hole: bool = False,
     unthrottled_read: bool = False,
+    rate_limited: bool = True,
 ) -> Proc:
     """The time a chunk takes: read on the source's device, write on the target's,
     then the rest of what the job's `speed` asks for (block_job_ratelimit).  A hole
@@ -294,7 +376,7 @@ def chunk_io(
             if throttling and groups_on_path(target):
                 yield from throttled(m, groups_on_path(target), True, length)
             yield from m.device_of(target).io(env, length, rng)
-    rest = rate_limit_ns(length, job.speed) - (env.now - start)
+    rest = rate_limit_ns(length, job.speed) - (env.now - start) if rate_limited else 0
     if rest > 0:
         yield env.timeout(rest)
 
@@ -336,6 +418,8 @@ def leap(m: Machine, job: Job, source: BlockNode | None, target: BlockNode | Non
         if run is None:
             break
         offset, length, count, hole = run
+        if not hole and isinstance(kind, BackupKind):
+            break  # block-copy's data tasks run concurrently (TaskPool)
         ns = chunk_ns(src, dst, length, hole, speed)
         if ns <= 0:
             break

@@ -86,7 +86,11 @@ class Machine:
         self.io_log: list[workload.IoRecord] = []  # every workload request, in completion order
 
     def actor_of(self, process: Any) -> str:
-        """Who a simpy process acts for: `job:<id>` for a job, else `guest`."""
+        """Who a simpy process acts for: `job:<id>` for a job (and its block-copy
+        tasks), else `guest`."""
+        actor = getattr(process, "actor", None)
+        if actor is not None:
+            return str(actor)
         for job_id, proc in self.processes.items():
             if proc is process:
                 return f"job:{job_id}"

@@ -6,6 +6,13 @@ the last line is ``{"final-expect": STATE}`` with the final state and every
 event.  Everything else stays byte for byte: the header line, ``//`` comments,
 blank lines, `advance` steps.  Recording a trace again on the same
 QEMU gives the same file.
+
+Where QEMU itself races (two jobs whose completions run in either order), the
+order of the events may differ from one run to the next.  Recorded with several
+runs, every answer and the final state must be the same in each run; the event
+orders seen besides the first run's go to ``final-expect``'s
+``other-event-orders`` (a list of whole event lists), and a replay accepts any
+of them.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from sim.compare import first_difference
 from sim.errors import TraceError
 from sim.oracle.qemu_runner import DEFAULT_WAIT_TIMEOUT_S, QemuRunner, RunResult, StepResult
 from sim.trace import Step, dumps, parse_lines, read_lines
@@ -26,24 +34,68 @@ def record_trace(
     qemu: str | os.PathLike[str] | None = None,
     *,
     wait_timeout_s: float = DEFAULT_WAIT_TIMEOUT_S,
+    runs: int = 1,
 ) -> RunResult:
     """Run the trace at `trace_path` on real QEMU and write the recorded trace to `out_path`.
 
     `out_path` may be `trace_path` (the file is replaced only once the run
-    succeeded).  Returns the `RunResult`.  Raises `TraceError` (nothing
-    written) if a step could not run on QEMU: a sim-only or broken step, a
-    known QEMU crasher, or a wait that timed out; `OracleError` if QEMU is
-    missing or died.
+    succeeded).  With `runs` > 1 the trace runs that many times, each on a fresh
+    QEMU (`merge_runs`).  Returns the `RunResult` written.  Raises `TraceError`
+    (nothing written) if a step could not run on QEMU: a sim-only or broken step,
+    a known QEMU crasher, or a wait that timed out, or if the runs answered
+    differently otherwise than in the order of the events; `OracleError` if QEMU
+    is missing or died.
     """
+    if runs < 1:
+        raise ValueError(f"runs must be at least 1, got {runs}")
     raw = read_lines(trace_path)
     trace = parse_lines(raw, str(trace_path))
     lines = [line if isinstance(line, str) else line.decode("utf-8", "replace") for line in raw]
-    with QemuRunner(trace, qemu=qemu, wait_timeout_s=wait_timeout_s) as runner:
-        result = runner.run()
-    _raise_step_errors(result.steps)
+    results = []
+    for _ in range(runs):
+        with QemuRunner(trace, qemu=qemu, wait_timeout_s=wait_timeout_s) as runner:
+            result = runner.run()
+        _raise_step_errors(result.steps)
+        results.append(result)
+    result = merge_runs(results, trace.steps)
     recorded = recorded_lines(lines, trace.steps, result)
     _write_atomically(Path(out_path), "\n".join(recorded) + "\n")
     return result
+
+
+def merge_runs(results: list[RunResult], steps: list[Step]) -> RunResult:
+    """One recording of several runs of a trace: the first run's, with the event
+    orders the other runs gave (when they differ from it) as the final state's
+    `other-event-orders`.  Pure.  Raises `TraceError` when a run answered a step,
+    or ended in a final state, otherwise than the first did: that is more than
+    an order of events, and no recording can say it."""
+    first = results[0]
+    orders: list[list[dict[str, Any]]] = [first.final.get("events", [])]
+    for number, other in enumerate(results[1:], start=2):
+        for step, a, b in zip(steps, first.steps, other.steps, strict=True):
+            diff = first_difference(a["response"], b["response"])
+            if diff is not None:
+                raise TraceError(
+                    f"QEMU answered step {a['step']} differently in run {number} than in run "
+                    f"1 ({diff}): not only the order of events is racy, nothing written",
+                    step.line,
+                )
+        rest = {k: v for k, v in other.final.items() if k != "events"}
+        diff = first_difference({k: v for k, v in first.final.items() if k != "events"}, rest)
+        if diff is not None:
+            raise TraceError(
+                f"QEMU's final state differs in run {number} than in run 1 ({diff}), "
+                "nothing written",
+                steps[-1].line if steps else 1,
+            )
+        events = other.final.get("events", [])
+        if all(first_difference(seen, events) is not None for seen in orders):
+            orders.append(events)
+    if len(orders) == 1:
+        return first
+    final = dict(first.final)
+    final["other-event-orders"] = orders[1:]
+    return RunResult(first.steps, final, first.scratch_dir)
 
 
 def recorded_lines(lines: list[str], steps: list[Step], result: RunResult) -> list[str]:
