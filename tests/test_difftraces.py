@@ -44,3 +44,21 @@ def test_rules_needing_a_bitmap_wait_for_one_the_draw_may_name() -> None:
     traces = draw_traces(60, seed=9191)
     assert len(traces) == 60
     assert all(steps[0].get("trace") == 1 for steps in traces)  # each one a whole trace
+
+
+def test_settle_waits_for_pending_by_the_job_id() -> None:
+    # QEMU's BLOCK_JOB_PENDING names the job by `id`, not `device`: a wait matching
+    # on `device` is never satisfied, and every draw whose job reached PENDING was lost
+    from sim.fuzz.difftraces import DifferentialMachine
+    from tests.helpers import DRIVE0
+
+    machine = DifferentialMachine()
+    machine.open([dict(DRIVE0)], 0)
+    machine.qmp(
+        "drive-backup",
+        {"device": "drive0", "job-id": "j0", "sync": "full", "target": "t.qcow2",
+         "auto-finalize": False},
+    )  # fmt: skip
+    assert machine.steps[-1] == {"wait": {"event": "BLOCK_JOB_PENDING", "data": {"id": "j0"}}}
+    assert [(j.id, j.status) for j in machine.machine.state.jobs] == [("j0", "pending")]
+    assert not replay(to_trace([machine.header, *machine.steps])).trace_errors

@@ -39,7 +39,7 @@ from hypothesis.stateful import RuleBasedStateMachine, get_state_machine_test, r
 from sim.fuzz.choices import Choices, choices, group
 from sim.fuzz.machine import BlockMachine
 from sim.fuzz.rules_graph import TRANSACTION_ACTIONS
-from sim.fuzz.rules_jobs import expected_events
+from sim.fuzz.rules_jobs import event_match, expected_events
 from sim.model.job_backup import BackupKind
 from sim.model.job_mirror import MirrorKind
 from sim.model.jobs import Job
@@ -255,7 +255,7 @@ class DifferentialMachine(BlockMachine):
             events = expected_events(job)
             if not events:
                 reject()  # nothing will move it: not a trace QEMU answers deterministically
-            self.run({"wait": {"event": events[0], "data": {"device": job.id}}})
+            self.run({"wait": {"event": events[0], "data": event_match(events[0], job.id)}})
         reject()
 
     def before_io(self, command_line: str) -> None:
