@@ -543,8 +543,11 @@ def diff(
     With --campaign N: draw N traces (from the fuzzer's rules by default), diff
     each, shrink every new mismatch class into OUT/failures/ and print the
     traces and steps matched per 1,000, per command.  Each class is marked
-    pinned (a known difference in scenarios/known-differences/differential/)
-    or UNEXPLAINED; the exit status is 1 only when some class is unexplained.
+    pinned (a known difference in scenarios/known-differences/differential/),
+    QEMU nondeterministic (QEMU answered re-runs of each of its traces
+    differently where the simulator differs; evidence in
+    OUT/failures/qemu-nondeterministic/) or UNEXPLAINED; the exit status is 1
+    only when some class is unexplained.
     """
     from sim.oracle.diff import diff_trace
     from sim.oracle.qemu_runner import OracleError, QemuNotFound

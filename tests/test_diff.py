@@ -275,3 +275,101 @@ def test_shrink_keeps_the_signature(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_load_and_refuse_on_a_real_scenario_file() -> None:
     check_runnable(load_trace(LIFECYCLE))  # recorded traces are runnable
+
+
+# --- QEMU's own nondeterminism (a fake QEMU side: the simulator's answers, one altered) ------
+
+
+class FakeQemu:
+    """Stands in for `QemuRunner`: answers every step as the simulator does, except the
+    `query-block-jobs` reply on the runs `odd` names (1-based, counted over all runs)."""
+
+    runs = 0
+    odd: frozenset[int] = frozenset()
+
+    def __init__(self, trace: Any, **_: Any) -> None:
+        self.trace = trace
+
+    def __enter__(self) -> FakeQemu:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def run(self) -> Any:
+        from sim.oracle.qemu_runner import RunResult
+        from sim.replay import replay
+
+        FakeQemu.runs += 1
+        sim = replay(self.trace)
+        steps = []
+        for step, outcome in zip(self.trace.steps, sim.steps, strict=True):
+            response = dict(outcome.response)
+            if step.body.get("execute") == "query-block-jobs" and FakeQemu.runs in self.odd:
+                response = {"return": [{"device": "ghost", "type": "backup"}]}
+            steps.append({"step": outcome.index, "line": step.line, "command": step.body,
+                          "response": response, "events": outcome.events})  # fmt: skip
+        return RunResult(steps, sim.final)
+
+
+def fake_campaign(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, odd: set[int]
+) -> differential.Summary:
+    from sim.oracle import diff as oracle_diff
+
+    steps = [HEADER, {"execute": "query-jobs"}, {"execute": "query-block-jobs"}]
+    monkeypatch.setattr(oracle_diff, "QemuRunner", FakeQemu)
+    monkeypatch.setattr(oracle_diff, "compare_images", lambda runner, sim: ([], [], []))
+    monkeypatch.setattr(differential, "find_qemu", lambda qemu: "qemu")
+    monkeypatch.setattr(differential, "_draw", lambda *a: iter([(0, 11, [dict(s) for s in steps])]))
+    monkeypatch.setattr(FakeQemu, "runs", 0)
+    monkeypatch.setattr(FakeQemu, "odd", frozenset(odd))
+    return differential.differential_campaign(1, 1, tmp_path, shrink_runs=4, pinned={})
+
+
+def test_qemu_answering_a_rerun_differently_is_its_own_class(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # the campaign's run answers query-block-jobs with a job, the re-run with none (as the
+    # simulator does): QEMU disagrees with itself where the simulator differs
+    summary = fake_campaign(monkeypatch, tmp_path, {1})
+    [cls] = summary.classes
+    assert cls.signature.startswith("response:query-block-jobs:")
+    assert cls.nondeterministic == [11] and cls.deterministic == []
+    assert cls.status({}) == "qemu-nondeterministic"
+    assert summary.unexplained({}) == [] and summary.nondeterministic({}) == [cls]
+    text = summary.render({})
+    assert "unexplained: 0 class(es), 0 trace(s)" in text
+    assert "QEMU nondeterministic: 1 class(es), 1 trace(s)" in text
+    evidence = json.loads(Path(cls.evidence).read_text())
+    assert evidence["where"] == "step 2 (line 3) query-block-jobs"
+    answers = [a["answer"] for a in evidence["qemu_answers"]]
+    assert answers == [{"return": [{"device": "ghost", "type": "backup"}]}, {"return": []}]
+    assert evidence["runs_against_the_simulator"][1]["first_difference"] == "identical"
+    # its shrunk trace did not show it again: QEMU's runs of that one disagree too
+    assert cls.reproduced == "0/2" and Path(cls.shrunk_evidence).is_file()
+    # a merged campaign keeps the verdict, and it is still counted on its own line
+    merged = differential.merge_summaries([tmp_path])
+    assert merged.classes[0].status({}) == "qemu-nondeterministic"
+    assert "QEMU nondeterministic: 1 class(es)" in merged.render({})
+
+
+def test_qemu_answering_the_same_every_time_stays_a_real_mismatch(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    summary = fake_campaign(monkeypatch, tmp_path, set(range(1, 100)))
+    [cls] = summary.classes
+    assert cls.deterministic == [11] and cls.nondeterministic == [] and cls.evidence == ""
+    assert cls.status({}) == "unexplained" and summary.unexplained({}) == [cls]
+    assert cls.shrunk_evidence == "" and cls.reproduced == "2/2"
+    text = summary.render({})
+    assert "unexplained: 1 class(es), 1 trace(s)" in text and "UNEXPLAINED" in text
+    assert "QEMU nondeterministic: 0 class(es), 0 trace(s)" in text
+    assert not (tmp_path / "failures" / "qemu-nondeterministic").exists()
+    # the re-runs are bounded: campaign run, RECHECK_RUNS, shrinking, confirmation
+    assert FakeQemu.runs == summary.qemu_runs <= 1 + differential.RECHECK_RUNS + 4 + 2
+    # a pinned class is not re-run
+    FakeQemu.runs = 0
+    pinned = {cls.signature: "x.jsonl"}
+    again = differential.differential_campaign(1, 1, tmp_path / "p", shrink_runs=0, pinned=pinned)
+    assert again.classes[0].deterministic == [] and FakeQemu.runs == 1 + differential.CONFIRM_RUNS

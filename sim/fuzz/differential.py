@@ -8,6 +8,16 @@ of their first difference (layer, command, field, kind of change).  The
 first trace of each class is shrunk and written to ``OUT/failures/``; later
 traces of a known class are only counted, which keeps the campaign fast.
 
+QEMU itself is not always deterministic (a job's progress under load).  A
+mismatching trace whose class no pinned known difference explains is run
+again on QEMU (at most `RECHECK_RUNS` times); when two of QEMU's own runs
+answer differently where the simulator differs (`qemu_answer`), the trace
+is *QEMU-nondeterministic*: its evidence (each run's answer there) goes to
+``OUT/failures/qemu-nondeterministic/`` and the summary counts such classes
+on a line of their own.  A class stays UNEXPLAINED unless every one of its
+traces showed that; when QEMU answers a trace the same way every time and
+the simulator differs, the mismatch is real.
+
 Shrinking is delta debugging over *units*: each step that is not a `wait`,
 together with the waits that belong to it (a wait belongs to the latest job
 command that names the job it waits for), so a job is never kept without the
@@ -45,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.bundled import bundled
+from sim.compare import first_difference
 from sim.errors import TraceError
 from sim.oracle import (
     DiffReport,
@@ -53,9 +64,11 @@ from sim.oracle import (
     QemuNotFound,
     diff_trace,
     find_qemu,
+    qemu_answer,
     recorded_lines,
     step_label,
 )
+from sim.oracle.diff import Difference
 from sim.replay import replay
 from sim.trace import Trace, atomic_write_text, dumps, parse_lines
 
@@ -64,6 +77,8 @@ SHRINK_WAIT_TIMEOUT_S = 10.0
 MAX_SHRINK_RUNS = 150  # QEMU runs one shrink may spend
 SUMMARY_EVERY = 25  # traces between two writes of summary.json during a campaign
 CONFIRM_RUNS = 2  # extra runs of a shrunk trace: a flaky class shows as "reproduced 0/2"
+RECHECK_RUNS = 2  # re-runs of an unexplained mismatching trace, to see QEMU disagree with itself
+NONDETERMINISTIC = "qemu-nondeterministic"  # the evidence folder under OUT/failures/
 SEED_STRIDE = 1_000_000  # trace i of campaign seed s uses generator seed s * SEED_STRIDE + i
 
 # Commands that start, move or end a job: what a `wait` for a job event belongs to.
@@ -98,10 +113,26 @@ class MismatchClass:
     steps_after: int
     first: str  # the first difference of the shrunk trace, rendered
     reproduced: str = ""  # "k/n": the shrunk trace showed it again in k of n more runs
+    # traces QEMU answered differently on a re-run where the simulator differs ...
+    nondeterministic: list[int] = field(default_factory=list)
+    # ... and traces QEMU answered the same way in every re-run (a real mismatch)
+    deterministic: list[int] = field(default_factory=list)
+    evidence: str = ""  # the first QEMU-nondeterministic trace's evidence file
+    shrunk_evidence: str = ""  # QEMU's runs of the shrunk trace disagreed: their evidence
 
     @property
     def count(self) -> int:
         return len(self.seeds)
+
+    def status(self, pinned: dict[str, str]) -> str:
+        """``pinned`` (a known difference names the signature), ``qemu-nondeterministic``
+        (QEMU answered a re-run of every trace of the class differently where the
+        simulator differs) or ``unexplained``."""
+        if self.signature in pinned:
+            return "pinned"
+        if self.seeds and len(set(self.nondeterministic)) == len(set(self.seeds)):
+            return NONDETERMINISTIC
+        return "unexplained"
 
 
 def pinned_classes(folder: str | Path | None = None) -> dict[str, str]:
@@ -212,14 +243,23 @@ class Summary:
                     "steps": [c.steps_before, c.steps_after],
                     "first": c.first,
                     "reproduced": c.reproduced,
+                    "nondeterministic": c.nondeterministic,
+                    "deterministic": c.deterministic,
+                    "evidence": c.evidence,
+                    "shrunk_evidence": c.shrunk_evidence,
                 }
                 for c in self.classes
             ],
         }
 
     def unexplained(self, pinned: dict[str, str]) -> list[MismatchClass]:
-        """The classes whose signature no pinned known difference names."""
-        return [c for c in self.classes if c.signature not in pinned]
+        """The classes neither a pinned known difference nor QEMU's own nondeterminism
+        explains (`MismatchClass.status`)."""
+        return [c for c in self.classes if c.status(pinned) == "unexplained"]
+
+    def nondeterministic(self, pinned: dict[str, str]) -> list[MismatchClass]:
+        """The classes whose every trace QEMU answered differently on a re-run."""
+        return [c for c in self.classes if c.status(pinned) == NONDETERMINISTIC]
 
     def render(self, pinned: dict[str, str] | None = None) -> str:
         """A readable summary: counts, speed, one paragraph per class (each marked
@@ -227,6 +267,7 @@ class Summary:
         known differences)."""
         pinned = pinned_classes() if pinned is None else pinned
         unexplained = self.unexplained(pinned)
+        flaky = self.nondeterministic(pinned)
         lines = [
             f"{self.traces} traces: {self.identical} identical, {self.mismatching} mismatching "
             f"in {len(self.classes)} class(es); {self.elapsed_s:.0f} s, "
@@ -246,7 +287,13 @@ class Summary:
         lines.append(
             f"unexplained: {len(unexplained)} class(es), "
             f"{sum(c.count for c in unexplained)} trace(s) "
-            f"({len(self.classes) - len(unexplained)} class(es) pinned as known differences)"
+            f"({len(self.classes) - len(unexplained) - len(flaky)} class(es) pinned as "
+            "known differences)"
+        )
+        lines.append(
+            f"QEMU nondeterministic: {len(flaky)} class(es), {sum(c.count for c in flaky)} "
+            "trace(s) (QEMU answered a re-run of the same trace differently where the "
+            f"simulator differs; evidence in failures/{NONDETERMINISTIC}/)"
         )
         if self.generator_errors:
             lines.append(f"generator failed on {len(self.generator_errors)} seed(s):")
@@ -257,7 +304,26 @@ class Summary:
                 f"- {c.signature}: {c.count} trace(s) (seeds {c.seeds[:5]}), shrunk "
                 f"{c.steps_before} -> {c.steps_after} steps, reproduced {c.reproduced}: {c.path}"
             )
-            lines.append(f"    pinned: {known}" if known else "    UNEXPLAINED")
+            status = c.status(pinned)
+            if status == "pinned":
+                lines.append(f"    pinned: {known}")
+            elif status == NONDETERMINISTIC:
+                lines.append(
+                    f"    QEMU NONDETERMINISTIC: QEMU answered a re-run of each of its "
+                    f"{c.count} trace(s) differently there; evidence: {c.evidence}"
+                )
+            else:
+                lines.append("    UNEXPLAINED")
+                if c.nondeterministic or c.deterministic:
+                    lines.append(
+                        f"    re-run on QEMU: {len(c.nondeterministic)} trace(s) answered "
+                        f"differently (evidence: {c.evidence or '-'}), "
+                        f"{len(c.deterministic)} the same way every time"
+                    )
+            if c.shrunk_evidence:
+                lines.append(
+                    f"    QEMU's runs of the shrunk trace disagreed there: {c.shrunk_evidence}"
+                )
             lines.append("    " + c.first.replace("\n", "\n    "))
         return "\n".join(lines)
 
@@ -272,6 +338,57 @@ class Outcome:
     labels: tuple[str, ...] = ()  # each step's command (`step_label`)
     bad: frozenset[int] = frozenset()  # 0-based indices of the steps a difference shows at
     recorded: list[str] | None = None  # the trace with QEMU's answers (when QEMU ran it all)
+    report: DiffReport | None = field(default=None, compare=False, repr=False)  # the diff
+
+
+@dataclass(frozen=True)
+class SelfDisagreement:
+    """Runs of one trace on which real QEMU answered differently where the simulator
+    differs (the first run's first difference): that answer depends on timing on QEMU."""
+
+    where: str  # the place, as diffs name it
+    answers: list[Any]  # QEMU's answer there, one per run (the mismatching run first)
+    runs: tuple[int, int]  # the two 1-based runs whose answers differ
+    detail: str  # how they differ
+    verdicts: list[str]  # each run's diff against the simulator: its first difference
+
+
+def self_disagreement(runs: Sequence[Outcome]) -> SelfDisagreement | None:
+    """Whether QEMU's runs of one trace (`runs`, each a diff of it) answered differently
+    at the first run's first difference; a run QEMU died or hung in answers nothing."""
+    report = runs[0].report
+    place = report.first if report is not None else None
+    answers = [_answer_at(o, place) for o in runs]
+    for later in range(1, len(runs)):
+        detail = first_difference(answers[0], answers[later])
+        if detail is not None:
+            where = place.where if place is not None else "the whole run"
+            verdicts = [o.text if o.signature is not None else "identical" for o in runs]
+            return SelfDisagreement(where, answers, (1, later + 1), detail, verdicts)
+    return None
+
+
+def _answer_at(outcome: Outcome, place: Difference | None) -> Any:
+    if outcome.report is None:
+        return {"no-answers": outcome.signature}  # QEMU died or hung
+    if place is None:
+        return {"answered": "every step"}
+    return qemu_answer(outcome.report, place)
+
+
+def recheck(
+    steps: TraceSteps, outcome: Outcome, qemu: str | None, runs: int = RECHECK_RUNS
+) -> tuple[SelfDisagreement | None, int]:
+    """Run a mismatching trace on QEMU again (at most `runs` times, until QEMU answers
+    differently where it mismatched); returns the disagreement found (None: QEMU gave
+    the same answer there every time) and the QEMU runs spent."""
+    seen = [outcome]
+    for _ in range(runs):
+        seen.append(run_outcome(steps, qemu, CAMPAIGN_WAIT_TIMEOUT_S))
+        found = self_disagreement(seen)
+        if found is not None:
+            return found, len(seen) - 1
+    return None, runs
 
 
 def differential_campaign(
@@ -285,6 +402,7 @@ def differential_campaign(
     first: int = 0,
     record_dir: str | Path | None = None,
     shrink_runs: int = MAX_SHRINK_RUNS,
+    pinned: dict[str, str] | None = None,
 ) -> Summary:
     """Diff `n_traces` generated traces on real QEMU and the simulator; returns the `Summary`.
 
@@ -293,9 +411,11 @@ def differential_campaign(
     `seed`.  `first` is the index of the first trace (campaigns run in
     chunks).  With `record_dir`, every trace QEMU ran through is written
     there with QEMU's answers (``match/`` or ``mismatch/``).  `shrink_runs`
-    caps the QEMU runs shrinking one new class may spend.  Writes the shrunk
-    trace of each mismatch class to ``out_dir/failures/`` and the summary to
-    ``out_dir/summary.json``.  `progress(done, total, message)` is called
+    caps the QEMU runs shrinking one new class may spend.  A mismatching trace
+    whose signature `pinned` (default: `pinned_classes()`) does not name is
+    run again (`recheck`) unless its class already has a trace QEMU answers
+    the same way every time.  Writes the shrunk trace of each mismatch class
+    to ``out_dir/failures/`` and the summary to ``out_dir/summary.json``.  `progress(done, total, message)` is called
     after every trace.  Raises `QemuNotFound` when QEMU is missing.
     """
     find_qemu(qemu)
@@ -304,6 +424,7 @@ def differential_campaign(
     records = Path(record_dir) if record_dir is not None else None
     summary = Summary()
     known: dict[str, MismatchClass] = {}
+    pinned = pinned_classes() if pinned is None else pinned
     started = time.perf_counter()
     for index, trace_seed, steps in _draw(source, n_traces, seed, first, summary, progress):
         t0 = time.perf_counter()
@@ -328,6 +449,11 @@ def differential_campaign(
         else:
             summary.mismatching += 1
             cls = known.get(outcome.signature)
+            disagreement: SelfDisagreement | None = None
+            check = outcome.signature not in pinned and (cls is None or not cls.deterministic)
+            if check:
+                disagreement, runs = recheck(steps, outcome, qemu)
+                summary.qemu_runs += runs
             if cls is None:
                 cls = _new_class(steps, trace_seed, outcome, qemu, out, summary, shrink_runs)
                 known[cls.signature] = cls
@@ -336,6 +462,15 @@ def differential_campaign(
             else:
                 message = f"seed {trace_seed}: {cls.signature} (seen)"
             cls.seeds.append(trace_seed)
+            if check and disagreement is None:
+                cls.deterministic.append(trace_seed)
+            elif disagreement is not None:
+                cls.nondeterministic.append(trace_seed)
+                path = write_evidence(
+                    out / "failures", steps, cls.signature, disagreement, f"seed {trace_seed}"
+                )
+                cls.evidence = cls.evidence or str(path)
+                message += f"; QEMU answered a re-run differently: {path}"
         if progress is not None:
             progress(index + 1, n_traces, message)
         if summary.traces % SUMMARY_EVERY == 0:  # a campaign cut short keeps its figures
@@ -398,6 +533,12 @@ def _new_class(
     summary.qemu_runs += runs + CONFIRM_RUNS
     reproduced = sum(o.signature == outcome.signature for o in again)
     path = write_failure(out / "failures", shrunk, outcome.signature, final, trace_seed)
+    disagreement = self_disagreement([final, *again])
+    shrunk_evidence = ""
+    if disagreement is not None:
+        label = f"shrunk from seed {trace_seed}"
+        evidence = write_evidence(out / "failures", shrunk, outcome.signature, disagreement, label)
+        shrunk_evidence = str(evidence)
     return MismatchClass(
         outcome.signature,
         trace_seed,
@@ -407,6 +548,7 @@ def _new_class(
         len(shrunk) - 1,
         final.text,
         f"{reproduced}/{CONFIRM_RUNS}",
+        shrunk_evidence=shrunk_evidence,
     )
 
 
@@ -444,9 +586,9 @@ def _report_outcome(report: DiffReport, steps: TraceSteps) -> Outcome:
         recorded = recorded_lines(lines, report.trace.steps, report.qemu)
     first = report.first
     if first is None:
-        return Outcome(None, report.render(limit=3), errors, labels, bad, recorded)
+        return Outcome(None, report.render(limit=3), errors, labels, bad, recorded, report)
     text = f"{first.where}: {first.detail}"
-    return Outcome(first.signature, text, errors, labels, bad, recorded)
+    return Outcome(first.signature, text, errors, labels, bad, recorded, report)
 
 
 def _died_command(message: str) -> str:
@@ -612,6 +754,31 @@ def write_failure(
     return path
 
 
+def write_evidence(
+    folder: Path, steps: TraceSteps, signature: str, found: SelfDisagreement, label: str
+) -> Path:
+    """Write the evidence that QEMU answered runs of a trace differently where the
+    simulator differs (the trace, QEMU's answer there in each run, each run's verdict)
+    into ``folder/qemu-nondeterministic/``; returns its path."""
+    target = folder / NONDETERMINISTIC
+    target.mkdir(parents=True, exist_ok=True)
+    tag = re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-")
+    path = target / f"{failure_name(signature)}-{tag}.json"
+    doc = {
+        "signature": signature,
+        "trace": label,
+        "where": found.where,
+        "differ": f"run {found.runs[0]} vs run {found.runs[1]}: {found.detail}",
+        "qemu_answers": [{"run": i, "answer": a} for i, a in enumerate(found.answers, 1)],
+        "runs_against_the_simulator": [
+            {"run": i, "first_difference": v} for i, v in enumerate(found.verdicts, 1)
+        ],
+        "steps": steps,
+    }
+    atomic_write_text(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    return path
+
+
 # --- campaigns run in chunks ----------------------------------------------------------------
 
 
@@ -650,6 +817,10 @@ def merge_summaries(folders: Sequence[str | Path]) -> Summary:
                 by_signature[c["signature"]] = known
                 merged.classes.append(known)
             known.seeds.extend(c["seeds"])
+            known.nondeterministic.extend(c.get("nondeterministic", []))
+            known.deterministic.extend(c.get("deterministic", []))
+            known.evidence = known.evidence or c.get("evidence", "")
+            known.shrunk_evidence = known.shrunk_evidence or c.get("shrunk_evidence", "")
     return merged
 
 

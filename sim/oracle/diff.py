@@ -208,6 +208,50 @@ def diff_trace(
     return DiffReport(trace, sim.policy, found, notes, real, sim, qemu_s, sim_s, names)
 
 
+# --- QEMU's own answer at a difference (to compare two runs of one trace) ------------------
+
+
+def qemu_answer(report: DiffReport, place: Difference) -> Any:
+    """What QEMU answered in `report`'s run where `place` (a difference found in this or
+    another run of the same trace) shows, as a JSON value: two runs of a trace whose
+    answers here differ show that QEMU's answer at that place depends on timing.
+
+    A response: the step's reply (or why QEMU gave none).  Events: QEMU's ordered
+    event list up to the differing event.  The final state: the value at the
+    difference's field (``{"absent": FIELD}`` when this run has none there).  An
+    image: this run's differences in that image (the simulator's side of an image
+    does not change from run to run, so they change only with QEMU's bytes).
+    """
+    if place.section == "response" and place.step is not None:
+        result = report.qemu.steps[place.step - 1]
+        if "error" in result:
+            return {"no-answer": result["error"]}
+        return normalize(_no_id(result["response"] or {}))
+    if place.section == "events":
+        events = [normalize(e) for e in report.qemu.final.get("events", [])]
+        found = re.match(r"events\[(\d+)\]", place.field)
+        return events[: int(found.group(1)) + 1] if found else events
+    if place.section == "final":
+        return _at_field(normalize_final(report.qemu.final), place.field)
+    return [
+        d.detail
+        for d in report.differences
+        if d.section == place.section and d.command == place.command
+    ]
+
+
+def _at_field(value: Any, field: str) -> Any:
+    """The part of `value` at a difference's field (``.nodes[2].dirty-bitmaps[0].count``)."""
+    for key, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", field):
+        if key and isinstance(value, Mapping) and key in value:
+            value = value[key]
+        elif index and isinstance(value, list) and int(index) < len(value):
+            value = value[int(index)]
+        else:
+            return {"absent": field}
+    return value
+
+
 # --- 1. responses ----------------------------------------------------------------------
 
 
