@@ -58,6 +58,7 @@ from sim.bundled import bundled
 from sim.compare import first_difference
 from sim.errors import TraceError
 from sim.oracle import (
+    Difference,
     DiffReport,
     OracleError,
     QemuDied,
@@ -68,7 +69,6 @@ from sim.oracle import (
     recorded_lines,
     step_label,
 )
-from sim.oracle.diff import Difference
 from sim.replay import replay
 from sim.trace import Trace, atomic_write_text, dumps, parse_lines
 

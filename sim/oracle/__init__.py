@@ -9,13 +9,21 @@ binary alone; `find_qemu` locates the binary.  `OracleError` (and its
 `QemuNotFound`, `QemuDied`) is what goes wrong on the QEMU side.
 """
 
-from sim.oracle.diff import DiffReport, check_runnable, diff_trace, qemu_answer, step_label
+from sim.oracle.diff import (
+    Difference,
+    DiffReport,
+    check_runnable,
+    diff_trace,
+    qemu_answer,
+    step_label,
+)
 from sim.oracle.qemu_runner import OracleError, QemuDied, QemuNotFound, find_qemu, run_trace
 from sim.oracle.record import record_trace, recorded_lines
 
 __all__ = [
     "diff_trace",
     "DiffReport",
+    "Difference",
     "record_trace",
     "recorded_lines",
     "step_label",
