@@ -413,8 +413,7 @@ def differential_campaign(
     there with QEMU's answers (``match/`` or ``mismatch/``).  `shrink_runs`
     caps the QEMU runs shrinking one new class may spend.  A mismatching trace
     whose signature `pinned` (default: `pinned_classes()`) does not name is
-    run again (`recheck`) unless its class already has a trace QEMU answers
-    the same way every time.  Writes the shrunk trace of each mismatch class
+    run again (`recheck`).  Writes the shrunk trace of each mismatch class
     to ``out_dir/failures/`` and the summary to ``out_dir/summary.json``.  `progress(done, total, message)` is called
     after every trace.  Raises `QemuNotFound` when QEMU is missing.
     """
@@ -450,7 +449,7 @@ def differential_campaign(
             summary.mismatching += 1
             cls = known.get(outcome.signature)
             disagreement: SelfDisagreement | None = None
-            check = outcome.signature not in pinned and (cls is None or not cls.deterministic)
+            check = outcome.signature not in pinned
             if check:
                 disagreement, runs = recheck(steps, outcome, qemu)
                 summary.qemu_runs += runs
@@ -462,15 +461,8 @@ def differential_campaign(
             else:
                 message = f"seed {trace_seed}: {cls.signature} (seen)"
             cls.seeds.append(trace_seed)
-            if check and disagreement is None:
-                cls.deterministic.append(trace_seed)
-            elif disagreement is not None:
-                cls.nondeterministic.append(trace_seed)
-                path = write_evidence(
-                    out / "failures", steps, cls.signature, disagreement, f"seed {trace_seed}"
-                )
-                cls.evidence = cls.evidence or str(path)
-                message += f"; QEMU answered a re-run differently: {path}"
+            if check:
+                message += count_recheck(cls, out, steps, trace_seed, disagreement)
         if progress is not None:
             progress(index + 1, n_traces, message)
         if summary.traces % SUMMARY_EVERY == 0:  # a campaign cut short keeps its figures
@@ -534,11 +526,6 @@ def _new_class(
     reproduced = sum(o.signature == outcome.signature for o in again)
     path = write_failure(out / "failures", shrunk, outcome.signature, final, trace_seed)
     disagreement = self_disagreement([final, *again])
-    shrunk_evidence = ""
-    if disagreement is not None:
-        label = f"shrunk from seed {trace_seed}"
-        evidence = write_evidence(out / "failures", shrunk, outcome.signature, disagreement, label)
-        shrunk_evidence = str(evidence)
     return MismatchClass(
         outcome.signature,
         trace_seed,
@@ -548,8 +535,43 @@ def _new_class(
         len(shrunk) - 1,
         final.text,
         f"{reproduced}/{CONFIRM_RUNS}",
-        shrunk_evidence=shrunk_evidence,
+        shrunk_evidence=write_shrunk_evidence(
+            out, shrunk, outcome.signature, disagreement, trace_seed
+        ),
     )
+
+
+def count_recheck(
+    cls: MismatchClass,
+    out: Path,
+    steps: TraceSteps,
+    trace_seed: int,
+    disagreement: SelfDisagreement | None,
+) -> str:
+    """Count a re-run trace of `cls` as QEMU-nondeterministic (writing its evidence) or
+    deterministic; returns what the progress line adds."""
+    if disagreement is None:
+        cls.deterministic.append(trace_seed)
+        return ""
+    cls.nondeterministic.append(trace_seed)
+    label = f"seed {trace_seed}"
+    path = write_evidence(out / "failures", steps, cls.signature, disagreement, label)
+    cls.evidence = cls.evidence or str(path)
+    return f"; QEMU answered a re-run differently: {path}"
+
+
+def write_shrunk_evidence(
+    out: Path,
+    shrunk: TraceSteps,
+    signature: str,
+    disagreement: SelfDisagreement | None,
+    trace_seed: int,
+) -> str:
+    """The evidence file of QEMU's runs of a shrunk trace disagreeing ("" when they agree)."""
+    if disagreement is None:
+        return ""
+    label = f"shrunk from seed {trace_seed}"
+    return str(write_evidence(out / "failures", shrunk, signature, disagreement, label))
 
 
 # --- one run -----------------------------------------------------------------------------

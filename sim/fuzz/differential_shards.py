@@ -34,9 +34,14 @@ from sim.fuzz.differential import (
     MismatchClass,
     Outcome,
     Summary,
+    count_recheck,
+    pinned_classes,
+    recheck,
     run_outcome,
+    self_disagreement,
     shrink,
     write_failure,
+    write_shrunk_evidence,
 )
 from sim.trace import atomic_write_text
 
@@ -44,12 +49,15 @@ TRACES_PER_TASK = 5
 Progress = Callable[[int, int, str], None]
 
 
-def diff_range(task: tuple[int, int, int, str | None]) -> list[dict[str, Any]]:
-    """Diff traces start..stop-1 of campaign `seed`: one row per trace."""
+def diff_range(
+    task: tuple[int, int, int, str | None, dict[str, str]],
+) -> list[dict[str, Any]]:
+    """Diff traces start..stop-1 of campaign `seed`: one row per trace (a mismatch no
+    pinned class names is re-run, as the serial campaign does: `recheck`)."""
     from sim.fuzz.tracegen import generate_trace
     from sim.oracle import find_qemu
 
-    seed, start, stop, qemu = task
+    seed, start, stop, qemu, pinned = task
     find_qemu(qemu)
     rows: list[dict[str, Any]] = []
     for index in range(start, stop):
@@ -68,6 +76,8 @@ def diff_range(task: tuple[int, int, int, str | None]) -> list[dict[str, Any]]:
         row["signature"] = outcome.signature
         if outcome.signature is not None:
             row.update(steps=steps, text=outcome.text, sim_trace_errors=outcome.sim_trace_errors)
+            if outcome.signature not in pinned:
+                row["disagreement"], row["recheck_runs"] = recheck(steps, outcome, qemu)
         rows.append(row)
         emit({"trace": index, "signature": outcome.signature or "identical"})
     return rows
@@ -85,6 +95,7 @@ def shrink_class(task: tuple[dict[str, Any], str | None]) -> dict[str, Any]:
         "text": final.text,
         "runs": runs + CONFIRM_RUNS,
         "reproduced": f"{reproduced}/{CONFIRM_RUNS}",
+        "disagreement": self_disagreement([final, *again]),
     }
 
 
@@ -96,9 +107,11 @@ def distributed_differential(
     qemu: str | None = None,
     progress: Progress | None = None,
     per_task: int = TRACES_PER_TASK,
+    pinned: dict[str, str] | None = None,
 ) -> Summary:
     """The serial `differential_campaign`'s result, computed on `runner`; writes
     OUT/failures/, OUT/summary.json and OUT/summary.txt the same way."""
+    pinned = pinned_classes() if pinned is None else pinned
     out = Path(out_dir)
     (out / "failures").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -114,7 +127,7 @@ def distributed_differential(
             )
 
     tasks = [
-        (seed, start, min(start + per_task, n_traces), qemu)
+        (seed, start, min(start + per_task, n_traces), qemu, pinned)
         for start in range(0, n_traces, per_task)
     ]
     rows: list[dict[str, Any]] = []
@@ -137,7 +150,7 @@ def distributed_differential(
             summary.generator_errors.append(row["generator_error"])
             continue
         summary.traces += 1
-        summary.qemu_runs += 1
+        summary.qemu_runs += 1 + row.get("recheck_runs", 0)
         summary.diff_s += row["diff_s"]
         if row["signature"] is None:
             summary.identical += 1
@@ -168,18 +181,23 @@ def distributed_differential(
         summary.qemu_runs += result["runs"]
         final = Outcome(sig, result["text"])
         path = write_failure(out / "failures", result["steps"], sig, final, first["seed"])
-        summary.classes.append(
-            MismatchClass(
-                sig,
-                first["seed"],
-                seeds,
-                str(path),
-                len(first["steps"]) - 1,
-                len(result["steps"]) - 1,
-                result["text"],
-                result["reproduced"],
-            )
+        cls = MismatchClass(
+            sig,
+            first["seed"],
+            seeds,
+            str(path),
+            len(first["steps"]) - 1,
+            len(result["steps"]) - 1,
+            result["text"],
+            result["reproduced"],
+            shrunk_evidence=write_shrunk_evidence(
+                out, result["steps"], sig, result.get("disagreement"), first["seed"]
+            ),
         )
+        for row in rows:
+            if row.get("signature") == sig and "recheck_runs" in row:
+                count_recheck(cls, out, row["steps"], row["seed"], row["disagreement"])
+        summary.classes.append(cls)
     summary.elapsed_s = time.perf_counter() - started
     atomic_write_text(out / "summary.json", json.dumps(summary.to_json(), indent=1) + "\n")
     atomic_write_text(out / "summary.txt", summary.render() + "\n")
