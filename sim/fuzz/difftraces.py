@@ -17,6 +17,8 @@ timing, so that every trace it draws can be diffed against the real binary:
   through the drive a READY mirror, commit or paused job copies from), that
   job is ended first (complete, or cancel) and waited for; I/O into a job's
   target node is left as drawn (QEMU refuses it: permissions);
+- before any guest I/O a pending mirror or active commit is finalized (QEMU
+  7.2 keeps its source drained until then: the I/O would never complete);
 - a transaction starts at most one job;
 - a concluded stream job is dismissed at once (QEMU 7.2 crashes in
   query-named-block-nodes while one is kept);
@@ -259,15 +261,21 @@ class DifferentialMachine(BlockMachine):
         reject()
 
     def before_io(self, command_line: str) -> None:
-        """End the held jobs a guest write would move (all but writes into a job's target)."""
+        """Finalize pending mirrors; end the held jobs a guest write would move (all but
+        writes into a job's target)."""
         parts = command_line.split(None, 2)
         if len(parts) < 3 or parts[0] != "qemu-io":
             return
-        sub = parts[2].strip('"').split()
+        self.end_held_jobs(parts[1], parts[2])
+        self.finalize_mirrors()  # including the ones ending held jobs just made pending
+
+    def end_held_jobs(self, target: str, io: str) -> None:
+        """End the held jobs a guest write to `target` would move."""
+        sub = io.strip('"').split()
         if not sub or sub[0] == "read":
             return
         targets = {self.target_name(j) for j in self.machine.state.jobs}
-        if parts[1] in targets:
+        if target in targets:
             return  # a side write into a job's target: QEMU refuses it (permissions)
         self._settling = True
         try:
@@ -281,6 +289,27 @@ class DifferentialMachine(BlockMachine):
                 elif job.status not in ("pending", "concluded"):
                     self.qmp("job-cancel", {"id": job.id})
                 self.settle()
+        finally:
+            self._settling = False
+
+    def finalize_mirrors(self) -> None:
+        """Finalize every pending mirror and active commit: QEMU 7.2 keeps such a job's
+        source drained from the end of its run until it is finalized (mirror_run,
+        mirror_exit_common), so guest I/O through the source or a node above it waits
+        for ever, and holds the monitor with it."""
+        pending = [
+            j
+            for j in self.machine.state.jobs
+            if j.status == "pending" and isinstance(j.kind, MirrorKind)
+        ]
+        if not pending:
+            return
+        self._settling = True
+        try:
+            for job in pending:
+                if job.status == "pending":  # a transaction's jobs finalize together
+                    self.qmp("job-finalize", {"id": job.id})
+            self.settle()
         finally:
             self._settling = False
 
