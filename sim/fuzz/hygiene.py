@@ -145,6 +145,45 @@ def no_local_constants() -> None:
     providers.CONSTANTS_CACHE.cache.clear()
 
 
+SORT_KEY_CACHE = 4096  # choice sequences whose key is kept (a round's Pareto front is smaller)
+
+
+def cache_sort_keys() -> None:
+    """Compute Hypothesis' shrink order key of a choice sequence once per sequence.
+
+    Hypothesis orders examples by `sort_key(nodes)` (length, then every choice's index),
+    recomputed at each comparison.  With an example database Hypothesis keeps a Pareto
+    front of examples with `target()` scores, and adding an example compares it with up
+    to twenty of the front's: a blocksim example is a few hundred choices, many of them
+    byte strings whose index is a long computation, so 2 ms a comparison and a quarter
+    of a campaign's time went into keys of the same few hundred sequences.  A finished
+    example's nodes are an immutable tuple: its key is kept, by identity (the tuple is
+    held, so its id is not reused), for the last SORT_KEY_CACHE sequences.  The keys
+    are the same values, so every comparison, and what Hypothesis does, is unchanged."""
+    from hypothesis.internal.conjecture import engine, pareto, shrinker
+
+    if getattr(shrinker.sort_key, "_blocksim_cached", False):
+        return
+    compute = shrinker.sort_key
+    kept: dict[int, tuple[Any, Any]] = {}
+
+    def sort_key(nodes: Any) -> Any:
+        if type(nodes) is not tuple:
+            return compute(nodes)
+        hit = kept.get(id(nodes))
+        if hit is not None and hit[0] is nodes:
+            return hit[1]
+        key = compute(nodes)
+        if len(kept) >= SORT_KEY_CACHE:
+            del kept[next(iter(kept))]  # the oldest
+        kept[id(nodes)] = (nodes, key)
+        return key
+
+    sort_key._blocksim_cached = True  # type: ignore[attr-defined]
+    for module in (shrinker, pareto, engine):
+        module.sort_key = sort_key  # type: ignore[attr-defined]
+
+
 def _package_constants(providers: Any) -> Any:
     """The literals of every sim/**/*.py, in Hypothesis' own sorted containers."""
     from pathlib import Path
@@ -186,6 +225,25 @@ def end_run_unexplored() -> NoReturn:
     current_build_context().data.mark_overrun()
 
 
+def end_generation() -> NoReturn:
+    """The round has generated what it was asked for: end this run unexplored and, when
+    no failure is waiting to be shrunk, Hypothesis' whole test with it.
+
+    Hypothesis counts only valid runs towards `max_examples`, a campaign counts every
+    generated run; when the campaign's count is reached first, every later run is an
+    overrun, which Hypothesis never counts.  Without a failure its target phase then
+    goes on shrinking its Pareto front with runs that all overrun, until its limit on
+    invalid runs (about 2,000 calls, each sorted and compared by the shrinker: 9 of
+    every 10 seconds of a campaign whose failures were all muted).  Telling the engine
+    its valid examples are all in makes it stop after this run, as it stops on its own
+    once `max_examples` valid runs are in.  With a failure found it moves on to
+    shrinking it, so the count is left alone."""
+    runner = _runner(sys._getframe(1))
+    if runner is not None and not runner.interesting_examples:
+        runner.valid_examples = max(runner.valid_examples, runner.settings.max_examples)
+    end_run_unexplored()
+
+
 def hypothesis_phase() -> str:
     """The phase of the Hypothesis run that called us: `generate` or `target` for a new
     example, `reuse` (database), `shrink`, `explain`; `unknown` outside a run.
@@ -194,15 +252,21 @@ def hypothesis_phase() -> str:
     replay and shrink; only the first kind is what `max_examples` (and `blocksim fuzz
     --examples`) asks for.  Hypothesis keeps the phase on its engine object, which is
     found on the stack (one walk per example)."""
+    runner = _runner(sys._getframe(1))
+    return "unknown" if runner is None else str(runner._current_phase)
+
+
+def _runner(frame: Any) -> Any:
+    """Hypothesis' engine (ConjectureRunner) running the test that called us: found on
+    the stack from `frame` outwards, None outside a run."""
     from hypothesis.internal.conjecture.engine import ConjectureRunner
 
-    frame = sys._getframe(1)
     while frame is not None:
         obj = frame.f_locals.get("self")
         if isinstance(obj, ConjectureRunner):
-            return str(obj._current_phase)
+            return obj
         runner = getattr(obj, "_runner", None)
         if isinstance(runner, ConjectureRunner):
-            return str(runner._current_phase)
-        frame = frame.f_back  # type: ignore[assignment]
-    return "unknown"
+            return runner
+        frame = frame.f_back
+    return None
