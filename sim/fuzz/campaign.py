@@ -54,7 +54,7 @@ from sim.fuzz.export import (
     export_failure,
     prepare_failure,
 )
-from sim.fuzz.hygiene import GENERATING, end_run_unexplored, hypothesis_phase
+from sim.fuzz.hygiene import GENERATING, end_generation, hypothesis_phase
 from sim.fuzz.machine import (
     INTERNAL_ERROR,
     BlockMachine,
@@ -185,6 +185,10 @@ class Campaign:
         self.pending: dict[str, tuple[FuzzFailure, bool]] = {}
         # failure key -> (seconds, examples generated) when an example first showed it
         self.first_seen: dict[str, tuple[float, int]] = {}
+        # failures triage classes expected, not exported yet, by failure key: the first
+        # example that showed each, which Hypothesis never shrinks (`expected_found`)
+        self.expected: dict[str, FuzzFailure] = {}
+        self._expected_keys: set[str] = set()
         self._t0 = 0.0
         self._last_write = 0.0
         self._round_runs = 0  # examples generated in this round
@@ -200,7 +204,7 @@ class Campaign:
         if self._generating and self._round_runs >= self._round_size:
             # the round's examples are all generated: after a failure Hypothesis' target
             # phase goes on past max_examples; bound the work by what was asked
-            end_run_unexplored()
+            end_generation()
 
     def step_done(
         self, machine: MachineCore, step: dict[str, Any], outcome: StepOutcome, jobs: dict[str, str]
@@ -221,6 +225,19 @@ class Campaign:
         known = self.pending.get(key)
         if known is None or len(failure.steps) <= len(known[0].steps):
             self.pending[key] = (failure, False)
+
+    def expected_found(self, failure: FuzzFailure) -> None:
+        """A failure triage classes expected (a documented consequence of the policy,
+        sim/fuzz/triage.py), seen while shrinking is on: the example goes on as if it
+        were muted, and the first example that showed it is exported when the round
+        ends, cut at the trace level by the exporter only.  Hypothesis' shrinker took
+        three quarters of a default campaign, most of it on these."""
+        key = failure_key(failure.kind, failure.message)
+        if key in self.muted or key in self.expected:
+            return
+        self.first_seen.setdefault(key, (self.elapsed(), self.result.examples))
+        self.expected[key] = failure
+        self._expected_keys.add(key)
 
     def example_finished(self, machine: MachineCore) -> float | None:
         """Count the example; its coverage rarity for `hypothesis.target` while
@@ -307,6 +324,7 @@ class Campaign:
             "policy": cfg.policy,
             "checks": tuple(cfg.invariant_names()),
             "muted": frozenset(self.muted),
+            "expected_unshrunk": cfg.shrink,
             "observer": self,
             "name": f"fuzz-{cfg.policy}",
             "_hypothesis_internal_use_seed": seed,
@@ -335,7 +353,7 @@ class Campaign:
             self.pending = {
                 failure_key(f.kind, f.message): (f, self.config.shrink) for f in failures
             }
-            self._export_pending(number)
+        self._export_pending(number)  # and the expected failures the round met
 
     def settings(self, max_examples: int) -> settings:
         return settings(
@@ -373,7 +391,13 @@ class Campaign:
         # when it was found (shrinking and exporting may come much later)
         seen = self.first_seen.get(failure_key(failure.kind, failure.message))
         record.wall_s, record.examples = seen or (self.elapsed(), self.result.examples)
-        if not shrunk:
+        if not shrunk and failure_key(failure.kind, failure.message) in self._expected_keys:
+            record.shrink_left = (
+                "expected failures are not shrunk by Hypothesis (--mute expected skips "
+                f"them); the trace is the example that showed it, cut at the trace level "
+                f"to {record.steps} steps"
+            )
+        elif not shrunk:
             why = {"time-budget": "the time budget", "interrupted": "Ctrl-C"}.get(
                 self.result.stopped, "shrinking being off"
             )
@@ -396,6 +420,9 @@ class Campaign:
             )
 
     def _export_pending(self, round_number: int | None = None) -> None:
+        for key, failure in self.expected.items():
+            self.pending.setdefault(key, (failure, False))
+        self.expected.clear()
         for key in sorted(self.pending):
             failure, shrunk = self.pending[key]
             self._export(failure, shrunk=shrunk, round_number=round_number)

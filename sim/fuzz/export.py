@@ -151,12 +151,17 @@ def reproduces(failure: FuzzFailure, result: ReplayResult) -> bool:
 MAX_POLISH_REPLAYS = 400
 
 
-def polish(failure: FuzzFailure) -> FuzzFailure:
+def polish(failure: FuzzFailure, coarse: bool = False) -> FuzzFailure:
     """Shrink a failure's trace further, at the trace level: drop whole steps, then
     transaction actions, then arguments, keeping each cut that still shows the same
     failure (same `failure_key`).  Hypothesis' shrinker works on the random choices
     behind the rules and can leave an optional argument or a step that changes
-    nothing; this pass works on the JSON itself, at a few milliseconds a replay."""
+    nothing; this pass works on the JSON itself, at a few milliseconds a replay.
+
+    `coarse` (a failure Hypothesis did not shrink: a whole example of dozens of steps)
+    first drops runs of steps, halves, then quarters and so on down to runs of two,
+    each run tried from the end: dropping steps one at a time costs two replays per
+    step dropped, each of nearly the whole trace."""
     key = failure_key(failure.kind, failure.message)
     names = list(failure.header.get("invariants", []))
     if failure.kind in CHECKERS:
@@ -173,6 +178,16 @@ def polish(failure: FuzzFailure) -> FuzzFailure:
     found = shows(steps)
     if found is None:
         return failure  # not reproducible on its own: keep it exactly as Hypothesis gave it
+    run = len(steps) // 2 if coarse else 0
+    while run >= 2 and budget[0] > 0:
+        start = len(steps) - run
+        while start > -run and budget[0] > 0:
+            candidate = steps[: max(start, 0)] + steps[start + run :]
+            hit = shows(candidate)
+            if hit is not None:
+                steps, found = candidate, hit
+            start -= run
+        run //= 2
     changed = True
     while changed and budget[0] > 0:
         changed = False
@@ -266,7 +281,7 @@ def prepare_failure(
     """Polish the failure (unless `polished`), pin its trace and check that the pinned
     trace reproduces it."""
     if not polished:
-        failure = polish(failure)
+        failure = polish(failure, coarse=not shrunk)
     sig = signature(failure.steps)
     record = ExportRecord(
         failure.kind,
@@ -308,7 +323,7 @@ def export_failure(
 ) -> ExportRecord:
     """Polish the failure, then write its trace into `folder` unless one with its
     signature exists."""
-    polished = polish(failure)
+    polished = polish(failure, coarse=not shrunk)
     sig = signature(polished.steps)
     path = folder / f"{polished.kind}-{sig}.jsonl"
     if path.exists():  # known: no need to pin it again

@@ -52,6 +52,7 @@ from sim.fuzz.failures import (
 from sim.fuzz.hygiene import (
     CycleGuard,
     Guarded,
+    cache_sort_keys,
     collect_garbage,
     no_local_constants,
     one_swarm_only,
@@ -68,6 +69,7 @@ from sim.replay import Replayer, StepOutcome, sim_only_step
 from sim.trace import Trace, parse_header, parse_step
 
 no_local_constants()  # a campaign is the same function of its seed in every process
+cache_sort_keys()  # Hypothesis' shrink order, computed once per example
 
 MiB = 1 << 20
 GRAPH_CHECK = "graph-well-formed"
@@ -132,6 +134,8 @@ class FuzzObserver(Protocol):
 
     def failure_seen(self, failure: FuzzFailure) -> None: ...
 
+    def expected_found(self, failure: FuzzFailure) -> None: ...
+
     def end_checked(self, violations: list[dict[str, Any]]) -> None: ...
 
     def example_finished(self, machine: MachineCore) -> float | None: ...
@@ -191,6 +195,10 @@ class MachineCore(RuleBasedStateMachine):
     swarm: ClassVar[bool] = True  # False: every group on in every example
     # checked but not failing: invariant names, or failure keys (`failure_key`)
     muted: ClassVar[frozenset[str]] = frozenset()
+    # True: a violation triage classes expected (a documented consequence of the policy)
+    # goes to the observer's `expected_found` and then passes as a muted one does, so
+    # Hypothesis never shrinks it (a campaign exports it as found)
+    expected_unshrunk: ClassVar[bool] = False
     observer: ClassVar[FuzzObserver | None] = None
     name: ClassVar[str] = "fuzz"
 
@@ -334,15 +342,25 @@ class MachineCore(RuleBasedStateMachine):
                 collect_garbage()
 
     def is_muted(self, violation: dict[str, Any]) -> bool:
+        """Does this violation pass without failing the example: muted by name or key,
+        or triaged expected under `--mute expected` or `expected_unshrunk` (then the
+        observer hears of it first)."""
         kind = str(violation["invariant"])
-        if not self.muted:
+        if not self.muted and not self.expected_unshrunk:
             return False
         message = str(violation["message"])
         if kind in self.muted or failure_key(kind, message) in self.muted:
             return True
-        if MUTE_EXPECTED in self.muted:  # --mute expected: known consequences of the policy
-            return classify_expected(self.policy, kind, message, self.steps)[0] == EXPECTED
-        return False
+        if MUTE_EXPECTED not in self.muted and not self.expected_unshrunk:
+            return False
+        if classify_expected(self.policy, kind, message, self.steps)[0] != EXPECTED:
+            return False
+        if MUTE_EXPECTED not in self.muted and self.observer is not None:
+            failure = failure_type(kind, message)(
+                kind, message, dict(self.header), list(self.steps), [violation]
+            )
+            self.observer.expected_found(failure)
+        return True
 
     def stop_on_cycle(self, outcome: StepOutcome) -> None:
         """A cyclic graph hangs the model's chain walks: end the example now, as a

@@ -1,0 +1,124 @@
+"""What a campaign spends its time on: work Hypothesis would do for nothing is skipped.
+
+- a round whose failures are all muted ends once its examples are generated (no Pareto
+  front shrinking with runs that all overrun);
+- Hypothesis' shrink order key is computed once per choice sequence;
+- failures triage classes expected are exported as found, never shrunk by Hypothesis;
+- the exporter cuts an unshrunk trace by runs of steps first.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis.internal.conjecture import pareto, shrinker
+
+from sim.check import CHECKERS
+from sim.fuzz import export, triage
+from sim.fuzz.campaign import Campaign, CampaignConfig, run_campaign
+from sim.fuzz.export import polish
+from sim.fuzz.machine import DRIVE0, FuzzFailure, MachineCore
+from tests.helpers import io, qmp
+from tests.test_fuzz import FAKE, FakeAddressability, small
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setitem(CHECKERS, FAKE, FakeAddressability)
+    return FAKE
+
+
+class Counting(Campaign):
+    """Counts every run Hypothesis starts (generated, cut, replayed or shrunk)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.runs = 0
+
+    def example_started(self, machine: MachineCore) -> None:
+        self.runs += 1
+        super().example_started(machine)
+
+
+def test_a_round_with_every_failure_muted_ends_with_its_examples(tmp_path: Path) -> None:
+    # the default machine and checkers, expected failures muted: seed 0 meets no other
+    # failure in 60 examples of 25 steps, and Hypothesis' target phase takes its Pareto
+    # front in hand half way through (5,610 runs, 27 s, before rounds ended: 67, 2.5 s)
+    config = CampaignConfig(examples=60, round_examples=60, out=tmp_path, mute=("expected",))
+    campaign = Counting(config)
+    result = campaign.run()
+    assert result.examples == 60 and not result.failures
+    assert campaign.runs <= result.examples + result.rejected + result.replays + 5
+
+
+def test_cached_sort_keys_are_hypothesis_keys(tmp_path: Path, fake: str) -> None:
+    import sim.fuzz.machine  # noqa: F401 - installs the cache
+
+    run_campaign(small(tmp_path, examples=5))  # some choice sequences to order
+    assert getattr(pareto.sort_key, "_blocksim_cached", False)
+    assert shrinker.sort_key is pareto.sort_key
+    from hypothesis.internal.conjecture.data import ConjectureData
+
+    data = ConjectureData.for_choices([3, b"\x01\x02", True])
+    data.draw_integer(0, 10)
+    data.draw_bytes(2, 2)
+    data.draw_boolean()
+    data.freeze()
+    nodes = data.nodes
+    expected = (3, tuple(shrinker.choice_to_index(n.value, n.constraints) for n in nodes))
+    assert pareto.sort_key(nodes) == expected
+    assert pareto.sort_key(nodes) is pareto.sort_key(nodes)  # kept, not recomputed
+    assert pareto.sort_key(list(nodes)) == expected  # a list may grow: never kept
+
+
+def test_expected_failures_are_exported_as_found_not_shrunk(
+    tmp_path: Path, fake: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    known = triage.Known(
+        frozenset({"qemu-7.2"}), FAKE, re.compile("no longer answers there"), "a test's reason",
+        after_graph_change=False,
+    )  # fmt: skip
+    monkeypatch.setattr(triage, "KNOWN", (*triage.KNOWN, known))
+    result = run_campaign(small(tmp_path, examples=200))
+    assert [f.kind for f in result.failures] == [FAKE], result.summary()
+    record = result.failures[0]
+    assert record.triage == triage.EXPECTED and record.reproduced
+    assert not record.shrunk and record.shrink_left.startswith("expected failures")
+    assert result.replays == 0  # Hypothesis never saw a failure, so it shrank nothing
+    assert result.examples == 200  # and the round was not cut short by one
+    assert record.steps <= 3  # the exporter cut the example down
+
+
+def test_coarse_polish_cuts_a_long_trace_with_fewer_replays(
+    fake: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    header = {"trace": 1, "drives": [DRIVE0], "policy": "qemu-7.2", "seed": 0}
+    header["invariants"] = [fake]
+    noise = [io("write -P 1 0 64k"), qmp("query-block"), {"advance": 0.5}]
+    steps = noise * 6 + [qmp("block-dirty-bitmap-add", node="drive0", name="b0")] + noise * 6
+    steps.append(
+        qmp("blockdev-snapshot-sync", device="drive0", format="qcow2",
+            **{"snapshot-file": "o.qcow2"})
+    )  # fmt: skip
+    msg = "bitmap 'b0' added at 'drive0' no longer answers there"
+    failure = FuzzFailure(fake, msg, header, steps, [])
+    calls = {"n": 0}
+    replay_once = export._failure_in
+
+    def counted(*args: Any) -> Any:
+        calls["n"] += 1
+        return replay_once(*args)
+
+    monkeypatch.setattr(export, "_failure_in", counted)
+    fine = polish(failure)
+    fine_calls, calls["n"] = calls["n"], 0
+    coarse = polish(failure, coarse=True)
+    assert coarse.steps == fine.steps
+    assert [s.get("execute") for s in coarse.steps] == [
+        "block-dirty-bitmap-add",
+        "blockdev-snapshot-sync",
+    ]
+    assert calls["n"] * 2 < fine_calls, (calls["n"], fine_calls)
