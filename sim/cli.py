@@ -819,8 +819,9 @@ def fuzz(
 ) -> None:
     """Search command interleavings for invariant violations (see fuzz/README.md).
 
-    Each failure is shrunk and written to OUT/failures/ as a trace that `blocksim
-    replay` reproduces; exit 1 when there is one, 130 when interrupted."""
+    Each failure is shrunk (one triage classes expected is kept as found) and
+    written to OUT/failures/ as a trace that `blocksim replay` reproduces; exit 1
+    when there is one, 130 when interrupted."""
     from sim.fuzz import campaign as fc
 
     if replay_corpus is not None:
