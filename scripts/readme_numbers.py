@@ -21,9 +21,17 @@ and this script rewrites the text between them.  Regions:
 - `differential-campaigns`: the differential campaigns' matched traces and
   steps per 1,000, from bench/results/differential-campaigns.json; a campaign's
   merged summary (`python -m sim.fuzz.differential --merge DIR... --out DIR`)
-  is added with `--add-differential DIR/summary.json --campaign LABEL --code COMMIT`.
+  is added with `--add-differential DIR/summary.json --campaign LABEL --code COMMIT`
+  (which keeps the campaign's classes and their trace counts too);
+- `differential-classes`: the known-differences class table: every class of the
+  latest campaign that kept its classes, with its trace count, and every class
+  pinned earlier, each with the reason its pinned trace in
+  scenarios/known-differences/differential/ gives in `// reason:` lines.
 
-The last three are cheap (they render files the benchmarks and tests wrote).
+All but `matrix` are cheap (they render files the benchmarks and tests wrote).
+
+Numbers in the prose (`CLAIMS`: counts of scenario files and mutants, defaults
+and limits of the code) are found by a pattern each and rewritten in place.
 
 Usage (from the repository's root):
 
@@ -33,7 +41,7 @@ Usage (from the repository's root):
     python3 scripts/readme_numbers.py --add-differential DIR/summary.json \
         --campaign "seed 5151" --code 1234abc     # add a campaign row, then rewrite
 
-tests/test_readme_numbers.py checks the cheap regions for equality and the
+tests/test_readme_numbers.py checks the cheap regions and the claims for equality and the
 expensive one for its shape (every checker and policy, each cell `holds` or a
 breaking trace that exists with its step count, a trace count within 10% of
 the corpus').
@@ -42,11 +50,13 @@ the corpus').
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import json
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -54,6 +64,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 RESULTS = ROOT / "bench" / "results"
+PINNED_SHOWN = "known-differences/differential"  # the pinned traces, under scenarios/
+PINNED = ROOT / "scenarios" / PINNED_SHOWN
 
 # What each folder of scenarios/ holds; a folder without an entry fails the test.
 SCENARIO_FOLDERS = {
@@ -180,7 +192,8 @@ def differential_region(results: Path = RESULTS) -> str:
 
 
 def differential_row(summary: dict[str, Any], campaign: str, code: str) -> dict[str, Any]:
-    """A campaign row from the summary.json a (merged) differential campaign wrote."""
+    """A campaign row from the summary.json a (merged) differential campaign wrote, with
+    its classes of difference and how many traces each had."""
     traces = int(summary["traces"])
     steps = int(summary.get("steps", 0))
     return {
@@ -192,7 +205,225 @@ def differential_row(summary: dict[str, Any], campaign: str, code: str) -> dict[
         "steps_per_1000": round(1000 * int(summary.get("steps_matched", 0)) / steps)
         if steps
         else 0,
+        "classes": [
+            {
+                "signature": str(c["signature"]),
+                "count": int(c["count"]),
+                "reproduced": str(c.get("reproduced", "")),
+            }
+            for c in summary.get("classes", [])
+        ],
     }
+
+
+SIGNATURE_SHOWN = 100  # characters of a class signature the table shows
+
+
+def _cell(text: str) -> str:
+    """Text as one cell of a markdown table."""
+    return text.replace("|", "\\|")
+
+
+def _signature(sig: str) -> str:
+    """A class signature as its table cell shows it (long ones cut)."""
+    shown = sig if len(sig) <= SIGNATURE_SHOWN else sig[:SIGNATURE_SHOWN] + "..."
+    return f"`{_cell(shown)}`"
+
+
+def differential_classes_region(results: Path = RESULTS, pinned: Path = PINNED) -> str:
+    """The known-differences class table: every class of the latest differential campaign
+    that recorded its classes, with its trace count, then every class pinned earlier that
+    it did not meet; each with the reason its pinned trace gives (`// reason:` lines)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from sim.fuzz.differential import pinned_differences
+
+    rows = json.loads((results / "differential-campaigns.json").read_text())["campaigns"]
+    latest = next((r for r in reversed(rows) if "classes" in r), None)
+    met = {c["signature"]: c for c in latest["classes"]} if latest else {}
+    known = {p.signature: p for p in pinned_differences(pinned)}
+
+    def row(sig: str, traces: str) -> str:
+        p = known[sig]
+        reason = _cell(p.reason) or "(its trace gives no `// reason:`)"
+        return f"| {_signature(sig)} | {traces} | {reason} | `{PINNED_SHOWN}/{p.path.name}` |"
+
+    lines = ["| class (signature) | traces | reason | pinned scenario |", "|---|---|---|---|"]
+    for c in sorted(met.values(), key=lambda c: (-c["count"], c["signature"])):
+        if c["signature"] in known:
+            lines.append(row(c["signature"], str(c["count"])))
+            continue
+        again = (
+            f" (its shrunk trace showed it again in {c['reproduced']} runs on QEMU 7.2)"
+            if c.get("reproduced")
+            else ""
+        )
+        lines.append(
+            f"| {_signature(c['signature'])} | {c['count']} | **unexplained**: no pinned "
+            f"trace names this class{again} | none |"
+        )
+    for sig in sorted(set(known) - set(met)):
+        lines.append(row(sig, f"0 ({known[sig].count_when_pinned} when pinned)"))
+    n_pinned = sum(1 for sig in met if sig in known)
+    head = (
+        f"Every class of the latest campaign that recorded its classes, {latest['campaign']} "
+        f"({len(met)} classes, {sum(c['count'] for c in met.values())} traces: {n_pinned} "
+        f"pinned, {len(met) - n_pinned} unexplained; the traces column counts its traces), "
+        if latest
+        else "No campaign recorded its classes yet; "
+    )
+    return (
+        f"{head}and every class pinned earlier that it did not meet (`0 (N when pinned)`: "
+        "N of the pinning campaign's traces), each pinned to the *simulator's* answers in "
+        f"`scenarios/{PINNED_SHOWN}/` (the `//` lines say what QEMU does, the `// reason:` "
+        "line why the simulator differs; `blocksim diff FILE` shows it):\n\n" + "\n".join(lines)
+    )
+
+
+def _count(folder: str) -> int:
+    return sum(1 for _ in (ROOT / "scenarios" / folder).rglob("*.jsonl"))
+
+
+def _import(name: str) -> Any:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module(name)
+
+
+def _mutants() -> tuple[list[Any], list[Any]]:
+    catalog = _module(ROOT / "tests" / "mutant_catalog.py")
+    return list(catalog.MUTANTS), list(catalog.NEW_MUTANTS)
+
+
+def _demo_seconds() -> int:
+    cli = _import("sim.cli")
+    (option,) = [p for p in cli.demo.params if p.name == "fuzz_seconds"]
+    return int(option.default)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A number in README.md's prose: the pattern that finds it (its group `n` is the
+    number) and where it comes from (a count of files, a default or a limit in the code)."""
+
+    name: str
+    pattern: str
+    value: Callable[[], int]
+    shown: Callable[[int], str] = "{:,}".format
+
+    def find(self, text: str) -> re.Match[str] | None:
+        return re.search(self.pattern, text)
+
+
+CLAIMS = [
+    Claim(
+        "quick start: the demo's fuzz seconds", r"timelines, fuzzes for (?P<n>\d+) s", _demo_seconds
+    ),
+    Claim(
+        "corpus of the seed-21 differential campaign",
+        r"`scenarios/differential/` \((?P<n>[\d,]+) traces recorded",
+        lambda: _count("differential"),
+    ),
+    Claim(
+        "races recorded on QEMU 7.2",
+        r"`scenarios/races/` holds (?P<n>\d+) such races",
+        lambda: _count("races"),
+    ),
+    Claim(
+        "mutants in the catalogue",
+        r"runs under each of (?P<n>\d+)\s+one-rule mutants",
+        lambda: sum(map(len, _mutants())),
+    ),
+    Claim(
+        "mutants of tests/test_mutants.py",
+        r"the (?P<n>\d+) of `tests/test_mutants.py`",
+        lambda: len(_mutants()[0]),
+    ),
+    Claim(
+        "mutants of real QEMU bug kinds",
+        r"and (?P<n>\d+) of the kinds real QEMU bugs take",
+        lambda: len(_mutants()[1]),
+    ),
+    Claim(
+        "default examples of blocksim fuzz",
+        r"blocksim fuzz +# (?P<n>\d+) examples",
+        lambda: _import("sim.fuzz.campaign").CampaignConfig().examples,
+        str,
+    ),
+    Claim(
+        "default examples of a shard",
+        r"\(default: one per (?P<n>\d+) examples\)",
+        lambda: _import("sim.fuzz.campaign").CampaignConfig().round_examples,
+    ),
+    Claim(
+        "steps of a trace at most",
+        r"a trace holds at most (?P<n>[\d,]+) steps",
+        lambda: _import("sim.trace").MAX_STEPS,
+    ),
+    Claim(
+        "the line a too long trace is refused at",
+        r"is refused at line (?P<n>[\d,]+)",
+        lambda: _import("sim.trace").MAX_STEPS + 2,
+    ),
+    Claim(
+        "MiB of a trace at most",
+        r"in about 2 s\), (?P<n>\d+) MiB, ",
+        lambda: _import("sim.trace").MAX_TRACE_BYTES >> 20,
+    ),
+    Claim(
+        "MiB of a trace line at most",
+        r"MiB, (?P<n>\d+)\s+MiB a line",
+        lambda: _import("sim.trace").MAX_LINE_BYTES >> 20,
+    ),
+    Claim(
+        "bits of a bitmap at most (log2)",
+        r"a dirty bitmap at most 2\^(?P<n>\d+) bits",
+        lambda: _import("sim.model.bitmap").MAX_BITMAP_BITS.bit_length() - 1,
+    ),
+    Claim(
+        "bits of all bitmaps at most (log2)",
+        r"all of a machine's bitmaps\s+2\^(?P<n>\d+)",
+        lambda: _import("sim.model.bitmap").MAX_TOTAL_BITS.bit_length() - 1,
+    ),
+    Claim(
+        "TiB a full copy at most",
+        r"copies at most (?P<n>\d+) TiB",
+        lambda: _import("sim.qmp.cmd_job").MAX_FULL_COPY_BYTES >> 40,
+    ),
+    Claim(
+        "requests of a workload at most",
+        r"a workload issues at most (?P<n>[\d,]+)\s+requests",
+        lambda: _import("sim.engine.workload").MAX_OPS,
+    ),
+    Claim(
+        "requests of a trace's workloads at most",
+        r"a trace's workloads (?P<n>[\d,]+)\.",
+        lambda: _import("sim.engine.workload").MAX_MACHINE_OPS,
+    ),
+]
+
+
+def claims_stale(text: str) -> list[str]:
+    """The claims whose number in `text` is not what their source gives (or that are gone)."""
+    stale = []
+    for claim in CLAIMS:
+        m = claim.find(text)
+        if m is None:
+            stale.append(f"{claim.name}: not found in README.md (pattern {claim.pattern!r})")
+        elif m["n"] != claim.shown(claim.value()):
+            stale.append(
+                f"{claim.name}: README.md says {m['n']}, it is {claim.shown(claim.value())}"
+            )
+    return stale
+
+
+def rewrite_claims(text: str) -> str:
+    """`text` with every claim's number set to what its source gives."""
+    for claim in CLAIMS:
+        m = claim.find(text)
+        if m is not None:
+            text = text[: m.start("n")] + claim.shown(claim.value()) + text[m.end("n") :]
+    return text
 
 
 REGIONS: dict[str, tuple[Callable[[], str], bool]] = {
@@ -201,6 +432,7 @@ REGIONS: dict[str, tuple[Callable[[], str], bool]] = {
     "costs": (costs_region, True),
     "fuzz-power": (power_region, True),
     "differential-campaigns": (differential_region, True),
+    "differential-classes": (differential_classes_region, True),
     "matrix": (matrix_region, False),
 }
 
@@ -254,15 +486,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     bodies = {name: gen() for name, (gen, cheap) in REGIONS.items() if cheap or not args.cheap}
     stale = sorted(name for name, body in bodies.items() if present[name] != body)
+    claims = claims_stale(text)
     if args.check:
         for name in stale:
             print(f"README.md region {name!r} is stale: run scripts/readme_numbers.py")
-        return 1 if stale else 0
-    README.write_text(rewrite(text, bodies))
+        for line in claims:
+            print(f"README.md number stale: {line}")
+        return 1 if stale or claims else 0
+    README.write_text(rewrite_claims(rewrite(text, bodies)))
+    gone = claims_stale(README.read_text())
+    for line in gone:
+        print(f"README.md: {line}", file=sys.stderr)
     print(
-        f"rewrote {', '.join(sorted(bodies))}" + (f" ({', '.join(stale)} changed)" if stale else "")
+        f"rewrote {', '.join(sorted(bodies))} and {len(CLAIMS)} numbers in the text"
+        + (f" ({', '.join(stale)} changed)" if stale else "")
+        + (f" ({len(claims)} number(s) changed)" if claims else "")
     )
-    return 0
+    return 2 if gone else 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -27,6 +28,7 @@ def script() -> ModuleType:
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules["readme_numbers"] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -47,7 +49,7 @@ def test_measured_tables_are_rendered_from_the_results_the_tools_wrote() -> None
     and the differential campaign's merged summary, rendered by their own code."""
     numbers = script()
     body = numbers.regions((ROOT / "README.md").read_text())
-    for name in ("costs", "fuzz-power", "differential-campaigns"):
+    for name in ("costs", "fuzz-power", "differential-campaigns", "differential-classes"):
         assert body[name] == numbers.REGIONS[name][0](), "run python3 scripts/readme_numbers.py"
     costs = json.loads((ROOT / "bench" / "results" / "costs.json").read_text())
     assert len(body["costs"].splitlines()) >= len(costs["rows"]) + 2
@@ -101,8 +103,71 @@ def test_a_differential_summary_becomes_a_campaign_row() -> None:
     summary = {"traces": 675, "identical": 538, "untestable": 124, "steps": 12728,
                "steps_matched": 12563}  # fmt: skip
     row = numbers.differential_row(summary, "seed 2027", "103df14")
-    assert (row["drawn"], row["diffed"]) == (799, 675)
+    assert (row["drawn"], row["diffed"]) == (799, 675) and row["classes"] == []
     assert (row["traces_per_1000"], row["steps_per_1000"]) == (797, 987)
+
+
+def test_a_summary_keeps_its_classes_and_the_class_table_follows_the_latest(
+    tmp_path: Path,
+) -> None:
+    """The class table counts the latest campaign's traces per class (from its summary,
+    via --add-differential), shows each pinned class with the reason its trace gives, a
+    pinned class the campaign did not meet with its count when pinned, and a class nobody
+    pinned as unexplained."""
+    numbers = script()
+    folder = tmp_path / "pinned"
+    folder.mkdir()
+    for name, sig, n, reason in (
+        ("a.jsonl", "response:query-block:x|y", "7", "// reason: a `pipe`\n"),
+        ("b.jsonl", "qemu-died:transaction", "75", "// reason: QEMU crashes\n"),
+    ):
+        header = {"trace": 1, "drives": [], "description": f"known difference "
+                  f"(differential campaign class {sig}, {n} of the campaign's traces): pinned"}  # fmt: skip
+        (folder / name).write_text(json.dumps(header) + "\n" + reason + "// other\n")
+    summary = {"traces": 10, "identical": 5, "untestable": 2, "steps": 100, "steps_matched": 90,
+               "classes": [{"signature": "response:query-block:x|y", "count": 3, "seeds": [1],
+                            "reproduced": "2/2"},
+                           {"signature": "final:new", "count": 4, "seeds": [2],
+                            "reproduced": "0/2"}]}  # fmt: skip
+    results = tmp_path / "results"
+    results.mkdir()
+    older = numbers.differential_row({**summary, "classes": []}, "seed 1", "abc")
+    rows = [older, numbers.differential_row(summary, "seed 2", "def")]
+    rows.append({k: v for k, v in rows[0].items() if k != "classes"})  # a row kept no classes
+    (results / "differential-campaigns.json").write_text(json.dumps({"campaigns": rows}))
+    body = numbers.differential_classes_region(results, folder)
+    lines = [line for line in body.splitlines() if line.startswith("| `")]
+    assert lines == [
+        "| `final:new` | 4 | **unexplained**: no pinned trace names this class (its shrunk "
+        "trace showed it again in 0/2 runs on QEMU 7.2) | none |",
+        "| `response:query-block:x\\|y` | 3 | a `pipe` | "
+        "`known-differences/differential/a.jsonl` |",
+        "| `qemu-died:transaction` | 0 (75 when pinned) | QEMU crashes | "
+        "`known-differences/differential/b.jsonl` |",
+    ]
+    assert body.startswith("Every class of the latest campaign that recorded its classes, "
+                           "seed 2 (2 classes, 7 traces: 1 pinned, 1 unexplained")  # fmt: skip
+
+
+def test_every_pinned_difference_says_why() -> None:
+    from sim.fuzz.differential import pinned_differences
+
+    pinned = pinned_differences()
+    assert pinned and all(p.reason for p in pinned), [p.path.name for p in pinned if not p.reason]
+
+
+def test_numbers_in_the_prose_are_current_and_rewritten_when_stale() -> None:
+    """Each number `CLAIMS` finds in README.md equals its source (a count of scenario
+    files or mutants, a default or a limit of the code); a stale one is named by --check
+    and set back by a rewrite."""
+    numbers = script()
+    text = (ROOT / "README.md").read_text()
+    assert numbers.claims_stale(text) == [], "run python3 scripts/readme_numbers.py --cheap"
+    races = sum(1 for _ in (ROOT / "scenarios" / "races").glob("*.jsonl"))
+    assert f"`scenarios/races/` holds {races} such races" in text
+    stale = text.replace(f"holds {races} such races", f"holds {races + 1} such races")
+    assert [s.split(":")[0] for s in numbers.claims_stale(stale)] == ["races recorded on QEMU 7.2"]
+    assert numbers.rewrite_claims(stale) == text
 
 
 def test_matrix_region_has_the_shape_blocksim_matrix_prints() -> None:

@@ -93,9 +93,13 @@ JOB_COMMANDS = frozenset(
 )  # fmt: skip
 
 # Known differences found by campaigns: each pinned trace's header names its class
-# ("... differential campaign class SIGNATURE, N of the campaign's traces): ...").
+# ("... differential campaign class SIGNATURE, N of the campaign's traces): ...") and
+# says why the simulator differs in `// reason: ...` lines (README.md's table shows them).
 PINNED_FOLDER = "scenarios/known-differences/differential"
-_PINNED_CLASS = re.compile(r"differential campaign class (.*?), [^,]* of the campaign's traces\)")
+_PINNED_CLASS = re.compile(
+    r"differential campaign class (?P<signature>.*?), (?P<count>[^,]*) of the campaign's traces\)"
+)
+_REASON = "// reason:"
 
 TraceSteps = list[dict[str, Any]]  # the header dict, then the step dicts (generator output)
 Progress = Callable[[int, int, str], None]  # (traces done, traces in all, what happened)
@@ -135,22 +139,48 @@ class MismatchClass:
         return "unexplained"
 
 
-def pinned_classes(folder: str | Path | None = None) -> dict[str, str]:
-    """Signature -> pinned trace, for every known difference pinned in `folder`
-    (default: the bundled ``scenarios/known-differences/differential``).  A campaign's
-    class is *explained* when its signature is pinned there with its reason."""
+@dataclass(frozen=True, slots=True)
+class PinnedDifference:
+    """A known difference from QEMU 7.2 pinned by a differential campaign: the trace in
+    ``scenarios/known-differences/differential/`` holding the simulator's answers, the
+    class (mismatch signature) it stands for, how many of the pinning campaign's traces
+    showed it, and why the simulator differs (its ``// reason:`` lines)."""
+
+    signature: str
+    path: Path
+    count_when_pinned: str  # as its header says it ("17")
+    reason: str
+
+
+def pinned_differences(folder: str | Path | None = None) -> list[PinnedDifference]:
+    """Every known difference pinned in `folder` (default: the bundled
+    ``scenarios/known-differences/differential``), in file-name order.  A trace whose
+    header names no class is not one."""
     root = Path(folder) if folder is not None else bundled(PINNED_FOLDER)
-    found: dict[str, str] = {}
+    found: list[PinnedDifference] = []
     for path in sorted(root.glob("*.jsonl")) if root.is_dir() else []:
         with path.open(encoding="utf-8") as handle:
             first = handle.readline()
+            reason = " ".join(
+                line[len(_REASON) :].strip() for line in handle if line.startswith(_REASON)
+            )
         try:
             description = str(json.loads(first).get("description", ""))
         except (json.JSONDecodeError, AttributeError):
             continue
         match = _PINNED_CLASS.search(description)
         if match is not None:
-            found.setdefault(match.group(1), path.name)
+            found.append(PinnedDifference(match["signature"], path, match["count"], reason))
+    return found
+
+
+def pinned_classes(folder: str | Path | None = None) -> dict[str, str]:
+    """Signature -> pinned trace, for every known difference pinned in `folder`
+    (default: the bundled ``scenarios/known-differences/differential``).  A campaign's
+    class is *explained* when its signature is pinned there with its reason."""
+    found: dict[str, str] = {}
+    for pinned in pinned_differences(folder):
+        found.setdefault(pinned.signature, pinned.path.name)
     return found
 
 
