@@ -705,7 +705,7 @@ def report(run_dir: str, out: str | None, title: str) -> None:
     type=Seconds(0, 86400),
     default=30.0,
     show_default=True,
-    help="Wall-clock budget of the short fuzz campaign (0: none).",
+    help="Wall-clock budget of the short fuzz campaign, exporting its failures included (0: none).",
 )
 def demo(out: str, scenarios: str | None, fuzz_seconds: float) -> None:
     """Replay bundled scenarios with timelines, fuzz briefly, build the policy matrix,
@@ -760,7 +760,7 @@ def demo(out: str, scenarios: str | None, fuzz_seconds: float) -> None:
     type=Seconds(0, min_open=True),
     default=None,
     metavar="SECONDS",
-    help="Stop after this much wall time (cuts by wall time).",
+    help="Stop after this much wall time, exporting failures included (cuts by wall time).",
 )
 @click.option(
     "--out",

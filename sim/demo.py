@@ -168,7 +168,8 @@ def fuzz(run: Path, seconds: float, say: Say) -> None:
     failures = len(result.failures)
     say(
         f"fuzz      {result.examples} example{'s' * (result.examples != 1)} generated{extra}, "
-        f"{result.steps} steps in {result.wall_s:.0f} s, "
+        f"{result.steps} steps in {result.wall_s:.0f} s (budget {seconds:g} s, failures "
+        f"exported within it), "
         f"{failures} failure{'s' * (failures != 1)}"
     )
 

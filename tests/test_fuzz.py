@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -374,6 +375,49 @@ def test_time_budget_stops_the_campaign(tmp_path: Path) -> None:
     result = run_campaign(small(tmp_path, invariants=[], examples=10_000, time_budget_s=1.0))
     assert result.stopped == "time-budget"
     assert result.wall_s < 30
+
+
+def test_the_time_budget_bounds_the_export_of_failures_too(
+    tmp_path: Path, fake_checker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure pending when the budget runs out is written as the smallest example
+    seen, without the trace-level polish (which replays it up to 400 times): the budget
+    bounds the fuzz phase, exports included."""
+    from sim.fuzz import export
+
+    class BudgetSpent(Campaign):
+        def example_finished(self, machine: Any) -> float | None:
+            if self.pending:
+                self._t0 -= 10_000  # as if the budget had run out in this example
+                self.seen = {k: len(f.steps) for k, (f, _) in self.pending.items()}
+            return super().example_finished(machine)
+
+    polish_replays = []
+    real = export._failure_in
+    monkeypatch.setattr(export, "_failure_in", lambda *a: polish_replays.append(1) or real(*a))
+    campaign = BudgetSpent(small(tmp_path, examples=200, time_budget_s=3600))
+    result = campaign.run()
+    assert result.stopped == "time-budget" and len(result.failures) == 1
+    record = result.failures[0]
+    assert record.reproduced and not record.shrunk
+    assert polish_replays == []  # exported within the budget: no polish after it
+    assert record.steps == next(iter(campaign.seen.values()))  # the example as it was seen
+    assert "cut at the trace level until the time budget ran out" in record.shrink_left
+
+
+def test_polish_stops_at_its_deadline(fake_checker: str) -> None:
+    header = {"trace": 1, "drives": [DRIVE0], "policy": "qemu-7.2", "seed": 0}
+    header["invariants"] = [fake_checker]
+    steps = [
+        qmp("query-block"),
+        qmp("block-dirty-bitmap-add", node="drive0", name="b0"),
+        qmp("blockdev-snapshot-sync", device="drive0", format="qcow2",
+            **{"snapshot-file": "o.qcow2"}),
+    ]  # fmt: skip
+    msg = "bitmap 'b0' added at 'drive0' no longer answers there"
+    failure = FuzzFailure(fake_checker, msg, header, steps, [])
+    assert len(polish(failure).steps) == 2
+    assert polish(failure, deadline=time.monotonic()).steps == steps
 
 
 def test_mute_keeps_a_known_failure_quiet(tmp_path: Path, fake_checker: str) -> None:

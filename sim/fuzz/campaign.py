@@ -18,14 +18,19 @@ example.  An exported failure is *muted* for the rest of the campaign
 `sim.fuzz.machine.failure_key`) so later runs look for something new.
 
 Wall time is read only for the progress bar, the coverage series and the
-time budget; nothing that is generated depends on it.  `--time-budget`
+time budget (which also ends the polish of exported failures); nothing that
+is generated depends on it.  `--time-budget`
 necessarily cuts by wall time: the same seed with a budget runs as many
 examples as the machine manages, and a failure caught in mid-shrink is
 exported as shrunk as it got (`"shrunk": false` in the index).
 
 Ctrl-C (or the budget) stops at once: the smallest failing example seen so
 far for every failure not yet exported is written out, then the coverage;
-every file is replaced atomically, so what is on disk is always whole.
+every file is replaced atomically, so what is on disk is always whole.  The
+budget bounds exporting too: the trace-level polish of an exported failure
+(sim/fuzz/export.py) stops at the budget's end (after Ctrl-C it is skipped),
+so what runs after the budget is one replay per failure left to write (its
+pinned expectations) and the coverage file.
 """
 
 from __future__ import annotations
@@ -379,10 +384,13 @@ class Campaign:
             f"policy {self.config.policy}, campaign seed {self.config.seed}, {where}"
             f"{self.result.examples} examples in"
         )
+        deadline = self.export_deadline()
         if self.out is not None:
-            record = export_failure(failure, self.out / "failures", context, shrunk=shrunk)
+            record = export_failure(
+                failure, self.out / "failures", context, shrunk=shrunk, deadline=deadline
+            )
         else:
-            prepared = prepare_failure(failure, context, shrunk=shrunk)
+            prepared = prepare_failure(failure, context, shrunk=shrunk, deadline=deadline)
             record = prepared.record
             record.duplicate = record.signature in self._signatures
             if not record.duplicate:
@@ -401,10 +409,15 @@ class Campaign:
             why = {"time-budget": "the time budget", "interrupted": "Ctrl-C"}.get(
                 self.result.stopped, "shrinking being off"
             )
+            cut = (
+                "until the time budget ran out"
+                if deadline is not None and time.monotonic() >= deadline
+                else ""
+            )
             record.shrink_left = (
                 f"Hypothesis' shrinker was stopped by {why} after {self._round_replays} "
                 f"shrink run(s) of this round; the trace is the smallest example seen, then "
-                f"cut at the trace level to {record.steps} steps"
+                f"cut at the trace level{' ' + cut if cut else ''} to {record.steps} steps"
             )
         # exported once, a failure is muted for the rest of the campaign: later rounds
         # (and the rest of this one) look for something new
@@ -427,6 +440,15 @@ class Campaign:
             failure, shrunk = self.pending[key]
             self._export(failure, shrunk=shrunk, round_number=round_number)
             del self.pending[key]
+
+    def export_deadline(self) -> float | None:
+        """When exporting must be done (a `time.monotonic()` reading): the time budget
+        bounds the whole campaign, exports included, so their trace-level polish stops
+        there; after Ctrl-C at once (the smallest example seen is written as it is)."""
+        if self.result.stopped == "interrupted":
+            return time.monotonic()
+        budget = self.config.time_budget_s
+        return None if budget is None else self._t0 + budget
 
     def failure_counts(self) -> dict[str, int]:
         """Failures exported so far, by kind (the coverage series' `failures`)."""

@@ -27,6 +27,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,9 @@ def reproduces(failure: FuzzFailure, result: ReplayResult) -> bool:
 MAX_POLISH_REPLAYS = 400
 
 
-def polish(failure: FuzzFailure, coarse: bool = False) -> FuzzFailure:
+def polish(
+    failure: FuzzFailure, coarse: bool = False, deadline: float | None = None
+) -> FuzzFailure:
     """Shrink a failure's trace further, at the trace level: drop whole steps, then
     transaction actions, then arguments, keeping each cut that still shows the same
     failure (same `failure_key`).  Hypothesis' shrinker works on the random choices
@@ -161,7 +164,9 @@ def polish(failure: FuzzFailure, coarse: bool = False) -> FuzzFailure:
     `coarse` (a failure Hypothesis did not shrink: a whole example of dozens of steps)
     first drops runs of steps, halves, then quarters and so on down to runs of two,
     each run tried from the end: dropping steps one at a time costs two replays per
-    step dropped, each of nearly the whole trace."""
+    step dropped, each of nearly the whole trace.  Polishing stops after
+    `MAX_POLISH_REPLAYS` replays, and at `deadline` (a `time.monotonic()` reading: a
+    campaign's time budget bounds its exports too)."""
     key = failure_key(failure.kind, failure.message)
     names = list(failure.header.get("invariants", []))
     if failure.kind in CHECKERS:
@@ -170,6 +175,9 @@ def polish(failure: FuzzFailure, coarse: bool = False) -> FuzzFailure:
 
     def shows(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
         if budget[0] <= 0 or not steps:
+            return None
+        if deadline is not None and time.monotonic() >= deadline:
+            budget[0] = 0
             return None
         budget[0] -= 1
         return _failure_in(failure.kind, key, failure.header, names, steps)
@@ -276,12 +284,16 @@ class PreparedFailure:
 
 
 def prepare_failure(
-    failure: FuzzFailure, context: str, shrunk: bool = True, polished: bool = False
+    failure: FuzzFailure,
+    context: str,
+    shrunk: bool = True,
+    polished: bool = False,
+    deadline: float | None = None,
 ) -> PreparedFailure:
-    """Polish the failure (unless `polished`), pin its trace and check that the pinned
-    trace reproduces it."""
+    """Polish the failure (unless `polished`; until `deadline`), pin its trace and check
+    that the pinned trace reproduces it."""
     if not polished:
-        failure = polish(failure, coarse=not shrunk)
+        failure = polish(failure, coarse=not shrunk, deadline=deadline)
     sig = signature(failure.steps)
     record = ExportRecord(
         failure.kind,
@@ -319,11 +331,15 @@ def prepare_failure(
 
 
 def export_failure(
-    failure: FuzzFailure, folder: Path, context: str, shrunk: bool = True
+    failure: FuzzFailure,
+    folder: Path,
+    context: str,
+    shrunk: bool = True,
+    deadline: float | None = None,
 ) -> ExportRecord:
-    """Polish the failure, then write its trace into `folder` unless one with its
-    signature exists."""
-    polished = polish(failure, coarse=not shrunk)
+    """Polish the failure (until `deadline`, a `time.monotonic()` reading), then write
+    its trace into `folder` unless one with its signature exists."""
+    polished = polish(failure, coarse=not shrunk, deadline=deadline)
     sig = signature(polished.steps)
     path = folder / f"{polished.kind}-{sig}.jsonl"
     if path.exists():  # known: no need to pin it again

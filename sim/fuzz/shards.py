@@ -418,7 +418,10 @@ class ShardedCampaign:
                     f"shard {spec.index}, interrupted"
                 )
                 try:
-                    prepared = prepare_failure(failure, context, shrunk=False)
+                    # interrupted: written as reported, without the trace-level polish
+                    prepared = prepare_failure(
+                        failure, context, shrunk=False, deadline=time.monotonic()
+                    )
                 except KeyboardInterrupt:
                     return  # a second Ctrl-C: keep what is written
                 self._offer(spec.config.policy, spec.index, prepared)
