@@ -241,3 +241,58 @@ def test_a_failure_is_timed_when_first_seen_not_when_exported(
     campaign._export(failure, shrunk=True, round_number=0)  # exported at 9.5 s
     [record] = campaign.result.failures
     assert record.wall_s == 1.5
+
+
+def test_a_bitmap_destroyed_with_the_node_a_mirror_pivot_dropped_is_expected() -> None:
+    """Recorded on QEMU 7.2: a drive-mirror pivot drops the old source, and its bitmap
+    added by device name goes with it; under the device-follows-root policies that is
+    documented behaviour, not a new bug."""
+    root = Path(__file__).resolve().parent.parent
+    name = "scenarios/checkers/addr-mirror-pivot-destroys-source-bitmap.jsonl"
+    lines = [json.loads(x) for x in (root / name).read_text().splitlines() if x.strip()]
+    steps = [x for x in lines[1:] if "final-expect" not in x]
+    (destroyed,) = [
+        v for v in lines[-1]["final-expect"]["violations"] if "destroyed" in v["message"]
+    ]
+    verdict = classify_expected("qemu-7.2", ADDR, destroyed["message"], steps, destroyed["step"])
+    assert verdict[0] == EXPECTED and name in verdict[1]
+    assert classify_expected("bb-attached", ADDR, destroyed["message"], steps)[0] == NEW
+    assert classify_expected("qemu-7.2", ADDR, destroyed["message"], steps[:1])[0] == NEW
+
+
+def test_a_step_real_qemu_never_completes_is_classed_refused() -> None:
+    """qemu-io through a drive whose commit waits to be finalized after job-complete:
+    QEMU 7.2 keeps the source drained until then, so the write never completes (its
+    monitor hangs: `blocksim diff` times out on it); the simulator writes and warns, and
+    the data the commit then drops is no bug a user can meet."""
+    from sim.fuzz.export import prepare_failure
+    from sim.fuzz.failures import FuzzFailure
+    from sim.fuzz.triage import REFUSED
+
+    header = {"trace": 1, "drives": [{"id": "drive0", "node-name": "fmt0",
+              "file-node-name": "proto0", "format": "qcow2", "size": 64 << 20}],
+              "policy": "qemu-7.2", "seed": 0, "invariants": ["no-lost-guest-data"]}  # fmt: skip
+    steps = [
+        {"execute": "blockdev-snapshot-sync",
+         "arguments": {"device": "drive0", "snapshot-file": "o.qcow2"}},
+        {"execute": "block-commit",
+         "arguments": {"device": "drive0", "job-id": "j", "auto-finalize": False}},
+        {"until": {"job": "j", "point": "ready"}},
+        {"execute": "job-complete", "arguments": {"id": "j"}},
+        {"until": {"job": "j", "point": "ready"}},
+        {"execute": "human-monitor-command",
+         "arguments": {"command-line": 'qemu-io drive0 "write -P 1 0 4096"'}},
+        {"execute": "job-finalize", "arguments": {"id": "j"}},
+    ]  # fmt: skip
+    message = (
+        "device 'drive0' lost guest data when commit job 'j' ended: 4096 bytes differ, first "
+        "at offset 0: the guest last wrote write #2 (pattern 0x01) there, the device now "
+        "reads unallocated (zeroes)"
+    )
+    violation = [{"invariant": "no-lost-guest-data", "step": 7, "message": message}]
+    failure = FuzzFailure("no-lost-guest-data", message, header, steps, violation)
+    record = prepare_failure(failure, "test", shrunk=True).record
+    assert record.reproduced, record.message
+    assert record.triage == REFUSED, record.triage_reason
+    assert "never completes step 6 (qemu-io drive0" in record.triage_reason
+    assert "hangs its monitor" in record.triage_reason

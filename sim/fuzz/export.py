@@ -34,7 +34,7 @@ from typing import Any
 
 from sim.check import CHECKERS, make_checkers
 from sim.fuzz.failures import INTERNAL_ERROR, FuzzFailure, describe_exception, failure_key
-from sim.fuzz.triage import NEW, classify_expected, classify_refused
+from sim.fuzz.triage import NEW, classify_expected, classify_qemu_stops, classify_refused
 from sim.replay import ReplayResult, replay
 from sim.trace import atomic_write_text, dumps, parse_lines
 
@@ -327,6 +327,15 @@ def prepare_failure(
         lines = [dumps(header)] + [dumps(s) for s in failure.steps]
         record.reproduced = failure.kind == INTERNAL_ERROR
         record.message = f"{failure.message} (replay raised {type(exc).__name__})"
+    else:
+        if record.triage == NEW:
+            stops = classify_qemu_stops(
+                failure.steps,
+                [o.warnings for o in result.steps],
+                step if isinstance(step, int) else None,
+            )
+            if stops is not None:
+                record.triage, record.triage_reason = stops
     return PreparedFailure(record, lines, failure_key(failure.kind, failure.message))
 
 

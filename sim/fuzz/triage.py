@@ -15,6 +15,11 @@ shows them (new first):
     time by replaying it with the model's permission rules on
     (`classify_refused`, sim/model/perms.py); under qemu-7.2 found by
     `triage_with_qemu`, and then a simulator bug in its permission rules.
+    Also a step real QEMU 7.2 never completes (it hangs its monitor, crashes
+    or aborts there), which the simulator answers with a warning saying so
+    (`classify_qemu_stops`, at export time): e.g. qemu-io through a drive
+    whose mirror waits to be finalized after job-complete, which QEMU keeps
+    drained until then.
 ``expected``
     a known, documented consequence of the policy (`KNOWN`): e.g. under
     qemu-7.2 a bitmap added by device name stays on its node when a snapshot,
@@ -90,7 +95,19 @@ KNOWN = (
         "went onto that filter, which goes away with its bitmaps when the job ends (QEMU 7.2 "
         "behaviour: scenarios/checkers/addr-mirror-filter-captures-bitmap.jsonl)",
     ),
+    Known(
+        DEVICE_FOLLOWS_ROOT,
+        "bitmap-addressability",
+        re.compile(r"was destroyed without being removed: it was last on node '[^']*'; "),
+        "the bitmap stayed on its node when a graph change put another node under the "
+        "device; a mirror pivot, commit or stream then dropped that node from the graph and "
+        "QEMU deletes a node with its bitmaps (QEMU 7.2 behaviour, recorded: "
+        "scenarios/checkers/addr-mirror-pivot-destroys-source-bitmap.jsonl)",
+    ),
 )
+
+# what the simulator warns when a step would crash or hang real QEMU 7.2 (sim/qmp/*)
+QEMU_STOPS = re.compile(r"real QEMU 7\.2 (hangs|crashes|aborts)")
 
 
 def _command(step: dict[str, Any]) -> str:
@@ -167,6 +184,25 @@ def classify_refused(
                 f"them) step {number} ({_shown(upto[number - 1])}) is refused: "
                 f"{text.strip()[:300]}",
             )
+    return None
+
+
+def classify_qemu_stops(
+    steps: list[dict[str, Any]], warnings: list[list[str]], step: int | None = None
+) -> tuple[str, str] | None:
+    """(REFUSED, why) when the simulator warned, at a step up to the violation (`step`,
+    1-based; default the last), that real QEMU 7.2 hangs, crashes or aborts there: the
+    trace needs a step QEMU never completes (`warnings`: each step's warnings, as a
+    replay gives them); else None."""
+    upto = step if step else len(steps)
+    for number, said in enumerate(warnings[:upto], 1):
+        for warning in said:
+            if QEMU_STOPS.search(warning):
+                return (
+                    REFUSED,
+                    f"real QEMU 7.2 never completes step {number} ({_shown(steps[number - 1])}): "
+                    f"{warning}",
+                )
     return None
 
 
