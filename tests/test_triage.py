@@ -296,3 +296,24 @@ def test_a_step_real_qemu_never_completes_is_classed_refused() -> None:
     assert record.triage == REFUSED, record.triage_reason
     assert "never completes step 6 (qemu-io drive0" in record.triage_reason
     assert "hangs its monitor" in record.triage_reason
+
+
+def test_an_aborted_always_backup_transaction_is_expected_and_nothing_wider() -> None:
+    """Recorded on QEMU 7.2: the aborted transaction leaves its bitmap-mode=always backup's
+    bitmap fully dirty.  Expected only for exactly that change of exactly that bitmap."""
+    atom = "transaction-atomicity"
+    root = Path(__file__).resolve().parent.parent
+    name = "scenarios/checkers/atom-aborted-backup-always-dirties-bitmap.jsonl"
+    lines = [json.loads(x) for x in (root / name).read_text().splitlines() if x.strip()]
+    steps = [x for x in lines[1:] if "final-expect" not in x]
+    (v,) = lines[-1]["final-expect"]["violations"]
+    verdict = classify_expected("bb-attached", atom, v["message"], steps, v["step"])
+    assert verdict[0] == EXPECTED and name in verdict[1]
+    other = v["message"].replace("changed its bits", "changed its enabled")
+    assert classify_expected("qemu-7.2", atom, other, steps, v["step"])[0] == NEW
+    more = v["message"] + "; node 'ov0' appeared"
+    assert classify_expected("qemu-7.2", atom, more, steps, v["step"])[0] == NEW
+    txn = steps[v["step"] - 1]
+    on_success = json.loads(json.dumps(txn).replace('"always"', '"on-success"'))
+    changed = [*steps[: v["step"] - 1], on_success]
+    assert classify_expected("qemu-7.2", atom, v["message"], changed, v["step"])[0] == NEW
