@@ -32,6 +32,7 @@ VERDICTS: dict[str, set[str]] = {
     "addr-snapshot-device-bitmap": {ADDR, SOUND},
     "addr-snapshot-device-bitmap-bb-attached": set(),
     "addr-mirror-filter-captures-bitmap": {ADDR},
+    "addr-mirror-pivot-destroys-source-bitmap": {ADDR},
     "addr-node-bitmaps-across-snapshot": set(),
     "graph-qemu25-list-head": {ADDR, GRAPH, PREC},
     "sound-cancelled-incremental-keeps-bits": set(),
