@@ -6,7 +6,10 @@ defines on bitmap contents:
 
 - `lo`, the chunks the bitmap must mark, and `hi`, the chunks it may mark
   (`lo` <= `hi`);
-- add: both empty (a new bitmap is clean); clear: both emptied;
+- add: both empty (a new bitmap is clean); clear: both emptied.  A clear or
+  merge names its bitmaps as QEMU looked them up when its action ran: as the
+  graph stood before the command, unless an earlier action of its
+  transaction (a snapshot's overlay, a backup's filter) moved the device name;
 - a guest write that passes the node (or, bb-attached, the device) the bitmap
   is listed on while it records (as the user's add/enable/disable left it):
   both set (bdrv_co_write_req_finish -> bdrv_set_dirty);
@@ -19,8 +22,10 @@ defines on bitmap contents:
   (bdrv_co_do_copy_on_readv writes below the dirty-bitmap layer);
 - a backup freezing the bitmap: its contents at the end depend on the job's
   outcome and bitmap-mode, so `lo` empties and `hi` fills until the next clear;
-- an armed sim-only fault: a failed guest write still marks the nodes it
-  reached, which the checker does not see, so `hi` fills for every bitmap.
+- an armed fault (a sim-only `fault` step or a blkdebug rule): a failed guest
+  write still marks the nodes it reached (bdrv_co_write_req_finish marks
+  failed writes too), which the checker does not see, so `hi` fills for every
+  bitmap from then on, quiet steps (qemu-io, queries) included.
 
 The bitmap's actual bits (with its successor's while frozen) must lie
 between `lo` and `hi` after every step that could change them and at the end:
@@ -38,7 +43,7 @@ from bitarray import bitarray
 
 from sim.check.bitmaps import BitmapRegistry, Tracked
 from sim.check.extents import byte_ranges
-from sim.check.observe import Owner, StepChecker, label, owner_of
+from sim.check.observe import Command, Owner, StepChecker, label, owner_of
 from sim.model.bitmap import DirtyBitmap, bits_at_granularity
 from sim.model.graph import BlockBackend, BlockNode
 from sim.model.io import write_path
@@ -68,6 +73,31 @@ class Ref:
     def reset(self) -> None:
         self.lo.setall(0)
         self.hi.setall(0)
+
+
+# commands whose actions name bitmaps the checker follows (`_named`)
+NAMING_COMMANDS = frozenset({"transaction", "block-dirty-bitmap-clear", "block-dirty-bitmap-merge"})
+# transaction actions after which a device name may reach another node (a snapshot's
+# overlay, a backup's copy-before-write filter, put in place when the action prepares)
+GRAPH_ACTIONS = frozenset(
+    {"blockdev-snapshot-sync", "blockdev-snapshot", "drive-backup", "blockdev-backup"}
+)
+
+
+def _named(kind: str, data: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (address, name) pairs a clear or merge action names."""
+    if kind == "block-dirty-bitmap-clear":
+        return [(str(data.get("node")), str(data.get("name")))]
+    if kind != "block-dirty-bitmap-merge":
+        return []
+    node = str(data.get("node"))
+    out = [(node, str(data.get("target")))]
+    for src in data.get("bitmaps") or []:
+        if isinstance(src, dict):
+            out.append((str(src.get("node")), str(src.get("name"))))
+        else:
+            out.append((node, str(src)))
+    return out
 
 
 def _resize(ref: Ref, nbits: int) -> None:
@@ -124,7 +154,11 @@ class BitmapPrecision(StepChecker):
         self.owners: list[tuple[Tracked, Owner | None]] = []
         self.writers: list[tuple[Job, list[BlockNode]]] = []
         self.faulted = False
+        # (address, name) -> the bitmap it named just before a clear or merge (or a
+        # transaction holding one) ran, by the id of the command's arguments
+        self._named_before: dict[int, dict[tuple[str, str], DirtyBitmap | None]] = {}
         machine.state.write_observers.append(self._on_write)
+        machine.before_command_observers.append(self._on_before)
         machine.command_observers.append(self._on_command)
 
     # -- what happens between steps --------------------------------------------------------
@@ -149,6 +183,21 @@ class BitmapPrecision(StepChecker):
             if ref is not None:
                 ref.mark(offset, length)
 
+    def _on_before(self, request: Any) -> None:
+        """What each bitmap a clear or merge names is before the command changes the
+        graph: a transaction's later actions (a backup's filter, a snapshot's overlay)
+        may move a device name away from the node its earlier actions found it on."""
+        if not isinstance(request, dict) or request.get("execute") not in NAMING_COMMANDS:
+            return
+        args = request.get("arguments")
+        if type(args) is not dict:
+            return
+        names: dict[tuple[str, str], DirtyBitmap | None] = {}
+        for kind, data in Command(str(request["execute"]), args, {}).actions():
+            for address, name in _named(kind, data):
+                names[(address, name)] = self.bitmaps.lookup(address, name)[1]
+        self._named_before[id(args)] = names
+
     def _on_command(self, request: Any, response: dict[str, Any]) -> None:
         known = {id(j) for j, _ in self.writers}
         for job in self.state.jobs:
@@ -165,6 +214,9 @@ class BitmapPrecision(StepChecker):
         if self.machine.faults:
             self.faulted = True
         if self.log.quiet:
+            if self.faulted:  # a qemu-io write a fault failed is a quiet step too
+                for opened in self.refs.values():
+                    opened.hi.setall(1)
             self._check_all(index)
             return
         reg = self.bitmaps
@@ -194,34 +246,51 @@ class BitmapPrecision(StepChecker):
         self._check_all(self.step)
 
     def _commands(self) -> None:
-        """Clears and merges of this step's successful commands, in action order."""
+        """Clears and merges of this step's successful commands, in action order, each
+        naming the bitmap QEMU found: as the graph was before the command unless an
+        earlier action of its transaction changed what a name reaches (then as the
+        command left it)."""
+        named_before, self._named_before = self._named_before, {}
         for cmd in self.log.commands:
             if not cmd.ok:
                 continue
+            before: dict[tuple[str, str], DirtyBitmap | None] | None
+            before = named_before.get(id(cmd.arguments), {})
             for kind, data in cmd.actions():
                 if kind == "block-dirty-bitmap-clear":
-                    ref = self._ref_at(str(data.get("node")), str(data.get("name")))
+                    bm = self._lookup(str(data.get("node")), str(data.get("name")), before)
+                    ref = next((r for e, r in self.refs.items() if e.bitmap is bm), None)
                     if ref is not None:
                         ref.reset()
                 elif kind == "block-dirty-bitmap-merge":
-                    self._merge(data)
+                    self._merge(data, before)
+                elif kind in GRAPH_ACTIONS:
+                    before = None
 
-    def _ref_at(self, address: str, name: str) -> Ref | None:
-        bm = self.bitmaps.lookup(address, name)[1]
-        return next((r for e, r in self.refs.items() if e.bitmap is bm), None)
+    def _lookup(
+        self,
+        address: str,
+        name: str,
+        before: dict[tuple[str, str], DirtyBitmap | None] | None,
+    ) -> DirtyBitmap | None:
+        """The bitmap (address, name) named when its action ran (`before`: the names as
+        the command found them, None after a graph change within it)."""
+        found = before.get((address, name)) if before is not None else None
+        return found if found is not None else self.bitmaps.lookup(address, name)[1]
 
-    def _merge(self, data: dict[str, Any]) -> None:
+    def _merge(
+        self, data: dict[str, Any], before: dict[tuple[str, str], DirtyBitmap | None] | None
+    ) -> None:
         node = str(data.get("node"))
-        dst = self.bitmaps.lookup(node, str(data.get("target")))[1]
+        dst = self._lookup(node, str(data.get("target")), before)
         ref = next((r for e, r in self.refs.items() if e.bitmap is dst), None)
         if dst is None or ref is None:
             return
         for src_ref in data.get("bitmaps") or []:
             if isinstance(src_ref, dict):
-                found = self.bitmaps.lookup(str(src_ref.get("node")), str(src_ref.get("name")))
+                src = self._lookup(str(src_ref.get("node")), str(src_ref.get("name")), before)
             else:
-                found = self.bitmaps.lookup(node, str(src_ref))
-            src = found[1]
+                src = self._lookup(node, str(src_ref), before)
             src_entry = next((e for e in self.refs if e.bitmap is src), None)
             if src is None or src_entry is None or src.size_bytes != dst.size_bytes:
                 ref.hi.setall(1)  # a source the checker does not follow
