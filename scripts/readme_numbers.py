@@ -403,6 +403,39 @@ CLAIMS = [
 ]
 
 
+def _power_default(variable: str) -> int:
+    """The default of a BLOCKSIM_POWER_* setting of tests/test_fuzz_power.py, read from
+    its source (the module's value follows the environment)."""
+    source = (ROOT / "tests" / "test_fuzz_power.py").read_text()
+    m = re.search(rf'"{variable}", "(\d+)"', source)
+    assert m is not None, variable
+    return int(m[1])
+
+
+CLAIMS += [
+    Claim(
+        "QEMU micro version in the serve greeting",
+        r"QEMU's greeting \(version 7\.2\.(?P<n>\d+),",
+        lambda: _import("sim.qmp.cmd_query").QEMU_VERSION["qemu"]["micro"],
+    ),
+    Claim(
+        "ms of simulated time a blockdev-create job takes",
+        r"A `blockdev-create` job takes (?P<n>\d+) ms",
+        lambda: max(_import("sim.qmp.cmd_create").CREATE_DELAY_NS.values()) // 1_000_000,
+    ),
+    Claim(
+        "seconds per mutant of the power test",
+        r"at most (?P<n>\d+) s each \(`BLOCKSIM_POWER_BUDGET`\)",
+        lambda: _power_default("BLOCKSIM_POWER_BUDGET"),
+    ),
+    Claim(
+        "examples of the power test's healthy campaign",
+        r"a healthy campaign of (?P<n>\d+)\s+examples",
+        lambda: _power_default("BLOCKSIM_POWER_HEALTHY"),
+    ),
+]
+
+
 def claims_stale(text: str) -> list[str]:
     """The claims whose number in `text` is not what their source gives (or that are gone)."""
     stale = []
