@@ -152,6 +152,16 @@ def merge_writes(
     done) when more than MERGE_MAX_COVER pieces would be covered, unless by one write."""
     firsts, order = stable_sort(firsts, nsectors)  # sorted look-ups stay in the cache
     ends = ends[order]
+    if firsts.size > 1:
+        # a write made again over the same range: only the last one counts
+        again = (firsts[1:] == firsts[:-1]) & (ends[1:] == ends[:-1])
+        if again.any():
+            kept = np.concatenate((~again, [True]))
+            firsts, ends, order = firsts[kept], ends[kept], order[kept]
+            del kept
+        del again
+    if firsts.size < 2 or bool((firsts[1:] >= ends[:-1]).all()):
+        return _merge_disjoint(starts, stamps, nsectors, firsts, ends, values[order])
     cuts = np.concatenate((starts, firsts, np.sort(ends)))
     cuts.sort(kind="stable")  # three sorted runs: merged
     distinct = np.empty(cuts.size, dtype=bool)
@@ -173,12 +183,39 @@ def merge_writes(
         )
         last = np.full(cuts.size, -1, dtype=np.int64)
         np.maximum.at(last, piece, writer)  # the last write covering each piece
+        del piece, writer
         hit = last >= 0
         out[hit] = values[last[hit]]
     keep = np.empty(cuts.size, dtype=bool)
     keep[0] = True
     np.not_equal(out[1:], out[:-1], out=keep[1:])
     return cuts[keep], out[keep]
+
+
+def _merge_disjoint(
+    starts: np.ndarray,
+    stamps: np.ndarray,
+    nsectors: int,
+    firsts: np.ndarray,
+    ends: np.ndarray,
+    values: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`merge_writes` for ascending writes that do not overlap: the run list's starts
+    inside a write go, each write's start comes in and, unless the next write starts
+    at its end, the run list's stamp there comes back."""
+    j = np.searchsorted(firsts, starts, side="right") - 1
+    outside = (j < 0) | (starts >= ends[np.maximum(j, 0)])
+    after = stamps[np.searchsorted(starts, ends, side="right") - 1]
+    back = ends < nsectors  # (an extent starting there too: equal neighbours, joined)
+    back[:-1] &= firsts[1:] != ends[:-1]
+    points = np.concatenate((starts[outside], firsts, ends[back]))
+    order = np.argsort(points, kind="stable")  # three sorted runs: merged
+    points = points[order]
+    out = np.concatenate((stamps[outside], values, after[back]))[order]
+    keep = np.empty(points.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(out[1:], out[:-1], out=keep[1:])
+    return points[keep], out[keep]
 
 
 def sector_span(offset: int, length: int) -> tuple[int, int]:
@@ -762,14 +799,21 @@ class ClusterSummary:
 
     def count(self, starts: np.ndarray, stamps: np.ndarray, nsectors: int) -> None:
         """Count from scratch, with numpy, from a run list (`Content.arrays`)."""
-        ends = np.empty_like(starts)
-        ends[:-1] = starts[1:]
-        ends[-1:] = nsectors
+        per = self.per
+        c0 = starts // per  # first and end cluster each extent touches
+        c1 = np.empty_like(starts)
+        c1[:-1] = starts[1:]
+        c1[-1:] = nsectors
+        c1 -= 1
+        c1 //= per
+        c1 += 1
         data = stamps >= FIRST_DATA_STAMP
-        d0, d1 = _cluster_runs(starts[data], ends[data], self.per)
+        d0, d1 = _cluster_runs(c0[data], c1[data])
         self.data = int((d1 - d0).sum())
+        del d0, d1, data
         alloc = stamps != UNALLOCATED
-        a0, a1 = _cluster_runs(starts[alloc], ends[alloc], self.per)
+        a0, a1 = _cluster_runs(c0[alloc], c1[alloc])
+        del c0, c1, alloc
         pr = self.per_region
         r0 = a0 // pr
         spans = (a1 - 1) // pr - r0 + 1
@@ -850,11 +894,9 @@ class ClusterSummary:
                 self.regions -= 1
 
 
-def _cluster_runs(lo: np.ndarray, hi: np.ndarray, per: int) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint ascending cluster runs [first, end) touched by ascending disjoint
-    sector extents [lo, hi), clusters of `per` sectors."""
-    c0 = lo // per
-    c1 = (hi - 1) // per + 1
+def _cluster_runs(c0: np.ndarray, c1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint ascending cluster runs [first, end) made of the clusters [c0, c1) that
+    ascending disjoint extents touch (neighbours may share a cluster)."""
     if not c0.size:
         return c0, c1
     new = np.empty(c0.size, dtype=bool)

@@ -136,10 +136,13 @@ class Qcow2Layout(ClusterSummary):
         lo = firsts // per
         counts = (ends - 1) // per + 1 - lo
         total = int(counts.sum())
-        cluster = np.repeat(lo, counts) + (
-            np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-        )
-        data = np.repeat(stamps >= FIRST_DATA_STAMP, counts)
+        data = stamps >= FIRST_DATA_STAMP
+        cluster = lo
+        if total != lo.size:  # some write reaches more than one cluster
+            cluster = np.repeat(lo, counts) + (
+                np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+            )
+            data = np.repeat(data, counts)
         cluster, order = stable_sort(cluster, self.host.nsectors)  # by cluster, then pair
         hs, hv = self.host.arrays()
         hosted = hv[np.searchsorted(hs, cluster, side="right") - 1] != UNALLOCATED
@@ -165,9 +168,11 @@ class Qcow2Layout(ClusterSummary):
         if table_at.size:
             self.l2_tables.update(regions[new].tolist())
         self.next_host += int(table_at.size + data_at.size)
-        if data_at.size:
-            placed = cluster[want[head]]
-            self.host._merge_sectors(placed, placed + 1, hosts - placed + _BIAS)
+        placed = cluster[want[head]]
+        del cluster, order, hosted, want, head, region, table, events, before, data_at
+        if placed.size:
+            hosts -= placed - _BIAS
+            self.host._merge_sectors(placed, placed + 1, hosts)
 
     # -- block status ---------------------------------------------------------------------
     def host_run(self, cluster: int) -> int:
