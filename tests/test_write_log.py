@@ -131,3 +131,23 @@ def test_a_write_that_allocates_is_said_to_before_it_is_made() -> None:
         layout = qc.layout
         allocated = (layout.next_host, len(layout.l2_tables)) != before[:2]
         assert allocated == said, (offset, length, zero)
+
+
+def test_a_full_log_is_spliced_in_without_a_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log reaching LOG_MAX_WRITES is spliced in at once: memory stays bounded, and
+    nothing a reader sees changes."""
+    monkeypatch.setattr(content_module, "LOG_MAX_WRITES", 100)
+    c = Qcow2Content(1 << 30, 65536)
+    ref = Qcow2Content(1 << 30, 65536)
+    rng = random.Random(6)
+    for i in range(250):
+        offset = rng.randrange(0, (1 << 30) // 4096) * 4096
+        c.write(offset, 4096, i + 2)
+        ref.write(offset, 4096, i + 2)
+        ref.stamp_at(0)
+        assert c._log is None or len(c._log.stamps) < 100
+    c.write_many([0, 4096], 4096, [300, 301])
+    ref.write_many([0, 4096], 4096, [300, 301])
+    assert c.version == ref.version == 252
+    assert c.extents() == ref.extents()
+    assert c.layout.host.extents() == ref.layout.host.extents()

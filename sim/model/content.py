@@ -58,6 +58,7 @@ ZERO_STAMP = 1
 FIRST_DATA_STAMP = 2
 CHUNK_MAX = 512  # extents in one chunk of the run list before it is split
 LOG_MAX_BYTES = 65536  # longer writes are made at once, not logged
+LOG_MAX_WRITES = 1 << 20  # a log this long is spliced in (its memory is bounded)
 LOG_MERGE_MIN = 256  # shorter write logs are spliced in write by write
 LOG_MERGE_RATIO = 64  # ... and so are logs shorter than 1/64 of the run list's extents
 MERGE_MAX_COVER = 1 << 22  # (write, extent) pairs one numpy merge handles at most
@@ -142,6 +143,7 @@ def merge_writes(
     firsts: np.ndarray,
     ends: np.ndarray,
     values: np.ndarray,
+    by_first: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """A run list (`starts`/`stamps`, the last extent ending at `nsectors`) after the
     writes [firsts[i], ends[i]) of values[i], made in order, i.e. the same run list
@@ -149,9 +151,14 @@ def merge_writes(
     points where anything starts cut the disk into pieces; each piece takes the
     value of the last write covering it, else the run list's.  Cost: a sort of the
     extents and the writes' ends, plus the pieces the writes cover; None (nothing
-    done) when more than MERGE_MAX_COVER pieces would be covered, unless by one write."""
-    firsts, order = stable_sort(firsts, nsectors)  # sorted look-ups stay in the cache
-    ends = ends[order]
+    done) when more than MERGE_MAX_COVER pieces would be covered, unless by one write.
+    `by_first`: the writes' firsts and ends sorted by first, then by order, and the
+    indices that sort them (`stable_sort`), when the caller has them."""
+    if by_first is None:
+        firsts, order = stable_sort(firsts, nsectors)  # sorted look-ups stay in the cache
+        ends = ends[order]
+    else:
+        firsts, ends, order = by_first
     if firsts.size > 1:
         # a write made again over the same range: only the last one counts
         again = (firsts[1:] == firsts[:-1]) & (ends[1:] == ends[:-1])
@@ -277,6 +284,8 @@ class Content:
                 log.stamps.append(stamp)
                 self.version += 1
                 self._alloc = None
+                if len(log.stamps) >= LOG_MAX_WRITES:
+                    self._settle()
                 return
         if self._log is not None:
             self._settle()
@@ -376,6 +385,8 @@ class Content:
             log.stamps.extend(stamps)
             self.version += n
             self._alloc = None
+            if len(log.stamps) >= LOG_MAX_WRITES:
+                self._settle()
             return
         write = self.write
         for offset, stamp in zip(offsets, stamps, strict=True):
@@ -411,16 +422,24 @@ class Content:
         ends = (offsets + lengths + (SECTOR - 1)) >> SECTOR_SHIFT
         self._merge_sectors(firsts, ends, np.frombuffer(log.stamps, dtype=np.int64))
 
-    def _merge_sectors(self, firsts: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
+    def _merge_sectors(
+        self,
+        firsts: np.ndarray,
+        ends: np.ndarray,
+        values: np.ndarray,
+        by_first: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> None:
         """Writes of sectors [firsts[i], ends[i]) with values[i], in order, inside the
-        disk, all at once; a log covering too many pieces goes in parts, in order."""
+        disk, all at once; a log covering too many pieces goes in parts, in order.
+        `by_first`: as for `merge_writes`."""
         self.version += int(firsts.size)
         self._alloc = self._arrays = None
         parts = [(firsts, ends, values)]
         starts, vals = self._raw_arrays()
         while parts:
             f, e, v = parts.pop()
-            merged = merge_writes(starts, vals, self.nsectors, f, e, v)
+            merged = merge_writes(starts, vals, self.nsectors, f, e, v, by_first)
+            by_first = None  # (the whole log's, not a part's)
             if merged is None:  # halves, the first one first
                 h = f.size // 2
                 parts += [(f[h:], e[h:], v[h:]), (f[:h], e[:h], v[:h])]

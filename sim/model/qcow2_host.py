@@ -126,50 +126,67 @@ class Qcow2Layout(ClusterSummary):
                 self.next_host += stop - lo
             lo = stop
 
-    def place_log(self, firsts: np.ndarray, ends: np.ndarray, stamps: np.ndarray) -> None:
+    def place_log(
+        self,
+        firsts: np.ndarray,
+        ends: np.ndarray,
+        stamps: np.ndarray,
+        by_first: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> None:
         """`allocate` for data and zero writes of sectors [firsts[i], ends[i]), made in
         order, all at once: each (write, cluster) pair in order allocates its region's
         L2 table if it is the first to touch a region without one, then its cluster if
         it is the first data write to a cluster without a host cluster; host clusters
-        are handed out in that order."""
+        are handed out in that order.  `by_first`: the writes sorted by first sector
+        (as `merge_writes` takes them), when the caller has them."""
         per, span = self.per, self.per_region
         lo = firsts // per
         counts = (ends - 1) // per + 1 - lo
         total = int(counts.sum())
         data = stamps >= FIRST_DATA_STAMP
-        cluster = lo
-        if total != lo.size:  # some write reaches more than one cluster
-            cluster = np.repeat(lo, counts) + (
-                np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-            )
-            data = np.repeat(data, counts)
-        cluster, order = stable_sort(cluster, self.host.nsectors)  # by cluster, then pair
-        hs, hv = self.host.arrays()
-        hosted = hv[np.searchsorted(hs, cluster, side="right") - 1] != UNALLOCATED
-        want = np.flatnonzero(data[order] & ~hosted)
-        head = np.empty(want.size, dtype=bool)
+        if total == lo.size and by_first is not None:  # one cluster a write
+            cluster, pair = by_first[0] // per, by_first[2]  # pairs are writes
+        else:
+            cluster = lo
+            if total != lo.size:  # some write reaches more than one cluster
+                cluster = np.repeat(lo, counts) + (
+                    np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+                )
+                data = np.repeat(data, counts)
+            cluster, pair = stable_sort(cluster, self.host.nsectors)
+        del lo, counts
+        # groups of pairs on one cluster (in any order within a group)
+        head = np.empty(total, dtype=bool)
         head[:1] = True
-        np.not_equal(cluster[want[1:]], cluster[want[:-1]], out=head[1:])
-        data_at = order[want[head]]  # the pair that allocates each new data cluster
-        region = cluster // span
-        table_at = np.zeros(0, dtype=np.int64)
-        if total:
-            group = np.flatnonzero(np.concatenate(([True], region[1:] != region[:-1])))
-            regions = region[group]
-            known = np.fromiter(self.l2_tables, dtype=np.int64, count=len(self.l2_tables))
-            new = ~np.isin(regions, known)
-            table_at = np.minimum.reduceat(order, group)[new]  # first pair in a new region
+        np.not_equal(cluster[1:], cluster[:-1], out=head[1:])
+        group = np.flatnonzero(head)
+        clusters = cluster[group]
+        del cluster, head
+        hs, hv = self.host.arrays()
+        hosted = hv[np.searchsorted(hs, clusters, side="right") - 1] != UNALLOCATED
+        first_data = np.minimum.reduceat(np.where(data[pair], pair, total), group)
+        want = ~hosted & (first_data < total)
+        placed = clusters[want]
+        data_at = first_data[want]  # the pair that allocates each new data cluster
+        first_pair = np.minimum.reduceat(pair, group)
+        del pair, group, hosted, first_data, want
+        region = clusters // span
+        heads = np.flatnonzero(np.concatenate(([True], region[1:] != region[:-1])))
+        regions = region[heads]
+        known = np.fromiter(self.l2_tables, dtype=np.int64, count=len(self.l2_tables))
+        new = ~np.isin(regions, known)
+        table_at = np.minimum.reduceat(first_pair, heads)[new]  # first pair in a new region
+        del region, heads, first_pair, clusters
         table = np.zeros(total, dtype=np.int64)  # host clusters each pair allocates
         table[table_at] = 1
         events = table.copy()
         events[data_at] += 1
         before = np.cumsum(events) - events  # allocated by the pairs before
         hosts = self.next_host + before[data_at] + table[data_at]  # a pair's table first
+        del table, events, before
         if table_at.size:
             self.l2_tables.update(regions[new].tolist())
         self.next_host += int(table_at.size + data_at.size)
-        placed = cluster[want[head]]
-        del cluster, order, hosted, want, head, region, table, events, before, data_at
         if placed.size:
             hosts -= placed - _BIAS
             self.host._merge_sectors(placed, placed + 1, hosts)
@@ -277,8 +294,10 @@ class Qcow2Content(Content):
         firsts = offsets >> SECTOR_SHIFT
         ends = (offsets + lengths + (SECTOR - 1)) >> SECTOR_SHIFT
         stamps = np.frombuffer(log.stamps, dtype=np.int64)
-        layout.place_log(firsts, ends, stamps)
-        self._merge_sectors(firsts, ends, stamps)
+        by_first, order = stable_sort(firsts, self.nsectors)
+        sorted_writes = (by_first, ends[order], order)
+        layout.place_log(firsts, ends, stamps, sorted_writes)
+        self._merge_sectors(firsts, ends, stamps, sorted_writes)
 
     # -- the rest of Content --------------------------------------------------------------
     def cluster_summary(self, cluster_bytes: int) -> ClusterSummary:
