@@ -696,3 +696,33 @@ def test_a_burst_applied_at_once_is_the_burst_request_by_request(
     assert run()[0] == batched
     assert n > 500
     monkeypatch.setattr(workload._Burst, "apply", applied)
+
+
+def test_a_force_cancelled_job_does_not_stop_at_a_pause() -> None:
+    """job-cancel forces; job-pause right after it is accepted, but job_pause_point
+    returns at once for a force-cancelled job, so the mirror goes on to its end: on
+    QEMU 7.2 the events after job-pause are aborting, BLOCK_JOB_CANCELLED, concluded
+    and null, and query-jobs is empty (the job never reads 'paused')."""
+    r = clean(
+        run_steps(
+            [
+                io("write -P 1 0 8M"),
+                qmp(
+                    "drive-mirror",
+                    device="drive0",
+                    target="t.qcow2",
+                    sync="full",
+                    speed=1 << 20,
+                    **{"job-id": "job3"},
+                ),  # fmt: skip
+                qmp("job-cancel", id="job3"),
+                qmp("job-pause", id="job3"),
+                wait("BLOCK_JOB_CANCELLED", device="job3"),
+                qmp("query-jobs"),
+            ]
+        )
+    )
+    assert r.steps[3].response == {"return": {}}
+    statuses = [e["data"]["status"] for e in r.final["events"] if e["event"] == "JOB_STATUS_CHANGE"]
+    assert "paused" not in statuses and statuses[-3:] == ["aborting", "concluded", "null"]
+    assert r.steps[5].response == {"return": []}

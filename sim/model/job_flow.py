@@ -57,9 +57,11 @@ def become_ready(job: Job) -> None:
 
 def pause_now(job: Job) -> bool:
     """The job reaches its pause point: running -> paused, ready -> standby.
-    Returns False if it was not in a state that pauses."""
+    Returns False if it was not in a state that pauses, or was force-cancelled:
+    job_pause_point returns at once for a job job_is_cancelled calls cancelled, so
+    such a job goes on to its end whatever pause a user or a drain asked for."""
     paused = PAUSED_AS.get(job.status)
-    if paused is None:
+    if paused is None or (job.cancelled and job.force):
         return False
     job.set_status(paused)
     return True
