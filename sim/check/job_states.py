@@ -17,7 +17,8 @@ the model's, so a broken model table is caught), and checks:
   `transaction`, `blockdev-snapshot-sync`, `blockdev-snapshot`, `drive-backup`,
   `blockdev-backup`) pauses and resumes every active job that the user has not
   paused (`paused` then `running`, or `standby` then `ready`, in that step;
-  QEMU 7.2's bdrv_drain_all, verified on the binary); a job whose cancel was a
+  QEMU 7.2's bdrv_drain_all, verified on the binary) and that was not
+  force-cancelled (job_pause_point returns at once for such a job); a job whose cancel was a
   force-cancel (`force`, `job-cancel`, or any cancel before READY, as job.c's
   job_cancel_async and mirror_cancel decide) never again reaches `waiting`,
   `pending` or READY and never completes successfully;
@@ -120,7 +121,9 @@ class JobStateLegality(StepChecker):
             {
                 job_id: life.status
                 for job_id, life in self.lives.items()
-                if life.status in DRAIN_PAIRS and not life.user_paused
+                if life.status in DRAIN_PAIRS
+                and not life.user_paused
+                and not life.force_cancelled_at
             }
             if drains
             else {}
