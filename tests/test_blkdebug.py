@@ -18,20 +18,20 @@ def test_set_state_and_state_bound_rules() -> None:
          "set-state": [{"event": "write_aio", "state": 1, "new_state": 2},
                        {"event": "flush_to_disk", "state": 2, "new_state": 3}]}
     )  # fmt: skip
-    assert debug.request("write", 0, 4096, "qcow2") is None and debug.state == 2
-    assert _errno(debug.request("write", 0, 4096, "qcow2")) == "EIO"  # active in state 2, once
-    assert debug.request("write", 0, 4096, "qcow2") is None and not debug.rules["write_aio"][1:]
-    assert debug.request("flush", 0, 0, "qcow2") is None and debug.state == 3
+    assert debug.request("write", 0, 4096, "raw") is None and debug.state == 2
+    assert _errno(debug.request("write", 0, 4096, "raw")) == "EIO"  # active in state 2, once
+    assert debug.request("write", 0, 4096, "raw") is None and not debug.rules["write_aio"][1:]
+    assert debug.request("flush", 0, 0, "raw") is None and debug.state == 3
 
 
 def test_an_active_rule_stays_active_for_every_type_until_replaced() -> None:
     debug = blkdebug_rules(
         {"inject-error": [{"event": "read_aio", "errno": 28}, {"event": "flush_to_os"}]}
     )
-    assert debug.request("write", 0, 512, "qcow2") is None  # nothing active yet
-    assert _errno(debug.request("read", 0, 512, "qcow2")) == "ENOSPC"
-    assert _errno(debug.request("write", 0, 512, "qcow2")) == "ENOSPC"  # write_aio has no rules
-    assert _errno(debug.request("flush", 0, 0, "qcow2")) == "EIO"  # flush_to_os replaced it
+    assert debug.request("write", 0, 512, "raw") is None  # nothing active yet
+    assert _errno(debug.request("read", 0, 512, "raw")) == "ENOSPC"
+    assert _errno(debug.request("write", 0, 512, "raw")) == "ENOSPC"  # write_aio has no rules
+    assert _errno(debug.request("flush", 0, 0, "raw")) == "EIO"  # flush_to_os replaced it
 
 
 def test_sector_iotype_and_zero_writes() -> None:
@@ -45,17 +45,17 @@ def test_sector_iotype_and_zero_writes() -> None:
     every = blkdebug_rules({"inject-error": [{"event": "write_aio"}]})
     every.request("write", 0, 512, "raw")
     assert _errno(every.request("write-zeroes", 0, 512, "raw")) == "EIO"  # raw passes it on
-    assert every.request("write-zeroes", 0, 512, "qcow2") is None  # qcow2: metadata only
     assert _errno(every.request("read", 0, 512, None)) == "EIO"  # qemu-io on the node: no event
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"inject-error": [{"event": "l2_update"}]}, "event 'l2_update'"),
+        ({"inject-error": [{"event": "cluster_alloc_bytes"}]}, "event 'cluster_alloc_bytes'"),
+        ({"inject-error": [{"event": "l2_update", "sector": 4}]}, "'sector' on event 'l2_update'"),
         ({"inject-error": [{"event": "read_aio", "iotype": "discard"}]}, "iotype 'discard'"),
         ({"inject-error": [{"event": "read_aio", "errno": 1}]}, "errno 1"),
-        ({"set-state": [{"event": "cluster_alloc", "new_state": 2}]}, "event 'cluster_alloc'"),
+        ({"set-state": [{"event": "l1_grow_alloc_table", "new_state": 2}]}, "event 'l1_grow"),
         ({"config": "x.conf"}, "'config' files"),
     ],
 )

@@ -28,10 +28,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sim.errors import QMPError
-from sim.model.content import sector_span
+from sim.model import qcow2_meta
+from sim.model.content import Content, sector_span
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode
 from sim.model.io import write_path
 from sim.model.job_flow import STRERROR
+from sim.model.qcow2_host import Qcow2Content
 
 if TYPE_CHECKING:
     from sim.engine.machine import Machine
@@ -72,6 +74,8 @@ class FaultTable:
     def __init__(self) -> None:
         self.faults: list[Fault] = []
         self.blkdebug: dict[BlockNode, Blkdebug] = {}
+        # the metadata caches of the qcow2 nodes over blkdebug nodes (since their open)
+        self.qcow2: dict[BlockNode, qcow2_meta.Qcow2Meta] = {}
 
     def __bool__(self) -> bool:
         return bool(self.faults) or bool(self.blkdebug)
@@ -98,7 +102,11 @@ class FaultTable:
             debug = self.blkdebug.get(node) if self.blkdebug else None
             if debug is not None:
                 parent = nodes[i - 1] if i else above
-                rule = debug.request(op, offset, length, parent.driver if parent else None)
+                if parent is not None and isinstance(parent.content, Qcow2Content):
+                    steps = self.qcow2_steps(parent, op, offset, length)
+                    rule = debug.run(steps) if steps is not None else None
+                else:
+                    rule = debug.request(op, offset, length, parent.driver if parent else None)
                 if rule is not None:
                     fault = Fault(node, fault_op, rule.errno, offset, max(length, 1), 0)
                     fault.immediately = rule.immediately
@@ -112,25 +120,79 @@ class FaultTable:
                     return node, fault
         return None
 
+    def block_status(self, nodes: list[BlockNode], offset: int, length: int) -> None:
+        """Block status of [offset, offset + length) through `nodes` (a read path)
+        before a backup task reads it (block_copy_block_status): a qcow2 node over a
+        blkdebug node may load L2 tables there; a failure is not reported (the task
+        copies the range as data)."""
+        for i, node in enumerate(nodes):
+            debug = self.blkdebug.get(node) if i else None
+            parent = nodes[i - 1]
+            if debug is not None and isinstance(parent.content, Qcow2Content):
+                if 0 <= offset and offset + length <= parent.content.size_bytes:
+                    steps = qcow2_meta.status_steps(
+                        self._meta(parent), parent.content, offset, length
+                    )
+                    debug.run(steps)
+
+    def _meta(self, node: BlockNode) -> qcow2_meta.Qcow2Meta:
+        meta = self.qcow2.get(node)
+        if meta is None:
+            meta = self.qcow2[node] = qcow2_meta.Qcow2Meta()
+        return meta
+
+    def qcow2_steps(
+        self, node: BlockNode, op: str, offset: int, length: int
+    ) -> qcow2_meta.Steps | None:
+        """What qcow2 node `node` raises and asks of its file for this request
+        (sim.model.qcow2_meta), with the node's caches as they stand."""
+        meta = self._meta(node)
+        if op == "flush":
+            return qcow2_meta.flush_steps(meta)
+        chain: list[Content] = []
+        cur: BlockNode | None = node
+        while cur is not None:
+            while cur is not None and cur.is_filter:
+                cur = cur.filtered_child()
+            if cur is None or cur.content is None:
+                break
+            chain.append(cur.content)
+            cur = cur.backing
+        if length <= 0 or offset < 0 or offset + length > chain[0].size_bytes:
+            return None
+        if op == "read":
+            return qcow2_meta.read_steps(meta, chain, offset, length)
+        if op == "write-zeroes":
+            return qcow2_meta.zero_steps(meta, chain, offset, length)
+        return qcow2_meta.write_steps(meta, chain, offset, length)
+
 
 # -- blkdebug ------------------------------------------------------------------------------
 # block/blkdebug.c of QEMU 7.2.  A blkdebug node has a state (1 at open) and rules per
-# event.  When the format node above raises an event on it (read_aio before reading
-# data from it, write_aio before writing data, flush_to_os and flush_to_disk on a
-# flush), the event's rules for the current state (or any state: `state` 0 or absent)
-# run: inject-error rules become the active rules (replacing the ones an earlier event
-# activated), set-state rules pick the next state.  Every request that then reaches
-# the blkdebug node fails with the first active rule matching its type (`iotype`,
-# default: every type but block-status) and offset (`sector`: the request covers that
-# sector's first byte), which `once` removes.  Offsets are the guest's (QEMU's are host
-# offsets: the same under raw, not under qcow2).  Not modelled, refused: the metadata
-# events qcow2 raises (l2_update, cluster_alloc, ...) and the metadata writes it makes
-# (a flush writes cached metadata under the active rules in QEMU), `config` files,
-# errno other than EIO and ENOSPC, iotypes discard and block-status.
+# event.  When an event is raised on it, the event's rules for the current state (or
+# any state: `state` 0 or absent) run: inject-error rules become the active rules
+# (replacing the ones an earlier event activated), set-state rules pick the next
+# state.  Every request that then reaches the blkdebug node fails with the first
+# active rule matching its type (`iotype`, default: every type but block-status) and
+# offset (`sector`: the request covers that sector's first byte), which `once`
+# removes.  Events come from the node above (a raw node: read_aio before reading,
+# write_aio before writing, flush_to_os and flush_to_disk on a flush; a qcow2 node:
+# those and its metadata events, with its metadata requests between them, see
+# sim.model.qcow2_meta) and from the block layer on every write reaching the
+# blkdebug node (pwritev or pwritev_zero before it, pwritev_done after it).  A flush
+# reaches it only when it was written since its last flush (bdrv_co_flush's
+# write_gen).  Offsets are the guest's (QEMU's are host offsets: the same under raw,
+# not under qcow2); a qcow2 metadata request matches only rules without `sector`.
+# Not modelled, refused: the events of other drivers and of qcow2 paths blocksim
+# does not take (compression, internal snapshots, L1 growth, refcount-table
+# growth), `sector` on a qcow2 metadata event, `config` files, errno other than EIO
+# and ENOSPC, iotypes discard and block-status.
 
 BLKDEBUG_EVENTS = {"read": ("read_aio",), "write": ("write_aio",),
                    "flush": ("flush_to_os", "flush_to_disk")}  # fmt: skip
-_MODELLED_EVENTS = ("read_aio", "write_aio", "flush_to_os", "flush_to_disk")
+_WRITE_EVENTS = ("pwritev", "pwritev_zero", "pwritev_done")
+_MODELLED_EVENTS = ("read_aio", "write_aio", "flush_to_os", "flush_to_disk",
+                    *_WRITE_EVENTS, *qcow2_meta.QCOW2_EVENTS)  # fmt: skip
 _IOTYPES = ("read", "write", "write-zeroes", "flush")
 _DEFAULT_IOTYPES = frozenset({"read", "write", "write-zeroes", "discard", "flush"})
 _ERRNOS = {5: "EIO", 28: "ENOSPC"}
@@ -162,6 +224,7 @@ class Blkdebug:
         for rule in rules:  # QLIST_INSERT_HEAD: the newest rule of an event comes first
             self.rules.setdefault(rule.event, []).insert(0, rule)
         self.active: list[BlkdebugRule] = []
+        self.unflushed = False  # written since its last flush (write_gen != flushed_gen)
 
     def event(self, name: str) -> None:
         """blkdebug_debug_event: run the event's rules for the current state."""
@@ -180,21 +243,53 @@ class Blkdebug:
         self.state = new_state
 
     def request(self, op: str, offset: int, length: int, parent: str | None) -> BlkdebugRule | None:
-        """A request of type `op` from a node of driver `parent` (None: qemu-io on the
-        blkdebug node itself) after that node's events: the rule it fails by, or
-        None (rule_check).  A zero write under qcow2 only changes its metadata (no
-        request here); raw passes it on without an event."""
-        if op == "write-zeroes":
-            if parent == "qcow2":
-                return None
-        elif parent is not None:
+        """A request of type `op` from a node of driver `parent` (None: qemu-io or a job
+        on the blkdebug node itself): the parent's events, then the request; the rule
+        it fails by, or None.  raw passes a zero write on without an event."""
+        if parent is not None and op != "write-zeroes":
             for name in BLKDEBUG_EVENTS.get(op, ()):
                 self.event(name)
+        return self.check(op, offset, length)
+
+    def run(self, steps: qcow2_meta.Steps) -> BlkdebugRule | None:
+        """Events and requests from a qcow2 node above, in order, until a request
+        fails: the rule it fails by, or None."""
+        for step in steps:
+            if step[0] == "event":
+                self.event(step[1])
+                continue
+            rule = self.check(step[0], step[1], step[2])
+            if rule is not None:
+                steps.close()
+                return rule
+        return None
+
+    def check(self, op: str, offset: int, length: int) -> BlkdebugRule | None:
+        """A request reaching the blkdebug node: bdrv_aligned_pwritev's events around
+        a write, bdrv_co_flush's skip of a flush with nothing written since the last
+        one, then rule_check.  `offset` -1: a metadata request (no `sector` matches)."""
+        if op == "flush":
+            if not self.unflushed:
+                return None
+            rule = self._match(op, offset, length)
+            if rule is None:
+                self.unflushed = False
+            return rule
+        if op in ("write", "write-zeroes"):
+            self.event("pwritev" if op == "write" else "pwritev_zero")
+            rule = self._match(op, offset, length)
+            self.unflushed = True
+            self.event("pwritev_done")
+            return rule
+        return self._match(op, offset, length)
+
+    def _match(self, op: str, offset: int, length: int) -> BlkdebugRule | None:
+        """rule_check: the first active rule matching the request; `once` removes it."""
         for rule in self.active:
             where = rule.offset
-            if (where == -1 or (length and offset <= where < offset + length)) and (
-                op in rule.iotypes
-            ):
+            if (
+                where == -1 or (offset >= 0 and length and offset <= where < offset + length)
+            ) and op in rule.iotypes:
                 if rule.once:
                     self.active.remove(rule)
                     self.rules[rule.event].remove(rule)
@@ -216,6 +311,11 @@ def blkdebug_rules(options: dict[str, Any]) -> Blkdebug:
                 raise QMPError(
                     f"blocksim does not model blkdebug event '{event}' "
                     f"(modelled: {', '.join(_MODELLED_EVENTS)})"
+                )
+            if "sector" in spec and event in qcow2_meta.QCOW2_EVENTS:
+                raise QMPError(
+                    f"blocksim does not model blkdebug 'sector' on event '{event}' "
+                    "(host offsets of qcow2 metadata)"
                 )
             if kind == "set-state":
                 rules.append(
@@ -278,6 +378,9 @@ def read_path(
             found = True
             if data.file is not None:
                 path.append(data.file)
+        elif data.file is not None and data.file.driver == "blkdebug":
+            # raw reads its file whatever it holds; qcow2 may load an L2 table
+            path.append(data.file)
         unfilled = ~hit if unfilled is None else unfilled & ~hit
         if not bool(unfilled.any()):
             break

@@ -328,13 +328,17 @@ def chunk_fault(m: Machine, job: Job, offset: int, length: int) -> tuple[bool, s
     reads: list[BlockNode] = []
     if source is not None:
         reads = read_path(graph, source, offset, length, kind.read_stop(), allocated_only)
+    if isinstance(kind, BackupKind) and reads:
+        m.faults.block_status(reads, offset, length)
     hit = m.faults.take(reads, "read", offset, length)
     if hit is not None:
         # stream_run reports every failure as a read (stream_populate is a COR read)
         return True, hit[1].errno, hit[1].immediately
     if target is None or (allocated_only and not reads):
         return None
-    hit = m.faults.take(write_path(graph, target), "write", offset, length)
+    # block-copy writes zeroes where block status finds no data in the source
+    op = "write-zeroes" if kind.chunk_is_hole(offset, length) else "write"
+    hit = m.faults.take(write_path(graph, target), op, offset, length)
     if hit is not None:
         return kind.errors_as_reads, hit[1].errno, hit[1].immediately
     return None

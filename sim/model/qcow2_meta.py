@@ -1,0 +1,366 @@
+"""What a qcow2 node asks of its file while it serves a request: the blkdebug events
+it raises there (BLKDBG_EVENT in block/qcow2.c, qcow2-cluster.c, qcow2-refcount.c,
+qcow2-cache.c of QEMU 7.2) and the requests between them, in QEMU's order.
+
+A blkdebug node under a qcow2 node sees two things from it: events, which run the
+blkdebug rules of the current state (an inject-error rule becomes active), and
+requests, which fail by an active rule.  Which requests follow which events depends
+on qcow2's metadata caches, so this module keeps, per open qcow2 node, what decides
+them (`Qcow2Meta`) and answers the sequence for a request as a generator of steps
+(`write_steps`, `zero_steps`, `read_steps`, `flush_steps`).  The caller sends each
+request to the blkdebug node; when one fails the caller stops, so the metadata state
+keeps what QEMU had done until then (a step's effect comes after its request).
+
+Steps: ("event", name) or ("read" | "write" | "write-zeroes" | "flush", offset,
+length).  Data requests carry guest offsets (as blkdebug's `sector` is matched in
+the rest of blocksim); metadata requests carry offset -1 (host offsets of
+metadata are not modelled).
+
+The caches of an open qcow2 node (qcow2_cache_create at open, emptied by a reopen):
+the L2 cache covers the whole image (QEMU 7.2's default size covers 256 GiB of
+guest with 64 KiB clusters), so an L2 table once loaded or allocated stays cached;
+the refcount cache holds the first refcount block (it covers the first 2 GiB of
+the file with 16-bit refcounts), loaded by the first allocation after open.
+Dirty tables are written when a cache is flushed: l2_allocate flushes both caches,
+a guest flush writes the L2 cache (the refcount cache first: the L2 cache depends on
+it once a write allocated clusters) and then the refcount cache.
+
+Write of data (qcow2_co_pwritev_part), per L2 table the request touches, in order:
+1. the table: no table yet -> l2_allocate (cluster_alloc, refcount block read when
+   not cached, refblock_alloc, refblock_load; refcount cache flush:
+   refblock_update_part + write, flush; l2_alloc_write; L2 cache flush: l2_update +
+   write per dirty table, flush; l1_update + write, flush); a table not cached ->
+   l2_load + read;
+2. clusters without a host cluster -> one allocation per run (cluster_alloc,
+   refcount block read when not cached, refblock_alloc, refblock_load);
+3. a new cluster the write covers only in part needs copy-on-write of the rest: when
+   that rest reads as zeroes by block status (is_zero_cow), cluster_alloc_space and
+   a write-zeroes of the new clusters (handle_alloc_space); otherwise the rest is read
+   (cow_read; read_backing_aio when it comes from the backing file) and written with
+   the data (merge_cow: write_aio, cow_write + one write) or by itself (cow_write +
+   write after the data);
+4. the data: write_aio + write;
+5. qcow2_alloc_cluster_link_l2: the L2 table becomes dirty.
+
+Not modelled: compressed writes (cluster_alloc_bytes), encryption, subclusters,
+lazy refcounts, external data files, refcount blocks beyond the first (an image file
+past 2 GiB), the cache-clean-interval timer (tables unused for 10 minutes leave
+the cache), new clusters placed right after allocated ones of the same request
+(qcow2_alloc_clusters_at: no cluster_alloc event there), and a request that goes on
+after one of its pieces failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sim.model.content import FIRST_DATA_STAMP, SECTOR_SHIFT, UNALLOCATED, ZERO_STAMP, Content
+from sim.model.qcow2_host import Qcow2Content
+
+Step = tuple[Any, ...]
+Steps = Generator[Step, None, None]
+META = -1  # a metadata request's offset: its host offset is not modelled
+
+# every event qcow2 raises in the flows above (the rest of BlkdebugEvent is refused)
+QCOW2_EVENTS = (
+    "l1_update", "l2_load", "l2_update", "l2_alloc_write", "cluster_alloc",
+    "cluster_alloc_space", "refblock_load", "refblock_update_part", "refblock_alloc",
+    "cow_read", "cow_write", "read_backing_aio",
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class Qcow2Meta:
+    """The metadata caches of one open qcow2 node, as far as they decide what reaches
+    its file (BDRVQcow2State's l2_table_cache and refcount_block_cache)."""
+
+    l2_cached: set[int] = field(default_factory=set)  # L2 regions whose table is cached
+    l2_dirty: dict[int, None] = field(default_factory=dict)  # in cache order
+    refblock_cached: bool = False
+    refblock_dirty: bool = False
+    l2_depends: bool = False  # the L2 cache depends on the refcount cache
+    written: bool = False  # written since its last flush (write_gen != flushed_gen)
+
+
+def _alloc(meta: Qcow2Meta, event: bool = True) -> Steps:
+    """qcow2_alloc_clusters: alloc_clusters_noref reads the refcount block through
+    the cache, update_refcount finds it (alloc_refcount_block) and dirties it."""
+    if event:
+        yield ("event", "cluster_alloc")
+    if not meta.refblock_cached:
+        yield ("read", META, 0)
+        meta.refblock_cached = True
+    yield ("event", "refblock_alloc")
+    yield ("event", "refblock_load")
+    meta.refblock_dirty = True
+
+
+def _flush_refcount(meta: Qcow2Meta) -> Steps:
+    """qcow2_cache_flush of the refcount cache: write the dirty block, flush the file."""
+    if meta.refblock_dirty:
+        yield ("event", "refblock_update_part")
+        yield ("write", META, 0)
+        meta.refblock_dirty = False
+    yield ("flush", 0, 0)
+
+
+def _write_l2_cache(meta: Qcow2Meta) -> Steps:
+    """qcow2_cache_write of the L2 cache: each dirty table (its refcount dependency
+    flushed before the first one)."""
+    for region in list(meta.l2_dirty):
+        if meta.l2_depends:
+            yield from _flush_refcount(meta)
+            meta.l2_depends = False
+        yield ("event", "l2_update")
+        yield ("write", META, 0)
+        del meta.l2_dirty[region]
+
+
+def _table(meta: Qcow2Meta, content: Qcow2Content, region: int) -> Steps:
+    """get_cluster_table: allocate the region's L2 table, or load it when not cached."""
+    if region not in content.l2_tables:
+        # l2_allocate
+        yield from _alloc(meta)
+        yield from _flush_refcount(meta)
+        meta.l2_cached.add(region)
+        yield ("event", "l2_alloc_write")
+        meta.l2_dirty[region] = None
+        yield from _write_l2_cache(meta)
+        yield ("flush", 0, 0)
+        yield ("event", "l1_update")
+        yield ("write", META, 0)
+        yield ("flush", 0, 0)
+    elif region not in meta.l2_cached:
+        yield ("event", "l2_load")
+        yield ("read", META, 0)
+        meta.l2_cached.add(region)
+
+
+def _regions(content: Qcow2Content, offset: int, length: int) -> Iterable[tuple[int, int, int]]:
+    """(region, offset, length) of each L2 region [offset, offset + length) touches."""
+    span = content.l2_span_bytes
+    end = offset + length
+    while offset < end:
+        region = offset // span
+        stop = min(end, (region + 1) * span)
+        yield region, offset, stop - offset
+        offset = stop
+
+
+def _new_runs(content: Qcow2Content, offset: int, length: int) -> list[tuple[int, int]]:
+    """Runs [first, end) of the clusters [offset, offset + length) touches that have
+    no host cluster (a data write allocates them)."""
+    cl = content.cluster_bytes
+    lo, hi = offset // cl, -(-(offset + length) // cl)
+    runs: list[tuple[int, int]] = []
+    cur = lo
+    for a, b, _ in content.host.extents(lo, hi):
+        if a > cur:
+            runs.append((cur, a))
+        cur = max(cur, b)
+    if cur < hi:
+        runs.append((cur, hi))
+    return runs
+
+
+def _unallocated(chain: list[Content], offset: int, length: int) -> bool:
+    """bdrv_is_allocated_above over the whole chain: nothing allocated there (a zero
+    cluster counts as allocated)."""
+    if length <= 0:
+        return True
+    first = offset >> SECTOR_SHIFT
+    end = (offset + length + (1 << SECTOR_SHIFT) - 1) >> SECTOR_SHIFT
+    for content in chain:
+        for _a, _b, stamp in content.extents(first, min(end, content.nsectors)):
+            if stamp != UNALLOCATED:
+                return False
+    return True
+
+
+def _reads_zero(chain: list[Content], offset: int, length: int) -> bool:
+    """bdrv_co_is_zero_fast: [offset, offset + length) reads as zeroes by block status
+    (zero clusters, or unallocated all the way down the chain).  Asked only for parts
+    of single clusters (the sectors are read)."""
+    if length <= 0:
+        return True
+    first = offset >> SECTOR_SHIFT
+    end = (offset + length + (1 << SECTOR_SHIFT) - 1) >> SECTOR_SHIFT
+    unfilled: Any = None
+    for content in chain:
+        stop = min(end, content.nsectors)
+        if stop <= first:
+            break
+        stamps = content.read(first, stop)
+        hit = stamps != UNALLOCATED
+        if unfilled is not None:
+            hit = hit & unfilled[: len(hit)]
+        if bool((stamps[hit] != ZERO_STAMP).any()):
+            return False
+        unfilled = ~hit if unfilled is None else unfilled[: len(hit)] & ~hit
+        if not bool(unfilled.any()):
+            break
+    return True
+
+
+def write_steps(meta: Qcow2Meta, chain: list[Content], offset: int, length: int) -> Steps:
+    """A data write of [offset, offset + length) into the qcow2 node whose content
+    is chain[0] (chain: its backing chain's contents, top first)."""
+    content = chain[0]
+    assert isinstance(content, Qcow2Content)
+    meta.written = True
+    cl = content.cluster_bytes
+    for region, off, n in _regions(content, offset, length):
+        yield from _table(meta, content, region)
+        runs = _new_runs(content, off, n)
+        for _run in runs:
+            yield from _alloc(meta)
+        cows: list[tuple[int, int]] = []  # the parts of new clusters the write leaves
+        end = off + n
+        for a, b in runs:
+            start, stop = max(a * cl, off), min(b * cl, end)
+            if start > a * cl:
+                cows.append((a * cl, start - a * cl))
+            if stop < b * cl:
+                cows.append((stop, b * cl - stop))
+        if cows and all(_reads_zero(chain, o, m) for o, m in cows):
+            # handle_alloc_space: zero the new clusters instead of copying the rest
+            yield ("event", "cluster_alloc_space")
+            for a, b in runs:
+                yield ("write-zeroes", a * cl, (b - a) * cl)
+            cows = []
+        if not cows:
+            yield ("event", "write_aio")
+            yield ("write", off, n)
+        elif len(runs) == 1 and runs[0][0] * cl <= off and end <= runs[0][1] * cl:
+            # merge_cow: the data goes with the copied rest in one write (perform_cow,
+            # after reading the rest through the node: from the backing file where
+            # this node has nothing)
+            yield from _cow_reads(chain, cows)
+            yield ("event", "write_aio")
+            yield ("event", "cow_write")  # do_perform_cow_write writes all of it
+            yield ("write", runs[0][0] * cl, (runs[0][1] - runs[0][0]) * cl)
+        else:
+            yield ("event", "write_aio")
+            yield ("write", off, n)
+            yield from _cow_reads(chain, cows)
+            for o, m in cows:
+                yield ("event", "cow_write")
+                yield ("write", o, m)
+        if runs:
+            # qcow2_alloc_cluster_link_l2
+            meta.l2_dirty[region] = None
+            meta.l2_depends = True
+
+
+def _cow_reads(chain: list[Content], cows: list[tuple[int, int]]) -> Steps:
+    """do_perform_cow_read of each part: through the node's own read (its backing
+    file where the node has nothing)."""
+    for o, m in cows:
+        yield ("event", "cow_read")
+        if len(chain) > 1 and _unallocated(chain[:1], o, m):
+            yield ("event", "read_backing_aio")
+
+
+def zero_steps(meta: Qcow2Meta, chain: list[Content], offset: int, length: int) -> Steps:
+    """A write-zeroes of [offset, offset + length) (qcow2_co_pwrite_zeroes): the block
+    layer cuts the unaligned head and tail off (pwrite_zeroes_alignment is the
+    cluster); qcow2 zeroes a cluster in its L2 table when the rest of it reads as
+    zeroes, and otherwise answers -ENOTSUP and the block layer writes a buffer of
+    zeroes instead (the data path)."""
+    content = chain[0]
+    assert isinstance(content, Qcow2Content)
+    cl = content.cluster_bytes
+    end = offset + length
+    head_end = min(end, -(-offset // cl) * cl)
+    tail_start = max(head_end, end // cl * cl)
+    pieces = []
+    if offset < head_end and offset % cl:
+        pieces.append((offset, head_end - offset, True))
+    else:
+        head_end = offset
+    if head_end < tail_start:
+        pieces.append((head_end, tail_start - head_end, False))
+    if tail_start < end:
+        pieces.append((tail_start, end - tail_start, True))
+    for off, n, partial in pieces:
+        if partial:
+            c0 = off // cl * cl
+            c1 = min(c0 + cl, content.size_bytes)
+            rest_zero = _reads_zero(chain, c0, off - c0) and _reads_zero(
+                chain, off + n, c1 - off - n
+            )
+            if not rest_zero:
+                yield from write_steps(meta, chain, off, n)
+                continue
+            off, n = c0, c1 - c0
+        meta.written = True
+        for region, _o, _n in _regions(content, off, n):
+            yield from _table(meta, content, region)
+            meta.l2_dirty[region] = None
+
+
+def read_steps(meta: Qcow2Meta, chain: list[Content], offset: int, length: int) -> Steps:
+    """A read of [offset, offset + length) (qcow2_co_preadv_part): per L2 region, the
+    table when it is not cached (a region without one reads as unallocated), then each
+    run: data (read_aio + read), or the backing file (read_backing_aio; the backing
+    node's own requests go to its file)."""
+    content = chain[0]
+    assert isinstance(content, Qcow2Content)
+    first_s = offset >> SECTOR_SHIFT
+    for region, off, n in _regions(content, offset, length):
+        if region in content.l2_tables and region not in meta.l2_cached:
+            yield ("event", "l2_load")
+            yield ("read", META, 0)
+            meta.l2_cached.add(region)
+        a_s = max(first_s, off >> SECTOR_SHIFT)
+        e_s = min(content.nsectors, (off + n + (1 << SECTOR_SHIFT) - 1) >> SECTOR_SHIFT)
+        cur = a_s
+        data: list[int] = []  # a run of data sectors not yet read
+        for a, b, stamp in content.extents(a_s, e_s):
+            if data and (a > data[1] or stamp < FIRST_DATA_STAMP):
+                yield from _read_data(data)
+                data = []
+            if a > cur and len(chain) > 1:
+                yield ("event", "read_backing_aio")
+            if stamp >= FIRST_DATA_STAMP:
+                data = [data[0] if data else a, b]
+            cur = b
+        if data:
+            yield from _read_data(data)
+        if cur < e_s and len(chain) > 1:
+            yield ("event", "read_backing_aio")
+
+
+def _read_data(run: list[int]) -> Steps:
+    yield ("event", "read_aio")
+    yield ("read", run[0] << SECTOR_SHIFT, (run[1] - run[0]) << SECTOR_SHIFT)
+
+
+def status_steps(meta: Qcow2Meta, content: Qcow2Content, offset: int, length: int) -> Steps:
+    """Block status of [offset, offset + length) (qcow2_co_block_status): the L2
+    tables it needs, loaded when not cached (l2_load + read).  A caller that swallows
+    its failure (block-copy copies the range as data then) leaves the table uncached,
+    so the read after it loads it again."""
+    for region, _off, _n in _regions(content, offset, length):
+        if region in content.l2_tables and region not in meta.l2_cached:
+            yield ("event", "l2_load")
+            yield ("read", META, 0)
+            meta.l2_cached.add(region)
+
+
+def flush_steps(meta: Qcow2Meta) -> Steps:
+    """bdrv_co_flush of the qcow2 node: flush_to_os (qcow2_write_caches: the L2 cache,
+    then the refcount cache), flush_to_disk when the node was written since its last
+    flush, then its file is flushed."""
+    yield ("event", "flush_to_os")
+    yield from _write_l2_cache(meta)
+    if meta.refblock_dirty:
+        yield ("event", "refblock_update_part")
+        yield ("write", META, 0)
+        meta.refblock_dirty = False
+    if meta.written:
+        yield ("event", "flush_to_disk")
+    yield ("flush", 0, 0)
+    meta.written = False

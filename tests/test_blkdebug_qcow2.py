@@ -1,0 +1,139 @@
+"""blkdebug under a qcow2 node: the metadata events and requests qcow2 raises on its file
+(sim.model.qcow2_meta), seen through which qemu-io command an inject-error rule fails.
+
+Each expected outcome is what QEMU 7.2's qemu-io printed for the same image, rules and
+commands (`qemu-io -t writeback` on `json:{"driver": "qcow2", "file": {"driver":
+"blkdebug", ...}}`: the write-back cache qemu-io over HMP has); the images are 1 GiB,
+so 600M lies under the second L2 table.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from sim.replay import replay
+from sim.trace import parse_lines
+
+OK, FAIL = "ok", "FAIL"
+
+
+def _create(steps: list[dict[str, Any]], filename: str, size: int) -> None:
+    tag = filename.split(".")[0]
+    steps += [
+        {"execute": "blockdev-create", "arguments": {"job-id": "f" + tag, "options": {
+            "driver": "file", "filename": filename, "size": 0}}},
+        {"wait": {"event": "JOB_STATUS_CHANGE", "data": {"id": "f" + tag, "status": "concluded"}}},
+        {"execute": "job-dismiss", "arguments": {"id": "f" + tag}},
+        {"execute": "blockdev-add", "arguments": {"driver": "file", "filename": filename,
+                                                  "node-name": tag + "p"}},
+        {"execute": "blockdev-create", "arguments": {"job-id": "q" + tag, "options": {
+            "driver": "qcow2", "file": tag + "p", "size": size}}},
+        {"wait": {"event": "JOB_STATUS_CHANGE", "data": {"id": "q" + tag, "status": "concluded"}}},
+        {"execute": "job-dismiss", "arguments": {"id": "q" + tag}},
+        {"execute": "blockdev-del", "arguments": {"node-name": tag + "p"}},
+    ]  # fmt: skip
+
+
+def _hmp(node: str, command: str) -> dict[str, Any]:
+    return {"execute": "human-monitor-command",
+            "arguments": {"command-line": f'qemu-io {node} "{command}"'}}  # fmt: skip
+
+
+def outcomes(
+    rule: dict[str, Any],
+    commands: list[str],
+    before: list[str] = (),  # type: ignore[assignment]
+    backing: list[str] = (),  # type: ignore[assignment]
+) -> list[str]:
+    """OK / FAIL per qemu-io command on qcow2 node `a` over blkdebug with `rule`
+    (once), after `before` was written to the image by an earlier open and with a
+    backing image holding `backing`."""
+    size = 1 << 30
+    steps: list[dict[str, Any]] = [
+        {"trace": 1, "name": "t", "drives": [], "policy": "qemu-7.2", "seed": 0}
+    ]
+    add: dict[str, Any] = {"driver": "qcow2", "node-name": "a", "file": {
+        "driver": "blkdebug", "node-name": "dbg", "inject-error": [dict(rule, once=True)],
+        "image": {"driver": "file", "filename": "a.qcow2", "node-name": "af"}}}  # fmt: skip
+    if backing:
+        _create(steps, "b.qcow2", size)
+        steps.append({"execute": "blockdev-add", "arguments": {
+            "driver": "qcow2", "node-name": "b", "file": {"driver": "file", "filename": "b.qcow2"}}})  # fmt: skip
+        steps += [_hmp("b", c) for c in backing]
+        add["backing"] = "b"
+    _create(steps, "a.qcow2", size)
+    if before:
+        plain = dict(add, file={"driver": "file", "filename": "a.qcow2", "node-name": "af"})
+        steps.append({"execute": "blockdev-add", "arguments": plain})
+        steps += [_hmp("a", c) for c in before]
+        steps.append({"execute": "blockdev-del", "arguments": {"node-name": "a"}})
+    steps.append({"execute": "blockdev-add", "arguments": add})
+    first = len(steps) - 1  # steps after the header
+    steps += [_hmp("a", c) for c in commands]
+    result = replay(parse_lines([json.dumps(s) for s in steps]))
+    assert not result.trace_errors and not result.internal_errors
+    out = []
+    for step in result.steps[first:]:
+        assert step.response == {"return": ""}, step.response
+        out.append(FAIL if step.output and "failed" in step.output else OK)
+    return out
+
+
+# a fresh image: the first write allocates L2 table 0 and a cluster, the second a
+# cluster whose rest is zeroed (a 4k write), the third overwrites, then a read, a
+# write that allocates L2 table 1, a flush, a write and a zero write
+FRESH = ["write 0 64k", "write 64k 4k", "write 0 4k", "read 0 4k", "write 600M 64k",
+         "flush", "write 128k 64k", "write -z 192k 64k"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"),
+    [
+        # cluster_alloc comes before the refcount block is read: the first write fails
+        ({"event": "cluster_alloc", "iotype": "read"}, [FAIL] + [OK] * 7),
+        # refblock_load comes after that read: the next read is the guest's
+        ({"event": "refblock_load", "iotype": "read"}, [OK, OK, OK, FAIL] + [OK] * 4),
+        # l2_update: the next write is the new L2 table's
+        ({"event": "l2_update", "iotype": "write"}, [FAIL] + [OK] * 7),
+        # only a partial write into a new cluster zeroes it first
+        ({"event": "cluster_alloc_space"}, [OK, FAIL] + [OK] * 6),
+        ({"event": "cluster_alloc_space", "iotype": "flush"}, [OK] * 4 + [FAIL] + [OK] * 3),
+        # after a write the blkdebug node gets flushed; flush_to_disk fails the next write
+        ({"event": "flush_to_disk", "iotype": "write"}, [OK] * 6 + [FAIL, OK]),
+        # a zero write is a pwritev_zero for the blkdebug node, not a write_aio
+        ({"event": "pwritev_zero", "iotype": "flush"}, [OK] * 4 + [FAIL] + [OK] * 3),
+        ({"event": "pwritev_done", "iotype": "read"}, [OK, OK, OK, FAIL] + [OK] * 4),
+        # tables made since the open stay cached: no l2_load
+        ({"event": "l2_load"}, [OK] * 8),
+    ],
+)
+def test_fresh_image(rule: dict[str, Any], expected: list[str]) -> None:
+    assert outcomes(rule, FRESH) == expected
+
+
+def test_l2_load_after_a_reopen() -> None:
+    """The tables written by an earlier open are loaded (and read) on first use."""
+    before = ["write -P 1 0 128k", "write -P 2 600M 64k"]
+    commands = ["write 700M 4k", "read 0 4k", "read 600M 4k"]
+    assert outcomes({"event": "l2_load"}, commands, before) == [FAIL, OK, OK]
+    assert outcomes({"event": "l2_load", "iotype": "write"}, commands, before) == [FAIL, OK, OK]
+    assert outcomes({"event": "read_aio"}, ["write 0 4k"] + commands, before) == [
+        OK, OK, FAIL, OK,
+    ]  # fmt: skip
+
+
+def test_copy_on_write_from_the_backing_file() -> None:
+    """A partial write into a new cluster whose rest the backing file holds copies it:
+    cow_read, read_backing_aio, then write_aio and cow_write before one write."""
+    backing = ["write -P 1 0 128k"]
+    commands = ["write 4k 4k", "write 256k 4k", "read 0 128k"]
+    assert outcomes({"event": "cow_write"}, commands, backing=backing) == [FAIL, OK, OK]
+    assert outcomes({"event": "cow_read", "iotype": "write-zeroes"}, commands, backing=backing) == [
+        OK, FAIL, OK,
+    ]  # fmt: skip
+    assert outcomes({"event": "read_backing_aio"}, commands, backing=backing) == [FAIL, OK, OK]
+    # the rest of a cluster over nothing in the backing file is zeroed instead
+    assert outcomes({"event": "cluster_alloc_space"}, commands, backing=backing) == [OK, FAIL, OK]
