@@ -5,7 +5,7 @@ job-dismiss that every create job needs, blockdev-reopen (read-only toggles,
 backing replaced or detached, the options QEMU refuses), block_resize (with
 the bitmaps on the node growing and shrinking), change-backing-file,
 block-set-write-threshold, raw windows (offset / size) over a raw file,
-blkdebug rules and states under a raw node,
+blkdebug rules and states under a raw node or a qcow2 node (its metadata events),
 copy-on-read and throttle filters (with
 object-add / qom-set / object-del of their throttle groups), HMP lines that
 are not qemu-io, and QEMU 7.x fleecing (copy-before-write + snapshot-access
@@ -37,6 +37,17 @@ OPERATIONS = (
     "blockstats", "raw_window", "blkdebug", "fleecing",
 )  # fmt: skip
 BLKDEBUG_EVENTS = ("read_aio", "write_aio", "flush_to_os", "flush_to_disk", "l2_update")
+# what a qcow2 node raises on a blkdebug node below it (and the block layer on every
+# write reaching it); cluster_alloc_bytes (compressed writes) is refused
+QCOW2_BLKDEBUG_EVENTS = (
+    "read_aio", "write_aio", "flush_to_os", "flush_to_disk", "l2_load", "l2_update",
+    "l2_alloc_write", "l1_update", "cluster_alloc", "cluster_alloc_space", "refblock_load",
+    "refblock_update_part", "refblock_alloc", "cow_read", "cow_write", "read_backing_aio",
+    "pwritev", "pwritev_zero", "pwritev_done", "cluster_alloc_bytes",
+)  # fmt: skip
+# offsets of a 1 GiB qcow2 node: whole and partial clusters under its first L2
+# table, and one under its second
+QCOW2_IO = ("0 64k", "4k 4k", "64k 8k", "60k 8k", "600M 64k", "600M 4k")
 THROTTLE_LIMITS = (
     {"iops-total": 100}, {"bps-total": MiB}, {"iops-read": 50, "iops-write": 20},
     {"bps-write": MiB, "bps-write-max": 4 * MiB, "bps-write-max-length": 2},
@@ -273,7 +284,10 @@ class BlockApiRules(_Base):
     def api_blkdebug(self, c: Choices) -> None:
         """A raw file under blkdebug (inject-error and set-state rules, some bound to a
         state, some refused), a raw node over it, guest I/O and a flush through it,
-        and the nodes deleted."""
+        and the nodes deleted; one time in three a qcow2 image instead (`blkdebug_qcow2`)."""
+        if c.rarely(3):
+            self.blkdebug_qcow2(c)
+            return
         image = self.fresh("dbg") + ".img"
         job = self.fresh("cr")
         self.qmp(
@@ -284,9 +298,29 @@ class BlockApiRules(_Base):
             {"wait": {"event": "JOB_STATUS_CHANGE", "data": {"id": job, "status": "concluded"}}}
         )
         self.qmp("job-dismiss", {"id": job})
+        debug = self.blkdebug_options(c, image, BLKDEBUG_EVENTS)
+        name = self.fresh("rd")
+        if (
+            "return"
+            not in self.qmp(
+                "blockdev-add", {"driver": "raw", "node-name": name, "file": debug}
+            ).response
+        ):
+            return
+        for _ in range(c.between(1, 4)):
+            op = c.pick(("write -P 0x3c", "read", "write -z", "flush"))
+            if op == "flush":
+                self.qemu_io(name, "flush")
+            else:
+                self.qemu_io(name, f"{op} {c.pick((0, 4096, 65536))} 4k")
+        self.qmp("blockdev-del", {"node-name": name})
+
+    def blkdebug_options(self, c: Choices, image: str, events: tuple[str, ...]) -> dict[str, Any]:
+        """A blkdebug node over `image` with 1-2 inject-error rules on `events` (some bound
+        to a state, a sector, once, an iotype) and sometimes a set-state rule."""
         inject = []
         for _ in range(c.between(1, 2)):
-            rule: dict[str, Any] = {"event": c.pick(BLKDEBUG_EVENTS)}
+            rule: dict[str, Any] = {"event": c.pick(events)}
             if c.boolean():
                 rule["state"] = c.between(1, 3)
             if c.rarely(3):
@@ -303,23 +337,46 @@ class BlockApiRules(_Base):
             "inject-error": inject,
         }
         if c.boolean():
-            debug["set-state"] = [
-                {"event": c.pick(BLKDEBUG_EVENTS[:4]), "new_state": c.between(1, 3)}
-            ]
-        name = self.fresh("rd")
+            debug["set-state"] = [{"event": c.pick(events[:4]), "new_state": c.between(1, 3)}]
+        return debug
+
+    def blkdebug_qcow2(self, c: Choices) -> None:
+        """A 1 GiB qcow2 image (sometimes written by an earlier open, so its L2 table
+        is not cached) under blkdebug rules on qcow2's metadata events, guest writes
+        (whole clusters, partial ones: zeroed or copied from nothing, a second L2
+        table), reads, zero writes and flushes through it, and the nodes deleted."""
+        image = self.fresh("dq") + ".qcow2"
+        if not self.created({"driver": "file", "filename": image, "size": 0}):
+            return
+        file = self.fresh("dqf")
+        self.qmp("blockdev-add", {"driver": "file", "filename": image, "node-name": file})
+        self.created({"driver": "qcow2", "file": file, "size": 1 << 30})
+        self.qmp("blockdev-del", {"node-name": file})
+        name = self.fresh("dqn")
+        if c.rarely(3):  # data and L2 tables from an earlier open
+            plain = {"driver": "file", "filename": image, "node-name": self.fresh("dqp")}
+            if (
+                "return"
+                in self.qmp(
+                    "blockdev-add", {"driver": "qcow2", "node-name": name, "file": plain}
+                ).response
+            ):
+                self.qemu_io(name, f"write -P 0x5a {c.pick(QCOW2_IO)}")
+                self.qmp("blockdev-del", {"node-name": name})
+        debug = self.blkdebug_options(c, image, QCOW2_BLKDEBUG_EVENTS)
         if (
             "return"
             not in self.qmp(
-                "blockdev-add", {"driver": "raw", "node-name": name, "file": debug}
+                "blockdev-add", {"driver": "qcow2", "node-name": name, "file": debug}
             ).response
         ):
             return
-        for _ in range(c.between(1, 4)):
-            op = c.pick(("write -P 0x3c", "read", "write -z", "flush"))
+        for _ in range(c.between(1, 5)):
+            op = c.pick(("write -P 0x3d", "read", "write -z", "flush"))
             if op == "flush":
                 self.qemu_io(name, "flush")
             else:
-                self.qemu_io(name, f"{op} {c.pick((0, 4096, 65536))} 4k")
+                self.qemu_io(name, f"{op} {c.pick(QCOW2_IO)}")
         self.qmp("blockdev-del", {"node-name": name})
 
     def api_fleecing(self, c: Choices, source: str | None = None) -> None:
@@ -409,7 +466,9 @@ class BlockApiRules(_Base):
         node = self.fresh("flt")
         below: Any = file
         if faults and c.rarely(5):  # a copy's write fails (the filter's on-cbw-error decides)
-            inject: dict[str, Any] = {"event": "write_aio", "errno": 5, "once": c.boolean(),
+            # at the data write, or at the target's metadata (its L2 table's allocation)
+            event = c.pick(("write_aio", "write_aio", "cluster_alloc", "l2_update", "l1_update"))
+            inject: dict[str, Any] = {"event": event, "errno": 5, "once": c.boolean(),
                                       "immediately": c.boolean()}  # fmt: skip
             below = {"driver": "blkdebug", "image": file, "inject-error": [inject]}
         out = self.qmp("blockdev-add", {"driver": "qcow2", "file": below, "node-name": node})
