@@ -137,3 +137,39 @@ def test_copy_on_write_from_the_backing_file() -> None:
     assert outcomes({"event": "read_backing_aio"}, commands, backing=backing) == [FAIL, OK, OK]
     # the rest of a cluster over nothing in the backing file is zeroed instead
     assert outcomes({"event": "cluster_alloc_space"}, commands, backing=backing) == [OK, FAIL, OK]
+
+
+def test_tables_never_written_back_lose_their_changes_at_close() -> None:
+    """A rule active when the node closes fails the write-back of its dirty L2 tables
+    (qcow2_inactivate): the image keeps what they mapped before.  On QEMU 7.2 after
+    `write -P 8 0 4k`, `write -P 9 64k 64k`, `write -P 10 600M 64k` under an
+    inject-error rule on flush_to_os, the image reads 8 at 0 and 9 at 64k (region 0's
+    table was written when 600M's table was allocated) but nothing at 600M."""
+    size = 1 << 30
+    steps: list[dict[str, Any]] = [
+        {"trace": 1, "name": "t", "drives": [], "policy": "qemu-7.2", "seed": 0}
+    ]
+    _create(steps, "a.qcow2", size)
+    file = {"driver": "file", "filename": "a.qcow2", "node-name": "af"}
+    steps.append({"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "a", "file": file}})  # fmt: skip
+    steps += [_hmp("a", "write -P 7 0 64k")]
+    steps.append({"execute": "blockdev-del", "arguments": {"node-name": "a"}})
+    debug = {"driver": "blkdebug", "inject-error": [{"event": "flush_to_os"}], "image": file}
+    steps.append({"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "a", "file": debug}})  # fmt: skip
+    steps += [
+        _hmp("a", c) for c in ("write -P 8 0 4k", "write -P 9 64k 64k", "write -P 10 600M 64k")
+    ]
+    steps.append({"execute": "blockdev-del", "arguments": {"node-name": "a"}})
+    result = replay(parse_lines([json.dumps(s) for s in steps]))
+    state = result.machine.state
+    content = state.graph.images["a.qcow2"].content
+
+    def patterns(offset: int, length: int) -> set[int]:
+        first, end = offset >> 9, (offset + length) >> 9
+        runs = content.extents(first, end)
+        assert sum(b - a for a, b, _ in runs) == end - first, (offset, runs)
+        return {state.stamps.pattern(s) for _a, _b, s in runs}
+
+    assert patterns(0, 4096) == {8} and patterns(4096, 61440) == {7}
+    assert patterns(65536, 65536) == {9}
+    assert content.extents(600 << 11, (600 << 11) + 128) == []  # lost with region 1's table

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from sim.errors import QMPError
 from sim.model import qcow2_meta
-from sim.model.content import Content, sector_span
+from sim.model.content import UNALLOCATED, Content, sector_span
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode
 from sim.model.io import write_path
 from sim.model.job_flow import STRERROR
@@ -134,6 +134,21 @@ class FaultTable:
                         self._meta(parent), parent.content, offset, length
                     )
                     debug.run(steps)
+
+    def close(self, node: BlockNode, file: BlockNode | None) -> None:
+        """bdrv_close of qcow2 node `node` over blkdebug node `file`: its caches are written
+        back through the rules; the changes of L2 tables that never reach the file are
+        lost from the image (QEMU's image keeps what those tables mapped before)."""
+        meta = self.qcow2.pop(node, None)
+        debug = self.blkdebug.get(file) if file is not None else None
+        if meta is None or debug is None or not isinstance(node.content, Qcow2Content):
+            return
+        debug.run(qcow2_meta.close_steps(meta))
+        content = node.content
+        for first, end, extents, _keeps in qcow2_meta.lost_changes(meta):
+            content.write_sectors(first, end, UNALLOCATED)
+            for a, b, stamp in extents:
+                content.write_sectors(a, b, stamp)
 
     def _meta(self, node: BlockNode) -> qcow2_meta.Qcow2Meta:
         meta = self.qcow2.get(node)
@@ -253,16 +268,24 @@ class Blkdebug:
 
     def run(self, steps: qcow2_meta.Steps) -> BlkdebugRule | None:
         """Events and requests from a qcow2 node above, in order, until a request
-        fails: the rule it fails by, or None."""
-        for step in steps:
-            if step[0] == "event":
-                self.event(step[1])
-                continue
-            rule = self.check(step[0], step[1], step[2])
-            if rule is not None:
-                steps.close()
-                return rule
-        return None
+        fails (a TRY request's failure is sent back and the steps go on): the rule
+        the first failure was by, or None."""
+        failure: BlkdebugRule | None = None
+        try:
+            step = next(steps)
+            while True:
+                if step[0] == "event":
+                    self.event(step[1])
+                    step = next(steps)
+                    continue
+                rule = self.check(step[0], step[1], step[2])
+                if rule is not None and len(step) < 4:
+                    steps.close()
+                    return rule
+                failure = failure or rule
+                step = steps.send(rule is not None)
+        except StopIteration:
+            return failure
 
     def check(self, op: str, offset: int, length: int) -> BlkdebugRule | None:
         """A request reaching the blkdebug node: bdrv_aligned_pwritev's events around

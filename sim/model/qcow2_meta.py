@@ -12,7 +12,10 @@ request to the blkdebug node; when one fails the caller stops, so the metadata s
 keeps what QEMU had done until then (a step's effect comes after its request).
 
 Steps: ("event", name) or ("read" | "write" | "write-zeroes" | "flush", offset,
-length).  Data requests carry guest offsets (as blkdebug's `sector` is matched in
+length[, TRY]).  A request's failure ends the steps, except for a TRY request (a
+metadata cache write: qcow2_cache_write goes on to the next table), to which the
+consumer sends whether it failed; steps that end after a failed TRY request fail
+the request they serve.  Data requests carry guest offsets (as blkdebug's `sector` is matched in
 the rest of blocksim); metadata requests carry offset -1 (host offsets of
 metadata are not modelled).
 
@@ -56,12 +59,24 @@ from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sim.model.content import FIRST_DATA_STAMP, SECTOR_SHIFT, UNALLOCATED, ZERO_STAMP, Content
+from sim.model.content import (
+    FIRST_DATA_STAMP,
+    SECTOR_SHIFT,
+    UNALLOCATED,
+    Content,
+    Extent,
+)
 from sim.model.qcow2_host import Qcow2Content
 
 Step = tuple[Any, ...]
-Steps = Generator[Step, None, None]
+Steps = Generator[Step, bool, None]
+Steps_ = Generator[Step, bool, bool]  # a part of a request's steps: returns "failed"
 META = -1  # a metadata request's offset: its host offset is not modelled
+TRY = True  # a request whose failure the steps go on from (they are sent True)
+# (first sector, end sector, extents before, host cluster kept): an L2 change not yet
+# in the file; with the host cluster kept (a zero flag on an allocated cluster) a
+# later write into the cluster lands in the file in place and stays
+Undo = tuple[int, int, list[Extent], bool]
 
 # every event qcow2 raises in the flows above (the rest of BlkdebugEvent is refused)
 QCOW2_EVENTS = (
@@ -82,9 +97,13 @@ class Qcow2Meta:
     refblock_dirty: bool = False
     l2_depends: bool = False  # the L2 cache depends on the refcount cache
     written: bool = False  # written since its last flush (write_gen != flushed_gen)
+    # per dirty L2 table: what its changed entries mapped before (sector runs and
+    # their extents), oldest first; lost from the image when the table never reaches
+    # the file (a failed write-back when the node closes)
+    undo: dict[int, list[Undo]] = field(default_factory=dict)
 
 
-def _alloc(meta: Qcow2Meta, event: bool = True) -> Steps:
+def _alloc(meta: Qcow2Meta, event: bool = True) -> Steps_:
     """qcow2_alloc_clusters: alloc_clusters_noref reads the refcount block through
     the cache, update_refcount finds it (alloc_refcount_block) and dirties it."""
     if event:
@@ -95,40 +114,69 @@ def _alloc(meta: Qcow2Meta, event: bool = True) -> Steps:
     yield ("event", "refblock_alloc")
     yield ("event", "refblock_load")
     meta.refblock_dirty = True
+    return False
 
 
-def _flush_refcount(meta: Qcow2Meta) -> Steps:
-    """qcow2_cache_flush of the refcount cache: write the dirty block, flush the file."""
-    if meta.refblock_dirty:
-        yield ("event", "refblock_update_part")
-        yield ("write", META, 0)
-        meta.refblock_dirty = False
-    yield ("flush", 0, 0)
+def _write_refcount_cache(meta: Qcow2Meta) -> Steps_:
+    """qcow2_cache_write of the refcount cache: its dirty block (a failed write leaves
+    it dirty).  Returns whether it failed."""
+    if not meta.refblock_dirty:
+        return False
+    yield ("event", "refblock_update_part")
+    if (yield ("write", META, 0, TRY)):
+        return True
+    meta.refblock_dirty = False
+    return False
 
 
-def _write_l2_cache(meta: Qcow2Meta) -> Steps:
-    """qcow2_cache_write of the L2 cache: each dirty table (its refcount dependency
-    flushed before the first one)."""
+def _flush_refcount(meta: Qcow2Meta) -> Steps_:
+    """qcow2_cache_flush of the refcount cache: write it, then flush the file."""
+    if (yield from _write_refcount_cache(meta)):
+        return True
+    return bool((yield ("flush", 0, 0, TRY)))
+
+
+def _write_l2_cache(meta: Qcow2Meta) -> Steps_:
+    """qcow2_cache_write of the L2 cache: every dirty table, each after the refcount
+    cache it depends on has been flushed (qcow2_cache_entry_flush); a table whose
+    dependency or write fails stays dirty and the next one is tried all the same.
+    Returns whether any failed."""
+    failed = False
     for region in list(meta.l2_dirty):
         if meta.l2_depends:
-            yield from _flush_refcount(meta)
+            if (yield from _flush_refcount(meta)):
+                failed = True
+                continue
             meta.l2_depends = False
         yield ("event", "l2_update")
-        yield ("write", META, 0)
+        if (yield ("write", META, 0, TRY)):
+            failed = True
+            continue
         del meta.l2_dirty[region]
+        meta.undo.pop(region, None)
+    return failed
 
 
-def _table(meta: Qcow2Meta, content: Qcow2Content, region: int) -> Steps:
-    """get_cluster_table: allocate the region's L2 table, or load it when not cached."""
+def _flush_l2(meta: Qcow2Meta) -> Steps_:
+    """qcow2_cache_flush of the L2 cache."""
+    if (yield from _write_l2_cache(meta)):
+        return True
+    return bool((yield ("flush", 0, 0, TRY)))
+
+
+def _table(meta: Qcow2Meta, content: Qcow2Content, region: int) -> Steps_:
+    """get_cluster_table: allocate the region's L2 table, or load it when not cached.
+    Returns whether it failed (the request fails with it)."""
     if region not in content.l2_tables:
         # l2_allocate
         yield from _alloc(meta)
-        yield from _flush_refcount(meta)
+        if (yield from _flush_refcount(meta)):
+            return True
         meta.l2_cached.add(region)
         yield ("event", "l2_alloc_write")
         meta.l2_dirty[region] = None
-        yield from _write_l2_cache(meta)
-        yield ("flush", 0, 0)
+        if (yield from _flush_l2(meta)):
+            return True
         yield ("event", "l1_update")
         yield ("write", META, 0)
         yield ("flush", 0, 0)
@@ -136,6 +184,7 @@ def _table(meta: Qcow2Meta, content: Qcow2Content, region: int) -> Steps:
         yield ("event", "l2_load")
         yield ("read", META, 0)
         meta.l2_cached.add(region)
+    return False
 
 
 def _regions(content: Qcow2Content, offset: int, length: int) -> Iterable[tuple[int, int, int]]:
@@ -165,6 +214,15 @@ def _new_runs(content: Qcow2Content, offset: int, length: int) -> list[tuple[int
     return runs
 
 
+def _host_runs(content: Qcow2Content, start: int, end: int) -> list[tuple[int, int]]:
+    """Byte runs of [start, end) whose clusters have host clusters."""
+    cl = content.cluster_bytes
+    return [
+        (max(a * cl, start), min(b * cl, end))
+        for a, b, _ in content.host.extents(start // cl, -(-end // cl))
+    ]
+
+
 def _unallocated(chain: list[Content], offset: int, length: int) -> bool:
     """bdrv_is_allocated_above over the whole chain: nothing allocated there (a zero
     cluster counts as allocated)."""
@@ -179,28 +237,33 @@ def _unallocated(chain: list[Content], offset: int, length: int) -> bool:
     return True
 
 
+def _cluster_status(content: Content, first: int, end: int) -> str:
+    """What block status says of sectors [first, end) of one node: "data", "zero" or
+    "unallocated" (a read falls through to the backing file).  A qcow2 node answers
+    for whole clusters: a cluster with any data was allocated whole (the rest of it
+    was copied or zeroed when it was), a zero cluster reads as zeroes."""
+    if isinstance(content, Qcow2Content):
+        sectors = content.cluster_bytes >> SECTOR_SHIFT
+        first, end = first // sectors * sectors, -(-end // sectors) * sectors
+    stamps = {stamp for _a, _b, stamp in content.extents(first, min(end, content.nsectors))}
+    if any(stamp >= FIRST_DATA_STAMP for stamp in stamps):
+        return "data"
+    return "zero" if stamps else "unallocated"
+
+
 def _reads_zero(chain: list[Content], offset: int, length: int) -> bool:
-    """bdrv_co_is_zero_fast: [offset, offset + length) reads as zeroes by block status
-    (zero clusters, or unallocated all the way down the chain).  Asked only for parts
-    of single clusters (the sectors are read)."""
+    """bdrv_co_is_zero_fast: [offset, offset + length) (within one cluster) reads as
+    zeroes by block status: a zero cluster, or unallocated all the way down."""
     if length <= 0:
         return True
     first = offset >> SECTOR_SHIFT
     end = (offset + length + (1 << SECTOR_SHIFT) - 1) >> SECTOR_SHIFT
-    unfilled: Any = None
     for content in chain:
-        stop = min(end, content.nsectors)
-        if stop <= first:
+        if first >= content.nsectors:
             break
-        stamps = content.read(first, stop)
-        hit = stamps != UNALLOCATED
-        if unfilled is not None:
-            hit = hit & unfilled[: len(hit)]
-        if bool((stamps[hit] != ZERO_STAMP).any()):
-            return False
-        unfilled = ~hit if unfilled is None else unfilled[: len(hit)] & ~hit
-        if not bool(unfilled.any()):
-            break
+        status = _cluster_status(content, first, end)
+        if status != "unallocated":
+            return status == "zero"
     return True
 
 
@@ -212,7 +275,8 @@ def write_steps(meta: Qcow2Meta, chain: list[Content], offset: int, length: int)
     meta.written = True
     cl = content.cluster_bytes
     for region, off, n in _regions(content, offset, length):
-        yield from _table(meta, content, region)
+        if (yield from _table(meta, content, region)):
+            return
         runs = _new_runs(content, off, n)
         for _run in runs:
             yield from _alloc(meta)
@@ -248,10 +312,59 @@ def write_steps(meta: Qcow2Meta, chain: list[Content], offset: int, length: int)
             for o, m in cows:
                 yield ("event", "cow_write")
                 yield ("write", o, m)
+        _in_place(meta, region, off, end, runs, cl)
         if runs:
             # qcow2_alloc_cluster_link_l2
+            for a, b in runs:
+                _changed(meta, content, region, a * cl, b * cl, False)
             meta.l2_dirty[region] = None
             meta.l2_depends = True
+
+
+def _in_place(
+    meta: Qcow2Meta, region: int, start: int, end: int, runs: list[tuple[int, int]], cl: int
+) -> None:
+    """The parts of a write to [start, end) that land in clusters it does not allocate
+    go to the file in place: where the L2 entry in the file maps that cluster (a zero
+    flag that never reached the file), a failed write-back does not take them back."""
+    undo = meta.undo.get(region)
+    if not undo:
+        return
+    parts, cur = [], start
+    for a, b in runs:
+        if a * cl > cur:
+            parts.append((cur, a * cl))
+        cur = max(cur, b * cl)
+    if cur < end:
+        parts.append((cur, end))
+    for p0, p1 in parts:
+        first, stop = p0 >> SECTOR_SHIFT, -(-p1 >> SECTOR_SHIFT)
+        kept = []
+        for f, e, extents, keeps in undo:
+            if not keeps or e <= first or stop <= f:
+                kept.append((f, e, extents, keeps))
+                continue
+            if f < first:
+                kept.append((f, first, _clip(extents, f, first), keeps))
+            if stop < e:
+                kept.append((stop, e, _clip(extents, stop, e), keeps))
+        undo[:] = kept
+
+
+def _clip(extents: list[Extent], first: int, end: int) -> list[Extent]:
+    return [(max(a, first), min(b, end), v) for a, b, v in extents if a < end and first < b]
+
+
+def _changed(
+    meta: Qcow2Meta, content: Qcow2Content, region: int, start: int, end: int, keeps: bool
+) -> None:
+    """L2 entries of [start, end) change in the cache: keep what they mapped before
+    (`keeps`: the clusters keep their host clusters)."""
+    first = start >> SECTOR_SHIFT
+    stop = min(content.nsectors, (end + (1 << SECTOR_SHIFT) - 1) >> SECTOR_SHIFT)
+    if first < stop:
+        entry = (first, stop, content.extents(first, stop), keeps)
+        meta.undo.setdefault(region, []).append(entry)
 
 
 def _cow_reads(chain: list[Content], cows: list[tuple[int, int]]) -> Steps:
@@ -296,46 +409,56 @@ def zero_steps(meta: Qcow2Meta, chain: list[Content], offset: int, length: int) 
                 continue
             off, n = c0, c1 - c0
         meta.written = True
-        for region, _o, _n in _regions(content, off, n):
-            yield from _table(meta, content, region)
+        for region, o, m in _regions(content, off, n):
+            if (yield from _table(meta, content, region)):
+                return
+            for a, b in _host_runs(content, o, o + m):
+                _changed(meta, content, region, a, b, True)
+            for a, b in _new_runs(content, o, m):
+                _changed(meta, content, region, a * cl, min(b * cl, o + m), False)
             meta.l2_dirty[region] = None
 
 
 def read_steps(meta: Qcow2Meta, chain: list[Content], offset: int, length: int) -> Steps:
     """A read of [offset, offset + length) (qcow2_co_preadv_part): per L2 region, the
     table when it is not cached (a region without one reads as unallocated), then each
-    run: data (read_aio + read), or the backing file (read_backing_aio; the backing
-    node's own requests go to its file)."""
+    piece: clusters contiguous in the file (read_aio + read), or clusters the node
+    does not have while it has a backing file (read_backing_aio; the backing node's
+    own requests go to its file); zero clusters read nothing."""
     content = chain[0]
     assert isinstance(content, Qcow2Content)
-    first_s = offset >> SECTOR_SHIFT
+    cl = content.cluster_bytes
+    per = cl >> SECTOR_SHIFT
+    end = offset + length
     for region, off, n in _regions(content, offset, length):
         if region in content.l2_tables and region not in meta.l2_cached:
             yield ("event", "l2_load")
             yield ("read", META, 0)
             meta.l2_cached.add(region)
-        a_s = max(first_s, off >> SECTOR_SHIFT)
-        e_s = min(content.nsectors, (off + n + (1 << SECTOR_SHIFT) - 1) >> SECTOR_SHIFT)
-        cur = a_s
-        data: list[int] = []  # a run of data sectors not yet read
-        for a, b, stamp in content.extents(a_s, e_s):
-            if data and (a > data[1] or stamp < FIRST_DATA_STAMP):
-                yield from _read_data(data)
-                data = []
-            if a > cur and len(chain) > 1:
-                yield ("event", "read_backing_aio")
-            if stamp >= FIRST_DATA_STAMP:
-                data = [data[0] if data else a, b]
+        lo, hi = off // cl, -(-(off + n) // cl)
+        cur = lo
+        for a, b, _host in content.host.extents(lo, hi):
+            if a > cur:
+                yield from _unmapped(content, chain, cur, a)
+            # a run contiguous in the file; zero-flagged clusters in it read nothing
+            start, stop = max(a * cl, offset), min(b * cl, end)
+            if _cluster_status(content, a * per, b * per) == "data":
+                yield ("event", "read_aio")
+                yield ("read", start, stop - start)
             cur = b
-        if data:
-            yield from _read_data(data)
-        if cur < e_s and len(chain) > 1:
-            yield ("event", "read_backing_aio")
+        if cur < hi:
+            yield from _unmapped(content, chain, cur, hi)
 
 
-def _read_data(run: list[int]) -> Steps:
-    yield ("event", "read_aio")
-    yield ("read", run[0] << SECTOR_SHIFT, (run[1] - run[0]) << SECTOR_SHIFT)
+def _unmapped(content: Qcow2Content, chain: list[Content], lo: int, hi: int) -> Steps:
+    """Clusters [lo, hi) without a host cluster: zero clusters read nothing, the rest
+    comes from the backing file when there is one."""
+    if len(chain) < 2:
+        return
+    per = content.cluster_bytes >> SECTOR_SHIFT
+    first, stop = lo * per, min(hi * per, content.nsectors)
+    if sum(b - a for a, b, _ in content.extents(first, stop)) < stop - first:
+        yield ("event", "read_backing_aio")
 
 
 def status_steps(meta: Qcow2Meta, content: Qcow2Content, offset: int, length: int) -> Steps:
@@ -350,17 +473,41 @@ def status_steps(meta: Qcow2Meta, content: Qcow2Content, offset: int, length: in
             meta.l2_cached.add(region)
 
 
-def flush_steps(meta: Qcow2Meta) -> Steps:
+def _flush(meta: Qcow2Meta) -> Steps_:
     """bdrv_co_flush of the qcow2 node: flush_to_os (qcow2_write_caches: the L2 cache,
     then the refcount cache), flush_to_disk when the node was written since its last
-    flush, then its file is flushed."""
+    flush, then its file is flushed; a failure ends it."""
     yield ("event", "flush_to_os")
-    yield from _write_l2_cache(meta)
-    if meta.refblock_dirty:
-        yield ("event", "refblock_update_part")
-        yield ("write", META, 0)
-        meta.refblock_dirty = False
+    if (yield from _write_l2_cache(meta)):
+        return True
+    if (yield from _write_refcount_cache(meta)):
+        return True
     if meta.written:
         yield ("event", "flush_to_disk")
-    yield ("flush", 0, 0)
+    if (yield ("flush", 0, 0, TRY)):
+        return True
     meta.written = False
+    return False
+
+
+def flush_steps(meta: Qcow2Meta) -> Steps:
+    """A flush of the qcow2 node (`_flush`)."""
+    yield from _flush(meta)
+
+
+def close_steps(meta: Qcow2Meta) -> Steps:
+    """bdrv_close of the qcow2 node: a flush (its failure ignored), then
+    qcow2_inactivate flushes the L2 cache and the refcount cache (each tried).  The
+    tables still dirty after it never reach the file (`lost_changes`)."""
+    yield from _flush(meta)
+    yield from _flush_l2(meta)
+    yield from _flush_refcount(meta)
+
+
+def lost_changes(meta: Qcow2Meta) -> list[Undo]:
+    """What the dirty L2 tables mapped before their changes, newest first: a node
+    closed with them dirty leaves the image as it was before those changes."""
+    out: list[Undo] = []
+    for region in meta.l2_dirty:
+        out.extend(reversed(meta.undo.get(region, [])))
+    return out

@@ -415,6 +415,13 @@ def _blockdev_del(m: Machine, a: dict[str, Any]) -> None:
     if g.parents(node):
         raise QMPError(f"Block device {g.display_name(node)} is in use")
     node.monitor_owned = False
+    if m.faults.qcow2:  # qcow2 nodes over blkdebug write their caches back as they close
+        files = {n: n.file for n in g.nodes if n in m.faults.qcow2}
+        g.delete_unreferenced(node)
+        for gone, file in files.items():
+            if g.node(gone.node_name) is not gone:
+                m.faults.close(gone, file)
+        return
     g.delete_unreferenced(node)
 
 
