@@ -224,8 +224,8 @@ def test_blkdebug_rules_arm_faults_and_unmodelled_rules_are_refused() -> None:
             }
         )
 
-    refused = add({"event": "l2_update"})
-    assert "does not model blkdebug event 'l2_update'" in refused["error"]["desc"]
+    refused = add({"event": "cluster_alloc_bytes"})  # compressed writes only
+    assert "does not model blkdebug event 'cluster_alloc_bytes'" in refused["error"]["desc"]
     assert m.state.graph.node("dbg") is None and m.state.graph.node("sf") is None
     assert (
         "event 'none'"
