@@ -23,6 +23,9 @@ and this script rewrites the text between them.  Regions:
   merged summary (`python -m sim.fuzz.differential --merge DIR... --out DIR`)
   is added with `--add-differential DIR/summary.json --campaign LABEL --code COMMIT`
   (which keeps the campaign's classes and their trace counts too);
+- `race-coverage`: what a default campaign reached of the race cells, from
+  bench/results/race-coverage.json, which `--race-coverage OUT` writes from the
+  campaign folder OUT (`blocksim fuzz --out OUT`);
 - `differential-classes`: the known-differences class table: every class of the
   latest campaign that kept its classes, with its trace count, and every class
   pinned earlier, each with the reason its pinned trace in
@@ -53,6 +56,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -280,6 +284,41 @@ def differential_classes_region(results: Path = RESULTS, pinned: Path = PINNED) 
     )
 
 
+def race_coverage_record(out: Path, command: str) -> dict[str, Any]:
+    """What bench/results/race-coverage.json keeps of a campaign's folder: its command,
+    seed, examples and wall time (campaign.json), race coverage (coverage.json) and the
+    machine's load average now."""
+    campaign = json.loads((out / "campaign.json").read_text())
+    coverage = json.loads((out / "coverage.json").read_text())
+    return {
+        "command": command,
+        "policy": campaign["config"]["policy"],
+        "seed": campaign["config"]["seed"],
+        "examples": campaign["examples"],
+        "wall_s": round(float(campaign["wall_s"])),
+        "load_average": round(os.getloadavg()[0], 1),
+        "cores": os.cpu_count(),
+        "race-coverage": coverage["race-coverage"],
+    }
+
+
+def race_coverage_region(results: Path = RESULTS) -> str:
+    """The sentence on the race coverage a default campaign reached, from
+    bench/results/race-coverage.json (`--race-coverage OUT` writes it)."""
+    doc = json.loads((results / "race-coverage.json").read_text())
+    rc = doc["race-coverage"]
+    cells, deciles = rc["command-x-job-status"], rc["progress-deciles"]
+    return (
+        f"Measured: `{doc['command']}` ({doc['policy']}, seed {doc['seed']}: "
+        f"{doc['examples']:,} examples in {doc['wall_s']} s on the shared machine at load "
+        f"average {doc['load_average']}, {doc['cores']} cores) reached {cells['reached']} of "
+        f"the {cells['exist']} command x job-status cells and {deciles['reached']} of the "
+        f"{deciles['exist']} progress-decile cells, and ran "
+        f"{rc['interleavings']['sequences-with-several']} command sequences under more than "
+        "one event order."
+    )
+
+
 def _count(folder: str) -> int:
     return sum(1 for _ in (ROOT / "scenarios" / folder).rglob("*.jsonl"))
 
@@ -466,6 +505,7 @@ REGIONS: dict[str, tuple[Callable[[], str], bool]] = {
     "fuzz-power": (power_region, True),
     "differential-campaigns": (differential_region, True),
     "differential-classes": (differential_classes_region, True),
+    "race-coverage": (race_coverage_region, True),
     "matrix": (matrix_region, False),
 }
 
@@ -500,6 +540,15 @@ def main(argv: list[str] | None = None) -> int:
         help="add the campaign of this summary.json (python -m sim.fuzz.differential --merge "
         "... --out DIR writes DIR/summary.json) to bench/results/differential-campaigns.json",
     )
+    parser.add_argument(
+        "--race-coverage",
+        metavar="OUT",
+        help="keep the race coverage of the campaign in folder OUT (blocksim fuzz --out OUT) "
+        "in bench/results/race-coverage.json",
+    )
+    parser.add_argument(
+        "--command", default="blocksim fuzz", help="the command that ran it (--race-coverage)"
+    )
     parser.add_argument("--campaign", help="its row's label, e.g. 'seed 5151'")
     parser.add_argument("--code", help="the commit the campaign ran on")
     args = parser.parse_args(argv)
@@ -511,6 +560,9 @@ def main(argv: list[str] | None = None) -> int:
         doc = json.loads(store.read_text())
         doc["campaigns"].append(differential_row(summary, args.campaign, args.code))
         store.write_text(json.dumps(doc, indent=1) + "\n")
+    if args.race_coverage:
+        record = race_coverage_record(Path(args.race_coverage), args.command)
+        (RESULTS / "race-coverage.json").write_text(json.dumps(record, indent=1) + "\n")
     text = README.read_text()
     present = regions(text)
     missing = sorted(set(REGIONS) - set(present))

@@ -49,7 +49,13 @@ def test_measured_tables_are_rendered_from_the_results_the_tools_wrote() -> None
     and the differential campaign's merged summary, rendered by their own code."""
     numbers = script()
     body = numbers.regions((ROOT / "README.md").read_text())
-    for name in ("costs", "fuzz-power", "differential-campaigns", "differential-classes"):
+    for name in (
+        "costs",
+        "fuzz-power",
+        "differential-campaigns",
+        "differential-classes",
+        "race-coverage",
+    ):
         assert body[name] == numbers.REGIONS[name][0](), "run python3 scripts/readme_numbers.py"
     costs = json.loads((ROOT / "bench" / "results" / "costs.json").read_text())
     assert len(body["costs"].splitlines()) >= len(costs["rows"]) + 2
@@ -147,6 +153,30 @@ def test_a_summary_keeps_its_classes_and_the_class_table_follows_the_latest(
     ]
     assert body.startswith("Every class of the latest campaign that recorded its classes, "
                            "seed 2 (2 classes, 7 traces: 1 pinned, 1 unexplained")  # fmt: skip
+
+
+def test_a_campaign_folder_gives_the_race_coverage_sentence(tmp_path: Path) -> None:
+    """--race-coverage OUT keeps what the campaign's own files say (campaign.json,
+    coverage.json); the README sentence is made from it."""
+    numbers = script()
+    out = tmp_path / "run"
+    out.mkdir()
+    rc = {"command-x-job-status": {"reached": 44, "exist": 45, "missing": ["x"]},
+          "progress-deciles": {"reached": 150, "exist": 160},
+          "interleavings": {"sequences-with-several": 9}}  # fmt: skip
+    (out / "coverage.json").write_text(json.dumps({"race-coverage": rc}))
+    (out / "campaign.json").write_text(json.dumps(
+        {"config": {"policy": "qemu-7.2", "seed": 3}, "examples": 1000, "wall_s": 99.6}
+    ))  # fmt: skip
+    record = numbers.race_coverage_record(out, "blocksim fuzz --seed 3")
+    assert record["race-coverage"] == rc and record["wall_s"] == 100
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "race-coverage.json").write_text(json.dumps(record))
+    text = numbers.race_coverage_region(results)
+    assert text.startswith("Measured: `blocksim fuzz --seed 3` (qemu-7.2, seed 3: 1,000 examples")
+    assert "reached 44 of the 45 command x job-status cells and 150 of the 160" in text
+    assert "ran 9 command sequences" in text
 
 
 def test_every_pinned_difference_says_why() -> None:
