@@ -149,6 +149,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--commands", type=int, default=10_000)
+    ap.add_argument(
+        "--json",
+        metavar="FILE",
+        help="also write the figures as JSON (bench/results/serve.json is what README.md's "
+        "load paragraph is rendered from: scripts/readme_numbers.py)",
+    )
     args = ap.parse_args()
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -179,6 +185,25 @@ def main() -> int:
           f"end/half = {growth:.3f} (target <= 1.25)")  # fmt: skip
     ok = out["lost"] == 0 and out["bad"] == 0 and out["duplicates"] == 0 and growth <= 1.25
     print("PASS" if ok else "FAIL")
+    if args.json:
+        shown = " ".join(["python", "bench/bench_serve.py", *sys.argv[1:]])
+        doc = {
+            "command": shown.split(" --json")[0],
+            "clients": args.clients,
+            "commands": args.commands,
+            "requests": n,
+            "lost": out["lost"],
+            "duplicates": out["duplicates"],
+            "unexpected": out["bad"],
+            "wall_s": round(out["wall_s"], 1),
+            "requests_per_s": round(n / out["wall_s"]),
+            "rss_mib": {k: round(v / 1024, 1) for k, v in rss.items()},
+            "end_over_half": round(growth, 3),
+            "load_average": round(os.getloadavg()[0], 1),
+            "cores": os.cpu_count(),
+            "passed": ok,
+        }
+        Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
     return 0 if ok else 1
 
 

@@ -23,6 +23,8 @@ and this script rewrites the text between them.  Regions:
   merged summary (`python -m sim.fuzz.differential --merge DIR... --out DIR`)
   is added with `--add-differential DIR/summary.json --campaign LABEL --code COMMIT`
   (which keeps the campaign's classes and their trace counts too);
+- `serve`: the serve load paragraph's figures, from bench/results/serve.json, which
+  `python bench/bench_serve.py --json bench/results/serve.json` writes;
 - `race-coverage`: what a default campaign reached of the race cells, from
   bench/results/race-coverage.json, which `--race-coverage OUT` writes from the
   campaign folder OUT (`blocksim fuzz --out OUT`);
@@ -319,6 +321,21 @@ def race_coverage_region(results: Path = RESULTS) -> str:
     )
 
 
+def serve_region(results: Path = RESULTS) -> str:
+    """The serve load figures, from bench/results/serve.json (`python bench/bench_serve.py
+    --json bench/results/serve.json` writes it)."""
+    d = json.loads((results / "serve.json").read_text())
+    rss = d["rss_mib"]
+    return (
+        f"Measured with `{d['command']}` on the {d['cores']}-core development machine "
+        f"(shared, under `nice`, load average {d['load_average']}): {d['requests']:,} "
+        f"requests, {d['lost']} lost, {d['duplicates']} duplicated, "
+        f"{d['requests_per_s']:,} requests/s ({d['wall_s']} s); server RSS "
+        f"{rss['start']} MiB at start, {rss.get('half', rss['end'])} MiB at half time, "
+        f"{rss['end']} MiB at the end (end/half {d['end_over_half']:.3f}, target <= 1.25)."
+    )
+
+
 def _count(folder: str) -> int:
     return sum(1 for _ in (ROOT / "scenarios" / folder).rglob("*.jsonl"))
 
@@ -506,6 +523,7 @@ REGIONS: dict[str, tuple[Callable[[], str], bool]] = {
     "differential-campaigns": (differential_region, True),
     "differential-classes": (differential_classes_region, True),
     "race-coverage": (race_coverage_region, True),
+    "serve": (serve_region, True),
     "matrix": (matrix_region, False),
 }
 

@@ -55,6 +55,7 @@ def test_measured_tables_are_rendered_from_the_results_the_tools_wrote() -> None
         "differential-campaigns",
         "differential-classes",
         "race-coverage",
+        "serve",
     ):
         assert body[name] == numbers.REGIONS[name][0](), "run python3 scripts/readme_numbers.py"
     costs = json.loads((ROOT / "bench" / "results" / "costs.json").read_text())
@@ -177,6 +178,21 @@ def test_a_campaign_folder_gives_the_race_coverage_sentence(tmp_path: Path) -> N
     assert text.startswith("Measured: `blocksim fuzz --seed 3` (qemu-7.2, seed 3: 1,000 examples")
     assert "reached 44 of the 45 command x job-status cells and 150 of the 160" in text
     assert "ran 9 command sequences" in text
+
+
+def test_the_serve_figures_are_what_bench_serve_wrote() -> None:
+    """bench/results/serve.json has the keys bench/bench_serve.py --json writes, and the
+    README paragraph states its request count, losses and throughput."""
+    numbers = script()
+    doc = json.loads((ROOT / "bench" / "results" / "serve.json").read_text())
+    assert doc["command"].startswith("python bench/bench_serve.py")
+    assert doc["requests"] == doc["clients"] * doc["commands"]
+    text = numbers.serve_region()
+    assert f"{doc['requests']:,} requests, {doc['lost']} lost" in text
+    assert f"{doc['requests_per_s']:,} requests/s" in text
+    source = (ROOT / "bench" / "bench_serve.py").read_text()
+    for key in doc:
+        assert f'"{key}"' in source, key  # written by the benchmark, not by hand
 
 
 def test_every_pinned_difference_says_why() -> None:
