@@ -492,6 +492,16 @@ CLAIMS += [
 ]
 
 
+CLAIMS.append(
+    Claim(
+        "iotest 257 cases as traces (all replay exactly: tests/test_scenarios.py)",
+        r"bitmap-mode refusal\): (?P<n>\d+ of \d+);",
+        lambda: sum(1 for _ in (ROOT / "scenarios" / "iotests").glob("iotest-257-*.jsonl")),
+        lambda n: f"{n} of {n}",
+    )
+)
+
+
 def claims_stale(text: str) -> list[str]:
     """The claims whose number in `text` is not what their source gives (or that are gone)."""
     stale = []
