@@ -122,3 +122,23 @@ def test_coarse_polish_cuts_a_long_trace_with_fewer_replays(
         "blockdev-snapshot-sync",
     ]
     assert calls["n"] * 2 < fine_calls, (calls["n"], fine_calls)
+
+
+def test_the_search_does_not_depend_on_the_wall_clock(
+    tmp_path: Path, fake: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    def run(out: Path) -> tuple[int, int, int, list[str]]:
+        r = run_campaign(small(out, examples=150, round_examples=150, steps=6))
+        return r.examples, r.replays, r.steps, [f.signature for f in r.failures]
+
+    quick = run(tmp_path / "quick")
+    now = [0.0]
+
+    def slow_clock() -> float:  # a machine where every look at the clock is 5 s later
+        now[0] += 5.0
+        return now[0]
+
+    monkeypatch.setattr(time, "monotonic", slow_clock)
+    assert run(tmp_path / "slow") == quick

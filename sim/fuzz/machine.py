@@ -55,6 +55,7 @@ from sim.fuzz.hygiene import (
     cache_sort_keys,
     collect_garbage,
     no_local_constants,
+    no_wall_clock_in_search,
     one_swarm_only,
     release,
 )
@@ -70,6 +71,7 @@ from sim.trace import Trace, parse_header, parse_step
 
 no_local_constants()  # a campaign is the same function of its seed in every process
 cache_sort_keys()  # Hypothesis' shrink order, computed once per example
+no_wall_clock_in_search()  # nor on how fast this machine is
 
 MiB = 1 << 20
 GRAPH_CHECK = "graph-well-formed"
