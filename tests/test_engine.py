@@ -163,16 +163,15 @@ def test_workload_writes_reach_bitmaps_data_and_write_observers() -> None:
 def test_copy_before_write_raises_guest_write_latency() -> None:
     steps = [
         # data everywhere: the backup reads and writes every cluster (block-copy writes
-        # zeroes for a hole, which costs no device time); its 64 tasks at a time copy
-        # 512 MiB in about 70 ms
-        io("write -P 0x5 0 512M"),
+        # zeroes for a hole, which costs no device time)
+        io("write -P 0x5 0 64M"),
         workload(rate=3000, duration=0.4, **{"read-ratio": 0.0}),
         {"advance": 0.01},
         backup(),
         wait("BLOCK_JOB_COMPLETED", device="bk"),
         {"advance": 0.5},
     ]
-    r = clean(run_steps(steps, drives=[dict(DRIVE0, size=512 << 20)]))
+    r = clean(run_steps(steps))
     during = write_latencies(r, "backup")
     alone = sorted(rec.latency_ns for rec in r.machine.io_log if rec.op == "write" and not rec.jobs)
     assert len(during) > 100 and len(alone) > 100
@@ -196,6 +195,29 @@ def test_queue_depth_makes_bursts_wait() -> None:
     deep, shallow = latencies(32), latencies(1)
     assert deep[-1] == deep[0]  # 16 at once fit in the queue: all served in parallel
     assert shallow[-1] >= 15 * shallow[0]  # one at a time: the 16th waits for 15 others
+
+
+def test_requests_in_service_share_the_bandwidth() -> None:
+    """Two 1 MiB requests at once: both wait one latency, then the transfers go one
+    after the other (the first ends after one transfer, the second after two)."""
+    import simpy
+
+    from sim.engine.timing import Device
+
+    env = simpy.Environment()
+    timing = DeviceTiming.from_header(None)
+    dev = Device(env, "d", timing)
+    ends: list[float] = []
+
+    def request() -> Any:
+        yield from dev.io(env, 1 << 20, random.Random(0))
+        ends.append(env.now)
+
+    env.process(request())
+    env.process(request())
+    env.run()
+    transfer = int((1 << 20) * 1e9 / timing.bytes_per_s)
+    assert ends == [timing.latency_ns + transfer, timing.latency_ns + 2 * transfer]
 
 
 def test_header_timing_override_changes_latency() -> None:
@@ -619,32 +641,37 @@ def test_stream_ignore_skips_then_fails_and_keeps_the_backing() -> None:
 
 
 def test_cbw_copy_failure_fails_the_guest_write() -> None:
+    # rate-limited: the backup created only its first task (at 0) when it is paused,
+    # so the cluster at 8.5 MiB is still to copy when the guest writes it
     r = clean(
         run_steps(
             [
                 io("write -P 0x5 0 1M"),
+                io("write -P 0x5 8M 1M"),
                 null_target(),
                 qmp(
                     "blockdev-backup",
                     device="drive0",
                     target="null0",
                     sync="full",
+                    speed=1 << 20,
                     **{"job-id": "bk"},
                 ),
                 qmp("job-pause", id="bk"),
-                fault(node="null0", op="write", offset=512 << 10, length=512),
-                io("write -P 0x6 512k 4k"),
-                io("read -P 0x5 512k 4k"),
-                io("write -P 0x6 512k 4k"),
+                fault(node="null0", op="write", offset=8704 << 10, length=512),
+                io("write -P 0x6 8704k 4k"),
+                io("read -P 0x5 8704k 4k"),
+                io("write -P 0x6 8704k 4k"),
                 qmp("job-resume", id="bk"),
+                qmp("block-job-set-speed", device="bk", speed=0),
                 wait("BLOCK_JOB_COMPLETED", device="bk"),
             ]
         )
     )
-    assert [o.output for o in r.steps[5:8]] == [
+    assert [o.output for o in r.steps[6:9]] == [
         "write failed: Input/output error\n",
-        "read 4096/4096 bytes at offset 524288\n",
-        "wrote 4096/4096 bytes at offset 524288\n",
+        "read 4096/4096 bytes at offset 8912896\n",
+        "wrote 4096/4096 bytes at offset 8912896\n",
     ]
     assert "error" not in r.steps[-1].response["data"]
 

@@ -59,7 +59,9 @@ class _Waker:
 
 
 def start_job(m: Machine, job: Job) -> None:
-    """job_start: running, initialise the work, and spawn the process."""
+    """job_start: running, initialise the work, and spawn the process.  A backup's
+    coroutine runs at once: its block-copy call creates its first tasks before the
+    command returns (`first_tasks`)."""
     waker = _Waker(m.env)
     job.wake = waker.wake
     job_flow.start(job)
@@ -67,7 +69,49 @@ def start_job(m: Machine, job: Job) -> None:
     if isinstance(kind, BackupKind) and kind.ends_by_itself() and kind.next_chunk() is None:
         m.idle_starts.append((job, waker))
         return
-    m.processes[job.id] = m.env.process(job_process(m, job, waker))
+    pool = TaskPool(m, job) if isinstance(kind, BackupKind) else None
+    first = first_tasks(m, job, pool) if pool is not None and kind.ends_by_itself() else None
+    m.processes[job.id] = m.env.process(job_process(m, job, waker, pool, first))
+
+
+# what a backup's first block-copy tasks leave to its process: a created task that waits
+# for a pool slot, a task whose request fails, or a rate-limit sleep
+Pending = tuple[str, Any]
+
+
+def first_tasks(m: Machine, job: Job, pool: TaskPool) -> Pending | None:
+    """What a backup's block-copy call does in job_start, before the command returns:
+    block_copy_dirty_clusters creates a task, starts it in the pool and creates the
+    next, until 64 tasks are busy (a data task reads the source; a zero task is busy
+    when `BackupKind.task_yields`, else it is done at once) and one more was created
+    that then waits for a slot; with a `speed`, ratelimit_calculate_delay lets the
+    first task go and makes the next wait.  A cancel or pause right after the
+    command finds them all in flight and lets them complete (65 MiB of a disk of
+    data, recorded on QEMU 7.2: scenarios/blockapi/backup-first-tasks.jsonl).
+    Returns what is left for the job's process to do first, or None."""
+    kind = pool.kind
+    graph, target = m.state.graph, kind.writes_to()
+    while True:
+        chunk = kind.next_chunk()
+        if chunk is None:
+            return None
+        offset, length = chunk
+        failure = chunk_fault(m, job, offset, length) if m.faults else None
+        if failure is not None:  # the job's process runs the failing task
+            return "fault", (offset, length, failure)
+        hole = kind.chunk_is_hole(offset, length)
+        full = pool.full()  # then the task, whatever it does, waits for a slot
+        issued, before = kind.tasks_issued, job.offset
+        kind.copy_chunk(offset, length)
+        note_job_write(graph, target, offset, length)
+        progress = job.offset - before
+        if full:
+            job.offset -= progress
+            return "slot", (offset, length, progress, hole)
+        if not hole or kind.tasks_issued > issued:  # the task is busy
+            pool.start(length, progress, unthrottled_read=True, hole=hole)
+        if job.speed:
+            return "sleep", rate_limit_ns(length, job.speed)
 
 
 def end_idle_jobs(m: Machine) -> None:
@@ -85,7 +129,7 @@ def end_idle_jobs(m: Machine) -> None:
         ):
             job_flow.work_finished(m.state, job)
         elif job.status in ACTIVE:
-            m.processes[job.id] = m.env.process(job_process(m, job, waker))
+            m.processes[job.id] = m.env.process(job_process(m, job, waker, TaskPool(m, job)))
 
 
 def start_oneshot_job(m: Machine, job: Job, delay_ns: int, work: Callable[[], None]) -> None:
@@ -108,88 +152,99 @@ def _done(job: Job) -> bool:
     return job.cancelled and job.force
 
 
-def job_process(m: Machine, job: Job, waker: _Waker) -> Proc:
+def job_process(
+    m: Machine,
+    job: Job,
+    waker: _Waker,
+    pool: TaskPool | None = None,
+    first: Pending | None = None,
+) -> Proc:
+    """A job's run in simulated time; a backup's `pool` holds the block-copy tasks
+    in flight and `first` is what its first tasks left to do (`first_tasks`)."""
     kind = job.kind
     env = m.env
     source, target = kind.reads_from(), kind.writes_to()
     ignored_error: str | None = None  # stream: an ignored error fails the job at the end
-    # job_start enters the job's coroutine at once: a backup's block-copy issues its
-    # first request (up to 1 MiB) before the command returns, so a cancel or pause
-    # that follows right away finds it in flight and lets it complete
-    in_flight = job.type == "backup"
-    # what block-copy issues at once when the backup starts (its whole task pool, inside
-    # the transaction's drained section, where throttle limits are off): read
-    # unthrottled, but accounted
-    burst = BLOCK_COPY_MAX_WORKERS * BLOCK_COPY_MAX_BUFFER if job.type == "backup" else 0
-    # a backup's block-copy tasks run concurrently (its aio task pool)
-    pool = TaskPool(m, job) if isinstance(kind, BackupKind) else None
+    pending: tuple[int, int, tuple[bool, str, bool]] | None = None  # a failing task
+    if first is not None:
+        assert pool is not None
+        what, arg = first
+        if what == "slot":  # created in job_start, it runs once a slot is free
+            yield from pool.wait_slot()
+            offset, length, progress, hole = arg
+            pool.start(length, progress, unthrottled_read=True, hole=hole, withheld=True)
+        elif what == "sleep":
+            yield env.timeout(arg)
+        else:
+            pending = arg
     while True:
-        if job.status in ENDED:
-            return
-        if job.error is not None or (_done(job) and not in_flight):
-            break
-        if job.user_paused and not in_flight:
-            if pool is not None:  # backup_pause ends the call: its tasks finish first
-                yield from pool.wait_all()
-            job.busy_flag = False
-            yield waker.wait()
-            if isinstance(kind, BackupKind):  # a pause ends the block-copy call
-                kind.new_call()
-            continue
-        job.busy_flag = True
-        if not in_flight and m.leaps:
-            ns = leap(m, job, source, target)
-            if ns:
-                yield env.timeout(ns)
-                continue
-        chunk = kind.next_chunk()
-        if chunk is None:
-            if in_flight:  # nothing to issue: what came meanwhile applies now
-                in_flight = False
-                continue
-            if kind.has_ready:
-                if job.status == JobStatus.RUNNING:
-                    job_flow.become_ready(job)
-                if job.completion_requested or job.cancelled:
-                    break
+        started = pending is not None  # in job_start, inside the drained section
+        failure: tuple[bool, str, bool] | None
+        if pending is not None:  # started in job_start: it fails whatever came since
+            offset, length, failure = pending
+            pending = None
+        else:
+            if job.status in ENDED:
+                return
+            if job.error is not None or _done(job):
+                break
+            if job.user_paused:
+                if pool is not None:  # backup_pause ends the call: its tasks finish first
+                    yield from pool.wait_all()
                 job.busy_flag = False
                 yield waker.wait()
+                if isinstance(kind, BackupKind):  # a pause ends the block-copy call
+                    kind.new_call()
                 continue
-            if not kind.ends_by_itself():
-                job.busy_flag = False
-                yield waker.wait()
-                continue
-            break
-        in_flight = False
-        offset, length = chunk
-        failure = chunk_fault(m, job, offset, length) if m.faults else None
+            job.busy_flag = True
+            if m.leaps:
+                ns = leap(m, job, source, target)
+                if ns:
+                    yield env.timeout(ns)
+                    continue
+            chunk = kind.next_chunk()
+            if chunk is None:
+                if kind.has_ready:
+                    if job.status == JobStatus.RUNNING:
+                        job_flow.become_ready(job)
+                    if job.completion_requested or job.cancelled:
+                        break
+                    job.busy_flag = False
+                    yield waker.wait()
+                    continue
+                if not kind.ends_by_itself():
+                    job.busy_flag = False
+                    yield waker.wait()
+                    continue
+                break
+            offset, length = chunk
+            failure = chunk_fault(m, job, offset, length) if m.faults else None
         if failure is None:
             hole = kind.chunk_is_hole(offset, length)
-            if pool is not None and not hole:
-                yield from pool.wait_slot()
             before = job.offset
             kind.copy_chunk(offset, length)
             if target is not None:
                 note_job_write(m.state.graph, target, offset, length)
             if pool is not None and not hole:
-                pool.start(offset, length, job.offset - before, burst > 0)
-                burst -= length
+                # created, the task waits for a slot; it then runs whatever came meanwhile
+                progress = job.offset - before
+                job.offset -= progress
+                yield from pool.wait_slot()
+                pool.start(length, progress, withheld=True)
                 rest = rate_limit_ns(length, job.speed)
                 if rest > 0:
                     yield env.timeout(rest)
                 continue
-            yield from chunk_io(m, job, source, target, length, True, hole, burst > 0)
-            burst -= length
+            yield from chunk_io(m, job, source, target, length, True, hole)
             continue
         is_read, errno, immediately = failure
-        yield from chunk_io(m, job, source, target, length, not is_read, False, burst > 0)
-        burst -= length
+        yield from chunk_io(m, job, source, target, length, not is_read, False, started)
         if job.status in ENDED:
             return
         if pool is not None and is_read:
             pooled = finish_in_flight(m, job, pool.kind, offset, length, immediately)
-            for at, size, progress in pooled:
-                pool.start(at, size, progress, False)
+            for size, progress in pooled:
+                pool.start(size, progress)
         if pool is not None:  # block_copy_dirty_clusters waits for the pool
             yield from pool.wait_all()
         if job.status in ENDED:
@@ -218,7 +273,7 @@ BLOCK_COPY_MAX_BUFFER = 1 << 20  # a task copies at most 1 MiB
 
 def finish_in_flight(
     m: Machine, job: Job, kind: BackupKind, offset: int, length: int, immediately: bool
-) -> list[tuple[int, int, int]]:
+) -> list[tuple[int, int]]:
     """A backup's block-copy call runs its tasks concurrently: block_copy_dirty_clusters
     creates a task, starts it and goes on creating the next one while the pool holds
     fewer than 64 busy tasks; it stops creating tasks once one has failed, and waits
@@ -234,7 +289,7 @@ def finish_in_flight(
     process reaches the failed task after creating the ones before it (they are in
     its `TaskPool`); the ones after it are created now, each through the armed
     faults like any request (a rule that is not `once` fails it too), and the data
-    tasks among them are returned (offset, length, progress) for the pool to run.
+    tasks among them are returned (length, progress) for the pool to run.
     Recorded on QEMU 7.2: qemu-iotests 257's
     full-sync backups (the second read fails in the fourth of 64 busy tasks: 945 of
     1024 clusters copied) and scenarios/blockapi/backup-block-copy-pool*.jsonl
@@ -242,7 +297,7 @@ def finish_in_flight(
     completes)."""
     filling = kind.tasks_issued < BLOCK_COPY_MAX_WORKERS  # no task has finished yet
     kind.tasks_issued += 1  # the failed task
-    copied: list[tuple[int, int, int]] = []  # the data tasks: offset, length, progress
+    copied: list[tuple[int, int]] = []  # the data tasks: length, progress
     if immediately:
         return copied
     resume = kind.cursor
@@ -264,7 +319,7 @@ def finish_in_flight(
         kind.copy_chunk(at, size, counted=True)
         note_job_write(m.state.graph, kind.target, at, size)
         if not hole:
-            copied.append((at, size, job.offset - before))
+            copied.append((size, job.offset - before))
     kind.cursor = resume
     return copied
 
@@ -275,10 +330,10 @@ class TaskPool:
     to the next without waiting for it, until 64 are in flight.  Each task reads the
     source and writes the target on its own (`chunk_io`), so the devices serve them
     concurrently; its progress counts when it completes (block_copy_task_entry's
-    progress_work_done).  The model copy is done when the task starts, as for every
-    chunk.  A task that does no I/O (a zero write block status allows) takes the
-    job's own time, one after the other, as QEMU completes it before it creates the
-    next."""
+    progress_work_done).  The model copy is done when the task is created, as for
+    every chunk.  After the first tasks (`first_tasks`), a zero task (block status:
+    zeroes) takes the job's own time, one after the other, as QEMU completes one
+    that needs no I/O before it creates the next."""
 
     __slots__ = ("m", "job", "kind", "running")
 
@@ -287,22 +342,34 @@ class TaskPool:
         self.m, self.job, self.kind = m, job, job.kind
         self.running: list[simpy.Process] = []
 
+    def full(self) -> bool:
+        self.running = [p for p in self.running if p.is_alive]
+        return len(self.running) >= BLOCK_COPY_MAX_WORKERS
+
     def wait_slot(self) -> Proc:
         """aio_task_pool_wait_slot: wait until fewer than 64 tasks are in flight."""
-        while len(self.running) >= BLOCK_COPY_MAX_WORKERS:
+        while self.full():
             yield self.m.env.any_of(self.running)
-            self.running = [p for p in self.running if p.is_alive]
 
-    def start(self, offset: int, length: int, progress: int, unthrottled_read: bool) -> None:
-        """aio_task_pool_start_task: the task's I/O runs on its own; its `progress`
-        (already in the job's offset) is withheld until it completes."""
-        job = self.job
-        job.offset -= progress
-        source, target = self.kind.reads_from(), self.kind.writes_to()
+    def start(
+        self,
+        length: int,
+        progress: int,
+        unthrottled_read: bool = False,
+        hole: bool = False,
+        withheld: bool = False,
+    ) -> None:
+        """aio_task_pool_start_task: the task's I/O runs on its own (a busy zero task:
+        its write of zeroes); its `progress` (in the job's offset unless `withheld`)
+        counts when it completes."""
+        job, kind = self.job, self.kind
+        if not withheld:
+            job.offset -= progress
+        source, target = kind.reads_from(), kind.writes_to()
 
         def task() -> Proc:
             yield from chunk_io(
-                self.m, job, source, target, length, True, False, unthrottled_read, False
+                self.m, job, source, target, length, True, hole, unthrottled_read, False
             )
             job.offset += progress
 

@@ -4,8 +4,11 @@ Theory of operation.  Every image file lives on a `Device`: a service time
 per request (`latency_us` + bytes / `bandwidth_mbps`, stretched or shrunk by
 up to `jitter` of itself, drawn from the machine's one seeded RNG) and a
 `queue_depth`: at most that many requests are in service at once, the rest
-wait in FIFO order (a `simpy.Resource`).  Guest I/O and job I/O ask the same
-Device, so a backup slows the guest down and vice versa.
+wait in FIFO order (a `simpy.Resource`).  The requests in service overlap
+their latency but share the bandwidth: their transfers (bytes /
+`bandwidth_mbps`) go one after the other, so a backup's 64 concurrent 1 MiB
+block-copy tasks move at most `bandwidth_mbps` together.  Guest I/O and job
+I/O ask the same Device, so a backup slows the guest down and vice versa.
 
 Placement.  Each header drive's image is on its own device, with the
 drive's `"timing"` overrides.  Images the trace creates later (backup and
@@ -106,20 +109,27 @@ def rate_limit_ns(length: int, speed: int) -> int:
 
 
 class Device:
-    """One storage device: its timing and its request queue."""
+    """One storage device: its timing, its request queue and its transfer link."""
 
-    __slots__ = ("name", "timing", "queue")
+    __slots__ = ("name", "timing", "queue", "link")
 
     def __init__(self, env: simpy.Environment, name: str, timing: DeviceTiming) -> None:
         self.name = name
         self.timing = timing
         self.queue = simpy.Resource(env, capacity=timing.queue_depth)
+        self.link = simpy.Resource(env, capacity=1)
 
     def io(
         self, env: simpy.Environment, length: int, rng: random.Random
     ) -> Generator[simpy.Event, Any, None]:
-        """A process step: wait for a queue slot, then be served (`yield from`)."""
+        """A process step: wait for a queue slot, then be served (`yield from`): the
+        requests in service overlap their latency, and share the bandwidth (their
+        transfers go one after the other)."""
         with self.queue.request() as slot:
             yield slot
             ns = self.timing.io_ns(length, rng)
-            yield env.timeout(ns)
+            transfer = min(ns, int(length * NS_PER_S / self.timing.bytes_per_s))
+            yield env.timeout(ns - transfer)
+            with self.link.request() as turn:
+                yield turn
+                yield env.timeout(transfer)
