@@ -82,13 +82,19 @@ def write_path(graph: BlockGraph, root: BlockNode) -> list[BlockNode]:
     node: BlockNode | None = root
     while node is not None and node not in path:
         path.append(node)
-        if node.is_filter:
-            node = node.filtered_child()
+        if node.is_filter or raw_over_format(node):
+            node = node.filtered_child() if node.is_filter else node.file
             continue
         if node.file is not None:
             path.append(node.file)
         break
     return path
+
+
+def raw_over_format(node: BlockNode) -> bool:
+    """A raw node whose file child is a format node (raw over qcow2): a request on it
+    goes on to that node, at its offset plus raw's `offset` (raw_co_pwritev)."""
+    return node.driver == "raw" and node.file is not None and node.file.is_format
 
 
 def guest_write(
@@ -129,16 +135,22 @@ def guest_write(
         if node.is_filter:
             node = node.filtered_child()
             continue
+        proto = node.file
+        if proto is not None and proto.is_format and node.driver == "raw":
+            offset += node.raw_offset  # raw over a format node (`raw_over_format`)
+            end = offset + length
+            node = proto
+            continue
         if node.content is not None:
             node.content.write(offset, length, stamp)
-        proto = node.file
         if proto is not None:
             if not is_discard:
                 note_protocol_write(node, proto, end)
+            host = offset + node.raw_offset  # raw writes its file at its offset
             if proto.write_threshold:
-                check_write_threshold(graph, proto, offset, length)
+                check_write_threshold(graph, proto, host, length)
             for bm in proto.bitmaps:
-                bm.record_write(offset, length)
+                bm.record_write(host, length)
         break
     for flt in after:
         flt.after_write_hook(flt, offset, length, stamp)  # type: ignore[operator]

@@ -252,7 +252,9 @@ def _open_format(
     if name is not None:
         check_new_node_name(g, name)
     image = file.image
-    if image is not None:
+    # a format node over a format node (raw over qcow2) opens no image file of its own
+    over_format = file.is_format
+    if image is not None and not over_format:
         g.check_image_lock(
             image, read_only, m.state.jobs, raw_over=file if driver == "raw" else None
         )
@@ -265,6 +267,8 @@ def _open_format(
     }
     if raw_options:
         content, size = _raw_window(file, content, size, raw_options)
+    elif over_format:
+        size = file.size_bytes
     node = g.new_node(
         driver,
         size,
@@ -320,7 +324,7 @@ def _raw_window(
         raise QMPError(
             f"blocksim does not model a raw offset that is not a multiple of {SECTOR} ({offset})"
         )
-    if file.image is not None and file.image.format != "raw":
+    if file.image is not None and file.image.format != "raw" and not file.is_format:
         raise QMPError(
             f"blocksim does not model a raw window over a '{file.image.format}' image file"
         )

@@ -324,8 +324,10 @@ def _get_info(node: BlockNode) -> dict[str, Any]:
     """What bdrv_get_info adds: `cluster-size` (qcow2) and `dirty-flag`; filters pass
     the call to their child, null-co has no such callback."""
     node = _unfiltered(node)
-    if node.driver == "raw" and node.file is not None and node.image is None:
-        node = _unfiltered(node.file)  # raw_get_info asks its child
+    if node.driver == "raw" and node.file is not None:
+        below = _unfiltered(node.file)
+        if node.image is None or below.is_format:
+            node = below  # raw_get_info asks its child
     if node.driver in ("null-co", "snapshot-access"):  # no bdrv_get_info
         return {}
     if node.driver == "qcow2":
