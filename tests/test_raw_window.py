@@ -83,3 +83,20 @@ def test_window_content_shifts_and_clones() -> None:
     copy = win.clone()
     base.write(MiB, 512, 9)
     assert copy.stamp_at(0) == 7 and win.stamp_at(0) == 9
+
+
+def test_checkers_follow_writes_below_a_raw_window_and_over_a_qcow2_node() -> None:
+    """Every checker on the two recorded raw scenarios: a write through a raw window
+    reaches its file node's bitmap at offset + its own, one through raw over the
+    device's qcow2 node is a write to the device there; neither is a violation."""
+    from sim.check import make_checkers
+    from sim.replay import replay
+    from sim.trace import load_trace
+    from tests.helpers import SCENARIOS
+
+    for name in ("raw-window-file-bitmap", "raw-over-qcow2-node"):
+        result = replay(
+            load_trace(SCENARIOS / "blockapi" / f"{name}.jsonl"), checkers=make_checkers()
+        )
+        assert result.ok, result.mismatches
+        assert result.final["violations"] == [], (name, result.final["violations"])

@@ -9,7 +9,8 @@ chain has allocated (where the guest never wrote, the device must read
 zeroes: every drive starts empty).
 
 A write that enters at a node-name instead of a device counts as a write
-through every device whose data node it lands on; one that lands deeper in a
+through every device whose data node it lands on (through raw over a format
+node: on that node, at raw's offset + its own); one that lands deeper in a
 device's chain, and a discard on a `discard=unmap` drive, make the device's
 view of that range whatever it now is (it is adopted, not checked).  After a
 reported loss the shadow adopts what the device reads, so each loss is
@@ -33,6 +34,7 @@ from sim.model.content import (
     read_through,
 )
 from sim.model.graph import BlockBackend, BlockNode
+from sim.model.io import landing
 
 if TYPE_CHECKING:
     from sim.engine.view import MachineView
@@ -95,11 +97,13 @@ class NoLostGuestData(StepChecker):
     ) -> None:
         if length <= 0:
             return
+        if bb is None:  # raw over a format node: the write lands there, at raw's offset
+            landed, shift = landing(self.graph, root)
+            offset += shift
         run = (offset >> SECTOR_SHIFT, (offset + length + SECTOR - 1) >> SECTOR_SHIFT)
         if bb is not None:
             self._guest_wrote(bb, offset, length, stamp, run)
             return
-        landed = self.graph.data_node(root)
         for device in self.graph.backends.values():
             if device.root is None:
                 continue
@@ -133,7 +137,8 @@ class NoLostGuestData(StepChecker):
     ) -> None:
         """A discard may zero data (whole clusters, on a discard=unmap drive): every
         device that reads the node adopts the range, whatever it reads now."""
-        landed = self.graph.data_node(root)
+        landed, shift = landing(self.graph, root)
+        offset += shift
         for device in self.graph.backends.values():
             if device.root is not None and (
                 device is bb or any(n is landed for n in self.graph.backing_chain(device.root))

@@ -46,7 +46,7 @@ from sim.check.extents import byte_ranges
 from sim.check.observe import Command, Owner, StepChecker, label, owner_of
 from sim.model.bitmap import DirtyBitmap, bits_at_granularity
 from sim.model.graph import BlockBackend, BlockNode
-from sim.model.io import write_path
+from sim.model.io import write_shifts
 from sim.model.job_stream import StreamKind
 
 if TYPE_CHECKING:
@@ -167,21 +167,24 @@ class BitmapPrecision(StepChecker):
     ) -> None:
         if not self.owners or length <= 0:
             return
-        path: list[BlockNode] | None = None
+        path: list[tuple[BlockNode, int]] | None = None
         for entry, owner in self.owners:
             if owner is None or not entry.enabled or entry.bitmap.inconsistent:
                 continue
+            at = offset
             if isinstance(owner, BlockBackend):
                 if owner is not bb:
                     continue
             else:
                 if path is None:
-                    path = write_path(self.graph, root)
-                if not any(n is owner for n in path):
+                    path = write_shifts(self.graph, root)
+                shift = next((s for n, s in path if n is owner), None)
+                if shift is None:
                     continue
+                at += shift  # below a raw window the write lands at its offset + ours
             ref = self.refs.get(entry)
             if ref is not None:
-                ref.mark(offset, length)
+                ref.mark(at, length)
 
     def _on_before(self, request: Any) -> None:
         """What each bitmap a clear or merge names is before the command changes the

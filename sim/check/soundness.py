@@ -26,7 +26,7 @@ from sim.check.extents import byte_ranges
 from sim.check.observe import StepChecker, label, live_jobs, owner_of
 from sim.model.bitmap import DirtyBitmap, bits_at_granularity
 from sim.model.graph import BlockBackend, BlockNode
-from sim.model.io import write_path
+from sim.model.io import write_shifts
 from sim.model.job_backup import BackupKind
 
 if TYPE_CHECKING:
@@ -86,20 +86,23 @@ class BitmapSoundness(StepChecker):
     ) -> None:
         if not self.shadows or length <= 0:
             return
-        path: list[BlockNode] | None = None
+        path: list[tuple[BlockNode, int]] | None = None
         for entry, shadow in self.shadows.items():
+            at = offset
             if entry.by_device:
                 if bb is not entry.backend:
                     continue
             else:
                 if path is None:
-                    path = write_path(self.graph, root)
-                if not any(n is entry.node for n in path):
+                    path = write_shifts(self.graph, root)
+                shift = next((s for n, s in path if n is entry.node), None)
+                if shift is None:
                     continue
+                at += shift  # below a raw window the write lands at its offset + ours
             # recording as the user's commands left it (not the model's flag: a model that
             # forgets an enable must not excuse itself)
             if entry.enabled and not entry.bitmap.inconsistent:
-                shadow.mark(offset, length)
+                shadow.mark(at, length)
 
     def _on_discard(
         self, bb: BlockBackend | None, root: BlockNode, offset: int, length: int, zeroed: bool

@@ -243,7 +243,13 @@ class BlockApiRules(_Base):
 
     def api_raw_window(self, c: Choices) -> None:
         """A raw file created and opened, raw windows (offset / size, valid or refused)
-        over it, a write through one and a read of the whole file, then all deleted."""
+        over it, a write through one and a read of the whole file, then all deleted.
+        Sometimes the windows are over a qcow2 node instead (raw over a format node),
+        or the file node has a bitmap (raw writes it at offset + the request's)."""
+        formats = self.format_nodes()
+        if formats and c.rarely(3):
+            self._raw_windows(c, c.pick(formats))
+            return
         image = self.fresh("win") + ".img"
         job = self.fresh("cr")
         self.qmp(
@@ -262,6 +268,14 @@ class BlockApiRules(_Base):
             ).response
         ):
             return
+        if c.boolean():
+            self.qmp("block-dirty-bitmap-add", {"node": file, "name": self.fresh("wb")})
+        self._raw_windows(c, file)
+        self.qmp("blockdev-del", {"node-name": file})
+
+    def _raw_windows(self, c: Choices, file: str) -> None:
+        """Raw windows over `file` (offset / size, valid or refused), a write through
+        one, then the windows deleted."""
         windows = []
         for _ in range(c.between(1, 3)):
             name = self.fresh("rw")
@@ -279,7 +293,6 @@ class BlockApiRules(_Base):
                 self.qmp("block_resize", {"node-name": target, "size": 2 * MiB})
         for name in windows:
             self.qmp("blockdev-del", {"node-name": name})
-        self.qmp("blockdev-del", {"node-name": file})
 
     def api_blkdebug(self, c: Choices) -> None:
         """A raw file under blkdebug (inject-error and set-state rules, some bound to a

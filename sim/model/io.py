@@ -91,6 +91,41 @@ def write_path(graph: BlockGraph, root: BlockNode) -> list[BlockNode]:
     return path
 
 
+def write_shifts(graph: BlockGraph, root: BlockNode) -> list[tuple[BlockNode, int]]:
+    """`write_path` with what a write's offset becomes at each node: raw adds its
+    `offset` below it (on its file, or on the format node it is over)."""
+    path: list[tuple[BlockNode, int]] = []
+    seen: list[BlockNode] = []
+    node: BlockNode | None = root
+    shift = 0
+    while node is not None and node not in seen:
+        seen.append(node)
+        path.append((node, shift))
+        if node.is_filter:
+            node = node.filtered_child()
+            continue
+        if raw_over_format(node):
+            shift += node.raw_offset
+            node = node.file
+            continue
+        if node.file is not None:
+            path.append((node.file, shift + node.raw_offset))
+        break
+    return path
+
+
+def landing(graph: BlockGraph, root: BlockNode) -> tuple[BlockNode, int]:
+    """The data node whose content a write entering at `root` changes, and what the
+    write's offset is there (filters skipped, raw over a format node shifted)."""
+    shift = 0
+    node = graph.data_node(root)
+    while raw_over_format(node):
+        shift += node.raw_offset
+        assert node.file is not None
+        node = graph.data_node(node.file)
+    return node, shift
+
+
 def raw_over_format(node: BlockNode) -> bool:
     """A raw node whose file child is a format node (raw over qcow2): a request on it
     goes on to that node, at its offset plus raw's `offset` (raw_co_pwritev)."""
