@@ -216,6 +216,7 @@ def differential_row(summary: dict[str, Any], campaign: str, code: str) -> dict[
                 "signature": str(c["signature"]),
                 "count": int(c["count"]),
                 "reproduced": str(c.get("reproduced", "")),
+                "qemu_nondeterministic": len(set(c.get("nondeterministic", []))),
             }
             for c in summary.get("classes", [])
         ],
@@ -242,7 +243,7 @@ def differential_classes_region(results: Path = RESULTS, pinned: Path = PINNED) 
     it did not meet; each with the reason its pinned trace gives (`// reason:` lines)."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from sim.fuzz.differential import pinned_differences
+    from sim.fuzz.differential import NONDETERMINISTIC, class_status, pinned_differences
 
     rows = json.loads((results / "differential-campaigns.json").read_text())["campaigns"]
     latest = next((r for r in reversed(rows) if "classes" in r), None)
@@ -255,9 +256,21 @@ def differential_classes_region(results: Path = RESULTS, pinned: Path = PINNED) 
         return f"| {_signature(sig)} | {traces} | {reason} | `{PINNED_SHOWN}/{p.path.name}` |"
 
     lines = ["| class (signature) | traces | reason | pinned scenario |", "|---|---|---|---|"]
+
+    def status(c: dict[str, Any]) -> str:
+        return class_status(c["signature"], c["count"], c.get("qemu_nondeterministic", 0), known)
+
     for c in sorted(met.values(), key=lambda c: (-c["count"], c["signature"])):
         if c["signature"] in known:
             lines.append(row(c["signature"], str(c["count"])))
+            continue
+        if status(c) == NONDETERMINISTIC:
+            lines.append(
+                f"| {_signature(c['signature'])} | {c['count']} | **QEMU nondeterministic**: "
+                "QEMU 7.2 answered a re-run of each of its traces differently where the "
+                "simulator differs (QEMU's answers in the campaign's "
+                "`failures/qemu-nondeterministic/`) | none |"
+            )
             continue
         again = (
             f" (its shrunk trace showed it again in {c['reproduced']} runs on QEMU 7.2)"
@@ -271,10 +284,12 @@ def differential_classes_region(results: Path = RESULTS, pinned: Path = PINNED) 
     for sig in sorted(set(known) - set(met)):
         lines.append(row(sig, f"0 ({known[sig].count_when_pinned} when pinned)"))
     n_pinned = sum(1 for sig in met if sig in known)
+    n_flaky = sum(1 for c in met.values() if status(c) == NONDETERMINISTIC)
     head = (
         f"Every class of the latest campaign that recorded its classes, {latest['campaign']} "
         f"({len(met)} classes, {sum(c['count'] for c in met.values())} traces: {n_pinned} "
-        f"pinned, {len(met) - n_pinned} unexplained; the traces column counts its traces), "
+        f"pinned, {len(met) - n_pinned - n_flaky} unexplained, {n_flaky} QEMU-nondeterministic; "
+        "the traces column counts its traces), "
         if latest
         else "No campaign recorded its classes yet; "
     )

@@ -135,7 +135,9 @@ def test_a_summary_keeps_its_classes_and_the_class_table_follows_the_latest(
                "classes": [{"signature": "response:query-block:x|y", "count": 3, "seeds": [1],
                             "reproduced": "2/2"},
                            {"signature": "final:new", "count": 4, "seeds": [2],
-                            "reproduced": "0/2"}]}  # fmt: skip
+                            "reproduced": "0/2"},
+                           {"signature": "final:flaky", "count": 2, "seeds": [3, 4],
+                            "reproduced": "0/2", "nondeterministic": [3, 4]}]}  # fmt: skip
     results = tmp_path / "results"
     results.mkdir()
     older = numbers.differential_row({**summary, "classes": []}, "seed 1", "abc")
@@ -149,11 +151,15 @@ def test_a_summary_keeps_its_classes_and_the_class_table_follows_the_latest(
         "trace showed it again in 0/2 runs on QEMU 7.2) | none |",
         "| `response:query-block:x\\|y` | 3 | a `pipe` | "
         "`known-differences/differential/a.jsonl` |",
+        "| `final:flaky` | 2 | **QEMU nondeterministic**: QEMU 7.2 answered a re-run of each "
+        "of its traces differently where the simulator differs (QEMU's answers in the "
+        "campaign's `failures/qemu-nondeterministic/`) | none |",
         "| `qemu-died:transaction` | 0 (75 when pinned) | QEMU crashes | "
         "`known-differences/differential/b.jsonl` |",
     ]
     assert body.startswith("Every class of the latest campaign that recorded its classes, "
-                           "seed 2 (2 classes, 7 traces: 1 pinned, 1 unexplained")  # fmt: skip
+                           "seed 2 (3 classes, 9 traces: 1 pinned, 1 unexplained, "
+                           "1 QEMU-nondeterministic")  # fmt: skip
 
 
 def test_a_campaign_folder_gives_the_race_coverage_sentence(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,15 +128,22 @@ class MismatchClass:
     def count(self) -> int:
         return len(self.seeds)
 
-    def status(self, pinned: dict[str, str]) -> str:
-        """``pinned`` (a known difference names the signature), ``qemu-nondeterministic``
-        (QEMU answered a re-run of every trace of the class differently where the
-        simulator differs) or ``unexplained``."""
-        if self.signature in pinned:
-            return "pinned"
-        if self.seeds and len(set(self.nondeterministic)) == len(set(self.seeds)):
-            return NONDETERMINISTIC
-        return "unexplained"
+    def status(self, pinned: Container[str]) -> str:
+        """This class's `class_status` against the `pinned` signatures."""
+        traces, flaky = len(set(self.seeds)), len(set(self.nondeterministic))
+        return class_status(self.signature, traces, flaky, pinned)
+
+
+def class_status(signature: str, traces: int, nondeterministic: int, pinned: Container[str]) -> str:
+    """What explains a campaign's class of `traces` traces: ``pinned`` (a known difference
+    names its signature), ``qemu-nondeterministic`` (QEMU answered a re-run of each of
+    its traces differently where the simulator differs: `nondeterministic` of them) or
+    nothing (``unexplained``)."""
+    if signature in pinned:
+        return "pinned"
+    if traces and nondeterministic >= traces:
+        return NONDETERMINISTIC
+    return "unexplained"
 
 
 @dataclass(frozen=True, slots=True)
