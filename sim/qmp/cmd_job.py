@@ -639,7 +639,9 @@ def _block_stream(m: Machine, a: dict[str, Any]) -> None:
     while cur is not None and cur is not base:
         g.check_op(cur, "stream")
         cur = cur.filtered_child() if cur.is_filter else cur.backing
-    if base is None and "backing-file" in a:
+    if "backing-file" in a and "base" not in a and "base-node" not in a:
+        # qmp_block_stream's base_bs comes from base / base-node only: with `bottom`
+        # the backing file is refused too
         raise QMPError("backing file specified, but streaming the entire chain")
     if a.get("filter-node-name") is not None:  # bdrv_insert_node names the filter first
         try:
