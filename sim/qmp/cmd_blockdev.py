@@ -382,6 +382,15 @@ def _open_backing_chain(
         raise QMPError(f"Could not open backing file: {exc.desc}") from None
 
 
+def open_backing_chain(m: Machine, node: BlockNode) -> list[BlockNode]:
+    """What bdrv_open without BDRV_O_NO_BACKING opens below an image node it just
+    opened: the backing file its header names, read-only, level by level (see
+    `_open_backing_chain`); returns the nodes it created."""
+    created: list[BlockNode] = []
+    _open_backing_chain(m, node, created)
+    return created
+
+
 def _null_co_backing(name: str) -> int | None:
     """The size of the null-co node a header's backing name describes: `null-co://`
     (its default size) or the json:{...} name a snapshot of a null-co node writes

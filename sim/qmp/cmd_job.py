@@ -24,6 +24,7 @@ from sim.model.job_mirror import MirrorKind
 from sim.model.job_stream import StreamKind
 from sim.model.jobs import Job, JobStatus
 from sim.model.snapshot import check_new_node_name
+from sim.qmp.cmd_blockdev import open_backing_chain
 from sim.qmp.cmd_query import node_filename
 from sim.qmp.dispatch import command
 from sim.qmp.transaction import (
@@ -275,6 +276,14 @@ def _drive_backup(m: Machine, a: dict[str, Any], ctx: TxnContext) -> Prepared:
         source,
         backing=data_src.backing if sync == "top" else (source if sync == "none" else None),
     )
+    if sync != "none":
+        # drive_backup_prepare opens the target without BDRV_O_NO_BACKING (but for
+        # sync=none): the backing file its header names opens as new read-only nodes
+        try:
+            open_backing_chain(m, target)
+        except QMPError:
+            g.delete_unreferenced(target)
+            raise
     try:
         bm, bsync, bmode = _backup_bitmap_checks(m, a, source)
         job = _create_backup(m, a, source, target, True, bm, bsync, bmode)
