@@ -77,9 +77,12 @@ def snapshot_sync(
         if existing is None:
             raise QMPError(f"Could not open '{snapshot_file}': No such file or directory")
         image = existing
-        graph.check_image_lock(image)
     if snapshot_node_name is not None:
+        # bdrv_open_common names the node before the format driver opens its file
+        # (where the image's lock is taken)
         check_new_node_name(graph, snapshot_node_name)
+    if mode == "existing":
+        graph.check_image_lock(image)
     if image.format != "qcow2":
         raise QMPError("The overlay does not support backing images")
     overlay = graph.open_image(image, snapshot_node_name, None)
