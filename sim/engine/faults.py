@@ -395,8 +395,7 @@ def read_path(
         path.append(data)
         if data.content is None:
             continue
-        stamps = data.content.read(first, min(end, data.content.nsectors))
-        hit = stamps != 0
+        hit = _allocated_in(data.content, first, end)
         if bool(hit.any()):
             found = True
             if data.file is not None:
@@ -410,6 +409,18 @@ def read_path(
     if allocated_only and not found:
         return []
     return path
+
+
+def _allocated_in(content: Content, first: int, end: int) -> Any:
+    """Which sectors of [first, end) a node holds itself, as booleans; a node shorter
+    than the range (a protocol node as long as its host file under a larger overlay)
+    holds nothing past its end, where a read goes on below it or returns zeroes."""
+    import numpy as np
+
+    hit = np.zeros(max(end - first, 0), dtype=bool)
+    own = content.read(first, end)
+    hit[: own.size] = own != 0
+    return hit
 
 
 # -- guest I/O -----------------------------------------------------------------------------
