@@ -150,6 +150,20 @@ class FaultTable:
             for a, b, stamp in extents:
                 content.write_sectors(a, b, stamp)
 
+    def reopen(self, node: BlockNode) -> None:
+        """bdrv_reopen_prepare of qcow2 node `node` over a blkdebug node: it is flushed
+        through the rules (QMPError "Error flushing drive" when that fails), and
+        qcow2_update_options_commit gives it new, empty caches."""
+        meta = self.qcow2.get(node)
+        debug = self.blkdebug.get(node.file) if node.file is not None else None
+        if meta is None or debug is None:
+            return
+        rule = debug.run(qcow2_meta.flush_steps(meta))
+        if rule is not None:
+            raise QMPError(f"Error flushing drive: {STRERROR[rule.errno]}")
+        meta.l2_cached.clear()
+        meta.refblock_cached = False
+
     def _meta(self, node: BlockNode) -> qcow2_meta.Qcow2Meta:
         meta = self.qcow2.get(node)
         if meta is None:

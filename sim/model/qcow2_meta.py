@@ -19,7 +19,7 @@ the request they serve.  Data requests carry guest offsets (as blkdebug's `secto
 the rest of blocksim); metadata requests carry offset -1 (host offsets of
 metadata are not modelled).
 
-The caches of an open qcow2 node (qcow2_cache_create at open, emptied by a reopen):
+The caches of an open qcow2 node (qcow2_cache_create at open, new ones at a reopen):
 the L2 cache covers the whole image (QEMU 7.2's default size covers 256 GiB of
 guest with 64 KiB clusters), so an L2 table once loaded or allocated stays cached;
 the refcount cache holds the first refcount block (it covers the first 2 GiB of

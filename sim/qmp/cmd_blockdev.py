@@ -460,4 +460,7 @@ def _blockdev_reopen(m: Machine, a: dict[str, Any]) -> None:
         entries.append(entry)
         drained.extend(g.subtree(entry.node))
     drain.drain(m.state, drained)
+    if m.faults.qcow2:
+        for entry in entries:
+            m.faults.reopen(entry.node)
     reopen.commit(g, entries)
