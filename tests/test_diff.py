@@ -373,3 +373,25 @@ def test_qemu_answering_the_same_every_time_stays_a_real_mismatch(
     pinned = {cls.signature: "x.jsonl"}
     again = differential.differential_campaign(1, 1, tmp_path / "p", shrink_runs=0, pinned=pinned)
     assert again.classes[0].deterministic == [] and FakeQemu.runs == 1 + differential.CONFIRM_RUNS
+
+
+def test_qemu_answer_is_taken_where_the_difference_shows() -> None:
+    # events: the list up to the differing event; final state: the value at the field
+    # (or where it is absent); an image: that image's differences in this run
+    from sim.oracle import DiffReport, qemu_answer
+    from sim.oracle.qemu_runner import RunResult
+
+    events = [{"event": "A", "data": {}}, {"event": "B", "data": {"n": 1}}, {"event": "C"}]
+    final = {"nodes": [{"node-name": "fmt0", "dirty-bitmaps": [{"name": "b0", "count": 7}]}],
+             "events": events}  # fmt: skip
+    image = Difference("image", None, None, "ov1.qcow2", "content", "differs at [0, 512)", "c")
+    report = DiffReport(make_trace(), "qemu-7.2", [image], [], RunResult([], final), None, 0, 0)  # type: ignore[arg-type]
+    at_event = Difference("events", 1, 2, "query-jobs", "events[1].data.n", "", "B data")
+    assert qemu_answer(report, at_event) == events[:2]
+    count = ".nodes[0].dirty-bitmaps[0].count"
+    assert qemu_answer(report, Difference("final", None, None, "nodes", count, "", "")) == 7
+    gone = ".nodes[1].dirty-bitmaps[0].count"
+    assert qemu_answer(report, Difference("final", None, None, "nodes", gone, "", "")) == {
+        "absent": gone
+    }
+    assert qemu_answer(report, image) == ["differs at [0, 512)"]
