@@ -438,7 +438,6 @@ class BlockGraph:
         image: Image,
         read_only: bool = False,
         jobs: Sequence[Job] = (),
-        raw_over: BlockNode | None = None,
     ) -> None:
         """file-posix image locking (raw_check_lock_bytes) when a format node opens `image`.
 
@@ -448,17 +447,11 @@ class BlockGraph:
         opener wants consistent read, and write unless read-only: a permission
         another holder unshares fails first, in permission order (`consistent
         read`, then `write`); then a read-only opener, which itself unshares
-        write, fails on a holder that writes (`shared "write"`).  The lock belongs
-        to the protocol node: raw nodes over the same one (`raw_over`) share it."""
+        write, fails on a holder that writes (`shared "write"`).  A raw opener takes
+        nothing (it passes its parents' permissions through) and is never checked."""
         from sim.model.perms import CONSISTENT_READ, cumulative
 
-        holders = [
-            n
-            for n in self.nodes
-            if n.image is image
-            and n.is_format
-            and not (raw_over is not None and n.driver == "raw" and n.file is raw_over)
-        ]
+        holders = [n for n in self.nodes if n.image is image and n.is_format]
         if not holders:
             return
         if any(not cumulative(self, n, jobs)[1] & CONSISTENT_READ for n in holders):

@@ -19,7 +19,8 @@ with the message `conflict_message` builds.  The parents of a node are:
 - the children a running job holds (block_job_add_bdrv: `main node`,
   `source`, `target`, `intermediate node`, `base`, `active node`) and the
   BlockBackends it opens (a mirror's target: write, shares only write
-  unchanged; a commit's base: shares consistent read and write unchanged).
+  unchanged; a commit's base: shares consistent read and write unchanged; a
+  stream's, on its filter: consistent read, shares all but resize).
 
 `parents(state, node)` lists them newest first, as QEMU's parent list is
 ordered (a new parent is inserted at the head), which decides which user a
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sim.model.job_backup import BackupKind
 from sim.model.job_commit import CommitKind
@@ -296,52 +297,55 @@ def _job_of_filter(jobs: Sequence[Job], flt: BlockNode) -> Job | None:
 
 def job_edges(job: Job, node: BlockNode) -> list[Parent]:
     """The edges `job` holds on `node`, newest first (reverse order of creation)."""
+    return [p for n, p in reversed(job_children(job)) if n is node]
+
+
+def job_children(job: Job) -> list[tuple[BlockNode, Parent]]:
+    """Every edge `job` holds, in creation order, with the node it points at: the job's
+    own children (block_job_add_bdrv) and the roots of the unnamed BlockBackends it
+    opens (`UNNAMED_BLOCK_DEVICE`)."""
     kind = job.kind
     desc = f"{job.type} job '{job.id}'"
     unnamed = UNNAMED_BLOCK_DEVICE
-    edges: list[Parent] = []  # in creation order; reversed at the end
+    edges: list[tuple[BlockNode, Parent]] = []
     flt = kind.filter
     if isinstance(kind, BackupKind):
-        edges.append(Parent(desc, "main node", 0, ALL) if flt is node else _none())
-        edges.append(Parent(desc, "target", 0, ALL) if kind.target is node else _none())
+        if flt is not None:
+            edges.append((flt, Parent(desc, "main node", 0, ALL)))
+        edges.append((kind.target, Parent(desc, "target", 0, ALL)))
     elif isinstance(kind, MirrorKind):
         commit = kind.commit_mode
-        edges.append(
-            Parent(desc, "main node", CONSISTENT_READ, CONSISTENT_READ | WRITE_UNCHANGED | WRITE)
-            if flt is node
-            else _none()
-        )
-        if kind.target is node:
-            shared = WRITE_UNCHANGED | ((CONSISTENT_READ | WRITE) if commit else 0)
-            edges.append(Parent(unnamed, "root", WRITE, shared))
-        if kind.source is node:
-            edges.append(Parent(desc, "source", 0, WRITE_UNCHANGED | WRITE | CONSISTENT_READ))
-        if kind.target is node:
-            edges.append(Parent(desc, "target", 0, ALL))
-        if commit and node in _between(kind.source, kind.target):
-            edges.append(Parent(desc, "intermediate node", 0, WRITE_UNCHANGED | WRITE))
+        if flt is not None:
+            main_shared = CONSISTENT_READ | WRITE_UNCHANGED | WRITE
+            edges.append((flt, Parent(desc, "main node", CONSISTENT_READ, main_shared)))
+        shared = WRITE_UNCHANGED | ((CONSISTENT_READ | WRITE) if commit else 0)
+        edges.append((kind.target, Parent(unnamed, "root", WRITE, shared)))
+        source_shared = WRITE_UNCHANGED | WRITE | CONSISTENT_READ
+        edges.append((kind.source, Parent(desc, "source", 0, source_shared)))
+        edges.append((kind.target, Parent(desc, "target", 0, ALL)))
+        if commit:
+            for n in _between(kind.source, kind.target):
+                edges.append((n, Parent(desc, "intermediate node", 0, WRITE_UNCHANGED | WRITE)))
     elif isinstance(kind, CommitKind):
-        if kind.active is node:
-            edges.append(Parent(desc, "main node", 0, ALL))
-        if node is kind.top or node in _between(kind.top, kind.base):
-            edges.append(Parent(desc, "intermediate node", 0, WRITE_UNCHANGED | WRITE))
-        if kind.base is node:
-            edges.append(Parent(desc, "base", 0, ALL))
-            edges.append(
-                Parent(unnamed, "root", CONSISTENT_READ | WRITE, CONSISTENT_READ | WRITE_UNCHANGED)
-            )
-        if kind.top is node:
-            edges.append(Parent(unnamed, "root", 0, ALL))
+        edges.append((kind.active, Parent(desc, "main node", 0, ALL)))
+        for n in [kind.top, *_between(kind.top, kind.base)]:
+            edges.append((n, Parent(desc, "intermediate node", 0, WRITE_UNCHANGED | WRITE)))
+        if kind.base is not None:
+            edges.append((kind.base, Parent(desc, "base", 0, ALL)))
+            base_shared = CONSISTENT_READ | WRITE_UNCHANGED
+            edges.append((kind.base, Parent(unnamed, "root", CONSISTENT_READ | WRITE, base_shared)))
+        edges.append((kind.top, Parent(unnamed, "root", 0, ALL)))
     elif isinstance(kind, StreamKind):
-        if flt is node:
-            edges.append(Parent(desc, "main node", 0, ALL))
-        if node in _between(kind.node, kind.base):
-            edges.append(Parent(desc, "intermediate node", 0, CONSISTENT_READ | WRITE_UNCHANGED))
-    return [e for e in reversed(edges) if e.child]
-
-
-def _none() -> Parent:
-    return Parent("", "", 0, ALL)
+        # stream_start: the job on the filter, the job's BlockBackend on the filter,
+        # then "active node" (no resize: the length is cached) and the nodes below
+        basic = CONSISTENT_READ | WRITE_UNCHANGED
+        if flt is not None:
+            edges.append((flt, Parent(desc, "main node", 0, ALL)))
+            edges.append((flt, Parent(unnamed, "root", CONSISTENT_READ, basic | WRITE)))
+        edges.append((kind.node, Parent(desc, "active node", 0, basic | WRITE)))
+        for n in _between(kind.node, kind.base):
+            edges.append((n, Parent(desc, "intermediate node", 0, basic)))
+    return edges
 
 
 def _between(top: BlockNode, base: BlockNode | None) -> list[BlockNode]:
@@ -395,3 +399,113 @@ def filter_source_conflict(state: BlockState, source: BlockNode) -> str | None:
             unsharer = Parent(f"node '{chain[-1].node_name}'", "file", 0, 0)
             return conflict_message(node.node_name, WRITE, requirer, unsharer) + "."
     return None
+
+
+# --- x-debug-query-block-graph -------------------------------------------------------------
+
+# BlockPermission in QAPI order (graph-mod maps to no permission in QEMU 7.2)
+QAPI_PERMS = (
+    (CONSISTENT_READ, "consistent-read"),
+    (WRITE, "write"),
+    (WRITE_UNCHANGED, "write-unchanged"),
+    (RESIZE, "resize"),
+)
+
+
+def _qapi_perm_list(mask: int) -> list[str]:
+    # xdbg_graph_add_edge prepends each permission it finds in QAPI order
+    return [name for bit, name in reversed(QAPI_PERMS) if mask & bit]
+
+
+def child_name(parent: BlockNode, role: str) -> str:
+    """The BdrvChild's name of `parent`'s `role` link (blkdebug opens its child as
+    `image`; mirror_top and commit_top hold the node they sit on as `backing`)."""
+    if role == "file" and parent.driver == "blkdebug":
+        return "image"
+    return role
+
+
+def block_graph(state: BlockState) -> dict[str, list[dict[str, Any]]]:
+    """bdrv_get_xdbg_block_graph: every BlockBackend, block job and node with the
+    BdrvChild edges it holds and their permissions.
+
+    QEMU numbers each object the first time it meets it (a hash table keyed by
+    pointer, ids counted from 1): BlockBackends in creation order (the devices, then
+    the unnamed ones jobs and exports open) with their root edge, block jobs newest
+    first with the children they hold newest first, then the nodes in
+    graph_bdrv_states order (the order their names were assigned) with their
+    children newest first.  Nodes and edges are prepended to the answer's lists, so
+    the answer lists them in reverse order of that walk."""
+    graph = state.graph
+    ev = _Perms(graph, state.jobs)
+    ids: dict[tuple[Any, ...], int] = {}
+    nodes: list[dict[str, Any]] = []
+    edges: list[dict[str, Any]] = []
+
+    def num(key: tuple[Any, ...]) -> int:
+        # xdbg_graph_node_num: the next number the first time an object is met
+        if key not in ids:
+            ids[key] = len(ids) + 1
+        return ids[key]
+
+    def add_node(key: tuple[Any, ...], kind: str, name: str) -> None:
+        nodes.append({"id": num(key), "type": kind, "name": name})
+
+    def add_edge(
+        parent: tuple[Any, ...], child: BlockNode, name: str, perm: int, shared: int
+    ) -> None:
+        edges.append(
+            {
+                "parent": num(parent),
+                "child": num(("node", id(child))),
+                "name": name,
+                "perm": _qapi_perm_list(perm),
+                "shared-perm": _qapi_perm_list(shared),
+            }
+        )
+
+    key: tuple[Any, ...]
+    for bb in graph.backends.values():
+        key = ("device", bb.name)
+        add_node(key, "block-backend", bb.name)
+        root = bb.root
+        if root is not None:
+            desc = f"block device '{bb.name}'"
+            for p in ev.parents(root):
+                if p.desc == desc:
+                    add_edge(key, root, "root", p.perm, p.shared)
+                    break
+    for exp in state.exports.exports[::-1]:  # newest first there
+        key = ("export", exp.id)
+        add_node(key, "block-backend", "")
+        if exp.blk.root is not None:
+            # blk_exp_add: consistent read, write when writable; shares everything
+            perm = CONSISTENT_READ | (WRITE if exp.writable else 0)
+            add_edge(key, exp.blk.root, "root", perm, ALL)
+    for job in state.jobs:
+        if job.status not in LIVE_JOB_STATUSES:
+            continue
+        for i, (node, p) in enumerate(job_children(job)):
+            if p.desc == UNNAMED_BLOCK_DEVICE:
+                key = ("job-backend", job.id, i)
+                add_node(key, "block-backend", "")
+                add_edge(key, node, "root", p.perm, p.shared)
+    for job in reversed(state.jobs):
+        if not job.is_block_job:
+            continue
+        key = ("job", job.id)
+        add_node(key, "block-job", job.id)
+        if job.status not in LIVE_JOB_STATUSES:
+            continue
+        for node, p in reversed(job_children(job)):
+            if p.desc != UNNAMED_BLOCK_DEVICE:
+                add_edge(key, node, p.child, p.perm, p.shared)
+    for n in graph.nodes:
+        key = ("node", id(n))
+        add_node(key, "block-driver", n.node_name)
+        for role in ("target", "backing", "file"):
+            child = getattr(n, role)
+            if child is not None:
+                perm, shared = ev.child_perm(n, role)
+                add_edge(key, child, child_name(n, role), perm, shared)
+    return {"nodes": nodes[::-1], "edges": edges[::-1]}

@@ -252,12 +252,12 @@ def _open_format(
     if name is not None:
         check_new_node_name(g, name)
     image = file.image
-    # a format node over a format node (raw over qcow2) opens no image file of its own
+    # a format node over a format node (raw over qcow2) opens no image file of its own;
+    # raw passes its parents' permissions through (bdrv_filter_default_perms): opened
+    # without parents it takes none and shares all, so no image lock can refuse it
     over_format = file.is_format
-    if image is not None and not over_format:
-        g.check_image_lock(
-            image, read_only, m.state.jobs, raw_over=file if driver == "raw" else None
-        )
+    if image is not None and not over_format and driver != "raw":
+        g.check_image_lock(image, read_only, m.state.jobs)
     if driver == "qcow2" and (image is None or image.format != "qcow2"):
         raise QMPError("Image is not in qcow2 format")
     content = image.content if image is not None else None

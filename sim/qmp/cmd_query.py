@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from sim.errors import QMPError
+from sim.model import perms
 from sim.model.bitmap import DirtyBitmap
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode, Image
 from sim.model.host_file import host_file, stored_bitmaps
@@ -522,10 +523,9 @@ def _query_commands(m: Machine, a: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @command("x-debug-query-block-graph")
-def _query_block_graph(m: Machine, a: dict[str, Any]) -> None:
-    # QEMU answers with its nodes and every edge's permissions, which blocksim
-    # does not model; refusing says so instead of inventing permissions
-    raise QMPError("blocksim does not model x-debug-query-block-graph (block permissions)")
+def _query_block_graph(m: Machine, a: dict[str, Any]) -> dict[str, Any]:
+    graph = perms.block_graph(m.state)
+    return {"edges": graph["edges"], "nodes": graph["nodes"]}
 
 
 @command("qmp_capabilities")
