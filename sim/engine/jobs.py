@@ -31,6 +31,7 @@ from sim.model import job_flow
 from sim.model.graph import BlockNode
 from sim.model.io import note_job_write, write_path
 from sim.model.job_backup import BackupKind
+from sim.model.job_stream import StreamKind
 from sim.model.jobs import ACTIVE, ENDED, Job, JobStatus
 
 if TYPE_CHECKING:
@@ -66,7 +67,10 @@ def start_job(m: Machine, job: Job) -> None:
     job.wake = waker.wake
     job_flow.start(job)
     kind = job.kind
-    if isinstance(kind, BackupKind) and kind.ends_by_itself() and kind.next_chunk() is None:
+    # stream_run returns at once when there is nothing to stream
+    idle_stream = isinstance(kind, StreamKind) and kind.nothing_to_do
+    idle_backup = isinstance(kind, BackupKind) and kind.ends_by_itself()
+    if (idle_stream or idle_backup) and kind.next_chunk() is None:
         m.idle_starts.append((job, waker))
         return
     pool = TaskPool(m, job) if isinstance(kind, BackupKind) else None
@@ -117,7 +121,8 @@ def first_tasks(m: Machine, job: Job, pool: TaskPool) -> Pending | None:
 def end_idle_jobs(m: Machine) -> None:
     """After a command: a backup it started with nothing to copy has returned from
     backup_run (job_start enters the coroutine at once; with nothing copied the rate
-    limit never sleeps), and its completion runs before the next command.  One that
+    limit never sleeps), as has a stream with nothing to stream from stream_run, and
+    its completion runs before the next command.  One that
     a drain still holds, or that was paused or cancelled meanwhile, runs as a process."""
     started, m.idle_starts = m.idle_starts, []
     for job, waker in started:

@@ -79,6 +79,9 @@ class BlockNode:
     monitor_owned: bool = False
     job_refs: int = 0  # jobs holding it as a job node (block_job_add_bdrv references it)
     implicit: bool = False  # an unnamed job filter that query-block skips
+    # bs->inherits_from: the parent that opened this node as its child (a -drive's or
+    # an inline blockdev-add `file`); reopening that parent reopens this node too
+    inherits_from: BlockNode | None = None
     cluster_size: int = QCOW2_CLUSTER
     backing_parent_label: str = ""  # the P of "node is used as backing hd of 'P'"
     discard_unmap: bool = False
@@ -102,6 +105,9 @@ class BlockNode:
     # the guest sees [raw_offset, raw_offset + size) of its file
     raw_options: dict[str, int] = field(default_factory=dict)
     raw_offset: int = 0
+    # null-co: `size` given in its options (null_refresh_filename then names it
+    # json:{...}, whatever the size)
+    size_option: bool = False
     # a blkdebug node's strong options, flattened as QEMU's QDict holds them
     # ("inject-error.0.event": ...): what its json: filename shows
     blkdebug_options: dict[str, Any] = field(default_factory=dict)
@@ -377,6 +383,21 @@ class BlockGraph:
             if bm.persistent:
                 bm.readonly = bm.stored = True
 
+    def is_read_only(self, node: BlockNode) -> bool:
+        """bdrv_is_read_only: a file child follows the format parent that opened it
+        (bdrv_reopen_queue reopens only children whose inherits_from is the node
+        reopened: not a node referenced by name, nor one bdrv_append put under it); the
+        commit_top filter is opened without BDRV_O_RDWR (block/commit.c)."""
+        if node.read_only or node.driver == "commit_top":
+            return True
+        parent = node.inherits_from
+        return (
+            parent is not None
+            and parent.read_only
+            and parent.is_format
+            and any(p is parent and role == "file" for p, role in self.parents(node))
+        )
+
     def op_blocker(self, node: BlockNode, op: str) -> str | None:
         """The reason `op` is blocked on `node` (bdrv_op_is_blocked), newest blocker first."""
         for reason, allowed in reversed(node.blockers):
@@ -481,6 +502,7 @@ class BlockGraph:
             discard_unmap=discard_unmap,
             cluster_size=image.cluster_size,
         )
+        proto.inherits_from = fmt
         return fmt
 
 

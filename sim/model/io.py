@@ -35,6 +35,7 @@ from sim.model.content import (
     sector_span,
 )
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode
+from sim.model.host_file import protocol_length
 from sim.model.state import BlockState
 
 if TYPE_CHECKING:
@@ -180,7 +181,7 @@ def guest_write(
             node.content.write(offset, length, stamp)
         if proto is not None:
             if not is_discard:
-                note_protocol_write(node, proto, end)
+                note_protocol_write(graph, node, proto, end)
             host = offset + node.raw_offset  # raw writes its file at its offset
             if proto.write_threshold:
                 check_write_threshold(graph, proto, host, length)
@@ -192,11 +193,20 @@ def guest_write(
     return OK
 
 
-def note_protocol_write(data: BlockNode, proto: BlockNode, end: int) -> None:
-    """A write on `data` reached its protocol child: raw writes at the same offsets
-    (shifted by its `offset`), qcow2 somewhere in its file (data and metadata)."""
+def note_protocol_write(graph: BlockGraph, data: BlockNode, proto: BlockNode, end: int) -> None:
+    """A write on `data` (its contents already written) reached its protocol child:
+    raw writes at the same offsets (shifted by its `offset`), qcow2 somewhere in its
+    file (data and metadata).  A qcow2 write that grows the host file grows the
+    protocol node, whose dirty bitmaps follow (bdrv_co_write_req_finish truncates them
+    to the node's new length)."""
     if data.driver == "qcow2":
         proto.host_written = True
+        if proto.bitmaps:
+            length = protocol_length(graph, proto)
+            if length is not None:
+                for bm in proto.bitmaps:
+                    if length > bm.size_bytes:
+                        bm.resize(length)
     elif end + data.raw_offset > proto.wr_highest_offset:
         proto.wr_highest_offset = end + data.raw_offset
 
@@ -206,7 +216,7 @@ def note_job_write(graph: BlockGraph, target: BlockNode, offset: int, length: in
     end = offset + length
     for node in write_path(graph, target):
         if node.file is not None and not node.is_filter:
-            note_protocol_write(node, node.file, end)
+            note_protocol_write(graph, node, node.file, end)
             if end > node.wr_highest_offset:
                 node.wr_highest_offset = end
             break
@@ -299,10 +309,10 @@ def write_batch(
         if node is not data.file and end > node.wr_highest_offset:
             node.wr_highest_offset = end  # the filters' and the data node's
     _mark_batch(bitmaps, offsets, length)
-    if data.file is not None:
-        note_protocol_write(data, data.file, end)
     if data.content is not None:
         data.content.write_many(offsets, length, stamps)
+    if data.file is not None:
+        note_protocol_write(graph, data, data.file, end)
     observers = state.write_observers
     if observers:
         for offset, stamp in zip(offsets, stamps, strict=True):

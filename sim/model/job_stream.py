@@ -40,7 +40,9 @@ class StreamKind(JobDriver):
         self.graph, self.job = graph, job
         self.node, self.base = node, base
         super().__init__()
-        self.node_ro = node.read_only
+        # stream_start reopens a read-only node (one that follows its format parent
+        # too) read-write, and stream_clean reopens it read-only by name: its own option
+        self.node_ro = graph.is_read_only(node)
         node.read_only = False
         self.filter = insert_filter(graph, node, "copy-on-read", filter_name)
         self.cursor = 0

@@ -86,6 +86,8 @@ def snapshot_sync(
     if image.format != "qcow2":
         raise QMPError("The overlay does not support backing images")
     overlay = graph.open_image(image, snapshot_node_name, None)
+    # external_snapshot_prepare opens the overlay with the old node's open flags
+    overlay.read_only = graph.is_read_only(old)
     try:
         undo = append(graph, policy, overlay, old)
     except QMPError:

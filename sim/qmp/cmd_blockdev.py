@@ -83,7 +83,7 @@ def _open(m: Machine, a: dict[str, Any], created: list[BlockNode]) -> BlockNode:
         size = a.get("size", NULL_CO_DEFAULT_SIZE)
         if size < 0:
             raise QMPError("size must be non-negative")  # QEMU's own check is a visitor error
-        node = g.new_node("null-co", size, name, read_only=read_only)
+        node = g.new_node("null-co", size, name, read_only=read_only, size_option="size" in a)
     created.append(node)
     return node
 
@@ -282,6 +282,8 @@ def _open_format(
     )
     node.raw_options = raw_options
     node.raw_offset = raw_options.get("offset", 0)
+    if isinstance(a["file"], dict):  # opened with the node, not referenced by name
+        file.inherits_from = node
     load_bitmaps(node)
     created.append(node)  # before its backing: a failing backing open deletes it too
     if driver == "qcow2":
@@ -347,7 +349,8 @@ def _open_backing_chain(
     bimage = g.images.get(image.backing_file)
     pseudo = _null_co_backing(image.backing_file)
     if pseudo is not None:  # a null-co pseudo-protocol name opens a null-co node
-        bnode = g.new_node("null-co", pseudo, None, read_only=True)
+        size, size_option = pseudo
+        bnode = g.new_node("null-co", size, None, read_only=True, size_option=size_option)
         created.append(bnode)
         g.set_backing(node, bnode)
         return
@@ -391,12 +394,13 @@ def open_backing_chain(m: Machine, node: BlockNode) -> list[BlockNode]:
     return created
 
 
-def _null_co_backing(name: str) -> int | None:
-    """The size of the null-co node a header's backing name describes: `null-co://`
-    (its default size) or the json:{...} name a snapshot of a null-co node writes
-    (bdrv_open parses both); None for any other name."""
+def _null_co_backing(name: str) -> tuple[int, bool] | None:
+    """The size of the null-co node a header's backing name describes, and whether
+    it is given as an option: `null-co://` (its default size) or the json:{...} name
+    a snapshot of a null-co node writes (bdrv_open parses both); None for any other
+    name."""
     if name == "null-co://":
-        return NULL_CO_DEFAULT_SIZE
+        return NULL_CO_DEFAULT_SIZE, False
     if not name.startswith("json:"):
         return None
     try:
@@ -406,7 +410,7 @@ def _null_co_backing(name: str) -> int | None:
     if not isinstance(options, dict) or options.get("driver") != "null-co":
         return None
     size = options.get("size", NULL_CO_DEFAULT_SIZE)
-    return size if isinstance(size, int) and size >= 0 else None
+    return (size, "size" in options) if isinstance(size, int) and size >= 0 else None
 
 
 @command("blockdev-del")

@@ -652,6 +652,11 @@ def _block_stream(m: Machine, a: dict[str, Any]) -> None:
         # qmp_block_stream's base_bs comes from base / base-node only: with `bottom`
         # the backing file is refused too
         raise QMPError("backing file specified, but streaming the entire chain")
+    if g.is_read_only(node) and node.is_format and node.file is not None and node.file.read_only:
+        # stream_start reopens the node read-write first; a file child read-only by its
+        # own option stays so (bdrv_reopen_queue keeps explicit options), and a
+        # writable format node needs write on it
+        raise QMPError("Block node is read-only")
     if a.get("filter-node-name") is not None:  # bdrv_insert_node names the filter first
         try:
             check_new_node_name(g, a["filter-node-name"])

@@ -247,7 +247,7 @@ def _open_options(graph: BlockGraph, node: BlockNode) -> dict[str, Any]:
             below = _unfiltered(node.backing) if node.backing is not None else None
             options["backing"] = _open_options(graph, below) if below is not None else None
         return options
-    if node.driver == "null-co" and node.size_bytes != NULL_CO_DEFAULT_SIZE:
+    if node.driver == "null-co" and _null_co_has_options(node):
         return {"driver": "null-co", "size": node.size_bytes}
     if node.driver == "blkdebug" and node.file is not None:
         # QEMU copies these options once more than the other drivers' (within a QDict
@@ -274,21 +274,17 @@ def _qdict_json(value: Any) -> str:
     return json.dumps(value)
 
 
+def _null_co_has_options(node: BlockNode) -> bool:
+    """An option null_refresh_filename does not ignore: `size`, given or not default."""
+    return node.size_option or node.size_bytes != NULL_CO_DEFAULT_SIZE
+
+
 def _null_co_filename(node: BlockNode) -> str:
-    """null_refresh_filename: `null-co://` with default options, else json (the
-    simulator keeps only `size`, and cannot tell an explicit 1 GiB from the default)."""
-    if node.size_bytes == NULL_CO_DEFAULT_SIZE:
+    """null_refresh_filename: `null-co://` with no option but its defaults, else json
+    (the simulator keeps only `size`)."""
+    if not _null_co_has_options(node):
         return "null-co://"
     return "json:" + json.dumps({"driver": "null-co", "size": node.size_bytes}, sort_keys=True)
-
-
-def is_read_only(graph: BlockGraph, node: BlockNode) -> bool:
-    """`ro`: a protocol node follows its format parents (reopened with them); the
-    commit_top filter is opened without BDRV_O_RDWR (block/commit.c)."""
-    if node.read_only or node.driver == "commit_top":
-        return True
-    parents = [p for p, role in graph.parents(node) if role == "file" and p.is_format]
-    return bool(parents) and all(p.read_only for p in parents)
 
 
 def image_info(graph: BlockGraph, node: BlockNode) -> dict[str, Any]:
@@ -425,7 +421,7 @@ def device_info(
     info.update(
         {
             "image": image,
-            "ro": is_read_only(graph, node),
+            "ro": graph.is_read_only(node),
             "node-name": node.node_name,
             "backing_file_depth": depth,
             "drv": node.driver,

@@ -22,6 +22,7 @@ from sim.qmp.dispatch import command
 
 if TYPE_CHECKING:
     from sim.engine.machine import Machine
+    from sim.model.bitmap import DirtyBitmap
 
 
 def _nothing() -> None:
@@ -88,12 +89,30 @@ def _clean(ctx: TxnContext, prepared: list[Prepared], attempted: int) -> None:
                 end()
 
 
+def _failed_enable_bitmap(
+    m: Machine, kind: str, data: dict[str, Any], ctx: TxnContext
+) -> DirtyBitmap | None:
+    """The bitmap a failed block-dirty-bitmap-enable action had found: its prepare keeps
+    it when bdrv_dirty_bitmap_check fails after the lookup (busy, inconsistent), with
+    `was_enabled` still false; None when the action failed before (completion mode,
+    lookup)."""
+    if kind != "block-dirty-bitmap-enable" or ctx.grouped:
+        return None
+    try:
+        _, bm = cmd_bitmap.bitmap_ops.lookup(
+            m.state.graph, m.state.policy, data["node"], data["name"]
+        )
+    except QMPError:
+        return None
+    return bm
+
+
 def _warn_if_qemu_crashes(
-    m: Machine, actions: list[tuple[str, dict[str, Any]]], failed: int
+    m: Machine, actions: list[tuple[str, dict[str, Any]]], failed: int, ctx: TxnContext
 ) -> None:
     """Failures that kill a real QEMU 7.2 (verified on the binary)."""
     kind, data = actions[failed]
-    if kind == "block-dirty-bitmap-enable":
+    if kind == "block-dirty-bitmap-enable" and _failed_enable_bitmap(m, kind, data, ctx) is None:
         m.state.warnings.append(
             "real QEMU 7.2 crashes (SIGSEGV) when a block-dirty-bitmap-enable action of a "
             "transaction fails; blocksim rolls the transaction back instead"
@@ -119,7 +138,13 @@ def run_transaction(
             ctx.index = index
             prepared.append(ACTIONS[kind](m, data, ctx))
     except QMPError:
-        _warn_if_qemu_crashes(m, actions, len(prepared))
+        failed = len(prepared)
+        _warn_if_qemu_crashes(m, actions, failed, ctx)
+        # the failing action is aborted too, first: a block-dirty-bitmap-enable whose
+        # check failed disables the bitmap it found (its abort reads was_enabled false)
+        bm = _failed_enable_bitmap(m, *actions[failed], ctx)
+        if bm is not None:
+            bm.enabled = False
         for p in reversed(prepared):
             p.abort()
         _clean(ctx, prepared, len(prepared) + 1)
