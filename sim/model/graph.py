@@ -108,6 +108,7 @@ class BlockNode:
     # null-co: `size` given in its options (null_refresh_filename then names it
     # json:{...}, whatever the size)
     size_option: bool = False
+    read_zeroes: bool = False  # null-co's read-zeroes: block status reports zeroes
     # a blkdebug node's strong options, flattened as QEMU's QDict holds them
     # ("inject-error.0.event": ...): what its json: filename shows
     blkdebug_options: dict[str, Any] = field(default_factory=dict)

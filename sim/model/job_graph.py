@@ -78,9 +78,16 @@ def chain_nodes(
 
 
 def fully_allocated(nodes: list[BlockNode]) -> bool:
-    """A raw node answers block-status with DATA or ZERO everywhere (file-posix reports
-    holes as zeroes), so bdrv_is_allocated_above sees all of it allocated."""
-    return any(n.driver == "raw" for n in nodes)
+    """A raw node passes block-status to its file: file-posix answers DATA or ZERO
+    everywhere (holes read as zeroes), so bdrv_is_allocated_above sees all of it
+    allocated; null-co answers neither (unless `read-zeroes`), so nothing is."""
+    return any(n.driver == "raw" and not _null_below(n) for n in nodes)
+
+
+def _null_below(raw: BlockNode) -> bool:
+    """null_co_block_status: OFFSET_VALID only, ZERO with read-zeroes."""
+    file = raw.file
+    return file is not None and file.driver == "null-co" and not file.read_zeroes
 
 
 def allocation_mask(nodes: list[BlockNode], size_bytes: int, cluster: int) -> bitarray:

@@ -83,7 +83,14 @@ def _open(m: Machine, a: dict[str, Any], created: list[BlockNode]) -> BlockNode:
         size = a.get("size", NULL_CO_DEFAULT_SIZE)
         if size < 0:
             raise QMPError("size must be non-negative")  # QEMU's own check is a visitor error
-        node = g.new_node("null-co", size, name, read_only=read_only, size_option="size" in a)
+        node = g.new_node(
+            "null-co",
+            size,
+            name,
+            read_only=read_only,
+            size_option="size" in a,
+            read_zeroes=bool(a.get("read-zeroes", False)),
+        )
     created.append(node)
     return node
 
