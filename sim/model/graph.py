@@ -483,6 +483,15 @@ class BlockGraph:
         if any(not n.read_only for n in holders):
             raise QMPError('Failed to get shared "write" lock')
 
+    def check_reopen_rw_lock(self, node: BlockNode) -> None:
+        """file-posix image locking when `node` is reopened read-write: its file child
+        takes write, which every other qcow2 node on the same image unshares (its
+        metadata child never shares write)."""
+        if node.read_only and node.image is not None:
+            image = node.image
+            if any(n is not node and n.image is image and n.driver == "qcow2" for n in self.nodes):
+                raise QMPError('Failed to get "write" lock')
+
     def open_image(
         self,
         image: Image,

@@ -570,6 +570,7 @@ def _active_commit(
     g = m.state.graph
     if "backing-file" in a:
         raise QMPError("'backing-file' specified, but 'top' is the active layer")
+    g.check_reopen_rw_lock(base)  # commit_active_start reopens the base first
     job = new_job(m, a.get("job-id"), bs, "commit", a)
     job.on_source_error = job.on_target_error = a.get("on-error", "report")
     kind = MirrorKind(
@@ -601,7 +602,8 @@ def _intermediate_commit(
     overlay = g.overlay_of(top)
     if overlay is not None:
         g.check_op(overlay, "commit-target")
-    job = new_job(m, a.get("job-id"), bs, "commit", a)
+    # commit_start reopens the base read-write once the job exists
+    job = new_job(m, a.get("job-id"), bs, "commit", a, lambda: g.check_reopen_rw_lock(base))
     job.on_source_error = job.on_target_error = a.get("on-error", "report")
     kind = CommitKind(g, job, bs, top, base, a.get("filter-node-name"))
     kind.backing_file = a.get("backing-file")
