@@ -20,6 +20,10 @@ defines on bitmap contents:
   node): every chunk of that node's bitmaps may be marked (`hi` full), since
   what a job copies depends on timing; copy-on-read itself marks nothing
   (bdrv_co_do_copy_on_readv writes below the dirty-bitmap layer);
+- a bitmap on the protocol node under a qcow2 node sees qcow2's writes to its
+  file at host offsets, data clusters and metadata (written back at flushes
+  too): the checker does not model the image's layout, so any chunk may be
+  marked (`hi` full) and guest writes do not oblige one (`lo`);
 - a backup freezing the bitmap: its contents at the end depend on the job's
   outcome and bitmap-mode, so `lo` empties and `hi` fills until the next clear;
 - an armed fault (a sim-only `fault` step or a blkdebug rule): a failed guest
@@ -184,7 +188,14 @@ class BitmapPrecision(StepChecker):
                 at += shift  # below a raw window the write lands at its offset + ours
             ref = self.refs.get(entry)
             if ref is not None:
-                ref.mark(at, length)
+                if isinstance(owner, BlockNode) and self._host_marked(owner):
+                    ref.hi.setall(1)
+                else:
+                    ref.mark(at, length)
+
+    def _host_marked(self, node: BlockNode) -> bool:
+        """A qcow2 node writes `node` as its file: at host offsets, metadata included."""
+        return any(p.driver == "qcow2" and role == "file" for p, role in self.graph.parents(node))
 
     def _on_before(self, request: Any) -> None:
         """What each bitmap a clear or merge names is before the command changes the
@@ -226,7 +237,10 @@ class BitmapPrecision(StepChecker):
         reg.update()
         for entry in reg.added:
             n = len(entry.bitmap.bits)
-            self.refs[entry] = Ref(_bits(n), _bits(n), entry.bitmap.granularity.bit_length() - 1)
+            owner = owner_of(self.graph, entry.bitmap)
+            host = isinstance(owner, BlockNode) and self._host_marked(owner)
+            hi = _bits(n, 1 if host else 0)
+            self.refs[entry] = Ref(_bits(n), hi, entry.bitmap.granularity.bit_length() - 1)
         self._commands()
         for entry, _frozen, took_over in reg.follow_successors():
             ref = self.refs.get(entry)
@@ -317,6 +331,8 @@ class BitmapPrecision(StepChecker):
             owner = owner_of(self.graph, entry.bitmap)
             if owner is not None and any(owner is n for n in touched):
                 ref.hi.setall(1)
+            if isinstance(owner, BlockNode) and self._host_marked(owner):
+                ref.hi.setall(1)
             if entry.bitmap.successor is not None and not ref.frozen:
                 # the step that froze it (a backup's start, often in the transaction that
                 # also added and merged into it, as libvirt's backup-begin does) left its
@@ -335,6 +351,9 @@ class BitmapPrecision(StepChecker):
         bits = bm.bits
         if len(bits) != len(ref.lo):
             _resize(ref, len(bits))
+            grown_owner = owner_of(self.graph, bm)
+            if isinstance(grown_owner, BlockNode) and self._host_marked(grown_owner):
+                ref.hi.setall(1)  # grown with the file qcow2 writes
         succ = bm.successor
         if succ is not None and len(succ.bits) == len(bits):
             bits = bits | succ.bits

@@ -20,7 +20,7 @@ from sim.errors import QMPError
 from sim.model.bitmap import DirtyBitmap
 from sim.model.blockstats import AcctStats
 from sim.model.content import Content, new_content
-from sim.model.qcow2_host import new_qcow2_content
+from sim.model.qcow2_host import flush_metadata, new_qcow2_content
 
 if TYPE_CHECKING:
     from sim.model.cbw import CopyBeforeWrite
@@ -378,7 +378,9 @@ class BlockGraph:
         return was
 
     def reopen_ro(self, node: BlockNode) -> None:
-        """bdrv_reopen_set_read_only(node, true): persistent bitmaps are stored and readonly."""
+        """bdrv_reopen_set_read_only(node, true): its caches are flushed, persistent
+        bitmaps are stored and readonly."""
+        flush_metadata(node)
         node.read_only = True
         for bm in node.bitmaps:
             if bm.persistent:

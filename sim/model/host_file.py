@@ -31,6 +31,7 @@ from sim.model.content import (
     WindowContent,
 )
 from sim.model.graph import QCOW2_CLUSTER, BlockGraph, BlockNode, Image
+from sim.model.qcow2_host import L1_ENTRY_BYTES, QCOW2_CREATE_CLUSTERS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,8 +41,6 @@ else:
 FS_BLOCK = 4096  # ext4 block size of the folder the oracle records in
 EXT4_INLINE_EXTENTS = 4  # extents the inode holds; a fifth needs an index block
 EXT4_MAX_EXTENT_BLOCKS = 32768
-QCOW2_CREATE_CLUSTERS = 3  # header, refcount table, one refcount block (qcow2_co_create)
-L1_ENTRY_BYTES = 8
 BITMAP_TABLE_ENTRY_BYTES = 8
 BITMAP_DIR_ENTRY_BYTES = 24  # Qcow2BitmapDirEntry without its name
 
@@ -208,6 +207,29 @@ def protocol_length(graph: BlockGraph, node: BlockNode) -> int | None:
         return None
     length = host_file(graph, image).length_bytes
     return -(-length >> SECTOR_SHIFT) << SECTOR_SHIFT
+
+
+def grow_protocol_bitmaps(graph: BlockGraph, proto: BlockNode) -> None:
+    """A write past the end of the protocol node `proto` grows it to its file's new
+    length, and bdrv_co_write_req_finish truncates its dirty bitmaps to that length."""
+    if not proto.bitmaps:
+        return
+    length = protocol_length(graph, proto)
+    if length is not None:
+        for bm in proto.bitmaps:
+            if length > bm.size_bytes:
+                bm.resize(length)
+
+
+def mark_protocol_writes(
+    graph: BlockGraph, proto: BlockNode, writes: list[tuple[int, int]]
+) -> None:
+    """The image file's writes (host offset, length) reach the protocol node `proto`:
+    its dirty bitmaps grow with the file, then see them."""
+    grow_protocol_bitmaps(graph, proto)
+    for bm in proto.bitmaps:
+        for offset, nbytes in writes:
+            bm.record_write(offset, nbytes)
 
 
 def _host_file(graph: BlockGraph, image: Image, node: BlockNode | None) -> HostFile:

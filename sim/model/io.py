@@ -12,10 +12,11 @@ like bdrv_co_pwritev: every node it passes marks its own dirty bitmaps
 (bdrv_co_write_req_finish -> bdrv_set_dirty), a filter's `write_hook` runs
 first (copy-before-write copies the old data out), the data node stores
 the stamp, then the `after_write_hook` of every filter passed runs (a
-write-blocking mirror writes the same data to its target).  Bitmaps on the protocol (`file`) node are marked at guest
-offsets; real QEMU marks host offsets, qcow2 metadata included, so this is
-an approximation.  Write thresholds are checked on the same nodes (the
-protocol node's at guest offsets, too).
+write-blocking mirror writes the same data to its target).  Bitmaps on the
+protocol (`file`) node under a qcow2 node are marked where qcow2 writes its
+file: data clusters at their host offsets and the metadata it writes (see
+sim/model/qcow2_host.py); under raw, at guest offsets.  Write thresholds are
+checked on the same nodes (the protocol node's at guest offsets).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 from sim.model.bitmap import DirtyBitmap
 from sim.model.content import (
     SECTOR,
+    SECTOR_SHIFT,
     UNALLOCATED,
     ZERO_STAMP,
     Content,
@@ -35,7 +37,8 @@ from sim.model.content import (
     sector_span,
 )
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode
-from sim.model.host_file import protocol_length
+from sim.model.host_file import grow_protocol_bitmaps
+from sim.model.qcow2_host import Qcow2Content
 from sim.model.state import BlockState
 
 if TYPE_CHECKING:
@@ -177,8 +180,18 @@ def guest_write(
             end = offset + length
             node = proto
             continue
-        if node.content is not None:
-            node.content.write(offset, length, stamp)
+        content = node.content
+        # qcow2 writes its file at host offsets (data clusters and metadata): the
+        # protocol node's bitmaps see those; the model's other formats, guest offsets
+        host_writes: list[tuple[int, int]] | None = None
+        if isinstance(content, Qcow2Content) and proto is not None and proto.bitmaps:
+            content.collect_host_writes(True)  # made at once, not logged
+            content.write_sectors(
+                offset >> SECTOR_SHIFT, (offset + length + SECTOR - 1) >> SECTOR_SHIFT, stamp
+            )
+            host_writes = content.collect_host_writes(False)
+        elif content is not None:
+            content.write(offset, length, stamp)
         if proto is not None:
             if not is_discard:
                 note_protocol_write(graph, node, proto, end)
@@ -186,7 +199,11 @@ def guest_write(
             if proto.write_threshold:
                 check_write_threshold(graph, proto, host, length)
             for bm in proto.bitmaps:
-                bm.record_write(host, length)
+                if host_writes is None:
+                    bm.record_write(host, length)
+                    continue
+                for host_offset, host_length in host_writes:
+                    bm.record_write(host_offset, host_length)
         break
     for flt in after:
         flt.after_write_hook(flt, offset, length, stamp)  # type: ignore[operator]
@@ -201,12 +218,7 @@ def note_protocol_write(graph: BlockGraph, data: BlockNode, proto: BlockNode, en
     to the node's new length)."""
     if data.driver == "qcow2":
         proto.host_written = True
-        if proto.bitmaps:
-            length = protocol_length(graph, proto)
-            if length is not None:
-                for bm in proto.bitmaps:
-                    if length > bm.size_bytes:
-                        bm.resize(length)
+        grow_protocol_bitmaps(graph, proto)
     elif end + data.raw_offset > proto.wr_highest_offset:
         proto.wr_highest_offset = end + data.raw_offset
 
@@ -301,6 +313,7 @@ def write_batch(
         or end > root.size_bytes
         or data.driver == "snapshot-access"
         or any(n.write_hook or n.after_write_hook or n.write_threshold for n in path)
+        or (data.file is not None and data.file.bitmaps and data.driver == "qcow2")
     ):
         return [write(state, bb, root, o, length, s) for o, s in zip(offsets, stamps, strict=True)]
     bitmaps = list(bb.bitmaps) if bb is not None else []
@@ -377,7 +390,7 @@ def copy_on_read(graph: BlockGraph, root: BlockNode, offset: int, length: int) -
     limits the copy to data from `bottom` and above).  The copy is written below the
     node's own bitmaps (bdrv_driver_pwritev, no bdrv_co_write_req_finish): they stay
     clean.  QEMU marks the protocol node's bitmaps at the host offsets the format
-    writes; the model, which marks protocol bitmaps at guest offsets, leaves them."""
+    writes; the model leaves them (not modelled for copy-on-read)."""
     node: BlockNode | None = root
     while node is not None and node.is_filter:
         if node.driver == "copy-on-read" and node.cor_active and node.file is not None:

@@ -26,6 +26,7 @@ from typing import Any
 from sim.errors import QMPError
 from sim.model.jobs import ACTIVE, ENDED, PAUSED_AS, RESUMED_AS, Job
 from sim.model.jobs import JobStatus as S
+from sim.model.qcow2_host import flush_metadata
 from sim.model.state import BlockState
 
 ECANCELED = "Operation canceled"
@@ -47,7 +48,13 @@ def start(job: Job) -> None:
 
 
 def become_ready(job: Job) -> None:
-    """job_transition_to_ready: `ready` and BLOCK_JOB_READY (kinds with `has_ready`)."""
+    """job_transition_to_ready: `ready` and BLOCK_JOB_READY (kinds with `has_ready`);
+    mirror_run flushes its target just before (mirror_flush)."""
+    target = job.kind.writes_to()
+    while target is not None and target.is_filter:
+        target = target.filtered_child()
+    if target is not None:
+        flush_metadata(target)
     job.set_status(S.READY)
     job.emit("BLOCK_JOB_READY", job.event_data())
 

@@ -14,6 +14,8 @@ from bitarray import bitarray
 
 from sim.model.content import SECTOR_SHIFT, ZERO_STAMP, Content, Extent, chain_extents, sector_span
 from sim.model.graph import BlockGraph, BlockNode
+from sim.model.host_file import mark_protocol_writes
+from sim.model.qcow2_host import Qcow2Content
 
 
 def replace_node(graph: BlockGraph, old: BlockNode, new: BlockNode) -> None:
@@ -155,8 +157,15 @@ def copy_range(
         nodes.append(below)
         below = below.filtered_child() if below.is_filter else None
     data = nodes[-1]
-    if data.content is not None and runs:
-        data.content.write_extents(runs)
+    content = data.content
+    proto = data.file
+    if isinstance(content, Qcow2Content) and proto is not None and proto.bitmaps and runs:
+        # the protocol node's bitmaps see the writes qcow2 makes to its file
+        content.collect_host_writes(True)
+        content.write_extents(runs)
+        mark_protocol_writes(graph, proto, content.collect_host_writes(False))
+    elif content is not None and runs:
+        content.write_extents(runs)
     if mark:
         for node in nodes:
             for bm in node.bitmaps:

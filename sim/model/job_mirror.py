@@ -26,6 +26,7 @@ from sim.model.job_graph import (
     set_bits_from_mask,
 )
 from sim.model.jobs import Job
+from sim.model.qcow2_host import flush_metadata
 
 CHUNK_BYTES = 1 << 20  # bytes copied per iteration at most (buf-size default is 16 MiB)
 
@@ -204,6 +205,9 @@ class MirrorKind(JobDriver):
 
     def clean(self) -> None:
         g = self.graph
+        # mirror_top keeps its backing child when it leaves the graph: closing it
+        # flushes the source (bdrv_mirror_top_flush)
+        flush_metadata(self.source)
         if self.dirty in self.source.bitmaps:
             self.source.bitmaps.remove(self.dirty)
         drop_filter(g, self.filter)

@@ -30,6 +30,16 @@ grows with the writes and the map's extents, never with the image size.
 Not modelled: freed host clusters being reused (allocation always goes to
 the end), refcount blocks allocated as the file grows, metadata of
 internal snapshots and bitmaps.
+
+The writes to the image file (what a dirty bitmap on the protocol node sees,
+bdrv_co_write_req_finish on the file child; collected for writes made at
+once, `collect_host_writes`): a data write lands in place on allocated
+clusters and whole on newly allocated ones; a new L2 table writes back the
+refcount block, writes the table whole and its L1 entry's sector
+(l2_allocate); allocations and zero writes change L2 entries and refcounts
+in the metadata caches, written back at a flush, a reopen read-only or the
+next L2 allocation (`flush`).  Unaligned zero writes (which QEMU turns into
+data writes) and discards only touch the caches here.
 """
 
 from __future__ import annotations
@@ -49,10 +59,14 @@ from sim.model.content import (
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from sim.model.graph import BlockNode
 else:
     from sim.lazy import numpy as np
 
 L2_ENTRY_BYTES = 8  # a qcow2 L2 entry without subclusters
+L1_ENTRY_BYTES = 8
+QCOW2_CREATE_CLUSTERS = 3  # header, refcount table, one refcount block (qcow2_co_create)
 _BIAS = 1 << 40  # keeps a map value above the content's special stamps
 
 
@@ -63,13 +77,34 @@ class Qcow2Layout(ClusterSummary):
     contiguously in the file (`host_run`); the host-file layout behind
     query-named-block-nodes reads its counts."""
 
-    __slots__ = ("host", "l2_tables", "next_host")
+    __slots__ = (
+        "data_start",
+        "dirty_l2",
+        "dirty_refblock",
+        "host",
+        "host_writes",
+        "l2_host",
+        "l2_tables",
+        "next_host",
+    )
 
     def __init__(self, content: Content, cluster_bytes: int) -> None:
         super().__init__(content, cluster_bytes)
         self.host = Content(-(-content.size_bytes // cluster_bytes) << SECTOR_SHIFT)
         self.l2_tables: set[int] = set()  # guest regions whose L2 table exists
         self.next_host = 0  # the next free host cluster (relative)
+        # host offset of relative cluster 0: after the header, refcount table,
+        # refcount block and L1 table qcow2_co_create writes
+        l1_bytes = -(-content.size_bytes // self.l2_span_bytes) * L1_ENTRY_BYTES
+        self.data_start = (QCOW2_CREATE_CLUSTERS + -(-l1_bytes // cluster_bytes)) * cluster_bytes
+        self.l2_host: dict[int, int] = {}  # L2 region -> relative host cluster of its table
+        # the metadata caches: L2 tables and the refcount block changed since the last
+        # write-back (qcow2_cache_flush)
+        self.dirty_l2: set[int] = set()
+        self.dirty_refblock = False
+        # while set, every write to the image file is appended (host offset, length):
+        # what a dirty bitmap on the protocol node below sees (`collect_host_writes`)
+        self.host_writes: list[tuple[int, int]] | None = None
 
     @property
     def l2_span_bytes(self) -> int:
@@ -85,6 +120,11 @@ class Qcow2Layout(ClusterSummary):
         other.host = self.host.clone()
         other.l2_tables = set(self.l2_tables)
         other.next_host = self.next_host
+        other.data_start = self.data_start
+        other.l2_host = dict(self.l2_host)
+        other.dirty_l2 = set(self.dirty_l2)
+        other.dirty_refblock = self.dirty_refblock
+        other.host_writes = None
         return other
 
     # -- allocation -----------------------------------------------------------------------
@@ -102,29 +142,82 @@ class Qcow2Layout(ClusterSummary):
                 whole_hi = hi
             if whole_lo < whole_hi and self.host.next_data(whole_lo) < whole_hi:
                 self.host.write_sectors(whole_lo, whole_hi, UNALLOCATED)
+                self._touch_l2(whole_lo, whole_hi)
+                self.dirty_refblock = True
             return
+        data = stamp >= FIRST_DATA_STAMP
+        cb = self.cluster_bytes
         cur = lo
-        for a, b, _ in self.host.extents(lo, hi):
+        for a, b, value in self.host.extents(lo, hi):
             if a > cur:
-                self._place(cur, a, stamp >= FIRST_DATA_STAMP)
+                self._place(cur, a, data)
+            if data:  # written in place
+                start = max(first << SECTOR_SHIFT, a * cb)
+                stop = min(end << SECTOR_SHIFT, b * cb)
+                host = self.data_start + (value - _BIAS + a) * cb
+                self._host_write(host + start - a * cb, stop - start)
+            else:  # the zero flag goes into the L2 entries
+                self._touch_l2(a, b)
             cur = b
         if cur < hi:
-            self._place(cur, hi, stamp >= FIRST_DATA_STAMP)
+            self._place(cur, hi, data)
 
     def _place(self, lo: int, hi: int, data: bool) -> None:
         """Clusters [lo, hi) have no host cluster: a data write allocates them in guest
         order, each region's L2 table first; a zero write only needs the L2 tables."""
         span = self.per_region  # clusters one L2 table maps
+        cb = self.cluster_bytes
         while lo < hi:
             region = lo // span
             stop = min(hi, (region + 1) * span)
             if region not in self.l2_tables:
+                # l2_allocate: the refcount block is written back, the new table
+                # written whole (with every other dirty table), then its L1 entry
                 self.l2_tables.add(region)
+                self.l2_host[region] = self.next_host
                 self.next_host += 1
-            if data:
+                self.dirty_refblock = True
+                self.dirty_l2.add(region)
+                self.flush()
+                l1_entry = QCOW2_CREATE_CLUSTERS * cb + region * L1_ENTRY_BYTES
+                self._host_write(l1_entry - l1_entry % SECTOR, SECTOR)
+            if data:  # whole clusters (the rest of each is zeroed or copied on write)
                 self.host.write_sectors(lo, stop, self.next_host - lo + _BIAS)
+                self._host_write(self.data_start + self.next_host * cb, (stop - lo) * cb)
                 self.next_host += stop - lo
+                self.dirty_refblock = True
+            self.dirty_l2.add(region)
             lo = stop
+
+    # -- the image file's writes ------------------------------------------------------------
+    def _host_write(self, offset: int, length: int) -> None:
+        if self.host_writes is not None and length > 0:
+            self.host_writes.append((offset, length))
+
+    def _touch_l2(self, lo: int, hi: int) -> None:
+        """L2 entries of clusters [lo, hi) changed in the cache (written back later)."""
+        span = self.per_region
+        for region in range(lo // span, (hi - 1) // span + 1):
+            if region in self.l2_tables:
+                self.dirty_l2.add(region)
+
+    def flush(self) -> None:
+        """qcow2_write_caches: the dirty L2 tables and refcount block are written back
+        (a flush, a reopen read-only, an L2 table allocation)."""
+        cb = self.cluster_bytes
+        for region in sorted(self.dirty_l2):
+            if region in self.l2_host:
+                self._host_write(self.data_start + self.l2_host[region] * cb, cb)
+        if self.dirty_refblock:
+            self._host_write((QCOW2_CREATE_CLUSTERS - 1) * cb, cb)
+        self.dirty_l2.clear()
+        self.dirty_refblock = False
+
+    def collect_host_writes(self, on: bool) -> list[tuple[int, int]]:
+        """Start (on) or stop collecting the image file's writes; returns those collected."""
+        got = self.host_writes or []
+        self.host_writes = [] if on else None
+        return got
 
     def place_log(
         self,
@@ -183,9 +276,16 @@ class Qcow2Layout(ClusterSummary):
         events[data_at] += 1
         before = np.cumsum(events) - events  # allocated by the pairs before
         hosts = self.next_host + before[data_at] + table[data_at]  # a pair's table first
+        table_hosts = self.next_host + before[table_at]  # where each new table goes
         del table, events, before
         if table_at.size:
             self.l2_tables.update(regions[new].tolist())
+            for reg, at in zip(regions[new].tolist(), table_hosts.tolist(), strict=True):
+                self.l2_host[reg] = int(at)
+        if total:  # the log's writes changed L2 entries (and refcounts, if it allocated)
+            self.dirty_l2.update(int(r) for r in regions.tolist() if int(r) in self.l2_tables)
+            if table_at.size or data_at.size:
+                self.dirty_refblock = True
         self.next_host += int(table_at.size + data_at.size)
         if placed.size:
             hosts -= placed - _BIAS
@@ -271,6 +371,11 @@ class Qcow2Content(Content):
     def host_run(self, cluster: int) -> int:
         return self.layout.host_run(cluster)
 
+    def collect_host_writes(self, on: bool) -> list[tuple[int, int]]:
+        """Start (on) or stop collecting the image file's writes of the writes made at
+        once in between (`Qcow2Layout.collect_host_writes`)."""
+        return self.layout.collect_host_writes(on)
+
     # -- writes ---------------------------------------------------------------------------
     def _write_now(self, first: int, end: int, stamp: int) -> None:
         layout = self._summary
@@ -320,3 +425,21 @@ class Qcow2Content(Content):
 def new_qcow2_content(size_bytes: int, cluster_bytes: int) -> Qcow2Content:
     """An empty qcow2 image's content."""
     return Qcow2Content(size_bytes, cluster_bytes)
+
+
+def flush_metadata(node: BlockNode) -> None:
+    """bdrv_flush of a qcow2 node (a flush, a reopen read-only): its dirty metadata is
+    written back, and the dirty bitmaps of its file child see those writes."""
+    content = node.content
+    if node.driver != "qcow2" or not isinstance(content, Qcow2Content):
+        return
+    layout = content.layout
+    bitmaps = node.file.bitmaps if node.file is not None else []
+    if not bitmaps:
+        layout.flush()
+        return
+    layout.collect_host_writes(True)
+    layout.flush()
+    for offset, length in layout.collect_host_writes(False):
+        for bm in bitmaps:
+            bm.record_write(offset, length)

@@ -18,6 +18,7 @@ from sim.model.graph import BlockGraph, BlockNode, has_descendant, id_wellformed
 from sim.model.host_file import protocol_length
 from sim.model.jobs import Job
 from sim.model.policy import PlacementPolicy
+from sim.model.qcow2_host import flush_metadata
 
 NODE_NAME_MAX = 31  # sizeof(bs->node_name) - 1
 
@@ -142,7 +143,9 @@ def append(graph: BlockGraph, policy: PlacementPolicy, new: BlockNode, old: Bloc
     saved_readonly = [(bm, bm.readonly, bm.stored) for bm in old.bitmaps]
     graph.set_backing(new, old)
     graph.redirect(parents, roots, new, skip=new)
-    # replacing the child re-labels the backing blocker with the new parent's name
+    # replacing the child re-labels the backing blocker with the new parent's name;
+    # the old node is reopened read-only, which flushes it
+    flush_metadata(old)
     old.read_only = True
     for bm in old.bitmaps:
         if bm.persistent:

@@ -19,6 +19,7 @@ from sim.errors import QMPError
 from sim.model import drain, io, perms
 from sim.model.content import ZERO_STAMP
 from sim.model.job_stream import StreamKind
+from sim.model.qcow2_host import flush_metadata
 from sim.qmp import qemu_io
 from sim.qmp.dispatch import command
 
@@ -168,4 +169,5 @@ def run_io(m: Machine, bb: Any, root: Any, cmd: qemu_io.QemuIoCommand) -> str:
     if cmd.op == "discard":
         res = io.discard(m.state, bb, root, off, length)
         return cmd.output if res.ok else cmd.failed(res.error)
-    return cmd.output  # flush
+    flush_metadata(graph.data_node(root))  # bdrv_flush: qcow2 writes its caches back
+    return cmd.output
