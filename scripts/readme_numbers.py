@@ -72,6 +72,7 @@ README = ROOT / "README.md"
 RESULTS = ROOT / "bench" / "results"
 PINNED_SHOWN = "known-differences/differential"  # the pinned traces, under scenarios/
 PINNED = ROOT / "scenarios" / PINNED_SHOWN
+FIXES = "// fixes: "  # a recorded scenario's line naming a campaign class it shows fixed
 
 # What each folder of scenarios/ holds; a folder without an entry fails the test.
 SCENARIO_FOLDERS = {
@@ -237,10 +238,13 @@ def _signature(sig: str) -> str:
     return f"`{_cell(shown)}`"
 
 
-def differential_classes_region(results: Path = RESULTS, pinned: Path = PINNED) -> str:
+def differential_classes_region(
+    results: Path = RESULTS, pinned: Path = PINNED, recorded: Path | None = None
+) -> str:
     """The known-differences class table: every class of the latest differential campaign
     that recorded its classes, with its trace count, then every class pinned earlier that
-    it did not meet; each with the reason its pinned trace gives (`// reason:` lines)."""
+    it did not meet; each with the reason its pinned trace gives (`// reason:` lines), or
+    the recorded scenario that shows it fixed (`// fixes:` lines in `recorded`)."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     from sim.fuzz.differential import NONDETERMINISTIC, class_status, pinned_differences
@@ -255,6 +259,7 @@ def differential_classes_region(results: Path = RESULTS, pinned: Path = PINNED) 
         reason = _cell(p.reason) or "(its trace gives no `// reason:`)"
         return f"| {_signature(sig)} | {traces} | {reason} | `{PINNED_SHOWN}/{p.path.name}` |"
 
+    fixed = fixed_classes(recorded)
     lines = ["| class (signature) | traces | reason | pinned scenario |", "|---|---|---|---|"]
 
     def status(c: dict[str, Any]) -> str:
@@ -272,6 +277,13 @@ def differential_classes_region(results: Path = RESULTS, pinned: Path = PINNED) 
                 "`failures/qemu-nondeterministic/`) | none |"
             )
             continue
+        if c["signature"] in fixed:
+            lines.append(
+                f"| {_signature(c['signature'])} | {c['count']} | fixed since: the rule is "
+                f"modelled, `recorded/{fixed[c['signature']]}` (recorded on QEMU 7.2) shows it "
+                "| none |"
+            )
+            continue
         again = (
             f" (its shrunk trace showed it again in {c['reproduced']} runs on QEMU 7.2)"
             if c.get("reproduced")
@@ -285,11 +297,17 @@ def differential_classes_region(results: Path = RESULTS, pinned: Path = PINNED) 
         lines.append(row(sig, f"0 ({known[sig].count_when_pinned} when pinned)"))
     n_pinned = sum(1 for sig in met if sig in known)
     n_flaky = sum(1 for c in met.values() if status(c) == NONDETERMINISTIC)
+    n_fixed = sum(
+        1
+        for c in met.values()
+        if status(c) != NONDETERMINISTIC and c["signature"] in fixed and c["signature"] not in known
+    )
     head = (
         f"Every class of the latest campaign that recorded its classes, {latest['campaign']} "
         f"({len(met)} classes, {sum(c['count'] for c in met.values())} traces: {n_pinned} "
-        f"pinned, {len(met) - n_pinned - n_flaky} unexplained, {n_flaky} QEMU-nondeterministic; "
-        "the traces column counts its traces), "
+        f"pinned, {f'{n_fixed} fixed since, ' if n_fixed else ''}"
+        f"{len(met) - n_pinned - n_flaky - n_fixed} unexplained, "
+        f"{n_flaky} QEMU-nondeterministic; the traces column counts its traces), "
         if latest
         else "No campaign recorded its classes yet; "
     )
@@ -349,6 +367,18 @@ def serve_region(results: Path = RESULTS) -> str:
         f"{rss['start']} MiB at start, {rss.get('half', rss['end'])} MiB at half time, "
         f"{rss['end']} MiB at the end (end/half {d['end_over_half']:.3f}, target <= 1.25)."
     )
+
+
+def fixed_classes(recorded: Path | None = None) -> dict[str, str]:
+    """Signature -> recorded scenario, for every campaign class a scenario recorded on
+    QEMU 7.2 shows fixed (its `// fixes: SIGNATURE` lines)."""
+    root = recorded if recorded is not None else ROOT / "scenarios" / "recorded"
+    found: dict[str, str] = {}
+    for path in sorted(root.glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith(FIXES):
+                found.setdefault(line[len(FIXES) :].strip(), path.name)
+    return found
 
 
 def _count(folder: str) -> int:

@@ -275,3 +275,31 @@ def test_power_results_list_every_mutant_found() -> None:
     doc = json.loads((ROOT / "bench" / "results" / "fuzz-power.json").read_text())
     assert [f["mutant"] for f in doc["findings"]] == [m.name for m in ALL_MUTANTS]
     assert [f["mutant"] for f in doc["findings"] if not f["found"]] == []
+
+
+def test_a_class_a_recorded_scenario_shows_fixed_is_listed_as_fixed(tmp_path: Path) -> None:
+    """A class of the latest campaign that a scenario recorded on QEMU 7.2 names in a
+    `// fixes:` line is listed as fixed since, with that scenario, not as unexplained."""
+    numbers = script()
+    pinned = tmp_path / "pinned"
+    pinned.mkdir()
+    recorded = tmp_path / "recorded"
+    recorded.mkdir()
+    (recorded / "r.jsonl").write_text('{"trace": 1}\n// fixes: final:gone\n')
+    summary = {"traces": 4, "identical": 1, "untestable": 0, "steps": 10, "steps_matched": 9,
+               "classes": [{"signature": "final:gone", "count": 2, "seeds": [3],
+                            "reproduced": "2/2"},
+                           {"signature": "final:new", "count": 1, "seeds": [4],
+                            "reproduced": "2/2"}]}  # fmt: skip
+    results = tmp_path / "results"
+    results.mkdir()
+    rows = [numbers.differential_row(summary, "seed 9", "abc")]
+    (results / "differential-campaigns.json").write_text(json.dumps({"campaigns": rows}))
+    body = numbers.differential_classes_region(results, pinned, recorded)
+    lines = [line for line in body.splitlines() if line.startswith("| `")]
+    assert lines[0] == (
+        "| `final:gone` | 2 | fixed since: the rule is modelled, `recorded/r.jsonl` (recorded "
+        "on QEMU 7.2) shows it | none |"
+    )
+    assert lines[1].startswith("| `final:new` | 1 | **unexplained**")
+    assert "1 fixed since, 1 unexplained" in body
