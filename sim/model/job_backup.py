@@ -78,9 +78,6 @@ class BackupKind(JobDriver):
         self.cbw.on_copy = self._count_copy
         self.filter.write_hook = self.before_write
         self.cursor = 0
-        # block_copy_chunk_size: compressed writes go one cluster per task
-        # (COPY_READ_WRITE_CLUSTER), others up to 1 MiB
-        self.chunk_clusters = CHUNK_CLUSTERS
         # tasks of the job's block-copy call that took a pool slot so far
         # (block_copy_dirty_clusters creates tasks in offset order and keeps up to 64
         # busy); see `task_yields`
@@ -206,7 +203,7 @@ class BackupKind(JobDriver):
         except ValueError:
             return None
         self.cursor = i
-        window = bits[i : i + self.chunk_clusters]
+        window = bits[i : i + CHUNK_CLUSTERS]
         n = window.index(0) if not window.all() else len(window)
         n = self._status_run(i, n)
         off = i * self.cluster
@@ -293,9 +290,9 @@ class BackupKind(JobDriver):
         j = bits.find(0, i)
         if j < 0:
             j = len(bits)
-        chunk_bytes = self.chunk_clusters * self.cluster
+        chunk_bytes = CHUNK_CLUSTERS * self.cluster
         off = i * self.cluster
-        whole = (j - i) // self.chunk_clusters
+        whole = (j - i) // CHUNK_CLUSTERS
         if off + whole * chunk_bytes > self.source.size_bytes:
             whole -= 1  # the disk's last chunk is short
         if whole > 1:
