@@ -136,6 +136,15 @@ def stable_sort(values: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]
     return values[order], order
 
 
+def run_heads(values: np.ndarray) -> np.ndarray:
+    """True where a value differs from the one before it (and at the first): the
+    first element of each run of equal values."""
+    head = np.empty(values.size, dtype=bool)
+    head[:1] = True
+    np.not_equal(values[1:], values[:-1], out=head[1:])
+    return head
+
+
 def merge_writes(
     starts: np.ndarray,
     stamps: np.ndarray,
@@ -171,10 +180,7 @@ def merge_writes(
         return _merge_disjoint(starts, stamps, nsectors, firsts, ends, values[order])
     cuts = np.concatenate((starts, firsts, np.sort(ends)))
     cuts.sort(kind="stable")  # three sorted runs: merged
-    distinct = np.empty(cuts.size, dtype=bool)
-    distinct[0] = True
-    np.not_equal(cuts[1:], cuts[:-1], out=distinct[1:])
-    cuts = cuts[distinct]
+    cuts = cuts[run_heads(cuts)]
     if cuts[-1] >= nsectors:
         cuts = cuts[: np.searchsorted(cuts, nsectors)]
     out = stamps[np.searchsorted(starts, cuts, side="right") - 1]
@@ -193,9 +199,7 @@ def merge_writes(
         del piece, writer
         hit = last >= 0
         out[hit] = values[last[hit]]
-    keep = np.empty(cuts.size, dtype=bool)
-    keep[0] = True
-    np.not_equal(out[1:], out[:-1], out=keep[1:])
+    keep = run_heads(out)
     return cuts[keep], out[keep]
 
 
@@ -219,9 +223,7 @@ def _merge_disjoint(
     order = np.argsort(points, kind="stable")  # three sorted runs: merged
     points = points[order]
     out = np.concatenate((stamps[outside], values, after[back]))[order]
-    keep = np.empty(points.size, dtype=bool)
-    keep[0] = True
-    np.not_equal(out[1:], out[:-1], out=keep[1:])
+    keep = run_heads(out)
     return points[keep], out[keep]
 
 

@@ -54,6 +54,7 @@ from sim.model.content import (
     ClusterSummary,
     Content,
     WriteLog,
+    run_heads,
     stable_sort,
 )
 
@@ -249,9 +250,7 @@ class Qcow2Layout(ClusterSummary):
             cluster, pair = stable_sort(cluster, self.host.nsectors)
         del lo, counts
         # groups of pairs on one cluster (in any order within a group)
-        head = np.empty(total, dtype=bool)
-        head[:1] = True
-        np.not_equal(cluster[1:], cluster[:-1], out=head[1:])
+        head = run_heads(cluster)
         group = np.flatnonzero(head)
         clusters = cluster[group]
         del cluster, head
