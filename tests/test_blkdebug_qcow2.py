@@ -173,3 +173,15 @@ def test_tables_never_written_back_lose_their_changes_at_close() -> None:
     assert patterns(0, 4096) == {8} and patterns(4096, 61440) == {7}
     assert patterns(65536, 65536) == {9}
     assert content.extents(600 << 11, (600 << 11) + 128) == []  # lost with region 1's table
+
+
+def test_only_changed_l2_entries_make_a_table_dirty() -> None:
+    """qcow2's one cache model (`Qcow2Layout.cache`): a write in place into an
+    allocated cluster leaves its L2 table clean, so the flush after it writes no
+    table; a zero write changes the entry, so the flush writes the table (l2_update).
+    Outcomes of QEMU 7.2's qemu-io on the same image and rule."""
+    before = ["write 0 64k"]
+    rule = {"event": "l2_update"}
+    assert outcomes(rule, ["write 0 4k", "flush", "read 0 4k"], before) == [OK, OK, OK]
+    assert outcomes(rule, ["write -z 0 64k", "flush", "read 0 4k"], before) == [OK, FAIL, OK]
+    assert outcomes(rule, ["write 0 4k", "write -z 64k 64k", "flush"], before) == [OK, OK, FAIL]

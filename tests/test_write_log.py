@@ -1,8 +1,8 @@
 """The content's write log (sim.model.content.WriteLog): writes appended and spliced in
 when something reads, either write by write or all at once with numpy
 (`merge_writes`, `Qcow2Layout.place_log`); both must leave what the writes made at
-once leave: the run list, the qcow2 host map, L2 tables, next host cluster and the
-cluster counts."""
+once leave: the run list, the qcow2 host map, L2 tables, next host cluster, the
+metadata caches' dirty tables and refcount block, and the cluster counts."""
 
 from __future__ import annotations
 
@@ -62,6 +62,7 @@ def _scribble(seed: int, settle_each: bool) -> list[Any]:
                 layout.host.extents(),
                 sorted(layout.l2_tables),
                 layout.next_host,
+                (sorted(layout.cache.l2_dirty), layout.cache.refblock_dirty),
                 (layout.data, layout.regions, dict(layout._in)),
                 plain.extents() == qc.extents(),
                 (counts.data, counts.regions, dict(counts._in)),
@@ -79,7 +80,7 @@ def test_a_log_spliced_at_once_is_the_writes_one_by_one(
     monkeypatch.setattr(content_module, "LOG_MERGE_RATIO", 1 << 40)  # numpy every time
     at_once = _scribble(seed, settle_each=False)
     assert at_once == one_by_one
-    assert all(r[6] for r in at_once)  # a plain content holds the same run list
+    assert all(r[7] for r in at_once)  # a plain content holds the same run list
 
 
 def test_a_log_too_big_for_one_merge_goes_in_parts(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -33,7 +33,7 @@ from sim.model.content import UNALLOCATED, Content, sector_span
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode
 from sim.model.io import write_path
 from sim.model.job_flow import STRERROR
-from sim.model.qcow2_host import Qcow2Content
+from sim.model.qcow2_host import Qcow2Content, Qcow2Layout
 
 if TYPE_CHECKING:
     from sim.engine.machine import Machine
@@ -74,8 +74,9 @@ class FaultTable:
     def __init__(self) -> None:
         self.faults: list[Fault] = []
         self.blkdebug: dict[BlockNode, Blkdebug] = {}
-        # the metadata caches of the qcow2 nodes over blkdebug nodes (since their open)
-        self.qcow2: dict[BlockNode, qcow2_meta.Qcow2Meta] = {}
+        # the qcow2 nodes over blkdebug nodes, with their images' layouts (whose
+        # metadata caches the blkdebug events read), since their first request
+        self.qcow2: dict[BlockNode, Qcow2Layout] = {}
 
     def __bool__(self) -> bool:
         return bool(self.faults) or bool(self.blkdebug)
@@ -104,7 +105,7 @@ class FaultTable:
                 parent = nodes[i - 1] if i else above
                 if parent is not None and isinstance(parent.content, Qcow2Content):
                     steps = self.qcow2_steps(parent, op, offset, length)
-                    rule = debug.run(steps) if steps is not None else None
+                    rule = self._run(node, debug, parent, steps) if steps is not None else None
                 else:
                     rule = debug.request(op, offset, length, parent.driver if parent else None)
                 if rule is not None:
@@ -130,22 +131,21 @@ class FaultTable:
             parent = nodes[i - 1]
             if debug is not None and isinstance(parent.content, Qcow2Content):
                 if 0 <= offset and offset + length <= parent.content.size_bytes:
-                    steps = qcow2_meta.status_steps(
-                        self._meta(parent), parent.content, offset, length
-                    )
-                    debug.run(steps)
+                    layout = self._layout(parent)
+                    steps = qcow2_meta.status_steps(layout, parent.content, offset, length)
+                    self._run(node, debug, parent, steps)
 
     def close(self, node: BlockNode, file: BlockNode | None) -> None:
         """bdrv_close of qcow2 node `node` over blkdebug node `file`: its caches are written
         back through the rules; the changes of L2 tables that never reach the file are
         lost from the image (QEMU's image keeps what those tables mapped before)."""
-        meta = self.qcow2.pop(node, None)
+        layout = self.qcow2.pop(node, None)
         debug = self.blkdebug.get(file) if file is not None else None
-        if meta is None or debug is None or not isinstance(node.content, Qcow2Content):
+        if layout is None or debug is None or not isinstance(node.content, Qcow2Content):
             return
-        debug.run(qcow2_meta.close_steps(meta))
+        debug.run(qcow2_meta.close_steps(layout))
         content = node.content
-        for first, end, extents, _keeps in qcow2_meta.lost_changes(meta):
+        for first, end, extents, _keeps in layout.cache.lost_changes():
             content.write_sectors(first, end, UNALLOCATED)
             for a, b, stamp in extents:
                 content.write_sectors(a, b, stamp)
@@ -154,30 +154,50 @@ class FaultTable:
         """bdrv_reopen_prepare of qcow2 node `node` over a blkdebug node: it is flushed
         through the rules (QMPError "Error flushing drive" when that fails), and
         qcow2_update_options_commit gives it new, empty caches."""
-        meta = self.qcow2.get(node)
+        layout = self.qcow2.get(node)
         debug = self.blkdebug.get(node.file) if node.file is not None else None
-        if meta is None or debug is None:
+        if layout is None or debug is None:
             return
-        rule = debug.run(qcow2_meta.flush_steps(meta))
+        assert node.file is not None
+        rule = self._run(node.file, debug, node, qcow2_meta.flush_steps(layout))
         if rule is not None:
             raise QMPError(f"Error flushing drive: {STRERROR[rule.errno]}")
-        meta.l2_cached.clear()
-        meta.refblock_cached = False
+        layout.cache.renew()
 
-    def _meta(self, node: BlockNode) -> qcow2_meta.Qcow2Meta:
-        meta = self.qcow2.get(node)
-        if meta is None:
-            meta = self.qcow2[node] = qcow2_meta.Qcow2Meta()
-        return meta
+    def _run(
+        self, file: BlockNode, debug: Blkdebug, node: BlockNode, steps: qcow2_meta.Steps
+    ) -> BlkdebugRule | None:
+        """`steps` of qcow2 node `node` run through blkdebug node `file`; the writes they
+        make to the image file (metadata written back, new clusters) mark `file`'s dirty
+        bitmaps, failed or not (bdrv_co_write_req_finish)."""
+        layout = node.content.layout if isinstance(node.content, Qcow2Content) else None
+        if layout is None or not file.bitmaps or layout.host_writes is not None:
+            return debug.run(steps)
+        layout.collect_host_writes(True)
+        rule = debug.run(steps)
+        for offset, length in layout.collect_host_writes(False):
+            for bm in file.bitmaps:
+                bm.record_write(offset, length)
+        return rule
+
+    def _layout(self, node: BlockNode) -> Qcow2Layout:
+        """The layout of qcow2 node `node`'s image; at its first request over blkdebug
+        its caches are as qcow2_open made them (empty and clean)."""
+        assert isinstance(node.content, Qcow2Content)
+        layout = node.content.layout
+        if self.qcow2.get(node) is not layout:
+            self.qcow2[node] = layout
+            layout.cache.open()
+        return layout
 
     def qcow2_steps(
         self, node: BlockNode, op: str, offset: int, length: int
     ) -> qcow2_meta.Steps | None:
         """What qcow2 node `node` raises and asks of its file for this request
         (sim.model.qcow2_meta), with the node's caches as they stand."""
-        meta = self._meta(node)
+        layout = self._layout(node)
         if op == "flush":
-            return qcow2_meta.flush_steps(meta)
+            return qcow2_meta.flush_steps(layout)
         chain: list[Content] = []
         cur: BlockNode | None = node
         while cur is not None:
@@ -190,10 +210,10 @@ class FaultTable:
         if length <= 0 or offset < 0 or offset + length > chain[0].size_bytes:
             return None
         if op == "read":
-            return qcow2_meta.read_steps(meta, chain, offset, length)
+            return qcow2_meta.read_steps(layout, chain, offset, length)
         if op == "write-zeroes":
-            return qcow2_meta.zero_steps(meta, chain, offset, length)
-        return qcow2_meta.write_steps(meta, chain, offset, length)
+            return qcow2_meta.zero_steps(layout, chain, offset, length)
+        return qcow2_meta.write_steps(layout, chain, offset, length)
 
 
 # -- blkdebug ------------------------------------------------------------------------------

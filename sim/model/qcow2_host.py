@@ -37,8 +37,10 @@ once, `collect_host_writes`): a data write lands in place on allocated
 clusters and whole on newly allocated ones; a new L2 table writes back the
 refcount block, writes the table whole and its L1 entry's sector
 (l2_allocate); allocations and zero writes change L2 entries and refcounts
-in the metadata caches, written back at a flush, a reopen read-only or the
-next L2 allocation (`flush`).  Unaligned zero writes (which QEMU turns into
+in the metadata caches (`Qcow2Cache`, sim.model.qcow2_cache: the one model of
+them, which blkdebug's events under a qcow2 node read too), written back at a
+flush, a reopen read-only or the next L2 allocation (`flush`); a write log spliced
+in at once leaves them as its writes one by one would.  Unaligned zero writes (which QEMU turns into
 data writes) and discards only touch the caches here.
 """
 
@@ -57,6 +59,7 @@ from sim.model.content import (
     run_heads,
     stable_sort,
 )
+from sim.model.qcow2_cache import Qcow2Cache
 
 if TYPE_CHECKING:
     import numpy as np
@@ -79,9 +82,8 @@ class Qcow2Layout(ClusterSummary):
     query-named-block-nodes reads its counts."""
 
     __slots__ = (
+        "cache",
         "data_start",
-        "dirty_l2",
-        "dirty_refblock",
         "host",
         "host_writes",
         "l2_host",
@@ -100,9 +102,8 @@ class Qcow2Layout(ClusterSummary):
         self.data_start = (QCOW2_CREATE_CLUSTERS + -(-l1_bytes // cluster_bytes)) * cluster_bytes
         self.l2_host: dict[int, int] = {}  # L2 region -> relative host cluster of its table
         # the metadata caches: L2 tables and the refcount block changed since the last
-        # write-back (qcow2_cache_flush)
-        self.dirty_l2: set[int] = set()
-        self.dirty_refblock = False
+        # write-back (qcow2_cache_flush), and what blkdebug's events read of them
+        self.cache = Qcow2Cache()
         # while set, every write to the image file is appended (host offset, length):
         # what a dirty bitmap on the protocol node below sees (`collect_host_writes`)
         self.host_writes: list[tuple[int, int]] | None = None
@@ -123,8 +124,7 @@ class Qcow2Layout(ClusterSummary):
         other.next_host = self.next_host
         other.data_start = self.data_start
         other.l2_host = dict(self.l2_host)
-        other.dirty_l2 = set(self.dirty_l2)
-        other.dirty_refblock = self.dirty_refblock
+        other.cache = self.cache.copy()
         other.host_writes = None
         return other
 
@@ -144,7 +144,7 @@ class Qcow2Layout(ClusterSummary):
             if whole_lo < whole_hi and self.host.next_data(whole_lo) < whole_hi:
                 self.host.write_sectors(whole_lo, whole_hi, UNALLOCATED)
                 self._touch_l2(whole_lo, whole_hi)
-                self.dirty_refblock = True
+                self.cache.refblock_dirty = True
             return
         data = stamp >= FIRST_DATA_STAMP
         cb = self.cluster_bytes
@@ -163,6 +163,11 @@ class Qcow2Layout(ClusterSummary):
         if cur < hi:
             self._place(cur, hi, data)
 
+    def place(self, lo: int, hi: int) -> None:
+        """qcow2_alloc_cluster_link_l2 of new data clusters [lo, hi) whose L2 tables
+        exist: host clusters in guest order, written whole."""
+        self._place(lo, hi, True)
+
     def _place(self, lo: int, hi: int, data: bool) -> None:
         """Clusters [lo, hi) have no host cluster: a data write allocates them in guest
         order, each region's L2 table first; a zero write only needs the L2 tables."""
@@ -174,20 +179,17 @@ class Qcow2Layout(ClusterSummary):
             if region not in self.l2_tables:
                 # l2_allocate: the refcount block is written back, the new table
                 # written whole (with every other dirty table), then its L1 entry
-                self.l2_tables.add(region)
-                self.l2_host[region] = self.next_host
-                self.next_host += 1
-                self.dirty_refblock = True
-                self.dirty_l2.add(region)
+                self.cache.refblock_dirty = True
+                self.add_table(region)
+                self.cache.dirty_table(region)
                 self.flush()
-                l1_entry = QCOW2_CREATE_CLUSTERS * cb + region * L1_ENTRY_BYTES
-                self._host_write(l1_entry - l1_entry % SECTOR, SECTOR)
+                self.write_l1_entry(region)
             if data:  # whole clusters (the rest of each is zeroed or copied on write)
                 self.host.write_sectors(lo, stop, self.next_host - lo + _BIAS)
                 self._host_write(self.data_start + self.next_host * cb, (stop - lo) * cb)
                 self.next_host += stop - lo
-                self.dirty_refblock = True
-            self.dirty_l2.add(region)
+                self.cache.refblock_dirty = True
+            self.cache.dirty_table(region)
             lo = stop
 
     # -- the image file's writes ------------------------------------------------------------
@@ -200,19 +202,41 @@ class Qcow2Layout(ClusterSummary):
         span = self.per_region
         for region in range(lo // span, (hi - 1) // span + 1):
             if region in self.l2_tables:
-                self.dirty_l2.add(region)
+                self.cache.dirty_table(region)
+
+    def add_table(self, region: int) -> None:
+        """l2_allocate: `region`'s L2 table gets the next host cluster."""
+        self.l2_tables.add(region)
+        self.l2_host[region] = self.next_host
+        self.next_host += 1
+
+    def write_table(self, region: int) -> None:
+        """qcow2_cache_entry_flush of `region`'s L2 table: written to its host cluster."""
+        if region in self.l2_host:
+            cb = self.cluster_bytes
+            self._host_write(self.data_start + self.l2_host[region] * cb, cb)
+        self.cache.table_written(region)
+
+    def write_refblock(self) -> None:
+        """qcow2_cache_entry_flush of the refcount block (the one qcow2_co_create wrote)."""
+        cb = self.cluster_bytes
+        self._host_write((QCOW2_CREATE_CLUSTERS - 1) * cb, cb)
+        self.cache.refblock_dirty = False
+
+    def write_l1_entry(self, region: int) -> None:
+        """qcow2_write_l1_entry: the sector holding `region`'s L1 entry."""
+        l1_entry = QCOW2_CREATE_CLUSTERS * self.cluster_bytes + region * L1_ENTRY_BYTES
+        self._host_write(l1_entry - l1_entry % SECTOR, SECTOR)
 
     def flush(self) -> None:
         """qcow2_write_caches: the dirty L2 tables and refcount block are written back
         (a flush, a reopen read-only, an L2 table allocation)."""
-        cb = self.cluster_bytes
-        for region in sorted(self.dirty_l2):
-            if region in self.l2_host:
-                self._host_write(self.data_start + self.l2_host[region] * cb, cb)
-        if self.dirty_refblock:
-            self._host_write((QCOW2_CREATE_CLUSTERS - 1) * cb, cb)
-        self.dirty_l2.clear()
-        self.dirty_refblock = False
+        cache = self.cache
+        for region in sorted(cache.l2_dirty):
+            self.write_table(region)
+        if cache.refblock_dirty:
+            self.write_refblock()
+        cache.written_back()
 
     def collect_host_writes(self, on: bool) -> list[tuple[int, int]]:
         """Start (on) or stop collecting the image file's writes; returns those collected."""
@@ -261,6 +285,12 @@ class Qcow2Layout(ClusterSummary):
         placed = clusters[want]
         data_at = first_data[want]  # the pair that allocates each new data cluster
         first_pair = np.minimum.reduceat(pair, group)
+        # per cluster the last pair that changes its L2 entry: the one placing it, or a
+        # zero write (a data write in place leaves the entry as it is); -1: none
+        changed_at = np.maximum(
+            np.maximum.reduceat(np.where(data[pair], -1, pair), group),
+            np.where(want, first_data, -1),
+        )
         del pair, group, hosted, first_data, want
         region = clusters // span
         heads = np.flatnonzero(np.concatenate(([True], region[1:] != region[:-1])))
@@ -268,7 +298,7 @@ class Qcow2Layout(ClusterSummary):
         known = np.fromiter(self.l2_tables, dtype=np.int64, count=len(self.l2_tables))
         new = ~np.isin(regions, known)
         table_at = np.minimum.reduceat(first_pair, heads)[new]  # first pair in a new region
-        del region, heads, first_pair, clusters
+        del region, heads, first_pair
         table = np.zeros(total, dtype=np.int64)  # host clusters each pair allocates
         table[table_at] = 1
         events = table.copy()
@@ -281,10 +311,20 @@ class Qcow2Layout(ClusterSummary):
             self.l2_tables.update(regions[new].tolist())
             for reg, at in zip(regions[new].tolist(), table_hosts.tolist(), strict=True):
                 self.l2_host[reg] = int(at)
-        if total:  # the log's writes changed L2 entries (and refcounts, if it allocated)
-            self.dirty_l2.update(int(r) for r in regions.tolist() if int(r) in self.l2_tables)
-            if table_at.size or data_at.size:
-                self.dirty_refblock = True
+        # the caches: each new table writes every dirty table and the refcount block
+        # back first (l2_allocate), so what stays dirty is what changed from the last
+        # table-allocating pair on
+        cache = self.cache
+        since = -1
+        if table_at.size:
+            since = int(table_at.max())
+            cache.written_back()
+        dirty = clusters[changed_at >= since] if since >= 0 else clusters[changed_at >= 0]
+        for reg in np.unique(dirty // span).tolist():
+            if reg in self.l2_tables:
+                cache.dirty_table(reg)
+        if data_at.size and int(data_at.max()) >= since:
+            cache.refblock_dirty = True
         self.next_host += int(table_at.size + data_at.size)
         if placed.size:
             hosts -= placed - _BIAS

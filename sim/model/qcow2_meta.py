@@ -5,11 +5,15 @@ qcow2-cache.c of QEMU 7.2) and the requests between them, in QEMU's order.
 A blkdebug node under a qcow2 node sees two things from it: events, which run the
 blkdebug rules of the current state (an inject-error rule becomes active), and
 requests, which fail by an active rule.  Which requests follow which events depends
-on qcow2's metadata caches, so this module keeps, per open qcow2 node, what decides
-them (`Qcow2Meta`) and answers the sequence for a request as a generator of steps
-(`write_steps`, `zero_steps`, `read_steps`, `flush_steps`).  The caller sends each
-request to the blkdebug node; when one fails the caller stops, so the metadata state
-keeps what QEMU had done until then (a step's effect comes after its request).
+on qcow2's metadata caches: this module reads and changes the image layout's caches
+(`Qcow2Layout.cache`, a `Qcow2Cache`: the one model of them, whose write-backs the
+layout also turns into host writes for dirty bitmaps on the protocol node) and
+answers the sequence for a request as a generator of steps (`write_steps`,
+`zero_steps`, `read_steps`, `flush_steps`).  The caller sends each request to the
+blkdebug node; when one fails the caller stops, so the caches and the layout keep
+what QEMU had done until then (a step's effect comes after its request): a new L2
+table is in the layout once its L1 entry is written, new data clusters once their
+data is (qcow2_alloc_cluster_link_l2).
 
 Steps: ("event", name) or ("read" | "write" | "write-zeroes" | "flush", offset,
 length[, TRY]).  A request's failure ends the steps, except for a TRY request (a
@@ -19,11 +23,11 @@ the request they serve.  Data requests carry guest offsets (as blkdebug's `secto
 the rest of blocksim); metadata requests carry offset -1 (host offsets of
 metadata are not modelled).
 
-The caches of an open qcow2 node (qcow2_cache_create at open, new ones at a reopen):
-the L2 cache covers the whole image (QEMU 7.2's default size covers 256 GiB of
-guest with 64 KiB clusters), so an L2 table once loaded or allocated stays cached;
-the refcount cache holds the first refcount block (it covers the first 2 GiB of
-the file with 16-bit refcounts), loaded by the first allocation after open.
+The caches of an open qcow2 node (qcow2_cache_create at open, new ones at a reopen;
+sim.model.qcow2_cache): the L2 cache covers the whole image, so an L2 table once
+loaded or allocated stays cached; the refcount cache holds the first refcount block
+(it covers the first 2 GiB of the file with 16-bit refcounts), loaded by the first
+allocation after open.
 Dirty tables are written when a cache is flushed: l2_allocate flushes both caches,
 a guest flush writes the L2 cache (the refcount cache first: the L2 cache depends on
 it once a write allocated clusters) and then the refcount cache.
@@ -56,7 +60,6 @@ after one of its pieces failed.
 from __future__ import annotations
 
 from collections.abc import Generator, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from sim.model.content import (
@@ -66,17 +69,13 @@ from sim.model.content import (
     Content,
     Extent,
 )
-from sim.model.qcow2_host import Qcow2Content
+from sim.model.qcow2_host import Qcow2Content, Qcow2Layout
 
 Step = tuple[Any, ...]
 Steps = Generator[Step, bool, None]
 Steps_ = Generator[Step, bool, bool]  # a part of a request's steps: returns "failed"
 META = -1  # a metadata request's offset: its host offset is not modelled
 TRY = True  # a request whose failure the steps go on from (they are sent True)
-# (first sector, end sector, extents before, host cluster kept): an L2 change not yet
-# in the file; with the host cluster kept (a zero flag on an allocated cluster) a
-# later write into the cluster lands in the file in place and stays
-Undo = tuple[int, int, list[Extent], bool]
 
 # every event qcow2 raises in the flows above (the rest of BlkdebugEvent is refused)
 QCOW2_EVENTS = (
@@ -86,104 +85,90 @@ QCOW2_EVENTS = (
 )  # fmt: skip
 
 
-@dataclass(slots=True)
-class Qcow2Meta:
-    """The metadata caches of one open qcow2 node, as far as they decide what reaches
-    its file (BDRVQcow2State's l2_table_cache and refcount_block_cache)."""
-
-    l2_cached: set[int] = field(default_factory=set)  # L2 regions whose table is cached
-    l2_dirty: dict[int, None] = field(default_factory=dict)  # in cache order
-    refblock_cached: bool = False
-    refblock_dirty: bool = False
-    l2_depends: bool = False  # the L2 cache depends on the refcount cache
-    written: bool = False  # written since its last flush (write_gen != flushed_gen)
-    # per dirty L2 table: what its changed entries mapped before (sector runs and
-    # their extents), oldest first; lost from the image when the table never reaches
-    # the file (a failed write-back when the node closes)
-    undo: dict[int, list[Undo]] = field(default_factory=dict)
-
-
-def _alloc(meta: Qcow2Meta, event: bool = True) -> Steps_:
+def _alloc(layout: Qcow2Layout, event: bool = True) -> Steps_:
     """qcow2_alloc_clusters: alloc_clusters_noref reads the refcount block through
     the cache, update_refcount finds it (alloc_refcount_block) and dirties it."""
     if event:
         yield ("event", "cluster_alloc")
-    if not meta.refblock_cached:
+    if not layout.cache.refblock_cached:
         yield ("read", META, 0)
-        meta.refblock_cached = True
+        layout.cache.refblock_cached = True
     yield ("event", "refblock_alloc")
     yield ("event", "refblock_load")
-    meta.refblock_dirty = True
+    layout.cache.refblock_dirty = True
     return False
 
 
-def _write_refcount_cache(meta: Qcow2Meta) -> Steps_:
+def _write_refcount_cache(layout: Qcow2Layout) -> Steps_:
     """qcow2_cache_write of the refcount cache: its dirty block (a failed write leaves
     it dirty).  Returns whether it failed."""
-    if not meta.refblock_dirty:
+    if not layout.cache.refblock_dirty:
         return False
     yield ("event", "refblock_update_part")
     if (yield ("write", META, 0, TRY)):
         return True
-    meta.refblock_dirty = False
+    layout.write_refblock()
     return False
 
 
-def _flush_refcount(meta: Qcow2Meta) -> Steps_:
+def _flush_refcount(layout: Qcow2Layout) -> Steps_:
     """qcow2_cache_flush of the refcount cache: write it, then flush the file."""
-    if (yield from _write_refcount_cache(meta)):
+    if (yield from _write_refcount_cache(layout)):
         return True
     return bool((yield ("flush", 0, 0, TRY)))
 
 
-def _write_l2_cache(meta: Qcow2Meta) -> Steps_:
+def _write_l2_cache(layout: Qcow2Layout) -> Steps_:
     """qcow2_cache_write of the L2 cache: every dirty table, each after the refcount
     cache it depends on has been flushed (qcow2_cache_entry_flush); a table whose
     dependency or write fails stays dirty and the next one is tried all the same.
     Returns whether any failed."""
     failed = False
-    for region in list(meta.l2_dirty):
-        if meta.l2_depends:
-            if (yield from _flush_refcount(meta)):
+    for region in list(layout.cache.l2_dirty):
+        if layout.cache.l2_depends:
+            if (yield from _flush_refcount(layout)):
                 failed = True
                 continue
-            meta.l2_depends = False
+            layout.cache.l2_depends = False
         yield ("event", "l2_update")
         if (yield ("write", META, 0, TRY)):
             failed = True
             continue
-        del meta.l2_dirty[region]
-        meta.undo.pop(region, None)
+        layout.write_table(region)
     return failed
 
 
-def _flush_l2(meta: Qcow2Meta) -> Steps_:
+def _flush_l2(layout: Qcow2Layout) -> Steps_:
     """qcow2_cache_flush of the L2 cache."""
-    if (yield from _write_l2_cache(meta)):
+    if (yield from _write_l2_cache(layout)):
         return True
     return bool((yield ("flush", 0, 0, TRY)))
 
 
-def _table(meta: Qcow2Meta, content: Qcow2Content, region: int) -> Steps_:
+def _table(layout: Qcow2Layout, content: Qcow2Content, region: int) -> Steps_:
     """get_cluster_table: allocate the region's L2 table, or load it when not cached.
     Returns whether it failed (the request fails with it)."""
     if region not in content.l2_tables:
         # l2_allocate
-        yield from _alloc(meta)
-        if (yield from _flush_refcount(meta)):
+        yield from _alloc(layout)
+        if (yield from _flush_refcount(layout)):
             return True
-        meta.l2_cached.add(region)
+        layout.cache.l2_cached.add(region)
         yield ("event", "l2_alloc_write")
-        meta.l2_dirty[region] = None
-        if (yield from _flush_l2(meta)):
+        layout.cache.dirty_table(region)
+        if (yield from _flush_l2(layout)):
             return True
         yield ("event", "l1_update")
         yield ("write", META, 0)
         yield ("flush", 0, 0)
-    elif region not in meta.l2_cached:
+        # the table is in the file, where the L2 cache flush above wrote it
+        layout.add_table(region)
+        layout.write_table(region)
+        layout.write_l1_entry(region)
+    elif region not in layout.cache.l2_cached:
         yield ("event", "l2_load")
         yield ("read", META, 0)
-        meta.l2_cached.add(region)
+        layout.cache.l2_cached.add(region)
     return False
 
 
@@ -267,19 +252,19 @@ def _reads_zero(chain: list[Content], offset: int, length: int) -> bool:
     return True
 
 
-def write_steps(meta: Qcow2Meta, chain: list[Content], offset: int, length: int) -> Steps:
+def write_steps(layout: Qcow2Layout, chain: list[Content], offset: int, length: int) -> Steps:
     """A data write of [offset, offset + length) into the qcow2 node whose content
     is chain[0] (chain: its backing chain's contents, top first)."""
     content = chain[0]
     assert isinstance(content, Qcow2Content)
-    meta.written = True
+    layout.cache.written = True
     cl = content.cluster_bytes
     for region, off, n in _regions(content, offset, length):
-        if (yield from _table(meta, content, region)):
+        if (yield from _table(layout, content, region)):
             return
         runs = _new_runs(content, off, n)
         for _run in runs:
-            yield from _alloc(meta)
+            yield from _alloc(layout)
         cows: list[tuple[int, int]] = []  # the parts of new clusters the write leaves
         end = off + n
         for a, b in runs:
@@ -312,22 +297,23 @@ def write_steps(meta: Qcow2Meta, chain: list[Content], offset: int, length: int)
             for o, m in cows:
                 yield ("event", "cow_write")
                 yield ("write", o, m)
-        _in_place(meta, region, off, end, runs, cl)
+        _in_place(layout, region, off, end, runs, cl)
         if runs:
             # qcow2_alloc_cluster_link_l2
             for a, b in runs:
-                _changed(meta, content, region, a * cl, b * cl, False)
-            meta.l2_dirty[region] = None
-            meta.l2_depends = True
+                _changed(layout, content, region, a * cl, b * cl, False)
+                layout.place(a, b)
+            layout.cache.dirty_table(region)
+            layout.cache.l2_depends = True
 
 
 def _in_place(
-    meta: Qcow2Meta, region: int, start: int, end: int, runs: list[tuple[int, int]], cl: int
+    layout: Qcow2Layout, region: int, start: int, end: int, runs: list[tuple[int, int]], cl: int
 ) -> None:
     """The parts of a write to [start, end) that land in clusters it does not allocate
     go to the file in place: where the L2 entry in the file maps that cluster (a zero
     flag that never reached the file), a failed write-back does not take them back."""
-    undo = meta.undo.get(region)
+    undo = layout.cache.undo.get(region)
     if not undo:
         return
     parts, cur = [], start
@@ -356,7 +342,7 @@ def _clip(extents: list[Extent], first: int, end: int) -> list[Extent]:
 
 
 def _changed(
-    meta: Qcow2Meta, content: Qcow2Content, region: int, start: int, end: int, keeps: bool
+    layout: Qcow2Layout, content: Qcow2Content, region: int, start: int, end: int, keeps: bool
 ) -> None:
     """L2 entries of [start, end) change in the cache: keep what they mapped before
     (`keeps`: the clusters keep their host clusters)."""
@@ -364,7 +350,7 @@ def _changed(
     stop = min(content.nsectors, (end + (1 << SECTOR_SHIFT) - 1) >> SECTOR_SHIFT)
     if first < stop:
         entry = (first, stop, content.extents(first, stop), keeps)
-        meta.undo.setdefault(region, []).append(entry)
+        layout.cache.undo.setdefault(region, []).append(entry)
 
 
 def _cow_reads(chain: list[Content], cows: list[tuple[int, int]]) -> Steps:
@@ -376,7 +362,7 @@ def _cow_reads(chain: list[Content], cows: list[tuple[int, int]]) -> Steps:
             yield ("event", "read_backing_aio")
 
 
-def zero_steps(meta: Qcow2Meta, chain: list[Content], offset: int, length: int) -> Steps:
+def zero_steps(layout: Qcow2Layout, chain: list[Content], offset: int, length: int) -> Steps:
     """A write-zeroes of [offset, offset + length) (qcow2_co_pwrite_zeroes): the block
     layer cuts the unaligned head and tail off (pwrite_zeroes_alignment is the
     cluster); qcow2 zeroes a cluster in its L2 table when the rest of it reads as
@@ -405,21 +391,21 @@ def zero_steps(meta: Qcow2Meta, chain: list[Content], offset: int, length: int) 
                 chain, off + n, c1 - off - n
             )
             if not rest_zero:
-                yield from write_steps(meta, chain, off, n)
+                yield from write_steps(layout, chain, off, n)
                 continue
             off, n = c0, c1 - c0
-        meta.written = True
+        layout.cache.written = True
         for region, o, m in _regions(content, off, n):
-            if (yield from _table(meta, content, region)):
+            if (yield from _table(layout, content, region)):
                 return
             for a, b in _host_runs(content, o, o + m):
-                _changed(meta, content, region, a, b, True)
+                _changed(layout, content, region, a, b, True)
             for a, b in _new_runs(content, o, m):
-                _changed(meta, content, region, a * cl, min(b * cl, o + m), False)
-            meta.l2_dirty[region] = None
+                _changed(layout, content, region, a * cl, min(b * cl, o + m), False)
+            layout.cache.dirty_table(region)
 
 
-def read_steps(meta: Qcow2Meta, chain: list[Content], offset: int, length: int) -> Steps:
+def read_steps(layout: Qcow2Layout, chain: list[Content], offset: int, length: int) -> Steps:
     """A read of [offset, offset + length) (qcow2_co_preadv_part): per L2 region, the
     table when it is not cached (a region without one reads as unallocated), then each
     piece: clusters contiguous in the file (read_aio + read), or clusters the node
@@ -431,10 +417,10 @@ def read_steps(meta: Qcow2Meta, chain: list[Content], offset: int, length: int) 
     per = cl >> SECTOR_SHIFT
     end = offset + length
     for region, off, n in _regions(content, offset, length):
-        if region in content.l2_tables and region not in meta.l2_cached:
+        if region in content.l2_tables and region not in layout.cache.l2_cached:
             yield ("event", "l2_load")
             yield ("read", META, 0)
-            meta.l2_cached.add(region)
+            layout.cache.l2_cached.add(region)
         lo, hi = off // cl, -(-(off + n) // cl)
         cur = lo
         for a, b, _host in content.host.extents(lo, hi):
@@ -461,53 +447,44 @@ def _unmapped(content: Qcow2Content, chain: list[Content], lo: int, hi: int) -> 
         yield ("event", "read_backing_aio")
 
 
-def status_steps(meta: Qcow2Meta, content: Qcow2Content, offset: int, length: int) -> Steps:
+def status_steps(layout: Qcow2Layout, content: Qcow2Content, offset: int, length: int) -> Steps:
     """Block status of [offset, offset + length) (qcow2_co_block_status): the L2
     tables it needs, loaded when not cached (l2_load + read).  A caller that swallows
     its failure (block-copy copies the range as data then) leaves the table uncached,
     so the read after it loads it again."""
     for region, _off, _n in _regions(content, offset, length):
-        if region in content.l2_tables and region not in meta.l2_cached:
+        if region in content.l2_tables and region not in layout.cache.l2_cached:
             yield ("event", "l2_load")
             yield ("read", META, 0)
-            meta.l2_cached.add(region)
+            layout.cache.l2_cached.add(region)
 
 
-def _flush(meta: Qcow2Meta) -> Steps_:
+def _flush(layout: Qcow2Layout) -> Steps_:
     """bdrv_co_flush of the qcow2 node: flush_to_os (qcow2_write_caches: the L2 cache,
     then the refcount cache), flush_to_disk when the node was written since its last
     flush, then its file is flushed; a failure ends it."""
     yield ("event", "flush_to_os")
-    if (yield from _write_l2_cache(meta)):
+    if (yield from _write_l2_cache(layout)):
         return True
-    if (yield from _write_refcount_cache(meta)):
+    if (yield from _write_refcount_cache(layout)):
         return True
-    if meta.written:
+    if layout.cache.written:
         yield ("event", "flush_to_disk")
     if (yield ("flush", 0, 0, TRY)):
         return True
-    meta.written = False
+    layout.cache.written = False
     return False
 
 
-def flush_steps(meta: Qcow2Meta) -> Steps:
+def flush_steps(layout: Qcow2Layout) -> Steps:
     """A flush of the qcow2 node (`_flush`)."""
-    yield from _flush(meta)
+    yield from _flush(layout)
 
 
-def close_steps(meta: Qcow2Meta) -> Steps:
+def close_steps(layout: Qcow2Layout) -> Steps:
     """bdrv_close of the qcow2 node: a flush (its failure ignored), then
     qcow2_inactivate flushes the L2 cache and the refcount cache (each tried).  The
     tables still dirty after it never reach the file (`lost_changes`)."""
-    yield from _flush(meta)
-    yield from _flush_l2(meta)
-    yield from _flush_refcount(meta)
-
-
-def lost_changes(meta: Qcow2Meta) -> list[Undo]:
-    """What the dirty L2 tables mapped before their changes, newest first: a node
-    closed with them dirty leaves the image as it was before those changes."""
-    out: list[Undo] = []
-    for region in meta.l2_dirty:
-        out.extend(reversed(meta.undo.get(region, [])))
-    return out
+    yield from _flush(layout)
+    yield from _flush_l2(layout)
+    yield from _flush_refcount(layout)
