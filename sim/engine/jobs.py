@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import simpy
 from simpy.resources.resource import Release
 
+from sim.engine import reqlist
 from sim.engine.faults import read_path
 from sim.engine.throttle import groups_on_path, throttled
 from sim.engine.timing import HOLE_CHUNK_NS, Device, rate_limit_ns
@@ -111,9 +112,9 @@ def first_tasks(m: Machine, job: Job, pool: TaskPool) -> Pending | None:
         progress = job.offset - before
         if full:
             job.offset -= progress
-            return "slot", (offset, length, progress, hole)
+            return "slot", (offset, length, progress, hole, pool.created(offset, length))
         if not hole or kind.tasks_issued > issued:  # the task is busy
-            pool.start(length, progress, unthrottled_read=True, hole=hole)
+            pool.start(offset, length, progress, unthrottled_read=True, hole=hole)
         if job.speed:
             return "sleep", rate_limit_ns(length, job.speed)
 
@@ -176,8 +177,10 @@ def job_process(
         what, arg = first
         if what == "slot":  # created in job_start, it runs once a slot is free
             yield from pool.wait_slot()
-            offset, length, progress, hole = arg
-            pool.start(length, progress, unthrottled_read=True, hole=hole, withheld=True)
+            offset, length, progress, hole, req = arg
+            pool.start(
+                offset, length, progress, unthrottled_read=True, hole=hole, withheld=True, req=req
+            )
         elif what == "sleep":
             yield env.timeout(arg)
         else:
@@ -196,12 +199,14 @@ def job_process(
             if job.user_paused:
                 if pool is not None:  # backup_pause ends the call: its tasks finish first
                     yield from pool.wait_all()
-                job.busy_flag = False
-                yield waker.wait()
+                if job.user_paused:  # not resumed while its tasks finished
+                    job.busy_flag = False
+                    yield waker.wait()
                 if isinstance(kind, BackupKind):  # a pause ends the block-copy call
                     kind.new_call()
                 continue
-            job.busy_flag = True
+            # backup_loop waits for its block-copy call in job_yield, not busy
+            job.busy_flag = pool is None
             if m.leaps:
                 ns = leap(m, job, source, target)
                 if ns:
@@ -234,8 +239,9 @@ def job_process(
                 # created, the task waits for a slot; it then runs whatever came meanwhile
                 progress = job.offset - before
                 job.offset -= progress
+                req = pool.created(offset, length)
                 yield from pool.wait_slot()
-                pool.start(length, progress, withheld=True)
+                pool.start(offset, length, progress, withheld=True, req=req)
                 rest = rate_limit_ns(length, job.speed)
                 if rest > 0:
                     yield env.timeout(rest)
@@ -248,8 +254,8 @@ def job_process(
             return
         if pool is not None and is_read:
             pooled = finish_in_flight(m, job, pool.kind, offset, length, immediately)
-            for size, progress in pooled:
-                pool.start(size, progress)
+            for at, size, progress in pooled:
+                pool.start(at, size, progress)
         if pool is not None:  # block_copy_dirty_clusters waits for the pool
             yield from pool.wait_all()
         if job.status in ENDED:
@@ -278,7 +284,7 @@ BLOCK_COPY_MAX_BUFFER = 1 << 20  # a task copies at most 1 MiB
 
 def finish_in_flight(
     m: Machine, job: Job, kind: BackupKind, offset: int, length: int, immediately: bool
-) -> list[tuple[int, int]]:
+) -> list[tuple[int, int, int]]:
     """A backup's block-copy call runs its tasks concurrently: block_copy_dirty_clusters
     creates a task, starts it and goes on creating the next one while the pool holds
     fewer than 64 busy tasks; it stops creating tasks once one has failed, and waits
@@ -294,7 +300,7 @@ def finish_in_flight(
     process reaches the failed task after creating the ones before it (they are in
     its `TaskPool`); the ones after it are created now, each through the armed
     faults like any request (a rule that is not `once` fails it too), and the data
-    tasks among them are returned (length, progress) for the pool to run.
+    tasks among them are returned (offset, length, progress) for the pool to run.
     Recorded on QEMU 7.2: qemu-iotests 257's
     full-sync backups (the second read fails in the fourth of 64 busy tasks: 945 of
     1024 clusters copied) and scenarios/blockapi/backup-block-copy-pool*.jsonl
@@ -302,7 +308,7 @@ def finish_in_flight(
     completes)."""
     filling = kind.tasks_issued < BLOCK_COPY_MAX_WORKERS  # no task has finished yet
     kind.tasks_issued += 1  # the failed task
-    copied: list[tuple[int, int]] = []  # the data tasks: length, progress
+    copied: list[tuple[int, int, int]] = []  # the data tasks: offset, length, progress
     if immediately:
         return copied
     resume = kind.cursor
@@ -324,7 +330,7 @@ def finish_in_flight(
         kind.copy_chunk(at, size, counted=True)
         note_job_write(m.state.graph, kind.target, at, size)
         if not hole:
-            copied.append((size, job.offset - before))
+            copied.append((at, size, job.offset - before))
     kind.cursor = resume
     return copied
 
@@ -338,7 +344,9 @@ class TaskPool:
     progress_work_done).  The model copy is done when the task is created, as for
     every chunk.  After the first tasks (`first_tasks`), a zero task (block status:
     zeroes) takes the job's own time, one after the other, as QEMU completes one
-    that needs no I/O before it creates the next."""
+    that needs no I/O before it creates the next.  A task is in the block-copy
+    state's list of requests in flight (`sim.engine.reqlist`) from its creation to
+    its completion: a guest write to its clusters waits for it."""
 
     __slots__ = ("m", "job", "kind", "running")
 
@@ -356,27 +364,37 @@ class TaskPool:
         while self.full():
             yield self.m.env.any_of(self.running)
 
+    def created(self, offset: int, length: int) -> simpy.Event:
+        """block_copy_task_create: the task over [offset, offset + length) is in flight
+        from now on (`start` runs it); the event fires when it completes."""
+        return reqlist.add(self.m, self.kind.cbw, offset, length)
+
     def start(
         self,
+        offset: int,
         length: int,
         progress: int,
         unthrottled_read: bool = False,
         hole: bool = False,
         withheld: bool = False,
+        req: simpy.Event | None = None,
     ) -> None:
         """aio_task_pool_start_task: the task's I/O runs on its own (a busy zero task:
         its write of zeroes); its `progress` (in the job's offset unless `withheld`)
-        counts when it completes."""
+        counts when it completes, and it leaves the requests in flight then (`req`:
+        listed when it was created, else now)."""
         job, kind = self.job, self.kind
         if not withheld:
             job.offset -= progress
         source, target = kind.reads_from(), kind.writes_to()
+        done = req if req is not None else self.created(offset, length)
 
         def task() -> Proc:
             yield from chunk_io(
                 self.m, job, source, target, length, True, hole, unthrottled_read, False
             )
             job.offset += progress
+            reqlist.end(done)
 
         proc = self.m.env.process(task())
         proc.actor = f"job:{job.id}"  # type: ignore[attr-defined]  # tie-break actor

@@ -82,6 +82,8 @@ class Machine:
         self.faults = faults.FaultTable()
         # a FIFO per throttle group and direction (sim/engine/throttle.py)
         self.throttle_queues: dict[tuple[Any, bool], simpy.Resource] = {}
+        # block-copy requests in flight per copy-before-write state (sim/engine/reqlist.py)
+        self.copy_reqs: dict[Any, list[Any]] = {}
         self.workloads: list[workload.Workload] = []
         self.io_log: list[workload.IoRecord] = []  # every workload request, in completion order
 

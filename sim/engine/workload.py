@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import simpy
 
+from sim.engine import reqlist
 from sim.engine.faults import cbw_runs
 from sim.engine.throttle import groups_on_path, throttled
 from sim.engine.timing import NS_PER_S, Device
@@ -273,7 +274,8 @@ def guest_request(
     jobs = m.job_types() if state.jobs else ()
     bb, root = state.resolve_target(w.spec.device)
     ok = root is not None and (is_read or not root.read_only)
-    copies: list[tuple[Device | None, Device, int]] = []
+    copies: list[tuple[Device | None, Device, int, list[simpy.Event]]] = []
+    waits: list[simpy.Event] = []
     if ok and root is not None:
         if (
             m.faults
@@ -287,6 +289,7 @@ def guest_request(
                 ok = burst.results[offset]
             else:
                 if root.is_filter:
+                    waits = reqlist.write_waits(m, root, offset, size)
                     copies = write_copies(m, root, offset, size)
                 stamp = state.new_stamp(w.spec.fill)
                 ok = io.write(state, bb, root, offset, size, stamp).ok
@@ -294,10 +297,16 @@ def guest_request(
         groups = groups_on_path(root)
         if groups:
             yield from throttled(m, groups, not is_read, size)
-    for src, dst, n in copies:
+    for src, dst, n, req in copies:
         if src is not None:
             yield from src.io(env, n, m.rng)
         yield from dst.io(env, n, m.rng)
+        for done in req:
+            reqlist.end(done)
+    if waits:  # block-copy requests in flight over the written clusters
+        live = [w for w in waits if not w.processed]
+        if live:
+            yield env.all_of(live)
     if root is not None:
         if root is not w.root:
             w.root, w.device = root, m.device_of(root)
@@ -324,21 +333,25 @@ def guest_request(
 
 def write_copies(
     m: Machine, root: Any, offset: int, length: int
-) -> list[tuple[Device | None, Device, int]]:
+) -> list[tuple[Device | None, Device, int, list[simpy.Event]]]:
     """The extra I/O a write through `root` waits for: (read device or None, write
-    device, bytes) for each copy-before-write copy and write-blocking mirror write."""
-    out: list[tuple[Device | None, Device, int]] = []
+    device, bytes, its block-copy request) for each copy-before-write copy (listed
+    in flight until its I/O is done: `sim.engine.reqlist`) and write-blocking mirror
+    write."""
+    out: list[tuple[Device | None, Device, int, list[simpy.Event]]] = []
     for node in write_path(m.state.graph, root):
         if not node.is_filter:
             break
         if node.driver == "copy-before-write":
             for source, target, runs in cbw_runs(m, node, offset, length):
                 n = sum(r[1] for r in runs)
-                out.append((m.device_of(source), m.device_of(target), n))
+                assert node.cbw is not None
+                reqs = [reqlist.add(m, node.cbw, at, size) for at, size in runs]
+                out.append((m.device_of(source), m.device_of(target), n, reqs))
         elif node.driver == "mirror_top":
             kind = _mirror_of(m, node)
             if kind is not None and kind.write_blocking:
-                out.append((None, m.device_of(kind.target), length))
+                out.append((None, m.device_of(kind.target), length, []))
     return out
 
 

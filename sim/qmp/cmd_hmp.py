@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sim.engine.reqlist import monitor_write_wait
 from sim.engine.throttle import monitor_cbw_copies, monitor_request
 from sim.errors import QMPError
 from sim.model import drain, io, perms
@@ -75,6 +76,12 @@ def _hmp(m: Machine, a: dict[str, Any]) -> str:
                 if error is not None:
                     m.hmp_output = cmd.failed(error)
                     return cmd.reply
+        if cmd.op == "write" and in_range:
+            # the copy-before-write waits for block-copy tasks over the same clusters
+            error = monitor_write_wait(m, bb, root, cmd.offset, cmd.length)
+            if error is not None:
+                m.hmp_output = cmd.failed(error)
+                return cmd.reply
         m.hmp_output = run_io(m, bb, root, cmd)
     else:
         m.hmp_output = cmd.output

@@ -1,0 +1,120 @@
+"""Block-copy requests in flight (block/reqlist.c as block/block-copy.c uses it).
+
+Each block-copy state (a copy-before-write filter's, a backup job's) lists the
+requests its calls have in flight: a task is listed from its creation, when its
+clusters leave the copy bitmap (block_copy_task_create), until it completes
+(block_copy_task_end).  A guest write through the filter first copies the
+clusters it touches that are still to be copied, then waits for every listed
+request that intersects them (block_copy_common's reqlist_wait_one, again until
+none does): so a write to a cluster a backup task is copying completes after
+that task.  The model's copy of a task is done when the task is created (the
+target already holds the old data); what waits here is the write's time only.
+
+The lists live on the `Machine` (`copy_reqs`), keyed by the model's
+`CopyBeforeWrite`; a request is a simpy event fired when it ends.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import simpy
+
+from sim.engine.faults import mark_failed_write
+from sim.engine.timing import NS_PER_S
+from sim.model.cbw import CopyBeforeWrite
+from sim.model.graph import BlockBackend, BlockNode
+from sim.model.io import write_path
+
+if TYPE_CHECKING:
+    from sim.engine.machine import Machine
+
+# a request: first byte, end (whole clusters), fired when it ends
+Req = tuple[int, int, simpy.Event]
+
+
+def _clusters(cbw: CopyBeforeWrite, offset: int, length: int) -> tuple[int, int]:
+    """The request's range in whole clusters of the state (cbw_do_copy_before_write
+    and block_copy_task_create align to the cluster size)."""
+    cluster = cbw.cluster
+    return offset // cluster * cluster, -(-(offset + length) // cluster) * cluster
+
+
+def add(m: Machine, cbw: CopyBeforeWrite, offset: int, length: int) -> simpy.Event:
+    """reqlist_init_req: a task (or a write's own copy) of `cbw`'s block-copy state is
+    in flight over [offset, offset + length); fire the returned event when it ends."""
+    lo, hi = _clusters(cbw, offset, length)
+    done = m.env.event()
+    m.copy_reqs.setdefault(cbw, []).append((lo, hi, done))
+    return done
+
+
+def end(done: simpy.Event) -> None:
+    """block_copy_task_end: the request leaves the list (waiters resume)."""
+    if not done.triggered:
+        done.succeed()
+
+
+def conflicts(m: Machine, cbw: CopyBeforeWrite, offset: int, length: int) -> list[simpy.Event]:
+    """reqlist_find_conflict over the whole range: the requests in flight that a write
+    of [offset, offset + length) through `cbw`'s filter waits for."""
+    reqs = m.copy_reqs.get(cbw)
+    if not reqs:
+        return []
+    live = [r for r in reqs if not r[2].triggered]
+    if live:
+        m.copy_reqs[cbw] = live
+    else:
+        del m.copy_reqs[cbw]
+    lo, hi = _clusters(cbw, offset, length)
+    return [done for a, b, done in live if a < hi and lo < b]
+
+
+def write_waits(m: Machine, root: BlockNode, offset: int, length: int) -> list[simpy.Event]:
+    """What a guest write (or discard) entering at `root` waits for: the intersecting
+    requests in flight of each copy-before-write filter it passes whose snapshot is
+    not broken (cbw_do_copy_before_write returns at once then)."""
+    if not m.copy_reqs:
+        return []
+    out: list[simpy.Event] = []
+    for node in write_path(m.state.graph, root):
+        if not node.is_filter:
+            break
+        cbw = node.cbw if node.driver == "copy-before-write" else None
+        if cbw is not None and not cbw.snapshot_error:
+            out += conflicts(m, cbw, offset, length)
+    return out
+
+
+def monitor_write_wait(
+    m: Machine, bb: BlockBackend | None, root: BlockNode, offset: int, length: int
+) -> str | None:
+    """A qemu-io write entering at `root` waits, filter by filter, for the block-copy
+    requests in flight over its clusters: simulated time runs meanwhile (the
+    monitor's nested event loop runs the jobs), at most `cbw-timeout` seconds when
+    the filter has one (block_copy's qemu_co_timeout).  When that passes first, the
+    filter's on-cbw-error decides: the strerror the write fails with
+    (break-guest-write), or None (the snapshot breaks; the write goes on)."""
+    if not m.copy_reqs:
+        return None
+    path = write_path(m.state.graph, root)
+    for i, node in enumerate(path):
+        if not node.is_filter:
+            break
+        cbw = node.cbw if node.driver == "copy-before-write" else None
+        if cbw is None or cbw.snapshot_error:
+            continue
+        waits = conflicts(m, cbw, offset, length)
+        if not waits:
+            continue
+        every = m.env.all_of(waits)
+        if not cbw.cbw_timeout:
+            m.env.run(until=every)
+            continue
+        m.env.run(until=m.env.any_of([every, m.env.timeout(cbw.cbw_timeout * NS_PER_S)]))
+        if every.triggered:
+            continue
+        if not cbw.copy_timed_out(offset, length):
+            mark_failed_write(bb, path[: i + 1], offset, length)
+            return "Connection timed out"
+    return None
