@@ -185,6 +185,32 @@ def test_guest_view_reads_through_backing_files() -> None:
     assert sim_guest_view(images, "top.qcow2", stamps) == bytes([0, 0, 6, 0, 0, 0, 0, 0])
 
 
+def test_guest_view_opens_a_json_backing_name_from_its_options() -> None:
+    # QEMU names a qcow2 node whose backing blockdev-add set as json:{...}; qemu-img opens
+    # the file it names and takes the backing from the options, not from that file's header
+    stamps = StampTable()
+    base = Image("base.qcow2", "qcow2", 4 * SECTOR, new_content(4 * SECTOR))
+    mid = Image("mid.qcow2", "qcow2", 4 * SECTOR, new_content(4 * SECTOR), "base.qcow2")
+    base.content.write(0, 4 * SECTOR, stamps.new(0x5))
+    mid.content.write(SECTOR, SECTOR, stamps.new(0x6))
+    options = {"driver": "qcow2", "file": {"driver": "file", "filename": "mid.qcow2"}}
+    top = Image("top.qcow2", "qcow2", 4 * SECTOR, new_content(4 * SECTOR))
+    images = {"base.qcow2": base, "mid.qcow2": mid, "top.qcow2": top}
+    top.backing_file = "json:" + json.dumps(options)  # no backing option: mid's header's
+    assert sim_guest_view(images, "top.qcow2", stamps) == bytes([5, 6, 5, 5])
+    null = {"driver": "null-co", "size": 4 * SECTOR}
+    top.backing_file = "json:" + json.dumps({**options, "backing": null})
+    assert sim_guest_view(images, "top.qcow2", stamps) == bytes([0, 6, 0, 0])
+    top.backing_file = "json:" + json.dumps({**options, "backing": None})
+    assert sim_guest_view(images, "top.qcow2", stamps) == bytes([0, 6, 0, 0])
+    base_options = {"driver": "qcow2", "file": {"driver": "file", "filename": "base.qcow2"}}
+    top.backing_file = "json:" + json.dumps({**options, "backing": base_options})
+    assert sim_guest_view(images, "top.qcow2", stamps) == bytes([5, 6, 5, 5])
+    for unknown in ("json:{", 'json:{"driver": "nbd"}', "json:[]"):
+        top.backing_file = unknown  # options naming no image the simulator holds end the chain
+        assert sim_guest_view(images, "top.qcow2", stamps) == bytes([0, 0, 0, 0])
+
+
 def test_image_bytes_comparison() -> None:
     real = b"\x05" * 1024 + b"\x00" * 1024
     assert compare_image_bytes("a", real, bytes([5, 5, 0, 0])) == (None, 0)

@@ -449,20 +449,63 @@ def sim_guest_view(images: Mapping[str, Image], name: str, stamps: StampTable) -
     Reads through the backing images the way each image's `backing_file` says
     (as ``qemu-img convert`` does on the real file), top first; unallocated
     sectors read as zeroes, as do sectors past a shorter backing image.  A
-    backing file the simulator does not know ends the chain (a loop too).
+    ``json:{...}`` backing name is opened from its options (`_json_backing`).
+    A backing file the simulator does not know ends the chain (a loop too).
     Raises `KeyError` for an unknown image.
     """
     chain = []
     seen: set[str] = set()
     image = images.get(name)
+    override: Any = _HEADER
     while image is not None and image.filename not in seen:
         seen.add(image.filename)
         chain.append(image.content)
-        image = images.get(image.backing_file) if image.backing_file else None
+        backing = image.backing_file if override is _HEADER else override
+        override = _HEADER
+        if isinstance(backing, str) and backing.startswith("json:"):
+            image, override = _json_backing(images, backing)
+        elif isinstance(backing, str) and backing:
+            image = images.get(backing)
+        else:
+            image = None
     if not chain:
         raise KeyError(name)
     stamps_seen = read_through(chain, 0, chain[0].nsectors)
     return bytes(stamps.patterns_of(stamps_seen).astype("uint8").tobytes())
+
+
+# The backing named in an image's own header (no json:{...} option overrides it).
+_HEADER = object()
+
+
+def _json_backing(images: Mapping[str, Image], name: str) -> tuple[Image | None, Any]:
+    """The image a ``json:{...}`` backing name opens and the backing its options give it.
+
+    QEMU writes such a name when the backing node's options cannot be said as
+    a filename (a qcow2 node whose own backing was set by ``blockdev-add``);
+    qemu-img opens it from the options: the format node's ``file`` names the
+    image file, and a ``backing`` option replaces the one in that file's header
+    (``null`` or a null-co node: nothing below; absent: the header's).
+    Returns (None, _HEADER) for options naming no image the simulator holds.
+    """
+    try:
+        options = json.loads(name[len("json:") :])
+    except ValueError:
+        return None, _HEADER
+    if not isinstance(options, dict) or options.get("driver") not in ("qcow2", "raw"):
+        return None, _HEADER
+    file = options.get("file")
+    if not isinstance(file, dict) or file.get("driver") != "file":
+        return None, _HEADER
+    image = images.get(str(file.get("filename")))
+    if image is None or image.format != options["driver"]:
+        return None, _HEADER
+    if "backing" not in options:
+        return image, _HEADER
+    below = options["backing"]
+    if isinstance(below, dict) and below.get("driver") in ("qcow2", "raw"):
+        return image, "json:" + json.dumps(below)
+    return image, None
 
 
 def compare_images(
