@@ -196,6 +196,43 @@ def test_precision_keeps_open_the_bitmaps_a_failed_write_may_have_marked() -> No
     assert result.final["violations"] == []
 
 
+def test_precision_follows_a_failed_enable_action_disabling_its_bitmap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A transaction failing at a block-dirty-bitmap-enable whose bitmap is busy leaves
+    that bitmap disabled on QEMU 7.2 (recorded): the checker must not ask it to mark
+    later writes.  A transaction failing at a clear of the same busy bitmap leaves it
+    enabled: a model that disabled it there is flagged."""
+    trace = load_trace(SCENARIOS / "recorded" / "transaction-failed-enable-disables-bitmap.jsonl")
+    assert replay(trace, checkers=make_checkers([PREC])).final["violations"] == []
+    remove_then = [
+        {"type": "block-dirty-bitmap-remove", "data": {"node": "fmt0", "name": "b0"}},
+        {"type": "block-dirty-bitmap-clear", "data": {"node": "fmt0", "name": "b0"}},
+    ]
+    steps = [
+        qmp("block-dirty-bitmap-add", node="drive0", name="b0"),
+        qmp("transaction", actions=remove_then),
+        io("write -P 1 0 64k"),
+        qmp("query-block"),
+    ]
+    result = run_steps(steps, checkers=make_checkers([PREC]))
+    assert "in use" in result.steps[1].response["error"]["desc"]
+    assert result.final["violations"] == []
+    import sim.qmp.transaction as txn
+
+    found = txn._failed_enable_bitmap
+
+    def disables_any(m: object, kind: str, data: dict[str, object], ctx: object) -> object:
+        return found(m, "block-dirty-bitmap-enable", data, ctx)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(txn, "_failed_enable_bitmap", disables_any)
+    result = run_steps(steps, checkers=make_checkers([PREC]))
+    assert [v["message"] for v in result.final["violations"]][0].endswith(
+        "lacks 65536 byte(s) that guest writes through it or merges into it dirtied, "
+        "first at offset 0"
+    )
+
+
 def test_a_drain_pauses_every_active_job(monkeypatch: pytest.MonkeyPatch) -> None:
     """scenarios/recorded/jobs-drain.jsonl (recorded on QEMU 7.2) passes; with a drain that
     pauses nothing, job-state-legality names the job the drain left alone."""

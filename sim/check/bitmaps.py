@@ -119,6 +119,26 @@ class BitmapRegistry:
         for cmd in self.log.commands:
             if cmd.ok and (cmd.name == "transaction" or cmd.name.startswith("block-dirty-bitmap-")):
                 self._command(cmd)
+            elif cmd.name == "transaction" and not cmd.ok:
+                self._failed_enable(cmd)
+
+    def _failed_enable(self, cmd: Command) -> None:
+        """A transaction that failed at a block-dirty-bitmap-enable action whose bitmap
+        check failed (busy, read-only, inconsistent: the error names the bitmap) leaves
+        that bitmap disabled: the action's abort disables it, since its prepare had not
+        yet noted that the bitmap was enabled.  Every other action's abort restores what
+        it found, so a bitmap such an action named that is still enabled was not it."""
+        desc = str((cmd.response.get("error") or {}).get("desc", ""))
+        for kind, data in cmd.actions():
+            name = str(data.get("name"))
+            if kind != "block-dirty-bitmap-enable" or not desc.startswith(f"Bitmap '{name}' is "):
+                continue
+            bm = self.lookup(str(data.get("node")), name)[1]
+            if bm is None or bm.enabled:
+                continue
+            for entry in self.entries.values():
+                if entry.bitmap is bm:
+                    entry.enabled = False
 
     def _command(self, cmd: Command) -> None:
         actions = cmd.actions()
