@@ -143,28 +143,57 @@ def test_the_thread_scenario_under_each_policy(policy: str, flagged: set[str]) -
 # (scenario, mutant of tests/mutant_catalog.py): a trace every checker passes on the healthy
 # model, which the new checkers flag once the model breaks the rule they guard
 FLAGGED_UNDER_MUTANT = [
-    ("checkers/atom-failed-transaction-rolls-back", "txn-add-survives-abort", ATOM),
-    ("checkers/atom-failed-transaction-rolls-back", "txn-snapshot-survives-abort", ATOM),
-    ("checkers/prec-merge-disable-stream", "stream-cor-dirties-top", PREC),
-    ("checkers/prec-merge-disable-stream", "disabled-bitmap-records", PREC),
-    ("checkers/prec-merge-disable-stream", "clear-keeps-bits", PREC),
+    ("checkers/atom-failed-transaction-rolls-back", "txn-add-survives-abort", ATOM, None),
+    ("checkers/atom-failed-transaction-rolls-back", "txn-snapshot-survives-abort", ATOM, None),
+    ("checkers/prec-merge-disable-stream", "stream-cor-dirties-top", PREC, None),
+    ("checkers/prec-merge-disable-stream", "disabled-bitmap-records", PREC, None),
+    ("checkers/prec-merge-disable-stream", "clear-keeps-bits", PREC, None),
     # recorded on QEMU 7.2: one transaction clears both bitmaps and starts a full backup,
     # whose filter then stands where drive0 names: the clears found the bitmaps first
-    ("iotests/iotest-124-incremental-transaction", "clear-keeps-bits", PREC),
-    ("recorded/jobs-cancel", "force-cancel-ignored", JOB),
+    ("iotests/iotest-124-incremental-transaction", "clear-keeps-bits", PREC, None),
+    # bb-attached: drive0 lists its own 'snap-bm' and its root one of the same name; a
+    # merge into the root's 'b0' by device name reads the root's 'snap-bm' (a bare source
+    # name is looked up on the target's owner), and the checker must read the same one
+    ("qemu-7.2-recorded/rec-0366", "clear-keeps-bits", PREC, "bb-attached"),
+    ("qemu-7.2-recorded/rec-0366", "merge-replaces-target", PREC, "bb-attached"),
+    ("recorded/jobs-cancel", "force-cancel-ignored", JOB, None),
 ]
 
 
-@pytest.mark.parametrize(("name", "mutant", "invariant"), FLAGGED_UNDER_MUTANT)
+@pytest.mark.parametrize(("name", "mutant", "invariant", "policy"), FLAGGED_UNDER_MUTANT)
 def test_a_passing_scenario_is_flagged_under_a_mutant(
-    name: str, mutant: str, invariant: str, monkeypatch: pytest.MonkeyPatch
+    name: str, mutant: str, invariant: str, policy: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tests.mutant_catalog import ALL_MUTANTS
 
     trace = load_trace(SCENARIOS / f"{name}.jsonl")
-    assert invariant not in _flagged(replay(trace, checkers=make_checkers(None)))
+    assert invariant not in _flagged(replay(trace, policy=policy, checkers=make_checkers(None)))
     next(m for m in ALL_MUTANTS if m.name == mutant).apply(monkeypatch)
-    assert invariant in _flagged(replay(trace, checkers=make_checkers(None)))
+    assert invariant in _flagged(replay(trace, policy=policy, checkers=make_checkers(None)))
+
+
+def test_precision_reads_a_bare_merge_source_on_the_targets_owner_under_bb_attached() -> None:
+    """Under bb-attached drive0 lists its own 'snap-bm' (added by device name) and its
+    root fmt0 one of the same name.  A merge at drive0 into 'b0' finds 'b0' on fmt0 and
+    its bare source 'snap-bm' on fmt0 too (block_dirty_bitmap_merge looks a bare name up
+    on the target's node), not the device's dirty one: 'b0' stays clean, and the checker
+    must expect it clean."""
+    steps = [
+        qmp("block-dirty-bitmap-add", node="drive0", name="snap-bm"),
+        qmp("block-dirty-bitmap-add", node="fmt0", name="snap-bm"),
+        qmp("block-dirty-bitmap-add", node="fmt0", name="b0"),
+        io("write -P 1 0 64k"),
+        qmp("block-dirty-bitmap-clear", node="fmt0", name="b0"),
+        qmp("block-dirty-bitmap-clear", node="fmt0", name="snap-bm"),
+        qmp("block-dirty-bitmap-merge", node="drive0", target="b0", bitmaps=["snap-bm"]),
+        qmp("x-debug-block-dirty-bitmap-sha256", node="fmt0", name="b0"),
+        qmp("x-debug-block-dirty-bitmap-sha256", node="fmt0", name="snap-bm"),
+        qmp("x-debug-block-dirty-bitmap-sha256", node="drive0", name="snap-bm"),
+    ]
+    result = run_steps(steps, policy="bb-attached", checkers=make_checkers([PREC, SOUND]))
+    b0, root_snap, device_snap = (s.response["return"]["sha256"] for s in result.steps[-3:])
+    assert b0 == root_snap != device_snap  # the merge read the root's clean 'snap-bm'
+    assert result.final["violations"] == []
 
 
 def test_precision_follows_a_clear_that_ran_before_its_transaction_moved_the_device() -> None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from sim.check.observe import Command, Owner, StepLog, label, listed_bitmaps, owner_of, owners
 from sim.errors import QMPError
+from sim.model import bitmap_ops
 from sim.model.bitmap import DirtyBitmap
 from sim.model.graph import BlockBackend, BlockNode
 
@@ -231,14 +232,10 @@ class BitmapRegistry:
         """What block_dirty_bitmap_lookup finds at (address, name) under the policy now."""
         state = self.machine.state
         try:
-            found = state.policy.owners_for_lookup(self.graph, address)
+            found, _, bm = bitmap_ops.search(self.graph, state.policy, address, name)
         except QMPError:
             return [], None
-        for owner in found:
-            for bm in owner.bitmaps:
-                if bm.name == name:
-                    return found, bm
-        return found, None
+        return found, bm
 
     def follow_successors(self) -> Iterator[tuple[Tracked, DirtyBitmap, bool]]:
         """Entries whose backup just ended: (entry, the frozen bitmap, abdicated?).

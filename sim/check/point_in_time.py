@@ -39,6 +39,7 @@ from sim.check import extents
 from sim.check.extents import Runs
 from sim.check.observe import StepChecker, listed_bitmaps
 from sim.errors import QMPError
+from sim.model import bitmap_ops
 from sim.model.bitmap import DirtyBitmap
 from sim.model.cbw import CopyBeforeWrite
 from sim.model.content import SECTOR_SHIFT, Content
@@ -187,14 +188,9 @@ class BackupPointInTime(StepChecker):
 
     def _lookup(self, address: str, name: str) -> DirtyBitmap | None:
         try:
-            owners = self.state.policy.owners_for_lookup(self.graph, address)
+            return bitmap_ops.search(self.graph, self.state.policy, address, name)[2]
         except QMPError:
             return None
-        for owner in owners:
-            for bm in owner.bitmaps:
-                if bm.name == name:
-                    return bm
-        return None
 
     # -- a job starts --------------------------------------------------------------------
     def _start(self, job: Job, index: int) -> BackupRun | None:

@@ -41,6 +41,7 @@ has its reference truncated or grown clean the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import zip_longest
 from typing import TYPE_CHECKING, Any
 
 from bitarray import bitarray
@@ -48,6 +49,7 @@ from bitarray import bitarray
 from sim.check.bitmaps import BitmapRegistry, Tracked
 from sim.check.extents import byte_ranges
 from sim.check.observe import Command, Owner, StepChecker, label, owner_of
+from sim.model import bitmap_ops
 from sim.model.bitmap import DirtyBitmap, bits_at_granularity
 from sim.model.graph import BlockBackend, BlockNode
 from sim.model.io import write_shifts
@@ -88,20 +90,7 @@ GRAPH_ACTIONS = frozenset(
 )
 
 
-def _named(kind: str, data: dict[str, Any]) -> list[tuple[str, str]]:
-    """The (address, name) pairs a clear or merge action names."""
-    if kind == "block-dirty-bitmap-clear":
-        return [(str(data.get("node")), str(data.get("name")))]
-    if kind != "block-dirty-bitmap-merge":
-        return []
-    node = str(data.get("node"))
-    out = [(node, str(data.get("target")))]
-    for src in data.get("bitmaps") or []:
-        if isinstance(src, dict):
-            out.append((str(src.get("node")), str(src.get("name"))))
-        else:
-            out.append((node, str(src)))
-    return out
+Named = list[DirtyBitmap | None]  # a clear's bitmap; a merge's target, then its sources
 
 
 def _resize(ref: Ref, nbits: int) -> None:
@@ -158,9 +147,9 @@ class BitmapPrecision(StepChecker):
         self.owners: list[tuple[Tracked, Owner | None]] = []
         self.writers: list[tuple[Job, list[BlockNode]]] = []
         self.faulted = False
-        # (address, name) -> the bitmap it named just before a clear or merge (or a
-        # transaction holding one) ran, by the id of the command's arguments
-        self._named_before: dict[int, dict[tuple[str, str], DirtyBitmap | None]] = {}
+        # the bitmaps each action of a clear or merge (or of a transaction holding one)
+        # named just before the command ran, by the id of the command's arguments
+        self._named_before: dict[int, list[Named]] = {}
         machine.state.write_observers.append(self._on_write)
         machine.before_command_observers.append(self._on_before)
         machine.command_observers.append(self._on_command)
@@ -206,11 +195,27 @@ class BitmapPrecision(StepChecker):
         args = request.get("arguments")
         if type(args) is not dict:
             return
-        names: dict[tuple[str, str], DirtyBitmap | None] = {}
-        for kind, data in Command(str(request["execute"]), args, {}).actions():
-            for address, name in _named(kind, data):
-                names[(address, name)] = self.bitmaps.lookup(address, name)[1]
-        self._named_before[id(args)] = names
+        actions = Command(str(request["execute"]), args, {}).actions()
+        self._named_before[id(args)] = [self._named(kind, data) for kind, data in actions]
+
+    def _named(self, kind: str, data: dict[str, Any]) -> Named:
+        """The bitmaps a clear or merge action names as the graph stands, found as the
+        model finds them (block_dirty_bitmap_lookup; a merge's bare source names on the
+        target's own owner)."""
+        node = str(data.get("node"))
+        if kind == "block-dirty-bitmap-clear":
+            return [self.bitmaps.lookup(node, str(data.get("name")))[1]]
+        if kind != "block-dirty-bitmap-merge":
+            return []
+        sources = data.get("bitmaps")
+        dst, srcs = bitmap_ops.merge_operands(
+            self.graph,
+            self.state.policy,
+            node,
+            str(data.get("target")),
+            list(sources) if isinstance(sources, list) else [],
+        )
+        return [dst, *srcs]
 
     def _on_command(self, request: Any, response: dict[str, Any]) -> None:
         known = {id(j) for j, _ in self.writers}
@@ -264,50 +269,37 @@ class BitmapPrecision(StepChecker):
 
     def _commands(self) -> None:
         """Clears and merges of this step's successful commands, in action order, each
-        naming the bitmap QEMU found: as the graph was before the command unless an
+        naming the bitmaps QEMU found: as the graph was before the command unless an
         earlier action of its transaction changed what a name reaches (then as the
-        command left it)."""
+        command left it); a bitmap not there before (added by an earlier action) as the
+        command left it."""
         named_before, self._named_before = self._named_before, {}
         for cmd in self.log.commands:
             if not cmd.ok:
                 continue
-            before: dict[tuple[str, str], DirtyBitmap | None] | None
-            before = named_before.get(id(cmd.arguments), {})
-            for kind, data in cmd.actions():
+            before: list[Named] | None = named_before.get(id(cmd.arguments))
+            for i, (kind, data) in enumerate(cmd.actions()):
+                if kind in GRAPH_ACTIONS:
+                    before = None
+                if kind not in ("block-dirty-bitmap-clear", "block-dirty-bitmap-merge"):
+                    continue
+                now = self._named(kind, data)
+                then = before[i] if before is not None and i < len(before) else []
+                named = [t if t is not None else n for t, n in zip_longest(then, now)]
                 if kind == "block-dirty-bitmap-clear":
-                    bm = self._lookup(str(data.get("node")), str(data.get("name")), before)
-                    ref = next((r for e, r in self.refs.items() if e.bitmap is bm), None)
+                    ref = next((r for e, r in self.refs.items() if e.bitmap is named[0]), None)
                     if ref is not None:
                         ref.reset()
-                elif kind == "block-dirty-bitmap-merge":
-                    self._merge(data, before)
-                elif kind in GRAPH_ACTIONS:
-                    before = None
+                else:
+                    self._merge(named)
 
-    def _lookup(
-        self,
-        address: str,
-        name: str,
-        before: dict[tuple[str, str], DirtyBitmap | None] | None,
-    ) -> DirtyBitmap | None:
-        """The bitmap (address, name) named when its action ran (`before`: the names as
-        the command found them, None after a graph change within it)."""
-        found = before.get((address, name)) if before is not None else None
-        return found if found is not None else self.bitmaps.lookup(address, name)[1]
-
-    def _merge(
-        self, data: dict[str, Any], before: dict[tuple[str, str], DirtyBitmap | None] | None
-    ) -> None:
-        node = str(data.get("node"))
-        dst = self._lookup(node, str(data.get("target")), before)
+    def _merge(self, named: Named) -> None:
+        """target |= each source, in the references (`named`: target, then sources)."""
+        dst, sources = named[0], named[1:]
         ref = next((r for e, r in self.refs.items() if e.bitmap is dst), None)
         if dst is None or ref is None:
             return
-        for src_ref in data.get("bitmaps") or []:
-            if isinstance(src_ref, dict):
-                src = self._lookup(str(src_ref.get("node")), str(src_ref.get("name")), before)
-            else:
-                src = self._lookup(node, str(src_ref), before)
+        for src in sources:
             src_entry = next((e for e in self.refs if e.bitmap is src), None)
             if src is None or src_entry is None or src.size_bytes != dst.size_bytes:
                 ref.hi.setall(1)  # a source the checker does not follow

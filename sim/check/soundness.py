@@ -24,6 +24,7 @@ from bitarray import bitarray
 from sim.check.bitmaps import BitmapRegistry, Tracked
 from sim.check.extents import byte_ranges
 from sim.check.observe import StepChecker, label, live_jobs, owner_of
+from sim.model import bitmap_ops
 from sim.model.bitmap import DirtyBitmap, bits_at_granularity
 from sim.model.graph import BlockBackend, BlockNode
 from sim.model.io import write_shifts
@@ -197,15 +198,20 @@ class BitmapSoundness(StepChecker):
                         str(data.get("node")), str(data.get("name")), index, "its sha256 was read"
                     )
                 elif kind == "block-dirty-bitmap-merge":
-                    for src in data.get("bitmaps") or []:
-                        if isinstance(src, dict):
-                            node, name = str(src.get("node")), str(src.get("name"))
-                        else:
-                            node, name = str(data.get("node")), str(src)
-                        self._check_at(node, name, index, "a merge read it")
+                    _, sources = bitmap_ops.merge_operands(
+                        self.graph,
+                        self.state.policy,
+                        str(data.get("node")),
+                        str(data.get("target")),
+                        list(data.get("bitmaps") or []),
+                    )
+                    for src in sources:
+                        self._check_bitmap(src, index, "a merge read it")
 
     def _check_at(self, address: str, name: str, index: int, why: str) -> None:
-        bm = self.bitmaps.lookup(address, name)[1]
+        self._check_bitmap(self.bitmaps.lookup(address, name)[1], index, why)
+
+    def _check_bitmap(self, bm: DirtyBitmap | None, index: int, why: str) -> None:
         if bm is None:
             return
         for entry, shadow in self.shadows.items():

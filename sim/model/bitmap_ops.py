@@ -58,18 +58,70 @@ def owner_label(graph: BlockGraph, owner: Owner) -> str:
     return graph.display_name(owner)
 
 
+def search(
+    graph: BlockGraph, policy: PlacementPolicy, node: str, name: str
+) -> tuple[list[Owner], Owner | None, DirtyBitmap | None]:
+    """block_dirty_bitmap_lookup's search, without its errors: the owners the policy
+    searches for `node` in their order (the device itself first under bb-attached, then
+    its root), and the first of them listing a bitmap `name` with that bitmap.  Raises
+    only the policy's own refusal (node-only refuses device names)."""
+    owners = policy.owners_for_lookup(graph, node)
+    for owner in owners:
+        for bm in owner.bitmaps:
+            if bm.name == name:
+                return owners, owner, bm
+    return owners, None, None
+
+
 def lookup(
     graph: BlockGraph, policy: PlacementPolicy, node: str, name: str
 ) -> tuple[Owner, DirtyBitmap]:
     """block_dirty_bitmap_lookup: `Node 'X' not found`, `Dirty bitmap 'N' not found`."""
-    owners = policy.owners_for_lookup(graph, node)
+    owners, owner, bm = search(graph, policy, node, name)
     if not owners:
         raise QMPError(f"Node '{node}' not found")
-    for owner in owners:
-        for bm in owner.bitmaps:
-            if bm.name == name:
-                return owner, bm
-    raise QMPError(f"Dirty bitmap '{name}' not found")
+    if owner is None or bm is None:
+        raise QMPError(f"Dirty bitmap '{name}' not found")
+    return owner, bm
+
+
+def merge_source(
+    graph: BlockGraph, policy: PlacementPolicy, owner: Owner, src: str | dict[str, str]
+) -> DirtyBitmap:
+    """Where block_dirty_bitmap_merge finds one source: a bare name on the owner the
+    target was found on (bdrv_find_dirty_bitmap(bs, name), never the device's other
+    owners: under bb-attached a target on the root takes a bare source from the root,
+    even when the device itself lists a bitmap of that name), a {node, name} pair by
+    block_dirty_bitmap_lookup."""
+    if isinstance(src, str):
+        found = next((b for b in owner.bitmaps if b.name == src), None)
+        if found is None:
+            raise QMPError(f"Dirty bitmap '{src}' not found")
+        return found
+    return lookup(graph, policy, src["node"], src["name"])[1]
+
+
+def merge_operands(
+    graph: BlockGraph,
+    policy: PlacementPolicy,
+    node: str,
+    target: str,
+    sources: list[str | dict[str, str]],
+) -> tuple[DirtyBitmap | None, list[DirtyBitmap | None]]:
+    """What a block-dirty-bitmap-merge names as the graph stands, without its errors
+    (for readers of the model): its target and each source as `merge` finds them, None
+    for one not found."""
+    try:
+        owner, dst = lookup(graph, policy, node, target)
+    except QMPError:
+        return None, [None] * len(sources)
+    found: list[DirtyBitmap | None] = []
+    for src in sources:
+        try:
+            found.append(merge_source(graph, policy, owner, src))
+        except (QMPError, KeyError, TypeError):
+            found.append(None)
+    return dst, found
 
 
 SMALL_BITMAP_BITS = 1 << 16
@@ -208,12 +260,7 @@ def merge(
     owner, dst = lookup(graph, policy, node, target)
     acc = DirtyBitmap(None, dst.granularity, dst.size_bytes)
     for src_ref in sources:
-        if isinstance(src_ref, str):
-            src = next((b for b in owner.bitmaps if b.name == src_ref), None)
-            if src is None:
-                raise QMPError(f"Dirty bitmap '{src_ref}' not found")
-        else:
-            _, src = lookup(graph, policy, src_ref["node"], src_ref["name"])
+        src = merge_source(graph, policy, owner, src_ref)
         # bdrv_merge_dirty_bitmap(dst, src): the target's checks, the source's, sizes
         check_bitmap(dst, DEFAULT_CHECKS)
         check_bitmap(src, ALLOW_RO)
