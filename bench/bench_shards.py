@@ -24,11 +24,15 @@ Figures:
   lower the wall-clock speed-up, never the CPU time per step.
 
 `--quick` runs a third of the examples; `--repeat N` runs N pairs (1, 2
-workers alternating) and reports the median speed-up.
+workers alternating) and reports the median speed-up; `--json FILE` also
+writes every run's figures and the load averages around it to FILE
+(bench/results/shards.json is what README.md's throughput paragraph is
+rendered from: scripts/readme_numbers.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -102,6 +106,8 @@ class Run:
     steps: int
     worker_cpu: float
     cluster_cpu: float
+    load_before: float
+    load_after: float
 
     @property
     def rate(self) -> float:
@@ -115,6 +121,7 @@ def measure(workers: int, examples: int) -> Run:
     with Runner(workers=workers) as runner, tempfile.TemporaryDirectory() as out:
         runner.client.run(warm_up)
         print(f"  {workers} worker(s), before: {uptime()}")
+        load_before = os.getloadavg()[0]
         w0 = sum(runner.client.run(worker_cpu).values())
         c0 = tree_cpu()
         t0 = time.perf_counter()
@@ -123,7 +130,42 @@ def measure(workers: int, examples: int) -> Run:
         cluster = tree_cpu() - c0
         wcpu = sum(runner.client.run(worker_cpu).values()) - w0
         print(f"  {workers} worker(s), after:  {uptime()}")
-    return Run(workers, wall, result.examples, result.steps, wcpu, cluster)
+        load_after = os.getloadavg()[0]
+    return Run(workers, wall, result.examples, result.steps, wcpu, cluster, load_before, load_after)
+
+
+def record(runs: list[Run], ratios: list[float], cpu_ratios: list[float]) -> dict[str, object]:
+    """The figures README.md's throughput paragraph is rendered from."""
+    examples = runs[0].examples
+    command = "python bench/bench_shards.py"
+    if examples != EXAMPLES:
+        command += " --quick"
+    if len(ratios) > 1:
+        command += f" --repeat {len(ratios)}"
+    return {
+        "command": command,
+        "examples": examples,
+        "shards": SHARDS,
+        "target": TARGET,
+        "cores": os.cpu_count(),
+        "runs": [
+            {
+                "workers": r.workers,
+                "examples": r.examples,
+                "steps": r.steps,
+                "wall_s": round(r.wall, 2),
+                "steps_per_s": round(r.rate),
+                "worker_cpu_us_per_step": round(r.cpu_us(r.worker_cpu)),
+                "cluster_cpu_us_per_step": round(r.cpu_us(r.cluster_cpu)),
+                "load_before": round(r.load_before, 2),
+                "load_after": round(r.load_after, 2),
+            }
+            for r in runs
+        ],
+        "speed_ups": [round(x, 2) for x in ratios],
+        "speed_up": round(statistics.median(ratios), 2),
+        "cluster_cpu_2_over_1": round(statistics.median(cpu_ratios), 2),
+    }
 
 
 def main() -> None:
@@ -133,9 +175,12 @@ def main() -> None:
         f"{os.cpu_count()} cores; {examples} examples of 25 steps in {SHARDS} shards, "
         f"every checker on"
     )
+    json_out = sys.argv[sys.argv.index("--json") + 1] if "--json" in sys.argv else None
     ratios, cpu_ratios = [], []
+    every: list[Run] = []
     for _ in range(repeat):
         runs = {w: measure(w, examples) for w in (1, 2)}
+        every.extend(runs.values())
         for r in runs.values():
             print(
                 f"{r.workers} worker(s): {r.examples} examples, {r.steps:,} steps in "
@@ -158,6 +203,9 @@ def main() -> None:
         f"whole-cluster CPU time, 2 workers over 1: {statistics.median(cpu_ratios):.2f} "
         "(1.00: the second worker adds no work; the wall-clock speed-up needs 2 free cores)"
     )
+    if json_out:
+        doc = record(every, ratios, cpu_ratios)
+        Path(json_out).write_text(json.dumps(doc, indent=1) + "\n")
 
 
 if __name__ == "__main__":
