@@ -369,6 +369,128 @@ def serve_region(results: Path = RESULTS) -> str:
     )
 
 
+def _load_span(*loads: float) -> str:
+    low, high = min(loads), max(loads)
+    return f"{low}" if low == high else f"{low}-{high}"
+
+
+def shards_region(results: Path = RESULTS) -> str:
+    """The sharded-campaign throughput, from bench/results/shards.json (`python
+    bench/bench_shards.py --repeat N --json bench/results/shards.json` writes it)."""
+    d = json.loads((results / "shards.json").read_text())
+    runs = d["runs"]
+    loads = [r[k] for r in runs for k in ("load_before", "load_after")]
+    pairs = [runs[i : i + 2] for i in range(0, len(runs), 2)]
+    rates = ", then ".join(
+        f"{one['steps_per_s']:,} and {two['steps_per_s']:,}" for one, two in pairs
+    )
+    cpu = ", then ".join(
+        f"{one['cluster_cpu_us_per_step']} and {two['cluster_cpu_us_per_step']} us"
+        for one, two in pairs
+    )
+    each = " and ".join(f"{x:.2f}x" for x in d["speed_ups"])
+    verdict = "met" if d["speed_up"] >= d["target"] else "missed"
+    return (
+        f"Measured with `{d['command']}` ({d['examples']} examples, {d['shards']} shards) on "
+        f"the shared {d['cores']}-core development machine at load average "
+        f"{_load_span(*loads)} around the runs (other processes on the cores lower the "
+        "wall-clock speed-up, not the CPU time per step): speed-up with 2 workers "
+        f"{d['speed_up']:.2f}x (median of {each}; target >= {d['target']}x: {verdict}); "
+        f"steps/s with 1 and 2 workers {rates}; whole-cluster CPU time per step "
+        f"{cpu}, 2 workers over 1: {d['cluster_cpu_2_over_1']:.2f}."
+    )
+
+
+def malformed_region(results: Path = RESULTS) -> str:
+    """The malformed-input benchmark's command and output, from
+    bench/results/malformed.json (`python bench/bench_malformed.py ... --json
+    bench/results/malformed.json` writes it)."""
+    d = json.loads((results / "malformed.json").read_text())
+    block = "\n".join(f"    {line}" if line else "" for line in [d["command"], "", *d["output"]])
+    size = (
+        ""
+        if d["inputs_asked"] >= 1_000_000
+        else f"a run of {d['inputs_asked']:,} inputs, not the million of the target; "
+    )
+    return (
+        f"{block}\n\n({size}{d['cpu_s']} s of CPU time; the wall time is that of a `nice`d "
+        f"run on {d['cores']} cores shared with other work, load average "
+        f"{_load_span(d['load_before'], d['load_after'])} before and after.)"
+    )
+
+
+def _shares(rows: list[list[Any]]) -> str:
+    return ", ".join(
+        f"`{name}` {pct:g}%" if "/" in name else f"{name} {pct:g}%" for name, pct in rows
+    )
+
+
+def profile_region(results: Path = RESULTS) -> str:
+    """Where the CPU of three costs rows goes, from bench/results/profile.json (`python
+    bench/bench_profile.py --json bench/results/profile.json` writes it)."""
+    d = json.loads((results / "profile.json").read_text())
+    w, one, tr = d["writes"], d["one"], d["traces"]
+    parts = one["interpreter_ms"] + one["click_ms"] + one["sim_ms"] + one["replay_ms"]
+    rest = one["process_ms"] - parts
+    return "\n".join(
+        [
+            f"- {w['writes']:,} random 4 KiB guest writes one by one on a 1 TiB qcow2 disk "
+            f"with 4 bitmaps: {w['write_us']} us of CPU a write (the log append, the "
+            f"bitmaps' marks, the path walk), then {w['splice_us']} us a write for the "
+            f"first read's splice; own time by module: {_shares(w['shares'])};",
+            f"- `blocksim replay {one['trace']}` as a process: {one['process_ms']} ms of "
+            f"CPU: the interpreter with this machine's site hooks {one['interpreter_ms']} ms, "
+            f"click {one['click_ms']} ms, blocksim's {one['sim_modules']} modules "
+            f"{one['sim_ms']} ms ({round(one['dataclass_share'] * 100)}% of that creating "
+            f"their dataclasses), the replay itself {one['replay_ms']} ms, the rest "
+            f"(`-m`, exit) {rest:.0f} ms;",
+            f"- the costs table's {tr['traces']} recorded traces in one process: "
+            f"{tr['process_s']} s of CPU: imports {tr['imports_ms']} ms, reading the traces "
+            f"{tr['read_ms']} ms, replaying {tr['replay_us_per_step']} us a step "
+            f"({tr['steps']:,} steps); own time by module: {_shares(tr['shares'])}.",
+            "",
+            f"Measured with `{d['command']}` on the shared {d['cores']}-core development "
+            f"machine at load average {_load_span(d['load_before'], d['load_after'])} "
+            "(CPU times are medians of fresh processes; the shares come from one run under "
+            "cProfile).",
+        ]
+    )
+
+
+def iotests_fresh() -> dict[str, Any]:
+    """bench/results/iotests.json: the iotest traces recorded afresh on QEMU 7.2 and
+    replayed (`python3 scripts/iotest_traces.py OUT --record RUNS --json FILE`)."""
+    doc: dict[str, Any] = json.loads((RESULTS / "iotests.json").read_text())
+    return doc
+
+
+def _iotests_shown(_: int) -> str:
+    d = iotests_fresh()
+    more = [f"{r['runs']} for {r['trace']}" for r in d["traces"] if r["runs"] != d["runs"]]
+    runs = ", ".join([f"{d['runs']} runs each", *more])
+    return f"{runs}): {d['replay_exactly']} of {d['total']}"
+
+
+def iotest_257_clusters() -> tuple[int, int]:
+    """(clusters copied, clusters of the disk) of 257's full-sync backups that a read
+    error fails (`intermediate`), from what QEMU 7.2 answered in their recordings."""
+    writer = _module(ROOT / "scripts" / "iotest_traces.py")
+    cluster = int(writer.GRANULARITY)
+    seen = set()
+    for path in sorted(
+        (ROOT / "scenarios" / "iotests").glob("iotest-257-full-*-intermediate.jsonl")
+    ):
+        for line in path.read_text().splitlines():
+            if not line.startswith('{"final-expect"'):
+                continue
+            for event in json.loads(line)["final-expect"].get("events", []):
+                data = event.get("data", {})
+                if event.get("event") == "BLOCK_JOB_COMPLETED" and "error" in data:
+                    seen.add((data["offset"] // cluster, data["len"] // cluster))
+    assert len(seen) == 1, seen  # every such case failed at the same cluster
+    return seen.pop()
+
+
 def fixed_classes(recorded: Path | None = None) -> dict[str, str]:
     """Signature -> recorded scenario, for every campaign class a scenario recorded on
     QEMU 7.2 shows fixed (its `// fixes: SIGNATURE` lines)."""
@@ -409,8 +531,8 @@ class Claim:
 
     name: str
     pattern: str
-    value: Callable[[], int]
-    shown: Callable[[int], str] = "{:,}".format
+    value: Callable[[], Any]
+    shown: Callable[[Any], str] = "{:,}".format
 
     def find(self, text: str) -> re.Match[str] | None:
         return re.search(self.pattern, text)
@@ -537,6 +659,77 @@ CLAIMS += [
 ]
 
 
+CLAIMS += [
+    Claim(
+        "iotest traces recorded afresh that replay exactly (bench/results/iotests.json)",
+        r"Fresh recordings of everything the script\s+writes \((?P<n>\d+ runs each[^)]*\): \d+ of \d+)",
+        lambda: iotests_fresh()["replay_exactly"],
+        _iotests_shown,
+    ),
+    Claim(
+        "clusters 257's failed full-sync backups copy (recorded on QEMU 7.2)",
+        r"257's full-sync cases copy\s+(?P<n>\d+ of \d+) clusters",
+        lambda: iotest_257_clusters()[0],
+        lambda n: f"{n} of {iotest_257_clusters()[1]}",
+    ),
+]
+
+
+def _source_number(relative: str, pattern: str, group: int = 1) -> int:
+    """A number in a source file found by `pattern` (for files whose import is slow or
+    whose value is an argument, not a name)."""
+    m = re.search(pattern, (ROOT / relative).read_text(), re.MULTILINE)
+    assert m is not None, (relative, pattern)
+    return int(m[group].replace("_", ""))
+
+
+CLAIMS += [
+    Claim(
+        "examples of bench_shards' campaign",
+        r"`python bench/bench_shards.py` runs one campaign \((?P<n>\d+) examples",
+        lambda: _source_number("bench/bench_shards.py", r"^EXAMPLES = (\d+)"),
+        str,
+    ),
+    Claim(
+        "shards of bench_shards' campaign",
+        r"examples\s+in (?P<n>\d+) shards, every checker on\)",
+        lambda: _source_number("bench/bench_shards.py", r"^SHARDS = (\d+)"),
+        str,
+    ),
+    Claim(
+        "bench_shards' speed-up target (tenths)",
+        r"the speed-up against the 1\.(?P<n>\d)x target",
+        lambda: _source_number("bench/bench_shards.py", r"^TARGET = 1\.(\d)$"),
+        str,
+    ),
+    Claim(
+        "inputs of the malformed-input slice CI runs",
+        r"`tests/test_malformed_campaign.py`: (?P<n>[\d,]+) inputs or",
+        lambda: _source_number("tests/test_malformed_campaign.py", r"malformed\.run\(([\d_]+),"),
+    ),
+    Claim(
+        "minutes of the malformed-input slice CI runs",
+        r"[\d,]+ inputs or (?P<n>\d+) minutes",
+        lambda: _source_number("tests/test_malformed_campaign.py", r"seconds=(\d+)") // 60,
+    ),
+    Claim(
+        "allocations between collections of the youngest generation",
+        r"collects its youngest GC generation\s+every (?P<n>[\d,]+) allocations",
+        lambda: _import("sim.entry").GC_THRESHOLDS[0],
+    ),
+    Claim(
+        "us of simulated time a hole chunk takes",
+        r"`HOLE_CHUNK_NS`\s+\((?P<n>\d+) us,",
+        lambda: _import("sim.engine.timing").HOLE_CHUNK_NS // 1000,
+    ),
+    Claim(
+        "KiB of a write the content's log keeps",
+        r"A guest write of up to (?P<n>\d+) KiB is",
+        lambda: _import("sim.model.content").LOG_MAX_BYTES >> 10,
+    ),
+]
+
+
 CLAIMS.append(
     Claim(
         "iotest 257 cases as traces (all replay exactly: tests/test_scenarios.py)",
@@ -579,6 +772,9 @@ REGIONS: dict[str, tuple[Callable[[], str], bool]] = {
     "differential-classes": (differential_classes_region, True),
     "race-coverage": (race_coverage_region, True),
     "serve": (serve_region, True),
+    "shards": (shards_region, True),
+    "malformed": (malformed_region, True),
+    "profile": (profile_region, True),
     "matrix": (matrix_region, False),
 }
 

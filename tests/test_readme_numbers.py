@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 from sim.check import CHECKERS
 from sim.trace import POLICIES, load_trace
 
@@ -56,6 +58,9 @@ def test_measured_tables_are_rendered_from_the_results_the_tools_wrote() -> None
         "differential-classes",
         "race-coverage",
         "serve",
+        "shards",
+        "malformed",
+        "profile",
     ):
         assert body[name] == numbers.REGIONS[name][0](), "run python3 scripts/readme_numbers.py"
     costs = json.loads((ROOT / "bench" / "results" / "costs.json").read_text())
@@ -199,6 +204,83 @@ def test_the_serve_figures_are_what_bench_serve_wrote() -> None:
     source = (ROOT / "bench" / "bench_serve.py").read_text()
     for key in doc:
         assert f'"{key}"' in source, key  # written by the benchmark, not by hand
+
+
+def test_the_shard_throughput_is_what_bench_shards_wrote(tmp_path: Path) -> None:
+    """bench/results/shards.json has the keys bench/bench_shards.py --json writes; the
+    paragraph gives its speed-up, verdict, rates and the load it was measured at."""
+    numbers = script()
+    doc = json.loads((ROOT / "bench" / "results" / "shards.json").read_text())
+    source = (ROOT / "bench" / "bench_shards.py").read_text()
+    for key in [*doc, *doc["runs"][0]]:
+        assert f'"{key}"' in source, key  # written by the benchmark, not by hand
+    assert doc["command"].startswith("python bench/bench_shards.py")
+    assert len(doc["runs"]) == 2 * len(doc["speed_ups"])
+    text = numbers.shards_region()
+    assert f"speed-up with 2 workers {doc['speed_up']:.2f}x" in text
+    assert f"{doc['runs'][0]['steps_per_s']:,} and {doc['runs'][1]['steps_per_s']:,}" in text
+    # a quiet run that meets the target says so, and the load span follows the runs
+    quiet = dict(doc, speed_up=1.9, speed_ups=[1.9], runs=[
+        dict(r, load_before=0.2, load_after=0.4) for r in doc["runs"][:2]])  # fmt: skip
+    (tmp_path / "shards.json").write_text(json.dumps(quiet))
+    text = numbers.shards_region(tmp_path)
+    assert "target >= 1.7x: met" in text and "load average 0.2-0.4 around" in text
+
+
+def test_the_malformed_output_block_is_what_bench_malformed_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bench_malformed.py --json keeps the lines it printed; the README block is those
+    lines under the command, and a run short of the million says its size."""
+    numbers = script()
+    bench = numbers._module(ROOT / "bench" / "bench_malformed.py")
+    out = tmp_path / "malformed.json"
+    argv = ["bench_malformed.py", "--inputs", "300", "--seed", "3", "--json", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert bench.main() == 0
+    doc = json.loads(out.read_text())
+    assert doc["command"] == "python bench/bench_malformed.py --inputs 300 --seed 3"
+    assert doc["inputs"] >= 300 and doc["tracebacks"] == 0
+    text = numbers.malformed_region(tmp_path)
+    printed = capsys.readouterr().out
+    for line in doc["output"]:
+        assert f"    {line}\n" in text + "\n" and line in printed
+    assert "a run of 300 inputs, not the million of the target" in text
+    shown = json.loads((ROOT / "bench" / "results" / "malformed.json").read_text())
+    assert shown["tracebacks"] == shown["hangs"] == shown["invalid_output"] == 0
+
+
+def test_the_profile_paragraph_is_what_bench_profile_wrote() -> None:
+    """bench/results/profile.json has the keys bench/bench_profile.py --json writes; the
+    paragraph's start-up parts add up to the process's CPU."""
+    numbers = script()
+    doc = json.loads((ROOT / "bench" / "results" / "profile.json").read_text())
+    source = (ROOT / "bench" / "bench_profile.py").read_text()
+    for key in [*doc, *doc["writes"], *doc["one"], *doc["traces"]]:
+        assert f'"{key}"' in source, key  # written by the benchmark, not by hand
+    text = numbers.profile_region()
+    one = doc["one"]
+    assert f"as a process: {one['process_ms']} ms of CPU" in text
+    parts = [int(m) for m in re.findall(r"(?:hooks|click|modules) (\d+) ms", text)]
+    rest = int(re.search(r"\(`-m`, exit\) (-?\d+) ms", text)[1])  # type: ignore[index]
+    assert sum(parts) + one["replay_ms"] + rest == pytest.approx(one["process_ms"], abs=1)
+    for name, pct in doc["traces"]["shares"]:
+        assert f"{name}` {pct:g}%" in text or f"{name} {pct:g}%" in text
+
+
+def test_the_fresh_iotest_recordings_cover_every_trace_the_script_writes(
+    tmp_path: Path,
+) -> None:
+    """bench/results/iotests.json (scripts/iotest_traces.py OUT --record RUNS --json)
+    names every trace the script writes now: a new conversion needs a new measurement."""
+    numbers = script()
+    writer = numbers._module(ROOT / "scripts" / "iotest_traces.py")
+    writer.write_all(tmp_path)
+    doc = numbers.iotests_fresh()
+    assert sorted(r["trace"] for r in doc["traces"]) == sorted(p.stem for p in tmp_path.iterdir())
+    assert doc["total"] == len(doc["traces"])
+    assert doc["replay_exactly"] == sum(r["replays_exactly"] for r in doc["traces"])
+    assert "7.2" in doc["qemu"]
 
 
 def test_every_pinned_difference_says_why() -> None:
