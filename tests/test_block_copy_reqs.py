@@ -130,3 +130,95 @@ def test_a_wait_longer_than_cbw_timeout_fails_the_write() -> None:
     assert timed_out.output == "write failed: Connection timed out\n"
     assert timed_out.time_s == 1.001
     assert elsewhere.output.startswith("wrote 65536/65536") and elsewhere.time_s == 1.001
+
+
+# -- a pause waits for the tasks (backup_pause) ------------------------------------------
+
+TARGET = {
+    "id": "drive1",
+    "node-name": "fmt1",
+    "file-node-name": "proto1",
+    "format": "qcow2",
+    "size": 8 * MiB,
+}
+
+
+def held_backup() -> list[dict[str, Any]]:
+    """A rate-limited backup of 8 MiB of data whose first task's target write waits
+    about four seconds in a throttle group (an earlier write filled its bucket)."""
+    return [
+        io("write -P 0x11 0 8M"),
+        qmp("object-add", **{"qom-type": "throttle-group", "id": "tg0"}, limits={"bps-write": MiB}),
+        qmp(
+            "blockdev-add",
+            driver="throttle",
+            **{"node-name": "th1", "throttle-group": "tg0"},
+            file="fmt1",
+        ),  # fmt: skip
+        io("write -P 0x33 0 4M", "th1"),
+        qmp(
+            "blockdev-backup",
+            **{"job-id": "bk"},
+            device="drive0",
+            target="th1",
+            sync="full",
+            speed=MiB,
+        ),  # fmt: skip
+    ]
+
+
+def run_held(steps: list[Any]) -> Any:
+    return clean(run_steps([*held_backup(), *steps], drives=[{**DRIVE0, "size": 8 * MiB}, TARGET]))
+
+
+def statuses(r: Any) -> list[tuple[str, float]]:
+    """The job's JOB_STATUS_CHANGE statuses with their simulated time (s)."""
+    return [
+        (ev.data["status"], ev.time_ns / NS_PER_S)
+        for ev in r.machine.events.history
+        if ev.name == "JOB_STATUS_CHANGE" and ev.data["id"] == "bk"
+    ]
+
+
+def test_pause_with_a_held_task_is_reached_when_the_task_completes() -> None:
+    r = run_held([qmp("job-pause", id="bk"), qmp("query-block-jobs"), {"advance": 10}])
+    info = r.steps[6].response["return"][0]
+    assert (info["status"], info["busy"], info["paused"]) == ("running", True, True)
+    moves = statuses(r)
+    assert [s for s, _ in moves][-1] == "paused"
+    paused_at = moves[-1][1]
+    assert 3.0 < paused_at < 5.0  # the held task's target write: about four seconds
+    assert r.machine.state.jobs[0].offset == MiB  # that task's progress, no other task
+
+
+def test_resume_before_the_pause_point_leaves_no_paused_status() -> None:
+    wait = {"wait": {"event": "BLOCK_JOB_COMPLETED", "data": {"device": "bk"}}}
+    r = run_held([qmp("job-pause", id="bk"), qmp("job-resume", id="bk"), wait])
+    assert [s for s, _ in statuses(r)] == [
+        # the transaction's drain pauses and resumes it; job-pause does not
+        "created", "running", "paused", "running", "waiting", "pending", "concluded", "null",
+    ]  # fmt: skip
+
+
+def test_a_drain_reaches_a_pending_pause_at_once() -> None:
+    """A drained section polls until the job is at its pause point: qemu-io on the
+    source's node name (its own BlockBackend: a drain) finds the job paused after."""
+    r = run_held([qmp("job-pause", id="bk"), io("read 0 512", "fmt0"), qmp("query-jobs")])
+    assert r.steps[7].response["return"][0]["status"] == "paused"
+    assert statuses(r)[-1] == ("paused", 0.0)
+
+
+def test_cancel_kicks_the_rate_limit_sleep() -> None:
+    """block_copy_kick: a cancel wakes the call from its rate-limit sleep; a backup of
+    1 MiB/s whose first 1 MiB task is done ends at the cancel, not a second later."""
+    wait = {"wait": {"event": "BLOCK_JOB_CANCELLED", "data": {"device": "bk"}}}
+    steps = [
+        io("write -P 0x11 0 8M"),
+        backup(speed=MiB),
+        {"advance": 0.1},
+        qmp("job-cancel", id="bk"),
+        wait,
+    ]
+    r = clean(run_steps(steps, drives=[{**DRIVE0, "size": 8 * MiB}]))
+    assert r.steps[4].time_s == 0.1
+    assert r.steps[4].response["data"]["offset"] == MiB

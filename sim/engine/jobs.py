@@ -172,17 +172,24 @@ def job_process(
     source, target = kind.reads_from(), kind.writes_to()
     ignored_error: str | None = None  # stream: an ignored error fails the job at the end
     pending: tuple[int, int, tuple[bool, str, bool]] | None = None  # a failing task
+    next_at: float = 0  # a backup's call creates no task before then (its rate limit)
     if first is not None:
         assert pool is not None
         what, arg = first
         if what == "slot":  # created in job_start, it runs once a slot is free
             yield from pool.wait_slot()
-            offset, length, progress, hole, req = arg
+            offset, length, progress, hole, created = arg
             pool.start(
-                offset, length, progress, unthrottled_read=True, hole=hole, withheld=True, req=req
+                offset,
+                length,
+                progress,
+                unthrottled_read=True,
+                hole=hole,
+                withheld=True,
+                created=created,
             )
         elif what == "sleep":
-            yield env.timeout(arg)
+            next_at = env.now + arg
         else:
             pending = arg
     while True:
@@ -200,6 +207,7 @@ def job_process(
                 if pool is not None:  # backup_pause ends the call: its tasks finish first
                     yield from pool.wait_all()
                 if job.user_paused:  # not resumed while its tasks finished
+                    job_flow.pause_now(job)  # its pause point (paused already, mostly)
                     job.busy_flag = False
                     yield waker.wait()
                 if isinstance(kind, BackupKind):  # a pause ends the block-copy call
@@ -207,6 +215,11 @@ def job_process(
                 continue
             # backup_loop waits for its block-copy call in job_yield, not busy
             job.busy_flag = pool is None
+            if env.now < next_at:
+                # block_copy_dirty_clusters' rate-limit sleep: a pause, a cancel or a new
+                # speed kicks it (block_copy_kick), the call then goes on or ends
+                yield env.any_of([env.timeout(next_at - env.now), waker.wait()])
+                continue
             if m.leaps:
                 ns = leap(m, job, source, target)
                 if ns:
@@ -239,12 +252,10 @@ def job_process(
                 # created, the task waits for a slot; it then runs whatever came meanwhile
                 progress = job.offset - before
                 job.offset -= progress
-                req = pool.created(offset, length)
+                created = pool.created(offset, length)
                 yield from pool.wait_slot()
-                pool.start(offset, length, progress, withheld=True, req=req)
-                rest = rate_limit_ns(length, job.speed)
-                if rest > 0:
-                    yield env.timeout(rest)
+                pool.start(offset, length, progress, withheld=True, created=created)
+                next_at = env.now + rate_limit_ns(length, job.speed)
                 continue
             yield from chunk_io(m, job, source, target, length, True, hole)
             continue
@@ -335,6 +346,10 @@ def finish_in_flight(
     return copied
 
 
+# a created block-copy task: its request in flight, whether a throttle group holds it
+Task = tuple[simpy.Event, bool]
+
+
 class TaskPool:
     """A backup's block-copy tasks in flight (block_copy_dirty_clusters' aio task
     pool of BLOCK_COPY_MAX_WORKERS): the call creates a task, starts it and goes on
@@ -364,10 +379,16 @@ class TaskPool:
         while self.full():
             yield self.m.env.any_of(self.running)
 
-    def created(self, offset: int, length: int) -> simpy.Event:
+    def created(self, offset: int, length: int) -> Task:
         """block_copy_task_create: the task over [offset, offset + length) is in flight
-        from now on (`start` runs it); the event fires when it completes."""
-        return reqlist.add(self.m, self.kind.cbw, offset, length)
+        from now on (`start` runs it): its request in flight (fired when it completes)
+        and whether a throttle group holds it (`Job.pausing`)."""
+        held = bool(self.m.state.throttle_groups) and bool(
+            groups_on_path(self.kind.reads_from()) or groups_on_path(self.kind.writes_to())
+        )
+        if held:
+            self.job.held_tasks += 1
+        return reqlist.add(self.m, self.kind.cbw, offset, length), held
 
     def start(
         self,
@@ -377,23 +398,28 @@ class TaskPool:
         unthrottled_read: bool = False,
         hole: bool = False,
         withheld: bool = False,
-        req: simpy.Event | None = None,
+        created: Task | None = None,
     ) -> None:
         """aio_task_pool_start_task: the task's I/O runs on its own (a busy zero task:
         its write of zeroes); its `progress` (in the job's offset unless `withheld`)
-        counts when it completes, and it leaves the requests in flight then (`req`:
-        listed when it was created, else now)."""
+        counts when it completes, and it leaves the requests in flight then
+        (`created`: when it was created, else now)."""
         job, kind = self.job, self.kind
         if not withheld:
             job.offset -= progress
         source, target = kind.reads_from(), kind.writes_to()
-        done = req if req is not None else self.created(offset, length)
+        done, held = created if created is not None else self.created(offset, length)
 
         def task() -> Proc:
             yield from chunk_io(
                 self.m, job, source, target, length, True, hole, unthrottled_read, False
             )
             job.offset += progress
+            if held:
+                job.held_tasks -= 1
+                if job.user_paused and not job.held_tasks:
+                    # the call a pause cancelled has ended: the job reaches its pause point
+                    job_flow.pause_now(job)
             reqlist.end(done)
 
         proc = self.m.env.process(task())

@@ -70,6 +70,13 @@ def begin(state: BlockState, nodes: Iterable[BlockNode] | None = None) -> Drain:
         job.kind.drained()
     for job in jobs:
         pause_now(job)
+    for job in state.jobs:
+        # a user pause still waiting for a backup's tasks: the drain polls until the
+        # job reaches that pause point
+        if job.pausing and (
+            quiesced is None or any(n is k for n in quiesced for k in job.kind.nodes)
+        ):
+            pause_now(job)
     for observe in state.drain_observers:
         names = None if quiesced is None else [n.node_name for n in quiesced]
         observe(names, [j.id for j in jobs])

@@ -215,6 +215,12 @@ def pause(job: Job) -> None:
         raise QMPError("Job is already paused")
     job.user_paused = 1
     job.kind.drained()  # the job runs an iteration before it reaches its pause point
+    if job.held_tasks and not (job.cancelled and job.force):  # see Job.pausing
+        # backup_pause cancels the block-copy call and waits for it: the job reaches its
+        # pause point when its tasks in flight complete (the engine pauses it then)
+        job.busy_flag = True
+        job.wake()
+        return
     pause_now(job)
 
 

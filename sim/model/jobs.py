@@ -107,6 +107,9 @@ class Job:
     seq: int = 0  # creation order, for deterministic iteration
     started: bool = False  # job_start() ran (a job of a failed transaction never starts)
     busy_flag: bool = False  # the job's coroutine is inside its work (set by the engine)
+    # block-copy tasks of a backup's call in flight that a throttle group holds (set by
+    # the engine): a pause waits for them (backup_pause), see `pausing`
+    held_tasks: int = 0
     wake: Callable[[], None] = field(default=lambda: None)  # set by the engine
 
     @property
@@ -183,5 +186,19 @@ class Job:
 
     @property
     def busy(self) -> bool:
-        """Job.busy: the coroutine is running (not sleeping, paused or yet to enter)."""
-        return self.busy_flag and self.status in ACTIVE and self.user_paused == 0
+        """Job.busy: the coroutine is running (not sleeping, paused or yet to enter); a
+        backup on its way to a pause point waits for its tasks busy (backup_pause)."""
+        return self.busy_flag and self.status in ACTIVE and (self.user_paused == 0 or self.pausing)
+
+    @property
+    def pausing(self) -> bool:
+        """Paused by the user but not at its pause point yet: a backup's block-copy call
+        ends when its tasks in flight complete (backup_pause), and only then does the
+        job pause.  Counted only for tasks whose I/O passes a throttle group: QEMU's
+        own time-based limit holds them for as long in simulated time as on QEMU
+        (seconds); a task of plain device I/O completes on QEMU (the host's page
+        cache) before the next QMP command arrives, where blocksim's commands take
+        no simulated time, so the job pauses at once (recorded on QEMU 7.2: paused in
+        scenarios/checkers/job-lifecycles.jsonl, running until the held task
+        completes in scenarios/blockapi/backup-pause-waits-for-tasks.jsonl)."""
+        return bool(self.user_paused) and self.status in ACTIVE and self.held_tasks > 0
