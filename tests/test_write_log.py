@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import sim.model.content as content_module
-from sim.model.content import SECTOR, Content
+from sim.model.content import SECTOR, ClusterSummary, Content
 from sim.model.qcow2_host import Qcow2Content
 
 
@@ -152,3 +152,81 @@ def test_a_full_log_is_spliced_in_without_a_read(monkeypatch: pytest.MonkeyPatch
     assert c.version == ref.version == 252
     assert c.extents() == ref.extents()
     assert c.layout.host.extents() == ref.layout.host.extents()
+
+
+def _data_logs(seed: int, settle_each: bool) -> list[Any]:
+    """A qcow2 content holding data, zeroes and holes, then logs of data writes only
+    (the counts follow them without a recount): writes that do not overlap (some
+    touching, at the disk's first and last sector, several in one cluster, across
+    clusters), and logs where they do; after each log, everything the layout, its
+    counts and the run list say, and the counts made from scratch."""
+    rng = random.Random(seed)
+    cluster = rng.choice([4096, 65536])
+    size = rng.choice([64 << 20, (64 << 20) + 3 * SECTOR])
+    qc = Qcow2Content(size, cluster)
+    plain = Content(size)
+    plain.cluster_summary(cluster)
+    stamp = 2
+    for _ in range(300):  # made one by one: extents of every kind
+        length = rng.choice([512, 4096, 65536, 3 * 65536])
+        offset = rng.randrange(0, size - length) // SECTOR * SECTOR
+        value = rng.choice([0, 1, 1, stamp])
+        for c in (qc, plain):
+            c.write(offset, length, value)
+            c.stamp_at(0)
+        stamp += 1
+    out: list[Any] = []
+    for rnd in range(6):
+        slots = size // 4096
+        if rnd % 2 == 0:  # no two writes overlap
+            picked = rng.sample(range(1, slots - 1), 600) + [0]
+            for _ in range(20):  # runs of writes, each starting where one ends
+                base = rng.randrange(1, slots - 8)
+                picked += range(base, base + rng.randrange(2, 6))
+            writes = [(s * 4096, 4096) for s in dict.fromkeys(picked)]
+            writes.append((size - SECTOR, SECTOR))  # the disk's last sector
+        else:
+            writes = [
+                (rng.randrange(0, size - n) // SECTOR * SECTOR, n)
+                for n in (rng.choice([512, 4096, 65536 + 4608]) for _ in range(500))
+            ]
+        rng.shuffle(writes)
+        for offset, length in writes:
+            for c in (qc, plain):
+                c.write(offset, length, stamp)
+                if settle_each:
+                    c.stamp_at(0)
+            stamp += 1
+        layout = qc.layout
+        counts = plain.cluster_summary(cluster)
+        fresh = ClusterSummary(qc, cluster)
+        out.append(
+            (
+                qc.extents(),
+                layout.host.extents(),
+                sorted(layout.l2_tables),
+                layout.next_host,
+                (layout.data, layout.regions, dict(layout._in)),
+                (counts.data, counts.regions, dict(counts._in)),
+                (fresh.data, fresh.regions, dict(fresh._in)),
+                plain.extents() == qc.extents(),
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_data_logs_spliced_at_once_are_the_writes_one_by_one(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Logs of data writes go through the numpy merge of writes that do not overlap
+    and the counts that follow the clusters they touch: the same run list, host
+    map and counts as the writes made one by one, and counts equal to a recount."""
+    one_by_one = _data_logs(seed, settle_each=True)
+    monkeypatch.setattr(content_module, "LOG_MERGE_MIN", 2)
+    monkeypatch.setattr(content_module, "LOG_MERGE_RATIO", 1 << 40)  # numpy every time
+    at_once = _data_logs(seed, settle_each=False)
+    assert at_once == one_by_one
+    for r in at_once:
+        assert r[4] == r[5] == r[6]  # kept counts == a plain content's == a recount
+        assert r[7]

@@ -125,12 +125,14 @@ class WriteLog:
 def stable_sort(values: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
     """(`values` sorted, the indices that sort them stably) for values in [0, bound]:
     one sort of (value, index) packed in an int64 when it fits (half the cost of an
-    argsort), else an argsort."""
+    argsort), else an argsort.  The packed keys are distinct, so any sort gives the
+    same order: numpy's stable one (timsort) also takes values already in order, or
+    made of a few ascending runs, in one pass."""
     n = int(values.size)
     shift = max(n - 1, 1).bit_length()
     if bound < 1 << (62 - shift):
         keys = (values << shift) | np.arange(n, dtype=np.int64)
-        keys.sort()
+        keys.sort(kind="stable")
         return keys >> shift, keys & ((1 << shift) - 1)
     order = np.argsort(values, kind="stable")
     return values[order], order
@@ -212,17 +214,40 @@ def _merge_disjoint(
     values: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`merge_writes` for ascending writes that do not overlap: the run list's starts
-    inside a write go, each write's start comes in and, unless the next write starts
-    at its end, the run list's stamp there comes back."""
+    inside a write go, each write's start comes in and so does its end, carrying the
+    run list's stamp there (or, where the next write starts at that end or the disk
+    ends, the write's own value: a repeat, dropped with the other equal neighbours).
+    The writes' points alternate (start, end, start, ...); the run list's starts
+    left are merged in by position, each before a write's point equal to it."""
     j = np.searchsorted(firsts, starts, side="right") - 1
     outside = (j < 0) | (starts >= ends[np.maximum(j, 0)])
+    del j
     after = stamps[np.searchsorted(starts, ends, side="right") - 1]
     back = ends < nsectors  # (an extent starting there too: equal neighbours, joined)
     back[:-1] &= firsts[1:] != ends[:-1]
-    points = np.concatenate((starts[outside], firsts, ends[back]))
-    order = np.argsort(points, kind="stable")  # three sorted runs: merged
-    points = points[order]
-    out = np.concatenate((stamps[outside], values, after[back]))[order]
+    n = int(firsts.size)
+    points = np.empty(2 * n, dtype=np.int64)
+    points[0::2] = firsts
+    points[1::2] = ends
+    out = np.empty(2 * n, dtype=np.int64)
+    out[0::2] = values
+    out[1::2] = np.where(back, after, values)
+    del after, back
+    kept = starts[outside]
+    if kept.size:
+        at = np.searchsorted(points, kept)
+        at += np.arange(kept.size, dtype=np.int64)
+        rest = np.ones(2 * n + kept.size, dtype=bool)
+        rest[at] = False
+        merged = np.empty(rest.size, dtype=np.int64)
+        merged[at] = kept
+        merged[rest] = points
+        points = merged
+        merged = np.empty(rest.size, dtype=np.int64)
+        merged[at] = stamps[outside]
+        merged[rest] = out
+        out = merged
+        del merged, rest, at
     keep = run_heads(out)
     return points[keep], out[keep]
 
@@ -438,6 +463,17 @@ class Content:
         self._alloc = self._arrays = None
         parts = [(firsts, ends, values)]
         starts, vals = self._raw_arrays()
+        summary = self._summary
+        counted = False  # the summary's counts follow already
+        if summary is not None and int(values.min()) >= FIRST_DATA_STAMP:
+            # data writes only: each cluster they touch holds data afterwards
+            sorted_firsts, sorted_ends = (
+                (by_first[0], by_first[1]) if by_first is not None else (firsts, ends)
+            )
+            clusters = touched_clusters(sorted_firsts, sorted_ends, summary.per, by_first is None)
+            summary.add_data(starts, vals, clusters)
+            counted = True
+            del clusters, sorted_firsts, sorted_ends
         while parts:
             f, e, v = parts.pop()
             merged = merge_writes(starts, vals, self.nsectors, f, e, v, by_first)
@@ -448,8 +484,8 @@ class Content:
             else:
                 starts, vals = merged
         self._rebuild(starts, vals)
-        if self._summary is not None:
-            self._summary.count(starts, vals, self.nsectors)
+        if summary is not None and not counted:
+            summary.count(starts, vals, self.nsectors)
 
     def _raw_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The chunks' run list as numpy arrays, whatever the write log holds (copies:
@@ -851,6 +887,33 @@ class ClusterSummary:
             self._in = {}
         self.regions = len(self._in)
 
+    def add_data(self, starts: np.ndarray, stamps: np.ndarray, clusters: np.ndarray) -> None:
+        """The counts after data writes that touch `clusters` (ascending, distinct) of
+        the run list `starts`/`stamps` (before the writes), each of which holds data
+        afterwards: those that held none count as data clusters now, those that
+        were free count as allocated in their L2 region.  Cost grows with the
+        clusters and the run list's extents."""
+        if not clusters.size:
+            return
+        per = self.per
+        lo = np.searchsorted(starts, clusters * per, side="right") - 1
+        hi = np.searchsorted(starts, (clusters + 1) * per)  # extents [lo, hi) meet each
+        before = np.zeros(stamps.size + 1, dtype=np.int64)  # data extents before each
+        np.cumsum(stamps >= FIRST_DATA_STAMP, out=before[1:])
+        self.data += int(clusters.size - np.count_nonzero(before[hi] > before[lo]))
+        np.cumsum(stamps != UNALLOCATED, out=before[1:])  # allocated extents before each
+        fresh = clusters[before[hi] == before[lo]] // self.per_region
+        del lo, hi, before
+        if not fresh.size:
+            return
+        heads = np.flatnonzero(run_heads(fresh))
+        sizes = np.diff(heads, append=fresh.size)
+        counts = self._in
+        for r, k in zip(fresh[heads].tolist(), sizes.tolist(), strict=True):
+            was = counts.get(r, 0)
+            counts[r] = was + k
+            self.regions += not was
+
     def tally(self, content: Content, first: int, end: int) -> tuple[int, dict[int, int]]:
         """(data clusters, allocated clusters per region) among the clusters that
         sectors [first, end) touch."""
@@ -913,6 +976,22 @@ class ClusterSummary:
             else:
                 del counts[r]
                 self.regions -= 1
+
+
+def touched_clusters(firsts: np.ndarray, ends: np.ndarray, per: int, unsorted: bool) -> np.ndarray:
+    """The clusters (of `per` sectors) that writes of sectors [firsts[i], ends[i])
+    touch, ascending and distinct; `firsts` ascending unless `unsorted`."""
+    lo = firsts // per
+    counts = (ends - 1) // per + 1 - lo
+    total = int(counts.sum())
+    if total != lo.size:  # some write reaches more than one cluster
+        lo = np.repeat(lo, counts) + (
+            np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+        )
+        unsorted = True
+    if unsorted:
+        lo = np.sort(lo, kind="stable")
+    return lo[run_heads(lo)]
 
 
 def _cluster_runs(c0: np.ndarray, c1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
