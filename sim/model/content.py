@@ -24,15 +24,18 @@ part of `sim.model.qcow2_host.Qcow2Layout`) up to date, for the host-file
 layout.
 
 A guest's data or zero write of at most LOG_MAX_BYTES is not spliced in at
-once: `write` and `write_many` append it to a `WriteLog` (three int64 arrays)
-and bump the version, O(1) Python work a write.  Every read and every other
-kind of write first settles the log: a short log write by write as before, a
-long one in one numpy pass (`merge_writes`: cut the disk where an extent or a
-write starts or ends, give each piece the value of the last write covering
-it, join equal neighbours), after which the chunks are rebuilt and the
-cluster summary counted again from the new run list.  Either way the run list
-is the one the writes made one by one leave (chunk boundaries aside, which
-no reader sees).
+once: `write` and `write_many` append it to a `WriteLog` (int64 arrays of
+offsets and stamps, one length while all writes have the same) and bump the
+version, O(1) Python work a write.  Every read and every other kind of write
+first settles the log: a short log write by write as before, a long one in
+one numpy pass (`merge_writes`: cut the disk where an extent or a write starts
+or ends, give each piece the value of the last write covering it, join equal
+neighbours; writes that do not overlap are merged in by position), after
+which the chunks are rebuilt.  The cluster summary follows a log of data
+writes from the clusters they touch (each holds data afterwards) and is
+counted again from the new run list after any other.  Either way the run
+list is the one the writes made one by one leave (chunk boundaries aside,
+which no reader sees).
 
 Writes are rounded out to whole sectors: a sub-sector write stamps the whole
 sector (a documented approximation; real QEMU merges bytes).
@@ -43,6 +46,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -112,14 +116,41 @@ class StampTable:
 
 class WriteLog:
     """Writes a content has taken but not yet spliced into its run list, in order:
-    byte offsets, lengths and stamps as int64 arrays (appending is O(1))."""
+    byte offsets and stamps as int64 arrays (appending is O(1)), and their lengths:
+    one number while every write has the same (a guest's usual requests), an int64
+    array of each write's once they differ."""
 
-    __slots__ = ("offsets", "lengths", "stamps")
+    __slots__ = ("offsets", "stamps", "length", "lengths")
 
-    def __init__(self) -> None:
+    def __init__(self, length: int) -> None:
         self.offsets = array("q")
-        self.lengths = array("q")
         self.stamps = array("q")
+        self.length = length  # every write's length, while they are all equal; else -1
+        self.lengths: array[int] | None = None  # each write's length, once they differ
+
+    def vary(self, length: int, n: int) -> None:
+        """The last `n` writes appended have `length`, which is not `self.length`."""
+        if self.lengths is None:
+            self.lengths = array("q", (self.length,)) * (len(self.offsets) - n)
+            self.length = -1
+        self.lengths.extend(array("q", (length,)) * n)
+
+    def writes(self) -> Iterator[tuple[int, int, int]]:
+        """(offset, length, stamp) of each write, in order."""
+        if self.lengths is None:
+            return zip(self.offsets, repeat(self.length), self.stamps, strict=False)
+        return zip(self.offsets, self.lengths, self.stamps, strict=True)
+
+    def sectors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(first sectors, end sectors, stamps) of the writes as numpy arrays."""
+        offsets = np.frombuffer(self.offsets, dtype=np.int64)
+        if self.lengths is None:
+            ends = offsets + (self.length + SECTOR - 1)
+        else:
+            ends = offsets + np.frombuffer(self.lengths, dtype=np.int64)
+            ends += SECTOR - 1
+        ends >>= SECTOR_SHIFT
+        return offsets >> SECTOR_SHIFT, ends, np.frombuffer(self.stamps, dtype=np.int64)
 
 
 def stable_sort(values: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
@@ -305,10 +336,11 @@ class Content:
             if offset + length <= self.size_bytes:
                 log = self._log
                 if log is None:
-                    log = self._log = WriteLog()
+                    log = self._log = WriteLog(length)
                 log.offsets.append(offset)
-                log.lengths.append(length)
                 log.stamps.append(stamp)
+                if length != log.length:
+                    log.vary(length, 1)
                 self.version += 1
                 self._alloc = None
                 if len(log.stamps) >= LOG_MAX_WRITES:
@@ -392,24 +424,35 @@ class Content:
         if len(starts) > CHUNK_MAX:
             self._split(i, chunk)
 
-    def write_many(self, offsets: Sequence[int], length: int, stamps: Sequence[int]) -> None:
+    def write_many(
+        self,
+        offsets: Sequence[int],
+        length: int,
+        stamps: Sequence[int],
+        bounds: tuple[int, int] | None = None,
+    ) -> None:
         """`write` for each offset with its stamp, in order (a guest's burst): appended
-        to the write log at once when every one of them would be."""
+        to the write log at once when every one of them would be.  `bounds`: the
+        lowest and the highest offset, when the caller has them."""
         n = len(offsets)
+        lowest, highest = (
+            bounds if bounds is not None else (min(offsets, default=-1), max(offsets, default=0))
+        )
         if (
             n == len(stamps)
             and n
             and 0 < length <= LOG_MAX_BYTES
             and min(stamps) > UNALLOCATED
-            and min(offsets) >= 0
-            and max(offsets) + length <= self.size_bytes
+            and lowest >= 0
+            and highest + length <= self.size_bytes
         ):
             log = self._log
             if log is None:
-                log = self._log = WriteLog()
+                log = self._log = WriteLog(length)
             log.offsets.extend(offsets)
-            log.lengths.extend(array("q", (length,)) * n)
             log.stamps.extend(stamps)
+            if length != log.length:
+                log.vary(length, n)
             self.version += n
             self._alloc = None
             if len(log.stamps) >= LOG_MAX_WRITES:
@@ -431,7 +474,7 @@ class Content:
         n = len(log.offsets)
         if n < LOG_MERGE_MIN or n * LOG_MERGE_RATIO < len(self._mins) * CHUNK_MAX:
             write_now = self._write_now
-            for offset, length, stamp in zip(log.offsets, log.lengths, log.stamps, strict=True):
+            for offset, length, stamp in log.writes():
                 write_now(
                     offset >> SECTOR_SHIFT, (offset + length + SECTOR - 1) >> SECTOR_SHIFT, stamp
                 )
@@ -442,12 +485,8 @@ class Content:
 
     def _merge_log(self, log: WriteLog) -> None:
         """The whole log at once: the run list rebuilt by `merge_writes`, the cluster
-        summary counted again from it."""
-        offsets = np.frombuffer(log.offsets, dtype=np.int64)
-        lengths = np.frombuffer(log.lengths, dtype=np.int64)
-        firsts = offsets >> SECTOR_SHIFT
-        ends = (offsets + lengths + (SECTOR - 1)) >> SECTOR_SHIFT
-        self._merge_sectors(firsts, ends, np.frombuffer(log.stamps, dtype=np.int64))
+        summary brought up to date (`_merge_sectors`)."""
+        self._merge_sectors(*log.sectors())
 
     def _merge_sectors(
         self,
@@ -458,14 +497,16 @@ class Content:
     ) -> None:
         """Writes of sectors [firsts[i], ends[i]) with values[i], in order, inside the
         disk, all at once; a log covering too many pieces goes in parts, in order.
-        `by_first`: as for `merge_writes`."""
+        The cluster summary follows data writes from the clusters they touch, and is
+        counted again from the new run list after any other.  `by_first`: as for
+        `merge_writes`."""
         self.version += int(firsts.size)
         self._alloc = self._arrays = None
         parts = [(firsts, ends, values)]
         starts, vals = self._raw_arrays()
         summary = self._summary
         counted = False  # the summary's counts follow already
-        if summary is not None and int(values.min()) >= FIRST_DATA_STAMP:
+        if summary is not None and values.size and int(values.min()) >= FIRST_DATA_STAMP:
             # data writes only: each cluster they touch holds data afterwards
             sorted_firsts, sorted_ends = (
                 (by_first[0], by_first[1]) if by_first is not None else (firsts, ends)
@@ -1113,7 +1154,13 @@ class WindowContent(Content):
         first, end = sector_span(offset, length)
         self.write_sectors(first, end, stamp)
 
-    def write_many(self, offsets: Sequence[int], length: int, stamps: Sequence[int]) -> None:
+    def write_many(
+        self,
+        offsets: Sequence[int],
+        length: int,
+        stamps: Sequence[int],
+        bounds: tuple[int, int] | None = None,
+    ) -> None:
         for offset, stamp in zip(offsets, stamps, strict=True):
             self.write(offset, length, stamp)
 

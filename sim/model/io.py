@@ -305,11 +305,12 @@ def write_batch(
     graph = state.graph
     path = write_path(graph, root)
     data = next((n for n in path if not n.is_filter), None)
-    end = max(offsets, default=0) + length
+    lowest, highest = min(offsets, default=-1), max(offsets, default=0)
+    end = highest + length
     if (
         data is None
         or length <= 0
-        or min(offsets, default=-1) < 0
+        or lowest < 0
         or end > root.size_bytes
         or data.driver == "snapshot-access"
         or any(n.write_hook or n.after_write_hook or n.write_threshold for n in path)
@@ -321,9 +322,9 @@ def write_batch(
         bitmaps += node.bitmaps
         if node is not data.file and end > node.wr_highest_offset:
             node.wr_highest_offset = end  # the filters' and the data node's
-    _mark_batch(bitmaps, offsets, length)
+    _mark_batch(bitmaps, offsets, length, highest)
     if data.content is not None:
-        data.content.write_many(offsets, length, stamps)
+        data.content.write_many(offsets, length, stamps, (lowest, highest))
     if data.file is not None:
         note_protocol_write(graph, data, data.file, end)
     observers = state.write_observers
@@ -334,10 +335,11 @@ def write_batch(
     return [OK] * len(offsets)
 
 
-def _mark_batch(bitmaps: list[DirtyBitmap], offsets: list[int], length: int) -> None:
-    """`record_write` for every write of a batch on each bitmap: the granules of the
-    batch are worked out once per granularity; then one index assignment per bitmap
-    when each write falls in one granule, else a slice per write."""
+def _mark_batch(bitmaps: list[DirtyBitmap], offsets: list[int], length: int, highest: int) -> None:
+    """`record_write` for every write of a batch (`highest`: its highest offset) on
+    each bitmap: the granules of the batch are worked out once per granularity; then
+    one index assignment per bitmap when each write falls in one granule, else a
+    slice per write."""
     tail = length - 1
     granules: dict[int, tuple[list[int], list[int] | None, int]] = {}
     for bm in bitmaps:
@@ -349,7 +351,7 @@ def _mark_batch(bitmaps: list[DirtyBitmap], offsets: list[int], length: int) -> 
         if found is None:
             heads = [o >> shift for o in offsets]
             tails = [(o + tail) >> shift for o in offsets]
-            found = granules[shift] = (heads, None if tails == heads else tails, max(heads))
+            found = granules[shift] = (heads, None if tails == heads else tails, highest >> shift)
         firsts, lasts, top = found
         bits = target.bits
         if lasts is None:  # one granule each

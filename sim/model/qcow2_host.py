@@ -25,7 +25,8 @@ zeroes, and a discard frees host clusters but no L2 table.  `Qcow2Content`
 (the image's content) keeps the layout up to date: a write made at once
 places its clusters and counts them; a write log spliced in with numpy
 (`Content._merge_log`) places the clusters of all its writes in one pass
-(`Qcow2Layout.place_log`) and counts again from the new run list.  Cost
+(`Qcow2Layout.place_log`) and brings the counts up to date as
+`Content._merge_sectors` says.  Cost
 grows with the writes and the map's extents, never with the image size.
 Not modelled: freed host clusters being reused (allocation always goes to
 the end), refcount blocks allocated as the file grows, metadata of
@@ -433,11 +434,7 @@ class Qcow2Content(Content):
     def _merge_log(self, log: WriteLog) -> None:
         layout = self._summary
         assert isinstance(layout, Qcow2Layout)
-        offsets = np.frombuffer(log.offsets, dtype=np.int64)
-        lengths = np.frombuffer(log.lengths, dtype=np.int64)
-        firsts = offsets >> SECTOR_SHIFT
-        ends = (offsets + lengths + (SECTOR - 1)) >> SECTOR_SHIFT
-        stamps = np.frombuffer(log.stamps, dtype=np.int64)
+        firsts, ends, stamps = log.sectors()
         by_first, order = stable_sort(firsts, self.nsectors)
         sorted_writes = (by_first, ends[order], order)
         layout.place_log(firsts, ends, stamps, sorted_writes)
