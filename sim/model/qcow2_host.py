@@ -281,18 +281,25 @@ class Qcow2Layout(ClusterSummary):
         del cluster, head
         hs, hv = self.host.arrays()
         hosted = hv[np.searchsorted(hs, clusters, side="right") - 1] != UNALLOCATED
-        first_data = np.minimum.reduceat(np.where(data[pair], pair, total), group)
+        first_pair = np.minimum.reduceat(pair, group)
+        all_data = bool(data.all())
+        if all_data:  # data writes only: a cluster's first pair is a data write's
+            first_data = first_pair
+        else:
+            first_data = np.minimum.reduceat(np.where(data[pair], pair, total), group)
         want = ~hosted & (first_data < total)
         placed = clusters[want]
         data_at = first_data[want]  # the pair that allocates each new data cluster
-        first_pair = np.minimum.reduceat(pair, group)
         # per cluster the last pair that changes its L2 entry: the one placing it, or a
         # zero write (a data write in place leaves the entry as it is); -1: none
-        changed_at = np.maximum(
-            np.maximum.reduceat(np.where(data[pair], -1, pair), group),
-            np.where(want, first_data, -1),
-        )
-        del pair, group, hosted, first_data, want
+        changed_at = np.where(want, first_data, -1)
+        if not all_data:
+            np.maximum(
+                changed_at,
+                np.maximum.reduceat(np.where(data[pair], -1, pair), group),
+                out=changed_at,
+            )
+        del pair, group, hosted, first_data, want, data
         region = clusters // span
         heads = np.flatnonzero(np.concatenate(([True], region[1:] != region[:-1])))
         regions = region[heads]
@@ -300,14 +307,14 @@ class Qcow2Layout(ClusterSummary):
         new = ~np.isin(regions, known)
         table_at = np.minimum.reduceat(first_pair, heads)[new]  # first pair in a new region
         del region, heads, first_pair
-        table = np.zeros(total, dtype=np.int64)  # host clusters each pair allocates
-        table[table_at] = 1
-        events = table.copy()
-        events[data_at] += 1
-        before = np.cumsum(events) - events  # allocated by the pairs before
-        hosts = self.next_host + before[data_at] + table[data_at]  # a pair's table first
-        table_hosts = self.next_host + before[table_at]  # where each new table goes
-        del table, events, before
+        events = np.zeros(total, dtype=np.int8)  # host clusters each pair allocates
+        events[data_at] = 1
+        events[table_at] += 1
+        upto = np.cumsum(events, dtype=np.int64)  # allocated by the pairs up to each
+        hosts = upto[data_at]  # a pair's table first, then its data cluster
+        hosts += self.next_host - 1
+        table_hosts = upto[table_at] - events[table_at] + self.next_host  # each new table
+        del events, upto
         if table_at.size:
             self.l2_tables.update(regions[new].tolist())
             for reg, at in zip(regions[new].tolist(), table_hosts.tolist(), strict=True):
