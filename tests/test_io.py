@@ -53,9 +53,12 @@ def test_a_failed_request_is_not_reported() -> None:
     assert seen == []
 
 
-def _batch_state(threshold: bool) -> tuple[BlockState, list[tuple[Any, ...]]]:
+def _batch_state(
+    threshold: bool, file_bitmap: bool = True
+) -> tuple[BlockState, list[tuple[Any, ...]]]:
     """A 1 GiB qcow2 drive with dirty bitmaps of several granularities on its backend,
-    its format node (one disabled, one frozen with a successor) and its protocol node."""
+    its format node (one disabled, one frozen with a successor) and (`file_bitmap`)
+    its protocol node, which sees qcow2's host offsets: a batch goes one by one."""
     from sim.model.bitmap import DirtyBitmap
 
     state = BlockState()
@@ -70,7 +73,8 @@ def _batch_state(threshold: bool) -> tuple[BlockState, list[tuple[Any, ...]]]:
     frozen = DirtyBitmap("frozen", 65536, size)
     frozen.successor = DirtyBitmap(None, 65536, size)
     root.bitmaps.append(frozen)
-    root.file.bitmaps.append(DirtyBitmap("on-file", 8192, root.file.size_bytes))  # small
+    if file_bitmap:
+        root.file.bitmaps.append(DirtyBitmap("on-file", 8192, root.file.size_bytes))  # small
     if threshold:
         root.write_threshold = 600 << 20
     seen: list[tuple[Any, ...]] = []
@@ -97,20 +101,24 @@ def _batch_outcome(state: BlockState) -> Any:
 
 @pytest.mark.parametrize("seed", range(8))
 def test_a_batch_of_writes_is_the_writes_one_by_one(seed: int) -> None:
-    """Random batches (overlapping, repeated, unaligned offsets; lengths within and
-    across granules) give the contents, bitmaps, high-water marks, cluster counts,
+    """Random batches (overlapping, repeated, unaligned offsets or at multiples of the
+    length; lengths within and across granules) give the contents, bitmaps, high-water marks, cluster counts,
     stamps and observer calls of the same writes made one by one."""
     import random
 
     rng = random.Random(seed)
+    at_multiples = random.Random(-seed)
     threshold = seed % 4 == 3  # a write threshold on the path: the batch goes one by one
-    batched, seen_b = _batch_state(threshold)
-    single, seen_s = _batch_state(threshold)
+    file_bitmap = seed % 2 == 1  # without one, the batch marks the bitmaps at once
+    batched, seen_b = _batch_state(threshold, file_bitmap)
+    single, seen_s = _batch_state(threshold, file_bitmap)
     for _ in range(20):
         length = rng.choice([512, 4096, 4096, 65536, 3 * 65536 + 512])
         n = rng.choice([1, 2, 16, 300])
         blocks = ((1 << 30) - length) // 512
         offsets = [rng.randrange(blocks) * 512 for _ in range(n)]
+        if at_multiples.random() < 0.4:  # at multiples of the length (granules may be smaller)
+            offsets = [o // length * length for o in offsets]
         if rng.random() < 0.3:
             offsets += offsets[: n // 2]  # the same places again, later in the batch
         pattern = rng.randrange(1, 256)

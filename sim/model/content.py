@@ -449,8 +449,12 @@ class Content:
             log = self._log
             if log is None:
                 log = self._log = WriteLog(length)
-            log.offsets.extend(offsets)
-            log.stamps.extend(stamps)
+            if type(offsets) is list and type(stamps) is list:
+                log.offsets.fromlist(offsets)  # (twice as fast as extend)
+                log.stamps.fromlist(stamps)
+            else:
+                log.offsets.extend(offsets)
+                log.stamps.extend(stamps)
             if length != log.length:
                 log.vary(length, n)
             self.version += n

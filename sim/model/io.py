@@ -22,6 +22,7 @@ checked on the same nodes (the protocol node's at guest offsets).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import gcd
 from typing import TYPE_CHECKING
 
 from sim.model.bitmap import DirtyBitmap
@@ -341,6 +342,7 @@ def _mark_batch(bitmaps: list[DirtyBitmap], offsets: list[int], length: int, hig
     one index assignment per bitmap when each write falls in one granule, else a
     slice per write."""
     tail = length - 1
+    aligned: bool | None = None  # every offset is a multiple of `length`
     granules: dict[int, tuple[list[int], list[int] | None, int]] = {}
     for bm in bitmaps:
         target = bm.successor or bm
@@ -350,8 +352,15 @@ def _mark_batch(bitmaps: list[DirtyBitmap], offsets: list[int], length: int, hig
         found = granules.get(shift)
         if found is None:
             heads = [o >> shift for o in offsets]
-            tails = [(o + tail) >> shift for o in offsets]
-            found = granules[shift] = (heads, None if tails == heads else tails, highest >> shift)
+            if aligned is None:
+                aligned = gcd(*offsets) % length == 0
+            if aligned and (1 << shift) % length == 0:
+                tails = None  # a write at a multiple of its length stays in its granule
+            else:
+                tails = [(o + tail) >> shift for o in offsets]
+                if tails == heads:
+                    tails = None
+            found = granules[shift] = (heads, tails, highest >> shift)
         firsts, lasts, top = found
         bits = target.bits
         if lasts is None:  # one granule each
