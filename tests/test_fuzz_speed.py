@@ -142,3 +142,33 @@ def test_the_search_does_not_depend_on_the_wall_clock(
 
     monkeypatch.setattr(time, "monotonic", slow_clock)
     assert run(tmp_path / "slow") == quick
+
+
+def test_the_constant_pool_is_the_same_from_its_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the literals of sim/**/*.py, parsed (cold), read back (warm), and parsed again
+    # when the cache file is damaged: one pool, equal to Hypothesis' own parse
+    from hypothesis.internal.conjecture import providers
+    from hypothesis.internal.constants_ast import _constants_from_source
+
+    from sim.fuzz import hygiene
+
+    root = Path(hygiene.__file__).resolve().parent.parent
+    parsed = providers.Constants()
+    for path in sorted(root.rglob("*.py")):
+        for constant in _constants_from_source(path.read_bytes(), limit=True):
+            parsed.add(constant)
+    monkeypatch.setenv(hygiene.CACHE_ENV, str(tmp_path))
+    cold = hygiene._package_constants(providers)
+    (cache,) = tmp_path.glob("constants-*.marshal")
+    warm = hygiene._package_constants(providers)
+    cache.write_bytes(b"damaged")
+    again = hygiene._package_constants(providers)
+    assert cold == warm == again == parsed and len(parsed) > 1000
+    assert cache.read_bytes() != b"damaged"  # written anew
+    # a changed source tree is another cache file, not a stale pool
+    monkeypatch.setattr(hygiene, "__file__", str(tmp_path / "fuzz" / "hygiene.py"))
+    (tmp_path / "only.py").write_text("X = 123456789\n")
+    assert list(hygiene._package_literals()) == [123456789]
+    assert len(list(tmp_path.glob("constants-*.marshal"))) == 2

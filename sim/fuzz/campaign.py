@@ -59,7 +59,7 @@ from sim.fuzz.export import (
     export_failure,
     prepare_failure,
 )
-from sim.fuzz.hygiene import GENERATING, end_generation, hypothesis_phase
+from sim.fuzz.hygiene import GENERATING, end_generation, freeze_startup_heap, hypothesis_phase
 from sim.fuzz.machine import (
     INTERNAL_ERROR,
     BlockMachine,
@@ -278,6 +278,7 @@ class Campaign:
     # -- running -------------------------------------------------------------------------------
     def run(self) -> CampaignResult:
         """Run every round; always leaves failures, coverage and a summary on disk."""
+        freeze_startup_heap()
         self._t0 = time.monotonic()
         if self.out is not None:
             (self.out / "failures").mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,9 @@ running two layers of swarm testing at once.
 from __future__ import annotations
 
 import gc
+import os
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 from hypothesis.stateful import RuleBasedStateMachine
@@ -38,6 +40,26 @@ def collect_garbage() -> None:
     if _examples_since_gc >= GC_EVERY:
         _examples_since_gc = 0
         gc.collect()
+
+
+def freeze_startup_heap() -> None:
+    """Move every object alive when a campaign starts (modules, Hypothesis' strategies
+    and tables, the constant pool: ~49,000 objects) out of the collector's sight
+    (`gc.freeze`).  They live as long as the process, and every full collection walked
+    them again: the one `collect_garbage` asks for every GC_EVERY examples and the ones
+    Hypothesis asks for itself.  A 200-example campaign spent about a quarter less time
+    collecting (0.60-0.66 s against 0.87-0.93 s).  Objects made later are collected as
+    before.  Once per process: what a later campaign of the same process (a test run, a
+    worker) finds alive may be dropped later, and a frozen cycle is never collected."""
+    global _frozen
+    if _frozen:
+        return
+    _frozen = True
+    gc.collect()  # what is garbage already is not frozen with the rest
+    gc.freeze()
+
+
+_frozen = False
 
 
 class CycleGuard:
@@ -219,9 +241,6 @@ def cache_sort_keys() -> None:
 
 def _package_constants(providers: Any) -> Any:
     """The literals of every sim/**/*.py, in Hypothesis' own sorted containers."""
-    from pathlib import Path
-
-    from hypothesis.internal.constants_ast import _constants_from_source
     from sortedcontainers import SortedSet
 
     pool = providers.Constants(
@@ -230,15 +249,96 @@ def _package_constants(providers: Any) -> Any:
         bytes=SortedSet(),
         strings=SortedSet(),
     )
+    for constant in _package_literals():
+        pool.add(constant)
+    return pool
+
+
+CACHE_ENV = "BLOCKSIM_CACHE_DIR"  # where the literal lists are kept (default below)
+CACHE_KEEP = 8  # literal lists kept (one per source tree and Hypothesis version seen)
+
+
+def _package_literals() -> list[Any]:
+    """Every literal Hypothesis finds in sim/**/*.py, file by file in path order, each
+    file's in the order found (the pool is built by adding them in this order).
+
+    Parsing the ~200 source files takes ~0.5 s of CPU, a third of a `blocksim fuzz`
+    process' start-up.  The list is a function of the files' bytes and Hypothesis'
+    version only (and Python's, which parses them), so it is kept in a cache file named
+    by a digest of these
+    (`$BLOCKSIM_CACHE_DIR`, else `$XDG_CACHE_HOME/blocksim`, else ~/.cache/blocksim);
+    a missing, unreadable or unwritable cache only means parsing again."""
+    import hashlib
+    import marshal
+
+    import hypothesis
+    from hypothesis.internal.constants_ast import _constants_from_source
+
     root = Path(__file__).resolve().parent.parent
+    sources: list[bytes] = []
+    digest = hashlib.blake2b(f"{hypothesis.__version__} {sys.version}".encode(), digest_size=16)
     for path in sorted(root.rglob("*.py")):
         try:
-            found = _constants_from_source(path.read_bytes(), limit=True)
-        except (OSError, SyntaxError, ValueError, RecursionError):
+            source = path.read_bytes()
+        except OSError:
             continue
-        for constant in found:
-            pool.add(constant)
-    return pool
+        sources.append(source)
+        # (no bytes literal here: it would join the pool and the bytes Hypothesis draws)
+        digest.update(f"\0{path.relative_to(root).as_posix()}\0{len(source)}\0".encode())
+        digest.update(source)
+    folder = _cache_dir()
+    cache = folder / f"constants-{digest.hexdigest()}.marshal" if folder else None
+    try:
+        found = marshal.loads(cache.read_bytes()) if cache else None
+        if isinstance(found, list):
+            return found
+    except (OSError, EOFError, ValueError, TypeError):
+        pass
+    literals: list[Any] = []
+    for source in sources:
+        try:
+            literals.extend(_constants_from_source(source, limit=True))
+        except (SyntaxError, ValueError, RecursionError):
+            continue
+    if cache is not None:
+        try:
+            _write_cache(cache, marshal.dumps(literals))
+        except ValueError:  # a literal marshal cannot write: parse again next time
+            pass
+    return literals
+
+
+def _cache_dir() -> Path | None:
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME")
+    try:
+        return (Path(base) if base else Path.home() / ".cache") / "blocksim"
+    except RuntimeError:  # no home directory to be found
+        return None
+
+
+def _write_cache(path: Path, data: bytes) -> None:
+    """Write the cache file whole (a temporary file renamed: concurrent campaigns read
+    the old file or the new one), keeping the CACHE_KEEP newest; never fails."""
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".constants-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        kept = sorted(path.parent.glob("constants-*.marshal"), key=lambda p: p.stat().st_mtime)
+        for old in kept[:-CACHE_KEEP]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 GENERATING = frozenset({"generate", "target"})
