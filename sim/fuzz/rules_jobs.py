@@ -258,9 +258,13 @@ class JobRules(_Base):
         if point == "progress":
             body["fraction"] = round((decile + c.below(10) / 10) / 10, 2)
         self.run({"until": body})
+        landing = None
         if c.rarely(5) and job.status in ("running", "ready") and not job.user_paused:
             self.qmp("job-pause", {"id": job.id})  # the landing then meets a paused job
-        self.land(c, job.id)
+            # half the time a verb: a paused (or, paused in READY, standby) job is where
+            # pause, set-speed, cancel and complete meet a job the user stopped
+            landing = "verb" if c.boolean() else None
+        self.land(c, job.id, landing)
 
     @group("race")
     @precondition(lambda self: not self.machine.state.jobs and bool(self.devices()))
