@@ -108,6 +108,28 @@ def test_created_qcow2_opens_with_its_cluster_size_and_backing_file() -> None:
     assert m.state.graph.node("ov").bitmaps[0].granularity == 4096  # type: ignore[union-attr]
 
 
+def test_a_json_backing_name_is_opened_from_its_options() -> None:
+    """A header naming the json:{...} name of a qcow2 node over an image file: blockdev-add
+    opens that image read-only below, and a `backing` option replaces its header's."""
+    import json
+
+    m, mon = _machine()
+    _create_qcow2(m, mon, "mid.qcow2", "mid", size=64 << 20, **{"backing-file": "drive0.qcow2"})
+    mid = {"driver": "qcow2", "file": {"driver": "file", "filename": "mid.qcow2"}}
+    for name, options in (("a", {**mid, "backing": None}), ("b", mid)):
+        backing = "json:" + json.dumps(options)
+        _create_qcow2(m, mon, f"{name}.qcow2", name, size=64 << 20, **{"backing-file": backing})
+    _ok(mon, "blockdev-add", driver="qcow2", file="ap", **{"node-name": "a"})
+    below = m.state.graph.node("a").backing  # type: ignore[union-attr]
+    assert below is not None and below.image is not None and below.read_only
+    assert (below.image.filename, below.backing) == ("mid.qcow2", None)
+    # no backing option: mid.qcow2's header names drive0.qcow2, which drive0 writes
+    desc = _err(mon, "blockdev-add", driver="qcow2", file="bp", **{"node-name": "b"})
+    assert desc == (
+        'Could not open backing file: Could not open backing file: Failed to get shared "write" lock'
+    )
+
+
 def test_reopen_toggles_read_only_and_persistent_bitmaps() -> None:
     m, mon = _machine()
     _ok(mon, "block-dirty-bitmap-add", node="fmt0", name="p", persistent=True)

@@ -306,6 +306,14 @@ def test_bare_file_names_go_to_the_scratch_folder() -> None:
     assert placed[1] == txn["actions"][1]
     assert place_files("block-dirty-bitmap-add", {"node": "d", "name": "target"}, s) == {
         "node": "d", "name": "target"}  # fmt: skip
+    # protocol names are not files (QEMU's path_has_protocol); QEMU runs in the scratch folder
+    for name in ('json:{"driver": "qcow2", "file": {"filename": "a.qcow2"}}', "null-co://"):
+        create = {"options": {"driver": "qcow2", "file": "p", "backing-file": name}}
+        assert place_files("blockdev-create", create, s) == create
+    assert place_files("change-backing-file", {"backing-file": "d:/x"}, s) == {
+        "backing-file": "d:/x"}  # fmt: skip
+    assert place_files("change-backing-file", {"backing-file": "d/x:y"}, s) == {
+        "backing-file": "/scratch/d/x:y"}  # fmt: skip
 
 
 def test_known_crashers_are_refused() -> None:

@@ -54,7 +54,9 @@ class Image:
     size_bytes: int
     content: Content
     backing_file: str | None = None
-    backing_format: str | None = None  # the header's backing format, when one was written
+    backing_format: str | None = (
+        None  # the header's backing format ("": the header names none; None: the named image's)
+    )
     cluster_size: int = QCOW2_CLUSTER  # qcow2 only
     # persistent dirty bitmaps in the qcow2 bitmap directory, as stored when the last
     # writable node on the image closed (qcow2_store_persistent_dirty_bitmaps)

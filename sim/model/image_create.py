@@ -115,5 +115,7 @@ def create_qcow2(graph: BlockGraph, file: BlockNode, opts: Qcow2CreateOptions) -
     image.size_bytes = opts.size_bytes
     image.content = new_qcow2_content(opts.size_bytes, opts.cluster_size)
     image.backing_file = opts.backing_file
+    # a header names a backing format only when one was given ("": it names none)
+    image.backing_format = opts.backing_fmt if opts.backing_fmt is not None else ""
     image.cluster_size = opts.cluster_size
     return image

@@ -76,9 +76,18 @@ def _place_filenames(value: Any, scratch_dir: str, keys: tuple[str, ...] = ("fil
 
 
 def _in_scratch(name: Any, scratch_dir: str) -> Any:
-    if not isinstance(name, str) or not name or os.path.isabs(name):
+    # a name with a protocol prefix (json:{...}, null-co://) is not a file name to QEMU
+    # (path_has_protocol): the files a json:{...} name holds are found from QEMU's
+    # working directory, which is the scratch folder
+    if not isinstance(name, str) or not name or os.path.isabs(name) or _has_protocol(name):
         return name
     return os.path.join(scratch_dir, name)
+
+
+def _has_protocol(name: str) -> bool:
+    """QEMU's path_has_protocol (POSIX): a ':' comes before any '/'."""
+    cut = min((i for i in (name.find(":"), name.find("/")) if i >= 0), default=-1)
+    return cut >= 0 and name[cut] == ":"
 
 
 def refusal(step: Step) -> str | None:

@@ -599,7 +599,7 @@ class QemuRunner:
             with _interrupts_held():
                 proc = subprocess.Popen(
                     [self._qemu_img, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    preexec_fn=_child_setup,
+                    preexec_fn=_child_setup, cwd=self._scratch,
                 )  # fmt: skip
             out, err = proc.communicate(timeout=QEMU_IMG_TIMEOUT_S)
         except subprocess.TimeoutExpired:

@@ -348,13 +348,27 @@ def _open_backing_chain(
     """bdrv_open_backing_file, level by level: the file the header names is opened
     read-only (its own backing file in turn); each level's failure is wrapped in
     `Could not open backing file: `."""
-    g = m.state.graph
     image = node.image
     if image is None or image.backing_file is None:
         return
     seen = (*seen, image.filename)
-    bimage = g.images.get(image.backing_file)
-    pseudo = _null_co_backing(image.backing_file)
+    _open_named_backing(m, node, image.backing_file, image.backing_format, created, seen)
+
+
+def _open_named_backing(
+    m: Machine,
+    node: BlockNode,
+    name: str,
+    backing_format: str | None,
+    created: list[BlockNode],
+    seen: tuple[str, ...],
+) -> None:
+    """Open the backing a header (or a json:{...} name's `backing` option) names below
+    `node`: a file name, a null-co pseudo-protocol name, or the json:{...} name of a
+    format node over an image file (`_json_format_backing`)."""
+    g = m.state.graph
+    bimage = g.images.get(name)
+    pseudo = _null_co_backing(name)
     if pseudo is not None:  # a null-co pseudo-protocol name opens a null-co node
         size, size_option = pseudo
         bnode = g.new_node("null-co", size, None, read_only=True, size_option=size_option)
@@ -368,9 +382,19 @@ def _open_backing_chain(
                 f"blocksim refuses to open '{bimage.filename}': its backing chain loops "
                 "(real QEMU 7.2 hangs opening it read-only)"
             )
+        json_options = _json_format_backing(name) if bimage is None else None
+        if json_options is not None:
+            bimage = g.images.get(json_options["file"]["filename"])
+            if bimage is None or bimage.format != json_options["driver"]:
+                raise QMPError(
+                    f"blocksim does not model the backing '{name}': its options name no "
+                    f"image of format '{json_options['driver']}' it holds"
+                )
+            if bimage.filename in seen:
+                raise QMPError(f"blocksim refuses to open '{name}': its backing chain loops")
         if bimage is None:
-            raise QMPError(f"Could not open '{image.backing_file}': No such file or directory")
-        if image.backing_format == "file":
+            raise QMPError(f"Could not open '{name}': No such file or directory")
+        if json_options is None and backing_format == "file":
             # the header's backing format is the protocol driver: the backing is the
             # host file itself, opened read-only (a COW child of a node nobody uses
             # shares write, so a writer of the file does not stop it)
@@ -387,7 +411,13 @@ def _open_backing_chain(
         bnode.read_only = True
         created.append(bnode)
         g.set_backing(node, bnode)
-        _open_backing_chain(m, bnode, created, seen)
+        if json_options is None or "backing" not in json_options:
+            _open_backing_chain(m, bnode, created, seen)
+        elif json_options["backing"] is not None:  # the options' backing replaces the header's
+            below = json_options["backing"]
+            _open_named_backing(
+                m, bnode, "json:" + json.dumps(below), None, created, (*seen, bimage.filename)
+            )
     except QMPError as exc:
         raise QMPError(f"Could not open backing file: {exc.desc}") from None
 
@@ -399,6 +429,32 @@ def open_backing_chain(m: Machine, node: BlockNode) -> list[BlockNode]:
     created: list[BlockNode] = []
     _open_backing_chain(m, node, created)
     return created
+
+
+def _json_format_backing(name: str) -> dict[str, Any] | None:
+    """The options of a json:{...} backing name that opens a format node (qcow2 or
+    raw) over an image file, as QEMU writes it for a node whose backing blockdev-add
+    set: `file` names the image, a `backing` option (an object or null) replaces the
+    backing its header names.  None for any other name."""
+    if not name.startswith("json:"):
+        return None
+    try:
+        options = json.loads(name[len("json:") :])
+    except ValueError:
+        return None
+    if not isinstance(options, dict) or options.get("driver") not in ("qcow2", "raw"):
+        return None
+    file = options.get("file")
+    if not isinstance(file, dict) or file.get("driver") != "file" or len(file) != 2:
+        return None
+    if not isinstance(file.get("filename"), str):
+        return None
+    if set(options) - {"driver", "file", "backing"}:
+        return None
+    backing = options.get("backing")
+    if "backing" in options and backing is not None and not isinstance(backing, dict):
+        return None
+    return options
 
 
 def _null_co_backing(name: str) -> tuple[int, bool] | None:

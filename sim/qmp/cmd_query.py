@@ -231,8 +231,22 @@ def _backing_overridden(graph: BlockGraph, node: BlockNode) -> bool:
             )
         else:
             name = node_filename(graph, below)
-        overridden = header != name
+        overridden = not _same_backing_name(header, name)
     return overridden
+
+
+def _same_backing_name(header: str | None, name: str) -> bool:
+    """The header's backing name still says how the backing child was opened: the same
+    name, or the same json:{...} options in another key order (bs->auto_backing_file
+    is the name of the backing the header opened, written by QEMU with sorted keys)."""
+    if header == name:
+        return True
+    if header is None or not (header.startswith("json:") and name.startswith("json:")):
+        return False
+    try:
+        return bool(json.loads(header[5:]) == json.loads(name[5:]))
+    except ValueError:
+        return False
 
 
 def _open_options(graph: BlockGraph, node: BlockNode) -> dict[str, Any]:
@@ -304,7 +318,8 @@ def image_info(graph: BlockGraph, node: BlockNode) -> dict[str, Any]:
     if backing_file is not None:
         info["backing-filename"] = backing_file[0]
         info["full-backing-filename"] = backing_file[0]
-        info["backing-filename-format"] = backing_file[1]
+        if backing_file[1] is not None:
+            info["backing-filename-format"] = backing_file[1]
     return info
 
 
@@ -368,13 +383,15 @@ def _qcow2_specific(node: BlockNode) -> dict[str, Any]:
     return data
 
 
-def _header_backing_file(graph: BlockGraph, node: BlockNode) -> tuple[str, str] | None:
+def _header_backing_file(graph: BlockGraph, node: BlockNode) -> tuple[str, str | None] | None:
     """(file name, format) of the backing file a qcow2 node names (`bs->backing_file`).
 
     It is the image header's (`Image.backing_file`): a snapshot writes it into
     the new overlay, commit and stream rewrite it (bdrv_change_backing_file);
     blockdev-snapshot and `backing` given to blockdev-add do not, so the header
-    may name another file than the backing child (see `_backing_overridden`).
+    may name another file than the backing child (see `_backing_overridden`).  A
+    header written with no backing format (blockdev-create without `backing-fmt`,
+    `Image.backing_format` "") shows none.
     """
     if node.driver != "qcow2":
         return None
@@ -384,7 +401,7 @@ def _header_backing_file(graph: BlockGraph, node: BlockNode) -> tuple[str, str] 
         below = _unfiltered(node.backing)
         return node_filename(graph, below), below.driver
     if node.image.backing_format is not None:
-        return node.image.backing_file, node.image.backing_format
+        return node.image.backing_file, node.image.backing_format or None
     named = graph.images.get(node.image.backing_file)
     return node.image.backing_file, named.format if named is not None else "qcow2"
 
