@@ -77,6 +77,9 @@ class FaultTable:
         # the qcow2 nodes over blkdebug nodes, with their images' layouts (whose
         # metadata caches the blkdebug events read), since their first request
         self.qcow2: dict[BlockNode, Qcow2Layout] = {}
+        # the pieces of the last failed write through a qcow2 node over blkdebug that
+        # landed all the same (qcow2's tasks run in parallel): (node, offset, length)
+        self.landed: list[tuple[BlockNode, int, int]] = []
 
     def __bool__(self) -> bool:
         return bool(self.faults) or bool(self.blkdebug)
@@ -104,8 +107,11 @@ class FaultTable:
             if debug is not None:
                 parent = nodes[i - 1] if i else above
                 if parent is not None and isinstance(parent.content, Qcow2Content):
-                    steps = self.qcow2_steps(parent, op, offset, length)
+                    landed: list[tuple[int, int]] = []
+                    steps = self.qcow2_steps(parent, op, offset, length, landed)
                     rule = self._run(node, debug, parent, steps) if steps is not None else None
+                    if rule is not None:
+                        self.landed = [(parent, off, n) for off, n in landed]
                 else:
                     rule = debug.request(op, offset, length, parent.driver if parent else None)
                 if rule is not None:
@@ -191,7 +197,12 @@ class FaultTable:
         return layout
 
     def qcow2_steps(
-        self, node: BlockNode, op: str, offset: int, length: int
+        self,
+        node: BlockNode,
+        op: str,
+        offset: int,
+        length: int,
+        landed: list[tuple[int, int]] | None = None,
     ) -> qcow2_meta.Steps | None:
         """What qcow2 node `node` raises and asks of its file for this request
         (sim.model.qcow2_meta), with the node's caches as they stand."""
@@ -212,8 +223,8 @@ class FaultTable:
         if op == "read":
             return qcow2_meta.read_steps(layout, chain, offset, length)
         if op == "write-zeroes":
-            return qcow2_meta.zero_steps(layout, chain, offset, length)
-        return qcow2_meta.write_steps(layout, chain, offset, length)
+            return qcow2_meta.zero_steps(layout, chain, offset, length, landed)
+        return qcow2_meta.write_steps(layout, chain, offset, length, landed)
 
 
 # -- blkdebug ------------------------------------------------------------------------------
@@ -312,19 +323,30 @@ class Blkdebug:
                     self.event(step[1])
                     step = next(steps)
                     continue
-                rule = self.check(step[0], step[1], step[2])
+                deferred = len(step) > 4 and step[4] == qcow2_meta.ASYNC
+                rule = self.check(step[0], step[1], step[2], deferred)
                 if rule is not None and len(step) < 4:
                     steps.close()
                     return rule
                 failure = failure or rule
-                step = steps.send(rule is not None)
+                step = steps.send(
+                    0
+                    if rule is None
+                    else qcow2_meta.FAILED_AT_ONCE
+                    if rule.immediately
+                    else qcow2_meta.FAILED
+                )
         except StopIteration:
             return failure
 
-    def check(self, op: str, offset: int, length: int) -> BlkdebugRule | None:
+    def check(
+        self, op: str, offset: int, length: int, deferred: bool = False
+    ) -> BlkdebugRule | None:
         """A request reaching the blkdebug node: bdrv_aligned_pwritev's events around
         a write, bdrv_co_flush's skip of a flush with nothing written since the last
-        one, then rule_check.  `offset` -1: a metadata request (no `sector` matches)."""
+        one, then rule_check.  `offset` -1: a metadata request (no `sector` matches).
+        `deferred`: a write whose caller raises pwritev_done itself when it completes
+        (a qcow2 task's; not when the write fails `immediately`: it never yields)."""
         if op == "flush":
             if not self.unflushed:
                 return None
@@ -336,7 +358,8 @@ class Blkdebug:
             self.event("pwritev" if op == "write" else "pwritev_zero")
             rule = self._match(op, offset, length)
             self.unflushed = True
-            self.event("pwritev_done")
+            if not deferred or (rule is not None and rule.immediately):
+                self.event("pwritev_done")
             return rule
         return self._match(op, offset, length)
 
@@ -471,6 +494,7 @@ def guest_error(
     fails the guest write at the filter."""
     if not m.faults:
         return None
+    m.faults.landed = []
     graph = m.state.graph
     if op == "flush":
         hit = m.faults.take(write_path(graph, root), "flush", 0, 0)
@@ -509,6 +533,15 @@ def guest_error(
         return None
     mark_failed_write(bb, path[: path.index(failed_at) + 1], offset, length)
     return STRERROR[errno]
+
+
+def write_landed(m: Machine, stamp: int) -> None:
+    """The pieces of a failed guest write that landed in the image all the same
+    (`FaultTable.landed`) get its data."""
+    for node, offset, length in m.faults.landed:
+        if node.content is not None:
+            node.content.write(offset, length, stamp)
+    m.faults.landed = []
 
 
 def mark_failed_write(

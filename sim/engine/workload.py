@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import simpy
 
 from sim.engine import reqlist
-from sim.engine.faults import cbw_runs
+from sim.engine.faults import cbw_runs, write_landed
 from sim.engine.throttle import groups_on_path, throttled
 from sim.engine.timing import NS_PER_S, Device
 from sim.model import io
@@ -282,6 +282,8 @@ def guest_request(
             and m.guest_io_error(bb, root, "read" if is_read else "write", offset, size) is not None
         ):
             ok = False
+            if not is_read and m.faults.landed:  # qcow2 pieces written all the same
+                write_landed(m, state.new_stamp(w.spec.fill))
         elif not is_read:
             if burst is not None and not burst.done:
                 burst.apply(m, w, bb, root)

@@ -130,10 +130,15 @@ class Qcow2Layout(ClusterSummary):
         return other
 
     # -- allocation -----------------------------------------------------------------------
-    def allocate(self, first: int, end: int, stamp: int, nsectors: int) -> None:
+    def allocate(
+        self, first: int, end: int, stamp: int, nsectors: int, content: Content | None = None
+    ) -> None:
         """Host clusters for a write of `stamp` to sectors [first, end) of a disk of
         `nsectors`: a data write allocates what has none, a zero write only L2 tables,
-        a discard (stamp 0) frees the clusters it covers whole."""
+        a discard (stamp 0) frees the clusters it covers whole.  A zero write into part
+        of a cluster holding data in `content` (the image's, before the write) writes
+        it in place instead (qcow2_co_pwrite_zeroes answers -ENOTSUP, the block layer
+        writes zeroes as data)."""
         if first >= end:
             return
         per = self.per
@@ -159,15 +164,45 @@ class Qcow2Layout(ClusterSummary):
                 host = self.data_start + (value - _BIAS + a) * cb
                 self._host_write(host + start - a * cb, stop - start)
             else:  # the zero flag goes into the L2 entries
-                self._touch_l2(a, b)
+                za, zb = a, b
+                for c in (a, b - 1) if b - 1 > a else (a,):  # a partial cluster with data: in place
+                    if content is not None and self._partial_data(content, c, first, end):
+                        start = max(first << SECTOR_SHIFT, c * cb)
+                        stop = min(end << SECTOR_SHIFT, (c + 1) * cb)
+                        host = self.data_start + (value - _BIAS + c) * cb
+                        self._host_write(host + start - c * cb, stop - start)
+                        za, zb = (c + 1, zb) if c == za else (za, c)
+                if za < zb:
+                    self._touch_l2(za, zb)
             cur = b
         if cur < hi:
             self._place(cur, hi, data)
 
-    def place(self, lo: int, hi: int) -> None:
-        """qcow2_alloc_cluster_link_l2 of new data clusters [lo, hi) whose L2 tables
-        exist: host clusters in guest order, written whole."""
-        self._place(lo, hi, True)
+    def _partial_data(self, content: Content, c: int, first: int, end: int) -> bool:
+        """Whether a zero write of sectors [first, end) covers guest cluster `c` only in
+        part (the disk's end counts as the cluster's) and `content` holds data there."""
+        lo, hi = c * self.per, min((c + 1) * self.per, content.nsectors)
+        if first <= lo and hi <= end:
+            return False
+        return any(s >= FIRST_DATA_STAMP for _a, _b, s in content.extents(lo, hi))
+
+    def reserve(self, lo: int, hi: int) -> None:
+        """qcow2_alloc_clusters for guest clusters [lo, hi) (in a region with an L2
+        table): host clusters at the end, in guest order, written whole; their L2
+        entries change when they are linked (the caller marks the cache)."""
+        cb = self.cluster_bytes
+        self.host.write_sectors(lo, hi, self.next_host - lo + _BIAS)
+        self._host_write(self.data_start + self.next_host * cb, (hi - lo) * cb)
+        self.next_host += hi - lo
+
+    def unreserve(self, lo: int, hi: int) -> None:
+        """qcow2_alloc_cluster_abort: the host clusters `reserve` gave guest clusters
+        [lo, hi) are free again (the next allocation takes them if they end the file;
+        a hole inside the file is not reused, see the module docstring)."""
+        end = self.host.stamp_at(lo) - _BIAS + hi
+        self.host.write_sectors(lo, hi, UNALLOCATED)
+        if end == self.next_host:
+            self.next_host -= hi - lo
 
     def _place(self, lo: int, hi: int, data: bool) -> None:
         """Clusters [lo, hi) have no host cluster: a data write allocates them in guest
@@ -344,6 +379,12 @@ class Qcow2Layout(ClusterSummary):
         clusters that lie contiguously in the file); 0 when it has no host cluster."""
         return self.host.stamp_at(cluster)
 
+    def host_of(self, cluster: int) -> int:
+        """The host cluster (relative, as `next_host`) of guest cluster `cluster`; -1
+        when it has none."""
+        value = self.host.stamp_at(cluster)
+        return -1 if value == UNALLOCATED else value - _BIAS + cluster
+
     def regions_without_l2(self, offset: int, length: int) -> list[int]:
         """The L2 regions a write to [offset, offset + length) touches that have no
         table yet (the write allocates them first)."""
@@ -424,10 +465,22 @@ class Qcow2Content(Content):
         return self.layout.collect_host_writes(on)
 
     # -- writes ---------------------------------------------------------------------------
+    def write(self, offset: int, length: int, stamp: int) -> None:
+        if UNALLOCATED < stamp < FIRST_DATA_STAMP and (offset | length) % self.cluster_bytes:
+            # a zero write not aligned to clusters is decided cluster by cluster against
+            # the content (`Qcow2Layout.allocate`): made at once, never logged
+            if self._log is not None:
+                self._settle()
+            self._write_now(
+                offset >> SECTOR_SHIFT, (offset + length + SECTOR - 1) >> SECTOR_SHIFT, stamp
+            )
+            return
+        super().write(offset, length, stamp)
+
     def _write_now(self, first: int, end: int, stamp: int) -> None:
         layout = self._summary
         assert isinstance(layout, Qcow2Layout)
-        layout.allocate(first, end, stamp, self.nsectors)
+        layout.allocate(first, end, stamp, self.nsectors, self)
         super()._write_now(first, end, stamp)
 
     def write_sectors(self, first: int, end: int, stamp: int) -> None:
@@ -435,7 +488,7 @@ class Qcow2Content(Content):
             self._settle()
         layout = self._summary
         assert isinstance(layout, Qcow2Layout)
-        layout.allocate(first, min(end, self.nsectors), stamp, self.nsectors)
+        layout.allocate(first, min(end, self.nsectors), stamp, self.nsectors, self)
         super().write_sectors(first, end, stamp)
 
     def _merge_log(self, log: WriteLog) -> None:

@@ -32,34 +32,37 @@ Dirty tables are written when a cache is flushed: l2_allocate flushes both cache
 a guest flush writes the L2 cache (the refcount cache first: the L2 cache depends on
 it once a write allocated clusters) and then the refcount cache.
 
-Write of data (qcow2_co_pwritev_part), per L2 table the request touches, in order:
-1. the table: no table yet -> l2_allocate (cluster_alloc, refcount block read when
-   not cached, refblock_alloc, refblock_load; refcount cache flush:
-   refblock_update_part + write, flush; l2_alloc_write; L2 cache flush: l2_update +
-   write per dirty table, flush; l1_update + write, flush); a table not cached ->
-   l2_load + read;
-2. clusters without a host cluster -> one allocation per run (cluster_alloc,
-   refcount block read when not cached, refblock_alloc, refblock_load);
-3. a new cluster the write covers only in part needs copy-on-write of the rest: when
-   that rest reads as zeroes by block status (is_zero_cow), cluster_alloc_space and
-   a write-zeroes of the new clusters (handle_alloc_space); otherwise the rest is read
-   (cow_read; read_backing_aio when it comes from the backing file) and written with
-   the data (merge_cow: write_aio, cow_write + one write) or by itself (cow_write +
-   write after the data);
-4. the data: write_aio + write;
-5. qcow2_alloc_cluster_link_l2: the L2 table becomes dirty.
+Write of data (qcow2_co_pwritev_part), piece by piece (a piece: clusters contiguous
+in the file within one L2 table; see `_write` for how failed pieces' tasks stop it):
+1. the table, for the first piece in a region: no table yet -> l2_allocate
+   (cluster_alloc, refcount block read when not cached, refblock_alloc,
+   refblock_load; refcount cache flush: refblock_update_part + write, flush;
+   l2_alloc_write; L2 cache flush: l2_update + write per dirty table, flush;
+   l1_update + write, flush); a table not cached -> l2_load + read;
+2. new clusters -> one allocation (cluster_alloc, refcount block read when not
+   cached, refblock_alloc, refblock_load); right after clusters the piece has, at
+   the file's end, they join its piece without cluster_alloc (qcow2_alloc_clusters_at,
+   which reads the refcount block when not cached even when the cluster is in use);
+3. the piece's task: a new cluster the write covers only in part needs copy-on-write
+   of the rest: when that rest reads as zeroes by block status (is_zero_cow),
+   cluster_alloc_space and a write-zeroes of the new clusters (handle_alloc_space);
+   otherwise the rest is read (cow_read; read_backing_aio when it comes from the
+   backing file) and written with the data (merge_cow: write_aio, cow_write + one
+   write) or by itself (cow_write + write after the data); else the data: write_aio +
+   write;
+4. after the last piece, qcow2_alloc_cluster_link_l2 of each piece written: its L2
+   table becomes dirty.
 
 Not modelled: compressed writes (cluster_alloc_bytes), encryption, subclusters,
 lazy refcounts, external data files, refcount blocks beyond the first (an image file
 past 2 GiB), the cache-clean-interval timer (tables unused for 10 minutes leave
-the cache), new clusters placed right after allocated ones of the same request
-(qcow2_alloc_clusters_at: no cluster_alloc event there), and a request that goes on
-after one of its pieces failed.
+the cache), host clusters a failed piece freed being taken by the next allocation
+(the layout allocates at the end), and which of two pieces' tasks QEMU links first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 from sim.model.content import (
@@ -72,10 +75,13 @@ from sim.model.content import (
 from sim.model.qcow2_host import Qcow2Content, Qcow2Layout
 
 Step = tuple[Any, ...]
-Steps = Generator[Step, bool, None]
-Steps_ = Generator[Step, bool, bool]  # a part of a request's steps: returns "failed"
+Steps = Generator[Step, int, None]
+Steps_ = Generator[Step, int, bool]  # a part of a request's steps: returns "failed"
 META = -1  # a metadata request's offset: its host offset is not modelled
-TRY = True  # a request whose failure the steps go on from (they are sent True)
+TRY = True  # a request whose failure the steps go on from (they are sent how it failed)
+FAILED = 1  # sent for a TRY request that failed after yielding (blkdebug's default)
+FAILED_AT_ONCE = 2  # sent for one that failed before yielding (`immediately`)
+ASYNC = "async"  # 5th item of a task's write: its pwritev_done comes when it completes
 
 # every event qcow2 raises in the flows above (the rest of BlkdebugEvent is refused)
 QCOW2_EVENTS = (
@@ -252,59 +258,321 @@ def _reads_zero(chain: list[Content], offset: int, length: int) -> bool:
     return True
 
 
-def write_steps(layout: Qcow2Layout, chain: list[Content], offset: int, length: int) -> Steps:
+def _counted(steps: Steps_, box: list[int], waited: Callable[[], Steps]) -> Steps_:
+    """Steps of the main coroutine passed on, counting in box[0] its requests.  While
+    it waits for each, the event loop runs the tasks in flight (`waited`).  A request
+    whose failure ends the main coroutine is sent as a TRY request: when it fails,
+    `steps` end there and True is returned (the tasks still finish)."""
+    try:
+        step = next(steps)
+        while True:
+            if step[0] == "event":
+                step = steps.send((yield step))
+                continue
+            box[0] += 1
+            status = yield (step if len(step) > 3 else (*step, TRY))
+            yield from waited()
+            if status and len(step) < 4:
+                steps.close()
+                return True
+            step = steps.send(status)
+    except StopIteration as stop:
+        return bool(stop.value)
+
+
+def _run_end(layout: Qcow2Layout, c: int, hi: int, span: int) -> tuple[int, bool]:
+    """From guest cluster `c`, within its L2 region and below `hi`: the end of its run
+    of clusters contiguous in the file (hosted: True) or without host clusters."""
+    stop = min(hi, (c // span + 1) * span)
+    hosted = layout.host.extents(c, stop)
+    if hosted and hosted[0][0] == c:
+        return hosted[0][1], True
+    return (hosted[0][0] if hosted else stop), False
+
+
+def write_steps(
+    layout: Qcow2Layout,
+    chain: list[Content],
+    offset: int,
+    length: int,
+    landed: list[tuple[int, int]] | None = None,
+) -> Steps:
+    """A data write of [offset, offset + length) (`_write`)."""
+    yield from _write(layout, chain, offset, length, landed)
+
+
+def _write(
+    layout: Qcow2Layout,
+    chain: list[Content],
+    offset: int,
+    length: int,
+    landed: list[tuple[int, int]] | None,
+) -> Steps_:
     """A data write of [offset, offset + length) into the qcow2 node whose content
-    is chain[0] (chain: its backing chain's contents, top first)."""
+    is chain[0] (chain: its backing chain's contents, top first): qcow2_co_pwritev_part.
+
+    The request goes piece by piece.  The main coroutine gathers each piece under
+    s->lock (qcow2_alloc_host_offset): from its first cluster, a run of clusters with
+    host clusters contiguous in the file (handle_copied) or of new ones (handle_alloc:
+    one allocation); then, while the request goes on, the next cluster's L2 table
+    (get_cluster_table: loaded, or allocated by l2_allocate, even in the next region)
+    and the next cluster joins the piece if it lies right after the piece in the file:
+    a cluster with that host cluster, or a new one when the file ends there
+    (qcow2_alloc_clusters_at, which reads the refcount block when not cached, even
+    when that host cluster is in use; no cluster_alloc).  Then the piece's task
+    starts (qcow2_add_task, `_Task`) and runs until its first I/O, and the next piece
+    is gathered; the tasks' I/O completes (pwritev_done) and they go on while the main
+    coroutine waits for its own I/O, and at the end (aio_task_pool_wait_all).  A task
+    that fails does not stop the request at once: the other pieces' tasks still
+    write, and their data lands (`landed` gets each piece written).  A task failing
+    `immediately` sets the pool's status before the next piece.  One failing after a
+    yield (blkdebug's default) resumes when the main coroutine next waits for I/O,
+    then waits for s->lock, which the main coroutine holds while it gathers a piece;
+    it takes the lock when the next piece asks for it and sets the status then, so
+    the piece after that one does not start.  A failure in the main coroutine ends
+    the gathering (the piece it was gathering gives its new clusters back); the
+    tasks started still finish.  The tasks copy the rest of their new clusters and
+    link them (qcow2_alloc_cluster_link_l2: perform_cow, then the L2 entries) once
+    they can take s->lock: after the last piece.  Returns whether the request failed."""
     content = chain[0]
     assert isinstance(content, Qcow2Content)
     layout.cache.written = True
     cl = content.cluster_bytes
-    for region, off, n in _regions(content, offset, length):
-        if (yield from _table(layout, content, region)):
+    span = content.l2_span_bytes // cl  # clusters one L2 table maps
+    end = offset + length
+    hi = -(-end // cl)
+    box = [0]  # requests of the main coroutine so far
+    tasks: list[_Task] = []
+    stopped = False  # the task pool's status is set: no piece starts
+    failed_at = -1  # box[0] when a task failed after yielding
+    failed = False
+
+    def loop_head() -> bool:
+        """The while loop's check of the pool's status: whether it stops here."""
+        nonlocal stopped, failed_at
+        if stopped:
+            return True
+        if 0 <= failed_at < box[0]:
+            # the main coroutine waited for I/O since the task failed: the task woke,
+            # waited for s->lock and takes it when the piece starting now asks for it
+            stopped, failed_at = True, -1
+        return False
+
+    def note(task: _Task, waiting: bool) -> None:
+        """A task's failure, seen by the pool when the task ends (needs s->lock)."""
+        nonlocal stopped, failed_at
+        if not task.status or task.noted:
             return
-        runs = _new_runs(content, off, n)
-        for _run in runs:
-            yield from _alloc(layout)
-        cows: list[tuple[int, int]] = []  # the parts of new clusters the write leaves
-        end = off + n
-        for a, b in runs:
-            start, stop = max(a * cl, off), min(b * cl, end)
-            if start > a * cl:
-                cows.append((a * cl, start - a * cl))
-            if stop < b * cl:
-                cows.append((stop, b * cl - stop))
-        if cows and all(_reads_zero(chain, o, m) for o, m in cows):
-            # handle_alloc_space: zero the new clusters instead of copying the rest
-            yield ("event", "cluster_alloc_space")
-            for a, b in runs:
-                yield ("write-zeroes", a * cl, (b - a) * cl)
-            cows = []
-        if not cows:
-            yield ("event", "write_aio")
-            yield ("write", off, n)
-        elif len(runs) == 1 and runs[0][0] * cl <= off and end <= runs[0][1] * cl:
-            # merge_cow: the data goes with the copied rest in one write (perform_cow,
-            # after reading the rest through the node: from the backing file where
-            # this node has nothing)
-            yield from _cow_reads(chain, cows)
-            yield ("event", "write_aio")
-            yield ("event", "cow_write")  # do_perform_cow_write writes all of it
-            yield ("write", runs[0][0] * cl, (runs[0][1] - runs[0][0]) * cl)
-        else:
-            yield ("event", "write_aio")
-            yield ("write", off, n)
-            yield from _cow_reads(chain, cows)
-            for o, m in cows:
-                yield ("event", "cow_write")
-                yield ("write", o, m)
-        _in_place(layout, region, off, end, runs, cl)
-        if runs:
-            # qcow2_alloc_cluster_link_l2
-            for a, b in runs:
+        task.noted = True
+        if task.status == FAILED_AT_ONCE and not waiting:
+            stopped = True  # it ended before the main coroutine went on
+        elif failed_at < 0:
+            # it ends once it has woken (already, when it failed while the main
+            # coroutine waited) and taken s->lock
+            failed_at = box[0] - 1 if waiting and task.status == FAILED_AT_ONCE else box[0]
+
+    def waited() -> Steps:
+        """The event loop runs while the main coroutine waits: each task's I/O in
+        flight completes and the task goes on to its next I/O."""
+        for task in tasks:
+            yield from task.resume()
+            note(task, True)
+
+    c = offset // cl
+    new: list[tuple[int, int]] = []  # the new clusters of the piece being gathered
+    try:
+        while c < hi and not loop_head():
+            lo = c
+            new = []
+            if (yield from _counted(_table(layout, content, c // span), box, waited)):
+                failed = True
+                break
+            b, hosted = _run_end(layout, c, hi, span)
+            if not hosted:
+                if (yield from _counted(_alloc(layout), box, waited)):
+                    failed = True
+                    break
+                layout.reserve(c, b)
+                new.append((c, b))
+            while b < hi:  # does the next cluster join the piece?
+                after = layout.host_of(b - 1) + 1
+                if (yield from _counted(_table(layout, content, b // span), box, waited)):
+                    failed = True
+                    break
+                e, hosted = _run_end(layout, b, hi, span)
+                if hosted:
+                    if layout.host_of(b) != after:
+                        break
+                else:
+                    # qcow2_alloc_clusters_at: the refcount of the host cluster after it
+                    if not layout.cache.refblock_cached:
+                        box[0] += 1
+                        status = yield ("read", META, 0, TRY)
+                        yield from waited()
+                        if status:
+                            failed = True
+                            break
+                        layout.cache.refblock_cached = True
+                    if after != layout.next_host:  # in use: the piece ends here
+                        break
+                    yield from _alloc(layout, event=False)
+                    layout.reserve(b, e)
+                    new.append((b, e))
+                b = e
+            if failed:
+                break
+            task = _Task(chain, max(offset, lo * cl), min(end, b * cl), new, cl)
+            tasks.append(task)
+            new = []
+            yield from task.resume()
+            note(task, False)
+            c = b
+        for a, z in reversed(new):  # the piece being gathered gives its clusters back
+            layout.unreserve(a, z)
+        new = []
+        # aio_task_pool_wait_all: the tasks' I/O completes, each goes on to its end
+        while any(t.inflight for t in tasks):
+            yield from waited()
+        for task in tasks:  # then each links what it wrote (qcow2_handle_l2meta)
+            if not task.status:
+                task.status = yield from task.perform_cow()
+            if task.status:
+                failed = True
+                for a, z in reversed(task.new):
+                    layout.unreserve(a, z)  # qcow2_alloc_cluster_abort
+                continue
+            _link(layout, content, task, span, cl)
+            if landed is not None:
+                landed.append((task.start, task.stop - task.start))
+        return failed
+    finally:
+        for a, z in reversed(new):  # closed while gathering a piece
+            layout.unreserve(a, z)
+
+
+def _link(layout: Qcow2Layout, content: Qcow2Content, task: _Task, span: int, cl: int) -> None:
+    """qcow2_alloc_cluster_link_l2 of a piece written: its new clusters' L2 entries
+    change (the table gets dirty); the rest of it was written in place."""
+    for region, r0, r1 in _by_region(task.start, task.stop, span * cl):
+        mine = [(a, b) for a, b in task.new if a * cl < r1 and r0 < b * cl]
+        _in_place(layout, region, r0, r1, mine, cl)
+        if mine:
+            for a, b in mine:
                 _changed(layout, content, region, a * cl, b * cl, False)
-                layout.place(a, b)
             layout.cache.dirty_table(region)
             layout.cache.l2_depends = True
+
+
+def _by_region(start: int, stop: int, span_bytes: int) -> Iterable[tuple[int, int, int]]:
+    """(region, start, stop) of each L2 region [start, stop) touches."""
+    while start < stop:
+        region = start // span_bytes
+        end = min(stop, (region + 1) * span_bytes)
+        yield region, start, end
+        start = end
+
+
+class _Task:
+    """qcow2_co_pwritev_task of the piece [start, stop) whose clusters `new` (runs)
+    are new, run as a coroutine of the task pool: `resume` runs it until its next I/O
+    is in flight (the first time, from its start; then after its I/O in flight
+    completed: pwritev_done), up to its data write (`_unlocked`); `perform_cow` then
+    copies the rest of its new clusters under s->lock.  `status`: 0 or how a request
+    failed."""
+
+    __slots__ = ("chain", "cl", "gen", "inflight", "new", "noted", "started", "status",
+                 "start", "stop", "todo")  # fmt: skip
+
+    def __init__(
+        self, chain: list[Content], start: int, stop: int, new: list[tuple[int, int]], cl: int
+    ) -> None:
+        self.chain, self.start, self.stop, self.new, self.cl = chain, start, stop, new, cl
+        self.status = 0
+        self.noted = False  # its failure was seen (`_write`)
+        self.inflight: str | None = None  # the op of its I/O in flight
+        self.started = False
+        # per new run, the parts of it the piece leaves (copied or zeroed)
+        self.todo: list[tuple[int, int, list[tuple[int, int]]]] = []
+        self.gen = self._unlocked()
+
+    def merged(self) -> bool:
+        """merge_cow: one new run holds all of the piece and the rest of it is copied:
+        the data goes with the copied rest in one write."""
+        n = self.new
+        return (
+            len(self.todo) == 1
+            and len(n) == 1
+            and (n[0][0] * self.cl <= self.start and self.stop <= n[0][1] * self.cl)
+        )
+
+    def resume(self) -> Steps:
+        if self.inflight is None and self.started:
+            return
+        value: int | None = None
+        if self.inflight is not None:
+            if self.inflight != "read" and self.status != FAILED_AT_ONCE:
+                yield ("event", "pwritev_done")
+            self.inflight = None
+            value = self.status
+        while True:
+            try:
+                step = self.gen.send(value) if self.started else next(self.gen)
+            except StopIteration:
+                return
+            self.started = True
+            if step[0] == "event":
+                value = None
+                yield step
+                continue
+            status = yield step
+            if status:
+                self.status = status
+            if status == FAILED_AT_ONCE:
+                value = status  # it never yielded: the task goes on at once
+                continue
+            self.inflight = step[0]
+            return
+
+    def _unlocked(self) -> Generator[Step, int | None, None]:
+        """handle_alloc_space (a new run whose rest reads as zeroes by block status is
+        zeroed: cluster_alloc_space and a write-zeroes), then the data: write_aio and
+        the write (not when merge_cow puts it with the copied rest)."""
+        cl, off, end = self.cl, self.start, self.stop
+        for a, b in self.new:
+            parts = []
+            if off > a * cl:
+                parts.append((a * cl, off - a * cl))
+            if end < b * cl:
+                parts.append((end, b * cl - end))
+            if not parts:
+                continue
+            if all(_reads_zero(self.chain, o, m) for o, m in parts):
+                yield ("event", "cluster_alloc_space")
+                if (yield ("write-zeroes", a * cl, (b - a) * cl, TRY, ASYNC)):
+                    return
+            else:
+                self.todo.append((a, b, parts))
+        if not self.merged():
+            yield ("event", "write_aio")
+            yield ("write", off, end - off, TRY, ASYNC)
+
+    def perform_cow(self) -> Generator[Step, int, int]:
+        """perform_cow of each new run whose rest is copied: cow_read (read_backing_aio
+        when it comes from the backing file), then the writes: with the data (merged:
+        write_aio, cow_write, one write) or each part by itself (cow_write + write)."""
+        cl = self.cl
+        for a, b, parts in self.todo:
+            yield from _cow_reads(self.chain, parts)
+            if self.merged():
+                yield ("event", "write_aio")
+                yield ("event", "cow_write")  # do_perform_cow_write writes all of it
+                return (yield ("write", a * cl, (b - a) * cl, TRY))
+            for o, m in parts:
+                yield ("event", "cow_write")
+                status = yield ("write", o, m, TRY)
+                if status:
+                    return status
+        return 0
 
 
 def _in_place(
@@ -362,12 +630,20 @@ def _cow_reads(chain: list[Content], cows: list[tuple[int, int]]) -> Steps:
             yield ("event", "read_backing_aio")
 
 
-def zero_steps(layout: Qcow2Layout, chain: list[Content], offset: int, length: int) -> Steps:
+def zero_steps(
+    layout: Qcow2Layout,
+    chain: list[Content],
+    offset: int,
+    length: int,
+    landed: list[tuple[int, int]] | None = None,
+) -> Steps:
     """A write-zeroes of [offset, offset + length) (qcow2_co_pwrite_zeroes): the block
     layer cuts the unaligned head and tail off (pwrite_zeroes_alignment is the
-    cluster); qcow2 zeroes a cluster in its L2 table when the rest of it reads as
-    zeroes, and otherwise answers -ENOTSUP and the block layer writes a buffer of
-    zeroes instead (the data path)."""
+    cluster) and zeroes the pieces one after the other until one fails
+    (bdrv_co_do_pwrite_zeroes; `landed` gets what each piece zeroed); qcow2 zeroes a
+    cluster in its L2 table when the rest of it reads as zeroes, and otherwise
+    answers -ENOTSUP and the block layer writes a buffer of zeroes instead (the data
+    path)."""
     content = chain[0]
     assert isinstance(content, Qcow2Content)
     cl = content.cluster_bytes
@@ -391,7 +667,8 @@ def zero_steps(layout: Qcow2Layout, chain: list[Content], offset: int, length: i
                 chain, off + n, c1 - off - n
             )
             if not rest_zero:
-                yield from write_steps(layout, chain, off, n)
+                if (yield from _write(layout, chain, off, n, landed)):
+                    return
                 continue
             off, n = c0, c1 - c0
         layout.cache.written = True
@@ -403,6 +680,9 @@ def zero_steps(layout: Qcow2Layout, chain: list[Content], offset: int, length: i
             for a, b in _new_runs(content, o, m):
                 _changed(layout, content, region, a * cl, min(b * cl, o + m), False)
             layout.cache.dirty_table(region)
+            if landed is not None:  # zero_in_l2_slice: this table's entries are zeroed
+                lo, hi_ = max(o, offset), min(o + m, end)
+                landed.append((lo, hi_ - lo))
 
 
 def read_steps(layout: Qcow2Layout, chain: list[Content], offset: int, length: int) -> Steps:

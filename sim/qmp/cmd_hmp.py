@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sim.engine.faults import write_landed
 from sim.engine.reqlist import monitor_write_wait
 from sim.engine.throttle import monitor_cbw_copies, monitor_request
 from sim.errors import QMPError
@@ -140,6 +141,13 @@ def _refuse_snapshot_discard_abort(m: Machine, root: Any, cmd: qemu_io.QemuIoCom
         )
 
 
+def _write_stamp(m: Machine, cmd: qemu_io.QemuIoCommand) -> int:
+    """The data of a qemu-io write: zeroes (-z) or its pattern (default 0xcd)."""
+    if cmd.zero:
+        return ZERO_STAMP
+    return m.state.new_stamp(cmd.pattern if cmd.pattern is not None else 0xCD)
+
+
 def run_io(m: Machine, bb: Any, root: Any, cmd: qemu_io.QemuIoCommand) -> str:
     """Carry out one qemu-io operation; returns what qemu-io prints."""
     graph = m.state.graph
@@ -149,13 +157,11 @@ def run_io(m: Machine, bb: Any, root: Any, cmd: qemu_io.QemuIoCommand) -> str:
         op = "write-zeroes" if cmd.op == "write" and cmd.zero else cmd.op
         error = m.guest_io_error(bb, root, op, off, length)
         if error is not None:
+            if cmd.op == "write" and m.faults.landed:  # qcow2 pieces written all the same
+                write_landed(m, _write_stamp(m, cmd))
             return cmd.failed(error)
     if cmd.op == "write":
-        stamp = (
-            ZERO_STAMP
-            if cmd.zero
-            else m.state.new_stamp(cmd.pattern if cmd.pattern is not None else 0xCD)
-        )
+        stamp = _write_stamp(m, cmd)
         res = io.write(m.state, bb, root, off, length, stamp)
         return cmd.output if res.ok else cmd.failed(res.error)
     if cmd.op == "read":
