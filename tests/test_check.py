@@ -44,6 +44,7 @@ VERDICTS: dict[str, set[str]] = {
     "mcc-mirror-stream-commit": set(),
     "mcc-side-write-to-mirror-target": {MCC, LOSS},
     "loss-backup-into-another-drive": {LOSS},
+    "loss-cbw-target-is-drive-node": {LOSS},
     "job-lifecycles": set(),
     "mcc-mirror-existing-target-zeroed": set(),
     "graph-snapshot-onto-itself-refused": set(),
@@ -194,6 +195,25 @@ def test_precision_reads_a_bare_merge_source_on_the_targets_owner_under_bb_attac
     b0, root_snap, device_snap = (s.response["return"]["sha256"] for s in result.steps[-3:])
     assert b0 == root_snap != device_snap  # the merge read the root's clean 'snap-bm'
     assert result.final["violations"] == []
+
+
+def test_a_copy_before_write_copy_into_a_device_is_a_loss_at_the_write_through_the_filter() -> None:
+    """A write through a copy-before-write filter whose target is drive0's node copies the
+    filter's source cluster into drive0 (QEMU 7.2 does: recorded as
+    checkers/loss-cbw-target-is-drive-node, images identical in blocksim diff).  That
+    qemu-io step is quiet (no time, no event), and the loss is reported there; before, it
+    waited for the next step that could change data (the campaign met it as a loss "in
+    blockdev-del", a failed one) and went unreported when the trace ended first."""
+    path = SCENARIOS / "checkers" / "loss-cbw-target-is-drive-node.jsonl"
+    lines = path.read_text().splitlines()
+    steps = [json.loads(line) for line in lines[1:10]]  # up to the write through cbw6
+    for step in steps:
+        step.pop("expect", None)
+    assert steps[-1]["arguments"]["command-line"].startswith("qemu-io cbw6 ")
+    result = run_steps(steps, checkers=make_checkers([LOSS]))
+    (found,) = result.final["violations"]
+    assert found["step"] == 9 and "in human-monitor-command" in found["message"]
+    assert found["details"]["ranges"] == [[0, 65536]]  # the cluster the filter copied
 
 
 def test_precision_follows_a_clear_that_ran_before_its_transaction_moved_the_device() -> None:

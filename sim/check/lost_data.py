@@ -8,6 +8,14 @@ range the guest ever wrote is compared, together with everything the device's
 chain has allocated (where the guest never wrote, the device must read
 zeroes: every drive starts empty).
 
+A guest write through a filter that writes elsewhere too (copy-before-write
+copies the old data of the clusters it touches to its target; a
+write-blocking mirror writes the same data to its target) may change what a
+device whose chain holds that target reads: after such a step every range is
+compared, as after a step that may change data, so a loss is reported at the
+write that caused it (QEMU 7.2 lets a copy-before-write filter's target be a
+device's active node, and the device then reads the copied data).
+
 A write that enters at a node-name instead of a device counts as a write
 through every device whose data node it lands on (through raw over a format
 node: on that node, at raw's offset + its own); one that lands deeper in a
@@ -37,6 +45,7 @@ from sim.model.graph import BlockBackend, BlockNode
 from sim.model.io import landing
 
 if TYPE_CHECKING:
+    from sim.check.base import Violation
     from sim.engine.view import MachineView
 
 
@@ -69,6 +78,7 @@ class NoLostGuestData(StepChecker):
         self.shadows: dict[str, DeviceShadow] = {}
         machine.state.write_observers.append(self._on_write)
         machine.state.discard_observers.append(self._on_discard)
+        self._wrote = False  # guest writes since the last check
         self._new_devices()
 
     def _new_devices(self) -> None:
@@ -97,6 +107,7 @@ class NoLostGuestData(StepChecker):
     ) -> None:
         if length <= 0:
             return
+        self._wrote = True
         if bb is None:  # raw over a format node: the write lands there, at raw's offset
             landed, shift = landing(self.graph, root)
             offset += shift
@@ -150,11 +161,24 @@ class NoLostGuestData(StepChecker):
     # -- steps ---------------------------------------------------------------------------
     quiet_work = True
 
+    def after_step(self, index: int) -> list[Violation]:
+        found = super().after_step(index)
+        self._wrote = False
+        return found
+
     def needs_quiet_step(self) -> bool:
-        return any(s.pending or s.adopt for s in self.shadows.values())
+        return self._side_writes() or any(s.pending or s.adopt for s in self.shadows.values())
+
+    def _side_writes(self) -> bool:
+        """Did guest writes pass a filter that writes another node too (a copy-before-write
+        filter's copies, a write-blocking mirror's target writes)?  Looked up once per
+        step with writes, on the graph the step left (a quiet step changes no graph)."""
+        return self._wrote and any(
+            n.write_hook is not None or n.after_write_hook is not None for n in self.graph.nodes
+        )
 
     def check_step(self, index: int) -> None:
-        quiet = not self.log.data_may_change
+        quiet = not self.log.data_may_change and not self._side_writes()
         if not quiet:
             self._new_devices()
         for name, shadow in self.shadows.items():
