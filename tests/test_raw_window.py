@@ -100,3 +100,32 @@ def test_checkers_follow_writes_below_a_raw_window_and_over_a_qcow2_node() -> No
         )
         assert result.ok, result.mismatches
         assert result.final["violations"] == [], (name, result.final["violations"])
+
+
+def test_what_blocksim_cannot_hold_is_refused_with_the_reason() -> None:
+    """QEMU 7.2 accepts an unaligned window (it merges bytes: a write of 512 bytes at the
+    window's 0 reads back at the file's 100) and raw over a qcow2 image's file, whose
+    disk is the host bytes: blocksim refuses the window and I/O through such a node
+    clearly rather than answer from contents it cannot hold; the node itself is as
+    long as the host file, as in QEMU (it was the qcow2 node's guest view)."""
+    over = {"driver": "file", "filename": "drive0.qcow2", "node-name": "qf"}
+    r = run_steps(
+        [*_file(), _window("odd", offset=100, size=4096),
+         qmp("blockdev-add", driver="raw", **{"node-name": "q"}, file=over),
+         qmp("blockdev-add", driver="raw", **{"node-name": "qw", "offset": 512}, file="qf"),
+         io("read 0 512", "q"), qmp("query-named-block-nodes", flat=True)]
+    )  # fmt: skip
+    odd, opened, window, read, query = responses(r)[-5:]
+    assert odd["error"]["desc"] == (
+        "blocksim does not model a raw offset that is not a multiple of 512 (100): "
+        "its contents are kept per 512-byte sector"
+    )
+    assert opened == {"return": {}}
+    assert window["error"]["desc"].startswith(
+        "blocksim does not model a raw window over the bytes of a 'qcow2' image file"
+    )
+    assert read["error"]["desc"] == (
+        "blocksim does not model I/O through raw node 'q' over the bytes of a 'qcow2' image file"
+    )
+    sizes = {n["node-name"]: n["image"]["virtual-size"] for n in query["return"]}
+    assert sizes["q"] == sizes["qf"] < sizes["fmt0"]

@@ -107,6 +107,9 @@ class BlockNode:
     # the guest sees [raw_offset, raw_offset + size) of its file
     raw_options: dict[str, int] = field(default_factory=dict)
     raw_offset: int = 0
+    # raw over the file of a non-raw image: the disk is that image's host bytes (its
+    # format, "" otherwise); blocksim keeps guest contents, so I/O through it is refused
+    host_bytes_of: str = ""
     # null-co: `size` given in its options (null_refresh_filename then names it
     # json:{...}, whatever the size)
     size_option: bool = False

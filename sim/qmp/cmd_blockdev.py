@@ -269,10 +269,21 @@ def _open_format(
         raise QMPError("Image is not in qcow2 format")
     content = image.content if image is not None else None
     size = image.size_bytes if image is not None else file.size_bytes
+    # raw over the file of a qcow2 image: the disk is the image's host bytes, as long
+    # as the host file (the model keeps guest contents: I/O through it is refused)
+    host_format = ""
+    if driver == "raw" and image is not None and not over_format and image.format != "raw":
+        host_format = image.format
+        size = -(-host_file(g, image).length_bytes // SECTOR) * SECTOR
     raw_options: dict[str, int] = {
         k: a[k] for k in ("offset", "size") if driver == "raw" and k in a
     }
     if raw_options:
+        if host_format:
+            raise QMPError(
+                f"blocksim does not model a raw window over the bytes of a '{host_format}' "
+                "image file: it keeps the image's guest contents, not its host layout's bytes"
+            )
         content, size = _raw_window(file, content, size, raw_options)
     elif over_format:
         size = file.size_bytes
@@ -289,6 +300,7 @@ def _open_format(
     )
     node.raw_options = raw_options
     node.raw_offset = raw_options.get("offset", 0)
+    node.host_bytes_of = host_format
     if isinstance(a["file"], dict):  # opened with the node, not referenced by name
         file.inherits_from = node
     load_bitmaps(node)
@@ -330,12 +342,11 @@ def _raw_window(
     if "size" in options and size % SECTOR:
         raise QMPError(f"Specified size is not multiple of {SECTOR}")
     if offset % SECTOR:
+        # QEMU 7.2 accepts it and merges bytes: every sector through the window covers
+        # parts of two sectors of the file, which contents kept per sector cannot hold
         raise QMPError(
-            f"blocksim does not model a raw offset that is not a multiple of {SECTOR} ({offset})"
-        )
-    if file.image is not None and file.image.format != "raw" and not file.is_format:
-        raise QMPError(
-            f"blocksim does not model a raw window over a '{file.image.format}' image file"
+            f"blocksim does not model a raw offset that is not a multiple of {SECTOR} "
+            f"({offset}): its contents are kept per {SECTOR}-byte sector"
         )
     if content is None or (offset == 0 and size == length):
         return content, size

@@ -67,6 +67,7 @@ def _hmp(m: Machine, a: dict[str, Any]) -> str:
         bb.took_write = True
     _warn_if_qemu_hangs(m, root, cmd)
     _refuse_snapshot_discard_abort(m, root, cmd)
+    _refuse_host_bytes(m, root, cmd)
     if cmd.op in ("write", "read", "discard", "flush"):
         in_range = 0 <= cmd.offset and 0 < cmd.length and cmd.offset + cmd.length <= root.size_bytes
         if m.state.throttle_groups and cmd.op != "flush" and in_range:
@@ -146,6 +147,20 @@ def _write_stamp(m: Machine, cmd: qemu_io.QemuIoCommand) -> int:
     if cmd.zero:
         return ZERO_STAMP
     return m.state.new_stamp(cmd.pattern if cmd.pattern is not None else 0xCD)
+
+
+def _refuse_host_bytes(m: Machine, root: Any, cmd: qemu_io.QemuIoCommand) -> None:
+    """I/O through a raw node over the file of a qcow2 image reads and writes the
+    image's host bytes (header, tables, clusters), which blocksim does not hold: it
+    keeps guest contents.  Refused, so a replay reports the difference."""
+    if cmd.op not in ("write", "read", "discard"):
+        return
+    node = m.state.graph.data_node(root)
+    if node.host_bytes_of:
+        raise QMPError(
+            f"blocksim does not model I/O through raw node '{node.node_name}' over the "
+            f"bytes of a '{node.host_bytes_of}' image file"
+        )
 
 
 def run_io(m: Machine, bb: Any, root: Any, cmd: qemu_io.QemuIoCommand) -> str:

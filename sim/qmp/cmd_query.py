@@ -325,7 +325,9 @@ def image_info(graph: BlockGraph, node: BlockNode) -> dict[str, Any]:
 
 def _virtual_size(graph: BlockGraph, node: BlockNode) -> int:
     # a protocol node (blkdebug passes its file's length on) is as long as its file
-    image = node_image(graph, node) if node.driver in ("file", "blkdebug") else None
+    # as is raw over a qcow2 image's file (the disk is the host bytes)
+    protocol = node.driver in ("file", "blkdebug") or node.host_bytes_of
+    image = node_image(graph, node) if protocol else None
     if image is not None:
         length = host_file(graph, image).length_bytes
         return -(-length // 512) * 512  # bdrv_getlength: whole sectors
