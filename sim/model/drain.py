@@ -12,8 +12,10 @@ coroutine to pause.
 
 Who drains, as observed on QEMU 7.2: `transaction` (every action's prepare ..
 clean, and drain_all when a backup target is closed), snapshots, backups,
-blockdev-reopen, and qemu-io through a node name (its own BlockBackend's
-attach and detach each drain the node: two pairs per command).
+blockdev-reopen, qemu-io through a node name (its own BlockBackend's
+attach and detach each drain the node: two pairs per command), and a job's
+clean-up that drops its filter (`JobDriver.clean_drains`: a backup's
+copy-before-write filter, whatever ends it).
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from sim.model import job_flow
 from sim.model.graph import BlockNode
-from sim.model.job_flow import pause_now, resume_now
 from sim.model.jobs import ACTIVE, Job
 from sim.model.state import BlockState
 
@@ -40,7 +42,7 @@ class Drain:
         paused it meanwhile."""
         for job in self.jobs:
             if job.user_paused == 0:
-                resume_now(job)
+                job_flow.resume_now(job)
         self.jobs = []
 
 
@@ -69,14 +71,14 @@ def begin(state: BlockState, nodes: Iterable[BlockNode] | None = None) -> Drain:
     for job in jobs:
         job.kind.drained()
     for job in jobs:
-        pause_now(job)
+        job_flow.pause_now(job)
     for job in state.jobs:
         # a user pause still waiting for a backup's tasks: the drain polls until the
         # job reaches that pause point
         if job.pausing and (
             quiesced is None or any(n is k for n in quiesced for k in job.kind.nodes)
         ):
-            pause_now(job)
+            job_flow.pause_now(job)
     for observe in state.drain_observers:
         names = None if quiesced is None else [n.node_name for n in quiesced]
         observe(names, [j.id for j in jobs])

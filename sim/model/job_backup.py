@@ -386,6 +386,11 @@ class BackupKind(JobDriver):
                 return bitmaps
         return source.bitmaps
 
+    def clean_drains(self) -> list[BlockNode]:
+        # bdrv_cbw_drop -> bdrv_drop_filter -> bdrv_replace_node_common drains the
+        # filter (and so every parent above it) while it moves its parents down
+        return [self.filter]
+
     def clean(self) -> None:
         self.cbw.close()
         drop_filter(self.graph, self.filter)

@@ -130,3 +130,8 @@ class JobDriver:
     def abort(self) -> None: ...
 
     def clean(self) -> None: ...
+
+    def clean_drains(self) -> list[BlockNode]:
+        """The nodes `clean`'s graph change drains first (each section pauses and
+        resumes the other jobs above them); none for most kinds."""
+        return []

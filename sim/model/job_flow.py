@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from sim.errors import QMPError
+from sim.model import drain
 from sim.model.jobs import ACTIVE, ENDED, PAUSED_AS, RESUMED_AS, Job
 from sim.model.jobs import JobStatus as S
 from sim.model.qcow2_host import flush_metadata
@@ -119,12 +120,21 @@ def finalize(state: BlockState, job: Job) -> None:
         p.kind.commit()
         if p.kind.releases_on_success:  # before the clean-up drops nodes (mirror)
             release_nodes(p)
-        p.kind.clean()
+        _clean(state, p)
         if p.is_block_job:
             p.emit("BLOCK_JOB_COMPLETED", p.event_data())
         p.set_status(S.CONCLUDED)
         if p.auto_dismiss:
             dismiss(state, p)
+
+
+def _clean(state: BlockState, job: Job) -> None:
+    """The job's clean-up (`JobDriver.clean`), after the drained sections its graph
+    change opens (`JobDriver.clean_drains`)."""
+    drained = job.kind.clean_drains()
+    if drained:
+        drain.drain(state, drained)
+    job.kind.clean()
 
 
 def abort_txn(state: BlockState, job: Job, deferred: bool = False) -> None:
@@ -149,7 +159,7 @@ def abort_txn(state: BlockState, job: Job, deferred: bool = False) -> None:
         p.kind.abort()
         if p.kind.releases_on_abort:
             release_nodes(p)
-        p.kind.clean()
+        _clean(state, p)
         if p.error is None:
             p.error = ECANCELED
             if p.started and p.is_block_job:
