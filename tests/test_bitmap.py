@@ -43,6 +43,17 @@ def test_unaligned_write_marks_every_touched_chunk() -> None:
     assert straddle.count_bytes() == 2 * 65536
 
 
+def test_a_write_past_the_bitmaps_end_marks_what_is_inside() -> None:
+    """A node's bitmap can be shorter than the offsets written (a protocol node's,
+    marked before it grows): granules past its end are not there to mark."""
+    bm = DirtyBitmap("a", 65536, MIB)
+    bm.record_write(MIB, 4096)  # one granule, past the end
+    bm.record_write(5 * MIB, 3 * 65536)
+    assert bm.count_bytes() == 0
+    bm.record_write(MIB - 4096, 8192)  # the last granule, and one past the end
+    assert bm.count_bytes() == 65536 and bm.bits[-1]
+
+
 def test_disabled_bitmap_records_nothing_but_successor_does() -> None:
     bm = DirtyBitmap("b", 65536, MIB, enabled=False)
     bm.record_write(0, 4096)

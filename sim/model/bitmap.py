@@ -142,7 +142,15 @@ class DirtyBitmap:
         target = self.successor or self
         if target.enabled and length > 0:
             shift = target._shift
-            target.bits[offset >> shift : ((offset + length - 1) >> shift) + 1] = 1
+            first = offset >> shift
+            last = (offset + length - 1) >> shift
+            if first != last or first < 0:
+                target.bits[first : last + 1] = 1
+                return
+            try:  # one granule (the usual write): an index is cheaper than a slice
+                target.bits[first] = 1
+            except IndexError:  # past the end of a shorter node's bitmap: as the slice
+                pass
 
     def clear(self) -> None:
         self.bits.setall(0)

@@ -305,16 +305,22 @@ def write_batch(
     depend on the writes that follow in the same instant)."""
     graph = state.graph
     path = write_path(graph, root)
-    data = next((n for n in path if not n.is_filter), None)
+    data: BlockNode | None = None
+    hooked = False  # a filter hook or a write threshold on the path
+    for n in path:
+        if n.write_hook or n.after_write_hook or n.write_threshold:
+            hooked = True
+        if data is None and not n.is_filter:
+            data = n
     lowest, highest = min(offsets, default=-1), max(offsets, default=0)
     end = highest + length
     if (
         data is None
+        or hooked
         or length <= 0
         or lowest < 0
         or end > root.size_bytes
         or data.driver == "snapshot-access"
-        or any(n.write_hook or n.after_write_hook or n.write_threshold for n in path)
         or (data.file is not None and data.file.bitmaps and data.driver == "qcow2")
     ):
         return [write(state, bb, root, o, length, s) for o, s in zip(offsets, stamps, strict=True)]
