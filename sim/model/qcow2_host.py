@@ -363,7 +363,8 @@ class Qcow2Layout(ClusterSummary):
             since = int(table_at.max())
             cache.written_back()
         dirty = clusters[changed_at >= since] if since >= 0 else clusters[changed_at >= 0]
-        for reg in np.unique(dirty // span).tolist():
+        regs = dirty // span  # ascending, as the clusters are
+        for reg in regs[run_heads(regs)].tolist():
             if reg in self.l2_tables:
                 cache.dirty_table(reg)
         if data_at.size and int(data_at.max()) >= since:
