@@ -11,6 +11,7 @@ in the same run, and prints the ratio against its target:
   writes     1M random 4 KiB writes on a 1 TiB disk with 4 bitmaps (in process), as a
              burst workload applies them (io.write_batch) and one by one (io.write),
              each followed by the first read, which splices the write log in
+             (the median of 3 processes each)
   qnbn       query-named-block-nodes after 100k random writes on 1 TiB
   snapshot   a snapshot step at chain depth 50, every checker on (linear?)
   fuzz       `blocksim fuzz --examples 200 --steps 25` vs a bare Hypothesis machine
@@ -570,17 +571,25 @@ def run_row(row: str, table: Table, args: argparse.Namespace) -> None:
     elif row == "writes":
         from sim.engine.workload import BURST_OPS
 
-        s = in_child("writes", str(args.writes), str(BURST_OPS))
-        one = in_child("writes", str(args.writes), "1")
+        def median_run(batch: int) -> tuple[dict[str, Any], float]:
+            """The run of median rate among 3 processes (load spikes), and the highest
+            peak memory of the three."""
+            runs = [in_child("writes", str(args.writes), str(batch)) for _ in range(3)]
+            runs.sort(key=lambda r: float(r["rate"]))
+            return runs[1], max(float(r["peak_mib"]) for r in runs)
+
+        s, peak = median_run(BURST_OPS)
+        one, _ = median_run(1)
         table.add(
             f"{args.writes:,} random 4 KiB writes on a 1 TiB disk with 4 bitmaps (in process)",
             "",
             f"{s['rate'] / 1e3:.0f}k writes/s (CPU time: {s['cpu_rate'] / 1e3:.0f}k/s) in "
-            f"bursts of {BURST_OPS}, +{s['peak_mib']:.0f} MiB (the writes "
+            f"bursts of {BURST_OPS}, +{peak:.0f} MiB (the writes "
             f"{s['write_rate'] / 1e3:.0f}k/s, then the first read {s['settle_s']:.2f} s); "
-            f"one by one {one['rate'] / 1e3:.0f}k/s (CPU time: {one['cpu_rate'] / 1e3:.0f}k/s)",
+            f"one by one {one['rate'] / 1e3:.0f}k/s (CPU time: {one['cpu_rate'] / 1e3:.0f}k/s); "
+            "median of 3 processes each",
             "",
-            ">= 500k/s, < 300 MiB", s["rate"] >= 500e3 and s["peak_mib"] < 300,
+            ">= 500k/s, < 300 MiB", s["rate"] >= 500e3 and peak < 300,
         )  # fmt: skip
     elif row == "qnbn":
         q = qemu_qnbn(args.qnbn_writes)

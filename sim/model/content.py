@@ -262,7 +262,8 @@ def _merge_disjoint(
     points[1::2] = ends
     out = np.empty(2 * n, dtype=np.int64)
     out[0::2] = values
-    out[1::2] = np.where(back, after, values)
+    np.copyto(after, values, where=~back)
+    out[1::2] = after
     del after, back
     kept = starts[outside]
     if kept.size:
@@ -280,6 +281,8 @@ def _merge_disjoint(
         out = merged
         del merged, rest, at
     keep = run_heads(out)
+    if keep.all():  # (random writes far apart: every point starts an extent)
+        return points, out
     return points[keep], out[keep]
 
 
