@@ -51,9 +51,10 @@ from sim.trace import parse_lines
 from tests.mutant_catalog import ALL_MUTANTS
 from tests.test_mutants import MUTANTS, Mutant
 
-# The slowest kill takes a few hundred examples at most (README, "Races and fuzzer
-# power"), 10-20 s on a quiet 2-core machine; 60 s leaves room for a slower or busier CI
-# machine, and costs time only for a mutant that is not found.
+# The slowest kill takes under a thousand examples (README, "Races and fuzzer power":
+# merge-first-source-only at example 854, 49 s at load average 3.7, the others under
+# 300 and 13 s); 60 s leaves room for a slower or busier CI machine, and costs time only
+# for a mutant that is not found.
 BUDGET_S = min(float(os.environ.get("BLOCKSIM_POWER_BUDGET", "60")), 90.0)
 HEALTHY_EXAMPLES = int(os.environ.get("BLOCKSIM_POWER_HEALTHY", "300"))
 
