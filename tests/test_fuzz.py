@@ -583,3 +583,47 @@ def test_a_round_bounded_after_its_failure_still_reports_it(finished: Finished) 
     assert [w for w in result.warnings if "Flaky" in w] == []
     assert result.examples == 200
     assert [f.kind for f in result.failures] == [FAKE]
+
+
+JOB_STARTS = ("drive-backup", "drive-mirror", "block-stream", "block-commit")
+
+
+def _race_machine() -> BlockMachine:
+    from sim.fuzz.machine import GROUPS
+
+    m = BlockMachine()
+    m.open([dict(DRIVE0)], 0)
+    m.enabled = frozenset(GROUPS) | {"time"}
+    return m
+
+
+def test_race_job_spreads_its_job_kinds_with_spare_choices() -> None:
+    # the kind Hypothesis drew ("backup" here) is turned by the choices' last byte
+    started = []
+    for last in range(4):
+        m = _race_machine()
+        BlockMachine.race_job(m, Choices(bytes(62) + bytes([0, last])), 0, "backup")
+        started.append(next(s["execute"] for s in m.steps if s.get("execute") in JOB_STARTS))
+    assert started == ["drive-backup", "drive-mirror", "block-stream", "block-commit"]
+
+
+def test_race_lands_a_verb_on_a_job_it_paused_in_ready() -> None:
+    # a mirror held READY, the race rule pauses it (standby) and lands a verb there
+    m = _race_machine()
+    m.qmp(
+        "drive-mirror",
+        {
+            "device": "drive0",
+            "job-id": "m1",
+            "target": "m.qcow2",
+            "format": "qcow2",
+            "sync": "full",
+        },
+    )
+    m.run({"wait": {"event": "BLOCK_JOB_READY", "data": {"device": "m1"}}})
+    # job, point (6: READY), pause (rarely(5)), a verb (boolean), device, verb of the state
+    BlockMachine.race(m, Choices([0, 6, 4, 1, 0, 0, 0]), 0)
+    names = [s.get("execute") for s in m.steps]
+    at = names.index("job-pause")
+    assert m.outcomes[at].response == {"return": {}}
+    assert names[at + 1].startswith(("job-", "block-job-"))
