@@ -279,8 +279,9 @@ def test_local_cluster_campaign_equals_the_shards_run_one_by_one(
 
 
 def test_a_killed_worker_loses_only_its_shard(tmp_path: Path, cluster: Runner) -> None:
-    # 40 examples in 4 shards find 5 distinct failures, as 60 did
-    cfg = config(examples=40, steps=20, seed=1)
+    # 40 examples in 4 shards find 3 distinct failures (seed 1 finds one since the race
+    # rules draw their job kinds evenly)
+    cfg = config(examples=40, steps=20, seed=2)
     with Runner() as here:
         serial = ShardedCampaign([cfg], tmp_path / "here", here, shards=4).run()
 
