@@ -328,7 +328,8 @@ class Blkdebug:
                 if rule is not None and len(step) < 4:
                     steps.close()
                     return rule
-                failure = failure or rule
+                if step[3:4] != (qcow2_meta.OPTIONAL,):
+                    failure = failure or rule
                 step = steps.send(
                     0
                     if rule is None
@@ -361,7 +362,10 @@ class Blkdebug:
             if not deferred or (rule is not None and rule.immediately):
                 self.event("pwritev_done")
             return rule
-        return self._match(op, offset, length)
+        rule = self._match(op, offset, length)
+        if op == "discard":
+            self.unflushed = True  # bdrv_co_write_req_finish
+        return rule
 
     def _match(self, op: str, offset: int, length: int) -> BlkdebugRule | None:
         """rule_check: the first active rule matching the request; `once` removes it."""

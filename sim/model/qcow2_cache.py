@@ -32,7 +32,8 @@ class Qcow2Cache:
     """The L2 table cache and the refcount block cache of an open qcow2 node
     (BDRVQcow2State's l2_table_cache and refcount_block_cache): tables cached, tables
     dirty in the order they became dirty, the refcount block cached / dirty, the L2
-    cache's dependency on the refcount cache (qcow2_cache_set_dependency), the node's
+    cache's dependency on the refcount cache and the other way round after a cluster
+    was freed (qcow2_cache_set_dependency), the node's
     write generation since its last flush, and per dirty table the undo records of its
     changes (lost from the image when the table never reaches the file)."""
 
@@ -41,6 +42,7 @@ class Qcow2Cache:
         "l2_depends",
         "l2_dirty",
         "refblock_cached",
+        "refblock_depends",
         "refblock_dirty",
         "undo",
         "written",
@@ -56,6 +58,7 @@ class Qcow2Cache:
         self.refblock_cached = False
         self.refblock_dirty = False
         self.l2_depends = False  # the L2 cache depends on the refcount cache
+        self.refblock_depends = False  # the refcount cache depends on the L2 cache (a free)
         self.written = False  # written since its last flush (write_gen != flushed_gen)
         # per dirty L2 table: what its changed entries mapped before, oldest first
         self.undo: dict[int, list[Undo]] = {}

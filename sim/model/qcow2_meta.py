@@ -82,6 +82,7 @@ TRY = True  # a request whose failure the steps go on from (they are sent how it
 FAILED = 1  # sent for a TRY request that failed after yielding (blkdebug's default)
 FAILED_AT_ONCE = 2  # sent for one that failed before yielding (`immediately`)
 ASYNC = "async"  # 5th item of a task's write: its pwritev_done comes when it completes
+OPTIONAL = "optional"  # 4th item of a request whose failure nothing sees (a discard)
 
 # every event qcow2 raises in the flows above (the rest of BlkdebugEvent is refused)
 QCOW2_EVENTS = (
@@ -105,11 +106,37 @@ def _alloc(layout: Qcow2Layout, event: bool = True) -> Steps_:
     return False
 
 
+def _free(layout: Qcow2Layout, discard: bool) -> Steps:
+    """qcow2_free_clusters (a failed l2_allocate gives its table's cluster back,
+    QCOW2_DISCARD_ALWAYS; qcow2_alloc_cluster_abort a failed piece's clusters,
+    QCOW2_DISCARD_NEVER): cluster_free, then update_refcount decreases the count
+    (refblock_alloc, refblock_load; the refcount cache now depends on the L2 cache,
+    after the L2 cache's own dependency was flushed) and, with `discard`, discards
+    the cluster in the file (qcow2_process_discards: its failure is ignored)."""
+    cache = layout.cache
+    yield ("event", "cluster_free")
+    if cache.l2_depends:  # qcow2_cache_set_dependency flushes the dependency's first
+        if not (yield from _flush_refcount(layout)):
+            cache.l2_depends = False
+    if not cache.l2_depends:
+        cache.refblock_depends = True
+    yield ("event", "refblock_alloc")
+    yield ("event", "refblock_load")
+    cache.refblock_dirty = True
+    if discard:
+        yield ("discard", META, 0, OPTIONAL)
+
+
 def _write_refcount_cache(layout: Qcow2Layout) -> Steps_:
-    """qcow2_cache_write of the refcount cache: its dirty block (a failed write leaves
-    it dirty).  Returns whether it failed."""
+    """qcow2_cache_write of the refcount cache: its dirty block, after the L2 cache it
+    depends on has been flushed (a failed write leaves it dirty).  Returns whether it
+    failed."""
     if not layout.cache.refblock_dirty:
         return False
+    if layout.cache.refblock_depends:  # qcow2_cache_flush_dependency
+        if (yield from _flush_l2(layout)):
+            return True
+        layout.cache.refblock_depends = False
     yield ("event", "refblock_update_part")
     if (yield ("write", META, 0, TRY)):
         return True
@@ -155,18 +182,23 @@ def _table(layout: Qcow2Layout, content: Qcow2Content, region: int) -> Steps_:
     """get_cluster_table: allocate the region's L2 table, or load it when not cached.
     Returns whether it failed (the request fails with it)."""
     if region not in content.l2_tables:
-        # l2_allocate
+        # l2_allocate; on a failure after its cluster was allocated, the cluster is
+        # freed and the new table dropped from the cache (qcow2_cache_discard)
         yield from _alloc(layout)
-        if (yield from _flush_refcount(layout)):
+        failed = yield from _flush_refcount(layout)
+        if not failed:
+            layout.cache.l2_cached.add(region)
+            yield ("event", "l2_alloc_write")
+            layout.cache.dirty_table(region)
+            failed = yield from _flush_l2(layout)
+        if not failed:
+            yield ("event", "l1_update")
+            failed = bool((yield ("write", META, 0, TRY))) or bool((yield ("flush", 0, 0, TRY)))
+        if failed:
+            layout.cache.l2_cached.discard(region)
+            layout.cache.table_written(region)  # dropped, not written
+            yield from _free(layout, True)
             return True
-        layout.cache.l2_cached.add(region)
-        yield ("event", "l2_alloc_write")
-        layout.cache.dirty_table(region)
-        if (yield from _flush_l2(layout)):
-            return True
-        yield ("event", "l1_update")
-        yield ("write", META, 0)
-        yield ("flush", 0, 0)
         # the table is in the file, where the L2 cache flush above wrote it
         layout.add_table(region)
         layout.write_table(region)
@@ -427,8 +459,10 @@ def _write(
             yield from task.resume()
             note(task, False)
             c = b
-        for a, z in reversed(new):  # the piece being gathered gives its clusters back
-            layout.unreserve(a, z)
+        if new:  # the piece being gathered gives its clusters back
+            for a, z in reversed(new):
+                layout.unreserve(a, z)
+            yield from _free(layout, False)
         new = []
         # aio_task_pool_wait_all: the tasks' I/O completes, each goes on to its end
         while any(t.inflight for t in tasks):
@@ -438,10 +472,12 @@ def _write(
                 task.status = yield from task.perform_cow()
             if task.status:
                 failed = True
-                for a, z in reversed(task.new):
-                    layout.unreserve(a, z)  # qcow2_alloc_cluster_abort
+                if task.new:  # qcow2_alloc_cluster_abort
+                    for a, z in reversed(task.new):
+                        layout.unreserve(a, z)
+                    yield from _free(layout, False)
                 continue
-            _link(layout, content, task, span, cl)
+            yield from _link(layout, content, task, span, cl)
             if landed is not None:
                 landed.append((task.start, task.stop - task.start))
         return failed
@@ -450,17 +486,24 @@ def _write(
             layout.unreserve(a, z)
 
 
-def _link(layout: Qcow2Layout, content: Qcow2Content, task: _Task, span: int, cl: int) -> None:
-    """qcow2_alloc_cluster_link_l2 of a piece written: its new clusters' L2 entries
-    change (the table gets dirty); the rest of it was written in place."""
+def _link(layout: Qcow2Layout, content: Qcow2Content, task: _Task, span: int, cl: int) -> Steps:
+    """qcow2_alloc_cluster_link_l2 of a piece written: the L2 cache comes to depend on
+    the refcount cache (when the refcount cache depends on the L2 cache, that is
+    flushed first), its new clusters' L2 entries change (the table gets dirty); the
+    rest of it was written in place."""
+    cache = layout.cache
+    if task.new and cache.refblock_depends:  # qcow2_cache_set_dependency
+        if not (yield from _flush_l2(layout)):
+            cache.refblock_depends = False
     for region, r0, r1 in _by_region(task.start, task.stop, span * cl):
         mine = [(a, b) for a, b in task.new if a * cl < r1 and r0 < b * cl]
         _in_place(layout, region, r0, r1, mine, cl)
         if mine:
             for a, b in mine:
                 _changed(layout, content, region, a * cl, b * cl, False)
-            layout.cache.dirty_table(region)
-            layout.cache.l2_depends = True
+            cache.dirty_table(region)
+            if not cache.refblock_depends:
+                cache.l2_depends = True
 
 
 def _by_region(start: int, stop: int, span_bytes: int) -> Iterable[tuple[int, int, int]]:
