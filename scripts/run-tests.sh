@@ -29,4 +29,6 @@ python3 -m pytest -q "$@"
 # mutant must be found (this replaced the older 11-mutant matrix).
 if [ "$#" -eq 0 ]; then
     python3 -m pytest -q -s -m slow tests/test_fuzz_power.py
+    # README.md's policy x invariant matrix against `blocksim matrix` now (about a minute)
+    python3 -m pytest -q -m slow tests/test_readme_numbers.py
 fi

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -333,6 +334,21 @@ def test_matrix_region_has_the_shape_blocksim_matrix_prints() -> None:
     assert m, lines[-1]
     total = sum(1 for _ in (ROOT / "scenarios").rglob("*.jsonl"))
     assert 0.9 * total <= int(m[1]) <= total, (m[1], total)
+
+
+@pytest.mark.slow
+def test_matrix_region_is_what_blocksim_matrix_gives_now(request: pytest.FixtureRequest) -> None:
+    """The matrix region equals `blocksim matrix` over today's scenarios and checkers (a
+    minute: CI runs it with -m slow, scripts/run-tests.sh; BLOCKSIM_SLOW=1 here), so a
+    checker change or a new scenario that moves a cell fails until the region is
+    regenerated (python3 scripts/readme_numbers.py)."""
+    if not (
+        "slow" in str(request.config.getoption("markexpr", "")) or os.environ.get("BLOCKSIM_SLOW")
+    ):
+        pytest.skip("a minute: runs with -m slow (CI) or BLOCKSIM_SLOW=1")
+    numbers = script()
+    body = numbers.regions((ROOT / "README.md").read_text())["matrix"]
+    assert body == numbers.matrix_region(), "run python3 scripts/readme_numbers.py"
 
 
 def test_check_mode_names_a_stale_region(tmp_path: Path, monkeypatch: object) -> None:
