@@ -317,3 +317,23 @@ def test_an_aborted_always_backup_transaction_is_expected_and_nothing_wider() ->
     on_success = json.loads(json.dumps(txn).replace('"always"', '"on-success"'))
     changed = [*steps[: v["step"] - 1], on_success]
     assert classify_expected("qemu-7.2", atom, v["message"], changed, v["step"])[0] == NEW
+
+
+def test_a_write_through_a_copy_before_write_filter_into_a_drive_is_expected() -> None:
+    """Recorded on QEMU 7.2: a copy-before-write filter whose target is drive0's node
+    copies its source's cluster into drive0.  Expected only when the write goes through
+    such a filter and its target is a drive's node, not a node the trace added."""
+    loss = "no-lost-guest-data"
+    root = Path(__file__).resolve().parent.parent
+    name = "scenarios/checkers/loss-cbw-target-is-drive-node.jsonl"
+    lines = [json.loads(x) for x in (root / name).read_text().splitlines() if x.strip()]
+    steps = [x for x in lines[1:] if "final-expect" not in x]
+    (v,) = lines[-1]["final-expect"]["violations"]
+    verdict = classify_expected("qemu-7.2", loss, v["message"], steps, v["step"])
+    assert verdict[0] == EXPECTED and name in verdict[1]
+    assert classify_expected("bb-attached", loss, v["message"], steps, v["step"])[0] == EXPECTED
+    # the target a node the trace added (no drive reads it): a loss there is new
+    other = json.loads(json.dumps(steps).replace('"target": "fmt0"', '"target": "flt5"'))
+    assert classify_expected("qemu-7.2", loss, v["message"], other, v["step"])[0] == NEW
+    # the same loss at a step that writes through no such filter is new
+    assert classify_expected("qemu-7.2", loss, v["message"], steps, v["step"] - 1)[0] == NEW
