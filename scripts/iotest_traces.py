@@ -614,6 +614,8 @@ def record_and_replay(out: Path, runs: int) -> dict[str, Any]:
         )  # fmt: skip
         row: dict[str, Any] = {"trace": trace.stem, "runs": n, "recorded": rec.returncode == 0}
         if rec.returncode == 0:
+            final = json.loads(target.read_text().splitlines()[-1]).get("final-expect", {})
+            row["event_orders"] = 1 + len(final.get("other-event-orders", []))
             rep = subprocess.run(
                 [sys.executable, "-m", "sim", "replay", str(target)],
                 capture_output=True, text=True,

@@ -730,6 +730,35 @@ CLAIMS += [
 ]
 
 
+def _event_orders(path: Path) -> int:
+    """How many event orders a recorded trace accepts: its own and the other ones QEMU
+    gave (`blocksim record --runs N`)."""
+    final = json.loads(path.read_text().splitlines()[-1]).get("final-expect", {})
+    return 1 + len(final.get("other-event-orders", []))
+
+
+def _fresh_orders(_: int) -> str:
+    (row,) = [r for r in iotests_fresh()["traces"] if r["trace"] == RACING_IOTEST]
+    return f"{row['runs']}-run recording gave {row['event_orders']}"
+
+
+RACING_IOTEST = "iotest-124-transaction-failure"
+
+CLAIMS += [
+    Claim(
+        "event orders iotest 124's transaction failure keeps (its recorded scenario)",
+        r"its scenario keeps\s+the (?P<n>\d+) orders its",
+        lambda: _event_orders(ROOT / "scenarios" / "iotests" / f"{RACING_IOTEST}.jsonl"),
+    ),
+    Claim(
+        "event orders a fresh recording of iotest 124's transaction failure gave",
+        r"a fresh (?P<n>\d+-run recording gave \d+)",
+        lambda: 0,
+        _fresh_orders,
+    ),
+]
+
+
 CLAIMS.append(
     Claim(
         "iotest 257 cases as traces (all replay exactly: tests/test_scenarios.py)",

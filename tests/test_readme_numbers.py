@@ -281,6 +281,7 @@ def test_the_fresh_iotest_recordings_cover_every_trace_the_script_writes(
     assert sorted(r["trace"] for r in doc["traces"]) == sorted(p.stem for p in tmp_path.iterdir())
     assert doc["total"] == len(doc["traces"])
     assert doc["replay_exactly"] == sum(r["replays_exactly"] for r in doc["traces"])
+    assert all(r["event_orders"] >= 1 for r in doc["traces"] if r["recorded"])
     assert "7.2" in doc["qemu"]
 
 
