@@ -44,7 +44,7 @@ from typing import Any
 from sim.compare import differences, normalize
 from sim.errors import TraceError
 from sim.model.content import SECTOR, StampTable, read_through
-from sim.model.graph import Image
+from sim.model.graph import Image, json_filename_options
 from sim.oracle.guards import refusal
 from sim.oracle.normalize import names_equal, normalize_final, scrub
 from sim.oracle.qemu_runner import DEFAULT_WAIT_TIMEOUT_S, QemuRunner, RunResult, StepResult
@@ -488,11 +488,8 @@ def _json_backing(images: Mapping[str, Image], name: str) -> tuple[Image | None,
     (``null`` or a null-co node: nothing below; absent: the header's).
     Returns (None, _HEADER) for options naming no image the simulator holds.
     """
-    try:
-        options = json.loads(name[len("json:") :])
-    except ValueError:
-        return None, _HEADER
-    if not isinstance(options, dict) or options.get("driver") not in ("qcow2", "raw"):
+    options = json_filename_options(name)
+    if options is None or options.get("driver") not in ("qcow2", "raw"):
         return None, _HEADER
     file = options.get("file")
     if not isinstance(file, dict) or file.get("driver") != "file":

@@ -16,7 +16,13 @@ from sim.errors import QMPError
 from sim.model import bitmap_ops, drain, perms, reopen
 from sim.model.cbw import CopyBeforeWrite
 from sim.model.content import SECTOR, Content, WindowContent
-from sim.model.graph import FORMAT_DRIVERS, QCOW2_CLUSTER, BlockNode, load_bitmaps
+from sim.model.graph import (
+    FORMAT_DRIVERS,
+    QCOW2_CLUSTER,
+    BlockNode,
+    json_filename_options,
+    load_bitmaps,
+)
 from sim.model.host_file import host_file
 from sim.model.snapshot import check_new_node_name
 from sim.qmp.dispatch import command
@@ -447,13 +453,8 @@ def _json_format_backing(name: str) -> dict[str, Any] | None:
     raw) over an image file, as QEMU writes it for a node whose backing blockdev-add
     set: `file` names the image, a `backing` option (an object or null) replaces the
     backing its header names.  None for any other name."""
-    if not name.startswith("json:"):
-        return None
-    try:
-        options = json.loads(name[len("json:") :])
-    except ValueError:
-        return None
-    if not isinstance(options, dict) or options.get("driver") not in ("qcow2", "raw"):
+    options = json_filename_options(name)
+    if options is None or options.get("driver") not in ("qcow2", "raw"):
         return None
     file = options.get("file")
     if not isinstance(file, dict) or file.get("driver") != "file" or len(file) != 2:
@@ -475,13 +476,8 @@ def _null_co_backing(name: str) -> tuple[int, bool] | None:
     name."""
     if name == "null-co://":
         return NULL_CO_DEFAULT_SIZE, False
-    if not name.startswith("json:"):
-        return None
-    try:
-        options = json.loads(name[len("json:") :])
-    except ValueError:
-        return None
-    if not isinstance(options, dict) or options.get("driver") != "null-co":
+    options = json_filename_options(name)
+    if options is None or options.get("driver") != "null-co":
         return None
     size = options.get("size", NULL_CO_DEFAULT_SIZE)
     return (size, "size" in options) if isinstance(size, int) and size >= 0 else None
