@@ -8,7 +8,6 @@ given inline are created with it, children given by name are referenced.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from sim.engine.faults import blkdebug_rules
@@ -26,7 +25,7 @@ from sim.model.graph import (
 from sim.model.host_file import host_file
 from sim.model.snapshot import check_new_node_name
 from sim.qmp.dispatch import command
-from sim.qmp.schema import BLOCKDEV_OPTIONS, MODELLED_DRIVERS, List, members
+from sim.qmp.schema import BLOCKDEV_OPTIONS, MODELLED_DRIVERS, List, check_arguments, members
 
 if TYPE_CHECKING:
     from sim.engine.machine import Machine
@@ -380,9 +379,9 @@ def _open_named_backing(
     created: list[BlockNode],
     seen: tuple[str, ...],
 ) -> None:
-    """Open the backing a header (or a json:{...} name's `backing` option) names below
-    `node`: a file name, a null-co pseudo-protocol name, or the json:{...} name of a
-    format node over an image file (`_json_format_backing`)."""
+    """Open the backing a header names below `node`: a file name, a null-co
+    pseudo-protocol name, or the json:{...} name of a qcow2 or raw node (opened from
+    its options as blockdev-add opens them)."""
     g = m.state.graph
     bimage = g.images.get(name)
     pseudo = _null_co_backing(name)
@@ -399,19 +398,17 @@ def _open_named_backing(
                 f"blocksim refuses to open '{bimage.filename}': its backing chain loops "
                 "(real QEMU 7.2 hangs opening it read-only)"
             )
-        json_options = _json_format_backing(name) if bimage is None else None
-        if json_options is not None:
-            bimage = g.images.get(json_options["file"]["filename"])
-            if bimage is None or bimage.format != json_options["driver"]:
-                raise QMPError(
-                    f"blocksim does not model the backing '{name}': its options name no "
-                    f"image of format '{json_options['driver']}' it holds"
-                )
-            if bimage.filename in seen:
-                raise QMPError(f"blocksim refuses to open '{name}': its backing chain loops")
+        json_options = json_filename_options(name) if bimage is None else None
+        if json_options is not None and json_options.get("driver") in ("qcow2", "raw"):
+            # bdrv_open parses the json: pseudo-protocol into options and opens them
+            # as blockdev-add would, read-only: a `backing` option replaces the header's
+            options = check_arguments("blockdev-add", _read_only_tree(json_options))
+            bnode = _open_format(m, options, options["driver"], None, True, False, created)
+            g.set_backing(node, bnode)
+            return
         if bimage is None:
             raise QMPError(f"Could not open '{name}': No such file or directory")
-        if json_options is None and backing_format == "file":
+        if backing_format == "file":
             # the header's backing format is the protocol driver: the backing is the
             # host file itself, opened read-only (a COW child of a node nobody uses
             # shares write, so a writer of the file does not stop it)
@@ -428,13 +425,7 @@ def _open_named_backing(
         bnode.read_only = True
         created.append(bnode)
         g.set_backing(node, bnode)
-        if json_options is None or "backing" not in json_options:
-            _open_backing_chain(m, bnode, created, seen)
-        elif json_options["backing"] is not None:  # the options' backing replaces the header's
-            below = json_options["backing"]
-            _open_named_backing(
-                m, bnode, "json:" + json.dumps(below), None, created, (*seen, bimage.filename)
-            )
+        _open_backing_chain(m, bnode, created, seen)
     except QMPError as exc:
         raise QMPError(f"Could not open backing file: {exc.desc}") from None
 
@@ -448,25 +439,14 @@ def open_backing_chain(m: Machine, node: BlockNode) -> list[BlockNode]:
     return created
 
 
-def _json_format_backing(name: str) -> dict[str, Any] | None:
-    """The options of a json:{...} backing name that opens a format node (qcow2 or
-    raw) over an image file, as QEMU writes it for a node whose backing blockdev-add
-    set: `file` names the image, a `backing` option (an object or null) replaces the
-    backing its header names.  None for any other name."""
-    options = json_filename_options(name)
-    if options is None or options.get("driver") not in ("qcow2", "raw"):
-        return None
-    file = options.get("file")
-    if not isinstance(file, dict) or file.get("driver") != "file" or len(file) != 2:
-        return None
-    if not isinstance(file.get("filename"), str):
-        return None
-    if set(options) - {"driver", "file", "backing"}:
-        return None
-    backing = options.get("backing")
-    if "backing" in options and backing is not None and not isinstance(backing, dict):
-        return None
-    return options
+def _read_only_tree(options: dict[str, Any]) -> dict[str, Any]:
+    """Node options opened as a backing child: read-only, and so is every child they
+    open (bdrv_backing_options sets read-only, children inherit it), unless an
+    option says otherwise."""
+    out = {k: _read_only_tree(v) if isinstance(v, dict) else v for k, v in options.items()}
+    if "driver" in out:
+        out.setdefault("read-only", True)
+    return out
 
 
 def _null_co_backing(name: str) -> tuple[int, bool] | None:
