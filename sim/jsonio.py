@@ -196,3 +196,16 @@ def dumps(obj: object, **kwargs: Any) -> str:
 def escape_text(text: str) -> str:
     """`text` with lone surrogates written as `\\uXXXX`, so it can be printed."""
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def json_filename_options(name: str) -> dict[str, Any] | None:
+    """The options object of a ``json:{...}`` file name (bdrv_open's json:
+    pseudo-protocol, as QEMU writes such names for nodes a file name cannot
+    describe); None for any other name or one that does not parse to an object."""
+    if not name.startswith("json:"):
+        return None
+    try:
+        options = json.loads(name[len("json:") :])
+    except ValueError:
+        return None
+    return options if isinstance(options, dict) else None

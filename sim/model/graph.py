@@ -11,7 +11,6 @@ outlive the nodes opened on them, so `mode: existing` and image diffs work.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,19 +43,6 @@ _NODE_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,31}\Z")  # id_wellformed,
 def id_wellformed(name: str) -> bool:
     """QEMU util/id.c: a letter, then letters, digits, '-', '.', '_'."""
     return re.fullmatch(r"[A-Za-z][A-Za-z0-9_.\-]*", name) is not None
-
-
-def json_filename_options(name: str) -> dict[str, Any] | None:
-    """The options object of a ``json:{...}`` file name (bdrv_open's json:
-    pseudo-protocol, as QEMU writes such names for nodes a file name cannot
-    describe); None for any other name or one that does not parse to an object."""
-    if not name.startswith("json:"):
-        return None
-    try:
-        options = json.loads(name[len("json:") :])
-    except ValueError:
-        return None
-    return options if isinstance(options, dict) else None
 
 
 @dataclass(eq=False, slots=True)

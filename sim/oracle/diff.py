@@ -43,8 +43,9 @@ from typing import Any
 
 from sim.compare import differences, normalize
 from sim.errors import TraceError
+from sim.jsonio import json_filename_options
 from sim.model.content import SECTOR, StampTable, read_through
-from sim.model.graph import Image, json_filename_options
+from sim.model.graph import Image
 from sim.oracle.guards import refusal
 from sim.oracle.normalize import names_equal, normalize_final, scrub
 from sim.oracle.qemu_runner import DEFAULT_WAIT_TIMEOUT_S, QemuRunner, RunResult, StepResult

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sim.engine.faults import blkdebug_rules
 from sim.errors import QMPError
+from sim.jsonio import json_filename_options
 from sim.model import bitmap_ops, drain, perms, reopen
 from sim.model.cbw import CopyBeforeWrite
 from sim.model.content import SECTOR, Content, WindowContent
@@ -19,7 +20,6 @@ from sim.model.graph import (
     FORMAT_DRIVERS,
     QCOW2_CLUSTER,
     BlockNode,
-    json_filename_options,
     load_bitmaps,
 )
 from sim.model.host_file import host_file
