@@ -27,7 +27,7 @@ from simpy.resources.resource import Release
 from sim.engine import reqlist
 from sim.engine.faults import read_path
 from sim.engine.throttle import groups_on_path, throttled
-from sim.engine.timing import HOLE_CHUNK_NS, Device, rate_limit_ns
+from sim.engine.timing import HOLE_CHUNK_NS, NS_PER_S, Device, rate_limit_ns
 from sim.model import job_flow
 from sim.model.graph import BlockNode
 from sim.model.io import note_job_write, write_path
@@ -89,13 +89,15 @@ def first_tasks(m: Machine, job: Job, pool: TaskPool) -> Pending | None:
     block_copy_dirty_clusters creates a task, starts it in the pool and creates the
     next, until 64 tasks are busy (a data task reads the source; a zero task is busy
     when `BackupKind.task_yields`, else it is done at once) and one more was created
-    that then waits for a slot; with a `speed`, ratelimit_calculate_delay lets the
-    first task go and makes the next wait.  A cancel or pause right after the
+    that then waits for a slot; with a `speed`, ratelimit_calculate_delay lets tasks
+    go until a time slice's quota (speed x SLICE_TIME) is dispatched and makes the next
+    wait (one 1 MiB task at 1 MiB/s; two one-cluster tasks of a compressed backup).  A cancel or pause right after the
     command finds them all in flight and lets them complete (65 MiB of a disk of
     data, recorded on QEMU 7.2: scenarios/blockapi/backup-first-tasks.jsonl).
     Returns what is left for the job's process to do first, or None."""
     kind = pool.kind
     graph, target = m.state.graph, kind.writes_to()
+    dispatched = 0  # bytes the rate limiter has accounted in this slice
     while True:
         chunk = kind.next_chunk()
         if chunk is None:
@@ -116,7 +118,9 @@ def first_tasks(m: Machine, job: Job, pool: TaskPool) -> Pending | None:
         if not hole or kind.tasks_issued > issued:  # the task is busy
             pool.start(offset, length, progress, unthrottled_read=True, hole=hole)
         if job.speed:
-            return "sleep", rate_limit_ns(length, job.speed)
+            dispatched += length
+            if dispatched * NS_PER_S >= job.speed * SLICE_TIME_NS:
+                return "sleep", rate_limit_ns(dispatched, job.speed)
 
 
 def end_idle_jobs(m: Machine) -> None:
@@ -290,6 +294,7 @@ def job_process(
 
 
 BLOCK_COPY_MAX_WORKERS = 64  # block-copy's task pool (perf max-workers default)
+SLICE_TIME_NS = 100_000_000  # BLOCK_JOB_SLICE_TIME: the rate limiter's time slice
 BLOCK_COPY_MAX_BUFFER = 1 << 20  # a task copies at most 1 MiB
 
 

@@ -78,6 +78,9 @@ class BackupKind(JobDriver):
         self.cbw.on_copy = self._count_copy
         self.filter.write_hook = self.before_write
         self.cursor = 0
+        # block_copy_chunk_size: compressed writes go one cluster per task
+        # (COPY_READ_WRITE_CLUSTER), others up to 1 MiB
+        self.chunk_clusters = CHUNK_CLUSTERS
         # tasks of the job's block-copy call that took a pool slot so far
         # (block_copy_dirty_clusters creates tasks in offset order and keeps up to 64
         # busy); see `task_yields`
@@ -203,7 +206,7 @@ class BackupKind(JobDriver):
         except ValueError:
             return None
         self.cursor = i
-        window = bits[i : i + CHUNK_CLUSTERS]
+        window = bits[i : i + self.chunk_clusters]
         n = window.index(0) if not window.all() else len(window)
         n = self._status_run(i, n)
         off = i * self.cluster
@@ -290,9 +293,9 @@ class BackupKind(JobDriver):
         j = bits.find(0, i)
         if j < 0:
             j = len(bits)
-        chunk_bytes = CHUNK_CLUSTERS * self.cluster
+        chunk_bytes = self.chunk_clusters * self.cluster
         off = i * self.cluster
-        whole = (j - i) // CHUNK_CLUSTERS
+        whole = (j - i) // self.chunk_clusters
         if off + whole * chunk_bytes > self.source.size_bytes:
             whole -= 1  # the disk's last chunk is short
         if whole > 1:

@@ -210,6 +210,8 @@ def _create_backup(
     kind = BackupKind(
         g, job, source, target, sync, bm, mode, a.get("filter-node-name"), close_target
     )
+    if a.get("compress"):
+        kind.chunk_clusters = 1
     register(m, job, kind, [kind.filter, target])
     return job
 
