@@ -92,13 +92,14 @@ def test_leaps_with_guest_io_and_a_rate_limit_match_chunk_by_chunk() -> None:
 def test_progress_seen_between_advances_is_the_chunk_by_chunk_progress() -> None:
     steps: list[dict[str, Any]] = []
     for i in range(12):
-        steps += [{"advance": 0.0031 * (i % 4 + 1)}, qmp("query-block-jobs")]
+        steps += [{"advance": 0.021 * (i % 4 + 1)}, qmp("query-block-jobs")]
     workload = {"device": "drive0", "pattern": "sequential", "rate": 40, "size": 65536}
     workload.update({"duration": 0.3, "read-ratio": 0})
     data = [i * MIB for i in range(0, 64, 3)]
-    # rate-limited: without a speed its tasks, 64 at a time, copy it all in ~10 ms
+    # rate-limited: without a speed its tasks, 64 at a time, copy it all in ~10 ms;
+    # at 100 MiB/s each 100 ms slice lets 10 MiB of tasks go
     trace = backup_trace(
-        64 * MIB, data, {"workload": workload}, after=tuple(steps), speed=400 * MIB
+        64 * MIB, data, {"workload": workload}, after=tuple(steps), speed=100 * MIB
     )
     fast, fast_steps = _run(trace, True)
     slow, slow_steps = _run(trace, False)
