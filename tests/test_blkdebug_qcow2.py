@@ -270,3 +270,27 @@ def test_a_failed_l2_allocation_frees_and_discards_its_cluster() -> None:
     result = replay(parse_lines([json.dumps(s) for s in steps]))
     got = [FAIL if s.output and "failed" in s.output else OK for s in result.steps[first:]]
     assert got == [FAIL, OK, OK]
+
+
+def test_a_zero_write_drops_the_discard_of_its_failed_l2_allocation() -> None:
+    """Under qcow2_subcluster_zeroize the free of a failed l2_allocate caches its
+    discard and drops it when the zero write fails: the refblock_load rule the free
+    made active stays active and fails the next write's refcount flush.  Outcomes
+    of QEMU 7.2's qemu-io on a fresh image."""
+    rules = [
+        {"event": "refblock_load", "once": True},
+        {"event": "pwritev", "once": True, "immediately": True},
+    ]
+    steps: list[dict[str, Any]] = [
+        {"trace": 1, "name": "t", "drives": [], "policy": "qemu-7.2", "seed": 0}
+    ]
+    _create(steps, "a.qcow2", 1 << 30)
+    debug = {"driver": "blkdebug", "inject-error": rules,
+             "image": {"driver": "file", "filename": "a.qcow2"}}  # fmt: skip
+    steps.append({"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "a", "file": debug}})  # fmt: skip
+    first = len(steps) - 1
+    commands = ["write -z 96k 64k", f"write -P 0xaf {(512 << 20) - 65536} 96k"]
+    steps += [_hmp("a", c) for c in commands]
+    result = replay(parse_lines([json.dumps(s) for s in steps]))
+    got = [FAIL if s.output and "failed" in s.output else OK for s in result.steps[first:]]
+    assert got == [FAIL, FAIL]

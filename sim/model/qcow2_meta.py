@@ -178,9 +178,13 @@ def _flush_l2(layout: Qcow2Layout) -> Steps_:
     return bool((yield ("flush", 0, 0, TRY)))
 
 
-def _table(layout: Qcow2Layout, content: Qcow2Content, region: int) -> Steps_:
+def _table(
+    layout: Qcow2Layout, content: Qcow2Content, region: int, discards: bool = True
+) -> Steps_:
     """get_cluster_table: allocate the region's L2 table, or load it when not cached.
-    Returns whether it failed (the request fails with it)."""
+    `discards`: a failed allocation's free discards its cluster in the file (not
+    under qcow2_subcluster_zeroize, which caches discards and drops them when it
+    fails).  Returns whether it failed (the request fails with it)."""
     if region not in content.l2_tables:
         # l2_allocate; on a failure after its cluster was allocated, the cluster is
         # freed and the new table dropped from the cache (qcow2_cache_discard)
@@ -197,7 +201,7 @@ def _table(layout: Qcow2Layout, content: Qcow2Content, region: int) -> Steps_:
         if failed:
             layout.cache.l2_cached.discard(region)
             layout.cache.table_written(region)  # dropped, not written
-            yield from _free(layout, True)
+            yield from _free(layout, discards)
             return True
         # the table is in the file, where the L2 cache flush above wrote it
         layout.add_table(region)
@@ -716,7 +720,7 @@ def zero_steps(
             off, n = c0, c1 - c0
         layout.cache.written = True
         for region, o, m in _regions(content, off, n):
-            if (yield from _table(layout, content, region)):
+            if (yield from _table(layout, content, region, discards=False)):
                 return
             for a, b in _host_runs(content, o, o + m):
                 _changed(layout, content, region, a, b, True)
