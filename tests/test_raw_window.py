@@ -129,3 +129,25 @@ def test_what_blocksim_cannot_hold_is_refused_with_the_reason() -> None:
     )
     sizes = {n["node-name"]: n["image"]["virtual-size"] for n in query["return"]}
     assert sizes["q"] == sizes["qf"] < sizes["fmt0"]
+
+
+def test_jobs_through_raw_over_a_qcow2_files_bytes_are_refused() -> None:
+    """A job reading or writing through raw over a qcow2 image's file would copy the
+    image's host bytes, which blocksim does not hold: refused with the reason, as its
+    source or its target (before, it copied the guest contents: a silent wrong answer)."""
+    over = {"driver": "file", "filename": "drive0.qcow2", "node-name": "qf"}
+    add = qmp("blockdev-add", driver="raw", **{"node-name": "q", "read-only": True},
+              file={**over, "read-only": True})  # fmt: skip
+    size = run_steps([add]).machine.state.graph.node("q").size_bytes  # type: ignore[union-attr]
+    r = run_steps(
+        [add,
+         qmp("blockdev-add", driver="null-co", **{"node-name": "sink", "size": size}),
+         qmp("blockdev-backup", device="q", target="sink", sync="full", **{"job-id": "b"}),
+         qmp("blockdev-mirror", device="drive0", target="q", sync="full", **{"job-id": "m"}),
+         qmp("blockdev-mirror", device="q", target="sink", sync="full", **{"job-id": "m2"})]
+    )  # fmt: skip
+    backup, mirror, mirror_from = responses(r)[-3:]
+    reason = "through raw node 'q' over the bytes of a 'qcow2' image file"
+    assert backup["error"]["desc"] == f"blocksim does not model a backup job {reason}"
+    assert mirror["error"]["desc"] == f"blocksim does not model a mirror job {reason}"
+    assert mirror_from["error"]["desc"] == f"blocksim does not model a mirror job {reason}"

@@ -58,6 +58,19 @@ def root_bs(m: Machine, name: str) -> BlockNode:
     return node
 
 
+def refuse_host_bytes(m: Machine, jtype: str, *nodes: BlockNode) -> None:
+    """A job whose nodes reach a raw node over the file of a qcow2 image would copy that
+    image's host bytes (header, tables, clusters), which blocksim does not hold (it
+    keeps guest contents): refused, so a replay reports the difference."""
+    for node in nodes:
+        for n in m.state.graph.subtree(node):
+            if n.host_bytes_of:
+                raise QMPError(
+                    f"blocksim does not model a {jtype} job through raw node "
+                    f"'{n.node_name}' over the bytes of a '{n.host_bytes_of}' image file"
+                )
+
+
 def new_job(
     m: Machine,
     job_id: str | None,
@@ -70,6 +83,7 @@ def new_job(
 
     `attach` raises the error block_job_add_bdrv meets attaching the main node
     (a permission conflict): the job existed (created), job_early_fail ends it."""
+    refuse_host_bytes(m, jtype, main)
     if job_id is None:
         bb = m.state.graph.backend_of_root(main)
         job_id = bb.name if bb is not None else ""
@@ -197,6 +211,7 @@ def _create_backup(
     main_bb = g.backend_of_root(source)
     if job_id is None:
         job_id = main_bb.name if main_bb is not None else ""
+    refuse_host_bytes(m, "backup", target)
     job = new_job(m, job_id, source, "backup", a)
     conflict = perms.filter_source_conflict(m.state, source)
     if conflict is not None:
@@ -446,6 +461,7 @@ def _start_mirror(
         gran = g.data_node(target).default_granularity()
     check_bits(source.size_bytes, gran, "a mirror's dirty map")
     check_full_copy(source, sync, "mirror")
+    refuse_host_bytes(m, "mirror", target)
     job = new_job(m, a.get("job-id"), source, "mirror", a)
     job.on_source_error = a.get("on-source-error", "report")
     job.on_target_error = a.get("on-target-error", "report")
