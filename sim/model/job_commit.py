@@ -9,6 +9,8 @@ the graph (bdrv_drop_intermediate).  Base is read-write while the job runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sim.model.graph import BlockGraph, BlockNode
 from sim.model.job_driver import JobDriver
 from sim.model.job_graph import (
@@ -50,6 +52,8 @@ class CommitKind(JobDriver):
         self.filter = insert_filter(graph, top, "commit_top", filter_name)
         self.cursor = 0
         self.dropped = False  # prepare dropped the intermediate nodes
+        # bs->filename of a node (bdrv_refresh_filename), given by the QMP layer
+        self.filename_of: Callable[[BlockNode], str] | None = None
 
     # -- the driver contract ---------------------------------------------------------------
     def reads_from(self) -> BlockNode:
@@ -103,7 +107,11 @@ class CommitKind(JobDriver):
         for p in parents:
             g.set_backing(p, self.base)
             if p.image is not None:  # bdrv_drop_intermediate rewrites the header
+                # without `backing-file`, base's bs->filename (json:{...} for a node a
+                # file name cannot describe)
                 named = self.base.image.filename if self.base.image else None
+                if self.filename_of is not None:
+                    named = self.filename_of(self.base)
                 p.image.backing_file = self.backing_file or named
                 p.image.backing_format = None  # named after the image it names
         self.dropped = overlay is not None or bool(parents)

@@ -433,9 +433,16 @@ def _open_named_backing(
 def open_backing_chain(m: Machine, node: BlockNode) -> list[BlockNode]:
     """What bdrv_open without BDRV_O_NO_BACKING opens below an image node it just
     opened: the backing file its header names, read-only, level by level (see
-    `_open_backing_chain`); returns the nodes it created."""
+    `_open_backing_chain`); returns the nodes it created.  On failure the nodes it
+    created that nothing uses are deleted (the caller deletes `node` and with it
+    what it holds)."""
     created: list[BlockNode] = []
-    _open_backing_chain(m, node, created)
+    try:
+        _open_backing_chain(m, node, created)
+    except QMPError:
+        for n in reversed(created):
+            m.state.graph.delete_unreferenced(n)
+        raise
     return created
 
 

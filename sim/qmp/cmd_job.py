@@ -624,6 +624,7 @@ def _intermediate_commit(
     job = new_job(m, a.get("job-id"), bs, "commit", a, lambda: g.check_reopen_rw_lock(base))
     job.on_source_error = job.on_target_error = a.get("on-error", "report")
     kind = CommitKind(g, job, bs, top, base, a.get("filter-node-name"))
+    kind.filename_of = lambda n: node_filename(g, n)
     kind.backing_file = a.get("backing-file")
     between = []
     cur: BlockNode | None = top
@@ -694,7 +695,6 @@ def _block_stream(m: Machine, a: dict[str, Any]) -> None:
     job.on_source_error = job.on_target_error = a.get("on-error", "report")
     kind = StreamKind(g, job, node, base, a.get("filter-node-name"))
     kind.backing_file = a.get("backing-file")
-    kind.filename_of = lambda n: node_filename(g, n)
     kind.filename_of = lambda n: node_filename(g, n)
     register(m, job, kind, [kind.filter, node] + kind.intermediates())
     start_job(m, job)
