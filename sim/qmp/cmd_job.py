@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from sim.engine.jobs import start_job
 from sim.errors import QMPError
-from sim.model import job_flow, perms
+from sim.model import drain, job_flow, perms
 from sim.model.bitmap import check_bits
 from sim.model.graph import BlockGraph, BlockNode, id_wellformed
 from sim.model.host_file import protocol_length
@@ -684,14 +684,22 @@ def _block_stream(m: Machine, a: dict[str, Any]) -> None:
         except QMPError as exc:
             raise QMPError(f"Could not create node: {exc.desc}") from None
     kind_job_main = bs
-    job = new_job(
-        m,
-        a.get("job-id"),
-        kind_job_main,
-        "stream",
-        a,
-        lambda: _check_stream_filter_perms(m, node, a.get("filter-node-name")),
-    )
+    # stream_start inserts its copy-on-read filter (bdrv_insert_node: a drained
+    # section over the node) before block_job_create; when creating or attaching
+    # the job fails, dropping the filter again drains it once more
+    drain.drain(m.state, [node])
+    try:
+        job = new_job(
+            m,
+            a.get("job-id"),
+            kind_job_main,
+            "stream",
+            a,
+            lambda: _check_stream_filter_perms(m, node, a.get("filter-node-name")),
+        )
+    except QMPError:
+        drain.drain(m.state, [node])
+        raise
     job.on_source_error = job.on_target_error = a.get("on-error", "report")
     kind = StreamKind(g, job, node, base, a.get("filter-node-name"))
     kind.backing_file = a.get("backing-file")
