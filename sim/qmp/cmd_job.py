@@ -362,10 +362,11 @@ def _open_target(
         # is its image file)
         bfile = node_filename(g, backing) if backing is not None else None
         image = g.create_image(filename, fmt, source.size_bytes, bfile)
-        if backing is not None and backing.driver == "file":
-            # with its driver as backing format: `file`, so the image's backing is
-            # opened as a bare protocol node (the qcow2 file itself)
-            image.backing_format = "file"
+        if backing is not None and backing.driver in ("file", "raw"):
+            # with its driver as backing format (bs->drv->format_name): `file`, so the
+            # image's backing is opened as a bare protocol node (the qcow2 file
+            # itself), or `raw`
+            image.backing_format = backing.driver
     if node_name is not None:
         check_new_node_name(g, node_name)
     return g.open_image(image, node_name, None)
