@@ -421,3 +421,29 @@ def test_qemu_answer_is_taken_where_the_difference_shows() -> None:
         "absent": gone
     }
     assert qemu_answer(report, image) == ["differs at [0, 512)"]
+
+
+def test_a_qemu_crash_the_simulator_warned_of_is_untestable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """QEMU 7.2 segfaults on a qemu-io read through a stream job's filter when the job had
+    nothing to stream and is held pending (found by a campaign); the simulator warns of
+    it, so the campaign counts such a trace untestable, not an unexplained class.  A
+    crash the simulator did not predict stays a `qemu-died` class."""
+    from sim.oracle import QemuDied
+
+    header = {**HEADER, "name": "stream-pending-read"}
+    stream = {"execute": "block-stream", "arguments": {"device": "drive0", "job-id": "j",
+              "auto-finalize": False}}  # fmt: skip
+    read = {"execute": "human-monitor-command",
+            "arguments": {"command-line": 'qemu-io drive0 "read 0 64k"'}}  # fmt: skip
+
+    def died(*args: Any, **kwargs: Any) -> None:
+        raise QemuDied("QEMU was killed by signal 11 while running 'human-monitor-command'")
+
+    monkeypatch.setattr(differential, "diff_trace", died)
+    outcome = differential.run_outcome([header, stream, read], None, 5.0)
+    assert outcome.signature is not None
+    assert outcome.signature.startswith("untestable:real QEMU 7.2 crashes (SIGSEGV)")
+    outcome = differential.run_outcome([header, read], None, 5.0)
+    assert outcome.signature == "qemu-died:human-monitor-command"
