@@ -107,14 +107,31 @@ def monitor_write_wait(
         waits = conflicts(m, cbw, offset, length)
         if not waits:
             continue
-        every = m.env.all_of(waits)
-        if not cbw.cbw_timeout:
-            m.env.run(until=every)
-            continue
-        m.env.run(until=m.env.any_of([every, m.env.timeout(cbw.cbw_timeout * NS_PER_S)]))
-        if every.triggered:
-            continue
-        if not cbw.copy_timed_out(offset, length):
-            mark_failed_write(bb, path[: i + 1], offset, length)
-            return "Connection timed out"
+        error = wait_for_copy(m, cbw, m.env.all_of(waits), bb, path[: i + 1], offset, length)
+        if error is not None:
+            return error
     return None
+
+
+def wait_for_copy(
+    m: Machine,
+    cbw: CopyBeforeWrite,
+    copied: simpy.Event,
+    bb: BlockBackend | None,
+    reached: list[BlockNode],
+    offset: int,
+    length: int,
+) -> str | None:
+    """A write through `cbw`'s filter runs simulated time until the copy it waits for
+    (`copied`) is done, at most `cbw-timeout` seconds when the filter has one
+    (block_copy's qemu_co_timeout).  When that passes first, the filter's
+    on-cbw-error decides: the strerror the write fails with (break-guest-write; the
+    nodes it `reached` still mark it), or None (the snapshot breaks; the write goes on)."""
+    if not cbw.cbw_timeout:
+        m.env.run(until=copied)
+        return None
+    m.env.run(until=m.env.any_of([copied, m.env.timeout(cbw.cbw_timeout * NS_PER_S)]))
+    if copied.triggered or cbw.copy_timed_out(offset, length):
+        return None
+    mark_failed_write(bb, reached, offset, length)
+    return "Connection timed out"

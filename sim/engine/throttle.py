@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import simpy
 
-from sim.engine.faults import cbw_runs, mark_failed_write
-from sim.engine.timing import NS_PER_S
+from sim.engine.faults import cbw_runs
+from sim.engine.reqlist import wait_for_copy
 from sim.model.graph import BlockBackend, BlockNode
 from sim.model.io import write_path
 from sim.model.throttle import ThrottleGroup
@@ -127,13 +127,7 @@ def monitor_cbw_copies(
             passed = m.env.process(throttled(m, groups, True, size))
             cbw = node.cbw
             assert cbw is not None
-            if not cbw.cbw_timeout:
-                m.env.run(until=passed)
-                continue
-            m.env.run(until=m.env.any_of([passed, m.env.timeout(cbw.cbw_timeout * NS_PER_S)]))
-            if passed.triggered:
-                continue
-            if not cbw.copy_timed_out(offset, length):
-                mark_failed_write(bb, path[: i + 1], offset, length)
-                return "Connection timed out"
+            error = wait_for_copy(m, cbw, passed, bb, path[: i + 1], offset, length)
+            if error is not None:
+                return error
     return None
