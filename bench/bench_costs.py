@@ -61,10 +61,10 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def in_child(row: str, *args: str) -> dict[str, Any]:
-    """Run `--child ROW` in a fresh interpreter; its last stdout line is JSON."""
+def run_child(script: str, row: str, *args: str) -> dict[str, Any]:
+    """Run `script --child ROW ARGS` in a fresh interpreter; its last stdout line is JSON."""
     out = subprocess.run(
-        [sys.executable, __file__, "--child", row, *args],
+        [sys.executable, script, "--child", row, *args],
         capture_output=True,
         text=True,
         env=child_env(),
@@ -75,6 +75,11 @@ def in_child(row: str, *args: str) -> dict[str, Any]:
         raise RuntimeError(f"child {row} failed:\n{out.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+def in_child(row: str, *args: str) -> dict[str, Any]:
+    """Run `--child ROW` of this benchmark in a fresh interpreter."""
+    return run_child(__file__, row, *args)
 
 
 def cpu_s() -> float:

@@ -195,19 +195,9 @@ def child_traces(paths: list[str], profiled: bool) -> dict[str, Any]:
     }
 
 
-def in_child(*args: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", *args],
-        capture_output=True,
-        text=True,
-        env=bench_costs.child_env(),
-        cwd=ROOT,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"child {args[0]} failed:\n{out.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+def in_child(row: str, *args: str) -> dict[str, Any]:
+    """Run `--child ROW` of this benchmark in a fresh interpreter (its last line is JSON)."""
+    return bench_costs.run_child(__file__, row, *args)
 
 
 def child_main(args: list[str]) -> None:
