@@ -247,12 +247,10 @@ def test_pieces_link_their_clusters_after_the_last_piece() -> None:
     assert got == [OK, OK, FAIL, OK]
 
 
-def test_a_failed_l2_allocation_frees_and_discards_its_cluster() -> None:
-    """l2_allocate failing after its cluster was allocated frees it (cluster_free,
-    refblock_alloc, refblock_load) and discards it in the file: a once rule the free
-    made active fails that discard, which nobody sees, so the next write succeeds.
-    Outcomes of QEMU 7.2's qemu-io on a fresh image."""
-    rules = [{"event": "pwritev", "once": True}, {"event": "refblock_alloc", "once": True}]
+def _fresh_image_outcomes(rules: list[dict[str, Any]], commands: list[str]) -> list[str]:
+    """FAIL or OK for each qemu-io command on a fresh 1 GiB qcow2 image opened over
+    blkdebug with these inject-error rules (result.steps has no header line, so index
+    `first` of the step list is the first command)."""
     steps: list[dict[str, Any]] = [
         {"trace": 1, "name": "t", "drives": [], "policy": "qemu-7.2", "seed": 0}
     ]
@@ -261,15 +259,23 @@ def test_a_failed_l2_allocation_frees_and_discards_its_cluster() -> None:
              "image": {"driver": "file", "filename": "a.qcow2"}}  # fmt: skip
     steps.append({"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "a", "file": debug}})  # fmt: skip
     first = len(steps) - 1
+    steps += [_hmp("a", c) for c in commands]
+    result = replay(parse_lines([json.dumps(s) for s in steps]))
+    return [FAIL if s.output and "failed" in s.output else OK for s in result.steps[first:]]
+
+
+def test_a_failed_l2_allocation_frees_and_discards_its_cluster() -> None:
+    """l2_allocate failing after its cluster was allocated frees it (cluster_free,
+    refblock_alloc, refblock_load) and discards it in the file: a once rule the free
+    made active fails that discard, which nobody sees, so the next write succeeds.
+    Outcomes of QEMU 7.2's qemu-io on a fresh image."""
+    rules = [{"event": "pwritev", "once": True}, {"event": "refblock_alloc", "once": True}]
     commands = [
         f"write -P 0x8f {(512 << 20) - 65536} 32k",
         "write -P 0x88 4k 64k",
         "read -P 0x88 4k 64k",
     ]
-    steps += [_hmp("a", c) for c in commands]
-    result = replay(parse_lines([json.dumps(s) for s in steps]))
-    got = [FAIL if s.output and "failed" in s.output else OK for s in result.steps[first:]]
-    assert got == [FAIL, OK, OK]
+    assert _fresh_image_outcomes(rules, commands) == [FAIL, OK, OK]
 
 
 def test_a_zero_write_drops_the_discard_of_its_failed_l2_allocation() -> None:
@@ -281,16 +287,5 @@ def test_a_zero_write_drops_the_discard_of_its_failed_l2_allocation() -> None:
         {"event": "refblock_load", "once": True},
         {"event": "pwritev", "once": True, "immediately": True},
     ]
-    steps: list[dict[str, Any]] = [
-        {"trace": 1, "name": "t", "drives": [], "policy": "qemu-7.2", "seed": 0}
-    ]
-    _create(steps, "a.qcow2", 1 << 30)
-    debug = {"driver": "blkdebug", "inject-error": rules,
-             "image": {"driver": "file", "filename": "a.qcow2"}}  # fmt: skip
-    steps.append({"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "a", "file": debug}})  # fmt: skip
-    first = len(steps) - 1
     commands = ["write -z 96k 64k", f"write -P 0xaf {(512 << 20) - 65536} 96k"]
-    steps += [_hmp("a", c) for c in commands]
-    result = replay(parse_lines([json.dumps(s) for s in steps]))
-    got = [FAIL if s.output and "failed" in s.output else OK for s in result.steps[first:]]
-    assert got == [FAIL, FAIL]
+    assert _fresh_image_outcomes(rules, commands) == [FAIL, FAIL]
