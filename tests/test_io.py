@@ -139,3 +139,44 @@ def test_a_batch_of_writes_is_the_writes_one_by_one(seed: int) -> None:
 
 def _root(state: BlockState) -> Any:
     return state.graph.backends["drive0"].root
+
+
+@pytest.mark.parametrize("window", [{}, {"offset": 1 << 20, "size": 32 << 20}])
+def test_a_batch_through_raw_over_qcow2_is_the_writes_one_by_one(window: dict[str, int]) -> None:
+    """Writes through raw over a qcow2 node land in the qcow2 node (at raw's offset
+    plus theirs): a bitmap on the qcow2 node's file sees host offsets, one on the
+    qcow2 node sees the shifted guest offsets.  A burst through the raw node must
+    give the bitmaps and high-water marks of the same writes one by one."""
+    import sim.qmp.commands  # noqa: F401
+    from sim.engine.machine import Machine
+    from sim.qmp.dispatch import Monitor
+
+    def machine() -> Machine:
+        m = Machine(seed=0)
+        m.state.add_drive("drive0", "fmt0", "proto0", "qcow2", 64 << 20)
+        mon = Monitor(m)
+        for node, name in (("proto0", "host"), ("fmt0", "guest")):
+            args = {"node": node, "name": name, "granularity": 65536}
+            assert "return" in mon.execute({"execute": "block-dirty-bitmap-add", "arguments": args})
+        raw = {"driver": "raw", "node-name": "r", "file": "fmt0", **window}
+        assert "return" in mon.execute({"execute": "blockdev-add", "arguments": raw})
+        return m
+
+    def outcome(m: Machine) -> Any:
+        g = m.state.graph
+        nodes = [g.node("fmt0"), g.node("proto0"), g.node("r")]
+        return [(n.wr_highest_offset, [b.bits.tobytes() for b in n.bitmaps]) for n in nodes if n]
+
+    offsets = [0, 5 << 20, 3 << 20, 7 << 20, 5 << 20]
+    batched, single = machine(), machine()
+    stamps = batched.state.stamps.new_many(9, len(offsets))
+    root_b = batched.state.graph.node("r")
+    assert root_b is not None
+    assert io.write_batch(batched.state, None, root_b, offsets, 65536, stamps) == [io.OK] * 5
+    root_s = single.state.graph.node("r")
+    assert root_s is not None
+    for off in offsets:
+        assert io.write(single.state, None, root_s, off, 65536, single.state.new_stamp(9)).ok
+    assert outcome(batched) == outcome(single)
+    guest = batched.state.graph.node("fmt0")
+    assert guest is not None and guest.bitmaps[0].count_bytes() == 4 * 65536

@@ -175,12 +175,13 @@ def guest_write(
         if node.is_filter:
             node = node.filtered_child()
             continue
-        proto = node.file
-        if proto is not None and proto.is_format and node.driver == "raw":
-            offset += node.raw_offset  # raw over a format node (`raw_over_format`)
+        if raw_over_format(node):
+            assert node.file is not None
+            offset += node.raw_offset  # raw over a format node lands in it, shifted
             end = offset + length
-            node = proto
+            node = node.file
             continue
+        proto = node.file
         content = node.content
         # qcow2 writes its file at host offsets (data clusters and metadata): the
         # protocol node's bitmaps see those; the model's other formats, guest offsets
@@ -322,6 +323,8 @@ def write_batch(
         or end > root.size_bytes
         or data.driver == "snapshot-access"
         or (data.file is not None and data.file.bitmaps and data.driver == "qcow2")
+        or raw_over_format(data)  # the write lands below, shifted (`landing`)
+        or data.raw_offset  # a raw window: its file sees the write at its offset
     ):
         return [write(state, bb, root, o, length, s) for o, s in zip(offsets, stamps, strict=True)]
     bitmaps = list(bb.bitmaps) if bb is not None else []
