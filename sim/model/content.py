@@ -928,7 +928,7 @@ class ClusterSummary:
         lo = np.maximum(np.repeat(a0, spans), region * pr)
         hi = np.minimum(np.repeat(a1, spans), (region + 1) * pr)
         if total:
-            cut = np.flatnonzero(np.concatenate(([True], region[1:] != region[:-1])))
+            cut = np.flatnonzero(run_heads(region))
             counts = np.add.reduceat(hi - lo, cut)
             self._in = dict(zip(region[cut].tolist(), counts.tolist(), strict=True))
         else:

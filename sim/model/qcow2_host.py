@@ -336,7 +336,7 @@ class Qcow2Layout(ClusterSummary):
             )
         del pair, group, hosted, first_data, want, data
         region = clusters // span
-        heads = np.flatnonzero(np.concatenate(([True], region[1:] != region[:-1])))
+        heads = np.flatnonzero(run_heads(region))
         regions = region[heads]
         known = np.fromiter(self.l2_tables, dtype=np.int64, count=len(self.l2_tables))
         new = ~np.isin(regions, known)
