@@ -265,6 +265,8 @@ def test_the_profile_paragraph_is_what_bench_profile_wrote() -> None:
     parts = [int(m) for m in re.findall(r"(?:hooks|click|modules) (\d+) ms", text)]
     rest = int(re.search(r"\(`-m`, exit\) (-?\d+) ms", text)[1])  # type: ignore[index]
     assert sum(parts) + one["replay_ms"] + rest == pytest.approx(one["process_ms"], abs=1)
+    # the rest is what the parts leave of the process: measured parts cannot exceed it
+    assert 0 <= rest < one["process_ms"]
     for name, pct in doc["traces"]["shares"]:
         assert f"{name}` {pct:g}%" in text or f"{name} {pct:g}%" in text
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -247,10 +248,8 @@ def test_a_bitmap_destroyed_with_the_node_a_mirror_pivot_dropped_is_expected() -
     """Recorded on QEMU 7.2: a drive-mirror pivot drops the old source, and its bitmap
     added by device name goes with it; under the device-follows-root policies that is
     documented behaviour, not a new bug."""
-    root = Path(__file__).resolve().parent.parent
     name = "scenarios/checkers/addr-mirror-pivot-destroys-source-bitmap.jsonl"
-    lines = [json.loads(x) for x in (root / name).read_text().splitlines() if x.strip()]
-    steps = [x for x in lines[1:] if "final-expect" not in x]
+    lines, steps = _scenario(name)
     (destroyed,) = [
         v for v in lines[-1]["final-expect"]["violations"] if "destroyed" in v["message"]
     ]
@@ -302,10 +301,8 @@ def test_an_aborted_always_backup_transaction_is_expected_and_nothing_wider() ->
     """Recorded on QEMU 7.2: the aborted transaction leaves its bitmap-mode=always backup's
     bitmap fully dirty.  Expected only for exactly that change of exactly that bitmap."""
     atom = "transaction-atomicity"
-    root = Path(__file__).resolve().parent.parent
     name = "scenarios/checkers/atom-aborted-backup-always-dirties-bitmap.jsonl"
-    lines = [json.loads(x) for x in (root / name).read_text().splitlines() if x.strip()]
-    steps = [x for x in lines[1:] if "final-expect" not in x]
+    lines, steps = _scenario(name)
     (v,) = lines[-1]["final-expect"]["violations"]
     verdict = classify_expected("bb-attached", atom, v["message"], steps, v["step"])
     assert verdict[0] == EXPECTED and name in verdict[1]
@@ -324,10 +321,8 @@ def test_a_write_through_a_copy_before_write_filter_into_a_drive_is_expected() -
     copies its source's cluster into drive0.  Expected only when the write goes through
     such a filter and its target is a drive's node, not a node the trace added."""
     loss = "no-lost-guest-data"
-    root = Path(__file__).resolve().parent.parent
     name = "scenarios/checkers/loss-cbw-target-is-drive-node.jsonl"
-    lines = [json.loads(x) for x in (root / name).read_text().splitlines() if x.strip()]
-    steps = [x for x in lines[1:] if "final-expect" not in x]
+    lines, steps = _scenario(name)
     (v,) = lines[-1]["final-expect"]["violations"]
     verdict = classify_expected("qemu-7.2", loss, v["message"], steps, v["step"])
     assert verdict[0] == EXPECTED and name in verdict[1]
@@ -337,3 +332,12 @@ def test_a_write_through_a_copy_before_write_filter_into_a_drive_is_expected() -
     assert classify_expected("qemu-7.2", loss, v["message"], other, v["step"])[0] == NEW
     # the same loss at a step that writes through no such filter is new
     assert classify_expected("qemu-7.2", loss, v["message"], steps, v["step"] - 1)[0] == NEW
+
+
+def _scenario(name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The lines of a scenario file (header first, `//` comments skipped) and its
+    steps (without final-expect)."""
+    root = Path(__file__).resolve().parent.parent
+    text = (root / name).read_text().splitlines()
+    lines = [json.loads(x) for x in text if x.strip() and not x.startswith("//")]
+    return lines, [x for x in lines[1:] if "final-expect" not in x]
