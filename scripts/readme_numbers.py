@@ -38,6 +38,13 @@ All but `matrix` are cheap (they render files the benchmarks and tests wrote).
 Numbers in the prose (`CLAIMS`: counts of scenario files and mutants, defaults
 and limits of the code) are found by a pattern each and rewritten in place.
 
+The audit (`unsourced_numbers`, run by `--check` and tests/test_readme_numbers.py):
+every number of README.md outside the generated regions and the code it shows
+must be a CLAIM or a `SOURCES` entry (a version, a default or limit of the code
+or of QEMU checked against the constant where the model has one, an input of a
+shown command or test, what a recorded scenario says of itself); anything else
+is a hand-written measurement and fails.
+
 Usage (from the repository's root):
 
     python3 scripts/readme_numbers.py            # rewrite every region
@@ -425,6 +432,20 @@ def _shares(rows: list[list[Any]]) -> str:
     )
 
 
+def _steps_row(results: Path) -> str:
+    """The costs table's `steps` figure, named for what it is next to the profile's
+    replay cost per step (a different measurement of the same traces)."""
+    rows = json.loads((results / "costs.json").read_text())["rows"]
+    steps = [r for r in rows if r["row"] == "steps"]
+    if not steps:
+        return ""
+    return (
+        f" (the costs table's `steps` row, {steps[0]['blocksim']}, is another measurement: "
+        "the wall time of `run_step` alone, set-up and final queries excluded, "
+        f"at load average {steps[0].get('load_average', '?')})"
+    )
+
+
 def profile_region(results: Path = RESULTS) -> str:
     """Where the CPU of three costs rows goes, from bench/results/profile.json (`python
     bench/bench_profile.py --json bench/results/profile.json` writes it)."""
@@ -446,8 +467,9 @@ def profile_region(results: Path = RESULTS) -> str:
             f"(`-m`, exit) {rest:.0f} ms;",
             f"- the costs table's {tr['traces']} recorded traces in one process: "
             f"{tr['process_s']} s of CPU: imports {tr['imports_ms']} ms, reading the traces "
-            f"{tr['read_ms']} ms, replaying {tr['replay_us_per_step']} us a step "
-            f"({tr['steps']:,} steps); own time by module: {_shares(tr['shares'])}.",
+            f"{tr['read_ms']} ms, replaying {tr['replay_us_per_step']} us of CPU a step "
+            f"({tr['steps']:,} steps), each trace's `Replayer` set-up and final queries "
+            f"included{_steps_row(results)}; own time by module: {_shares(tr['shares'])}.",
             "",
             f"Measured with `{d['command']}` on the shared {d['cores']}-core development "
             f"machine at load average {_load_span(d['load_before'], d['load_after'])} "
@@ -590,7 +612,7 @@ CLAIMS = [
     ),
     Claim(
         "MiB of a trace at most",
-        r"in about 2 s\), (?P<n>\d+) MiB, ",
+        r"line [\d,]+\), (?P<n>\d+) MiB, ",
         lambda: _import("sim.trace").MAX_TRACE_BYTES >> 20,
     ),
     Claim(
@@ -792,6 +814,406 @@ def rewrite_claims(text: str) -> str:
     return text
 
 
+# -- the audit: every number of README.md has a source --------------------------------------
+
+NUMBER = re.compile(
+    r"(?<![\w.#/^\-:$])\d+(?:[.,]\d+)*(?:\^\d+)?(?:(?=x\b)|(?![\w]|[.,]\d))"
+)  # a number in prose (1,000, 0.69, 2^31, 1.7x, 10-minute), not part of a name (ext4, rec-0211)
+
+
+def _spaced(pattern: str) -> str:
+    """`pattern` with each space matching any run of white space (README lines wrap)."""
+    return pattern.replace(" ", r"\s+")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A number in README.md's prose that no command measures: a version, a default or a
+    limit of the code or of QEMU, an input of a shown command or test, what a recorded
+    scenario says of itself.  Every number `pattern` matches is accounted for; `value`,
+    when the number can be computed, gives what its group `n` must read."""
+
+    pattern: str
+    source: str
+    value: Callable[[], str] | None = None
+
+    def regex(self) -> str:
+        """The pattern, white space matching line breaks too; with a `value`, its number
+        `n` matches any number (so a drifted one is named stale, not only unsourced)."""
+        pattern = _spaced(self.pattern)
+        if self.value is not None:
+            pattern = re.sub(r"\(\?P<n>[\d,]+\)", r"(?P<n>\\d+(?:,\\d{3})*)", pattern)
+        return pattern
+
+
+def _scenario_says(relative: str, phrase: str) -> Callable[[], str]:
+    """The phrase, when the scenario's own text (its description or `//` lines) says it:
+    QEMU's run counts are kept where they were recorded."""
+
+    def value() -> str:
+        text = re.sub(r"\s+", " ", (ROOT / "scenarios" / relative).read_text())
+        return phrase if phrase in text else f"(not in scenarios/{relative})"
+
+    return value
+
+
+def _test_source_number(relative: str, pattern: str) -> Callable[[], str]:
+    return lambda: f"{_source_number(relative, pattern):,}"
+
+
+def _first_violation_step(relative: str, checker: str) -> str:
+    """The step at which `checker` first flags the scenario (a cheap replay)."""
+    from sim.check import make_checkers
+    from sim.replay import replay
+    from sim.trace import load_trace
+
+    result = replay(load_trace(ROOT / "scenarios" / relative), checkers=make_checkers([checker]))
+    for n, step in enumerate(result.steps, start=1):
+        if getattr(step, "violations", None):
+            return str(n)
+    return "(none)"
+
+
+def _mib(value: int) -> str:
+    return f"{value >> 20}"
+
+
+SOURCES = [
+    Source(
+        r"QEMU(?:'s)? 7\.(?P<n>2)\b|QEMU 7\.x|[Qq]emu-7\.2|as 7\.2 does|\| as 7\.2 \|",
+        "the QEMU version blocksim models (sim.qmp.cmd_query.QEMU_VERSION)",
+        lambda: str(_import("sim.qmp.cmd_query").QEMU_VERSION["qemu"]["minor"]),
+    ),
+    Source(
+        r"the 2016 (?:qemu-block )?thread",
+        "the year of the qemu-block thread on "
+        "bitmap placement the policies come from (docs/architecture.md)",
+    ),
+    Source(
+        r"Version (?P<n>\d+) of the shared spec",
+        "sim.trace.TRACE_VERSION",
+        lambda: str(_import("sim.trace").TRACE_VERSION),
+    ),
+    Source(
+        r"exit (?P<n>0) when every `expect`",
+        "sim.cli.EXIT_OK",
+        lambda: str(_import("sim.cli").EXIT_OK),
+    ),
+    Source(
+        r"(?P<n>1) on a mismatch \(naming",
+        "sim.cli.EXIT_MISMATCH",
+        lambda: str(_import("sim.cli").EXIT_MISMATCH),
+    ),
+    Source(
+        r"(?P<n>2) for a bad trace",
+        "sim.cli.EXIT_USAGE",
+        lambda: str(_import("sim.cli").EXIT_USAGE),
+    ),
+    Source(
+        r"codes: (?P<n>0) all matched", "sim.cli.EXIT_OK", lambda: str(_import("sim.cli").EXIT_OK)
+    ),
+    Source(
+        r"(?P<n>1) a mismatch, violation",
+        "sim.cli.EXIT_MISMATCH",
+        lambda: str(_import("sim.cli").EXIT_MISMATCH),
+    ),
+    Source(
+        r"(?P<n>2) a bad trace,\s+bad usage",
+        "sim.cli.EXIT_USAGE",
+        lambda: str(_import("sim.cli").EXIT_USAGE),
+    ),
+    Source(
+        r"(?P<n>3) an\s+internal error",
+        "the exit code of an internal error (sim/entry.py)",
+        lambda: str(_source_number("sim/cli.py", r"internal error: .*\n\s+code = (\d+)")),
+    ),
+    Source(
+        r"exit code (?P<n>130)|(?P<m>130) interrupted",
+        "sim.interrupt.EXIT_INTERRUPTED",
+        lambda: str(_import("sim.interrupt").EXIT_INTERRUPTED),
+    ),
+    Source(
+        r"exits? (?P<n>1)(?= only when|\.  `tests| \(listing)",
+        "the exit code of a difference (sim.cli.EXIT_MISMATCH)",
+        lambda: str(_import("sim.cli").EXIT_MISMATCH),
+    ),
+    Source(
+        r"and exit (?P<n>2)\.", "sim.cli.EXIT_USAGE", lambda: str(_import("sim.cli").EXIT_USAGE)
+    ),
+    Source(
+        r"per 1,000(?: drawn| diffed| per command)",
+        "the unit of the differential campaigns' figures",
+    ),
+    Source(r"QEMU\s+7\.2 (?:now|there)", "the QEMU version blocksim models"),
+    Source(r"\(0 s is the start of the session\)", "a definition"),
+    Source(r"always 0 or empty", "a definition (the counters blocksim does not model)"),
+    Source(r"O\(1\)", "notation"),
+    Source(r"`PASS \.\.\. 1 expected violation\(s\)`", "what `blocksim replay` prints"),
+    Source(
+        r"runs (?P<n>16) clients x (?P<m>10,000) pipelined requests",
+        "bench/bench_serve.py's defaults (--clients, --commands)",
+        _test_source_number("bench/bench_serve.py", r'"--clients", type=int, default=(\d+)'),
+    ),
+    Source(
+        r"10,000 pipelined",
+        "bench/bench_serve.py's default --commands",
+        _test_source_number("bench/bench_serve.py", r'"--commands", type=int, default=([\d_]+)'),
+    ),
+    Source(
+        r"one garbage line in (?P<n>\d+)",
+        "bench/bench_serve.py GARBAGE_EVERY",
+        _test_source_number("bench/bench_serve.py", r"^GARBAGE_EVERY = (\d+)"),
+    ),
+    Source(
+        r"\((?P<n>4) x 300, a few seconds\)",
+        "tests/test_serve.py's clients and commands",
+        _test_source_number("tests/test_serve.py", r'"--clients", "(\d+)"'),
+    ),
+    Source(
+        r"4 x (?P<n>300), a few",
+        "tests/test_serve.py's commands",
+        _test_source_number("tests/test_serve.py", r'"--commands", "(\d+)"'),
+    ),
+    Source(
+        r"a multiple of (?P<n>512)|per (?P<m>512)-byte sector",
+        "sim.model.content.SECTOR",
+        lambda: str(_import("sim.model.content").SECTOR),
+    ),
+    Source(
+        r"a state \((?P<n>1) at open\)",
+        "blkdebug's initial state (block/blkdebug.c: s->state = 1), sim/qmp/cmd_blockdev.py",
+    ),
+    Source(
+        r"errno \((?P<n>5) or (?P<m>28)\)",
+        "EIO and ENOSPC, the errnos blkdebug rules "
+        "may inject in blocksim (sim/qmp/cmd_blockdev.py)",
+    ),
+    Source(
+        r"past (?P<n>2) GiB\)",
+        "one refcount block of a 64 KiB-cluster image covers "
+        "32768 clusters (16-bit refcounts): 2 GiB of host file",
+        lambda: str((65536 // 2) * 65536 >> 30),
+    ),
+    Source(
+        r"the (?P<n>10)-minute cache-clean timer",
+        "QEMU 7.2 block/qcow2.c: the cache-clean-interval option's default, 600 s",
+    ),
+    Source(
+        r"a backup's first (?P<n>64) MiB",
+        "block-copy's first tasks: "
+        "sim.engine.jobs.BLOCK_COPY_MAX_WORKERS tasks of BLOCK_COPY_MAX_BUFFER",
+        lambda: _mib(
+            _import("sim.engine.jobs").BLOCK_COPY_MAX_WORKERS
+            * _import("sim.engine.jobs").BLOCK_COPY_MAX_BUFFER
+        ),
+    ),
+    Source(
+        r"through a (?P<n>4) MiB/s\s+and a (?P<m>16) MiB/s group",
+        "the throttle limits of tests/test_throttle.py's backup-then-mirror cases",
+        _test_source_number("tests/test_throttle.py", r"_backup_then_mirror\(16, (\d+) << 20\)"),
+    ),
+    Source(
+        r"and a (?P<n>16) MiB/s group",
+        "tests/test_throttle.py",
+        _test_source_number("tests/test_throttle.py", r"_backup_then_mirror\(128, (\d+) << 20\)"),
+    ),
+    Source(
+        r"iotests? (?:236|257|222|124)\b|124/236's|exactly\): 236, 281; 257's|"
+        r"\b124's (?:incremental|transaction)|\b257's `qemu-img",
+        "qemu-iotests test numbers (scripts/iotest_traces.py converts 124, 236, 257, 281)",
+    ),
+    Source(r"refusal\): 22 of 22;", "a CLAIM (counted from scenarios/iotests/)"),
+    Source(
+        r"a (?P<n>128) KiB-cluster target",
+        "qemu-iotests 124's larger cluster target (scripts/iotest_traces.py)",
+        lambda: str(_source_number("scripts/iotest_traces.py", r'"cluster-size": (\d+)') >> 10),
+    ),
+    Source(
+        r"at most (?P<n>1) MiB, cut where",
+        "sim.engine.jobs.BLOCK_COPY_MAX_BUFFER",
+        lambda: _mib(_import("sim.engine.jobs").BLOCK_COPY_MAX_BUFFER),
+    ),
+    Source(
+        r"up to (?P<n>64) at a time|until (?P<m>64) (?:are|tasks are) busy",
+        "sim.engine.jobs.BLOCK_COPY_MAX_WORKERS",
+        lambda: str(_import("sim.engine.jobs").BLOCK_COPY_MAX_WORKERS),
+    ),
+    Source(
+        r"until (?P<n>64) are busy",
+        "sim.engine.jobs.BLOCK_COPY_MAX_WORKERS",
+        lambda: str(_import("sim.engine.jobs").BLOCK_COPY_MAX_WORKERS),
+    ),
+    Source(
+        r"the job's own (?P<n>10) us",
+        "sim.engine.timing.HOLE_CHUNK_NS",
+        lambda: str(_import("sim.engine.timing").HOLE_CHUNK_NS // 1000),
+    ),
+    Source(
+        r"lets all (?P<n>65) complete",
+        "BLOCK_COPY_MAX_WORKERS + 1",
+        lambda: str(_import("sim.engine.jobs").BLOCK_COPY_MAX_WORKERS + 1),
+    ),
+    Source(
+        r"\((?P<n>offset 65 MiB of a 128 MiB disk of data; 5 of 5 runs on QEMU 7\.2)",
+        "the recorded scenario's description (scenarios/blockapi/backup-first-tasks.jsonl)",
+        _scenario_says(
+            "blockapi/backup-first-tasks.jsonl",
+            "offset 65 MiB of a 128 MiB disk of data; 5 of 5 runs on QEMU 7.2",
+        ),
+    ),
+    Source(
+        r"\(up to (?P<n>64) of (?P<m>1) MiB\)",
+        "BLOCK_COPY_MAX_WORKERS tasks of BLOCK_COPY_MAX_BUFFER (sim/engine/jobs.py)",
+        lambda: str(_import("sim.engine.jobs").BLOCK_COPY_MAX_WORKERS),
+    ),
+    Source(
+        r"\(step (?P<n>76): a guest",
+        "the step graph-well-formed flags in "
+        "scenarios/blockapi/fleecing-cbw-bitmap-and-errors.jsonl (replayed)",
+        lambda: _first_violation_step(
+            "blockapi/fleecing-cbw-bitmap-and-errors.jsonl", "graph-well-formed"
+        ),
+    ),
+    Source(
+        r"only a (?P<n>1) MiB/s backup keeps",
+        "sim.fuzz.difftraces.SLOW",
+        lambda: _mib(_import("sim.fuzz.difftraces").SLOW),
+    ),
+    Source(r"`--shrink-runs 12`", "a shown option"),
+    Source(
+        r"Since seed (?P<n>7272)|seed-(?P<m>7272) campaign",
+        "a campaign of bench/results/differential-campaigns.json",
+    ),
+    Source(
+        r"even the default (?P<n>1) GiB",
+        "sim.qmp.cmd_blockdev.NULL_CO_DEFAULT_SIZE",
+        lambda: str(_import("sim.qmp.cmd_blockdev").NULL_CO_DEFAULT_SIZE >> 30),
+    ),
+    Source(
+        r"\(speed x (?P<n>100) ms\)",
+        "sim.engine.jobs.SLICE_TIME_NS",
+        lambda: str(_import("sim.engine.jobs").SLICE_TIME_NS // 1_000_000),
+    ),
+    Source(
+        r"a compressed (?P<n>1) MiB/s backup cancelled at once has copied (?P<m>2) clusters",
+        "the recorded scenario's description "
+        "(scenarios/recorded/backup-compress-rate-limit-first-tasks.jsonl)",
+    ),
+    Source(
+        r"what QEMU 7\.2 spends a (?P<n>1) MiB hole",
+        "block-copy's task size (BLOCK_COPY_MAX_BUFFER)",
+        lambda: _mib(_import("sim.engine.jobs").BLOCK_COPY_MAX_BUFFER),
+    ),
+    Source(
+        r"The sparse (?P<n>64) GiB backup",
+        "bench/bench_costs.py's backup row (its disk)",
+        lambda: str(_source_number("bench/bench_costs.py", r'"size": (\d+) \* GIB')),
+    ),
+    Source(
+        r"per (?P<n>512) MiB region",
+        "an L2 table of a 64 KiB-cluster image maps "
+        "8192 clusters: 512 MiB (sim/model/host_file.py)",
+        lambda: str((65536 // 8) * 65536 >> 20),
+    ),
+    Source(
+        r"more than (?P<n>4096) bits set",
+        "sim.model.bitmap._RUNWISE_MAX_BITS",
+        lambda: str(_import("sim.model.bitmap")._RUNWISE_MAX_BITS),
+    ),
+    Source(
+        r"allocations, not (?P<n>700)",
+        "CPython's default gc threshold (gc.get_threshold())",
+        lambda: "700",
+    ),
+    Source(
+        r"(?P<n>10,000) bitmaps and a (?P<m>500)-deep",
+        "tests/test_limits.py",
+        _test_source_number("tests/test_limits.py", r'name=f"b\{i\}"\) for i in range\(([\d_]+)\)'),
+    ),
+    Source(
+        r"and a (?P<n>500)-deep",
+        "tests/test_limits.py",
+        _test_source_number("tests/test_limits.py", r"def test_a_(\d+)_deep_snapshot_chain"),
+    ),
+    Source(
+        r"on warm LocalClusters of (?P<n>1) and (?P<m>2) workers",
+        "bench/bench_shards.py (its two cluster sizes)",
+    ),
+    Source(r"(?P<n>20) ms health tick", "Dask's default distributed.admin.tick.interval"),
+    Source(
+        r"a (?P<n>1,000,000)-step trace",
+        "tests/test_limits.py's refused trace",
+        _test_source_number("tests/test_limits.py", r"for _ in range\(([\d_]+)\)\)"),
+    ),
+    Source(
+        r"\(a (?P<n>16) TiB disk otherwise works",
+        "tests/test_limits.py's big disk",
+        lambda: str(1 << _source_number("tests/test_limits.py", r"^TIB16 = 1 << (\d+)") >> 40),
+    ),
+    Source(
+        r"the (?P<m>\d+) orders its (?P<n>\d+) recordings gave",
+        "scripts/iotest_traces.py RACES (runs of the racing iotest)",
+        lambda: str(_module(ROOT / "scripts" / "iotest_traces.py").RACES[RACING_IOTEST]),
+    ),
+    Source(r"`--scheduler tcp://HOST:8786`", "a shown option (Dask's scheduler port)"),
+]
+
+AUDITED_REGIONS = "generated regions (their bodies and the commands in their markers)"
+
+
+def _code_spans(text: str) -> list[tuple[int, int]]:
+    """Where README.md shows code: fenced and indented blocks, inline `code`.  Numbers
+    there are literal inputs (command lines, option values, file and field names)."""
+    spans = [(m.start(), m.end()) for m in re.finditer(r"```.*?```", text, re.DOTALL)]
+    spans += [
+        (m.start(), m.end())
+        for m in re.finditer(r"(?:(?<=\n\n)|(?<=\A))(?: {4}.*\n?(?:\n(?= {4}))?)+", text)
+    ]
+    spans += [(m.start(), m.end()) for m in re.finditer(r"`[^`]+`", text)]
+    return spans
+
+
+def unsourced_numbers(text: str) -> list[str]:
+    """Every number of README text that is in no generated region, no code, no CLAIM and
+    no SOURCE: each would be a figure no command writes."""
+    covered = [(m.start(), m.end()) for m in MARK.finditer(text)]
+    covered += [(m.start(), m.end()) for m in re.finditer(r"<!-- numbers:[^>]*-->", text)]
+    covered += _code_spans(text)
+    for claim in CLAIMS:
+        covered += [(m.start(), m.end()) for m in re.finditer(claim.pattern, text)]
+    for source in SOURCES:
+        covered += [(m.start(), m.end()) for m in re.finditer(source.regex(), text)]
+    found = []
+    for m in NUMBER.finditer(text):
+        if any(a <= m.start() and m.end() <= b for a, b in covered):
+            continue
+        line = text.count("\n", 0, m.start()) + 1
+        start = text.rfind("\n", 0, m.start()) + 1
+        end = text.find("\n", m.end())
+        found.append(f"line {line}: {m[0]!r} in {text[start:end].strip()[:100]!r}")
+    return found
+
+
+def sources_stale(text: str) -> list[str]:
+    """SOURCES that match nothing in `text`, or whose number is not what their source
+    gives."""
+    stale = []
+    for source in SOURCES:
+        matches = list(re.finditer(source.regex(), text))
+        if not matches:
+            stale.append(f"{source.source}: not found in README.md ({source.pattern!r})")
+            continue
+        if source.value is None:
+            continue
+        want = source.value()
+        for m in matches:
+            n = m.groupdict().get("n")
+            n = None if n is None else " ".join(n.split())
+            if n is not None and n != want:
+                stale.append(f"{source.source}: README.md says {n}, it is {want}")
+    return stale
+
+
 REGIONS: dict[str, tuple[Callable[[], str], bool]] = {
     # name: (generator, cheap)
     "layout": (layout_region, True),
@@ -875,7 +1297,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"README.md region {name!r} is stale: run scripts/readme_numbers.py")
         for line in claims:
             print(f"README.md number stale: {line}")
-        return 1 if stale or claims else 0
+        audit = sources_stale(text) + [
+            f"{where}: no command writes it (generate it or list its source in SOURCES)"
+            for where in unsourced_numbers(text)
+        ]
+        for line in audit:
+            print(f"README.md number without a source: {line}")
+        return 1 if stale or claims or audit else 0
     README.write_text(rewrite_claims(rewrite(text, bodies)))
     gone = claims_stale(README.read_text())
     for line in gone:

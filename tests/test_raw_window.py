@@ -102,6 +102,63 @@ def test_checkers_follow_writes_below_a_raw_window_and_over_a_qcow2_node() -> No
         assert result.final["violations"] == [], (name, result.final["violations"])
 
 
+def _window_bitmaps(record_write: Any = None) -> tuple[Any, dict[str, list[int]], Any]:
+    """raw-window-file-bitmap replayed with bitmap-precision up to its blockdev-del: the
+    replay's result, the clusters each bitmap marks (the model's), and the checker."""
+    from sim.check import make_checkers
+    from sim.replay import Replayer
+    from sim.trace import load_trace
+    from tests.helpers import SCENARIOS
+
+    trace = load_trace(SCENARIOS / "blockapi" / "raw-window-file-bitmap.jsonl")
+    (checker,) = make_checkers(["bitmap-precision"])
+    r = Replayer(trace, checkers=[checker])
+    steps = trace.steps[:-1]  # the bitmaps of node w go with its blockdev-del
+    for n, step in enumerate(steps, start=1):
+        r.run_step(n, step)
+    graph = r.machine.state.graph
+    marked = {
+        f"{name}/{bm.name}": list(bm.bits.search(1))
+        for name in ("rf", "w")
+        for bm in graph.node(name).bitmaps  # type: ignore[union-attr]
+    }
+    return r.finish(), marked, checker
+
+
+def test_a_write_through_a_raw_window_marks_the_files_bitmap_at_offset_plus_its_own() -> None:
+    """The window is at 1 MiB of its file: writes at the window's 0 and 192 KiB dirty the
+    window's own bitmap at clusters 0 and 3 and the file's at 16 and 19 (64 KiB clusters);
+    bitmap-precision's reference marks the same clusters, so it reports nothing."""
+    result, marked, checker = _window_bitmaps()
+    assert marked == {"rf/b": [16, 19], "w/bw": [0, 3]}
+    refs = {f"{e.address}/{e.name}": list(ref.lo.search(1)) for e, ref in checker.refs.items()}
+    assert refs["rf/b"] == [16, 19] and refs["w/bw"] == [0, 3]
+    assert result.final["violations"] == []
+
+
+def test_a_file_bitmap_marked_at_the_windows_own_offset_is_flagged() -> None:
+    """The companion: a model that marked the file's bitmap at the write's offset in the
+    window, not at the window's offset plus it, is what bitmap-precision must flag."""
+    from sim.model.bitmap import DirtyBitmap
+
+    real = DirtyBitmap.record_write
+
+    def skips_raw_offset(self: DirtyBitmap, offset: int, length: int) -> None:
+        real(self, offset - MiB if self.name == "b" and offset >= MiB else offset, length)
+
+    DirtyBitmap.record_write = skips_raw_offset  # type: ignore[method-assign]
+    try:
+        result, marked, _ = _window_bitmaps()
+    finally:
+        DirtyBitmap.record_write = real  # type: ignore[method-assign]
+    assert marked["rf/b"] == [0, 3]
+    messages = [v["message"] for v in result.final["violations"]]
+    assert any("marks 131072 byte(s) that no guest write" in m and "first at offset 0" in m
+               for m in messages), messages  # fmt: skip
+    assert any("lacks 131072 byte(s)" in m and "first at offset 1048576" in m
+               for m in messages), messages  # fmt: skip
+
+
 def test_what_blocksim_cannot_hold_is_refused_with_the_reason() -> None:
     """QEMU 7.2 accepts an unaligned window (it merges bytes: a write of 512 bytes at the
     window's 0 reads back at the file's 100) and raw over a qcow2 image's file, whose

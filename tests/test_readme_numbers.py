@@ -269,6 +269,16 @@ def test_the_profile_paragraph_is_what_bench_profile_wrote() -> None:
     assert 0 <= rest < one["process_ms"]
     for name, pct in doc["traces"]["shares"]:
         assert f"{name}` {pct:g}%" in text or f"{name} {pct:g}%" in text
+    # the replay cost a step and the costs table's `steps` row are different measurements
+    # of the same traces: each is named for what it counts
+    steps = [r for r in json.loads((ROOT / "bench" / "results" / "costs.json").read_text())["rows"]
+             if r["row"] == "steps"]  # fmt: skip
+    tr = doc["traces"]
+    assert (f"replaying {tr['replay_us_per_step']} us of CPU a step ({tr['steps']:,} steps), "
+            "each trace's `Replayer` set-up and final queries included") in text  # fmt: skip
+    if steps:
+        assert (f"the costs table's `steps` row, {steps[0]['blocksim']}, is another "
+                "measurement: the wall time of `run_step` alone") in text  # fmt: skip
 
 
 def test_the_fresh_iotest_recordings_cover_every_trace_the_script_writes(
@@ -404,3 +414,197 @@ def test_a_class_a_recorded_scenario_shows_fixed_is_listed_as_fixed(tmp_path: Pa
     )
     assert lines[1].startswith("| `final:new` | 1 | **unexplained**")
     assert "1 fixed since, 1 unexplained" in body
+
+
+# -- the audit: every number of README.md comes from a command or a named source ----------
+
+
+def test_every_number_in_the_readme_comes_from_a_command_or_a_named_source() -> None:
+    """Outside the generated regions (written by scripts/readme_numbers.py from what a
+    shown command wrote) and the code it shows, every number of README.md is a CLAIM or a
+    SOURCE: a version, a default or limit of the code or of QEMU (checked against the
+    constant where the model has one), an input of a shown command or test, or what a
+    recorded scenario says of itself.  A hand-written measurement fails here."""
+    numbers = script()
+    text = (ROOT / "README.md").read_text()
+    assert numbers.unsourced_numbers(text) == [], (
+        "a number no command writes: generate it (scripts/readme_numbers.py) or list it "
+        "in SOURCES with where it comes from"
+    )
+    assert numbers.sources_stale(text) == []
+
+
+def test_the_audit_flags_a_hand_written_measurement_and_a_stale_constant() -> None:
+    numbers = script()
+    text = (ROOT / "README.md").read_text()
+    prose = text.replace(
+        "## Permissions\n", "## Permissions\n\nA snapshot takes 3.2 ms, 1,000 times 4x.\n"
+    )
+    flagged = numbers.unsourced_numbers(prose)
+    assert [f.split(": ")[1].split(" in ")[0] for f in flagged] == ["'3.2'", "'1,000'", "'4'"]
+    # the same figure inside a generated region, or shown as code, is not prose
+    region = text.replace(
+        "<!-- /numbers:serve -->", "A snapshot takes 3.2 ms.\n<!-- /numbers:serve -->"
+    )
+    assert numbers.unsourced_numbers(region) == []
+    code = text.replace("## Permissions\n", "## Permissions\n\n`--speed 3.2`\n")
+    assert numbers.unsourced_numbers(code) == []
+    # a name with digits is no number; a number next to a name still is
+    names = text.replace("## Permissions\n", "## Permissions\n\next4 rec-0211 bitmap0 int64\n")
+    assert numbers.unsourced_numbers(names) == []
+    # a constant that drifts from the code is named
+    stale = text.replace("up to 64 at a time", "up to 32 at a time")
+    assert any(
+        "BLOCK_COPY_MAX_WORKERS" in s and "says 32" in s for s in numbers.sources_stale(stale)
+    )
+    # a scenario's run count that the scenario does not say is named
+    runs = text.replace("5 of 5 runs on", "4 of 5 runs on")
+    assert any("backup-first-tasks" in s for s in numbers.sources_stale(runs))
+    # and a source whose sentence is gone is named too
+    gone = text.replace("errno (5 or 28)", "an errno")
+    assert any("EIO and ENOSPC" in s for s in numbers.sources_stale(gone))
+
+
+# -- derived figures, recomputed from what the tools wrote ---------------------------------
+
+
+def _shown(figure: str) -> tuple[float, float]:
+    """The interval a figure printed with its decimals stands for (1,208 -> 1207.5-1208.5)."""
+    digits = figure.replace(",", "")
+    decimals = len(digits.split(".")[1]) if "." in digits else 0
+    half = 0.5 * 10**-decimals
+    return float(digits) - half, float(digits) + half
+
+
+def _figures(text: str) -> list[tuple[float, float]]:
+    return [_shown(m) for m in re.findall(r"\d[\d,]*(?:\.\d+)?", text)]
+
+
+def _ratio(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+    return a[0] / b[1], (a[1] / b[0] if b[0] > 0 else float("inf"))
+
+
+def _agrees(shown: tuple[float, float], computed: tuple[float, float]) -> bool:
+    return shown[0] <= computed[1] and computed[0] <= shown[1]
+
+
+def test_the_costs_ratios_and_verdicts_follow_from_their_own_figures() -> None:
+    """Each costs row's ratio is its QEMU figure over its blocksim figure (or the growth
+    over depth), within the rounding they were printed with, and its verdict follows
+    from the figures and the target: a hand-edited figure, ratio or verdict fails."""
+    doc = json.loads((ROOT / "bench" / "results" / "costs.json").read_text())
+    rows = {r["row"]: r for r in doc["rows"]}
+    checked = set()
+
+    def ratio(row: str, q: int, s: int, r: int = 0) -> tuple[float, float]:
+        figures = rows[row]
+        computed = _ratio(_figures(figures["qemu"])[q], _figures(figures["blocksim"])[s])
+        assert _agrees(_figures(figures["ratio"])[r], computed), (row, figures, computed)
+        checked.add(row)
+        return computed
+
+    def verdict(row: str, met: bool) -> None:
+        assert rows[row]["verdict"] == ("met" if met else "NOT met"), rows[row]
+
+    if "traces" in rows:
+        verdict("traces", ratio("traces", 0, 0)[0] >= 100)
+        ratio("traces", 1, 2, 1)  # CPU: QEMU's over the blocksim process's, start-up included
+    if "steps" in rows:
+        q, s = _figures(rows["steps"]["qemu"])[0], _figures(rows["steps"]["blocksim"])[0]
+        computed = _ratio((q[0] * 1000, q[1] * 1000), s)  # ms over us
+        assert _agrees(_figures(rows["steps"]["ratio"])[0], computed)
+        verdict("steps", computed[0] >= 50)
+        checked.add("steps")
+    if "one" in rows:
+        faster = ratio("one", 0, 0)
+        ratio("one", 1, 1, 1)
+        verdict("one", faster[0] > 1)
+    if "backup" in rows:
+        peak = _figures(rows["backup"]["blocksim"])[1]
+        verdict("backup", ratio("backup", 0, 0)[0] >= 10 and peak[1] < 200)
+    if "qnbn" in rows:
+        ratio("qnbn", 0, 0)
+        verdict("qnbn", _figures(rows["qnbn"]["blocksim"])[0][1] < 10)
+    if "snapshot" in rows:
+        figures = _figures(rows["snapshot"]["blocksim"])  # depth 50, bare, depth 25
+        growth = _ratio(figures[0], figures[3])
+        assert _agrees(_figures(rows["snapshot"]["ratio"])[1], growth), rows["snapshot"]
+        verdict("snapshot", growth[0] <= 2)  # the target: linear, x2 or less
+        checked.add("snapshot")
+    if "fuzz" in rows:
+        figures = rows["fuzz"]
+        bare = _figures(figures["qemu"].split(":", 1)[1])[0]
+        computed = _ratio(_figures(figures["blocksim"])[0], bare)
+        assert _agrees(_figures(figures["ratio"])[0], computed), figures
+        verdict("fuzz", computed[1] >= 0.7)
+        checked.add("fuzz")
+    if "writes" in rows:
+        rate = _figures(rows["writes"]["blocksim"])[0]  # k writes/s
+        peak = _figures(rows["writes"]["blocksim"].split("+", 1)[1])[0]
+        verdict("writes", rate[1] >= 500 and peak[0] < 300)
+        checked.add("writes")
+    assert checked >= {"traces", "steps", "one", "backup", "qnbn", "snapshot", "fuzz"}
+
+
+def test_the_derived_serve_shard_malformed_and_profile_figures_recompute() -> None:
+    """Sums, rates and medians the README shows are recomputed here from the raw figures
+    of the same JSON (each within the rounding it was stored with) and found in the
+    rendered text."""
+    import statistics
+
+    numbers = script()
+    results = ROOT / "bench" / "results"
+    text = (ROOT / "README.md").read_text()
+    # serve: requests/s is requests over the wall time, end/half the RSS ratio
+    serve = json.loads((results / "serve.json").read_text())
+    assert _agrees(
+        _shown(f"{serve['requests_per_s']}"),
+        _ratio((serve["requests"], serve["requests"]), _shown(f"{serve['wall_s']}")),
+    )
+    rss = serve["rss_mib"]
+    assert _agrees(
+        _shown(f"{serve['end_over_half']}"),
+        _ratio(_shown(f"{rss['end']}"), _shown(f"{rss['half']}")),
+    )
+    assert f"(end/half {serve['end_over_half']:.3f}," in text
+    # shards: each speed-up is a pair's 1-worker wall over its 2-worker wall, the figure
+    # shown their median; the CPU ratio the median of the pairs' cluster CPU ratios
+    shards = json.loads((results / "shards.json").read_text())
+    pairs = [shards["runs"][i : i + 2] for i in range(0, len(shards["runs"]), 2)]
+    cpu = []
+    for (a, b), shown in zip(pairs, shards["speed_ups"], strict=True):
+        one, two = (a, b) if a["workers"] == 1 else (b, a)
+        assert (one["workers"], two["workers"]) == (1, 2)
+        assert _agrees(_shown(f"{shown:.2f}"), _ratio(_shown(f"{one['wall_s']}"),
+                                                      _shown(f"{two['wall_s']}")))  # fmt: skip
+        cpu.append(_ratio(_shown(f"{two['cluster_cpu_us_per_step']}"),
+                          _shown(f"{one['cluster_cpu_us_per_step']}")))  # fmt: skip
+    assert shards["speed_up"] == statistics.median(shards["speed_ups"])
+    low, high = statistics.median(c[0] for c in cpu), statistics.median(c[1] for c in cpu)
+    assert _agrees(_shown(f"{shards['cluster_cpu_2_over_1']:.2f}"), (low, high))
+    assert f"speed-up with 2 workers {statistics.median(shards['speed_ups']):.2f}x" in text
+    # malformed: the inputs are the surfaces' sum; inputs/s the inputs over the wall time
+    bad = json.loads((results / "malformed.json").read_text())
+    assert bad["inputs"] == sum(bad["by_surface"].values()) >= bad["inputs_asked"]
+    rate = re.search(r"\((\d+) inputs/s", "\n".join(bad["output"]))
+    assert rate is not None
+    assert _agrees(
+        _shown(rate[1]), _ratio((bad["inputs"], bad["inputs"]), _shown(f"{bad['wall_s']}"))
+    )
+    assert f"inputs tried:  {bad['inputs']} " in numbers.regions(text)["malformed"]
+    # profile: the parts of the traces process fit in its CPU
+    tr = json.loads((results / "profile.json").read_text())["traces"]
+    parts_ms = tr["imports_ms"] + tr["read_ms"] + tr["replay_us_per_step"] * tr["steps"] / 1000
+    assert parts_ms <= tr["process_s"] * 1000 + 1, (parts_ms, tr)
+    # race coverage and the class table: counts inside their totals, the head's sums
+    rc = json.loads((results / "race-coverage.json").read_text())["race-coverage"]
+    for cells in (rc["command-x-job-status"], rc["progress-deciles"]):
+        assert 0 <= cells["reached"] <= cells["exist"]
+    campaigns = json.loads((results / "differential-campaigns.json").read_text())["campaigns"]
+    for row in campaigns:
+        assert row["diffed"] <= row["drawn"] and 0 <= row["traces_per_1000"] <= 1000
+        assert 0 <= row["steps_per_1000"] <= 1000
+    latest = [r for r in campaigns if "classes" in r][-1]
+    n = sum(c["count"] for c in latest["classes"])
+    assert f"({len(latest['classes'])} classes, {n} traces:" in text
+    assert n <= latest["diffed"] * (1000 - latest["traces_per_1000"]) / 1000 + 1
