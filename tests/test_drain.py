@@ -51,3 +51,52 @@ def test_drain_all_and_user_pause() -> None:
     job_flow.resume(job)
     drain.drain(state)  # bdrv_drain_all: one pair
     assert log[-3:] == ["running", "paused", "running"]
+
+
+def test_a_parent_attached_to_a_drained_node_is_drained_too() -> None:
+    # bdrv_replace_child_noperm: a job above a node that becomes the overlay of a
+    # drained node pauses at once and resumes when its link goes or the section ends
+    log: list[str] = []
+    state, job = _state_with_job(log)
+    state.add_drive("drive1", "fmt1", "proto1", "qcow2", 1 << 20)
+    fmt0, fmt1 = state.graph.node("fmt0"), state.graph.node("fmt1")
+    section = drain.begin(state, [fmt1])
+    assert job.status == JobStatus.RUNNING and section.jobs == []
+    state.graph.set_backing(fmt0, fmt1)
+    state.graph.links_changed()
+    assert job.status == JobStatus.PAUSED and section.jobs == [job]
+    state.graph.set_backing(fmt0, None)
+    state.graph.links_changed()
+    assert job.status == JobStatus.RUNNING and section.jobs == []
+    state.graph.set_backing(fmt0, fmt1)
+    state.graph.links_changed()
+    section.end()
+    assert log == ["created", "running", "paused", "running", "paused", "running"]
+    assert state.drains == [] and state.graph.link_observers == []
+
+
+def test_a_subtree_section_covers_children_attached_below() -> None:
+    # bdrv_apply_subtree_drain: a reopen's new backing child is drained with its parents
+    log: list[str] = []
+    state, job = _state_with_job(log)
+    state.add_drive("drive1", "fmt1", "proto1", "qcow2", 1 << 20)
+    fmt0, fmt1 = state.graph.node("fmt0"), state.graph.node("fmt1")
+    plain = drain.begin(state, [fmt1])
+    section = drain.begin(state, [fmt1], subtree=True)
+    state.graph.set_backing(fmt1, fmt0)  # fmt0 (the job's node) is below fmt1 now
+    state.graph.links_changed()
+    assert job.status == JobStatus.PAUSED and section.jobs == [job] and plain.jobs == []
+    section.end()
+    plain.end()
+    assert log == ["created", "running", "paused", "running"]
+
+
+def test_a_job_two_sections_reach_resumes_when_the_last_ends() -> None:
+    log: list[str] = []
+    state, job = _state_with_job(log)
+    first = drain.begin(state, [state.graph.node("fmt0")])
+    second = drain.begin(state, [state.graph.node("proto0")])
+    first.end()
+    assert job.status == JobStatus.PAUSED and second.jobs == [job]
+    second.end()
+    assert log == ["created", "running", "paused", "running"]

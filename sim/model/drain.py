@@ -8,14 +8,25 @@ copies what guest writes dirtied) and pauses, `running` -> `paused` or `ready`
 (`paused` -> `running`, `standby` -> `ready`).  `bdrv_drain_all` does the same
 for every job.  A job the user paused is already at its pause point and is
 left alone; a job that is not running (created, waiting, pending, ...) has no
-coroutine to pause.
+coroutine to pause.  A job two sections reach pauses once and resumes when the
+last of them ends (job_pause/job_resume count).
+
+A section follows the graph while it is open (`BlockGraph.links_changed`): a
+parent attached to a drained child is drained too, one detached from it is no
+longer (bdrv_replace_child_noperm: the child's quiesce_counter against the
+parent's, bdrv_parent_drained_begin_single / _end_single), so a node that
+becomes an overlay or a filter above a drained node pauses the jobs above it
+(blockdev-snapshot of a job's node, a reopen's new backing), and a subtree
+section (bdrv_subtree_drained_begin, what a reopen takes) covers children
+attached below it meanwhile (bdrv_apply_subtree_drain).
 
 Who drains, as observed on QEMU 7.2: `transaction` (every action's prepare ..
 clean, and drain_all when a backup target is closed), snapshots, backups,
-blockdev-reopen, qemu-io through a node name (its own BlockBackend's
-attach and detach each drain the node: two pairs per command), and a job's
-clean-up that drops its filter (`JobDriver.clean_drains`: a backup's
-copy-before-write filter, whatever ends it).
+blockdev-reopen (a subtree section over the reopened nodes), qemu-io through a
+node name (its own BlockBackend's attach and detach each drain the node: two
+pairs per command), block-stream's start and end, and a job's end that
+changes the graph (`JobDriver.prepare_drains` / `clean_drains`: a backup's or
+a stream's filter, a stream's reopens).
 """
 
 from __future__ import annotations
@@ -29,21 +40,46 @@ from sim.model.jobs import ACTIVE, Job
 from sim.model.state import BlockState
 
 
-@dataclass
+@dataclass(eq=False)
 class Drain:
-    """One drained section: the nodes it quiesces (None: every node, bdrv_drain_all)
-    and the jobs it paused, which `end()` resumes."""
+    """One drained section: the nodes it was begun on (`roots`, None: every node,
+    bdrv_drain_all; with `subtree`, their children too), and the jobs it paused,
+    which `end()` resumes.  While open it is listed in `BlockState.drains`."""
 
-    nodes: tuple[BlockNode, ...] | None
+    state: BlockState
+    roots: tuple[BlockNode, ...] | None
+    subtree: bool
     jobs: list[Job]
+
+    def nodes(self) -> list[BlockNode] | None:
+        """What the section quiesces in the graph as it is now (None: every node)."""
+        if self.roots is None:
+            return None
+        if not self.subtree:
+            return quiesced_by(self.state, self.roots)
+        below = [n for root in self.roots for n in self.state.graph.subtree(root)]
+        return quiesced_by(self.state, below)
+
+    def follow(self) -> None:
+        """A child link changed inside the section: jobs no longer above a drained node
+        resume, jobs that now are pause."""
+        nodes = self.nodes()
+        for job in [j for j in self.jobs if not _reached(j, nodes)]:
+            self.jobs.remove(job)
+            _release(self.state, job)
+        new = [j for j in _pausable(self.state) if _reached(j, nodes)]
+        _pause(new)
+        self.jobs.extend(new)
 
     def end(self) -> None:
         """bdrv_drained_end: every job this section paused resumes, unless the user
-        paused it meanwhile."""
-        for job in self.jobs:
-            if job.user_paused == 0:
-                job_flow.resume_now(job)
-        self.jobs = []
+        paused it meanwhile or another open section still reaches it."""
+        self.state.drains = [s for s in self.state.drains if s is not self]
+        observers = self.state.graph.link_observers
+        observers[:] = [f for f in observers if getattr(f, "__self__", None) is not self]
+        jobs, self.jobs = self.jobs, []
+        for job in jobs:
+            _release(self.state, job)
 
 
 def quiesced_by(state: BlockState, nodes: Iterable[BlockNode]) -> list[BlockNode]:
@@ -60,32 +96,62 @@ def quiesced_by(state: BlockState, nodes: Iterable[BlockNode]) -> list[BlockNode
     return out
 
 
-def begin(state: BlockState, nodes: Iterable[BlockNode] | None = None) -> Drain:
-    """bdrv_drained_begin over `nodes` (None: bdrv_drain_all_begin): the active jobs
-    holding one of them, or a node above one, run to their pause point and pause,
-    oldest first."""
-    quiesced = None if nodes is None else tuple(quiesced_by(state, nodes))
-    jobs = [j for j in state.jobs if j.user_paused == 0 and j.status in ACTIVE]
-    if quiesced is not None:
-        jobs = [j for j in jobs if any(n is k for n in quiesced for k in j.kind.nodes)]
+def _reached(job: Job, nodes: list[BlockNode] | None) -> bool:
+    """The job is a parent (child_job) of a quiesced node (None: bdrv_drain_all)."""
+    return nodes is None or any(n is k for n in nodes for k in job.kind.nodes)
+
+
+def _pausable(state: BlockState) -> list[Job]:
+    """Jobs a drain can pause: running or ready, not paused by their user."""
+    return [j for j in state.jobs if j.user_paused == 0 and j.status in ACTIVE]
+
+
+def _pause(jobs: list[Job]) -> None:
+    """Each job runs to its pause point, then all pause, oldest first."""
     for job in jobs:
         job.kind.drained()
     for job in jobs:
         job_flow.pause_now(job)
+
+
+def _release(state: BlockState, job: Job) -> None:
+    """One section lets go of `job`: it resumes unless the user paused it or another
+    open section reaches it (which then holds it)."""
+    if job.user_paused:
+        return
+    for other in state.drains:
+        if _reached(job, other.nodes()):
+            other.jobs.append(job)
+            return
+    job_flow.resume_now(job)
+
+
+def begin(
+    state: BlockState, nodes: Iterable[BlockNode] | None = None, subtree: bool = False
+) -> Drain:
+    """bdrv_drained_begin over `nodes` (None: bdrv_drain_all_begin; `subtree`:
+    bdrv_subtree_drained_begin): the active jobs holding one of them, or a node
+    above one, run to their pause point and pause, oldest first."""
+    section = Drain(state, None if nodes is None else tuple(nodes), subtree, [])
+    quiesced = section.nodes()
+    section.jobs = [j for j in _pausable(state) if _reached(j, quiesced)]
+    _pause(section.jobs)
     for job in state.jobs:
         # a user pause still waiting for a backup's tasks: the drain polls until the
         # job reaches that pause point
-        if job.pausing and (
-            quiesced is None or any(n is k for n in quiesced for k in job.kind.nodes)
-        ):
+        if job.pausing and _reached(job, quiesced):
             job_flow.pause_now(job)
     for observe in state.drain_observers:
         names = None if quiesced is None else [n.node_name for n in quiesced]
-        observe(names, [j.id for j in jobs])
-    return Drain(quiesced, jobs)
+        observe(names, [j.id for j in section.jobs])
+    state.drains.append(section)
+    state.graph.link_observers.append(section.follow)
+    return section
 
 
-def drain(state: BlockState, nodes: Iterable[BlockNode] | None = None) -> None:
+def drain(
+    state: BlockState, nodes: Iterable[BlockNode] | None = None, subtree: bool = False
+) -> None:
     """A drained section with nothing inside it that a job could see: each job it
     reaches pauses and resumes (one JOB_STATUS_CHANGE pair)."""
-    begin(state, nodes).end()
+    begin(state, nodes, subtree).end()

@@ -189,6 +189,8 @@ class BlockGraph:
         self.warn: Callable[[str], None] = lambda message: None
         # where the graph's own events go (BLOCK_WRITE_THRESHOLD); BlockState connects it
         self.emit: Callable[[str, dict[str, Any]], None] = lambda name, data: None
+        # called after a child link changes (`links_changed`)
+        self.link_observers: list[Callable[[], None]] = []
 
     # -- names -------------------------------------------------------------------------
     def auto_name(self) -> str:
@@ -436,6 +438,15 @@ class BlockGraph:
             child.blockers.append((reason, BACKING_ALLOWED_OPS))
         else:
             parent.backing_parent_label = ""
+
+    def links_changed(self) -> None:
+        """Child links were attached, moved or detached (a whole graph change: a filter
+        inserted or dropped, a snapshot's overlay appended or taken back, a reopen
+        committed): every observer follows it, the open drained sections
+        (sim/model/drain.py: bdrv_replace_child_noperm drains a parent attached to a
+        drained child)."""
+        for observe in list(self.link_observers):
+            observe()
 
     # -- images --------------------------------------------------------------------------
     def create_image(

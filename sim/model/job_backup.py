@@ -23,7 +23,7 @@ from sim.model.content import (
     chain_next_data,
 )
 from sim.model.graph import BlockGraph, BlockNode
-from sim.model.job_driver import JobDriver
+from sim.model.job_driver import DrainedSection, JobDriver
 from sim.model.job_graph import (
     allocation_mask,
     chain_contents,
@@ -389,10 +389,10 @@ class BackupKind(JobDriver):
                 return bitmaps
         return source.bitmaps
 
-    def clean_drains(self) -> list[BlockNode]:
+    def clean_drains(self) -> list[DrainedSection]:
         # bdrv_cbw_drop -> bdrv_drop_filter -> bdrv_replace_node_common drains the
         # filter (and so every parent above it) while it moves its parents down
-        return [self.filter]
+        return [((self.filter,), False)]
 
     def clean(self) -> None:
         self.cbw.close()

@@ -18,6 +18,10 @@ from typing import TYPE_CHECKING, ClassVar
 if TYPE_CHECKING:
     from sim.model.graph import BlockNode
 
+# A drained section a job's end opens: its nodes and whether it is a subtree
+# section (bdrv_subtree_drained_begin, what a reopen takes); see sim/model/drain.py.
+DrainedSection = tuple[tuple["BlockNode", ...], bool]
+
 
 class JobDriver:
     """A kind of QEMU job (JobDriver): its nodes, its unit of work, its callbacks."""
@@ -131,7 +135,11 @@ class JobDriver:
 
     def clean(self) -> None: ...
 
-    def clean_drains(self) -> list[BlockNode]:
-        """The nodes `clean`'s graph change drains first (each section pauses and
-        resumes the other jobs above them); none for most kinds."""
+    def prepare_drains(self) -> list[DrainedSection]:
+        """The drained sections `prepare`'s graph change opens first, in order (each
+        pauses and resumes the other jobs it reaches); none for most kinds."""
+        return []
+
+    def clean_drains(self) -> list[DrainedSection]:
+        """The drained sections `clean`'s graph change opens first, as `prepare_drains`."""
         return []

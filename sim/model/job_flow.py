@@ -25,6 +25,7 @@ from typing import Any
 
 from sim.errors import QMPError
 from sim.model import drain
+from sim.model.job_driver import DrainedSection
 from sim.model.jobs import ACTIVE, ENDED, PAUSED_AS, RESUMED_AS, Job
 from sim.model.jobs import JobStatus as S
 from sim.model.qcow2_host import flush_metadata
@@ -115,6 +116,7 @@ def finalize(state: BlockState, job: Job) -> None:
     """job_do_finalize: prepare every peer, then commit (or abort on failure)."""
     peers = _peers(job)
     for p in peers:
+        _drains(state, p.kind.prepare_drains())
         p.kind.prepare()
     for p in peers:
         p.kind.commit()
@@ -131,10 +133,14 @@ def finalize(state: BlockState, job: Job) -> None:
 def _clean(state: BlockState, job: Job) -> None:
     """The job's clean-up (`JobDriver.clean`), after the drained sections its graph
     change opens (`JobDriver.clean_drains`)."""
-    drained = job.kind.clean_drains()
-    if drained:
-        drain.drain(state, drained)
+    _drains(state, job.kind.clean_drains())
     job.kind.clean()
+
+
+def _drains(state: BlockState, sections: list[DrainedSection]) -> None:
+    """The drained sections a job's graph change opens, one after the other."""
+    for nodes, subtree in sections:
+        drain.drain(state, nodes, subtree)
 
 
 def abort_txn(state: BlockState, job: Job, deferred: bool = False) -> None:

@@ -41,6 +41,7 @@ def insert_filter(
         flt.backing = below
     else:
         flt.file = below
+    graph.links_changed()
     return flt
 
 
@@ -52,6 +53,7 @@ def drop_filter(graph: BlockGraph, flt: BlockNode) -> None:
     flt.file = flt.backing = flt.target = None
     flt.write_hook = flt.after_write_hook = None
     graph.remove_node(flt)
+    graph.links_changed()
 
 
 def chain_contents(

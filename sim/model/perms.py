@@ -359,25 +359,6 @@ def _between(top: BlockNode, base: BlockNode | None) -> list[BlockNode]:
     return out
 
 
-def jobs_above(state: BlockState, node: BlockNode) -> list[Job]:
-    """Live jobs holding an edge on `node` or on a node above it: the jobs a drained
-    section of `node` pauses (a drain travels up through every parent)."""
-    seen: dict[int, BlockNode] = {}
-    todo = [node]
-    while todo and len(seen) < 1024:
-        n = todo.pop()
-        if id(n) in seen:
-            continue
-        seen[id(n)] = n
-        todo.extend(p for p, _ in state.graph.parents(n))
-    nodes = list(seen.values())
-    return [
-        j
-        for j in state.jobs
-        if j.status in LIVE_JOB_STATUSES and any(job_edges(j, n) for n in nodes)
-    ]
-
-
 def filter_source_conflict(state: BlockState, source: BlockNode) -> str | None:
     """A backup's filter over `source` unshares write on it; through filters the user
     added above a device's root (throttle, copy-on-read) that reaches the root, where

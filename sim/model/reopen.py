@@ -142,3 +142,4 @@ def commit(graph: BlockGraph, entries: list[ReopenEntry]) -> None:
                 dropped.append(old_file)
     for old in dropped:
         graph.delete_unreferenced(old)
+    graph.links_changed()

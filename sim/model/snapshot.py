@@ -143,6 +143,7 @@ def append(graph: BlockGraph, policy: PlacementPolicy, new: BlockNode, old: Bloc
     saved_readonly = [(bm, bm.readonly, bm.stored) for bm in old.bitmaps]
     graph.set_backing(new, old)
     graph.redirect(parents, roots, new, skip=new)
+    graph.links_changed()
     # replacing the child re-labels the backing blocker with the new parent's name;
     # the old node is reopened read-only, which flushes it
     flush_metadata(old)
@@ -156,6 +157,7 @@ def append(graph: BlockGraph, policy: PlacementPolicy, new: BlockNode, old: Bloc
     def undo() -> None:
         graph.redirect(parents, roots, old, skip=new)
         graph.set_backing(new, None)
+        graph.links_changed()
         old.read_only = saved_ro
         old.bitmaps, new.bitmaps = list(saved_lists[0]), list(saved_lists[1])
         for bm, ro, stored in saved_readonly:

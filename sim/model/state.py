@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sim.model.content import DEFAULT_PATTERN, StampTable
 from sim.model.exports import ExportTable
@@ -17,6 +17,9 @@ from sim.model.graph import BlockBackend, BlockGraph, BlockNode
 from sim.model.jobs import Job
 from sim.model.policy import PlacementPolicy, get_policy
 from sim.model.throttle import ThrottleGroup
+
+if TYPE_CHECKING:
+    from sim.model.drain import Drain
 
 Emit = Callable[[str, dict[str, Any]], None]
 WriteObserver = Callable[[BlockBackend | None, BlockNode, int, int, int], None]
@@ -62,6 +65,7 @@ class BlockState:
         # observers (the timeline) of drained sections (sim/model/drain.py): the nodes a
         # bdrv_drained_begin quiesces (None: bdrv_drain_all) and the jobs it pauses
         self.drain_observers: list[Callable[[list[str] | None, list[str]], None]] = []
+        self.drains: list[Drain] = []  # the drained sections open now, oldest first
 
     def add_drive(
         self,

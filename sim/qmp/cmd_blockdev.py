@@ -514,14 +514,14 @@ def _blockdev_reopen(m: Machine, a: dict[str, Any]) -> None:
         )
         raise QMPError("blocksim refuses an empty blockdev-reopen: it aborts QEMU 7.2")
     g = m.state.graph
-    entries = []
-    drained: list[BlockNode] = []
-    for options in a["options"]:
-        entry = reopen.prepare(g, options)
-        entries.append(entry)
-        drained.extend(g.subtree(entry.node))
-    drain.drain(m.state, drained)
-    if m.faults.qcow2:
-        for entry in entries:
-            m.faults.reopen(entry.node)
-    reopen.commit(g, entries)
+    entries = [reopen.prepare(g, options) for options in a["options"]]
+    # a subtree section over each reopened node until the reopen is done: a backing or
+    # file child it attaches is drained too, with the jobs above it
+    section = drain.begin(m.state, [entry.node for entry in entries], subtree=True)
+    try:
+        if m.faults.qcow2:
+            for entry in entries:
+                m.faults.reopen(entry.node)
+        reopen.commit(g, entries)
+    finally:
+        section.end()

@@ -685,9 +685,14 @@ def _block_stream(m: Machine, a: dict[str, Any]) -> None:
         except QMPError as exc:
             raise QMPError(f"Could not create node: {exc.desc}") from None
     kind_job_main = bs
-    # stream_start inserts its copy-on-read filter (bdrv_insert_node: a drained
-    # section over the node) before block_job_create; when creating or attaching
-    # the job fails, dropping the filter again drains it once more
+    # stream_start reopens a read-only node read-write (bdrv_reopen_set_read_only: a
+    # subtree section over it), then inserts its copy-on-read filter
+    # (bdrv_insert_node: a drained section over the node) before block_job_create;
+    # when creating or attaching the job fails, dropping the filter drains the node
+    # once more and the node is reopened read-only again
+    read_only = g.is_read_only(node)
+    if read_only:
+        drain.drain(m.state, [node], subtree=True)
     drain.drain(m.state, [node])
     try:
         job = new_job(
@@ -700,6 +705,8 @@ def _block_stream(m: Machine, a: dict[str, Any]) -> None:
         )
     except QMPError:
         drain.drain(m.state, [node])
+        if read_only:
+            drain.drain(m.state, [node], subtree=True)
         raise
     job.on_source_error = job.on_target_error = a.get("on-error", "report")
     kind = StreamKind(g, job, node, base, a.get("filter-node-name"))

@@ -248,9 +248,6 @@ def _snapshot(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepared:
         on_lookup=lambda node: drained_begin(m, ctx, node),
         jobs=s.jobs,
     )
-    # bdrv_append attaches the overlay above the drained node: a new parent of a
-    # drained child is drained too (bdrv_replace_child_noperm), with its own parents
-    drained_begin(m, ctx, s.graph.lookup_or_fail(data["overlay"]))
     if s.policy.permissions:
         overlay = s.graph.lookup_or_fail(data["overlay"])
         conflict = perms.refresh_conflict(s, overlay, before)
