@@ -96,7 +96,6 @@ def first_tasks(m: Machine, job: Job, pool: TaskPool) -> Pending | None:
     data, recorded on QEMU 7.2: scenarios/blockapi/backup-first-tasks.jsonl).
     Returns what is left for the job's process to do first, or None."""
     kind = pool.kind
-    graph, target = m.state.graph, kind.writes_to()
     dispatched = 0  # bytes the rate limiter has accounted in this slice
     while True:
         chunk = kind.next_chunk()
@@ -106,21 +105,35 @@ def first_tasks(m: Machine, job: Job, pool: TaskPool) -> Pending | None:
         failure = chunk_fault(m, job, offset, length) if m.faults else None
         if failure is not None:  # the job's process runs the failing task
             return "fault", (offset, length, failure)
-        hole = kind.chunk_is_hole(offset, length)
         full = pool.full()  # then the task, whatever it does, waits for a slot
-        issued, before = kind.tasks_issued, job.offset
-        kind.copy_chunk(offset, length)
-        note_job_write(graph, target, offset, length)
-        progress = job.offset - before
+        hole, progress, busy = take_chunk(m, job, offset, length)
         if full:
             job.offset -= progress
             return "slot", (offset, length, progress, hole, pool.created(offset, length))
-        if not hole or kind.tasks_issued > issued:  # the task is busy
+        if busy:
             pool.start(offset, length, progress, unthrottled_read=True, hole=hole)
         if job.speed:
             dispatched += length
             if dispatched * NS_PER_S >= job.speed * SLICE_TIME_NS:
                 return "sleep", rate_limit_ns(dispatched, job.speed)
+
+
+def take_chunk(m: Machine, job: Job, offset: int, length: int) -> tuple[bool, int, bool]:
+    """The model's work for one chunk, done when it starts (for a backup, when
+    block_copy_task_create takes its clusters): copy it and mark what the write to
+    the target marks.  Returns whether it is a hole, the progress it made, and
+    whether a backup's task keeps a pool slot (`BackupKind.task_yields`: a data task,
+    or a zero task whose write yields)."""
+    kind = job.kind
+    hole = kind.chunk_is_hole(offset, length)
+    issued = kind.tasks_issued if isinstance(kind, BackupKind) else 0
+    before = job.offset
+    kind.copy_chunk(offset, length)
+    target = kind.writes_to()
+    if target is not None:
+        note_job_write(m.state.graph, target, offset, length)
+    busy = not hole or (isinstance(kind, BackupKind) and kind.tasks_issued > issued)
+    return hole, job.offset - before, busy
 
 
 def end_idle_jobs(m: Machine) -> None:
@@ -247,14 +260,9 @@ def job_process(
             offset, length = chunk
             failure = chunk_fault(m, job, offset, length) if m.faults else None
         if failure is None:
-            hole = kind.chunk_is_hole(offset, length)
-            before = job.offset
-            kind.copy_chunk(offset, length)
-            if target is not None:
-                note_job_write(m.state.graph, target, offset, length)
+            hole, progress, _busy = take_chunk(m, job, offset, length)
             if pool is not None and not hole:
                 # created, the task waits for a slot; it then runs whatever came meanwhile
-                progress = job.offset - before
                 job.offset -= progress
                 created = pool.created(offset, length)
                 yield from pool.wait_slot()

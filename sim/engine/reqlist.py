@@ -70,18 +70,35 @@ def conflicts(m: Machine, cbw: CopyBeforeWrite, offset: int, length: int) -> lis
     return [done for a, b, done in live if a < hi and lo < b]
 
 
-def write_waits(m: Machine, root: BlockNode, offset: int, length: int) -> list[simpy.Event]:
-    """What a guest write (or discard) entering at `root` waits for: the intersecting
-    requests in flight of each copy-before-write filter it passes whose snapshot is
-    not broken (cbw_do_copy_before_write returns at once then)."""
-    if not m.copy_reqs:
-        return []
-    out: list[simpy.Event] = []
+def write_filters(m: Machine, root: BlockNode) -> list[BlockNode]:
+    """The filters a write entering at `root` passes before its data node, top down
+    (the head of `write_path`): where copy-before-write copies and waits for the
+    requests in flight, and a write-blocking mirror copies."""
+    out: list[BlockNode] = []
     for node in write_path(m.state.graph, root):
         if not node.is_filter:
             break
-        cbw = node.cbw if node.driver == "copy-before-write" else None
-        if cbw is not None and not cbw.snapshot_error:
+        out.append(node)
+    return out
+
+
+def _holding_cbw(node: BlockNode) -> CopyBeforeWrite | None:
+    """A copy-before-write filter's block-copy state while its snapshot holds
+    (cbw_do_copy_before_write returns at once once it broke)."""
+    cbw = node.cbw if node.driver == "copy-before-write" else None
+    return cbw if cbw is not None and not cbw.snapshot_error else None
+
+
+def write_waits(m: Machine, root: BlockNode, offset: int, length: int) -> list[simpy.Event]:
+    """What a guest write (or discard) entering at `root` waits for: the intersecting
+    requests in flight of each copy-before-write filter it passes whose snapshot
+    holds."""
+    if not m.copy_reqs:
+        return []
+    out: list[simpy.Event] = []
+    for node in write_filters(m, root):
+        cbw = _holding_cbw(node)
+        if cbw is not None:
             out += conflicts(m, cbw, offset, length)
     return out
 
@@ -97,17 +114,13 @@ def monitor_write_wait(
     (break-guest-write), or None (the snapshot breaks; the write goes on)."""
     if not m.copy_reqs:
         return None
-    path = write_path(m.state.graph, root)
-    for i, node in enumerate(path):
-        if not node.is_filter:
-            break
-        cbw = node.cbw if node.driver == "copy-before-write" else None
-        if cbw is None or cbw.snapshot_error:
+    filters = write_filters(m, root)
+    for i, node in enumerate(filters):
+        cbw = _holding_cbw(node)
+        waits = conflicts(m, cbw, offset, length) if cbw is not None else []
+        if cbw is None or not waits:
             continue
-        waits = conflicts(m, cbw, offset, length)
-        if not waits:
-            continue
-        error = wait_for_copy(m, cbw, m.env.all_of(waits), bb, path[: i + 1], offset, length)
+        error = wait_for_copy(m, cbw, m.env.all_of(waits), bb, filters[: i + 1], offset, length)
         if error is not None:
             return error
     return None

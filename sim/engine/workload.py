@@ -39,7 +39,6 @@ from sim.engine.faults import cbw_runs, write_landed
 from sim.engine.throttle import groups_on_path, throttled
 from sim.engine.timing import NS_PER_S, Device
 from sim.model import io
-from sim.model.io import write_path
 
 if TYPE_CHECKING:
     from sim.engine.machine import Machine
@@ -341,9 +340,7 @@ def write_copies(
     in flight until its I/O is done: `sim.engine.reqlist`) and write-blocking mirror
     write."""
     out: list[tuple[Device | None, Device, int, list[simpy.Event]]] = []
-    for node in write_path(m.state.graph, root):
-        if not node.is_filter:
-            break
+    for node in reqlist.write_filters(m, root):
         if node.driver == "copy-before-write":
             for source, target, runs in cbw_runs(m, node, offset, length):
                 n = sum(r[1] for r in runs)
