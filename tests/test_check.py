@@ -9,6 +9,7 @@ checker has scenarios it flags and scenarios it passes.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -572,3 +573,38 @@ def test_extent_comparison_finds_what_the_sector_comparison_finds(seed: int) -> 
             runs, expected, lambda lo, hi, c=actual: read_through(c, lo, hi)
         )
         assert ex.compare(runs, expected, actual) == by_sector
+
+
+def test_a_fleecing_target_is_checked_where_writes_reach_its_source_only() -> None:
+    """A sync=none backup's target reads as the source did where its copy-before-write
+    copied (writes through the source); a write to an unrelated node changes neither,
+    so the target's own older data elsewhere (it has no backing onto the source) is
+    not a violation.  A write through the source is still checked (and holds here)."""
+    from sim.check import make_checkers
+
+    def image(name: str, node: str) -> list[dict[str, Any]]:
+        def wait(job: str) -> dict[str, Any]:
+            return {"wait": {"event": "JOB_STATUS_CHANGE",
+                             "data": {"id": job, "status": "concluded"}}}  # fmt: skip
+
+        return [
+            qmp("blockdev-create", **{"job-id": f"c{node}",
+                "options": {"driver": "file", "filename": name, "size": 0}}),
+            wait(f"c{node}"), qmp("job-dismiss", id=f"c{node}"),
+            qmp("blockdev-add", driver="file", filename=name, **{"node-name": f"f{node}"}),
+            qmp("blockdev-create", **{"job-id": f"q{node}",
+                "options": {"driver": "qcow2", "file": f"f{node}", "size": 64 << 20}}),
+            wait(f"q{node}"), qmp("job-dismiss", id=f"q{node}"),
+            qmp("blockdev-add", driver="qcow2", file=f"f{node}", **{"node-name": node}),
+        ]  # fmt: skip
+
+    steps = [
+        io("write -P 1 0 1M"), *image("t.qcow2", "tgt"), *image("o.qcow2", "other"),
+        io("write -P 9 0 1M", "tgt"),  # the target's own data, not the source's
+        qmp("blockdev-backup", device="drive0", sync="none", target="tgt", **{"job-id": "fl"}),
+        io("write -P 5 0 64k", "other"),
+        io("write -P 7 1M 64k"),
+    ]  # fmt: skip
+    result = run_steps(steps, checkers=make_checkers(["backup-point-in-time"]))
+    assert result.final["violations"] == []
+    assert result.steps[-1].output == "wrote 65536/65536 bytes at offset 1048576\n"

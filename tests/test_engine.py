@@ -753,3 +753,65 @@ def test_a_force_cancelled_job_does_not_stop_at_a_pause() -> None:
     statuses = [e["data"]["status"] for e in r.final["events"] if e["event"] == "JOB_STATUS_CHANGE"]
     assert "paused" not in statuses and statuses[-3:] == ["aborting", "concluded", "null"]
     assert r.steps[5].response == {"return": []}
+
+
+# -- a completed mirror's drained section ---------------------------------------------------
+
+
+def _mirror_pending_then_finalize() -> list[dict[str, Any]]:
+    """A mirror completed with auto-finalize off waits in PENDING; a guest workload
+    writes meanwhile; then job-finalize pivots the device onto the target."""
+    return [
+        io("write -P 193 0 1M"),
+        qmp(
+            "drive-mirror",
+            device="drive0",
+            target="m.qcow2",
+            format="qcow2",
+            sync="full",
+            **{"job-id": "m", "auto-finalize": False, "auto-dismiss": False},
+        ),  # fmt: skip
+        wait("BLOCK_JOB_READY", device="m"),
+        qmp("job-complete", id="m"),
+        wait("JOB_STATUS_CHANGE", id="m", status="pending"),
+        workload(
+            pattern="sequential", rate=20, size=4096, duration=0.1, **{"read-ratio": 0, "fill": 1}
+        ),  # fmt: skip
+        {"advance": 0.5},
+        qmp("job-finalize", id="m"),
+        {"advance": 0.1},
+        io("read -P 1 0 4k"),
+    ]
+
+
+def test_guest_writes_wait_while_a_completed_mirror_holds_its_source_drained() -> None:
+    """mirror_run ends converged inside a drained section of its source, which
+    mirror_exit_common ends at finalize after the pivot: a guest write while the job
+    waits in PENDING waits too, then lands on the target, where the device reads it
+    (the writes were lost at the pivot before: they went to the old source)."""
+    from sim.check import make_checkers
+
+    result = run_steps(_mirror_pending_then_finalize(),
+                       checkers=make_checkers(["mirror-and-commit-consistency"]))  # fmt: skip
+    assert result.final["violations"] == []
+    assert "Pattern verification failed" not in (result.steps[-1].output or "")
+    pending_at, finalize_at = result.steps[4].time_s, result.steps[7].time_s
+    assert finalize_at - pending_at >= 0.5
+    writes = [r for r in result.machine.io_log if r[1] == "write"]
+    assert writes  # each completed only after the finalize ended the drained section
+    assert all(r[0] + r[2] >= finalize_at * 1e9 for r in writes), writes
+    assert all(r[0] < finalize_at * 1e9 for r in writes)  # issued while PENDING
+
+
+def test_without_the_drained_section_the_pivot_loses_the_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The companion: a mirror that let guest writes through while PENDING (the model
+    before) loses them at the pivot, which mirror-and-commit-consistency flags."""
+    from sim.check import make_checkers
+    from sim.model.job_mirror import MirrorKind
+
+    monkeypatch.setattr(MirrorKind, "drained_source", lambda self: None)
+    result = run_steps(_mirror_pending_then_finalize(),
+                       checkers=make_checkers(["mirror-and-commit-consistency"]))  # fmt: skip
+    assert [v["invariant"] for v in result.final["violations"]] == ["mirror-and-commit-consistency"]

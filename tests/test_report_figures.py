@@ -125,6 +125,57 @@ def test_short_jobs_get_a_zoomed_timeline(timelines: Any) -> None:
     assert zoom_window(timelines["snapshot-breaks-device-bitmap"]) is None  # no time passes
 
 
+def test_a_job_of_no_duration_is_marked_in_its_lane_not_zoomed_on() -> None:
+    """A backup with nothing to copy begins and ends at one instant: no zoom can show
+    it, so its lane gets a marker and says so (before: a zoom of a thin line)."""
+    ms = 1_000_000
+
+    def job(lane: str, start: int, end: int) -> dict[str, Any]:
+        states = [[start, "created", 1], [start, "running", 1], [end, "concluded", 2],
+                  [end, "null", 2]]  # fmt: skip
+        return {"lane": lane, "id": lane, "type": "backup", "states": states, "progress": []}
+
+    doc = {"name": "i", "end_ns": 1000 * ms, "steps": [[0, "a"], [1000 * ms, "b"]],
+           "jobs": [job("long", 0, 800 * ms), job("instant", 900 * ms, 900 * ms)]}  # fmt: skip
+    assert zoom_window(doc) is None
+    drawn = draw_timeline("i", doc)
+    assert isinstance(drawn, Drawn)
+    [lanes] = [ax for ax in drawn.fig.axes if ax.get_ylabel() == "block jobs"]
+    texts = [t.get_text() for t in lanes.texts]
+    assert texts == ["created to concluded at one instant"]
+    assert any(line.get_marker() == "D" for line in lanes.get_lines())
+
+
+def test_captions_never_print_exponents(timelines: Any) -> None:
+    """A span of 1,414.7 ms reads as such, not as 1.41e+03."""
+    from sim.report import style
+
+    assert [style.num(x) for x in (1414.746, 13.1, 0.0066, 0.0, 25_000.0)] == [
+        "1,415", "13.1", "0.0066", "0", "25,000"]  # fmt: skip
+    doc = dict(timelines["bk-fault-policies"], end_ns=1_414_746_000)
+    drawn = draw_timeline("f", doc)
+    assert isinstance(drawn, Drawn) and "e+" not in drawn.caption
+    assert "1,415 ms of simulated time" in drawn.caption
+
+
+def test_nodes_no_device_reaches_are_drawn_parent_above_child() -> None:
+    """A mirror's target (a qcow2 node over its file, reached by no device) sits apart
+    on the right with its file below it, as every other node sits below its parent."""
+    from sim.report.timeline_figs import graph_layout
+
+    g = {"devices": [["drive0", "top"]],
+         "nodes": [["top", "mirror_top", None, "fmt0", None, []],
+                   ["fmt0", "qcow2", "proto0", None, None, ["b0"]],
+                   ["proto0", "file", None, None, None, []],
+                   ["tfile", "file", None, None, None, []],
+                   ["tgt", "qcow2", "tfile", None, None, []]]}  # fmt: skip
+    pos = graph_layout(g)
+    assert pos["tgt"][1] > pos["tfile"][1] and pos["tgt"][0] == pos["tfile"][0]
+    right = max(x for k, (x, _) in pos.items() if k in ("dev:drive0", "top", "fmt0", "proto0"))
+    assert pos["tgt"][0] > right
+    assert pos["dev:drive0"][1] > pos["top"][1] > pos["fmt0"][1] > pos["proto0"][1]
+
+
 def test_graph_change_labels_are_numbers_not_rotated_text(timelines: Any) -> None:
     drawn = draw_timeline("faults", timelines["bk-fault-policies"])
     assert isinstance(drawn, Drawn)

@@ -114,14 +114,21 @@ class BackupPointInTime(StepChecker):
     def _on_write(
         self, bb: BlockBackend | None, root: BlockNode, offset: int, length: int, stamp: int
     ) -> None:
+        path: list[BlockNode] | None = None
         if self.runs:
             run_ = extents.byte_run(offset, length)
             for run in self.runs.values():
                 run.written.append(run_)
                 if run.sync == "none":
-                    run.unchecked.append(run_)
+                    # only a write that reaches the source can change what the fleecing
+                    # target must read (its copy-before-write copies, or the source
+                    # itself through a backing link); a write elsewhere changes neither
+                    if path is None:
+                        path = write_path(self.graph, root)
+                    if run.source in path:
+                        run.unchecked.append(run_)
         if self.fleeces:
-            path = write_path(self.graph, root)
+            path = write_path(self.graph, root) if path is None else path
             for fleece in self.fleeces.values():
                 if any(n is fleece.cbw.filter for n in path):
                     fleece.unchecked.append(extents.byte_run(offset, length))

@@ -39,6 +39,7 @@ class Machine:
         seed: int = 0,
     ) -> None:
         self.env = TieBreakEnvironment(self.actor_of)
+        self._status_changed: simpy.Event | None = None  # see job_status_changed
         self.rng = random.Random(seed)
         self.events = EventLog()
         self.state = BlockState(policy, emit=self.emit)
@@ -104,6 +105,16 @@ class Machine:
 
     def emit(self, name: str, data: dict[str, Any]) -> None:
         self.events.append(Event(self.now_ns, name, data))
+        if name == "JOB_STATUS_CHANGE" and self._status_changed is not None:
+            changed, self._status_changed = self._status_changed, None
+            changed.succeed()
+
+    def job_status_changed(self) -> simpy.Event:
+        """An event that fires at the next JOB_STATUS_CHANGE (guest requests held by a
+        job's drained section wait for it, then look again)."""
+        if self._status_changed is None:
+            self._status_changed = self.env.event()
+        return self._status_changed
 
     def advance(self, seconds: float) -> None:
         """Let simulated time pass; jobs and workloads progress meanwhile."""

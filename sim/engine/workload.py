@@ -38,7 +38,8 @@ from sim.engine import reqlist
 from sim.engine.faults import cbw_runs, write_landed
 from sim.engine.throttle import groups_on_path, throttled
 from sim.engine.timing import NS_PER_S, Device
-from sim.model import io
+from sim.model import drain, io
+from sim.model.io import write_path
 
 if TYPE_CHECKING:
     from sim.engine.machine import Machine
@@ -272,6 +273,9 @@ def guest_request(
     start = env.now
     jobs = m.job_types() if state.jobs else ()
     bb, root = state.resolve_target(w.spec.device)
+    while state.jobs and root is not None and (held := drained_hold(m, root)) is not None:
+        yield held  # blk_wait_while_drained: until a job's drained section ends
+        bb, root = state.resolve_target(w.spec.device)  # a pivot may have moved it
     ok = root is not None and (is_read or not root.read_only)
     copies: list[tuple[Device | None, Device, int, list[simpy.Event]]] = []
     waits: list[simpy.Event] = []
@@ -330,6 +334,19 @@ def guest_request(
     w.in_flight -= 1
     # tuple.__new__: a third of the cost of IoRecord(...) on this hot path
     m.io_log.append(tuple.__new__(IoRecord, (start, op, env.now - start, jobs)))
+
+
+def drained_hold(m: Machine, root: Any) -> simpy.Event | None:
+    """What a guest request entering at `root` waits for when a job holds a node on its
+    path drained (a completed mirror waiting to be finalized: drain.held_by_jobs), or
+    None: an event the machine triggers at the next job status change."""
+    held = drain.held_by_jobs(m.state)
+    if not held:
+        return None
+    path = write_path(m.state.graph, root)
+    if not any(node in path for _, node in held):
+        return None
+    return m.job_status_changed()
 
 
 def write_copies(

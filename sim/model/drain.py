@@ -82,6 +82,18 @@ class Drain:
             _release(self.state, job)
 
 
+def held_by_jobs(state: BlockState) -> list[tuple[Job, BlockNode]]:
+    """The drained sections jobs hold while they wait to be finalized (a completed
+    mirror or active commit holds its source: `JobDriver.drained_source`), as (job,
+    node): a request through that node or a parent of it waits until the section ends."""
+    held = []
+    for job in state.jobs:
+        node = job.kind.drained_source()
+        if node is not None:
+            held.append((job, node))
+    return held
+
+
 def quiesced_by(state: BlockState, nodes: Iterable[BlockNode]) -> list[BlockNode]:
     """`nodes` and every node above them: bdrv_parent_drained_begin drains each
     parent of a drained node (bdrv_child_cb_drained_begin), up to the roots."""

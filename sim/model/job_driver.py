@@ -126,6 +126,11 @@ class JobDriver:
     def drained(self) -> None:
         """What the job does between a drain's pause request and its pause point."""
 
+    def drained_source(self) -> BlockNode | None:
+        """The node the job keeps in a drained section of its own while it waits to be
+        finalized (guest requests through it wait meanwhile); none for most kinds."""
+        return None
+
     # -- JobDriver callbacks, in job_do_finalize / job_abort order ------------------------
     def prepare(self) -> None: ...
 

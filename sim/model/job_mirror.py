@@ -159,6 +159,17 @@ class MirrorKind(JobDriver):
         while (chunk := self.next_chunk()) is not None:
             self.copy_chunk(*chunk)
 
+    def drained_source(self) -> BlockNode | None:
+        """mirror_run ends a successful job (converged after a complete or a soft
+        cancel) inside bdrv_drained_begin(bs) of its source, and mirror_exit_common
+        ends that section at finalize, after the pivot: while the job waits (WAITING for
+        its transaction's peers, PENDING with auto-finalize off) the source and its
+        parents are drained, so guest requests through them wait for the finalize."""
+        job = self.job
+        if job.status in ("waiting", "pending") and (job.completion_requested or job.cancelled):
+            return self.source
+        return None
+
     def on_guest_write(self, node: BlockNode, offset: int, length: int) -> None:
         """A guest write passed mirror_top: the source's dirty bitmap recorded it (in
         background mode); wake the job so it copies it."""

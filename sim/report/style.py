@@ -103,6 +103,14 @@ def styled(fn: Any) -> Any:
     return wrapper
 
 
+def num(value: float) -> str:
+    """A figure for a caption or a label: three significant digits, never in exponent
+    notation (1,415 rather than 1.41e+03; 0.0066 stays 0.0066)."""
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if value == 0 or abs(value) >= 1e-4 else f"{value:.2e}"
+
+
 def time_unit(span_ns: float) -> tuple[str, float]:
     """A readable unit for a simulated-time axis spanning `span_ns`: (name, ns per unit)."""
     if span_ns >= 2e9:

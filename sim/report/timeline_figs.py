@@ -73,7 +73,9 @@ def steps_table(doc: dict[str, Any]) -> Table:
 
 def zoom_window(doc: dict[str, Any]) -> tuple[int, int] | None:
     """[start, end] in ns around the jobs that live for less than ZOOM_BELOW of the run,
-    when that window is itself under ZOOM_WINDOW of it (else nothing to zoom on)."""
+    when that window is itself under ZOOM_WINDOW of it (else nothing to zoom on).  A job
+    that begins and ends at one instant (nothing to copy) has nothing to zoom into: its
+    lane marks it instead."""
     end = int(doc.get("end_ns", 0))
     if end <= 0:
         return None
@@ -82,7 +84,7 @@ def zoom_window(doc: dict[str, Any]) -> tuple[int, int] | None:
         states = job.get("states", [])
         if states:
             first, last = int(states[0][0]), int(states[-1][0])
-            if last - first < end * ZOOM_BELOW:
+            if 0 < last - first < end * ZOOM_BELOW:  # a job of no duration: marked, no zoom
                 short.append((first, last))
     if not short:
         return None
@@ -179,7 +181,8 @@ def draw_timeline(stem: str, doc: dict[str, Any], window: tuple[int, int] | None
         else:
             _bitmap_counts(ax, bitmaps, xaxis)
             _address_counts(ax, addresses, xaxis)
-    axes[-1].set_xlim(xaxis.start, xaxis.end + (xaxis.end - xaxis.start) * 0.005)
+    pad = (xaxis.end - xaxis.start) * 0.005  # a mark at either end stays whole
+    axes[-1].set_xlim(xaxis.start - (0 if xaxis.by_step else pad), xaxis.end + pad)
     if xaxis.by_step:
         axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1].set_xlabel(xaxis.label)
@@ -189,9 +192,12 @@ def draw_timeline(stem: str, doc: dict[str, Any], window: tuple[int, int] | None
     if xaxis.by_step:
         span = "no simulated time passed, so the axis is the trace step"
     elif window is not None:
-        span = f"zoomed on {xaxis.start:.4g} to {xaxis.end:.4g} {unit}, where its short jobs ran"
+        span = (
+            f"zoomed on {style.num(xaxis.start)} to {style.num(xaxis.end)} {unit}, where its "
+            "short jobs ran"
+        )
     else:
-        span = f"{xaxis.end:.3g} {unit} of simulated time"
+        span = f"{style.num(xaxis.end)} {unit} of simulated time"
     about = str(doc.get("description") or "").strip()
     lead = f"The scenario: {about.rstrip('.')}." if about and window is None else ""
     caption = (
@@ -305,6 +311,14 @@ def _job_lanes(ax: Axes, jobs: list[dict[str, Any]], xaxis: XAxis) -> None:
                 facecolors=style.STATUS_COLORS.get(status, style.GREY),
                 edgecolor="none",
             )
+        if states and len({int(p[0]) for p in states}) == 1 and not xaxis.by_step:
+            x = xaxis.x(states[0], 2)
+            ax.plot([x], [y], marker="D", markersize=6, color=style.BLACK, linestyle="none")
+            ax.annotate(
+                f"{states[0][1]} to {[p[1] for p in states if p[1] != 'null'][-1]} at one "
+                "instant",
+                (x, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=7,
+            )  # fmt: skip
         progress = job.get("progress", [])
         if progress:  # held at its last value until the job goes away
             gone = states[-1][1] == "null"
@@ -361,12 +375,12 @@ def _latency_points(ax: Axes, io: list[list[Any]], scale: float) -> Table:
                 label="failed write",
             )
     p50, p99 = (percentile(lat_sorted, p) / lscale for p in (50, 99))
-    rows_out = [f"{p50:.3g}", f"{p99:.3g}"]
+    rows_out = [style.num(p50), style.num(p99)]
     # p50 labelled under its line, p99 over its own: they never overlap
-    marks = [(f"p50 {p50:.3g} {lunit}", p50, (4, 3), "top", -2)]
-    marks.append((f"p99 {p99:.3g} {lunit}", p99, (1, 2), "bottom", 2))
+    marks = [(f"p50 {style.num(p50)} {lunit}", p50, (4, 3), "top", -2)]
+    marks.append((f"p99 {style.num(p99)} {lunit}", p99, (1, 2), "bottom", 2))
     if rows_out[0] == rows_out[1]:
-        marks = [(f"p50 = p99 = {p50:.3g} {lunit}", p50, (4, 3), "bottom", 2)]
+        marks = [(f"p50 = p99 = {style.num(p50)} {lunit}", p50, (4, 3), "bottom", 2)]
     for text, v, dash, va, dy in marks:
         ax.axhline(v, color=style.BLACK, linewidth=0.9, dashes=dash, zorder=1)
         ax.annotate(
@@ -386,7 +400,7 @@ def _latency_points(ax: Axes, io: list[list[Any]], scale: float) -> Table:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="jobs running", markerscale=2)
     return Table(
         ["guest writes", f"p50 ({lunit})", f"p99 ({lunit})", f"max ({lunit})"],
-        [[str(len(io)), rows_out[0], rows_out[1], f"{lat_sorted[-1] / lscale:.3g}"]],
+        [[str(len(io)), rows_out[0], rows_out[1], style.num(lat_sorted[-1] / lscale)]],
     )
 
 
@@ -491,8 +505,8 @@ def draw_latency(stem: str, doc: dict[str, Any]) -> Built:
         n = len(lat)
         ys = [k / n for k in range(1, n + 1)]
         p50, p99 = percentile(lat, 50) / scale, percentile(lat, 99) / scale
-        legend = f"{label}: n={n}, p50 {p50:.3g}, p99 {p99:.3g} {unit}"
-        rows.append([label, str(n), f"{p50:.3g}", f"{p99:.3g}", f"{lat[-1] / scale:.3g}"])
+        legend = f"{label}: n={n}, p50 {style.num(p50)}, p99 {style.num(p99)} {unit}"
+        rows.append([label, str(n), style.num(p50), style.num(p99), style.num(lat[-1] / scale)])
         if n < FEW_SAMPLES:  # a handful of writes: each one a point, no curve implied
             ax.scatter([v / scale for v in lat], ys, color=color, s=22, zorder=3, label=legend)
             continue
@@ -585,7 +599,7 @@ def draw_graphs(stem: str, doc: dict[str, Any]) -> Built:
         when = "start" if i == 0 else f"{i}: after {style.shorten(label, 38)}"
         where = f"step {step}" if step else "before step 1"
         if doc.get("end_ns", 0):
-            where += f", {t / scale:.4g} {unit}"
+            where += f", {style.num(t / scale)} {unit}"
         ax.set_title(f"{when}\n({where})", fontsize=8, loc="left")
         _draw_graph(ax, g)
     caption = (
@@ -611,50 +625,69 @@ def draw_graphs(stem: str, doc: dict[str, Any]) -> Built:
 def graph_layout(g: dict[str, Any]) -> dict[str, tuple[float, float]]:
     """Positions: devices on row 0, each node one row below the first parent that
     reaches it (file, backing, target in that order), columns in discovery order;
-    nodes no device reaches in a column of their own on the right."""
+    nodes no device reaches on the right, laid out the same way from those of them no
+    other such node has as a child (a job's target above its file)."""
     nodes = {n[0]: n for n in g.get("nodes", [])}
     pos: dict[str, tuple[float, float]] = {}
-    depth_cols: dict[int, int] = {}
 
-    def place(key: str, depth: int) -> None:
-        col = depth_cols.get(depth, 0)
-        depth_cols[depth] = col + 1
-        pos[key] = (float(col), float(-depth))
+    def layout(starts: list[tuple[str, int]], x0: float) -> None:
+        cols: dict[int, int] = {}
+        placed: list[str] = []
 
-    queue: list[tuple[str, int]] = []
+        def place(key: str, depth: int) -> None:
+            col = cols.get(depth, 0)
+            cols[depth] = col + 1
+            pos[key] = (float(col), float(-depth))
+            placed.append(key)
+
+        queue: list[tuple[str, int]] = []
+        for key, depth in starts:
+            if key not in pos:
+                place(key, depth)
+                queue.append((key, depth))
+        while queue:
+            key, depth = queue.pop(0)
+            node = nodes.get(key)
+            if node is None:
+                continue
+            for child in (node[2], node[3], node[4]):
+                if child is not None and child not in pos:
+                    place(child, depth + 1)
+                    queue.append((child, depth + 1))
+        for key in placed:  # each row centred
+            x, y = pos[key]
+            pos[key] = (x0 + x - (cols[int(-y)] - 1) / 2, y)
+
+    starts: list[tuple[str, int]] = []
     for device, root in g.get("devices", []):
-        place(f"dev:{device}", 0)
-        if root is not None and root not in pos:
-            place(root, 1)
-            queue.append((root, 1))
-    while queue:
-        key, depth = queue.pop(0)
-        node = nodes.get(key)
-        if node is None:
-            continue
-        for child in (node[2], node[3], node[4]):
-            if child is not None and child not in pos:
-                place(child, depth + 1)
-                queue.append((child, depth + 1))
-    for key, (x, y) in pos.items():  # each row centred
-        pos[key] = (x - (depth_cols[int(-y)] - 1) / 2, y)
-    width = max((x for x, _ in pos.values()), default=0.0) + 1.3
+        pos[f"dev:{device}"] = (0.0, 0.0)
+        if root is not None:
+            starts.append((root, 1))
+    layout(starts, 0.0)
+    devices = [k for k in pos if k.startswith("dev:")]
+    for i, key in enumerate(devices):  # devices side by side on row 0
+        pos[key] = (i - (len(devices) - 1) / 2, 0.0)
     loose = [n for n in nodes if n not in pos]
-    for i, key in enumerate(loose):
-        pos[key] = (width, float(-1 - i))
+    if loose:
+        children = {c for n in loose for c in nodes[n][2:5] if c is not None}
+        roots = [n for n in loose if n not in children] or loose[:1]
+        before = set(pos)
+        layout([(n, 1) for n in roots], 0.0)
+        for n in loose:  # a cycle among them: whatever the walk did not reach
+            if n not in pos:
+                layout([(n, 1)], 0.0)
+        width = max((pos[k][0] for k in before), default=0.0) + 1.3
+        shift = width - min(pos[k][0] for k in pos if k not in before)
+        for k in pos:
+            if k not in before:
+                pos[k] = (pos[k][0] + shift, pos[k][1])
     return pos
 
 
 def _draw_graph(ax: Axes, g: dict[str, Any]) -> None:
     pos = graph_layout(g)
     nodes = {n[0]: n for n in g.get("nodes", [])}
-    for device, root in g.get("devices", []):
-        if root in pos:
-            _arrow(ax, pos[f"dev:{device}"], pos[root], "-")
-    for key, node in nodes.items():
-        for role, child in zip(("file", "backing", "target"), node[2:5], strict=True):
-            if child in pos and key in pos:
-                _arrow(ax, pos[key], pos[child], ROLE_STYLE[role])
+    boxes: dict[str, Any] = {}
     for key, (x, y) in pos.items():
         if key.startswith("dev:"):
             text, fill = key[4:], style.LIGHT_GREY
@@ -664,18 +697,37 @@ def _draw_graph(ax: Axes, g: dict[str, Any]) -> None:
             bitmaps = node[5] if node else []
             text = f"{key}\n{driver}" + (f"\n[{', '.join(bitmaps)}]" if bitmaps else "")
             fill = "#FFFFFF" if not bitmaps else "#FFF3CC"
-        ax.text(x, y, text, ha="center", va="center", fontsize=7, zorder=3,
-                bbox={"boxstyle": "round,pad=0.3", "fc": fill, "ec": style.BLACK, "lw": 0.6})  # fmt: skip
+        boxes[key] = ax.text(x, y, text, ha="center", va="center", fontsize=7, zorder=3,
+                             bbox={"boxstyle": "round,pad=0.3", "fc": fill, "ec": style.BLACK,
+                                   "lw": 0.6})  # fmt: skip
+    for device, root in g.get("devices", []):
+        if root in pos:
+            _arrow(ax, boxes, pos, f"dev:{device}", root, "-")
+    for key, node in nodes.items():
+        for role, child in zip(("file", "backing", "target"), node[2:5], strict=True):
+            if child in pos and key in pos:
+                _arrow(ax, boxes, pos, key, child, ROLE_STYLE[role])
     xs = [x for x, _ in pos.values()] or [0.0]
     ys = [y for _, y in pos.values()] or [0.0]
     ax.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
     ax.set_ylim(min(ys) - 0.6, max(ys) + 0.5)
 
 
-def _arrow(ax: Axes, a: tuple[float, float], b: tuple[float, float], ls: str) -> None:
-    ax.annotate("", xy=b, xytext=a, zorder=1,
+def _arrow(
+    ax: Axes, boxes: dict[str, Any], pos: dict[str, tuple[float, float]], a: str, b: str, ls: str
+) -> None:
+    """An edge from box `a` to box `b`, from the side of one that faces the other to that
+    of the other, so the arrowhead shows whatever the angle (not hidden under a box)."""
+    (xa, ya), (xb, yb) = pos[a], pos[b]
+    if ya > yb:  # the usual case: the child below
+        start, end = (0.5, 0.0), (0.5, 1.0)
+    elif ya < yb:
+        start, end = (0.5, 1.0), (0.5, 0.0)
+    else:
+        start, end = ((1.0, 0.5), (0.0, 0.5)) if xa < xb else ((0.0, 0.5), (1.0, 0.5))
+    ax.annotate("", xy=end, xycoords=boxes[b], xytext=start, textcoords=boxes[a], zorder=1,
                 arrowprops={"arrowstyle": "-|>", "lw": 0.8, "ls": ls, "color": style.BLACK,
-                            "shrinkA": 12, "shrinkB": 12})  # fmt: skip
+                            "shrinkA": 3, "shrinkB": 3})  # fmt: skip
 
 
 def _chain_text(g: dict[str, Any]) -> str:
