@@ -27,3 +27,13 @@ def bundled(relative: str) -> Path:
         if (base / relative).exists():
             return base / relative
     return Path(relative)
+
+
+def shown(path: Path) -> str:
+    """How output names a file of the installed copy: by its place in the repository's
+    layout (`scenarios/engine/x.jsonl (bundled)`), not by the site-packages path it was
+    read from; any other path as it is."""
+    try:
+        return f"{path.resolve().relative_to(PACKAGE_DATA.resolve())} (bundled)"
+    except ValueError:
+        return str(path)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sim import bundled
 from sim.replay import ReplayResult, replay
 from sim.report import Report, build_report
 from sim.timeline import TimelineRecorder, write_json
@@ -118,7 +119,10 @@ def run_demo(out_dir: Path, scenarios: Path, fuzz_seconds: float, say: Say) -> R
     for trace in [demo, *pick_scenarios(scenarios)]:
         result, timeline = record(load_trace(trace), source=str(trace))
         write_json(run / "timelines" / f"{trace.stem}.json", timeline)
-        say(f"timeline  {trace}: {len(result.steps)} steps, {timeline['end_ns'] / 1e9:.3g} s")
+        say(
+            f"timeline  {bundled.shown(trace)}: {len(result.steps)} steps, "
+            f"{timeline['end_ns'] / 1e9:.3g} s"
+        )
     fuzz(run, fuzz_seconds, say)
     # the differential corpus (1,000+ QEMU-recorded traces) would only slow the matrix down
     traces = [p for p in scenarios.rglob("*.jsonl") if "differential" not in p.parts]

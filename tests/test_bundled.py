@@ -57,3 +57,17 @@ def test_from_anywhere_a_checkout_finds_its_own_folders(
     monkeypatch.chdir(tmp_path)
     assert b.bundled("scenarios").resolve() == (ROOT / "scenarios").resolve()
     assert load_profile("quick")["examples"] > 0
+
+
+def test_output_names_an_installed_copy_by_its_place_in_the_layout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`blocksim demo` outside a checkout printed each bundled scenario by its
+    site-packages path; it names it as the repository lays it out."""
+    data = tmp_path / "site" / "_data"
+    trace = data / "scenarios" / "engine" / "x.jsonl"
+    trace.parent.mkdir(parents=True)
+    trace.write_text("{}\n")
+    monkeypatch.setattr(b, "PACKAGE_DATA", data)
+    assert b.shown(trace) == "scenarios/engine/x.jsonl (bundled)"
+    assert b.shown(Path("run/traces/demo.jsonl")) == "run/traces/demo.jsonl"
