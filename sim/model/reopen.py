@@ -1,8 +1,8 @@
 """blockdev-reopen: changing a node's options in place (block.c, QEMU 7.2).
 
 `qmp_blockdev_reopen` queues every entry (each needs a `node-name` naming an
-existing node), then `bdrv_reopen_multiple` prepares all of them before it
-commits any: a failing entry changes nothing.  Options left out go back to
+existing node, `lookup`), then `bdrv_reopen_multiple` prepares all of them
+(`prepare`) before it commits any (`commit`): a failing entry changes nothing.  Options left out go back to
 their defaults (`read-only` false, `discard` ignore), except that `backing`
 must be given whenever the node has a backing child or its image names a
 backing file.  A child option that names the current child keeps it;
@@ -44,14 +44,19 @@ def _find_ref(graph: BlockGraph, name: str) -> BlockNode:
     return node
 
 
-def prepare(graph: BlockGraph, options: dict[str, Any]) -> ReopenEntry:
-    """Look one entry up and check it (bdrv_reopen_queue + bdrv_reopen_prepare)."""
+def lookup(graph: BlockGraph, options: dict[str, Any]) -> BlockNode:
+    """The node one entry reopens (qmp_blockdev_reopen, before it drains the node)."""
     if "node-name" not in options:
         raise QMPError("node-name not specified")
     name = options["node-name"]
     node = graph.node(name)
     if node is None:
         raise QMPError(f"Failed to find node with node-name='{name}'")
+    return node
+
+
+def prepare(graph: BlockGraph, node: BlockNode, options: dict[str, Any]) -> ReopenEntry:
+    """Check one entry (bdrv_reopen_prepare) against the `node` it reopens."""
     if options["driver"] != node.driver:
         raise QMPError("Cannot change the option 'driver'")
     entry = ReopenEntry(

@@ -514,14 +514,21 @@ def _blockdev_reopen(m: Machine, a: dict[str, Any]) -> None:
         )
         raise QMPError("blocksim refuses an empty blockdev-reopen: it aborts QEMU 7.2")
     g = m.state.graph
-    entries = [reopen.prepare(g, options) for options in a["options"]]
-    # a subtree section over each reopened node until the reopen is done: a backing or
-    # file child it attaches is drained too, with the jobs above it
-    section = drain.begin(m.state, [entry.node for entry in entries], subtree=True)
+    # each node found is drained (a subtree section) before the next is looked up, and
+    # stays so until the reopen is done or failed: checks that fail in
+    # bdrv_reopen_prepare come inside, and a backing or file child it attaches is
+    # drained too, with the jobs above it
+    sections: list[drain.Drain] = []
     try:
+        nodes = []
+        for options in a["options"]:
+            nodes.append(reopen.lookup(g, options))
+            sections.append(drain.begin(m.state, [nodes[-1]], subtree=True))
+        entries = [reopen.prepare(g, n, o) for n, o in zip(nodes, a["options"], strict=True)]
         if m.faults.qcow2:
             for entry in entries:
                 m.faults.reopen(entry.node)
         reopen.commit(g, entries)
     finally:
-        section.end()
+        for section in reversed(sections):  # the `drained` list is prepended to
+            section.end()
