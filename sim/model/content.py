@@ -47,7 +47,7 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from itertools import repeat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import numpy as np
@@ -309,6 +309,8 @@ class Content:
         "_log",
     )
 
+    logs_writes: ClassVar[bool] = True  # short writes wait in a write log (`write_many`)
+
     def __init__(self, size_bytes: int) -> None:
         self.size_bytes = size_bytes
         self.nsectors = -(-size_bytes // SECTOR)
@@ -442,7 +444,8 @@ class Content:
             bounds if bounds is not None else (min(offsets, default=-1), max(offsets, default=0))
         )
         if (
-            n == len(stamps)
+            self.logs_writes
+            and n == len(stamps)
             and n
             and 0 < length <= LOG_MAX_BYTES
             and min(stamps) > UNALLOCATED
@@ -1140,6 +1143,7 @@ class WindowContent(Content):
     and reads go to `base` shifted; nothing is stored here."""
 
     __slots__ = ("base", "first")
+    logs_writes: ClassVar[bool] = False  # writes go to `base` at once
 
     def __init__(self, base: Content, offset_bytes: int, size_bytes: int) -> None:
         self.base = base
@@ -1160,16 +1164,6 @@ class WindowContent(Content):
     def write(self, offset: int, length: int, stamp: int) -> None:
         first, end = sector_span(offset, length)
         self.write_sectors(first, end, stamp)
-
-    def write_many(
-        self,
-        offsets: Sequence[int],
-        length: int,
-        stamps: Sequence[int],
-        bounds: tuple[int, int] | None = None,
-    ) -> None:
-        for offset, stamp in zip(offsets, stamps, strict=True):
-            self.write(offset, length, stamp)
 
     def write_sectors(self, first: int, end: int, stamp: int) -> None:
         end = min(end, self.nsectors)
