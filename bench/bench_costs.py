@@ -137,18 +137,11 @@ def qemu_trace_times(traces: list[Any]) -> tuple[float, float, int, float]:
     return total, steps_only, nsteps, cpu_s() - cpu0
 
 
-def child_traces(paths: list[str]) -> dict[str, Any]:
-    """One blocksim process loads and replays every trace (as `blocksim replay DIR`
-    would, with the process set-up of its entry point); which traces QEMU can run was
-    settled by the parent."""
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    from sim.entry import tune_collector
-
-    tune_collector()
+def replay_all(traces: list[Any]) -> tuple[int, float]:
+    """Replay each trace to its end in this process: (steps, wall seconds spent in the
+    steps themselves)."""
     from sim.replay import Replayer
-    from sim.trace import load_trace
 
-    traces = [load_trace(Path(p)) for p in paths]
     steps_only = 0.0
     nsteps = 0
     for trace in traces:
@@ -159,6 +152,22 @@ def child_traces(paths: list[str]) -> dict[str, Any]:
             steps_only += time.perf_counter() - t1
             nsteps += 1
         r.finish()
+    return nsteps, steps_only
+
+
+def child_traces(paths: list[str]) -> dict[str, Any]:
+    """One blocksim process loads and replays every trace (as `blocksim replay DIR`
+    would, with the process set-up of its entry point); which traces QEMU can run was
+    settled by the parent."""
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    from sim.entry import tune_collector
+
+    tune_collector()
+    import sim.replay  # noqa: F401 - its import counts with the others
+    from sim.trace import load_trace
+
+    traces = [load_trace(Path(p)) for p in paths]
+    nsteps, steps_only = replay_all(traces)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     # the whole process's CPU, interpreter start-up included
     total_cpu = resource.getrusage(resource.RUSAGE_SELF)
@@ -288,19 +297,26 @@ def _offsets(n: int, size: int) -> list[int]:
     return offsets
 
 
-def child_writes(n: int, batch: int) -> dict[str, Any]:
-    """Guest writes as the simulator applies them: one by one (`io.write`, what a
-    qemu-io write or a workload request does), or `batch` at a time (`io.write_batch`,
-    what a burst workload's requests issued at one instant do, BURST_OPS of them)."""
-    from sim.model import bitmap_ops, io
+def writes_drive(n: int) -> tuple[Any, Any, list[int]]:
+    """The writes rows' set-up: a model state with a 1 TiB qcow2 drive carrying 4
+    bitmaps, that drive's BlockBackend, and `n` random 4 KiB-aligned offsets on it."""
+    from sim.model import bitmap_ops
     from sim.model.state import BlockState
 
     state = BlockState("qemu-7.2")
     bb = state.add_drive("drive0", "fmt0", "proto0", "qcow2", TIB)
-    graph, policy = state.graph, state.policy
     for name in ("b0", "b1", "b2", "b3"):
-        bitmap_ops.add(graph, policy, "drive0", name)
-    offsets = _offsets(n, TIB)
+        bitmap_ops.add(state.graph, state.policy, "drive0", name)
+    return state, bb, _offsets(n, TIB)
+
+
+def child_writes(n: int, batch: int) -> dict[str, Any]:
+    """Guest writes as the simulator applies them: one by one (`io.write`, what a
+    qemu-io write or a workload request does), or `batch` at a time (`io.write_batch`,
+    what a burst workload's requests issued at one instant do, BURST_OPS of them)."""
+    from sim.model import io
+
+    state, bb, offsets = writes_drive(n)
     root, new_stamp, new_many = bb.root, state.new_stamp, state.stamps.new_many
     assert root is not None
     before = peak_mib()

@@ -43,8 +43,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_costs  # noqa: E402 - next to this file
 
-TIB = 1 << 40
-
 
 def process_cpu() -> float:
     me = resource.getrusage(resource.RUSAGE_SELF)
@@ -86,14 +84,9 @@ def cumulative(profile: cProfile.Profile, filename_end: str, function: str) -> f
 
 # -- children -------------------------------------------------------------------------------
 def child_writes(n: int, profiled: bool) -> dict[str, Any]:
-    from sim.model import bitmap_ops, io
-    from sim.model.state import BlockState
+    from sim.model import io
 
-    state = BlockState("qemu-7.2")
-    bb = state.add_drive("drive0", "fmt0", "proto0", "qcow2", TIB)
-    for name in ("b0", "b1", "b2", "b3"):
-        bitmap_ops.add(state.graph, state.policy, "drive0", name)
-    offsets = bench_costs._offsets(n, TIB)
+    state, bb, offsets = bench_costs.writes_drive(n)
     root, new_stamp = bb.root, state.new_stamp
     assert root is not None and root.content is not None
     content = root.content
@@ -166,7 +159,7 @@ def child_traces(paths: list[str], profiled: bool) -> dict[str, Any]:
     from sim.entry import tune_collector
 
     tune_collector()
-    from sim.replay import Replayer
+    import sim.replay  # noqa: F401 - its import counts with the others
     from sim.trace import load_trace
 
     c1 = time.process_time()
@@ -175,13 +168,7 @@ def child_traces(paths: list[str], profiled: bool) -> dict[str, Any]:
     profile = cProfile.Profile() if profiled else None
     if profile is not None:
         profile.enable()
-    steps = 0
-    for trace in traces:
-        r = Replayer(trace)
-        for n, step in enumerate(trace.steps, start=1):
-            r.run_step(n, step)
-            steps += 1
-        r.finish()
+    steps, _ = bench_costs.replay_all(traces)
     if profile is not None:
         profile.disable()
         return {"shares": shares(profile)}
