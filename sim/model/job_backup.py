@@ -215,22 +215,6 @@ class BackupKind(JobDriver):
     def progress_unit(self) -> int:
         return self.cluster  # progress counts whole clusters
 
-    def _data_clusters(self, contents: list[Content], first: int, count: int) -> list[bool]:
-        """Per cluster of [first, first + count): whether block status reports data
-        there (some sector of the source chain's read holds data; zero-written and
-        unallocated sectors read as zeroes, the source chain ends without backing)."""
-        size = self.source.size_bytes
-        cluster_sectors = self.cluster >> SECTOR_SHIFT
-        lo = first * cluster_sectors
-        hi = min((first + count) * cluster_sectors, (size + SECTOR - 1) >> SECTOR_SHIFT)
-        data = [False] * count
-        for start, end, stamp in chain_extents(contents, lo, hi):
-            if stamp < FIRST_DATA_STAMP:
-                continue
-            for c in range(start // cluster_sectors, (end - 1) // cluster_sectors + 1):
-                data[c - first] = True
-        return data
-
     def _host_extent(self, contents: list[Content], index: int) -> tuple[int, int]:
         """Which host extent holds job cluster `index`: (depth of the chain layer that
         has it, that layer's qcow2 host run; 0 for a layer without one)."""
@@ -254,11 +238,8 @@ class BackupKind(JobDriver):
         if count <= 1:
             return count
         contents = chain_contents(self.graph, self.source)
-        data = self._data_clusters(contents, first, count)
-        n = 1
-        while n < count and data[n] == data[0]:
-            n += 1
-        if not data[0] or n == 1:
+        n, data = self._data_run(contents, first, count)
+        if not data or n == 1:
             return n
         top = contents[0]
         if (
@@ -268,11 +249,54 @@ class BackupKind(JobDriver):
         ):
             runs = top.host.extents(first, first + n)  # one qcow2 layer: its host extents
             return min(n, runs[0][1] - first) if runs and runs[0][0] == first else n
+        return self._host_run_length(contents, first, n)
+
+    def _data_run(self, contents: list[Content], first: int, count: int) -> tuple[int, bool]:
+        """How many of `count` clusters from `first` block status reports alike, and
+        whether as data: a cluster is data when some sector of the source chain's read
+        in it holds data (zero-written and unallocated sectors read as zeroes, the
+        chain ends without backing).  One pass over the read's extents."""
+        cluster_sectors = self.cluster >> SECTOR_SHIFT
+        lo = first * cluster_sectors
+        end_sector = (self.source.size_bytes + SECTOR - 1) >> SECTOR_SHIFT
+        hi = min((first + count) * cluster_sectors, end_sector)
+        cover = -1  # the end of the run of data clusters from `first`
+        for start, end, stamp in chain_extents(contents, lo, hi):
+            if stamp < FIRST_DATA_STAMP:
+                continue
+            c0 = start // cluster_sectors
+            if cover < 0 and c0 > first:
+                return c0 - first, False
+            if c0 > cover >= 0:
+                break
+            cover = max(cover, (end - 1) // cluster_sectors + 1)
+        if cover < 0:
+            return count, False
+        return min(cover, first + count) - first, True
+
+    def _host_run_length(self, contents: list[Content], first: int, count: int) -> int:
+        """How many of `count` clusters from `first` lie in the first one's host extent
+        (`_host_extent`).  That can change only where a layer at or above the one holding
+        the first cluster changes allocation or host run, so only those places are
+        looked at: cost grows with the extents in the run, not its clusters."""
         where = self._host_extent(contents, first)
-        k = 1
-        while k < n and self._host_extent(contents, first + k) == where:
-            k += 1
-        return k
+        cluster, cluster_sectors = self.cluster, self.cluster >> SECTOR_SHIFT
+        end = first + count
+        edges: set[int] = set()
+        for content in contents if where[0] < 0 else contents[: where[0] + 1]:
+            if isinstance(content, Qcow2Content):
+                per = content.cluster_bytes
+                lo, hi = first * cluster // per, (end - 1) * cluster // per + 1
+                for a, b, _ in content.host.extents(lo, hi):
+                    edges.add(-(-a * per // cluster))
+                    edges.add(-(-b * per // cluster))
+            for a, b, _ in content.extents(first * cluster_sectors, end * cluster_sectors):
+                edges.add(-(-a // cluster_sectors))
+                edges.add(-(-b // cluster_sectors))
+        for index in sorted(e for e in edges if first < e < end):
+            if self._host_extent(contents, index) != where:
+                return index - first
+        return count
 
     def chunk_is_hole(self, offset: int, length: int) -> bool:
         """block_copy_block_status: nothing in the source chain's read of the chunk is
