@@ -307,6 +307,10 @@ class MachineCore(RuleBasedStateMachine):
             step["arguments"] = arguments
         return self.run(step)
 
+    def succeeds(self, command: str, arguments: dict[str, Any] | None = None) -> bool:
+        """Run a QMP command; whether it answered `return` (not an error)."""
+        return "return" in self.qmp(command, arguments).response
+
     def qemu_io(self, target: str, subcommand: str) -> StepOutcome:
         line = f'qemu-io {target} "{subcommand}"'
         return self.qmp("human-monitor-command", {"command-line": line})

@@ -75,8 +75,7 @@ class BlockApiRules(_Base):
     def create(self, c: Choices, job: str, options: dict[str, Any]) -> None:
         """blockdev-create, its concluded event waited for as libvirt does (mostly), then
         job-dismiss (sometimes at once, which finds the job still running)."""
-        outcome = self.qmp("blockdev-create", {"job-id": job, "options": options})
-        if "return" not in outcome.response:
+        if not self.succeeds("blockdev-create", {"job-id": job, "options": options}):
             return
         if c.below(8) < 7:  # (spent choices read 0: wait)
             self.run(
@@ -203,7 +202,7 @@ class BlockApiRules(_Base):
         args: dict[str, Any] = {"driver": "copy-on-read", "node-name": name, "file": file}
         if nodes and c.rarely(3):
             args["bottom"] = self.pick(c, nodes, ("nosuch",))
-        if "return" not in self.qmp("blockdev-add", args).response:
+        if not self.succeeds("blockdev-add", args):
             return
         offset = c.between(0, 1023) * 65536 % max(self.size_of(file), 65536)
         self.qemu_io(name, f"read {offset} {c.pick(('4k', '64k', '1M'))}")
@@ -223,7 +222,7 @@ class BlockApiRules(_Base):
             "throttle-group": self.pick(c, [group], ("nosuch",)),
             "file": self.pick(c, self.format_nodes(), ("nosuch",)),
         }
-        added = "return" in self.qmp("blockdev-add", args).response
+        added = self.succeeds("blockdev-add", args)
         if added:  # a second write may have to wait for the group (time runs on)
             for _ in range(c.between(1, 2)):
                 size = c.pick(("64k", "1M"))
@@ -251,21 +250,10 @@ class BlockApiRules(_Base):
             self._raw_windows(c, c.pick(formats))
             return
         image = self.fresh("win") + ".img"
-        job = self.fresh("cr")
-        self.qmp(
-            "blockdev-create",
-            {"job-id": job, "options": {"driver": "file", "filename": image, "size": 4 * MiB}},
-        )
-        self.run(
-            {"wait": {"event": "JOB_STATUS_CHANGE", "data": {"id": job, "status": "concluded"}}}
-        )
-        self.qmp("job-dismiss", {"id": job})
+        self.created({"driver": "file", "filename": image, "size": 4 * MiB})
         file = self.fresh("wf")
-        if (
-            "return"
-            not in self.qmp(
-                "blockdev-add", {"driver": "file", "filename": image, "node-name": file}
-            ).response
+        if not self.succeeds(
+            "blockdev-add", {"driver": "file", "filename": image, "node-name": file}
         ):
             return
         if c.boolean():
@@ -284,7 +272,7 @@ class BlockApiRules(_Base):
                 args["offset"] = self.pick(c, (0, 64 * 1024, MiB, 4 * MiB), (4 * MiB + 512, -1))
             if c.boolean():
                 args["size"] = self.pick(c, (0, 512, MiB), (1000, 8 * MiB))
-            if "return" in self.qmp("blockdev-add", args).response:
+            if self.succeeds("blockdev-add", args):
                 windows.append(name)
         if windows:
             target = c.pick(windows)
@@ -411,7 +399,7 @@ class BlockApiRules(_Base):
             self.qmp("object-add", {"qom-type": "throttle-group", "id": group, "limits": limits})
             throttle = (group, node)
             over = {"driver": "throttle", "node-name": node, "throttle-group": group, "file": own}
-            if "return" in self.qmp("blockdev-add", over).response:
+            if self.succeeds("blockdev-add", over):
                 target = node
         flt = self.fresh("cbw")
         args: dict[str, Any] = {
@@ -425,14 +413,14 @@ class BlockApiRules(_Base):
             args["on-cbw-error"] = c.pick(CBW_ERRORS)
         if c.rarely(6):
             args["cbw-timeout"] = c.pick((0, 1, 60))
-        if "return" not in self.qmp("blockdev-add", args).response:
+        if not self.succeeds("blockdev-add", args):
             self.drop_fleece_target(own, throttle)
             return
         view = self.fresh("acc")
         access: dict[str, Any] = {"driver": "snapshot-access", "node-name": view, "file": flt}
         if c.boolean():
             access["discard"] = "unmap"
-        has_view = "return" in self.qmp("blockdev-add", access).response
+        has_view = self.succeeds("blockdev-add", access)
         size = max(self.size_of(flt), 65536)
         for _ in range(c.between(1, 3)):
             offset = c.between(0, 1023) * 65536 % size
@@ -484,22 +472,19 @@ class BlockApiRules(_Base):
             inject: dict[str, Any] = {"event": event, "errno": 5, "once": c.boolean(),
                                       "immediately": c.boolean()}  # fmt: skip
             below = {"driver": "blkdebug", "image": file, "inject-error": [inject]}
-        out = self.qmp("blockdev-add", {"driver": "qcow2", "file": below, "node-name": node})
-        return node if "return" in out.response else None
+        added = self.succeeds("blockdev-add", {"driver": "qcow2", "file": below, "node-name": node})
+        return node if added else None
 
     def created(self, options: dict[str, Any]) -> bool:
         """blockdev-create, its concluded event waited for (the image exists only once the
         job concluded: a blockdev-add before that finds no file), then job-dismiss."""
         job = self.fresh("cr")
-        if (
-            "return"
-            not in self.qmp("blockdev-create", {"job-id": job, "options": options}).response
-        ):
+        if not self.succeeds("blockdev-create", {"job-id": job, "options": options}):
             return False
         self.run(
             {"wait": {"event": "JOB_STATUS_CHANGE", "data": {"id": job, "status": "concluded"}}}
         )
-        return "return" in self.qmp("job-dismiss", {"id": job}).response
+        return self.succeeds("job-dismiss", {"id": job})
 
     def drop_fleece_target(self, node: str | None, throttle: tuple[str, str] | None = None) -> None:
         """blockdev-del the throttle node and group in front of the fleecing target, the

@@ -159,7 +159,7 @@ class StorageRules(_Base):
             return None
         node, name = c.pick(full)
         new = self.fresh("mb")
-        if "return" not in self.qmp("block-dirty-bitmap-add", {"node": node, "name": new}).response:
+        if not self.succeeds("block-dirty-bitmap-add", {"node": node, "name": new}):
             return None
         target, source = (new, name) if grows or c.boolean() else (name, new)
         return {"node": node, "target": target, "bitmaps": [source]}
@@ -250,12 +250,7 @@ class StorageRules(_Base):
         device, named = c.pick(options)
         overlay = self.fresh("sn")
         args = {"device": device, "snapshot-file": f"{overlay}.qcow2", "format": "qcow2"}
-        if (
-            "return"
-            not in self.qmp(
-                "blockdev-snapshot-sync", {**args, "snapshot-node-name": overlay}
-            ).response
-        ):
+        if not self.succeeds("blockdev-snapshot-sync", {**args, "snapshot-node-name": overlay}):
             return True
         actions = [
             {
