@@ -492,6 +492,9 @@ def child_snapshot(depth: int, checkers: bool) -> dict[str, Any]:
 
 # -- the table -----------------------------------------------------------------------------
 class Table:
+    """The costs table: one row per measured work (QEMU, blocksim, ratio, target), with
+    the load average at the time each row was measured."""
+
     def __init__(self) -> None:
         self.rows: list[tuple[str, str, str, str, str, str]] = []
         self.row = ""  # the ROWS name being measured (kept in the JSON, per table row)

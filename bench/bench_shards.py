@@ -100,6 +100,8 @@ def uptime() -> str:
 
 @dataclass
 class Run:
+    """One sharded campaign run: its worker count, wall time, work done and CPU."""
+
     workers: int
     wall: float
     examples: int

@@ -78,6 +78,9 @@ def _ignore_interrupts() -> Any:
     from distributed import WorkerPlugin
 
     class IgnoreInterrupts(WorkerPlugin):  # type: ignore[misc]
+        """Makes a Dask worker process ignore SIGINT, so that a Ctrl-C at the terminal
+        is handled by the coordinating process alone."""
+
         def setup(self, worker: Any) -> None:
             import signal
 

@@ -64,7 +64,8 @@ class Step:
 
 @dataclass(slots=True)
 class Trace:
-    """A parsed trace file."""
+    """A parsed trace file: the machine it starts from (QEMU's command line), the
+    steps (QMP commands, sim-only steps) and the final state it expects."""
 
     header: Header
     steps: list[Step]

@@ -74,6 +74,9 @@ def shows(result: ReplayResult, kind: str, message: str) -> bool:
 
 @dataclass
 class Finding:
+    """What the campaign did against one mutant: whether a checker caught it, how fast,
+    and with what."""
+
     mutant: str
     found: bool
     seconds: float  # wall time until the first failing example of the kill was seen

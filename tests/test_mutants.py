@@ -40,6 +40,8 @@ Apply = Callable[[pytest.MonkeyPatch], None]
 
 @dataclass(frozen=True)
 class Mutant:
+    """A deliberate break of the model (monkeypatched in) that a checker must catch."""
+
     name: str
     rule: str  # what it breaks
     apply: Apply

@@ -35,7 +35,9 @@ DEFAULT_LIMIT_S = 60.0
 
 @dataclass(frozen=True, slots=True)
 class Until:
-    """One parsed `until` step."""
+    """One parsed `until` step (sim-only): run the clock until job `job` reaches
+    `point` of its run (`fraction` of the way for "progress"), at most `limit_ns` of
+    simulated time."""
 
     job: str
     point: str

@@ -27,7 +27,8 @@ COMMIT_CHUNK = 512 * 1024
 
 
 class CommitKind(JobDriver):
-    """One intermediate commit job."""
+    """One intermediate block-commit job (CommitBlockJob): top, base, the nodes in
+    between, and the commit_top filter above top."""
 
     progress_on_next = True  # next_chunk counts the chunks it passes over
 

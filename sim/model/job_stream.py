@@ -20,7 +20,8 @@ STREAM_CHUNK = 512 * 1024
 
 
 class StreamKind(JobDriver):
-    """One stream job."""
+    """One block-stream job (StreamBlockJob): the streamed node, its base, and the
+    copy-on-read filter above it."""
 
     progress_on_next = True  # next_chunk counts the chunks it passes over
 

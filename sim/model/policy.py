@@ -28,6 +28,11 @@ Owner = BlockNode | BlockBackend
 
 
 class PlacementPolicy(Protocol):
+    """Where a dirty bitmap lives and how it is found: the node (or BlockBackend) that
+    block-dirty-bitmap-add puts it on, what a bitmap command's `node` argument
+    resolves to, what bdrv_append (a snapshot putting a node on top) does with the
+    bitmaps, and which bitmaps a job sees on its node."""
+
     @property
     def name(self) -> str: ...
 

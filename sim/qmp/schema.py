@@ -157,6 +157,8 @@ class Scalar:
 
 @dataclass(frozen=True, slots=True)
 class Enum:
+    """A QAPI enum: a string among `values`."""
+
     name: str
     values: tuple[str, ...]
 
@@ -170,6 +172,8 @@ class Enum:
 
 @dataclass(frozen=True, slots=True)
 class List:
+    """A QAPI array of `element`."""
+
     element: Any
 
     def check(self, value: object, path: Path, name: str | None) -> Any:
@@ -181,6 +185,9 @@ class List:
 
 @dataclass(frozen=True, slots=True)
 class Member:
+    """One member of a QAPI struct or union: its name, type, and whether it may be
+    left out (`*name` in the schema)."""
+
     name: str
     type: Any
     optional: bool
@@ -193,6 +200,9 @@ def members(*spec: tuple[str, Any]) -> tuple[Member, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Struct:
+    """A QAPI struct: its members, checked as QEMU's generated visitor does (a missing
+    mandatory member or an unexpected one is refused)."""
+
     name: str
     members: tuple[Member, ...]
 

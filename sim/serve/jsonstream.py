@@ -86,6 +86,9 @@ _RECOVERY_END = re.compile(rb"[\x00-\x1f{}\[\]:,\xfe\xff]")
 
 @dataclass(frozen=True, slots=True)
 class Token:
+    """One lexical token of QEMU's JSON lexer (qobject/json-lexer.c): its kind and
+    its bytes."""
+
     kind: str
     text: bytes
 
