@@ -81,7 +81,7 @@ def _ignore_interrupts() -> Any:
         """Makes a Dask worker process ignore SIGINT, so that a Ctrl-C at the terminal
         is handled by the coordinating process alone."""
 
-        def setup(self, worker: Any) -> None:
+        def setup(self, worker: Any) -> None:  # noqa: V107 - Dask passes worker= by name
             import signal
 
             if threading.current_thread() is threading.main_thread():

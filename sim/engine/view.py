@@ -21,9 +21,6 @@ from sim.errors import SimulatorBug
 from sim.model.events import EventLog
 from sim.model.state import BlockState
 
-CommandObserver = Callable[[Any, dict[str, Any]], None]  # (request, response)
-BeforeCommandObserver = Callable[[Any], None]  # (request)
-
 
 class Armed(Protocol):
     """Something that says whether it holds anything (the fault table: true while a

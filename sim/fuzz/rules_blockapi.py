@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sim.fuzz.choices import Choices
+from sim.model.cbw import ON_CBW_ERRORS
 
 if TYPE_CHECKING:
     from sim.fuzz.machine import MachineCore as _Base
@@ -57,7 +58,6 @@ BAD_THROTTLE_LIMITS = (
     {"iops-total": 100, "iops-read": 5}, {"bps-total-max": 100}, {"bps-total": -1},
     {"iops-total": 10, "iops-total-max-length": 0}, {"iops-size": 512},
 )  # fmt: skip
-CBW_ERRORS = ("break-guest-write", "break-snapshot")
 
 
 class BlockApiRules(_Base):
@@ -410,7 +410,7 @@ class BlockApiRules(_Base):
             node, name = self.pick(c, bitmaps, ((src, "nosuch"), ("nosuch", "b0")))
             args["bitmap"] = {"node": node, "name": name}
         if c.rarely(4):
-            args["on-cbw-error"] = c.pick(CBW_ERRORS)
+            args["on-cbw-error"] = c.pick(ON_CBW_ERRORS)
         if c.rarely(6):
             args["cbw-timeout"] = c.pick((0, 1, 60))
         if not self.succeeds("blockdev-add", args):

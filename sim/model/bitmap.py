@@ -10,7 +10,6 @@ block/dirty-bitmap.c `bdrv_dirty_bitmap_sha256` hashes `ceil(nbits/64)`
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from bitarray import bitarray
@@ -182,14 +181,6 @@ class DirtyBitmap:
     def merge_from(self, source: DirtyBitmap) -> None:
         """self |= source, converting granularity as QEMU's hbitmap_merge does."""
         self.bits |= bits_at_granularity(source, self.granularity)
-
-    def dirty_extents(self) -> Iterator[tuple[int, int]]:
-        """(offset, length) byte ranges of dirty chunks, clipped to the disk size."""
-        g = self.granularity
-        for value, start, stop in intervals(self.bits):
-            if value:
-                off = start * g
-                yield off, min(stop * g, self.size_bytes) - off
 
 
 # Up to this many set bits, a change of granularity goes run by run (no array of

@@ -96,7 +96,6 @@ class SimHost:
         self.sessions: list[QmpSession] = []
         self.quit_requested = False
         self.internal_errors: list[str] = []  # simulator bugs met while serving
-        self.commands_run = 0
         self._clock = clock
         self._base_wall = clock() if clock is not None else 0.0
         self._base_sim_ns = 0
@@ -117,7 +116,6 @@ class SimHost:
         return session
 
     def close_session(self, session: QmpSession) -> None:
-        session.closed = True
         if session in self.sessions:
             self.sessions.remove(session)
 
@@ -186,7 +184,6 @@ class SimHost:
     ) -> dict[str, Any]:
         """Run one checked request for `session`; returns the response (no id)."""
         self.sync()
-        self.commands_run += 1
         if self.recorder is not None and name != "quit":
             self.recorder.mark(self.machine.now_ns)
         if name in SIM_COMMANDS:

@@ -57,7 +57,6 @@ class QmpSession:
         self.outbox: list[bytes] = []
         self.event_cursor = 0  # index in the machine's event history already sent
         self.on_output: Callable[[], None] | None = None
-        self.closed = False
 
     def greeting(self) -> bytes:
         return encode_message({"QMP": {"version": self.host.version(), "capabilities": ["oob"]}})
