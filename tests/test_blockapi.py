@@ -44,6 +44,15 @@ def _create_qcow2(m: Machine, mon: Monitor, filename: str, node: str, **opts: An
     _ok(mon, "job-dismiss", id="q")
 
 
+def _snapshot_fmt0(mon: Monitor) -> None:
+    """blockdev-snapshot-sync of node fmt0: overlay node `o` (o.qcow2) on top, fmt0 read-only."""
+    _ok(
+        mon,
+        "blockdev-snapshot-sync",
+        **{"node-name": "fmt0", "snapshot-file": "o.qcow2", "snapshot-node-name": "o"},
+    )
+
+
 def test_create_job_concludes_with_its_events_and_no_block_job_events() -> None:
     m, mon = _machine()
     _ok(
@@ -133,11 +142,7 @@ def test_a_json_backing_name_is_opened_from_its_options() -> None:
 def test_reopen_toggles_read_only_and_persistent_bitmaps() -> None:
     m, mon = _machine()
     _ok(mon, "block-dirty-bitmap-add", node="fmt0", name="p", persistent=True)
-    _ok(
-        mon,
-        "blockdev-snapshot-sync",
-        **{"node-name": "fmt0", "snapshot-file": "o.qcow2", "snapshot-node-name": "o"},
-    )
+    _snapshot_fmt0(mon)
     assert "readonly" in _err(mon, "block-dirty-bitmap-remove", node="fmt0", name="p")
     _ok(
         mon,
@@ -151,11 +156,7 @@ def test_reopen_toggles_read_only_and_persistent_bitmaps() -> None:
 
 def test_reopen_checks_everything_before_changing_anything() -> None:
     m, mon = _machine()
-    _ok(
-        mon,
-        "blockdev-snapshot-sync",
-        **{"node-name": "fmt0", "snapshot-file": "o.qcow2", "snapshot-node-name": "o"},
-    )
+    _snapshot_fmt0(mon)
     ov = m.state.graph.node("o")
     assert ov is not None and ov.file is not None
     good = {"driver": "qcow2", "node-name": "fmt0", "read-only": False, "file": "proto0"}
@@ -171,11 +172,7 @@ def test_reopen_checks_everything_before_changing_anything() -> None:
 
 def test_reopen_detaching_backing_closes_the_old_chain() -> None:
     m, mon = _machine()
-    _ok(
-        mon,
-        "blockdev-snapshot-sync",
-        **{"node-name": "fmt0", "snapshot-file": "o.qcow2", "snapshot-node-name": "o"},
-    )
+    _snapshot_fmt0(mon)
     ov = m.state.graph.node("o")
     assert ov is not None and ov.file is not None
     _ok(

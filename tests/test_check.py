@@ -16,7 +16,7 @@ import pytest
 from sim.check import CHECKERS, Checker, Violation, make_checkers
 from sim.replay import ReplayResult, replay
 from sim.trace import load_trace
-from tests.helpers import DRIVE0, SCENARIOS, io, qmp, run_steps
+from tests.helpers import DRIVE0, SCENARIOS, io, qmp, run_steps, snapshot_sync
 
 CHECKER_SCENARIOS = SCENARIOS / "checkers"
 ADDR, SOUND, PIT = "bitmap-addressability", "bitmap-soundness", "backup-point-in-time"
@@ -348,12 +348,7 @@ def test_a_clear_restarts_what_a_bitmap_owes() -> None:
         [
             qmp("block-dirty-bitmap-add", node="drive0", name="b0"),
             io("write -P 1 0 64k"),
-            qmp(
-                "blockdev-snapshot-sync",
-                device="drive0",
-                **{"snapshot-file": "ov.qcow2"},
-                format="qcow2",
-            ),
+            snapshot_sync("ov.qcow2", format="qcow2"),
             io("write -P 2 1M 64k"),
             qmp("block-dirty-bitmap-clear", node="fmt0", name="b0"),
             qmp("x-debug-block-dirty-bitmap-sha256", node="fmt0", name="b0"),
@@ -367,12 +362,7 @@ def test_a_node_addressed_bitmap_owes_only_writes_through_its_node() -> None:
     result = run_steps(
         [
             qmp("block-dirty-bitmap-add", node="fmt0", name="b0"),
-            qmp(
-                "blockdev-snapshot-sync",
-                device="drive0",
-                **{"snapshot-file": "ov.qcow2"},
-                format="qcow2",
-            ),
+            snapshot_sync("ov.qcow2", format="qcow2"),
             io("write -P 2 1M 64k"),
         ],
         checkers=make_checkers([ADDR, SOUND]),
@@ -385,12 +375,7 @@ def test_a_removed_bitmap_is_no_longer_tracked() -> None:
         [
             qmp("block-dirty-bitmap-add", node="drive0", name="b0"),
             qmp("block-dirty-bitmap-remove", node="drive0", name="b0"),
-            qmp(
-                "blockdev-snapshot-sync",
-                device="drive0",
-                **{"snapshot-file": "ov.qcow2"},
-                format="qcow2",
-            ),
+            snapshot_sync("ov.qcow2", format="qcow2"),
             qmp("block-dirty-bitmap-add", node="drive0", name="b0"),
             io("write -P 2 1M 64k"),
         ],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -11,13 +10,13 @@ import pytest
 from click.testing import CliRunner
 
 from sim.cli import main
+from tests.helpers import needs_qemu
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOT = str(ROOT / "scenarios" / "thread" / "snapshot-breaks-device-bitmap.jsonl")
 FUZZ_FAILURE = str(
     ROOT / "fuzz" / "corpus" / "qemu-2.5" / "bitmap-addressability-85ecde8043f0.jsonl"
 )
-HAVE_QEMU = shutil.which("qemu-system-x86_64") is not None and shutil.which("qemu-img") is not None
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -79,7 +78,7 @@ def test_junit_report_has_a_case_per_trace_and_a_failure_for_the_violation(tmp_p
 
 
 @pytest.mark.qemu
-@pytest.mark.skipif(not HAVE_QEMU, reason="QEMU 7.2 not on PATH")
+@needs_qemu
 def test_diff_json_and_junit(tmp_path: Path) -> None:
     junit = tmp_path / "diff.xml"
     code, out = run("diff", "--json", "--junit", str(junit), SNAPSHOT)

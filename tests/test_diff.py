@@ -6,7 +6,6 @@ Tests marked `qemu` run real QEMU 7.2 and skip without it; the rest are pure.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,10 @@ from sim.oracle.diff import (
     sim_guest_view,
 )
 from sim.trace import dumps, load_trace, parse_lines
+from tests.helpers import needs_qemu
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios" / "qemu-7.2"
 LIFECYCLE = SCENARIOS / "bm-lifecycle-basic.jsonl"
-HAVE_QEMU = shutil.which("qemu-system-x86_64") is not None and shutil.which("qemu-img") is not None
-needs_qemu = pytest.mark.skipif(
-    not HAVE_QEMU, reason="qemu-system-x86_64 / qemu-img (QEMU 7.2) not on PATH"
-)
 HEADER = {
     "trace": 1,
     "name": "diff-test",

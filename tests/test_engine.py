@@ -11,7 +11,7 @@ from sim.engine.timing import DeviceTiming
 from sim.engine.workload import ZipfSampler
 from sim.errors import TraceError
 from sim.replay import ReplayResult
-from tests.helpers import DRIVE0, io, qmp, run_steps
+from tests.helpers import DRIVE0, io, qmp, run_steps, snapshot_sync
 
 
 def workload(**kw: Any) -> dict[str, Any]:
@@ -556,17 +556,9 @@ def test_mirror_errors_retry_and_stop_in_ready_goes_to_standby() -> None:
 
 def test_commit_write_error_in_base_is_a_write_on_on_error() -> None:
     steps = [
-        qmp(
-            "blockdev-snapshot-sync",
-            device="drive0",
-            **{"snapshot-file": "ov0.qcow2", "snapshot-node-name": "ov0"},
-        ),
+        snapshot_sync("ov0.qcow2", "ov0"),
         io("write -P 0x5 0 64k"),
-        qmp(
-            "blockdev-snapshot-sync",
-            device="drive0",
-            **{"snapshot-file": "ov1.qcow2", "snapshot-node-name": "ov1"},
-        ),
+        snapshot_sync("ov1.qcow2", "ov1"),
         fault(node="fmt0", op="write"),
         qmp(
             "block-commit",
@@ -591,17 +583,9 @@ def test_commit_reads_only_what_is_allocated_above_the_base() -> None:
     # QEMU's commit_run copies only allocated runs: a fault where nothing is allocated
     # above the base is never hit
     steps = [
-        qmp(
-            "blockdev-snapshot-sync",
-            device="drive0",
-            **{"snapshot-file": "ov0.qcow2", "snapshot-node-name": "ov0"},
-        ),
+        snapshot_sync("ov0.qcow2", "ov0"),
         io("write -P 0x5 0 64k"),
-        qmp(
-            "blockdev-snapshot-sync",
-            device="drive0",
-            **{"snapshot-file": "ov1.qcow2", "snapshot-node-name": "ov1"},
-        ),
+        snapshot_sync("ov1.qcow2", "ov1"),
         fault(node="ov0", op="read", offset=32 << 20, length=65536),
         qmp("block-commit", device="drive0", **{"job-id": "c0", "top-node": "ov0"}),
         wait("BLOCK_JOB_COMPLETED", device="c0"),
@@ -614,11 +598,7 @@ def test_commit_reads_only_what_is_allocated_above_the_base() -> None:
 def test_stream_ignore_skips_then_fails_and_keeps_the_backing() -> None:
     steps = [
         io("write -P 0xa 0 2M"),
-        qmp(
-            "blockdev-snapshot-sync",
-            device="drive0",
-            **{"snapshot-file": "ov0.qcow2", "snapshot-node-name": "ov0"},
-        ),
+        snapshot_sync("ov0.qcow2", "ov0"),
         fault(node="fmt0", op="read", offset=1 << 20, length=4096),
         qmp("block-stream", device="drive0", **{"job-id": "s0", "on-error": "ignore"}),
         wait("BLOCK_JOB_COMPLETED", device="s0"),

@@ -7,7 +7,6 @@ without it; the rest are pure.  Each QEMU run takes well under a second.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,10 @@ from sim.oracle.normalize import first_difference, matches, names_equal, normali
 from sim.oracle.qemu_runner import QemuDied, QemuNotFound, QemuRunner, find_qemu, run_trace
 from sim.oracle.record import record_trace, recorded_lines
 from sim.trace import load_trace, parse_lines
+from tests.helpers import needs_qemu
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios" / "qemu-7.2"
 REFERENCE = ["bm-lifecycle-basic", "bk-paused-busy", "mir-ready-complete", "snap-chain-three"]
-HAVE_QEMU = shutil.which("qemu-system-x86_64") is not None and shutil.which("qemu-img") is not None
-needs_qemu = pytest.mark.skipif(
-    not HAVE_QEMU, reason="qemu-system-x86_64 / qemu-img (QEMU 7.2) not on PATH"
-)
 HEADER = {
     "trace": 1,
     "name": "oracle-test",

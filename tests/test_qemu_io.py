@@ -7,7 +7,6 @@ The `qemu`-marked test at the end replays generated lines on a live binary.
 
 from __future__ import annotations
 
-import json
 import os
 import pty
 import random
@@ -31,6 +30,7 @@ from sim.qmp.qemu_io import (
     hexdump,
     parse_command_line,
 )
+from tests.helpers import qmp_exchange
 
 WRITE_USAGE = (
     "write [-bcCfnquz] [-P pattern | -s source_file] off len -- "
@@ -489,15 +489,7 @@ class _Live:
         self.hmp('qemu-io drive0 "flush"')
 
     def cmd(self, name: str, arguments: Any = None) -> Any:
-        msg: dict[str, Any] = {"execute": name}
-        if arguments is not None:
-            msg["arguments"] = arguments
-        self.file.write(json.dumps(msg).encode() + b"\n")
-        self.file.flush()
-        while True:
-            reply = json.loads(self.file.readline())
-            if "event" not in reply:
-                return reply
+        return qmp_exchange(self.file, name, arguments)
 
     def hmp(self, line: str) -> tuple[str, str]:
         """(QMP return, stdout) of one line; a marker command ends the output."""

@@ -29,7 +29,7 @@ from sim.model.host_file import (
 )
 from sim.model.state import BlockState
 from sim.qmp.cmd_query import node_filename
-from tests.helpers import DRIVE0, io, qmp, responses, run_steps
+from tests.helpers import DRIVE0, io, qmp, responses, run_steps, snapshot_sync
 
 MIB = 1 << 20
 EMPTY_QCOW2 = HostFile(196616, 200704)  # 3 whole clusters + the 8-byte L1 table
@@ -212,11 +212,7 @@ def test_file_node_reports_the_host_file() -> None:
 
 
 def test_depth_and_nesting_with_and_without_flat() -> None:
-    snap = qmp(
-        "blockdev-snapshot-sync",
-        device="drive0",
-        **{"snapshot-file": "ov0.qcow2", "snapshot-node-name": "ov0"},
-    )
+    snap = snapshot_sync("ov0.qcow2", "ov0")
     _, _, flat, nested, blocks = _returns(
         io("write 0 64k"),
         snap,
@@ -236,11 +232,7 @@ def test_depth_and_nesting_with_and_without_flat() -> None:
 
 def test_snapshot_stores_persistent_bitmaps_in_format_specific() -> None:
     add = qmp("block-dirty-bitmap-add", node="drive0", name="b0", persistent=True)
-    snap = qmp(
-        "blockdev-snapshot-sync",
-        device="drive0",
-        **{"snapshot-file": "ov0.qcow2", "snapshot-node-name": "ov0"},
-    )
+    snap = snapshot_sync("ov0.qcow2", "ov0")
     _, before, _, after = _returns(
         add, qmp("query-named-block-nodes", flat=True), snap, qmp("query-named-block-nodes")
     )
@@ -305,11 +297,7 @@ def test_named_copy_on_read_filter_shows_json_and_implicit_one_is_skipped() -> N
 
 
 def test_commit_base_made_writable_flags_its_stored_bitmaps_in_use() -> None:
-    snap = qmp(
-        "blockdev-snapshot-sync",
-        device="drive0",
-        **{"snapshot-file": "ov1.qcow2", "snapshot-node-name": "ov1"},
-    )
+    snap = snapshot_sync("ov1.qcow2", "ov1")
     *_, nodes = _returns(
         qmp("block-dirty-bitmap-add", node="fmt0", name="b0", persistent=True),
         io("write 0 64k"),

@@ -27,7 +27,7 @@ from sim.qmp import (
 from sim.qmp.dispatch import COMMANDS as TABLE
 from sim.qmp.dispatch import unhandled
 from sim.qmp.schema import check_arguments
-from tests.helpers import qmp, responses, run_steps
+from tests.helpers import qmp, qmp_exchange, responses, run_steps
 
 COMMANDS = {name: c.args for name, c in TABLE.items()}
 COMMAND_NAMES = tuple(COMMANDS)
@@ -489,15 +489,7 @@ class _Qmp:
         self.sock.close()
 
     def cmd(self, name: str, arguments: Any = None) -> Any:
-        msg: dict[str, Any] = {"execute": name}
-        if arguments is not None:
-            msg["arguments"] = arguments
-        self.file.write(json.dumps(msg).encode() + b"\n")
-        self.file.flush()
-        while True:
-            reply = json.loads(self.file.readline())
-            if "event" not in reply:
-                return reply
+        return qmp_exchange(self.file, name, arguments)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,11 +18,11 @@ import pytest
 from sim.fuzz.tracegen import AREAS, generate_trace, generate_with_predictions
 from sim.oracle.guards import crash_reason
 from sim.trace import dumps, load_trace, parse_lines
+from tests.helpers import needs_qemu
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "scenarios" / "qemu-7.2-recorded"
 SEEDS = range(500)
-HAVE_QEMU = shutil.which("qemu-system-x86_64") is not None and shutil.which("qemu-img") is not None
 JOB_STARTS = ("drive-backup", "blockdev-backup", "drive-mirror", "block-commit", "block-stream")
 ENDS = ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED")
 
@@ -289,7 +288,7 @@ def test_nothing_races_the_copy_of_writes_made_while_ready(traces) -> None:
 
 
 @pytest.mark.qemu
-@pytest.mark.skipif(not HAVE_QEMU, reason="qemu-system-x86_64 / qemu-img (QEMU 7.2) not on PATH")
+@needs_qemu
 def test_generated_traces_record_deterministically(tmp_path: Path) -> None:
     from sim.oracle.record import record_trace
 
