@@ -173,17 +173,21 @@ class Machine:
         return self._wait_for(name, data, deadline)
 
     def _wait_for(self, name: str, data: dict[str, Any], deadline: float | None) -> Event | None:
+        # only what was emitted since the last look can match: nothing else consumes
+        # events while this wait runs the clock
         seen = -1
+        looked = 0  # the events before this index did not match
         while True:
             if len(self.events) != seen:  # only look again when something was emitted
                 seen = len(self.events)
-                ev = self.events.take(name, data)
+                ev = self.events.take(name, data, looked)
                 if ev is not None:
                     return ev
+                looked = seen
             if self.env.peek() == float("inf"):
                 return None
             if deadline is not None and self.env.peek() > deadline:
                 if self.env.now < deadline:
                     self.env.run(until=deadline)
-                return self.events.take(name, data)
+                return self.events.take(name, data, looked)
             self.env.step()

@@ -41,14 +41,16 @@ class EventLog:
     def append(self, event: Event) -> None:
         self.history.append(event)
 
-    def take(self, name: str, want: dict[str, Any]) -> Event | None:
-        """Consume and return the first unconsumed matching event, if any."""
+    def take(self, name: str, want: dict[str, Any], start: int = 0) -> Event | None:
+        """Consume and return the first unconsumed matching event from index `start`
+        on (a waiter that already looked at the events before it), if any."""
         history = self.history
         i = self._scan_from
         while i < len(history) and history[i].consumed:
             i += 1
         self._scan_from = i
-        for ev in history[i:]:
+        for j in range(max(i, start), len(history)):
+            ev = history[j]
             if not ev.consumed and ev.name == name and data_matches(ev.data, want):
                 ev.consumed = True
                 return ev
