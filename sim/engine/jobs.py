@@ -303,6 +303,7 @@ def job_process(
 
 BLOCK_COPY_MAX_WORKERS = 64  # block-copy's task pool (perf max-workers default)
 SLICE_TIME_NS = 100_000_000  # BLOCK_JOB_SLICE_TIME: the rate limiter's time slice
+BLOCK_COPY_MAX_BUFFER = 1 << 20  # a task copies at most 1 MiB
 
 
 def finish_in_flight(
