@@ -57,6 +57,7 @@ def snapshot_sync(
     if on_lookup is not None:
         on_lookup(old)
     graph.check_op(old, "external-snapshot")
+    _flush_old(graph, old)
     if node_name is not None and snapshot_node_name is None:
         raise QMPError("New overlay node-name missing")
     if snapshot_node_name is not None and graph.lookup_bs(snapshot_node_name) is not None:
@@ -102,6 +103,13 @@ def snapshot_sync(
     return overlay, undo_all
 
 
+def _flush_old(graph: BlockGraph, old: BlockNode) -> None:
+    """external_snapshot_prepare flushes a writable old node before it looks at the
+    overlay (whatever fails after, the metadata stays written back)."""
+    if not graph.is_read_only(old):
+        flush_metadata(graph.data_node(old))
+
+
 def blockdev_snapshot(
     graph: BlockGraph,
     policy: PlacementPolicy,
@@ -116,6 +124,7 @@ def blockdev_snapshot(
     if on_lookup is not None:
         on_lookup(old)
     graph.check_op(old, "external-snapshot")
+    _flush_old(graph, old)
     overlay = graph.lookup_or_fail(overlay_name)
     # a user that reads it expects a valid image already (a mirror target, which only
     # writes, may get a backing); QEMU 7.2 checks no op blocker on the overlay
