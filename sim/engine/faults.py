@@ -31,7 +31,7 @@ from sim.errors import QMPError
 from sim.model import qcow2_meta
 from sim.model.content import UNALLOCATED, Content, sector_span
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode
-from sim.model.io import write_path
+from sim.model.io import cow_plan, write_path
 from sim.model.job_flow import STRERROR
 from sim.model.qcow2_host import Qcow2Content, Qcow2Layout
 
@@ -544,7 +544,11 @@ def write_landed(m: Machine, stamp: int) -> None:
     (`FaultTable.landed`) get its data."""
     for node, offset, length in m.faults.landed:
         if node.content is not None:
+            cow, below = cow_plan(m.state.graph, node, [offset], length, stamp)
             node.content.write(offset, length, stamp)
+            if cow:  # each piece linked copied the rest of its new clusters first
+                assert isinstance(node.content, Qcow2Content)
+                node.content.copy_on_write(cow, below)
     m.faults.landed = []
 
 

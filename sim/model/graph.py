@@ -20,7 +20,7 @@ from sim.errors import QMPError
 from sim.model.bitmap import DirtyBitmap
 from sim.model.blockstats import AcctStats
 from sim.model.content import Content, new_content
-from sim.model.qcow2_host import flush_metadata, new_qcow2_content
+from sim.model.qcow2_host import Qcow2Content, flush_metadata, new_qcow2_content
 
 if TYPE_CHECKING:
     from sim.model.cbw import CopyBeforeWrite
@@ -215,6 +215,9 @@ class BlockGraph:
     ) -> BlockNode:
         """A new node, named `name` or auto-named (#blockNNN), registered last."""
         auto = name is None
+        content = kw.get("content")
+        if driver == "qcow2" and isinstance(content, Qcow2Content):
+            content.layout.opened()  # qcow2_open
         node = BlockNode(
             name if name is not None else self.auto_name(),
             driver,

@@ -31,7 +31,7 @@ from sim.model.content import (
     WindowContent,
 )
 from sim.model.graph import QCOW2_CLUSTER, BlockGraph, BlockNode, Image
-from sim.model.qcow2_host import L1_ENTRY_BYTES, QCOW2_CREATE_CLUSTERS
+from sim.model.qcow2_host import L1_ENTRY_BYTES, QCOW2_CREATE_CLUSTERS, Qcow2Layout
 
 if TYPE_CHECKING:
     import numpy as np
@@ -244,7 +244,11 @@ def _host_file(graph: BlockGraph, image: Image, node: BlockNode | None) -> HostF
         content = content.clone()
     backing = [] if node is None else graph.backing_chain(node)[1:]
     hmap = _created_qcow2(cluster, settled, image.size_bytes)
-    _walk_clusters(hmap, content, content.cluster_summary(cluster), backing)
+    summary = content.cluster_summary(cluster)
+    _walk_clusters(hmap, content, summary, backing)
+    if isinstance(summary, Qcow2Layout) and summary.next_host:
+        # the file keeps its length when clusters are freed (holes, reused or not)
+        hmap.length_bytes = max(hmap.length_bytes, summary.data_start + summary.next_host * cluster)
     if node is not None:
         _store_bitmaps(hmap, stored_bitmaps(node))
     return hmap.host_file()

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from sim.model.bitmap import DirtyBitmap
 from sim.model.content import (
+    FIRST_DATA_STAMP,
     SECTOR,
     SECTOR_SHIFT,
     UNALLOCATED,
@@ -183,6 +184,7 @@ def guest_write(
             continue
         proto = node.file
         content = node.content
+        cow, below = cow_plan(graph, node, [offset], length, stamp)
         # qcow2 writes its file at host offsets (data clusters and metadata): the
         # protocol node's bitmaps see those; the model's other formats, guest offsets
         host_writes: list[tuple[int, int]] | None = None
@@ -191,9 +193,19 @@ def guest_write(
             content.write_sectors(
                 offset >> SECTOR_SHIFT, (offset + length + SECTOR - 1) >> SECTOR_SHIFT, stamp
             )
+            if cow:
+                content.copy_on_write(cow, below)
+                cow = []
+            if is_discard:
+                content.discard(offset, length)
             host_writes = content.collect_host_writes(False)
         elif content is not None:
             content.write(offset, length, stamp)
+            if is_discard and isinstance(content, Qcow2Content):
+                content.discard(offset, length)
+        if cow:
+            assert isinstance(content, Qcow2Content)
+            content.copy_on_write(cow, below)
         if proto is not None:
             if not is_discard:
                 note_protocol_write(graph, node, proto, end)
@@ -210,6 +222,34 @@ def guest_write(
     for flt in after:
         flt.after_write_hook(flt, offset, length, stamp)  # type: ignore[operator]
     return OK
+
+
+def cow_plan(
+    graph: BlockGraph, node: BlockNode, offsets: list[int], length: int, stamp: int
+) -> tuple[list[int], list[Content]]:
+    """Data writes of `length` bytes at `offsets` into qcow2 node `node` (asked before
+    they are made): the clusters they allocate and cover in part, whose rest QEMU
+    copies from the backing file (`Qcow2Content.cow_clusters`), and the backing
+    chain's contents (top first), for `Qcow2Content.copy_on_write` after them.
+    Nothing when there is no backing file or no data write."""
+    content = node.content
+    if (
+        stamp < FIRST_DATA_STAMP
+        or node.backing is None
+        or not isinstance(content, Qcow2Content)
+        or length <= 0
+    ):
+        return [], []
+    cb = content.cluster_bytes
+    if length % cb == 0 and all(o % cb == 0 for o in offsets):
+        return [], []
+    below = [n.content for n in graph.backing_chain(node)[1:] if n.content is not None]
+    if not below:
+        return [], []
+    clusters: list[int] = []
+    for offset in offsets:
+        clusters += content.cow_clusters(offset, length)
+    return clusters, below
 
 
 def note_protocol_write(graph: BlockGraph, data: BlockNode, proto: BlockNode, end: int) -> None:
@@ -333,8 +373,12 @@ def write_batch(
         if node is not data.file and end > node.wr_highest_offset:
             node.wr_highest_offset = end  # the filters' and the data node's
     _mark_batch(bitmaps, offsets, length, highest)
+    cow, below = cow_plan(graph, data, offsets, length, min(stamps, default=UNALLOCATED))
     if data.content is not None:
         data.content.write_many(offsets, length, stamps, (lowest, highest))
+    if cow:
+        assert isinstance(data.content, Qcow2Content)
+        data.content.copy_on_write(cow, below)
     if data.file is not None:
         note_protocol_write(graph, data, data.file, end)
     observers = state.write_observers

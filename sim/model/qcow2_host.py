@@ -5,12 +5,16 @@ qcow2's block status (qcow2_co_block_status, qcow2_get_host_offset) reports
 one extent for guest clusters whose host clusters follow each other in the
 file; block-copy cuts its tasks there (block_copy_block_status), so which
 clusters are contiguous decides how a backup splits its work.  A write that
-reaches clusters with no host cluster allocates new ones at the end of what
-is in use, one run after the other in guest order (qcow2_alloc_host_offset,
-handle_alloc); the first write or zero write into a guest region that one
+reaches clusters with no host cluster allocates new ones one run after the
+other in guest order (qcow2_alloc_host_offset, handle_alloc): right after the
+host cluster of the cluster before them while those are free
+(qcow2_alloc_clusters_at), else at the first run of free host clusters long
+enough from s->free_cluster_index on (alloc_clusters_noref: at the end of what
+is in use, or in a hole freed since; a free sets the index back to the freed
+cluster, qcow2_open to the file's start); the first write or zero write into a guest region that one
 L2 table maps allocates that table first (l2_allocate), so it sits between
 data clusters.  A discard that unmaps (stamp 0) frees the whole clusters it
-covers; zero writes keep the host cluster of an allocated cluster and give
+covers (their host clusters are free again); zero writes keep the host cluster of an allocated cluster and give
 none to an unallocated one (zero flag in the L2 entry).
 
 Theory of operation.  One `Qcow2Layout` per image holds what its L2 tables
@@ -28,8 +32,9 @@ places its clusters and counts them; a write log spliced in with numpy
 (`Qcow2Layout.place_log`) and brings the counts up to date as
 `Content._merge_sectors` says.  Cost
 grows with the writes and the map's extents, never with the image size.
-Not modelled: freed host clusters being reused (allocation always goes to
-the end), refcount blocks allocated as the file grows, metadata of
+A write log spliced in with numpy allocates at the end: while freed host
+clusters are left it is spliced write by write instead.  Not modelled:
+unmapping zero writes (`write -z -u` frees nothing here), refcount blocks allocated as the file grows, metadata of
 internal snapshots and bitmaps.
 
 The writes to the image file (what a dirty bitmap on the protocol node sees,
@@ -47,6 +52,7 @@ data writes) and discards only touch the caches here.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import TYPE_CHECKING
 
 from sim.model.content import (
@@ -57,6 +63,7 @@ from sim.model.content import (
     ClusterSummary,
     Content,
     WriteLog,
+    chain_extents,
     run_heads,
     stable_sort,
 )
@@ -85,18 +92,26 @@ class Qcow2Layout(ClusterSummary):
     __slots__ = (
         "cache",
         "data_start",
+        "free",
         "host",
         "host_writes",
         "l2_host",
         "l2_tables",
         "next_host",
+        "scan",
     )
 
     def __init__(self, content: Content, cluster_bytes: int) -> None:
         super().__init__(content, cluster_bytes)
         self.host = Content(-(-content.size_bytes // cluster_bytes) << SECTOR_SHIFT)
         self.l2_tables: set[int] = set()  # guest regions whose L2 table exists
-        self.next_host = 0  # the next free host cluster (relative)
+        # host clusters (relative to `data_start`): every one from `next_host` on is
+        # free, below it those in `free` (sorted, apart: [start, end) runs whose
+        # refcount went back to 0); `scan` is s->free_cluster_index, where
+        # qcow2_alloc_clusters starts looking
+        self.next_host = 0
+        self.free: list[tuple[int, int]] = []
+        self.scan = 0
         # host offset of relative cluster 0: after the header, refcount table,
         # refcount block and L1 table qcow2_co_create writes
         l1_bytes = -(-content.size_bytes // self.l2_span_bytes) * L1_ENTRY_BYTES
@@ -123,6 +138,8 @@ class Qcow2Layout(ClusterSummary):
         other.host = self.host.clone()
         other.l2_tables = set(self.l2_tables)
         other.next_host = self.next_host
+        other.free = list(self.free)
+        other.scan = self.scan
         other.data_start = self.data_start
         other.l2_host = dict(self.l2_host)
         other.cache = self.cache.copy()
@@ -147,17 +164,16 @@ class Qcow2Layout(ClusterSummary):
             whole_lo, whole_hi = -(-first // per), end // per
             if end == nsectors:
                 whole_hi = hi
-            if whole_lo < whole_hi and self.host.next_data(whole_lo) < whole_hi:
-                self.host.write_sectors(whole_lo, whole_hi, UNALLOCATED)
-                self._touch_l2(whole_lo, whole_hi)
-                self.cache.refblock_dirty = True
+            self.unmap(whole_lo, whole_hi)
             return
         data = stamp >= FIRST_DATA_STAMP
         cb = self.cluster_bytes
         cur = lo
+        join = -1  # the host cluster after the previous one of this request
         for a, b, value in self.host.extents(lo, hi):
             if a > cur:
-                self._place(cur, a, data)
+                self._place(cur, a, data, join)
+            join = value - _BIAS + b
             if data:  # written in place
                 start = max(first << SECTOR_SHIFT, a * cb)
                 stop = min(end << SECTOR_SHIFT, b * cb)
@@ -176,7 +192,32 @@ class Qcow2Layout(ClusterSummary):
                     self._touch_l2(za, zb)
             cur = b
         if cur < hi:
-            self._place(cur, hi, data)
+            self._place(cur, hi, data, join if cur > lo else -1)
+
+    def unmap(self, lo: int, hi: int) -> None:
+        """Guest clusters [lo, hi) lose their host clusters (qcow2_cluster_discard):
+        their L2 entries change, their refcounts drop to 0 (free again, `give_back`)
+        and the freed host clusters are discarded in the file (update_refcount_discard,
+        which the protocol node's bitmaps see as written)."""
+        if lo >= hi or self.host.next_data(lo) >= hi:
+            return
+        cache = self.cache
+        # update_refcount decreasing: the refcount cache comes to depend on the L2
+        # cache (qcow2_cache_set_dependency flushes the refcount cache first when the
+        # L2 cache depends on it)
+        if cache.l2_depends:
+            if cache.refblock_dirty:
+                self.write_refblock()
+            cache.l2_depends = False
+        cache.refblock_depends = True
+        cb = self.cluster_bytes
+        for a, b, value in self.host.extents(lo, hi):
+            host = value - _BIAS + a
+            self.give_back(host, b - a)
+            self._host_write(self.data_start + host * cb, (b - a) * cb)
+        self.host.write_sectors(lo, hi, UNALLOCATED)
+        self._touch_l2(lo, hi)
+        self.cache.refblock_dirty = True
 
     def _partial_data(self, content: Content, c: int, first: int, end: int) -> bool:
         """Whether a zero write of sectors [first, end) covers guest cluster `c` only in
@@ -186,29 +227,107 @@ class Qcow2Layout(ClusterSummary):
             return False
         return any(s >= FIRST_DATA_STAMP for _a, _b, s in content.extents(lo, hi))
 
-    def reserve(self, lo: int, hi: int) -> None:
-        """qcow2_alloc_clusters for guest clusters [lo, hi) (in a region with an L2
-        table): host clusters at the end, in guest order, written whole; their L2
-        entries change when they are linked (the caller marks the cache)."""
-        cb = self.cluster_bytes
-        self.host.write_sectors(lo, hi, self.next_host - lo + _BIAS)
-        self._host_write(self.data_start + self.next_host * cb, (hi - lo) * cb)
-        self.next_host += hi - lo
+    def reserve(self, lo: int, hi: int, at: int = -1) -> None:
+        """Host clusters for guest clusters [lo, hi) (in a region with an L2 table),
+        written whole: one qcow2_alloc_clusters, or (`at`) qcow2_alloc_clusters_at
+        right after the piece's clusters (the caller asked `free_at` how many are
+        free there).  Their L2 entries change when they are linked (the caller marks
+        the cache)."""
+        host = self._take(hi - lo) if at < 0 else self._take_at(at, hi - lo)
+        self._put(lo, hi, host)
 
     def unreserve(self, lo: int, hi: int) -> None:
         """qcow2_alloc_cluster_abort: the host clusters `reserve` gave guest clusters
-        [lo, hi) are free again (the next allocation takes them if they end the file;
-        a hole inside the file is not reused, see the module docstring)."""
-        end = self.host.stamp_at(lo) - _BIAS + hi
+        [lo, hi) are free again (`give_back`)."""
+        host = self.host_of(lo)
         self.host.write_sectors(lo, hi, UNALLOCATED)
-        if end == self.next_host:
-            self.next_host -= hi - lo
+        self.give_back(host, hi - lo)
 
-    def _place(self, lo: int, hi: int, data: bool) -> None:
+    def _put(self, lo: int, hi: int, host: int) -> None:
+        """Guest clusters [lo, hi) get host clusters from `host` on, written whole."""
+        self.host.write_sectors(lo, hi, host - lo + _BIAS)
+        self._host_write(
+            self.data_start + host * self.cluster_bytes, (hi - lo) * self.cluster_bytes
+        )
+
+    # -- free host clusters (qcow2-refcount.c) ------------------------------------------
+    def _take(self, n: int) -> int:
+        """alloc_clusters_noref for `n` clusters: the first run of `n` free host
+        clusters from s->free_cluster_index on (runs too short are passed, and the
+        index with them); the index goes to the run's end.  Returns the run's start."""
+        free = self.free
+        i = max(bisect_right(free, (self.scan, self.scan)) - 1, 0)
+        while i < len(free):
+            a, b = free[i]
+            start = max(a, self.scan)
+            if start < b and (b - start >= n or b == self.next_host):
+                self._cut(i, start, min(b, start + n))
+                self.next_host = max(self.next_host, start + n)
+                self.scan = start + n
+                return start
+            i += 1
+        start = max(self.next_host, self.scan)
+        self.next_host = self.scan = start + n
+        return start
+
+    def free_at(self, host: int, n: int) -> int:
+        """How many of the `n` host clusters from `host` on are free (counted until
+        the first one in use, as qcow2_alloc_clusters_at does).  Read only."""
+        if host >= self.next_host:
+            return n
+        free = self.free
+        i = bisect_right(free, (host, self.next_host)) - 1
+        if i < 0 or not free[i][0] <= host < free[i][1]:
+            return 0
+        return n if free[i][1] == self.next_host else min(n, free[i][1] - host)
+
+    def _take_at(self, host: int, n: int) -> int:
+        """qcow2_alloc_clusters_at: the `n` host clusters from `host` on, all free
+        (`free_at`); s->free_cluster_index stays."""
+        assert self.free_at(host, n) == n
+        free = self.free
+        i = bisect_right(free, (host, self.next_host)) - 1
+        if i >= 0 and free[i][0] <= host < free[i][1]:
+            self._cut(i, host, min(free[i][1], host + n))
+        self.next_host = max(self.next_host, host + n)
+        return host
+
+    def _cut(self, i: int, start: int, stop: int) -> None:
+        """Host clusters [start, stop) of free run `i` are in use now."""
+        a, b = self.free[i]
+        self.free[i : i + 1] = [r for r in ((a, start), (stop, b)) if r[0] < r[1]]
+
+    def give_back(self, host: int, n: int) -> None:
+        """update_refcount decreasing host clusters [host, host + n) to refcount 0:
+        free again, and s->free_cluster_index goes back to the first of them, so the
+        next allocation may take them (or a hole before them)."""
+        if n <= 0:
+            return
+        free = self.free
+        start, stop = host, host + n
+        i = bisect_right(free, (start, start))
+        if i > 0 and free[i - 1][1] == start:
+            i -= 1
+            start = free[i][0]
+        j = i
+        while j < len(free) and free[j][0] <= stop:
+            stop = max(stop, free[j][1])
+            j += 1
+        free[i:j] = [(start, stop)]
+        self.scan = min(self.scan, host)
+
+    def opened(self) -> None:
+        """qcow2_open: s->free_cluster_index starts at 0 (the first allocation looks
+        for free clusters from the file's start)."""
+        self.scan = 0
+
+    def _place(self, lo: int, hi: int, data: bool, join: int = -1) -> None:
         """Clusters [lo, hi) have no host cluster: a data write allocates them in guest
-        order, each region's L2 table first; a zero write only needs the L2 tables."""
+        order, each region's L2 table first; a zero write only needs the L2 tables.
+        `join`: the host cluster after the one of the cluster before `lo` in this
+        request (-1: none); new clusters take it while free (qcow2_alloc_clusters_at,
+        the piece goes on), the rest one run where qcow2_alloc_clusters finds it."""
         span = self.per_region  # clusters one L2 table maps
-        cb = self.cluster_bytes
         while lo < hi:
             region = lo // span
             stop = min(hi, (region + 1) * span)
@@ -221,12 +340,29 @@ class Qcow2Layout(ClusterSummary):
                 self.flush()
                 self.write_l1_entry(region)
             if data:  # whole clusters (the rest of each is zeroed or copied on write)
-                self.host.write_sectors(lo, stop, self.next_host - lo + _BIAS)
-                self._host_write(self.data_start + self.next_host * cb, (stop - lo) * cb)
-                self.next_host += stop - lo
+                self._link()
+                cur = lo
+                joined = self.free_at(join, stop - lo) if join >= 0 else 0
+                if joined:
+                    self._put(lo, lo + joined, self._take_at(join, joined))
+                    cur = lo + joined
+                if cur < stop:
+                    self._put(cur, stop, self._take(stop - cur))
+                join = self.host_of(stop - 1) + 1
                 self.cache.refblock_dirty = True
             self.cache.dirty_table(region)
             lo = stop
+
+    def _link(self) -> None:
+        """qcow2_alloc_cluster_link_l2's qcow2_cache_set_dependency: the L2 cache comes
+        to depend on the refcount cache; when the refcount cache depends on the L2
+        cache (a free since), the L2 cache is written back first."""
+        cache = self.cache
+        if cache.refblock_depends:
+            for region in list(cache.l2_dirty):
+                self.write_table(region)
+            cache.refblock_depends = False
+        cache.l2_depends = True
 
     # -- the image file's writes ------------------------------------------------------------
     def _host_write(self, offset: int, length: int) -> None:
@@ -243,8 +379,7 @@ class Qcow2Layout(ClusterSummary):
     def add_table(self, region: int) -> None:
         """l2_allocate: `region`'s L2 table gets the next host cluster."""
         self.l2_tables.add(region)
-        self.l2_host[region] = self.next_host
-        self.next_host += 1
+        self.l2_host[region] = self._take(1)
 
     def write_table(self, region: int) -> None:
         """qcow2_cache_entry_flush of `region`'s L2 table: written to its host cluster."""
@@ -268,9 +403,12 @@ class Qcow2Layout(ClusterSummary):
         """qcow2_write_caches: the dirty L2 tables and refcount block are written back
         (a flush, a reopen read-only, an L2 table allocation)."""
         cache = self.cache
+        if cache.l2_dirty:  # the refcount block first when they depend on it
+            cache.l2_depends = False
         for region in sorted(cache.l2_dirty):
             self.write_table(region)
         if cache.refblock_dirty:
+            cache.refblock_depends = False
             self.write_refblock()
         cache.written_back()
 
@@ -369,6 +507,8 @@ class Qcow2Layout(ClusterSummary):
                 cache.dirty_table(reg)
         if data_at.size and int(data_at.max()) >= since:
             cache.refblock_dirty = True
+        if data_at.size:
+            cache.l2_depends = True  # the links (`_link`)
         self.next_host += int(table_at.size + data_at.size)
         if placed.size:
             hosts -= placed - _BIAS
@@ -495,11 +635,70 @@ class Qcow2Content(Content):
     def _merge_log(self, log: WriteLog) -> None:
         layout = self._summary
         assert isinstance(layout, Qcow2Layout)
+        if layout.free or layout.cache.refblock_depends:
+            # freed host clusters to reuse (and the caches' order after a free): write
+            # by write (`allocate`)
+            for offset, length, stamp in log.writes():
+                self._write_now(
+                    offset >> SECTOR_SHIFT, (offset + length + SECTOR - 1) >> SECTOR_SHIFT, stamp
+                )
+            return
         firsts, ends, stamps = log.sectors()
         by_first, order = stable_sort(firsts, self.nsectors)
         sorted_writes = (by_first, ends[order], order)
         layout.place_log(firsts, ends, stamps, sorted_writes)
         self._merge_sectors(firsts, ends, stamps, sorted_writes)
+
+    def discard(self, offset: int, length: int) -> None:
+        """qcow2_co_pdiscard of [offset, offset + length) after its zeroes were
+        written: the whole clusters it covers (and a last partial one at the disk's
+        end) give their host clusters back (`Qcow2Layout.unmap`); the block layer
+        leaves the partial clusters at either end to qcow2, which ignores them."""
+        cb = self.cluster_bytes
+        end = offset + length
+        lo = -(-offset // cb)
+        hi = -(-end // cb) if end >= self.size_bytes else end // cb
+        if lo < hi:
+            self.layout.unmap(lo, hi)
+
+    def cow_clusters(self, offset: int, length: int) -> list[int]:
+        """The clusters a data write of [offset, offset + length) allocates and covers
+        only in part: its first and its last (the disk's end ends a cluster) when
+        this image holds nothing of its own there yet (unallocated: no host cluster,
+        or one the write's own allocation just took; a zero cluster reads as zeroes
+        and copies nothing).  QEMU copies the rest of them into the new clusters
+        from the backing file (perform_cow).  Read only: ask before the write."""
+        cb = self.cluster_bytes
+        end = offset + length
+        first, last = offset // cb, (end - 1) // cb
+        partial = []
+        if offset % cb:
+            partial.append(first)
+        if end < min((last + 1) * cb, self.size_bytes) and last not in partial:
+            partial.append(last)
+        per = cb >> SECTOR_SHIFT
+        return [c for c in partial if not self.extents(c * per, (c + 1) * per)]
+
+    def copy_on_write(self, clusters: list[int], below: list[Content]) -> None:
+        """perform_cow, after the writes `cow_clusters` was asked for: what the backing
+        chain `below` (top first) holds as data in those clusters, where this image
+        has nothing of its own, becomes this image's (read from the backing file and
+        written into the new clusters), run by run."""
+        per = self.cluster_bytes >> SECTOR_SHIFT
+        for c in sorted(set(clusters)):
+            lo, hi = c * per, min((c + 1) * per, self.nsectors)
+            holes: list[tuple[int, int]] = []
+            cur = lo
+            for a, b, _stamp in self.extents(lo, hi):
+                if a > cur:
+                    holes.append((cur, a))
+                cur = max(cur, b)
+            if cur < hi:
+                holes.append((cur, hi))
+            for hlo, hhi in holes:
+                for a, b, stamp in chain_extents(below, hlo, hhi):
+                    if stamp >= FIRST_DATA_STAMP:
+                        self.write(a << SECTOR_SHIFT, (b - a) << SECTOR_SHIFT, stamp)
 
     # -- the rest of Content --------------------------------------------------------------
     def cluster_summary(self, cluster_bytes: int) -> ClusterSummary:

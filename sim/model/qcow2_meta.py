@@ -40,9 +40,11 @@ in the file within one L2 table; see `_write` for how failed pieces' tasks stop 
    l2_alloc_write; L2 cache flush: l2_update + write per dirty table, flush;
    l1_update + write, flush); a table not cached -> l2_load + read;
 2. new clusters -> one allocation (cluster_alloc, refcount block read when not
-   cached, refblock_alloc, refblock_load); right after clusters the piece has, at
-   the file's end, they join its piece without cluster_alloc (qcow2_alloc_clusters_at,
-   which reads the refcount block when not cached even when the cluster is in use);
+   cached, refblock_alloc, refblock_load) where qcow2_alloc_clusters finds free host
+   clusters (`Qcow2Layout.reserve`); while the host clusters right after the piece's
+   are free, new clusters join its piece there without cluster_alloc
+   (qcow2_alloc_clusters_at, which reads the refcount block when not cached even when
+   the cluster is in use);
 3. the piece's task: a new cluster the write covers only in part needs copy-on-write
    of the rest: when that rest reads as zeroes by block status (is_zero_cow),
    cluster_alloc_space and a write-zeroes of the new clusters (handle_alloc_space);
@@ -56,8 +58,7 @@ in the file within one L2 table; see `_write` for how failed pieces' tasks stop 
 Not modelled: compressed writes (cluster_alloc_bytes), encryption, subclusters,
 lazy refcounts, external data files, refcount blocks beyond the first (an image file
 past 2 GiB), the cache-clean-interval timer (tables unused for 10 minutes leave
-the cache), host clusters a failed piece freed being taken by the next allocation
-(the layout allocates at the end), and which of two pieces' tasks QEMU links first.
+the cache), and which of two pieces' tasks QEMU links first.
 """
 
 from __future__ import annotations
@@ -353,8 +354,8 @@ def _write(
     one allocation); then, while the request goes on, the next cluster's L2 table
     (get_cluster_table: loaded, or allocated by l2_allocate, even in the next region)
     and the next cluster joins the piece if it lies right after the piece in the file:
-    a cluster with that host cluster, or a new one when the file ends there
-    (qcow2_alloc_clusters_at, which reads the refcount block when not cached, even
+    a cluster with that host cluster, or new ones while that host cluster and those
+    after it are free (qcow2_alloc_clusters_at, which reads the refcount block when not cached, even
     when that host cluster is in use; no cluster_alloc).  Then the piece's task
     starts (qcow2_add_task, `_Task`) and runs until its first I/O, and the next piece
     is gathered; the tasks' I/O completes (pwritev_done) and they go on while the main
@@ -449,10 +450,12 @@ def _write(
                             failed = True
                             break
                         layout.cache.refblock_cached = True
-                    if after != layout.next_host:  # in use: the piece ends here
+                    joined = layout.free_at(after, e - b)
+                    if not joined:  # in use: the piece ends here
                         break
                     yield from _alloc(layout, event=False)
-                    layout.reserve(b, e)
+                    e = b + joined  # as many as are free there
+                    layout.reserve(b, e, after)
                     new.append((b, e))
                 b = e
             if failed:

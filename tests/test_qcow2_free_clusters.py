@@ -1,0 +1,109 @@
+"""qcow2 host clusters freed and taken again, and copy-on-write from a backing file
+(sim.model.qcow2_host): outcomes of QEMU 7.2's qemu-io and `qemu-img map`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sim.model import io
+from sim.model.content import FIRST_DATA_STAMP, SECTOR_SHIFT, ZERO_STAMP
+from sim.model.qcow2_host import Qcow2Content
+
+K = 1024
+M = 1 << 20
+CLUSTER = 64 * K
+
+
+def _host_offset(content: Qcow2Content, guest: int) -> int:
+    layout = content.layout
+    return layout.data_start + layout.host_of(guest // CLUSTER) * CLUSTER
+
+
+def test_freed_host_clusters_are_taken_from_the_free_cluster_index() -> None:
+    """qemu-io on a new 1 GiB image (L2 table at 0x40000): write 0 192k, write 1M 64k,
+    discard 64k 64k, write 2M 128k, write 3M 64k; then, opened again, write 4M 64k and
+    write 5M 128k.  `qemu-img map` gave the host offsets asserted here: the two-cluster
+    write passes the one-cluster hole (and the index with it), so does the next
+    write; after qcow2_open the index starts at 0 and the hole is taken."""
+    content = Qcow2Content(1 << 30, CLUSTER)
+    stamp = FIRST_DATA_STAMP
+    for offset, length in ((0, 192 * K), (M, 64 * K)):
+        content.write(offset, length, stamp)
+    content.write(64 * K, 64 * K, ZERO_STAMP)  # a discard: its zeroes, then the unmap
+    content.discard(64 * K, 64 * K)
+    for offset, length in ((2 * M, 128 * K), (3 * M, 64 * K)):
+        content.write(offset, length, stamp)
+    content.layout.opened()
+    for offset, length in ((4 * M, 64 * K), (5 * M, 128 * K)):
+        content.write(offset, length, stamp)
+    got = {g: _host_offset(content, g) for g in (0, 128 * K, M, 2 * M, 3 * M, 4 * M, 5 * M)}
+    assert got == {
+        0: 0x50000,
+        128 * K: 0x70000,
+        M: 0x80000,
+        2 * M: 0x90000,
+        3 * M: 0xB0000,
+        4 * M: 0x60000,
+        5 * M: 0xC0000,
+    }
+    assert content.layout.host_of(1) == -1  # the discarded cluster has no host cluster
+
+
+def test_a_partial_write_into_a_new_cluster_copies_the_rest_from_the_backing() -> None:
+    """perform_cow: the rest of a new cluster the write covers in part is the backing
+    file's data in the overlay's own image; a cluster the overlay already holds (data
+    or a zero cluster) copies nothing."""
+    base = Qcow2Content(64 * M, CLUSTER)
+    base.write(0, 4 * CLUSTER, FIRST_DATA_STAMP)
+    top = Qcow2Content(64 * M, CLUSTER)
+    top.write(2 * CLUSTER, CLUSTER, ZERO_STAMP)  # a zero cluster
+    top.write(3 * CLUSTER, 4 * K, FIRST_DATA_STAMP + 1)
+    writes = [(4 * K, 8 * K), (2 * CLUSTER + 4 * K, 4 * K), (3 * CLUSTER + 8 * K, 4 * K)]
+    for offset, length in writes:
+        clusters = top.cow_clusters(offset, length)
+        top.write(offset, length, FIRST_DATA_STAMP + 2)
+        top.copy_on_write(clusters, [base])
+    sector = CLUSTER >> SECTOR_SHIFT
+    new = FIRST_DATA_STAMP + 2
+    assert top.extents(0, sector) == [
+        (0, 8, FIRST_DATA_STAMP),
+        (8, 24, new),
+        (24, sector, FIRST_DATA_STAMP),
+    ]
+    assert top.extents(sector, 2 * sector) == []  # not written: nothing copied
+    assert {s for _a, _b, s in top.extents(2 * sector, 3 * sector)} == {ZERO_STAMP, new}
+    assert {s for _a, _b, s in top.extents(3 * sector, 4 * sector)} == {FIRST_DATA_STAMP + 1, new}
+
+
+def _overlay_machine() -> Any:
+    import sim.qmp.commands  # noqa: F401
+    from sim.engine.machine import Machine
+    from sim.qmp.dispatch import Monitor
+
+    m = Machine(seed=0)
+    m.state.add_drive("drive0", "fmt0", "proto0", "qcow2", 64 * M)
+    fmt0 = m.state.graph.node("fmt0")
+    assert io.write(m.state, None, fmt0, 0, 8 * M, m.state.new_stamp(1)).ok
+    snap = {"device": "drive0", "snapshot-file": "ov.qcow2", "snapshot-node-name": "ov"}
+    assert "return" in Monitor(m).execute({"execute": "blockdev-snapshot-sync", "arguments": snap})
+    return m
+
+
+@pytest.mark.parametrize("length", [4 * K, 96 * K])
+def test_a_burst_into_an_overlay_copies_as_the_writes_one_by_one(length: int) -> None:
+    """A burst of writes into an overlay (one path walk) copies the rest of each new
+    cluster from the backing file as the same writes one by one do."""
+    batched, single = _overlay_machine(), _overlay_machine()
+    offsets = [5 * K, 3 * M + 512, 5 * K + 2 * CLUSTER, 6 * M - 4 * K, 3 * M + 512]
+    stamps = batched.state.stamps.new_many(9, len(offsets))
+    root_b = batched.state.graph.node("ov")
+    assert io.write_batch(batched.state, None, root_b, offsets, length, stamps) == [io.OK] * 5
+    root_s = single.state.graph.node("ov")
+    for off in offsets:
+        assert io.write(single.state, None, root_s, off, length, single.state.new_stamp(9)).ok
+    got_b = root_b.content.extents()
+    assert got_b == root_s.content.extents()
+    first = {s for _a, _b, s in got_b}
+    assert any(s < stamps[0] for s in first)  # the backing's data was copied up
