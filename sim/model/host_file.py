@@ -176,7 +176,7 @@ def host_file(graph: BlockGraph, image: Image) -> HostFile:
     node = _format_node_of(graph, image)
     stored = stored_bitmaps(node) if node is not None else []
     if stored:  # bitmap contents change without a write: not cached
-        return _host_file(graph, image, node)
+        return _kept_length(image, node, _host_file(graph, image, node))
     below = [] if node is None else graph.backing_chain(node)[1:]
     key = (
         "host_file",
@@ -189,8 +189,24 @@ def host_file(graph: BlockGraph, image: Image) -> HostFile:
     memo = image.content.derived()
     found = memo.get(key)
     if not isinstance(found, HostFile):
-        found = memo[key] = _host_file(graph, image, node)
+        found = memo[key] = _kept_length(image, node, _host_file(graph, image, node))
     return found
+
+
+def _kept_length(image: Image, node: BlockNode | None, laid_out: HostFile) -> HostFile:
+    """A qcow2 file keeps its length when clusters are freed: at least up to the end
+    of the host clusters its layout handed out (`Qcow2Layout.next_host`), holes and
+    clusters taken again included; the layout above packs what holds data now."""
+    cluster = node.cluster_size if node is not None else QCOW2_CLUSTER
+    if image.format != "qcow2":
+        return laid_out
+    layout = image.content.cluster_summary(cluster)
+    if not isinstance(layout, Qcow2Layout) or not layout.next_host:
+        return laid_out
+    end = layout.data_start + layout.next_host * cluster
+    if end <= laid_out.length_bytes:
+        return laid_out
+    return HostFile(end, laid_out.allocated_bytes)
 
 
 def protocol_length(graph: BlockGraph, node: BlockNode) -> int | None:
@@ -244,11 +260,7 @@ def _host_file(graph: BlockGraph, image: Image, node: BlockNode | None) -> HostF
         content = content.clone()
     backing = [] if node is None else graph.backing_chain(node)[1:]
     hmap = _created_qcow2(cluster, settled, image.size_bytes)
-    summary = content.cluster_summary(cluster)
-    _walk_clusters(hmap, content, summary, backing)
-    if isinstance(summary, Qcow2Layout) and summary.next_host:
-        # the file keeps its length when clusters are freed (holes, reused or not)
-        hmap.length_bytes = max(hmap.length_bytes, summary.data_start + summary.next_host * cluster)
+    _walk_clusters(hmap, content, content.cluster_summary(cluster), backing)
     if node is not None:
         _store_bitmaps(hmap, stored_bitmaps(node))
     return hmap.host_file()
