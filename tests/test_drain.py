@@ -100,3 +100,23 @@ def test_a_job_two_sections_reach_resumes_when_the_last_ends() -> None:
     assert job.status == JobStatus.PAUSED and second.jobs == [job]
     second.end()
     assert log == ["created", "running", "paused", "running"]
+
+
+def test_a_node_section_pauses_the_newest_job_first_drain_all_the_oldest() -> None:
+    # bdrv_parent_drained_begin walks a node's parents newest-attached first;
+    # bdrv_drain_all_begin drains node by node in creation order
+    log: list[str] = []
+    state = BlockState()
+    state.add_drive("drive0", "fmt0", "proto0", "qcow2", 1 << 20)
+    for name in ("old", "new"):
+        job = Job(name, "backup", lambda _n, data: log.append(f"{data['id']}:{data['status']}"))
+        job.kind.nodes = [state.graph.node("fmt0")]
+        state.register_job(job)
+        job_flow.create(job)
+        job_flow.start(job)
+    log.clear()
+    drain.drain(state, [state.graph.node("proto0")])
+    assert log == ["new:paused", "old:paused", "new:running", "old:running"]
+    log.clear()
+    drain.drain(state)
+    assert log == ["old:paused", "new:paused", "old:running", "new:running"]

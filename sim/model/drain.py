@@ -119,7 +119,7 @@ def _pausable(state: BlockState) -> list[Job]:
 
 
 def _pause(jobs: list[Job]) -> None:
-    """Each job runs to its pause point, then all pause, oldest first."""
+    """Each job runs to its pause point, then all pause, in `jobs`' order."""
     for job in jobs:
         job.kind.drained()
     for job in jobs:
@@ -143,10 +143,15 @@ def begin(
 ) -> Drain:
     """bdrv_drained_begin over `nodes` (None: bdrv_drain_all_begin; `subtree`:
     bdrv_subtree_drained_begin): the active jobs holding one of them, or a node
-    above one, run to their pause point and pause, oldest first."""
+    above one, run to their pause point and pause, and `end` resumes them in the same
+    order: newest job first for a section over nodes (bdrv_parent_drained_begin walks
+    a node's parents newest-attached first, and a newer job's links are newer),
+    oldest first for bdrv_drain_all (it drains node by node in creation order)."""
     section = Drain(state, None if nodes is None else tuple(nodes), subtree, [])
     quiesced = section.nodes()
     section.jobs = [j for j in _pausable(state) if _reached(j, quiesced)]
+    if quiesced is not None:
+        section.jobs.sort(key=lambda job: -job.seq)
     _pause(section.jobs)
     for job in state.jobs:
         # a user pause still waiting for a backup's tasks: the drain polls until the
