@@ -120,3 +120,23 @@ def test_a_node_section_pauses_the_newest_job_first_drain_all_the_oldest() -> No
     log.clear()
     drain.drain(state)
     assert log == ["old:paused", "new:paused", "old:running", "new:running"]
+
+
+def test_a_job_created_inside_a_section_starts_paused_until_it_ends() -> None:
+    # block_job_add_bdrv under a drained node raises the job's pause count: job_start
+    # runs it to its pause point (a transaction's backup: created, running, paused)
+    log: list[str] = []
+    state = BlockState()
+    state.add_drive("drive0", "fmt0", "proto0", "qcow2", 1 << 20)
+    section = drain.begin(state, [state.graph.node("proto0")])
+    job = Job("j", "backup", lambda _n, data: log.append(data["status"]))
+    job.kind.nodes = [state.graph.node("fmt0")]
+    state.register_job(job)
+    job_flow.create(job)
+    state.graph.links_changed()
+    assert section.jobs == [job]
+    job_flow.start(job)
+    drain.started(state, job)
+    assert job.status == JobStatus.PAUSED
+    section.end()
+    assert log == ["created", "running", "paused", "running"]

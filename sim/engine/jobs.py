@@ -28,7 +28,7 @@ from sim.engine import reqlist
 from sim.engine.faults import read_path
 from sim.engine.throttle import groups_on_path, throttled
 from sim.engine.timing import HOLE_CHUNK_NS, NS_PER_S, Device, rate_limit_ns
-from sim.model import job_flow
+from sim.model import drain, job_flow
 from sim.model.graph import BlockNode
 from sim.model.io import note_job_write, write_path
 from sim.model.job_backup import BackupKind
@@ -73,10 +73,11 @@ def start_job(m: Machine, job: Job) -> None:
     idle_backup = isinstance(kind, BackupKind) and kind.ends_by_itself()
     if (idle_stream or idle_backup) and kind.next_chunk() is None:
         m.idle_starts.append((job, waker))
-        return
-    pool = TaskPool(m, job) if isinstance(kind, BackupKind) else None
-    first = first_tasks(m, job, pool) if pool is not None and kind.ends_by_itself() else None
-    m.processes[job.id] = m.env.process(job_process(m, job, waker, pool, first))
+    else:
+        pool = TaskPool(m, job) if isinstance(kind, BackupKind) else None
+        first = first_tasks(m, job, pool) if pool is not None and kind.ends_by_itself() else None
+        m.processes[job.id] = m.env.process(job_process(m, job, waker, pool, first))
+    drain.started(m.state, job)  # started inside a drained section: its pause point
 
 
 # what a backup's first block-copy tasks leave to its process: a created task that waits

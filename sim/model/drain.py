@@ -18,7 +18,10 @@ parent's, bdrv_parent_drained_begin_single / _end_single), so a node that
 becomes an overlay or a filter above a drained node pauses the jobs above it
 (blockdev-snapshot of a job's node, a reopen's new backing), and a subtree
 section (bdrv_subtree_drained_begin, what a reopen takes) covers children
-attached below it meanwhile (bdrv_apply_subtree_drain).
+attached below it meanwhile (bdrv_apply_subtree_drain).  A job created inside
+a section that reaches its nodes (a transaction's backup) is held from then on:
+it pauses at its first pause point when it starts (`started`) and resumes when
+the last section holding it ends.
 
 Who drains, as observed on QEMU 7.2: `transaction` (every action's prepare ..
 clean, and drain_all when a backup target is closed), snapshots, backups,
@@ -37,6 +40,7 @@ from dataclasses import dataclass
 from sim.model import job_flow
 from sim.model.graph import BlockNode
 from sim.model.jobs import ACTIVE, Job
+from sim.model.jobs import JobStatus as S
 from sim.model.state import BlockState
 
 
@@ -67,7 +71,9 @@ class Drain:
         for job in [j for j in self.jobs if not _reached(j, nodes)]:
             self.jobs.remove(job)
             _release(self.state, job)
-        new = [j for j in _pausable(self.state) if _reached(j, nodes)]
+        held = self.jobs
+        new = [j for j in _pausable(self.state) if _reached(j, nodes) and _absent(j, held)]
+        new = _in_walk_order(new, self.roots)
         _pause(new)
         self.jobs.extend(new)
 
@@ -78,7 +84,7 @@ class Drain:
         observers = self.state.graph.link_observers
         observers[:] = [f for f in observers if getattr(f, "__self__", None) is not self]
         jobs, self.jobs = self.jobs, []
-        for job in jobs:
+        for job in _in_walk_order(jobs, self.roots):
             _release(self.state, job)
 
 
@@ -113,16 +119,42 @@ def _reached(job: Job, nodes: list[BlockNode] | None) -> bool:
     return nodes is None or any(n is k for n in nodes for k in job.kind.nodes)
 
 
+def _absent(job: Job, jobs: list[Job]) -> bool:
+    return not any(j is job for j in jobs)
+
+
+def _in_walk_order(jobs: list[Job], roots: tuple[BlockNode, ...] | None) -> list[Job]:
+    """The order a section reaches (and releases) its jobs: newest first for a section
+    over nodes (bdrv_parent_drained_begin/_end walk a node's parents newest-attached
+    first, and a newer job's links are newer), oldest first for bdrv_drain_all
+    (`roots` None: it drains node by node in creation order)."""
+    return list(jobs) if roots is None else sorted(jobs, key=lambda job: -job.seq)
+
+
 def _pausable(state: BlockState) -> list[Job]:
-    """Jobs a drain can pause: running or ready, not paused by their user."""
-    return [j for j in state.jobs if j.user_paused == 0 and j.status in ACTIVE]
+    """Jobs a drain can pause: running or ready, or created and not started yet (a
+    backup a transaction's action made: it pauses when it starts, `started`), not
+    paused by their user."""
+    return [
+        j
+        for j in state.jobs
+        if j.user_paused == 0 and (j.status in ACTIVE or (j.status == S.CREATED and not j.started))
+    ]
 
 
 def _pause(jobs: list[Job]) -> None:
-    """Each job runs to its pause point, then all pause, in `jobs`' order."""
-    for job in jobs:
+    """Each running job runs to its pause point, then all pause, in `jobs`' order."""
+    active = [job for job in jobs if job.status in ACTIVE]
+    for job in active:
         job.kind.drained()
-    for job in jobs:
+    for job in active:
+        job_flow.pause_now(job)
+
+
+def started(state: BlockState, job: Job) -> None:
+    """job_start of a job an open section holds (its pause count is up): it runs to its
+    first pause point and pauses there, until the sections holding it end."""
+    if any(j is job for section in state.drains for j in section.jobs):
         job_flow.pause_now(job)
 
 
@@ -133,7 +165,8 @@ def _release(state: BlockState, job: Job) -> None:
         return
     for other in state.drains:
         if _reached(job, other.nodes()):
-            other.jobs.append(job)
+            if _absent(job, other.jobs):
+                other.jobs.append(job)
             return
     job_flow.resume_now(job)
 
@@ -143,15 +176,13 @@ def begin(
 ) -> Drain:
     """bdrv_drained_begin over `nodes` (None: bdrv_drain_all_begin; `subtree`:
     bdrv_subtree_drained_begin): the active jobs holding one of them, or a node
-    above one, run to their pause point and pause, and `end` resumes them in the same
-    order: newest job first for a section over nodes (bdrv_parent_drained_begin walks
-    a node's parents newest-attached first, and a newer job's links are newer),
-    oldest first for bdrv_drain_all (it drains node by node in creation order)."""
+    above one, run to their pause point and pause (`_in_walk_order`), and `end`
+    resumes them in the same order."""
     section = Drain(state, None if nodes is None else tuple(nodes), subtree, [])
     quiesced = section.nodes()
-    section.jobs = [j for j in _pausable(state) if _reached(j, quiesced)]
-    if quiesced is not None:
-        section.jobs.sort(key=lambda job: -job.seq)
+    section.jobs = _in_walk_order(
+        [j for j in _pausable(state) if _reached(j, quiesced)], section.roots
+    )
     _pause(section.jobs)
     for job in state.jobs:
         # a user pause still waiting for a backup's tasks: the drain polls until the

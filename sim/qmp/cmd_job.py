@@ -22,7 +22,7 @@ from sim.model.job_commit import CommitKind
 from sim.model.job_driver import JobDriver
 from sim.model.job_mirror import MirrorKind
 from sim.model.job_stream import StreamKind
-from sim.model.jobs import Job, JobStatus
+from sim.model.jobs import Job
 from sim.model.snapshot import check_new_node_name
 from sim.qmp.cmd_blockdev import open_backing_chain
 from sim.qmp.cmd_query import node_filename
@@ -119,6 +119,7 @@ def register(m: Machine, job: Job, kind: JobDriver, nodes: list[BlockNode]) -> N
     m.state.register_job(job)
     job_flow.create(job)
     job_flow.block_nodes(job, nodes)
+    m.state.graph.links_changed()  # its child_job links: an open section may hold it
 
 
 # -- backup ------------------------------------------------------------------------------
@@ -232,18 +233,16 @@ def _create_backup(
 
 
 def _backup_prepared(m: Machine, job: Job) -> Prepared:
+    """The job starts at commit, inside the action's drained section, which holds it
+    (sim/model/drain.py): it pauses at once and resumes when the section ends."""
+
     def commit() -> None:
         start_job(m, job)
-        job_flow.pause_now(job)  # started inside the drained section
 
     def abort() -> None:
         job_flow.abort_txn(m.state, job)
 
-    def clean() -> None:
-        if job.status == JobStatus.PAUSED and not job.user_paused:
-            job_flow.resume_now(job)
-
-    return Prepared(abort=abort, commit=commit, clean=clean)
+    return Prepared(abort=abort, commit=commit)
 
 
 # The simulator's limit on a job that copies every cluster: contents are extents, so
