@@ -627,3 +627,39 @@ def test_race_lands_a_verb_on_a_job_it_paused_in_ready() -> None:
     at = names.index("job-pause")
     assert m.outcomes[at].response == {"return": {}}
     assert names[at + 1].startswith(("job-", "block-job-"))
+
+
+@pytest.mark.parametrize(
+    "names", [("interesting_examples", "valid_examples"),
+              ("interesting_test_cases", "valid_test_cases")],
+)  # fmt: skip
+def test_a_round_ends_with_the_engine_counts_of_either_hypothesis_naming(
+    names: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hypothesis renamed its engine's `interesting_examples` / `valid_examples` to
+    `*_test_cases`; a round's end read the old name, so on a newer Hypothesis (what
+    `pip install .` fetched) every round ended in FlakyStrategyDefinition.  Both work."""
+    from types import SimpleNamespace
+
+    from sim.fuzz import hygiene
+
+    class Ended(Exception):
+        pass
+
+    def end() -> None:
+        raise Ended
+
+    interesting, valid = names
+    runner = SimpleNamespace(
+        **{interesting: {}, valid: 3}, settings=SimpleNamespace(max_examples=9)
+    )
+    monkeypatch.setattr(hygiene, "_runner", lambda frame: runner)
+    monkeypatch.setattr(hygiene, "end_run_unexplored", end)
+    with pytest.raises(Ended):
+        hygiene.end_generation()
+    assert getattr(runner, valid) == 9  # the engine stops after this run
+    setattr(runner, interesting, {"a failure": 1})
+    setattr(runner, valid, 3)
+    with pytest.raises(Ended):
+        hygiene.end_generation()
+    assert getattr(runner, valid) == 3  # a failure to shrink: the count is left alone

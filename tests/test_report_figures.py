@@ -146,6 +146,27 @@ def test_a_job_of_no_duration_is_marked_in_its_lane_not_zoomed_on() -> None:
     assert any(line.get_marker() == "D" for line in lanes.get_lines())
 
 
+def test_a_handful_of_writes_are_drawn_as_points_one_can_see() -> None:
+    """Ten writes at one latency sat under the p50 = p99 line as 5-point dots at half
+    opacity; a handful of writes is drawn larger and opaque, a crowd stays fine."""
+    from matplotlib.collections import PathCollection
+
+    ms = 1_000_000
+
+    def doc(n: int) -> dict[str, Any]:
+        io = [[i * ms, "write", 225_000, []] for i in range(n)]
+        return {"name": "w", "end_ns": (n + 1) * ms, "steps": [[0, "a"]], "io": io}
+
+    def sizes(n: int) -> set[float]:
+        drawn = draw_timeline("w", doc(n))
+        assert isinstance(drawn, Drawn)
+        [ax] = [a for a in drawn.fig.axes if a.get_ylabel().startswith("write latency")]
+        dots = [c for c in ax.collections if isinstance(c, PathCollection)]
+        return {float(s) for c in dots for s in c.get_sizes()}
+
+    assert sizes(10) == {16.0} and sizes(1000) == {5.0}
+
+
 def test_captions_never_print_exponents(timelines: Any) -> None:
     """A span of 1,414.7 ms reads as such, not as 1.41e+03."""
     from sim.report import style

@@ -372,9 +372,23 @@ def end_generation() -> NoReturn:
     once `max_examples` valid runs are in.  With a failure found it moves on to
     shrinking it, so the count is left alone."""
     runner = _runner(sys._getframe(1))
-    if runner is not None and not runner.interesting_examples:
-        runner.valid_examples = max(runner.valid_examples, runner.settings.max_examples)
+    if runner is not None and not _runner_count(runner, "interesting"):
+        valid = _runner_name(runner, "valid")
+        setattr(runner, valid, max(getattr(runner, valid), runner.settings.max_examples))
     end_run_unexplored()
+
+
+def _runner_name(runner: Any, what: str) -> str:
+    """The engine's attribute for its `what` runs (`interesting`, `valid`): Hypothesis
+    calls them `<what>_examples` up to 6.15x and `<what>_test_cases` since (a campaign
+    that asked for the old name on a newer Hypothesis ended its rounds with
+    FlakyStrategyDefinition, since an AttributeError stopped a run early)."""
+    old = f"{what}_examples"
+    return old if hasattr(runner, old) else f"{what}_test_cases"
+
+
+def _runner_count(runner: Any, what: str) -> Any:
+    return getattr(runner, _runner_name(runner, what))
 
 
 def hypothesis_phase() -> str:

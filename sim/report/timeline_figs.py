@@ -23,6 +23,7 @@ from sim.report import style
 from sim.report.figures import Built, Drawn, Skipped, Table, every_kth, percentile
 
 MAX_POINTS = 20_000  # scatter points drawn per figure (percentiles use all)
+FEW_POINTS = 200  # at most this many guest writes are drawn as larger, opaque points
 MIN_BAND = 0.003  # of the time axis: a status band is never drawn narrower
 ZOOM_BELOW = 0.03  # a job living for less than this part of the run gets a zoomed timeline
 ZOOM_WINDOW = 0.25  # ... when the window around those jobs is under this part of the run
@@ -349,6 +350,7 @@ def _latency_points(ax: Axes, io: list[list[Any]], scale: float) -> Table:
     groups: dict[str, list[list[Any]]] = {}
     for r in io:
         groups.setdefault(_job_set(r), []).append(r)
+    few = len(io) <= FEW_POINTS  # a handful of writes: points big enough to see each
     for i, (label, rows) in enumerate(sorted(groups.items(), key=lambda kv: _group_key(kv[0]))):
         color = style.kind_color(label, i)
         shown = every_kth(rows, MAX_POINTS // max(len(groups), 1))
@@ -357,8 +359,8 @@ def _latency_points(ax: Axes, io: list[list[Any]], scale: float) -> Table:
         ax.scatter(
             [r[0] / scale for r in ok],
             [r[2] / lscale for r in ok],
-            s=5,
-            alpha=0.55,
+            s=16 if few else 5,
+            alpha=0.9 if few else 0.55,
             color=color,
             linewidths=0,
             label=f"{label} ({len(rows)})",
