@@ -93,10 +93,10 @@ def test_one_headline_for_one_process_and_for_shards() -> None:
     result = shards.ShardedResult([config()], 2, "this process")
     sharded = shards.summary_lines(result, Path("run"))[0]
     tail = ": 0 of 80 examples, 0 steps in 0.0 s (0 steps/s), 0 coverage points, "
-    assert single == f"policy qemu-7.2, seed 27{tail}0 new failure(s), 0 known"
+    assert single == f"policy qemu-7.2, seed 27{tail}0 failure(s) found, 0 known"
     assert sharded == (
         f"policy qemu-7.2, seed 27, 2 shard(s) per policy on this process{tail}"
-        "0 new failure(s), 0 duplicate(s)"
+        "0 failure(s) found, 0 duplicate(s)"
     )
 
 

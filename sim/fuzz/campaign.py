@@ -724,13 +724,14 @@ def failure_lines(records: list[ExportRecord]) -> list[str]:
 
 def run_headline(head: str, run: RunTotals, asked: int, known: str) -> str:
     """The first line a finished campaign prints: `head`, what ran against what was
-    asked, throughput, coverage, failures (new, and `known` ones), how it ended."""
+    asked, throughput, coverage, failures (found by this run, whatever their triage
+    class, and `known` ones), how it ended."""
     rate = run.steps / run.wall_s if run.wall_s else 0.0
     return (
         f"{head}: {run.examples} of {asked} examples"
         f"{runs_note(run.replays, run.rejected)}, {run.steps} steps "
         f"in {run.wall_s:.1f} s ({rate:,.0f} steps/s), {run.coverage.points} coverage "
-        f"points, {len(run.failures)} new failure(s), {run.duplicates} {known}"
+        f"points, {len(run.failures)} failure(s) found, {run.duplicates} {known}"
         + ("" if run.stopped == "done" else f" [stopped: {run.stopped}]")
     )
 
