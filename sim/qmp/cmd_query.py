@@ -613,7 +613,8 @@ def _primary_child(node: BlockNode) -> BlockNode | None:
 
 def _node_stats(graph: BlockGraph, node: BlockNode | None, blk_level: bool) -> dict[str, Any]:
     """bdrv_query_bds_stats: a node's BlockStats (only wr_highest_offset is the node's
-    own), with its primary child as `parent` and, at BlockBackend level, `backing`."""
+    own), with its primary child as `parent` and, at BlockBackend level, its filtered or
+    COW child as `backing`."""
     stats: dict[str, Any] = dict.fromkeys(_STAT_COUNTERS, 0)
     stats.update(timed_stats=[], account_invalid=False, account_failed=False)
     out: dict[str, Any] = {"stats": stats}
@@ -631,8 +632,10 @@ def _node_stats(graph: BlockGraph, node: BlockNode | None, blk_level: bool) -> d
     child = _primary_child(node)
     if child is not None:
         out["parent"] = _node_stats(graph, child, blk_level)
-    if blk_level and node.backing is not None:
-        out["backing"] = _node_stats(graph, node.backing, blk_level)
+    # at BlockBackend level a filter's filtered child is shown as `backing` too
+    below = filter_or_cow_child(node) if blk_level else None
+    if below is not None:
+        out["backing"] = _node_stats(graph, below, blk_level)
     return out
 
 
