@@ -45,6 +45,39 @@ def id_wellformed(name: str) -> bool:
     return re.fullmatch(r"[A-Za-z][A-Za-z0-9_.\-]*", name) is not None
 
 
+MAX_BACKING_NAME_BYTES = 1023  # qcow2_change_backing_file: a longer name is -EINVAL
+# Image file names in a trace are bare; QEMU, run by blocksim's oracle, sees each as an
+# absolute path in its scratch folder /tmp/blocksim-qemu-<10 hex digits>/: 30 bytes more
+SCRATCH_PREFIX_BYTES = len("/tmp/blocksim-qemu-0123456789/")
+_RELATIVE_FILENAME = re.compile(r'"filename": "(?!/)')
+
+
+def qemu_name_bytes(name: str) -> int:
+    """The length of a file name as QEMU sees it: a bare name, and every bare
+    `filename` inside a json:{...} name, carries the scratch folder's path."""
+    size = len(name.encode())
+    if name.startswith("json:"):
+        return size + SCRATCH_PREFIX_BYTES * len(_RELATIVE_FILENAME.findall(name))
+    if name.startswith("/") or "://" in name:
+        return size
+    return size + SCRATCH_PREFIX_BYTES
+
+
+def backing_name_fits(name: str) -> bool:
+    """qcow2_change_backing_file: a qcow2 header holds a backing file name of at most
+    1023 bytes."""
+    return qemu_name_bytes(name) <= MAX_BACKING_NAME_BYTES
+
+
+def backing_name_error(name: str, fmt: str | None) -> QMPError:
+    """qcow2_co_create's error when the header cannot take its backing file name (a
+    missing format prints as glibc prints a null string)."""
+    shown = "(null)" if fmt is None else fmt
+    return QMPError(
+        f"Could not assign backing file '{name}' with format '{shown}': Invalid argument"
+    )
+
+
 @dataclass(eq=False, slots=True)
 class Image:
     """An image file in the scratch folder: what outlives a node opened on it."""
@@ -453,10 +486,18 @@ class BlockGraph:
 
     # -- images --------------------------------------------------------------------------
     def create_image(
-        self, filename: str, fmt: str, size_bytes: int, backing_file: str | None = None
+        self,
+        filename: str,
+        fmt: str,
+        size_bytes: int,
+        backing_file: str | None = None,
+        backing_format: str | None = None,
     ) -> Image:
         """bdrv_img_create: a new, empty image (replacing any file of that name, unless
-        a node has it open: raw_co_create cannot take its write lock)."""
+        a node has it open: raw_co_create cannot take its write lock).
+
+        A qcow2 image whose backing file name does not fit its header fails, and the
+        file is gone."""
         if backing_file is not None and backing_file == filename:
             raise QMPError(
                 "Error: Trying to create an image with the same filename as the backing file"
@@ -472,6 +513,10 @@ class BlockGraph:
             if fmt == "qcow2"
             else new_content(size_bytes)
         )
+        if fmt == "qcow2" and backing_file is not None and not backing_name_fits(backing_file):
+            # qcow2_co_create_opts deletes the file it made when qcow2_co_create fails
+            self.images.pop(filename, None)
+            raise backing_name_error(backing_file, backing_format)
         image = Image(filename, fmt, size_bytes, content, backing_file)
         self.images[filename] = image
         return image

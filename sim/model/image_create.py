@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from sim.errors import QMPError
 from sim.model.content import new_content
-from sim.model.graph import BlockGraph, BlockNode, Image
+from sim.model.graph import BlockGraph, BlockNode, Image, backing_name_error, backing_name_fits
 from sim.model.qcow2_host import new_qcow2_content
 
 SECTOR = 512
@@ -114,8 +114,12 @@ def create_qcow2(graph: BlockGraph, file: BlockNode, opts: Qcow2CreateOptions) -
     image.format = "qcow2"
     image.size_bytes = opts.size_bytes
     image.content = new_qcow2_content(opts.size_bytes, opts.cluster_size)
+    image.cluster_size = opts.cluster_size
+    if opts.backing_file is not None and not backing_name_fits(opts.backing_file):
+        # the image is formatted and sized, then the header cannot take the name
+        image.backing_file = image.backing_format = None
+        raise backing_name_error(opts.backing_file, opts.backing_fmt)
     image.backing_file = opts.backing_file
     # a header names a backing format only when one was given ("": it names none)
     image.backing_format = opts.backing_fmt if opts.backing_fmt is not None else ""
-    image.cluster_size = opts.cluster_size
     return image

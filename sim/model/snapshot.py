@@ -72,7 +72,9 @@ def snapshot_sync(
             if filename_of is not None and old.driver != "file"
             else _image_name(graph, old)  # a protocol node: the file it opened
         )
-        image = graph.create_image(snapshot_file, fmt, _length(graph, old), backing_file)
+        image = graph.create_image(
+            snapshot_file, fmt, _length(graph, old), backing_file, old.driver
+        )
         image.backing_format = old.driver  # the old node's driver: `file` for a protocol node
     else:
         existing = graph.images.get(snapshot_file)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sim.errors import QMPError
-from sim.model.graph import BlockGraph, BlockNode
+from sim.model.graph import BlockGraph, BlockNode, backing_name_fits
 from sim.model.resize import truncate
 from sim.qmp.cmd_job import root_bs
 from sim.qmp.dispatch import command
@@ -99,11 +99,15 @@ def _change_backing_file(m: Machine, a: dict[str, Any]) -> None:
     read_only = image_node.read_only
     if read_only:  # reopened read-write to write the header, then back
         g.reopen_rw(image_node)
-    if image_node.image is not None:
-        image_node.image.backing_file = a["backing-file"]
+    name = a["backing-file"]
+    fits = image_node.driver != "qcow2" or backing_name_fits(name)
+    if image_node.image is not None and fits:
+        image_node.image.backing_file = name
         image_node.image.backing_format = None  # named after the image it names
-    if read_only:
+    if read_only:  # restored whether or not the header took the name
         g.reopen_ro(image_node)
+    if not fits:
+        raise QMPError(f"Could not change backing file to '{name}': Invalid argument")
 
 
 @command("block-set-write-threshold", members(("node-name", STR), ("write-threshold", UINT64)))

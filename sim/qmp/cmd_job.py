@@ -360,7 +360,9 @@ def _open_target(
         # bdrv_img_create is given the backing node's bs->filename (a protocol node's
         # is its image file)
         bfile = node_filename(g, backing) if backing is not None else None
-        image = g.create_image(filename, fmt, source.size_bytes, bfile)
+        image = g.create_image(
+            filename, fmt, source.size_bytes, bfile, backing.driver if backing else None
+        )
         if backing is not None and backing.driver in ("file", "raw"):
             # with its driver as backing format (bs->drv->format_name): `file`, so the
             # image's backing is opened as a bare protocol node (the qcow2 file

@@ -28,9 +28,11 @@ can make (no throttling, writeback cache, no encryption).  What varies:
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sim.errors import QMPError
 from sim.model import perms
@@ -153,6 +155,38 @@ def node_image(graph: BlockGraph, node: BlockNode) -> Image | None:
     return None
 
 
+_T = TypeVar("_T")
+_names = threading.local()  # `memo`: per-node answers of the outermost name computation
+
+
+def _once_per_name(
+    fn: Callable[[BlockGraph, BlockNode], _T],
+) -> Callable[[BlockGraph, BlockNode], _T]:
+    """Answer `fn` once per node while one file name is worked out: node_filename,
+    _open_options and _backing_overridden call each other down the backing chain, and
+    the graph does not change meanwhile (without this, json:{...} names of a deep chain
+    cost exponential time)."""
+
+    @functools.wraps(fn)
+    def once(graph: BlockGraph, node: BlockNode) -> _T:
+        memo: dict[tuple[str, int], Any] | None = getattr(_names, "memo", None)
+        outermost = memo is None
+        if memo is None:
+            memo = _names.memo = {}
+        try:
+            key = (fn.__name__, id(node))
+            if key not in memo:
+                memo[key] = fn(graph, node)
+            value: _T = memo[key]
+            return value
+        finally:
+            if outermost:
+                _names.memo = None
+
+    return once
+
+
+@_once_per_name
 def node_filename(graph: BlockGraph, node: BlockNode) -> str:
     """bs->filename, as block.c bdrv_refresh_filename makes it.
 
@@ -200,19 +234,24 @@ def _over_format(node: BlockNode) -> bool:
     return node.is_format and node.file is not None and _unfiltered(node.file).is_format
 
 
+@_once_per_name
 def _backing_overridden(graph: BlockGraph, node: BlockNode) -> bool:
     """bdrv_backing_overridden: a qcow2 node whose backing child is not the file its
     header names (or that has none while the header names one), e.g. an overlay put on
     a node by blockdev-snapshot, or added with `backing: null`.  Its file name cannot
     say how to open it, so bdrv_refresh_filename makes it json:{...}."""
+    memo = _names.memo  # answers for nodes further down, from this same computation
     chain: list[BlockNode] = []  # the qcow2 image nodes down the backing chain
+    overridden = False  # of the node just below, evaluated bottom-up (no recursion)
     cur: BlockNode | None = node
     while cur is not None and cur.driver == "qcow2" and cur.image is not None:
+        if cur is not node and ("_backing_overridden", id(cur)) in memo:
+            overridden = memo["_backing_overridden", id(cur)]
+            break
         chain.append(cur)
         cur = _unfiltered(cur.backing) if cur.backing is not None else None
         if len(chain) > len(graph.nodes):  # a cycle (a broken graph): stop
             break
-    overridden = False  # of the node just below, evaluated bottom-up (no recursion)
     for n in reversed(chain):
         header = n.image.backing_file if n.image is not None else None
         if n.backing is None:
@@ -232,6 +271,7 @@ def _backing_overridden(graph: BlockGraph, node: BlockNode) -> bool:
         else:
             name = node_filename(graph, below)
         overridden = not _same_backing_name(header, name)
+        memo["_backing_overridden", id(n)] = overridden
     return overridden
 
 
@@ -249,6 +289,7 @@ def _same_backing_name(header: str | None, name: str) -> bool:
         return False
 
 
+@_once_per_name
 def _open_options(graph: BlockGraph, node: BlockNode) -> dict[str, Any]:
     """bs->full_open_options: the driver, its strong options, its file child and, when
     overridden, its backing child."""
