@@ -127,7 +127,9 @@ def refresh_conflict(
     """bdrv_list_refresh_perms after a graph change at `top` (a child attached, a parent
     added): QEMU's refusal for the first pair of parents of a node at or below `top`
     where one requires what the other does not share, counting only pairs in which
-    a parent is new or changed since `before` (`edges_below` taken before the change)."""
+    a parent is new or changed since `before` (`edges_below` taken before the change);
+    then, for the same node, bdrv_node_refresh_perm's: write permissions never work
+    with a read-only node."""
     after = edges_below(state, top, extra)
     for node in state.graph.subtree(top):
         old = set(before.get(id(node), []))
@@ -141,6 +143,8 @@ def refresh_conflict(
                 if i == j or not missing or (a in old and b in old):
                     continue
                 return conflict_message(node.node_name, missing, b, a) + "."
+        if node.read_only and any(p.perm & (WRITE | WRITE_UNCHANGED) for p in plist):
+            return "Block node is read-only"
     return None
 
 

@@ -156,13 +156,16 @@ def append(graph: BlockGraph, policy: PlacementPolicy, new: BlockNode, old: Bloc
     graph.redirect(parents, roots, new, skip=new)
     graph.links_changed()
     # replacing the child re-labels the backing blocker with the new parent's name;
-    # the old node is reopened read-only, which flushes it
-    flush_metadata(old)
-    old.read_only = True
-    for bm in old.bitmaps:
-        if bm.persistent:
-            bm.readonly = True  # qcow2_reopen_bitmaps_ro stores them and marks them readonly
-            bm.stored = True
+    # the old node is reopened read-only, which flushes it; the reopen fails (silently,
+    # external_snapshot_commit passes no error) while a parent still writes to it, e.g.
+    # an overlay put onto its own file node
+    if not perms.cumulative(graph, old)[0] & (perms.WRITE | perms.WRITE_UNCHANGED):
+        flush_metadata(old)
+        old.read_only = True
+        for bm in old.bitmaps:
+            if bm.persistent:
+                bm.readonly = True  # qcow2_reopen_bitmaps_ro stores them, marks them readonly
+                bm.stored = True
     policy.on_append(graph, old, new)
 
     def undo() -> None:
