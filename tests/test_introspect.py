@@ -4,6 +4,8 @@ itself, derived from the command table, and agreeing with QEMU 7.2's own."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -32,7 +34,7 @@ def test_schema_is_consistent_and_deterministic() -> None:
     for entity in info:
         for ref in _refs(entity):
             assert ref in defined, (entity["name"], ref)
-    assert [e["name"] for e in info if e["meta-type"] == "command"] == list(COMMANDS)
+    assert [e["name"] for e in info if e["meta-type"] == "command"] == sorted(COMMANDS)
     assert [e["name"] for e in info if e["meta-type"] == "event"] == list(EVENTS)
     assert set(RETURNS) <= set(COMMANDS)
     assert json.dumps(schema_info()) == json.dumps(info)
@@ -180,3 +182,21 @@ def test_query_answers_have_their_declared_shape() -> None:
     for name, answer in zip([*queries, "query-blockstats"], answers, strict=True):
         assert answer, name
         fits(answer, info[name]["ret-type"], name)
+
+
+def test_the_schema_does_not_depend_on_which_handler_module_was_imported_first() -> None:
+    script = (
+        "import json, sys\n"
+        "import importlib\n"
+        "importlib.import_module(sys.argv[1])\n"
+        "import sim.qmp.commands\n"
+        "from sim.qmp.introspect import schema_info\n"
+        "print(json.dumps(schema_info()))\n"
+    )
+    outputs = {
+        first: subprocess.run(
+            [sys.executable, "-c", script, first], capture_output=True, text=True, check=True
+        ).stdout
+        for first in ("sim.qmp.commands", "sim.qmp.cmd_query", "sim.qmp.cmd_job")
+    }
+    assert len(set(outputs.values())) == 1, sorted(outputs)

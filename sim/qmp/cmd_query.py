@@ -42,7 +42,7 @@ from sim.model.host_file import host_file, stored_bitmaps
 from sim.model.job_backup import BackupKind
 from sim.model.job_stream import StreamKind
 from sim.qmp.cmd_blockdev import NULL_CO_DEFAULT_SIZE
-from sim.qmp.dispatch import COMMANDS, command
+from sim.qmp.dispatch import command, command_table
 from sim.qmp.schema import BOOL, members, qdict_order
 
 if TYPE_CHECKING:
@@ -575,7 +575,7 @@ def _query_block_jobs(m: Machine, a: dict[str, Any]) -> list[dict[str, Any]]:
 @command("query-commands")
 def _query_commands(m: Machine, a: dict[str, Any]) -> list[dict[str, Any]]:
     # qmp_query_commands lists the command table; blocksim's table is its own
-    return [{"name": name} for name in COMMANDS]
+    return [{"name": cmd.name} for cmd in command_table()]
 
 
 @command("x-debug-query-block-graph")

@@ -42,7 +42,7 @@ class Command:
     handler: Handler
 
 
-# The one command table: every command blocksim answers, in registration order.
+# The one command table: every command blocksim answers (`command_table` lists it).
 COMMANDS: dict[str, Command] = {}
 
 
@@ -68,6 +68,12 @@ def command(
         return fn
 
     return register
+
+
+def command_table() -> list[Command]:
+    """The command table in one order whatever order the handler modules were
+    imported in (by name): what query-commands and query-qmp-schema list."""
+    return [COMMANDS[name] for name in sorted(COMMANDS)]
 
 
 def unhandled() -> list[str]:

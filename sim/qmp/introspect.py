@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sim.qmp.dispatch import COMMANDS, command
+from sim.qmp.dispatch import command, command_table
 from sim.qmp.schema import (
     INT,
     STR,
@@ -297,10 +297,11 @@ class _Schema:
 
 
 def schema_info() -> list[dict[str, Any]]:
-    """The SchemaInfo list: every command of the table (in table order), then every
-    event, each followed by the types it uses first."""
+    """The SchemaInfo list: every command of the table (`command_table`'s order), then
+    every event, each followed by the types it uses first."""
     s = _Schema()
-    for name, cmd in COMMANDS.items():
+    for cmd in command_table():
+        name = cmd.name
         entity: dict[str, Any] = {"name": name, "meta-type": "command"}
         s.entities.append(entity)
         args = cmd.args
