@@ -262,7 +262,7 @@ def test_one_command_table() -> None:
     assert set(schema.ARGUMENTS) == set(TABLE)
     [reply] = responses(run_steps([qmp("query-commands")]))
     names = [c["name"] for c in reply["return"]]
-    assert names == list(TABLE) and "query-commands" in names and "transaction" in names
+    assert names == sorted(TABLE) and "query-commands" in names and "transaction" in names
 
 
 def test_unmodelled_driver_is_refused_after_the_common_members() -> None:

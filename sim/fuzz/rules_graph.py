@@ -249,9 +249,10 @@ class GraphRules(_Base):
     )
     def bad_request(self, c: Choices, arguments: dict[str, Any]) -> None:
         """A known command with arguments of the wrong shape (or an unknown command)."""
-        from sim.qmp.dispatch import COMMANDS
+        from sim.qmp.dispatch import command_table
 
-        names = [*COMMANDS, "no-such-command"]
+        # the table in one order whatever module imported the handlers first
+        names = [cmd.name for cmd in command_table()] + ["no-such-command"]
         self.qmp(c.pick(names), arguments)
 
     # provided by StorageRules / JobRules (declared for the type checker)
