@@ -290,30 +290,24 @@ class BlockApiRules(_Base):
             self.blkdebug_qcow2(c)
             return
         image = self.fresh("dbg") + ".img"
-        job = self.fresh("cr")
-        self.qmp(
-            "blockdev-create",
-            {"job-id": job, "options": {"driver": "file", "filename": image, "size": MiB}},
-        )
-        self.run(
-            {"wait": {"event": "JOB_STATUS_CHANGE", "data": {"id": job, "status": "concluded"}}}
-        )
-        self.qmp("job-dismiss", {"id": job})
+        self.created({"driver": "file", "filename": image, "size": MiB})
         debug = self.blkdebug_options(c, image, BLKDEBUG_EVENTS)
         name = self.fresh("rd")
-        if (
-            "return"
-            not in self.qmp(
-                "blockdev-add", {"driver": "raw", "node-name": name, "file": debug}
-            ).response
-        ):
+        if not self.succeeds("blockdev-add", {"driver": "raw", "node-name": name, "file": debug}):
             return
-        for _ in range(c.between(1, 4)):
-            op = c.pick(("write -P 0x3c", "read", "write -z", "flush"))
+        self.io_then_delete(c, name, 4, 0x3C, ("0 4k", "4096 4k", "65536 4k"))
+
+    def io_then_delete(
+        self, c: Choices, name: str, most: int, pattern: int, ranges: tuple[str, ...]
+    ) -> None:
+        """1 to `most` qemu-io requests on node `name` (a write of `pattern`, a read or a
+        zero write of one of `ranges`, or a flush), then the node deleted."""
+        for _ in range(c.between(1, most)):
+            op = c.pick((f"write -P {pattern:#x}", "read", "write -z", "flush"))
             if op == "flush":
                 self.qemu_io(name, "flush")
             else:
-                self.qemu_io(name, f"{op} {c.pick((0, 4096, 65536))} 4k")
+                self.qemu_io(name, f"{op} {c.pick(ranges)}")
         self.qmp("blockdev-del", {"node-name": name})
 
     def blkdebug_options(self, c: Choices, image: str, events: tuple[str, ...]) -> dict[str, Any]:
@@ -356,29 +350,13 @@ class BlockApiRules(_Base):
         name = self.fresh("dqn")
         if c.rarely(3):  # data and L2 tables from an earlier open
             plain = {"driver": "file", "filename": image, "node-name": self.fresh("dqp")}
-            if (
-                "return"
-                in self.qmp(
-                    "blockdev-add", {"driver": "qcow2", "node-name": name, "file": plain}
-                ).response
-            ):
+            if self.succeeds("blockdev-add", {"driver": "qcow2", "node-name": name, "file": plain}):
                 self.qemu_io(name, f"write -P 0x5a {c.pick(QCOW2_IO)}")
                 self.qmp("blockdev-del", {"node-name": name})
         debug = self.blkdebug_options(c, image, QCOW2_BLKDEBUG_EVENTS)
-        if (
-            "return"
-            not in self.qmp(
-                "blockdev-add", {"driver": "qcow2", "node-name": name, "file": debug}
-            ).response
-        ):
+        if not self.succeeds("blockdev-add", {"driver": "qcow2", "node-name": name, "file": debug}):
             return
-        for _ in range(c.between(1, 5)):
-            op = c.pick(("write -P 0x3d", "read", "write -z", "flush"))
-            if op == "flush":
-                self.qemu_io(name, "flush")
-            else:
-                self.qemu_io(name, f"{op} {c.pick(QCOW2_IO)}")
-        self.qmp("blockdev-del", {"node-name": name})
+        self.io_then_delete(c, name, 5, 0x3D, QCOW2_IO)
 
     def api_fleecing(self, c: Choices, source: str | None = None) -> None:
         """QEMU 7.x fleecing: a copy-before-write filter over a qcow2 node (`source`, or
