@@ -139,7 +139,7 @@ def test_campaign_classes_are_pinned_or_unexplained(tmp_path: Path) -> None:
     signature = next(iter(pinned))
     summary = differential.Summary(traces=2, mismatching=2)
     for seed, sig in enumerate((signature, "response:query-jobs:(top):qemu-error/sim-return")):
-        summary.classes.append(differential.MismatchClass(sig, seed, [seed], "x", 3, 2, ""))
+        summary.classes.append(differential.MismatchClass(sig, [seed], "x", 3, 2, ""))
     assert [c.signature for c in summary.unexplained(pinned)] == [summary.classes[1].signature]
     text = summary.render(pinned)
     assert f"pinned: {pinned[signature]}" in text

@@ -110,7 +110,6 @@ class MismatchClass:
     """One class of mismatch: its signature, how often it showed, its minimal trace."""
 
     signature: str
-    first_seed: int
     seeds: list[int]
     path: str  # the shrunk trace in OUT/failures/
     steps_before: int
@@ -565,7 +564,6 @@ def _new_class(
     disagreement = self_disagreement([final, *again])
     return MismatchClass(
         outcome.signature,
-        trace_seed,
         [],
         str(path),
         len(steps) - 1,
@@ -880,7 +878,7 @@ def merge_summaries(folders: Sequence[str | Path]) -> Summary:
             known = by_signature.get(c["signature"])
             if known is None:
                 known = MismatchClass(
-                    c["signature"], c["seeds"][0] if c["seeds"] else 0, [], c["trace"],
+                    c["signature"], [], c["trace"],
                     c["steps"][0], c["steps"][1], c["first"], c["reproduced"],
                 )  # fmt: skip
                 by_signature[c["signature"]] = known

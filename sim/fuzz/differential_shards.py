@@ -175,7 +175,7 @@ def distributed_differential(
         seeds = [r["seed"] for r in rows if r.get("signature") == sig]
         if result is None or isinstance(result, TaskLost):
             summary.classes.append(
-                MismatchClass(sig, first["seed"], seeds, "", len(first["steps"]) - 1, 0, "", "lost")
+                MismatchClass(sig, seeds, "", len(first["steps"]) - 1, 0, "", "lost")
             )
             continue
         summary.qemu_runs += result["runs"]
@@ -183,7 +183,6 @@ def distributed_differential(
         path = write_failure(out / "failures", result["steps"], sig, final, first["seed"])
         cls = MismatchClass(
             sig,
-            first["seed"],
             seeds,
             str(path),
             len(first["steps"]) - 1,
