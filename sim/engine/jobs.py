@@ -385,6 +385,8 @@ class TaskPool:
         self.running: list[simpy.Process] = []
 
     def full(self) -> bool:
+        if len(self.running) < BLOCK_COPY_MAX_WORKERS:  # ended tasks included: not full
+            return False
         self.running = [p for p in self.running if p.is_alive]
         return len(self.running) >= BLOCK_COPY_MAX_WORKERS
 
