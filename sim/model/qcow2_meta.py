@@ -70,6 +70,7 @@ from sim.model.content import (
     FIRST_DATA_STAMP,
     SECTOR_SHIFT,
     UNALLOCATED,
+    ZERO_STAMP,
     Content,
     Extent,
 )
@@ -461,6 +462,7 @@ def _write(
             if failed:
                 break
             task = _Task(chain, max(offset, lo * cl), min(end, b * cl), new, cl)
+            task.zeroed = _zero_allocated(layout, content, task)
             tasks.append(task)
             new = []
             yield from task.resume()
@@ -499,18 +501,58 @@ def _link(layout: Qcow2Layout, content: Qcow2Content, task: _Task, span: int, cl
     flushed first), its new clusters' L2 entries change (the table gets dirty); the
     rest of it was written in place."""
     cache = layout.cache
-    if task.new and cache.refblock_depends:  # qcow2_cache_set_dependency
+    if (task.new or task.zeroed) and cache.refblock_depends:  # qcow2_cache_set_dependency
         if not (yield from _flush_l2(layout)):
             cache.refblock_depends = False
     for region, r0, r1 in _by_region(task.start, task.stop, span * cl):
         mine = [(a, b) for a, b in task.new if a * cl < r1 and r0 < b * cl]
+        kept = [(a, b) for a, b in task.zeroed if a * cl < r1 and r0 < b * cl]
         _in_place(layout, region, r0, r1, mine, cl)
-        if mine:
+        # a zero flag already in the file comes back when the table is lost; one still
+        # only in the table goes with it, and the cluster reads as written
+        flagged = [r for r in kept if not _pending(layout, region, r[0] * cl, r[1] * cl)]
+        for a, b in kept:  # written whole in the file (the rest zeroed)
+            _in_place(layout, region, a * cl, b * cl, [], cl)
+        if mine or kept:
             for a, b in mine:
                 _changed(layout, content, region, a * cl, b * cl, False)
+            for a, b in flagged:
+                _changed(layout, content, region, a * cl, b * cl, True)
             cache.dirty_table(region)
             if not cache.refblock_depends:
                 cache.l2_depends = True
+
+
+def _pending(layout: Qcow2Layout, region: int, start: int, end: int) -> bool:
+    """Whether a change of [start, end)'s L2 entries is in `region`'s table only."""
+    first, stop = start >> SECTOR_SHIFT, end >> SECTOR_SHIFT
+    return any(f < stop and first < e for f, e, _x, _k in layout.cache.undo.get(region, []))
+
+
+def _zero_allocated(
+    layout: Qcow2Layout, content: Qcow2Content, task: _Task
+) -> list[tuple[int, int]]:
+    """Runs of the clusters of a piece that are zero clusters keeping their host
+    cluster (QCOW2_CLUSTER_ZERO_ALLOC), not new: handle_copied writes them in place
+    but gives them an l2meta, so their rest is zeroed in the file as a new cluster's
+    is (handle_alloc_space) and the link clears their zero flag in the L2 table.
+    Read before the write, extent by extent."""
+    cl = task.cl
+    per = cl >> SECTOR_SHIFT
+    lo, hi = task.start // cl, -(-task.stop // cl)
+    out: list[tuple[int, int]] = []
+    for a, b, stamp in content.extents(lo * per, hi * per):
+        if stamp != ZERO_STAMP:
+            continue
+        for ha, hb, _value in layout.host.extents(-(-a // per), b // per):  # whole clusters
+            cur = ha
+            for na, nb in task.new:
+                if cur < min(hb, na):
+                    out.append((cur, min(hb, na)))
+                cur = max(cur, nb)
+            if cur < hb:
+                out.append((cur, hb))
+    return out
 
 
 def _by_region(start: int, stop: int, span_bytes: int) -> Iterable[tuple[int, int, int]]:
@@ -531,7 +573,7 @@ class _Task:
     failed."""
 
     __slots__ = ("chain", "cl", "gen", "inflight", "new", "noted", "started", "status",
-                 "start", "stop", "todo")  # fmt: skip
+                 "start", "stop", "todo", "zeroed")  # fmt: skip
 
     def __init__(
         self, chain: list[Content], start: int, stop: int, new: list[tuple[int, int]], cl: int
@@ -543,6 +585,9 @@ class _Task:
         self.started = False
         # per new run, the parts of it the piece leaves (copied or zeroed)
         self.todo: list[tuple[int, int, list[tuple[int, int]]]] = []
+        # runs of zero clusters keeping their host cluster that the piece writes in
+        # place (`_zero_allocated`): like new ones, their rest is zeroed, then linked
+        self.zeroed: list[tuple[int, int]] = []
         self.gen = self._unlocked()
 
     def merged(self) -> bool:
@@ -588,7 +633,7 @@ class _Task:
         zeroed: cluster_alloc_space and a write-zeroes), then the data: write_aio and
         the write (not when merge_cow puts it with the copied rest)."""
         cl, off, end = self.cl, self.start, self.stop
-        for a, b in self.new:
+        for a, b in sorted(self.new + self.zeroed):
             parts = []
             if off > a * cl:
                 parts.append((a * cl, off - a * cl))
