@@ -54,6 +54,8 @@ in the file within one L2 table; see `_write` for how failed pieces' tasks stop 
    write;
 4. after the last piece, qcow2_alloc_cluster_link_l2 of each piece written: its L2
    table becomes dirty.
+Zero clusters that keep their host cluster (QCOW2_CLUSTER_ZERO_ALLOC) are written in
+place but handled as new ones in 3 and 4 (handle_copied gives them an l2meta).
 
 Not modelled: compressed writes (cluster_alloc_bytes), encryption, subclusters,
 lazy refcounts, external data files, refcount blocks beyond the first (an image file
