@@ -575,7 +575,7 @@ class _Task:
     failed."""
 
     __slots__ = ("chain", "cl", "gen", "inflight", "new", "noted", "started", "status",
-                 "start", "stop", "todo", "zeroed")  # fmt: skip
+                 "read_early", "start", "stop", "todo", "zeroed")  # fmt: skip
 
     def __init__(
         self, chain: list[Content], start: int, stop: int, new: list[tuple[int, int]], cl: int
@@ -590,6 +590,7 @@ class _Task:
         # runs of zero clusters keeping their host cluster that the piece writes in
         # place (`_zero_allocated`): like new ones, their rest is zeroed, then linked
         self.zeroed: list[tuple[int, int]] = []
+        self.read_early = False  # perform_cow's reads came at the task's start
         self.gen = self._unlocked()
 
     def merged(self) -> bool:
@@ -652,6 +653,12 @@ class _Task:
         if not self.merged():
             yield ("event", "write_aio")
             yield ("write", off, end - off, TRY, ASYNC)
+            return
+        # nothing to write before the link: the task goes on into qcow2_handle_l2meta at
+        # once, and perform_cow reads the rest with s->lock dropped while the request
+        # gathers its next piece (its events come now, its write later)
+        self.read_early = True
+        yield from _cow_reads(self.chain, self.todo[0][2])
 
     def perform_cow(self) -> Generator[Step, int, int]:
         """perform_cow of each new run whose rest is copied: cow_read (read_backing_aio
@@ -659,7 +666,8 @@ class _Task:
         write_aio, cow_write, one write) or each part by itself (cow_write + write)."""
         cl = self.cl
         for a, b, parts in self.todo:
-            yield from _cow_reads(self.chain, parts)
+            if not self.read_early:
+                yield from _cow_reads(self.chain, parts)
             if self.merged():
                 yield ("event", "write_aio")
                 yield ("event", "cow_write")  # do_perform_cow_write writes all of it
