@@ -483,6 +483,9 @@ def _write(
                 task.status = yield from task.perform_cow()
             if task.status:
                 failed = True
+                for a, z in task.wiped:  # zeroed in the file before the task failed
+                    for region, r0, r1 in _by_region(a * cl, z * cl, span * cl):
+                        _in_place(layout, region, r0, r1, [], cl)
                 if task.new:  # qcow2_alloc_cluster_abort
                     for a, z in reversed(task.new):
                         layout.unreserve(a, z)
@@ -509,10 +512,10 @@ def _link(layout: Qcow2Layout, content: Qcow2Content, task: _Task, span: int, cl
     for region, r0, r1 in _by_region(task.start, task.stop, span * cl):
         mine = [(a, b) for a, b in task.new if a * cl < r1 and r0 < b * cl]
         kept = [(a, b) for a, b in task.zeroed if a * cl < r1 and r0 < b * cl]
-        _in_place(layout, region, r0, r1, mine, cl)
         # a zero flag already in the file comes back when the table is lost; one still
         # only in the table goes with it, and the cluster reads as written
         flagged = [r for r in kept if not _pending(layout, region, r[0] * cl, r[1] * cl)]
+        _in_place(layout, region, r0, r1, mine, cl)
         for a, b in kept:  # written whole in the file (the rest zeroed)
             _in_place(layout, region, a * cl, b * cl, [], cl)
         if mine or kept:
@@ -575,7 +578,7 @@ class _Task:
     failed."""
 
     __slots__ = ("chain", "cl", "gen", "inflight", "new", "noted", "started", "status",
-                 "read_early", "start", "stop", "todo", "zeroed")  # fmt: skip
+                 "read_early", "start", "stop", "todo", "wiped", "zeroed")  # fmt: skip
 
     def __init__(
         self, chain: list[Content], start: int, stop: int, new: list[tuple[int, int]], cl: int
@@ -591,6 +594,7 @@ class _Task:
         # place (`_zero_allocated`): like new ones, their rest is zeroed, then linked
         self.zeroed: list[tuple[int, int]] = []
         self.read_early = False  # perform_cow's reads came at the task's start
+        self.wiped: list[tuple[int, int]] = []  # runs of `zeroed` zeroed in the file
         self.gen = self._unlocked()
 
     def merged(self) -> bool:
@@ -648,6 +652,8 @@ class _Task:
                 yield ("event", "cluster_alloc_space")
                 if (yield ("write-zeroes", a * cl, (b - a) * cl, TRY, ASYNC)):
                     return
+                if (a, b) in self.zeroed:  # its host cluster holds zeroes now
+                    self.wiped.append((a, b))
             else:
                 self.todo.append((a, b, parts))
         if not self.merged():
