@@ -197,7 +197,7 @@ class _Perms:
             out.append(Parent(f"node '{p.node_name}'", role, perm, shared))
         for bb in g.backends.values():
             if bb.root is node:
-                perm = CONSISTENT_READ | (WRITE if bb.took_write and not node.read_only else 0)
+                perm = CONSISTENT_READ | (WRITE if bb.took_write else 0)
                 out.append(Parent(f"block device '{bb.name}'", "root", perm, ALL))
         self._parents[id(node)] = out
         return out
