@@ -464,6 +464,17 @@ def _start_mirror(
     check_bits(source.size_bytes, gran, "a mirror's dirty map")
     check_full_copy(source, sync, "mirror")
     refuse_host_bytes(m, "mirror", target)
+    if a.get("filter-node-name") is not None:  # bdrv_new_open_driver names the filter first
+        check_new_node_name(g, a["filter-node-name"])
+    # mirror_start_job puts its filter above the source (a drained section) before
+    # block_job_create; the job's BlockBackend on the target then asks for write,
+    # which a read-only target refuses, and the filter is dropped (another section)
+    if g.is_read_only(target):
+        drain.drain(m.state, [source])
+        try:
+            new_job(m, a.get("job-id"), source, "mirror", a, attach=_refuse_read_only)
+        finally:
+            drain.drain(m.state, [source])
     job = new_job(m, a.get("job-id"), source, "mirror", a)
     job.on_source_error = a.get("on-source-error", "report")
     job.on_target_error = a.get("on-target-error", "report")
@@ -485,6 +496,10 @@ def _start_mirror(
     )
     register(m, job, kind, [kind.filter, source, target])
     start_job(m, job)
+
+
+def _refuse_read_only() -> None:
+    raise QMPError("Block node is read-only")
 
 
 def _check_to_replace_node(m: Machine, source: BlockNode, name: str) -> None:
