@@ -521,6 +521,16 @@ class BlockGraph:
         self.images[filename] = image
         return image
 
+    def existing_image(self, filename: str) -> Image:
+        """The image file the `file` driver opens (raw_open_common): an empty name is
+        refused before anything is opened, a missing file is ENOENT."""
+        if not filename:
+            raise QMPError("The 'file' block driver requires a file name")
+        image = self.images.get(filename)
+        if image is None:
+            raise QMPError(f"Could not open '{filename}': No such file or directory")
+        return image
+
     def check_image_lock(
         self,
         image: Image,

@@ -77,10 +77,7 @@ def snapshot_sync(
         )
         image.backing_format = old.driver  # the old node's driver: `file` for a protocol node
     else:
-        existing = graph.images.get(snapshot_file)
-        if existing is None:
-            raise QMPError(f"Could not open '{snapshot_file}': No such file or directory")
-        image = existing
+        image = graph.existing_image(snapshot_file)
     if snapshot_node_name is not None:
         # bdrv_open_common names the node before the format driver opens its file
         # (where the image's lock is taken)

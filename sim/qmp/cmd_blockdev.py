@@ -70,9 +70,7 @@ def _open(m: Machine, a: dict[str, Any], created: list[BlockNode]) -> BlockNode:
     if name is not None:
         check_new_node_name(g, name)
     if driver == "file":
-        image = g.images.get(a["filename"])
-        if image is None:
-            raise QMPError(f"Could not open '{a['filename']}': No such file or directory")
+        image = g.existing_image(a["filename"])
         node = g.new_node("file", image.size_bytes, name, image=image, read_only=read_only)
     elif driver == "blkdebug":
         node = _open_blkdebug(m, a, name, read_only, created)

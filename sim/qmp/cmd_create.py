@@ -109,9 +109,7 @@ def _open_file_ref(m: Machine, ref: Any) -> tuple[BlockNode, bool]:
         return node, False
     if ref["driver"] != "file":
         raise QMPError(f"blocksim does not model qcow2 images on a '{ref['driver']}' node")
-    image = g.images.get(ref["filename"])
-    if image is None:
-        raise QMPError(f"Could not open '{ref['filename']}': No such file or directory")
+    image = g.existing_image(ref["filename"])
     check_file_lock(g, image)
     if "node-name" in ref:
         check_new_node_name(g, ref["node-name"])

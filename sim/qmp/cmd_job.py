@@ -343,9 +343,7 @@ def _open_target(
     """Create (unless mode=existing) and open a job's target image."""
     g = m.state.graph
     if mode == "existing":
-        image = g.images.get(filename)
-        if image is None:
-            raise QMPError(f"Could not open '{filename}': No such file or directory")
+        image = g.existing_image(filename)
         g.check_image_lock(image, jobs=m.state.jobs)
         if fmt is not None and fmt != image.format and fmt not in ("qcow2", "raw"):
             raise QMPError(f"Unknown file format '{fmt}'")
