@@ -2,14 +2,17 @@
 
 Follows blockdev.c `external_snapshot_prepare` and block.c `bdrv_append`
 (QEMU 7.2): the overlay gets the old node as its backing child, then takes
-the old node's place in every parent (the BlockBackend root included).  The
-old node is reopened read-only, which makes its persistent bitmaps readonly.
-Where its bitmaps go is the placement policy's call (`on_append`).
+the old node's place in every parent (the BlockBackend root included).  At
+the transaction's commit (`external_snapshot_commit`) the old node is reopened
+read-only, which makes its persistent bitmaps readonly: the other actions of
+the transaction still see it writable.  Where its bitmaps go is the placement
+policy's call (`on_append`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from sim.errors import QMPError
 from sim.model import perms
@@ -21,6 +24,15 @@ from sim.model.policy import PlacementPolicy
 from sim.model.qcow2_host import flush_metadata
 
 NODE_NAME_MAX = 31  # sizeof(bs->node_name) - 1
+
+
+class Appended(NamedTuple):
+    """A snapshot action's prepared bdrv_append: `undo` for the transaction's abort,
+    `commit` for external_snapshot_commit (the old node's read-only reopen)."""
+
+    overlay: BlockNode
+    undo: Undo
+    commit: Callable[[], None]
 
 
 def check_new_node_name(graph: BlockGraph, name: str) -> None:
@@ -46,7 +58,7 @@ def snapshot_sync(
     mode: str = "absolute-paths",
     on_lookup: Callable[[BlockNode], None] | None = None,
     filename_of: Callable[[BlockNode], str] | None = None,
-) -> tuple[BlockNode, Undo]:
+) -> Appended:
     """blockdev-snapshot-sync: create (or open) an overlay image and append it.
 
     `filename_of` gives a node's bs->filename (bdrv_refresh_filename: json:{...}
@@ -90,16 +102,16 @@ def snapshot_sync(
     # external_snapshot_prepare opens the overlay with the old node's open flags
     overlay.read_only = graph.is_read_only(old)
     try:
-        undo = append(graph, policy, overlay, old)
+        appended = append(graph, policy, overlay, old)
     except QMPError:
         _close_overlay(graph, overlay)
         raise
 
     def undo_all() -> None:
-        undo()
+        appended.undo()
         _close_overlay(graph, overlay)
 
-    return overlay, undo_all
+    return appended._replace(undo=undo_all)
 
 
 def _flush_old(graph: BlockGraph, old: BlockNode) -> None:
@@ -116,7 +128,7 @@ def blockdev_snapshot(
     overlay_name: str,
     on_lookup: Callable[[BlockNode], None] | None = None,
     jobs: Sequence[Job] = (),
-) -> Undo:
+) -> Appended:
     """blockdev-snapshot: append an existing (blockdev-add) node as the overlay (`jobs`:
     the live jobs, whose edges count in the overlay's permissions)."""
     old = graph.lookup_or_fail(node)
@@ -135,10 +147,16 @@ def blockdev_snapshot(
         raise QMPError("The overlay already has a backing image")
     if overlay.driver != "qcow2":
         raise QMPError("The overlay does not support backing images")
-    return append(graph, policy, overlay, old)
+    return append(graph, policy, overlay, old, jobs)
 
 
-def append(graph: BlockGraph, policy: PlacementPolicy, new: BlockNode, old: BlockNode) -> Undo:
+def append(
+    graph: BlockGraph,
+    policy: PlacementPolicy,
+    new: BlockNode,
+    old: BlockNode,
+    jobs: Sequence[Job] = (),
+) -> Appended:
     """bdrv_append(new, old): new backs onto old and replaces it in all its parents."""
     if new is old or has_descendant(old, new):
         raise QMPError(
@@ -152,18 +170,21 @@ def append(graph: BlockGraph, policy: PlacementPolicy, new: BlockNode, old: Bloc
     graph.set_backing(new, old)
     graph.redirect(parents, roots, new, skip=new)
     graph.links_changed()
-    # replacing the child re-labels the backing blocker with the new parent's name;
-    # the old node is reopened read-only, which flushes it; the reopen fails (silently,
-    # external_snapshot_commit passes no error) while a parent still writes to it, e.g.
-    # an overlay put onto its own file node
-    if not perms.cumulative(graph, old)[0] & (perms.WRITE | perms.WRITE_UNCHANGED):
+    # replacing the child re-labels the backing blocker with the new parent's name
+    policy.on_append(graph, old, new)
+
+    def commit() -> None:
+        # the old node is reopened read-only, which flushes it; the reopen fails
+        # (silently: external_snapshot_commit passes no error) while a parent still
+        # writes to it, e.g. an overlay put onto its own file node
+        if perms.cumulative(graph, old, jobs)[0] & (perms.WRITE | perms.WRITE_UNCHANGED):
+            return
         flush_metadata(old)
         old.read_only = True
         for bm in old.bitmaps:
             if bm.persistent:
                 bm.readonly = True  # qcow2_reopen_bitmaps_ro stores them, marks them readonly
                 bm.stored = True
-    policy.on_append(graph, old, new)
 
     def undo() -> None:
         graph.redirect(parents, roots, old, skip=new)
@@ -174,7 +195,7 @@ def append(graph: BlockGraph, policy: PlacementPolicy, new: BlockNode, old: Bloc
         for bm, ro, stored in saved_readonly:
             bm.readonly, bm.stored = ro, stored
 
-    return undo
+    return Appended(new, undo, commit)
 
 
 def _close_overlay(graph: BlockGraph, overlay: BlockNode) -> None:

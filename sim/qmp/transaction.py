@@ -206,7 +206,7 @@ def _remove(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepared:
 def _snapshot_sync(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepared:
     check_completion_mode("blockdev-snapshot-sync", ctx)
     s = m.state
-    overlay, undo = snapshot.snapshot_sync(
+    appended = snapshot.snapshot_sync(
         s.graph,
         s.policy,
         data.get("device"),
@@ -219,13 +219,16 @@ def _snapshot_sync(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepare
         filename_of=lambda node: node_filename(s.graph, node),
     )
 
+    overlay = appended.overlay
+
     def commit() -> None:
+        appended.commit()
         # the overlay of a node nobody uses has no user either: external_snapshot_clean
         # drops the action's reference and the new node goes (its backing link too)
         if not s.graph.has_users(overlay) and not overlay.monitor_owned:
             s.graph.delete_unreferenced(overlay)
 
-    return Prepared(abort=undo, commit=commit)
+    return Prepared(abort=appended.undo, commit=commit)
 
 
 @action("blockdev-snapshot")
@@ -240,7 +243,7 @@ def _snapshot(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepared:
         found = s.graph.lookup_bs(name)
         if found is not None:
             before.update(perms.edges_below(s, found))
-    undo = snapshot.blockdev_snapshot(
+    appended = snapshot.blockdev_snapshot(
         s.graph,
         s.policy,
         data["node"],
@@ -252,9 +255,9 @@ def _snapshot(m: Machine, data: dict[str, Any], ctx: TxnContext) -> Prepared:
         overlay = s.graph.lookup_or_fail(data["overlay"])
         conflict = perms.refresh_conflict(s, overlay, before)
         if conflict is not None:
-            undo()
+            appended.undo()
             raise QMPError(conflict)
-    return Prepared(abort=undo)
+    return Prepared(abort=appended.undo, commit=appended.commit)
 
 
 @action("blockdev-snapshot-internal-sync")
