@@ -72,8 +72,7 @@ def _txn_snapshot_survives(mp: MP) -> None:
     original = snapshot.snapshot_sync
 
     def snapshot_sync(*args: Any, **kwargs: Any) -> Any:
-        node, _undo = original(*args, **kwargs)
-        return node, _noop
+        return original(*args, **kwargs)._replace(undo=_noop)
 
     mp.setattr(snapshot, "snapshot_sync", snapshot_sync)
 

@@ -452,7 +452,7 @@ def test_walk_over_the_cluster_summary_lays_out_what_numpy_does(seed: int) -> No
     for n in (0, 1, 3, 40, 400):
         scribble(n)
         same(base)
-    snapshot_sync(graph, get_policy("qemu-7.2"), "drive0", None, "ov.qcow2", "ov")
+    snapshot_sync(graph, get_policy("qemu-7.2"), "drive0", None, "ov.qcow2", "ov").commit()
     same(base)  # settled: read-only, flushed
     scribble(300)
     assert bb.root is not None and bb.root.node_name == "ov"
@@ -466,7 +466,9 @@ def test_walk_over_the_cluster_summary_lays_out_what_numpy_does(seed: int) -> No
         model_io.guest_write(
             seq_state.graph, seq_bb, seq_bb.root, off, length, seq_state.new_stamp(5)
         )
-    snapshot_sync(seq_state.graph, get_policy("qemu-7.2"), "drive0", None, "seq-ov.qcow2", "seq-ov")
+    snapshot_sync(
+        seq_state.graph, get_policy("qemu-7.2"), "drive0", None, "seq-ov.qcow2", "seq-ov"
+    ).commit()
     assert seq.image is not None and seq.read_only
     assert _host_file(seq_state.graph, seq.image, seq) == _numpy_layout(
         seq_state.graph, seq.image, seq
