@@ -40,7 +40,7 @@ and limits of the code) are found by a pattern each and rewritten in place.
 
 The audit (`unsourced_numbers`, run by `--check` and tests/test_readme_numbers.py):
 every number of README.md outside the generated regions and the code it shows
-must be a CLAIM or a `SOURCES` entry (a version, a default or limit of the code
+(inline code holding a figure with its unit, `3.2 ms`, counts as prose) must be a CLAIM or a `SOURCES` entry (a version, a default or limit of the code
 or of QEMU checked against the constant where the model has one, an input of a
 shown command or test, what a recorded scenario says of itself); anything else
 is a hand-written measurement and fails.
@@ -816,9 +816,12 @@ def rewrite_claims(text: str) -> str:
 
 # -- the audit: every number of README.md has a source --------------------------------------
 
+UNIT = r"(?:x|k|s|ms|us|µs|ns|KiB|MiB|GiB|TiB|KB|MB|GB)"  # written right after a number
 NUMBER = re.compile(
-    r"(?<![\w.#/^\-:$])\d+(?:[.,]\d+)*(?:\^\d+)?(?:(?=x\b)|(?![\w]|[.,]\d))"
-)  # a number in prose (1,000, 0.69, 2^31, 1.7x, 10-minute), not part of a name (ext4, rec-0211)
+    rf"(?<![\w.#/^\-:$])\d+(?:[.,]\d+)*(?:\^\d+)?(?:(?={UNIT}\b)|(?![\w]|[.,]\d))"
+)  # a number in prose (1,000, 0.69, 2^31, 1.7x, 500ms, 10-minute), not part of a name (ext4)
+# inline code holding a figure with its unit is a figure, not a command's input
+MEASURED = re.compile(rf"\d(?:\.\d+)?\s*{UNIT}\b|\d%")
 
 
 def _spaced(pattern: str) -> str:
@@ -1156,6 +1159,13 @@ SOURCES = [
         lambda: str(_module(ROOT / "scripts" / "iotest_traces.py").RACES[RACING_IOTEST]),
     ),
     Source(r"`--scheduler tcp://HOST:8786`", "a shown option (Dask's scheduler port)"),
+    Source(
+        r"DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=(?P<n>500)ms",
+        "sim.cluster.QUIET_CLUSTER's tick interval",
+        lambda: str(
+            _source_number("sim/cluster.py", r'"distributed.admin.tick.interval": "(\d+)ms"')
+        ),
+    ),
 ]
 
 AUDITED_REGIONS = "generated regions (their bodies and the commands in their markers)"
@@ -1169,7 +1179,9 @@ def _code_spans(text: str) -> list[tuple[int, int]]:
         (m.start(), m.end())
         for m in re.finditer(r"(?:(?<=\n\n)|(?<=\A))(?: {4}.*\n?(?:\n(?= {4}))?)+", text)
     ]
-    spans += [(m.start(), m.end()) for m in re.finditer(r"`[^`]+`", text)]
+    spans += [
+        (m.start(), m.end()) for m in re.finditer(r"`[^`]+`", text) if not MEASURED.search(m[0])
+    ]
     return spans
 
 

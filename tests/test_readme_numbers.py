@@ -449,6 +449,10 @@ def test_the_audit_flags_a_hand_written_measurement_and_a_stale_constant() -> No
     assert numbers.unsourced_numbers(region) == []
     code = text.replace("## Permissions\n", "## Permissions\n\n`--speed 3.2`\n")
     assert numbers.unsourced_numbers(code) == []
+    # ... but a figure with its unit is one, in code or glued to its unit
+    units = text.replace("## Permissions\n", "## Permissions\n\nIt takes 500ms (`3.2 ms`).\n")
+    assert [f.split(": ")[1].split(" in ")[0] for f in numbers.unsourced_numbers(units)] == [
+        "'500'", "'3.2'"]  # fmt: skip
     # a name with digits is no number; a number next to a name still is
     names = text.replace("## Permissions\n", "## Permissions\n\next4 rec-0211 bitmap0 int64\n")
     assert numbers.unsourced_numbers(names) == []
