@@ -318,6 +318,23 @@ def test_a_page_per_failure_with_its_trace_violation_and_qemu_answer(page: Path)
     assert "blockdev-snapshot-sync" in failure and "◀ violation" in failure
 
 
+def test_an_expected_failure_page_does_not_claim_a_qemu_run(tmp_path: Path) -> None:
+    """An expected failure is classed by a documented rule whose reason names QEMU 7.2's
+    recorded behaviour; its page said "real QEMU 7.2 (blocksim triage)" with that
+    reason, as if triage had run it on QEMU.  It says it was not run, and how to."""
+    run = tmp_path / "run"
+    (run / "failures").mkdir(parents=True)
+    (run / "failures" / "e.jsonl").write_text(SNAPSHOT.read_text())
+    record_ = {"kind": "bitmap-addressability", "path": "failures/e.jsonl", "steps": 8,
+               "message": "m", "class": "expected",
+               "class_reason": "the bitmap stayed on its node (QEMU 7.2 behaviour, recorded)"}  # fmt: skip
+    (run / "failures" / "index.json").write_text(json.dumps([record_]))
+    build_report(run, tmp_path / "report", "t", "blocksim report RUN -o OUT")
+    failure = (tmp_path / "report" / "failures" / "e.html").read_text()
+    assert "blocksim triage)" not in failure
+    assert "not run: an expected failure" in failure and "--all" in failure
+
+
 def test_the_failure_page_shows_qemu_and_blocksim_side_by_side(page: Path) -> None:
     failure = (page / "failures" / "snap.html").read_text()
     assert "differs first at step 3" in failure
