@@ -77,6 +77,36 @@ def test_a_partial_write_into_a_new_cluster_copies_the_rest_from_the_backing() -
     assert {s for _a, _b, s in top.extents(3 * sector, 4 * sector)} == {FIRST_DATA_STAMP + 1, new}
 
 
+def test_copy_on_write_reads_the_write_log_without_splicing_it() -> None:
+    """The overlay's own data that `cow_clusters` and `copy_on_write` look at includes
+    writes still waiting in the write log (asked per cluster, the log not spliced in):
+    the same contents and host clusters as when the log is spliced before each ask."""
+    base = Qcow2Content(64 * M, CLUSTER)
+    base.write(0, 16 * M, FIRST_DATA_STAMP)
+    base.write(32 * M, 4 * M, FIRST_DATA_STAMP + 1)
+    writes = [((i * 7919 * 4 * K + i * 512) % (60 * M), (4 + i % 3 * 30) * K) for i in range(400)]
+    writes += [(5 * CLUSTER + 512, 3 * CLUSTER), (CLUSTER - 512, 1024), (40 * M + 4 * K, 8 * K)]
+    contents = []
+    for splice in (False, True):
+        top = Qcow2Content(64 * M, CLUSTER)
+        for n, (offset, length) in enumerate(writes):
+            if splice:
+                top.extents(0, 0)  # a read splices the log in
+            clusters = top.cow_clusters(offset, length)
+            top.write(offset, length, FIRST_DATA_STAMP + 2 + n)
+            top.copy_on_write(clusters, [base])
+        if not splice:
+            assert top._log is not None  # still waiting: nothing read the content
+        contents.append(top)
+    logged, spliced = contents
+    assert logged.extents() == spliced.extents()
+    assert (
+        len({s for _a, _b, s in spliced.extents()} & {FIRST_DATA_STAMP, FIRST_DATA_STAMP + 1}) == 2
+    )
+    host = logged.layout.host
+    assert host.extents() == spliced.layout.host.extents()
+
+
 def _overlay_machine() -> Any:
     import sim.qmp.commands  # noqa: F401
     from sim.engine.machine import Machine

@@ -243,12 +243,14 @@ def cow_plan(
     cb = content.cluster_bytes
     if length % cb == 0 and all(o % cb == 0 for o in offsets):
         return [], []
-    below = [n.content for n in graph.backing_chain(node)[1:] if n.content is not None]
-    if not below:
-        return [], []
     clusters: list[int] = []
     for offset in offsets:
         clusters += content.cow_clusters(offset, length)
+    if not clusters:
+        return [], []
+    below = [n.content for n in graph.backing_chain(node)[1:] if n.content is not None]
+    if not below:
+        return [], []
     return clusters, below
 
 

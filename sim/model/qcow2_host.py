@@ -676,20 +676,36 @@ class Qcow2Content(Content):
             partial.append(first)
         if end < min((last + 1) * cb, self.size_bytes) and last not in partial:
             partial.append(last)
+        if not partial:
+            return partial
         per = cb >> SECTOR_SHIFT
-        return [c for c in partial if not self.extents(c * per, (c + 1) * per)]
+        # the run list and the write log asked apart: the log is not spliced in
+        log = self._log
+        logged = log.by_cluster(cb) if log is not None else {}
+        spliced = self._spliced_extents
+        return [c for c in partial if c not in logged and not spliced(c * per, (c + 1) * per)]
 
     def copy_on_write(self, clusters: list[int], below: list[Content]) -> None:
         """perform_cow, after the writes `cow_clusters` was asked for: what the backing
         chain `below` (top first) holds as data in those clusters, where this image
         has nothing of its own, becomes this image's (read from the backing file and
         written into the new clusters), run by run."""
-        per = self.cluster_bytes >> SECTOR_SHIFT
+        cb = self.cluster_bytes
+        per = cb >> SECTOR_SHIFT
         for c in sorted(set(clusters)):
             lo, hi = c * per, min((c + 1) * per, self.nsectors)
+            # what this image holds there: its run list's extents and the write log's
+            # writes (asked apart, the log is not spliced in; the writes below log too)
+            held = [(a, b) for a, b, _stamp in self._spliced_extents(lo, hi)]
+            log = self._log
+            if log is not None:
+                logged = log.by_cluster(cb).get(c)
+                if logged:
+                    held += [(max(a, lo), min(b, hi)) for a, b in logged]
+                    held.sort()
             holes: list[tuple[int, int]] = []
             cur = lo
-            for a, b, _stamp in self.extents(lo, hi):
+            for a, b in held:
                 if a > cur:
                     holes.append((cur, a))
                 cur = max(cur, b)
