@@ -180,8 +180,13 @@ def power_region(results: Path = RESULTS) -> str:
     findings = power.findings_from_json(doc)
     found = sum(f.found for f in findings)
     table = "\n".join(line for line in power.table(findings).splitlines() if line.startswith("|"))
+    budget = (
+        f"{doc['budget_examples']:,} examples"
+        if "budget_examples" in doc
+        else f"{doc['budget_s']:.0f} s"
+    )
     return (
-        f"{table}\n\n{found} of {len(findings)} mutants found within {doc['budget_s']:.0f} s "
+        f"{table}\n\n{found} of {len(findings)} mutants found within {budget} "
         f"each (load average {doc.get('load_average', '?')} on {doc.get('cores', '?')} cores)."
     )
 
@@ -669,8 +674,13 @@ CLAIMS += [
         lambda: max(_import("sim.qmp.cmd_create").CREATE_DELAY_NS.values()) // 1_000_000,
     ),
     Claim(
-        "seconds per mutant of the power test",
-        r"at most (?P<n>\d+) s each \(`BLOCKSIM_POWER_BUDGET`\)",
+        "examples per mutant of the power test",
+        r"at most (?P<n>[\d,]+) examples each \(`BLOCKSIM_POWER_EXAMPLES`",
+        lambda: _power_default("BLOCKSIM_POWER_EXAMPLES"),
+    ),
+    Claim(
+        "seconds per mutant that end a power test hunt that hangs",
+        r"a cap of (?P<n>\d+) s a\s+mutant, `BLOCKSIM_POWER_BUDGET`",
         lambda: _power_default("BLOCKSIM_POWER_BUDGET"),
     ),
     Claim(

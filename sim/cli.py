@@ -676,13 +676,12 @@ def report(run_dir: str, out: str | None, title: str) -> None:
     """Draw a run folder (timelines, coverage, failures, matrix) as PNG/SVG and index.html.
 
     The run folder's layout is in reports/README.md."""
-    from sim.report import build_report
+    from sim.report import build_report, command_line
 
     target = Path(out) if out else Path("reports") / Path(run_dir).resolve().name
     try:
-        command = f"blocksim report {run_dir} -o {target}" + (
-            f" --title {title!r}" if title else ""
-        )
+        words = ["blocksim", "report", run_dir, "-o", str(target)]
+        command = command_line(words + (["--title", title] if title else []))
         built = build_report(run_dir, target, title, command)
     except FileNotFoundError as exc:
         click.echo(f"blocksim report: {exc}", err=True)

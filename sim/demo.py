@@ -24,7 +24,7 @@ from typing import Any
 
 from sim import bundled
 from sim.replay import ReplayResult, replay
-from sim.report import Report, build_report
+from sim.report import Report, build_report, command_line
 from sim.timeline import TimelineRecorder, write_json
 from sim.trace import Trace, atomic_write_text, dumps, load_trace
 
@@ -133,7 +133,9 @@ def run_demo(out_dir: Path, scenarios: Path, fuzz_seconds: float, say: Say) -> R
         f"matrix    {len(matrix['policies'])} policies x {len(matrix['invariants'])} "
         f"invariants: {broken} broken cells"
     )
-    command = f"blocksim demo -o {out_dir} --fuzz-seconds {fuzz_seconds:g}"
+    command = command_line(
+        ["blocksim", "demo", "-o", str(out_dir), "--fuzz-seconds", f"{fuzz_seconds:g}"]
+    )
     report = build_report(run, out_dir, title="blocksim demo report", command=command)
     say(f"report    {report.index}: {len(report.pngs)} figures")
     return report

@@ -108,7 +108,7 @@ def test_power_findings_json_renders_the_table_the_test_prints(tmp_path: Path) -
     printed = [line for line in power.table(findings).splitlines() if line.startswith("|")]
     assert region.startswith("\n".join(printed))
     assert "| `m1` | yes | 1.2 s | 30 | 1 step | `bitmap-precision` |" in region
-    assert "1 of 2 mutants found within" in region
+    assert f"1 of 2 mutants found within {power.EXAMPLES:,} examples each" in region
 
 
 def test_a_differential_summary_becomes_a_campaign_row() -> None:

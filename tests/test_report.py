@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import struct
 import subprocess
+from html import escape
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -239,6 +241,44 @@ def test_report_is_deterministic(run_folder: Path, report: Any, tmp_path: Path) 
     assert again.index.read_bytes() == report.index.read_bytes()
     for png in report.pngs:
         assert (tmp_path / "again" / "figures" / png.name).read_bytes() == png.read_bytes()
+
+
+def test_the_page_names_version_command_seeds_and_a_date_only_from_source_date_epoch(
+    run_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sim.report import blocksim_version
+
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "my out"
+    args = ["report", str(run_folder), "-o", str(out), "--title", "it's"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    page = (out / "index.html").read_bytes()
+    html = page.decode("utf-8")
+    assert f"blocksim {escape(blocksim_version())}" in html
+    # the command as given, quoted to paste back, the working folder's paths made relative
+    said = shlex.join(["blocksim", "report", str(run_folder), "-o", "my out", "--title", "it's"])
+    assert escape(said) in html and str(tmp_path) not in html
+    assert "under-load: 0" in html  # the seed of each replayed trace
+    assert "fuzz campaign: 0" in html  # and of the campaign
+    assert "not recorded (set SOURCE_DATE_EPOCH to stamp one)" in html
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and (out / "index.html").read_bytes() == page
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    dated = CliRunner().invoke(main, args)
+    assert dated.exit_code == 0, dated.output
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert "2023-11-14 22:13:20 UTC" in html and "not recorded" not in html
+    assert html.replace("2023-11-14 22:13:20 UTC (SOURCE_DATE_EPOCH=1700000000)", "") == (
+        page.decode("utf-8").replace("not recorded (set SOURCE_DATE_EPOCH to stamp one)", "")
+    )  # the date is the only difference
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    bad = CliRunner().invoke(main, args)
+    assert bad.exit_code == 0, bad.output
+    assert "SOURCE_DATE_EPOCH=&#x27;yesterday&#x27; is not a count of seconds" in (
+        (out / "index.html").read_text(encoding="utf-8")
+    )
 
 
 def test_timeline_records_jobs_bitmaps_graph_changes_and_io(run_folder: Path) -> None:

@@ -17,13 +17,18 @@ reports/README.md gives every key each file is read for.  Without a
 coverage.json the coverage figures are derived from the timelines.  The report
 (`out_dir/index.html`, `figures/*.png|svg`, `traces/` holding every trace a
 page links) depends only on the run folder: fixed fonts and file metadata,
-nothing read from the clock.  matplotlib is imported here and nowhere else.
+nothing read from the clock (the page carries a date only when SOURCE_DATE_EPOCH gives
+one, as reproducible builds do).  matplotlib is imported here and nowhere else.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
 import shutil
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +162,35 @@ def blocksim_version() -> str:
         return "unknown (not installed)"
 
 
+def command_line(words: list[str]) -> str:
+    """A command line as the page shows it: shell-quoted, so it can be pasted back, and
+    each absolute path under the working folder made relative to it (no home or
+    checkout path on the page)."""
+    here = Path.cwd()
+    shown = []
+    for word in words:
+        path = Path(word)
+        if path.is_absolute() and path.is_relative_to(here):
+            word = str(path.relative_to(here)) or "."
+        shown.append(word)
+    return shlex.join(shown)
+
+
+def report_date() -> str:
+    """The page's date, stamped as reproducible builds stamp one: SOURCE_DATE_EPOCH's
+    instant in UTC when it is set, else none, so the same inputs give the same bytes."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH")
+    if not raw:
+        return "not recorded (set SOURCE_DATE_EPOCH to stamp one)"
+    try:
+        if not re.fullmatch(r"[0-9]+", raw):
+            raise ValueError
+        when = datetime.fromtimestamp(int(raw), tz=UTC)
+    except (ValueError, OverflowError, OSError):
+        return f"not recorded (SOURCE_DATE_EPOCH={raw!r} is not a count of seconds since 1970)"
+    return f"{when:%Y-%m-%d %H:%M:%S} UTC (SOURCE_DATE_EPOCH={raw})"
+
+
 def _summary(run: RunFolder, command: str) -> list[tuple[str, str]]:
     cov = {
         "campaign": "coverage.json (fuzz campaign)",
@@ -168,6 +202,7 @@ def _summary(run: RunFolder, command: str) -> list[tuple[str, str]]:
         seeds.append(f"fuzz campaign: {cfg.get('seed', '?')}")
     return [
         ("made by", f"blocksim {blocksim_version()}" + (f": {command}" if command else "")),
+        ("date", report_date()),
         ("seeds", "; ".join(seeds) or "none"),
         ("run folder", run.path.resolve().name),
         ("timelines", ", ".join(doc.get("name") or stem for stem, doc in run.timelines) or "none"),
@@ -307,4 +342,4 @@ def _text(value: Any) -> str:
     return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-__all__ = ["Report", "build_report", "load_run"]
+__all__ = ["Report", "build_report", "command_line", "load_run", "report_date"]
