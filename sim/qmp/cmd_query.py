@@ -201,6 +201,11 @@ def node_filename(graph: BlockGraph, node: BlockNode) -> str:
         return "json:" + _qdict_json(_open_options(graph, node))
     if node.is_format and node.file is not None and node.file.driver == "blkdebug":
         return "json:" + _qdict_json(_open_options(graph, node))
+    if node.is_format and node.file is not None and node.file.is_filter:
+        # bdrv_refresh_filename takes a format node's name from its file child only
+        # when that child is a protocol node: a filter there (a stream's copy-on-read
+        # filter, a backup's copy-before-write filter on the protocol node) makes it json
+        return "json:" + json.dumps(_open_options(graph, node), sort_keys=True)
     if node.driver == "snapshot-access" and node.file is not None:
         return node_filename(graph, node.file)  # snapshot_access_refresh_filename
     node = _unfiltered(node)
@@ -258,7 +263,7 @@ def _backing_overridden(graph: BlockGraph, node: BlockNode) -> bool:
             overridden = header is not None
             continue
         below = _unfiltered(n.backing)
-        if _over_format(below):
+        if _over_format(below) or (below.file is not None and below.file.is_filter):
             name = node_filename(graph, below)
         elif below.driver == "qcow2" and below.image is not None:
             # an overridden node's name is its json:{...} (a snapshot writes that name
@@ -295,6 +300,15 @@ def _open_options(graph: BlockGraph, node: BlockNode) -> dict[str, Any]:
     overridden, its backing child."""
     if node.driver == "file":
         return {"driver": "file", "filename": node_filename(graph, node)}
+    below = node.filtered_child() if node.implicit else None
+    if below is not None:  # an implicit node copies everything from its one child
+        return _open_options(graph, below)
+    if node.driver == "copy-before-write" and node.file is not None and node.target is not None:
+        return {
+            "driver": node.driver,
+            "file": _open_options(graph, node.file),
+            "target": _open_options(graph, node.target),
+        }
     if node.is_format and node.file is not None:
         options: dict[str, Any] = {"driver": node.driver, "file": _open_options(graph, node.file)}
         options.update(node.raw_options)
@@ -365,8 +379,13 @@ def image_info(graph: BlockGraph, node: BlockNode) -> dict[str, Any]:
 
 
 def _virtual_size(graph: BlockGraph, node: BlockNode) -> int:
-    # a protocol node (blkdebug passes its file's length on) is as long as its file
-    # as is raw over a qcow2 image's file (the disk is the host bytes)
+    # a filter is as long as its child (a copy-on-read filter a stream put on a
+    # protocol node is as long as the host file); a protocol node (blkdebug passes its
+    # file's length on) is as long as its file, as is raw over a qcow2 image's file
+    # (the disk is the host bytes)
+    child = node.filtered_child() if node.is_filter and node.driver != "blkdebug" else None
+    if child is not None:
+        return _virtual_size(graph, child)
     protocol = node.driver in ("file", "blkdebug") or node.host_bytes_of
     image = node_image(graph, node) if protocol else None
     if image is not None:
