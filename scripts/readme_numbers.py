@@ -859,6 +859,12 @@ class Source:
         return pattern
 
 
+def _constant(pattern: str, dotted: str) -> Source:
+    """A number that is the value of a module's constant (`dotted`: module.NAME)."""
+    module, name = dotted.rsplit(".", 1)
+    return Source(pattern, dotted, lambda: str(getattr(_import(module), name)))
+
+
 def _scenario_says(relative: str, phrase: str) -> Callable[[], str]:
     """The phrase, when the scenario's own text (its description or `//` lines) says it:
     QEMU's run counts are kept where they were recorded."""
@@ -902,57 +908,25 @@ SOURCES = [
         "the year of the qemu-block thread on "
         "bitmap placement the policies come from (docs/architecture.md)",
     ),
-    Source(
-        r"Version (?P<n>\d+) of the shared spec",
-        "sim.trace.TRACE_VERSION",
-        lambda: str(_import("sim.trace").TRACE_VERSION),
-    ),
-    Source(
-        r"exit (?P<n>0) when every `expect`",
-        "sim.cli.EXIT_OK",
-        lambda: str(_import("sim.cli").EXIT_OK),
-    ),
-    Source(
-        r"(?P<n>1) on a mismatch \(naming",
-        "sim.cli.EXIT_MISMATCH",
-        lambda: str(_import("sim.cli").EXIT_MISMATCH),
-    ),
-    Source(
-        r"(?P<n>2) for a bad trace",
-        "sim.cli.EXIT_USAGE",
-        lambda: str(_import("sim.cli").EXIT_USAGE),
-    ),
-    Source(
-        r"codes: (?P<n>0) all matched", "sim.cli.EXIT_OK", lambda: str(_import("sim.cli").EXIT_OK)
-    ),
-    Source(
-        r"(?P<n>1) a mismatch, violation",
-        "sim.cli.EXIT_MISMATCH",
-        lambda: str(_import("sim.cli").EXIT_MISMATCH),
-    ),
-    Source(
-        r"(?P<n>2) a bad trace,\s+bad usage",
-        "sim.cli.EXIT_USAGE",
-        lambda: str(_import("sim.cli").EXIT_USAGE),
-    ),
+    _constant(r"Version (?P<n>\d+) of the shared spec", "sim.trace.TRACE_VERSION"),
+    _constant(r"exit (?P<n>0) when every `expect`", "sim.cli.EXIT_OK"),
+    _constant(r"(?P<n>1) on a mismatch \(naming", "sim.cli.EXIT_MISMATCH"),
+    _constant(r"(?P<n>2) for a bad trace", "sim.cli.EXIT_USAGE"),
+    _constant(r"codes: (?P<n>0) all matched", "sim.cli.EXIT_OK"),
+    _constant(r"(?P<n>1) a mismatch, violation", "sim.cli.EXIT_MISMATCH"),
+    _constant(r"(?P<n>2) a bad trace,\s+bad usage", "sim.cli.EXIT_USAGE"),
     Source(
         r"(?P<n>3) an\s+internal error",
         "the exit code of an internal error (sim/entry.py)",
         lambda: str(_source_number("sim/cli.py", r"internal error: .*\n\s+code = (\d+)")),
     ),
-    Source(
-        r"exit code (?P<n>130)|(?P<m>130) interrupted",
-        "sim.interrupt.EXIT_INTERRUPTED",
-        lambda: str(_import("sim.interrupt").EXIT_INTERRUPTED),
-    ),
+    _constant(r"exit code (?P<n>130)|(?P<m>130) interrupted", "sim.interrupt.EXIT_INTERRUPTED"),
     Source(
         r"exits? (?P<n>1)(?= only when|\.  `tests| \(listing)",
         "the exit code of a difference (sim.cli.EXIT_MISMATCH)",
         lambda: str(_import("sim.cli").EXIT_MISMATCH),
     ),
-    Source(
-        r"and exit (?P<n>2)\.", "sim.cli.EXIT_USAGE", lambda: str(_import("sim.cli").EXIT_USAGE)
-    ),
+    _constant(r"and exit (?P<n>2)\.", "sim.cli.EXIT_USAGE"),
     Source(
         r"per 1,000(?: drawn| diffed| per command)",
         "the unit of the differential campaigns' figures",
@@ -987,11 +961,7 @@ SOURCES = [
         "tests/test_serve.py's commands",
         _test_source_number("tests/test_serve.py", r'"--commands", "(\d+)"'),
     ),
-    Source(
-        r"a multiple of (?P<n>512)|per (?P<m>512)-byte sector",
-        "sim.model.content.SECTOR",
-        lambda: str(_import("sim.model.content").SECTOR),
-    ),
+    _constant(r"a multiple of (?P<n>512)|per (?P<m>512)-byte sector", "sim.model.content.SECTOR"),
     Source(
         r"a state \((?P<n>1) at open\)",
         "blkdebug's initial state (block/blkdebug.c: s->state = 1), sim/qmp/cmd_blockdev.py",
@@ -1046,16 +1016,11 @@ SOURCES = [
         "sim.engine.jobs.BLOCK_COPY_MAX_BUFFER",
         lambda: _mib(_import("sim.engine.jobs").BLOCK_COPY_MAX_BUFFER),
     ),
-    Source(
+    _constant(
         r"up to (?P<n>64) at a time|until (?P<m>64) (?:are|tasks are) busy",
         "sim.engine.jobs.BLOCK_COPY_MAX_WORKERS",
-        lambda: str(_import("sim.engine.jobs").BLOCK_COPY_MAX_WORKERS),
     ),
-    Source(
-        r"until (?P<n>64) are busy",
-        "sim.engine.jobs.BLOCK_COPY_MAX_WORKERS",
-        lambda: str(_import("sim.engine.jobs").BLOCK_COPY_MAX_WORKERS),
-    ),
+    _constant(r"until (?P<n>64) are busy", "sim.engine.jobs.BLOCK_COPY_MAX_WORKERS"),
     Source(
         r"the job's own (?P<n>10) us",
         "sim.engine.timing.HOLE_CHUNK_NS",
@@ -1128,11 +1093,7 @@ SOURCES = [
         "8192 clusters: 512 MiB (sim/model/host_file.py)",
         lambda: str((65536 // 8) * 65536 >> 20),
     ),
-    Source(
-        r"more than (?P<n>4096) bits set",
-        "sim.model.bitmap._RUNWISE_MAX_BITS",
-        lambda: str(_import("sim.model.bitmap")._RUNWISE_MAX_BITS),
-    ),
+    _constant(r"more than (?P<n>4096) bits set", "sim.model.bitmap._RUNWISE_MAX_BITS"),
     Source(
         r"allocations, not (?P<n>700)",
         "CPython's default gc threshold (gc.get_threshold())",

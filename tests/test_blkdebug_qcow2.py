@@ -10,6 +10,7 @@ so 600M lies under the second L2 table.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,6 +20,23 @@ from sim.replay import replay
 from sim.trace import parse_lines
 
 OK, FAIL = "ok", "FAIL"
+
+
+def _scenario_images(path: str) -> Callable[[str], list[tuple[int, int, int]]]:
+    """Replay a scenario; then an image's extents in KiB, each with its pattern (0:
+    zeroes), as `blocksim diff` compares them with QEMU's."""
+    with open(path) as f:
+        state = replay(parse_lines(f.read().splitlines())).machine.state
+
+    def image(name: str) -> list[tuple[int, int, int]]:
+        content = state.graph.images[name].content
+        k = 1024
+        return [
+            (a * 512 // k, b * 512 // k, 0 if s == ZERO_STAMP else state.stamps.pattern(s))
+            for a, b, s in content.extents()
+        ]
+
+    return image
 
 
 def _create(steps: list[dict[str, Any]], filename: str, size: int) -> None:
@@ -193,17 +211,7 @@ def test_pieces_of_a_failed_write_land_all_the_same() -> None:
     own: a failing piece leaves the others' data in the image.  The images QEMU 7.2
     left for scenarios/blockapi/blkdebug-qcow2-write-pieces.jsonl (`blocksim diff`
     compared them with the model's: identical)."""
-    path = "scenarios/blockapi/blkdebug-qcow2-write-pieces.jsonl"
-    with open(path) as f:
-        result = replay(parse_lines(f.read().splitlines()))
-    state = result.machine.state
-    k = 1024
-
-    def image(name: str) -> list[tuple[int, int, int]]:
-        content = state.graph.images[name].content
-        return [
-            (a * 512 // k, b * 512 // k, state.stamps.pattern(s)) for a, b, s in content.extents()
-        ]
+    image = _scenario_images("scenarios/blockapi/blkdebug-qcow2-write-pieces.jsonl")
 
     # across two L2 regions: the second region's piece lands, the first fails
     assert image("p0.qcow2") == [(524288, 524352, 0x31)]
@@ -298,18 +306,7 @@ def test_zero_clusters_keeping_their_host_cluster_are_linked_when_written() -> N
     close takes that back.  The images QEMU 7.2 left for
     scenarios/blockapi/blkdebug-qcow2-zero-allocated-clusters.jsonl (`blocksim diff`
     compared them with the model's: identical; the code before: all three differ)."""
-    path = "scenarios/blockapi/blkdebug-qcow2-zero-allocated-clusters.jsonl"
-    with open(path) as f:
-        result = replay(parse_lines(f.read().splitlines()))
-    state = result.machine.state
-    k = 1024
-
-    def image(name: str) -> list[tuple[int, int, int]]:
-        content = state.graph.images[name].content
-        return [
-            (a * 512 // k, b * 512 // k, 0 if s == ZERO_STAMP else state.stamps.pattern(s))
-            for a, b, s in content.extents()
-        ]
+    image = _scenario_images("scenarios/blockapi/blkdebug-qcow2-zero-allocated-clusters.jsonl")
 
     # the once rule on cluster_alloc_space fails the 4k write into a zero cluster
     assert image("z0.qcow2") == [
@@ -333,14 +330,8 @@ def test_a_piece_with_merged_copy_on_write_reads_the_backing_at_once() -> None:
     one).  The image QEMU 7.2 left for
     scenarios/blockapi/blkdebug-qcow2-merged-cow-reads-first.jsonl (`blocksim diff`:
     identical; the code before: the second piece's data landed over the first write's)."""
-    path = "scenarios/blockapi/blkdebug-qcow2-merged-cow-reads-first.jsonl"
-    with open(path) as f:
-        result = replay(parse_lines(f.read().splitlines()))
-    state = result.machine.state
-    content = state.graph.images["o.qcow2"].content
-    k = 1024
-    got = [(a * 512 // k, b * 512 // k, state.stamps.pattern(s)) for a, b, s in content.extents()]
-    assert got == [(64, 96, 0x02), (96, 128, 0x9E), (128, 224, 0xFE)]
+    image = _scenario_images("scenarios/blockapi/blkdebug-qcow2-merged-cow-reads-first.jsonl")
+    assert image("o.qcow2") == [(64, 96, 0x02), (96, 128, 0x9E), (128, 224, 0xFE)]
 
 
 def test_zero_clusters_rewritten_in_the_file_read_as_rewritten_when_tables_are_lost() -> None:
@@ -351,14 +342,10 @@ def test_zero_clusters_rewritten_in_the_file_read_as_rewritten_when_tables_are_l
     scenarios/blockapi/blkdebug-qcow2-zero-allocated-rewritten.jsonl (`blocksim
     diff`: identical; the code before: [4k, 128k) read the old data, [192k, 256k)
     zeroes)."""
-    path = "scenarios/blockapi/blkdebug-qcow2-zero-allocated-rewritten.jsonl"
-    with open(path) as f:
-        result = replay(parse_lines(f.read().splitlines()))
-    state = result.machine.state
-    content = state.graph.images["r.qcow2"].content
-    k = 1024
-    got = [
-        (a * 512 // k, b * 512 // k, 0 if s == ZERO_STAMP else state.stamps.pattern(s))
-        for a, b, s in content.extents()
+    image = _scenario_images("scenarios/blockapi/blkdebug-qcow2-zero-allocated-rewritten.jsonl")
+    assert image("r.qcow2") == [
+        (0, 128, 0),
+        (128, 192, 0x1E),
+        (192, 256, 0x9E),
+        (524224, 524320, 0x49),
     ]
-    assert got == [(0, 128, 0), (128, 192, 0x1E), (192, 256, 0x9E), (524224, 524320, 0x49)]
