@@ -217,8 +217,10 @@ class MirrorKind(JobDriver):
     def clean(self) -> None:
         g = self.graph
         # mirror_top keeps its backing child when it leaves the graph: closing it
-        # flushes the source (bdrv_mirror_top_flush)
-        flush_metadata(self.source)
+        # flushes that child (bdrv_mirror_top_flush): the source, or after a pivot the
+        # target (bdrv_replace_node moved mirror_top's backing link there with the
+        # source's other parents)
+        flush_metadata(self.target if self.pivoted else self.source)
         if self.dirty in self.source.bitmaps:
             self.source.bitmaps.remove(self.dirty)
         drop_filter(g, self.filter)
