@@ -246,36 +246,25 @@ def _backing_overridden(graph: BlockGraph, node: BlockNode) -> bool:
     a node by blockdev-snapshot, or added with `backing: null`.  Its file name cannot
     say how to open it, so bdrv_refresh_filename makes it json:{...}."""
     memo = _names.memo  # answers for nodes further down, from this same computation
-    chain: list[BlockNode] = []  # the qcow2 image nodes down the backing chain
-    overridden = False  # of the node just below, evaluated bottom-up (no recursion)
+    chain: list[BlockNode] = []  # the qcow2 image nodes down to the first one answered
     cur: BlockNode | None = node
     while cur is not None and cur.driver == "qcow2" and cur.image is not None:
         if cur is not node and ("_backing_overridden", id(cur)) in memo:
-            overridden = memo["_backing_overridden", id(cur)]
             break
         chain.append(cur)
         cur = _unfiltered(cur.backing) if cur.backing is not None else None
         if len(chain) > len(graph.nodes):  # a cycle (a broken graph): stop
             break
-    for n in reversed(chain):
+    overridden = False
+    for n in reversed(chain):  # bottom-up: each name below is answered already
         header = n.image.backing_file if n.image is not None else None
         if n.backing is None:
             overridden = header is not None
-            continue
-        below = _unfiltered(n.backing)
-        if _over_format(below) or (below.file is not None and below.file.is_filter):
-            name = node_filename(graph, below)
-        elif below.driver == "qcow2" and below.image is not None:
-            # an overridden node's name is its json:{...} (a snapshot writes that name
-            # into the header of the overlay it creates over it)
-            name = (
-                "json:" + json.dumps(_open_options(graph, below), sort_keys=True)
-                if overridden
-                else below.image.filename
-            )
         else:
-            name = node_filename(graph, below)
-        overridden = not _same_backing_name(header, name)
+            # the name a snapshot would write for the backing child (json:{...} when
+            # that child is overridden itself or sits over a format node or a filter)
+            name = node_filename(graph, _unfiltered(n.backing))
+            overridden = not _same_backing_name(header, name)
         memo["_backing_overridden", id(n)] = overridden
     return overridden
 
