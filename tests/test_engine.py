@@ -791,7 +791,7 @@ def test_without_the_drained_section_the_pivot_loses_the_writes(
     from sim.check import make_checkers
     from sim.model.job_mirror import MirrorKind
 
-    monkeypatch.setattr(MirrorKind, "drained_source", lambda self: None)
+    monkeypatch.setattr(MirrorKind, "exit_drain", lambda self: None)
     result = run_steps(_mirror_pending_then_finalize(),
                        checkers=make_checkers(["mirror-and-commit-consistency"]))  # fmt: skip
     assert [v["invariant"] for v in result.final["violations"]] == ["mirror-and-commit-consistency"]

@@ -27,9 +27,13 @@ Who drains, as observed on QEMU 7.2: `transaction` (every action's prepare ..
 clean, and drain_all when a backup target is closed), snapshots, backups,
 blockdev-reopen (a subtree section over the reopened nodes), qemu-io through a
 node name (its own BlockBackend's attach and detach each drain the node: two
-pairs per command), block-stream's start and end, and a job's end that
-changes the graph (`JobDriver.prepare_drains` / `clean_drains`: a backup's or
-a stream's filter, a stream's reopens).
+pairs per command), block-stream's start and end, block-commit's reopen of a
+read-only base, and a job's end that changes the graph
+(`JobDriver.prepare_drains` / `clean_drains`: a backup's or a stream's filter,
+a stream's reopens, an intermediate commit's base, a mirror's or active
+commit's target).  A converged mirror holds its source drained from the end of
+its run until its prepare or abort (`hold` / `release`), however long it waits
+for job-finalize.
 """
 
 from __future__ import annotations
@@ -48,12 +52,15 @@ from sim.model.state import BlockState
 class Drain:
     """One drained section: the nodes it was begun on (`roots`, None: every node,
     bdrv_drain_all; with `subtree`, their children too), and the jobs it paused,
-    which `end()` resumes.  While open it is listed in `BlockState.drains`."""
+    which `end()` resumes.  While open it is listed in `BlockState.drains`.  A section
+    a job holds across its own end (`owner`: mirror_run's bdrv_drained_begin of its
+    source, ended in mirror_exit_common) does not pause that job."""
 
     state: BlockState
     roots: tuple[BlockNode, ...] | None
     subtree: bool
     jobs: list[Job]
+    owner: Job | None = None
 
     def nodes(self) -> list[BlockNode] | None:
         """What the section quiesces in the graph as it is now (None: every node)."""
@@ -72,7 +79,11 @@ class Drain:
             self.jobs.remove(job)
             _release(self.state, job)
         held = self.jobs
-        new = [j for j in _pausable(self.state) if _reached(j, nodes) and _absent(j, held)]
+        new = [
+            j
+            for j in _pausable(self.state)
+            if j is not self.owner and _reached(j, nodes) and _absent(j, held)
+        ]
         new = _in_walk_order(new, self.roots)
         _pause(new)
         self.jobs.extend(new)
@@ -90,14 +101,40 @@ class Drain:
 
 def held_by_jobs(state: BlockState) -> list[tuple[Job, BlockNode]]:
     """The drained sections jobs hold while they wait to be finalized (a completed
-    mirror or active commit holds its source: `JobDriver.drained_source`), as (job,
-    node): a request through that node or a parent of it waits until the section ends."""
-    held = []
-    for job in state.jobs:
-        node = job.kind.drained_source()
-        if node is not None:
-            held.append((job, node))
-    return held
+    mirror or active commit holds its source: `JobDriver.exit_drain`), as (job, node):
+    a request through that node or a parent of it waits until the section ends."""
+    return [
+        (section.owner, node)
+        for section in state.drains
+        if section.owner is not None and section.roots is not None
+        for node in section.roots
+    ]
+
+
+def held_jobs(state: BlockState) -> list[Job]:
+    """The jobs an open section holds (their pause count is up: query-block-jobs says
+    `paused`), the owner of a section included (its own child_job link to the drained
+    node counts: a completed mirror waiting to be finalized is `paused`)."""
+    out: list[Job] = []
+    for section in state.drains:
+        for job in [*section.jobs, *([section.owner] if section.owner else [])]:
+            if _absent(job, out):
+                out.append(job)
+    return out
+
+
+def hold(state: BlockState, job: Job, node: BlockNode) -> None:
+    """The job's run() returns inside a drained section over `node` (mirror_run's
+    bdrv_drained_begin(bs) once source and target converged): the other jobs reaching
+    it pause now and resume when the job lets go of it (`release`), at its finalize or
+    abort, however long it waits for them."""
+    begin(state, [node], owner=job)
+
+
+def release(state: BlockState, job: Job) -> None:
+    """The job ends the sections it holds (mirror_exit_common's bdrv_drained_end(src))."""
+    for section in [s for s in state.drains if s.owner is job]:
+        section.end()
 
 
 def quiesced_by(state: BlockState, nodes: Iterable[BlockNode]) -> list[BlockNode]:
@@ -164,7 +201,7 @@ def _release(state: BlockState, job: Job) -> None:
     if job.user_paused:
         return
     for other in state.drains:
-        if _reached(job, other.nodes()):
+        if other.owner is not job and _reached(job, other.nodes()):
             if _absent(job, other.jobs):
                 other.jobs.append(job)
             return
@@ -172,16 +209,21 @@ def _release(state: BlockState, job: Job) -> None:
 
 
 def begin(
-    state: BlockState, nodes: Iterable[BlockNode] | None = None, subtree: bool = False
+    state: BlockState,
+    nodes: Iterable[BlockNode] | None = None,
+    subtree: bool = False,
+    owner: Job | None = None,
 ) -> Drain:
     """bdrv_drained_begin over `nodes` (None: bdrv_drain_all_begin; `subtree`:
     bdrv_subtree_drained_begin): the active jobs holding one of them, or a node
     above one, run to their pause point and pause (`_in_walk_order`), and `end`
-    resumes them in the same order."""
-    section = Drain(state, None if nodes is None else tuple(nodes), subtree, [])
+    resumes them in the same order.  `owner`: the job whose own run() begins the
+    section as it returns (it never reaches another pause point)."""
+    section = Drain(state, None if nodes is None else tuple(nodes), subtree, [], owner)
     quiesced = section.nodes()
     section.jobs = _in_walk_order(
-        [j for j in _pausable(state) if _reached(j, quiesced)], section.roots
+        [j for j in _pausable(state) if j is not owner and _reached(j, quiesced)],
+        section.roots,
     )
     _pause(section.jobs)
     for job in state.jobs:

@@ -126,9 +126,10 @@ class JobDriver:
     def drained(self) -> None:
         """What the job does between a drain's pause request and its pause point."""
 
-    def drained_source(self) -> BlockNode | None:
-        """The node the job keeps in a drained section of its own while it waits to be
-        finalized (guest requests through it wait meanwhile); none for most kinds."""
+    def exit_drain(self) -> BlockNode | None:
+        """The node the job's run() leaves drained when it returns without error (a
+        converged mirror: `drain.hold`), held until its prepare or abort; none for most
+        kinds."""
         return None
 
     # -- JobDriver callbacks, in job_do_finalize / job_abort order ------------------------

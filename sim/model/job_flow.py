@@ -98,6 +98,9 @@ def work_finished(state: BlockState, job: Job) -> None:
     if job.error is not None or (job.cancelled and job.force):
         abort_txn(state, job)
         return
+    held = job.kind.exit_drain()
+    if held is not None:
+        drain.hold(state, job, held)
     if job.status in ACTIVE:
         job.set_status(S.WAITING)
     peers = _peers(job)
@@ -132,9 +135,11 @@ def finalize(state: BlockState, job: Job) -> None:
 
 def _clean(state: BlockState, job: Job) -> None:
     """The job's clean-up (`JobDriver.clean`), after the drained sections its graph
-    change opens (`JobDriver.clean_drains`)."""
+    change opens (`JobDriver.clean_drains`); then the job lets go of the section its
+    run() ended in (`drain.release`)."""
     _drains(state, job.kind.clean_drains())
     job.kind.clean()
+    drain.release(state, job)
 
 
 def _drains(state: BlockState, sections: list[DrainedSection]) -> None:

@@ -160,7 +160,8 @@ class Job:
             entry["error"] = self.error
         return entry
 
-    def query_block_jobs_entry(self) -> dict[str, Any]:
+    def query_block_jobs_entry(self, drained: bool = False) -> dict[str, Any]:
+        """`drained`: an open drained section holds the job (sim/model/drain.py)."""
         entry: dict[str, Any] = {
             "auto-finalize": self.auto_finalize,
             "io-status": self.io_status,
@@ -170,7 +171,8 @@ class Job:
             "len": self.len,
             "offset": self.offset,
             "status": self.status.value,
-            "paused": self.user_paused > 0 or self._drained_at_end(),
+            # job->pause_count > 0: paused by its user or held by a drained section
+            "paused": self.user_paused > 0 or drained,
             "speed": self.speed,
             "ready": self.ready,
             "type": self.type,
@@ -178,11 +180,6 @@ class Job:
         if self.error is not None and self.status == "concluded":
             entry["error"] = self.error
         return entry
-
-    def _drained_at_end(self) -> bool:
-        """mirror_run ends inside bdrv_drained_begin(), released only when the job
-        is finalized: pause_count > 0 while waiting/pending (seen in query-jobs on 7.2)."""
-        return self.status in (S.WAITING, S.PENDING) and self.kind.has_ready
 
     @property
     def busy(self) -> bool:

@@ -604,7 +604,18 @@ def _active_commit(
     if "backing-file" in a:
         raise QMPError("'backing-file' specified, but 'top' is the active layer")
     g.check_reopen_rw_lock(base)  # commit_active_start reopens the base first
-    job = new_job(m, a.get("job-id"), bs, "commit", a)
+    # reopening a read-only base read-write (bdrv_reopen_set_read_only: a subtree
+    # section over it) comes before the job exists; when block_job_create fails the
+    # base is reopened read-only again (another one)
+    base_ro = base.read_only
+    if base_ro:
+        drain.drain(m.state, [base], subtree=True)
+    try:
+        job = new_job(m, a.get("job-id"), bs, "commit", a)
+    except QMPError:
+        if base_ro:
+            drain.drain(m.state, [base], subtree=True)
+        raise
     job.on_source_error = job.on_target_error = a.get("on-error", "report")
     kind = MirrorKind(
         g,
@@ -647,6 +658,10 @@ def _intermediate_commit(
         between.append(cur)
         cur = cur.backing
     register(m, job, kind, [bs] + between + [base])
+    if kind.base_ro:
+        # commit_start reopens a read-only base read-write once the job exists: a
+        # subtree section over the base (its filter goes above top, where no job can be)
+        drain.drain(m.state, [base], subtree=True)
     start_job(m, job)
 
 

@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sim.errors import QMPError
-from sim.model import perms
+from sim.model import drain, perms
 from sim.model.bitmap import DirtyBitmap
 from sim.model.graph import BlockBackend, BlockGraph, BlockNode, Image
 from sim.model.host_file import host_file, stored_bitmaps
@@ -577,7 +577,12 @@ def _query_jobs(m: Machine, a: dict[str, Any]) -> list[dict[str, Any]]:
 
 @command("query-block-jobs")
 def _query_block_jobs(m: Machine, a: dict[str, Any]) -> list[dict[str, Any]]:
-    return [j.query_block_jobs_entry() for j in reversed(m.state.jobs) if j.is_block_job]
+    held = drain.held_jobs(m.state)
+    return [
+        j.query_block_jobs_entry(drained=any(h is j for h in held))
+        for j in reversed(m.state.jobs)
+        if j.is_block_job
+    ]
 
 
 @command("query-commands")
