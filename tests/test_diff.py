@@ -25,6 +25,7 @@ from sim.oracle.diff import (
     compare_image_bytes,
     compare_image_runs,
     diff_trace,
+    reads_host_bytes,
     sim_guest_view,
 )
 from sim.trace import dumps, load_trace, parse_lines
@@ -443,3 +444,21 @@ def test_a_qemu_crash_the_simulator_warned_of_is_untestable(
     assert outcome.signature.startswith("untestable:real QEMU 7.2 crashes (SIGSEGV)")
     outcome = differential.run_outcome([header, read], None, 5.0)
     assert outcome.signature == "qemu-died:human-monitor-command"
+
+
+def test_an_overlay_over_a_qcow2_file_read_as_bytes_is_not_compared() -> None:
+    # a snapshot of a qcow2 drive's protocol node: the overlay's backing is the qcow2
+    # image file read as plain bytes (backing format `file`), which blocksim does not hold
+    base = Image("drive0.qcow2", "qcow2", 4 * SECTOR, new_content(4 * SECTOR))
+    top = Image("ov1.qcow2", "qcow2", 4 * SECTOR, new_content(4 * SECTOR), "drive0.qcow2")
+    over = Image("ov2.qcow2", "qcow2", 4 * SECTOR, new_content(4 * SECTOR), "ov1.qcow2")
+    images = {"drive0.qcow2": base, "ov1.qcow2": top, "ov2.qcow2": over}
+    top.backing_format, over.backing_format = "file", "qcow2"
+    assert reads_host_bytes(images, top) == "drive0.qcow2"
+    assert reads_host_bytes(images, over) == "drive0.qcow2"
+    assert reads_host_bytes(images, base) is None
+    top.backing_format = "qcow2"  # an ordinary overlay of the format node
+    assert reads_host_bytes(images, over) is None
+    raw = Image("drive0.raw", "raw", 4 * SECTOR, new_content(4 * SECTOR))
+    top.backing_file, top.backing_format, images["drive0.raw"] = "drive0.raw", "file", raw
+    assert reads_host_bytes(images, top) is None  # a raw image's bytes are its contents

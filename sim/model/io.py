@@ -188,7 +188,11 @@ def guest_write(
         # qcow2 writes its file at host offsets (data clusters and metadata): the
         # protocol node's bitmaps see those; the model's other formats, guest offsets
         host_writes: list[tuple[int, int]] | None = None
-        if isinstance(content, Qcow2Content) and proto is not None and proto.bitmaps:
+        if (
+            isinstance(content, Qcow2Content)
+            and proto is not None
+            and (proto.bitmaps or proto.is_format)
+        ):
             content.collect_host_writes(True)  # made at once, not logged
             content.write_sectors(
                 offset >> SECTOR_SHIFT, (offset + length + SECTOR - 1) >> SECTOR_SHIFT, stamp
@@ -212,16 +216,39 @@ def guest_write(
             host = offset + node.raw_offset  # raw writes its file at its offset
             if proto.write_threshold:
                 check_write_threshold(graph, proto, host, length)
-            for bm in proto.bitmaps:
-                if host_writes is None:
-                    bm.record_write(host, length)
-                    continue
-                for host_offset, host_length in host_writes:
-                    bm.record_write(host_offset, host_length)
+            if proto.is_format and host_writes is not None:
+                write_host_bytes(graph, proto, host_writes, stamp)
+            else:
+                for bm in proto.bitmaps:
+                    if host_writes is None:
+                        bm.record_write(host, length)
+                        continue
+                    for host_offset, host_length in host_writes:
+                        bm.record_write(host_offset, host_length)
         break
     for flt in after:
         flt.after_write_hook(flt, offset, length, stamp)  # type: ignore[operator]
     return OK
+
+
+def write_host_bytes(
+    graph: BlockGraph, into: BlockNode, writes: list[tuple[int, int]], stamp: int
+) -> None:
+    """A qcow2 node whose file child `into` is a format node (the overlay a snapshot of
+    its protocol node put there) writes its image's host bytes into it: data clusters,
+    L2 tables, refcount block and L1 entries, each a write of `into` at its host
+    offset (carrying the guest write's stamp: the data clusters hold it, the tables'
+    bytes are not modelled).  A write past `into`'s end grows the node and its dirty
+    bitmaps (bdrv_co_write_req_prepare / _finish); its image's header keeps its size."""
+    for offset, length in writes:
+        end = -(-(offset + length) // SECTOR) * SECTOR
+        if end > into.size_bytes:
+            into.size_bytes = end
+            if into.content is not None:  # shared with its image, whose header keeps its size
+                into.content.resize(end)
+            for bm in into.bitmaps:
+                bm.resize(end)
+        guest_write(graph, None, into, offset, length, stamp)
 
 
 def cow_plan(
@@ -364,7 +391,11 @@ def write_batch(
         or lowest < 0
         or end > root.size_bytes
         or data.driver == "snapshot-access"
-        or (data.file is not None and data.file.bitmaps and data.driver == "qcow2")
+        or (
+            data.file is not None
+            and (data.file.bitmaps or data.file.is_format)
+            and data.driver == "qcow2"
+        )
         or raw_over_format(data)  # the write lands below, shifted (`landing`)
         or data.raw_offset  # a raw window: its file sees the write at its offset
     ):

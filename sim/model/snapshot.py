@@ -167,6 +167,7 @@ def append(
     saved_lists = (list(old.bitmaps), list(new.bitmaps))
     saved_ro = old.read_only
     saved_readonly = [(bm, bm.readonly, bm.stored) for bm in old.bitmaps]
+    frozen = _freeze_image_files(parents, old)
     graph.set_backing(new, old)
     graph.redirect(parents, roots, new, skip=new)
     graph.links_changed()
@@ -187,6 +188,9 @@ def append(
                 bm.stored = True
 
     def undo() -> None:
+        for fmt in frozen:
+            assert fmt.image is not None and fmt.content is not None
+            fmt.image.content = fmt.content  # nothing was written in between
         graph.redirect(parents, roots, old, skip=new)
         graph.set_backing(new, None)
         graph.links_changed()
@@ -220,3 +224,27 @@ def _image_name(graph: BlockGraph, node: BlockNode) -> str | None:
             if role == "file" and parent.image is not None:
                 return parent.image.filename
     return None
+
+
+def _freeze_image_files(
+    parents: Sequence[tuple[BlockNode, str]], old: BlockNode
+) -> list[BlockNode]:
+    """A snapshot of a protocol node puts the overlay between it and its format
+    parents: from now on a format node's writes go into the overlay's file (as host
+    bytes of its image), and its own image file keeps what it held at the snapshot.
+    The format node keeps its contents; its image gets a copy of them.  Returns the
+    format nodes whose image was given a copy."""
+    frozen = []
+    for parent, role in parents:
+        image, content = parent.image, parent.content
+        if (
+            role == "file"
+            and parent.is_format
+            and not old.is_format
+            and image is not None
+            and content is not None
+            and image.content is content
+        ):
+            image.content = content.clone()
+            frozen.append(parent)
+    return frozen

@@ -526,6 +526,13 @@ def compare_images(
         if image.size_bytes > MAX_IMAGE_BYTES:
             notes.append(f"image {name} ({image.size_bytes} bytes) is too large to compare")
             continue
+        host_bytes = reads_host_bytes(sim_images, image)
+        if host_bytes is not None:
+            notes.append(
+                f"image {name} is not compared: below it QEMU reads the host bytes of "
+                f"{host_bytes} (header, tables, clusters), blocksim keeps guest contents"
+            )
+            continue
         backing = runner.image_backing(name)
         if backing != image.backing_file:
             detail = f"backing file: expected {backing!r}, got {image.backing_file!r}"
@@ -545,6 +552,21 @@ def compare_images(
             f"simulator's pattern is among QEMU's bytes: {', '.join(partly)}"
         )
     return found, names, notes
+
+
+def reads_host_bytes(images: Mapping[str, Image], image: Image) -> str | None:
+    """The non-raw image whose file a reader of `image` reads as plain bytes (an
+    overlay put on a qcow2 image's protocol node has backing format `file`), or None."""
+    seen: set[str] = set()
+    while image.backing_file and image.filename not in seen:
+        seen.add(image.filename)
+        below = images.get(image.backing_file)
+        if below is None:
+            return None
+        if image.backing_format in ("file", "raw") and below.format != "raw":
+            return below.filename
+        image = below
+    return None
 
 
 def compare_image_bytes(name: str, real: bytes, patterns: bytes) -> tuple[Difference | None, int]:

@@ -411,6 +411,11 @@ def allocated_file_size(graph: BlockGraph, node: BlockNode) -> int | None:
         node = node.file  # raw over a null-co: its child's
     if node.driver == "null-co":
         return 0
+    if node.driver == "qcow2" and _over_format(node):
+        # no callback of its own: bdrv_sum_allocated_file_size asks its file child, the
+        # overlay a snapshot of its protocol node put there
+        assert node.file is not None
+        return allocated_file_size(graph, node.file)
     if node.driver == "file" or (node.is_format and node.file is not None):
         image = node_image(graph, node)
         return host_file(graph, image).allocated_bytes if image is not None else None
