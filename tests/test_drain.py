@@ -209,3 +209,49 @@ def test_commit_and_mirror_end_sections_over_the_base_or_target() -> None:
     assert mirror.prepare_drains() == [] and mirror.clean_drains() == [((node,), False)] * 2
     mirror.pivoted = True
     assert mirror.clean_drains() == [((node,), False)] * 3
+
+
+def _jobs_on(state: BlockState, log: list[str], spec: list[tuple[str, str]]) -> list[Job]:
+    """Running jobs named and placed as `spec` (name, node), created in that order,
+    each with its child_job link attached then (block_job_add_bdrv)."""
+    jobs = []
+    for name, node in spec:
+        job = Job(name, "mirror", lambda _n, data: log.append(f"{data['id']}:{data['status']}"))
+        job.kind.nodes = [state.graph.node(node)]
+        state.register_job(job)
+        state.graph.stamp_links([(job, "job", n) for n in job.kind.nodes])
+        job_flow.create(job)
+        job_flow.start(job)
+        jobs.append(job)
+    log.clear()
+    return jobs
+
+
+def test_a_node_section_walks_parents_newest_attached_link_first() -> None:
+    # an older job reached through a link attached after the newer job's own link
+    # comes first: bdrv_parent_drained_begin follows bs->parents, newest link at the head
+    log: list[str] = []
+    state = BlockState()
+    state.add_drive("drive0", "fmt0", "proto0", "qcow2", 1 << 20)
+    state.add_drive("drive1", "fmt1", "proto1", "qcow2", 1 << 20)
+    _jobs_on(state, log, [("old", "fmt1"), ("new", "fmt0")])
+    state.graph.set_backing(state.graph.node("fmt1"), state.graph.node("fmt0"))
+    state.graph.links_changed()
+    drain.drain(state, [state.graph.node("fmt0")])
+    assert log == ["old:paused", "new:paused", "old:running", "new:running"]
+
+
+def test_a_subtree_section_walks_the_root_parents_before_its_children() -> None:
+    # bdrv_subtree_drained_begin quiesces the root (its parents) and then each child:
+    # the job above the root first, though the link below is older than both jobs
+    log: list[str] = []
+    state = BlockState()
+    state.add_drive("drive0", "fmt0", "proto0", "qcow2", 1 << 20)
+    state.add_drive("drive1", "fmt1", "proto1", "qcow2", 1 << 20)
+    state.graph.set_backing(state.graph.node("fmt1"), state.graph.node("fmt0"))
+    state.graph.links_changed()
+    _jobs_on(state, log, [("top", "fmt1"), ("below", "fmt0")])
+    drain.drain(state, [state.graph.node("fmt1")], subtree=True)
+    assert log == ["top:paused", "below:paused", "top:running", "below:running"]
+    drain.drain(state, [state.graph.node("fmt0")])  # fmt0's newest link: below's job
+    assert log[4:] == ["below:paused", "top:paused", "below:running", "top:running"]

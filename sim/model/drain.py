@@ -84,7 +84,7 @@ class Drain:
             for j in _pausable(self.state)
             if j is not self.owner and _reached(j, nodes) and _absent(j, held)
         ]
-        new = _in_walk_order(new, self.roots)
+        new = _in_walk_order(self.state, new, self.roots, self.subtree)
         _pause(new)
         self.jobs.extend(new)
 
@@ -95,7 +95,7 @@ class Drain:
         observers = self.state.graph.link_observers
         observers[:] = [f for f in observers if getattr(f, "__self__", None) is not self]
         jobs, self.jobs = self.jobs, []
-        for job in _in_walk_order(jobs, self.roots):
+        for job in _in_walk_order(self.state, jobs, self.roots, self.subtree):
             _release(self.state, job)
 
 
@@ -160,12 +160,68 @@ def _absent(job: Job, jobs: list[Job]) -> bool:
     return not any(j is job for j in jobs)
 
 
-def _in_walk_order(jobs: list[Job], roots: tuple[BlockNode, ...] | None) -> list[Job]:
-    """The order a section reaches (and releases) its jobs: newest first for a section
-    over nodes (bdrv_parent_drained_begin/_end walk a node's parents newest-attached
-    first, and a newer job's links are newer), oldest first for bdrv_drain_all
-    (`roots` None: it drains node by node in creation order)."""
-    return list(jobs) if roots is None else sorted(jobs, key=lambda job: -job.seq)
+def _in_walk_order(
+    state: BlockState, jobs: list[Job], roots: tuple[BlockNode, ...] | None, subtree: bool
+) -> list[Job]:
+    """The order a section reaches (and releases) its jobs: the order its walk over the
+    graph meets them for a section over nodes (`_walk`), oldest first for
+    bdrv_drain_all (`roots` None: it drains node by node in creation order)."""
+    if roots is None or len(jobs) < 2:
+        return list(jobs)
+    walked = _walk(state, roots, subtree)
+    rank = {id(job): i for i, job in enumerate(walked)}
+    return sorted(jobs, key=lambda job: rank.get(id(job), len(walked)))
+
+
+def _walk(state: BlockState, roots: tuple[BlockNode, ...], subtree: bool) -> list[Job]:
+    """The jobs a section over `roots` meets, in the order bdrv_drained_begin and
+    bdrv_drained_end call them: each root's parents (bdrv_parent_drained_begin) in its
+    parents list order, newest-attached link first (`BlockGraph.stamp_links`), a job's
+    child_job link pausing the job and a node's link recursing to that node's parents
+    first (bdrv_child_cb_drained_begin); for a subtree section
+    (bdrv_subtree_drained_begin) then each child, newest-attached first, the same way."""
+    graph = state.graph
+    job_links = [(job, "job", node) for job in state.jobs for node in job.kind.nodes]
+    graph.stamp_links(job_links)
+    stamps = graph.link_stamps
+    above: dict[int, list[tuple[int, BlockNode | Job]]] = {}
+    for (parent, _role, child), stamp in stamps.items():
+        if isinstance(parent, (BlockNode, Job)):
+            above.setdefault(id(child), []).append((stamp, parent))
+    for links in above.values():
+        links.sort(key=lambda link: -link[0])
+    order: list[Job] = []
+    seen: set[int] = set()
+
+    def up(node: BlockNode) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        for _stamp, parent in above.get(id(node), []):
+            if isinstance(parent, Job):
+                if _absent(parent, order):
+                    order.append(parent)
+            else:
+                up(parent)
+
+    def down(node: BlockNode, done: set[int]) -> None:
+        up(node)
+        children = [(stamps.get((node, role, c), -1), c) for role, c in _child_links(node)]
+        for _stamp, child in sorted(children, key=lambda link: -link[0]):
+            if id(child) not in done:
+                done.add(id(child))
+                down(child, done)
+
+    for root in roots:
+        if subtree:
+            down(root, {id(root)})
+        else:
+            up(root)
+    return order
+
+
+def _child_links(node: BlockNode) -> list[tuple[str, BlockNode]]:
+    return [(role, c) for role in ("file", "backing", "target") if (c := getattr(node, role))]
 
 
 def _pausable(state: BlockState) -> list[Job]:
@@ -222,8 +278,10 @@ def begin(
     section = Drain(state, None if nodes is None else tuple(nodes), subtree, [], owner)
     quiesced = section.nodes()
     section.jobs = _in_walk_order(
+        state,
         [j for j in _pausable(state) if j is not owner and _reached(j, quiesced)],
         section.roots,
+        subtree,
     )
     _pause(section.jobs)
     for job in state.jobs:

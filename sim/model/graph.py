@@ -12,7 +12,7 @@ outlive the nodes opened on them, so `mode: existing` and image diffs work.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -224,6 +224,9 @@ class BlockGraph:
         self.emit: Callable[[str, dict[str, Any]], None] = lambda name, data: None
         # called after a child link changes (`links_changed`)
         self.link_observers: list[Callable[[], None]] = []
+        # when each parent link was attached (`stamp_links`): QEMU's bs->parents order
+        self.link_stamps: dict[tuple[object, str, BlockNode], int] = {}
+        self._next_stamp = 0
 
     # -- names -------------------------------------------------------------------------
     def auto_name(self) -> str:
@@ -475,12 +478,39 @@ class BlockGraph:
         else:
             parent.backing_parent_label = ""
 
+    def stamp_links(self, others: Iterable[tuple[object, str, BlockNode]] = ()) -> None:
+        """Give every child link attached since the last call, then each of `others`
+        (parent, role, child) not stamped yet (a job's child_job links), the next attach
+        stamp: QEMU puts a new parent link at the head of its child's parents list
+        (bdrv_replace_child_noperm), so a walk over a node's parents goes newest stamp
+        first.  A link moved to another child is a new link.  Links attached between two
+        calls are stamped in node creation order; links gone are forgotten (node links
+        only: a job's stay until its object goes)."""
+        stamps = self.link_stamps
+        present: set[tuple[object, str, BlockNode]] = set()
+        for parent in self.nodes:
+            for role in ("file", "backing", "target"):
+                child = getattr(parent, role)
+                if child is not None:
+                    link: tuple[object, str, BlockNode] = (parent, role, child)
+                    present.add(link)
+                    if link not in stamps:
+                        stamps[link] = self._next_stamp
+                        self._next_stamp += 1
+        for gone in [k for k in stamps if k[1] != "job" and k not in present]:
+            del stamps[gone]
+        for other in others:
+            if other not in stamps:
+                stamps[other] = self._next_stamp
+                self._next_stamp += 1
+
     def links_changed(self) -> None:
         """Child links were attached, moved or detached (a whole graph change: a filter
         inserted or dropped, a snapshot's overlay appended or taken back, a reopen
-        committed): every observer follows it, the open drained sections
-        (sim/model/drain.py: bdrv_replace_child_noperm drains a parent attached to a
-        drained child)."""
+        committed): the new links are stamped (`stamp_links`), then every observer
+        follows it, the open drained sections (sim/model/drain.py:
+        bdrv_replace_child_noperm drains a parent attached to a drained child)."""
+        self.stamp_links()
         for observe in list(self.link_observers):
             observe()
 

@@ -119,7 +119,10 @@ def register(m: Machine, job: Job, kind: JobDriver, nodes: list[BlockNode]) -> N
     m.state.register_job(job)
     job_flow.create(job)
     job_flow.block_nodes(job, nodes)
-    m.state.graph.links_changed()  # its child_job links: an open section may hold it
+    # block_job_add_bdrv attaches its child_job links now (their place in each node's
+    # parents list), and an open section may hold the job
+    m.state.graph.stamp_links([(job, "job", node) for node in nodes])
+    m.state.graph.links_changed()
 
 
 # -- backup ------------------------------------------------------------------------------
