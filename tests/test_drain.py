@@ -255,3 +255,18 @@ def test_a_subtree_section_walks_the_root_parents_before_its_children() -> None:
     assert log == ["top:paused", "below:paused", "top:running", "below:running"]
     drain.drain(state, [state.graph.node("fmt0")])  # fmt0's newest link: below's job
     assert log[4:] == ["below:paused", "top:paused", "below:running", "top:running"]
+
+
+def test_drain_all_pauses_by_first_linked_node_and_resumes_by_last() -> None:
+    # bdrv_drain_all_begin/_end go node by node in creation order, each node's own
+    # child_job links: a job pauses at its first link and resumes at its last
+    log: list[str] = []
+    state = BlockState()
+    state.add_drive("drive0", "fmt0", "proto0", "qcow2", 1 << 20)
+    state.add_drive("drive1", "fmt1", "proto1", "qcow2", 1 << 20)
+    older, newer = _jobs_on(state, log, [("older", "fmt1"), ("newer", "fmt0")])
+    # created in the order proto0, fmt0, proto1, fmt1
+    older.kind.nodes = [state.graph.node("proto1")]
+    newer.kind.nodes = [state.graph.node("fmt0"), state.graph.node("fmt1")]
+    drain.drain(state)
+    assert log == ["newer:paused", "older:paused", "older:running", "newer:running"]

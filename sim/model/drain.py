@@ -95,7 +95,7 @@ class Drain:
         observers = self.state.graph.link_observers
         observers[:] = [f for f in observers if getattr(f, "__self__", None) is not self]
         jobs, self.jobs = self.jobs, []
-        for job in _in_walk_order(self.state, jobs, self.roots, self.subtree):
+        for job in _in_walk_order(self.state, jobs, self.roots, self.subtree, ending=True):
             _release(self.state, job)
 
 
@@ -161,25 +161,47 @@ def _absent(job: Job, jobs: list[Job]) -> bool:
 
 
 def _in_walk_order(
-    state: BlockState, jobs: list[Job], roots: tuple[BlockNode, ...] | None, subtree: bool
+    state: BlockState,
+    jobs: list[Job],
+    roots: tuple[BlockNode, ...] | None,
+    subtree: bool,
+    ending: bool = False,
 ) -> list[Job]:
-    """The order a section reaches (and releases) its jobs: the order its walk over the
-    graph meets them for a section over nodes (`_walk`), oldest first for
-    bdrv_drain_all (`roots` None: it drains node by node in creation order)."""
-    if roots is None or len(jobs) < 2:
+    """The order a section pauses its jobs, or (`ending`) resumes them.  A job has a
+    pause count per child_job link the section reaches (job_pause / job_resume): it
+    pauses at the first and resumes at the last.  A section over nodes reaches them in
+    the order of its walk over the graph (`_walk`); bdrv_drain_all node by node in
+    creation order, each node's own job links only (ignore_bds_parents)."""
+    if len(jobs) < 2:
         return list(jobs)
+    if roots is None:
+        index = {id(node): i for i, node in enumerate(state.graph.nodes)}
+
+        def place(job: Job) -> int:
+            at = [index[id(n)] for n in job.kind.nodes if id(n) in index]
+            return (max(at) if ending else min(at)) if at else len(index)
+
+        return sorted(jobs, key=place)
     walked = _walk(state, roots, subtree)
-    rank = {id(job): i for i, job in enumerate(walked)}
+    rank: dict[int, int] = {}
+    for i, job in enumerate(walked):
+        if ending or id(job) not in rank:
+            rank[id(job)] = i
     return sorted(jobs, key=lambda job: rank.get(id(job), len(walked)))
 
 
+# bounds a walk over a graph of many diamonds (each path is walked, as QEMU does)
+WALK_LIMIT = 10_000
+
+
 def _walk(state: BlockState, roots: tuple[BlockNode, ...], subtree: bool) -> list[Job]:
-    """The jobs a section over `roots` meets, in the order bdrv_drained_begin and
-    bdrv_drained_end call them: each root's parents (bdrv_parent_drained_begin) in its
-    parents list order, newest-attached link first (`BlockGraph.stamp_links`), a job's
-    child_job link pausing the job and a node's link recursing to that node's parents
+    """Each job link a section over `roots` reaches, in the order bdrv_drained_begin
+    (and bdrv_drained_end) reach them, a job once per link: each root's parents
+    (bdrv_parent_drained_begin) in its parents list order, newest-attached link first
+    (`BlockGraph.stamp_links`), a node's link recursing to all of that node's parents
     first (bdrv_child_cb_drained_begin); for a subtree section
-    (bdrv_subtree_drained_begin) then each child, newest-attached first, the same way."""
+    (bdrv_subtree_drained_begin) then each child, newest-attached first, the same way,
+    but for the link it was reached through."""
     graph = state.graph
     job_links = [(job, "job", node) for job in state.jobs for node in job.kind.nodes]
     graph.stamp_links(job_links)
@@ -190,34 +212,31 @@ def _walk(state: BlockState, roots: tuple[BlockNode, ...], subtree: bool) -> lis
             above.setdefault(id(child), []).append((stamp, parent))
     for links in above.values():
         links.sort(key=lambda link: -link[0])
-    order: list[Job] = []
-    seen: set[int] = set()
+    visits: list[Job] = []
 
-    def up(node: BlockNode) -> None:
-        if id(node) in seen:
-            return
-        seen.add(id(node))
+    def up(node: BlockNode, ignore: BlockNode | None = None) -> None:
         for _stamp, parent in above.get(id(node), []):
+            if len(visits) >= WALK_LIMIT:
+                return
             if isinstance(parent, Job):
-                if _absent(parent, order):
-                    order.append(parent)
-            else:
+                visits.append(parent)
+            elif parent is not ignore:
                 up(parent)
 
-    def down(node: BlockNode, done: set[int]) -> None:
-        up(node)
+    def down(node: BlockNode, came_from: BlockNode | None, done: set[int]) -> None:
+        up(node, came_from)
         children = [(stamps.get((node, role, c), -1), c) for role, c in _child_links(node)]
         for _stamp, child in sorted(children, key=lambda link: -link[0]):
             if id(child) not in done:
                 done.add(id(child))
-                down(child, done)
+                down(child, node, done)
 
     for root in roots:
         if subtree:
-            down(root, {id(root)})
+            down(root, None, {id(root)})
         else:
             up(root)
-    return order
+    return visits
 
 
 def _child_links(node: BlockNode) -> list[tuple[str, BlockNode]]:

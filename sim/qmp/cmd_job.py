@@ -304,7 +304,13 @@ def _drive_backup(m: Machine, a: dict[str, Any], ctx: TxnContext) -> Prepared:
             g.delete_unreferenced(target)
             raise
     try:
+        # do_backup_common's bitmap checks: the target closes without a drain pair
+        # (recorded: drive-backup-bitmap-refusal-drains-nothing)
         bm, bsync, bmode = _backup_bitmap_checks(m, a, source)
+    except QMPError:
+        g.delete_unreferenced(target)
+        raise
+    try:
         job = _create_backup(m, a, source, target, True, bm, bsync, bmode)
     except QMPError:
         g.delete_unreferenced(target)
