@@ -541,7 +541,7 @@ def leap(m: Machine, job: Job, source: BlockNode | None, target: BlockNode | Non
     src = m.device_of(source) if source is not None else None
     dst = m.device_of(target) if target is not None else None
     for dev in (src, dst):
-        if dev is not None and (dev.timing.jitter or dev.queue.count >= dev.queue.capacity):
+        if dev is not None and (dev.timing.jitter or dev.full(now)):
             return 0
     kind, speed = job.kind, job.speed
     guard = m.leap_guard

@@ -75,7 +75,7 @@ class Machine:
         # next scheduled event in one step; `leap_limit` bounds that further (a
         # `wait` deadline), `leaps` off keeps every chunk a simpy step of its own
         # (observers that sample between simpy steps)
-        self.leaps = True
+        self._leaps = True
         self.leap_limit: float = float("inf")
         # an `until` step's job and what gives the progress its leaps must stay below
         # (they may not carry it past the point the step stops at), or None
@@ -98,6 +98,20 @@ class Machine:
             if proc is process:
                 return f"job:{job_id}"
         return "guest"
+
+    @property
+    def leaps(self) -> bool:
+        """Analytic time: jobs leap over runs of chunks (engine/jobs.py `leap`) and a
+        device without jitter serves each request in one simpy step
+        (`Device.served`); off, every chunk and every queue and link turn is a simpy
+        step of its own.  Set before the machine runs."""
+        return self._leaps
+
+    @leaps.setter
+    def leaps(self, on: bool) -> None:
+        self._leaps = on
+        for device in self.devices.values():
+            device.analytic = on and not device.timing.jitter
 
     @property
     def now_ns(self) -> int:

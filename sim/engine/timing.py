@@ -36,6 +36,7 @@ from __future__ import annotations
 import random
 from collections.abc import Generator
 from dataclasses import dataclass
+from heapq import heapreplace
 from typing import Any
 
 import simpy
@@ -109,15 +110,53 @@ def rate_limit_ns(length: int, speed: int) -> int:
 
 
 class Device:
-    """One storage device: its timing, its request queue and its transfer link."""
+    """One storage device: its timing, its request queue and its transfer link.
 
-    __slots__ = ("name", "timing", "queue", "link")
+    Without jitter a request's times follow from the requests submitted before it
+    (`served`, `held`): the queue grants slots first come first served and a slot is
+    held until the request's transfer ends, so slots are granted in submission order
+    and requests reach the link in that order too.  Each request is then one simpy
+    timeout, due when the `queue` / `link` resources' run would end it.  With jitter
+    (a draw from the machine's RNG when the slot is granted) the resources run it."""
+
+    __slots__ = ("name", "timing", "queue", "link", "analytic", "_free", "_link_free")
 
     def __init__(self, env: simpy.Environment, name: str, timing: DeviceTiming) -> None:
         self.name = name
         self.timing = timing
         self.queue = simpy.Resource(env, capacity=timing.queue_depth)
         self.link = simpy.Resource(env, capacity=1)
+        # the analytic run: when each queue slot frees up (a heap), when the link does
+        self.analytic = not timing.jitter
+        self._free: list[int] = [0] * timing.queue_depth
+        self._link_free = 0
+
+    def full(self, now: float) -> bool:
+        """Whether every queue slot is taken at `now` (a new request would wait)."""
+        if self.analytic:
+            return self._free[0] > now
+        return self.queue.count >= self.queue.capacity
+
+    def served(self, now: int, length: int) -> int:
+        """When a job request of `length` bytes submitted at `now` ends (no jitter): it
+        gets the first queue slot to free up, overlaps its latency with the others',
+        then waits for the link; the slot is free again when its transfer ends."""
+        ns = self.timing.io_ns(length, _NO_RNG)
+        transfer = min(ns, int(length * NS_PER_S / self.timing.bytes_per_s))
+        free = self._free[0]
+        start = max(now if now > free else free, self._link_free - ns + transfer)
+        end = start + ns
+        self._link_free = end
+        heapreplace(self._free, end)
+        return end
+
+    def held(self, now: int, ns: int) -> int:
+        """When a guest request that holds a queue slot for `ns` (no link), submitted
+        at `now`, ends (no jitter)."""
+        free = self._free[0]
+        end = (now if now > free else free) + ns
+        heapreplace(self._free, end)
+        return end
 
     def io(
         self, env: simpy.Environment, length: int, rng: random.Random
@@ -125,6 +164,10 @@ class Device:
         """A process step: wait for a queue slot, then be served (`yield from`): the
         requests in service overlap their latency, and share the bandwidth (their
         transfers go one after the other)."""
+        if self.analytic:
+            now = int(env.now)
+            yield env.timeout(self.served(now, length) - now)
+            return
         with self.queue.request() as slot:
             yield slot
             ns = self.timing.io_ns(length, rng)
@@ -133,3 +176,6 @@ class Device:
             with self.link.request() as turn:
                 yield turn
                 yield env.timeout(transfer)
+
+
+_NO_RNG = random.Random(0)  # io_ns draws nothing without jitter

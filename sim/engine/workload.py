@@ -316,10 +316,14 @@ def guest_request(
         if root is not w.root:
             w.root, w.device = root, m.device_of(root)
         device = w.device
-        with device.queue.request() as slot:
-            yield slot
-            ns = device.timing.io_ns(size, m.rng)
-            yield env.timeout(ns)
+        if device.analytic:  # no jitter: the slot's grant follows from the requests before
+            now = int(env.now)
+            yield env.timeout(device.held(now, device.timing.io_ns(size, m.rng)) - now)
+        else:
+            with device.queue.request() as slot:
+                yield slot
+                ns = device.timing.io_ns(size, m.rng)
+                yield env.timeout(ns)
     op = "read" if is_read else "write"
     if bb is not None:  # the device model accounts it (query-blockstats)
         now = int(env.now)
