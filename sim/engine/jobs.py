@@ -527,8 +527,10 @@ def leap(m: Machine, job: Job, source: BlockNode | None, target: BlockNode | Non
     `wait`, `Machine.leap_limit`), and no command runs meanwhile, so nobody sees the
     model between the chunks: doing them now and sleeping once until the last one
     ends gives the same states, events and times as chunk by chunk.  A chunk's time
-    then has no queueing and no RNG draw: leaps need devices without jitter and
-    with a free queue slot, no armed fault and no throttle group on the way.  The
+    then has no queueing and no RNG draw: leaps of data chunks need devices without
+    jitter and with a free queue slot; a run of holes uses no device (its time is
+    the job's own, `HOLE_CHUNK_NS`), so it leaps while a backup's tasks fill the
+    queues.  No leap with an armed fault or a throttle group on the way.  The
     chunk that would end at or after that next event is left to the chunk-by-chunk
     path."""
     env = m.env
@@ -540,9 +542,10 @@ def leap(m: Machine, job: Job, source: BlockNode | None, target: BlockNode | Non
         return 0  # a throttle group's buckets decide when each request may go
     src = m.device_of(source) if source is not None else None
     dst = m.device_of(target) if target is not None else None
-    for dev in (src, dst):
-        if dev is not None and (dev.timing.jitter or dev.full(now)):
-            return 0
+    # data chunks queue for no device slot and draw no jitter
+    devices_free = not any(
+        dev is not None and (dev.timing.jitter or dev.full(now)) for dev in (src, dst)
+    )
     kind, speed = job.kind, job.speed
     guard = m.leap_guard
     point = guard[1] if guard is not None and guard[0] is job else None
@@ -554,7 +557,7 @@ def leap(m: Machine, job: Job, source: BlockNode | None, target: BlockNode | Non
         if run is None:
             break
         offset, length, count, hole = run
-        if not hole and isinstance(kind, BackupKind):
+        if not hole and (isinstance(kind, BackupKind) or not devices_free):
             break  # block-copy's data tasks run concurrently (TaskPool)
         ns = chunk_ns(src, dst, length, hole, speed)
         if ns <= 0:
