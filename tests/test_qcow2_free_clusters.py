@@ -64,7 +64,7 @@ def test_a_partial_write_into_a_new_cluster_copies_the_rest_from_the_backing() -
     for offset, length in writes:
         clusters = top.cow_clusters(offset, length)
         top.write(offset, length, FIRST_DATA_STAMP + 2)
-        top.copy_on_write(clusters, [base])
+        top.copy_on_write(clusters, [base], [offset], length)
     sector = CLUSTER >> SECTOR_SHIFT
     new = FIRST_DATA_STAMP + 2
     assert top.extents(0, sector) == [
@@ -94,7 +94,7 @@ def test_copy_on_write_reads_the_write_log_without_splicing_it() -> None:
                 top.extents(0, 0)  # a read splices the log in
             clusters = top.cow_clusters(offset, length)
             top.write(offset, length, FIRST_DATA_STAMP + 2 + n)
-            top.copy_on_write(clusters, [base])
+            top.copy_on_write(clusters, [base], [offset], length)
         if not splice:
             assert top._log is not None  # still waiting: nothing read the content
         contents.append(top)

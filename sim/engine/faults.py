@@ -548,7 +548,7 @@ def write_landed(m: Machine, stamp: int) -> None:
             node.content.write(offset, length, stamp)
             if cow:  # each piece linked copied the rest of its new clusters first
                 assert isinstance(node.content, Qcow2Content)
-                node.content.copy_on_write(cow, below)
+                node.content.copy_on_write(cow, below, [offset], length)
     m.faults.landed = []
 
 

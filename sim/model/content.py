@@ -500,6 +500,40 @@ class Content:
         for offset, stamp in zip(offsets, stamps, strict=True):
             write(offset, length, stamp)
 
+    def write_runs(self, runs: list[tuple[int, int, int]]) -> None:
+        """`write` for each data write (offset, length, stamp), in order (the copies of
+        one perform_cow): appended to the write log at once when it exists and every
+        one of them would be appended to it."""
+        log = self._log
+        n = len(runs)
+        if (
+            log is not None
+            and self.logs_writes
+            and len(log.stamps) + n < LOG_MAX_WRITES
+            and all(
+                0 < length <= LOG_MAX_BYTES
+                and stamp >= FIRST_DATA_STAMP
+                and 0 <= offset
+                and offset + length <= self.size_bytes
+                for offset, length, stamp in runs
+            )
+        ):
+            offsets, stamps = log.offsets, log.stamps
+            for offset, _length, stamp in runs:
+                offsets.append(offset)
+                stamps.append(stamp)
+            if log.lengths is not None or any(r[1] != log.length for r in runs):
+                if log.lengths is None:  # as `vary` does at the first other length
+                    log.lengths = array("q", (log.length,)) * (len(offsets) - n)
+                    log.length = -1
+                log.lengths.extend([r[1] for r in runs])
+            self.version += n
+            self._alloc = None
+            return
+        write = self.write
+        for offset, length, stamp in runs:
+            write(offset, length, stamp)
+
     def _settle(self) -> None:
         """Splice the write log into the chunks (and the cluster summary): a short log
         write by write, a long one with numpy in one pass over the run list
@@ -748,6 +782,31 @@ class Content:
             if v:
                 _append(out, lo, hi, v)
             lo, v = hi, vals[i]
+
+    def _run_list_holds(self, first: int, end: int) -> bool:
+        """Whether the run list alone (the write log left out) has anything allocated
+        in sectors [first, end): `_spliced_extents` answered yes or no, without the
+        list."""
+        end = min(end, self.nsectors)
+        if first >= end:
+            return False
+        mins, chunks = self._mins, self._chunks
+        nchunks = len(mins)
+        c = bisect_right(mins, first) - 1
+        starts, vals = chunks[c][0], chunks[c][1]
+        i = bisect_right(starts, first) - 1
+        while True:
+            if vals[i]:
+                return True
+            i += 1
+            if i == len(starts):
+                c += 1
+                if c == nchunks:
+                    return False
+                starts, vals = chunks[c][0], chunks[c][1]
+                i = 0
+            if starts[i] >= end:
+                return False
 
     def iter_extents(self, first: int = 0) -> Iterator[Extent]:
         """(first, end, stamp) runs of allocated sectors from `first` on, ascending, one

@@ -198,7 +198,7 @@ def guest_write(
                 offset >> SECTOR_SHIFT, (offset + length + SECTOR - 1) >> SECTOR_SHIFT, stamp
             )
             if cow:
-                content.copy_on_write(cow, below)
+                content.copy_on_write(cow, below, [offset], length)
                 cow = []
             if is_discard:
                 content.discard(offset, length)
@@ -209,7 +209,7 @@ def guest_write(
                 content.discard(offset, length)
         if cow:
             assert isinstance(content, Qcow2Content)
-            content.copy_on_write(cow, below)
+            content.copy_on_write(cow, below, [offset], length)
         if proto is not None:
             if not is_discard:
                 note_protocol_write(graph, node, proto, end)
@@ -411,7 +411,7 @@ def write_batch(
         data.content.write_many(offsets, length, stamps, (lowest, highest))
     if cow:
         assert isinstance(data.content, Qcow2Content)
-        data.content.copy_on_write(cow, below)
+        data.content.copy_on_write(cow, below, offsets, length)
     if data.file is not None:
         note_protocol_write(graph, data, data.file, end)
     observers = state.write_observers

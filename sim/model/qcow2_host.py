@@ -682,39 +682,51 @@ class Qcow2Content(Content):
         # the run list and the write log asked apart: the log is not spliced in
         log = self._log
         logged = log.by_cluster(cb) if log is not None else {}
-        spliced = self._spliced_extents
-        return [c for c in partial if c not in logged and not spliced(c * per, (c + 1) * per)]
+        holds = self._run_list_holds
+        return [c for c in partial if c not in logged and not holds(c * per, (c + 1) * per)]
 
-    def copy_on_write(self, clusters: list[int], below: list[Content]) -> None:
-        """perform_cow, after the writes `cow_clusters` was asked for: what the backing
-        chain `below` (top first) holds as data in those clusters, where this image
-        has nothing of its own, becomes this image's (read from the backing file and
-        written into the new clusters), run by run."""
+    def copy_on_write(
+        self, clusters: list[int], below: list[Content], offsets: list[int], length: int
+    ) -> None:
+        """perform_cow, after the writes of `length` bytes at `offsets` that
+        `cow_clusters` was asked for: what the backing chain `below` (top first) holds
+        as data in those clusters, where the writes did not go, becomes this image's
+        (read from the backing file and written into the new clusters), run by run.
+        The clusters held nothing of this image's before the writes, so what it holds
+        there now is what the writes stamped; the chain is read once a cluster."""
         cb = self.cluster_bytes
         per = cb >> SECTOR_SHIFT
-        for c in sorted(set(clusters)):
+        wanted = set(clusters)
+        written: dict[int, list[tuple[int, int]]] = {c: [] for c in wanted}
+        for offset in offsets:  # the sector runs the writes stamp, by cluster
+            run = (offset >> SECTOR_SHIFT, (offset + length + SECTOR - 1) >> SECTOR_SHIFT)
+            for c in range(offset // cb, (offset + length - 1) // cb + 1):
+                if c in wanted:
+                    written[c].append(run)
+        copies: list[tuple[int, int, int]] = []  # (offset, length, stamp), in order
+        for c in sorted(wanted):
             lo, hi = c * per, min((c + 1) * per, self.nsectors)
-            # what this image holds there: its run list's extents and the write log's
-            # writes (asked apart, the log is not spliced in; the writes below log too)
-            held = [(a, b) for a, b, _stamp in self._spliced_extents(lo, hi)]
-            log = self._log
-            if log is not None:
-                logged = log.by_cluster(cb).get(c)
-                if logged:
-                    held += [(max(a, lo), min(b, hi)) for a, b in logged]
-                    held.sort()
             holes: list[tuple[int, int]] = []
             cur = lo
-            for a, b in held:
+            for a, b in sorted(written[c]):
                 if a > cur:
                     holes.append((cur, a))
                 cur = max(cur, b)
             if cur < hi:
                 holes.append((cur, hi))
+            if not holes:
+                continue
+            data = [
+                e
+                for e in chain_extents(below, holes[0][0], holes[-1][1])
+                if e[2] >= FIRST_DATA_STAMP
+            ]
             for hlo, hhi in holes:
-                for a, b, stamp in chain_extents(below, hlo, hhi):
-                    if stamp >= FIRST_DATA_STAMP:
-                        self.write(a << SECTOR_SHIFT, (b - a) << SECTOR_SHIFT, stamp)
+                for a, b, stamp in data:
+                    a, b = max(a, hlo), min(b, hhi)
+                    if a < b:
+                        copies.append((a << SECTOR_SHIFT, (b - a) << SECTOR_SHIFT, stamp))
+        self.write_runs(copies)
 
     # -- the rest of Content --------------------------------------------------------------
     def cluster_summary(self, cluster_bytes: int) -> ClusterSummary:
