@@ -137,3 +137,51 @@ def test_a_burst_into_an_overlay_copies_as_the_writes_one_by_one(length: int) ->
     assert got_b == root_s.content.extents()
     first = {s for _a, _b, s in got_b}
     assert any(s < stamps[0] for s in first)  # the backing's data was copied up
+
+
+def test_a_burst_with_several_writes_in_one_new_cluster_copies_around_all_of_them() -> None:
+    """Writes of one burst that share a new cluster: the cluster's rest around all of
+    them comes from the backing file, as when the writes come one by one."""
+    batched, single = _overlay_machine(), _overlay_machine()
+    offsets = [5 * K, 20 * K + 512, 40 * K, CLUSTER - 2 * K, 7 * M + 3 * K, 7 * M + 50 * K]
+    stamps = batched.state.stamps.new_many(9, len(offsets))
+    root_b = batched.state.graph.node("ov")
+    assert io.write_batch(batched.state, None, root_b, offsets, 4 * K, stamps) == [io.OK] * 6
+    root_s = single.state.graph.node("ov")
+    for off in offsets:
+        assert io.write(single.state, None, root_s, off, 4 * K, single.state.new_stamp(9)).ok
+    got = root_b.content.extents()
+    assert got == root_s.content.extents()
+    assert root_b.content.layout.host.extents() == root_s.content.layout.host.extents()
+    old = {s for a, _b, s in got if a < CLUSTER >> SECTOR_SHIFT and s < stamps[0]}
+    assert len(old) == 1  # cluster 0: the backing's data between the burst's writes
+
+
+def test_write_runs_logs_as_the_writes_one_by_one() -> None:
+    """`Content.write_runs` (perform_cow's copies at once) leaves the write log, the
+    version and the contents that `write` one by one leaves: lengths equal to the
+    log's or not, and made at once when there is no log to append to."""
+    cases = [
+        [(4 * K, 4 * K, 7), (8 * K, 4 * K, 8)],
+        [(4 * K, 4 * K, 7), (9 * K, 2 * K, 8), (70 * K, 60 * K, 9)],
+        [(0, 4 * K, 7), (M, 128 * K, 8)],  # longer than a log holds: made at once
+    ]
+    for runs in cases:
+        for first_length in (4 * K, 8 * K, None):
+            pair = []
+            for batched in (True, False):
+                content = Qcow2Content(64 * M, CLUSTER)
+                if first_length is not None:
+                    content.write(32 * M, first_length, 5)
+                if batched:
+                    content.write_runs(runs)
+                else:
+                    for offset, length, stamp in runs:
+                        content.write(offset, length, stamp)
+                log = content._log
+                state = (
+                    content.version,
+                    None if log is None else (list(log.writes()), log.length),
+                )
+                pair.append((state, content.extents()))
+            assert pair[0] == pair[1]

@@ -27,7 +27,7 @@ A guest's data or zero write of at most LOG_MAX_BYTES is not spliced in at
 once: `write` and `write_many` append it to a `WriteLog` (int64 arrays of
 offsets and stamps, one length while all writes have the same) and bump the
 version, O(1) Python work a write.  (qcow2's copy-on-write asks which clusters
-the log's writes touch, `WriteLog.by_cluster`, without splicing it.)  Every read and
+the log's writes touch, `WriteLog.clusters`, without splicing it.)  Every read and
 every other kind of write first settles the log: a short log write by write as before, a long one in
 one numpy pass (`merge_writes`: cut the disk where an extent or a write starts
 or ends, give each piece the value of the last write covering it, join equal
@@ -121,15 +121,15 @@ class WriteLog:
     one number while every write has the same (a guest's usual requests), an int64
     array of each write's once they differ."""
 
-    __slots__ = ("offsets", "stamps", "length", "lengths", "_by_cluster")
+    __slots__ = ("offsets", "stamps", "length", "lengths", "_clusters")
 
     def __init__(self, length: int) -> None:
         self.offsets = array("q")
         self.stamps = array("q")
         self.length = length  # every write's length, while they are all equal; else -1
         self.lengths: array[int] | None = None  # each write's length, once they differ
-        # (cluster bytes, writes indexed, {cluster: sector runs}): `by_cluster`
-        self._by_cluster: tuple[int, int, dict[int, list[tuple[int, int]]]] | None = None
+        # (cluster bytes, writes indexed, the clusters they touch): `clusters`
+        self._clusters: tuple[int, int, set[int]] | None = None
 
     def vary(self, length: int, n: int) -> None:
         """The last `n` writes appended have `length`, which is not `self.length`."""
@@ -144,30 +144,29 @@ class WriteLog:
             return zip(self.offsets, repeat(self.length), self.stamps, strict=False)
         return zip(self.offsets, self.lengths, self.stamps, strict=True)
 
-    def by_cluster(self, cluster_bytes: int) -> dict[int, list[tuple[int, int]]]:
-        """The sector runs [first, end) the writes stamp, by the clusters of
-        `cluster_bytes` they touch.  Built as it is asked for: each ask indexes only
-        the writes appended since the one before (cost per write, not per byte; a
-        write touches at most LOG_MAX_BYTES / `cluster_bytes` + 1 clusters)."""
+    def clusters(self, cluster_bytes: int) -> set[int]:
+        """The clusters of `cluster_bytes` the writes touch.  Built as it is asked for:
+        each ask indexes only the writes appended since the one before (cost per
+        write, not per byte; a write touches at most LOG_MAX_BYTES / `cluster_bytes`
+        + 1 clusters)."""
         n = len(self.offsets)
-        kept = self._by_cluster
+        kept = self._clusters
         if kept is not None and kept[0] == cluster_bytes:
-            done, index = kept[1], kept[2]
+            done, touched = kept[1], kept[2]
         else:
-            done, index = 0, {}
+            done, touched = 0, set()
         offsets, length, lengths = self.offsets, self.length, self.lengths
+        add = touched.add
         for i in range(done, n):
             offset = offsets[i]
-            end = offset + (length if lengths is None else lengths[i])
-            run = (offset >> SECTOR_SHIFT, (end + SECTOR - 1) >> SECTOR_SHIFT)
-            for c in range(offset // cluster_bytes, (end - 1) // cluster_bytes + 1):
-                runs = index.get(c)
-                if runs is None:
-                    index[c] = [run]
-                else:
-                    runs.append(run)
-        self._by_cluster = (cluster_bytes, n, index)
-        return index
+            first = offset // cluster_bytes
+            last = (offset + (length if lengths is None else lengths[i]) - 1) // cluster_bytes
+            if first == last:
+                add(first)
+            else:
+                touched.update(range(first, last + 1))
+        self._clusters = (cluster_bytes, n, touched)
+        return touched
 
     def sectors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(first sectors, end sectors, stamps) of the writes as numpy arrays."""

@@ -681,7 +681,7 @@ class Qcow2Content(Content):
         per = cb >> SECTOR_SHIFT
         # the run list and the write log asked apart: the log is not spliced in
         log = self._log
-        logged = log.by_cluster(cb) if log is not None else {}
+        logged = log.clusters(cb) if log is not None else ()
         holds = self._run_list_holds
         return [c for c in partial if c not in logged and not holds(c * per, (c + 1) * per)]
 
@@ -696,15 +696,20 @@ class Qcow2Content(Content):
         there now is what the writes stamped; the chain is read once a cluster."""
         cb = self.cluster_bytes
         per = cb >> SECTOR_SHIFT
-        wanted = set(clusters)
-        written: dict[int, list[tuple[int, int]]] = {c: [] for c in wanted}
-        for offset in offsets:  # the sector runs the writes stamp, by cluster
-            run = (offset >> SECTOR_SHIFT, (offset + length + SECTOR - 1) >> SECTOR_SHIFT)
-            for c in range(offset // cb, (offset + length - 1) // cb + 1):
-                if c in wanted:
-                    written[c].append(run)
+        wanted = sorted(set(clusters))
+        if len(offsets) == 1:  # one write: one sector run in each cluster
+            run = (offsets[0] >> SECTOR_SHIFT, (offsets[0] + length + SECTOR - 1) >> SECTOR_SHIFT)
+            written = {c: [run] for c in wanted}
+        else:  # the sector runs the writes stamp, by cluster
+            written = {c: [] for c in wanted}
+            for offset in offsets:
+                run = (offset >> SECTOR_SHIFT, (offset + length + SECTOR - 1) >> SECTOR_SHIFT)
+                for c in range(offset // cb, (offset + length - 1) // cb + 1):
+                    runs = written.get(c)
+                    if runs is not None:
+                        runs.append(run)
         copies: list[tuple[int, int, int]] = []  # (offset, length, stamp), in order
-        for c in sorted(wanted):
+        for c in wanted:
             lo, hi = c * per, min((c + 1) * per, self.nsectors)
             holes: list[tuple[int, int]] = []
             cur = lo
@@ -716,15 +721,11 @@ class Qcow2Content(Content):
                 holes.append((cur, hi))
             if not holes:
                 continue
-            data = [
-                e
-                for e in chain_extents(below, holes[0][0], holes[-1][1])
-                if e[2] >= FIRST_DATA_STAMP
-            ]
+            chain = chain_extents(below, holes[0][0], holes[-1][1])
             for hlo, hhi in holes:
-                for a, b, stamp in data:
-                    a, b = max(a, hlo), min(b, hhi)
-                    if a < b:
+                for a, b, stamp in chain:
+                    if stamp >= FIRST_DATA_STAMP and a < hhi and b > hlo:
+                        a, b = max(a, hlo), min(b, hhi)
                         copies.append((a << SECTOR_SHIFT, (b - a) << SECTOR_SHIFT, stamp))
         self.write_runs(copies)
 
