@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -845,8 +846,10 @@ def fuzz(
     if memory_limit:
         fc.limit_memory(memory_limit)
     code = EXIT_OK
+    # a second core polishes the expected failures while the campaign goes on
+    background = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else False
     for config in configs:
-        result = fc.run_campaign(config)
+        result = fc.run_campaign(config, background_polish=background)
         for line in fc.summary_lines(result):
             click.echo(line)
         if result.stopped == "interrupted":

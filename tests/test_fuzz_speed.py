@@ -4,11 +4,13 @@
   front shrinking with runs that all overrun);
 - Hypothesis' shrink order key is computed once per choice sequence;
 - failures triage classes expected are exported as found, never shrunk by Hypothesis;
-- the exporter cuts an unshrunk trace by runs of steps first.
+- the exporter cuts an unshrunk trace by runs of steps first;
+- expected failures are polished in a second process while the round goes on.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -77,11 +79,7 @@ def test_cached_sort_keys_are_hypothesis_keys(tmp_path: Path, fake: str) -> None
 def test_expected_failures_are_exported_as_found_not_shrunk(
     tmp_path: Path, fake: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    known = triage.Known(
-        frozenset({"qemu-7.2"}), FAKE, re.compile("no longer answers there"), "a test's reason",
-        after_graph_change=False,
-    )  # fmt: skip
-    monkeypatch.setattr(triage, "KNOWN", (*triage.KNOWN, known))
+    expect_the_fake(monkeypatch)
     result = run_campaign(small(tmp_path, examples=200))
     assert [f.kind for f in result.failures] == [FAKE], result.summary()
     record = result.failures[0]
@@ -90,6 +88,92 @@ def test_expected_failures_are_exported_as_found_not_shrunk(
     assert result.replays == 0  # Hypothesis never saw a failure, so it shrank nothing
     assert result.examples == 200  # and the round was not cut short by one
     assert record.steps <= 3  # the exporter cut the example down
+
+
+def expect_the_fake(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triage classes the fake checker's violation expected."""
+    known = triage.Known(
+        frozenset({"qemu-7.2"}), FAKE, re.compile("no longer answers there"), "a test's reason",
+        after_graph_change=False,
+    )  # fmt: skip
+    monkeypatch.setattr(triage, "KNOWN", (*triage.KNOWN, known))
+
+
+def test_expected_failures_polished_in_the_background_are_the_same_files(
+    tmp_path: Path, fake: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    expect_the_fake(monkeypatch)
+    parent, replays = os.getpid(), {"here": 0}
+    replay_once = export._failure_in
+
+    def counted(*args: Any) -> Any:
+        if os.getpid() == parent:  # the polish child's replays are not counted here
+            replays["here"] += 1
+        return replay_once(*args)
+
+    monkeypatch.setattr(export, "_failure_in", counted)
+
+    def files(out: Path) -> dict[str, Any]:
+        found: dict[str, Any] = {
+            p.name: p.read_text().replace(str(out), "OUT")
+            for p in sorted((out / "failures").iterdir())
+        }
+        found["index.json"] = json.loads(found["index.json"])
+        for record in found["index.json"]:
+            del record["wall_s"]  # when it was found: wall time
+        return found
+
+    def run(out: Path, background: bool) -> dict[str, str]:
+        replays["here"] = 0
+        result = run_campaign(small(out, examples=200), background_polish=background)
+        assert result.failures and all(not f.shrunk for f in result.failures)
+        return files(out)
+
+    in_line = run(tmp_path / "in-line", False)
+    in_line_replays = replays["here"]
+    assert run(tmp_path / "background", True) == in_line
+    # the background child did the polish: here only the pin replay of each failure
+    assert replays["here"] < in_line_replays
+    assert replays["here"] == 0
+
+
+def test_a_background_polish_that_fails_is_done_in_line(
+    fake: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    header = {"trace": 1, "drives": [DRIVE0], "policy": "qemu-7.2", "seed": 0}
+    header["invariants"] = [fake]
+    steps = [
+        qmp("block-dirty-bitmap-add", node="drive0", name="b0"),
+        io("write -P 1 0 64k"),
+        qmp("blockdev-snapshot-sync", device="drive0", format="qcow2",
+            **{"snapshot-file": "o.qcow2"}),
+    ]  # fmt: skip
+    msg = "bitmap 'b0' added at 'drive0' no longer answers there"
+    failure = FuzzFailure(fake, msg, header, steps, [])
+    parent, real = os.getpid(), export.polish_steps
+
+    def dies_in_the_child(*args: Any) -> Any:
+        if os.getpid() != parent:
+            os._exit(3)  # a child killed mid-polish
+        return real(*args)
+
+    monkeypatch.setattr(export, "polish_steps", dies_in_the_child)
+    background = export.BackgroundPolish()
+    background.submit(failure, coarse=True, deadline=None)
+    assert background.result(failure) == (False, None)  # the caller polishes it
+    other = FuzzFailure(fake, msg, header, steps, [])
+    monkeypatch.setattr(export, "polish_steps", real)
+    background.submit(other, coarse=True, deadline=None)
+    took, cut = background.result(other)
+    assert took and cut is not None
+    assert export.polished_failure(other, cut).steps == polish(other, coarse=True).steps
+    background.submit(other, coarse=True, deadline=None)
+    background.close()  # a child still running is ended, not left behind
+    assert background.running is None and background.result(other) == (False, None)
 
 
 def test_coarse_polish_cuts_a_long_trace_with_fewer_replays(

@@ -53,10 +53,12 @@ from sim.bundled import bundled
 from sim.check import CHECKERS
 from sim.fuzz.coverage import Coverage
 from sim.fuzz.export import (
+    BackgroundPolish,
     ExportRecord,
     PreparedFailure,
     atomic_write_json,
     export_failure,
+    polished_failure,
     prepare_failure,
 )
 from sim.fuzz.hygiene import GENERATING, end_generation, freeze_startup_heap, hypothesis_phase
@@ -176,7 +178,15 @@ def run_summary(config: dict[str, Any], run: RunTotals, **specific: Any) -> dict
 class Campaign:
     """Runs one campaign; also the observer every example reports to."""
 
-    def __init__(self, config: CampaignConfig, machine: type[MachineCore] = BlockMachine) -> None:
+    def __init__(
+        self,
+        config: CampaignConfig,
+        machine: type[MachineCore] = BlockMachine,
+        background_polish: bool = False,
+    ) -> None:
+        """`background_polish`: polish expected failures in a second process while the
+        round goes on (`BackgroundPolish`; the same files, less wall time when another
+        core is free)."""
         self.config = config
         self.machine = machine
         self.result = CampaignResult(config)
@@ -202,6 +212,7 @@ class Campaign:
         self._part = 0  # the part of the round running (a round cut short goes on in parts)
         self._generating = True
         self._progress: Any = None
+        self.polisher = BackgroundPolish() if background_polish else None
 
     # -- the observer (called by every example) --------------------------------------------
     def example_started(self, machine: MachineCore) -> None:
@@ -243,6 +254,8 @@ class Campaign:
         self.first_seen.setdefault(key, (self.elapsed(), self.result.examples))
         self.expected[key] = failure
         self._expected_keys.add(key)
+        if self.polisher is not None:  # exported unshrunk: its polish is coarse
+            self.polisher.submit(failure, coarse=True, deadline=self.export_deadline())
 
     def example_finished(self, machine: MachineCore) -> float | None:
         """Count the example; its coverage rarity for `hypothesis.target` while
@@ -268,6 +281,8 @@ class Campaign:
         if wall - self._last_write >= COVERAGE_WRITE_EVERY_S:
             self.write_coverage()
         self.show_progress()
+        if self.polisher is not None:
+            self.polisher.poll()
         if self.listener is not None:
             self.listener(self)
         budget = self.config.time_budget_s
@@ -290,7 +305,11 @@ class Campaign:
             except KeyboardInterrupt:
                 self.result.stopped = "interrupted"
             finally:
-                self._export_pending()
+                try:
+                    self._export_pending()
+                finally:
+                    if self.polisher is not None:
+                        self.polisher.close()
                 self.result.wall_s = self.elapsed()
                 self.result.muted = sorted(self.muted)
                 self.coverage.generated = self.result.examples
@@ -386,12 +405,27 @@ class Campaign:
             f"{self.result.examples} examples in"
         )
         deadline = self.export_deadline()
+        polished = None  # polished in the background (not after Ctrl-C: written as found)
+        if self.polisher is not None and self.result.stopped != "interrupted":
+            took, trimmed = self.polisher.result(failure)
+            polished = polished_failure(failure, trimmed) if took else None
         if self.out is not None:
             record = export_failure(
-                failure, self.out / "failures", context, shrunk=shrunk, deadline=deadline
+                failure,
+                self.out / "failures",
+                context,
+                shrunk=shrunk,
+                deadline=deadline,
+                polished=polished,
             )
         else:
-            prepared = prepare_failure(failure, context, shrunk=shrunk, deadline=deadline)
+            prepared = prepare_failure(
+                polished or failure,
+                context,
+                shrunk=shrunk,
+                polished=polished is not None,
+                deadline=deadline,
+            )
             record = prepared.record
             record.duplicate = record.signature in self._signatures
             if not record.duplicate:
@@ -524,10 +558,13 @@ def split_failures(exc: BaseException) -> tuple[list[FuzzFailure], list[BaseExce
 
 
 def run_campaign(
-    config: CampaignConfig, machine: type[MachineCore] = BlockMachine
+    config: CampaignConfig,
+    machine: type[MachineCore] = BlockMachine,
+    background_polish: bool = False,
 ) -> CampaignResult:
-    """Run a campaign (see CampaignConfig); returns its result, files are in config.out."""
-    return Campaign(config, machine).run()
+    """Run a campaign (see CampaignConfig); returns its result, files are in config.out.
+    `background_polish`: see Campaign."""
+    return Campaign(config, machine, background_polish).run()
 
 
 # -- profiles ------------------------------------------------------------------------------------

@@ -27,10 +27,12 @@ import copy
 import dataclasses
 import hashlib
 import json
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sim.check import CHECKERS, make_checkers
 from sim.fuzz.failures import INTERNAL_ERROR, FuzzFailure, describe_exception, failure_key
@@ -167,10 +169,38 @@ def polish(
     step dropped, each of nearly the whole trace.  Polishing stops after
     `MAX_POLISH_REPLAYS` replays, and at `deadline` (a `time.monotonic()` reading: a
     campaign's time budget bounds its exports too)."""
-    key = failure_key(failure.kind, failure.message)
-    names = list(failure.header.get("invariants", []))
-    if failure.kind in CHECKERS:
-        names = [failure.kind]
+    cut = polish_steps(
+        failure.kind, failure.message, failure.header, failure.steps, coarse, deadline
+    )
+    return polished_failure(failure, cut)
+
+
+Polished = tuple[str, list[dict[str, Any]], dict[str, Any]] | None
+
+
+def polished_failure(failure: FuzzFailure, cut: Polished) -> FuzzFailure:
+    """The failure `polish_steps` made of `failure` (itself when it did not reproduce)."""
+    if cut is None:
+        return failure  # not reproducible on its own: keep it exactly as Hypothesis gave it
+    message, steps, found = cut
+    return type(failure)(failure.kind, message, failure.header, steps, [found])
+
+
+def polish_steps(
+    kind: str,
+    message: str,
+    header: dict[str, Any],
+    steps: list[dict[str, Any]],
+    coarse: bool,
+    deadline: float | None,
+) -> Polished:
+    """`polish` on the failure's plain parts: (message, steps, violation) of the cut
+    trace, or None when the trace does not show the failure on its own.  Plain data
+    in and out, so a second process can run it (`BackgroundPolish`)."""
+    key = failure_key(kind, message)
+    names = list(header.get("invariants", []))
+    if kind in CHECKERS:
+        names = [kind]
     budget = [MAX_POLISH_REPLAYS]
 
     def shows(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -180,12 +210,12 @@ def polish(
             budget[0] = 0
             return None
         budget[0] -= 1
-        return _failure_in(failure.kind, key, failure.header, names, steps)
+        return _failure_in(kind, key, header, names, steps)
 
-    steps = [copy.deepcopy(s) for s in failure.steps]
+    steps = [copy.deepcopy(s) for s in steps]
     found = shows(steps)
     if found is None:
-        return failure  # not reproducible on its own: keep it exactly as Hypothesis gave it
+        return None
     run = len(steps) // 2 if coarse else 0
     while run >= 2 and budget[0] > 0:
         start = len(steps) - run
@@ -204,8 +234,125 @@ def polish(
             if hit is not None:
                 steps, found, changed = candidate, hit, True
                 break
-    message = str(found.get("message", failure.message))
-    return type(failure)(failure.kind, message, failure.header, steps, [found])
+    return str(found.get("message", message)), steps, found
+
+
+class BackgroundPolish:
+    """Polishes failures in a second process while the campaign goes on generating.
+
+    A campaign meets an expected failure (one triage explains) in the middle of a round
+    and exports it when the round ends; its trace-level polish (up to
+    `MAX_POLISH_REPLAYS` replays) is a pure function of the failure, so it can run
+    meanwhile on another core.  One child process at a time, forked from the campaign
+    (nothing to import again), runs `polish_steps` for the oldest waiting failure and
+    sends the cut trace back through a pipe; the export takes that result instead of
+    polishing again (`result`), so the files are the same bytes as when polishing in
+    line.  A failure whose turn has not come yet, or whose child failed, is polished
+    in line as before.  A child ignores Ctrl-C (the campaign handles it) and `close`
+    ends one still running."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[FuzzFailure, bool, float | None]] = []
+        self.running: tuple[FuzzFailure, int, int] | None = None  # failure, pid, pipe fd
+        self.done: dict[int, tuple[FuzzFailure, Polished]] = {}
+
+    def submit(self, failure: FuzzFailure, coarse: bool, deadline: float | None) -> None:
+        self.waiting.append((failure, coarse, deadline))
+        self.poll()
+
+    def poll(self) -> None:
+        """Collect a finished child and start the next (cheap: called once an example)."""
+        import select
+
+        if self.running is not None and select.select([self.running[2]], [], [], 0)[0]:
+            self._collect()
+        if self.running is None and self.waiting:
+            self._start(*self.waiting.pop(0))
+
+    def result(self, failure: FuzzFailure) -> tuple[bool, Polished]:
+        """(True, what `polish_steps` gave) when `failure` was polished in the
+        background (waiting for its child if it still runs); (False, None) when the
+        caller must polish it itself (not submitted, not started yet, child failed)."""
+        self.waiting = [w for w in self.waiting if w[0] is not failure]
+        if self.running is not None and self.running[0] is failure:
+            self._collect()
+        hit = self.done.pop(id(failure), None)
+        if hit is None or hit[0] is not failure:
+            return False, None
+        return True, hit[1]
+
+    def close(self) -> None:
+        """End the child still running, if any; forget what was not taken."""
+        import signal
+
+        self.waiting = []
+        if self.running is not None:
+            _failure, pid, fd = self.running
+            self.running = None
+            os.close(fd)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+        self.done.clear()
+
+    def _start(self, failure: FuzzFailure, coarse: bool, deadline: float | None) -> None:
+        import signal
+
+        args = (failure.kind, failure.message, failure.header, failure.steps, coarse, deadline)
+        for stream in (sys.stdout, sys.stderr):  # nothing buffered is written twice
+            stream.flush()
+        read, write = os.pipe()
+        # SIGINT blocked across the fork: the child ignores it before it can arrive
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child (its coverage is not collected)
+                os.close(read)
+                _polish_child(write, args)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        os.close(write)
+        self.running = (failure, pid, read)
+
+    def _collect(self) -> None:
+        import pickle
+
+        assert self.running is not None
+        failure, pid, fd = self.running
+        self.running = None
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        os.close(fd)
+        os.waitpid(pid, 0)
+        try:
+            ok, cut = pickle.loads(b"".join(chunks))
+        except Exception:  # noqa: BLE001 - a child that died says nothing: polish in line
+            return
+        if ok:
+            self.done[id(failure)] = (failure, cut)
+
+
+def _polish_child(fd: int, args: tuple[Any, ...]) -> NoReturn:  # pragma: no cover
+    """A BackgroundPolish child: polish, write the pickled outcome, exit at once (no
+    exit handlers, no buffers flushed: they are the campaign's)."""
+    import pickle
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        data = pickle.dumps((True, polish_steps(*args)))
+    except BaseException:  # noqa: BLE001 - the campaign polishes it in line instead
+        data = pickle.dumps((False, None))
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os._exit(0)
 
 
 def _cuts(steps: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -345,10 +492,13 @@ def export_failure(
     context: str,
     shrunk: bool = True,
     deadline: float | None = None,
+    polished: FuzzFailure | None = None,
 ) -> ExportRecord:
-    """Polish the failure (until `deadline`, a `time.monotonic()` reading), then write
-    its trace into `folder` unless one with its signature exists."""
-    polished = polish(failure, coarse=not shrunk, deadline=deadline)
+    """Polish the failure (until `deadline`, a `time.monotonic()` reading; `polished`:
+    what that gave, done elsewhere), then write its trace into `folder` unless one with
+    its signature exists."""
+    if polished is None:
+        polished = polish(failure, coarse=not shrunk, deadline=deadline)
     sig = signature(polished.steps)
     path = folder / f"{polished.kind}-{sig}.jsonl"
     if path.exists():  # known: no need to pin it again
