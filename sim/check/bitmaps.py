@@ -272,6 +272,16 @@ class BitmapRegistry:
 
         Not needed after a quiet step (guest I/O, queries): the lists cannot have changed."""
         self.added, self.cleared, self.removed = [], [], []
-        self._listed = self._listed_now()
-        self._lists_before = self._lists_now()
-        self._roots_before = self._roots_now()
+        # the same lists for every registry of the checkers built together: taken once
+        self._listed, self._lists_before, self._roots_before = self.log.once(
+            "bitmap lists", self._snapshot
+        )
+
+    def _snapshot(
+        self,
+    ) -> tuple[
+        list[DirtyBitmap], list[tuple[Owner, list[DirtyBitmap]]], dict[str, BlockNode | None]
+    ]:
+        """The listed bitmaps, every owner's list (copied) and the devices' roots, now.
+        Nothing changes them once taken: a command's update takes new lists."""
+        return self._listed_now(), self._lists_now(), self._roots_now()

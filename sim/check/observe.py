@@ -12,7 +12,8 @@ changed, so checkers may look only at what the I/O touched.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sim.check.base import Checker, Violation
 from sim.model.bitmap import DirtyBitmap
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from sim.model.jobs import Job
 
 Owner = BlockNode | BlockBackend
+T = TypeVar("T")
 QUIET_COMMANDS = ("human-monitor-command", "x-debug-block-dirty-bitmap-sha256")
 BITMAP_COMMANDS = (
     "block-dirty-bitmap-add",
@@ -91,6 +93,7 @@ class StepLog:
         # quiet: only guest I/O and queries, no event, no time (nothing but contents changed)
         self.quiet = False
         self._data: bool | None = None
+        self._once: dict[str, Any] = {}  # what `once` computed for this step
         machine.command_observers.append(self._on_command)
 
     def _on_command(self, request: Any, response: dict[str, Any]) -> None:
@@ -111,9 +114,19 @@ class StepLog:
         self._next_event_mark = len(machine.events.history)
         self._next_time_mark = machine.now_ns
         self._data = None
+        self._once = {}
         self.quiet = not self._moved and all(
             c.name in QUIET_COMMANDS or c.name.startswith("query-") for c in self.commands
         )
+
+    def once(self, key: str, compute: Callable[[], T]) -> T:
+        """`compute()` as the model is after this step, computed for the first checker
+        that asks and handed to the others (checkers change nothing, so it holds for
+        the whole step).  Only for values no checker changes."""
+        if key not in self._once:
+            self._once[key] = compute()
+        found: T = self._once[key]
+        return found
 
     def events(self) -> list[Event]:
         """Events emitted during this step, in order."""

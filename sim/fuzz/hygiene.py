@@ -30,13 +30,20 @@ _examples_since_gc = 0
 GC_EVERY = 200
 
 
-def collect_garbage() -> None:
-    """A full collection every GC_EVERY examples.  A finished Machine is cyclic garbage
-    (simpy processes, observers) holding numpy disk contents; Python only counts objects
-    to decide when to collect, and Hypothesis keeps so many long-lived ones that a full
-    collection may otherwise wait a long time.  (A full collection costs ~50 ms.)"""
+def example_finished() -> None:
+    """Count a finished example towards the next `collect_garbage`."""
     global _examples_since_gc
     _examples_since_gc += 1
+
+
+def collect_garbage() -> None:
+    """A full collection once GC_EVERY examples have finished, before the next one
+    starts (a run whose last example ends the count does not pay for one).  A finished
+    Machine is cyclic garbage (simpy processes, observers) holding numpy disk contents;
+    Python only counts objects to decide when to collect, and Hypothesis keeps so many
+    long-lived ones that a full collection may otherwise wait a long time.  (A full
+    collection costs ~50-100 ms.)"""
+    global _examples_since_gc
     if _examples_since_gc >= GC_EVERY:
         _examples_since_gc = 0
         gc.collect()

@@ -54,6 +54,7 @@ from sim.fuzz.hygiene import (
     Guarded,
     cache_sort_keys,
     collect_garbage,
+    example_finished,
     no_local_constants,
     no_wall_clock_in_search,
     one_swarm_only,
@@ -205,6 +206,7 @@ class MachineCore(RuleBasedStateMachine):
     name: ClassVar[str] = "fuzz"
 
     def __init__(self) -> None:
+        collect_garbage()  # the examples before this one, every GC_EVERY of them
         super().__init__()
         self.steps: list[dict[str, Any]] = []
         self.outcomes: list[StepOutcome] = []
@@ -345,7 +347,7 @@ class MachineCore(RuleBasedStateMachine):
                 release(self.replayer)
                 self.replayer = None
                 self.outcomes = []
-                collect_garbage()
+                example_finished()
 
     def is_muted(self, violation: dict[str, Any]) -> bool:
         """Does this violation pass without failing the example: muted by name or key,
