@@ -27,7 +27,11 @@ steps is printed too, but it is not the ratio the target is about.
 The figure is campaign steps/s over bare steps/s, against the target
 (>= 0.7x).  Both are also given per CPU-second (the campaign process' user +
 system time, this process' time for the bare machine), which other processes
-on the machine do not change: `uptime` is printed next to the timings.
+on the machine do not change: `uptime` is printed next to the timings.  When
+more than one core is usable, `blocksim fuzz` polishes expected failures in a
+forked child while the round goes on (sim.fuzz.export.BackgroundPolish): the
+wall time then overlaps that work, and the per-CPU-second figure counts the
+child's CPU with the campaign's.
 `--quick` runs 50 examples each; `--examples N` sets the count.
 """
 
