@@ -13,14 +13,7 @@ from collections.abc import Callable
 
 from sim.model.graph import BlockGraph, BlockNode
 from sim.model.job_driver import DrainedSection, JobDriver
-from sim.model.job_graph import (
-    allocated_runs,
-    chain_nodes,
-    copy_range,
-    drop_filter,
-    fully_allocated,
-    insert_filter,
-)
+from sim.model.job_graph import allocation_run, chain_nodes, copy_range, drop_filter, insert_filter
 from sim.model.jobs import Job
 
 COMMIT_CHUNK = 512 * 1024
@@ -73,30 +66,23 @@ class CommitKind(JobDriver):
         self.job.len = self.top.size_bytes
 
     def next_chunk(self) -> tuple[int, int] | None:
-        """The next chunk with data above base.  Chunks with nothing allocated cost
-        commit_run no I/O and no delay, so they are passed over here at once (their
-        progress still counts)."""
+        """The next run allocated above base, as commit_run asks bdrv_is_allocated_above
+        from where it stands for at most 512 KiB: each answer is one iteration, copied
+        whole when allocated.  Unallocated runs cost commit_run no I/O and no delay, so
+        they are passed over here at once (their progress still counts)."""
         size = self.top.size_bytes
         nodes = chain_nodes(self.graph, self.top, self.base)
-        contents = [n.content for n in nodes if n.content is not None]
-        whole = fully_allocated(nodes)
         while self.cursor < size:
-            length = min(COMMIT_CHUNK, size - self.cursor)
-            if whole or allocated_runs(contents, self.cursor, length, self.top.cluster_size):
-                return self.cursor, length
-            self.cursor += length
-            self.job.offset += length
+            allocated, n = allocation_run(nodes, self.cursor, min(COMMIT_CHUNK, size - self.cursor))
+            if allocated:
+                return self.cursor, n
+            self.cursor += n
+            self.job.offset += n
         return None
 
     def copy_chunk(self, offset: int, length: int) -> None:
-        nodes = chain_nodes(self.graph, self.top, self.base)
-        contents = [n.content for n in nodes if n.content is not None]
-        if fully_allocated(nodes):
-            runs = [(offset, length)]
-        else:
-            runs = allocated_runs(contents, offset, length, self.top.cluster_size)
-        for off, n in runs:
-            copy_range(self.graph, contents, self.base, off, n)
+        contents = [n.content for n in chain_nodes(self.graph, self.top, self.base) if n.content]
+        copy_range(self.graph, contents, self.base, offset, length)
         self.cursor = offset + length
         self.job.offset += length
 

@@ -220,3 +220,64 @@ def _clip_bytes(a: int, b: int, cluster: int, offset: int, length: int) -> tuple
     lo = max(a * cluster, offset)
     hi = min(b * cluster, offset + length)
     return lo, hi - lo
+
+
+def allocation_run(nodes: list[BlockNode], offset: int, max_bytes: int) -> tuple[bool, int]:
+    """bdrv_is_allocated_above over `nodes` (top first, the last included) from `offset`,
+    at most `max_bytes`: whether the run there is allocated in one of them, and its
+    length.  The first node allocated at `offset` answers its own run; each node above
+    it, unallocated there, limits the run to its unallocated run
+    (bdrv_co_common_block_status_above)."""
+    if fully_allocated(nodes):
+        return True, max_bytes
+    limit = max_bytes
+    for node in nodes:
+        if node.content is None:
+            continue
+        allocated, n = _status_run(node.content, offset, limit)
+        if allocated:
+            return True, n
+        limit = min(limit, n)
+    return False, limit
+
+
+def _status_run(content: Content, offset: int, max_bytes: int) -> tuple[bool, int]:
+    """One node's block status at `offset` (at most `max_bytes`): allocated or not, and
+    for how long.  qcow2 answers per cluster (qcow2_get_host_offset): a run of clusters
+    of one kind, data clusters only while their host clusters follow each other in the
+    file; other nodes per sector.  Cost grows with the extents in the run."""
+    end = offset + max_bytes
+    if not isinstance(content, Qcow2Content):
+        first, stop = sector_span(offset, max_bytes)
+        runs = content.extents(first, stop)
+        if runs and runs[0][0] <= first:
+            cover = first
+            for lo, hi, _ in runs:
+                if lo > cover:
+                    break
+                cover = hi
+            return True, min(cover << SECTOR_SHIFT, end) - offset
+        return False, min(runs[0][0] << SECTOR_SHIFT, end) - offset if runs else max_bytes
+    cb = content.cluster_bytes
+    per = cb >> SECTOR_SHIFT
+    first_c, end_c = offset // cb, -(-end // cb)
+    host = content.host
+
+    def kind(c: int) -> tuple[int, int]:
+        h = host.stamp_at(c)
+        if h:
+            return 2, h  # data: equal for clusters contiguous in the file
+        return (1, 0) if content.extents(c * per, (c + 1) * per) else (0, 0)
+
+    edges: set[int] = set()
+    for a, b, _ in host.extents(first_c, end_c):
+        edges.update((a, b))
+    for lo, hi, _ in content.extents(first_c * per, end_c * per):
+        edges.update((lo // per, -(-hi // per)))
+    start = kind(first_c)
+    stop_c = end_c
+    for c in sorted(e for e in edges if first_c < e < end_c):
+        if kind(c) != start:
+            stop_c = c
+            break
+    return start[0] > 0, min(stop_c * cb, end) - offset

@@ -13,7 +13,13 @@ from collections.abc import Callable
 from sim.model.content import Extent, chain_extents, sector_span
 from sim.model.graph import BlockGraph, BlockNode
 from sim.model.job_driver import DrainedSection, JobDriver
-from sim.model.job_graph import chain_contents, drop_filter, insert_filter
+from sim.model.job_graph import (
+    allocation_run,
+    chain_contents,
+    chain_nodes,
+    drop_filter,
+    insert_filter,
+)
 from sim.model.jobs import Job
 
 STREAM_CHUNK = 512 * 1024
@@ -82,18 +88,24 @@ class StreamKind(JobDriver):
         self.job.len = 0 if self.nothing_to_do else self.node.size_bytes
 
     def next_chunk(self) -> tuple[int, int] | None:
-        """The next chunk with something to pull up.  Chunks the node already holds,
-        or with nothing allocated below it, cost stream_run no I/O and no delay, so
-        they are passed over at once (their progress still counts)."""
+        """The next run to pull up, as stream_run asks from where it stands for at most
+        512 KiB: bdrv_is_allocated on the node, and where it holds nothing,
+        bdrv_is_allocated_above below it down to base; each answer is one iteration,
+        copied whole when allocated below.  Runs the node holds, or with nothing
+        allocated below, cost stream_run no I/O and no delay, so they are passed over
+        here at once (their progress still counts)."""
         if self.nothing_to_do:
             return None
         size = self.node.size_bytes
+        below = chain_nodes(self.graph, self.node.backing, self.base) if self.node.backing else []
         while self.cursor < size:
-            length = min(STREAM_CHUNK, size - self.cursor)
-            if self._fill(self.cursor, length):
-                return self.cursor, length
-            self.cursor += length
-            self.job.offset += length
+            own, n = allocation_run([self.node], self.cursor, min(STREAM_CHUNK, size - self.cursor))
+            if not own:
+                copy, n = allocation_run(below, self.cursor, n)
+                if copy:
+                    return self.cursor, n
+            self.cursor += n
+            self.job.offset += n
         return None
 
     def _fill(self, offset: int, length: int) -> list[Extent]:

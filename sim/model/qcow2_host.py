@@ -60,6 +60,7 @@ from sim.model.content import (
     SECTOR,
     SECTOR_SHIFT,
     UNALLOCATED,
+    ZERO_STAMP,
     ClusterSummary,
     Content,
     WriteLog,
@@ -692,8 +693,11 @@ class Qcow2Content(Content):
         `cow_clusters` was asked for: what the backing chain `below` (top first) holds
         as data in those clusters, where the writes did not go, becomes this image's
         (read from the backing file and written into the new clusters), run by run.
-        The clusters held nothing of this image's before the writes, so what it holds
-        there now is what the writes stamped; the chain is read once a cluster."""
+        Where the backing reads as zeroes the new cluster holds zeroes of its own (the
+        cluster is allocated whole: a later change of the backing file does not show
+        through it).  The clusters held nothing of this image's before the writes, so
+        what it holds there now is what the writes stamped; the chain is read once a
+        cluster."""
         cb = self.cluster_bytes
         per = cb >> SECTOR_SHIFT
         wanted = sorted(set(clusters))
@@ -723,10 +727,18 @@ class Qcow2Content(Content):
                 continue
             chain = chain_extents(below, holes[0][0], holes[-1][1])
             for hlo, hhi in holes:
+                cur = hlo
                 for a, b, stamp in chain:
                     if stamp >= FIRST_DATA_STAMP and a < hhi and b > hlo:
                         a, b = max(a, hlo), min(b, hhi)
+                        if a > cur:
+                            copies.append(
+                                (cur << SECTOR_SHIFT, (a - cur) << SECTOR_SHIFT, ZERO_STAMP)
+                            )
                         copies.append((a << SECTOR_SHIFT, (b - a) << SECTOR_SHIFT, stamp))
+                        cur = b
+                if cur < hhi:
+                    copies.append((cur << SECTOR_SHIFT, (hhi - cur) << SECTOR_SHIFT, ZERO_STAMP))
         self.write_runs(copies)
 
     # -- the rest of Content --------------------------------------------------------------
