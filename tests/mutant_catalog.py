@@ -114,8 +114,10 @@ def _marks_next_chunk(mp: MP) -> None:
 def _marks_backing(mp: MP) -> None:
     original = io.guest_write
 
-    def guest_write(graph: Any, bb: Any, root: Any, offset: int, length: int, stamp: int) -> Any:
-        result = original(graph, bb, root, offset, length, stamp)
+    def guest_write(
+        graph: Any, bb: Any, root: Any, offset: int, length: int, stamp: int, **kw: Any
+    ) -> Any:
+        result = original(graph, bb, root, offset, length, stamp, **kw)
         below = graph.data_node(root).backing
         if result.ok and below is not None:
             for bm in below.bitmaps:
@@ -214,7 +216,9 @@ def _mid_job(job: jobs.Job) -> bool:
 def _mirror_misses_mid_job_writes(mp: MP) -> None:
     original = io.guest_write
 
-    def guest_write(graph: Any, bb: Any, root: Any, offset: int, length: int, stamp: int) -> Any:
+    def guest_write(
+        graph: Any, bb: Any, root: Any, offset: int, length: int, stamp: int, **kw: Any
+    ) -> Any:
         hidden = []
         for node in graph.nodes:
             hook = node.write_hook
@@ -223,7 +227,7 @@ def _mirror_misses_mid_job_writes(mp: MP) -> None:
                 hidden.append((kind.source, kind.dirty))
                 kind.source.bitmaps.remove(kind.dirty)
         try:
-            return original(graph, bb, root, offset, length, stamp)
+            return original(graph, bb, root, offset, length, stamp, **kw)
         finally:
             for source, dirty in hidden:
                 source.bitmaps.insert(0, dirty)
@@ -242,27 +246,47 @@ def _cbw_stops_mid_job(mp: MP) -> None:
 
 
 def _stream_overwrites_mid_job_writes(mp: MP) -> None:
-    original = StreamKind._fill
+    original_fill = StreamKind._fill
+    original_next = StreamKind.next_chunk
+
+    def next_chunk(self: StreamKind) -> Any:
+        from sim.model.job_graph import allocation_run, chain_nodes
+        from sim.model.job_stream import STREAM_CHUNK
+
+        if self.job.offset == 0 or self.node.backing is None:  # the first run honours it
+            return original_next(self)
+        size = self.node.size_bytes
+        below = chain_nodes(self.graph, self.node.backing, self.base)
+        while self.cursor < size:  # what the node holds no longer counts
+            copy, n = allocation_run(below, self.cursor, min(STREAM_CHUNK, size - self.cursor))
+            if copy:
+                return self.cursor, n
+            self.cursor += n
+            self.job.offset += n
+        return None
 
     def fill(self: StreamKind, offset: int, length: int) -> Any:
         from sim.model.content import chain_extents, sector_span
         from sim.model.job_graph import chain_contents
 
         if self.job.offset == 0:  # the first chunk honours what the node holds
-            return original(self, offset, length)
+            return original_fill(self, offset, length)
         below = self.node.backing
         if below is None or self.node.content is None:
             return []
         first, end = sector_span(offset, length)
         return chain_extents(chain_contents(self.graph, below, self.base), first, end)
 
+    mp.setattr(StreamKind, "next_chunk", next_chunk)
     mp.setattr(StreamKind, "_fill", fill)
 
 
 def _successor_misses_mid_job_writes(mp: MP) -> None:
     original = io.guest_write
 
-    def guest_write(graph: Any, bb: Any, root: Any, offset: int, length: int, stamp: int) -> Any:
+    def guest_write(
+        graph: Any, bb: Any, root: Any, offset: int, length: int, stamp: int, **kw: Any
+    ) -> Any:
         muted = []
         for node in graph.nodes:
             kind = getattr(node.write_hook, "__self__", None)
@@ -272,7 +296,7 @@ def _successor_misses_mid_job_writes(mp: MP) -> None:
                     succ.enabled = False
                     muted.append(succ)
         try:
-            return original(graph, bb, root, offset, length, stamp)
+            return original(graph, bb, root, offset, length, stamp, **kw)
         finally:
             for succ in muted:
                 succ.enabled = True

@@ -70,13 +70,13 @@ def _copy_after_write(mp: pytest.MonkeyPatch) -> None:
     original = io.guest_write
 
     def guest_write(
-        graph: Any, bb: Any, root: Any, offset: int, length: int, stamp: int
+        graph: Any, bb: Any, root: Any, offset: int, length: int, stamp: int, **kw: Any
     ) -> io.IOResult:
         hooked = [(n, n.write_hook) for n in graph.nodes if n.write_hook is not None]
         for node, _ in hooked:
             node.write_hook = None
         try:
-            result = original(graph, bb, root, offset, length, stamp)
+            result = original(graph, bb, root, offset, length, stamp, **kw)
         finally:
             for node, hook in hooked:
                 node.write_hook = hook
