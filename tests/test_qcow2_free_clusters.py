@@ -185,3 +185,30 @@ def test_write_runs_logs_as_the_writes_one_by_one() -> None:
                 )
                 pair.append((state, content.extents()))
             assert pair[0] == pair[1]
+
+
+def test_a_zero_write_that_may_unmap_frees_the_clusters_it_covers() -> None:
+    """qemu-io's `write -z -u 64k 128k` on 256 KiB of data frees the host clusters of
+    guest clusters 1 and 2 (zero_in_l2_slice), with discard=ignore as with
+    discard=unmap; the next new cluster (300k) takes the first of them.  Without -u
+    they keep their host clusters and the new one goes after the others.  What QEMU
+    7.2 left for scenarios/blockapi/qcow2-zero-write-unmap-frees-clusters.jsonl (the
+    protocol nodes' bitmaps: `blocksim diff` identical; the code before: two differ)."""
+    from sim.replay import replay
+    from sim.trace import parse_lines
+
+    with open("scenarios/blockapi/qcow2-zero-write-unmap-frees-clusters.jsonl") as f:
+        state = replay(parse_lines(f.read().splitlines())).machine.state
+
+    def hosts(name: str) -> list[int]:
+        content = state.graph.images[name].content
+        assert isinstance(content, Qcow2Content)
+        return [content.layout.host_of(c) for c in range(5)]
+
+    for name in ("u0.qcow2", "u1.qcow2"):
+        h = hosts(name)
+        assert h[1] == h[2] == -1  # zero flag only
+        assert h[4] == h[0] + 1  # the first freed host cluster, right after cluster 0's
+    h = hosts("k0.qcow2")
+    assert h[:4] == [h[0], h[0] + 1, h[0] + 2, h[0] + 3]  # zero clusters keep theirs
+    assert h[4] == h[0] + 4

@@ -146,10 +146,14 @@ def guest_write(
     length: int,
     stamp: int,
     is_discard: bool = False,
+    unmap: bool = False,
 ) -> IOResult:
     """Write `length` bytes at `offset` through `root`; stamp ZERO_STAMP for `-z`
     (and for a discard that unmaps, `is_discard`: it does not move the nodes'
-    `wr_highest_offset`)."""
+    `wr_highest_offset`).  A zero write with `unmap` (BDRV_REQ_MAY_UNMAP, qemu-io's
+    `-z -u`) frees the host clusters of the qcow2 clusters it covers whole, whatever
+    the discard option (zero_in_l2_slice: the L2 entry keeps the zero flag only, the
+    freed cluster's discard reaches the file only with discard=unmap)."""
     if offset < 0 or length < 0 or offset + length > root.size_bytes:
         return IO_ERROR
     if length == 0:
@@ -200,13 +204,15 @@ def guest_write(
             if cow:
                 content.copy_on_write(cow, below, [offset], length)
                 cow = []
-            if is_discard:
-                content.discard(offset, length)
+            if is_discard or (unmap and stamp == ZERO_STAMP):
+                content.discard(offset, length, passthrough=is_discard or _unmaps(bb, node))
             host_writes = content.collect_host_writes(False)
         elif content is not None:
             content.write(offset, length, stamp)
-            if is_discard and isinstance(content, Qcow2Content):
-                content.discard(offset, length)
+            if (is_discard or (unmap and stamp == ZERO_STAMP)) and isinstance(
+                content, Qcow2Content
+            ):
+                content.discard(offset, length, passthrough=is_discard or _unmaps(bb, node))
         if cow:
             assert isinstance(content, Qcow2Content)
             content.copy_on_write(cow, below, [offset], length)
@@ -321,6 +327,11 @@ def check_write_threshold(graph: BlockGraph, node: BlockNode, offset: int, lengt
         )  # fmt: skip
 
 
+def _unmaps(bb: BlockBackend | None, node: BlockNode) -> bool:
+    """Discards reach the node's file (BDRV_O_UNMAP: discard=unmap)."""
+    return bb.discard_unmap if bb is not None else node.discard_unmap
+
+
 def guest_discard(
     graph: BlockGraph, bb: BlockBackend | None, root: BlockNode, offset: int, length: int
 ) -> IOResult:
@@ -345,10 +356,12 @@ def write(
     offset: int,
     length: int,
     stamp: int,
+    unmap: bool = False,
 ) -> IOResult:
-    """A guest write (or zero-write: `stamp` ZERO_STAMP) through `root`, then the
-    write observers.  `bb` is the BlockBackend it came through (None: a node name)."""
-    res = guest_write(state.graph, bb, root, offset, length, stamp)
+    """A guest write (or zero-write: `stamp` ZERO_STAMP, `unmap`: BDRV_REQ_MAY_UNMAP)
+    through `root`, then the write observers.  `bb` is the BlockBackend it came through
+    (None: a node name)."""
+    res = guest_write(state.graph, bb, root, offset, length, stamp, unmap=unmap)
     if res.ok:
         for observer in state.write_observers:
             observer(bb, root, offset, length, stamp)

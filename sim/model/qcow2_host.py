@@ -15,7 +15,8 @@ cluster, qcow2_open to the file's start); the first write or zero write into a g
 L2 table maps allocates that table first (l2_allocate), so it sits between
 data clusters.  A discard that unmaps (stamp 0) frees the whole clusters it
 covers (their host clusters are free again); zero writes keep the host cluster of an allocated cluster and give
-none to an unallocated one (zero flag in the L2 entry).
+none to an unallocated one (zero flag in the L2 entry), unless they may unmap (qemu-io's
+`write -z -u`): then they free the host clusters of the whole clusters they cover.
 
 Theory of operation.  One `Qcow2Layout` per image holds what its L2 tables
 say: the host map, the L2 tables that exist, the next free host cluster, and
@@ -34,7 +35,7 @@ places its clusters and counts them; a write log spliced in with numpy
 grows with the writes and the map's extents, never with the image size.
 A write log spliced in with numpy allocates at the end: while freed host
 clusters are left it is spliced write by write instead.  Not modelled:
-unmapping zero writes (`write -z -u` frees nothing here), refcount blocks allocated as the file grows, metadata of
+refcount blocks allocated as the file grows, metadata of
 internal snapshots and bitmaps.
 
 The writes to the image file (what a dirty bitmap on the protocol node sees,
@@ -195,11 +196,12 @@ class Qcow2Layout(ClusterSummary):
         if cur < hi:
             self._place(cur, hi, data, join if cur > lo else -1)
 
-    def unmap(self, lo: int, hi: int) -> None:
-        """Guest clusters [lo, hi) lose their host clusters (qcow2_cluster_discard):
-        their L2 entries change, their refcounts drop to 0 (free again, `give_back`)
-        and the freed host clusters are discarded in the file (update_refcount_discard,
-        which the protocol node's bitmaps see as written)."""
+    def unmap(self, lo: int, hi: int, passthrough: bool = True) -> None:
+        """Guest clusters [lo, hi) lose their host clusters (qcow2_cluster_discard,
+        zero_in_l2_slice with BDRV_REQ_MAY_UNMAP): their L2 entries change, their
+        refcounts drop to 0 (free again, `give_back`) and, with `passthrough`, the freed
+        host clusters are discarded in the file (update_refcount_discard, which the
+        protocol node's bitmaps see as written)."""
         if lo >= hi or self.host.next_data(lo) >= hi:
             return
         cache = self.cache
@@ -215,7 +217,8 @@ class Qcow2Layout(ClusterSummary):
         for a, b, value in self.host.extents(lo, hi):
             host = value - _BIAS + a
             self.give_back(host, b - a)
-            self._host_write(self.data_start + host * cb, (b - a) * cb)
+            if passthrough:
+                self._host_write(self.data_start + host * cb, (b - a) * cb)
         self.host.write_sectors(lo, hi, UNALLOCATED)
         self._touch_l2(lo, hi)
         self.cache.refblock_dirty = True
@@ -650,17 +653,19 @@ class Qcow2Content(Content):
         layout.place_log(firsts, ends, stamps, sorted_writes)
         self._merge_sectors(firsts, ends, stamps, sorted_writes)
 
-    def discard(self, offset: int, length: int) -> None:
+    def discard(self, offset: int, length: int, passthrough: bool = True) -> None:
         """qcow2_co_pdiscard of [offset, offset + length) after its zeroes were
-        written: the whole clusters it covers (and a last partial one at the disk's
-        end) give their host clusters back (`Qcow2Layout.unmap`); the block layer
-        leaves the partial clusters at either end to qcow2, which ignores them."""
+        written (or a zero write that may unmap): the whole clusters it covers (and a
+        last partial one at the disk's end) give their host clusters back
+        (`Qcow2Layout.unmap`; their discard reaches the file with `passthrough`); the
+        block layer leaves the partial clusters at either end to qcow2, which ignores
+        them."""
         cb = self.cluster_bytes
         end = offset + length
         lo = -(-offset // cb)
         hi = -(-end // cb) if end >= self.size_bytes else end // cb
         if lo < hi:
-            self.layout.unmap(lo, hi)
+            self.layout.unmap(lo, hi, passthrough)
 
     def cow_clusters(self, offset: int, length: int) -> list[int]:
         """The clusters a data write of [offset, offset + length) allocates and covers

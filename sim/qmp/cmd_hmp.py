@@ -179,7 +179,7 @@ def run_io(m: Machine, bb: Any, root: Any, cmd: qemu_io.QemuIoCommand) -> str:
             return cmd.failed(error)
     if cmd.op == "write":
         stamp = _write_stamp(m, cmd)
-        res = io.write(m.state, bb, root, off, length, stamp)
+        res = io.write(m.state, bb, root, off, length, stamp, unmap=cmd.unmap)
         return cmd.output if res.ok else cmd.failed(res.error)
     if cmd.op == "read":
         if 0 <= off and off + length <= root.size_bytes:

@@ -93,6 +93,7 @@ class QemuIoCommand(NamedTuple):
     reply: str = ""  # QMP return string (when target is found, for qemu-io ops)
     output: str = ""  # what QEMU prints on stdout
     detail: str = ""  # why an op is "unsupported"
+    unmap: bool = False  # write -z -u (BDRV_REQ_MAY_UNMAP)
 
     def failed(self, strerror: str = "Input/output error") -> str:
         """What qemu-io prints when this op's I/O fails."""
@@ -593,7 +594,7 @@ def _write(target: str, argv0: str, args: list[str], warnings: list[str]) -> Qem
     zero = "z" in flags
     return QemuIoCommand(
         "write", target, offset, count, None if zero else pattern, zero=zero,
-        quiet="q" in flags, requires_write=True,
+        unmap="u" in flags, quiet="q" in flags, requires_write=True,
         output=_report("wrote", offset, count, flags),
     )  # fmt: skip
 
