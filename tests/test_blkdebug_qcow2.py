@@ -366,3 +366,21 @@ def test_stream_and_commit_copy_the_runs_block_status_answers() -> None:
     image = _scenario_images("scenarios/blockapi/blkdebug-stream-commit-iterations.jsonl")
     assert image("b2.qcow2") == [(64, 576, 0x33)]
     assert image("o3.qcow2") == [(0, 4, 0), (4, 8, 0x44), (8, 64, 0), (64, 128, 0x55)]
+
+
+def test_a_mirror_fails_op_by_op_with_its_other_ops_in_flight() -> None:
+    """A blkdebug rule on the raw target's write covering 1280k fails the mirror's op
+    [1M, 2M) alone: the ops before and after it (data runs of at most 1 MiB, the zero
+    tail as one write-zeroes) complete and their data is on the target; with
+    on-target-error=stop the failed op is copied after the resume.  The images QEMU
+    7.2 left for scenarios/blockapi/blkdebug-mirror-ops.jsonl (`blocksim diff`:
+    identical; the code before: t1.img lacked [2M, 2560k) and the job reported 1 MiB
+    done instead of 3)."""
+    image = _scenario_images("scenarios/blockapi/blkdebug-mirror-ops.jsonl")
+    assert image("t1.img") == [(0, 1024, 0x11), (2048, 2560, 0x33), (2560, 4096, 0)]
+    assert image("t2.img") == [
+        (0, 1024, 0x11),
+        (1024, 2048, 0x22),
+        (2048, 2560, 0x33),
+        (2560, 4096, 0),
+    ]

@@ -32,6 +32,7 @@ from sim.model import drain, job_flow
 from sim.model.graph import BlockNode
 from sim.model.io import note_job_write, write_path
 from sim.model.job_backup import BackupKind
+from sim.model.job_mirror import MirrorKind
 from sim.model.job_stream import StreamKind
 from sim.model.jobs import ACTIVE, ENDED, Job, JobStatus
 
@@ -259,6 +260,17 @@ def job_process(
                     continue
                 break
             offset, length = chunk
+            if m.faults.blkdebug and isinstance(kind, MirrorKind):
+                length = kind.iteration(offset)
+                failures = mirror_ops(m, job, kind, offset, length)
+                yield from chunk_io(m, job, source, target, length, True)
+                if job.status in ENDED:
+                    return
+                for is_read, errno in failures:
+                    if _done(job):
+                        break
+                    job_flow.error_action(job, is_read, errno)
+                continue
             failure = chunk_fault(m, job, offset, length) if m.faults else None
         if failure is None:
             hole, progress, _busy = take_chunk(m, job, offset, length)
@@ -448,6 +460,71 @@ class TaskPool:
         self.running = []
         if live:
             yield self.m.env.all_of(live)
+
+
+MIRROR_MAX_IN_FLIGHT = 16  # mirror's ops in flight at most (MAX_IN_FLIGHT)
+
+
+def mirror_ops(
+    m: Machine, job: Job, kind: MirrorKind, offset: int, length: int
+) -> list[tuple[bool, str]]:
+    """One mirror_iteration over the dirty run [offset, offset + length) with blkdebug
+    rules armed: its ops (`MirrorKind.ops`), each asking the source's block status
+    first and then going through the armed faults on its own (a data op reads the
+    source, then writes the target; a zero op only writes zeroes), copied when it
+    succeeds; a failed one stays dirty, and the pieces of its write a qcow2 target
+    made all the same keep their data.  QEMU starts ops (this iteration's, then the
+    next dirty runs') until 16 are in flight before the first completes, and an op
+    completes whatever the others do: after a failed op the 15 started after it
+    still run, and so does the rest of its iteration unless the action is report
+    (mirror_iteration stops starting ops once s->ret is set); after a report failure
+    before yielding (`immediately`) no op after it starts.  Returns the failures
+    (is_read, errno), in the order their BLOCK_JOB_ERROR comes."""
+    failures: list[tuple[bool, str]] = []
+    graph = m.state.graph
+    source, target = kind.reads_from(), kind.writes_to()
+    stop = kind.read_stop()
+    ops = kind.ops(offset, length)
+    in_iteration = len(ops)
+    reach = offset + length  # the end of the dirty runs `ops` covers
+    limit = -1  # how many ops start, once one failed
+    i = 0
+    while i < len(ops) and (limit < 0 or i < limit):
+        at, n, zero = ops[i]
+        i += 1
+        reads = read_path(graph, source, at, n, stop)
+        m.faults.block_status(reads, at, n)  # mirror_iteration's bdrv_block_status_above
+        hit = None if zero else m.faults.take(reads, "read", at, n)
+        is_read = hit is not None
+        if hit is None:
+            m.faults.landed = []
+            op = "write-zeroes" if zero else "write"
+            hit = m.faults.take(write_path(graph, target), op, at, n)
+            if hit is not None:
+                for node, off, size in m.faults.landed:  # qcow2 pieces written all the same
+                    kind.land(node, off, size)
+                m.faults.landed = []
+        if hit is None:
+            kind.copy_chunk(at, n)
+            note_job_write(graph, target, at, n)
+            continue
+        fault = hit[1]
+        failures.append((is_read, fault.errno))
+        policy = job.on_source_error if is_read else job.on_target_error
+        started = i - 1 + MIRROR_MAX_IN_FLIGHT
+        if job_flow.error_policy_action(policy, fault.errno) == "report":
+            cap = i if fault.immediately else started
+            limit = cap if limit < 0 else min(limit, cap)
+        elif limit < 0:
+            limit = max(started, in_iteration)
+        while len(ops) < limit:  # the next dirty runs' ops QEMU started meanwhile
+            nxt = kind.next_dirty(reach)
+            if nxt is None:
+                break
+            run = kind.iteration(nxt)
+            ops += kind.ops(nxt, run)
+            reach = nxt + run
+    return failures
 
 
 def chunk_fault(m: Machine, job: Job, offset: int, length: int) -> tuple[bool, str, bool] | None:

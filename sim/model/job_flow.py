@@ -344,7 +344,7 @@ def error_action(job: Job, is_read: bool, errno: str) -> str:
             pause_now(job)
         if job.io_status == "ok":  # block_job_iostatus_set_err
             job.io_status = "nospace" if errno == "ENOSPC" else "failed"
-    elif action == "report":
+    elif action == "report" and job.error is None:  # the first error is the job's
         job.error = STRERROR[errno]
     return action
 

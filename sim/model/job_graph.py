@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from bitarray import bitarray
 
-from sim.model.content import SECTOR_SHIFT, ZERO_STAMP, Content, Extent, chain_extents, sector_span
+from sim.model.content import (
+    FIRST_DATA_STAMP,
+    SECTOR_SHIFT,
+    ZERO_STAMP,
+    Content,
+    Extent,
+    chain_extents,
+    sector_span,
+)
 from sim.model.graph import BlockGraph, BlockNode
 from sim.model.host_file import mark_protocol_writes
 from sim.model.qcow2_host import Qcow2Content
@@ -230,34 +238,63 @@ def allocation_run(nodes: list[BlockNode], offset: int, max_bytes: int) -> tuple
     (bdrv_co_common_block_status_above)."""
     if fully_allocated(nodes):
         return True, max_bytes
+    kind, n = _chain_status(nodes, offset, max_bytes)
+    return kind != UNALLOCATED_RUN, n
+
+
+def data_run(nodes: list[BlockNode], offset: int, max_bytes: int) -> tuple[bool, int]:
+    """bdrv_block_status_above over the chain `nodes` (top first, down to its end) from
+    `offset`, at most `max_bytes`: whether the run there reads as data (else as
+    zeroes: zero clusters, or nothing allocated down to the end of the chain), and its
+    length.  A node other than qcow2 (a raw image) answers for itself: data where it
+    holds data, zeroes elsewhere."""
+    kind, n = _chain_status(nodes, offset, max_bytes)
+    return kind == DATA_RUN, n
+
+
+UNALLOCATED_RUN, ZERO_RUN, DATA_RUN = 0, 1, 2
+
+
+def _chain_status(nodes: list[BlockNode], offset: int, max_bytes: int) -> tuple[int, int]:
+    """The first node (top down) that has `offset` allocated answers its run; the ones
+    above it limit the run to their unallocated runs."""
     limit = max_bytes
     for node in nodes:
         if node.content is None:
             continue
-        allocated, n = _status_run(node.content, offset, limit)
-        if allocated:
-            return True, n
+        kind, n = _status_run(node.content, offset, limit)
+        if kind != UNALLOCATED_RUN:
+            return kind, n
         limit = min(limit, n)
-    return False, limit
+    return UNALLOCATED_RUN, limit
 
 
-def _status_run(content: Content, offset: int, max_bytes: int) -> tuple[bool, int]:
-    """One node's block status at `offset` (at most `max_bytes`): allocated or not, and
-    for how long.  qcow2 answers per cluster (qcow2_get_host_offset): a run of clusters
-    of one kind, data clusters only while their host clusters follow each other in the
-    file; other nodes per sector.  Cost grows with the extents in the run."""
+def _status_run(content: Content, offset: int, max_bytes: int) -> tuple[int, int]:
+    """One node's block status at `offset` (at most `max_bytes`): unallocated, zeroes
+    or data, and for how long.  qcow2 answers per cluster (qcow2_get_host_offset): a
+    run of clusters of one kind, data clusters only while their host clusters follow
+    each other in the file; other nodes per sector, all of it allocated (data where
+    they hold data).  Cost grows with the extents in the run."""
     end = offset + max_bytes
     if not isinstance(content, Qcow2Content):
         first, stop = sector_span(offset, max_bytes)
-        runs = content.extents(first, stop)
-        if runs and runs[0][0] <= first:
-            cover = first
-            for lo, hi, _ in runs:
-                if lo > cover:
-                    break
-                cover = hi
-            return True, min(cover << SECTOR_SHIFT, end) - offset
-        return False, min(runs[0][0] << SECTOR_SHIFT, end) - offset if runs else max_bytes
+        stop = min(stop, content.nsectors)
+        segments: list[tuple[int, bool]] = []  # (end, data) from `first` on, holes: zeroes
+        pos = first
+        for lo, hi, stamp in content.extents(first, stop):
+            if lo > pos:
+                segments.append((lo, False))
+            segments.append((hi, stamp >= FIRST_DATA_STAMP))
+            pos = hi
+        segments.append((max(stop, pos), False))
+        data = segments[0][1]
+        cover = stop
+        for seg_end, seg_data in segments:
+            if seg_data != data:
+                break
+            cover = seg_end
+        n = min(cover << SECTOR_SHIFT, end) - offset
+        return (DATA_RUN if data else ZERO_RUN), n if n > 0 else max_bytes
     cb = content.cluster_bytes
     per = cb >> SECTOR_SHIFT
     first_c, end_c = offset // cb, -(-end // cb)
@@ -266,8 +303,8 @@ def _status_run(content: Content, offset: int, max_bytes: int) -> tuple[bool, in
     def kind(c: int) -> tuple[int, int]:
         h = host.stamp_at(c)
         if h:
-            return 2, h  # data: equal for clusters contiguous in the file
-        return (1, 0) if content.extents(c * per, (c + 1) * per) else (0, 0)
+            return DATA_RUN, h  # equal for clusters contiguous in the file
+        return (ZERO_RUN, 0) if content.extents(c * per, (c + 1) * per) else (UNALLOCATED_RUN, 0)
 
     edges: set[int] = set()
     for a, b, _ in host.extents(first_c, end_c):
@@ -280,4 +317,4 @@ def _status_run(content: Content, offset: int, max_bytes: int) -> tuple[bool, in
         if kind(c) != start:
             stop_c = c
             break
-    return start[0] > 0, min(stop_c * cb, end) - offset
+    return start[0], min(stop_c * cb, end) - offset

@@ -20,6 +20,7 @@ from sim.model.job_graph import (
     chain_contents,
     chain_nodes,
     copy_range,
+    data_run,
     drop_filter,
     insert_filter,
     replace_node,
@@ -29,6 +30,8 @@ from sim.model.jobs import Job
 from sim.model.qcow2_host import flush_metadata
 
 CHUNK_BYTES = 1 << 20  # bytes copied per iteration at most (buf-size default is 16 MiB)
+BUF_SIZE = 16 << 20  # buf-size default: the dirty bytes one mirror_iteration takes at most
+MAX_IO_BYTES = 1 << 20  # a data op copies at most this much (buf-size / MAX_IN_FLIGHT)
 
 
 class MirrorKind(JobDriver):
@@ -120,6 +123,64 @@ class MirrorKind(JobDriver):
         n = window.index(0) if not window.all() else len(window)
         off = i * g
         return off, min(n * g, self.source.size_bytes - off)
+
+    def iteration(self, offset: int) -> int:
+        """How many bytes mirror_iteration takes from dirty granule `offset`: the dirty
+        granules that follow each other from there, at most the 16 MiB buffer."""
+        bits = self.dirty.bits
+        g = self.dirty.granularity
+        i = offset // g
+        stop = min(i + max(BUF_SIZE // g, 1), len(bits))
+        try:
+            n = bits.index(0, i, stop) - i
+        except ValueError:
+            n = stop - i
+        return min(max(n, 1) * g, self.source.size_bytes - offset)
+
+    def next_dirty(self, offset: int) -> int | None:
+        """The first dirty granule at or after `offset` (bdrv_dirty_iter_next), or None."""
+        g = self.dirty.granularity
+        try:
+            return self.dirty.bits.index(1, -(-offset // g)) * g
+        except ValueError:
+            return None
+
+    def ops(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
+        """mirror_iteration's ops over dirty [offset, offset + length): (offset, bytes,
+        zero) per run of the source's block status (bdrv_block_status_above down the
+        whole chain): data at most 1 MiB, read then written (MIRROR_METHOD_COPY);
+        zeroes or nothing allocated, written as zeroes when whole clusters of the
+        target (MIRROR_METHOD_ZERO), else copied; never less than a granule."""
+        g = self.dirty.granularity
+        nodes = chain_nodes(self.graph, self.source)
+        target = self.graph.data_node(self.target)
+        tc = target.cluster_size if target.driver == "qcow2" else 0
+        end = offset + length
+        out: list[tuple[int, int, bool]] = []
+        while offset < end:
+            data, n = data_run(nodes, offset, end - offset)
+            if data:
+                n = min(n, MAX_IO_BYTES)
+            n -= n % g
+            zero = False
+            if n < g:
+                n = g
+            elif not data:
+                zero = not tc or (offset % tc == 0 and n % tc == 0)
+            n = min(n, end - offset)
+            out.append((offset, n, zero))
+            offset += n
+        return out
+
+    def land(self, node: BlockNode, offset: int, length: int) -> None:
+        """A piece of a failed write to the target that a qcow2 node there made all the
+        same (its tasks run in parallel): its data is in the target; the range stays
+        dirty."""
+        stop = self.base if self.commit_mode else None
+        copy_range(
+            self.graph, chain_contents(self.graph, self.source, stop), node, offset, length,
+            mark=False,
+        )  # fmt: skip
 
     def copy_chunk(self, offset: int, length: int) -> None:
         g = self.dirty.granularity
