@@ -31,7 +31,6 @@ from sim.qmp.transaction import (
     Prepared,
     TxnContext,
     action,
-    drain_all,
     drained_begin,
     run_transaction,
 )
@@ -313,8 +312,7 @@ def _drive_backup(m: Machine, a: dict[str, Any], ctx: TxnContext) -> Prepared:
     try:
         job = _create_backup(m, a, source, target, True, bm, bsync, bmode)
     except QMPError:
-        g.delete_unreferenced(target)
-        drain_all(m)  # closing the target image drains
+        g.delete_unreferenced(target)  # bdrv_close drains only the target
         raise
     if sync == "none":
         g.set_backing(target, source)
