@@ -175,6 +175,13 @@ def test_a_background_polish_that_fails_is_done_in_line(
     background.close()  # a child still running is ended, not left behind
     assert background.running is None and background.result(other) == (False, None)
 
+    def no_fork() -> int:
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    background.submit(other, coarse=True, deadline=None)  # no child: polished in line
+    assert background.running is None and background.result(other) == (False, None)
+
 
 def test_coarse_polish_cuts_a_long_trace_with_fewer_replays(
     fake: str, monkeypatch: pytest.MonkeyPatch

@@ -308,12 +308,15 @@ class BackgroundPolish:
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             pid = os.fork()
-            if pid == 0:  # pragma: no cover - the child (its coverage is not collected)
-                os.close(read)
-                _polish_child(write, args)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        except OSError:  # no process to be had (memory, process limits): polished in line
+            pid = -1
+        if pid == 0:  # pragma: no cover - the child (its coverage is not collected)
+            _polish_child(read, write, args)  # never returns
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(write)
+        if pid < 0:
+            os.close(read)
+            return
         self.running = (failure, pid, read)
 
     def _collect(self) -> None:
@@ -335,15 +338,19 @@ class BackgroundPolish:
             self.done[id(failure)] = (failure, cut)
 
 
-def _polish_child(fd: int, args: tuple[Any, ...]) -> NoReturn:  # pragma: no cover
+def _polish_child(read: int, fd: int, args: tuple[Any, ...]) -> NoReturn:  # pragma: no cover
     """A BackgroundPolish child: polish, write the pickled outcome, exit at once (no
     exit handlers, no buffers flushed: they are the campaign's)."""
     import pickle
     import signal
 
     try:
+        os.close(read)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        # streams of its own: another thread of the campaign (a progress bar) may have
+        # held the lock of sys.stdout or sys.stderr at the fork, forever in this copy
+        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - ends with the child
         data = pickle.dumps((True, polish_steps(*args)))
     except BaseException:  # noqa: BLE001 - the campaign polishes it in line instead
         data = pickle.dumps((False, None))
