@@ -288,8 +288,11 @@ def job_process(
         yield from chunk_io(m, job, source, target, length, not is_read, False, started)
         if job.status in ENDED:
             return
-        if pool is not None and is_read:
-            pooled = finish_in_flight(m, job, pool.kind, offset, length, immediately)
+        if pool is not None:
+            # a data task's write comes after its read yielded: the tasks after it were
+            # created meanwhile, whether or not the write fails before yielding
+            at_once = immediately and (is_read or kind.chunk_is_hole(offset, length))
+            pooled = finish_in_flight(m, job, pool.kind, offset, length, at_once)
             for at, size, progress in pooled:
                 pool.start(at, size, progress)
         if pool is not None:  # block_copy_dirty_clusters waits for the pool
@@ -478,12 +481,11 @@ def mirror_ops(
     completes whatever the others do: after a failed op the 15 started after it
     still run, and so does the rest of its iteration unless the action is report
     (mirror_iteration stops starting ops once s->ret is set); after a report failure
-    before yielding (`immediately`) no op after it starts.  Returns the failures
+    of an op's first request before yielding (`immediately`) no op after it starts.  Returns the failures
     (is_read, errno), in the order their BLOCK_JOB_ERROR comes."""
     failures: list[tuple[bool, str]] = []
     graph = m.state.graph
     source, target = kind.reads_from(), kind.writes_to()
-    stop = kind.read_stop()
     ops = kind.ops(offset, length)
     in_iteration = len(ops)
     reach = offset + length  # the end of the dirty runs `ops` covers
@@ -492,7 +494,9 @@ def mirror_ops(
     while i < len(ops) and (limit < 0 or i < limit):
         at, n, zero = ops[i]
         i += 1
-        reads = read_path(graph, source, at, n, stop)
+        # the source's whole chain, the base of an active commit too: mirror reads
+        # mirror_top's backing child, and its block status goes down to the end
+        reads = read_path(graph, source, at, n)
         m.faults.block_status(reads, at, n)  # mirror_iteration's bdrv_block_status_above
         hit = None if zero else m.faults.take(reads, "read", at, n)
         is_read = hit is not None
@@ -513,7 +517,9 @@ def mirror_ops(
         policy = job.on_source_error if is_read else job.on_target_error
         started = i - 1 + MIRROR_MAX_IN_FLIGHT
         if job_flow.error_policy_action(policy, fault.errno) == "report":
-            cap = i if fault.immediately else started
+            # an op's first request failing before it yields stops the iteration at
+            # once; a data op's write comes after its read yielded
+            cap = i if fault.immediately and (is_read or zero) else started
             limit = cap if limit < 0 else min(limit, cap)
         elif limit < 0:
             limit = max(started, in_iteration)
