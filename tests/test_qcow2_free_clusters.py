@@ -212,3 +212,27 @@ def test_a_zero_write_that_may_unmap_frees_the_clusters_it_covers() -> None:
     h = hosts("k0.qcow2")
     assert h[:4] == [h[0], h[0] + 1, h[0] + 2, h[0] + 3]  # zero clusters keep theirs
     assert h[4] == h[0] + 4
+
+
+def test_a_partial_zero_write_allocates_its_new_cluster_whole() -> None:
+    """`write -z 4k 8k` into an overlay whose backing holds nothing in cluster 0 makes
+    it a zero cluster; `write -z 68k 8k` where the backing holds data writes the
+    zeroes as data, the rest of cluster 1 copied from the backing.  After the backing
+    changed, the overlay still reads what QEMU 7.2 left for
+    scenarios/blockapi/qcow2-partial-zero-write-allocates-cluster.jsonl (`blocksim
+    diff`: identical; the code before read the backing's new data around the zeroes)."""
+    from sim.replay import replay
+    from sim.trace import parse_lines
+
+    path = "scenarios/blockapi/qcow2-partial-zero-write-allocates-cluster.jsonl"
+    with open(path) as f:
+        state = replay(parse_lines(f.read().splitlines())).machine.state
+    content = state.graph.images["o6.qcow2"].content
+    old = [s for _a, _b, s in content.extents(128, 136)][0]  # the backing's data at 64k
+    assert old >= FIRST_DATA_STAMP and state.stamps.pattern(old) == 0x61
+    assert content.extents() == [
+        (0, 128, ZERO_STAMP),
+        (128, 136, old),
+        (136, 152, ZERO_STAMP),
+        (152, 256, old),
+    ]

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 
 from sim.model.bitmap import DirtyBitmap
 from sim.model.content import (
-    FIRST_DATA_STAMP,
     SECTOR,
     SECTOR_SHIFT,
     UNALLOCATED,
@@ -260,14 +259,17 @@ def write_host_bytes(
 def cow_plan(
     graph: BlockGraph, node: BlockNode, offsets: list[int], length: int, stamp: int
 ) -> tuple[list[int], list[Content]]:
-    """Data writes of `length` bytes at `offsets` into qcow2 node `node` (asked before
-    they are made): the clusters they allocate and cover in part, whose rest QEMU
-    copies from the backing file (`Qcow2Content.cow_clusters`), and the backing
-    chain's contents (top first), for `Qcow2Content.copy_on_write` after them.
-    Nothing when there is no backing file or no data write."""
+    """Writes of `length` bytes at `offsets` into qcow2 node `node` (asked before they
+    are made): the clusters they allocate and cover in part, whose rest QEMU copies
+    from the backing file (`Qcow2Content.cow_clusters`), and the backing chain's
+    contents (top first), for `Qcow2Content.copy_on_write` after them.  A zero write
+    (ZERO_STAMP) covering a new cluster in part does the same: qcow2_co_pwrite_zeroes
+    makes the whole cluster a zero cluster when its rest reads as zeroes, else the
+    block layer writes the zeroes as data (a new cluster, copy-on-write).  Nothing
+    when there is no backing file, or for a discard."""
     content = node.content
     if (
-        stamp < FIRST_DATA_STAMP
+        stamp == UNALLOCATED
         or node.backing is None
         or not isinstance(content, Qcow2Content)
         or length <= 0
