@@ -144,7 +144,9 @@ class FaultTable:
     def close(self, node: BlockNode, file: BlockNode | None) -> None:
         """bdrv_close of qcow2 node `node` over blkdebug node `file`: its caches are written
         back through the rules; the changes of L2 tables that never reach the file are
-        lost from the image (QEMU's image keeps what those tables mapped before)."""
+        lost from the image (QEMU's image keeps what those tables mapped before), and a
+        region whose L1 entry on disk points at another region's table since a failed
+        l2_allocate maps that table once opened again."""
         layout = self.qcow2.pop(node, None)
         debug = self.blkdebug.get(file) if file is not None else None
         if layout is None or debug is None or not isinstance(node.content, Qcow2Content):
@@ -155,6 +157,8 @@ class FaultTable:
             content.write_sectors(first, end, UNALLOCATED)
             for a, b, stamp in extents:
                 content.write_sectors(a, b, stamp)
+        for region, other in layout.stale_tables():  # an L1 entry the file kept
+            content.share_table(region, other)
 
     def reopen(self, node: BlockNode) -> None:
         """bdrv_reopen_prepare of qcow2 node `node` over a blkdebug node: it is flushed

@@ -101,6 +101,7 @@ class Qcow2Layout(ClusterSummary):
         "l2_tables",
         "next_host",
         "scan",
+        "stale_l1",
     )
 
     def __init__(self, content: Content, cluster_bytes: int) -> None:
@@ -119,6 +120,10 @@ class Qcow2Layout(ClusterSummary):
         l1_bytes = -(-content.size_bytes // self.l2_span_bytes) * L1_ENTRY_BYTES
         self.data_start = (QCOW2_CREATE_CLUSTERS + -(-l1_bytes // cluster_bytes)) * cluster_bytes
         self.l2_host: dict[int, int] = {}  # L2 region -> relative host cluster of its table
+        # L1 entries on disk that differ from the in-memory table: a failed l2_allocate
+        # whose entry reached the file before its flush failed (region -> the freed
+        # host cluster the entry points at)
+        self.stale_l1: dict[int, int] = {}
         # the metadata caches: L2 tables and the refcount block changed since the last
         # write-back (qcow2_cache_flush), and what blkdebug's events read of them
         self.cache = Qcow2Cache()
@@ -144,6 +149,7 @@ class Qcow2Layout(ClusterSummary):
         other.scan = self.scan
         other.data_start = self.data_start
         other.l2_host = dict(self.l2_host)
+        other.stale_l1 = dict(self.stale_l1)
         other.cache = self.cache.copy()
         other.host_writes = None
         return other
@@ -274,6 +280,29 @@ class Qcow2Layout(ClusterSummary):
         self.next_host = self.scan = start + n
         return start
 
+    def first_free(self) -> int:
+        """The host cluster the next one-cluster allocation takes (`_take`).  Read only."""
+        free = self.free
+        i = max(bisect_right(free, (self.scan, self.scan)) - 1, 0)
+        while i < len(free):
+            a, b = free[i]
+            if max(a, self.scan) < b:
+                return max(a, self.scan)
+            i += 1
+        return max(self.next_host, self.scan)
+
+    def stale_tables(self) -> list[tuple[int, int]]:
+        """(region, other region) for each stale on-disk L1 entry (`stale_l1`) of a region
+        without a table in memory that points at the host cluster another region's
+        table took since: opened again, the image maps the first region with the other
+        region's table."""
+        by_host = {host: region for region, host in self.l2_host.items()}
+        return [
+            (region, by_host[host])
+            for region, host in sorted(self.stale_l1.items())
+            if region not in self.l2_tables and by_host.get(host, region) != region
+        ]
+
     def free_at(self, host: int, n: int) -> int:
         """How many of the `n` host clusters from `host` on are free (counted until
         the first one in use, as qcow2_alloc_clusters_at does).  Read only."""
@@ -399,7 +428,10 @@ class Qcow2Layout(ClusterSummary):
         self.cache.refblock_dirty = False
 
     def write_l1_entry(self, region: int) -> None:
-        """qcow2_write_l1_entry: the sector holding `region`'s L1 entry."""
+        """qcow2_write_l1_entry: the sector holding `region`'s L1 entry (QEMU writes the
+        entry alone: the file's request alignment is 1); on disk it is the in-memory
+        entry again."""
+        self.stale_l1.pop(region, None)
         l1_entry = QCOW2_CREATE_CLUSTERS * self.cluster_bytes + region * L1_ENTRY_BYTES
         self._host_write(l1_entry - l1_entry % SECTOR, SECTOR)
 
@@ -745,6 +777,29 @@ class Qcow2Content(Content):
                 if cur < hhi:
                     copies.append((cur << SECTOR_SHIFT, (hhi - cur) << SECTOR_SHIFT, ZERO_STAMP))
         self.write_runs(copies)
+
+    def share_table(self, region: int, other: int) -> None:
+        """Region `region`'s L1 entry on disk points at region `other`'s L2 table
+        (`Qcow2Layout.stale_tables`): opened again, the image reads in `region` what
+        `other` maps, from the same host clusters (counted once by the refcounts: a
+        corrupt image; later writes to one region are not seen in the other here)."""
+        layout = self.layout
+        span = layout.per_region
+        per = self.cluster_bytes >> SECTOR_SHIFT
+        shift = (region - other) * span  # in clusters
+        lo, hi = other * span * per, min((other + 1) * span * per, self.nsectors)
+        mapped = self.extents(lo, hi)
+        Content.write_sectors(self, region * span * per, (region + 1) * span * per, UNALLOCATED)
+        for a, b, stamp in mapped:
+            Content.write_sectors(self, a + shift * per, b + shift * per, stamp)
+        host = layout.host
+        hosts = host.extents(other * span, (other + 1) * span)
+        host.write_sectors(region * span, (region + 1) * span, UNALLOCATED)
+        for a, b, value in hosts:
+            host.write_sectors(a + shift, b + shift, value - shift)
+        layout.l2_tables.add(region)
+        layout.l2_host[region] = layout.l2_host[other]
+        del layout.stale_l1[region]
 
     # -- the rest of Content --------------------------------------------------------------
     def cluster_summary(self, cluster_bytes: int) -> ClusterSummary:

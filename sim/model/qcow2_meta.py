@@ -201,7 +201,12 @@ def _table(
             failed = yield from _flush_l2(layout)
         if not failed:
             yield ("event", "l1_update")
-            failed = bool((yield ("write", META, 0, TRY))) or bool((yield ("flush", 0, 0, TRY)))
+            failed = bool((yield ("write", META, 0, TRY)))
+            if not failed and (yield ("flush", 0, 0, TRY)):
+                # the L1 entry reached the file, the table's cluster is freed: the
+                # on-disk entry keeps pointing at it (the in-memory one goes back to 0)
+                layout.stale_l1[region] = layout.first_free()
+                failed = True
         if failed:
             layout.cache.l2_cached.discard(region)
             layout.cache.table_written(region)  # dropped, not written
