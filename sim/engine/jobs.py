@@ -288,9 +288,10 @@ def job_process(
         yield from chunk_io(m, job, source, target, length, not is_read, False, started)
         if job.status in ENDED:
             return
-        if pool is not None:
+        if pool is not None and (is_read or m.faults.blkdebug):
             # a data task's write comes after its read yielded: the tasks after it were
-            # created meanwhile, whether or not the write fails before yielding
+            # created meanwhile, whether or not the write fails before yielding (the
+            # sim-only fault keeps its simpler rule: a failed write ends the call)
             at_once = immediately and (is_read or kind.chunk_is_hole(offset, length))
             pooled = finish_in_flight(m, job, pool.kind, offset, length, at_once)
             for at, size, progress in pooled:
