@@ -189,9 +189,10 @@ def test_query_block_jobs_says_paused_for_a_job_a_section_holds() -> None:
 
 def test_commit_and_mirror_end_sections_over_the_base_or_target() -> None:
     # measured on QEMU 7.2 from a READY mirror above the base (scenarios/recorded/
-    # commit-*-drains-base*): an intermediate commit's end drains its base three times
-    # on success, twice on abort, plus a subtree section reopening a read-only base
-    # read-only; mirror_exit_common drains the target twice, three times with a pivot
+    # commit-*-drains-*): an intermediate commit's end drains the subtree of its filter
+    # once on success (bdrv_drop_intermediate) and its base twice on every end, plus a
+    # subtree section reopening a read-only base read-only; mirror_exit_common drains
+    # the target twice, three times with a pivot
     from sim.model.job_commit import CommitKind
     from sim.model.job_mirror import MirrorKind
 
@@ -200,7 +201,8 @@ def test_commit_and_mirror_end_sections_over_the_base_or_target() -> None:
     node = state.graph.node("fmt0")
     commit = CommitKind.__new__(CommitKind)
     commit.base, commit.base_ro = node, False
-    assert commit.prepare_drains() == [((node,), False)]
+    commit.filter = state.graph.node("proto0")
+    assert commit.prepare_drains() == [((commit.filter,), True)]  # the filter's subtree
     assert commit.clean_drains() == [((node,), False)] * 2
     commit.base_ro = True
     assert commit.clean_drains() == [((node,), True)] + [((node,), False)] * 2

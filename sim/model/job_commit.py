@@ -103,15 +103,16 @@ class CommitKind(JobDriver):
                 p.image.backing_format = None  # named after the image it names
         self.dropped = overlay is not None or bool(parents)
 
-    # bdrv_drop_intermediate (success only) pauses and resumes the jobs above the base
-    # once, and the clean-up twice on every end (commit_clean drops the job's
-    # BlockBackends), after commit_clean's reopen of a read-only base back to read-only
-    # (a subtree section); measured on QEMU 7.2 with a READY mirror above the base:
-    # recorded/commit-end-drains-base-*
+    # bdrv_drop_intermediate (success only) drains the subtree of the commit_top filter
+    # once (a job above the base and one below it both pause and resume), and the
+    # clean-up twice on every end (commit_clean drops the job's BlockBackends; a job
+    # below the base does not see these), after commit_clean's reopen of a read-only
+    # base back to read-only (a subtree section); measured on QEMU 7.2 with a READY
+    # mirror above the base and one below it: recorded/commit-end-drains-*
     CLEAN_DRAINS = 2
 
     def prepare_drains(self) -> list[DrainedSection]:
-        return [((self.base,), False)]
+        return [((self.filter,), True)]
 
     def clean_drains(self) -> list[DrainedSection]:
         drains: list[DrainedSection] = [((self.base,), True)] if self.base_ro else []
