@@ -272,3 +272,20 @@ def test_drain_all_pauses_by_first_linked_node_and_resumes_by_last() -> None:
     newer.kind.nodes = [state.graph.node("fmt0"), state.graph.node("fmt1")]
     drain.drain(state)
     assert log == ["newer:paused", "older:paused", "older:running", "newer:running"]
+
+
+def test_stream_prepare_sections_reaching_below_the_node() -> None:
+    # measured on QEMU 7.2 from a job below the streamed node (recorded/stream-end-
+    # drains-seen-below-*): stream_prepare's section is a subtree section, and with
+    # nothing to stream one of the filter drop's three is too
+    from sim.model.job_stream import StreamKind
+
+    state = BlockState()
+    state.add_drive("drive0", "fmt0", "proto0", "qcow2", 1 << 20)
+    node = state.graph.node("fmt0")
+    stream = StreamKind.__new__(StreamKind)
+    stream.node, stream.nothing_to_do = node, False
+    plain, subtree = ((node,), False), ((node,), True)
+    assert stream.prepare_drains() == [plain, plain, plain, subtree]
+    stream.nothing_to_do = True
+    assert stream.prepare_drains() == [plain, plain, subtree, subtree]

@@ -169,7 +169,15 @@ class StreamKind(JobDriver):
     FILTER_DROP_DRAINS = 3
 
     def prepare_drains(self) -> list[DrainedSection]:
-        return [((self.node,), False)] * (self.FILTER_DROP_DRAINS + 1)
+        """The filter drop's sections, then stream_prepare's.  A job below the node (a
+        READY mirror of a node backed by the base or below it) sees stream_prepare's and,
+        when there was nothing to stream, one of the filter drop's: those are subtree
+        sections (measured on QEMU 7.2: recorded/stream-end-drains-seen-below-*)."""
+        plain, subtree = ((self.node,), False), ((self.node,), True)
+        drops = [plain] * self.FILTER_DROP_DRAINS
+        if self.nothing_to_do:
+            drops[-1] = subtree
+        return [*drops, subtree]
 
     def clean_drains(self) -> list[DrainedSection]:
         drains: list[DrainedSection] = []
