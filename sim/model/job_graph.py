@@ -23,6 +23,7 @@ from sim.model.content import (
 )
 from sim.model.graph import BlockGraph, BlockNode
 from sim.model.host_file import mark_protocol_writes
+from sim.model.io import write_host_bytes
 from sim.model.qcow2_host import Qcow2Content
 
 
@@ -169,11 +170,21 @@ def copy_range(
     data = nodes[-1]
     content = data.content
     proto = data.file
-    if isinstance(content, Qcow2Content) and proto is not None and proto.bitmaps and runs:
-        # the protocol node's bitmaps see the writes qcow2 makes to its file
+    if (
+        isinstance(content, Qcow2Content)
+        and proto is not None
+        and (proto.bitmaps or proto.is_format)
+        and runs
+    ):
+        # the protocol node's bitmaps see the writes qcow2 makes to its file; a format
+        # node as its file (a snapshot of its protocol node) takes them as its data
         content.collect_host_writes(True)
         content.write_extents(runs)
-        mark_protocol_writes(graph, proto, content.collect_host_writes(False))
+        host_writes = content.collect_host_writes(False)
+        if not proto.is_format:
+            mark_protocol_writes(graph, proto, host_writes)
+        elif (top := max(stamp for _a, _b, stamp in runs)) >= FIRST_DATA_STAMP:
+            write_host_bytes(graph, proto, host_writes, top)
     elif content is not None and runs:
         content.write_extents(runs)
     if mark:
