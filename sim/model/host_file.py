@@ -31,7 +31,7 @@ from sim.model.content import (
     WindowContent,
 )
 from sim.model.graph import QCOW2_CLUSTER, BlockGraph, BlockNode, Image
-from sim.model.qcow2_host import L1_ENTRY_BYTES, QCOW2_CREATE_CLUSTERS, Qcow2Layout
+from sim.model.qcow2_host import L1_ENTRY_BYTES, QCOW2_CREATE_CLUSTERS, Qcow2Content, Qcow2Layout
 
 if TYPE_CHECKING:
     import numpy as np
@@ -163,14 +163,16 @@ def host_file(graph: BlockGraph, image: Image) -> HostFile:
     raw: `qemu-img create` allocates the first 4 KiB (allocate_first_block),
     then each 4 KiB block the guest touches (`write -z`: by fallocate).
     A read-only node was flushed when it was reopened ("settled"), so all its
-    extents exist; otherwise only the synced and fallocated ones do.  More
-    than four extents take an index block.
+    extents exist, as do a writable node's after a flush (qemu-io `flush`, a
+    snapshot's prepare, a mirror's READY) until its next cluster allocation;
+    otherwise only the synced and fallocated ones do.  More than four extents
+    take an index block.
 
     Not exact: clusters are placed in guest-offset order (QEMU: order of first
     write); a cluster zeroed after it held data keeps its host cluster on QEMU;
     bitmaps stored a second time (after a commit made the node writable
-    again), discard=unmap and flushes of a writable node (qemu-io `flush`, a
-    job's end) are not modelled; ext4 may split what this assumes contiguous,
+    again), discard=unmap and a flush followed by more allocations (which
+    extents exist then) are not modelled; ext4 may split what this assumes contiguous,
     which adds the index block on some runs and not on others.
     """
     node = _format_node_of(graph, image)
@@ -183,7 +185,7 @@ def host_file(graph: BlockGraph, image: Image) -> HostFile:
         image.format,
         image.size_bytes,
         node.cluster_size if node is not None else None,
-        node is not None and node.read_only,
+        _settled(image, node),
         tuple((n.content, n.content.version) for n in below if n.content is not None),
     )
     memo = image.content.derived()
@@ -250,7 +252,7 @@ def mark_protocol_writes(
 
 def _host_file(graph: BlockGraph, image: Image, node: BlockNode | None) -> HostFile:
     cluster = node.cluster_size if node is not None else QCOW2_CLUSTER
-    settled = node is not None and node.read_only
+    settled = _settled(image, node)
     if image.format == "raw":
         hmap = _HostMap(cluster, settled)
         _raw_layout(hmap, image)
@@ -264,6 +266,20 @@ def _host_file(graph: BlockGraph, image: Image, node: BlockNode | None) -> HostF
     if node is not None:
         _store_bitmaps(hmap, stored_bitmaps(node))
     return hmap.host_file()
+
+
+def _settled(image: Image, node: BlockNode | None) -> bool:
+    """Every block written so far is allocated (an extent): the node was reopened
+    read-only, or flushed (fdatasync) with no cluster allocated since."""
+    if node is None:
+        return False
+    if node.read_only:
+        return True
+    content = image.content
+    if not isinstance(content, Qcow2Content):
+        return False
+    layout = content.layout  # the writes logged so far allocated
+    return layout.synced_host == layout.next_host
 
 
 def _created_qcow2(cluster: int, settled: bool, size_bytes: int) -> _HostMap:

@@ -101,7 +101,11 @@ class Qcow2Layout(ClusterSummary):
         "l2_tables",
         "next_host",
         "scan",
+<<<<<<< HEAD
         "stale_l1",
+=======
+        "synced_host",
+>>>>>>> f76c0b5 (A flush of a writable qcow2 node reaches its file (fdatasync): ext4 allocates every block written so far, so actual-size counts their extents (the index block past four) until the next cluster allocation (Qcow2Layout.synced_host); two pinned actual-size classes match QEMU 7.2 and become recorded scenarios, plus flush-settles-image-extents-after-backup (14 of campaign 13131's traces))
     )
 
     def __init__(self, content: Content, cluster_bytes: int) -> None:
@@ -113,6 +117,9 @@ class Qcow2Layout(ClusterSummary):
         # refcount went back to 0); `scan` is s->free_cluster_index, where
         # qcow2_alloc_clusters starts looking
         self.next_host = 0
+        # `next_host` when a flush last reached the file (fdatasync: ext4 has allocated
+        # every block written so far); -1: never since open
+        self.synced_host = -1
         self.free: list[tuple[int, int]] = []
         self.scan = 0
         # host offset of relative cluster 0: after the header, refcount table,
@@ -145,6 +152,7 @@ class Qcow2Layout(ClusterSummary):
         other.host = self.host.clone()
         other.l2_tables = set(self.l2_tables)
         other.next_host = self.next_host
+        other.synced_host = self.synced_host
         other.free = list(self.free)
         other.scan = self.scan
         other.data_start = self.data_start
@@ -834,9 +842,10 @@ def flush_metadata(node: BlockNode) -> None:
     bitmaps = node.file.bitmaps if node.file is not None else []
     if not bitmaps:
         layout.flush()
-        return
-    layout.collect_host_writes(True)
-    layout.flush()
-    for offset, length in layout.collect_host_writes(False):
-        for bm in bitmaps:
-            bm.record_write(offset, length)
+    else:
+        layout.collect_host_writes(True)
+        layout.flush()
+        for offset, length in layout.collect_host_writes(False):
+            for bm in bitmaps:
+                bm.record_write(offset, length)
+    layout.synced_host = layout.next_host  # the file is flushed too
