@@ -101,11 +101,8 @@ class Qcow2Layout(ClusterSummary):
         "l2_tables",
         "next_host",
         "scan",
-<<<<<<< HEAD
         "stale_l1",
-=======
         "synced_host",
->>>>>>> f76c0b5 (A flush of a writable qcow2 node reaches its file (fdatasync): ext4 allocates every block written so far, so actual-size counts their extents (the index block past four) until the next cluster allocation (Qcow2Layout.synced_host); two pinned actual-size classes match QEMU 7.2 and become recorded scenarios, plus flush-settles-image-extents-after-backup (14 of campaign 13131's traces))
     )
 
     def __init__(self, content: Content, cluster_bytes: int) -> None:
