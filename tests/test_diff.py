@@ -203,6 +203,9 @@ def test_guest_view_opens_a_json_backing_name_from_its_options() -> None:
     base_options = {"driver": "qcow2", "file": {"driver": "file", "filename": "base.qcow2"}}
     top.backing_file = "json:" + json.dumps({**options, "backing": base_options})
     assert sim_guest_view(images, "top.qcow2", stamps) == bytes([5, 6, 5, 5])
+    debug = {"driver": "blkdebug", "image": options["file"], "inject-error.0.event": "l2_load"}
+    top.backing_file = "json:" + json.dumps({**options, "file": debug})  # blkdebug's image
+    assert sim_guest_view(images, "top.qcow2", stamps) == bytes([5, 6, 5, 5])
     for unknown in ("json:{", 'json:{"driver": "nbd"}', "json:[]"):
         top.backing_file = unknown  # options naming no image the simulator holds end the chain
         assert sim_guest_view(images, "top.qcow2", stamps) == bytes([0, 0, 0, 0])

@@ -483,8 +483,9 @@ def _json_backing(images: Mapping[str, Image], name: str) -> tuple[Image | None,
     """The image a ``json:{...}`` backing name opens and the backing its options give it.
 
     QEMU writes such a name when the backing node's options cannot be said as
-    a filename (a qcow2 node whose own backing was set by ``blockdev-add``);
-    qemu-img opens it from the options: the format node's ``file`` names the
+    a filename (a qcow2 node whose own backing was set by ``blockdev-add``, or
+    whose file is a blkdebug node); qemu-img opens it from the options: the
+    format node's ``file`` (or that blkdebug node's ``image``) names the
     image file, and a ``backing`` option replaces the one in that file's header
     (``null`` or a null-co node: nothing below; absent: the header's).
     Returns (None, _HEADER) for options naming no image the simulator holds.
@@ -493,6 +494,8 @@ def _json_backing(images: Mapping[str, Image], name: str) -> tuple[Image | None,
     if options is None or options.get("driver") not in ("qcow2", "raw"):
         return None, _HEADER
     file = options.get("file")
+    if isinstance(file, dict) and file.get("driver") == "blkdebug":
+        file = file.get("image")  # qemu-img reads the image through blkdebug's rules
     if not isinstance(file, dict) or file.get("driver") != "file":
         return None, _HEADER
     image = images.get(str(file.get("filename")))
