@@ -417,3 +417,19 @@ def test_a_backup_write_failure_lets_the_tasks_in_flight_complete() -> None:
         (3220, 3224, 0x12),
         (3224, 4096, 0),
     ]
+
+
+def test_a_failed_block_status_in_mirror_dirty_init_fails_the_job_at_once() -> None:
+    """An active commit's mirror_dirty_init loads the intermediate image's L2 table
+    for bdrv_is_allocated_above; a once rule on l2_load fails it: the job ends at once
+    with the error and no progress, without BLOCK_JOB_ERROR (QEMU 7.2's events in
+    scenarios/blockapi/blkdebug-mirror-dirty-init-fails.jsonl; the code before: the
+    job copied and got READY)."""
+    with open("scenarios/blockapi/blkdebug-mirror-dirty-init-fails.jsonl") as f:
+        result = replay(parse_lines(f.read().splitlines()))
+    events = [e.wire() for e in result.machine.events.history]
+    ends = [e["data"] for e in events if e["event"] == "BLOCK_JOB_COMPLETED"]
+    assert ends[0] == {"device": "j", "len": 0, "offset": 0, "speed": 0, "type": "commit",
+                       "error": "Input/output error"}  # fmt: skip
+    assert not [e for e in events if e["event"] == "BLOCK_JOB_ERROR"]
+    assert "error" not in ends[1]

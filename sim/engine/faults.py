@@ -141,6 +141,23 @@ class FaultTable:
                     steps = qcow2_meta.status_steps(layout, parent.content, offset, length)
                     self._run(node, debug, parent, steps)
 
+    def allocation_failure(self, nodes: list[BlockNode], size: int) -> BlkdebugRule | None:
+        """bdrv_is_allocated_above over the whole disk through the data nodes `nodes` (top
+        first): the L2 tables a qcow2 node over a blkdebug node loads for it; the rule
+        a failed load fails by (the caller fails with it), else None."""
+        for node in nodes:
+            file = node.file
+            debug = self.blkdebug.get(file) if file is not None else None
+            if debug is None or not isinstance(node.content, Qcow2Content):
+                continue
+            assert file is not None
+            layout = self._layout(node)
+            steps = qcow2_meta.status_steps(layout, node.content, 0, min(size, node.size_bytes))
+            rule = self._run(file, debug, node, steps)
+            if rule is not None:
+                return rule
+        return None
+
     def close(self, node: BlockNode, file: BlockNode | None) -> None:
         """bdrv_close of qcow2 node `node` over blkdebug node `file`: its caches are written
         back through the rules; the changes of L2 tables that never reach the file are

@@ -192,6 +192,13 @@ def job_process(
     ignored_error: str | None = None  # stream: an ignored error fails the job at the end
     pending: tuple[int, int, tuple[bool, str, bool]] | None = None  # a failing task
     next_at: float = 0  # a backup's call creates no task before then (its rate limit)
+    if isinstance(kind, MirrorKind) and m.faults.blkdebug:
+        rule = m.faults.allocation_failure(kind.init_nodes(), kind.source.size_bytes)
+        if rule is not None:  # mirror_dirty_init failed: the job fails before its progress
+            job.len = job.offset = 0
+            job.error = job_flow.STRERROR[rule.errno]
+            job_flow.work_finished(m.state, job)
+            return
     if first is not None:
         assert pool is not None
         what, arg = first

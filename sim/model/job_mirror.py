@@ -102,6 +102,18 @@ class MirrorKind(JobDriver):
             set_bits_from_mask(self.dirty.bits, allocation_mask(nodes, self.source.size_bytes, g))
         self.update_len()
 
+    def init_nodes(self) -> list[BlockNode]:
+        """The nodes mirror_dirty_init asks bdrv_is_allocated_above over (top first), or
+        none when it marks everything dirty without asking (a target that needs
+        zeroing and cannot write zeroes with unmap) or copies nothing (sync=none)."""
+        if self.sync == "none" or (self.zero_target and not self.target.discard_unmap):
+            return []
+        if self.commit_mode:
+            return chain_nodes(self.graph, self.source, self.base)
+        if self.sync == "top":
+            return [self.source]
+        return chain_nodes(self.graph, self.source)
+
     def update_len(self) -> None:
         self.job.len = self.job.offset + self._dirty_bytes()
 
