@@ -94,6 +94,10 @@ class Image:
     # persistent dirty bitmaps in the qcow2 bitmap directory, as stored when the last
     # writable node on the image closed (qcow2_store_persistent_dirty_bitmaps)
     bitmaps: list[DirtyBitmap] = field(default_factory=list)
+    # sector runs whose L2 entries never reached this file (a snapshot of the protocol
+    # node left its format node's dirty tables to be written into the overlay): a
+    # reader of the file finds them unallocated
+    unlinked: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass(eq=False, slots=True)

@@ -27,6 +27,8 @@ from sim.model.content import Extent
 # later write into the cluster lands in the file in place and stays
 Undo = tuple[int, int, list[Extent], bool]
 
+LINKED_RUNS = 4096  # cluster runs `Qcow2Cache.linked` follows between write-backs
+
 
 class Qcow2Cache:
     """The L2 table cache and the refcount block cache of an open qcow2 node
@@ -41,6 +43,7 @@ class Qcow2Cache:
         "l2_cached",
         "l2_depends",
         "l2_dirty",
+        "linked",
         "refblock_cached",
         "refblock_depends",
         "refblock_dirty",
@@ -62,10 +65,14 @@ class Qcow2Cache:
         self.written = False  # written since its last flush (write_gen != flushed_gen)
         # per dirty L2 table: what its changed entries mapped before, oldest first
         self.undo: dict[int, list[Undo]] = {}
+        # (region, first, end cluster) runs given host clusters since their table was
+        # last written back, the first LINKED_RUNS of them; None past that
+        self.linked: list[tuple[int, int, int]] | None = []
 
     def copy(self) -> Qcow2Cache:
         """The caches of a copy of the image (what is dirty; nothing cached)."""
         other = Qcow2Cache()
+        other.linked = None if self.linked is None else list(self.linked)
         other.l2_dirty = dict(self.l2_dirty)
         other.refblock_dirty = self.refblock_dirty
         return other
@@ -84,11 +91,32 @@ class Qcow2Cache:
         """`region`'s table reached the file: clean, its changes are kept."""
         self.l2_dirty.pop(region, None)
         self.undo.pop(region, None)
+        if self.linked:
+            self.linked = [run for run in self.linked if run[0] != region]
+
+    def link(self, region: int, first: int, end: int) -> None:
+        """Clusters [first, end) of `region` got host clusters: their L2 entries are in
+        the cache only until the table is written back."""
+        if self.linked is None:
+            return
+        if len(self.linked) >= LINKED_RUNS:
+            self.linked = None  # too many to follow: `unlinked` cannot answer
+            return
+        self.linked.append((region, first, end))
+
+    def unlinked(self) -> list[tuple[int, int]] | None:
+        """The cluster runs given host clusters whose L2 entries never reached the file
+        (their table is still dirty): what a reader of the file finds unallocated.
+        None when there were too many to follow."""
+        if self.linked is None:
+            return None
+        return [(a, b) for region, a, b in self.linked if region in self.l2_dirty]
 
     def written_back(self) -> None:
         """Every dirty table and the refcount block reached the file."""
         self.l2_dirty.clear()
         self.undo.clear()
+        self.linked = []
         self.refblock_dirty = False
 
     def lost_changes(self) -> list[Undo]:

@@ -69,7 +69,7 @@ from sim.model.content import (
     run_heads,
     stable_sort,
 )
-from sim.model.qcow2_cache import Qcow2Cache
+from sim.model.qcow2_cache import LINKED_RUNS, Qcow2Cache
 
 if TYPE_CHECKING:
     import numpy as np
@@ -388,6 +388,7 @@ class Qcow2Layout(ClusterSummary):
                     self._put(cur, stop, self._take(stop - cur))
                 join = self.host_of(stop - 1) + 1
                 self.cache.refblock_dirty = True
+                self.cache.link(region, lo, stop)
             self.cache.dirty_table(region)
             lo = stop
 
@@ -548,6 +549,7 @@ class Qcow2Layout(ClusterSummary):
                 cache.dirty_table(reg)
         if data_at.size and int(data_at.max()) >= since:
             cache.refblock_dirty = True
+            _link_runs(cache, placed[data_at >= since], span)
         if data_at.size:
             cache.l2_depends = True  # the links (`_link`)
         self.next_host += int(table_at.size + data_at.size)
@@ -822,6 +824,21 @@ class Qcow2Content(Content):
         other.cluster_bytes = self.cluster_bytes
         other._summary = self.layout.copy()
         return other
+
+
+def _link_runs(cache: Qcow2Cache, clusters: np.ndarray, span: int) -> None:
+    """`Qcow2Cache.link` for each run of consecutive clusters (ascending) in one region."""
+    if cache.linked is None or not clusters.size:
+        return
+    if len(cache.linked) + clusters.size > LINKED_RUNS:
+        cache.linked = None
+        return
+    regions = clusters // span
+    breaks = np.flatnonzero((np.diff(clusters) != 1) | (np.diff(regions) != 0)) + 1
+    starts = np.concatenate(([0], breaks))
+    ends = np.concatenate((breaks, [clusters.size]))
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        cache.link(int(regions[a]), int(clusters[a]), int(clusters[b - 1]) + 1)
 
 
 def new_qcow2_content(size_bytes: int, cluster_bytes: int) -> Qcow2Content:

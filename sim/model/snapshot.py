@@ -17,11 +17,12 @@ from typing import NamedTuple
 from sim.errors import QMPError
 from sim.model import perms
 from sim.model.bitmap_ops import Undo
+from sim.model.content import SECTOR_SHIFT, Content
 from sim.model.graph import BlockGraph, BlockNode, has_descendant, id_wellformed
 from sim.model.host_file import protocol_length
 from sim.model.jobs import Job
 from sim.model.policy import PlacementPolicy
-from sim.model.qcow2_host import flush_metadata
+from sim.model.qcow2_host import Qcow2Content, flush_metadata
 
 NODE_NAME_MAX = 31  # sizeof(bs->node_name) - 1
 
@@ -191,6 +192,7 @@ def append(
         for fmt in frozen:
             assert fmt.image is not None and fmt.content is not None
             fmt.image.content = fmt.content  # nothing was written in between
+            fmt.image.unlinked = []
         graph.redirect(parents, roots, old, skip=new)
         graph.set_backing(new, None)
         graph.links_changed()
@@ -246,5 +248,16 @@ def _freeze_image_files(
             and image.content is content
         ):
             image.content = content.clone()
+            image.unlinked = _unlinked_sectors(content)
             frozen.append(parent)
     return frozen
+
+
+def _unlinked_sectors(content: Content) -> list[tuple[int, int]]:
+    """The sector runs of a qcow2 node's clusters whose L2 entries are only in its
+    dirty cache (empty when not followed: `Qcow2Cache.unlinked`)."""
+    if not isinstance(content, Qcow2Content):
+        return []
+    runs = content.layout.cache.unlinked() or []
+    per = content.cluster_bytes >> SECTOR_SHIFT
+    return [(a * per, min(b * per, content.nsectors)) for a, b in runs]

@@ -44,7 +44,7 @@ from typing import Any
 from sim.compare import differences, normalize
 from sim.errors import TraceError
 from sim.jsonio import json_filename_options
-from sim.model.content import SECTOR, StampTable, read_through
+from sim.model.content import SECTOR, UNALLOCATED, StampTable, read_through
 from sim.model.graph import Image
 from sim.oracle.guards import refusal
 from sim.oracle.normalize import names_equal, normalize_final, scrub
@@ -460,7 +460,12 @@ def sim_guest_view(images: Mapping[str, Image], name: str, stamps: StampTable) -
     override: Any = _HEADER
     while image is not None and image.filename not in seen:
         seen.add(image.filename)
-        chain.append(image.content)
+        content = image.content
+        if image.unlinked:  # mapped only in a cache that never reached the file
+            content = content.clone()
+            for first, end in image.unlinked:
+                content.write_sectors(first, end, UNALLOCATED)
+        chain.append(content)
         backing = image.backing_file if override is _HEADER else override
         override = _HEADER
         if isinstance(backing, str) and backing.startswith("json:"):
