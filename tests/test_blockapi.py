@@ -307,3 +307,24 @@ def test_blockapi_fuzz_operations_run_clean(op: str) -> None:
     expected = {"throttle": "object-add", "raw_window": "blockdev-add", "blkdebug": "blockdev-add"}
     expected_command = expected.get(op, "query-blockstats")
     assert expected_command in commands, commands
+
+
+def test_a_filter_keeps_a_read_only_file_child_read_only_for_commits_base_reopen() -> None:
+    # the snapshot reopened fmt0 and proto0 read-only; a backup's copy-before-write
+    # filter between them keeps proto0 so, and commit_start's reopen of fmt0 read-write
+    # fails on the write permission passed down through the filter
+    m, mon = _machine()
+    _ok(mon, "blockdev-snapshot-sync", device="drive0", **{"snapshot-file": "o1.qcow2"})
+    _ok(mon, "blockdev-snapshot-sync", device="drive0", **{"snapshot-file": "o2.qcow2"})
+    _ok(mon, "blockdev-add", driver="null-co", **{"node-name": "t", "size": 197120})
+    proto0 = m.state.graph.node("proto0")
+    assert proto0 is not None and not proto0.read_only and m.state.graph.is_read_only(proto0)
+    _ok(mon, "blockdev-backup", device="proto0", target="t", sync="none", **{"job-id": "b"})
+    assert proto0.read_only
+    commit = {"device": "drive0", "base-node": "fmt0", "job-id": "c"}
+    assert _err(mon, "block-commit", **commit) == "Block node is read-only"
+    _ok(mon, "block-job-cancel", device="b")
+    m.advance(0.01)
+    # back under fmt0, proto0 follows it again: the commit's reopen reaches it
+    assert not proto0.read_only and m.state.graph.is_read_only(proto0)
+    _ok(mon, "block-commit", **commit)

@@ -121,6 +121,9 @@ class BlockNode:
     # bs->inherits_from: the parent that opened this node as its child (a -drive's or
     # an inline blockdev-add `file`); reopening that parent reopens this node too
     inherits_from: BlockNode | None = None
+    # read-only because a filter went between it and its read-only inherits_from
+    # parent (the flag it had there stays; a reopen of that parent no longer reaches it)
+    ro_from_parent: bool = False
     cluster_size: int = QCOW2_CLUSTER
     backing_parent_label: str = ""  # the P of "node is used as backing hd of 'P'"
     discard_unmap: bool = False
@@ -601,6 +604,20 @@ class BlockGraph:
             image = node.image
             if any(n is not node and n.image is image and n.driver == "qcow2" for n in self.nodes):
                 raise QMPError('Failed to get "write" lock')
+
+    def check_reopen_rw_perms(self, node: BlockNode) -> None:
+        """bdrv_reopen_set_read_only(node, false) reopens `node` and the children that
+        inherit from it; below a filter on its file child (a backup's copy-before-write)
+        the data node keeps its own read-only flag, and the write permission the now
+        writable format node passes down through the filter is refused
+        (bdrv_node_refresh_perm)."""
+        child = node.file
+        if not node.read_only or child is None or not child.is_filter:
+            return
+        while child is not None and child.is_filter and child.driver != "commit_top":
+            child = child.filtered_child()
+        if child is not None and not child.is_filter and self.is_read_only(child):
+            raise QMPError("Block node is read-only")
 
     def open_image(
         self,

@@ -45,6 +45,11 @@ def insert_filter(
     flt = graph.new_node(driver, below.size_bytes, name)
     flt.implicit = name is None and driver != "copy-before-write"
     flt.target = target
+    # bdrv_replace_node keeps `below`'s open flags: a file child read-only together
+    # with its format parent stays read-only under the filter, where reopening that
+    # parent no longer reaches it (bdrv_reopen_queue follows inherits_from children)
+    if not below.read_only and graph.is_read_only(below) and below.inherits_from is not None:
+        below.read_only = below.ro_from_parent = True
     replace_node(graph, below, flt)
     if driver in ("mirror_top", "commit_top"):
         flt.backing = below
@@ -59,6 +64,11 @@ def drop_filter(graph: BlockGraph, flt: BlockNode) -> None:
     child = flt.filtered_child()
     if child is not None:
         replace_node(graph, flt, child)
+        if child.ro_from_parent:
+            # back under its read-only parent: the parent's reopens reach it again
+            child.read_only = child.ro_from_parent = False
+            if not graph.is_read_only(child):
+                child.read_only = child.ro_from_parent = True
     flt.file = flt.backing = flt.target = None
     flt.write_hook = flt.after_write_hook = None
     graph.remove_node(flt)

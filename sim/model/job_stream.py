@@ -50,8 +50,8 @@ class StreamKind(JobDriver):
         # stream_start reopens a read-only node (one that follows its format parent
         # too) read-write, and stream_clean reopens it read-only by name: its own option
         self.node_ro = graph.is_read_only(node)
-        node.read_only = False
         self.filter = insert_filter(graph, node, "copy-on-read", filter_name)
+        node.read_only = node.ro_from_parent = False
         self.cursor = 0
         self.nothing_to_do = node.backing is base or node.backing is None
         self.backing_file: str | None = None  # block-stream's `backing-file`

@@ -77,11 +77,13 @@ def new_job(
     jtype: str,
     a: dict[str, Any],
     attach: Callable[[], None] | None = None,
+    on_fail: Callable[[], None] | None = None,
 ) -> Job:
     """block_job_create's id checks, then the job in state created.
 
     `attach` raises the error block_job_add_bdrv meets attaching the main node
-    (a permission conflict): the job existed (created), job_early_fail ends it."""
+    (a permission conflict): the job existed (created), job_early_fail ends it;
+    `on_fail` is what the start function's failure path does in between."""
     refuse_host_bytes(m, jtype, main)
     if job_id is None:
         bb = m.state.graph.backend_of_root(main)
@@ -95,6 +97,8 @@ def new_job(
             attach()
         except QMPError:
             m.emit("JOB_STATUS_CHANGE", {"status": "created", "id": job_id})
+            if on_fail is not None:
+                on_fail()
             m.emit("JOB_STATUS_CHANGE", {"status": "null", "id": job_id})
             raise
     if a.get("speed", 0) < 0:
@@ -610,13 +614,14 @@ def _active_commit(
     g = m.state.graph
     if "backing-file" in a:
         raise QMPError("'backing-file' specified, but 'top' is the active layer")
-    g.check_reopen_rw_lock(base)  # commit_active_start reopens the base first
     # reopening a read-only base read-write (bdrv_reopen_set_read_only: a subtree
     # section over it) comes before the job exists; when block_job_create fails the
     # base is reopened read-only again (another one)
     base_ro = base.read_only
     if base_ro:
         drain.drain(m.state, [base], subtree=True)
+    g.check_reopen_rw_lock(base)  # commit_active_start's reopen fails: nothing else
+    g.check_reopen_rw_perms(base)
     try:
         job = new_job(m, a.get("job-id"), bs, "commit", a)
     except QMPError:
@@ -653,8 +658,19 @@ def _intermediate_commit(
     overlay = g.overlay_of(top)
     if overlay is not None:
         g.check_op(overlay, "commit-target")
-    # commit_start reopens the base read-write once the job exists
-    job = new_job(m, a.get("job-id"), bs, "commit", a, lambda: g.check_reopen_rw_lock(base))
+
+    # commit_start reopens a read-only base read-write once the job exists (a subtree
+    # section over it); when that fails, its failure path reopens the base read-only
+    # again (another one) before job_early_fail
+    def reopen_base() -> None:
+        g.check_reopen_rw_lock(base)
+        g.check_reopen_rw_perms(base)
+
+    def reopen_failed() -> None:
+        drain.drain(m.state, [base], subtree=True)
+        drain.drain(m.state, [base], subtree=True)
+
+    job = new_job(m, a.get("job-id"), bs, "commit", a, reopen_base, reopen_failed)
     job.on_source_error = job.on_target_error = a.get("on-error", "report")
     kind = CommitKind(g, job, bs, top, base, a.get("filter-node-name"))
     kind.filename_of = lambda n: node_filename(g, n)
