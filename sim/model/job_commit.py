@@ -40,6 +40,7 @@ class CommitKind(JobDriver):
     ) -> None:
         self.graph, self.job = graph, job
         self.active, self.top, self.base = active, top, base
+        self.base_blk = self.top_blk = True  # the job's BlockBackends on them
         super().__init__()
         self.base_ro = graph.reopen_rw(base)
         self.backing_file: str | None = None  # block-commit's `backing-file`
@@ -102,6 +103,15 @@ class CommitKind(JobDriver):
                 p.image.backing_file = self.backing_file or named
                 p.image.backing_format = None  # named after the image it names
         self.dropped = overlay is not None or bool(parents)
+        self.base_blk = False  # commit_prepare: blk_unref(s->base) before the graph change
+
+    def abort(self) -> None:
+        self.base_blk = False  # commit_abort: blk_unref(s->base)
+
+    def backend_nodes(self) -> list[BlockNode]:
+        """commit_start's BlockBackends on the base (until prepare or abort) and on the
+        top (until commit_clean)."""
+        return [n for n, held in ((self.base, self.base_blk), (self.top, self.top_blk)) if held]
 
     # bdrv_drop_intermediate (success only) drains the subtree of the commit_top filter
     # once (a job above the base and one below it both pause and resume), and the
@@ -120,6 +130,7 @@ class CommitKind(JobDriver):
 
     def clean(self) -> None:
         g = self.graph
+        self.top_blk = False  # commit_clean: blk_unref(s->top)
         if self.dropped:
             self.filter.backing = None
             g.remove_node(self.filter)

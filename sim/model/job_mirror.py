@@ -80,6 +80,7 @@ class MirrorKind(JobDriver):
         source.bitmaps.insert(0, self.dirty)
         self.zero_target = zero_target
         self.pivoted = False
+        self.exited = False  # mirror_exit_common ran (prepare or abort)
 
     def start(self) -> None:
         """mirror_dirty_init: what must be copied before the job can be READY."""
@@ -222,7 +223,8 @@ class MirrorKind(JobDriver):
         return self.base if self.commit_mode else None
 
     def backend_nodes(self) -> list[BlockNode]:
-        return [self.target]
+        # mirror_exit_common (at prepare or abort) drops the BlockBackend on the target
+        return [] if self.exited else [self.target]
 
     def drained(self) -> None:
         """A drain wakes a READY mirror, which runs one mirror_iteration (copying
@@ -275,6 +277,7 @@ class MirrorKind(JobDriver):
         self.update_len()
         if self.job.completion_requested and not self.job.cancelled:
             self._pivot()
+        self.exited = True
 
     def _pivot(self) -> None:
         g = self.graph
@@ -286,7 +289,7 @@ class MirrorKind(JobDriver):
         self.pivoted = True
 
     def abort(self) -> None:
-        return None
+        self.exited = True
 
     # mirror_exit_common, on every end: dropping the job's BlockBackend on the target and
     # the graph changes after it pause and resume the jobs above the target twice, and
