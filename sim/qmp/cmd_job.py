@@ -745,6 +745,7 @@ def _block_stream(m: Machine, a: dict[str, Any]) -> None:
     read_only = g.is_read_only(node)
     if read_only:
         drain.drain(m.state, [node], subtree=True)
+        g.check_reopen_rw_lock(node)  # the reopen fails: nothing else happens
     drain.drain(m.state, [node])
     try:
         job = new_job(
