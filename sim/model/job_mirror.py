@@ -59,6 +59,7 @@ class MirrorKind(JobDriver):
         commit: bool = False,
         write_blocking: bool = False,
         leave_backing: bool = False,
+        source_chain: bool = False,
     ) -> None:
         self.graph, self.job = graph, job
         self.source, self.target, self.sync = source, target, sync
@@ -69,6 +70,10 @@ class MirrorKind(JobDriver):
         # blockdev-mirror (MIRROR_LEAVE_BACKING_CHAIN): the target keeps the backing it
         # was opened with; drive-mirror gives it the source's chain on completion
         self.leave_backing = leave_backing
+        # drive-mirror into a new image (MIRROR_SOURCE_BACKING_CHAIN): mirror_exit_common
+        # gives the target the source's base as backing whatever the sync mode (none
+        # for sync=full), replacing any backing it got meanwhile
+        self.source_chain = source_chain
         super().__init__()
         if commit:
             graph.reopen_rw(target)
@@ -281,8 +286,9 @@ class MirrorKind(JobDriver):
 
     def _pivot(self) -> None:
         g = self.graph
-        if not self.commit_mode and not self.leave_backing and self.sync in ("top", "none"):
-            backing = self.source if self.sync == "none" else self.source.backing
+        resets = self.sync in ("top", "none") or (self.sync == "full" and self.source_chain)
+        if not self.commit_mode and not self.leave_backing and resets:
+            backing = {"none": self.source, "top": self.source.backing}.get(self.sync)
             if self.target.backing is not backing:
                 g.set_backing(self.target, backing)
         replace_node(g, self.source, self.target)

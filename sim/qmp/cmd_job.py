@@ -425,7 +425,10 @@ def _drive_mirror(m: Machine, a: dict[str, Any]) -> None:
     )
     zero_target = sync == "full" and mode == "existing"
     try:
-        _start_mirror(m, a, source, target, sync, zero_target, close_target=True)
+        _start_mirror(
+            m, a, source, target, sync, zero_target, close_target=True,
+            source_chain=mode == "absolute-paths",
+        )  # fmt: skip
     except QMPError:
         g.delete_unreferenced(target)
         raise
@@ -451,6 +454,7 @@ def _start_mirror(
     zero_target: bool,
     close_target: bool,
     leave_backing: bool = False,
+    source_chain: bool = False,
 ) -> None:
     g = m.state.graph
     refresh_length(g, target)
@@ -502,6 +506,7 @@ def _start_mirror(
         close_target=close_target,
         write_blocking=a.get("copy-mode") == "write-blocking",
         leave_backing=leave_backing,
+        source_chain=source_chain,
     )
     register(m, job, kind, [kind.filter, source, target])
     start_job(m, job)
