@@ -44,6 +44,7 @@ class Qcow2Cache:
         "l2_depends",
         "l2_dirty",
         "linked",
+        "linked_runs",
         "refblock_cached",
         "refblock_depends",
         "refblock_dirty",
@@ -65,14 +66,19 @@ class Qcow2Cache:
         self.written = False  # written since its last flush (write_gen != flushed_gen)
         # per dirty L2 table: what its changed entries mapped before, oldest first
         self.undo: dict[int, list[Undo]] = {}
-        # (region, first, end cluster) runs given host clusters since their table was
-        # last written back, the first LINKED_RUNS of them; None past that
-        self.linked: list[tuple[int, int, int]] | None = []
+        # per region, the (first, end cluster) runs given host clusters since its table
+        # was last written back, the first LINKED_RUNS of them in all; None past that
+        self.linked: dict[int, list[tuple[int, int]]] | None = {}
+        self.linked_runs = 0
 
     def copy(self) -> Qcow2Cache:
         """The caches of a copy of the image (what is dirty; nothing cached)."""
         other = Qcow2Cache()
-        other.linked = None if self.linked is None else list(self.linked)
+        if self.linked is not None:
+            other.linked = {region: list(runs) for region, runs in self.linked.items()}
+        else:
+            other.linked = None
+        other.linked_runs = self.linked_runs
         other.l2_dirty = dict(self.l2_dirty)
         other.refblock_dirty = self.refblock_dirty
         return other
@@ -92,17 +98,18 @@ class Qcow2Cache:
         self.l2_dirty.pop(region, None)
         self.undo.pop(region, None)
         if self.linked:
-            self.linked = [run for run in self.linked if run[0] != region]
+            self.linked_runs -= len(self.linked.pop(region, ()))
 
     def link(self, region: int, first: int, end: int) -> None:
         """Clusters [first, end) of `region` got host clusters: their L2 entries are in
         the cache only until the table is written back."""
         if self.linked is None:
             return
-        if len(self.linked) >= LINKED_RUNS:
+        if self.linked_runs >= LINKED_RUNS:
             self.linked = None  # too many to follow: `unlinked` cannot answer
             return
-        self.linked.append((region, first, end))
+        self.linked.setdefault(region, []).append((first, end))
+        self.linked_runs += 1
 
     def unlinked(self) -> list[tuple[int, int]] | None:
         """The cluster runs given host clusters whose L2 entries never reached the file
@@ -110,13 +117,14 @@ class Qcow2Cache:
         None when there were too many to follow."""
         if self.linked is None:
             return None
-        return [(a, b) for region, a, b in self.linked if region in self.l2_dirty]
+        return sorted(run for region in self.l2_dirty for run in self.linked.get(region, ()))
 
     def written_back(self) -> None:
         """Every dirty table and the refcount block reached the file."""
         self.l2_dirty.clear()
         self.undo.clear()
-        self.linked = []
+        self.linked = {}
+        self.linked_runs = 0
         self.refblock_dirty = False
 
     def lost_changes(self) -> list[Undo]:

@@ -830,7 +830,7 @@ def _link_runs(cache: Qcow2Cache, clusters: np.ndarray, span: int) -> None:
     """`Qcow2Cache.link` for each run of consecutive clusters (ascending) in one region."""
     if cache.linked is None or not clusters.size:
         return
-    if len(cache.linked) + clusters.size > LINKED_RUNS:
+    if cache.linked_runs + clusters.size > LINKED_RUNS:
         cache.linked = None
         return
     regions = clusters // span
