@@ -26,6 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from blkdebug_qcow2_traces import write_traces  # the script's folder is on sys.path
+
 QCOW2_EVENTS = [
     "l1_update", "l2_load", "l2_update", "l2_alloc_write", "cluster_alloc",
     "cluster_alloc_space", "refblock_load", "refblock_update_part", "refblock_alloc",
@@ -256,12 +258,7 @@ def trace(seed: int) -> str:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 3:
-        sys.exit(__doc__)
-    first, count, out = int(argv[0]), int(argv[1]), Path(argv[2])
-    out.mkdir(parents=True, exist_ok=True)
-    for seed in range(first, first + count):
-        (out / f"bj{seed}.jsonl").write_text(trace(seed))
+    write_traces(argv, "bj", trace, __doc__ or "")
 
 
 if __name__ == "__main__":

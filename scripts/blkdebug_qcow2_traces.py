@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,13 +131,18 @@ def trace(seed: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str]) -> None:
+def write_traces(argv: list[str], prefix: str, make: Callable[[int], str], usage: str) -> None:
+    """FIRST_SEED COUNT OUT_DIR: OUT_DIR/{prefix}{seed}.jsonl from `make(seed)` for each seed."""
     if len(argv) != 3:
-        sys.exit(__doc__)
+        sys.exit(usage)
     first, count, out = int(argv[0]), int(argv[1]), Path(argv[2])
     out.mkdir(parents=True, exist_ok=True)
     for seed in range(first, first + count):
-        (out / f"bq{seed}.jsonl").write_text(trace(seed))
+        (out / f"{prefix}{seed}.jsonl").write_text(make(seed))
+
+
+def main(argv: list[str]) -> None:
+    write_traces(argv, "bq", trace, __doc__ or "")
 
 
 if __name__ == "__main__":
