@@ -98,6 +98,9 @@ class Image:
     # node left its format node's dirty tables to be written into the overlay): a
     # reader of the file finds them unallocated
     unlinked: list[tuple[int, int]] = field(default_factory=list)
+    # a format node above wrote its own image's host bytes into this one (data clusters,
+    # tables): blocksim keeps them as guest writes carrying the data's stamp
+    holds_host_bytes: bool = False
 
 
 @dataclass(eq=False, slots=True)

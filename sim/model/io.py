@@ -245,6 +245,8 @@ def write_host_bytes(
     offset (carrying the guest write's stamp: the data clusters hold it, the tables'
     bytes are not modelled).  A write past `into`'s end grows the node and its dirty
     bitmaps (bdrv_co_write_req_prepare / _finish); its image's header keeps its size."""
+    if into.image is not None and writes:
+        into.image.holds_host_bytes = True
     for offset, length in writes:
         end = -(-(offset + length) // SECTOR) * SECTOR
         if end > into.size_bytes:

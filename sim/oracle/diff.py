@@ -534,6 +534,12 @@ def compare_images(
         if image.size_bytes > MAX_IMAGE_BYTES:
             notes.append(f"image {name} ({image.size_bytes} bytes) is too large to compare")
             continue
+        if image.holds_host_bytes:
+            notes.append(
+                f"image {name} is not compared: a qcow2 node above wrote its image's host "
+                "bytes into it (header, tables, clusters), blocksim keeps guest contents"
+            )
+            continue
         host_bytes = reads_host_bytes(sim_images, image)
         if host_bytes is not None:
             notes.append(
